@@ -1,0 +1,6 @@
+//! The commguard domain: aggregates, their commands and events, and the rules that decide them.
+//!
+//! No IO happens here (its Cargo.toml has no runtime, database or network crate): time,
+//! identifiers and anything external reach an aggregate through its command or its services.
+
+pub mod pii;

@@ -1,0 +1,12 @@
+//! commguard: the security and compliance core between AI agents and communication providers.
+//!
+//! The binary in `main.rs` is a thin shim over this library; `ARCHITECTURE.md` is the map.
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod http;
+pub mod store;
