@@ -1,17 +1,194 @@
-//! The application state shared by every handler, and the router with its layers in order.
+//! Start-up and the router: opens the database (the embedded cluster when `DATABASE_URL` is
+//! unset), applies migrations, loads keys, starts the projection runners, and serves HTTP with
+//! the hardening layers of `http::harden` around every route.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use axum::Router;
 use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Environment};
+use crate::crypto::{self, DataKeys};
+use crate::http::{self, Hardening};
+use crate::store::embedded::{EmbeddedError, EmbeddedPostgres};
+use crate::store::{self, runner, Store};
+
+/// How long in-flight requests may take to finish after SIGTERM (CONTRACT §15).
+const DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub pool: PgPool,
+    pub store: Store,
     pub clock: Clock,
     pub started: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Crypto(#[from] crypto::CryptoError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Everything a command needs: configuration, database, store. `shutdown` stops what it started.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub clock: Clock,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Runtime {
+    pub async fn open(config: Config) -> Result<Self, StartError> {
+        let (url, embedded) = match &config.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let (dir, bin) = (config.data_dir.clone(), config.pg_bin_dir.clone());
+                let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir, bin.as_deref()))
+                    .await
+                    .expect("the embedded start task does not panic")?;
+                tracing::info!(socket = %pg.socket_dir().display(), "embedded PostgreSQL running");
+                (pg.url(), Some(pg))
+            }
+        };
+        let opened = Self::open_database(&config, &url).await;
+        match opened {
+            Ok(store) => Ok(Self { config: Arc::new(config), store, clock: Clock::default(), embedded }),
+            Err(e) => {
+                if let Some(pg) = embedded {
+                    let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn open_database(config: &Config, url: &str) -> Result<Store, StartError> {
+        let pool = store::connect(url, config.database_max_connections).await?;
+        store::MIGRATOR.run(&pool).await?;
+        let production = config.env == Environment::Production;
+        let data_key =
+            crypto::keys::load_or_generate("DATA_ENCRYPTION_KEY", config.data_encryption_key, &config.data_dir, production)?;
+        Ok(Store::new(pool, Arc::new(DataKeys::new(&data_key))))
+    }
+
+    /// Closes the pool and stops the embedded cluster, if this process started one.
+    pub async fn shutdown(self) {
+        self.store.pool().close().await;
+        if let Some(pg) = self.embedded {
+            match tokio::task::spawn_blocking(move || pg.stop()).await {
+                Ok(Ok(())) => tracing::info!("embedded PostgreSQL stopped"),
+                Ok(Err(e)) => tracing::error!(error = %e, "embedded PostgreSQL did not stop cleanly"),
+                Err(e) => tracing::error!(error = %e, "embedded PostgreSQL stop task failed"),
+            }
+        }
+    }
+
+    pub fn state(&self) -> AppState {
+        AppState {
+            config: self.config.clone(),
+            pool: self.store.pool().clone(),
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Every route, inside the hardening pipeline.
+pub fn router(state: AppState) -> Router {
+    let hardening = Hardening::new(&state.config);
+    let routes = Router::new().merge(http::health::routes()).with_state(state);
+    http::harden(routes, hardening)
+}
+
+/// A running server: its address, and handles to stop it and wait for it.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Arc<Notify>,
+    task: JoinHandle<Result<(), std::io::Error>>,
+    runners: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves `rt` on `listener`, with the projection runners, until `stop` is called.
+    pub fn start(rt: &Runtime, listener: TcpListener) -> Result<Self, StartError> {
+        let addr = listener.local_addr().map_err(|e| StartError::Listen("socket".into(), e))?;
+        let stop = Arc::new(Notify::new());
+        let state = rt.state();
+        let runners = runner::spawn_all(state.pool.clone(), commguard_projections::all(), rt.store.appended(), stop.clone());
+        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let shutdown = stop.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.notified().await }).await
+        });
+        Ok(Self { addr, stop, task, runners })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (at most `DRAIN`), stops the runners.
+    pub async fn stop(self) -> Result<(), StartError> {
+        self.stop.notify_waiters();
+        let served = tokio::time::timeout(DRAIN, self.task).await;
+        for runner in self.runners {
+            runner.abort();
+        }
+        match served {
+            Ok(Ok(result)) => result.map_err(StartError::Serve),
+            Ok(Err(join)) => Err(StartError::Serve(std::io::Error::other(join))),
+            Err(_) => {
+                tracing::warn!("requests still running after {}s; stopping anyway", DRAIN.as_secs());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `commguard serve`: listens on HOST:PORT until SIGINT or SIGTERM.
+pub async fn serve_until_signal(rt: &Runtime) -> Result<(), StartError> {
+    let bind = format!("{}:{}", rt.config.host, rt.config.port);
+    let listener = TcpListener::bind(&bind).await.map_err(|e| StartError::Listen(bind.clone(), e))?;
+    let server = Server::start(rt, listener)?;
+    tracing::info!(addr = %server.addr, "commguard listening");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.stop().await
+}
+
+fn shutdown_signal() -> impl Future<Output = ()> {
+    async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler succeeds");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+}
+
+/// Logs as JSON in production and as text in development, filtered by `RUST_LOG`.
+pub fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let json = config.env == Environment::Production;
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }

@@ -1,1 +1,90 @@
-pub fn _placeholder() {}
+//! Read models of commguard. Each projection is fed the events in their global order by the
+//! projection runner (in the server crate), writes its rows in the same transaction that moves its
+//! checkpoint, and can be rebuilt from position 0 into shadow tables at any time.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+pub mod audit;
+
+/// One stored event, as the store keeps it (personal fields sealed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    pub position: i64,
+    pub event_id: Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub occurred_at: DateTime<Utc>,
+    pub org_id: Option<String>,
+    pub payload: Value,
+    pub metadata: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The physical names of a projection's tables: the live ones, or shadows during a rebuild.
+#[derive(Clone, Debug, Default)]
+pub struct Tables {
+    names: HashMap<&'static str, String>,
+}
+
+impl Tables {
+    pub fn live(tables: &[&'static str]) -> Self {
+        Self { names: tables.iter().map(|t| (*t, (*t).to_string())).collect() }
+    }
+
+    pub fn shadow(tables: &[&'static str]) -> Self {
+        Self { names: tables.iter().map(|t| (*t, shadow_name(t))).collect() }
+    }
+
+    /// The physical name of logical table `table`. Panics on a table the projection did not
+    /// declare: that is a programming error caught by the first test that applies an event.
+    pub fn get(&self, table: &str) -> &str {
+        self.names.get(table).unwrap_or_else(|| panic!("table {table} is not declared by this projection"))
+    }
+}
+
+pub fn shadow_name(table: &str) -> String {
+    format!("{table}__shadow")
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("projection database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The runner delivered an event out of its stream's order: a bug, never skipped over.
+    #[error("projection {projection} received {stream} sequence {got} after {last}")]
+    OutOfOrder { projection: &'static str, stream: String, got: i64, last: i64 },
+}
+
+/// A read model fed by the projection runner.
+pub trait Projection: Send + Sync {
+    /// The checkpoint name, also the name `commguard replay --projection` takes.
+    fn name(&self) -> &'static str;
+    /// Every table the projection writes; a rebuild shadows and swaps them all.
+    fn tables(&self) -> &'static [&'static str];
+    /// Applies a batch of events, in global order, inside the runner's transaction. Batches let
+    /// a projection write with a few set-based statements instead of one round trip per event.
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tables: &'a Tables,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+}
+
+/// Every projection this build has, in the order the runner starts them.
+pub fn all() -> Vec<Box<dyn Projection>> {
+    vec![Box::new(audit::AuditProjection)]
+}

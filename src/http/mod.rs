@@ -1,1 +1,12 @@
-//! Placeholder, filled by the HTTP hardening work.
+//! TEMPORARY stub until the HTTP hardening branch is merged.
+use std::sync::Arc;
+pub mod health;
+pub struct Hardening;
+impl Hardening {
+    pub fn new(_: &crate::config::Config) -> Arc<Self> {
+        Arc::new(Self)
+    }
+}
+pub fn harden(router: axum::Router, _: Arc<Hardening>) -> axum::Router {
+    router
+}

@@ -1,0 +1,73 @@
+//! Event-store benchmark (run by `scripts/bench.sh event-store`, not a test): single-event
+//! commands from N concurrent writers for T seconds against `DATABASE_URL`, then the audit
+//! projection's catch-up from position 0 over everything written. Prints one JSON line.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use commguard::crypto::DataKeys;
+use commguard::store::{runner, Store};
+use commguard_projections::audit::AuditProjection;
+use commguard_projections::{Projection, Tables};
+
+#[path = "../tests/integration/support/ledger.rs"]
+mod ledger;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let writers = arg("--writers", 16);
+    let seconds = arg("--seconds", 20);
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL names the benchmark database");
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(writers as u32 + 4).connect(&url).await.unwrap();
+    commguard::store::MIGRATOR.run(&pool).await.unwrap();
+    let store = Store::new(pool.clone(), Arc::new(DataKeys::new(&[5u8; 32])));
+
+    let appended = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (store, appended) = (store.clone(), appended.clone());
+            tokio::spawn(async move {
+                let framework = store.framework::<ledger::Ledger>(());
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    // One aggregate per command, as most commands touch a fresh or small stream.
+                    let id = format!("bench-{w}-{}", i / 50);
+                    ledger::note(&store, &framework, &id, "benchmark", None).await;
+                    appended.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let append_secs = started.elapsed().as_secs_f64();
+    let appends = appended.load(Ordering::Relaxed);
+
+    let projection = AuditProjection;
+    let tables = Tables::live(projection.tables());
+    let catch_started = Instant::now();
+    let mut projected = 0u64;
+    loop {
+        let n = runner::run_batch(&pool, &projection, projection.name(), &tables, 5_000).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        projected += n as u64;
+    }
+    let catch_secs = catch_started.elapsed().as_secs_f64();
+    println!(
+        "{{\"writers\":{writers},\"seconds\":{append_secs:.2},\"appends\":{appends},\"appends_per_sec\":{:.1},\"projected\":{projected},\"catch_up_seconds\":{catch_secs:.3},\"catch_up_events_per_sec\":{:.1}}}",
+        appends as f64 / append_secs,
+        projected as f64 / catch_secs
+    );
+}

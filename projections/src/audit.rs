@@ -1,0 +1,156 @@
+//! The audit view (CONTRACT §12 `/admin/api/audit`): one row per event with who did what, whether
+//! it was allowed or refused, and which check refused it. It also proves stream order: a batch
+//! that would apply a stream's events out of sequence fails instead of being skipped.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use crate::{BoxFuture, Projection, ProjectionError, StoredEvent, Tables};
+
+pub struct AuditProjection;
+
+/// Event types that record a refusal rather than an allowed action.
+const REFUSALS: &[&str] = &["MessageBlocked", "CallBlocked", "ActionRefused", "AuthFailed", "WebhookRejected"];
+
+/// Column arrays for one set-based insert.
+#[derive(Default)]
+struct Rows {
+    position: Vec<i64>,
+    occurred_at: Vec<chrono::DateTime<chrono::Utc>>,
+    aggregate_type: Vec<String>,
+    aggregate_id: Vec<String>,
+    sequence: Vec<i64>,
+    event_type: Vec<String>,
+    outcome: Vec<&'static str>,
+    actor_kind: Vec<Option<String>>,
+    actor_id: Vec<Option<String>>,
+    agent_id: Vec<Option<String>>,
+    org_id: Vec<Option<String>>,
+    refused_by: Vec<Option<String>>,
+    code: Vec<Option<String>>,
+    rule: Vec<Option<String>>,
+}
+
+impl Rows {
+    fn push(&mut self, event: &StoredEvent) {
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+        let actor = event.metadata.get("actor");
+        self.position.push(event.position);
+        self.occurred_at.push(event.occurred_at);
+        self.aggregate_type.push(event.aggregate_type.clone());
+        self.aggregate_id.push(event.aggregate_id.clone());
+        self.sequence.push(event.sequence);
+        self.event_type.push(event.event_type.clone());
+        self.outcome.push(if REFUSALS.contains(&event.event_type.as_str()) { "refused" } else { "allowed" });
+        self.actor_kind.push(text(actor.and_then(|a| a.get("kind"))));
+        self.actor_id.push(text(actor.and_then(|a| a.get("id"))));
+        self.agent_id.push(if event.aggregate_type == "agent" {
+            Some(event.aggregate_id.clone())
+        } else {
+            text(event.payload.get("agentId"))
+        });
+        self.org_id.push(event.org_id.clone());
+        self.refused_by.push(
+            text(event.payload.get("refusedBy")).or_else(|| text(event.metadata.pointer("/provenance/refusedBy"))),
+        );
+        self.code.push(text(event.payload.get("code")));
+        self.rule.push(text(event.payload.get("rule")));
+    }
+}
+
+impl Projection for AuditProjection {
+    fn name(&self) -> &'static str {
+        "audit"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["audit_items", "audit_stream_heads"]
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tables: &'a Tables,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            // Stream order: each stream's events in this batch must continue its stored head.
+            let heads_table = tables.get("audit_stream_heads");
+            let mut first: HashMap<(&str, &str), i64> = HashMap::new();
+            let mut last: HashMap<(&str, &str), i64> = HashMap::new();
+            for e in events {
+                let key = (e.aggregate_type.as_str(), e.aggregate_id.as_str());
+                first.entry(key).or_insert(e.sequence);
+                if let Some(prev) = last.insert(key, e.sequence) {
+                    if e.sequence != prev + 1 {
+                        return Err(out_of_order(key, e.sequence, prev));
+                    }
+                }
+            }
+            let (types, ids): (Vec<&str>, Vec<&str>) = first.keys().copied().unzip();
+            let stored: Vec<(String, String, i64)> = sqlx::query_as(&format!(
+                "SELECT h.aggregate_type, h.aggregate_id, h.last_sequence
+                 FROM {heads_table} h JOIN UNNEST($1::text[], $2::text[]) AS b(t, i)
+                   ON h.aggregate_type = b.t AND h.aggregate_id = b.i"
+            ))
+            .bind(&types)
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+            let stored: HashMap<(&str, &str), i64> =
+                stored.iter().map(|(t, i, s)| ((t.as_str(), i.as_str()), *s)).collect();
+            for (key, seq) in &first {
+                let head = stored.get(key).copied().unwrap_or(0);
+                if *seq != head + 1 {
+                    return Err(out_of_order(*key, *seq, head));
+                }
+            }
+            let (head_types, head_ids): (Vec<&str>, Vec<&str>) = last.keys().copied().unzip();
+            let head_seqs: Vec<i64> = last.keys().map(|k| last[k]).collect();
+            sqlx::query(&format!(
+                "INSERT INTO {heads_table} (aggregate_type, aggregate_id, last_sequence)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
+                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET last_sequence = EXCLUDED.last_sequence"
+            ))
+            .bind(&head_types)
+            .bind(&head_ids)
+            .bind(&head_seqs)
+            .execute(&mut *conn)
+            .await?;
+
+            let mut rows = Rows::default();
+            events.iter().for_each(|e| rows.push(e));
+            sqlx::query(&format!(
+                "INSERT INTO {} (position, occurred_at, aggregate_type, aggregate_id, sequence, event_type,
+                                 outcome, actor_kind, actor_id, agent_id, org_id, refused_by, code, rule)
+                 SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[],
+                                      $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                                      $12::text[], $13::text[], $14::text[])",
+                tables.get("audit_items")
+            ))
+            .bind(&rows.position)
+            .bind(&rows.occurred_at)
+            .bind(&rows.aggregate_type)
+            .bind(&rows.aggregate_id)
+            .bind(&rows.sequence)
+            .bind(&rows.event_type)
+            .bind(&rows.outcome)
+            .bind(&rows.actor_kind)
+            .bind(&rows.actor_id)
+            .bind(&rows.agent_id)
+            .bind(&rows.org_id)
+            .bind(&rows.refused_by)
+            .bind(&rows.code)
+            .bind(&rows.rule)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+fn out_of_order((t, i): (&str, &str), got: i64, last: i64) -> ProjectionError {
+    ProjectionError::OutOfOrder { projection: "audit", stream: format!("{t}/{i}"), got, last }
+}

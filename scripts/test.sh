@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls exactly this):
+#   1. installs what is missing: PostgreSQL server programs (Debian's `postgresql`), cargo-nextest
+#      if absent (falls back to `cargo test`), the Python venv for end-to-end MCP clients;
+#   2. starts a throwaway PostgreSQL cluster (unless DATABASE_URL is set) and stops it on exit;
+#   3. runs every test of the workspace against it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/pg.sh
+
+pg_bin=$(ensure_pg_bin)
+export PG_BIN_DIR="$pg_bin"
+
+if [ -f scripts/e2e-requirements.txt ]; then
+  ensure_venv scripts/e2e-requirements.txt .venv
+  export COMMGUARD_TEST_PYTHON="$PWD/.venv/bin/python"
+fi
+
+if [ -z "${DATABASE_URL:-}" ]; then
+  cluster=$(mktemp -d /tmp/commguard-test-XXXXXX)
+  trap 'stop_cluster "$cluster"' EXIT
+  start_cluster "$cluster" test
+  export DATABASE_URL
+  DATABASE_URL=$(cluster_url "$cluster")
+fi
+echo "test database: $DATABASE_URL" >&2
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

@@ -1,0 +1,125 @@
+//! Who caused an event, through what, and which checks ran: the provenance every command carries
+//! into the metadata of the events it produces (CONTRACT §11.1).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The metadata key under which the context travels through cqrs-es (whose metadata is a map of
+/// strings) to the repository, which expands it into the stored metadata object.
+pub(crate) const CONTEXT_KEY: &str = "commguard.context";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActorKind {
+    Agent,
+    Org,
+    SuperAdmin,
+    System,
+    Provider,
+    Cli,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub kind: ActorKind,
+    pub id: String,
+}
+
+impl Actor {
+    pub fn system(id: impl Into<String>) -> Self {
+        Self { kind: ActorKind::System, id: id.into() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckResult {
+    Pass,
+    Fail,
+    Skipped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub check: String,
+    pub result: CheckResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Every check run, in order, and the one that refused, if any.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Provenance {
+    pub checks: Vec<Check>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_by: Option<String>,
+}
+
+impl Provenance {
+    pub fn pass(&mut self, check: &str) {
+        self.checks.push(Check { check: check.into(), result: CheckResult::Pass, detail: None });
+    }
+
+    pub fn fail(&mut self, check: &str, detail: impl Into<String>) {
+        self.checks.push(Check { check: check.into(), result: CheckResult::Fail, detail: Some(detail.into()) });
+        self.refused_by = Some(check.into());
+    }
+
+    pub fn skip(&mut self, check: &str, detail: impl Into<String>) {
+        self.checks.push(Check { check: check.into(), result: CheckResult::Skipped, detail: Some(detail.into()) });
+    }
+}
+
+/// The context of one command. The store stamps it on each event it produces.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandContext {
+    pub actor: Actor,
+    pub org_id: Option<String>,
+    pub request_id: Option<String>,
+    pub transport: String,
+    pub provenance: Provenance,
+    /// Read from the service clock when the command was accepted.
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl CommandContext {
+    pub fn new(actor: Actor, transport: impl Into<String>, occurred_at: DateTime<Utc>) -> Self {
+        Self {
+            actor,
+            org_id: None,
+            request_id: None,
+            transport: transport.into(),
+            provenance: Provenance::default(),
+            occurred_at,
+        }
+    }
+
+    pub fn in_org(mut self, org_id: impl Into<String>) -> Self {
+        self.org_id = Some(org_id.into());
+        self
+    }
+
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = Some(request_id.into());
+        self
+    }
+
+    pub fn with_provenance(mut self, provenance: Provenance) -> Self {
+        self.provenance = provenance;
+        self
+    }
+
+    pub(crate) fn to_metadata(&self) -> HashMap<String, String> {
+        let json = serde_json::to_string(self).expect("a command context always serializes");
+        HashMap::from([(CONTEXT_KEY.to_string(), json)])
+    }
+
+    pub(crate) fn from_metadata(metadata: &Value) -> Option<Self> {
+        serde_json::from_str(metadata.get(CONTEXT_KEY)?.as_str()?).ok()
+    }
+}

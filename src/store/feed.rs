@@ -1,0 +1,65 @@
+//! The global event order: reads below the horizon, where every transaction has ended.
+//!
+//! A position is `(transaction id << 12) | index within the transaction`. `event_horizon()` is
+//! the oldest transaction id still running, shifted the same way: all transactions below it have
+//! committed or aborted, so what a reader sees below the horizon is final, and every event that
+//! commits later has a position above it. Readers therefore never skip an event, whatever order
+//! transactions commit in.
+
+use sqlx::postgres::PgRow;
+use sqlx::{PgExecutor, Row};
+
+pub use commguard_projections::StoredEvent;
+
+pub(crate) const COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, sequence, event_type, \
+     event_version, occurred_at, org_id, payload, metadata, prev_hash, hash";
+
+pub(crate) fn stored_event_from_row(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
+    Ok(StoredEvent {
+        position: row.try_get("position")?,
+        event_id: row.try_get("event_id")?,
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: row.try_get("sequence")?,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        occurred_at: row.try_get("occurred_at")?,
+        org_id: row.try_get("org_id")?,
+        payload: row.try_get("payload")?,
+        metadata: row.try_get("metadata")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+/// Up to `limit` events after `after`, in global order, never past the horizon.
+/// `org_id` restricts the feed to one organization's events.
+pub async fn read_after<'e>(
+    db: impl PgExecutor<'e>,
+    after: i64,
+    limit: i64,
+    org_id: Option<&str>,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events
+         WHERE position > $1 AND position < event_horizon() AND ($3::text IS NULL OR org_id = $3)
+         ORDER BY position LIMIT $2"
+    );
+    let rows = sqlx::query(&sql).bind(after).bind(limit).bind(org_id).fetch_all(db).await?;
+    rows.iter().map(stored_event_from_row).collect()
+}
+
+/// The highest position a reader may see now (for `headPosition` and progress bars).
+pub async fn head_position<'e>(db: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events WHERE position < event_horizon()")
+        .fetch_one(db)
+        .await
+}
+
+/// How many events are visible below the horizon after `after`.
+pub async fn count_after<'e>(db: impl PgExecutor<'e>, after: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE position > $1 AND position < event_horizon()")
+        .bind(after)
+        .fetch_one(db)
+        .await
+}

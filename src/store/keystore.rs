@@ -1,0 +1,185 @@
+//! The key store behind crypto-shredding (CONTRACT §11.4): subject keys per (org, subjectRef,
+//! generation), retention keys per (class, UTC day), consent-record keys per grant. Keys live in
+//! Postgres wrapped by the KEK, so every instance shares them; destroying one is final.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use commguard_domain::pii::RetentionClass;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::crypto::{DataKeys, Key};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    #[error("key store database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("a stored key could not be unwrapped: {0}")]
+    Unwrap(String),
+}
+
+#[derive(Clone)]
+pub struct KeyStore {
+    pool: PgPool,
+    keys: Arc<DataKeys>,
+}
+
+/// What a new key is for; also the row that identifies it.
+enum KeyFor<'a> {
+    Subject { org_id: &'a str, subject_ref: &'a str },
+    Retention { class: RetentionClass, day: NaiveDate },
+    Consent { consent_id: Uuid },
+}
+
+impl KeyStore {
+    pub fn new(pool: PgPool, keys: Arc<DataKeys>) -> Self {
+        Self { pool, keys }
+    }
+
+    pub fn data_keys(&self) -> &DataKeys {
+        &self.keys
+    }
+
+    /// The live key of a subject in an organization, made on first use. After erasure the next
+    /// call makes the next generation.
+    pub async fn subject_key(&self, org_id: &str, subject_ref: &str) -> Result<(Uuid, Key), KeyStoreError> {
+        self.get_or_create(KeyFor::Subject { org_id, subject_ref }).await
+    }
+
+    pub async fn retention_key(&self, class: RetentionClass, day: NaiveDate) -> Result<(Uuid, Key), KeyStoreError> {
+        self.get_or_create(KeyFor::Retention { class, day }).await
+    }
+
+    pub async fn consent_key(&self, consent_id: Uuid) -> Result<(Uuid, Key), KeyStoreError> {
+        self.get_or_create(KeyFor::Consent { consent_id }).await
+    }
+
+    /// The live keys among `ids`; destroyed or unknown ids are simply absent.
+    pub async fn lookup(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Key>, KeyStoreError> {
+        let rows: Vec<(Uuid, Vec<u8>)> =
+            sqlx::query_as("SELECT key_id, wrapped FROM data_keys WHERE key_id = ANY($1) AND wrapped IS NOT NULL")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(|(id, wrapped)| Ok((id, self.unwrap(&wrapped, id)?))).collect()
+    }
+
+    /// Destroys every generation of a subject's key, in one organization or in all of them.
+    /// Returns how many live keys were destroyed.
+    pub async fn destroy_subject(&self, org_id: Option<&str>, subject_ref: &str) -> Result<u64, KeyStoreError> {
+        let done = sqlx::query(
+            "UPDATE data_keys SET wrapped = NULL, destroyed_at = now()
+             WHERE kind = 'subject' AND subject_ref = $1 AND ($2::text IS NULL OR org_id = $2)
+               AND destroyed_at IS NULL",
+        )
+        .bind(subject_ref)
+        .bind(org_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Destroys the retention keys of a class for every day before `before`.
+    pub async fn destroy_retention(&self, class: RetentionClass, before: NaiveDate) -> Result<u64, KeyStoreError> {
+        let done = sqlx::query(
+            "UPDATE data_keys SET wrapped = NULL, destroyed_at = now()
+             WHERE kind = 'retention' AND retention_class = $1 AND bucket < $2 AND destroyed_at IS NULL",
+        )
+        .bind(class.as_str())
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn get_or_create(&self, purpose: KeyFor<'_>) -> Result<(Uuid, Key), KeyStoreError> {
+        // Two rounds at most: a concurrent creator may win the insert; then we read its key.
+        for _ in 0..3 {
+            if let Some(found) = self.find_live(&purpose).await? {
+                return Ok(found);
+            }
+            self.insert(&purpose).await?;
+        }
+        self.find_live(&purpose)
+            .await?
+            .ok_or_else(|| KeyStoreError::Unwrap("a new key was destroyed before first use".into()))
+    }
+
+    async fn find_live(&self, purpose: &KeyFor<'_>) -> Result<Option<(Uuid, Key)>, KeyStoreError> {
+        let row: Option<(Uuid, Vec<u8>)> = match purpose {
+            KeyFor::Subject { org_id, subject_ref } => {
+                sqlx::query_as(
+                    "SELECT key_id, wrapped FROM data_keys
+                     WHERE kind = 'subject' AND org_id = $1 AND subject_ref = $2 AND wrapped IS NOT NULL",
+                )
+                .bind(org_id)
+                .bind(subject_ref)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            KeyFor::Retention { class, day } => {
+                sqlx::query_as(
+                    "SELECT key_id, wrapped FROM data_keys
+                     WHERE kind = 'retention' AND retention_class = $1 AND bucket = $2 AND wrapped IS NOT NULL",
+                )
+                .bind(class.as_str())
+                .bind(day)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            KeyFor::Consent { consent_id } => {
+                sqlx::query_as(
+                    "SELECT key_id, wrapped FROM data_keys
+                     WHERE kind = 'consent' AND consent_id = $1 AND wrapped IS NOT NULL",
+                )
+                .bind(consent_id)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        row.map(|(id, wrapped)| Ok((id, self.unwrap(&wrapped, id)?))).transpose()
+    }
+
+    async fn insert(&self, purpose: &KeyFor<'_>) -> Result<(), KeyStoreError> {
+        let key_id = Uuid::new_v4();
+        let wrapped = self.keys.wrap(&DataKeys::new_key(), key_id);
+        // ON CONFLICT DO NOTHING covers every partial unique index: a racing creator wins and
+        // both then read the same key. A retention or consent key destroyed earlier stays
+        // destroyed: its unique row blocks a new one, so late writes cannot resurrect the class.
+        let query = match purpose {
+            KeyFor::Subject { org_id, subject_ref } => sqlx::query(
+                "INSERT INTO data_keys (key_id, kind, org_id, subject_ref, generation, wrapped)
+                 SELECT $1, 'subject', $2, $3, COALESCE(MAX(generation), 0) + 1, $4
+                 FROM data_keys WHERE kind = 'subject' AND org_id = $2 AND subject_ref = $3
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(key_id)
+            .bind(*org_id)
+            .bind(*subject_ref)
+            .bind(wrapped),
+            KeyFor::Retention { class, day } => sqlx::query(
+                "INSERT INTO data_keys (key_id, kind, retention_class, bucket, wrapped)
+                 VALUES ($1, 'retention', $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(key_id)
+            .bind(class.as_str())
+            .bind(*day)
+            .bind(wrapped),
+            KeyFor::Consent { consent_id } => sqlx::query(
+                "INSERT INTO data_keys (key_id, kind, consent_id, wrapped)
+                 VALUES ($1, 'consent', $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(key_id)
+            .bind(*consent_id)
+            .bind(wrapped),
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn unwrap(&self, wrapped: &[u8], key_id: Uuid) -> Result<Key, KeyStoreError> {
+        self.keys.unwrap(wrapped, key_id).map_err(|e| KeyStoreError::Unwrap(e.to_string()))
+    }
+}

@@ -1,0 +1,246 @@
+//! The projection runner: follows the global event order from each projection's checkpoint and
+//! applies a batch of events and the new checkpoint in one transaction. A crash anywhere rolls the
+//! batch back; the next run starts at the last committed checkpoint. Several instances may run
+//! it: a transaction-scoped advisory lock per projection lets one of them work at a time.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use commguard_projections::{shadow_name, Projection, ProjectionError, Tables};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::feed;
+
+/// Events applied per transaction.
+pub const BATCH: i64 = 500;
+/// Events applied per transaction while rebuilding into shadow tables.
+const REBUILD_BATCH: i64 = 5_000;
+/// How often an idle runner looks for events committed by other instances.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error("projection runner database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("unknown projection {0:?}")]
+    UnknownProjection(String),
+}
+
+/// Applies at most one batch of `projection` under checkpoint `checkpoint`, writing to `tables`.
+/// Returns how many events it applied (0: caught up, or another instance holds the projection).
+pub async fn run_batch(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    checkpoint: &str,
+    tables: &Tables,
+    batch: i64,
+) -> Result<usize, RunnerError> {
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('commguard.projection.' || $1))")
+        .bind(projection.name())
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(0);
+    }
+    let applied = apply_batch(&mut tx, projection, checkpoint, tables, batch).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Inside the caller's transaction: reads the checkpoint, applies the next events below the
+/// horizon, and moves the checkpoint past them.
+async fn apply_batch(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    checkpoint: &str,
+    tables: &Tables,
+    batch: i64,
+) -> Result<usize, RunnerError> {
+    let position = checkpoint_of(&mut *conn, checkpoint).await?;
+    let events = feed::read_after(&mut *conn, position, batch, None).await?;
+    let Some(last) = events.last().map(|e| e.position) else {
+        return Ok(0);
+    };
+    projection.apply(&mut *conn, tables, &events).await?;
+    set_checkpoint(&mut *conn, checkpoint, last).await?;
+    Ok(events.len())
+}
+
+async fn checkpoint_of(conn: &mut PgConnection, checkpoint: &str) -> Result<i64, sqlx::Error> {
+    Ok(sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
+        .bind(checkpoint)
+        .fetch_optional(conn)
+        .await?
+        .unwrap_or(0))
+}
+
+async fn set_checkpoint(conn: &mut PgConnection, checkpoint: &str, position: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (projection, position, updated_at) VALUES ($1, $2, now())
+         ON CONFLICT (projection) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+    )
+    .bind(checkpoint)
+    .bind(position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Runs every projection until `stop` is notified. One task per projection, so a slow or broken
+/// projection never holds the others back; a failing batch is logged and retried after a pause.
+pub fn spawn_all(
+    pool: PgPool,
+    projections: Vec<Box<dyn Projection>>,
+    appended: Arc<Notify>,
+    stop: Arc<Notify>,
+) -> Vec<JoinHandle<()>> {
+    projections
+        .into_iter()
+        .map(|projection| {
+            let (pool, appended, stop) = (pool.clone(), appended.clone(), stop.clone());
+            tokio::spawn(async move {
+                let tables = Tables::live(projection.tables());
+                loop {
+                    let wait = match run_batch(&pool, projection.as_ref(), projection.name(), &tables, BATCH).await {
+                        Ok(n) if n > 0 => continue,
+                        Ok(_) => IDLE_POLL,
+                        Err(e) => {
+                            tracing::error!(projection = projection.name(), error = %e, "projection batch failed");
+                            Duration::from_secs(1)
+                        }
+                    };
+                    tokio::select! {
+                        _ = stop.notified() => return,
+                        _ = appended.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Rebuilds `projection` from position 0 into shadow tables while servers keep running, then
+/// swaps the shadows in atomically, catching up on whatever was appended meanwhile.
+pub async fn rebuild(pool: &PgPool, projection: &dyn Projection, progress: &mut Progress) -> Result<u64, RunnerError> {
+    let name = projection.name();
+    let shadow_checkpoint = format!("{name}__rebuild");
+    let shadows = Tables::shadow(projection.tables());
+    let mut setup = pool.begin().await?;
+    for table in projection.tables() {
+        let shadow = shadow_name(table);
+        sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}")).execute(&mut *setup).await?;
+        sqlx::query(&format!("CREATE TABLE {shadow} (LIKE {table} INCLUDING ALL)")).execute(&mut *setup).await?;
+    }
+    sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
+        .bind(&shadow_checkpoint)
+        .execute(&mut *setup)
+        .await?;
+    setup.commit().await?;
+
+    progress.total = feed::count_after(pool, 0).await? as u64;
+    let mut applied = 0u64;
+    loop {
+        // Shadow batches run without the live projection's lock, so live runners keep the
+        // live tables current meanwhile.
+        let mut tx = pool.begin().await?;
+        let n = apply_batch(&mut tx, projection, &shadow_checkpoint, &shadows, REBUILD_BATCH).await?;
+        tx.commit().await?;
+        if n == 0 {
+            break;
+        }
+        applied += n as u64;
+        progress.update(applied);
+    }
+
+    // Swap: hold the projection's lock (live runners skip meanwhile), apply what came since,
+    // rename the shadows in, and move the live checkpoint, all in one transaction.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('commguard.projection.' || $1))")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    loop {
+        let n = apply_batch(&mut tx, projection, &shadow_checkpoint, &shadows, REBUILD_BATCH).await?;
+        if n == 0 {
+            break;
+        }
+        applied += n as u64;
+    }
+    for table in projection.tables() {
+        let shadow = shadow_name(table);
+        sqlx::query(&format!("DROP TABLE {table}")).execute(&mut *tx).await?;
+        sqlx::query(&format!("ALTER TABLE {shadow} RENAME TO {table}")).execute(&mut *tx).await?;
+    }
+    let position = checkpoint_of(&mut tx, &shadow_checkpoint).await?;
+    set_checkpoint(&mut tx, name, position).await?;
+    sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
+        .bind(&shadow_checkpoint)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    progress.update(applied);
+    progress.finish();
+    Ok(applied)
+}
+
+/// Progress on stderr: a redrawn bar on a terminal, otherwise a line every 5 seconds.
+pub struct Progress {
+    label: String,
+    total: u64,
+    started: Instant,
+    last_line: Instant,
+    tty: bool,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn new(label: impl Into<String>) -> Self {
+        let now = Instant::now();
+        Self { label: label.into(), total: 0, started: now, last_line: now, tty: std::io::stderr().is_terminal(), quiet: false }
+    }
+
+    /// No output at all (tests, library callers).
+    pub fn quiet() -> Self {
+        Self { quiet: true, ..Self::new("") }
+    }
+
+    fn update(&mut self, done: u64) {
+        if self.quiet {
+            return;
+        }
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-6);
+        let rate = done as f64 / elapsed;
+        let total = self.total.max(done);
+        let eta = if rate > 0.0 { (total - done) as f64 / rate } else { 0.0 };
+        if self.tty {
+            let width = 30;
+            let filled = if total == 0 { width } else { (done * width as u64 / total) as usize };
+            eprint!(
+                "\r{} [{}{}] {done}/{total} {rate:.0} ev/s ETA {eta:.0}s ",
+                self.label,
+                "#".repeat(filled),
+                " ".repeat(width - filled)
+            );
+        } else if self.last_line.elapsed() >= Duration::from_secs(5) {
+            eprintln!("{}: {done}/{total} events, {rate:.0} ev/s, ETA {eta:.0}s", self.label);
+            self.last_line = Instant::now();
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.quiet {
+            return;
+        }
+        if self.tty {
+            eprintln!();
+        }
+        eprintln!("{}: done in {:.1}s", self.label, self.started.elapsed().as_secs_f64());
+    }
+}

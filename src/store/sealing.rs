@@ -1,0 +1,161 @@
+//! Sealing and opening the personal-data fields of event payloads (CONTRACT §11.4).
+//!
+//! The domain marks a personal field with the keys that must seal it (`Pii` clear form). Before
+//! an event is stored, `seal_payload` replaces every such field with an envelope encrypted under
+//! those keys; `open_payload` reverses it for the auditor feed and exports, reading `"[erased]"`
+//! wherever a key has been destroyed.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use commguard_domain::pii::{ClearField, SealedField, CLEAR_MARKER, SEALED_MARKER};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::keystore::{KeyStore, KeyStoreError};
+use crate::crypto::envelope::{self, Opened};
+use crate::crypto::Key;
+
+/// The organization under which subject keys of platform-level events live.
+pub const PLATFORM_ORG: &str = "platform";
+
+/// Replaces every clear personal field in `payload` with its sealed envelope.
+pub async fn seal_payload(
+    keystore: &KeyStore,
+    payload: &mut Value,
+    event_id: Uuid,
+    org_id: Option<&str>,
+    occurred_at: DateTime<Utc>,
+) -> Result<(), KeyStoreError> {
+    let mut fields = Vec::new();
+    collect_clear(payload, String::new(), &mut fields);
+    for (path, clear) in fields {
+        let mut keys: Vec<(Uuid, Key)> = Vec::with_capacity(3);
+        if let Some(subject) = &clear.with.subject {
+            let subject_ref = keystore.data_keys().blind_index(subject);
+            keys.push(keystore.subject_key(org_id.unwrap_or(PLATFORM_ORG), &subject_ref).await?);
+        }
+        if let Some(class) = clear.with.retention {
+            keys.push(keystore.retention_key(class, occurred_at.date_naive()).await?);
+        }
+        if let Some(consent_id) = clear.with.consent_record {
+            keys.push(keystore.consent_key(consent_id).await?);
+        }
+        if keys.is_empty() {
+            return Err(KeyStoreError::Unwrap(format!("personal field {path} names no key to seal it")));
+        }
+        let sealed = envelope::seal(&keys, event_id, &path, &clear.value);
+        *pointer_mut(payload, &path).expect("the path was just collected from this payload") =
+            serde_json::to_value(sealed).expect("an envelope always serializes");
+    }
+    Ok(())
+}
+
+/// True when any clear personal field is left: the store refuses to write such a payload.
+pub fn has_clear_fields(payload: &Value) -> bool {
+    match payload {
+        Value::Object(map) => map.contains_key(CLEAR_MARKER) || map.values().any(has_clear_fields),
+        Value::Array(items) => items.iter().any(has_clear_fields),
+        _ => false,
+    }
+}
+
+/// A path that could not be opened, for the feed's `redactions`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Redaction {
+    pub path: String,
+    pub reason: &'static str,
+}
+
+/// Opens every sealed field whose keys all exist; the others read `"[erased]"`.
+pub async fn open_payload(
+    keystore: &KeyStore,
+    payload: &mut Value,
+    event_id: Uuid,
+) -> Result<Vec<Redaction>, KeyStoreError> {
+    let mut fields = Vec::new();
+    collect_sealed(payload, String::new(), &mut fields);
+    if fields.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = fields.iter().flat_map(|(_, f)| f.k.iter().copied()).collect();
+    let live: HashMap<Uuid, Key> = keystore.lookup(&ids).await?;
+    let mut redactions = Vec::new();
+    for (path, field) in fields {
+        let opened = envelope::open(&field, event_id, &path, |id| live.get(&id).copied());
+        let value = match opened {
+            Ok(text) => Value::String(text),
+            Err(Opened::Erased) => {
+                redactions.push(Redaction { path: path.clone(), reason: "subject_erased" });
+                json!("[erased]")
+            }
+            Err(Opened::Corrupt) => {
+                redactions.push(Redaction { path: path.clone(), reason: "corrupt" });
+                json!("[erased]")
+            }
+        };
+        *pointer_mut(payload, &path).expect("the path was just collected from this payload") = value;
+    }
+    Ok(redactions)
+}
+
+fn collect_clear(value: &Value, path: String, out: &mut Vec<(String, ClearField)>) {
+    match value {
+        Value::Object(map) if map.contains_key(CLEAR_MARKER) => {
+            if let Ok(clear) = serde_json::from_value::<ClearField>(map[CLEAR_MARKER].clone()) {
+                out.push((path, clear));
+            }
+        }
+        Value::Object(map) => {
+            for (key, child) in map {
+                collect_clear(child, join(&path, key), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                collect_clear(child, join(&path, &i.to_string()), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn collect_sealed(value: &Value, path: String, out: &mut Vec<(String, SealedField)>) {
+    match value {
+        Value::Object(map) if map.contains_key(SEALED_MARKER) => {
+            if let Ok(sealed) = serde_json::from_value::<SealedField>(value.clone()) {
+                out.push((path, sealed));
+            }
+        }
+        Value::Object(map) => {
+            for (key, child) in map {
+                collect_sealed(child, join(&path, key), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                collect_sealed(child, join(&path, &i.to_string()), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn pointer_mut<'a>(value: &'a mut Value, path: &str) -> Option<&'a mut Value> {
+    if path.is_empty() {
+        return Some(value);
+    }
+    path.split('.').try_fold(value, |node, part| match node {
+        Value::Object(map) => map.get_mut(part),
+        Value::Array(items) => items.get_mut(part.parse::<usize>().ok()?),
+        _ => None,
+    })
+}

@@ -1,0 +1,111 @@
+//! `commguard audit verify`: walks every hash chain from its first event, recomputing each hash,
+//! and checks that `chain_heads` agrees with the last event (a truncated tail shows there).
+
+use futures::TryStreamExt;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::chain::{self, ChainLink};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Broken {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub aggregates: u64,
+    pub events: u64,
+    pub broken: Vec<Broken>,
+}
+
+impl Report {
+    pub fn is_ok(&self) -> bool {
+        self.broken.is_empty()
+    }
+}
+
+/// Verifies every chain, or only `aggregate` (`(type, id)`).
+pub async fn verify(pool: &PgPool, aggregate: Option<(&str, &str)>) -> Result<Report, sqlx::Error> {
+    let (kind, id) = aggregate.unzip();
+    let mut rows = sqlx::query_as::<_, (String, String, i64, String, String, serde_json::Value, serde_json::Value)>(
+        "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
+         FROM events WHERE ($1::text IS NULL OR (aggregate_type = $1 AND aggregate_id = $2))
+         ORDER BY aggregate_type, aggregate_id, sequence",
+    )
+    .bind(kind)
+    .bind(id)
+    .fetch(pool);
+
+    let mut report = Report::default();
+    let mut current: Vec<ChainLink> = Vec::new();
+    let mut tails: Vec<(String, String, i64, String)> = Vec::new();
+    let mut seen: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+    while let Some((aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)) =
+        rows.try_next().await?
+    {
+        if current.first().is_some_and(|c| c.aggregate_type != aggregate_type || c.aggregate_id != aggregate_id) {
+            check_chain(std::mem::take(&mut current), &mut report, &mut tails, &mut seen);
+        }
+        current.push(ChainLink { aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata });
+    }
+    check_chain(current, &mut report, &mut tails, &mut seen);
+    drop(rows);
+
+    // Every head must match the last event of its chain, and every chain must have a head.
+    let heads: Vec<(String, String, i64, String)> = sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id, last_sequence, last_hash FROM chain_heads
+         WHERE ($1::text IS NULL OR (aggregate_type = $1 AND aggregate_id = $2))",
+    )
+    .bind(kind)
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let heads: std::collections::HashMap<(String, String), (i64, String)> =
+        heads.into_iter().map(|(t, i, s, h)| ((t, i), (s, h))).collect();
+    for (t, i, last_sequence, last_hash) in &tails {
+        match heads.get(&(t.clone(), i.clone())) {
+            Some((s, h)) if s == last_sequence && h == last_hash => {}
+            Some((s, _)) if s > last_sequence => report.broken.push(Broken {
+                aggregate_type: t.clone(),
+                aggregate_id: i.clone(),
+                sequence: last_sequence + 1,
+                reason: format!("chain head is at sequence {s}: events after {last_sequence} are missing"),
+            }),
+            Some(_) => report.broken.push(broken(t, i, *last_sequence, "chain head does not match the last event")),
+            None => report.broken.push(broken(t, i, *last_sequence, "chain head missing")),
+        }
+    }
+    for ((t, i), (s, _)) in &heads {
+        if !seen.contains(&(t.clone(), i.clone())) {
+            report.broken.push(broken(t, i, 1, &format!("chain head at sequence {s} but no events")));
+        }
+    }
+    Ok(report)
+}
+
+fn check_chain(
+    links: Vec<ChainLink>,
+    report: &mut Report,
+    tails: &mut Vec<(String, String, i64, String)>,
+    seen: &mut std::collections::HashSet<(String, String)>,
+) {
+    let Some(first) = links.first() else { return };
+    let (t, i) = (first.aggregate_type.clone(), first.aggregate_id.clone());
+    seen.insert((t.clone(), i.clone()));
+    report.aggregates += 1;
+    report.events += links.len() as u64;
+    match chain::verify_chain(links.into_iter()) {
+        Ok((count, last_hash)) => tails.push((t, i, count as i64, last_hash)),
+        Err(b) => report.broken.push(broken(&t, &i, b.sequence, &b.reason)),
+    }
+}
+
+fn broken(t: &str, i: &str, sequence: i64, reason: &str) -> Broken {
+    Broken { aggregate_type: t.into(), aggregate_id: i.into(), sequence, reason: reason.into() }
+}

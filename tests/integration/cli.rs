@@ -1,0 +1,166 @@
+//! The `commguard` binary from the outside: the embedded cluster (first start, restart, stale pid,
+//! clean stop on SIGTERM), configuration errors, `audit verify` and `replay` exit codes.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{binary, data_dir, ledger, TestDb};
+
+/// The binary with a clean environment: only what the test passes, plus PATH and PG_BIN_DIR.
+fn commguard(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    if let Ok(bin) = std::env::var("PG_BIN_DIR") {
+        cmd.env("PG_BIN_DIR", bin);
+    }
+    cmd.env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    commguard(args, env).output().expect("commguard runs")
+}
+
+fn cluster_running(data: &Path) -> bool {
+    let bin = std::env::var("PG_BIN_DIR").map(|d| format!("{d}/pg_ctl")).unwrap_or_else(|_| "pg_ctl".into());
+    Command::new(bin).arg("-D").arg(data.join("pg")).arg("status").output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+#[test]
+fn migrate_starts_initialises_and_stops_the_embedded_cluster_and_recovers_a_stale_pid() {
+    let data = data_dir();
+    let dir = data.path().display().to_string();
+    let env = [("COMMGUARD_DATA_DIR", dir.as_str())];
+
+    let first = run(&["migrate"], &env);
+    assert!(first.status.success(), "first migrate: {}", String::from_utf8_lossy(&first.stderr));
+    assert!(data.path().join("pg/PG_VERSION").exists(), "initdb ran in $COMMGUARD_DATA_DIR/pg");
+    assert!(!cluster_running(data.path()), "the cluster is stopped when the command ends");
+    let conf = std::fs::read_to_string(data.path().join("pg/postgresql.conf")).unwrap();
+    assert!(conf.contains("listen_addresses = ''"), "Unix socket only");
+
+    // Development keys are generated once into the data directory, readable by the owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let key_file = data.path().join("keys/data_encryption_key.hex");
+    let mode = std::fs::metadata(&key_file).expect("a generated data key").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let key = std::fs::read_to_string(&key_file).unwrap();
+
+    // A crash leaves a pid file naming a process that is gone: the next start recovers.
+    std::fs::write(data.path().join("pg/postmaster.pid"), "999999\n/nonexistent\n").unwrap();
+    let second = run(&["migrate"], &env);
+    assert!(second.status.success(), "migrate after a crash: {}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), key, "the key is kept across restarts");
+    assert!(!cluster_running(data.path()));
+}
+
+#[test]
+fn serve_on_the_embedded_default_answers_and_stops_cleanly_on_sigterm() {
+    let data = data_dir();
+    let dir = data.path().display().to_string();
+    let mut child = commguard(&["serve"], &[("COMMGUARD_DATA_DIR", dir.as_str()), ("HOST", "127.0.0.1"), ("PORT", "0")])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("serve logs its address");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let body: serde_json::Value = reqwest::blocking_get(&format!("http://{addr}/health"));
+    assert_eq!(body["status"], "ok");
+    assert!(cluster_running(data.path()));
+
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "serve stops within the drain time");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "serve exits 0 on SIGTERM");
+    assert!(!cluster_running(data.path()), "the embedded cluster is stopped after the server");
+}
+
+#[test]
+fn a_malformed_variable_exits_2_naming_it() {
+    let data = data_dir();
+    let dir = data.path().display().to_string();
+    for (var, value) in [("PORT", "eighty"), ("DATA_ENCRYPTION_KEY", "abc"), ("DEMO_MODE", "yes")] {
+        let out = run(&["migrate"], &[("COMMGUARD_DATA_DIR", dir.as_str()), (var, value)]);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(var), "{var}: {stderr}");
+    }
+    let out = run(&["migrate"], &[("COMMGUARD_ENV", "production"), ("COMMGUARD_DATA_DIR", dir.as_str())]);
+    assert_eq!(out.status.code(), Some(2), "production refuses to start without a master token");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MASTER_SECURITY_TOKEN"));
+}
+
+#[tokio::test]
+async fn audit_verify_and_replay_report_through_exit_codes() {
+    let db = TestDb::new().await;
+    let data = data_dir();
+    let dir = data.path().display().to_string();
+    let key = "11".repeat(32);
+    let env = [("DATABASE_URL", db.url.as_str()), ("COMMGUARD_DATA_DIR", dir.as_str()), ("DATA_ENCRYPTION_KEY", key.as_str())];
+
+    let migrated = run(&["migrate"], &env);
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let pool = db.pool().await;
+    let store = commguard::store::Store::new(pool.clone(), std::sync::Arc::new(commguard::crypto::DataKeys::new(&[1; 32])));
+    let ledger = store.framework::<ledger::Ledger>(());
+    for i in 0..3 {
+        ledger::note(&store, &ledger, "cli", &format!("n{i}"), Some("+15551112222")).await;
+    }
+
+    let ok = run(&["audit", "verify"], &env);
+    assert_eq!(ok.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "OK 1 aggregates, 3 events");
+
+    let replay = run(&["replay", "--projection", "audit"], &env);
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_items").fetch_one(&pool).await.unwrap();
+    assert_eq!(rows, 3);
+    let unknown = run(&["replay", "--projection", "nope"], &env);
+    assert_eq!(unknown.status.code(), Some(2));
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only").execute(&mut *tx).await.unwrap();
+    sqlx::query("UPDATE events SET event_type = 'Forged' WHERE sequence = 2").execute(&mut *tx).await.unwrap();
+    sqlx::query("ALTER TABLE events ENABLE TRIGGER events_append_only").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let broken = run(&["audit", "verify"], &env);
+    assert_eq!(broken.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&broken.stdout);
+    assert!(out.starts_with("BROKEN ledger/cli at sequence 2: "), "{out}");
+    let json = run(&["audit", "verify", "--json", "--aggregate", "ledger/cli"], &env);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["broken"][0]["sequence"], 2);
+}
+
+mod reqwest {
+    /// A blocking GET without pulling reqwest's blocking client into the build.
+    pub fn blocking_get(url: &str) -> serde_json::Value {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { ::reqwest::get(url).await.unwrap().json().await.unwrap() })
+    }
+}

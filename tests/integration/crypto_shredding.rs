@@ -1,0 +1,118 @@
+//! Sealed personal data: never stored in the clear, readable while its keys exist, erased for
+//! good when a subject key is destroyed — also in a `pg_dump` of the whole database.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use commguard::crypto::DataKeys;
+use commguard::store::{envelope::envelope, feed, Store};
+
+use crate::support::ledger::{note, Ledger};
+use crate::support::{wait_visible, TestDb};
+
+const PHONE: &str = "+15557654321";
+const EMAIL: &str = "alice.erasable@example.com";
+const KEPT: &str = "+15550000001";
+
+fn pg_dump(db: &TestDb) -> String {
+    let bin = std::env::var("PG_BIN_DIR").map(|d| format!("{d}/pg_dump")).unwrap_or_else(|_| "pg_dump".into());
+    let out = Command::new(bin).arg("--dbname").arg(&db.url).output().expect("pg_dump runs");
+    assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("a plain dump is text")
+}
+
+async fn opened_payloads(store: &Store) -> Vec<serde_json::Value> {
+    let written: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(store.pool()).await.unwrap();
+    wait_visible(store.pool(), written).await;
+    let mut out = Vec::new();
+    for event in feed::read_after(store.pool(), 0, 1000, None).await.unwrap() {
+        out.push(envelope(store.keystore(), event, false).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn personal_data_is_sealed_and_erasure_destroys_it_everywhere() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    commguard::store::MIGRATOR.run(&pool).await.unwrap();
+    let store = Store::new(pool, Arc::new(DataKeys::new(&[9u8; 32])));
+    let ledger = store.framework::<Ledger>(());
+    note(&store, &ledger, "l1", "call", Some(PHONE)).await;
+    note(&store, &ledger, "l1", "mail", Some(EMAIL)).await;
+    note(&store, &ledger, "l2", "other", Some(KEPT)).await;
+
+    // Sealed from the first event: no plaintext anywhere in the database.
+    let dump = pg_dump(&db);
+    for secret in [PHONE, "5557654321", EMAIL, KEPT, "message for"] {
+        assert!(!dump.contains(secret), "the dump holds {secret:?} in the clear");
+    }
+
+    // While the keys exist, the feed opens every field.
+    let feed = opened_payloads(&store).await;
+    assert_eq!(feed[0]["payload"]["contact"], PHONE);
+    assert_eq!(feed[0]["payload"]["body"], format!("message for {PHONE}"));
+    assert_eq!(feed[1]["payload"]["contact"], EMAIL);
+    assert!(feed.iter().all(|e| e["redactions"].as_array().unwrap().is_empty()));
+    let raw = envelope(store.keystore(), feed::read_after(store.pool(), 0, 1, None).await.unwrap().remove(0), true)
+        .await
+        .unwrap();
+    assert_eq!(raw["payload"]["contact"]["$pii"], 1, "raw payloads stay sealed");
+
+    // Erasure destroys the subject's key; its fields now read "[erased]", others still open.
+    let subject_ref = store.keystore().data_keys().blind_index(PHONE);
+    assert_eq!(store.keystore().destroy_subject(Some("org-test"), &subject_ref).await.unwrap(), 1);
+    let feed = opened_payloads(&store).await;
+    assert_eq!(feed[0]["payload"]["contact"], "[erased]");
+    assert_eq!(feed[0]["payload"]["body"], "[erased]");
+    let paths: Vec<&str> = feed[0]["redactions"].as_array().unwrap().iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["body", "contact"]);
+    assert_eq!(feed[1]["payload"]["contact"], EMAIL);
+    assert_eq!(feed[2]["payload"]["contact"], KEPT);
+
+    // The events themselves are untouched (append-only) and their chains still verify.
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(count, 3);
+    assert!(commguard::store::verify::verify(store.pool(), None).await.unwrap().is_ok());
+    let wrapped: Option<Vec<u8>> = sqlx::query_scalar("SELECT wrapped FROM data_keys WHERE subject_ref = $1")
+        .bind(&subject_ref)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(wrapped.is_none(), "the destroyed key is gone, not just flagged");
+
+    // After erasure, no dump holds the subject; a later event uses a new key generation.
+    let dump = pg_dump(&db);
+    assert!(!dump.contains(PHONE) && !dump.contains("5557654321"));
+    note(&store, &ledger, "l1", "again", Some(PHONE)).await;
+    let feed = opened_payloads(&store).await;
+    assert_eq!(feed[3]["payload"]["contact"], PHONE);
+    assert_eq!(feed[0]["payload"]["contact"], "[erased]", "old fields stay erased");
+    let generations: Vec<i32> =
+        sqlx::query_scalar("SELECT generation FROM data_keys WHERE subject_ref = $1 ORDER BY generation")
+            .bind(&subject_ref)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(generations, [1, 2]);
+}
+
+#[tokio::test]
+async fn a_destroyed_retention_key_erases_the_fields_it_sealed() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    commguard::store::MIGRATOR.run(&pool).await.unwrap();
+    let store = Store::new(pool, Arc::new(DataKeys::new(&[3u8; 32])));
+    let ledger = store.framework::<Ledger>(());
+    note(&store, &ledger, "r", "msg", Some(PHONE)).await;
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).date_naive();
+    let destroyed = store
+        .keystore()
+        .destroy_retention(commguard_domain::pii::RetentionClass::Messages, tomorrow)
+        .await
+        .unwrap();
+    assert_eq!(destroyed, 1);
+    let feed = opened_payloads(&store).await;
+    assert_eq!(feed[0]["payload"]["contact"], PHONE, "the contact is under the subject key only");
+    assert_eq!(feed[0]["payload"]["body"], "[erased]", "the body also needed the messages key of its day");
+}

@@ -1,0 +1,280 @@
+//! The event store: global order under concurrency, projections that never skip, a runner that
+//! survives being killed, append-only storage, hash chains that expose tampering.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use commguard::crypto::DataKeys;
+use commguard::store::{feed, runner, verify, Store};
+use commguard_projections::{audit::AuditProjection, Projection, Tables};
+use sqlx::PgPool;
+
+use crate::support::ledger::{note, Ledger};
+use crate::support::{wait_visible, TestDb};
+
+async fn store(db: &TestDb) -> Store {
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(24).connect(&db.url).await.unwrap();
+    commguard::store::MIGRATOR.run(&pool).await.unwrap();
+    Store::new(pool, Arc::new(DataKeys::new(&[7u8; 32])))
+}
+
+/// Runs the audit projection until it has applied everything below the horizon.
+async fn catch_up(pool: &PgPool) -> usize {
+    let projection = AuditProjection;
+    let tables = Tables::live(projection.tables());
+    let mut total = 0;
+    loop {
+        let n = runner::run_batch(pool, &projection, projection.name(), &tables, runner::BATCH).await.unwrap();
+        if n == 0 {
+            return total;
+        }
+        total += n;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_are_projected_exactly_once_in_order_across_a_runner_crash() {
+    const WRITERS: usize = 8;
+    const EVENTS_EACH: usize = 2_000;
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+
+    // The runner works while the writers write; it is killed midway and started again.
+    let runner_pool = store.pool().clone();
+    let start_runner = move || {
+        let pool = runner_pool.clone();
+        tokio::spawn(async move {
+            loop {
+                catch_up(&pool).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let first_runner = start_runner();
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let ledger = store.framework::<Ledger>(());
+            for i in 0..EVENTS_EACH {
+                // Mostly the writer's own streams (50 events each), sometimes one of a few streams
+                // every writer shares, so appends to one aggregate race and are retried.
+                let id = if i % 8 == 0 { format!("hot-{}", i / 400) } else { format!("writer-{w}-{}", i / 50) };
+                note(&store, &ledger, &id, &format!("{w}/{i}"), None).await;
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first_runner.abort(); // a crash: its open batch, if any, rolls back
+    let _ = first_runner.await;
+    let mid: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_items").fetch_one(store.pool()).await.unwrap();
+    let second_runner = start_runner();
+
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    // Let the restarted runner finish on its own, then check nothing is left.
+    let pool = store.pool().clone();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let (events, projected): (i64, i64) =
+                sqlx::query_as("SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM audit_items)")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            if events == projected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the restarted runner catches up");
+    second_runner.abort();
+
+    let total = (WRITERS * EVENTS_EACH) as i64;
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(&pool).await.unwrap();
+    assert_eq!(events, total);
+    assert!(mid > 0 && mid < total, "the runner was killed midway (had projected {mid} of {total})");
+
+    // Exactly once: the same positions, one row per event.
+    let mismatched: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM events e FULL JOIN audit_items a ON a.position = e.position
+         WHERE a.position IS NULL OR e.position IS NULL
+            OR a.aggregate_id <> e.aggregate_id OR a.sequence <> e.sequence",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(mismatched, 0, "every event projected exactly once");
+
+    // Per-aggregate order: along the global order, each stream's sequence rises by one.
+    let out_of_order: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (
+             SELECT sequence - LAG(sequence, 1, 0::bigint) OVER (PARTITION BY aggregate_id ORDER BY position) AS step
+             FROM audit_items) s WHERE step <> 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(out_of_order, 0, "streams keep their order in the global order");
+
+    let report = verify::verify(&pool, None).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.broken);
+    assert_eq!(report.events, total as u64);
+    let streams: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chain_heads").fetch_one(&pool).await.unwrap();
+    assert_eq!(report.aggregates, streams as u64);
+}
+
+#[tokio::test]
+async fn readers_never_pass_a_transaction_still_in_flight() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let ledger = store.framework::<Ledger>(());
+    note(&store, &ledger, "a", "first", None).await;
+    wait_visible(store.pool(), 1).await;
+    let seen = feed::read_after(store.pool(), 0, 100, None).await.unwrap();
+    assert_eq!(seen.len(), 1);
+
+    // A writer takes its transaction id, then stalls before committing.
+    let mut slow = store.pool().begin().await.unwrap();
+    let slow_xid: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint").fetch_one(&mut *slow).await.unwrap();
+
+    // A later writer commits meanwhile: its event exists but stays below no reader's horizon.
+    note(&store, &ledger, "b", "second", None).await;
+    let after = seen[0].position;
+    assert!(feed::read_after(store.pool(), after, 100, None).await.unwrap().is_empty(), "the horizon holds back later commits");
+
+    // The stalled writer appends an event (numbered below the one that committed first) and commits.
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+                             position, event_id, occurred_at, org_id, prev_hash, hash)
+         VALUES ('ledger', 'slow', 1, 'Noted', '1.0', '{}', '{}', (pg_current_xact_id()::text::bigint << 12),
+                 gen_random_uuid(), now(), NULL, '', '')",
+    )
+    .execute(&mut *slow)
+    .await
+    .unwrap();
+    slow.commit().await.unwrap();
+
+    wait_visible(store.pool(), 3).await;
+    let next = feed::read_after(store.pool(), after, 100, None).await.unwrap();
+    let ids: Vec<&str> = next.iter().map(|e| e.aggregate_id.as_str()).collect();
+    assert_eq!(ids, ["slow", "b"], "the earlier transaction's event comes first and is not skipped");
+    assert_eq!(next[0].position >> 12, slow_xid);
+    assert!(next.windows(2).all(|w| w[0].position < w[1].position));
+}
+
+#[tokio::test]
+async fn the_event_store_refuses_updates_and_deletes() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let ledger = store.framework::<Ledger>(());
+    note(&store, &ledger, "x", "kept", None).await;
+    for sql in ["UPDATE events SET event_type = 'Changed'", "DELETE FROM events", "TRUNCATE events"] {
+        let err = sqlx::query(sql).execute(store.pool()).await.expect_err(sql);
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn a_tampered_or_truncated_chain_is_reported_at_its_sequence() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let ledger = store.framework::<Ledger>(());
+    for i in 0..5 {
+        note(&store, &ledger, "chain", &format!("entry {i}"), None).await;
+    }
+    note(&store, &ledger, "other", "untouched", None).await;
+    let report = verify::verify(store.pool(), None).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.broken);
+    assert_eq!((report.aggregates, report.events), (2, 6));
+
+    // An administrator with table rights edits history behind the trigger's back.
+    let tamper = |sql: &'static str| {
+        let pool = store.pool().clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only").execute(&mut *tx).await.unwrap();
+            sqlx::query(sql).execute(&mut *tx).await.unwrap();
+            sqlx::query("ALTER TABLE events ENABLE TRIGGER events_append_only").execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    tamper(r#"UPDATE events SET payload = '{"n":3,"text":"rewritten","contact":null,"body":null}' WHERE aggregate_id = 'chain' AND sequence = 3"#).await;
+    let report = verify::verify(store.pool(), None).await.unwrap();
+    assert_eq!(report.broken.len(), 1, "{:?}", report.broken);
+    assert_eq!((report.broken[0].aggregate_id.as_str(), report.broken[0].sequence), ("chain", 3));
+    assert!(report.broken[0].reason.contains("hash"), "{}", report.broken[0].reason);
+
+    // Only one aggregate is checked when asked.
+    let other = verify::verify(store.pool(), Some(("ledger", "other"))).await.unwrap();
+    assert!(other.is_ok());
+    assert_eq!(other.events, 1);
+
+    // Removing the tail keeps every remaining link valid: the chain head exposes it.
+    let db2 = TestDb::new().await;
+    let store2 = self::store(&db2).await;
+    let ledger2 = store2.framework::<Ledger>(());
+    for i in 0..4 {
+        note(&store2, &ledger2, "tail", &format!("entry {i}"), None).await;
+    }
+    let mut tx = store2.pool().begin().await.unwrap();
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only").execute(&mut *tx).await.unwrap();
+    sqlx::query("DELETE FROM events WHERE sequence = 4").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let report = verify::verify(store2.pool(), None).await.unwrap();
+    assert_eq!(report.broken.len(), 1, "{:?}", report.broken);
+    assert_eq!(report.broken[0].sequence, 4);
+    assert!(report.broken[0].reason.contains("missing"), "{}", report.broken[0].reason);
+}
+
+#[tokio::test]
+async fn a_projection_rebuilt_from_zero_equals_the_live_one() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let ledger = store.framework::<Ledger>(());
+    for i in 0..300 {
+        note(&store, &ledger, &format!("s{}", i % 7), "x", None).await;
+    }
+    wait_visible(store.pool(), 300).await;
+    assert_eq!(catch_up(store.pool()).await, 300);
+    let before: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT position, aggregate_id, sequence FROM audit_items ORDER BY position")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+
+    // Writers keep appending while the rebuild runs; the swap catches up on them.
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let ledger = store.framework::<Ledger>(());
+            for i in 0..100 {
+                note(&store, &ledger, &format!("s{}", i % 7), "during", None).await;
+            }
+        })
+    };
+    let mut progress = runner::Progress::quiet();
+    runner::rebuild(store.pool(), &AuditProjection, &mut progress).await.unwrap();
+    writer.await.unwrap();
+    wait_visible(store.pool(), 400).await;
+    catch_up(store.pool()).await;
+
+    let after: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT position, aggregate_id, sequence FROM audit_items ORDER BY position")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(after.len(), 400);
+    assert_eq!(&after[..300], &before[..], "the rebuilt rows equal the live ones");
+    let shadows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_tables WHERE tablename LIKE '%__shadow'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(shadows, 0);
+}

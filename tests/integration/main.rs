@@ -1,0 +1,9 @@
+//! The one integration-test binary: boots real servers on 127.0.0.1 port 0 against real
+//! PostgreSQL databases (one fresh database per test, in the cluster `scripts/test.sh` starts).
+
+mod support;
+
+mod cli;
+mod crypto_shredding;
+mod event_store;
+mod server;

@@ -1,0 +1,130 @@
+//! Test support: a fresh database per test, configurations, servers on port 0, and a small
+//! aggregate (`Ledger`) for exercising the event store without the business domain.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use commguard::app::{Runtime, Server};
+use commguard::config::Config;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+pub mod ledger;
+
+/// The cluster scripts/test.sh started (or the one DATABASE_URL names).
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").expect("DATABASE_URL is set by scripts/test.sh; run the suite through it")
+}
+
+/// A fresh database, dropped with the cluster at the end of the run.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let admin = PgPool::connect(&admin_url()).await.expect("the test cluster accepts connections");
+        let name = format!("t_{}", Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create test database");
+        admin.close().await;
+        let url = with_database(&admin_url(), &name);
+        Self { name, url }
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&self.url).await.expect("connect test database")
+    }
+}
+
+/// `url` with its database name replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = match base.rfind('/') {
+        Some(slash) if slash > "postgres://".len() => &base[..slash],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// A configuration read from `vars` only (nothing from the process environment).
+pub fn config(vars: &[(&str, &str)]) -> Config {
+    let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Config::from_lookup(|name| vars.get(name).cloned()).expect("test configuration is valid")
+}
+
+/// A data directory for one test, traversable by the `postgres` user when tests run as root.
+pub fn data_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("commguard-data-").tempdir().expect("temp dir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+    dir
+}
+
+/// A development configuration over `db` with a fixed data key.
+pub fn dev_config(db: &TestDb, data_dir: &std::path::Path, extra: &[(&str, &str)]) -> Config {
+    let dir = data_dir.display().to_string();
+    let mut vars = vec![
+        ("DATABASE_URL", db.url.as_str()),
+        ("COMMGUARD_DATA_DIR", dir.as_str()),
+        ("DATA_ENCRYPTION_KEY", "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"),
+        ("CREDENTIALS_ENCRYPTION_KEY", "a0b1c2d3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5061728394a5b6c7d8e9f"),
+    ];
+    vars.extend_from_slice(extra);
+    config(&vars)
+}
+
+/// A real server on 127.0.0.1, port 0.
+pub struct TestServer {
+    pub rt: Runtime,
+    pub server: Option<Server>,
+    pub base: String,
+    pub http: reqwest::Client,
+    _data: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start(db: &TestDb, extra: &[(&str, &str)]) -> Self {
+        let data = data_dir();
+        let rt = Runtime::open(dev_config(db, data.path(), extra)).await.expect("runtime opens");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let server = Server::start(&rt, listener).expect("server starts");
+        let base = format!("http://{}", server.addr);
+        Self { rt, server: Some(server), base, http: reqwest::Client::new(), _data: data }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("server stops cleanly");
+        }
+        self.rt.shutdown().await;
+    }
+}
+
+/// The path of the built `commguard` binary.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_commguard"))
+}
+
+/// Waits until `n` events are visible below the horizon. The horizon is cluster-wide: a
+/// transaction in flight in any database of the cluster (other tests run in parallel) holds
+/// readers back until it ends, so reads right after a commit must allow for it.
+pub async fn wait_visible(pool: &PgPool, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let visible = commguard::store::feed::count_after(pool, 0).await.expect("count visible events");
+        if visible >= n {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {visible} of {n} events became visible");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
