@@ -14,9 +14,10 @@ CREATE TABLE audit_items
     org_id         text,
     refused_by     text,
     code           text,
-    rule           text,
-    UNIQUE (aggregate_type, aggregate_id, sequence)
+    rule           text
 );
+-- Exactly once is the position key; stream order is audit_stream_heads. No third unique index:
+-- each index costs catch-up speed.
 CREATE INDEX audit_items_org ON audit_items (org_id, position);
 CREATE INDEX audit_items_agent ON audit_items (agent_id, position);
 

@@ -9,11 +9,12 @@ cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
 
 what=${1:-}; shift || true
-writers=16; seconds=20
+writers=16; seconds=20; stream_length=10
 while [ $# -gt 0 ]; do
   case $1 in
     --writers) writers=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
+    --stream-length) stream_length=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -39,7 +40,7 @@ case $what in
     bin=$(ls -t target/release/deps/event_store-* | grep -v '\.d$' | head -n 1)
     psql -q "$admin" -c "CREATE DATABASE bench"
     base=$(pgbench_tps)
-    result=$(DATABASE_URL="${admin/\/postgres\?//bench?}" "$bin" --writers "$writers" --seconds "$seconds")
+    result=$(DATABASE_URL="${admin/\/postgres\?//bench?}" "$bin" --writers "$writers" --seconds "$seconds" --stream-length "$stream_length")
     appends=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["appends_per_sec"])')
     catchup=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["catch_up_events_per_sec"])')
     echo "commguard: $result"

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
-use crate::config::{Config, Environment};
+use crate::config::{Config, Environment, LogFormat};
 use crate::crypto::{self, DataKeys};
 use crate::http::{self, Hardening};
 use crate::store::embedded::{EmbeddedError, EmbeddedPostgres};
@@ -183,12 +183,18 @@ fn shutdown_signal() -> impl Future<Output = ()> {
     }
 }
 
-/// Logs as JSON in production and as text in development, filtered by `RUST_LOG`.
+/// Logs per `LOG_FORMAT` (JSON in production, text in development), filtered by `RUST_LOG`,
+/// then says once what this development setup runs without.
 pub fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let json = config.env == Environment::Production;
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
 }

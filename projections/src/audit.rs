@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
+use serde::Deserialize;
 use sqlx::PgConnection;
 
 use crate::{BoxFuture, Projection, ProjectionError, StoredEvent, Tables};
@@ -33,10 +33,50 @@ struct Rows {
     rule: Vec<Option<String>>,
 }
 
+/// The few payload fields the audit view reads; parsed without building a JSON tree.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct PayloadFields<'a> {
+    #[serde(borrow)]
+    agent_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    refused_by: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    code: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    rule: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct MetadataFields<'a> {
+    #[serde(borrow)]
+    actor: Option<Actor<'a>>,
+    #[serde(borrow)]
+    provenance: Option<Provenance<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Actor<'a> {
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Provenance<'a> {
+    #[serde(borrow, default)]
+    refused_by: Option<std::borrow::Cow<'a, str>>,
+}
+
 impl Rows {
     fn push(&mut self, event: &StoredEvent) {
-        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
-        let actor = event.metadata.get("actor");
+        // Fields of another shape (an object where a string is expected) read as absent.
+        let payload: PayloadFields = serde_json::from_str(event.payload.get()).unwrap_or_default();
+        let metadata: MetadataFields = serde_json::from_str(event.metadata.get()).unwrap_or_default();
+        let own = |v: Option<std::borrow::Cow<str>>| v.map(|c| c.into_owned());
         self.position.push(event.position);
         self.occurred_at.push(event.occurred_at);
         self.aggregate_type.push(event.aggregate_type.clone());
@@ -44,19 +84,21 @@ impl Rows {
         self.sequence.push(event.sequence);
         self.event_type.push(event.event_type.clone());
         self.outcome.push(if REFUSALS.contains(&event.event_type.as_str()) { "refused" } else { "allowed" });
-        self.actor_kind.push(text(actor.and_then(|a| a.get("kind"))));
-        self.actor_id.push(text(actor.and_then(|a| a.get("id"))));
+        let (actor_kind, actor_id) = match metadata.actor {
+            Some(a) => (Some(a.kind.into_owned()), Some(a.id.into_owned())),
+            None => (None, None),
+        };
+        self.actor_kind.push(actor_kind);
+        self.actor_id.push(actor_id);
         self.agent_id.push(if event.aggregate_type == "agent" {
             Some(event.aggregate_id.clone())
         } else {
-            text(event.payload.get("agentId"))
+            own(payload.agent_id)
         });
         self.org_id.push(event.org_id.clone());
-        self.refused_by.push(
-            text(event.payload.get("refusedBy")).or_else(|| text(event.metadata.pointer("/provenance/refusedBy"))),
-        );
-        self.code.push(text(event.payload.get("code")));
-        self.rule.push(text(event.payload.get("rule")));
+        self.refused_by.push(own(payload.refused_by).or_else(|| own(metadata.provenance.and_then(|p| p.refused_by))));
+        self.code.push(own(payload.code));
+        self.rule.push(own(payload.rule));
     }
 }
 

@@ -7,14 +7,16 @@ use std::future::Future;
 use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub mod audit;
 
-/// One stored event, as the store keeps it (personal fields sealed).
-#[derive(Clone, Debug, PartialEq)]
+/// One stored event, as the store keeps it (personal fields sealed). Payload and metadata stay
+/// raw JSON: each projection parses only the fields it needs, which keeps catch-up fast.
+#[derive(Clone, Debug)]
 pub struct StoredEvent {
     pub position: i64,
     pub event_id: Uuid,
@@ -25,10 +27,36 @@ pub struct StoredEvent {
     pub event_version: String,
     pub occurred_at: DateTime<Utc>,
     pub org_id: Option<String>,
-    pub payload: Value,
-    pub metadata: Value,
+    pub payload: RawJson,
+    pub metadata: RawJson,
     pub prev_hash: String,
     pub hash: String,
+}
+
+impl StoredEvent {
+    /// The payload as a JSON value (for feeds and tools; projections prefer typed parsing).
+    pub fn payload_value(&self) -> Value {
+        self.payload.parse().unwrap_or(Value::Null)
+    }
+
+    pub fn metadata_value(&self) -> Value {
+        self.metadata.parse().unwrap_or(Value::Null)
+    }
+}
+
+/// JSON text as Postgres stored it. The `json` column type already validated it, so it is kept
+/// as text and parsed once, into whatever shape the reader needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawJson(pub String);
+
+impl RawJson {
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+
+    pub fn parse<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_str(&self.0)
+    }
 }
 
 /// The physical names of a projection's tables: the live ones, or shadows during a rebuild.

@@ -1,6 +1,59 @@
-//! TEMPORARY stub.
+//! `GET /health` (the process is up) and `GET /health/ready` (Postgres answers within 2 s).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
-pub fn routes() -> Router<crate::app::AppState> {
-    Router::new().route("/health", get(|| async { axum::Json(serde_json::json!({"status":"ok"})) }))
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::app::AppState;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/health", get(health)).route("/health/ready", get(ready))
+}
+
+async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let demo = state.config.demo_mode;
+    Json(json!({
+        "status": "ok",
+        "uptime": state.started.elapsed().as_secs_f64(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "environment": state.config.env.as_str(),
+        "demoMode": demo,
+        "mode": if demo { "demo" } else { "live" },
+    }))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let configured = |yes: bool| if yes { "configured" } else { "not_configured" };
+    let (telephony, email) = (configured(state.config.telephony_configured()), configured(state.config.email_configured()));
+    let latest = crate::store::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied = tokio::time::timeout(READY_TIMEOUT, async {
+        let mut conn = state.pool.acquire().await?;
+        sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&mut *conn)
+            .await
+    })
+    .await;
+    if let Ok(Ok(applied)) = applied {
+        let migrations = if applied.unwrap_or(0) >= latest { "ok" } else { "pending" };
+        let status = if migrations == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let body = json!({
+            "status": if migrations == "ok" { "ready" } else { "degraded" },
+            "checks": {"database": "ok", "migrations": migrations},
+            "providers": {"database": "ok", "telephony": telephony, "email": email},
+        });
+        return (status, Json(body)).into_response();
+    }
+    let body = json!({
+        "status": "degraded",
+        "checks": {"database": "unavailable", "migrations": "unknown"},
+        "providers": {"database": "unavailable", "telephony": telephony, "email": email},
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }

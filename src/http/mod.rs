@@ -1,12 +1,73 @@
-//! TEMPORARY stub until the HTTP hardening branch is merged.
+//! HTTP hardening (CONTRACT §13), one module per layer, and the health routes. `harden` wraps a
+//! router in the layers in the order they run; route authentication (step 9) is per route.
+
 use std::sync::Arc;
+
+use axum::middleware::from_fn_with_state;
+use axum::Router;
+use ipnet::IpNet;
+
+use crate::config::{Config, Environment};
+
+pub mod body_limit;
+pub mod client_ip;
+pub mod cors;
+pub mod fallback;
+pub mod headers;
 pub mod health;
-pub struct Hardening;
+pub mod ip_filter;
+pub mod rate_limit;
+pub mod request_id;
+
+pub use client_ip::ClientIp;
+pub use request_id::RequestId;
+
+/// Everything the layers need, parsed once from the configuration.
+pub struct Hardening {
+    pub production: bool,
+    pub demo: bool,
+    pub trust_proxy: bool,
+    pub cors_origins: Vec<String>,
+    pub denylist: Vec<IpNet>,
+    pub admin_allowlist: Vec<IpNet>,
+    pub webhook_allowlist: Vec<IpNet>,
+    pub limits: rate_limit::RateLimits,
+}
+
 impl Hardening {
-    pub fn new(_: &crate::config::Config) -> Arc<Self> {
-        Arc::new(Self)
+    pub fn new(config: &Config) -> Arc<Self> {
+        Arc::new(Self {
+            production: config.env == Environment::Production,
+            demo: config.demo_mode,
+            trust_proxy: config.trust_proxy,
+            cors_origins: config.cors_allowed_origins.clone(),
+            denylist: config.ip_denylist.clone(),
+            admin_allowlist: config.admin_ip_allowlist.clone(),
+            webhook_allowlist: config.webhook_ip_allowlist.clone(),
+            limits: rate_limit::RateLimits::new(
+                config.http_rate_limit_per_ip,
+                config.http_rate_limit_global,
+                config.webhook_rate_limit_per_ip,
+            ),
+        })
+    }
+
+    /// Drops idle per-IP rate windows (a scheduled job calls this).
+    pub fn prune(&self) {
+        self.limits.prune();
     }
 }
-pub fn harden(router: axum::Router, _: Arc<Hardening>) -> axum::Router {
-    router
+
+/// Wraps `router` in §13.1 steps 1–8. The first layer listed runs first.
+pub fn harden(router: Router, hardening: Arc<Hardening>) -> Router {
+    let layers = tower::ServiceBuilder::new()
+        .layer(axum::middleware::from_fn(request_id::layer)) // 1
+        .layer(from_fn_with_state(hardening.clone(), client_ip::layer)) // 2
+        .layer(from_fn_with_state(hardening.clone(), headers::layer)) // 3
+        .layer(from_fn_with_state(hardening.clone(), ip_filter::denylist)) // 4
+        .layer(from_fn_with_state(hardening.clone(), cors::layer)) // 5
+        .layer(from_fn_with_state(hardening.clone(), ip_filter::allowlists)) // 6
+        .layer(from_fn_with_state(hardening.clone(), rate_limit::layer)) // 7
+        .layer(axum::middleware::from_fn(body_limit::layer)); // 8
+    fallback::install(router).layer(layers)
 }

@@ -10,9 +10,10 @@ use super::sealing::open_payload;
 /// The feed envelope of `event`; `raw` keeps the payload exactly as stored (sealed), so that an
 /// auditor can recompute its hash.
 pub async fn envelope(keystore: &KeyStore, event: StoredEvent, raw: bool) -> Result<Value, KeyStoreError> {
-    let mut payload = event.payload;
+    let mut payload = event.payload_value();
+    let metadata = event.metadata_value();
     let redactions = if raw { Vec::new() } else { open_payload(keystore, &mut payload, event.event_id).await? };
-    let meta = |key: &str| event.metadata.get(key).cloned().unwrap_or(Value::Null);
+    let meta = |key: &str| metadata.get(key).cloned().unwrap_or(Value::Null);
     Ok(json!({
         "position": event.position,
         "eventId": event.event_id,

@@ -9,10 +9,10 @@
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
 
-pub use commguard_projections::StoredEvent;
+pub use commguard_projections::{RawJson, StoredEvent};
 
 pub(crate) const COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, sequence, event_type, \
-     event_version, occurred_at, org_id, payload, metadata, prev_hash, hash";
+     event_version, occurred_at, org_id, payload::text AS payload, metadata::text AS metadata, prev_hash, hash";
 
 pub(crate) fn stored_event_from_row(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
     Ok(StoredEvent {
@@ -25,8 +25,8 @@ pub(crate) fn stored_event_from_row(row: &PgRow) -> Result<StoredEvent, sqlx::Er
         event_version: row.try_get("event_version")?,
         occurred_at: row.try_get("occurred_at")?,
         org_id: row.try_get("org_id")?,
-        payload: row.try_get("payload")?,
-        metadata: row.try_get("metadata")?,
+        payload: RawJson(row.try_get("payload")?),
+        metadata: RawJson(row.try_get("metadata")?),
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
     })

@@ -48,6 +48,7 @@ pub async fn run_batch(
     if !locked {
         return Ok(0);
     }
+    durability_relaxed(&mut tx).await?;
     let applied = apply_batch(&mut tx, projection, checkpoint, tables, batch).await?;
     tx.commit().await?;
     Ok(applied)
@@ -70,6 +71,13 @@ async fn apply_batch(
     projection.apply(&mut *conn, tables, &events).await?;
     set_checkpoint(&mut *conn, checkpoint, last).await?;
     Ok(events.len())
+}
+
+/// A projection batch need not wait for its WAL flush: its rows and its checkpoint commit or are
+/// lost together, and a lost batch is simply applied again from the older checkpoint.
+async fn durability_relaxed(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(conn).await?;
+    Ok(())
 }
 
 async fn checkpoint_of(conn: &mut PgConnection, checkpoint: &str) -> Result<i64, sqlx::Error> {
@@ -150,6 +158,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection, progress: &mut 
         // Shadow batches run without the live projection's lock, so live runners keep the
         // live tables current meanwhile.
         let mut tx = pool.begin().await?;
+        durability_relaxed(&mut tx).await?;
         let n = apply_batch(&mut tx, projection, &shadow_checkpoint, &shadows, REBUILD_BATCH).await?;
         tx.commit().await?;
         if n == 0 {

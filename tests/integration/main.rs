@@ -6,4 +6,5 @@ mod support;
 mod cli;
 mod crypto_shredding;
 mod event_store;
+mod hardening;
 mod server;

@@ -1,0 +1,65 @@
+//! Steps 4 and 6: the IP denylist on every path, and the allowlists on their scopes
+//! (`ADMIN_IP_ALLOWLIST` on `/admin` and `/admin/*`, `WEBHOOK_IP_ALLOWLIST` on `/webhooks/*`).
+//! An empty allowlist allows everyone; demo mode skips both.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
+
+use super::{ClientIp, Hardening};
+use crate::error::{ApiError, ErrorCode};
+
+pub fn listed(list: &[IpNet], ip: IpAddr) -> bool {
+    list.iter().any(|net| net.contains(&ip))
+}
+
+fn client(request: &Request) -> IpAddr {
+    request.extensions().get::<ClientIp>().map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0)
+}
+
+fn forbidden() -> Response {
+    ApiError::new(ErrorCode::Forbidden, "Forbidden").into_response()
+}
+
+pub async fn denylist(State(h): State<Arc<Hardening>>, request: Request, next: Next) -> Response {
+    if !h.demo && listed(&h.denylist, client(&request)) {
+        return forbidden();
+    }
+    next.run(request).await
+}
+
+/// True when `path` is `/<scope>` or below it.
+pub fn under(path: &str, scope: &str) -> bool {
+    path.strip_prefix(scope).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+pub async fn allowlists(State(h): State<Arc<Hardening>>, request: Request, next: Next) -> Response {
+    if !h.demo {
+        let path = request.uri().path();
+        let list = if under(path, "/admin") {
+            &h.admin_allowlist
+        } else if under(path, "/webhooks") {
+            &h.webhook_allowlist
+        } else {
+            return next.run(request).await;
+        };
+        if !list.is_empty() && !listed(list, client(&request)) {
+            return forbidden();
+        }
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scopes_match_whole_segments() {
+        assert!(super::under("/admin", "/admin"));
+        assert!(super::under("/admin/api/me", "/admin"));
+        assert!(!super::under("/administrator", "/admin"));
+    }
+}

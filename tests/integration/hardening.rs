@@ -1,0 +1,190 @@
+//! HTTP hardening over real HTTP (CONTRACT §13): headers on every response, CORS, IP lists with
+//! CIDR, client IP behind one proxy, per-IP then global limits, body limits, request ids.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{TestDb, TestServer};
+
+const SECURITY_HEADERS: [(&str, &str); 7] = [
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("x-xss-protection", "1; mode=block"),
+    ("referrer-policy", "strict-origin-when-cross-origin"),
+    ("content-security-policy", "default-src 'none'"),
+    ("cache-control", "no-store"),
+    ("vary", "Origin"),
+];
+
+fn assert_hardened(response: &reqwest::Response) {
+    for (name, value) in SECURITY_HEADERS {
+        assert_eq!(response.headers().get(name).map(|v| v.to_str().unwrap()), Some(value), "{name} on {}", response.status());
+    }
+    assert!(response.headers().get("strict-transport-security").is_none(), "HSTS only in production");
+}
+
+async fn get_from(server: &TestServer, path: &str, forwarded_for: &str) -> reqwest::Response {
+    server.http.get(server.url(path)).header("x-forwarded-for", forwarded_for).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn every_response_is_hardened_and_errors_carry_their_request_id() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, &[("HTTP_RATE_LIMIT_PER_IP", "4"), ("IP_DENYLIST", "10.9.9.9"), ("TRUST_PROXY", "1")]).await;
+    let ok = server.http.get(server.url("/health")).header("x-request-id", "trace-abc-123").send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_hardened(&ok);
+    assert_eq!(ok.headers()["x-request-id"], "trace-abc-123");
+
+    let missing = server.http.get(server.url("/missing")).header("x-request-id", "bad id!").send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_hardened(&missing);
+    let header_id = missing.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_ne!(header_id, "bad id!", "an invalid id is replaced");
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(body["requestId"], header_id.as_str());
+
+    let options = server.http.request(reqwest::Method::OPTIONS, server.url("/anything")).send().await.unwrap();
+    assert_eq!(options.status(), 204);
+    assert_hardened(&options);
+    assert!(options.bytes().await.unwrap().is_empty());
+
+    let denied = get_from(&server, "/health", "10.9.9.9").await;
+    assert_eq!(denied.status(), 403);
+    assert_hardened(&denied);
+    let body: serde_json::Value = denied.json().await.unwrap();
+    assert_eq!((body["error"].as_str(), body["code"].as_str()), (Some("Forbidden"), Some("forbidden")));
+
+    let too_large = server.http.post(server.url("/health")).body(vec![b'x'; 1024 * 1024 + 1]).send().await.unwrap();
+    assert_eq!(too_large.status(), 413);
+    assert_hardened(&too_large);
+    assert_eq!(too_large.json::<serde_json::Value>().await.unwrap()["code"], "payload_too_large");
+
+    for _ in 0..4 {
+        get_from(&server, "/health", "192.0.2.1").await;
+    }
+    let limited = get_from(&server, "/health", "192.0.2.1").await;
+    assert_eq!(limited.status(), 429);
+    assert_hardened(&limited);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cors_answers_only_allowed_origins() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, &[("CORS_ALLOWED_ORIGINS", "https://app.example/,https://admin.example")]).await;
+    let allowed = server.http.get(server.url("/health")).header("origin", "https://app.example").send().await.unwrap();
+    let h = allowed.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(h["access-control-allow-methods"], "GET, POST, DELETE, OPTIONS");
+    assert_eq!(
+        h["access-control-allow-headers"],
+        "Content-Type, Authorization, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID, X-Agent-Id"
+    );
+    assert_eq!(h["access-control-expose-headers"], "Mcp-Session-Id");
+    assert_eq!(h["access-control-max-age"], "86400");
+
+    let preflight = server
+        .http
+        .request(reqwest::Method::OPTIONS, server.url("/mcp"))
+        .header("origin", "https://admin.example/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://admin.example");
+
+    let other = server.http.get(server.url("/health")).header("origin", "https://evil.example").send().await.unwrap();
+    assert!(other.headers().iter().all(|(name, _)| !name.as_str().starts_with("access-control-")));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ip_lists_follow_the_client_ip_decided_once() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(
+        &db,
+        &[("TRUST_PROXY", "1"), ("IP_DENYLIST", "203.0.113.0/24"), ("ADMIN_IP_ALLOWLIST", "198.51.100.0/24,::ffff:192.0.2.9")],
+    )
+    .await;
+    assert_eq!(get_from(&server, "/health", "203.0.113.77").await.status(), 403, "denylist CIDR");
+    // Only the rightmost entry (appended by our one proxy) counts: a forged left entry is ignored.
+    assert_eq!(get_from(&server, "/health", "198.51.100.1, 203.0.113.77").await.status(), 403);
+    assert_eq!(get_from(&server, "/health", "203.0.113.77, 198.51.100.1").await.status(), 200);
+
+    assert_eq!(get_from(&server, "/admin/api/me", "192.0.2.200").await.status(), 403, "outside the admin allowlist");
+    assert_eq!(get_from(&server, "/admin", "192.0.2.200").await.status(), 403);
+    assert_eq!(get_from(&server, "/administrator", "192.0.2.200").await.status(), 404, "not the admin scope");
+    assert_ne!(get_from(&server, "/admin/api/me", "198.51.100.20").await.status(), 403);
+    assert_ne!(get_from(&server, "/admin/api/me", "192.0.2.9").await.status(), 403, "IPv4-mapped entries match IPv4");
+    server.stop().await;
+
+    // Without TRUST_PROXY, X-Forwarded-For is ignored: the socket peer (127.0.0.1) decides.
+    let direct = TestServer::start(&db, &[("IP_DENYLIST", "203.0.113.0/24")]).await;
+    assert_eq!(get_from(&direct, "/health", "203.0.113.77").await.status(), 200);
+    direct.stop().await;
+}
+
+#[tokio::test]
+async fn per_ip_then_global_limits_refuse_without_taking_slots() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(
+        &db,
+        &[("TRUST_PROXY", "1"), ("HTTP_RATE_LIMIT_PER_IP", "3"), ("HTTP_RATE_LIMIT_GLOBAL", "5"), ("WEBHOOK_RATE_LIMIT_PER_IP", "2")],
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get_from(&server, "/health", "192.0.2.1").await.status(), 200);
+    }
+    let per_ip = get_from(&server, "/health", "192.0.2.1").await;
+    assert_eq!(per_ip.status(), 429);
+    let retry: u64 = per_ip.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    let body: serde_json::Value = per_ip.json().await.unwrap();
+    assert_eq!((body["error"].as_str(), body["code"].as_str()), (Some("Too many requests"), Some("rate_limited")));
+    // Refused requests took no global slot: two more clients fit before the global limit.
+    assert_eq!(get_from(&server, "/health", "192.0.2.2").await.status(), 200);
+    assert_eq!(get_from(&server, "/health", "192.0.2.3").await.status(), 200);
+    let global = get_from(&server, "/health", "192.0.2.4").await;
+    assert_eq!(global.status(), 429);
+    assert!(global.headers().contains_key("retry-after"));
+    assert_eq!(global.json::<serde_json::Value>().await.unwrap()["error"], "Too many requests (global limit)");
+
+    // Webhooks: their own per-IP limit, and the full global bucket does not apply to them.
+    for _ in 0..2 {
+        assert_ne!(get_from(&server, "/webhooks/a1/sms", "192.0.2.9").await.status(), 429);
+    }
+    assert_eq!(get_from(&server, "/webhooks/a1/sms", "192.0.2.9").await.status(), 429);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_over_one_mebibyte_are_refused_by_length_and_while_streaming() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, &[]).await;
+    let at_limit = server.http.post(server.url("/missing")).body(vec![b'x'; 1024 * 1024]).send().await.unwrap();
+    assert_eq!(at_limit.status(), 404, "exactly 1 MiB passes the limit");
+
+    // A chunked body declares no length: it is cut off while being read.
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!("POST /missing HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'y'; 64 * 1024];
+    for _ in 0..17 {
+        let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+        frame.extend_from_slice(&chunk);
+        frame.extend_from_slice(b"\r\n");
+        if stream.write_all(&frame).await.is_err() {
+            break; // the server may close once it has answered
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{}", reply.lines().next().unwrap_or_default());
+    assert!(reply.contains("\"code\":\"payload_too_large\""));
+    assert!(reply.to_ascii_lowercase().contains("x-content-type-options: nosniff"));
+    server.stop().await;
+}
