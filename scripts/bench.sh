@@ -24,6 +24,7 @@ cluster=$(mktemp -d /tmp/commguard-bench-XXXXXX)
 trap 'stop_cluster "$cluster"' EXIT
 start_cluster "$cluster" bench
 admin=$(cluster_url "$cluster")
+export PGOPTIONS="-c client_min_messages=warning"
 psql() { "$PG_BIN_DIR/psql" "$@"; }
 
 pgbench_tps() {

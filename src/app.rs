@@ -2,7 +2,6 @@
 //! unset), applies migrations, loads keys, starts the projection runners, and serves HTTP with
 //! the hardening layers of `http::harden` around every route.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use crate::clock::Clock;
 use crate::config::{Config, Environment, LogFormat};
 use crate::crypto::{self, DataKeys};
 use crate::http::{self, Hardening};
+use crate::jobs::Jobs;
 use crate::store::embedded::{EmbeddedError, EmbeddedPostgres};
 use crate::store::{self, runner, Store};
 
@@ -46,6 +46,8 @@ pub enum StartError {
     Listen(String, std::io::Error),
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("scheduled jobs: {0}")]
+    Jobs(tokio_cron_scheduler::JobSchedulerError),
 }
 
 /// Everything a command needs: configuration, database, store. `shutdown` stops what it started.
@@ -114,8 +116,7 @@ impl Runtime {
 }
 
 /// Every route, inside the hardening pipeline.
-pub fn router(state: AppState) -> Router {
-    let hardening = Hardening::new(&state.config);
+pub fn router(state: AppState, hardening: Arc<Hardening>) -> Router {
     let routes = Router::new().merge(http::health::routes()).with_state(state);
     http::harden(routes, hardening)
 }
@@ -126,21 +127,24 @@ pub struct Server {
     stop: Arc<Notify>,
     task: JoinHandle<Result<(), std::io::Error>>,
     runners: Vec<JoinHandle<()>>,
+    jobs: Jobs,
 }
 
 impl Server {
     /// Serves `rt` on `listener`, with the projection runners, until `stop` is called.
-    pub fn start(rt: &Runtime, listener: TcpListener) -> Result<Self, StartError> {
+    pub async fn start(rt: &Runtime, listener: TcpListener) -> Result<Self, StartError> {
         let addr = listener.local_addr().map_err(|e| StartError::Listen("socket".into(), e))?;
         let stop = Arc::new(Notify::new());
         let state = rt.state();
+        let hardening = Hardening::new(&state.config);
+        let jobs = Jobs::start(hardening.clone()).await.map_err(StartError::Jobs)?;
         let runners = runner::spawn_all(state.pool.clone(), commguard_projections::all(), rt.store.appended(), stop.clone());
-        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = router(state, hardening).into_make_service_with_connect_info::<SocketAddr>();
         let shutdown = stop.clone();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.notified().await }).await
         });
-        Ok(Self { addr, stop, task, runners })
+        Ok(Self { addr, stop, task, runners, jobs })
     }
 
     /// Stops accepting, lets in-flight requests finish (at most `DRAIN`), stops the runners.
@@ -150,6 +154,7 @@ impl Server {
         for runner in self.runners {
             runner.abort();
         }
+        self.jobs.stop().await;
         match served {
             Ok(Ok(result)) => result.map_err(StartError::Serve),
             Ok(Err(join)) => Err(StartError::Serve(std::io::Error::other(join))),
@@ -165,21 +170,19 @@ impl Server {
 pub async fn serve_until_signal(rt: &Runtime) -> Result<(), StartError> {
     let bind = format!("{}:{}", rt.config.host, rt.config.port);
     let listener = TcpListener::bind(&bind).await.map_err(|e| StartError::Listen(bind.clone(), e))?;
-    let server = Server::start(rt, listener)?;
+    let server = Server::start(rt, listener).await?;
     tracing::info!(addr = %server.addr, "commguard listening");
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.stop().await
 }
 
-fn shutdown_signal() -> impl Future<Output = ()> {
-    async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler succeeds");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler succeeds");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
 

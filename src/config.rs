@@ -152,9 +152,9 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
         }
     }
 
-    fn number<T: std::str::FromStr>(&self, var: &str, default: T, min: T) -> Result<T, ConfigError>
+    fn number<T>(&self, var: &str, default: T, min: T) -> Result<T, ConfigError>
     where
-        T: PartialOrd + std::fmt::Display,
+        T: std::str::FromStr + PartialOrd + std::fmt::Display,
     {
         match self.raw(var) {
             None => Ok(default),

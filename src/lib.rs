@@ -9,4 +9,5 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod store;

@@ -22,7 +22,7 @@ pub async fn layer(State(h): State<Arc<Hardening>>, mut request: Request, next: 
         .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
     let forwarded = h
         .trust_proxy
-        .then(|| request.headers().get_all("x-forwarded-for").iter().last().and_then(|v| v.to_str().ok()).and_then(rightmost))
+        .then(|| request.headers().get_all("x-forwarded-for").iter().next_back().and_then(|v| v.to_str().ok()).and_then(rightmost))
         .flatten();
     let ip = canonical_ip(forwarded.unwrap_or(peer));
     request.extensions_mut().insert(ClientIp(ip));

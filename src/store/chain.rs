@@ -103,11 +103,8 @@ mod tests {
     fn the_hash_input_is_the_documented_byte_string() {
         let payload = json!({"b": 1, "a": "x"});
         let metadata = json!({"prevHash": GENESIS, "actor": {"kind": "system", "id": "t"}});
-        let expected = format!(
-            "{GENESIS}\nagent\na1\n1\nMessageSent\n1.0\n{}\n{}",
-            r#"{"a":"x","b":1}"#,
-            format!(r#"{{"actor":{{"id":"t","kind":"system"}},"prevHash":"{GENESIS}"}}"#)
-        );
+        let metadata_jcs = format!(r#"{{"actor":{{"id":"t","kind":"system"}},"prevHash":"{GENESIS}"}}"#);
+        let expected = format!("{GENESIS}\nagent\na1\n1\nMessageSent\n1.0\n{}\n{metadata_jcs}", r#"{"a":"x","b":1}"#);
         assert_eq!(
             event_hash(GENESIS, "agent", "a1", 1, "MessageSent", "1.0", &payload, &metadata),
             hex::encode(Sha256::digest(expected.as_bytes()))

@@ -230,7 +230,7 @@ impl Progress {
         let eta = if rate > 0.0 { (total - done) as f64 / rate } else { 0.0 };
         if self.tty {
             let width = 30;
-            let filled = if total == 0 { width } else { (done * width as u64 / total) as usize };
+            let filled = (done * width as u64).checked_div(total).map_or(width, |f| f as usize);
             eprint!(
                 "\r{} [{}{}] {done}/{total} {rate:.0} ev/s ETA {eta:.0}s ",
                 self.label,

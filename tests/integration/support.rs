@@ -92,7 +92,7 @@ impl TestServer {
         let data = data_dir();
         let rt = Runtime::open(dev_config(db, data.path(), extra)).await.expect("runtime opens");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
-        let server = Server::start(&rt, listener).expect("server starts");
+        let server = Server::start(&rt, listener).await.expect("server starts");
         let base = format!("http://{}", server.addr);
         Self { rt, server: Some(server), base, http: reqwest::Client::new(), _data: data }
     }
