@@ -66,6 +66,15 @@ impl KeyStore {
         rows.into_iter().map(|(id, wrapped)| Ok((id, self.unwrap(&wrapped, id)?))).collect()
     }
 
+    /// The kind (`subject`, `retention`, `consent`) of each known key id, live or destroyed.
+    pub async fn kinds(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, String>, KeyStoreError> {
+        let rows: Vec<(Uuid, String)> = sqlx::query_as("SELECT key_id, kind FROM data_keys WHERE key_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// Destroys every generation of a subject's key, in one organization or in all of them.
     /// Returns how many live keys were destroyed.
     pub async fn destroy_subject(&self, org_id: Option<&str>, subject_ref: &str) -> Result<u64, KeyStoreError> {

@@ -80,13 +80,18 @@ pub async fn open_payload(
     }
     let ids: Vec<Uuid> = fields.iter().flat_map(|(_, f)| f.k.iter().copied()).collect();
     let live: HashMap<Uuid, Key> = keystore.lookup(&ids).await?;
+    let missing: Vec<Uuid> = ids.iter().copied().filter(|id| !live.contains_key(id)).collect();
+    let kinds = if missing.is_empty() { HashMap::new() } else { keystore.kinds(&missing).await? };
     let mut redactions = Vec::new();
     for (path, field) in fields {
         let opened = envelope::open(&field, event_id, &path, |id| live.get(&id).copied());
         let value = match opened {
             Ok(text) => Value::String(text),
             Err(Opened::Erased) => {
-                redactions.push(Redaction { path: path.clone(), reason: "subject_erased" });
+                // Erasure wins over retention when both destroyed a key of this field.
+                let subject_gone = field.k.iter().any(|id| !live.contains_key(id) && kinds.get(id).is_none_or(|k| k != "retention"));
+                let reason = if subject_gone { "subject_erased" } else { "retention_expired" };
+                redactions.push(Redaction { path: path.clone(), reason });
                 json!("[erased]")
             }
             Err(Opened::Corrupt) => {

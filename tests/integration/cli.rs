@@ -118,6 +118,16 @@ fn a_malformed_variable_exits_2_naming_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("MASTER_SECURITY_TOKEN"));
 }
 
+#[test]
+fn without_postgres_programs_the_error_names_the_debian_package() {
+    let data = data_dir();
+    let dir = data.path().display().to_string();
+    let out = run(&["migrate"], &[("COMMGUARD_DATA_DIR", dir.as_str()), ("PG_BIN_DIR", "/nonexistent/bin")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("apt-get install postgresql"), "{stderr}");
+}
+
 #[tokio::test]
 async fn audit_verify_and_replay_report_through_exit_codes() {
     let db = TestDb::new().await;

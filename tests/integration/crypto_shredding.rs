@@ -67,6 +67,7 @@ async fn personal_data_is_sealed_and_erasure_destroys_it_everywhere() {
     assert_eq!(feed[0]["payload"]["body"], "[erased]");
     let paths: Vec<&str> = feed[0]["redactions"].as_array().unwrap().iter().map(|r| r["path"].as_str().unwrap()).collect();
     assert_eq!(paths, ["body", "contact"]);
+    assert!(feed[0]["redactions"].as_array().unwrap().iter().all(|r| r["reason"] == "subject_erased"));
     assert_eq!(feed[1]["payload"]["contact"], EMAIL);
     assert_eq!(feed[2]["payload"]["contact"], KEPT);
 
@@ -115,4 +116,6 @@ async fn a_destroyed_retention_key_erases_the_fields_it_sealed() {
     let feed = opened_payloads(&store).await;
     assert_eq!(feed[0]["payload"]["contact"], PHONE, "the contact is under the subject key only");
     assert_eq!(feed[0]["payload"]["body"], "[erased]", "the body also needed the messages key of its day");
+    assert_eq!(feed[0]["redactions"][0]["path"], "body");
+    assert_eq!(feed[0]["redactions"][0]["reason"], "retention_expired");
 }
