@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use commguard_domain::pii::{ClearField, SealedField, CLEAR_MARKER, SEALED_MARKER};
+use commguard_domain::pii::{Pii, SealedField, CLEAR_MARKER, SEALED_MARKER};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -27,9 +27,12 @@ pub async fn seal_payload(
     org_id: Option<&str>,
     occurred_at: DateTime<Utc>,
 ) -> Result<(), KeyStoreError> {
-    let mut fields = Vec::new();
-    collect_clear(payload, String::new(), &mut fields);
-    for (path, clear) in fields {
+    let mut fields: Vec<(String, Pii)> = Vec::new();
+    collect(payload, CLEAR_MARKER, String::new(), &mut fields);
+    for (path, clear) in fields.into_iter().filter_map(|(path, pii)| match pii {
+        Pii::Clear { seal } => Some((path, seal)),
+        Pii::Sealed(_) => None,
+    }) {
         let mut keys: Vec<(Uuid, Key)> = Vec::with_capacity(3);
         if let Some(subject) = &clear.with.subject {
             let subject_ref = keystore.data_keys().blind_index(subject);
@@ -73,8 +76,8 @@ pub async fn open_payload(
     payload: &mut Value,
     event_id: Uuid,
 ) -> Result<Vec<Redaction>, KeyStoreError> {
-    let mut fields = Vec::new();
-    collect_sealed(payload, String::new(), &mut fields);
+    let mut fields: Vec<(String, SealedField)> = Vec::new();
+    collect(payload, SEALED_MARKER, String::new(), &mut fields);
     if fields.is_empty() {
         return Ok(Vec::new());
     }
@@ -104,42 +107,22 @@ pub async fn open_payload(
     Ok(redactions)
 }
 
-fn collect_clear(value: &Value, path: String, out: &mut Vec<(String, ClearField)>) {
+/// Every object in `value` that carries `marker` and parses as `T`, with its dotted path.
+fn collect<T: serde::de::DeserializeOwned>(value: &Value, marker: &str, path: String, out: &mut Vec<(String, T)>) {
     match value {
-        Value::Object(map) if map.contains_key(CLEAR_MARKER) => {
-            if let Ok(clear) = serde_json::from_value::<ClearField>(map[CLEAR_MARKER].clone()) {
-                out.push((path, clear));
+        Value::Object(map) if map.contains_key(marker) => {
+            if let Ok(found) = serde_json::from_value::<T>(value.clone()) {
+                out.push((path, found));
             }
         }
         Value::Object(map) => {
             for (key, child) in map {
-                collect_clear(child, join(&path, key), out);
+                collect(child, marker, join(&path, key), out);
             }
         }
         Value::Array(items) => {
             for (i, child) in items.iter().enumerate() {
-                collect_clear(child, join(&path, &i.to_string()), out);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn collect_sealed(value: &Value, path: String, out: &mut Vec<(String, SealedField)>) {
-    match value {
-        Value::Object(map) if map.contains_key(SEALED_MARKER) => {
-            if let Ok(sealed) = serde_json::from_value::<SealedField>(value.clone()) {
-                out.push((path, sealed));
-            }
-        }
-        Value::Object(map) => {
-            for (key, child) in map {
-                collect_sealed(child, join(&path, key), out);
-            }
-        }
-        Value::Array(items) => {
-            for (i, child) in items.iter().enumerate() {
-                collect_sealed(child, join(&path, &i.to_string()), out);
+                collect(child, marker, join(&path, &i.to_string()), out);
             }
         }
         _ => {}

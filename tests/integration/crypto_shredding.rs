@@ -31,12 +31,16 @@ async fn opened_payloads(store: &Store) -> Vec<serde_json::Value> {
     out
 }
 
+async fn migrated_store(db: &TestDb) -> Store {
+    let pool = db.pool().await;
+    commguard::store::MIGRATOR.run(&pool).await.unwrap();
+    Store::new(pool, Arc::new(DataKeys::new(&[9u8; 32])))
+}
+
 #[tokio::test]
 async fn personal_data_is_sealed_and_erasure_destroys_it_everywhere() {
     let db = TestDb::new().await;
-    let pool = db.pool().await;
-    commguard::store::MIGRATOR.run(&pool).await.unwrap();
-    let store = Store::new(pool, Arc::new(DataKeys::new(&[9u8; 32])));
+    let store = migrated_store(&db).await;
     let ledger = store.framework::<Ledger>(());
     note(&store, &ledger, "l1", "call", Some(PHONE)).await;
     note(&store, &ledger, "l1", "mail", Some(EMAIL)).await;
@@ -101,9 +105,7 @@ async fn personal_data_is_sealed_and_erasure_destroys_it_everywhere() {
 #[tokio::test]
 async fn a_destroyed_retention_key_erases_the_fields_it_sealed() {
     let db = TestDb::new().await;
-    let pool = db.pool().await;
-    commguard::store::MIGRATOR.run(&pool).await.unwrap();
-    let store = Store::new(pool, Arc::new(DataKeys::new(&[3u8; 32])));
+    let store = migrated_store(&db).await;
     let ledger = store.framework::<Ledger>(());
     note(&store, &ledger, "r", "msg", Some(PHONE)).await;
     let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).date_naive();
