@@ -1,0 +1,343 @@
+//! The organization aggregate (id = orgId): lifecycle (sandbox → production by approval,
+//! suspension and back), settings and caps, and its admin tokens.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::values::{IssuedToken, OrgMode};
+
+/// Settings an org's caps and registration; money in micro-dollars, `None` = unlimited.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgSettings {
+    pub a2p_registered: bool,
+    pub max_agents: u32,
+    pub max_spend_per_day: Option<i64>,
+    pub max_spend_per_month: Option<i64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Organization {
+    mode: Option<OrgMode>,
+    /// The mode to restore on unsuspension.
+    mode_before_suspension: Option<OrgMode>,
+    settings: OrgSettings,
+    active_tokens: Vec<Uuid>,
+}
+
+impl Organization {
+    pub fn exists(&self) -> bool {
+        self.mode.is_some()
+    }
+
+    pub fn mode(&self) -> Option<OrgMode> {
+        self.mode
+    }
+
+    pub fn settings(&self) -> &OrgSettings {
+        &self.settings
+    }
+
+    pub fn active_tokens(&self) -> &[Uuid] {
+        &self.active_tokens
+    }
+}
+
+/// Which settings to change: `None` leaves a field as it is; the inner `None` of a cap clears it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SettingsChange {
+    pub a2p_registered: Option<bool>,
+    pub max_agents: Option<u32>,
+    pub max_spend_per_day: Option<Option<i64>>,
+    pub max_spend_per_month: Option<Option<i64>>,
+}
+
+/// A command on organization `org_id` (carried so refusals can name it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrganizationCommand {
+    pub org_id: String,
+    pub action: OrgAction,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum OrgAction {
+    Create { name: String, slug: String, settings: Value, a2p_registered: bool, max_agents: u32, token: IssuedToken },
+    Approve { kyc_note: String, approved_by: String },
+    Suspend { reason: String },
+    Unsuspend,
+    ChangeSettings(SettingsChange),
+    /// Revokes every active org token and issues `token`.
+    RotateToken { token: IssuedToken, reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+pub enum OrganizationEvent {
+    OrganizationCreated { name: String, slug: String, mode: OrgMode, settings: Value, a2p_registered: bool, max_agents: u32 },
+    OrganizationApproved { previous_mode: OrgMode, kyc_note: String, approved_by: String },
+    OrganizationSuspended { reason: String },
+    OrganizationUnsuspended { restored_mode: OrgMode },
+    OrgSettingsChanged { before: OrgSettings, after: OrgSettings },
+    OrgTokenIssued { token_id: Uuid, token_hash: String, label: Option<String> },
+    OrgTokenRevoked { token_ids: Vec<Uuid>, reason: String },
+}
+
+impl DomainEvent for OrganizationEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::OrganizationCreated { .. } => "OrganizationCreated",
+            Self::OrganizationApproved { .. } => "OrganizationApproved",
+            Self::OrganizationSuspended { .. } => "OrganizationSuspended",
+            Self::OrganizationUnsuspended { .. } => "OrganizationUnsuspended",
+            Self::OrgSettingsChanged { .. } => "OrgSettingsChanged",
+            Self::OrgTokenIssued { .. } => "OrgTokenIssued",
+            Self::OrgTokenRevoked { .. } => "OrgTokenRevoked",
+        }
+        .into()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".into()
+    }
+}
+
+/// Refusals, worded as the contract words them; `code()` names the §7 code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrganizationError {
+    #[error("Organization \"{0}\" not found")]
+    NotFound(String),
+    #[error("Organization \"{0}\" already exists")]
+    AlreadyExists(String),
+    #[error("Organization \"{0}\" is already in production mode")]
+    AlreadyProduction(String),
+    #[error("Organization \"{0}\" is suspended")]
+    Suspended(String),
+    #[error("Organization \"{0}\" is not suspended")]
+    NotSuspended(String),
+    #[error("Invalid input for \"kycNote\": must be 3 to 2000 characters")]
+    KycNoteLength,
+}
+
+impl OrganizationError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::AlreadyExists(_) | Self::AlreadyProduction(_) | Self::NotSuspended(_) => "conflict",
+            Self::Suspended(_) => "compliance_blocked",
+            Self::KycNoteLength => "invalid_input",
+        }
+    }
+}
+
+impl Aggregate for Organization {
+    const TYPE: &'static str = "organization";
+    type Command = OrganizationCommand;
+    type Event = OrganizationEvent;
+    type Error = OrganizationError;
+    type Services = ();
+
+    async fn handle(&mut self, command: OrganizationCommand, _: &(), sink: &EventSink<Self>) -> Result<(), OrganizationError> {
+        use OrganizationEvent as E;
+        let OrganizationCommand { org_id: id, action } = command;
+        if !matches!(action, OrgAction::Create { .. }) && !self.exists() {
+            return Err(OrganizationError::NotFound(id));
+        }
+        let mode = self.mode.unwrap_or(OrgMode::Sandbox);
+        let events = match action {
+            OrgAction::Create { name, slug, settings, a2p_registered, max_agents, token } => {
+                if self.exists() {
+                    return Err(OrganizationError::AlreadyExists(id));
+                }
+                vec![
+                    E::OrganizationCreated { name, slug, mode: OrgMode::Sandbox, settings, a2p_registered, max_agents },
+                    issued(token),
+                ]
+            }
+            OrgAction::Approve { kyc_note, approved_by } => {
+                let length = kyc_note.trim().chars().count();
+                if !(3..=2000).contains(&length) {
+                    return Err(OrganizationError::KycNoteLength);
+                }
+                match mode {
+                    OrgMode::Production => return Err(OrganizationError::AlreadyProduction(id)),
+                    OrgMode::Suspended => return Err(OrganizationError::Suspended(id)),
+                    OrgMode::Sandbox => vec![E::OrganizationApproved { previous_mode: mode, kyc_note, approved_by }],
+                }
+            }
+            OrgAction::Suspend { reason } => {
+                if mode == OrgMode::Suspended {
+                    return Err(OrganizationError::Suspended(id));
+                }
+                vec![E::OrganizationSuspended { reason }]
+            }
+            OrgAction::Unsuspend => {
+                if mode != OrgMode::Suspended {
+                    return Err(OrganizationError::NotSuspended(id));
+                }
+                vec![E::OrganizationUnsuspended { restored_mode: self.mode_before_suspension.unwrap_or(OrgMode::Sandbox) }]
+            }
+            OrgAction::ChangeSettings(change) => {
+                let before = self.settings.clone();
+                let after = OrgSettings {
+                    a2p_registered: change.a2p_registered.unwrap_or(before.a2p_registered),
+                    max_agents: change.max_agents.unwrap_or(before.max_agents),
+                    max_spend_per_day: change.max_spend_per_day.unwrap_or(before.max_spend_per_day),
+                    max_spend_per_month: change.max_spend_per_month.unwrap_or(before.max_spend_per_month),
+                };
+                if after == before {
+                    Vec::new()
+                } else {
+                    vec![E::OrgSettingsChanged { before, after }]
+                }
+            }
+            OrgAction::RotateToken { token, reason } => {
+                // Rotation works while suspended (CONTRACT Z6): it is how a leaked token is cut off.
+                let mut events = Vec::new();
+                if !self.active_tokens.is_empty() {
+                    events.push(E::OrgTokenRevoked { token_ids: self.active_tokens.clone(), reason });
+                }
+                events.push(issued(token));
+                events
+            }
+        };
+        for event in events {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: OrganizationEvent) {
+        use OrganizationEvent as E;
+        match event {
+            E::OrganizationCreated { mode, a2p_registered, max_agents, .. } => {
+                self.mode = Some(mode);
+                self.settings = OrgSettings { a2p_registered, max_agents, max_spend_per_day: None, max_spend_per_month: None };
+            }
+            E::OrganizationApproved { .. } => self.mode = Some(OrgMode::Production),
+            E::OrganizationSuspended { .. } => {
+                self.mode_before_suspension = self.mode;
+                self.mode = Some(OrgMode::Suspended);
+            }
+            E::OrganizationUnsuspended { restored_mode } => {
+                self.mode = Some(restored_mode);
+                self.mode_before_suspension = None;
+            }
+            E::OrgSettingsChanged { after, .. } => self.settings = after,
+            E::OrgTokenIssued { token_id, .. } => self.active_tokens.push(token_id),
+            E::OrgTokenRevoked { token_ids, .. } => self.active_tokens.retain(|t| !token_ids.contains(t)),
+        }
+    }
+}
+
+fn issued(token: IssuedToken) -> OrganizationEvent {
+    OrganizationEvent::OrgTokenIssued { token_id: token.token_id, token_hash: token.token_hash, label: token.label }
+}
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+
+    type Given = TestFramework<Organization>;
+
+    fn token(n: u128) -> IssuedToken {
+        IssuedToken { token_id: Uuid::from_u128(n), token_hash: format!("hash{n}"), label: None }
+    }
+
+    fn on(action: OrgAction) -> OrganizationCommand {
+        OrganizationCommand { org_id: "acme".into(), action }
+    }
+
+    fn created() -> Vec<OrganizationEvent> {
+        vec![
+            OrganizationEvent::OrganizationCreated {
+                name: "Acme".into(),
+                slug: "acme".into(),
+                mode: OrgMode::Sandbox,
+                settings: Value::Null,
+                a2p_registered: false,
+                max_agents: 100,
+            },
+            OrganizationEvent::OrgTokenIssued { token_id: Uuid::from_u128(1), token_hash: "hash1".into(), label: None },
+        ]
+    }
+
+    #[test]
+    fn a_new_organization_starts_in_sandbox_with_one_admin_token() {
+        Given::with(()).given_no_previous_events().when(on(OrgAction::Create {
+            name: "Acme".into(),
+            slug: "acme".into(),
+            settings: Value::Null,
+            a2p_registered: false,
+            max_agents: 100,
+            token: token(1),
+        }))
+        .then_expect_events(created());
+    }
+
+    #[test]
+    fn creating_twice_is_a_conflict() {
+        let create = OrgAction::Create { name: "A".into(), slug: "a".into(), settings: Value::Null, a2p_registered: false, max_agents: 1, token: token(2) };
+        Given::with(()).given(created()).when(on(create)).then_expect_error(OrganizationError::AlreadyExists("acme".into()));
+    }
+
+    #[test]
+    fn approval_moves_sandbox_to_production_once() {
+        let approve = || on(OrgAction::Approve { kyc_note: "KYC checked".into(), approved_by: "master".into() });
+        Given::with(()).given(created()).when(approve()).then_expect_events(vec![OrganizationEvent::OrganizationApproved {
+            previous_mode: OrgMode::Sandbox,
+            kyc_note: "KYC checked".into(),
+            approved_by: "master".into(),
+        }]);
+        let mut approved = created();
+        approved.push(OrganizationEvent::OrganizationApproved { previous_mode: OrgMode::Sandbox, kyc_note: "ok!".into(), approved_by: "m".into() });
+        Given::with(()).given(approved).when(approve()).then_expect_error(OrganizationError::AlreadyProduction("acme".into()));
+    }
+
+    #[test]
+    fn a_kyc_note_needs_3_to_2000_characters() {
+        Given::with(()).given(created()).when(on(OrgAction::Approve { kyc_note: "ok".into(), approved_by: "m".into() }))
+            .then_expect_error(OrganizationError::KycNoteLength);
+    }
+
+    #[test]
+    fn unsuspending_restores_the_mode_before_suspension() {
+        let mut history = created();
+        history.push(OrganizationEvent::OrganizationApproved { previous_mode: OrgMode::Sandbox, kyc_note: "fine".into(), approved_by: "m".into() });
+        history.push(OrganizationEvent::OrganizationSuspended { reason: "abuse".into() });
+        Given::with(()).given(history).when(on(OrgAction::Unsuspend))
+            .then_expect_events(vec![OrganizationEvent::OrganizationUnsuspended { restored_mode: OrgMode::Production }]);
+    }
+
+    #[test]
+    fn commands_on_an_unknown_organization_are_not_found() {
+        Given::with(()).given_no_previous_events().when(on(OrgAction::Suspend { reason: "x".into() }))
+            .then_expect_error(OrganizationError::NotFound("acme".into()));
+    }
+
+    #[test]
+    fn rotation_revokes_every_active_token_and_issues_one() {
+        let mut history = created();
+        history.push(OrganizationEvent::OrgTokenIssued { token_id: Uuid::from_u128(2), token_hash: "hash2".into(), label: None });
+        history.push(OrganizationEvent::OrganizationSuspended { reason: "leak".into() });
+        Given::with(()).given(history).when(on(OrgAction::RotateToken { token: token(3), reason: "rotate".into() }))
+            .then_expect_events(vec![
+                OrganizationEvent::OrgTokenRevoked { token_ids: vec![Uuid::from_u128(1), Uuid::from_u128(2)], reason: "rotate".into() },
+                OrganizationEvent::OrgTokenIssued { token_id: Uuid::from_u128(3), token_hash: "hash3".into(), label: None },
+            ]);
+    }
+
+    #[test]
+    fn settings_change_records_before_and_after_and_nothing_when_unchanged() {
+        let change = SettingsChange { max_spend_per_day: Some(Some(5_000_000)), ..SettingsChange::default() };
+        let before = OrgSettings { a2p_registered: false, max_agents: 100, max_spend_per_day: None, max_spend_per_month: None };
+        let after = OrgSettings { max_spend_per_day: Some(5_000_000), ..before.clone() };
+        Given::with(()).given(created()).when(on(OrgAction::ChangeSettings(change)))
+            .then_expect_events(vec![OrganizationEvent::OrgSettingsChanged { before, after }]);
+        Given::with(()).given(created()).when(on(OrgAction::ChangeSettings(SettingsChange::default()))).then_expect_events(vec![]);
+    }
+}
