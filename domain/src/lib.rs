@@ -3,6 +3,7 @@
 //! No IO happens here (its Cargo.toml has no runtime, database or network crate): time,
 //! identifiers and anything external reach an aggregate through its command or its services.
 
+pub mod agent;
 pub mod organization;
 pub mod pii;
 pub mod values;

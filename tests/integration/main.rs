@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod crypto_shredding;
+mod domain_store;
 mod event_store;
 mod hardening;
 mod server;

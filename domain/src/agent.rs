@@ -1,0 +1,336 @@
+//! The agent aggregate (id = agentId), identity side: provisioning into an organization,
+//! deprovisioning, its bearer tokens, and the channels it is blocked on. An agent id is never
+//! reused: a deprovisioned agent stays deprovisioned.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::values::{normalise_blocked_channels, IssuedToken, OrgMode};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStatus {
+    Active,
+    Deprovisioned,
+}
+
+/// How a token came to be (CONTRACT §11.3 `issuedVia`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IssuedVia {
+    Provision,
+    Rotate,
+    Cli,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    pub phone: bool,
+    pub whatsapp: bool,
+    pub email: bool,
+    pub voice_ai: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Agent {
+    org_id: Option<String>,
+    status: Option<AgentStatus>,
+    active_tokens: Vec<Uuid>,
+    blocked_channels: Vec<String>,
+}
+
+impl Agent {
+    pub fn org_id(&self) -> Option<&str> {
+        self.org_id.as_deref()
+    }
+
+    pub fn status(&self) -> Option<AgentStatus> {
+        self.status
+    }
+
+    pub fn active_tokens(&self) -> &[Uuid] {
+        &self.active_tokens
+    }
+
+    pub fn blocked_channels(&self) -> &[String] {
+        &self.blocked_channels
+    }
+}
+
+/// What provisioning decided outside the aggregate (country rules, capacity, provider numbers).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Provisioning {
+    pub org_id: String,
+    pub display_name: String,
+    pub agent_gender: String,
+    pub country: String,
+    pub capabilities: Capabilities,
+    pub channels: Value,
+    pub greeting: Option<String>,
+    pub system_prompt: Option<String>,
+    pub provider_refs: Value,
+    pub mode: OrgMode,
+    pub token: IssuedToken,
+}
+
+/// A command on agent `agent_id` (carried so refusals can name it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentCommand {
+    pub agent_id: String,
+    pub action: AgentAction,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentAction {
+    Provision(Box<Provisioning>),
+    Deprovision { number_released: bool, warnings: Vec<String> },
+    /// Revokes every active token of the agent and issues `token`.
+    RotateToken { token: IssuedToken, issued_via: IssuedVia, reason: String },
+    BlockChannels { channels: Vec<String> },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+pub enum AgentEvent {
+    AgentProvisioned {
+        org_id: String,
+        display_name: String,
+        agent_gender: String,
+        country: String,
+        capabilities: Capabilities,
+        channels: Value,
+        greeting: Option<String>,
+        system_prompt: Option<String>,
+        provider_refs: Value,
+        mode: OrgMode,
+    },
+    AgentDeprovisioned { number_released: bool, warnings: Vec<String> },
+    AgentTokenIssued { token_id: Uuid, token_hash: String, label: Option<String>, issued_via: IssuedVia },
+    AgentTokenRevoked { token_ids: Vec<Uuid>, reason: String },
+    AgentChannelsBlocked { blocked_channels: Vec<String> },
+}
+
+impl DomainEvent for AgentEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::AgentProvisioned { .. } => "AgentProvisioned",
+            Self::AgentDeprovisioned { .. } => "AgentDeprovisioned",
+            Self::AgentTokenIssued { .. } => "AgentTokenIssued",
+            Self::AgentTokenRevoked { .. } => "AgentTokenRevoked",
+            Self::AgentChannelsBlocked { .. } => "AgentChannelsBlocked",
+        }
+        .into()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".into()
+    }
+}
+
+/// Refusals, worded as the contract words them; `code()` names the §7 code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    #[error("Agent \"{0}\" not found")]
+    NotFound(String),
+    #[error("Agent \"{0}\" already exists")]
+    AlreadyExists(String),
+    #[error("Agent \"{0}\" is already deprovisioned")]
+    AlreadyDeprovisioned(String),
+    #[error("Agent \"{0}\" is not active (status: deprovisioned)")]
+    NotActive(String),
+}
+
+impl AgentError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::AlreadyExists(_) | Self::AlreadyDeprovisioned(_) | Self::NotActive(_) => "conflict",
+        }
+    }
+}
+
+impl Aggregate for Agent {
+    const TYPE: &'static str = "agent";
+    type Command = AgentCommand;
+    type Event = AgentEvent;
+    type Error = AgentError;
+    type Services = ();
+
+    async fn handle(&mut self, command: AgentCommand, _: &(), sink: &EventSink<Self>) -> Result<(), AgentError> {
+        use AgentEvent as E;
+        let AgentCommand { agent_id: id, action } = command;
+        let events = match (self.status, action) {
+            (Some(_), AgentAction::Provision(_)) => return Err(AgentError::AlreadyExists(id)),
+            (None, AgentAction::Provision(p)) => {
+                let p = *p;
+                vec![
+                    E::AgentProvisioned {
+                        org_id: p.org_id,
+                        display_name: p.display_name,
+                        agent_gender: p.agent_gender,
+                        country: p.country,
+                        capabilities: p.capabilities,
+                        channels: p.channels,
+                        greeting: p.greeting,
+                        system_prompt: p.system_prompt,
+                        provider_refs: p.provider_refs,
+                        mode: p.mode,
+                    },
+                    issued(p.token, IssuedVia::Provision),
+                ]
+            }
+            (None, _) => return Err(AgentError::NotFound(id)),
+            (Some(AgentStatus::Deprovisioned), AgentAction::Deprovision { .. }) => {
+                return Err(AgentError::AlreadyDeprovisioned(id))
+            }
+            (Some(AgentStatus::Deprovisioned), AgentAction::RotateToken { .. }) => return Err(AgentError::NotActive(id)),
+            (Some(AgentStatus::Active), AgentAction::Deprovision { number_released, warnings }) => {
+                let mut events = vec![E::AgentDeprovisioned { number_released, warnings }];
+                if !self.active_tokens.is_empty() {
+                    events.push(E::AgentTokenRevoked { token_ids: self.active_tokens.clone(), reason: "deprovisioned".into() });
+                }
+                events
+            }
+            (Some(AgentStatus::Active), AgentAction::RotateToken { token, issued_via, reason }) => {
+                let mut events = Vec::new();
+                if !self.active_tokens.is_empty() {
+                    events.push(E::AgentTokenRevoked { token_ids: self.active_tokens.clone(), reason });
+                }
+                events.push(issued(token, issued_via));
+                events
+            }
+            // Blocking stays possible on a deprovisioned agent: it only ever narrows what it may do.
+            (Some(_), AgentAction::BlockChannels { channels }) => {
+                vec![E::AgentChannelsBlocked { blocked_channels: normalise_blocked_channels(&channels) }]
+            }
+        };
+        for event in events {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: AgentEvent) {
+        use AgentEvent as E;
+        match event {
+            E::AgentProvisioned { org_id, .. } => {
+                self.org_id = Some(org_id);
+                self.status = Some(AgentStatus::Active);
+            }
+            E::AgentDeprovisioned { .. } => self.status = Some(AgentStatus::Deprovisioned),
+            E::AgentTokenIssued { token_id, .. } => self.active_tokens.push(token_id),
+            E::AgentTokenRevoked { token_ids, .. } => self.active_tokens.retain(|t| !token_ids.contains(t)),
+            E::AgentChannelsBlocked { blocked_channels } => self.blocked_channels = blocked_channels,
+        }
+    }
+}
+
+fn issued(token: IssuedToken, issued_via: IssuedVia) -> AgentEvent {
+    AgentEvent::AgentTokenIssued { token_id: token.token_id, token_hash: token.token_hash, label: token.label, issued_via }
+}
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+
+    type Given = TestFramework<Agent>;
+
+    fn token(n: u128) -> IssuedToken {
+        IssuedToken { token_id: Uuid::from_u128(n), token_hash: format!("hash{n}"), label: None }
+    }
+
+    fn on(action: AgentAction) -> AgentCommand {
+        AgentCommand { agent_id: "sales-1".into(), action }
+    }
+
+    fn provisioning() -> Provisioning {
+        Provisioning {
+            org_id: "acme".into(),
+            display_name: "Sales".into(),
+            agent_gender: "neutral".into(),
+            country: "US".into(),
+            capabilities: Capabilities { phone: true, ..Capabilities::default() },
+            channels: Value::Null,
+            greeting: None,
+            system_prompt: None,
+            provider_refs: Value::Null,
+            mode: OrgMode::Sandbox,
+            token: token(1),
+        }
+    }
+
+    fn provisioned() -> Vec<AgentEvent> {
+        let p = provisioning();
+        vec![
+            AgentEvent::AgentProvisioned {
+                org_id: p.org_id,
+                display_name: p.display_name,
+                agent_gender: p.agent_gender,
+                country: p.country,
+                capabilities: p.capabilities,
+                channels: p.channels,
+                greeting: None,
+                system_prompt: None,
+                provider_refs: p.provider_refs,
+                mode: p.mode,
+            },
+            AgentEvent::AgentTokenIssued { token_id: Uuid::from_u128(1), token_hash: "hash1".into(), label: None, issued_via: IssuedVia::Provision },
+        ]
+    }
+
+    #[test]
+    fn provisioning_records_the_agent_and_its_first_token() {
+        Given::with(()).given_no_previous_events().when(on(AgentAction::Provision(Box::new(provisioning())))).then_expect_events(provisioned());
+    }
+
+    #[test]
+    fn an_agent_id_is_never_provisioned_twice_even_after_deprovisioning() {
+        let mut history = provisioned();
+        history.push(AgentEvent::AgentDeprovisioned { number_released: true, warnings: vec![] });
+        Given::with(()).given(history).when(on(AgentAction::Provision(Box::new(provisioning()))))
+            .then_expect_error(AgentError::AlreadyExists("sales-1".into()));
+    }
+
+    #[test]
+    fn deprovisioning_revokes_tokens_and_a_second_time_is_a_conflict() {
+        let deprovision = || on(AgentAction::Deprovision { number_released: true, warnings: vec![] });
+        Given::with(()).given(provisioned()).when(deprovision()).then_expect_events(vec![
+            AgentEvent::AgentDeprovisioned { number_released: true, warnings: vec![] },
+            AgentEvent::AgentTokenRevoked { token_ids: vec![Uuid::from_u128(1)], reason: "deprovisioned".into() },
+        ]);
+        let mut history = provisioned();
+        history.push(AgentEvent::AgentDeprovisioned { number_released: true, warnings: vec![] });
+        Given::with(()).given(history).when(deprovision()).then_expect_error(AgentError::AlreadyDeprovisioned("sales-1".into()));
+    }
+
+    #[test]
+    fn rotation_revokes_every_active_token_and_refuses_deprovisioned_agents() {
+        let rotate = || on(AgentAction::RotateToken { token: token(2), issued_via: IssuedVia::Rotate, reason: "rotated".into() });
+        Given::with(()).given(provisioned()).when(rotate()).then_expect_events(vec![
+            AgentEvent::AgentTokenRevoked { token_ids: vec![Uuid::from_u128(1)], reason: "rotated".into() },
+            AgentEvent::AgentTokenIssued { token_id: Uuid::from_u128(2), token_hash: "hash2".into(), label: None, issued_via: IssuedVia::Rotate },
+        ]);
+        let mut history = provisioned();
+        history.push(AgentEvent::AgentDeprovisioned { number_released: false, warnings: vec![] });
+        Given::with(()).given(history).when(rotate()).then_expect_error(AgentError::NotActive("sales-1".into()));
+    }
+
+    #[test]
+    fn commands_on_an_unknown_agent_are_not_found() {
+        Given::with(()).given_no_previous_events().when(on(AgentAction::BlockChannels { channels: vec!["sms".into()] }))
+            .then_expect_error(AgentError::NotFound("sales-1".into()));
+    }
+
+    #[test]
+    fn blocked_channels_are_normalised_before_they_are_recorded() {
+        let channels = vec!["sms".into(), "pager".into(), "sms".into(), "voice".into()];
+        Given::with(()).given(provisioned()).when(on(AgentAction::BlockChannels { channels }))
+            .then_expect_events(vec![AgentEvent::AgentChannelsBlocked { blocked_channels: vec!["sms".into(), "voice".into()] }]);
+    }
+}
