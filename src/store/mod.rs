@@ -10,13 +10,13 @@ pub mod keystore;
 pub mod repository;
 pub mod runner;
 pub mod sealing;
+pub mod snapshots;
 pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -35,7 +35,10 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// How often a command is retried when another writer appended to its aggregate first.
 const CONFLICT_RETRIES: u32 = 64;
 
-pub type Framework<A> = CqrsFramework<A, PersistedEventStore<EventRepository, A>>;
+/// Streams are snapshotted every this many events.
+const SNAPSHOT_EVERY: usize = 100;
+
+pub type Framework<A> = CqrsFramework<A, snapshots::SnapshotStore<A>>;
 
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
@@ -81,13 +84,10 @@ impl Store {
         self.appended.clone()
     }
 
-    /// A command framework for aggregate `A` over this store.
-    ///
-    /// Aggregates load from their events, not from snapshots: cqrs-es 0.5's snapshot store
-    /// serializes the aggregate after applying the new events a second time (`handle` already
-    /// applied them through the sink), so its snapshots are wrong for any non-idempotent `apply`.
+    /// A command framework for aggregate `A` over this store, snapshotting long streams
+    /// (`snapshots::SnapshotStore`, which replaces cqrs-es 0.5's broken snapshot store).
     pub fn framework<A: Aggregate>(&self, services: A::Services) -> Framework<A> {
-        let store = PersistedEventStore::new_event_store(self.repo.clone());
+        let store = snapshots::SnapshotStore::new(self.repo.clone(), SNAPSHOT_EVERY);
         CqrsFramework::new(store, Vec::new(), services)
     }
 

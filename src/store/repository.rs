@@ -154,7 +154,10 @@ impl EventRepository {
             return Err(PersistenceError::OptimisticLockError);
         }
         if let Some((aggregate_id, state, current_snapshot)) = snapshot {
-            self.save_snapshot::<A>(&aggregate_id, last_sequence, current_snapshot, &state).await?;
+            // The events are committed: a snapshot that fails to save is only a missed cache.
+            if let Err(e) = self.save_snapshot::<A>(&aggregate_id, last_sequence, current_snapshot, &state).await {
+                tracing::warn!(aggregate_type, aggregate_id, error = %e, "snapshot not saved");
+            }
         }
         self.heads.insert((aggregate_type.to_string(), aggregate_id.to_string()), (last_sequence, hashes.last().cloned().unwrap_or_default()));
         self.appended.notify_waiters();
