@@ -12,13 +12,19 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use commguard_domain::agent::Agent;
+use commguard_domain::organization::Organization;
+
+use crate::auth::{watch, Identity, Lockout};
 use crate::clock::Clock;
+use crate::directory::commands;
+use crate::mcp::{self, session::Sessions};
 use crate::config::{Config, Environment, LogFormat};
 use crate::crypto::{self, DataKeys};
 use crate::http::{self, Hardening};
 use crate::jobs::Jobs;
 use crate::store::embedded::{EmbeddedError, EmbeddedPostgres};
-use crate::store::{self, runner, Store};
+use crate::store::{self, runner, Framework, Store};
 
 /// How long in-flight requests may take to finish after SIGTERM (CONTRACT §15).
 const DRAIN: Duration = Duration::from_secs(10);
@@ -30,6 +36,11 @@ pub struct AppState {
     pub store: Store,
     pub clock: Clock,
     pub started: Instant,
+    pub identity: Arc<Identity>,
+    pub lockout: Arc<Lockout>,
+    pub sessions: Arc<Sessions>,
+    pub orgs: Arc<Framework<Organization>>,
+    pub agents: Arc<Framework<Agent>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +57,8 @@ pub enum StartError {
     Listen(String, std::io::Error),
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("start-up: {0}")]
+    Setup(String),
     #[error("scheduled jobs: {0}")]
     Jobs(tokio_cron_scheduler::JobSchedulerError),
 }
@@ -104,20 +117,34 @@ impl Runtime {
         }
     }
 
+    /// The state of one server: caches and sessions are per instance, everything else is shared.
     pub fn state(&self) -> AppState {
+        let config = self.config.clone();
+        let store = self.store.clone();
+        let master = config.master_token.as_ref().map(|s| s.0.as_str());
         AppState {
-            config: self.config.clone(),
-            pool: self.store.pool().clone(),
-            store: self.store.clone(),
+            pool: store.pool().clone(),
+            identity: Arc::new(Identity::new(store.pool().clone(), master, config.demo_mode)),
+            lockout: Arc::new(Lockout::new(&config, store.clone(), self.clock.clone())),
+            sessions: Arc::new(Sessions::new(
+                config.mcp_max_sessions as usize,
+                Duration::from_secs(config.mcp_session_idle_seconds),
+                store.clone(),
+                self.clock.clone(),
+            )),
+            orgs: Arc::new(store.framework(())),
+            agents: Arc::new(store.framework(())),
             clock: self.clock.clone(),
             started: Instant::now(),
+            store,
+            config,
         }
     }
 }
 
 /// Every route, inside the hardening pipeline.
 pub fn router(state: AppState, hardening: Arc<Hardening>) -> Router {
-    let routes = Router::new().merge(http::health::routes()).with_state(state);
+    let routes = Router::new().merge(http::health::routes()).merge(mcp::routes()).with_state(state);
     http::harden(routes, hardening)
 }
 
@@ -128,6 +155,7 @@ pub struct Server {
     task: JoinHandle<Result<(), std::io::Error>>,
     runners: Vec<JoinHandle<()>>,
     jobs: Jobs,
+    sessions: Arc<Sessions>,
 }
 
 impl Server {
@@ -139,17 +167,36 @@ impl Server {
         let hardening = Hardening::new(&state.config);
         let jobs = Jobs::start(hardening.clone()).await.map_err(StartError::Jobs)?;
         let runners = runner::spawn_all(state.pool.clone(), commguard_projections::all(), rt.store.appended(), stop.clone());
+        commands::ensure_default_org(&state).await.map_err(|e| StartError::Setup(e.message))?;
+        let mut tasks = vec![tokio::spawn(watch::run(
+            state.pool.clone(),
+            state.identity.clone(),
+            state.lockout.clone(),
+            state.sessions.clone(),
+        ))];
+        let sessions = state.sessions.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                sessions.expire_idle().await;
+            }
+        }));
+        let runners = runners.into_iter().chain(tasks).collect();
+        let sessions = state.sessions.clone();
         let app = router(state, hardening).into_make_service_with_connect_info::<SocketAddr>();
         let shutdown = stop.clone();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.notified().await }).await
         });
-        Ok(Self { addr, stop, task, runners, jobs })
+        Ok(Self { addr, stop, task, runners, jobs, sessions })
     }
 
     /// Stops accepting, lets in-flight requests finish (at most `DRAIN`), stops the runners.
     pub async fn stop(self) -> Result<(), StartError> {
         self.stop.notify_waiters();
+        // Open event streams would hold the graceful shutdown for the whole drain period.
+        self.sessions.close_all("shutdown").await;
         let served = tokio::time::timeout(DRAIN, self.task).await;
         for runner in self.runners {
             runner.abort();

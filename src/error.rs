@@ -72,11 +72,14 @@ pub struct ApiError {
     pub extra: Map<String, Value>,
     /// Extra response headers (`Retry-After`, `Allow`, `WWW-Authenticate`).
     pub headers: Vec<(&'static str, String)>,
+    /// A status other than the code's, where the contract fixes one (`/messages` answers an
+    /// unknown session with 400 and code `not_found`).
+    pub status: Option<StatusCode>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), extra: Map::new(), headers: Vec::new() }
+        Self { code, message: message.into(), extra: Map::new(), headers: Vec::new(), status: None }
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -86,6 +89,11 @@ impl ApiError {
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
         self
     }
 
@@ -120,7 +128,7 @@ pub struct ErrorBody(pub ApiError);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.code.status(), axum::Json(self.body(None))).into_response();
+        let mut response = (self.status.unwrap_or(self.code.status()), axum::Json(self.body(None))).into_response();
         for (name, value) in &self.headers {
             if let Ok(v) = HeaderValue::from_str(value) {
                 response.headers_mut().insert(*name, v);

@@ -3,11 +3,16 @@
 //! The binary in `main.rs` is a thin shim over this library; `ARCHITECTURE.md` is the map.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod directory;
 pub mod error;
 pub mod http;
 pub mod jobs;
+pub mod mcp;
+pub mod money;
 pub mod store;
+pub mod validate;

@@ -112,6 +112,8 @@ pub enum AgentEvent {
     AgentTokenIssued { token_id: Uuid, token_hash: String, label: Option<String>, issued_via: IssuedVia },
     AgentTokenRevoked { token_ids: Vec<Uuid>, reason: String },
     AgentChannelsBlocked { blocked_channels: Vec<String> },
+    /// A refused tool call about this agent (appended by `Store::record`; changes no state).
+    ActionRefused { tool: String, agent_id: Option<String>, code: String, refused_by: String, reason: String },
 }
 
 impl DomainEvent for AgentEvent {
@@ -122,6 +124,7 @@ impl DomainEvent for AgentEvent {
             Self::AgentTokenIssued { .. } => "AgentTokenIssued",
             Self::AgentTokenRevoked { .. } => "AgentTokenRevoked",
             Self::AgentChannelsBlocked { .. } => "AgentChannelsBlocked",
+            Self::ActionRefused { .. } => "ActionRefused",
         }
         .into()
     }
@@ -225,6 +228,7 @@ impl Aggregate for Agent {
             E::AgentTokenIssued { token_id, .. } => self.active_tokens.push(token_id),
             E::AgentTokenRevoked { token_ids, .. } => self.active_tokens.retain(|t| !token_ids.contains(t)),
             E::AgentChannelsBlocked { blocked_channels } => self.blocked_channels = blocked_channels,
+            E::ActionRefused { .. } => {}
         }
     }
 }

@@ -4,6 +4,8 @@
 //! identifiers and anything external reach an aggregate through its command or its services.
 
 pub mod agent;
+pub mod countries;
 pub mod organization;
 pub mod pii;
+pub mod records;
 pub mod values;

@@ -83,6 +83,8 @@ pub enum OrganizationEvent {
     OrgSettingsChanged { before: OrgSettings, after: OrgSettings },
     OrgTokenIssued { token_id: Uuid, token_hash: String, label: Option<String> },
     OrgTokenRevoked { token_ids: Vec<Uuid>, reason: String },
+    /// A refused tool call or route about this org (appended by `Store::record`; no state).
+    ActionRefused { tool: String, agent_id: Option<String>, code: String, refused_by: String, reason: String },
 }
 
 impl DomainEvent for OrganizationEvent {
@@ -95,6 +97,7 @@ impl DomainEvent for OrganizationEvent {
             Self::OrgSettingsChanged { .. } => "OrgSettingsChanged",
             Self::OrgTokenIssued { .. } => "OrgTokenIssued",
             Self::OrgTokenRevoked { .. } => "OrgTokenRevoked",
+            Self::ActionRefused { .. } => "ActionRefused",
         }
         .into()
     }
@@ -228,6 +231,7 @@ impl Aggregate for Organization {
             E::OrgSettingsChanged { after, .. } => self.settings = after,
             E::OrgTokenIssued { token_id, .. } => self.active_tokens.push(token_id),
             E::OrgTokenRevoked { token_ids, .. } => self.active_tokens.retain(|t| !token_ids.contains(t)),
+            E::ActionRefused { .. } => {}
         }
     }
 }

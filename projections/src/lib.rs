@@ -13,6 +13,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub mod audit;
+pub mod directory;
 
 /// One stored event, as the store keeps it (personal fields sealed). Payload and metadata stay
 /// raw JSON: each projection parses only the fields it needs, which keeps catch-up fast.
@@ -63,15 +64,21 @@ impl RawJson {
 #[derive(Clone, Debug, Default)]
 pub struct Tables {
     names: HashMap<&'static str, String>,
+    live: bool,
 }
 
 impl Tables {
     pub fn live(tables: &[&'static str]) -> Self {
-        Self { names: tables.iter().map(|t| (*t, (*t).to_string())).collect() }
+        Self { names: tables.iter().map(|t| (*t, (*t).to_string())).collect(), live: true }
     }
 
     pub fn shadow(tables: &[&'static str]) -> Self {
-        Self { names: tables.iter().map(|t| (*t, shadow_name(t))).collect() }
+        Self { names: tables.iter().map(|t| (*t, shadow_name(t))).collect(), live: false }
+    }
+
+    /// Live tables serve requests; a rebuild's shadows do not, so it sends no notifications.
+    pub fn is_live(&self) -> bool {
+        self.live
     }
 
     /// The physical name of logical table `table`. Panics on a table the projection did not
@@ -114,5 +121,10 @@ pub trait Projection: Send + Sync {
 
 /// Every projection this build has, in the order the runner starts them.
 pub fn all() -> Vec<Box<dyn Projection>> {
-    vec![Box::new(audit::AuditProjection)]
+    vec![
+        Box::new(directory::OrgsProjection),
+        Box::new(directory::AgentsProjection),
+        Box::new(directory::TokensProjection),
+        Box::new(audit::AuditProjection),
+    ]
 }

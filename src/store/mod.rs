@@ -7,6 +7,7 @@ pub mod embedded;
 pub mod envelope;
 pub mod feed;
 pub mod keystore;
+pub mod receipt;
 pub mod repository;
 pub mod runner;
 pub mod sealing;
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+use cqrs_es::{Aggregate, AggregateError, CqrsFramework, DomainEvent};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -93,28 +95,137 @@ impl Store {
 
     /// Executes `command` on aggregate `id` with `context`, retrying when another writer appended
     /// to the same aggregate in between (the command is decided again on the new state).
+    /// Returns the position of the last event appended (`None` if the command decided none).
     pub async fn execute<A>(
         &self,
         framework: &Framework<A>,
         id: &str,
         command: A::Command,
         context: &CommandContext,
-    ) -> Result<(), AggregateError<A::Error>>
+    ) -> Result<Option<i64>, AggregateError<A::Error>>
     where
         A: Aggregate,
         A::Command: Clone,
     {
         let mut attempt = 0;
         loop {
-            match framework.execute_with_metadata(id, command.clone(), context.to_metadata()).await {
-                Err(AggregateError::AggregateConflict) if attempt < CONFLICT_RETRIES => {
+            let run = framework.execute_with_metadata(id, command.clone(), context.to_metadata());
+            match receipt::capture(run).await {
+                (Err(AggregateError::AggregateConflict), _) if attempt < CONFLICT_RETRIES => {
                     attempt += 1;
-                    // Exponential backoff with full jitter spreads racing writers apart.
-                    let ceiling_us = 200u64 << attempt.min(7);
-                    tokio::time::sleep(Duration::from_micros(rand::random::<u64>() % ceiling_us)).await;
+                    backoff(attempt).await;
+                }
+                (result, position) => return result.map(|()| position),
+            }
+        }
+    }
+
+    /// Appends facts to a stream without deciding anything: events that record what happened
+    /// (an authentication failure, a session opened) and that no rule can refuse. The stream's
+    /// head comes from the chain head; a racing append is retried at the new head.
+    pub async fn record<E: DomainEvent>(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        events: &[E],
+        context: &CommandContext,
+    ) -> Result<Option<i64>, PersistenceError> {
+        let mut attempt = 0;
+        loop {
+            let head = self.repo.stream_head(aggregate_type, aggregate_id).await?;
+            let serialized = serialize(aggregate_type, aggregate_id, head, events, context)?;
+            match self.repo.append_events(&serialized).await {
+                Err(PersistenceError::OptimisticLockError) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    backoff(attempt).await;
                 }
                 other => return other,
             }
         }
     }
+
+    /// Like `record`, but only as the first events of the stream: a stream id that is a dedup
+    /// key makes the fact happen once, however many instances try (`None`: it already had).
+    pub async fn record_once<E: DomainEvent>(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        events: &[E],
+        context: &CommandContext,
+    ) -> Result<Option<i64>, PersistenceError> {
+        if self.repo.stream_head(aggregate_type, aggregate_id).await? > 0 {
+            return Ok(None);
+        }
+        let serialized = serialize(aggregate_type, aggregate_id, 0, events, context)?;
+        match self.repo.append_events(&serialized).await {
+            Err(PersistenceError::OptimisticLockError) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// Waits until projection `name` has applied every event up to `position` (read-your-writes
+    /// for callers that answer from a projection right after a command).
+    pub async fn await_projection(&self, name: &str, position: i64) -> Result<(), AwaitError> {
+        let deadline = tokio::time::Instant::now() + PROJECTION_WAIT;
+        loop {
+            let applied: Option<i64> =
+                sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if applied.unwrap_or(0) >= position {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AwaitError::TimedOut(name.to_string()));
+            }
+            self.appended.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// How long a caller waits for a projection to apply its own events before giving up.
+const PROJECTION_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AwaitError {
+    #[error("projection {0} did not catch up in time")]
+    TimedOut(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Events in cqrs-es's serialized form, numbered after `head`, carrying `context`.
+fn serialize<E: DomainEvent>(
+    aggregate_type: &str,
+    aggregate_id: &str,
+    head: i64,
+    events: &[E],
+    context: &CommandContext,
+) -> Result<Vec<SerializedEvent>, PersistenceError> {
+    let metadata = serde_json::to_value(context.to_metadata()).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| {
+            // Externally tagged, as cqrs-es serializes; the repository stores the inner object.
+            let payload = serde_json::to_value(event).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+            Ok(SerializedEvent::new(
+                aggregate_id.to_string(),
+                head as usize + i + 1,
+                aggregate_type.to_string(),
+                event.event_type(),
+                event.event_version(),
+                payload,
+                metadata.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// Exponential backoff with full jitter: spreads racing writers apart.
+async fn backoff(attempt: u32) {
+    let ceiling_us = 200u64 << attempt.min(7);
+    tokio::time::sleep(Duration::from_micros(rand::random::<u64>() % ceiling_us)).await;
 }

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::chain;
+use super::receipt;
 use super::context::CommandContext;
 use super::keystore::KeyStore;
 use super::sealing::{has_clear_fields, seal_payload};
@@ -52,8 +53,25 @@ impl EventRepository {
         events: &[SerializedEvent],
         snapshot: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        let Some(first) = events.first() else {
+        let Some(position) = self.append_events(events).await? else {
             return Ok(());
+        };
+        if let Some((aggregate_id, state, current_snapshot)) = snapshot {
+            let last_sequence = events.last().map_or(0, |e| e.sequence as i64);
+            // The events are committed: a snapshot that fails to save is only a missed cache.
+            if let Err(e) = self.save_snapshot::<A>(&aggregate_id, last_sequence, current_snapshot, &state).await {
+                tracing::warn!(aggregate_type = A::TYPE, aggregate_id, error = %e, "snapshot not saved");
+            }
+        }
+        receipt::record(position);
+        Ok(())
+    }
+
+    /// Appends `events` (one stream, contiguous sequences) in one statement and returns the
+    /// position of the last one; `None` when there was nothing to append.
+    pub(crate) async fn append_events(&self, events: &[SerializedEvent]) -> Result<Option<i64>, PersistenceError> {
+        let Some(first) = events.first() else {
+            return Ok(None);
         };
         if events.len() > MAX_EVENTS_PER_APPEND {
             return Err(PersistenceError::UnknownError(
@@ -108,7 +126,7 @@ impl EventRepository {
         // One statement, one implicit transaction: the events and the new chain head. A racing
         // append of the same sequence violates the primary key and the whole statement fails;
         // the head only moves from the sequence this command was decided on.
-        let moved: i64 = sqlx::query_scalar(
+        let (moved, position): (i64, Option<i64>) = sqlx::query_as(
             "WITH appended AS (
                  INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                                      payload, metadata, position, event_id, occurred_at, org_id, prev_hash, hash)
@@ -119,7 +137,7 @@ impl EventRepository {
                              $9::timestamptz[], $10::text[], $11::text[], $12::text[])
                       WITH ORDINALITY AS e(sequence, event_type, event_version, payload, metadata, event_id,
                                            occurred_at, org_id, prev_hash, hash, ord)
-                 RETURNING 1
+                 RETURNING position
              ), head AS (
                  INSERT INTO chain_heads AS h (aggregate_type, aggregate_id, last_sequence, last_hash)
                  VALUES ($1, $2, $13, $14)
@@ -128,7 +146,7 @@ impl EventRepository {
                      WHERE h.last_sequence = $15
                  RETURNING 1
              )
-             SELECT (SELECT COUNT(*) FROM head) * (SELECT COUNT(*) FROM appended)",
+             SELECT (SELECT COUNT(*) FROM head), (SELECT MAX(position) FROM appended)",
         )
         .bind(aggregate_type)
         .bind(aggregate_id)
@@ -153,15 +171,27 @@ impl EventRepository {
             tracing::error!(aggregate_type, aggregate_id, "chain head did not move with its events");
             return Err(PersistenceError::OptimisticLockError);
         }
-        if let Some((aggregate_id, state, current_snapshot)) = snapshot {
-            // The events are committed: a snapshot that fails to save is only a missed cache.
-            if let Err(e) = self.save_snapshot::<A>(&aggregate_id, last_sequence, current_snapshot, &state).await {
-                tracing::warn!(aggregate_type, aggregate_id, error = %e, "snapshot not saved");
-            }
-        }
         self.heads.insert((aggregate_type.to_string(), aggregate_id.to_string()), (last_sequence, hashes.last().cloned().unwrap_or_default()));
         self.appended.notify_waiters();
-        Ok(())
+        Ok(position)
+    }
+
+    /// The last sequence and hash of a stream, for appends that do not load the aggregate.
+    pub(crate) async fn stream_head(&self, aggregate_type: &str, aggregate_id: &str) -> Result<i64, PersistenceError> {
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT last_sequence, last_hash FROM chain_heads WHERE aggregate_type = $1 AND aggregate_id = $2")
+                .bind(aggregate_type)
+                .bind(aggregate_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+        Ok(match head {
+            Some((sequence, hash)) => {
+                self.heads.insert((aggregate_type.to_string(), aggregate_id.to_string()), (sequence, hash));
+                sequence
+            }
+            None => 0,
+        })
     }
 
     /// The hash of event `sequence` (the chain's last link before this append): from the loads

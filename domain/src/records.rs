@@ -1,0 +1,99 @@
+//! Facts that no rule can refuse: they record what happened at the edges (an authentication
+//! failure, a lockout, a session, a refused tool call, an alert). They are appended at the head of
+//! their stream without loading an aggregate (`Store::record`), so a burst of failures from one IP
+//! costs one insert each, however long that IP's history.
+
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::pii::Pii;
+
+/// Stream `ip` (id = ipRef, the blind index of the address).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+pub enum IpEvent {
+    AuthFailed {
+        /// Sealed under the `security` retention key (CONTRACT §11.3 §).
+        ip: Pii,
+        /// missing | invalid | revoked | agent_mismatch | session_mismatch | locked
+        reason: String,
+        route: String,
+        /// First 8 hex of SHA-256 of the presented value; never the value.
+        token_fingerprint: Option<String>,
+        claimed_agent_id: Option<String>,
+    },
+    IpLockedOut { ip: Pii, failures: u32, locked_until: String },
+}
+
+/// Stream `principal` (id = `<kind>:<id>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+pub enum SessionEvent {
+    SessionOpened { session_id: String, transport: String, claimed_agent_id: Option<String> },
+    SessionClosed { session_id: String, reason: String },
+}
+
+/// A tool call or route refused before any aggregate decided (CONTRACT §6.1: a tool without its
+/// own blocked event records `ActionRefused`). Stream: the agent, the organization or `platform`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+pub enum RefusalEvent {
+    ActionRefused { tool: String, agent_id: Option<String>, code: String, refused_by: String, reason: String },
+}
+
+/// Stream `alert` (id = dedupKey).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+pub enum AlertEvent {
+    AlertRaised {
+        alert_id: String,
+        rule: String,
+        severity: String,
+        title: String,
+        message: String,
+        subject_kind: String,
+        subject_id: String,
+        details: serde_json::Value,
+        window_start: String,
+        window_end: String,
+    },
+}
+
+macro_rules! event_types {
+    ($ty:ty { $($variant:ident),+ }) => {
+        impl DomainEvent for $ty {
+            fn event_type(&self) -> String {
+                match self { $(Self::$variant { .. } => stringify!($variant),)+ }.into()
+            }
+            fn event_version(&self) -> String {
+                "1.0".into()
+            }
+        }
+    };
+}
+
+event_types!(IpEvent { AuthFailed, IpLockedOut });
+event_types!(SessionEvent { SessionOpened, SessionClosed });
+event_types!(RefusalEvent { ActionRefused });
+event_types!(AlertEvent { AlertRaised });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_type_names_are_the_contract_names() {
+        let opened = SessionEvent::SessionOpened { session_id: "s".into(), transport: "sse".into(), claimed_agent_id: None };
+        assert_eq!(opened.event_type(), "SessionOpened");
+        let refused = RefusalEvent::ActionRefused {
+            tool: "comms_ping".into(),
+            agent_id: None,
+            code: "forbidden".into(),
+            refused_by: "role".into(),
+            reason: "x".into(),
+        };
+        assert_eq!(refused.event_type(), "ActionRefused");
+        let payload = serde_json::to_value(&opened).unwrap();
+        assert_eq!(payload["SessionOpened"]["sessionId"], "s");
+    }
+}

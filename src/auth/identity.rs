@@ -1,0 +1,245 @@
+//! Token resolution (CONTRACT §5): master → org token → agent token, by SHA-256 of the presented
+//! value. Tokens and org modes are cached in memory so a warm call costs no database round trip;
+//! the cache is safe to lose and is kept honest by `NOTIFY commguard_identity` (sent by the
+//! directory projections when a token is revoked or an org changes mode), by a time-to-live, and
+//! by the command paths of this instance, which drop what they revoke before they answer.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Principal, Role};
+use crate::crypto::tokens::constant_time_eq;
+
+/// A cached entry is re-read after this long even without a notification (a lost notification
+/// during a reconnect cannot keep a revoked token alive for longer).
+const CACHE_TTL: Duration = Duration::from_secs(30);
+/// `lastUsedAt` is written at most this often per token (CONTRACT §5: ≤ 1 write/min).
+const LAST_USED_EVERY: Duration = Duration::from_secs(60);
+
+/// Why a credential was refused; the `reason` of `AuthFailed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Invalid,
+    Revoked,
+    AgentMismatch,
+    SessionMismatch,
+    /// The check could not run (database down): refuse, never admit (CONTRACT P5).
+    Unavailable,
+}
+
+impl AuthFailure {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Invalid => "invalid",
+            Self::Revoked => "revoked",
+            Self::AgentMismatch => "agent_mismatch",
+            Self::SessionMismatch => "session_mismatch",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct TokenRecord {
+    token_id: Uuid,
+    kind: Role,
+    agent_id: Option<String>,
+    org_id: String,
+    revoked: bool,
+}
+
+struct Cached<T> {
+    value: T,
+    at: Instant,
+}
+
+impl<T> Cached<T> {
+    fn fresh(&self) -> bool {
+        self.at.elapsed() < CACHE_TTL
+    }
+}
+
+pub struct Identity {
+    pool: PgPool,
+    master_digest: Option<[u8; 32]>,
+    demo: bool,
+    tokens: RwLock<HashMap<String, Cached<TokenRecord>>>,
+    org_modes: RwLock<HashMap<String, Cached<Option<String>>>>,
+    last_used: Mutex<HashMap<Uuid, Instant>>,
+}
+
+impl Identity {
+    pub fn new(pool: PgPool, master_token: Option<&str>, demo: bool) -> Self {
+        Self {
+            pool,
+            master_digest: master_token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            demo,
+            tokens: RwLock::default(),
+            org_modes: RwLock::default(),
+            last_used: Mutex::default(),
+        }
+    }
+
+    /// No master token configured (and not production, which refuses to start that way): a
+    /// request without any credential is the super-admin (CONTRACT §5 dev-open).
+    pub fn dev_open(&self) -> bool {
+        self.master_digest.is_none()
+    }
+
+    pub fn demo(&self) -> bool {
+        self.demo
+    }
+
+    /// The principal of a request that presented no credential, if the mode admits one.
+    pub fn anonymous(&self) -> Option<Principal> {
+        if self.demo {
+            Some(Principal::master("demo"))
+        } else if self.dev_open() {
+            Some(Principal::master("dev-open"))
+        } else {
+            None
+        }
+    }
+
+    /// Resolves a presented token. In demo mode authentication is skipped: an unknown token is
+    /// the demo super-admin, and a valid agent token is its agent with super-admin rights.
+    pub async fn resolve(&self, presented: &str) -> Result<Principal, AuthFailure> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        if let Some(master) = &self.master_digest {
+            if constant_time_eq(&digest, master) {
+                return Ok(Principal::master("master"));
+            }
+        }
+        let hash = hex::encode(digest);
+        let record = match self.lookup(&hash).await {
+            Ok(Some(record)) if !record.revoked => record,
+            Ok(_) if self.demo => return Ok(Principal::master("demo")),
+            Ok(Some(_)) => return Err(AuthFailure::Revoked),
+            Ok(None) => return Err(AuthFailure::Invalid),
+            Err(e) => {
+                tracing::error!(error = %e, "token lookup failed");
+                return Err(AuthFailure::Unavailable);
+            }
+        };
+        self.touch(record.token_id);
+        let principal = match (record.kind, record.agent_id) {
+            (Role::Agent, Some(agent_id)) => Principal {
+                kind: Role::Agent,
+                actor_id: agent_id.clone(),
+                id: agent_id,
+                org_id: Some(record.org_id),
+                token_id: Some(record.token_id),
+                elevated: self.demo,
+            },
+            _ => Principal {
+                kind: Role::Org,
+                id: record.org_id.clone(),
+                actor_id: record.org_id.clone(),
+                org_id: Some(record.org_id),
+                token_id: Some(record.token_id),
+                elevated: self.demo,
+            },
+        };
+        Ok(principal)
+    }
+
+    /// Whether token `token_id` is still active (sessions check the token that opened them).
+    pub async fn token_active(&self, token_id: Uuid) -> Result<bool, sqlx::Error> {
+        let cached = self.tokens.read().expect("token cache lock").values().find(|c| c.value.token_id == token_id && c.fresh()).map(|c| !c.value.revoked);
+        if let Some(active) = cached {
+            return Ok(active);
+        }
+        let revoked: Option<bool> = sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM tokens WHERE token_id = $1")
+            .bind(token_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(revoked == Some(false))
+    }
+
+    async fn lookup(&self, hash: &str) -> Result<Option<TokenRecord>, sqlx::Error> {
+        if let Some(cached) = self.tokens.read().expect("token cache lock").get(hash) {
+            if cached.fresh() {
+                return Ok(Some(cached.value.clone()));
+            }
+        }
+        let row: Option<(Uuid, String, Option<String>, String, bool)> = sqlx::query_as(
+            "SELECT token_id, kind, agent_id, org_id, revoked_at IS NOT NULL FROM tokens WHERE token_hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        // Unknown hashes are not cached: guessing must not fill memory.
+        let Some((token_id, kind, agent_id, org_id, revoked)) = row else {
+            return Ok(None);
+        };
+        let kind = if kind == "agent" { Role::Agent } else { Role::Org };
+        let record = TokenRecord { token_id, kind, agent_id, org_id, revoked };
+        self.tokens.write().expect("token cache lock").insert(hash.to_string(), Cached { value: record.clone(), at: Instant::now() });
+        Ok(Some(record))
+    }
+
+    /// The mode of org `org_id` (`None`: no such org), cached like tokens.
+    pub async fn org_mode(&self, org_id: &str) -> Result<Option<String>, sqlx::Error> {
+        if let Some(cached) = self.org_modes.read().expect("org cache lock").get(org_id) {
+            if cached.fresh() {
+                return Ok(cached.value.clone());
+            }
+        }
+        let mode: Option<String> = sqlx::query_scalar("SELECT mode FROM orgs WHERE org_id = $1")
+            .bind(org_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if mode.is_some() {
+            self.org_modes.write().expect("org cache lock").insert(org_id.to_string(), Cached { value: mode.clone(), at: Instant::now() });
+        }
+        Ok(mode)
+    }
+
+    /// Drops revoked tokens from the cache (a notification, or this instance's own command).
+    pub fn forget_tokens(&self, token_ids: &[Uuid]) {
+        self.tokens.write().expect("token cache lock").retain(|_, c| !token_ids.contains(&c.value.token_id));
+    }
+
+    pub fn forget_org(&self, org_id: &str) {
+        self.org_modes.write().expect("org cache lock").remove(org_id);
+    }
+
+    /// After a lost connection to the notification channel nothing cached can be trusted.
+    pub fn clear(&self) {
+        self.tokens.write().expect("token cache lock").clear();
+        self.org_modes.write().expect("org cache lock").clear();
+    }
+
+    /// Records `lastUsedAt`, at most once a minute per token, off the request path.
+    fn touch(&self, token_id: Uuid) {
+        {
+            let mut last = self.last_used.lock().expect("last-used lock");
+            if last.get(&token_id).is_some_and(|t| t.elapsed() < LAST_USED_EVERY) {
+                return;
+            }
+            last.insert(token_id, Instant::now());
+        }
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let written = sqlx::query(
+                "INSERT INTO token_last_used (token_id, last_used_at) VALUES ($1, $2)
+                 ON CONFLICT (token_id) DO UPDATE SET last_used_at = EXCLUDED.last_used_at",
+            )
+            .bind(token_id)
+            .bind(Utc::now())
+            .execute(&pool)
+            .await;
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "lastUsedAt not recorded");
+            }
+        });
+    }
+}

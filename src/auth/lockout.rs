@@ -1,0 +1,252 @@
+//! Brute-force lockout (CONTRACT §13.3), shared by every instance through Postgres.
+//!
+//! Each credential failure is an `AuthFailed` event on the IP's stream and one atomic upsert of
+//! the IP's counter (`auth_failures`, keyed by ipRef, the blind index of the address; IPv6 by
+//! /64). The failure that reaches the threshold sets `locked_until` — exactly one request can
+//! reach it, so exactly one `IpLockedOut` and one alert are recorded. Checking is free for IPs
+//! no instance has seen fail: only IPs in the `suspects` set (local failures, and failures other
+//! instances announce on `commguard_identity`) cost a read.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Duration, Utc};
+use commguard_domain::pii::{Pii, RetentionClass};
+use commguard_domain::records::{AlertEvent, IpEvent};
+use commguard_projections::directory::IDENTITY_CHANNEL;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::AuthFailure;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::crypto::tokens::fingerprint;
+use crate::store::{rfc3339, Actor, CommandContext, Store};
+
+/// A refused check: locked until some time, or the check could not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Locked { retry_after: u64 },
+    Unavailable,
+}
+
+pub struct Lockout {
+    store: Store,
+    clock: Clock,
+    enabled: bool,
+    max_failures: i32,
+    window: Duration,
+    lock_for: Duration,
+    suspects: Mutex<HashSet<String>>,
+}
+
+/// The address lockouts count by: IPv4 (also when IPv4-mapped), or the IPv6 /64 network.
+pub fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+impl Lockout {
+    pub fn new(config: &Config, store: Store, clock: Clock) -> Self {
+        Self {
+            store,
+            clock,
+            enabled: !config.demo_mode,
+            max_failures: config.brute_force_max_failures as i32,
+            window: Duration::seconds(config.brute_force_window_seconds as i64),
+            lock_for: Duration::seconds(config.brute_force_lockout_seconds as i64),
+            suspects: Mutex::default(),
+        }
+    }
+
+    fn ip_ref(&self, ip: IpAddr) -> String {
+        self.store.keystore().data_keys().blind_index(&ip_key(ip))
+    }
+
+    /// Another instance saw a failure from `ip_ref`: check it against Postgres from now on.
+    pub fn suspect(&self, ip_ref: String) {
+        self.suspects.lock().expect("suspects lock").insert(ip_ref);
+    }
+
+    /// After a lost notification connection: every IP with a counter is a suspect again.
+    pub async fn reload_suspects(&self) -> Result<(), sqlx::Error> {
+        let keys: Vec<String> = sqlx::query_scalar("SELECT ip_key FROM auth_failures").fetch_all(self.store.pool()).await?;
+        self.suspects.lock().expect("suspects lock").extend(keys);
+        Ok(())
+    }
+
+    /// Step 1 of every credentialed route: is `ip` locked out?
+    pub async fn check(&self, ip: IpAddr) -> Result<(), Refusal> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let ip_ref = self.ip_ref(ip);
+        if !self.suspects.lock().expect("suspects lock").contains(&ip_ref) {
+            return Ok(());
+        }
+        let locked_until: Option<Option<DateTime<Utc>>> =
+            sqlx::query_scalar("SELECT locked_until FROM auth_failures WHERE ip_key = $1")
+                .bind(&ip_ref)
+                .fetch_optional(self.store.pool())
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "lockout check failed");
+                    Refusal::Unavailable
+                })?;
+        let now = self.clock.now();
+        match locked_until.flatten() {
+            Some(until) if until > now => {
+                let retry_after = (until - now).num_milliseconds().max(0) as u64;
+                Err(Refusal::Locked { retry_after: retry_after.div_ceil(1000).max(1) })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A request refused while its IP is locked: recorded (it feeds anomaly detection), not
+    /// counted (it does not extend the lock).
+    pub async fn refused_while_locked(&self, ip: IpAddr, route: &str) {
+        self.record_failure(ip, "locked", route, None, None).await;
+    }
+
+    /// A failed credential check: recorded, counted, and at the threshold the IP is locked.
+    pub async fn fail(&self, ip: IpAddr, failure: AuthFailure, route: &str, presented: Option<&str>, claimed_agent: Option<&str>) {
+        if failure == AuthFailure::Unavailable {
+            return;
+        }
+        self.record_failure(ip, failure.reason(), route, presented, claimed_agent).await;
+        if !self.enabled {
+            return;
+        }
+        let ip_ref = self.ip_ref(ip);
+        let now = self.clock.now();
+        let counted: Result<(i32, Option<DateTime<Utc>>), sqlx::Error> = sqlx::query_as(
+            "INSERT INTO auth_failures AS f (ip_key, failures, window_start, locked_until)
+             VALUES ($1, 1, $2, CASE WHEN 1 >= $3 THEN $2 + $5 END)
+             ON CONFLICT (ip_key) DO UPDATE SET
+                 failures = CASE WHEN f.window_start <= $2 - $4 OR f.locked_until <= $2 THEN 1 ELSE f.failures + 1 END,
+                 window_start = CASE WHEN f.window_start <= $2 - $4 OR f.locked_until <= $2 THEN $2 ELSE f.window_start END,
+                 locked_until = CASE
+                     WHEN f.window_start <= $2 - $4 OR f.locked_until <= $2 THEN CASE WHEN 1 >= $3 THEN $2 + $5 END
+                     WHEN f.locked_until IS NULL AND f.failures + 1 >= $3 THEN $2 + $5
+                     ELSE f.locked_until END
+             RETURNING failures, locked_until",
+        )
+        .bind(&ip_ref)
+        .bind(now)
+        .bind(self.max_failures)
+        .bind(self.window)
+        .bind(self.lock_for)
+        .fetch_one(self.store.pool())
+        .await;
+        let (failures, locked_until) = match counted {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::error!(error = %e, "brute-force counter not updated");
+                return;
+            }
+        };
+        self.suspect(ip_ref.clone());
+        let announced = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(IDENTITY_CHANNEL)
+            .bind(json!({ "suspect": ip_ref }).to_string())
+            .execute(self.store.pool())
+            .await;
+        if let Err(e) = announced {
+            tracing::warn!(error = %e, "failure not announced to other instances");
+        }
+        if failures == self.max_failures {
+            if let Some(until) = locked_until {
+                self.locked_out(ip, &ip_ref, failures, until).await;
+            }
+        }
+    }
+
+    /// A successful credential check resets the IP's count.
+    pub async fn succeed(&self, ip: IpAddr) {
+        if !self.enabled {
+            return;
+        }
+        let ip_ref = self.ip_ref(ip);
+        if !self.suspects.lock().expect("suspects lock").remove(&ip_ref) {
+            return;
+        }
+        let reset = sqlx::query("DELETE FROM auth_failures WHERE ip_key = $1 AND (locked_until IS NULL OR locked_until <= $2)")
+            .bind(&ip_ref)
+            .bind(self.clock.now())
+            .execute(self.store.pool())
+            .await;
+        if let Err(e) = reset {
+            tracing::warn!(error = %e, "failure count not reset");
+        }
+    }
+
+    fn context(&self) -> CommandContext {
+        CommandContext::new(Actor::system("auth"), "http", self.clock.now())
+    }
+
+    async fn record_failure(&self, ip: IpAddr, reason: &str, route: &str, presented: Option<&str>, claimed_agent: Option<&str>) {
+        let event = IpEvent::AuthFailed {
+            ip: Pii::retained(ip.to_string(), RetentionClass::Security),
+            reason: reason.into(),
+            route: route.into(),
+            token_fingerprint: presented.map(fingerprint),
+            claimed_agent_id: claimed_agent.map(str::to_string),
+        };
+        if let Err(e) = self.store.record("ip", &self.ip_ref(ip), &[event], &self.context()).await {
+            tracing::error!(error = %e, "AuthFailed not recorded");
+        }
+    }
+
+    async fn locked_out(&self, ip: IpAddr, ip_ref: &str, failures: i32, until: DateTime<Utc>) {
+        tracing::error!(ip_ref, failures, locked_until = %rfc3339(until), "Brute-force lockout");
+        let locked = IpEvent::IpLockedOut {
+            ip: Pii::retained(ip.to_string(), RetentionClass::Security),
+            failures: failures as u32,
+            locked_until: rfc3339(until),
+        };
+        if let Err(e) = self.store.record("ip", ip_ref, &[locked], &self.context()).await {
+            tracing::error!(error = %e, "IpLockedOut not recorded");
+        }
+        let now = self.clock.now();
+        let alert = AlertEvent::AlertRaised {
+            alert_id: Uuid::new_v4().to_string(),
+            rule: "brute_force_lockout".into(),
+            severity: "HIGH".into(),
+            title: "Brute-force lockout".into(),
+            message: format!("IP {ip_ref} locked out after {failures} failed authentication attempts"),
+            subject_kind: "ip".into(),
+            subject_id: ip_ref.into(),
+            details: json!({ "failures": failures, "lockedUntil": rfc3339(until) }),
+            window_start: rfc3339(now),
+            window_end: rfc3339(until),
+        };
+        let dedup_key = format!("brute_force_lockout:{ip_ref}:{}", until.timestamp());
+        if let Err(e) = self.store.record_once("alert", &dedup_key, &[alert], &self.context()).await {
+            tracing::error!(error = %e, "lockout alert not recorded");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_counts_by_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_eq!(ip_key("::ffff:10.0.0.7".parse().unwrap()), "10.0.0.7");
+        assert_ne!(ip_key("2001:db8:1:3::1".parse().unwrap()), ip_key(a));
+    }
+}

@@ -1,0 +1,85 @@
+//! Listens on `commguard_identity` for what other instances (and this one's projections) changed:
+//! revoked tokens leave the cache and their sessions close, suspended orgs and deprovisioned
+//! agents lose their sessions, IPs that failed elsewhere become lockout suspects. After a lost
+//! connection every cache is cleared, since notifications may have been missed meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use commguard_projections::directory::IDENTITY_CHANNEL;
+use serde_json::Value;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Identity, Lockout};
+use crate::mcp::session::Sessions;
+
+/// Sessions of revoked tokens close this long after the notice, so that the reply to the
+/// rotation that revoked them reaches the caller first.
+const CLOSE_AFTER: Duration = Duration::from_millis(300);
+
+pub async fn run(pool: PgPool, identity: Arc<Identity>, lockout: Arc<Lockout>, sessions: Arc<Sessions>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "identity listener cannot connect; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(IDENTITY_CHANNEL).await {
+            tracing::warn!(error = %e, "identity listener cannot listen; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        // Anything may have changed while we were not listening.
+        identity.clear();
+        if let Err(e) = lockout.reload_suspects().await {
+            tracing::warn!(error = %e, "lockout suspects not reloaded");
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    let Ok(message) = serde_json::from_str::<Value>(notification.payload()) else { continue };
+                    apply(&message, &identity, &lockout, &sessions).await;
+                }
+                Ok(None) => {
+                    tracing::warn!("identity listener lost its connection; caches cleared");
+                    identity.clear();
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "identity listener failed; reconnecting");
+                    identity.clear();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn apply(message: &Value, identity: &Identity, lockout: &Lockout, sessions: &Arc<Sessions>) {
+    if let Some(ids) = message.get("revoked").and_then(Value::as_array) {
+        let ids: Vec<Uuid> = ids.iter().filter_map(|v| v.as_str()?.parse().ok()).collect();
+        identity.forget_tokens(&ids);
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(CLOSE_AFTER).await;
+            sessions.close_tokens(&ids, "token_revoked").await;
+        });
+    }
+    if let Some(org) = message.get("org").and_then(Value::as_str) {
+        identity.forget_org(org);
+        if message.get("mode").and_then(Value::as_str) == Some("suspended") {
+            sessions.close_org(org, "org_suspended").await;
+        }
+    }
+    if let Some(agent) = message.get("agent").and_then(Value::as_str) {
+        sessions.close_agent(agent, "agent_deprovisioned").await;
+    }
+    if let Some(ip_ref) = message.get("suspect").and_then(Value::as_str) {
+        lockout.suspect(ip_ref.to_string());
+    }
+}

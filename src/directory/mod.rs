@@ -1,0 +1,125 @@
+//! The directory of organizations and agents: views read from the directory projections, and
+//! the commands that change them (`commands`), shared by MCP tools and admin routes.
+
+pub mod commands;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use sqlx::{PgExecutor, PgPool};
+
+use crate::error::ApiError;
+use crate::store::rfc3339;
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct AgentView {
+    pub agent_id: String,
+    pub org_id: String,
+    pub display_name: String,
+    pub agent_gender: String,
+    pub country: String,
+    pub status: String,
+    pub capabilities: Value,
+    pub channels: Value,
+    pub blocked_channels: Value,
+    pub mode: String,
+    pub provisioned_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct OrgView {
+    pub org_id: String,
+    pub name: String,
+    pub slug: String,
+    pub mode: String,
+    pub a2p_registered: bool,
+    pub settings: Value,
+    pub max_agents: i32,
+    pub max_spend_per_day: Option<i64>,
+    pub max_spend_per_month: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub agent_count: i64,
+}
+
+const ORG_COLUMNS: &str = "o.org_id, o.name, o.slug, o.mode, o.a2p_registered, o.settings, o.max_agents, \
+    o.max_spend_per_day, o.max_spend_per_month, o.created_at, o.updated_at, \
+    (SELECT COUNT(*) FROM agents a WHERE a.org_id = o.org_id AND a.status = 'active') AS agent_count";
+
+pub async fn agent<'e>(db: impl PgExecutor<'e>, agent_id: &str) -> Result<Option<AgentView>, ApiError> {
+    sqlx::query_as("SELECT agent_id, org_id, display_name, agent_gender, country, status, capabilities, channels, blocked_channels, mode, provisioned_at FROM agents WHERE agent_id = $1")
+        .bind(agent_id)
+        .fetch_optional(db)
+        .await
+        .map_err(ApiError::internal)
+}
+
+pub async fn agents_of(pool: &PgPool, org_id: Option<&str>) -> Result<Vec<AgentView>, ApiError> {
+    sqlx::query_as("SELECT agent_id, org_id, display_name, agent_gender, country, status, capabilities, channels, blocked_channels, mode, provisioned_at FROM agents WHERE $1::text IS NULL OR org_id = $1 ORDER BY provisioned_at, agent_id")
+        .bind(org_id)
+        .fetch_all(pool)
+        .await
+        .map_err(ApiError::internal)
+}
+
+pub async fn org<'e>(db: impl PgExecutor<'e>, org_id: &str) -> Result<Option<OrgView>, ApiError> {
+    sqlx::query_as(&format!("SELECT {ORG_COLUMNS} FROM orgs o WHERE o.org_id = $1"))
+        .bind(org_id)
+        .fetch_optional(db)
+        .await
+        .map_err(ApiError::internal)
+}
+
+pub async fn orgs(pool: &PgPool) -> Result<Vec<OrgView>, ApiError> {
+    sqlx::query_as(&format!("SELECT {ORG_COLUMNS} FROM orgs o ORDER BY o.created_at, o.org_id"))
+        .fetch_all(pool)
+        .await
+        .map_err(ApiError::internal)
+}
+
+impl OrgView {
+    pub fn pool(&self) -> Value {
+        let max = i64::from(self.max_agents);
+        json!({ "maxAgents": max, "activeAgents": self.agent_count, "slotsRemaining": (max - self.agent_count).max(0) })
+    }
+
+    /// The `comms_list_organizations` row.
+    pub fn listing(&self) -> Value {
+        json!({
+            "id": self.org_id,
+            "name": self.name,
+            "slug": self.slug,
+            "mode": self.mode,
+            "a2pRegistered": self.a2p_registered,
+            "settings": self.settings,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+            "agentCount": self.agent_count,
+        })
+    }
+
+    /// The admin view: listing plus caps.
+    pub fn admin_view(&self) -> Value {
+        let mut v = self.listing();
+        v["maxAgents"] = json!(self.max_agents);
+        v["maxSpendPerDay"] = json!(self.max_spend_per_day.map(crate::money::to_dollars));
+        v["maxSpendPerMonth"] = json!(self.max_spend_per_month.map(crate::money::to_dollars));
+        v["pool"] = self.pool();
+        v
+    }
+}
+
+impl AgentView {
+    pub fn status_view(&self, org: Option<&OrgView>) -> Value {
+        json!({
+            "agentId": self.agent_id,
+            "orgId": self.org_id,
+            "displayName": self.display_name,
+            "status": self.status,
+            "provisionedAt": rfc3339(self.provisioned_at),
+            "channels": self.channels,
+            "blockedChannels": self.blocked_channels,
+            "mode": org.map_or(self.mode.as_str(), |o| o.mode.as_str()),
+            "pool": org.map(OrgView::pool),
+        })
+    }
+}

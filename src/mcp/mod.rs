@@ -1,0 +1,141 @@
+//! MCP over HTTP (CONTRACT §4): the legacy HTTP+SSE pair (`sse`) and Streamable HTTP (`streamable`),
+//! both driving one JSON-RPC core (`protocol`) and one tool catalogue (`tools`).
+//!
+//! Written on axum rather than with rmcp: rmcp no longer serves the legacy SSE transport, and
+//! the contract fixes wire details (status codes and texts per step, sessions bound to
+//! principals, revocation closing streams, tool refusals as results) that are simplest to keep
+//! exact in about as much code as the adapter around rmcp would have been.
+
+pub mod protocol;
+pub mod session;
+pub mod sse;
+pub mod streamable;
+pub mod tools;
+
+use std::net::IpAddr;
+
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::app::AppState;
+use crate::auth::lockout::Refusal;
+use crate::auth::{bearer, AuthFailure, Bearer, Principal, Role};
+use crate::directory;
+use crate::error::{ApiError, ErrorCode};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/sse", get(sse::open))
+        .route("/messages", post(sse::message))
+        .route("/mcp", post(streamable::post).get(streamable::get).delete(streamable::delete))
+}
+
+/// Where a credential may come from, and how a missing one is worded.
+pub struct CredentialRules {
+    pub route: &'static str,
+    pub query_token: Option<String>,
+    pub missing_message: &'static str,
+    pub www_authenticate: bool,
+}
+
+fn unauthorized(message: &str, rules: &CredentialRules) -> ApiError {
+    let e = ApiError::new(ErrorCode::Unauthorized, message);
+    if rules.www_authenticate {
+        e.header("WWW-Authenticate", "Bearer realm=\"commguard\"")
+    } else {
+        e
+    }
+}
+
+pub fn locked_out(retry_after: u64) -> ApiError {
+    ApiError::new(ErrorCode::LockedOut, "Too many failed attempts. Try again later.")
+        .with("retryAfter", retry_after)
+        .header("Retry-After", retry_after.to_string())
+}
+
+/// Steps (1) lockout through (4) credential of §4.2 / §4.3: the principal, or the refusal.
+pub async fn authenticate(app: &AppState, headers: &HeaderMap, ip: IpAddr, rules: &CredentialRules) -> Result<Principal, ApiError> {
+    match app.lockout.check(ip).await {
+        Ok(()) => {}
+        Err(Refusal::Locked { retry_after }) => {
+            app.lockout.refused_while_locked(ip, rules.route).await;
+            return Err(locked_out(retry_after));
+        }
+        Err(Refusal::Unavailable) => return Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
+    }
+    let presented = match bearer(headers) {
+        Bearer::Token(token) => Some(token),
+        Bearer::Malformed => {
+            app.lockout.fail(ip, AuthFailure::Missing, rules.route, None, None).await;
+            return Err(unauthorized("Missing Authorization header. Use: Bearer <token>", rules));
+        }
+        Bearer::Absent => rules.query_token.clone().filter(|t| !t.is_empty()),
+    };
+    let Some(token) = presented else {
+        if let Some(anonymous) = app.identity.anonymous() {
+            return Ok(anonymous);
+        }
+        app.lockout.fail(ip, AuthFailure::Missing, rules.route, None, None).await;
+        return Err(unauthorized(rules.missing_message, rules));
+    };
+    match app.identity.resolve(&token).await {
+        Ok(principal) => {
+            app.lockout.succeed(ip).await;
+            Ok(principal)
+        }
+        Err(AuthFailure::Unavailable) => Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
+        Err(failure) => {
+            app.lockout.fail(ip, failure, rules.route, Some(&token), None).await;
+            Err(unauthorized("Invalid or revoked token", rules))
+        }
+    }
+}
+
+/// Step (5): the agent claim at open, and the org's state. Returns the claimed agent.
+pub async fn check_claim(
+    app: &AppState,
+    principal: &Principal,
+    claim: Option<String>,
+    ip: IpAddr,
+    route: &str,
+) -> Result<Option<String>, ApiError> {
+    let claim = match (principal.kind, claim) {
+        (Role::Agent, Some(claimed)) if claimed != principal.id => {
+            app.lockout.fail(ip, AuthFailure::AgentMismatch, route, None, Some(&claimed)).await;
+            return Err(ApiError::new(ErrorCode::Unauthorized, "Token agentId does not match requested agentId"));
+        }
+        (Role::Agent, _) => Some(principal.id.clone()),
+        (_, Some(claimed)) => {
+            let agent = directory::agent(&app.pool, &claimed)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("Agent \"{claimed}\" not found")))?;
+            if principal.kind == Role::Org && principal.org_id.as_deref() != Some(agent.org_id.as_str()) {
+                return Err(ApiError::new(ErrorCode::Forbidden, format!("Agent \"{claimed}\" does not belong to your organization")));
+            }
+            Some(claimed)
+        }
+        (_, None) => None,
+    };
+    if let Some(org_id) = &principal.org_id {
+        if app.identity.org_mode(org_id).await.map_err(ApiError::internal)?.as_deref() == Some("suspended") {
+            return Err(ApiError::new(ErrorCode::Forbidden, format!("Organization \"{org_id}\" is suspended")));
+        }
+    }
+    Ok(claim)
+}
+
+/// Whether the token that opened a session still stands, and its org is not suspended (§4.2 (6)).
+pub async fn session_still_valid(app: &AppState, principal: &Principal) -> Result<bool, ApiError> {
+    if let Some(token_id) = principal.token_id {
+        if !app.identity.token_active(token_id).await.map_err(ApiError::internal)? {
+            return Ok(false);
+        }
+    }
+    if let Some(org_id) = &principal.org_id {
+        if app.identity.org_mode(org_id).await.map_err(ApiError::internal)?.as_deref() == Some("suspended") {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

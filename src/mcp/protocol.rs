@@ -1,0 +1,148 @@
+//! JSON-RPC 2.0 and the MCP methods commguard answers, shared by both transports:
+//! `initialize`, `ping`, `tools/list`, `tools/call`, `logging/setLevel` and notifications.
+//! Tool refusals are tool results with `isError: true`; JSON-RPC errors are only for malformed
+//! messages (-32700, -32600) and unknown methods (-32601) (CONTRACT §4.4).
+
+use serde_json::{json, Map, Value};
+
+use super::session::{Session, Transport};
+use super::tools::{self, Caller};
+use crate::app::AppState;
+use crate::auth::Principal;
+
+pub const SSE_VERSIONS: &[&str] = &["2024-11-05"];
+pub const STREAMABLE_VERSIONS: &[&str] = &["2025-06-18", "2025-03-26"];
+
+/// One incoming JSON-RPC message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Request { id: Value, method: String, params: Value },
+    Notification { method: String },
+    /// A response from the client (to a server request we never send): accepted and ignored.
+    Response,
+}
+
+impl Message {
+    pub fn is_request(&self) -> bool {
+        matches!(self, Self::Request { .. })
+    }
+}
+
+/// Parses one message or a batch. The error text follows `Invalid message: `.
+pub fn parse(body: &[u8]) -> Result<Vec<Message>, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("Parse error: {e}"))?;
+    match value {
+        Value::Array(items) if !items.is_empty() => items.into_iter().map(message).collect(),
+        Value::Array(_) => Err("empty batch".into()),
+        single => Ok(vec![message(single)?]),
+    }
+}
+
+fn message(value: Value) -> Result<Message, String> {
+    let Value::Object(mut map) = value else {
+        return Err("a JSON-RPC message must be an object".into());
+    };
+    if map.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err("jsonrpc must be \"2.0\"".into());
+    }
+    match (map.remove("method"), map.remove("id")) {
+        (Some(Value::String(method)), Some(id)) if id.is_string() || id.is_number() => {
+            Ok(Message::Request { id, method, params: map.remove("params").unwrap_or(Value::Null) })
+        }
+        (Some(Value::String(_)), Some(_)) => Err("id must be a string or a number".into()),
+        (Some(Value::String(method)), None) => Ok(Message::Notification { method }),
+        (None, Some(_)) if map.contains_key("result") || map.contains_key("error") => Ok(Message::Response),
+        _ => Err("not a request, notification or response".into()),
+    }
+}
+
+pub fn error_response(id: Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+fn result_response(id: Value, result: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+/// Answers one message for `principal` (the request's principal) in `session`; `None` for
+/// notifications and responses.
+pub async fn handle(app: &AppState, session: &Session, principal: &Principal, request_id: &str, message: Message) -> Option<Value> {
+    let Message::Request { id, method, params } = message else {
+        return None;
+    };
+    session.touch();
+    let result = match method.as_str() {
+        "initialize" => initialize(app, session, &params),
+        "ping" => json!({}),
+        "logging/setLevel" => json!({}),
+        "tools/list" => json!({ "tools": tools::list(principal.role()) }),
+        "tools/call" => {
+            let caller = Caller { principal, claim: session.claim.as_deref(), transport: session.transport, request_id };
+            let name = params.get("name").and_then(Value::as_str).unwrap_or_default();
+            let arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
+            let outcome = tools::call(app, &caller, name, arguments).await;
+            let structured = session.protocol.read().expect("protocol lock").as_deref() == Some("2025-06-18");
+            tool_result(outcome, request_id, structured, app.config.demo_mode)
+        }
+        _ => return Some(error_response(id, -32601, &format!("Method not found: {method}"))),
+    };
+    Some(result_response(id, result))
+}
+
+fn initialize(app: &AppState, session: &Session, params: &Value) -> Value {
+    let supported = match session.transport {
+        Transport::Sse => SSE_VERSIONS,
+        Transport::Streamable => STREAMABLE_VERSIONS,
+    };
+    let requested = params.get("protocolVersion").and_then(Value::as_str).unwrap_or_default();
+    let version = supported.iter().find(|v| **v == requested).copied().unwrap_or(supported[0]);
+    *session.protocol.write().expect("protocol lock") = Some(version.to_string());
+    let _ = app;
+    json!({
+        "protocolVersion": version,
+        "capabilities": { "tools": { "listChanged": false }, "logging": {} },
+        "serverInfo": { "name": "commguard", "version": env!("CARGO_PKG_VERSION") },
+    })
+}
+
+/// A tool outcome as an MCP tool result (CONTRACT §4.4).
+fn tool_result(outcome: Result<Value, crate::error::ApiError>, request_id: &str, structured: bool, demo: bool) -> Value {
+    match outcome {
+        Ok(mut value) => {
+            if demo {
+                if let Value::Object(map) = &mut value {
+                    map.insert("demo".into(), Value::Bool(true));
+                }
+            }
+            let mut result = Map::new();
+            result.insert("content".into(), json!([{ "type": "text", "text": value.to_string() }]));
+            result.insert("isError".into(), Value::Bool(false));
+            if structured && value.is_object() {
+                result.insert("structuredContent".into(), value);
+            }
+            Value::Object(result)
+        }
+        Err(e) => json!({
+            "content": [{ "type": "text", "text": e.body(Some(request_id)).to_string() }],
+            "isError": true,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_classified_and_malformed_ones_refused() {
+        let req = parse(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap();
+        assert!(matches!(&req[0], Message::Request { method, .. } if method == "ping"));
+        let note = parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+        assert_eq!(note[0], Message::Notification { method: "notifications/initialized".into() });
+        assert_eq!(parse(br#"{"jsonrpc":"2.0","id":3,"result":{}}"#).unwrap()[0], Message::Response);
+        assert!(parse(b"{").is_err());
+        assert!(parse(br#"{"id":1,"method":"ping"}"#).is_err());
+        assert!(parse(br#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#).is_err());
+        assert_eq!(parse(br#"[{"jsonrpc":"2.0","method":"a"},{"jsonrpc":"2.0","id":2,"method":"b"}]"#).unwrap().len(), 2);
+    }
+}

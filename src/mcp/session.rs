@@ -1,0 +1,194 @@
+//! MCP sessions (CONTRACT §4.1): bound to the principal that opened them, kept in the opening
+//! instance's memory, capped per instance, recorded as `SessionOpened` / `SessionClosed`, and
+//! closed when their token is revoked, their agent deprovisioned or their org suspended.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use commguard_domain::records::SessionEvent;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::clock::Clock;
+use crate::store::{CommandContext, Store};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Legacy HTTP+SSE (`/sse` + `/messages`), protocol 2024-11-05.
+    Sse,
+    /// Streamable HTTP (`/mcp`).
+    Streamable,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sse => "sse",
+            Self::Streamable => "streamable-http",
+        }
+    }
+}
+
+pub struct Session {
+    pub id: String,
+    pub principal: Principal,
+    /// The agent claimed at open: the tools' default `agentId`.
+    pub claim: Option<String>,
+    pub transport: Transport,
+    /// The negotiated protocol version, set by `initialize`.
+    pub protocol: RwLock<Option<String>>,
+    /// Messages for the client's event stream (the SSE stream of `/sse`, or `GET /mcp`).
+    outbox: mpsc::UnboundedSender<Value>,
+    inbox: Mutex<Option<mpsc::UnboundedReceiver<Value>>>,
+    closed: watch::Sender<bool>,
+    last_seen: Mutex<Instant>,
+}
+
+impl Session {
+    /// Queues a message for the client's event stream (dropped if no stream is open: on `/mcp`
+    /// replies travel in the POST response, so the stream only carries server notifications).
+    pub fn send(&self, message: Value) {
+        let _ = self.outbox.send(message);
+    }
+
+    /// The receiving end of the outbox, for the one stream that may drain it.
+    pub fn take_inbox(&self) -> Option<mpsc::UnboundedReceiver<Value>> {
+        self.inbox.lock().expect("session inbox lock").take()
+    }
+
+    /// Resolves when the session is closed.
+    pub async fn closed(&self) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|closed| *closed).await;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    pub fn touch(&self) {
+        *self.last_seen.lock().expect("session clock lock") = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_seen.lock().expect("session clock lock").elapsed()
+    }
+}
+
+/// The session cap was reached (CONTRACT §2 `MCP_MAX_SESSIONS`: 503).
+#[derive(Debug)]
+pub struct Full;
+
+pub struct Sessions {
+    map: RwLock<HashMap<String, Arc<Session>>>,
+    max: usize,
+    idle: Duration,
+    store: Store,
+    clock: Clock,
+}
+
+impl Sessions {
+    pub fn new(max: usize, idle: Duration, store: Store, clock: Clock) -> Self {
+        Self { map: RwLock::default(), max, idle, store, clock }
+    }
+
+    /// Opens a session and records `SessionOpened`. Ids are 32 hex (a UUID without dashes).
+    pub async fn open(
+        &self,
+        principal: Principal,
+        claim: Option<String>,
+        transport: Transport,
+        context: CommandContext,
+    ) -> Result<Arc<Session>, Full> {
+        let (outbox, inbox) = mpsc::unbounded_channel();
+        let session = Arc::new(Session {
+            id: Uuid::new_v4().simple().to_string(),
+            principal,
+            claim,
+            transport,
+            protocol: RwLock::new(None),
+            outbox,
+            inbox: Mutex::new(Some(inbox)),
+            closed: watch::channel(false).0,
+            last_seen: Mutex::new(Instant::now()),
+        });
+        {
+            let mut map = self.map.write().expect("sessions lock");
+            if map.len() >= self.max {
+                return Err(Full);
+            }
+            map.insert(session.id.clone(), session.clone());
+        }
+        let opened = SessionEvent::SessionOpened {
+            session_id: session.id.clone(),
+            transport: transport.as_str().into(),
+            claimed_agent_id: session.claim.clone(),
+        };
+        if let Err(e) = self.store.record("principal", &session.principal.stream_id(), &[opened], &context).await {
+            tracing::error!(error = %e, "SessionOpened not recorded");
+        }
+        Ok(session)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.map.read().expect("sessions lock").get(id).cloned()
+    }
+
+    pub fn count(&self) -> usize {
+        self.map.read().expect("sessions lock").len()
+    }
+
+    /// Closes one session (idempotent) and records `SessionClosed`.
+    pub async fn close(&self, id: &str, reason: &str) {
+        let Some(session) = self.map.write().expect("sessions lock").remove(id) else {
+            return;
+        };
+        session.closed.send_replace(true);
+        let closed = SessionEvent::SessionClosed { session_id: session.id.clone(), reason: reason.into() };
+        let context = CommandContext::new(session.principal.actor(), session.transport.as_str(), self.clock.now());
+        let context = match &session.principal.org_id {
+            Some(org) => context.in_org(org.clone()),
+            None => context,
+        };
+        if let Err(e) = self.store.record("principal", &session.principal.stream_id(), &[closed], &context).await {
+            tracing::error!(error = %e, "SessionClosed not recorded");
+        }
+    }
+
+    /// Closes every session matching `which`.
+    pub async fn close_where(&self, which: impl Fn(&Session) -> bool, reason: &str) -> usize {
+        let ids: Vec<String> =
+            self.map.read().expect("sessions lock").values().filter(|s| which(s)).map(|s| s.id.clone()).collect();
+        for id in &ids {
+            self.close(id, reason).await;
+        }
+        ids.len()
+    }
+
+    pub async fn close_tokens(&self, token_ids: &[Uuid], reason: &str) -> usize {
+        self.close_where(|s| s.principal.token_id.is_some_and(|t| token_ids.contains(&t)), reason).await
+    }
+
+    pub async fn close_agent(&self, agent_id: &str, reason: &str) -> usize {
+        self.close_where(|s| s.principal.agent_id() == Some(agent_id) || s.claim.as_deref() == Some(agent_id), reason).await
+    }
+
+    pub async fn close_org(&self, org_id: &str, reason: &str) -> usize {
+        self.close_where(|s| s.principal.org_id.as_deref() == Some(org_id), reason).await
+    }
+
+    /// Ends Streamable HTTP sessions idle for longer than `MCP_SESSION_IDLE_SECONDS`. Legacy SSE
+    /// sessions live as long as their stream.
+    pub async fn expire_idle(&self) -> usize {
+        let idle = self.idle;
+        self.close_where(|s| s.transport == Transport::Streamable && s.idle_for() > idle, "idle").await
+    }
+
+    /// Closes everything (shutdown).
+    pub async fn close_all(&self, reason: &str) -> usize {
+        self.close_where(|_| true, reason).await
+    }
+}

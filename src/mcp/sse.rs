@@ -1,0 +1,196 @@
+//! Legacy HTTP+SSE (CONTRACT §4.2, MCP 2024-11-05): `GET /sse` opens a session and its event
+//! stream (`endpoint` first, then one `message` event per JSON-RPC reply, `: ping` every 15 s);
+//! `POST /messages?sessionId=` carries requests, answered 202 with the reply on the stream.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::session::{Session, Sessions, Transport};
+use super::{authenticate, check_claim, protocol, session_still_valid, CredentialRules};
+use crate::app::AppState;
+use crate::auth::{bearer, AuthFailure, Bearer};
+use crate::error::{ApiError, ErrorCode};
+use crate::http::{ClientIp, RequestId};
+use crate::store::CommandContext;
+
+const PING_EVERY: Duration = Duration::from_secs(15);
+
+#[derive(Deserialize)]
+pub struct OpenQuery {
+    token: Option<String>,
+    #[serde(rename = "agentId")]
+    agent_id: Option<String>,
+}
+
+/// `GET /sse`.
+pub async fn open(
+    State(app): State<AppState>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    Query(query): Query<OpenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let rules = CredentialRules {
+        route: "/sse",
+        query_token: query.token,
+        missing_message: "Missing token. Use: /sse?token=<token>",
+        www_authenticate: false,
+    };
+    let principal = authenticate(&app, &headers, ip, &rules).await?;
+    let claim = check_claim(&app, &principal, query.agent_id.filter(|a| !a.is_empty()), ip, "/sse").await?;
+    let context = open_context(&app, &principal, &request_id, Transport::Sse);
+    let session = app
+        .sessions
+        .open(principal, claim, Transport::Sse, context)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "Too many sessions"))?;
+    let inbox = session.take_inbox().expect("a new session has its inbox");
+    let first = format!("event: endpoint\ndata: /messages?sessionId={}\n\n", session.id);
+    let body = Body::from_stream(event_stream(app.sessions.clone(), session, inbox, Some(first), true));
+    Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::HeaderName::from_static("x-accel-buffering"), "no")], body).into_response())
+}
+
+pub fn open_context(app: &AppState, principal: &crate::auth::Principal, request_id: &str, transport: Transport) -> CommandContext {
+    let context = CommandContext::new(principal.actor(), transport.as_str(), app.clock.now()).with_request_id(request_id);
+    match &principal.org_id {
+        Some(org) => context.in_org(org.clone()),
+        None => context,
+    }
+}
+
+/// Closes the session when its stream goes away (client disconnect or server close).
+struct CloseOnDrop {
+    sessions: Arc<Sessions>,
+    id: String,
+    enabled: bool,
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if self.enabled {
+            let (sessions, id) = (self.sessions.clone(), std::mem::take(&mut self.id));
+            tokio::spawn(async move { sessions.close(&id, "stream_closed").await });
+        }
+    }
+}
+
+/// The event stream of a session: an optional first event, then its messages and pings, until
+/// the session closes. `owns_session`: the session ends with the stream (legacy SSE).
+pub fn event_stream(
+    sessions: Arc<Sessions>,
+    session: Arc<Session>,
+    inbox: mpsc::UnboundedReceiver<Value>,
+    first: Option<String>,
+    owns_session: bool,
+) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+    let guard = CloseOnDrop { sessions, id: session.id.clone(), enabled: owns_session };
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = (session, inbox, first, ticker, guard);
+    futures::stream::unfold(state, |(session, mut inbox, first, mut ticker, guard)| async move {
+        if let Some(first) = first {
+            return Some((Ok(Bytes::from(first)), (session, inbox, None, ticker, guard)));
+        }
+        let chunk = tokio::select! {
+            biased;
+            message = inbox.recv() => match message {
+                Some(message) => format!("event: message\ndata: {message}\n\n"),
+                None => return None,
+            },
+            _ = session.closed() => return None,
+            _ = ticker.tick() => ": ping\n\n".to_string(),
+        };
+        Some((Ok(Bytes::from(chunk)), (session, inbox, None, ticker, guard)))
+    })
+}
+
+#[derive(Deserialize)]
+pub struct MessageQuery {
+    #[serde(rename = "sessionId")]
+    session_id: Option<String>,
+}
+
+/// `POST /messages?sessionId=`.
+pub async fn message(
+    State(app): State<AppState>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    Query(query): Query<MessageQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // (1)–(2): lockout, and a header credential if one is present.
+    let header_principal = match bearer(&headers) {
+        Bearer::Absent => {
+            if let Err(crate::auth::lockout::Refusal::Locked { retry_after }) = app.lockout.check(ip).await {
+                app.lockout.refused_while_locked(ip, "/messages").await;
+                return Err(super::locked_out(retry_after));
+            }
+            None
+        }
+        _ => {
+            let rules = CredentialRules {
+                route: "/messages",
+                query_token: None,
+                missing_message: "Missing Authorization header. Use: Bearer <token>",
+                www_authenticate: false,
+            };
+            Some(authenticate(&app, &headers, ip, &rules).await?)
+        }
+    };
+    // (3) the session.
+    let session = query
+        .session_id
+        .as_deref()
+        .and_then(|id| app.sessions.get(id))
+        .filter(|s| s.transport == Transport::Sse)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "Unknown session").with_status(StatusCode::BAD_REQUEST))?;
+    // (4)–(5) the request principal must be the session's.
+    let principal = match header_principal {
+        Some(p) if !p.same_as(&session.principal) => {
+            app.lockout.fail(ip, AuthFailure::SessionMismatch, "/messages", None, None).await;
+            return Err(ApiError::new(ErrorCode::Forbidden, "Session belongs to a different principal"));
+        }
+        Some(p) => p,
+        None => session.principal.clone(),
+    };
+    // (6) the opening token and the org still stand.
+    if !session_still_valid(&app, &session.principal).await? {
+        app.sessions.close(&session.id, "token_revoked").await;
+        return Err(ApiError::new(ErrorCode::Unauthorized, "Invalid or revoked token"));
+    }
+    // (7) the message itself.
+    if !is_json(&headers) {
+        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "Content-Type must be application/json"));
+    }
+    let messages = protocol::parse(&body).map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("Invalid message: {e}")))?;
+    tokio::spawn(async move {
+        for message in messages {
+            if let Some(reply) = protocol::handle(&app, &session, &principal, &request_id, message).await {
+                session.send(reply);
+            }
+        }
+    });
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+pub fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+#[allow(dead_code)]
+fn _assert_ip(_: IpAddr) {}

@@ -1,0 +1,165 @@
+//! Streamable HTTP at `/mcp` (CONTRACT §4.3, MCP 2025-03-26 / 2025-06-18): a bearer on every
+//! request, `initialize` without `Mcp-Session-Id` opens a session, replies come back as JSON,
+//! `GET` is the server's notification stream and `DELETE` ends the session.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::protocol::{self, Message, STREAMABLE_VERSIONS};
+use super::session::{Session, Transport};
+use super::sse::{event_stream, is_json, open_context};
+use super::{authenticate, check_claim, session_still_valid, CredentialRules};
+use crate::app::AppState;
+use crate::auth::{AuthFailure, Principal};
+use crate::error::{ApiError, ErrorCode};
+use crate::http::{ClientIp, RequestId};
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+fn rules() -> CredentialRules {
+    CredentialRules {
+        route: "/mcp",
+        // `?token=` is ignored on /mcp: the credential is the bearer header only.
+        query_token: None,
+        missing_message: "Missing Authorization header. Use: Bearer <token>",
+        www_authenticate: true,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct McpQuery {
+    #[serde(rename = "agentId")]
+    agent_id: Option<String>,
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn accepts(headers: &HeaderMap, wanted: &[&str]) -> bool {
+    let accept = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
+    wanted.iter().all(|w| accept.split(',').any(|part| part.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case(w))))
+}
+
+/// The session a request names, which must belong to the request's principal.
+async fn existing_session(app: &AppState, headers: &HeaderMap, principal: &Principal, ip: std::net::IpAddr) -> Result<Arc<Session>, ApiError> {
+    let id = header_str(headers, SESSION_HEADER)
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidInput, "Missing Mcp-Session-Id header"))?;
+    let session = app
+        .sessions
+        .get(id)
+        .filter(|s| s.transport == Transport::Streamable)
+        .ok_or_else(|| ApiError::not_found("Unknown or expired session"))?;
+    if !principal.same_as(&session.principal) {
+        app.lockout.fail(ip, AuthFailure::SessionMismatch, "/mcp", None, None).await;
+        return Err(ApiError::new(ErrorCode::Forbidden, "Session belongs to a different principal"));
+    }
+    if !session_still_valid(app, &session.principal).await? {
+        app.sessions.close(&session.id, "token_revoked").await;
+        return Err(ApiError::new(ErrorCode::Unauthorized, "Invalid or revoked token"));
+    }
+    Ok(session)
+}
+
+/// `POST /mcp`.
+pub async fn post(
+    State(app): State<AppState>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    Query(query): Query<McpQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(&app, &headers, ip, &rules()).await?;
+    if !accepts(&headers, &["application/json", "text/event-stream"]) {
+        return Err(ApiError::new(ErrorCode::InvalidInput, "Accept must list application/json and text/event-stream")
+            .with_status(StatusCode::NOT_ACCEPTABLE));
+    }
+    if !is_json(&headers) {
+        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "Content-Type must be application/json"));
+    }
+    let messages = protocol::parse(&body).map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("Invalid message: {e}")))?;
+    let initializing = messages.iter().any(|m| matches!(m, Message::Request { method, .. } if method == "initialize"));
+
+    let (session, opened) = if header_str(&headers, SESSION_HEADER).is_none() && initializing {
+        let claim = match (header_str(&headers, "x-agent-id"), query.agent_id.as_deref().filter(|a| !a.is_empty())) {
+            (Some(h), Some(q)) if h != q => {
+                return Err(ApiError::new(ErrorCode::InvalidInput, "X-Agent-Id and agentId disagree"));
+            }
+            (h, q) => h.or(q).map(str::to_string),
+        };
+        let claim = check_claim(&app, &principal, claim, ip, "/mcp").await?;
+        let context = open_context(&app, &principal, &request_id, Transport::Streamable);
+        let session = app
+            .sessions
+            .open(principal.clone(), claim, Transport::Streamable, context)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "Too many sessions"))?;
+        (session, true)
+    } else {
+        let session = existing_session(&app, &headers, &principal, ip).await?;
+        if let Some(version) = header_str(&headers, "mcp-protocol-version") {
+            if !STREAMABLE_VERSIONS.contains(&version) {
+                return Err(ApiError::new(ErrorCode::InvalidInput, format!("Unsupported MCP-Protocol-Version: {version}")));
+            }
+        }
+        (session, false)
+    };
+
+    let batch = messages.len() > 1;
+    let requests = messages.iter().filter(|m| m.is_request()).count();
+    let mut replies = Vec::with_capacity(requests);
+    for message in messages {
+        if let Some(reply) = protocol::handle(&app, &session, &principal, &request_id, message).await {
+            replies.push(reply);
+        }
+    }
+    let mut response = if replies.is_empty() {
+        StatusCode::ACCEPTED.into_response()
+    } else {
+        let body = if batch { Value::Array(replies) } else { replies.pop().expect("one reply") };
+        ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    };
+    if opened {
+        let id = HeaderValue::from_str(&session.id).expect("session ids are hex");
+        response.headers_mut().insert(SESSION_HEADER, id);
+    }
+    Ok(response)
+}
+
+/// `GET /mcp`: the session's notification stream.
+pub async fn get(
+    State(app): State<AppState>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(&app, &headers, ip, &rules()).await?;
+    if !accepts(&headers, &["text/event-stream"]) {
+        return Err(ApiError::new(ErrorCode::InvalidInput, "Accept must list text/event-stream").with_status(StatusCode::NOT_ACCEPTABLE));
+    }
+    let session = existing_session(&app, &headers, &principal, ip).await?;
+    let inbox = session
+        .take_inbox()
+        .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "A stream is already open for this session"))?;
+    let body = Body::from_stream(event_stream(app.sessions.clone(), session, inbox, None, false));
+    Ok(([(header::CONTENT_TYPE, "text/event-stream")], body).into_response())
+}
+
+/// `DELETE /mcp`: ends the session.
+pub async fn delete(
+    State(app): State<AppState>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(&app, &headers, ip, &rules()).await?;
+    let session = existing_session(&app, &headers, &principal, ip).await?;
+    app.sessions.close(&session.id, "client_closed").await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

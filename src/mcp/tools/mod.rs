@@ -1,0 +1,147 @@
+//! The tool catalogue (CONTRACT §6.3): each tool's role, schema and handler. `list` shows a
+//! caller only the tools of its role; `call` refuses others with the role's text (a caller who
+//! may not use a tool does not learn that it exists from `tools/list`), and records every
+//! refusal as `ActionRefused` (CONTRACT §6.1).
+
+mod directory;
+mod ping;
+
+use commguard_domain::records::RefusalEvent;
+use serde_json::{json, Value};
+
+use super::session::Transport;
+use crate::app::AppState;
+use crate::auth::{guard, Principal, Role};
+use crate::error::{ApiError, ErrorCode};
+use crate::store::CommandContext;
+use crate::validate::Args;
+
+/// Who is calling a tool, through which session.
+pub struct Caller<'a> {
+    pub principal: &'a Principal,
+    /// The agent claimed when the session opened (default `agentId`).
+    pub claim: Option<&'a str>,
+    pub transport: Transport,
+    pub request_id: &'a str,
+}
+
+impl Caller<'_> {
+    /// The context events of this call carry; `refused_by` etc. are added by the tool.
+    pub fn context(&self, app: &AppState) -> CommandContext {
+        let context = CommandContext::new(self.principal.actor(), self.transport.as_str(), app.clock.now())
+            .with_request_id(self.request_id);
+        match &self.principal.org_id {
+            Some(org) => context.in_org(org.clone()),
+            None => context,
+        }
+    }
+
+    /// agentId = explicit → agent token's → session claim (CONTRACT §6.1).
+    pub fn agent_id(&self, args: &Args, admin_tool: bool) -> Result<String, ApiError> {
+        if let Some(id) = args.opt_id("agentId")? {
+            return Ok(id);
+        }
+        if let Some(own) = self.principal.agent_id() {
+            return Ok(own.to_string());
+        }
+        if let Some(claim) = self.claim {
+            return Ok(claim.to_string());
+        }
+        let hint = if admin_tool { "(pass it explicitly or use an agent token)" } else { "(or use an agent token)" };
+        Err(ApiError::new(ErrorCode::InvalidInput, format!("agentId is required {hint}")).with("field", "agentId"))
+    }
+}
+
+pub struct Tool {
+    pub name: &'static str,
+    pub role: Role,
+    pub description: &'static str,
+    pub schema: fn() -> Value,
+}
+
+/// Every tool this build serves.
+const TOOLS: &[Tool] = &[
+    ping::TOOL,
+    directory::CREATE_ORGANIZATION,
+    directory::LIST_ORGANIZATIONS,
+    directory::PROVISION_CHANNELS,
+    directory::DEPROVISION_CHANNELS,
+    directory::GET_CHANNEL_STATUS,
+    directory::ROTATE_TOKEN,
+];
+
+/// The `tools/list` entries a caller of `role` may see.
+pub fn list(role: Role) -> Vec<Value> {
+    TOOLS
+        .iter()
+        .filter(|t| role >= t.role)
+        .map(|t| json!({ "name": t.name, "description": t.description, "inputSchema": (t.schema)() }))
+        .collect()
+}
+
+/// Runs tool `name`; a refusal is recorded before it is returned.
+pub async fn call(app: &AppState, caller: &Caller<'_>, name: &str, arguments: Value) -> Result<Value, ApiError> {
+    let outcome = dispatch(app, caller, name, &arguments).await;
+    if let Err(refusal) = &outcome {
+        record_refusal(app, caller, name, &arguments, refusal).await;
+    }
+    outcome
+}
+
+async fn dispatch(app: &AppState, caller: &Caller<'_>, name: &str, arguments: &Value) -> Result<Value, ApiError> {
+    let tool = TOOLS.iter().find(|t| t.name == name).ok_or_else(|| ApiError::not_found(format!("Unknown tool: {name}")))?;
+    guard::require_role(caller.principal, tool.role)?;
+    let args = Args::new(arguments)?;
+    match tool.name {
+        "comms_ping" => ping::ping(app, caller, &args).await,
+        "comms_create_organization" => directory::create_organization(app, caller, &args).await,
+        "comms_list_organizations" => directory::list_organizations(app).await,
+        "comms_provision_channels" => directory::provision_channels(app, caller, &args).await,
+        "comms_deprovision_channels" => directory::deprovision_channels(app, caller, &args).await,
+        "comms_get_channel_status" => directory::get_channel_status(app, caller, &args).await,
+        "comms_rotate_token" => directory::rotate_token(app, caller, &args).await,
+        other => Err(ApiError::internal(format!("tool {other} has no handler"))),
+    }
+}
+
+/// Which check refused, from the refusal's code (CONTRACT §6.1 check names).
+fn refused_by(refusal: &ApiError) -> &'static str {
+    match refusal.code {
+        ErrorCode::Forbidden if refusal.message.starts_with("Agent \"") => "org_boundary",
+        ErrorCode::Forbidden => "role",
+        ErrorCode::NotFound => "agent_resolve",
+        ErrorCode::InvalidInput => "input",
+        ErrorCode::ComplianceBlocked => "compliance",
+        ErrorCode::Conflict | ErrorCode::QuotaExceeded => "state",
+        ErrorCode::Unavailable | ErrorCode::ProviderError => "provider",
+        ErrorCode::RateLimited => "limits",
+        ErrorCode::Unauthorized
+        | ErrorCode::LockedOut
+        | ErrorCode::PayloadTooLarge
+        | ErrorCode::UnsupportedMediaType
+        | ErrorCode::MethodNotAllowed
+        | ErrorCode::Internal => "internal",
+    }
+}
+
+async fn record_refusal(app: &AppState, caller: &Caller<'_>, tool: &str, arguments: &Value, refusal: &ApiError) {
+    let agent_id = arguments.get("agentId").and_then(Value::as_str).map(str::to_string).or_else(|| caller.principal.agent_id().map(str::to_string));
+    let (stream_type, stream_id) = match (caller.principal.agent_id(), &caller.principal.org_id) {
+        (Some(agent), _) => ("agent", agent.to_string()),
+        (None, Some(org)) => ("organization", org.clone()),
+        (None, None) => ("platform", "platform".to_string()),
+    };
+    let by = refused_by(refusal);
+    let mut context = caller.context(app);
+    context.provenance.fail(by, refusal.message.clone());
+    let event = RefusalEvent::ActionRefused {
+        tool: tool.into(),
+        agent_id,
+        code: refusal.code.as_str().into(),
+        refused_by: by.into(),
+        reason: refusal.message.clone(),
+    };
+    if let Err(e) = app.store.record(stream_type, &stream_id, &[event], &context).await {
+        tracing::error!(error = %e, tool, "ActionRefused not recorded");
+    }
+}

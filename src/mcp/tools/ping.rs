@@ -1,0 +1,39 @@
+//! `comms_ping`: who the server thinks you are, your org and its pool, and what is configured.
+
+use serde_json::{json, Value};
+
+use super::{Caller, Tool};
+use crate::app::AppState;
+use crate::auth::Role;
+use crate::directory::{self, commands::DEFAULT_ORG};
+use crate::error::ApiError;
+use crate::validate::Args;
+
+pub const TOOL: Tool = Tool {
+    name: "comms_ping",
+    role: Role::Agent,
+    description: "Check connectivity and see the caller's identity, organization and providers.",
+    schema: || json!({"type": "object", "properties": {"message": {"type": "string", "maxLength": 10000}}}),
+};
+
+pub async fn ping(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
+    let echo = args.opt_str("message", 10_000)?;
+    let principal = caller.principal;
+    let org_id = principal.org_id.clone().unwrap_or_else(|| DEFAULT_ORG.into());
+    let org = directory::org(&app.pool, &org_id).await?;
+    let configured = |yes: bool| if yes { "configured" } else { "not_configured" };
+    Ok(json!({
+        "status": "ok",
+        "server": "commguard",
+        "version": env!("CARGO_PKG_VERSION"),
+        "echo": echo,
+        "principal": { "kind": principal.kind.as_str(), "id": principal.id, "orgId": principal.org_id },
+        "org": { "id": org_id, "mode": org.as_ref().map(|o| o.mode.clone()) },
+        "pool": org.as_ref().map(directory::OrgView::pool),
+        "providers": {
+            "telephony": configured(app.config.twilio_account_sid.is_some() && !app.config.provider_twilio_disabled),
+            "email": configured(app.config.resend_api_key.is_some() && !app.config.provider_resend_disabled),
+            "database": "ok",
+        },
+    }))
+}

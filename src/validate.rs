@@ -1,0 +1,288 @@
+//! Input validation (CONTRACT §6.2): the sanitizer every free-text value passes, phone and email
+//! formats, and `Args`, the typed reader tools use for their JSON arguments. Every refusal is
+//! `invalid_input` naming the field; unknown arguments are ignored.
+
+use std::sync::LazyLock;
+
+use regex::{Regex, RegexBuilder};
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// Fields that may hold line breaks.
+const MULTI_LINE: &[&str] = &["body", "html", "text", "greeting", "systemPrompt", "notes", "message", "reason", "kycNote"];
+
+const SEP: &str = r"(?:\s|/\*.*?\*/)+";
+const CMD: &str = r"(?:rm|cat|ls|wget|curl|bash|sh|zsh|nc|ncat|python3?|perl|php|chmod|chown|cmd|powershell|whoami)";
+
+struct Rule {
+    label: &'static str,
+    pattern: Regex,
+}
+
+fn rule(label: &'static str, pattern: &str) -> Rule {
+    let pattern = pattern.replace("SEP", SEP).replace("CMD", CMD);
+    Rule { label, pattern: RegexBuilder::new(&pattern).case_insensitive(true).build().expect("sanitizer patterns compile") }
+}
+
+/// The rules in order (first match wins); CRLF differs between single- and multi-line fields.
+static RULES: LazyLock<(Vec<Rule>, Rule, Rule, Vec<Rule>)> = LazyLock::new(|| {
+    let before = vec![
+        rule(
+            "SQL injection pattern",
+            r#"['";)]\s*(?:drop SEP (?:table|database|schema|view|user)|delete SEP from|insert SEP into|update SEP \w+ SEP set|alter SEP (?:table|database|user)|create SEP (?:table|database|user|function)|exec(?:ute)?[\s(]|union SEP (?:all SEP )?select|truncate SEP table)"#,
+        ),
+        rule("SQL tautology pattern", r#"\b(?:or|and)\s+(?:\d+|'[^']*'|"[^"]*")\s*=\s*(?:\d+|'[^']*'?|"[^"]*"?)"#),
+        rule("Script tag", r"<\s*script[\s>/]"),
+        rule("Active content tag", r"<\s*(?:iframe|object|embed|applet|frame|frameset|base|meta)\b"),
+        rule("JavaScript URI", r"(?:javascript|vbscript)\s*:"),
+        rule("Event handler injection", r"<[a-z!/][^>]*\bon[a-z]+\s*="),
+        rule("Control character", r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F]"),
+    ];
+    let crlf_single = rule("CRLF injection", r"[\r\n]");
+    let crlf_multi = rule("CRLF injection", r"[\r\n]\s*HTTP/");
+    let after = vec![
+        rule("Path traversal", r#"(?:^|[\s/\\'"=:])\.\.[/\\]"#),
+        rule("Command injection", r"(?:;|&&|\|\|?)\s*(?:/[\w./-]*/)?CMD(?:\s+[-/~$.|<>;&]|\s*$|[;|&`<>])|\$\(|`[^`]*\bCMD\b[^`]*`"),
+    ];
+    (before, crlf_single, crlf_multi, after)
+});
+
+/// The label of the first rule `value` breaks, checked as given and after one decode.
+pub fn sanitizer_label(field: &str, value: &str) -> Option<&'static str> {
+    let decoded = decode_once(value);
+    let (before, single, multi, after) = &*RULES;
+    let crlf = if MULTI_LINE.contains(&field) { multi } else { single };
+    let rules = before.iter().chain(std::iter::once(crlf)).chain(after.iter());
+    for rule in rules {
+        if rule.pattern.is_match(value) || decoded.as_deref().is_some_and(|d| rule.pattern.is_match(d)) {
+            return Some(rule.label);
+        }
+    }
+    None
+}
+
+pub fn invalid(field: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::InvalidInput, format!("Invalid input for \"{field}\": {message}")).with("field", field)
+}
+
+/// Refuses a value the sanitizer flags.
+pub fn sanitize(field: &str, value: &str) -> Result<(), ApiError> {
+    match sanitizer_label(field, value) {
+        Some(label) => Err(invalid(field, label)),
+        None => Ok(()),
+    }
+}
+
+/// One decode of `%HH` and HTML entities; `None` when nothing was encoded.
+fn decode_once(value: &str) -> Option<String> {
+    if !value.contains('%') && !value.contains('&') {
+        return None;
+    }
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex_digit(bytes[i + 1]), hex_digit(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 3;
+                }
+                _ => {
+                    out.push(b'%');
+                    i += 1;
+                }
+            },
+            b'&' => match decode_entity(&value[i..]) {
+                Some((c, len)) => {
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    i += len;
+                }
+                None => {
+                    out.push(b'&');
+                    i += 1;
+                }
+            },
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8_lossy(&out).into_owned();
+    (decoded != value).then_some(decoded)
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+fn decode_entity(s: &str) -> Option<(char, usize)> {
+    for (name, c) in [("&lt;", '<'), ("&gt;", '>'), ("&quot;", '"'), ("&apos;", '\''), ("&amp;", '&')] {
+        if s.len() >= name.len() && s[..name.len()].eq_ignore_ascii_case(name) {
+            return Some((c, name.len()));
+        }
+    }
+    let rest = s.strip_prefix("&#")?;
+    let end = rest.find(';')?;
+    let (digits, radix) = match rest[..end].strip_prefix(['x', 'X']) {
+        Some(hex) => (hex, 16),
+        None => (&rest[..end], 10),
+    };
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let c = char::from_u32(u32::from_str_radix(digits, radix).ok()?)?;
+    Some((c, 2 + end + 1))
+}
+
+static PHONE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\+[1-9]\d{1,14}$").expect("phone pattern"));
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[^\s@]+@[^\s@]+\.[^\s@]+$").expect("email pattern"));
+
+/// E.164 after stripping spaces, `-`, `.`, `(` and `)`.
+pub fn phone(field: &str, value: &str) -> Result<String, ApiError> {
+    sanitize(field, value)?;
+    let stripped: String = value.chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')')).collect();
+    if PHONE.is_match(&stripped) {
+        Ok(stripped)
+    } else {
+        Err(invalid(field, "Invalid phone number format (expected E.164, e.g. +1234567890)"))
+    }
+}
+
+/// Trimmed and lower-cased.
+pub fn email(field: &str, value: &str) -> Result<String, ApiError> {
+    sanitize(field, value)?;
+    let normalised = value.trim().to_lowercase();
+    if normalised.len() <= 254 && EMAIL.is_match(&normalised) {
+        Ok(normalised)
+    } else {
+        Err(invalid(field, "Invalid email address format"))
+    }
+}
+
+static ID: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$").expect("id pattern"));
+
+/// Agent and org ids (CONTRACT §6.1).
+pub fn id(field: &str, value: &str) -> Result<String, ApiError> {
+    if ID.is_match(value) {
+        Ok(value.to_string())
+    } else {
+        Err(invalid(field, "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"))
+    }
+}
+
+/// Typed access to a tool's JSON arguments.
+pub struct Args<'a>(pub &'a Map<String, Value>);
+
+impl<'a> Args<'a> {
+    pub fn new(value: &'a Value) -> Result<Self, ApiError> {
+        static EMPTY: LazyLock<Map<String, Value>> = LazyLock::new(Map::new);
+        match value {
+            Value::Object(map) => Ok(Self(map)),
+            Value::Null => Ok(Self(&EMPTY)),
+            _ => Err(ApiError::new(ErrorCode::InvalidInput, "Invalid input: arguments must be an object")),
+        }
+    }
+
+    fn present(&self, field: &str) -> Option<&'a Value> {
+        self.0.get(field).filter(|v| !v.is_null())
+    }
+
+    /// An optional string of at most `max` characters, sanitized.
+    pub fn opt_str(&self, field: &str, max: usize) -> Result<Option<String>, ApiError> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => {
+                if s.chars().count() > max {
+                    return Err(invalid(field, format!("must be at most {max} characters")));
+                }
+                sanitize(field, s)?;
+                Ok(Some(s.clone()))
+            }
+            Some(_) => Err(invalid(field, "must be a string")),
+        }
+    }
+
+    /// A required string of `min..=max` characters (after trimming), sanitized.
+    pub fn str(&self, field: &str, min: usize, max: usize) -> Result<String, ApiError> {
+        let value = self.opt_str(field, max)?.ok_or_else(|| invalid(field, "is required"))?;
+        if value.trim().chars().count() < min {
+            return Err(invalid(field, format!("must be at least {min} characters")));
+        }
+        Ok(value)
+    }
+
+    pub fn bool(&self, field: &str, default: bool) -> Result<bool, ApiError> {
+        match self.present(field) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(invalid(field, "must be a boolean")),
+        }
+    }
+
+    /// One of `allowed`, or `default` when absent.
+    pub fn choice(&self, field: &str, allowed: &[&str], default: &str) -> Result<String, ApiError> {
+        match self.opt_str(field, 64)? {
+            None => Ok(default.to_string()),
+            Some(v) if allowed.contains(&v.as_str()) => Ok(v),
+            Some(_) => Err(invalid(field, format!("must be one of {}", allowed.join(", ")))),
+        }
+    }
+
+    /// An optional id (agentId, orgId).
+    pub fn opt_id(&self, field: &str) -> Result<Option<String>, ApiError> {
+        match self.opt_str(field, 64)? {
+            None => Ok(None),
+            Some(v) => id(field, &v).map(Some),
+        }
+    }
+
+    pub fn object(&self, field: &str) -> Result<Option<&'a Map<String, Value>>, ApiError> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(map)),
+            Some(_) => Err(invalid(field, "must be an object")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sanitizer_flags_attacks_and_passes_plain_text() {
+        let table = [
+            ("name", "x'; DROP TABLE users", Some("SQL injection pattern")),
+            ("name", "a' or '1'='1", Some("SQL tautology pattern")),
+            ("name", "%3Cscript%3Ealert(1)", Some("Script tag")),
+            ("name", "&lt;script&gt;", Some("Script tag")),
+            ("name", "<img src=x onerror=alert(1)>", Some("Event handler injection")),
+            ("name", "line\r\nSet-Cookie: x", Some("CRLF injection")),
+            ("body", "line one\r\nline two", None),
+            ("body", "x\r\nHTTP/1.1 200 OK", Some("CRLF injection")),
+            ("name", "../../etc/passwd", Some("Path traversal")),
+            ("name", "x; rm -rf /", Some("Command injection")),
+            ("name", "$(whoami)", Some("Command injection")),
+            ("name", "Tom & cat", None),
+            ("name", "Wait.../ok", None),
+            ("name", "Sales Agent 1", None),
+        ];
+        for (field, value, expected) in table {
+            assert_eq!(sanitizer_label(field, value), expected, "{field}: {value:?}");
+        }
+    }
+
+    #[test]
+    fn formats_normalise_or_refuse() {
+        assert_eq!(phone("to", "+1 (555) 123-4567").unwrap(), "+15551234567");
+        assert!(phone("to", "5551234567").is_err());
+        assert_eq!(email("to", "  Bob@Example.COM ").unwrap(), "bob@example.com");
+        assert!(email("to", "bob@example").is_err());
+        assert!(id("agentId", "sales-1.a_b").is_ok());
+        assert!(id("agentId", "-bad").is_err());
+    }
+}
