@@ -144,7 +144,7 @@ impl Runtime {
 
 /// Every route, inside the hardening pipeline.
 pub fn router(state: AppState, hardening: Arc<Hardening>) -> Router {
-    let routes = Router::new().merge(http::health::routes()).merge(mcp::routes()).with_state(state);
+    let routes = Router::new().merge(http::health::routes()).merge(mcp::routes()).merge(http::admin::routes()).with_state(state);
     http::harden(routes, hardening)
 }
 

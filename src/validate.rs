@@ -21,7 +21,8 @@ struct Rule {
 }
 
 fn rule(label: &'static str, pattern: &str) -> Rule {
-    let pattern = pattern.replace("SEP", SEP).replace("CMD", CMD);
+    // The contract writes `drop SEP table`: the spaces only set SEP apart, SEP is the separator.
+    let pattern = pattern.replace(" SEP ", "SEP").replace("SEP", SEP).replace("CMD", CMD);
     Rule { label, pattern: RegexBuilder::new(&pattern).case_insensitive(true).build().expect("sanitizer patterns compile") }
 }
 

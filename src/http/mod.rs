@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use crate::config::{Config, Environment};
 
+pub mod admin;
 pub mod body_limit;
 pub mod client_ip;
 pub mod cors;

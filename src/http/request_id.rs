@@ -26,8 +26,8 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     // Errors are built without knowing the request: stamp the id into their body here.
     if let Some(ErrorBody(error)) = response.extensions_mut().remove::<ErrorBody>() {
-        let headers = response.headers().clone();
-        response = (error.code.status(), axum::Json(error.body(Some(&id)))).into_response();
+        let (status, headers) = (response.status(), response.headers().clone());
+        response = (status, axum::Json(error.body(Some(&id)))).into_response();
         for (name, value) in headers.iter() {
             if name != axum::http::header::CONTENT_LENGTH && name != axum::http::header::CONTENT_TYPE {
                 response.headers_mut().insert(name.clone(), value.clone());

@@ -95,7 +95,8 @@ impl Sessions {
         Self { map: RwLock::default(), max, idle, store, clock }
     }
 
-    /// Opens a session and records `SessionOpened`. Ids are 32 hex (a UUID without dashes).
+    /// Opens a session and records `SessionOpened`. Ids are UUIDs on `/sse` and 32 hex on `/mcp`
+    /// (CONTRACT §4.2, §4.3).
     pub async fn open(
         &self,
         principal: Principal,
@@ -105,7 +106,10 @@ impl Sessions {
     ) -> Result<Arc<Session>, Full> {
         let (outbox, inbox) = mpsc::unbounded_channel();
         let session = Arc::new(Session {
-            id: Uuid::new_v4().simple().to_string(),
+            id: match transport {
+                Transport::Sse => Uuid::new_v4().to_string(),
+                Transport::Streamable => Uuid::new_v4().simple().to_string(),
+            },
             principal,
             claim,
             transport,

@@ -2,7 +2,6 @@
 //! stream (`endpoint` first, then one `message` event per JSON-RPC reply, `: ping` every 15 s);
 //! `POST /messages?sessionId=` carries requests, answered 202 with the reply on the stream.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,6 +190,3 @@ pub fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
-
-#[allow(dead_code)]
-fn _assert_ip(_: IpAddr) {}

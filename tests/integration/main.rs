@@ -8,4 +8,5 @@ mod crypto_shredding;
 mod domain_store;
 mod event_store;
 mod hardening;
+mod mcp_e2e;
 mod server;
