@@ -4,17 +4,19 @@
 # both with their ratio.
 #
 #   scripts/bench.sh event-store [--writers 16] [--seconds 20]
+#   scripts/bench.sh mcp [--writers 16] [--seconds 20] [--idle 1000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
 
 what=${1:-}; shift || true
-writers=16; seconds=20; stream_length=10
+writers=16; seconds=20; stream_length=10; idle=1000
 while [ $# -gt 0 ]; do
   case $1 in
     --writers) writers=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     --stream-length) stream_length=$2; shift 2 ;;
+    --idle) idle=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -53,8 +55,41 @@ print(f"appends/s {appends:.0f} = {appends / base:.2f} x pgbench insert tps (tar
 print(f"catch-up {catchup:.0f} events/s (target >= 100000)")
 PY
     ;;
+  mcp)
+    cargo build --release --bin commguard --bench mcp >&2
+    bin=$(ls -t target/release/deps/mcp-* | grep -v '\.d$' | head -n 1)
+    psql -q "$admin" -c "CREATE DATABASE bench"
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    data=$(mktemp -d /tmp/commguard-bench-data-XXXXXX); chmod 755 "$data"
+    DATABASE_URL="${admin/\/postgres\?//bench?}" HOST=127.0.0.1 PORT=$port MASTER_SECURITY_TOKEN=$token \
+      COMMGUARD_DATA_DIR=$data HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 \
+      MCP_MAX_SESSIONS=$((idle + 100)) RUST_LOG=warn target/release/commguard serve &
+    server=$!
+    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"' EXIT
+    until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
+    rss_idle=$(awk '/VmRSS/ { print $2 }' "/proc/$server/status")
+    "$bin" --url "http://127.0.0.1:$port" --token "$token" --sessions "$writers" --seconds "$seconds" \
+      --idle "$idle" --hold 5 > "$cluster/mcp.json" &
+    client=$!
+    until [ -s "$cluster/mcp.json" ]; do sleep 0.2; done
+    sleep 1
+    rss_held=$(awk '/VmRSS/ { print $2 }' "/proc/$server/status")
+    wait $client
+    echo "commguard: $(cat "$cluster/mcp.json")"
+    python3 - "$cluster/mcp.json" "$rss_idle" "$rss_held" "$idle" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); rss_idle, rss_held, idle = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+h, p, t = r["health"], r["rpc_ping"], r["comms_ping"]
+for name, x in (("GET /health (baseline)", h), ("JSON-RPC ping", p), ("tools/call comms_ping", t)):
+    print(f"{name:24} {x['calls_per_sec']:8.0f} calls/s  p50 {x['p50_ms']:.3f} ms  p99 {x['p99_ms']:.3f} ms")
+print(f"auth + session + routing overhead: p50 {p['p50_ms'] - h['p50_ms']:.3f} ms, p99 {p['p99_ms'] - h['p99_ms']:.3f} ms (target p99 < 0.5 ms)")
+print(f"comms_ping / health throughput: {t['calls_per_sec'] / h['calls_per_sec']:.2f} x")
+print(f"server RSS: {rss_idle / 1024:.1f} MB idle, {rss_held / 1024:.1f} MB with {r['idle_sse_sessions']} SSE sessions open (target < 150 MB)")
+PY
+    ;;
   *)
-    echo "usage: scripts/bench.sh event-store [--writers N] [--seconds S]" >&2
+    echo "usage: scripts/bench.sh event-store|mcp [--writers N] [--seconds S] [--idle N]" >&2
     exit 2
     ;;
 esac

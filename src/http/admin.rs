@@ -12,13 +12,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::auth::lockout::Refusal;
 use crate::auth::{bearer, guard, AuthFailure, Bearer, Principal, Role};
 use crate::directory::commands::{self, NewOrg, RotateTarget};
 use crate::directory::{self as dir};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::{ClientIp, RequestId};
-use crate::mcp::locked_out;
+use crate::mcp::lockout_gate;
 use crate::store::{rfc3339, CommandContext};
 use crate::validate::{invalid, Args};
 
@@ -52,14 +51,7 @@ impl FromRequestParts<AppState> for Admin {
         let ip = parts.extensions.get::<ClientIp>().map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
         let route = "/admin/api";
-        match app.lockout.check(ip).await {
-            Ok(()) => {}
-            Err(Refusal::Locked { retry_after }) => {
-                app.lockout.refused_while_locked(ip, route).await;
-                return Err(locked_out(retry_after));
-            }
-            Err(Refusal::Unavailable) => return Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
-        }
+        lockout_gate(app, ip, route).await?;
         let missing = || ApiError::new(ErrorCode::Unauthorized, "Missing Authorization header. Use: Bearer <token>");
         let principal = match bearer(&parts.headers) {
             Bearer::Absent => match app.identity.anonymous() {
@@ -245,7 +237,8 @@ async fn get_agent(State(app): State<AppState>, admin: Admin, Path(agent_id): Pa
 
 async fn agent_tokens(State(app): State<AppState>, admin: Admin, Path(agent_id): Path<String>) -> Result<Json<Value>, ApiError> {
     commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
-    let rows: Vec<(uuid::Uuid, Option<String>, chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+    type Row = (uuid::Uuid, Option<String>, chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT t.token_id, t.label, t.created_at, u.last_used_at FROM tokens t
          LEFT JOIN token_last_used u USING (token_id)
          WHERE t.kind = 'agent' AND t.agent_id = $1 AND t.revoked_at IS NULL ORDER BY t.created_at",

@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::app::AppState;
+use crate::mcp::session::Session;
 use crate::auth::lockout::Refusal;
 use crate::auth::{bearer, AuthFailure, Bearer, Principal, Role};
 use crate::directory;
@@ -54,16 +55,21 @@ pub fn locked_out(retry_after: u64) -> ApiError {
         .header("Retry-After", retry_after.to_string())
 }
 
+/// Step (1) of every credentialed route: a locked IP gets 429 (recorded, not counted).
+pub async fn lockout_gate(app: &AppState, ip: IpAddr, route: &str) -> Result<(), ApiError> {
+    match app.lockout.check(ip).await {
+        Ok(()) => Ok(()),
+        Err(Refusal::Locked { retry_after }) => {
+            app.lockout.refused_while_locked(ip, route).await;
+            Err(locked_out(retry_after))
+        }
+        Err(Refusal::Unavailable) => Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
+    }
+}
+
 /// Steps (1) lockout through (4) credential of §4.2 / §4.3: the principal, or the refusal.
 pub async fn authenticate(app: &AppState, headers: &HeaderMap, ip: IpAddr, rules: &CredentialRules) -> Result<Principal, ApiError> {
-    match app.lockout.check(ip).await {
-        Ok(()) => {}
-        Err(Refusal::Locked { retry_after }) => {
-            app.lockout.refused_while_locked(ip, rules.route).await;
-            return Err(locked_out(retry_after));
-        }
-        Err(Refusal::Unavailable) => return Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
-    }
+    lockout_gate(app, ip, rules.route).await?;
     let presented = match bearer(headers) {
         Bearer::Token(token) => Some(token),
         Bearer::Malformed => {
@@ -125,8 +131,22 @@ pub async fn check_claim(
     Ok(claim)
 }
 
+/// §4.2 (5)–(6): the request's principal must be the session's (a mismatch is a counted
+/// failure), and the token that opened the session must still stand.
+pub async fn admit_to_session(app: &AppState, session: &Session, principal: &Principal, ip: IpAddr, route: &str) -> Result<(), ApiError> {
+    if !principal.same_as(&session.principal) {
+        app.lockout.fail(ip, AuthFailure::SessionMismatch, route, None, None).await;
+        return Err(ApiError::new(ErrorCode::Forbidden, "Session belongs to a different principal"));
+    }
+    if !session_still_valid(app, &session.principal).await? {
+        app.sessions.close(&session.id, "token_revoked").await;
+        return Err(ApiError::new(ErrorCode::Unauthorized, "Invalid or revoked token"));
+    }
+    Ok(())
+}
+
 /// Whether the token that opened a session still stands, and its org is not suspended (§4.2 (6)).
-pub async fn session_still_valid(app: &AppState, principal: &Principal) -> Result<bool, ApiError> {
+async fn session_still_valid(app: &AppState, principal: &Principal) -> Result<bool, ApiError> {
     if let Some(token_id) = principal.token_id {
         if !app.identity.token_active(token_id).await.map_err(ApiError::internal)? {
             return Ok(false);

@@ -15,9 +15,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::session::{Session, Sessions, Transport};
-use super::{authenticate, check_claim, protocol, session_still_valid, CredentialRules};
+use super::{admit_to_session, authenticate, check_claim, lockout_gate, protocol, CredentialRules};
 use crate::app::AppState;
-use crate::auth::{bearer, AuthFailure, Bearer};
+use crate::auth::{bearer, Bearer};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::{ClientIp, RequestId};
 use crate::store::CommandContext;
@@ -131,10 +131,7 @@ pub async fn message(
     // (1)–(2): lockout, and a header credential if one is present.
     let header_principal = match bearer(&headers) {
         Bearer::Absent => {
-            if let Err(crate::auth::lockout::Refusal::Locked { retry_after }) = app.lockout.check(ip).await {
-                app.lockout.refused_while_locked(ip, "/messages").await;
-                return Err(super::locked_out(retry_after));
-            }
+            lockout_gate(&app, ip, "/messages").await?;
             None
         }
         _ => {
@@ -155,19 +152,9 @@ pub async fn message(
         .filter(|s| s.transport == Transport::Sse)
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "Unknown session").with_status(StatusCode::BAD_REQUEST))?;
     // (4)–(5) the request principal must be the session's.
-    let principal = match header_principal {
-        Some(p) if !p.same_as(&session.principal) => {
-            app.lockout.fail(ip, AuthFailure::SessionMismatch, "/messages", None, None).await;
-            return Err(ApiError::new(ErrorCode::Forbidden, "Session belongs to a different principal"));
-        }
-        Some(p) => p,
-        None => session.principal.clone(),
-    };
     // (6) the opening token and the org still stand.
-    if !session_still_valid(&app, &session.principal).await? {
-        app.sessions.close(&session.id, "token_revoked").await;
-        return Err(ApiError::new(ErrorCode::Unauthorized, "Invalid or revoked token"));
-    }
+    let principal = header_principal.unwrap_or_else(|| session.principal.clone());
+    admit_to_session(&app, &session, &principal, ip, "/messages").await?;
     // (7) the message itself.
     if !is_json(&headers) {
         return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "Content-Type must be application/json"));

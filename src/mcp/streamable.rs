@@ -15,9 +15,9 @@ use serde_json::Value;
 use super::protocol::{self, Message, STREAMABLE_VERSIONS};
 use super::session::{Session, Transport};
 use super::sse::{event_stream, is_json, open_context};
-use super::{authenticate, check_claim, session_still_valid, CredentialRules};
+use super::{admit_to_session, authenticate, check_claim, CredentialRules};
 use crate::app::AppState;
-use crate::auth::{AuthFailure, Principal};
+use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::{ClientIp, RequestId};
 
@@ -57,14 +57,7 @@ async fn existing_session(app: &AppState, headers: &HeaderMap, principal: &Princ
         .get(id)
         .filter(|s| s.transport == Transport::Streamable)
         .ok_or_else(|| ApiError::not_found("Unknown or expired session"))?;
-    if !principal.same_as(&session.principal) {
-        app.lockout.fail(ip, AuthFailure::SessionMismatch, "/mcp", None, None).await;
-        return Err(ApiError::new(ErrorCode::Forbidden, "Session belongs to a different principal"));
-    }
-    if !session_still_valid(app, &session.principal).await? {
-        app.sessions.close(&session.id, "token_revoked").await;
-        return Err(ApiError::new(ErrorCode::Unauthorized, "Invalid or revoked token"));
-    }
+    admit_to_session(app, &session, principal, ip, "/mcp").await?;
     Ok(session)
 }
 

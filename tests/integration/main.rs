@@ -8,5 +8,6 @@ mod crypto_shredding;
 mod domain_store;
 mod event_store;
 mod hardening;
+mod identity;
 mod mcp_e2e;
 mod server;

@@ -1,0 +1,125 @@
+//! MCP benchmark client (run by `scripts/bench.sh mcp`, not a test) against a running server at
+//! `--url`: N Streamable HTTP sessions call for T seconds, in three phases measured the same way
+//! — `GET /health` (the HTTP baseline: hardening layers, no auth), JSON-RPC `ping` (baseline +
+//! bearer auth, session lookup, principal check, routing) and `tools/call comms_ping` (+ the tool,
+//! which reads the org from Postgres) — then holds `--idle` legacy SSE sessions open. Prints one
+//! JSON line; the server's RSS is read by the script.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn num(name: &str, default: u64) -> u64 {
+    arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[derive(Clone, Copy)]
+enum Phase {
+    Health,
+    RpcPing,
+    ToolPing,
+}
+
+async fn open_session(client: &reqwest::Client, url: &str, token: &str) -> String {
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}});
+    let r = client
+        .post(format!("{url}/mcp"))
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .expect("initialize");
+    assert!(r.status().is_success(), "initialize: {}", r.status());
+    r.headers().get("mcp-session-id").expect("session id").to_str().unwrap().to_string()
+}
+
+async fn worker(client: reqwest::Client, url: String, token: String, phase: Phase, until: Instant) -> Vec<u32> {
+    let session = open_session(&client, &url, &token).await;
+    let mut latencies_us = Vec::new();
+    let mut id = 1u64;
+    while Instant::now() < until {
+        id += 1;
+        let started = Instant::now();
+        let ok = match phase {
+            Phase::Health => client.get(format!("{url}/health")).send().await.map(|r| r.status().is_success()),
+            Phase::RpcPing | Phase::ToolPing => {
+                let body = match phase {
+                    Phase::RpcPing => json!({"jsonrpc": "2.0", "id": id, "method": "ping"}),
+                    _ => json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                                "params": {"name": "comms_ping", "arguments": {}}}),
+                };
+                client
+                    .post(format!("{url}/mcp"))
+                    .bearer_auth(&token)
+                    .header("accept", "application/json, text/event-stream")
+                    .header("mcp-session-id", &session)
+                    .header("mcp-protocol-version", "2025-06-18")
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+            }
+        };
+        assert!(ok.unwrap_or(false), "a benchmark request failed");
+        latencies_us.push(started.elapsed().as_micros() as u32);
+    }
+    latencies_us
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+async fn run_phase(url: &str, token: &str, sessions: u64, seconds: u64, phase: Phase) -> Value {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    // Warm the caches (token, org) before measuring.
+    worker(client.clone(), url.into(), token.into(), phase, Instant::now() + Duration::from_millis(300)).await;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..sessions).map(|_| tokio::spawn(worker(client.clone(), url.into(), token.into(), phase, until))).collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    json!({"calls": all.len(), "calls_per_sec": all.len() as f64 / elapsed,
+           "p50_ms": percentile(&all, 0.50), "p99_ms": percentile(&all, 0.99)})
+}
+
+/// Opens `n` legacy SSE sessions and keeps them open until the returned handles drop.
+async fn idle_sse(url: &str, token: &str, n: u64) -> Vec<reqwest::Response> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let mut open = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let r = client.get(format!("{url}/sse?token={token}")).send().await.expect("open sse");
+        assert!(r.status().is_success(), "sse open: {}", r.status());
+        open.push(r);
+    }
+    open
+}
+
+#[tokio::main]
+async fn main() {
+    let url = arg("--url").expect("--url of a running server");
+    let token = arg("--token").expect("--token (the master token)");
+    let sessions = num("--sessions", 16);
+    let seconds = num("--seconds", 20);
+    let idle = num("--idle", 1000);
+    let health = run_phase(&url, &token, sessions, seconds, Phase::Health).await;
+    let rpc = run_phase(&url, &token, sessions, seconds, Phase::RpcPing).await;
+    let tool = run_phase(&url, &token, sessions, seconds, Phase::ToolPing).await;
+    let held = Arc::new(idle_sse(&url, &token, idle).await);
+    println!("{}", json!({"health": health, "rpc_ping": rpc, "comms_ping": tool, "idle_sse_sessions": held.len()}));
+    // Hold the sessions while the script reads the server's RSS.
+    tokio::time::sleep(Duration::from_secs(num("--hold", 5))).await;
+}
