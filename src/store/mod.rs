@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod feed;
 pub mod keystore;
 pub mod receipt;
+mod recorder;
 pub mod repository;
 pub mod runner;
 pub mod sealing;
@@ -63,6 +64,7 @@ pub struct Store {
     repo: EventRepository,
     keystore: KeyStore,
     appended: Arc<Notify>,
+    recorder: recorder::Recorder,
 }
 
 impl Store {
@@ -70,7 +72,8 @@ impl Store {
         let keystore = KeyStore::new(pool.clone(), data_keys);
         let appended = Arc::new(Notify::new());
         let repo = EventRepository::new(pool.clone(), keystore.clone(), appended.clone());
-        Self { pool, repo, keystore, appended }
+        let recorder = recorder::Recorder::new(repo.clone());
+        Self { pool, repo, keystore, appended, recorder }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -130,18 +133,17 @@ impl Store {
         events: &[E],
         context: &CommandContext,
     ) -> Result<Option<i64>, PersistenceError> {
-        let mut attempt = 0;
-        loop {
-            let head = self.repo.stream_head(aggregate_type, aggregate_id).await?;
-            let serialized = serialize(aggregate_type, aggregate_id, head, events, context)?;
-            match self.repo.append_events(&serialized).await {
-                Err(PersistenceError::OptimisticLockError) if attempt < CONFLICT_RETRIES => {
-                    attempt += 1;
-                    backoff(attempt).await;
-                }
-                other => return other,
-            }
-        }
+        // Numbered by the recorder, which appends everything queued for the stream at once.
+        let facts = serialize(aggregate_type, aggregate_id, 0, events, context)?
+            .into_iter()
+            .map(|e| recorder::Fact {
+                event_type: e.event_type,
+                event_version: e.event_version,
+                payload: e.payload,
+                metadata: e.metadata,
+            })
+            .collect();
+        self.recorder.record(aggregate_type, aggregate_id, facts).await
     }
 
     /// Like `record`, but only as the first events of the stream: a stream id that is a dedup

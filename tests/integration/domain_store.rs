@@ -53,3 +53,31 @@ async fn an_organization_lives_through_the_store() {
     assert_eq!(events[0].metadata_value()["actor"]["kind"], "super-admin");
     assert!(events.iter().all(|e| e.org_id.as_deref() == Some("acme")));
 }
+
+/// A burst of facts on one stream (a principal's sessions closing at shutdown) is stored whole:
+/// queued appends are grouped, nothing is lost to conflicts, and the chain stays intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_facts_on_one_stream_is_stored_completely_and_in_one_chain() {
+    use commguard_domain::records::SessionEvent;
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    commguard::store::MIGRATOR.run(&pool).await.unwrap();
+    let store = Store::new(pool.clone(), Arc::new(DataKeys::new(&[3; 32])));
+    let ctx = CommandContext::new(Actor { kind: ActorKind::SuperAdmin, id: "master".into() }, "test", chrono::Utc::now());
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let (store, ctx) = (store.clone(), ctx.clone());
+            tokio::spawn(async move {
+                let closed = SessionEvent::SessionClosed { session_id: format!("s{i}"), reason: "shutdown".into() };
+                store.record("principal", "super-admin:master", &[closed], &ctx).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert!(task.await.unwrap().unwrap().is_some(), "every fact is stored");
+    }
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE aggregate_type = 'principal'").fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 1000);
+    let report = commguard::store::verify::verify(&pool, Some(("principal", "super-admin:master"))).await.unwrap();
+    assert!(report.is_ok(), "the chain verifies");
+}

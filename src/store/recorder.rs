@@ -1,0 +1,138 @@
+//! Group appends for facts (`Store::record`). Facts about one stream — a principal's sessions,
+//! an IP's failures — can arrive by the hundred at once; appended one by one they would conflict
+//! on the stream's head and retry each other out. Instead each stream has a queue in this
+//! process: the first fact to arrive starts a flusher task that appends everything queued in one
+//! statement (one round trip, one chain extension), then whatever arrived meanwhile, until the
+//! queue is empty. Conflicts with other instances are retried at the new head.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::repository::{EventRepository, MAX_EVENTS_PER_APPEND};
+
+/// One fact as cqrs-es serializes it, before it is numbered.
+pub(crate) struct Fact {
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+}
+
+struct Pending {
+    facts: Vec<Fact>,
+    done: oneshot::Sender<Result<Option<i64>, String>>,
+}
+
+type StreamKey = (String, String);
+
+/// A stream's queue exists exactly while its one flusher runs.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Recorder {
+    repo: EventRepository,
+    queues: Arc<Mutex<HashMap<StreamKey, Queue>>>,
+}
+
+/// Retries of one batch against appends by other instances.
+const RETRIES: u32 = 64;
+
+impl Recorder {
+    pub fn new(repo: EventRepository) -> Self {
+        Self { repo, queues: Arc::default() }
+    }
+
+    /// Queues `facts` for stream (`aggregate_type`, `aggregate_id`) and waits until they are
+    /// stored; returns the position of the batch's last event.
+    pub async fn record(&self, aggregate_type: &str, aggregate_id: &str, facts: Vec<Fact>) -> Result<Option<i64>, PersistenceError> {
+        if facts.is_empty() {
+            return Ok(None);
+        }
+        let key = (aggregate_type.to_string(), aggregate_id.to_string());
+        let (done, result) = oneshot::channel();
+        let start_flusher = {
+            let mut queues = self.queues.lock().expect("recorder lock");
+            let absent = !queues.contains_key(&key);
+            queues.entry(key.clone()).or_default().pending.push(Pending { facts, done });
+            absent
+        };
+        if start_flusher {
+            let recorder = self.clone();
+            tokio::spawn(async move { recorder.flush(key).await });
+        }
+        match result.await {
+            Ok(Ok(position)) => Ok(position),
+            Ok(Err(e)) => Err(PersistenceError::UnknownError(e.into())),
+            Err(_) => Err(PersistenceError::UnknownError("the recorder stopped before storing the facts".into())),
+        }
+    }
+
+    /// Appends the queue of one stream until it is empty, then removes it.
+    async fn flush(&self, key: StreamKey) {
+        loop {
+            let batch = {
+                let mut queues = self.queues.lock().expect("recorder lock");
+                let Some(Queue { pending: queue }) = queues.get_mut(&key) else { return };
+                if queue.is_empty() {
+                    // Removed under the lock: the next fact finds no queue and starts a flusher.
+                    queues.remove(&key);
+                    return;
+                }
+                // Whole pendings only, up to the per-transaction limit (one oversize pending alone).
+                let mut taken = 0;
+                let mut n = 0;
+                for pending in queue.iter() {
+                    if n > 0 && taken + pending.facts.len() > MAX_EVENTS_PER_APPEND {
+                        break;
+                    }
+                    taken += pending.facts.len();
+                    n += 1;
+                }
+                queue.drain(..n).collect::<Vec<_>>()
+            };
+            let outcome = self.append(&key, &batch).await;
+            for pending in batch {
+                let _ = pending.done.send(outcome.clone());
+            }
+        }
+    }
+
+    async fn append(&self, (aggregate_type, aggregate_id): &StreamKey, batch: &[Pending]) -> Result<Option<i64>, String> {
+        let mut attempt = 0;
+        loop {
+            let head = self.repo.stream_head(aggregate_type, aggregate_id).await.map_err(|e| e.to_string())?;
+            let events: Vec<SerializedEvent> = batch
+                .iter()
+                .flat_map(|p| p.facts.iter())
+                .enumerate()
+                .map(|(i, f)| {
+                    SerializedEvent::new(
+                        aggregate_id.clone(),
+                        head as usize + i + 1,
+                        aggregate_type.clone(),
+                        f.event_type.clone(),
+                        f.event_version.clone(),
+                        f.payload.clone(),
+                        f.metadata.clone(),
+                    )
+                })
+                .collect();
+            match self.repo.append_events(&events).await {
+                Err(PersistenceError::OptimisticLockError) if attempt < RETRIES => {
+                    attempt += 1;
+                    let ceiling_us = 200u64 << attempt.min(7);
+                    tokio::time::sleep(Duration::from_micros(rand::random::<u64>() % ceiling_us)).await;
+                }
+                other => return other.map_err(|e| e.to_string()),
+            }
+        }
+    }
+}
