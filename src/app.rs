@@ -144,7 +144,7 @@ impl Runtime {
 
 /// Every route, inside the hardening pipeline.
 pub fn router(state: AppState, hardening: Arc<Hardening>) -> Router {
-    let routes = Router::new().merge(http::health::routes()).merge(mcp::routes()).merge(http::admin::routes()).with_state(state);
+    let routes = Router::new().merge(http::health::routes()).merge(mcp::routes()).merge(http::admin::routes(state.clone())).with_state(state);
     http::harden(routes, hardening)
 }
 
@@ -175,8 +175,11 @@ impl Server {
             state.sessions.clone(),
         ))];
         let sessions = state.sessions.clone();
+        let config_idle = state.config.mcp_session_idle_seconds;
         tasks.push(tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(30));
+            // Often enough that a session never outlives its idle limit by more than half of it.
+            let every = Duration::from_secs(config_idle / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+            let mut every = tokio::time::interval(every);
             loop {
                 every.tick().await;
                 sessions.expire_idle().await;

@@ -97,7 +97,7 @@ pub struct NewOrg {
 }
 
 /// `comms_create_organization` / `POST /admin/api/orgs`.
-pub async fn create_org(app: &AppState, context: CommandContext, new: NewOrg) -> Result<Value, ApiError> {
+pub async fn create_org(app: &AppState, mut context: CommandContext, new: NewOrg) -> Result<Value, ApiError> {
     let tx = lock(app, &format!("commguard.slug.{}", new.slug)).await?;
     let taken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orgs WHERE slug = $1)")
         .bind(&new.slug)
@@ -107,6 +107,7 @@ pub async fn create_org(app: &AppState, context: CommandContext, new: NewOrg) ->
     if taken {
         return Err(ApiError::new(ErrorCode::Conflict, format!("Organization slug \"{}\" already exists", new.slug)));
     }
+    context.provenance.pass("duplicate");
     let org_id = Uuid::new_v4().to_string();
     let (token, issued) = new_token(Some("admin".into()));
     let command = OrganizationCommand {
@@ -164,14 +165,16 @@ pub async fn active_org(app: &AppState, org_id: &str) -> Result<OrgView, ApiErro
 }
 
 /// `comms_provision_channels`: org state, country rules, duplicate, capacity, provider, record.
-pub async fn provision(app: &AppState, context: CommandContext, new: NewAgent) -> Result<Value, ApiError> {
+pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgent) -> Result<Value, ApiError> {
     let org_view = active_org(app, &new.org_id).await?;
+    context.provenance.pass("org_state");
     let check = provisioning_check(&new.country, new.capabilities.phone, org_view.a2p_registered);
     if !check.blockers.is_empty() {
         return Err(compliance("Country compliance requirements not met", "country_rules")
             .with("blockers", check.blockers)
             .with("warnings", check.warnings));
     }
+    context.provenance.pass("country_rules");
     let agent_id = new.agent_id.clone().unwrap_or_else(|| Uuid::new_v4().to_string());
 
     // Capacity is exact across instances: provisioning in one org is serialized, and the count
@@ -187,6 +190,8 @@ pub async fn provision(app: &AppState, context: CommandContext, new: NewAgent) -
             .with("current", active)
             .with("max", max));
     }
+    context.provenance.pass("duplicate");
+    context.provenance.pass("capacity");
 
     let sandbox = app.config.demo_mode || locked_org.mode == OrgMode::Sandbox.as_str();
     if !sandbox && (new.capabilities.phone || new.capabilities.email) {
@@ -195,6 +200,7 @@ pub async fn provision(app: &AppState, context: CommandContext, new: NewAgent) -
         let what = if new.capabilities.phone { "telephony" } else { "email" };
         return Err(ApiError::new(ErrorCode::Unavailable, format!("No {what} provider configured")));
     }
+    context.provenance.pass("provider");
     let phone = new.capabilities.phone.then(|| format!("+1555{:07}", rand::random::<u32>() % 10_000_000));
     let email_domain = new.email_domain.clone().unwrap_or_else(|| app.config.email_default_domain.clone());
     let email = new.capabilities.email.then(|| format!("{agent_id}@{email_domain}").to_lowercase());

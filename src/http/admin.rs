@@ -3,6 +3,12 @@
 //! token (S) all. Mutations run the same commands as the MCP tools.
 
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use commguard_domain::records::RefusalEvent;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -15,13 +21,13 @@ use crate::app::AppState;
 use crate::auth::{bearer, guard, AuthFailure, Bearer, Principal, Role};
 use crate::directory::commands::{self, NewOrg, RotateTarget};
 use crate::directory::{self as dir};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::{ClientIp, RequestId};
 use crate::mcp::lockout_gate;
 use crate::store::{rfc3339, CommandContext};
 use crate::validate::{invalid, Args};
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(app: AppState) -> Router<AppState> {
     Router::new()
         .route("/admin/api/me", get(me))
         .route("/admin/api/orgs", get(list_orgs).post(create_org))
@@ -36,6 +42,49 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/api/agents/{agent_id}/tokens", get(agent_tokens))
         .route("/admin/api/agents/{agent_id}/regenerate-token", post(regenerate_token))
         .route("/admin/api/agents/{agent_id}/blocked-channels", post(blocked_channels))
+        .layer(axum::middleware::from_fn_with_state(app, record_refusals))
+}
+
+/// Where the `Admin` extractor leaves the caller, so refusals can be recorded after the handler.
+#[derive(Clone, Default)]
+struct CallerSlot(Arc<Mutex<Option<Principal>>>);
+
+/// Records every refused admin request of an authenticated caller as `ActionRefused` (CONTRACT
+/// §6.1, invariant 2). Authentication failures are recorded by the lockout as `AuthFailed`.
+async fn record_refusals(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+    let slot = CallerSlot::default();
+    request.extensions_mut().insert(slot.clone());
+    let route = format!("{} {}", request.method(), request.uri().path());
+    let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let response = next.run(request).await;
+    let principal = slot.0.lock().expect("caller slot lock").take();
+    if let (Some(principal), Some(ErrorBody(refusal))) = (principal, response.extensions().get::<ErrorBody>()) {
+        let mut context = CommandContext::new(principal.actor(), "admin-api", app.clock.now());
+        if let Some(id) = request_id {
+            context = context.with_request_id(id);
+        }
+        let by = if refusal.code == ErrorCode::InvalidInput { "input" } else { "role" };
+        context.provenance.fail(by, refusal.message.clone());
+        let (stream_type, stream_id) = match &principal.org_id {
+            Some(org) => ("organization", org.clone()),
+            None => ("platform", "platform".to_string()),
+        };
+        let context = match &principal.org_id {
+            Some(org) => context.in_org(org.clone()),
+            None => context,
+        };
+        let event = RefusalEvent::ActionRefused {
+            tool: route,
+            agent_id: None,
+            code: refusal.code.as_str().into(),
+            refused_by: by.into(),
+            reason: refusal.message.clone(),
+        };
+        if let Err(e) = app.store.record(stream_type, &stream_id, &[event], &context).await {
+            tracing::error!(error = %e, "ActionRefused not recorded");
+        }
+    }
+    response
 }
 
 /// An authenticated admin caller (O or S) and the context its commands carry.
@@ -79,7 +128,16 @@ impl FromRequestParts<AppState> for Admin {
                 }
             },
         };
-        let context = CommandContext::new(principal.actor(), "admin-api", app.clock.now()).with_request_id(request_id);
+        if let Some(slot) = parts.extensions.get::<CallerSlot>() {
+            *slot.0.lock().expect("caller slot lock") = Some(principal.clone());
+        }
+        let mut context = CommandContext::new(principal.actor(), "admin-api", app.clock.now()).with_request_id(request_id);
+        if let Some(org) = &principal.org_id {
+            context = context.in_org(org.clone());
+        }
+        // Mutations run after their handler's role and input checks; both are recorded as passed.
+        context.provenance.pass("role");
+        context.provenance.pass("input");
         Ok(Self { principal, context })
     }
 }

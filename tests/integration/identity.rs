@@ -14,6 +14,13 @@ const LIMITS: [(&str, &str); 3] =
 
 /// Opens a Streamable HTTP session as `token` and calls `tool`; returns the tool's JSON result.
 async fn call_tool(s: &TestServer, token: &str, tool: &str, args: Value) -> Value {
+    let (is_error, value) = try_tool(s, token, tool, args).await;
+    assert!(!is_error, "{tool}: {value}");
+    value
+}
+
+/// Like `call_tool`, but returns refusals too: (isError, the result's JSON text).
+async fn try_tool(s: &TestServer, token: &str, tool: &str, args: Value) -> (bool, Value) {
     let post = |body: Value, session: Option<String>| {
         let mut r = s
             .http
@@ -38,8 +45,8 @@ async fn call_tool(s: &TestServer, token: &str, tool: &str, args: Value) -> Valu
         .await
         .unwrap();
     let result = &reply["result"];
-    assert_eq!(result["isError"], false, "{tool}: {result}");
-    serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap()
+    let is_error = result["isError"].as_bool().expect("a tool result");
+    (is_error, serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap())
 }
 
 async fn sse_status(s: &TestServer, token: &str) -> u16 {
@@ -100,4 +107,183 @@ async fn a_rotation_on_one_instance_revokes_and_closes_streams_on_another() {
 
     b.stop().await;
     a.stop().await;
+}
+
+async fn admin(s: &TestServer, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut r = s.http.request(method, s.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        r = r.json(&body);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits (≤ 5 s) until an open event stream ends.
+async fn ends_within_5s(body: &mut (impl futures::Stream<Item = reqwest::Result<axum::body::Bytes>> + Unpin)) -> bool {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_is_approved_suspended_and_restored_by_the_super_admin_only() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &LIMITS).await;
+    let org = call_tool(&s, MASTER, "comms_create_organization", json!({"name": "Life", "slug": "lifecycle", "a2pRegistered": true})).await;
+    let (org_id, org_token) = (org["orgId"].as_str().unwrap().to_string(), org["adminToken"].as_str().unwrap().to_string());
+    let agent = call_tool(&s, &org_token, "comms_provision_channels", json!({"displayName": "Life agent", "capabilities": {"phone": true}})).await;
+    let agent_token = agent["securityToken"].as_str().unwrap().to_string();
+    assert!(agent["channels"]["phone"].as_str().unwrap().starts_with("+1555"));
+
+    let path = |what: &str| format!("/admin/api/orgs/{org_id}/{what}");
+    let (status, body) = admin(&s, &org_token, reqwest::Method::POST, &path("approve"), Some(json!({"kycNote": "docs ok"}))).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "{body}");
+    let (status, body) = admin(&s, MASTER, reqwest::Method::POST, &path("approve"), Some(json!({"kycNote": "KYC documents verified"}))).await;
+    assert_eq!((status, body["mode"].as_str()), (200, Some("production")), "{body}");
+    let (status, _) = admin(&s, MASTER, reqwest::Method::POST, &path("approve"), Some(json!({"kycNote": "again"}))).await;
+    assert_eq!(status, 409);
+
+    let stream = s.http.get(s.url(&format!("/sse?token={agent_token}"))).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut body = stream.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    let (status, _) = admin(&s, MASTER, reqwest::Method::POST, &path("suspend"), Some(json!({"reason": "abuse report"}))).await;
+    assert_eq!(status, 200);
+    assert!(ends_within_5s(&mut body).await, "the suspended org's stream is still open");
+    let refused = s.http.get(s.url(&format!("/sse?token={agent_token}"))).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"], format!("Organization \"{org_id}\" is suspended"));
+    // Reads keep working for the org admin while suspended (Z6).
+    let (status, me) = admin(&s, &org_token, reqwest::Method::GET, "/admin/api/me", None).await;
+    assert_eq!((status, me["org"]["mode"].as_str()), (200, Some("suspended")));
+
+    let (status, body) = admin(&s, MASTER, reqwest::Method::POST, &path("unsuspend"), None).await;
+    assert_eq!((status, body["mode"].as_str()), (200, Some("production")), "the previous mode comes back");
+    assert_eq!(sse_status(&s, &agent_token).await, 200);
+
+    // The refused approval is an event, with the check that refused it.
+    let refusals: Vec<Value> = sqlx::query_scalar(
+        "SELECT metadata::jsonb FROM events WHERE event_type = 'ActionRefused' AND aggregate_id = $1",
+    )
+    .bind(&org_id)
+    .fetch_all(&db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0]["provenance"]["refusedBy"], "role");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn org_capacity_is_exact_when_two_instances_provision_at_once() {
+    let db = TestDb::new().await;
+    let a = TestServer::start(&db, &LIMITS).await;
+    let b = TestServer::start(&db, &LIMITS).await;
+    let org = call_tool(&a, MASTER, "comms_create_organization", json!({"name": "Cap", "slug": "capacity", "a2pRegistered": true})).await;
+    let (org_id, org_token) = (org["orgId"].as_str().unwrap().to_string(), org["adminToken"].as_str().unwrap().to_string());
+    let (status, _) = admin(&a, MASTER, reqwest::Method::POST, &format!("/admin/api/orgs/{org_id}/settings"), Some(json!({"maxAgents": 3}))).await;
+    assert_eq!(status, 200);
+
+    let attempts = (0..12).map(|i| {
+        let server = if i % 2 == 0 { &a } else { &b };
+        try_tool(server, &org_token, "comms_provision_channels", json!({"displayName": format!("Racer {i}")}))
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let admitted = outcomes.iter().filter(|(is_error, _)| !is_error).count();
+    assert_eq!(admitted, 3, "exactly maxAgents provisions succeed: {outcomes:?}");
+    for (_, refusal) in outcomes.iter().filter(|(is_error, _)| *is_error) {
+        assert_eq!(refusal["code"], "quota_exceeded");
+        assert_eq!(refusal["error"], "Agent pool is full (3/3). Deprovision an agent first.");
+    }
+
+    // Successful commands carry the checks they passed.
+    let provenance: Value = sqlx::query_scalar(
+        "SELECT metadata::jsonb -> 'provenance' FROM events WHERE event_type = 'AgentProvisioned' LIMIT 1",
+    )
+    .fetch_one(&db.pool().await)
+    .await
+    .unwrap();
+    let checks: Vec<&str> = provenance["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
+    assert_eq!(checks, ["role", "input", "org_state", "country_rules", "duplicate", "capacity", "provider"]);
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cap_refuses_with_503_and_failures_are_recorded() {
+    let db = TestDb::new().await;
+    let mut vars = LIMITS.to_vec();
+    vars.push(("MCP_MAX_SESSIONS", "2"));
+    let s = TestServer::start(&db, &vars).await;
+    let first = s.http.get(s.url(&format!("/sse?token={MASTER}"))).send().await.unwrap();
+    let second = s.http.get(s.url(&format!("/sse?token={MASTER}"))).send().await.unwrap();
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    let third = s.http.get(s.url(&format!("/sse?token={MASTER}"))).send().await.unwrap();
+    assert_eq!(third.status(), 503);
+    drop((first, second));
+
+    assert_eq!(sse_status(&s, "not-a-token").await, 401);
+    let pool = db.pool().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts: (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE event_type = 'AuthFailed'), COUNT(*) FILTER (WHERE event_type = 'SessionClosed') FROM events",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if counts == (1, 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expected one AuthFailed and two SessionClosed, got {counts:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed: Value = sqlx::query_scalar("SELECT payload::jsonb FROM events WHERE event_type = 'AuthFailed'").fetch_one(&pool).await.unwrap();
+    assert_eq!(failed["reason"], "invalid");
+    assert_eq!(failed["route"], "/sse");
+    assert!(failed["ip"]["$pii"].is_number(), "the IP is sealed: {failed}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streamable_sessions_expire() {
+    let db = TestDb::new().await;
+    let mut vars = LIMITS.to_vec();
+    vars.push(("MCP_SESSION_IDLE_SECONDS", "1"));
+    let s = TestServer::start(&db, &vars).await;
+    let init = s
+        .http
+        .post(s.url("/mcp"))
+        .bearer_auth(MASTER)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}))
+        .send()
+        .await
+        .unwrap();
+    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let ping = || {
+        s.http
+            .post(s.url("/mcp"))
+            .bearer_auth(MASTER)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
+            .send()
+    };
+    assert_eq!(ping().await.unwrap().status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if ping().await.unwrap().status() == 404 {
+            break;
+        }
+        // Each ping keeps it alive: wait out the idle limit before the next probe.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert!(Instant::now() < deadline, "the idle session never expired");
+    }
+    s.stop().await;
 }

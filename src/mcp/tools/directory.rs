@@ -141,7 +141,9 @@ pub async fn deprovision_channels(app: &AppState, caller: &Caller<'_>, args: &Ar
     let agent_id = caller.agent_id(args, true)?;
     let release_number = args.bool("releaseNumber", true)?;
     commands::addressable_agent(app, caller.principal, &agent_id).await?;
-    commands::deprovision(app, caller.context(app), &agent_id, release_number).await
+    let mut context = caller.context(app);
+    context.provenance.pass("org_boundary");
+    commands::deprovision(app, context, &agent_id, release_number).await
 }
 
 pub async fn get_channel_status(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
@@ -167,5 +169,7 @@ pub async fn rotate_token(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) 
         let agent = commands::addressable_agent(app, principal, &agent_id).await?;
         RotateTarget::Agent { agent_id, org_id: agent.org_id }
     };
-    commands::rotate(app, caller.context(app), target, label).await
+    let mut context = caller.context(app);
+    context.provenance.pass("org_boundary");
+    commands::rotate(app, context, target, label).await
 }

@@ -26,8 +26,16 @@ pub struct Caller<'a> {
 }
 
 impl Caller<'_> {
-    /// The context events of this call carry; `refused_by` etc. are added by the tool.
+    /// The context events of this call carry. Called once the role and the input have been
+    /// checked, so both are recorded as passed; commands add the checks they run themselves.
     pub fn context(&self, app: &AppState) -> CommandContext {
+        let mut context = self.bare_context(app);
+        context.provenance.pass("role");
+        context.provenance.pass("input");
+        context
+    }
+
+    fn bare_context(&self, app: &AppState) -> CommandContext {
         let context = CommandContext::new(self.principal.actor(), self.transport.as_str(), app.clock.now())
             .with_request_id(self.request_id);
         match &self.principal.org_id {
@@ -132,7 +140,7 @@ async fn record_refusal(app: &AppState, caller: &Caller<'_>, tool: &str, argumen
         (None, None) => ("platform", "platform".to_string()),
     };
     let by = refused_by(refusal);
-    let mut context = caller.context(app);
+    let mut context = caller.bare_context(app);
     context.provenance.fail(by, refusal.message.clone());
     let event = RefusalEvent::ActionRefused {
         tool: tool.into(),
