@@ -54,6 +54,21 @@ async fn main() {
     let append_secs = started.elapsed().as_secs_f64();
     let appends = appended.load(Ordering::Relaxed);
 
+    // The feed alone (reading in global order, no projection writes), for comparison.
+    let read_started = Instant::now();
+    let (mut after, mut read) = (0i64, 0u64);
+    loop {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("SET LOCAL enable_bitmapscan = off").execute(&mut *tx).await.unwrap();
+        let batch = commguard::store::feed::read_after(&mut *tx, after, 5_000, None).await.unwrap();
+        tx.commit().await.unwrap();
+        let Some(last) = batch.last() else { break };
+        after = last.position;
+        read += batch.len() as u64;
+    }
+    let read_secs = read_started.elapsed().as_secs_f64();
+    eprintln!("feed read alone: {read} events in {read_secs:.3}s = {:.0} events/s", read as f64 / read_secs);
+
     // Catch-up from position 0 over the whole store: the projection starts empty.
     sqlx::query("TRUNCATE audit_items, audit_stream_heads").execute(&pool).await.unwrap();
     sqlx::query("DELETE FROM projection_checkpoints").execute(&pool).await.unwrap();

@@ -35,7 +35,7 @@ pub struct Capabilities {
     pub voice_ai: bool,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Agent {
     org_id: Option<String>,
     status: Option<AgentStatus>,

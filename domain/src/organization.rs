@@ -19,7 +19,7 @@ pub struct OrgSettings {
     pub max_spend_per_month: Option<i64>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Organization {
     mode: Option<OrgMode>,
     /// The mode to restore on unsuspension.

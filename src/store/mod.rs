@@ -2,6 +2,7 @@
 //! with our append path), sealed personal data, the global order and the projection runner.
 
 pub mod chain;
+mod committer;
 pub mod context;
 pub mod embedded;
 pub mod envelope;
@@ -91,7 +92,7 @@ impl Store {
 
     /// A command framework for aggregate `A` over this store, snapshotting long streams
     /// (`snapshots::SnapshotStore`, which replaces cqrs-es 0.5's broken snapshot store).
-    pub fn framework<A: Aggregate>(&self, services: A::Services) -> Framework<A> {
+    pub fn framework<A: Aggregate + Clone>(&self, services: A::Services) -> Framework<A> {
         let store = snapshots::SnapshotStore::new(self.repo.clone(), SNAPSHOT_EVERY);
         CqrsFramework::new(store, Vec::new(), services)
     }
@@ -107,7 +108,7 @@ impl Store {
         context: &CommandContext,
     ) -> Result<Option<i64>, AggregateError<A::Error>>
     where
-        A: Aggregate,
+        A: Aggregate + Clone,
         A::Command: Clone,
     {
         let mut attempt = 0;

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::chain;
+use super::committer::{Append, Committer, Row};
 use super::receipt;
 use super::context::CommandContext;
 use super::keystore::KeyStore;
@@ -36,12 +37,14 @@ pub struct EventRepository {
     appended: Arc<Notify>,
     /// The last hash of recently loaded or appended streams, so an append needs no extra read.
     heads: Arc<HeadCache>,
+    committer: Committer,
 }
 
 impl EventRepository {
     pub fn new(pool: PgPool, keystore: KeyStore, appended: Arc<Notify>) -> Self {
         let reads = Arc::new(PostgresEventRepository::new(pool.clone()));
-        Self { pool, reads, keystore, appended, heads: Arc::new(HeadCache::default()) }
+        let committer = Committer::start(pool.clone());
+        Self { pool, reads, keystore, appended, heads: Arc::new(HeadCache::default()), committer }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -89,13 +92,7 @@ impl EventRepository {
         let expected = first.sequence as i64 - 1;
         let mut prev_hash = self.head_hash(aggregate_type, aggregate_id, expected).await?;
 
-        // Columns for one set-based insert.
-        let n = events.len();
-        let mut sequences = Vec::with_capacity(n);
-        let (mut types, mut versions, mut payloads, mut metadatas) =
-            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        let (mut ids, mut times, mut orgs, mut prevs, mut hashes) =
-            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut rows = Vec::with_capacity(events.len());
         for (event, mut p) in events.iter().zip(prepared) {
             p.metadata.insert("prevHash".into(), Value::String(prev_hash.clone()));
             let mut metadata = Value::Object(p.metadata);
@@ -110,70 +107,29 @@ impl EventRepository {
                 &metadata,
             );
             metadata["hash"] = Value::String(hash.clone());
-            sequences.push(event.sequence as i64);
-            types.push(event.event_type.as_str());
-            versions.push(event.event_version.as_str());
-            payloads.push(p.payload);
-            metadatas.push(metadata);
-            ids.push(p.event_id);
-            times.push(p.context.occurred_at);
-            orgs.push(p.context.org_id);
-            prevs.push(std::mem::replace(&mut prev_hash, hash.clone()));
-            hashes.push(hash);
+            rows.push(Row {
+                sequence: event.sequence as i64,
+                event_type: event.event_type.clone(),
+                event_version: event.event_version.clone(),
+                payload: p.payload,
+                metadata,
+                event_id: p.event_id,
+                occurred_at: p.context.occurred_at,
+                org_id: p.context.org_id,
+                prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
+                hash,
+            });
         }
-        let last_sequence = *sequences.last().expect("events is not empty");
+        let last_sequence = rows.last().expect("events is not empty").sequence;
+        let last_hash = rows.last().expect("events is not empty").hash.clone();
 
-        // One statement, one implicit transaction: the events and the new chain head. A racing
-        // append of the same sequence violates the primary key and the whole statement fails;
-        // the head only moves from the sequence this command was decided on.
-        let (moved, position): (i64, Option<i64>) = sqlx::query_as(
-            "WITH appended AS (
-                 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
-                                     payload, metadata, position, event_id, occurred_at, org_id, prev_hash, hash)
-                 SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, e.metadata,
-                        (pg_current_xact_id()::text::bigint << 12) + e.ord - 1,
-                        e.event_id, e.occurred_at, e.org_id, e.prev_hash, e.hash
-                 FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::json[], $7::json[], $8::uuid[],
-                             $9::timestamptz[], $10::text[], $11::text[], $12::text[])
-                      WITH ORDINALITY AS e(sequence, event_type, event_version, payload, metadata, event_id,
-                                           occurred_at, org_id, prev_hash, hash, ord)
-                 RETURNING position
-             ), head AS (
-                 INSERT INTO chain_heads AS h (aggregate_type, aggregate_id, last_sequence, last_hash)
-                 VALUES ($1, $2, $13, $14)
-                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-                     SET last_sequence = EXCLUDED.last_sequence, last_hash = EXCLUDED.last_hash
-                     WHERE h.last_sequence = $15
-                 RETURNING 1
-             )
-             SELECT (SELECT COUNT(*) FROM head), (SELECT MAX(position) FROM appended)",
-        )
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .bind(&sequences)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&payloads)
-        .bind(&metadatas)
-        .bind(&ids)
-        .bind(&times)
-        .bind(&orgs)
-        .bind(&prevs)
-        .bind(&hashes)
-        .bind(last_sequence)
-        .bind(hashes.last())
-        .bind(expected)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_error)?;
-        if moved == 0 {
-            // Unreachable while the primary key holds: recorded loudly rather than ignored.
-            tracing::error!(aggregate_type, aggregate_id, "chain head did not move with its events");
-            return Err(PersistenceError::OptimisticLockError);
-        }
-        self.heads.insert((aggregate_type.to_string(), aggregate_id.to_string()), (last_sequence, hashes.last().cloned().unwrap_or_default()));
+        // Group commit: the events and the new chain head, in one statement with whatever other
+        // appends are waiting. The head only moves from the sequence this command was decided on.
+        let append = Append { aggregate_type: aggregate_type.to_string(), aggregate_id: aggregate_id.to_string(), expected, rows };
+        let position = self.committer.append(append).await?;
+        self.heads.insert((aggregate_type.to_string(), aggregate_id.to_string()), (last_sequence, last_hash));
         self.appended.notify_waiters();
-        Ok(position)
+        Ok(Some(position))
     }
 
     /// The last sequence and hash of a stream, for appends that do not load the aggregate.

@@ -6,25 +6,41 @@
 //! it — exactly the state after the new events. Snapshots are a cache: a load applies every event
 //! after the snapshot's sequence, an unreadable snapshot falls back to a full replay, and a failed
 //! snapshot write never fails the command whose events are already committed.
+//!
+//! It also keeps the aggregates it last committed in memory, so the next command on a hot stream
+//! skips the load. That is safe under concurrency because appends are optimistic: if another
+//! writer (or instance) appended meanwhile, the append of a command decided on the cached state
+//! conflicts on the stream's primary key, the entry is dropped, and the retry loads from Postgres.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventRepository, PersistenceError, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 
 use super::repository::EventRepository;
 
+/// Aggregates cached per store; past this many the cache starts over (it is only a cache).
+const CACHED_AGGREGATES: usize = 10_000;
+
+struct Cached<A> {
+    aggregate: A,
+    sequence: usize,
+    snapshot: Option<usize>,
+}
+
 pub struct SnapshotStore<A> {
     repo: EventRepository,
     every: usize,
+    cache: Arc<Mutex<HashMap<String, Cached<A>>>>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
 impl<A> SnapshotStore<A> {
     /// Snapshots each stream whenever it crosses a multiple of `every` events.
     pub fn new(repo: EventRepository, every: usize) -> Self {
-        Self { repo, every: every.max(1), _aggregate: PhantomData }
+        Self { repo, every: every.max(1), cache: Arc::default(), _aggregate: PhantomData }
     }
 }
 
@@ -35,7 +51,7 @@ fn deserialize<A: Aggregate>(events: Vec<SerializedEvent>) -> Result<Vec<EventEn
         .collect()
 }
 
-impl<A: Aggregate> EventStore<A> for SnapshotStore<A> {
+impl<A: Aggregate + Clone> EventStore<A> for SnapshotStore<A> {
     type AC = EventStoreAggregateContext<A>;
 
     async fn load_events(&self, aggregate_id: &str) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
@@ -43,6 +59,14 @@ impl<A: Aggregate> EventStore<A> for SnapshotStore<A> {
     }
 
     async fn load_aggregate(&self, aggregate_id: &str) -> Result<Self::AC, AggregateError<A::Error>> {
+        if let Some(cached) = self.cache.lock().expect("aggregate cache lock").get(aggregate_id) {
+            return Ok(EventStoreAggregateContext {
+                aggregate_id: aggregate_id.to_string(),
+                aggregate: cached.aggregate.clone(),
+                current_sequence: cached.sequence,
+                current_snapshot: cached.snapshot,
+            });
+        }
         let snapshot = self.repo.get_snapshot::<A>(aggregate_id).await?;
         let mut context = snapshot
             .and_then(|s| {
@@ -98,7 +122,18 @@ impl<A: Aggregate> EventStore<A> for SnapshotStore<A> {
         } else {
             None
         };
-        self.repo.persist::<A>(&serialized, snapshot).await?;
+        let snapshot_number = snapshot.as_ref().map(|s| s.2).or(context.current_snapshot);
+        if let Err(e) = self.repo.persist::<A>(&serialized, snapshot).await {
+            // Decided on a state someone else has moved past: the retry must load afresh.
+            self.cache.lock().expect("aggregate cache lock").remove(&context.aggregate_id);
+            return Err(e.into());
+        }
+        let mut cache = self.cache.lock().expect("aggregate cache lock");
+        if cache.len() >= CACHED_AGGREGATES {
+            cache.clear();
+        }
+        let entry = Cached { aggregate: context.aggregate, sequence: after, snapshot: snapshot_number };
+        cache.insert(context.aggregate_id, entry);
         Ok(envelopes)
     }
 }
