@@ -75,14 +75,7 @@ async fn main() {
     let projection = AuditProjection;
     let tables = Tables::live(projection.tables());
     let catch_started = Instant::now();
-    let mut projected = 0u64;
-    loop {
-        let n = runner::run_batch(&pool, &projection, projection.name(), &tables, 5_000).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        projected += n as u64;
-    }
+    let projected = runner::catch_up(&pool, &projection, projection.name(), &tables, 5_000).await.unwrap();
     let catch_secs = catch_started.elapsed().as_secs_f64();
     println!(
         "{{\"writers\":{writers},\"stream_length\":{stream_length},\"seconds\":{append_secs:.2},\"appends\":{appends},\"appends_per_sec\":{:.1},\"projected\":{projected},\"catch_up_seconds\":{catch_secs:.3},\"catch_up_events_per_sec\":{:.1}}}",

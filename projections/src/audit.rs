@@ -162,34 +162,71 @@ impl Projection for AuditProjection {
             .execute(&mut *conn)
             .await?;
 
+            // COPY, not INSERT: the audit view gets one row per event, and COPY's text format
+            // inserts them at about twice the rate of a set-based INSERT (measured in the
+            // event-store benchmark's catch-up).
             let mut rows = Rows::default();
             events.iter().for_each(|e| rows.push(e));
-            sqlx::query(&format!(
-                "INSERT INTO {} (position, occurred_at, aggregate_type, aggregate_id, sequence, event_type,
-                                 outcome, actor_kind, actor_id, agent_id, org_id, refused_by, code, rule)
-                 SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[],
-                                      $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                                      $12::text[], $13::text[], $14::text[])",
-                tables.get("audit_items")
-            ))
-            .bind(&rows.position)
-            .bind(&rows.occurred_at)
-            .bind(&rows.aggregate_type)
-            .bind(&rows.aggregate_id)
-            .bind(&rows.sequence)
-            .bind(&rows.event_type)
-            .bind(&rows.outcome)
-            .bind(&rows.actor_kind)
-            .bind(&rows.actor_id)
-            .bind(&rows.agent_id)
-            .bind(&rows.org_id)
-            .bind(&rows.refused_by)
-            .bind(&rows.code)
-            .bind(&rows.rule)
-            .execute(&mut *conn)
-            .await?;
+            let mut copy = conn
+                .copy_in_raw(&format!(
+                    "COPY {} (position, occurred_at, aggregate_type, aggregate_id, sequence, event_type, outcome,
+                              actor_kind, actor_id, agent_id, org_id, refused_by, code, rule) FROM STDIN",
+                    tables.get("audit_items")
+                ))
+                .await?;
+            copy.send(rows.copy_text()).await?;
+            copy.finish().await?;
             Ok(())
         })
+    }
+}
+
+impl Rows {
+    /// The rows in COPY's text format.
+    fn copy_text(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.position.len() * 160);
+        for i in 0..self.position.len() {
+            let fields: [Option<&str>; 14] = [
+                Some(&self.position[i].to_string()),
+                Some(&crate::rfc3339_micros(self.occurred_at[i])),
+                Some(&self.aggregate_type[i]),
+                Some(&self.aggregate_id[i]),
+                Some(&self.sequence[i].to_string()),
+                Some(&self.event_type[i]),
+                Some(self.outcome[i]),
+                self.actor_kind[i].as_deref(),
+                self.actor_id[i].as_deref(),
+                self.agent_id[i].as_deref(),
+                self.org_id[i].as_deref(),
+                self.refused_by[i].as_deref(),
+                self.code[i].as_deref(),
+                self.rule[i].as_deref(),
+            ];
+            for (n, field) in fields.iter().enumerate() {
+                if n > 0 {
+                    out.push(b'\t');
+                }
+                match field {
+                    None => out.extend_from_slice(b"\\N"),
+                    Some(text) => copy_escape(text, &mut out),
+                }
+            }
+            out.push(b'\n');
+        }
+        out
+    }
+}
+
+/// Escapes a value for COPY's text format: backslash, tab, newline and carriage return.
+fn copy_escape(text: &str, out: &mut Vec<u8>) {
+    for &b in text.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
     }
 }
 

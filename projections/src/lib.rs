@@ -92,6 +92,11 @@ pub fn shadow_name(table: &str) -> String {
     format!("{table}__shadow")
 }
 
+/// A timestamp as Postgres reads it back exactly (microseconds, UTC).
+pub fn rfc3339_micros(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, thiserror::Error)]

@@ -54,6 +54,55 @@ pub async fn run_batch(
     Ok(applied)
 }
 
+/// Applies everything below the horizon in batches, reading batch n+1 on a second connection
+/// while batch n is applied, so catching up costs max(read, apply) per batch instead of the sum.
+/// Each batch is applied under the projection's lock and only if the checkpoint is still where
+/// the prefetch started (another instance may have moved it; then the prefetch is dropped).
+/// Returns how many events were applied.
+pub async fn catch_up(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    checkpoint: &str,
+    tables: &Tables,
+    batch: i64,
+) -> Result<u64, RunnerError> {
+    let mut applied = 0u64;
+    let mut after = checkpoint_of(&mut *pool.acquire().await?, checkpoint).await?;
+    let mut next = prefetch(pool.clone(), after, batch);
+    loop {
+        let events = next.await.expect("the prefetch task does not panic")?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(applied);
+        };
+        next = prefetch(pool.clone(), last, batch);
+        let mut tx = pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('commguard.projection.' || $1))")
+            .bind(projection.name())
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked || checkpoint_of(&mut tx, checkpoint).await? != after {
+            // Someone else is applying this projection: leave it to them.
+            return Ok(applied);
+        }
+        durability_relaxed(&mut tx).await?;
+        projection.apply(&mut tx, tables, &events).await?;
+        set_checkpoint(&mut tx, checkpoint, last).await?;
+        tx.commit().await?;
+        applied += events.len() as u64;
+        after = last;
+    }
+}
+
+fn prefetch(pool: PgPool, after: i64, batch: i64) -> JoinHandle<Result<Vec<feed::StoredEvent>, sqlx::Error>> {
+    tokio::spawn(async move {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL enable_bitmapscan = off").execute(&mut *tx).await?;
+        let events = feed::read_after(&mut *tx, after, batch, None).await?;
+        tx.commit().await?;
+        Ok(events)
+    })
+}
+
 /// Inside the caller's transaction: reads the checkpoint, applies the next events below the
 /// horizon, and moves the checkpoint past them.
 async fn apply_batch(
@@ -118,7 +167,7 @@ pub fn spawn_all(
             tokio::spawn(async move {
                 let tables = Tables::live(projection.tables());
                 loop {
-                    let wait = match run_batch(&pool, projection.as_ref(), projection.name(), &tables, BATCH).await {
+                    let wait = match catch_up(&pool, projection.as_ref(), projection.name(), &tables, BATCH).await {
                         Ok(n) if n > 0 => continue,
                         Ok(_) => IDLE_POLL,
                         Err(e) => {
