@@ -185,6 +185,16 @@ impl Server {
                 sessions.expire_idle().await;
             }
         }));
+        let (pool, clock) = (state.pool.clone(), state.clock.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                if let Err(e) = crate::outbound::limits::prune_recent(&pool, clock.now()).await {
+                    tracing::warn!(error = %e, "old rate-window rows not pruned");
+                }
+            }
+        }));
         let runners = runners.into_iter().chain(tasks).collect();
         let sessions = state.sessions.clone();
         let app = router(state, hardening).into_make_service_with_connect_info::<SocketAddr>();

@@ -75,11 +75,13 @@ pub struct ApiError {
     /// A status other than the code's, where the contract fixes one (`/messages` answers an
     /// unknown session with 400 and code `not_found`).
     pub status: Option<StatusCode>,
+    /// The refusal is already an event (`MessageBlocked`, …): callers must not record it again.
+    pub recorded: bool,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), extra: Map::new(), headers: Vec::new(), status: None }
+        Self { code, message: message.into(), extra: Map::new(), headers: Vec::new(), status: None, recorded: false }
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {

@@ -14,5 +14,6 @@ pub mod http;
 pub mod jobs;
 pub mod mcp;
 pub mod money;
+pub mod outbound;
 pub mod store;
 pub mod validate;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::pii::Pii;
 use crate::values::{normalise_blocked_channels, IssuedToken, OrgMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +115,37 @@ pub enum AgentEvent {
     AgentChannelsBlocked { blocked_channels: Vec<String> },
     /// A refused tool call about this agent (appended by `Store::record`; changes no state).
     ActionRefused { tool: String, agent_id: Option<String>, code: String, refused_by: String, reason: String },
+    /// Outbound facts, decided by the outbound pipeline (limits and compliance live outside the
+    /// aggregate, in Postgres) and appended by `Store::record`; they change no aggregate state.
+    /// Money is integer micro-dollars.
+    MessageSent {
+        message_id: Uuid,
+        channel: String,
+        purpose: String,
+        to: Pii,
+        from: Option<String>,
+        subject: Option<Pii>,
+        body: Pii,
+        html: Option<Pii>,
+        provider: String,
+        external_id: String,
+        status: String,
+        cost: i64,
+        warnings: Vec<serde_json::Value>,
+    },
+    MessageBlocked {
+        message_id: Uuid,
+        channel: String,
+        purpose: String,
+        to: Pii,
+        body: Pii,
+        refused_by: String,
+        code: String,
+        rule: Option<String>,
+        limit_type: Option<String>,
+        reason: String,
+    },
+    MessageFailed { message_id: Uuid, channel: String, to: Pii, provider: String, error: String },
 }
 
 impl DomainEvent for AgentEvent {
@@ -125,6 +157,9 @@ impl DomainEvent for AgentEvent {
             Self::AgentTokenRevoked { .. } => "AgentTokenRevoked",
             Self::AgentChannelsBlocked { .. } => "AgentChannelsBlocked",
             Self::ActionRefused { .. } => "ActionRefused",
+            Self::MessageSent { .. } => "MessageSent",
+            Self::MessageBlocked { .. } => "MessageBlocked",
+            Self::MessageFailed { .. } => "MessageFailed",
         }
         .into()
     }
@@ -228,7 +263,7 @@ impl Aggregate for Agent {
             E::AgentTokenIssued { token_id, .. } => self.active_tokens.push(token_id),
             E::AgentTokenRevoked { token_ids, .. } => self.active_tokens.retain(|t| !token_ids.contains(t)),
             E::AgentChannelsBlocked { blocked_channels } => self.blocked_channels = blocked_channels,
-            E::ActionRefused { .. } => {}
+            E::ActionRefused { .. } | E::MessageSent { .. } | E::MessageBlocked { .. } | E::MessageFailed { .. } => {}
         }
     }
 }

@@ -10,4 +10,5 @@ mod event_store;
 mod hardening;
 mod identity;
 mod mcp_e2e;
+mod outbound;
 mod server;

@@ -4,6 +4,7 @@
 //! refusal as `ActionRefused` (CONTRACT §6.1).
 
 mod directory;
+mod outbound;
 mod ping;
 
 use commguard_domain::records::RefusalEvent;
@@ -32,6 +33,15 @@ impl Caller<'_> {
         let mut context = self.bare_context(app);
         context.provenance.pass("role");
         context.provenance.pass("input");
+        context
+    }
+
+    /// A context with `checks` recorded as passed (the outbound pipeline names its own).
+    pub fn context_checked(&self, app: &AppState, checks: &[&str]) -> CommandContext {
+        let mut context = self.bare_context(app);
+        for check in checks {
+            context.provenance.pass(check);
+        }
         context
     }
 
@@ -76,6 +86,7 @@ const TOOLS: &[Tool] = &[
     directory::DEPROVISION_CHANNELS,
     directory::GET_CHANNEL_STATUS,
     directory::ROTATE_TOKEN,
+    outbound::SEND_MESSAGE,
 ];
 
 /// The `tools/list` entries a caller of `role` may see.
@@ -90,7 +101,7 @@ pub fn list(role: Role) -> Vec<Value> {
 /// Runs tool `name`; a refusal is recorded before it is returned.
 pub async fn call(app: &AppState, caller: &Caller<'_>, name: &str, arguments: Value) -> Result<Value, ApiError> {
     let outcome = dispatch(app, caller, name, &arguments).await;
-    if let Err(refusal) = &outcome {
+    if let Some(refusal) = outcome.as_ref().err().filter(|r| !r.recorded) {
         record_refusal(app, caller, name, &arguments, refusal).await;
     }
     outcome
@@ -108,6 +119,7 @@ async fn dispatch(app: &AppState, caller: &Caller<'_>, name: &str, arguments: &V
         "comms_deprovision_channels" => directory::deprovision_channels(app, caller, &args).await,
         "comms_get_channel_status" => directory::get_channel_status(app, caller, &args).await,
         "comms_rotate_token" => directory::rotate_token(app, caller, &args).await,
+        "comms_send_message" => crate::outbound::send_message(app, caller, &args).await,
         other => Err(ApiError::internal(format!("tool {other} has no handler"))),
     }
 }

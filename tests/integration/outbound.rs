@@ -1,0 +1,194 @@
+//! Outbound messages through the whole pipeline (mock provider): limits exact under concurrency
+//! on one instance and split over two, failed provider calls consume nothing, spend caps, and
+//! every outcome is an event with the checks that ran.
+
+use serde_json::{json, Value};
+
+use crate::support::{TestDb, TestServer};
+
+const MASTER: &str = "outbound-test-master-token-0123456789abcdef";
+
+/// An MCP session over Streamable HTTP for one token.
+struct Session<'a> {
+    server: &'a TestServer,
+    token: String,
+    id: String,
+}
+
+impl<'a> Session<'a> {
+    async fn open(server: &'a TestServer, token: &str) -> Self {
+        let init = server
+            .http
+            .post(server.url("/mcp"))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(init.status(), 200);
+        let id = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
+        Self { server, token: token.into(), id }
+    }
+
+    /// (isError, the result's JSON).
+    async fn call(&self, tool: &str, args: Value) -> (bool, Value) {
+        let reply: Value = self
+            .server
+            .http
+            .post(self.server.url("/mcp"))
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool, "arguments": args}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let result = &reply["result"];
+        (result["isError"].as_bool().unwrap(), serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap())
+    }
+
+    async fn ok(&self, tool: &str, args: Value) -> Value {
+        let (is_error, value) = self.call(tool, args).await;
+        assert!(!is_error, "{tool}: {value}");
+        value
+    }
+}
+
+fn vars(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut v = vec![("MASTER_SECURITY_TOKEN", MASTER), ("HTTP_RATE_LIMIT_PER_IP", "1000000"), ("HTTP_RATE_LIMIT_GLOBAL", "1000000")];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// A sandbox org with one SMS- and email-capable agent; returns the agent's token and id.
+async fn agent(s: &TestServer, slug: &str) -> (String, String) {
+    let master = Session::open(s, MASTER).await;
+    let org = master.ok("comms_create_organization", json!({"name": slug, "slug": slug, "a2pRegistered": true})).await;
+    let admin = Session::open(s, org["adminToken"].as_str().unwrap()).await;
+    let agent = admin.ok("comms_provision_channels", json!({"displayName": "Sender", "capabilities": {"phone": true, "email": true}})).await;
+    (agent["securityToken"].as_str().unwrap().to_string(), agent["agentId"].as_str().unwrap().to_string())
+}
+
+async fn count(db: &TestDb, event_type: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = $1").bind(event_type).fetch_one(&db.pool().await).await.unwrap()
+}
+
+/// Sends `n` SMS at once, spread over `servers`, each from its own session; returns the outcomes.
+async fn burst(servers: &[&TestServer], token: &str, n: usize) -> Vec<(bool, Value)> {
+    let mut sessions = Vec::new();
+    for i in 0..n {
+        sessions.push(Session::open(servers[i % servers.len()], token).await);
+    }
+    let sends = sessions.iter().enumerate().map(|(i, s)| s.call("comms_send_message", json!({"to": format!("+1202555{:04}", i), "body": "Your table is ready."})));
+    futures::future::join_all(sends).await
+}
+
+fn assert_exactly(outcomes: &[(bool, Value)], admitted: usize) {
+    let sent = outcomes.iter().filter(|(e, _)| !e).count();
+    assert_eq!(sent, admitted, "exactly the limit gets through");
+    for (_, refusal) in outcomes.iter().filter(|(e, _)| *e) {
+        assert_eq!(refusal["code"], "rate_limited", "{refusal}");
+        assert_eq!(refusal["limitType"], "per-minute");
+        assert_eq!(refusal["max"], admitted as i64);
+        assert_eq!(refusal["error"], format!("Rate limit exceeded: per-minute ({admitted}/{admitted}). Resets in up to 60 seconds."));
+        assert!(refusal["resetAt"].as_str().is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_sends_against_a_limit_of_fifty_let_exactly_fifty_through() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars(&[("DEFAULT_MAX_ACTIONS_PER_MINUTE", "50"), ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"), ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000")])).await;
+    let (token, _) = agent(&s, "burst-one").await;
+    let outcomes = burst(&[&s], &token, 200).await;
+    assert_exactly(&outcomes, 50);
+    assert_eq!((count(&db, "MessageSent").await, count(&db, "MessageBlocked").await), (50, 150));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_is_exact_when_two_instances_share_the_burst() {
+    let db = TestDb::new().await;
+    let v = vars(&[("DEFAULT_MAX_ACTIONS_PER_MINUTE", "50"), ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"), ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000")]);
+    let a = TestServer::start(&db, &v).await;
+    let b = TestServer::start(&db, &v).await;
+    let (token, _) = agent(&a, "burst-two").await;
+    let outcomes = burst(&[&a, &b], &token, 200).await;
+    assert_exactly(&outcomes, 50);
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_provider_call_consumes_no_quota_and_spend_caps_refuse() {
+    let db = TestDb::new().await;
+    // Two SMS fit the daily spend cap (2 × 0.0079 ≤ 0.02), a third would not.
+    let s = TestServer::start(&db, &vars(&[("DEFAULT_MAX_SPEND_PER_DAY", "0.02")])).await;
+    let (token, agent_id) = agent(&s, "spender").await;
+    let me = Session::open(&s, &token).await;
+
+    let (is_error, failed) = me.call("comms_send_message", json!({"to": "+15005550001", "body": "hello"})).await;
+    assert!(is_error);
+    assert_eq!((failed["code"].as_str(), failed["provider"].as_str()), (Some("provider_error"), Some("mock")));
+    for _ in 0..2 {
+        let sent = me.ok("comms_send_message", json!({"to": "+12025550100", "body": "hello"})).await;
+        assert_eq!((sent["status"].as_str(), sent["cost"].as_f64(), sent["sandbox"].as_bool()), (Some("sent"), Some(0.0079), Some(true)));
+        assert!(sent["externalId"].as_str().unwrap().starts_with("SM"));
+    }
+    let (is_error, refused) = me.call("comms_send_message", json!({"to": "+12025550100", "body": "hello"})).await;
+    assert!(is_error);
+    assert_eq!(refused["limitType"], "daily-spend", "{refused}");
+    assert_eq!(refused["error"], "Rate limit exceeded: daily-spend (0.0158/0.02). Resets at midnight UTC.");
+
+    // Email: a subject is required, and CAN-SPAM warns without an unsubscribe link.
+    let (is_error, missing) = me.call("comms_send_message", json!({"channel": "email", "to": "a@example.com", "body": "hi"})).await;
+    assert!(is_error);
+    assert_eq!(missing["error"], "Invalid input for \"subject\": Subject is required for email channel");
+
+    let pool = db.pool().await;
+    let (failed, blocked): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*) FILTER (WHERE event_type = 'MessageFailed'), COUNT(*) FILTER (WHERE event_type = 'MessageBlocked') FROM events WHERE aggregate_id = $1",
+    )
+    .bind(&agent_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((failed, blocked), (1, 1));
+    let provenance: Value = sqlx::query_scalar(
+        "SELECT metadata::jsonb -> 'provenance' FROM events WHERE event_type = 'MessageSent' AND aggregate_id = $1 LIMIT 1",
+    )
+    .bind(&agent_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let checks: Vec<(&str, &str)> = provenance["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["check"].as_str().unwrap(), c["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            ("agent_resolve", "pass"),
+            ("role", "pass"),
+            ("input", "pass"),
+            ("org_boundary", "pass"),
+            ("agent_state", "pass"),
+            ("org_state", "pass"),
+            ("content_filter", "skipped"),
+            ("dnc", "skipped"),
+            ("consent", "skipped"),
+            ("limits", "pass"),
+            ("provider", "pass"),
+        ]
+    );
+    // The recipient and the body are sealed in the stored event.
+    let sent: Value = sqlx::query_scalar("SELECT payload::jsonb FROM events WHERE event_type = 'MessageSent' LIMIT 1").fetch_one(&pool).await.unwrap();
+    assert!(sent["to"]["$pii"].is_number() && sent["body"]["$pii"].is_number(), "{sent}");
+    s.stop().await;
+}
