@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::limits::{LimitSet, Overrides, OverridesChange, Tier};
 use crate::pii::Pii;
 use crate::values::{normalise_blocked_channels, IssuedToken, OrgMode};
 
@@ -42,6 +43,12 @@ pub struct Agent {
     status: Option<AgentStatus>,
     active_tokens: Vec<Uuid>,
     blocked_channels: Vec<String>,
+    #[serde(default)]
+    tier: Tier,
+    #[serde(default)]
+    overrides: Overrides,
+    #[serde(default)]
+    markup_percent: Option<f64>,
 }
 
 impl Agent {
@@ -59,6 +66,14 @@ impl Agent {
 
     pub fn blocked_channels(&self) -> &[String] {
         &self.blocked_channels
+    }
+
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    pub fn overrides(&self) -> Overrides {
+        self.overrides
     }
 }
 
@@ -92,6 +107,9 @@ pub enum AgentAction {
     /// Revokes every active token of the agent and issues `token`.
     RotateToken { token: IssuedToken, issued_via: IssuedVia, reason: String },
     BlockChannels { channels: Vec<String> },
+    /// `starter`: the deployment's starter tier, which effective limits fall back to.
+    SetLimits { change: OverridesChange, starter: LimitSet },
+    SetBilling { tier: Option<Tier>, markup_percent: Option<Option<f64>>, billing_email: Option<Option<String>>, starter: LimitSet },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,6 +133,8 @@ pub enum AgentEvent {
     AgentChannelsBlocked { blocked_channels: Vec<String> },
     /// A refused tool call about this agent (appended by `Store::record`; changes no state).
     ActionRefused { tool: String, agent_id: Option<String>, code: String, refused_by: String, reason: String },
+    LimitsChanged { overrides_before: Overrides, overrides_after: Overrides, effective: LimitSet },
+    BillingConfigChanged { tier: Tier, markup_percent: Option<f64>, billing_email: Option<Pii>, tier_limits: LimitSet },
     /// Outbound facts, decided by the outbound pipeline (limits and compliance live outside the
     /// aggregate, in Postgres) and appended by `Store::record`; they change no aggregate state.
     /// Money is integer micro-dollars.
@@ -157,6 +177,8 @@ impl DomainEvent for AgentEvent {
             Self::AgentTokenRevoked { .. } => "AgentTokenRevoked",
             Self::AgentChannelsBlocked { .. } => "AgentChannelsBlocked",
             Self::ActionRefused { .. } => "ActionRefused",
+            Self::LimitsChanged { .. } => "LimitsChanged",
+            Self::BillingConfigChanged { .. } => "BillingConfigChanged",
             Self::MessageSent { .. } => "MessageSent",
             Self::MessageBlocked { .. } => "MessageBlocked",
             Self::MessageFailed { .. } => "MessageFailed",
@@ -241,6 +263,24 @@ impl Aggregate for Agent {
                 events.push(issued(token, issued_via));
                 events
             }
+            (Some(_), AgentAction::SetLimits { change, starter }) => {
+                let after = self.overrides.changed(change);
+                vec![E::LimitsChanged {
+                    overrides_before: self.overrides,
+                    overrides_after: after,
+                    effective: after.effective(self.tier.limits(starter)),
+                }]
+            }
+            (Some(_), AgentAction::SetBilling { tier, markup_percent, billing_email, starter }) => {
+                let tier = tier.unwrap_or(self.tier);
+                vec![E::BillingConfigChanged {
+                    tier,
+                    markup_percent: markup_percent.unwrap_or(self.markup_percent),
+                    // The billing address is personal data: sealed under the agent's org subject key.
+                    billing_email: billing_email.flatten().map(Pii::subject),
+                    tier_limits: tier.limits(starter),
+                }]
+            }
             // Blocking stays possible on a deprovisioned agent: it only ever narrows what it may do.
             (Some(_), AgentAction::BlockChannels { channels }) => {
                 vec![E::AgentChannelsBlocked { blocked_channels: normalise_blocked_channels(&channels) }]
@@ -263,6 +303,11 @@ impl Aggregate for Agent {
             E::AgentTokenIssued { token_id, .. } => self.active_tokens.push(token_id),
             E::AgentTokenRevoked { token_ids, .. } => self.active_tokens.retain(|t| !token_ids.contains(t)),
             E::AgentChannelsBlocked { blocked_channels } => self.blocked_channels = blocked_channels,
+            E::LimitsChanged { overrides_after, .. } => self.overrides = overrides_after,
+            E::BillingConfigChanged { tier, markup_percent, .. } => {
+                self.tier = tier;
+                self.markup_percent = markup_percent;
+            }
             E::ActionRefused { .. } | E::MessageSent { .. } | E::MessageBlocked { .. } | E::MessageFailed { .. } => {}
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod countries;
+pub mod limits;
 pub mod organization;
 pub mod pii;
 pub mod records;

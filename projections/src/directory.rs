@@ -15,6 +15,7 @@ pub const IDENTITY_CHANNEL: &str = "commguard_identity";
 pub struct OrgsProjection;
 pub struct AgentsProjection;
 pub struct TokensProjection;
+pub struct LimitsProjection;
 
 fn payload(event: &StoredEvent) -> Value {
     event.payload.parse().unwrap_or(Value::Null)
@@ -211,6 +212,40 @@ impl Projection for TokensProjection {
                     }
                     _ => {}
                 }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Projection for LimitsProjection {
+    fn name(&self) -> &'static str {
+        "limits"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["agent_limits"]
+    }
+
+    fn apply<'a>(&'a self, conn: &'a mut PgConnection, tables: &'a Tables, events: &'a [StoredEvent]) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let table = tables.get("agent_limits");
+            for event in events.iter().filter(|e| e.aggregate_type == "agent") {
+                let sql = match event.event_type.as_str() {
+                    "LimitsChanged" => format!(
+                        "INSERT INTO {table} (agent_id, overrides, updated_at) VALUES ($1, $2, $3)
+                         ON CONFLICT (agent_id) DO UPDATE SET overrides = EXCLUDED.overrides, updated_at = EXCLUDED.updated_at"
+                    ),
+                    "BillingConfigChanged" => format!(
+                        "INSERT INTO {table} (agent_id, tier, markup_percent, updated_at) VALUES ($1, $2->>'tier', ($2->>'markupPercent')::double precision, $3)
+                         ON CONFLICT (agent_id) DO UPDATE SET tier = EXCLUDED.tier, markup_percent = EXCLUDED.markup_percent,
+                             updated_at = EXCLUDED.updated_at"
+                    ),
+                    _ => continue,
+                };
+                let p = payload(event);
+                let value = if event.event_type == "LimitsChanged" { p.get("overridesAfter").cloned().unwrap_or(json!({})) } else { p };
+                sqlx::query(&sql).bind(&event.aggregate_id).bind(value).bind(event.occurred_at).execute(&mut *conn).await?;
             }
             Ok(())
         })

@@ -130,6 +130,7 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(directory::OrgsProjection),
         Box::new(directory::AgentsProjection),
         Box::new(directory::TokensProjection),
+        Box::new(directory::LimitsProjection),
         Box::new(audit::AuditProjection),
     ]
 }

@@ -5,6 +5,7 @@
 
 use commguard_domain::agent::{AgentAction, AgentCommand, Capabilities, IssuedVia, Provisioning};
 use commguard_domain::countries::provisioning_check;
+use commguard_domain::limits::{OverridesChange, Tier};
 use commguard_domain::organization::{OrgAction, OrganizationCommand, SettingsChange};
 use commguard_domain::values::{IssuedToken, OrgMode};
 use cqrs_es::AggregateError;
@@ -56,8 +57,12 @@ async fn lock(app: &AppState, key: &str) -> Result<Transaction<'static, Postgres
 
 /// Waits until every directory projection has applied `position`.
 async fn settle(app: &AppState, position: Option<i64>) -> Result<(), ApiError> {
+    settle_on(app, position, &["orgs", "agents", "tokens"]).await
+}
+
+async fn settle_on(app: &AppState, position: Option<i64>, projections: &[&str]) -> Result<(), ApiError> {
     if let Some(position) = position {
-        for projection in ["orgs", "agents", "tokens"] {
+        for projection in projections.iter().copied() {
             app.store.await_projection(projection, position).await.map_err(ApiError::internal)?;
         }
     }
@@ -392,4 +397,56 @@ pub fn home_org(principal: &Principal, requested: Option<String>) -> Result<Stri
 
 pub fn approved_view(view: &OrgView) -> Value {
     json!({ "success": true, "orgId": view.org_id, "mode": view.mode, "approvedAt": rfc3339(view.updated_at) })
+}
+
+/// `comms_set_agent_limits` (S): overrides change, effective limits follow (CONTRACT §9.2).
+pub async fn set_limits(app: &AppState, context: CommandContext, agent_id: &str, org_id: &str, change: OverridesChange) -> Result<Value, ApiError> {
+    let action = AgentAction::SetLimits { change, starter: super::starter(&app.config) };
+    let position = app
+        .store
+        .execute(&app.agents, agent_id, AgentCommand { agent_id: agent_id.into(), action }, &context.in_org(org_id))
+        .await
+        .map_err(|e| aggregate_error(e, |e| e.code()))?;
+    settle_on(app, position, &["limits"]).await?;
+    let view = agent(&app.pool, agent_id).await?.ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
+    Ok(json!({
+        "success": true,
+        "agentId": agent_id,
+        "currentLimits": super::limits_json(view.effective_limits(&app.config)),
+        "overrides": super::overrides_json(view.overrides()),
+        "tier": view.tier().as_str(),
+    }))
+}
+
+/// `comms_set_billing_config` (S): tier, markup, billing address.
+pub async fn set_billing(
+    app: &AppState,
+    context: CommandContext,
+    agent_id: &str,
+    org_id: &str,
+    tier: Option<Tier>,
+    markup_percent: Option<Option<f64>>,
+    billing_email: Option<Option<String>>,
+) -> Result<Value, ApiError> {
+    let starter = super::starter(&app.config);
+    let action = AgentAction::SetBilling { tier, markup_percent, billing_email: billing_email.clone(), starter };
+    let position = app
+        .store
+        .execute(&app.agents, agent_id, AgentCommand { agent_id: agent_id.into(), action }, &context.in_org(org_id))
+        .await
+        .map_err(|e| aggregate_error(e, |e| e.code()))?;
+    settle_on(app, position, &["limits"]).await?;
+    let view = agent(&app.pool, agent_id).await?.ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
+    Ok(json!({
+        "success": true,
+        "agentId": agent_id,
+        "billingConfig": {
+            "tier": view.tier().as_str(),
+            "markupPercent": view.markup_percent,
+            "billingEmail": billing_email.flatten(),
+        },
+        "tierLimits": super::limits_json(view.tier().limits(starter)),
+        "effectiveLimits": super::limits_json(view.effective_limits(&app.config)),
+        "availableTiers": Tier::ALL,
+    }))
 }

@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::{PgExecutor, PgPool};
 
+use commguard_domain::limits::{LimitSet, Overrides, Tier};
+
 use crate::error::ApiError;
 use crate::store::rfc3339;
 
@@ -23,6 +25,10 @@ pub struct AgentView {
     pub blocked_channels: Value,
     pub mode: String,
     pub provisioned_at: DateTime<Utc>,
+    /// From the limits projection (no row: starter, no overrides, global markup).
+    pub tier: Option<String>,
+    pub overrides: Option<Value>,
+    pub markup_percent: Option<f64>,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -45,8 +51,11 @@ const ORG_COLUMNS: &str = "o.org_id, o.name, o.slug, o.mode, o.a2p_registered, o
     o.max_spend_per_day, o.max_spend_per_month, o.created_at, o.updated_at, \
     (SELECT COUNT(*) FROM agents a WHERE a.org_id = o.org_id AND a.status = 'active') AS agent_count";
 
+const AGENT_COLUMNS: &str = "a.agent_id, a.org_id, a.display_name, a.agent_gender, a.country, a.status, a.capabilities, \
+    a.channels, a.blocked_channels, a.mode, a.provisioned_at, l.tier, l.overrides, l.markup_percent";
+
 pub async fn agent<'e>(db: impl PgExecutor<'e>, agent_id: &str) -> Result<Option<AgentView>, ApiError> {
-    sqlx::query_as("SELECT agent_id, org_id, display_name, agent_gender, country, status, capabilities, channels, blocked_channels, mode, provisioned_at FROM agents WHERE agent_id = $1")
+    sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents a LEFT JOIN agent_limits l USING (agent_id) WHERE a.agent_id = $1"))
         .bind(agent_id)
         .fetch_optional(db)
         .await
@@ -54,7 +63,10 @@ pub async fn agent<'e>(db: impl PgExecutor<'e>, agent_id: &str) -> Result<Option
 }
 
 pub async fn agents_of(pool: &PgPool, org_id: Option<&str>) -> Result<Vec<AgentView>, ApiError> {
-    sqlx::query_as("SELECT agent_id, org_id, display_name, agent_gender, country, status, capabilities, channels, blocked_channels, mode, provisioned_at FROM agents WHERE $1::text IS NULL OR org_id = $1 ORDER BY provisioned_at, agent_id")
+    sqlx::query_as(&format!(
+        "SELECT {AGENT_COLUMNS} FROM agents a LEFT JOIN agent_limits l USING (agent_id)
+         WHERE $1::text IS NULL OR a.org_id = $1 ORDER BY a.provisioned_at, a.agent_id"
+    ))
         .bind(org_id)
         .fetch_all(pool)
         .await
@@ -109,6 +121,19 @@ impl OrgView {
 }
 
 impl AgentView {
+    pub fn tier(&self) -> Tier {
+        self.tier.as_deref().and_then(Tier::parse).unwrap_or_default()
+    }
+
+    pub fn overrides(&self) -> Overrides {
+        self.overrides.clone().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
+    }
+
+    /// The five limits in force (CONTRACT §9.2).
+    pub fn effective_limits(&self, config: &crate::config::Config) -> LimitSet {
+        self.overrides().effective(self.tier().limits(starter(config)))
+    }
+
     pub fn status_view(&self, org: Option<&OrgView>) -> Value {
         json!({
             "agentId": self.agent_id,
@@ -122,4 +147,36 @@ impl AgentView {
             "pool": org.map(OrgView::pool),
         })
     }
+}
+
+/// The deployment's starter tier (`DEFAULT_MAX_*`).
+pub fn starter(config: &crate::config::Config) -> LimitSet {
+    LimitSet {
+        per_minute: i64::from(config.default_max_actions_per_minute),
+        per_hour: i64::from(config.default_max_actions_per_hour),
+        per_day: i64::from(config.default_max_actions_per_day),
+        spend_day: config.default_max_spend_per_day,
+        spend_month: config.default_max_spend_per_month,
+    }
+}
+
+/// Limits as the tools show them: counts as integers, spend in dollars.
+pub fn limits_json(l: LimitSet) -> Value {
+    json!({
+        "maxActionsPerMinute": l.per_minute,
+        "maxActionsPerHour": l.per_hour,
+        "maxActionsPerDay": l.per_day,
+        "maxSpendPerDay": crate::money::to_dollars(l.spend_day),
+        "maxSpendPerMonth": crate::money::to_dollars(l.spend_month),
+    })
+}
+
+pub fn overrides_json(o: Overrides) -> Value {
+    json!({
+        "maxActionsPerMinute": o.per_minute,
+        "maxActionsPerHour": o.per_hour,
+        "maxActionsPerDay": o.per_day,
+        "maxSpendPerDay": o.spend_day.map(crate::money::to_dollars),
+        "maxSpendPerMonth": o.spend_month.map(crate::money::to_dollars),
+    })
 }

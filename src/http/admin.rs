@@ -24,6 +24,7 @@ use crate::directory::{self as dir};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::{ClientIp, RequestId};
 use crate::mcp::lockout_gate;
+use crate::mcp::tools::outbound as outbound_tools;
 use crate::store::{rfc3339, CommandContext};
 use crate::validate::{invalid, Args};
 
@@ -42,6 +43,8 @@ pub fn routes(app: AppState) -> Router<AppState> {
         .route("/admin/api/agents/{agent_id}/tokens", get(agent_tokens))
         .route("/admin/api/agents/{agent_id}/regenerate-token", post(regenerate_token))
         .route("/admin/api/agents/{agent_id}/blocked-channels", post(blocked_channels))
+        .route("/admin/api/agents/{agent_id}/limits", post(agent_limits))
+        .route("/admin/api/agents/{agent_id}/billing", post(agent_billing))
         .layer(axum::middleware::from_fn_with_state(app, record_refusals))
 }
 
@@ -331,4 +334,20 @@ async fn blocked_channels(
         _ => return Err(invalid("blockedChannels", "must be an array")),
     };
     commands::block_channels(&app, admin.context, &agent_id, &agent.org_id, channels).await.map(Json)
+}
+
+async fn agent_limits(State(app): State<AppState>, admin: Admin, Path(agent_id): Path<String>, body: Option<Json<Value>>) -> Result<Json<Value>, ApiError> {
+    guard::require_role(&admin.principal, Role::SuperAdmin)?;
+    let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
+    let raw = body_args(&body);
+    let change = outbound_tools::limits_change(&Args::new(&raw)?)?;
+    commands::set_limits(&app, admin.context, &agent_id, &agent.org_id, change).await.map(Json)
+}
+
+async fn agent_billing(State(app): State<AppState>, admin: Admin, Path(agent_id): Path<String>, body: Option<Json<Value>>) -> Result<Json<Value>, ApiError> {
+    guard::require_role(&admin.principal, Role::SuperAdmin)?;
+    let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
+    let raw = body_args(&body);
+    let (tier, markup, email) = outbound_tools::billing_change(&Args::new(&raw)?)?;
+    commands::set_billing(&app, admin.context, &agent_id, &agent.org_id, tier, markup, email).await.map(Json)
 }

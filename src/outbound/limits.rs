@@ -20,15 +20,15 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The `starter` tier, from `DEFAULT_MAX_*` (CONTRACT §9.2). Tiers and per-agent overrides
-    /// arrive with `comms_set_agent_limits` / `comms_set_billing_config`.
-    pub fn starter(config: &Config) -> Self {
+    /// The agent's effective limits (tier, then overrides; CONTRACT §9.2).
+    pub fn of(agent: &crate::directory::AgentView, config: &Config) -> Self {
+        let l = agent.effective_limits(config);
         Self {
-            per_minute: Some(i64::from(config.default_max_actions_per_minute)),
-            per_hour: Some(i64::from(config.default_max_actions_per_hour)),
-            per_day: Some(i64::from(config.default_max_actions_per_day)),
-            spend_day: Some(config.default_max_spend_per_day),
-            spend_month: Some(config.default_max_spend_per_month),
+            per_minute: Some(l.per_minute),
+            per_hour: Some(l.per_hour),
+            per_day: Some(l.per_day),
+            spend_day: Some(l.spend_day),
+            spend_month: Some(l.spend_month),
         }
     }
 

@@ -92,7 +92,7 @@ pub async fn send_message(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) 
     };
     // 12: limits — a reservation; the super-admin and demo are counted, never refused.
     let unlimited = caller.principal.role() == Role::SuperAdmin || app.config.demo_mode;
-    let limits = if unlimited { Limits::unlimited() } else { Limits::starter(&app.config) };
+    let limits = if unlimited { Limits::unlimited() } else { Limits::of(&agent, &app.config) };
     let caps = if unlimited { OrgCaps::default() } else { OrgCaps { spend_day: org.max_spend_per_day, spend_month: org.max_spend_per_month } };
     let estimate = provider::estimated_cost(&message.channel);
     let reservation = match limits::reserve(&app.pool, &agent_id, &agent.org_id, app.clock.now(), estimate, limits, caps).await? {

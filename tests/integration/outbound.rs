@@ -192,3 +192,46 @@ async fn a_failed_provider_call_consumes_no_quota_and_spend_caps_refuse() {
     assert!(sent["to"]["$pii"].is_number() && sent["body"]["$pii"].is_number(), "{sent}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_and_tiers_set_the_limits_in_force() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars(&[])).await;
+    let (token, agent_id) = agent(&s, "tiers").await;
+    let master = Session::open(&s, MASTER).await;
+    let me = Session::open(&s, &token).await;
+    let send = || me.call("comms_send_message", json!({"to": "+12025550111", "body": "hi"}));
+
+    let (is_error, refusal) = me.call("comms_set_agent_limits", json!({"agentId": agent_id, "limits": {"maxActionsPerMinute": 3}})).await;
+    assert!(is_error);
+    assert_eq!(refusal["error"], "Admin access required. Agent tokens cannot perform this action.");
+    let (is_error, refusal) = master.call("comms_set_agent_limits", json!({"agentId": agent_id, "limits": {"maxActionsPerMinute": 0}})).await;
+    assert!(is_error);
+    assert_eq!(refusal["code"], "invalid_input");
+
+    let set = master.ok("comms_set_agent_limits", json!({"agentId": agent_id, "limits": {"maxActionsPerMinute": 3}})).await;
+    assert_eq!((set["currentLimits"]["maxActionsPerMinute"].as_i64(), set["tier"].as_str()), (Some(3), Some("starter")));
+    assert_eq!(set["overrides"]["maxActionsPerHour"], Value::Null);
+    for _ in 0..3 {
+        assert!(!send().await.0);
+    }
+    let (is_error, refusal) = send().await;
+    assert!(is_error);
+    assert_eq!(refusal["error"], "Rate limit exceeded: per-minute (3/3). Resets in up to 60 seconds.");
+
+    // Clearing the override returns to the tier; the free tier allows 5 a minute.
+    master.ok("comms_set_agent_limits", json!({"agentId": agent_id, "limits": {"maxActionsPerMinute": null}})).await;
+    let billing = master.ok("comms_set_billing_config", json!({"agentId": agent_id, "tier": "free", "markupPercent": 0})).await;
+    assert_eq!(billing["effectiveLimits"]["maxActionsPerMinute"], 5);
+    assert_eq!(billing["billingConfig"]["markupPercent"], 0.0);
+    assert_eq!(billing["availableTiers"], json!(["free", "starter", "pro", "enterprise"]));
+    for _ in 0..2 {
+        assert!(!send().await.0);
+    }
+    let (is_error, refusal) = send().await;
+    assert!(is_error);
+    assert_eq!(refusal["error"], "Rate limit exceeded: per-minute (5/5). Resets in up to 60 seconds.");
+    assert_eq!(count(&db, "LimitsChanged").await, 2);
+    assert_eq!(count(&db, "BillingConfigChanged").await, 1);
+    s.stop().await;
+}

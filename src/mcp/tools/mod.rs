@@ -4,7 +4,7 @@
 //! refusal as `ActionRefused` (CONTRACT §6.1).
 
 mod directory;
-mod outbound;
+pub mod outbound;
 mod ping;
 
 use commguard_domain::records::RefusalEvent;
@@ -87,6 +87,8 @@ const TOOLS: &[Tool] = &[
     directory::GET_CHANNEL_STATUS,
     directory::ROTATE_TOKEN,
     outbound::SEND_MESSAGE,
+    outbound::SET_AGENT_LIMITS,
+    outbound::SET_BILLING_CONFIG,
 ];
 
 /// The `tools/list` entries a caller of `role` may see.
@@ -120,6 +122,8 @@ async fn dispatch(app: &AppState, caller: &Caller<'_>, name: &str, arguments: &V
         "comms_get_channel_status" => directory::get_channel_status(app, caller, &args).await,
         "comms_rotate_token" => directory::rotate_token(app, caller, &args).await,
         "comms_send_message" => crate::outbound::send_message(app, caller, &args).await,
+        "comms_set_agent_limits" => outbound::set_agent_limits(app, caller, &args).await,
+        "comms_set_billing_config" => outbound::set_billing_config(app, caller, &args).await,
         other => Err(ApiError::internal(format!("tool {other} has no handler"))),
     }
 }

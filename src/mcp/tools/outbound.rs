@@ -1,9 +1,14 @@
 //! Outbound tools; the pipeline itself is `crate::outbound`.
 
-use serde_json::json;
+use commguard_domain::limits::{OverridesChange, Tier};
+use serde_json::{json, Value};
 
-use super::Tool;
+use super::{Caller, Tool};
+use crate::app::AppState;
 use crate::auth::Role;
+use crate::directory::commands;
+use crate::error::ApiError;
+use crate::validate::{invalid, Args};
 
 pub const SEND_MESSAGE: Tool = Tool {
     name: "comms_send_message",
@@ -20,3 +25,96 @@ pub const SEND_MESSAGE: Tool = Tool {
             "purpose": {"type": "string", "enum": ["marketing", "transactional"], "default": "marketing"}}})
     },
 };
+
+pub const SET_AGENT_LIMITS: Tool = Tool {
+    name: "comms_set_agent_limits",
+    role: Role::SuperAdmin,
+    description: "Override an agent's action and spend limits (null clears an override).",
+    schema: || {
+        json!({"type": "object", "required": ["agentId", "limits"], "properties": {
+            "agentId": {"type": "string"},
+            "limits": {"type": "object", "properties": {
+                "maxActionsPerMinute": {"type": ["integer", "null"], "minimum": 1},
+                "maxActionsPerHour": {"type": ["integer", "null"], "minimum": 1},
+                "maxActionsPerDay": {"type": ["integer", "null"], "minimum": 1},
+                "maxSpendPerDay": {"type": ["number", "null"], "minimum": 0},
+                "maxSpendPerMonth": {"type": ["number", "null"], "minimum": 0}}}}})
+    },
+};
+
+pub const SET_BILLING_CONFIG: Tool = Tool {
+    name: "comms_set_billing_config",
+    role: Role::SuperAdmin,
+    description: "Set an agent's tier, billing markup and billing email.",
+    schema: || {
+        json!({"type": "object", "required": ["agentId"], "properties": {
+            "agentId": {"type": "string"},
+            "tier": {"type": "string", "enum": ["free", "starter", "pro", "enterprise"]},
+            "markupPercent": {"type": ["number", "null"], "minimum": 0, "maximum": 500},
+            "billingEmail": {"type": ["string", "null"]}}})
+    },
+};
+
+/// An override: absent = unchanged, `null` = cleared, else a count ≥ 1 or dollars ≥ 0.
+fn override_field(limits: &serde_json::Map<String, Value>, field: &str, money: bool) -> Result<Option<Option<i64>>, ApiError> {
+    let path = format!("limits.{field}");
+    match limits.get(field) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(v) if money => v
+            .as_f64()
+            .filter(|d| *d >= 0.0)
+            .and_then(crate::money::from_dollars)
+            .map(|m| Some(Some(m)))
+            .ok_or_else(|| invalid(&path, "must be a number ≥ 0 with at most 6 decimals")),
+        Some(v) => v.as_i64().filter(|n| *n >= 1).map(|n| Some(Some(n))).ok_or_else(|| invalid(&path, "must be an integer ≥ 1")),
+    }
+}
+
+/// The `limits` argument of `comms_set_agent_limits` (and its admin route).
+pub fn limits_change(args: &Args<'_>) -> Result<OverridesChange, ApiError> {
+    let limits = args.object("limits")?.ok_or_else(|| invalid("limits", "is required"))?;
+    Ok(OverridesChange {
+        per_minute: override_field(limits, "maxActionsPerMinute", false)?,
+        per_hour: override_field(limits, "maxActionsPerHour", false)?,
+        per_day: override_field(limits, "maxActionsPerDay", false)?,
+        spend_day: override_field(limits, "maxSpendPerDay", true)?,
+        spend_month: override_field(limits, "maxSpendPerMonth", true)?,
+    })
+}
+
+pub async fn set_agent_limits(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
+    let agent_id = caller.agent_id(args, true)?;
+    let change = limits_change(args)?;
+    let agent = commands::addressable_agent(app, caller.principal, &agent_id).await?;
+    commands::set_limits(app, caller.context(app), &agent_id, &agent.org_id, change).await
+}
+
+/// Tier, markup and billing address of `comms_set_billing_config` (and its admin route).
+pub type BillingChange = (Option<Tier>, Option<Option<f64>>, Option<Option<String>>);
+
+pub fn billing_change(args: &Args<'_>) -> Result<BillingChange, ApiError> {
+    let tier = match args.opt_str("tier", 20)? {
+        None => None,
+        Some(t) => Some(Tier::parse(&t).ok_or_else(|| invalid("tier", "must be one of free, starter, pro, enterprise"))?),
+    };
+    let markup = match args.0.get("markupPercent") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(v) => Some(Some(v.as_f64().filter(|p| (0.0..=500.0).contains(p)).ok_or_else(|| invalid("markupPercent", "must be a number from 0 to 500"))?)),
+    };
+    let billing_email = match args.0.get("billingEmail") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(Value::String(e)) => Some(Some(crate::validate::email("billingEmail", e)?)),
+        Some(_) => return Err(invalid("billingEmail", "must be a string")),
+    };
+    Ok((tier, markup, billing_email))
+}
+
+pub async fn set_billing_config(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
+    let agent_id = caller.agent_id(args, true)?;
+    let (tier, markup, billing_email) = billing_change(args)?;
+    let agent = commands::addressable_agent(app, caller.principal, &agent_id).await?;
+    commands::set_billing(app, caller.context(app), &agent_id, &agent.org_id, tier, markup, billing_email).await
+}
