@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 pub mod audit;
 pub mod directory;
+pub mod usage;
 
 /// One stored event, as the store keeps it (personal fields sealed). Payload and metadata stay
 /// raw JSON: each projection parses only the fields it needs, which keeps catch-up fast.
@@ -131,6 +132,7 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(directory::AgentsProjection),
         Box::new(directory::TokensProjection),
         Box::new(directory::LimitsProjection),
+        Box::new(usage::UsageProjection),
         Box::new(audit::AuditProjection),
     ]
 }

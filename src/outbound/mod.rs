@@ -7,6 +7,7 @@
 pub mod compliance;
 pub mod limits;
 pub mod provider;
+pub mod usage;
 
 use commguard_domain::agent::AgentEvent;
 use commguard_domain::pii::{Pii, RetentionClass};

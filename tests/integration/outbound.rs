@@ -235,3 +235,44 @@ async fn overrides_and_tiers_set_the_limits_in_force() {
     assert_eq!(count(&db, "BillingConfigChanged").await, 1);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_and_billing_follow_the_sends() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars(&[])).await;
+    let (token, agent_id) = agent(&s, "usage").await;
+    let me = Session::open(&s, &token).await;
+    let master = Session::open(&s, MASTER).await;
+    for _ in 0..2 {
+        me.ok("comms_send_message", json!({"to": "+12025550122", "body": "hi"})).await;
+    }
+    let email = me.ok("comms_send_message", json!({"channel": "email", "to": "Bob@Example.com", "subject": "Hi", "body": "Hello"})).await;
+    assert_eq!(email["to"], "bob@example.com");
+    assert_eq!(email["warnings"][0]["code"], "can_spam_unsubscribe_missing");
+
+    // The usage projection follows the events; current usage is the live counters.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let dashboard = loop {
+        let d = me.ok("comms_get_usage_dashboard", json!({})).await;
+        if d["totalActions"] == 3 {
+            break d;
+        }
+        assert!(std::time::Instant::now() < deadline, "usage never reached 3 actions: {d}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(dashboard["agentId"], agent_id.as_str());
+    assert_eq!((dashboard["actions"]["sms"].as_i64(), dashboard["actions"]["email"].as_i64()), (Some(2), Some(1)));
+    assert_eq!(dashboard["costsByChannel"]["sms"].as_f64(), Some(0.0158));
+    assert_eq!(dashboard["totalCost"].as_f64(), Some(0.0168));
+    assert_eq!(dashboard["currentUsage"]["actionsToday"], 3);
+    assert_eq!(dashboard["currentUsage"]["spendToday"].as_f64(), Some(0.0168));
+
+    master.ok("comms_set_billing_config", json!({"agentId": agent_id, "markupPercent": 10})).await;
+    let bill = me.ok("comms_get_billing_summary", json!({})).await;
+    assert_eq!((bill["providerCost"].as_f64(), bill["billingCost"].as_f64()), (Some(0.0168), Some(0.0185)));
+    let all = master.ok("comms_get_billing_summary", json!({})).await;
+    assert_eq!(all["totals"]["revenue"].as_f64(), Some(0.0017));
+    let org = master.ok("comms_get_usage_dashboard", json!({"period": "month"})).await;
+    assert_eq!(org["globalTotals"]["totalActions"], 3);
+    s.stop().await;
+}

@@ -89,6 +89,8 @@ const TOOLS: &[Tool] = &[
     outbound::SEND_MESSAGE,
     outbound::SET_AGENT_LIMITS,
     outbound::SET_BILLING_CONFIG,
+    outbound::USAGE_DASHBOARD,
+    outbound::BILLING_SUMMARY,
 ];
 
 /// The `tools/list` entries a caller of `role` may see.
@@ -124,6 +126,8 @@ async fn dispatch(app: &AppState, caller: &Caller<'_>, name: &str, arguments: &V
         "comms_send_message" => crate::outbound::send_message(app, caller, &args).await,
         "comms_set_agent_limits" => outbound::set_agent_limits(app, caller, &args).await,
         "comms_set_billing_config" => outbound::set_billing_config(app, caller, &args).await,
+        "comms_get_usage_dashboard" => outbound::usage_dashboard(app, caller, &args).await,
+        "comms_get_billing_summary" => outbound::billing_summary(app, caller, &args).await,
         other => Err(ApiError::internal(format!("tool {other} has no handler"))),
     }
 }

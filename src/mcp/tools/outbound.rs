@@ -7,6 +7,7 @@ use super::{Caller, Tool};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::directory::commands;
+use crate::outbound::usage;
 use crate::error::ApiError;
 use crate::validate::{invalid, Args};
 
@@ -117,4 +118,51 @@ pub async fn set_billing_config(app: &AppState, caller: &Caller<'_>, args: &Args
     let (tier, markup, billing_email) = billing_change(args)?;
     let agent = commands::addressable_agent(app, caller.principal, &agent_id).await?;
     commands::set_billing(app, caller.context(app), &agent_id, &agent.org_id, tier, markup, billing_email).await
+}
+
+pub const USAGE_DASHBOARD: Tool = Tool {
+    name: "comms_get_usage_dashboard",
+    role: Role::Agent,
+    description: "Actions and costs per channel over a period, with current usage against limits.",
+    schema: || {
+        json!({"type": "object", "properties": {
+            "agentId": {"type": "string"},
+            "period": {"type": "string", "enum": ["today", "week", "month", "all"], "default": "today"},
+            "orgId": {"type": "string"}}})
+    },
+};
+
+pub const BILLING_SUMMARY: Tool = Tool {
+    name: "comms_get_billing_summary",
+    role: Role::Agent,
+    description: "Provider cost and billed cost (with markup) over a period.",
+    schema: || {
+        json!({"type": "object", "properties": {
+            "agentId": {"type": "string"},
+            "period": {"type": "string", "enum": ["today", "week", "month", "all"], "default": "month"}}})
+    },
+};
+
+/// The agent a usage or billing view is about: explicit, else the agent token's; `None` = org view.
+async fn viewed_agent(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Option<crate::directory::AgentView>, ApiError> {
+    match args.opt_id("agentId")?.or_else(|| caller.principal.agent_id().map(str::to_string)) {
+        Some(id) => Ok(Some(commands::addressable_agent(app, caller.principal, &id).await?)),
+        None => Ok(None),
+    }
+}
+
+pub async fn usage_dashboard(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
+    let period = args.choice("period", &["today", "week", "month", "all"], "today")?;
+    match viewed_agent(app, caller, args).await? {
+        Some(agent) => usage::agent_dashboard(app, &agent, &period).await,
+        None => usage::org_dashboard(app, caller.principal, args.opt_id("orgId")?, &period).await,
+    }
+}
+
+pub async fn billing_summary(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
+    let period = args.choice("period", &["today", "week", "month", "all"], "month")?;
+    match viewed_agent(app, caller, args).await? {
+        Some(agent) => usage::agent_billing(app, &agent, &period).await,
+        None => usage::org_billing(app, caller.principal, &period).await,
+    }
 }

@@ -1,0 +1,203 @@
+//! Usage and billing views (CONTRACT §6.3 `comms_get_usage_dashboard`,
+//! `comms_get_billing_summary`): sums of the usage projection over a period, and the live
+//! counters of the limits for "current usage".
+
+use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::app::AppState;
+use crate::auth::{Principal, Role};
+use crate::directory::{self, commands, limits_json, AgentView};
+use crate::error::ApiError;
+use crate::money::to_dollars;
+use crate::validate::invalid;
+
+pub const CHANNELS: [&str; 4] = ["sms", "email", "voice_call", "voice_message"];
+
+/// The start of `period` at `now`: today = 00:00 UTC, week = 168 h ago, month = the 1st, all.
+pub fn period_start(period: &str, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let midnight = Utc.from_utc_datetime(&now.date_naive().and_hms_opt(0, 0, 0).expect("midnight exists"));
+    match period {
+        "today" => Ok(Some(midnight)),
+        "week" => Ok(Some(now - Duration::hours(168))),
+        "month" => Ok(Some(midnight.with_day(1).expect("the 1st exists"))),
+        "all" => Ok(None),
+        _ => Err(invalid("period", "must be one of today, week, month, all")),
+    }
+}
+
+/// Per agent and channel: (actions, cost micro-dollars) since `from`.
+async fn sums(app: &AppState, agent_id: Option<&str>, org_id: Option<&str>, from: Option<DateTime<Utc>>) -> Result<Vec<(String, String, i64, i64)>, ApiError> {
+    sqlx::query_as(
+        "SELECT agent_id, channel, SUM(actions)::bigint, SUM(cost)::bigint FROM usage_hourly
+         WHERE ($1::text IS NULL OR agent_id = $1) AND ($2::text IS NULL OR org_id = $2)
+           AND ($3::timestamptz IS NULL OR hour >= date_trunc('hour', $3))
+         GROUP BY agent_id, channel ORDER BY agent_id, channel",
+    )
+    .bind(agent_id)
+    .bind(org_id)
+    .bind(from)
+    .fetch_all(&app.pool)
+    .await
+    .map_err(ApiError::internal)
+}
+
+/// The live counters the limits read: (actions today, spend today, spend this month).
+async fn current(app: &AppState, agent_id: &str) -> Result<(i64, i64, i64), ApiError> {
+    let now = app.clock.now();
+    let row: (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT MAX(actions) FILTER (WHERE period = 'day'), MAX(spend) FILTER (WHERE period = 'day'), MAX(spend) FILTER (WHERE period = 'month')
+         FROM usage_counters WHERE scope = 'agent' AND key = $1
+           AND ((period = 'day' AND period_start = ($2 AT TIME ZONE 'UTC')::date)
+             OR (period = 'month' AND period_start = date_trunc('month', $2 AT TIME ZONE 'UTC')::date))",
+    )
+    .bind(agent_id)
+    .bind(now)
+    .fetch_one(&app.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    Ok((row.0.unwrap_or(0), row.1.unwrap_or(0), row.2.unwrap_or(0)))
+}
+
+fn by_channel(rows: &[(String, String, i64, i64)], agent: &str) -> (Map<String, Value>, Map<String, Value>, i64, i64) {
+    let (mut actions, mut costs) = (Map::new(), Map::new());
+    for c in CHANNELS {
+        actions.insert(c.into(), json!(0));
+        costs.insert(c.into(), json!(0.0));
+    }
+    let (mut total_actions, mut total_cost) = (0, 0);
+    for (_, channel, n, cost) in rows.iter().filter(|r| r.0 == agent) {
+        actions.insert(channel.clone(), json!(n));
+        costs.insert(channel.clone(), json!(to_dollars(*cost)));
+        total_actions += n;
+        total_cost += cost;
+    }
+    (actions, costs, total_actions, total_cost)
+}
+
+/// `comms_get_usage_dashboard` for one agent.
+pub async fn agent_dashboard(app: &AppState, agent: &AgentView, period: &str) -> Result<Value, ApiError> {
+    let from = period_start(period, app.clock.now())?;
+    let rows = sums(app, Some(&agent.agent_id), None, from).await?;
+    let (actions, costs, total_actions, total_cost) = by_channel(&rows, &agent.agent_id);
+    let limits = agent.effective_limits(&app.config);
+    let (today, spend_today, spend_month) = current(app, &agent.agent_id).await?;
+    Ok(json!({
+        "agentId": agent.agent_id,
+        "period": period,
+        "actions": actions,
+        "totalActions": total_actions,
+        "costsByChannel": costs,
+        "totalCost": to_dollars(total_cost),
+        "currentUsage": {
+            "actionsToday": today,
+            "actionsLimit": limits.per_day,
+            "spendToday": to_dollars(spend_today),
+            "spendDayLimit": to_dollars(limits.spend_day),
+            "spendMonth": to_dollars(spend_month),
+            "spendMonthLimit": to_dollars(limits.spend_month),
+        },
+        "limits": limits_json(limits),
+    }))
+}
+
+/// `comms_get_usage_dashboard` without an agent: the caller's org (O), or all / `orgId` (S).
+pub async fn org_dashboard(app: &AppState, principal: &Principal, org_id: Option<String>, period: &str) -> Result<Value, ApiError> {
+    let org = match principal.role() {
+        Role::SuperAdmin => org_id,
+        _ => Some(commands::home_org(principal, org_id)?),
+    };
+    let from = period_start(period, app.clock.now())?;
+    let rows = sums(app, None, org.as_deref(), from).await?;
+    let agents = directory::agents_of(&app.pool, org.as_deref()).await?;
+    let (mut all_actions, mut all_cost) = (0, 0);
+    let mut listed = Vec::new();
+    for agent in &agents {
+        let (actions, costs, n, cost) = by_channel(&rows, &agent.agent_id);
+        all_actions += n;
+        all_cost += cost;
+        listed.push(json!({"agentId": agent.agent_id, "orgId": agent.org_id, "actions": actions, "totalActions": n,
+                           "costsByChannel": costs, "totalCost": to_dollars(cost)}));
+    }
+    let mut out = json!({"period": period, "globalTotals": {"totalActions": all_actions, "totalCost": to_dollars(all_cost)}, "agents": listed});
+    if let Some(org) = org {
+        out["orgId"] = json!(org);
+    }
+    Ok(out)
+}
+
+/// provider × (1 + markup/100), half away from zero to 4 decimals, 0 if provider ≤ 0; in micros.
+pub fn billed(provider_micros: i64, markup_percent: f64) -> i64 {
+    if provider_micros <= 0 {
+        return 0;
+    }
+    // Markup to hundredths of a percent, then exact integer arithmetic.
+    let markup_bp = (markup_percent * 100.0).round() as i128;
+    let exact = i128::from(provider_micros) * (10_000 + markup_bp); // micros × 10^4
+    let unit = 100 * 10_000; // 0.0001 dollars = 100 micros, in the same scale
+    let rounded = (exact + unit / 2) / unit * unit;
+    (rounded / 10_000) as i64
+}
+
+fn markup_of(app: &AppState, agent: &AgentView) -> f64 {
+    agent.markup_percent.unwrap_or(app.config.billing_markup_percent)
+}
+
+/// `comms_get_billing_summary` for one agent.
+pub async fn agent_billing(app: &AppState, agent: &AgentView, period: &str) -> Result<Value, ApiError> {
+    let from = period_start(period, app.clock.now())?;
+    let rows = sums(app, Some(&agent.agent_id), None, from).await?;
+    let (_, costs, _, provider) = by_channel(&rows, &agent.agent_id);
+    let markup = markup_of(app, agent);
+    Ok(json!({
+        "agentId": agent.agent_id,
+        "period": period,
+        "providerCost": to_dollars(provider),
+        "billingCost": to_dollars(billed(provider, markup)),
+        "markupPercent": markup,
+        "byChannel": costs,
+        "tier": agent.tier().as_str(),
+        "billingConfig": {"tier": agent.tier().as_str(), "markupPercent": agent.markup_percent},
+    }))
+}
+
+/// `comms_get_billing_summary` without an agent (O: its org; S: everything).
+pub async fn org_billing(app: &AppState, principal: &Principal, period: &str) -> Result<Value, ApiError> {
+    let org = match principal.role() {
+        Role::SuperAdmin => None,
+        _ => Some(commands::home_org(principal, None)?),
+    };
+    let from = period_start(period, app.clock.now())?;
+    let rows = sums(app, None, org.as_deref(), from).await?;
+    let (mut provider_total, mut billed_total) = (0, 0);
+    let mut listed = Vec::new();
+    for agent in directory::agents_of(&app.pool, org.as_deref()).await? {
+        let (_, _, _, provider) = by_channel(&rows, &agent.agent_id);
+        let markup = markup_of(app, &agent);
+        let bill = billed(provider, markup);
+        provider_total += provider;
+        billed_total += bill;
+        listed.push(json!({"agentId": agent.agent_id, "providerCost": to_dollars(provider), "billingCost": to_dollars(bill), "markupPercent": markup}));
+    }
+    Ok(json!({
+        "period": period,
+        "globalMarkupPercent": app.config.billing_markup_percent,
+        "totals": {"providerCost": to_dollars(provider_total), "billingCost": to_dollars(billed_total), "revenue": to_dollars(billed_total - provider_total)},
+        "agents": listed,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn billing_rounds_half_away_from_zero_to_four_decimals() {
+        assert_eq!(billed(7_900, 0.0), 7_900);
+        assert_eq!(billed(7_900, 10.0), 8_700); // 0.00869 → 0.0087
+        assert_eq!(billed(7_950, 0.0), 8_000); // 0.00795 → 0.0080 (half away from zero)
+        assert_eq!(billed(0, 50.0), 0);
+        assert_eq!(billed(-5, 50.0), 0);
+        assert_eq!(billed(1_000_000, 33.33), 1_333_300);
+    }
+}
