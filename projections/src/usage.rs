@@ -11,6 +11,9 @@ use crate::{BoxFuture, Projection, ProjectionError, StoredEvent, Tables};
 
 pub struct UsageProjection;
 
+/// (agent, hour, channel) → (org, actions, cost).
+type Sums = HashMap<(String, DateTime<Utc>, String), (String, i64, i64)>;
+
 #[derive(Deserialize)]
 struct Sent {
     channel: Option<String>,
@@ -39,7 +42,7 @@ impl Projection for UsageProjection {
 
     fn apply<'a>(&'a self, conn: &'a mut PgConnection, tables: &'a Tables, events: &'a [StoredEvent]) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            let mut sums: HashMap<(String, DateTime<Utc>, String), (String, i64, i64)> = HashMap::new();
+            let mut sums = Sums::new();
             for event in events.iter().filter(|e| e.aggregate_type == "agent") {
                 if event.event_type != "MessageSent" && event.event_type != "CallPlaced" {
                     continue;
