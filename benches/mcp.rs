@@ -24,6 +24,7 @@ enum Phase {
     Health,
     RpcPing,
     ToolPing,
+    Send,
 }
 
 async fn open_session(client: &reqwest::Client, url: &str, token: &str) -> String {
@@ -50,13 +51,16 @@ async fn worker(client: reqwest::Client, url: String, token: String, phase: Phas
         let started = Instant::now();
         let ok = match phase {
             Phase::Health => client.get(format!("{url}/health")).send().await.map(|r| r.status().is_success()),
-            Phase::RpcPing | Phase::ToolPing => {
+            Phase::RpcPing | Phase::ToolPing | Phase::Send => {
                 let body = match phase {
                     Phase::RpcPing => json!({"jsonrpc": "2.0", "id": id, "method": "ping"}),
+                    Phase::Send => json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                                "params": {"name": "comms_send_message", "arguments": {
+                                    "to": format!("+1202{:07}", id % 10_000_000), "body": "Your order has shipped."}}}),
                     _ => json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                                 "params": {"name": "comms_ping", "arguments": {}}}),
                 };
-                client
+                let sent = client
                     .post(format!("{url}/mcp"))
                     .bearer_auth(&token)
                     .header("accept", "application/json, text/event-stream")
@@ -64,8 +68,11 @@ async fn worker(client: reqwest::Client, url: String, token: String, phase: Phas
                     .header("mcp-protocol-version", "2025-06-18")
                     .json(&body)
                     .send()
-                    .await
-                    .map(|r| r.status().is_success())
+                    .await;
+                match (phase, sent) {
+                    (Phase::Send, Ok(r)) => r.text().await.map(|t| !t.contains("\"isError\":true")),
+                    (_, r) => r.map(|r| r.status().is_success()),
+                }
             }
         };
         assert!(ok.unwrap_or(false), "a benchmark request failed");
@@ -108,10 +115,45 @@ async fn idle_sse(url: &str, token: &str, n: u64) -> Vec<reqwest::Response> {
     open
 }
 
+/// Calls one tool with `token` in a fresh session and returns its JSON result.
+async fn tool(url: &str, token: &str, name: &str, args: Value) -> Value {
+    let client = reqwest::Client::new();
+    let session = open_session(&client, url, token).await;
+    let reply: Value = client
+        .post(format!("{url}/mcp"))
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": args}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let result = &reply["result"];
+    assert_eq!(result["isError"], false, "{name}: {result}");
+    serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap()
+}
+
+/// `--mode send`: a sandbox org and agent, then sends from N sessions for T seconds.
+async fn send_mode(url: &str, master: &str, sessions: u64, seconds: u64) {
+    let slug = format!("bench-{}", std::process::id());
+    let org = tool(url, master, "comms_create_organization", json!({"name": "Bench", "slug": slug, "a2pRegistered": true})).await;
+    let admin = org["adminToken"].as_str().unwrap().to_string();
+    let agent = tool(url, &admin, "comms_provision_channels", json!({"displayName": "Bench", "capabilities": {"phone": true}})).await;
+    let token = agent["securityToken"].as_str().unwrap().to_string();
+    let send = run_phase(url, &token, sessions, seconds, Phase::Send).await;
+    println!("{}", json!({"send": send}));
+}
+
 #[tokio::main]
 async fn main() {
     let url = arg("--url").expect("--url of a running server");
     let token = arg("--token").expect("--token (the master token)");
+    if arg("--mode").as_deref() == Some("send") {
+        return send_mode(&url, &token, num("--sessions", 16), num("--seconds", 20)).await;
+    }
     let sessions = num("--sessions", 16);
     let seconds = num("--seconds", 20);
     let idle = num("--idle", 1000);

@@ -5,18 +5,20 @@
 #
 #   scripts/bench.sh event-store [--writers 16] [--seconds 20]
 #   scripts/bench.sh mcp [--writers 16] [--seconds 20] [--idle 1000]
+#   scripts/bench.sh send [--writers 16] [--seconds 20] [--fill 1000000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
 
 what=${1:-}; shift || true
-writers=16; seconds=20; stream_length=10; idle=1000
+writers=16; seconds=20; stream_length=10; idle=1000; fill=1000000
 while [ $# -gt 0 ]; do
   case $1 in
     --writers) writers=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     --stream-length) stream_length=$2; shift 2 ;;
     --idle) idle=$2; shift 2 ;;
+    --fill) fill=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -88,8 +90,53 @@ print(f"comms_ping / health throughput: {t['calls_per_sec'] / h['calls_per_sec']
 print(f"server RSS: {rss_idle / 1024:.1f} MB idle, {rss_held / 1024:.1f} MB with {r['idle_sse_sessions']} SSE sessions open (target < 150 MB)")
 PY
     ;;
+  send)
+    cargo build --release --bin commguard --bench mcp >&2
+    bin=$(ls -t target/release/deps/mcp-* | grep -v '\.d$' | head -n 1)
+    psql -q "$admin" -c "CREATE DATABASE bench"
+    bench_url="${admin/\/postgres\?//bench?}"
+    base=$(pgbench_tps)
+    token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    data=$(mktemp -d /tmp/commguard-bench-data-XXXXXX); chmod 755 "$data"
+    server=
+    start_server() {
+      port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+      DATABASE_URL="$bench_url" HOST=127.0.0.1 PORT=$port MASTER_SECURITY_TOKEN=$token COMMGUARD_DATA_DIR=$data \
+        HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 \
+        DEFAULT_MAX_ACTIONS_PER_MINUTE=100000000 DEFAULT_MAX_ACTIONS_PER_HOUR=100000000 DEFAULT_MAX_ACTIONS_PER_DAY=100000000 \
+        DEFAULT_MAX_SPEND_PER_DAY=100000000 DEFAULT_MAX_SPEND_PER_MONTH=100000000 RUST_LOG=warn target/release/commguard serve &
+      server=$!
+      until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
+    }
+    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"' EXIT
+    measure() {
+      # Server CPU = utime + stime of the server process (clock ticks) over the run.
+      local ticks_before ticks_after hz out
+      hz=$(getconf CLK_TCK)
+      ticks_before=$(awk '{ print $14 + $15 }' "/proc/$server/stat")
+      out=$("$bin" --mode send --url "http://127.0.0.1:$port" --token "$token" --sessions "$writers" --seconds "$seconds")
+      ticks_after=$(awk '{ print $14 + $15 }' "/proc/$server/stat")
+      echo "$out" | python3 -c "
+import json, sys
+r = json.load(sys.stdin)['send']; ticks = $ticks_after - $ticks_before
+cpu_ms = ticks * 1000 / $hz / max(r['calls'], 1)
+print(f\"{r['calls_per_sec']:.0f} sends/s = {r['calls_per_sec'] / $base:.2f} x pgbench ($base tps)  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  server CPU {cpu_ms:.3f} ms/send\")"
+    }
+    start_server
+    echo "empty store:            $(measure)"
+    kill $server; wait $server 2>/dev/null || true
+    # Fill the store with $fill events of other agents (synthetic rows written directly; they are
+    # history that no limit check may read), then measure again.
+    psql -q "$bench_url" -c "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+        position, event_id, occurred_at, org_id, prev_hash, hash)
+      SELECT 'agent', 'filler-' || (g / 100), g % 100 + 1, 'MessageSent', '1.0', '{\"channel\":\"sms\",\"cost\":7900}',
+             '{}', g, gen_random_uuid(), now() - interval '1 day', 'filler', repeat('0', 64), repeat('0', 64)
+      FROM generate_series(1, $fill) g" -c "ANALYZE events"
+    start_server
+    echo "after $fill events: $(measure)"
+    ;;
   *)
-    echo "usage: scripts/bench.sh event-store|mcp [--writers N] [--seconds S] [--idle N]" >&2
+    echo "usage: scripts/bench.sh event-store|mcp|send [--writers N] [--seconds S] [--idle N]" >&2
     exit 2
     ;;
 esac
