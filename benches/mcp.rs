@@ -92,7 +92,8 @@ async fn run_phase(url: &str, token: &str, sessions: u64, seconds: u64, phase: P
     worker(client.clone(), url.into(), token.into(), phase, Instant::now() + Duration::from_millis(300)).await;
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
-    let tasks: Vec<_> = (0..sessions).map(|_| tokio::spawn(worker(client.clone(), url.into(), token.into(), phase, until))).collect();
+    let tasks: Vec<_> =
+        (0..sessions).map(|_| tokio::spawn(worker(client.clone(), url.into(), token.into(), phase, until))).collect();
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await.unwrap());
@@ -139,9 +140,13 @@ async fn tool(url: &str, token: &str, name: &str, args: Value) -> Value {
 /// `--mode send`: a sandbox org and agent, then sends from N sessions for T seconds.
 async fn send_mode(url: &str, master: &str, sessions: u64, seconds: u64) {
     let slug = format!("bench-{}", std::process::id());
-    let org = tool(url, master, "comms_create_organization", json!({"name": "Bench", "slug": slug, "a2pRegistered": true})).await;
+    let org =
+        tool(url, master, "comms_create_organization", json!({"name": "Bench", "slug": slug, "a2pRegistered": true}))
+            .await;
     let admin = org["adminToken"].as_str().unwrap().to_string();
-    let agent = tool(url, &admin, "comms_provision_channels", json!({"displayName": "Bench", "capabilities": {"phone": true}})).await;
+    let agent =
+        tool(url, &admin, "comms_provision_channels", json!({"displayName": "Bench", "capabilities": {"phone": true}}))
+            .await;
     let token = agent["securityToken"].as_str().unwrap().to_string();
     let send = run_phase(url, &token, sessions, seconds, Phase::Send).await;
     println!("{}", json!({"send": send}));

@@ -17,12 +17,12 @@ use commguard_domain::organization::Organization;
 
 use crate::auth::{watch, Identity, Lockout};
 use crate::clock::Clock;
-use crate::directory::commands;
-use crate::mcp::{self, session::Sessions};
 use crate::config::{Config, Environment, LogFormat};
 use crate::crypto::{self, DataKeys};
+use crate::directory::commands;
 use crate::http::{self, Hardening};
 use crate::jobs::Jobs;
+use crate::mcp::{self, session::Sessions};
 use crate::store::embedded::{EmbeddedError, EmbeddedPostgres};
 use crate::store::{self, runner, Framework, Store};
 
@@ -100,8 +100,12 @@ impl Runtime {
         let pool = store::connect(url, config.database_max_connections).await?;
         store::MIGRATOR.run(&pool).await?;
         let production = config.env == Environment::Production;
-        let data_key =
-            crypto::keys::load_or_generate("DATA_ENCRYPTION_KEY", config.data_encryption_key, &config.data_dir, production)?;
+        let data_key = crypto::keys::load_or_generate(
+            "DATA_ENCRYPTION_KEY",
+            config.data_encryption_key,
+            &config.data_dir,
+            production,
+        )?;
         Ok(Store::new(pool, Arc::new(DataKeys::new(&data_key))))
     }
 
@@ -144,7 +148,11 @@ impl Runtime {
 
 /// Every route, inside the hardening pipeline.
 pub fn router(state: AppState, hardening: Arc<Hardening>) -> Router {
-    let routes = Router::new().merge(http::health::routes()).merge(mcp::routes()).merge(http::admin::routes(state.clone())).with_state(state);
+    let routes = Router::new()
+        .merge(http::health::routes())
+        .merge(mcp::routes())
+        .merge(http::admin::routes(state.clone()))
+        .with_state(state);
     http::harden(routes, hardening)
 }
 
@@ -166,7 +174,8 @@ impl Server {
         let state = rt.state();
         let hardening = Hardening::new(&state.config);
         let jobs = Jobs::start(hardening.clone()).await.map_err(StartError::Jobs)?;
-        let runners = runner::spawn_all(state.pool.clone(), commguard_projections::all(), rt.store.appended(), stop.clone());
+        let runners =
+            runner::spawn_all(state.pool.clone(), commguard_projections::all(), rt.store.appended(), stop.clone());
         commands::ensure_default_org(&state).await.map_err(|e| StartError::Setup(e.message))?;
         let mut tasks = vec![tokio::spawn(watch::run(
             state.pool.clone(),

@@ -10,7 +10,11 @@ use crate::config::Config;
 use crate::store::{runner, verify};
 
 #[derive(Parser)]
-#[command(name = "commguard", version, about = "Security and compliance core between AI agents and communication providers")]
+#[command(
+    name = "commguard",
+    version,
+    about = "Security and compliance core between AI agents and communication providers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -146,5 +150,9 @@ async fn audit_verify(rt: &Runtime, aggregate: Option<&str>, json: bool) -> Exit
             println!("BROKEN {}/{} at sequence {}: {}", b.aggregate_type, b.aggregate_id, b.sequence, b.reason);
         }
     }
-    if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

@@ -184,7 +184,11 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
 
     fn ip_list(&self, var: &str) -> Result<Vec<IpNet>, ConfigError> {
         let Some(v) = self.raw(var) else { return Ok(Vec::new()) };
-        v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| parse_ip_or_cidr(s).ok_or_else(|| err(var, format!("not an IP address or CIDR: {s:?}")))).collect()
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| parse_ip_or_cidr(s).ok_or_else(|| err(var, format!("not an IP address or CIDR: {s:?}"))))
+            .collect()
     }
 
     fn url(&self, var: &str, default: &str) -> Result<String, ConfigError> {
@@ -199,7 +203,11 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
 /// Parses `1.5` or `10` dollars into micro-dollars; negative or over 6 decimals is refused.
 pub fn parse_micros(v: &str) -> Option<i64> {
     let (whole, frac) = v.split_once('.').unwrap_or((v, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 6
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let whole: i64 = whole.parse().ok()?;
@@ -242,7 +250,9 @@ impl Config {
         let env = match r.raw("COMMGUARD_ENV").as_deref() {
             Some("production") => Environment::Production,
             Some("development") => Environment::Development,
-            Some(other) => return Err(err("COMMGUARD_ENV", format!("must be production or development, got {other:?}"))),
+            Some(other) => {
+                return Err(err("COMMGUARD_ENV", format!("must be production or development, got {other:?}")))
+            }
             None if r.raw("NODE_ENV").as_deref() == Some("production") => Environment::Production,
             None => Environment::Development,
         };
@@ -257,7 +267,9 @@ impl Config {
         };
         let webhook_base_url = r.url("WEBHOOK_BASE_URL", "http://localhost:3100")?;
         let cors_allowed_origins = match r.raw("CORS_ALLOWED_ORIGINS") {
-            Some(list) => list.split(',').map(|o| o.trim().trim_end_matches('/').to_string()).filter(|o| !o.is_empty()).collect(),
+            Some(list) => {
+                list.split(',').map(|o| o.trim().trim_end_matches('/').to_string()).filter(|o| !o.is_empty()).collect()
+            }
             None => vec![origin_of(&webhook_base_url)],
         };
         let trust_proxy = match r.raw("TRUST_PROXY").as_deref() {
@@ -389,7 +401,9 @@ impl Config {
             return out;
         }
         if self.master_token.is_none() {
-            out.push("MASTER_SECURITY_TOKEN is unset: requests without credentials act as super-admin (dev-open)".into());
+            out.push(
+                "MASTER_SECURITY_TOKEN is unset: requests without credentials act as super-admin (dev-open)".into(),
+            );
         } else if self.master_token.as_ref().is_some_and(|t| t.0.len() < 32) {
             out.push("MASTER_SECURITY_TOKEN is shorter than 32 characters".into());
         }
@@ -481,11 +495,9 @@ mod tests {
         ];
         assert!(read(&safe).is_ok());
         assert_eq!(read(&[("NODE_ENV", "production")]).unwrap_err().var, "MASTER_SECURITY_TOKEN");
-        for (var, value) in [
-            ("DEMO_MODE", "true"),
-            ("COMMGUARD_TEST_CLOCK", "1"),
-            ("WEBHOOK_BASE_URL", "http://cg.example"),
-        ] {
+        for (var, value) in
+            [("DEMO_MODE", "true"), ("COMMGUARD_TEST_CLOCK", "1"), ("WEBHOOK_BASE_URL", "http://cg.example")]
+        {
             let mut vars = safe.to_vec();
             vars.retain(|(k, _)| *k != var);
             vars.push((var, value));
@@ -499,7 +511,10 @@ mod tests {
     fn the_master_token_alias_must_agree() {
         assert!(read(&[("ORCHESTRATOR_SECURITY_TOKEN", "a")]).unwrap().master_token.is_some());
         assert!(read(&[("MASTER_SECURITY_TOKEN", "a"), ("ORCHESTRATOR_SECURITY_TOKEN", "a")]).is_ok());
-        assert_eq!(read(&[("MASTER_SECURITY_TOKEN", "a"), ("ORCHESTRATOR_SECURITY_TOKEN", "b")]).unwrap_err().var, "MASTER_SECURITY_TOKEN");
+        assert_eq!(
+            read(&[("MASTER_SECURITY_TOKEN", "a"), ("ORCHESTRATOR_SECURITY_TOKEN", "b")]).unwrap_err().var,
+            "MASTER_SECURITY_TOKEN"
+        );
         let c = read(&[("MASTER_SECURITY_TOKEN", "super-secret")]).unwrap();
         assert!(!format!("{c:?}").contains("super-secret"), "secrets never reach Debug output");
     }

@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, ErrorCode};
 
 /// Fields that may hold line breaks.
-const MULTI_LINE: &[&str] = &["body", "html", "text", "greeting", "systemPrompt", "notes", "message", "reason", "kycNote"];
+const MULTI_LINE: &[&str] =
+    &["body", "html", "text", "greeting", "systemPrompt", "notes", "message", "reason", "kycNote"];
 
 const SEP: &str = r"(?:\s|/\*.*?\*/)+";
 const CMD: &str = r"(?:rm|cat|ls|wget|curl|bash|sh|zsh|nc|ncat|python3?|perl|php|chmod|chown|cmd|powershell|whoami)";
@@ -23,7 +24,10 @@ struct Rule {
 fn rule(label: &'static str, pattern: &str) -> Rule {
     // The contract writes `drop SEP table`: the spaces only set SEP apart, SEP is the separator.
     let pattern = pattern.replace(" SEP ", "SEP").replace("SEP", SEP).replace("CMD", CMD);
-    Rule { label, pattern: RegexBuilder::new(&pattern).case_insensitive(true).build().expect("sanitizer patterns compile") }
+    Rule {
+        label,
+        pattern: RegexBuilder::new(&pattern).case_insensitive(true).build().expect("sanitizer patterns compile"),
+    }
 }
 
 /// The rules in order (first match wins); CRLF differs between single- and multi-line fields.
@@ -44,7 +48,10 @@ static RULES: LazyLock<(Vec<Rule>, Rule, Rule, Vec<Rule>)> = LazyLock::new(|| {
     let crlf_multi = rule("CRLF injection", r"[\r\n]\s*HTTP/");
     let after = vec![
         rule("Path traversal", r#"(?:^|[\s/\\'"=:])\.\.[/\\]"#),
-        rule("Command injection", r"(?:;|&&|\|\|?)\s*(?:/[\w./-]*/)?CMD(?:\s+[-/~$.|<>;&]|\s*$|[;|&`<>])|\$\(|`[^`]*\bCMD\b[^`]*`"),
+        rule(
+            "Command injection",
+            r"(?:;|&&|\|\|?)\s*(?:/[\w./-]*/)?CMD(?:\s+[-/~$.|<>;&]|\s*$|[;|&`<>])|\$\(|`[^`]*\bCMD\b[^`]*`",
+        ),
     ];
     (before, crlf_single, crlf_multi, after)
 });

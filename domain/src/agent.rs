@@ -103,13 +103,30 @@ pub struct AgentCommand {
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentAction {
     Provision(Box<Provisioning>),
-    Deprovision { number_released: bool, warnings: Vec<String> },
+    Deprovision {
+        number_released: bool,
+        warnings: Vec<String>,
+    },
     /// Revokes every active token of the agent and issues `token`.
-    RotateToken { token: IssuedToken, issued_via: IssuedVia, reason: String },
-    BlockChannels { channels: Vec<String> },
+    RotateToken {
+        token: IssuedToken,
+        issued_via: IssuedVia,
+        reason: String,
+    },
+    BlockChannels {
+        channels: Vec<String>,
+    },
     /// `starter`: the deployment's starter tier, which effective limits fall back to.
-    SetLimits { change: OverridesChange, starter: LimitSet },
-    SetBilling { tier: Option<Tier>, markup_percent: Option<Option<f64>>, billing_email: Option<Option<String>>, starter: LimitSet },
+    SetLimits {
+        change: OverridesChange,
+        starter: LimitSet,
+    },
+    SetBilling {
+        tier: Option<Tier>,
+        markup_percent: Option<Option<f64>>,
+        billing_email: Option<Option<String>>,
+        starter: LimitSet,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -127,14 +144,42 @@ pub enum AgentEvent {
         provider_refs: Value,
         mode: OrgMode,
     },
-    AgentDeprovisioned { number_released: bool, warnings: Vec<String> },
-    AgentTokenIssued { token_id: Uuid, token_hash: String, label: Option<String>, issued_via: IssuedVia },
-    AgentTokenRevoked { token_ids: Vec<Uuid>, reason: String },
-    AgentChannelsBlocked { blocked_channels: Vec<String> },
+    AgentDeprovisioned {
+        number_released: bool,
+        warnings: Vec<String>,
+    },
+    AgentTokenIssued {
+        token_id: Uuid,
+        token_hash: String,
+        label: Option<String>,
+        issued_via: IssuedVia,
+    },
+    AgentTokenRevoked {
+        token_ids: Vec<Uuid>,
+        reason: String,
+    },
+    AgentChannelsBlocked {
+        blocked_channels: Vec<String>,
+    },
     /// A refused tool call about this agent (appended by `Store::record`; changes no state).
-    ActionRefused { tool: String, agent_id: Option<String>, code: String, refused_by: String, reason: String },
-    LimitsChanged { overrides_before: Overrides, overrides_after: Overrides, effective: LimitSet },
-    BillingConfigChanged { tier: Tier, markup_percent: Option<f64>, billing_email: Option<Pii>, tier_limits: LimitSet },
+    ActionRefused {
+        tool: String,
+        agent_id: Option<String>,
+        code: String,
+        refused_by: String,
+        reason: String,
+    },
+    LimitsChanged {
+        overrides_before: Overrides,
+        overrides_after: Overrides,
+        effective: LimitSet,
+    },
+    BillingConfigChanged {
+        tier: Tier,
+        markup_percent: Option<f64>,
+        billing_email: Option<Pii>,
+        tier_limits: LimitSet,
+    },
     /// Outbound facts, decided by the outbound pipeline (limits and compliance live outside the
     /// aggregate, in Postgres) and appended by `Store::record`; they change no aggregate state.
     /// Money is integer micro-dollars.
@@ -165,7 +210,13 @@ pub enum AgentEvent {
         limit_type: Option<String>,
         reason: String,
     },
-    MessageFailed { message_id: Uuid, channel: String, to: Pii, provider: String, error: String },
+    MessageFailed {
+        message_id: Uuid,
+        channel: String,
+        to: Pii,
+        provider: String,
+        error: String,
+    },
 }
 
 impl DomainEvent for AgentEvent {
@@ -247,11 +298,16 @@ impl Aggregate for Agent {
             (Some(AgentStatus::Deprovisioned), AgentAction::Deprovision { .. }) => {
                 return Err(AgentError::AlreadyDeprovisioned(id))
             }
-            (Some(AgentStatus::Deprovisioned), AgentAction::RotateToken { .. }) => return Err(AgentError::NotActive(id)),
+            (Some(AgentStatus::Deprovisioned), AgentAction::RotateToken { .. }) => {
+                return Err(AgentError::NotActive(id))
+            }
             (Some(AgentStatus::Active), AgentAction::Deprovision { number_released, warnings }) => {
                 let mut events = vec![E::AgentDeprovisioned { number_released, warnings }];
                 if !self.active_tokens.is_empty() {
-                    events.push(E::AgentTokenRevoked { token_ids: self.active_tokens.clone(), reason: "deprovisioned".into() });
+                    events.push(E::AgentTokenRevoked {
+                        token_ids: self.active_tokens.clone(),
+                        reason: "deprovisioned".into(),
+                    });
                 }
                 events
             }
@@ -314,7 +370,12 @@ impl Aggregate for Agent {
 }
 
 fn issued(token: IssuedToken, issued_via: IssuedVia) -> AgentEvent {
-    AgentEvent::AgentTokenIssued { token_id: token.token_id, token_hash: token.token_hash, label: token.label, issued_via }
+    AgentEvent::AgentTokenIssued {
+        token_id: token.token_id,
+        token_hash: token.token_hash,
+        label: token.label,
+        issued_via,
+    }
 }
 
 #[cfg(test)]
@@ -364,20 +425,30 @@ mod tests {
                 provider_refs: p.provider_refs,
                 mode: p.mode,
             },
-            AgentEvent::AgentTokenIssued { token_id: Uuid::from_u128(1), token_hash: "hash1".into(), label: None, issued_via: IssuedVia::Provision },
+            AgentEvent::AgentTokenIssued {
+                token_id: Uuid::from_u128(1),
+                token_hash: "hash1".into(),
+                label: None,
+                issued_via: IssuedVia::Provision,
+            },
         ]
     }
 
     #[test]
     fn provisioning_records_the_agent_and_its_first_token() {
-        Given::with(()).given_no_previous_events().when(on(AgentAction::Provision(Box::new(provisioning())))).then_expect_events(provisioned());
+        Given::with(())
+            .given_no_previous_events()
+            .when(on(AgentAction::Provision(Box::new(provisioning()))))
+            .then_expect_events(provisioned());
     }
 
     #[test]
     fn an_agent_id_is_never_provisioned_twice_even_after_deprovisioning() {
         let mut history = provisioned();
         history.push(AgentEvent::AgentDeprovisioned { number_released: true, warnings: vec![] });
-        Given::with(()).given(history).when(on(AgentAction::Provision(Box::new(provisioning()))))
+        Given::with(())
+            .given(history)
+            .when(on(AgentAction::Provision(Box::new(provisioning()))))
             .then_expect_error(AgentError::AlreadyExists("sales-1".into()));
     }
 
@@ -390,15 +461,25 @@ mod tests {
         ]);
         let mut history = provisioned();
         history.push(AgentEvent::AgentDeprovisioned { number_released: true, warnings: vec![] });
-        Given::with(()).given(history).when(deprovision()).then_expect_error(AgentError::AlreadyDeprovisioned("sales-1".into()));
+        Given::with(())
+            .given(history)
+            .when(deprovision())
+            .then_expect_error(AgentError::AlreadyDeprovisioned("sales-1".into()));
     }
 
     #[test]
     fn rotation_revokes_every_active_token_and_refuses_deprovisioned_agents() {
-        let rotate = || on(AgentAction::RotateToken { token: token(2), issued_via: IssuedVia::Rotate, reason: "rotated".into() });
+        let rotate = || {
+            on(AgentAction::RotateToken { token: token(2), issued_via: IssuedVia::Rotate, reason: "rotated".into() })
+        };
         Given::with(()).given(provisioned()).when(rotate()).then_expect_events(vec![
             AgentEvent::AgentTokenRevoked { token_ids: vec![Uuid::from_u128(1)], reason: "rotated".into() },
-            AgentEvent::AgentTokenIssued { token_id: Uuid::from_u128(2), token_hash: "hash2".into(), label: None, issued_via: IssuedVia::Rotate },
+            AgentEvent::AgentTokenIssued {
+                token_id: Uuid::from_u128(2),
+                token_hash: "hash2".into(),
+                label: None,
+                issued_via: IssuedVia::Rotate,
+            },
         ]);
         let mut history = provisioned();
         history.push(AgentEvent::AgentDeprovisioned { number_released: false, warnings: vec![] });
@@ -407,14 +488,17 @@ mod tests {
 
     #[test]
     fn commands_on_an_unknown_agent_are_not_found() {
-        Given::with(()).given_no_previous_events().when(on(AgentAction::BlockChannels { channels: vec!["sms".into()] }))
+        Given::with(())
+            .given_no_previous_events()
+            .when(on(AgentAction::BlockChannels { channels: vec!["sms".into()] }))
             .then_expect_error(AgentError::NotFound("sales-1".into()));
     }
 
     #[test]
     fn blocked_channels_are_normalised_before_they_are_recorded() {
         let channels = vec!["sms".into(), "pager".into(), "sms".into(), "voice".into()];
-        Given::with(()).given(provisioned()).when(on(AgentAction::BlockChannels { channels }))
-            .then_expect_events(vec![AgentEvent::AgentChannelsBlocked { blocked_channels: vec!["sms".into(), "voice".into()] }]);
+        Given::with(()).given(provisioned()).when(on(AgentAction::BlockChannels { channels })).then_expect_events(
+            vec![AgentEvent::AgentChannelsBlocked { blocked_channels: vec!["sms".into(), "voice".into()] }],
+        );
     }
 }

@@ -48,13 +48,37 @@ const RULES: &[CountryRule] = &[
     rule("GB", "United Kingdom", false, true, None, true, &["UK GDPR", "PECR", "TPS"]),
     rule("DE", "Germany", false, true, Some((8, 21)), true, &["GDPR", "UWG", "TTDSG"]),
     rule("FR", "France", false, true, Some((8, 20)), true, &["GDPR", "Bloctel", "Code des postes"]),
-    rule("IL", "Israel", false, true, Some((8, 21)), true, &["Privacy Protection Law", "Communications Law", "DNC Registry"]),
-    rule("AU", "Australia", true, true, Some((9, 20)), true, &["Spam Act 2003", "Do Not Call Register Act", "Privacy Act"]),
+    rule(
+        "IL",
+        "Israel",
+        false,
+        true,
+        Some((8, 21)),
+        true,
+        &["Privacy Protection Law", "Communications Law", "DNC Registry"],
+    ),
+    rule(
+        "AU",
+        "Australia",
+        true,
+        true,
+        Some((9, 20)),
+        true,
+        &["Spam Act 2003", "Do Not Call Register Act", "Privacy Act"],
+    ),
     rule("JP", "Japan", false, false, None, false, &["APPI", "Act on Specified Commercial Transactions"]),
     rule("BR", "Brazil", false, true, Some((8, 21)), true, &["LGPD", "Procon", "Anatel regulations"]),
     rule("IN", "India", true, true, Some((9, 21)), false, &["TRAI DND", "IT Act", "DPDP Act"]),
     rule("SG", "Singapore", false, true, None, false, &["PDPA", "Spam Control Act", "DNC Registry"]),
-    rule("AE", "United Arab Emirates", true, false, None, false, &["TRA regulations", "Federal Decree-Law on Data Protection"]),
+    rule(
+        "AE",
+        "United Arab Emirates",
+        true,
+        false,
+        None,
+        false,
+        &["TRA regulations", "Federal Decree-Law on Data Protection"],
+    ),
     rule("AT", "AT", false, true, None, true, GDPR),
     rule("BE", "BE", false, true, None, true, GDPR),
     rule("BG", "BG", false, true, None, true, GDPR),
@@ -137,7 +161,9 @@ mod tests {
     fn a2p_countries_block_phone_provisioning_until_registered() {
         let blocked = provisioning_check("US", true, false);
         assert_eq!(blocked.blockers, ["United States requires A2P SMS registration before sending business messages"]);
-        assert!(blocked.warnings.contains(&"United States restricts calling hours to 8:00-21:00 local time".to_string()));
+        assert!(blocked
+            .warnings
+            .contains(&"United States restricts calling hours to 8:00-21:00 local time".to_string()));
         assert!(provisioning_check("US", true, true).blockers.is_empty());
         assert!(provisioning_check("US", false, false).blockers.is_empty());
         assert!(provisioning_check("GB", true, false).blockers.is_empty());

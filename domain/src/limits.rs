@@ -41,10 +41,16 @@ impl Tier {
         match self {
             Self::Free => LimitSet { per_minute: 5, per_hour: 30, per_day: 100, spend_day: M, spend_month: 10 * M },
             Self::Starter => starter,
-            Self::Pro => LimitSet { per_minute: 30, per_hour: 500, per_day: 5_000, spend_day: 100 * M, spend_month: 1_000 * M },
-            Self::Enterprise => {
-                LimitSet { per_minute: 100, per_hour: 2_000, per_day: 50_000, spend_day: 1_000 * M, spend_month: 50_000 * M }
+            Self::Pro => {
+                LimitSet { per_minute: 30, per_hour: 500, per_day: 5_000, spend_day: 100 * M, spend_month: 1_000 * M }
             }
+            Self::Enterprise => LimitSet {
+                per_minute: 100,
+                per_hour: 2_000,
+                per_day: 50_000,
+                spend_day: 1_000 * M,
+                spend_month: 50_000 * M,
+            },
         }
     }
 }
@@ -109,7 +115,8 @@ mod tests {
 
     #[test]
     fn overrides_win_over_the_tier_and_clearing_returns_to_it() {
-        let starter = LimitSet { per_minute: 10, per_hour: 100, per_day: 500, spend_day: 10_000_000, spend_month: 100_000_000 };
+        let starter =
+            LimitSet { per_minute: 10, per_hour: 100, per_day: 500, spend_day: 10_000_000, spend_month: 100_000_000 };
         let pro = Tier::Pro.limits(starter);
         let set = Overrides::default().changed(OverridesChange { per_minute: Some(Some(7)), ..Default::default() });
         assert_eq!(set.effective(pro).per_minute, 7);

@@ -64,27 +64,73 @@ pub struct OrganizationCommand {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum OrgAction {
-    Create { name: String, slug: String, settings: Value, a2p_registered: bool, max_agents: u32, token: IssuedToken },
-    Approve { kyc_note: String, approved_by: String },
-    Suspend { reason: String },
+    Create {
+        name: String,
+        slug: String,
+        settings: Value,
+        a2p_registered: bool,
+        max_agents: u32,
+        token: IssuedToken,
+    },
+    Approve {
+        kyc_note: String,
+        approved_by: String,
+    },
+    Suspend {
+        reason: String,
+    },
     Unsuspend,
     ChangeSettings(SettingsChange),
     /// Revokes every active org token and issues `token`.
-    RotateToken { token: IssuedToken, reason: String },
+    RotateToken {
+        token: IssuedToken,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all_fields = "camelCase")]
 pub enum OrganizationEvent {
-    OrganizationCreated { name: String, slug: String, mode: OrgMode, settings: Value, a2p_registered: bool, max_agents: u32 },
-    OrganizationApproved { previous_mode: OrgMode, kyc_note: String, approved_by: String },
-    OrganizationSuspended { reason: String },
-    OrganizationUnsuspended { restored_mode: OrgMode },
-    OrgSettingsChanged { before: OrgSettings, after: OrgSettings },
-    OrgTokenIssued { token_id: Uuid, token_hash: String, label: Option<String> },
-    OrgTokenRevoked { token_ids: Vec<Uuid>, reason: String },
+    OrganizationCreated {
+        name: String,
+        slug: String,
+        mode: OrgMode,
+        settings: Value,
+        a2p_registered: bool,
+        max_agents: u32,
+    },
+    OrganizationApproved {
+        previous_mode: OrgMode,
+        kyc_note: String,
+        approved_by: String,
+    },
+    OrganizationSuspended {
+        reason: String,
+    },
+    OrganizationUnsuspended {
+        restored_mode: OrgMode,
+    },
+    OrgSettingsChanged {
+        before: OrgSettings,
+        after: OrgSettings,
+    },
+    OrgTokenIssued {
+        token_id: Uuid,
+        token_hash: String,
+        label: Option<String>,
+    },
+    OrgTokenRevoked {
+        token_ids: Vec<Uuid>,
+        reason: String,
+    },
     /// A refused tool call or route about this org (appended by `Store::record`; no state).
-    ActionRefused { tool: String, agent_id: Option<String>, code: String, refused_by: String, reason: String },
+    ActionRefused {
+        tool: String,
+        agent_id: Option<String>,
+        code: String,
+        refused_by: String,
+        reason: String,
+    },
 }
 
 impl DomainEvent for OrganizationEvent {
@@ -142,7 +188,12 @@ impl Aggregate for Organization {
     type Error = OrganizationError;
     type Services = ();
 
-    async fn handle(&mut self, command: OrganizationCommand, _: &(), sink: &EventSink<Self>) -> Result<(), OrganizationError> {
+    async fn handle(
+        &mut self,
+        command: OrganizationCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), OrganizationError> {
         use OrganizationEvent as E;
         let OrganizationCommand { org_id: id, action } = command;
         if !matches!(action, OrgAction::Create { .. }) && !self.exists() {
@@ -180,7 +231,9 @@ impl Aggregate for Organization {
                 if mode != OrgMode::Suspended {
                     return Err(OrganizationError::NotSuspended(id));
                 }
-                vec![E::OrganizationUnsuspended { restored_mode: self.mode_before_suspension.unwrap_or(OrgMode::Sandbox) }]
+                vec![E::OrganizationUnsuspended {
+                    restored_mode: self.mode_before_suspension.unwrap_or(OrgMode::Sandbox),
+                }]
             }
             OrgAction::ChangeSettings(change) => {
                 let before = self.settings.clone();
@@ -217,7 +270,8 @@ impl Aggregate for Organization {
         match event {
             E::OrganizationCreated { mode, a2p_registered, max_agents, .. } => {
                 self.mode = Some(mode);
-                self.settings = OrgSettings { a2p_registered, max_agents, max_spend_per_day: None, max_spend_per_month: None };
+                self.settings =
+                    OrgSettings { a2p_registered, max_agents, max_spend_per_day: None, max_spend_per_month: None };
             }
             E::OrganizationApproved { .. } => self.mode = Some(OrgMode::Production),
             E::OrganizationSuspended { .. } => {
@@ -272,76 +326,125 @@ mod tests {
 
     #[test]
     fn a_new_organization_starts_in_sandbox_with_one_admin_token() {
-        Given::with(()).given_no_previous_events().when(on(OrgAction::Create {
-            name: "Acme".into(),
-            slug: "acme".into(),
-            settings: Value::Null,
-            a2p_registered: false,
-            max_agents: 100,
-            token: token(1),
-        }))
-        .then_expect_events(created());
+        Given::with(())
+            .given_no_previous_events()
+            .when(on(OrgAction::Create {
+                name: "Acme".into(),
+                slug: "acme".into(),
+                settings: Value::Null,
+                a2p_registered: false,
+                max_agents: 100,
+                token: token(1),
+            }))
+            .then_expect_events(created());
     }
 
     #[test]
     fn creating_twice_is_a_conflict() {
-        let create = OrgAction::Create { name: "A".into(), slug: "a".into(), settings: Value::Null, a2p_registered: false, max_agents: 1, token: token(2) };
-        Given::with(()).given(created()).when(on(create)).then_expect_error(OrganizationError::AlreadyExists("acme".into()));
+        let create = OrgAction::Create {
+            name: "A".into(),
+            slug: "a".into(),
+            settings: Value::Null,
+            a2p_registered: false,
+            max_agents: 1,
+            token: token(2),
+        };
+        Given::with(())
+            .given(created())
+            .when(on(create))
+            .then_expect_error(OrganizationError::AlreadyExists("acme".into()));
     }
 
     #[test]
     fn approval_moves_sandbox_to_production_once() {
         let approve = || on(OrgAction::Approve { kyc_note: "KYC checked".into(), approved_by: "master".into() });
-        Given::with(()).given(created()).when(approve()).then_expect_events(vec![OrganizationEvent::OrganizationApproved {
-            previous_mode: OrgMode::Sandbox,
-            kyc_note: "KYC checked".into(),
-            approved_by: "master".into(),
-        }]);
+        Given::with(()).given(created()).when(approve()).then_expect_events(vec![
+            OrganizationEvent::OrganizationApproved {
+                previous_mode: OrgMode::Sandbox,
+                kyc_note: "KYC checked".into(),
+                approved_by: "master".into(),
+            },
+        ]);
         let mut approved = created();
-        approved.push(OrganizationEvent::OrganizationApproved { previous_mode: OrgMode::Sandbox, kyc_note: "ok!".into(), approved_by: "m".into() });
-        Given::with(()).given(approved).when(approve()).then_expect_error(OrganizationError::AlreadyProduction("acme".into()));
+        approved.push(OrganizationEvent::OrganizationApproved {
+            previous_mode: OrgMode::Sandbox,
+            kyc_note: "ok!".into(),
+            approved_by: "m".into(),
+        });
+        Given::with(())
+            .given(approved)
+            .when(approve())
+            .then_expect_error(OrganizationError::AlreadyProduction("acme".into()));
     }
 
     #[test]
     fn a_kyc_note_needs_3_to_2000_characters() {
-        Given::with(()).given(created()).when(on(OrgAction::Approve { kyc_note: "ok".into(), approved_by: "m".into() }))
+        Given::with(())
+            .given(created())
+            .when(on(OrgAction::Approve { kyc_note: "ok".into(), approved_by: "m".into() }))
             .then_expect_error(OrganizationError::KycNoteLength);
     }
 
     #[test]
     fn unsuspending_restores_the_mode_before_suspension() {
         let mut history = created();
-        history.push(OrganizationEvent::OrganizationApproved { previous_mode: OrgMode::Sandbox, kyc_note: "fine".into(), approved_by: "m".into() });
+        history.push(OrganizationEvent::OrganizationApproved {
+            previous_mode: OrgMode::Sandbox,
+            kyc_note: "fine".into(),
+            approved_by: "m".into(),
+        });
         history.push(OrganizationEvent::OrganizationSuspended { reason: "abuse".into() });
-        Given::with(()).given(history).when(on(OrgAction::Unsuspend))
-            .then_expect_events(vec![OrganizationEvent::OrganizationUnsuspended { restored_mode: OrgMode::Production }]);
+        Given::with(()).given(history).when(on(OrgAction::Unsuspend)).then_expect_events(vec![
+            OrganizationEvent::OrganizationUnsuspended { restored_mode: OrgMode::Production },
+        ]);
     }
 
     #[test]
     fn commands_on_an_unknown_organization_are_not_found() {
-        Given::with(()).given_no_previous_events().when(on(OrgAction::Suspend { reason: "x".into() }))
+        Given::with(())
+            .given_no_previous_events()
+            .when(on(OrgAction::Suspend { reason: "x".into() }))
             .then_expect_error(OrganizationError::NotFound("acme".into()));
     }
 
     #[test]
     fn rotation_revokes_every_active_token_and_issues_one() {
         let mut history = created();
-        history.push(OrganizationEvent::OrgTokenIssued { token_id: Uuid::from_u128(2), token_hash: "hash2".into(), label: None });
+        history.push(OrganizationEvent::OrgTokenIssued {
+            token_id: Uuid::from_u128(2),
+            token_hash: "hash2".into(),
+            label: None,
+        });
         history.push(OrganizationEvent::OrganizationSuspended { reason: "leak".into() });
-        Given::with(()).given(history).when(on(OrgAction::RotateToken { token: token(3), reason: "rotate".into() }))
+        Given::with(())
+            .given(history)
+            .when(on(OrgAction::RotateToken { token: token(3), reason: "rotate".into() }))
             .then_expect_events(vec![
-                OrganizationEvent::OrgTokenRevoked { token_ids: vec![Uuid::from_u128(1), Uuid::from_u128(2)], reason: "rotate".into() },
-                OrganizationEvent::OrgTokenIssued { token_id: Uuid::from_u128(3), token_hash: "hash3".into(), label: None },
+                OrganizationEvent::OrgTokenRevoked {
+                    token_ids: vec![Uuid::from_u128(1), Uuid::from_u128(2)],
+                    reason: "rotate".into(),
+                },
+                OrganizationEvent::OrgTokenIssued {
+                    token_id: Uuid::from_u128(3),
+                    token_hash: "hash3".into(),
+                    label: None,
+                },
             ]);
     }
 
     #[test]
     fn settings_change_records_before_and_after_and_nothing_when_unchanged() {
         let change = SettingsChange { max_spend_per_day: Some(Some(5_000_000)), ..SettingsChange::default() };
-        let before = OrgSettings { a2p_registered: false, max_agents: 100, max_spend_per_day: None, max_spend_per_month: None };
+        let before =
+            OrgSettings { a2p_registered: false, max_agents: 100, max_spend_per_day: None, max_spend_per_month: None };
         let after = OrgSettings { max_spend_per_day: Some(5_000_000), ..before.clone() };
-        Given::with(()).given(created()).when(on(OrgAction::ChangeSettings(change)))
+        Given::with(())
+            .given(created())
+            .when(on(OrgAction::ChangeSettings(change)))
             .then_expect_events(vec![OrganizationEvent::OrgSettingsChanged { before, after }]);
-        Given::with(()).given(created()).when(on(OrgAction::ChangeSettings(SettingsChange::default()))).then_expect_events(vec![]);
+        Given::with(())
+            .given(created())
+            .when(on(OrgAction::ChangeSettings(SettingsChange::default())))
+            .then_expect_events(vec![]);
     }
 }

@@ -95,7 +95,10 @@ impl Pii {
 
     /// A field about `subject` that also belongs to one consent grant (◊).
     pub fn consent_record(value: impl Into<String>, subject: impl Into<String>, consent_id: Uuid) -> Self {
-        Self::clear(value, SealWith { subject: Some(subject.into()), retention: None, consent_record: Some(consent_id) })
+        Self::clear(
+            value,
+            SealWith { subject: Some(subject.into()), retention: None, consent_record: Some(consent_id) },
+        )
     }
 
     /// A field sealed only by a retention key (§, IP addresses).

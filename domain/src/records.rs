@@ -22,7 +22,11 @@ pub enum IpEvent {
         token_fingerprint: Option<String>,
         claimed_agent_id: Option<String>,
     },
-    IpLockedOut { ip: Pii, failures: u32, locked_until: String },
+    IpLockedOut {
+        ip: Pii,
+        failures: u32,
+        locked_until: String,
+    },
 }
 
 /// Stream `principal` (id = `<kind>:<id>`).
@@ -83,7 +87,8 @@ mod tests {
 
     #[test]
     fn event_type_names_are_the_contract_names() {
-        let opened = SessionEvent::SessionOpened { session_id: "s".into(), transport: "sse".into(), claimed_agent_id: None };
+        let opened =
+            SessionEvent::SessionOpened { session_id: "s".into(), transport: "sse".into(), claimed_agent_id: None };
         assert_eq!(opened.event_type(), "SessionOpened");
         let refused = RefusalEvent::ActionRefused {
             tool: "comms_ping".into(),

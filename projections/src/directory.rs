@@ -42,7 +42,12 @@ impl Projection for OrgsProjection {
         &["orgs"]
     }
 
-    fn apply<'a>(&'a self, conn: &'a mut PgConnection, tables: &'a Tables, events: &'a [StoredEvent]) -> BoxFuture<'a, Result<(), ProjectionError>> {
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tables: &'a Tables,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let orgs = tables.get("orgs");
             for event in events.iter().filter(|e| e.aggregate_type == "organization") {
@@ -111,7 +116,12 @@ impl Projection for AgentsProjection {
         &["agents"]
     }
 
-    fn apply<'a>(&'a self, conn: &'a mut PgConnection, tables: &'a Tables, events: &'a [StoredEvent]) -> BoxFuture<'a, Result<(), ProjectionError>> {
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tables: &'a Tables,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let agents = tables.get("agents");
             for event in events.iter().filter(|e| e.aggregate_type == "agent") {
@@ -137,20 +147,24 @@ impl Projection for AgentsProjection {
                         .await?;
                     }
                     "AgentDeprovisioned" => {
-                        sqlx::query(&format!("UPDATE {agents} SET status = 'deprovisioned', updated_at = $2 WHERE agent_id = $1"))
-                            .bind(id)
-                            .bind(at)
-                            .execute(&mut *conn)
-                            .await?;
+                        sqlx::query(&format!(
+                            "UPDATE {agents} SET status = 'deprovisioned', updated_at = $2 WHERE agent_id = $1"
+                        ))
+                        .bind(id)
+                        .bind(at)
+                        .execute(&mut *conn)
+                        .await?;
                         notify(conn, tables, json!({"agent": id, "status": "deprovisioned"})).await?;
                     }
                     "AgentChannelsBlocked" => {
-                        sqlx::query(&format!("UPDATE {agents} SET blocked_channels = $2, updated_at = $3 WHERE agent_id = $1"))
-                            .bind(id)
-                            .bind(p.get("blockedChannels").cloned().unwrap_or(json!([])))
-                            .bind(at)
-                            .execute(&mut *conn)
-                            .await?;
+                        sqlx::query(&format!(
+                            "UPDATE {agents} SET blocked_channels = $2, updated_at = $3 WHERE agent_id = $1"
+                        ))
+                        .bind(id)
+                        .bind(p.get("blockedChannels").cloned().unwrap_or(json!([])))
+                        .bind(at)
+                        .execute(&mut *conn)
+                        .await?;
                     }
                     _ => {}
                 }
@@ -169,7 +183,12 @@ impl Projection for TokensProjection {
         &["tokens"]
     }
 
-    fn apply<'a>(&'a self, conn: &'a mut PgConnection, tables: &'a Tables, events: &'a [StoredEvent]) -> BoxFuture<'a, Result<(), ProjectionError>> {
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tables: &'a Tables,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let tokens = tables.get("tokens");
             for event in events {
@@ -227,7 +246,12 @@ impl Projection for LimitsProjection {
         &["agent_limits"]
     }
 
-    fn apply<'a>(&'a self, conn: &'a mut PgConnection, tables: &'a Tables, events: &'a [StoredEvent]) -> BoxFuture<'a, Result<(), ProjectionError>> {
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tables: &'a Tables,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let table = tables.get("agent_limits");
             for event in events.iter().filter(|e| e.aggregate_type == "agent") {
@@ -244,8 +268,17 @@ impl Projection for LimitsProjection {
                     _ => continue,
                 };
                 let p = payload(event);
-                let value = if event.event_type == "LimitsChanged" { p.get("overridesAfter").cloned().unwrap_or(json!({})) } else { p };
-                sqlx::query(&sql).bind(&event.aggregate_id).bind(value).bind(event.occurred_at).execute(&mut *conn).await?;
+                let value = if event.event_type == "LimitsChanged" {
+                    p.get("overridesAfter").cloned().unwrap_or(json!({}))
+                } else {
+                    p
+                };
+                sqlx::query(&sql)
+                    .bind(&event.aggregate_id)
+                    .bind(value)
+                    .bind(event.occurred_at)
+                    .execute(&mut *conn)
+                    .await?;
             }
             Ok(())
         })

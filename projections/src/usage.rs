@@ -26,7 +26,9 @@ struct Sent {
 fn channel(event_type: &str, sent: &Sent) -> Option<String> {
     match event_type {
         "MessageSent" => sent.channel.clone(),
-        "CallPlaced" => Some(if sent.kind.as_deref() == Some("voice_message") { "voice_message" } else { "voice_call" }.into()),
+        "CallPlaced" => {
+            Some(if sent.kind.as_deref() == Some("voice_message") { "voice_message" } else { "voice_call" }.into())
+        }
         _ => None,
     }
 }
@@ -40,7 +42,12 @@ impl Projection for UsageProjection {
         &["usage_hourly"]
     }
 
-    fn apply<'a>(&'a self, conn: &'a mut PgConnection, tables: &'a Tables, events: &'a [StoredEvent]) -> BoxFuture<'a, Result<(), ProjectionError>> {
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tables: &'a Tables,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let mut sums = Sums::new();
             for event in events.iter().filter(|e| e.aggregate_type == "agent") {

@@ -14,9 +14,9 @@ pub fn require_role(principal: &Principal, needed: Role) -> Result<(), ApiError>
         (Role::Agent, Role::Org | Role::SuperAdmin) => {
             Err(forbidden("Admin access required. Agent tokens cannot perform this action."))
         }
-        (Role::Org, Role::SuperAdmin) => Err(forbidden(
-            "Super-admin access required. Only the orchestrator token can perform this action.",
-        )),
+        (Role::Org, Role::SuperAdmin) => {
+            Err(forbidden("Super-admin access required. Only the orchestrator token can perform this action."))
+        }
         _ => Ok(()),
     }
 }
@@ -54,7 +54,14 @@ mod tests {
     use super::*;
 
     fn agent(id: &str, org: &str) -> Principal {
-        Principal { kind: Role::Agent, id: id.into(), org_id: Some(org.into()), token_id: None, actor_id: id.into(), elevated: false }
+        Principal {
+            kind: Role::Agent,
+            id: id.into(),
+            org_id: Some(org.into()),
+            token_id: None,
+            actor_id: id.into(),
+            elevated: false,
+        }
     }
 
     #[test]
@@ -62,7 +69,10 @@ mod tests {
         let a = agent("a1", "o1");
         let org = Principal { kind: Role::Org, id: "o1".into(), ..agent("x", "o1") };
         let master = Principal::master("master");
-        assert_eq!(require_role(&a, Role::Org).unwrap_err().message, "Admin access required. Agent tokens cannot perform this action.");
+        assert_eq!(
+            require_role(&a, Role::Org).unwrap_err().message,
+            "Admin access required. Agent tokens cannot perform this action."
+        );
         assert!(require_role(&org, Role::SuperAdmin).unwrap_err().message.starts_with("Super-admin access required"));
         assert!(require_role(&master, Role::SuperAdmin).is_ok());
         assert_eq!(own_agent(&a, "a2").unwrap_err().message, "Token for agent \"a1\" cannot access agent \"a2\"");

@@ -153,7 +153,13 @@ impl Identity {
 
     /// Whether token `token_id` is still active (sessions check the token that opened them).
     pub async fn token_active(&self, token_id: Uuid) -> Result<bool, sqlx::Error> {
-        let cached = self.tokens.read().expect("token cache lock").values().find(|c| c.value.token_id == token_id && c.fresh()).map(|c| !c.value.revoked);
+        let cached = self
+            .tokens
+            .read()
+            .expect("token cache lock")
+            .values()
+            .find(|c| c.value.token_id == token_id && c.fresh())
+            .map(|c| !c.value.revoked);
         if let Some(active) = cached {
             return Ok(active);
         }
@@ -182,7 +188,10 @@ impl Identity {
         };
         let kind = if kind == "agent" { Role::Agent } else { Role::Org };
         let record = TokenRecord { token_id, kind, agent_id, org_id, revoked };
-        self.tokens.write().expect("token cache lock").insert(hash.to_string(), Cached { value: record.clone(), at: Instant::now() });
+        self.tokens
+            .write()
+            .expect("token cache lock")
+            .insert(hash.to_string(), Cached { value: record.clone(), at: Instant::now() });
         Ok(Some(record))
     }
 
@@ -198,7 +207,10 @@ impl Identity {
             .fetch_optional(&self.pool)
             .await?;
         if mode.is_some() {
-            self.org_modes.write().expect("org cache lock").insert(org_id.to_string(), Cached { value: mode.clone(), at: Instant::now() });
+            self.org_modes
+                .write()
+                .expect("org cache lock")
+                .insert(org_id.to_string(), Cached { value: mode.clone(), at: Instant::now() });
         }
         Ok(mode)
     }

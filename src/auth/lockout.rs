@@ -79,7 +79,8 @@ impl Lockout {
 
     /// After a lost notification connection: every IP with a counter is a suspect again.
     pub async fn reload_suspects(&self) -> Result<(), sqlx::Error> {
-        let keys: Vec<String> = sqlx::query_scalar("SELECT ip_key FROM auth_failures").fetch_all(self.store.pool()).await?;
+        let keys: Vec<String> =
+            sqlx::query_scalar("SELECT ip_key FROM auth_failures").fetch_all(self.store.pool()).await?;
         self.suspects.lock().expect("suspects lock").extend(keys);
         Ok(())
     }
@@ -119,7 +120,14 @@ impl Lockout {
     }
 
     /// A failed credential check: recorded, counted, and at the threshold the IP is locked.
-    pub async fn fail(&self, ip: IpAddr, failure: AuthFailure, route: &str, presented: Option<&str>, claimed_agent: Option<&str>) {
+    pub async fn fail(
+        &self,
+        ip: IpAddr,
+        failure: AuthFailure,
+        route: &str,
+        presented: Option<&str>,
+        claimed_agent: Option<&str>,
+    ) {
         if failure == AuthFailure::Unavailable {
             return;
         }
@@ -180,11 +188,12 @@ impl Lockout {
         if !self.suspects.lock().expect("suspects lock").remove(&ip_ref) {
             return;
         }
-        let reset = sqlx::query("DELETE FROM auth_failures WHERE ip_key = $1 AND (locked_until IS NULL OR locked_until <= $2)")
-            .bind(&ip_ref)
-            .bind(self.clock.now())
-            .execute(self.store.pool())
-            .await;
+        let reset =
+            sqlx::query("DELETE FROM auth_failures WHERE ip_key = $1 AND (locked_until IS NULL OR locked_until <= $2)")
+                .bind(&ip_ref)
+                .bind(self.clock.now())
+                .execute(self.store.pool())
+                .await;
         if let Err(e) = reset {
             tracing::warn!(error = %e, "failure count not reset");
         }
@@ -194,7 +203,14 @@ impl Lockout {
         CommandContext::new(Actor::system("auth"), "http", self.clock.now())
     }
 
-    async fn record_failure(&self, ip: IpAddr, reason: &str, route: &str, presented: Option<&str>, claimed_agent: Option<&str>) {
+    async fn record_failure(
+        &self,
+        ip: IpAddr,
+        reason: &str,
+        route: &str,
+        presented: Option<&str>,
+        claimed_agent: Option<&str>,
+    ) {
         let event = IpEvent::AuthFailed {
             ip: Pii::retained(ip.to_string(), RetentionClass::Security),
             reason: reason.into(),

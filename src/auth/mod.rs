@@ -3,9 +3,9 @@
 //! instance), `lockout` counts failures per IP in Postgres, `guard` holds the role and org rules.
 
 pub mod guard;
-pub mod watch;
 pub mod identity;
 pub mod lockout;
+pub mod watch;
 
 use axum::http::HeaderMap;
 use uuid::Uuid;
@@ -51,7 +51,14 @@ pub struct Principal {
 
 impl Principal {
     pub fn master(actor_id: &str) -> Self {
-        Self { kind: Role::SuperAdmin, id: "master".into(), org_id: None, token_id: None, actor_id: actor_id.into(), elevated: false }
+        Self {
+            kind: Role::SuperAdmin,
+            id: "master".into(),
+            org_id: None,
+            token_id: None,
+            actor_id: actor_id.into(),
+            elevated: false,
+        }
     }
 
     /// The rights this principal has.

@@ -66,7 +66,13 @@ mod tests {
         let key = [7u8; 32];
         let version = key_version(&key);
         assert_eq!(version.len(), 8);
-        let aad = CredentialAad { scope: "org", org_id: "acme", provider: "twilio", credential_key: "authToken", key_version: &version };
+        let aad = CredentialAad {
+            scope: "org",
+            org_id: "acme",
+            provider: "twilio",
+            credential_key: "authToken",
+            key_version: &version,
+        };
         let stored = encrypt(&key, &aad, "s3cr3t");
         assert_eq!((stored.iv.len(), stored.auth_tag.len()), (24, 32));
         assert_eq!(decrypt(&key, &aad, &stored).unwrap(), "s3cr3t");

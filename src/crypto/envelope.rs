@@ -41,7 +41,12 @@ pub fn seal(keys: &[(Uuid, Key)], event_id: Uuid, path: &str, plaintext: &str) -
     }
 }
 
-pub fn open(field: &SealedField, event_id: Uuid, path: &str, lookup: impl Fn(Uuid) -> Option<Key>) -> Result<String, Opened> {
+pub fn open(
+    field: &SealedField,
+    event_id: Uuid,
+    path: &str,
+    lookup: impl Fn(Uuid) -> Option<Key>,
+) -> Result<String, Opened> {
     let keys: Vec<Key> = field.k.iter().map(|id| lookup(*id)).collect::<Option<_>>().ok_or(Opened::Erased)?;
     let nonce = STANDARD.decode(&field.n).map_err(|_| Opened::Corrupt)?;
     let ciphertext = STANDARD.decode(&field.c).map_err(|_| Opened::Corrupt)?;

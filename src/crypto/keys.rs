@@ -21,7 +21,12 @@ const BLIND_INDEX_INFO: &[u8] = b"commguard/blind-index/v1";
 
 /// The configured key, else (development only) the one kept in `<data_dir>/keys/<var>.hex`,
 /// generated on first use.
-pub fn load_or_generate(var: &str, configured: Option<Key>, data_dir: &Path, production: bool) -> Result<Key, CryptoError> {
+pub fn load_or_generate(
+    var: &str,
+    configured: Option<Key>,
+    data_dir: &Path,
+    production: bool,
+) -> Result<Key, CryptoError> {
     if let Some(key) = configured {
         return Ok(key);
     }
@@ -42,10 +47,14 @@ pub fn load_or_generate(var: &str, configured: Option<Key>, data_dir: &Path, pro
     let key = DataKeys::new_key();
     // Write to a private temporary file, then rename: a crash never leaves half a key.
     let tmp = dir.join(format!(".{}.{}", var.to_ascii_lowercase(), Uuid::new_v4().simple()));
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(file_error)?;
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(file_error)?;
     file.write_all(hex::encode(key).as_bytes()).and_then(|_| file.sync_all()).map_err(file_error)?;
     std::fs::rename(&tmp, &path).map_err(file_error)?;
-    tracing::warn!(variable = var, "generated a development key in the data directory; set it explicitly in production");
+    tracing::warn!(
+        variable = var,
+        "generated a development key in the data directory; set it explicitly in production"
+    );
     Ok(key)
 }
 

@@ -51,7 +51,11 @@ fn aggregate_error<E: std::error::Error>(e: AggregateError<E>, code: impl Fn(&E)
 /// A transaction holding advisory lock `key` until it ends (dropped → rolled back → released).
 async fn lock(app: &AppState, key: &str) -> Result<Transaction<'static, Postgres>, ApiError> {
     let mut tx = app.pool.begin().await.map_err(ApiError::internal)?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(key).execute(&mut *tx).await.map_err(ApiError::internal)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(key)
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(tx)
 }
 
@@ -86,7 +90,8 @@ pub async fn ensure_default_org(app: &AppState) -> Result<(), ApiError> {
             token,
         },
     };
-    let context = CommandContext::new(crate::store::Actor::system("startup"), "system", app.clock.now()).in_org(DEFAULT_ORG);
+    let context =
+        CommandContext::new(crate::store::Actor::system("startup"), "system", app.clock.now()).in_org(DEFAULT_ORG);
     match app.store.execute(&app.orgs, DEFAULT_ORG, command, &context).await {
         Ok(position) => settle(app, position).await,
         Err(AggregateError::UserError(_)) => Ok(()),
@@ -162,7 +167,9 @@ fn compliance(message: impl Into<String>, rule: &str) -> ApiError {
 
 /// An org that exists and may act (Z6), for provisioning and outbound paths.
 pub async fn active_org(app: &AppState, org_id: &str) -> Result<OrgView, ApiError> {
-    let found = org(&app.pool, org_id).await?.ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))?;
+    let found = org(&app.pool, org_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))?;
     if found.mode == OrgMode::Suspended.as_str() {
         return Err(compliance(format!("Organization \"{org_id}\" is suspended"), "sandbox"));
     }
@@ -191,9 +198,12 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
     let locked_org = org(&mut *tx, &new.org_id).await?.unwrap_or(org_view);
     let (active, max) = (locked_org.agent_count, i64::from(locked_org.max_agents));
     if active >= max {
-        return Err(ApiError::new(ErrorCode::QuotaExceeded, format!("Agent pool is full ({active}/{max}). Deprovision an agent first."))
-            .with("current", active)
-            .with("max", max));
+        return Err(ApiError::new(
+            ErrorCode::QuotaExceeded,
+            format!("Agent pool is full ({active}/{max}). Deprovision an agent first."),
+        )
+        .with("current", active)
+        .with("max", max));
     }
     context.provenance.pass("duplicate");
     context.provenance.pass("capacity");
@@ -267,16 +277,29 @@ async fn active_tokens(app: &AppState, kind: &str, id: &str) -> Result<Vec<Uuid>
 }
 
 /// An existing agent the caller may address (Z1, Z2).
-pub async fn addressable_agent(app: &AppState, principal: &Principal, agent_id: &str) -> Result<super::AgentView, ApiError> {
+pub async fn addressable_agent(
+    app: &AppState,
+    principal: &Principal,
+    agent_id: &str,
+) -> Result<super::AgentView, ApiError> {
     guard::own_agent(principal, agent_id)?;
-    let found = agent(&app.pool, agent_id).await?.ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
+    let found = agent(&app.pool, agent_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
     guard::agent_in_org(principal, agent_id, &found.org_id)?;
     Ok(found)
 }
 
 /// `comms_deprovision_channels`: revokes its tokens and closes its sessions.
-pub async fn deprovision(app: &AppState, context: CommandContext, agent_id: &str, release_number: bool) -> Result<Value, ApiError> {
-    let found = agent(&app.pool, agent_id).await?.ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
+pub async fn deprovision(
+    app: &AppState,
+    context: CommandContext,
+    agent_id: &str,
+    release_number: bool,
+) -> Result<Value, ApiError> {
+    let found = agent(&app.pool, agent_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
     let tokens = active_tokens(app, "agent", agent_id).await?;
     // Mock numbers are always released; real numbers are released by the provider adapters.
     let command = AgentCommand {
@@ -308,7 +331,12 @@ pub enum RotateTarget {
 
 /// `comms_rotate_token` and the admin rotate routes. Sessions of the revoked tokens are closed
 /// shortly after, so the caller's reply is delivered first (CONTRACT §6.3).
-pub async fn rotate(app: &AppState, context: CommandContext, target: RotateTarget, label: Option<String>) -> Result<Value, ApiError> {
+pub async fn rotate(
+    app: &AppState,
+    context: CommandContext,
+    target: RotateTarget,
+    label: Option<String>,
+) -> Result<Value, ApiError> {
     let (kind, id, org_id) = match &target {
         RotateTarget::Agent { agent_id, org_id } => ("agent", agent_id.clone(), org_id.clone()),
         RotateTarget::Org { org_id } => ("org", org_id.clone(), org_id.clone()),
@@ -319,7 +347,8 @@ pub async fn rotate(app: &AppState, context: CommandContext, target: RotateTarge
     let context = context.in_org(org_id);
     let position = match target {
         RotateTarget::Agent { agent_id, .. } => {
-            let action = AgentAction::RotateToken { token: issued, issued_via: IssuedVia::Rotate, reason: "rotated".into() };
+            let action =
+                AgentAction::RotateToken { token: issued, issued_via: IssuedVia::Rotate, reason: "rotated".into() };
             app.store
                 .execute(&app.agents, &agent_id, AgentCommand { agent_id: agent_id.clone(), action }, &context)
                 .await
@@ -350,7 +379,12 @@ pub async fn rotate(app: &AppState, context: CommandContext, target: RotateTarge
 }
 
 /// Approve, suspend, unsuspend or change settings of an org (S; settings caps also O own).
-pub async fn org_lifecycle(app: &AppState, context: CommandContext, org_id: &str, action: OrgAction) -> Result<OrgView, ApiError> {
+pub async fn org_lifecycle(
+    app: &AppState,
+    context: CommandContext,
+    org_id: &str,
+    action: OrgAction,
+) -> Result<OrgView, ApiError> {
     let suspending = matches!(action, OrgAction::Suspend { .. });
     let position = app
         .store
@@ -365,12 +399,28 @@ pub async fn org_lifecycle(app: &AppState, context: CommandContext, org_id: &str
     org(&app.pool, org_id).await?.ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))
 }
 
-pub fn settings_change(a2p: Option<bool>, max_agents: Option<u32>, day: Option<Option<i64>>, month: Option<Option<i64>>) -> OrgAction {
-    OrgAction::ChangeSettings(SettingsChange { a2p_registered: a2p, max_agents, max_spend_per_day: day, max_spend_per_month: month })
+pub fn settings_change(
+    a2p: Option<bool>,
+    max_agents: Option<u32>,
+    day: Option<Option<i64>>,
+    month: Option<Option<i64>>,
+) -> OrgAction {
+    OrgAction::ChangeSettings(SettingsChange {
+        a2p_registered: a2p,
+        max_agents,
+        max_spend_per_day: day,
+        max_spend_per_month: month,
+    })
 }
 
 /// `POST /admin/api/agents/:agentId/blocked-channels`.
-pub async fn block_channels(app: &AppState, context: CommandContext, agent_id: &str, org_id: &str, channels: Vec<String>) -> Result<Value, ApiError> {
+pub async fn block_channels(
+    app: &AppState,
+    context: CommandContext,
+    agent_id: &str,
+    org_id: &str,
+    channels: Vec<String>,
+) -> Result<Value, ApiError> {
     let command = AgentCommand { agent_id: agent_id.into(), action: AgentAction::BlockChannels { channels } };
     let position = app
         .store
@@ -378,7 +428,9 @@ pub async fn block_channels(app: &AppState, context: CommandContext, agent_id: &
         .await
         .map_err(|e| aggregate_error(e, |e| e.code()))?;
     settle(app, position).await?;
-    let found = agent(&app.pool, agent_id).await?.ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
+    let found = agent(&app.pool, agent_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
     Ok(json!({ "success": true, "agentId": agent_id, "blockedChannels": found.blocked_channels }))
 }
 
@@ -399,16 +451,33 @@ pub fn approved_view(view: &OrgView) -> Value {
     json!({ "success": true, "orgId": view.org_id, "mode": view.mode, "approvedAt": rfc3339(view.updated_at) })
 }
 
-/// `comms_set_agent_limits` (S): overrides change, effective limits follow (CONTRACT §9.2).
-pub async fn set_limits(app: &AppState, context: CommandContext, agent_id: &str, org_id: &str, change: OverridesChange) -> Result<Value, ApiError> {
-    let action = AgentAction::SetLimits { change, starter: super::starter(&app.config) };
+/// Runs a limits or billing command and answers with the agent as the limits projection now has it.
+async fn change_agent_limits(
+    app: &AppState,
+    context: CommandContext,
+    agent_id: &str,
+    org_id: &str,
+    action: AgentAction,
+) -> Result<super::AgentView, ApiError> {
     let position = app
         .store
         .execute(&app.agents, agent_id, AgentCommand { agent_id: agent_id.into(), action }, &context.in_org(org_id))
         .await
         .map_err(|e| aggregate_error(e, |e| e.code()))?;
     settle_on(app, position, &["limits"]).await?;
-    let view = agent(&app.pool, agent_id).await?.ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
+    agent(&app.pool, agent_id).await?.ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))
+}
+
+/// `comms_set_agent_limits` (S): overrides change, effective limits follow (CONTRACT §9.2).
+pub async fn set_limits(
+    app: &AppState,
+    context: CommandContext,
+    agent_id: &str,
+    org_id: &str,
+    change: OverridesChange,
+) -> Result<Value, ApiError> {
+    let action = AgentAction::SetLimits { change, starter: super::starter(&app.config) };
+    let view = change_agent_limits(app, context, agent_id, org_id, action).await?;
     Ok(json!({
         "success": true,
         "agentId": agent_id,
@@ -430,13 +499,7 @@ pub async fn set_billing(
 ) -> Result<Value, ApiError> {
     let starter = super::starter(&app.config);
     let action = AgentAction::SetBilling { tier, markup_percent, billing_email: billing_email.clone(), starter };
-    let position = app
-        .store
-        .execute(&app.agents, agent_id, AgentCommand { agent_id: agent_id.into(), action }, &context.in_org(org_id))
-        .await
-        .map_err(|e| aggregate_error(e, |e| e.code()))?;
-    settle_on(app, position, &["limits"]).await?;
-    let view = agent(&app.pool, agent_id).await?.ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
+    let view = change_agent_limits(app, context, agent_id, org_id, action).await?;
     Ok(json!({
         "success": true,
         "agentId": agent_id,

@@ -51,15 +51,18 @@ const ORG_COLUMNS: &str = "o.org_id, o.name, o.slug, o.mode, o.a2p_registered, o
     o.max_spend_per_day, o.max_spend_per_month, o.created_at, o.updated_at, \
     (SELECT COUNT(*) FROM agents a WHERE a.org_id = o.org_id AND a.status = 'active') AS agent_count";
 
-const AGENT_COLUMNS: &str = "a.agent_id, a.org_id, a.display_name, a.agent_gender, a.country, a.status, a.capabilities, \
+const AGENT_COLUMNS: &str =
+    "a.agent_id, a.org_id, a.display_name, a.agent_gender, a.country, a.status, a.capabilities, \
     a.channels, a.blocked_channels, a.mode, a.provisioned_at, l.tier, l.overrides, l.markup_percent";
 
 pub async fn agent<'e>(db: impl PgExecutor<'e>, agent_id: &str) -> Result<Option<AgentView>, ApiError> {
-    sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents a LEFT JOIN agent_limits l USING (agent_id) WHERE a.agent_id = $1"))
-        .bind(agent_id)
-        .fetch_optional(db)
-        .await
-        .map_err(ApiError::internal)
+    sqlx::query_as(&format!(
+        "SELECT {AGENT_COLUMNS} FROM agents a LEFT JOIN agent_limits l USING (agent_id) WHERE a.agent_id = $1"
+    ))
+    .bind(agent_id)
+    .fetch_optional(db)
+    .await
+    .map_err(ApiError::internal)
 }
 
 pub async fn agents_of(pool: &PgPool, org_id: Option<&str>) -> Result<Vec<AgentView>, ApiError> {
@@ -67,10 +70,10 @@ pub async fn agents_of(pool: &PgPool, org_id: Option<&str>) -> Result<Vec<AgentV
         "SELECT {AGENT_COLUMNS} FROM agents a LEFT JOIN agent_limits l USING (agent_id)
          WHERE $1::text IS NULL OR a.org_id = $1 ORDER BY a.provisioned_at, a.agent_id"
     ))
-        .bind(org_id)
-        .fetch_all(pool)
-        .await
-        .map_err(ApiError::internal)
+    .bind(org_id)
+    .fetch_all(pool)
+    .await
+    .map_err(ApiError::internal)
 }
 
 pub async fn org<'e>(db: impl PgExecutor<'e>, org_id: &str) -> Result<Option<OrgView>, ApiError> {

@@ -119,12 +119,16 @@ impl FromRequestParts<AppState> for Admin {
             }
             Bearer::Token(token) => match app.identity.resolve(&token).await {
                 // A valid agent token is not an admin credential; it is not a guess either.
-                Ok(p) if p.role() == Role::Agent => return Err(ApiError::new(ErrorCode::Unauthorized, "Invalid admin token")),
+                Ok(p) if p.role() == Role::Agent => {
+                    return Err(ApiError::new(ErrorCode::Unauthorized, "Invalid admin token"))
+                }
                 Ok(p) => {
                     app.lockout.succeed(ip).await;
                     p
                 }
-                Err(AuthFailure::Unavailable) => return Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
+                Err(AuthFailure::Unavailable) => {
+                    return Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable"))
+                }
                 Err(failure) => {
                     app.lockout.fail(ip, failure, route, Some(&token), None).await;
                     return Err(ApiError::new(ErrorCode::Unauthorized, "Invalid admin token"));
@@ -134,7 +138,8 @@ impl FromRequestParts<AppState> for Admin {
         if let Some(slot) = parts.extensions.get::<CallerSlot>() {
             *slot.0.lock().expect("caller slot lock") = Some(principal.clone());
         }
-        let mut context = CommandContext::new(principal.actor(), "admin-api", app.clock.now()).with_request_id(request_id);
+        let mut context =
+            CommandContext::new(principal.actor(), "admin-api", app.clock.now()).with_request_id(request_id);
         if let Some(org) = &principal.org_id {
             context = context.in_org(org.clone());
         }
@@ -165,19 +170,31 @@ async fn list_orgs(State(app): State<AppState>, admin: Admin) -> Result<Json<Val
     let orgs = dir::orgs(&app.pool).await?;
     let visible: Vec<Value> = orgs
         .iter()
-        .filter(|o| admin.principal.role() == Role::SuperAdmin || admin.principal.org_id.as_deref() == Some(o.org_id.as_str()))
+        .filter(|o| {
+            admin.principal.role() == Role::SuperAdmin || admin.principal.org_id.as_deref() == Some(o.org_id.as_str())
+        })
         .map(dir::OrgView::admin_view)
         .collect();
     Ok(Json(json!({ "orgs": visible, "total": visible.len(), "nextCursor": null })))
 }
 
-async fn get_org(State(app): State<AppState>, admin: Admin, Path(org_id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_org(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(org_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     guard::own_org(&admin.principal, &org_id)?;
-    let org = dir::org(&app.pool, &org_id).await?.ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))?;
+    let org = dir::org(&app.pool, &org_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))?;
     Ok(Json(org.admin_view()))
 }
 
-async fn create_org(State(app): State<AppState>, admin: Admin, body: Option<Json<Value>>) -> Result<Json<Value>, ApiError> {
+async fn create_org(
+    State(app): State<AppState>,
+    admin: Admin,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
     guard::require_role(&admin.principal, Role::SuperAdmin)?;
     let raw = body_args(&body);
     let args = Args::new(&raw)?;
@@ -192,16 +209,29 @@ async fn create_org(State(app): State<AppState>, admin: Admin, body: Option<Json
 }
 
 async fn existing_org(app: &AppState, org_id: &str) -> Result<dir::OrgView, ApiError> {
-    dir::org(&app.pool, org_id).await?.ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))
+    dir::org(&app.pool, org_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))
 }
 
-async fn approve(State(app): State<AppState>, admin: Admin, Path(org_id): Path<String>, body: Option<Json<Value>>) -> Result<Json<Value>, ApiError> {
+async fn approve(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(org_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
     super_admin(&admin)?;
     existing_org(&app, &org_id).await?;
     let raw = body_args(&body);
     let kyc_note = Args::new(&raw)?.str("kycNote", 3, 2000)?;
     let approved_by = admin.principal.actor_id.clone();
-    let view = commands::org_lifecycle(&app, admin.context, &org_id, commguard_domain::organization::OrgAction::Approve { kyc_note, approved_by }).await?;
+    let view = commands::org_lifecycle(
+        &app,
+        admin.context,
+        &org_id,
+        commguard_domain::organization::OrgAction::Approve { kyc_note, approved_by },
+    )
+    .await?;
     Ok(Json(commands::approved_view(&view)))
 }
 
@@ -213,19 +243,36 @@ fn super_admin(admin: &Admin) -> Result<(), ApiError> {
     }
 }
 
-async fn suspend(State(app): State<AppState>, admin: Admin, Path(org_id): Path<String>, body: Option<Json<Value>>) -> Result<Json<Value>, ApiError> {
+async fn suspend(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(org_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
     super_admin(&admin)?;
     existing_org(&app, &org_id).await?;
     let raw = body_args(&body);
     let reason = Args::new(&raw)?.opt_str("reason", 500)?.unwrap_or_default();
-    let view = commands::org_lifecycle(&app, admin.context, &org_id, commguard_domain::organization::OrgAction::Suspend { reason }).await?;
+    let view = commands::org_lifecycle(
+        &app,
+        admin.context,
+        &org_id,
+        commguard_domain::organization::OrgAction::Suspend { reason },
+    )
+    .await?;
     Ok(Json(json!({ "success": true, "orgId": org_id, "mode": view.mode })))
 }
 
-async fn unsuspend(State(app): State<AppState>, admin: Admin, Path(org_id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn unsuspend(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(org_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     super_admin(&admin)?;
     existing_org(&app, &org_id).await?;
-    let view = commands::org_lifecycle(&app, admin.context, &org_id, commguard_domain::organization::OrgAction::Unsuspend).await?;
+    let view =
+        commands::org_lifecycle(&app, admin.context, &org_id, commguard_domain::organization::OrgAction::Unsuspend)
+            .await?;
     Ok(Json(json!({ "success": true, "orgId": org_id, "mode": view.mode })))
 }
 
@@ -241,7 +288,12 @@ fn cap(raw: &Value, field: &str) -> Result<Option<Option<i64>>, ApiError> {
     }
 }
 
-async fn settings(State(app): State<AppState>, admin: Admin, Path(org_id): Path<String>, body: Option<Json<Value>>) -> Result<Json<Value>, ApiError> {
+async fn settings(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(org_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
     guard::own_org(&admin.principal, &org_id)?;
     existing_org(&app, &org_id).await?;
     let raw = body_args(&body);
@@ -252,13 +304,18 @@ async fn settings(State(app): State<AppState>, admin: Admin, Path(org_id): Path<
     };
     let max_agents = match raw.get("maxAgents") {
         None => None,
-        Some(v) => Some(v.as_u64().filter(|n| (1..=100_000).contains(n)).ok_or_else(|| invalid("maxAgents", "must be an integer ≥ 1"))? as u32),
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|n| (1..=100_000).contains(n))
+                .ok_or_else(|| invalid("maxAgents", "must be an integer ≥ 1"))? as u32,
+        ),
     };
     // Org admins may set their own caps only; registration and capacity are the platform's.
     if admin.principal.role() != Role::SuperAdmin && (a2p.is_some() || max_agents.is_some()) {
         return Err(guard::require_role(&admin.principal, Role::SuperAdmin).unwrap_err());
     }
-    let action = commands::settings_change(a2p, max_agents, cap(&raw, "maxSpendPerDay")?, cap(&raw, "maxSpendPerMonth")?);
+    let action =
+        commands::settings_change(a2p, max_agents, cap(&raw, "maxSpendPerDay")?, cap(&raw, "maxSpendPerMonth")?);
     let view = commands::org_lifecycle(&app, admin.context, &org_id, action).await?;
     let mut out = view.admin_view();
     out["success"] = json!(true);
@@ -267,7 +324,11 @@ async fn settings(State(app): State<AppState>, admin: Admin, Path(org_id): Path<
     Ok(Json(out))
 }
 
-async fn rotate_org_token(State(app): State<AppState>, admin: Admin, Path(org_id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn rotate_org_token(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(org_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     guard::own_org(&admin.principal, &org_id)?;
     existing_org(&app, &org_id).await?;
     let out = commands::rotate(&app, admin.context, RotateTarget::Org { org_id }, None).await?;
@@ -280,7 +341,11 @@ struct AgentFilter {
     org_id: Option<String>,
 }
 
-async fn list_agents(State(app): State<AppState>, admin: Admin, Query(filter): Query<AgentFilter>) -> Result<Json<Value>, ApiError> {
+async fn list_agents(
+    State(app): State<AppState>,
+    admin: Admin,
+    Query(filter): Query<AgentFilter>,
+) -> Result<Json<Value>, ApiError> {
     let org = match admin.principal.role() {
         Role::SuperAdmin => filter.org_id,
         _ => admin.principal.org_id.clone(),
@@ -290,13 +355,21 @@ async fn list_agents(State(app): State<AppState>, admin: Admin, Query(filter): Q
     Ok(Json(json!({ "agents": views, "nextCursor": null })))
 }
 
-async fn get_agent(State(app): State<AppState>, admin: Admin, Path(agent_id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_agent(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(agent_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let org = dir::org(&app.pool, &agent.org_id).await?;
     Ok(Json(agent.status_view(org.as_ref())))
 }
 
-async fn agent_tokens(State(app): State<AppState>, admin: Admin, Path(agent_id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn agent_tokens(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(agent_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     type Row = (uuid::Uuid, Option<String>, chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>);
     let rows: Vec<Row> = sqlx::query_as(
@@ -315,9 +388,14 @@ async fn agent_tokens(State(app): State<AppState>, admin: Admin, Path(agent_id):
     Ok(Json(json!({ "tokens": tokens })))
 }
 
-async fn regenerate_token(State(app): State<AppState>, admin: Admin, Path(agent_id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn regenerate_token(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(agent_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
-    let out = commands::rotate(&app, admin.context, RotateTarget::Agent { agent_id, org_id: agent.org_id }, None).await?;
+    let out =
+        commands::rotate(&app, admin.context, RotateTarget::Agent { agent_id, org_id: agent.org_id }, None).await?;
     Ok(Json(json!({ "success": true, "token": out["token"], "revokedCount": out["revokedCount"] })))
 }
 
@@ -336,7 +414,12 @@ async fn blocked_channels(
     commands::block_channels(&app, admin.context, &agent_id, &agent.org_id, channels).await.map(Json)
 }
 
-async fn agent_limits(State(app): State<AppState>, admin: Admin, Path(agent_id): Path<String>, body: Option<Json<Value>>) -> Result<Json<Value>, ApiError> {
+async fn agent_limits(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(agent_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
     guard::require_role(&admin.principal, Role::SuperAdmin)?;
     let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let raw = body_args(&body);
@@ -344,7 +427,12 @@ async fn agent_limits(State(app): State<AppState>, admin: Admin, Path(agent_id):
     commands::set_limits(&app, admin.context, &agent_id, &agent.org_id, change).await.map(Json)
 }
 
-async fn agent_billing(State(app): State<AppState>, admin: Admin, Path(agent_id): Path<String>, body: Option<Json<Value>>) -> Result<Json<Value>, ApiError> {
+async fn agent_billing(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(agent_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
     guard::require_role(&admin.principal, Role::SuperAdmin)?;
     let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let raw = body_args(&body);

@@ -16,13 +16,18 @@ use crate::config::canonical_ip;
 pub struct ClientIp(pub IpAddr);
 
 pub async fn layer(State(h): State<Arc<Hardening>>, mut request: Request, next: Next) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
     let forwarded = h
         .trust_proxy
-        .then(|| request.headers().get_all("x-forwarded-for").iter().next_back().and_then(|v| v.to_str().ok()).and_then(rightmost))
+        .then(|| {
+            request
+                .headers()
+                .get_all("x-forwarded-for")
+                .iter()
+                .next_back()
+                .and_then(|v| v.to_str().ok())
+                .and_then(rightmost)
+        })
         .flatten();
     let ip = canonical_ip(forwarded.unwrap_or(peer));
     request.extensions_mut().insert(ClientIp(ip));

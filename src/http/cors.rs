@@ -17,8 +17,11 @@ pub async fn layer(State(h): State<Arc<Hardening>>, request: Request, next: Next
         .and_then(|v| v.to_str().ok())
         .map(|o| o.trim_end_matches('/').to_string())
         .filter(|o| h.cors_origins.iter().any(|allowed| allowed == o));
-    let mut response =
-        if request.method() == Method::OPTIONS { StatusCode::NO_CONTENT.into_response() } else { next.run(request).await };
+    let mut response = if request.method() == Method::OPTIONS {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(request).await
+    };
     if let Some(origin) = origin {
         allow(response.headers_mut(), &origin);
     }

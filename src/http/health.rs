@@ -31,7 +31,8 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 async fn ready(State(state): State<AppState>) -> Response {
     let configured = |yes: bool| if yes { "configured" } else { "not_configured" };
-    let (telephony, email) = (configured(state.config.telephony_configured()), configured(state.config.email_configured()));
+    let (telephony, email) =
+        (configured(state.config.telephony_configured()), configured(state.config.email_configured()));
     let latest = crate::store::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let applied = tokio::time::timeout(READY_TIMEOUT, async {
         let mut conn = state.pool.acquire().await?;

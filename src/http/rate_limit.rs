@@ -93,7 +93,8 @@ impl RateLimits {
     pub fn admit(&self, ip: IpAddr, webhook: bool, now: Instant) -> Result<(), Refused> {
         let mut state = self.state.lock().expect("rate limit lock");
         let key = IpKey::from(ip);
-        let (bucket, limit) = if webhook { (Bucket::Webhook(key), self.webhook_per_ip) } else { (Bucket::Http(key), self.per_ip) };
+        let (bucket, limit) =
+            if webhook { (Bucket::Webhook(key), self.webhook_per_ip) } else { (Bucket::Http(key), self.per_ip) };
         if let Some(retry_after) = state.buckets.entry(bucket).or_default().full(limit, now) {
             return Err(Refused::PerIp { retry_after });
         }
@@ -133,9 +134,11 @@ pub async fn layer(State(h): State<Arc<Hardening>>, request: Request, next: Next
         Err(Refused::PerIp { retry_after }) => ApiError::new(ErrorCode::RateLimited, "Too many requests")
             .header("retry-after", retry_after.to_string())
             .into_response(),
-        Err(Refused::Global { retry_after }) => ApiError::new(ErrorCode::RateLimited, "Too many requests (global limit)")
-            .header("retry-after", retry_after.to_string())
-            .into_response(),
+        Err(Refused::Global { retry_after }) => {
+            ApiError::new(ErrorCode::RateLimited, "Too many requests (global limit)")
+                .header("retry-after", retry_after.to_string())
+                .into_response()
+        }
     }
 }
 
@@ -168,8 +171,14 @@ mod tests {
         let limits = RateLimits::new(1, 100, 5);
         let t0 = Instant::now();
         limits.admit(ip("1.1.1.1"), false, t0).unwrap();
-        assert_eq!(limits.admit(ip("1.1.1.1"), false, t0 + Duration::from_millis(45_500)), Err(Refused::PerIp { retry_after: 15 }));
-        assert_eq!(limits.admit(ip("1.1.1.1"), false, t0 + Duration::from_millis(59_990)), Err(Refused::PerIp { retry_after: 1 }));
+        assert_eq!(
+            limits.admit(ip("1.1.1.1"), false, t0 + Duration::from_millis(45_500)),
+            Err(Refused::PerIp { retry_after: 15 })
+        );
+        assert_eq!(
+            limits.admit(ip("1.1.1.1"), false, t0 + Duration::from_millis(59_990)),
+            Err(Refused::PerIp { retry_after: 1 })
+        );
     }
 
     #[test]

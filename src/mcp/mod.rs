@@ -19,11 +19,11 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::app::AppState;
-use crate::mcp::session::Session;
 use crate::auth::lockout::Refusal;
 use crate::auth::{bearer, AuthFailure, Bearer, Principal, Role};
 use crate::directory;
 use crate::error::{ApiError, ErrorCode};
+use crate::mcp::session::Session;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -68,7 +68,12 @@ pub async fn lockout_gate(app: &AppState, ip: IpAddr, route: &str) -> Result<(),
 }
 
 /// Steps (1) lockout through (4) credential of §4.2 / §4.3: the principal, or the refusal.
-pub async fn authenticate(app: &AppState, headers: &HeaderMap, ip: IpAddr, rules: &CredentialRules) -> Result<Principal, ApiError> {
+pub async fn authenticate(
+    app: &AppState,
+    headers: &HeaderMap,
+    ip: IpAddr,
+    rules: &CredentialRules,
+) -> Result<Principal, ApiError> {
     lockout_gate(app, ip, rules.route).await?;
     let presented = match bearer(headers) {
         Bearer::Token(token) => Some(token),
@@ -117,7 +122,10 @@ pub async fn check_claim(
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("Agent \"{claimed}\" not found")))?;
             if principal.kind == Role::Org && principal.org_id.as_deref() != Some(agent.org_id.as_str()) {
-                return Err(ApiError::new(ErrorCode::Forbidden, format!("Agent \"{claimed}\" does not belong to your organization")));
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!("Agent \"{claimed}\" does not belong to your organization"),
+                ));
             }
             Some(claimed)
         }
@@ -133,7 +141,13 @@ pub async fn check_claim(
 
 /// §4.2 (5)–(6): the request's principal must be the session's (a mismatch is a counted
 /// failure), and the token that opened the session must still stand.
-pub async fn admit_to_session(app: &AppState, session: &Session, principal: &Principal, ip: IpAddr, route: &str) -> Result<(), ApiError> {
+pub async fn admit_to_session(
+    app: &AppState,
+    session: &Session,
+    principal: &Principal,
+    ip: IpAddr,
+    route: &str,
+) -> Result<(), ApiError> {
     if !principal.same_as(&session.principal) {
         app.lockout.fail(ip, AuthFailure::SessionMismatch, route, None, None).await;
         return Err(ApiError::new(ErrorCode::Forbidden, "Session belongs to a different principal"));

@@ -16,8 +16,14 @@ pub const STREAMABLE_VERSIONS: &[&str] = &["2025-06-18", "2025-03-26"];
 /// One incoming JSON-RPC message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    Request { id: Value, method: String, params: Value },
-    Notification { method: String },
+    Request {
+        id: Value,
+        method: String,
+        params: Value,
+    },
+    Notification {
+        method: String,
+    },
     /// A response from the client (to a server request we never send): accepted and ignored.
     Response,
 }
@@ -66,7 +72,13 @@ fn result_response(id: Value, result: Value) -> Value {
 
 /// Answers one message for `principal` (the request's principal) in `session`; `None` for
 /// notifications and responses.
-pub async fn handle(app: &AppState, session: &Session, principal: &Principal, request_id: &str, message: Message) -> Option<Value> {
+pub async fn handle(
+    app: &AppState,
+    session: &Session,
+    principal: &Principal,
+    request_id: &str,
+    message: Message,
+) -> Option<Value> {
     let Message::Request { id, method, params } = message else {
         return None;
     };
@@ -77,7 +89,8 @@ pub async fn handle(app: &AppState, session: &Session, principal: &Principal, re
         "logging/setLevel" => json!({}),
         "tools/list" => json!({ "tools": tools::list(principal.role()) }),
         "tools/call" => {
-            let caller = Caller { principal, claim: session.claim.as_deref(), transport: session.transport, request_id };
+            let caller =
+                Caller { principal, claim: session.claim.as_deref(), transport: session.transport, request_id };
             let name = params.get("name").and_then(Value::as_str).unwrap_or_default();
             let arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
             let outcome = tools::call(app, &caller, name, arguments).await;
@@ -106,7 +119,12 @@ fn initialize(app: &AppState, session: &Session, params: &Value) -> Value {
 }
 
 /// A tool outcome as an MCP tool result (CONTRACT §4.4).
-fn tool_result(outcome: Result<Value, crate::error::ApiError>, request_id: &str, structured: bool, demo: bool) -> Value {
+fn tool_result(
+    outcome: Result<Value, crate::error::ApiError>,
+    request_id: &str,
+    structured: bool,
+    demo: bool,
+) -> Value {
     match outcome {
         Ok(mut value) => {
             if demo {
@@ -143,6 +161,9 @@ mod tests {
         assert!(parse(b"{").is_err());
         assert!(parse(br#"{"id":1,"method":"ping"}"#).is_err());
         assert!(parse(br#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#).is_err());
-        assert_eq!(parse(br#"[{"jsonrpc":"2.0","method":"a"},{"jsonrpc":"2.0","id":2,"method":"b"}]"#).unwrap().len(), 2);
+        assert_eq!(
+            parse(br#"[{"jsonrpc":"2.0","method":"a"},{"jsonrpc":"2.0","id":2,"method":"b"}]"#).unwrap().len(),
+            2
+        );
     }
 }

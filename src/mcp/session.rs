@@ -177,7 +177,8 @@ impl Sessions {
     }
 
     pub async fn close_agent(&self, agent_id: &str, reason: &str) -> usize {
-        self.close_where(|s| s.principal.agent_id() == Some(agent_id) || s.claim.as_deref() == Some(agent_id), reason).await
+        self.close_where(|s| s.principal.agent_id() == Some(agent_id) || s.claim.as_deref() == Some(agent_id), reason)
+            .await
     }
 
     pub async fn close_org(&self, org_id: &str, reason: &str) -> usize {

@@ -56,11 +56,21 @@ pub async fn open(
     let inbox = session.take_inbox().expect("a new session has its inbox");
     let first = format!("event: endpoint\ndata: /messages?sessionId={}\n\n", session.id);
     let body = Body::from_stream(event_stream(app.sessions.clone(), session, inbox, Some(first), true));
-    Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::HeaderName::from_static("x-accel-buffering"), "no")], body).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "text/event-stream"), (header::HeaderName::from_static("x-accel-buffering"), "no")],
+        body,
+    )
+        .into_response())
 }
 
-pub fn open_context(app: &AppState, principal: &crate::auth::Principal, request_id: &str, transport: Transport) -> CommandContext {
-    let context = CommandContext::new(principal.actor(), transport.as_str(), app.clock.now()).with_request_id(request_id);
+pub fn open_context(
+    app: &AppState,
+    principal: &crate::auth::Principal,
+    request_id: &str,
+    transport: Transport,
+) -> CommandContext {
+    let context =
+        CommandContext::new(principal.actor(), transport.as_str(), app.clock.now()).with_request_id(request_id);
     match &principal.org_id {
         Some(org) => context.in_org(org.clone()),
         None => context,
@@ -159,7 +169,8 @@ pub async fn message(
     if !is_json(&headers) {
         return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "Content-Type must be application/json"));
     }
-    let messages = protocol::parse(&body).map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("Invalid message: {e}")))?;
+    let messages =
+        protocol::parse(&body).map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("Invalid message: {e}")))?;
     tokio::spawn(async move {
         for message in messages {
             if let Some(reply) = protocol::handle(&app, &session, &principal, &request_id, message).await {

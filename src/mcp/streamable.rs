@@ -45,11 +45,18 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 fn accepts(headers: &HeaderMap, wanted: &[&str]) -> bool {
     let accept = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
-    wanted.iter().all(|w| accept.split(',').any(|part| part.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case(w))))
+    wanted
+        .iter()
+        .all(|w| accept.split(',').any(|part| part.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case(w))))
 }
 
 /// The session a request names, which must belong to the request's principal.
-async fn existing_session(app: &AppState, headers: &HeaderMap, principal: &Principal, ip: std::net::IpAddr) -> Result<Arc<Session>, ApiError> {
+async fn existing_session(
+    app: &AppState,
+    headers: &HeaderMap,
+    principal: &Principal,
+    ip: std::net::IpAddr,
+) -> Result<Arc<Session>, ApiError> {
     let id = header_str(headers, SESSION_HEADER)
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidInput, "Missing Mcp-Session-Id header"))?;
     let session = app
@@ -78,7 +85,8 @@ pub async fn post(
     if !is_json(&headers) {
         return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "Content-Type must be application/json"));
     }
-    let messages = protocol::parse(&body).map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("Invalid message: {e}")))?;
+    let messages =
+        protocol::parse(&body).map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("Invalid message: {e}")))?;
     let initializing = messages.iter().any(|m| matches!(m, Message::Request { method, .. } if method == "initialize"));
 
     let (session, opened) = if header_str(&headers, SESSION_HEADER).is_none() && initializing {
@@ -100,7 +108,10 @@ pub async fn post(
         let session = existing_session(&app, &headers, &principal, ip).await?;
         if let Some(version) = header_str(&headers, "mcp-protocol-version") {
             if !STREAMABLE_VERSIONS.contains(&version) {
-                return Err(ApiError::new(ErrorCode::InvalidInput, format!("Unsupported MCP-Protocol-Version: {version}")));
+                return Err(ApiError::new(
+                    ErrorCode::InvalidInput,
+                    format!("Unsupported MCP-Protocol-Version: {version}"),
+                ));
             }
         }
         (session, false)
@@ -135,7 +146,8 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let principal = authenticate(&app, &headers, ip, &rules()).await?;
     if !accepts(&headers, &["text/event-stream"]) {
-        return Err(ApiError::new(ErrorCode::InvalidInput, "Accept must list text/event-stream").with_status(StatusCode::NOT_ACCEPTABLE));
+        return Err(ApiError::new(ErrorCode::InvalidInput, "Accept must list text/event-stream")
+            .with_status(StatusCode::NOT_ACCEPTABLE));
     }
     let session = existing_session(&app, &headers, &principal, ip).await?;
     let inbox = session

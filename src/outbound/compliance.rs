@@ -23,7 +23,9 @@ pub fn check_message(
     let mut warnings = Vec::new();
     let mentions_unsubscribe = |text: &str| text.to_lowercase().contains("unsubscribe");
     if channel == "email" && !mentions_unsubscribe(body) && !html.is_some_and(mentions_unsubscribe) {
-        warnings.push(json!({"code": "can_spam_unsubscribe_missing", "message": "Email has no unsubscribe link (CAN-SPAM)"}));
+        warnings.push(
+            json!({"code": "can_spam_unsubscribe_missing", "message": "Email has no unsubscribe link (CAN-SPAM)"}),
+        );
     }
     Ok(warnings)
 }

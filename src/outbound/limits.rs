@@ -81,7 +81,10 @@ impl Exceeded {
     /// The §7 refusal: `Rate limit exceeded: <limitType> (<current>/<max>). Resets <when>.`
     pub fn to_error(&self) -> ApiError {
         let (current, max) = if self.is_spend() {
-            (serde_json::json!(crate::money::to_dollars(self.current)), serde_json::json!(crate::money::to_dollars(self.max)))
+            (
+                serde_json::json!(crate::money::to_dollars(self.current)),
+                serde_json::json!(crate::money::to_dollars(self.max)),
+            )
         } else {
             (serde_json::json!(self.current), serde_json::json!(self.max))
         };
@@ -165,6 +168,9 @@ pub async fn settle(pool: &PgPool, r: &Reservation, actual: i64) -> Result<(), A
 
 /// Forgets actions older than the longest rolling window (a scheduled job).
 pub async fn prune_recent(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM recent_actions WHERE at < $1 - interval '3600 seconds'").bind(now).execute(pool).await?;
+    let done = sqlx::query("DELETE FROM recent_actions WHERE at < $1 - interval '3600 seconds'")
+        .bind(now)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected())
 }

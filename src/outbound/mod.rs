@@ -82,24 +82,36 @@ pub async fn send_message(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) 
     // 6: the org's state (Z6).
     let org = match commands::active_org(app, &agent.org_id).await {
         Ok(org) => org,
-        Err(refusal) if refusal.code == ErrorCode::ComplianceBlocked => return Err(blocked(context, "org_state", refusal).await),
+        Err(refusal) if refusal.code == ErrorCode::ComplianceBlocked => {
+            return Err(blocked(context, "org_state", refusal).await)
+        }
         Err(other) => return Err(other),
     };
     context.provenance.pass("org_state");
     // 7–11: compliance (applies to the super-admin too).
-    let warnings = match compliance::check_message(&mut context.provenance, &message.channel, &message.body, message.html.as_deref()) {
+    let warnings = match compliance::check_message(
+        &mut context.provenance,
+        &message.channel,
+        &message.body,
+        message.html.as_deref(),
+    ) {
         Ok(warnings) => warnings,
         Err((check, refusal)) => return Err(blocked(context, check, refusal).await),
     };
     // 12: limits — a reservation; the super-admin and demo are counted, never refused.
     let unlimited = caller.principal.role() == Role::SuperAdmin || app.config.demo_mode;
     let limits = if unlimited { Limits::unlimited() } else { Limits::of(&agent, &app.config) };
-    let caps = if unlimited { OrgCaps::default() } else { OrgCaps { spend_day: org.max_spend_per_day, spend_month: org.max_spend_per_month } };
-    let estimate = provider::estimated_cost(&message.channel);
-    let reservation = match limits::reserve(&app.pool, &agent_id, &agent.org_id, app.clock.now(), estimate, limits, caps).await? {
-        Ok(r) => r,
-        Err(exceeded) => return Err(blocked(context, "limits", exceeded.to_error()).await),
+    let caps = if unlimited {
+        OrgCaps::default()
+    } else {
+        OrgCaps { spend_day: org.max_spend_per_day, spend_month: org.max_spend_per_month }
     };
+    let estimate = provider::estimated_cost(&message.channel);
+    let reservation =
+        match limits::reserve(&app.pool, &agent_id, &agent.org_id, app.clock.now(), estimate, limits, caps).await? {
+            Ok(r) => r,
+            Err(exceeded) => return Err(blocked(context, "limits", exceeded.to_error()).await),
+        };
     if unlimited {
         context.provenance.skip("limits", "super-admin or demo: counted, not limited");
     } else {
@@ -112,7 +124,12 @@ pub async fn send_message(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) 
     } else {
         limits::release(&app.pool, &reservation).await?;
         let what = if message.channel == "email" { "email" } else { "telephony" };
-        return Err(blocked(context, "provider", ApiError::new(ErrorCode::Unavailable, format!("No {what} provider configured"))).await);
+        return Err(blocked(
+            context,
+            "provider",
+            ApiError::new(ErrorCode::Unavailable, format!("No {what} provider configured")),
+        )
+        .await);
     };
     let from = match message.channel.as_str() {
         "email" => agent.channels.get("email").and_then(Value::as_str).map(str::to_string),
@@ -131,7 +148,8 @@ pub async fn send_message(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) 
                 error: failure.0.clone(),
             };
             record(app, &agent_id, event, &context).await;
-            let mut e = ApiError::new(ErrorCode::ProviderError, format!("Provider error: {}", failure.0)).with("provider", provider.name());
+            let mut e = ApiError::new(ErrorCode::ProviderError, format!("Provider error: {}", failure.0))
+                .with("provider", provider.name());
             e.recorded = true;
             return Err(e);
         }
@@ -177,7 +195,10 @@ pub async fn send_message(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) 
 fn agent_state(agent: &directory::AgentView, channel: &str) -> Result<(), ApiError> {
     let id = &agent.agent_id;
     if agent.status != "active" {
-        return Err(ApiError::new(ErrorCode::Conflict, format!("Agent \"{id}\" is not active (status: {})", agent.status)));
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("Agent \"{id}\" is not active (status: {})", agent.status),
+        ));
     }
     let (address, what) = if channel == "email" { ("email", "email address") } else { ("phone", "phone number") };
     if agent.channels.get(address).is_none_or(Value::is_null) {

@@ -27,7 +27,12 @@ pub fn period_start(period: &str, now: DateTime<Utc>) -> Result<Option<DateTime<
 }
 
 /// Per agent and channel: (actions, cost micro-dollars) since `from`.
-async fn sums(app: &AppState, agent_id: Option<&str>, org_id: Option<&str>, from: Option<DateTime<Utc>>) -> Result<Vec<(String, String, i64, i64)>, ApiError> {
+async fn sums(
+    app: &AppState,
+    agent_id: Option<&str>,
+    org_id: Option<&str>,
+    from: Option<DateTime<Utc>>,
+) -> Result<Vec<(String, String, i64, i64)>, ApiError> {
     sqlx::query_as(
         "SELECT agent_id, channel, SUM(actions)::bigint, SUM(cost)::bigint FROM usage_hourly
          WHERE ($1::text IS NULL OR agent_id = $1) AND ($2::text IS NULL OR org_id = $2)
@@ -102,7 +107,12 @@ pub async fn agent_dashboard(app: &AppState, agent: &AgentView, period: &str) ->
 }
 
 /// `comms_get_usage_dashboard` without an agent: the caller's org (O), or all / `orgId` (S).
-pub async fn org_dashboard(app: &AppState, principal: &Principal, org_id: Option<String>, period: &str) -> Result<Value, ApiError> {
+pub async fn org_dashboard(
+    app: &AppState,
+    principal: &Principal,
+    org_id: Option<String>,
+    period: &str,
+) -> Result<Value, ApiError> {
     let org = match principal.role() {
         Role::SuperAdmin => org_id,
         _ => Some(commands::home_org(principal, org_id)?),

@@ -84,7 +84,9 @@ impl Committer {
                         // Take what is already queued; a second append to a stream in this batch
                         // waits for the next one (one row of a chain head per statement).
                         while let Ok(job) = jobs.try_recv() {
-                            if streams.contains(&key(&job.append)) || events + job.append.rows.len() > MAX_EVENTS_PER_APPEND {
+                            if streams.contains(&key(&job.append))
+                                || events + job.append.rows.len() > MAX_EVENTS_PER_APPEND
+                            {
                                 held = Some(job);
                                 break;
                             }

@@ -188,8 +188,12 @@ impl EmbeddedPostgres {
             .output()?;
         if !out.status.success() {
             let log = std::fs::read_to_string(&self.log_file).unwrap_or_default();
-            let tail: String = log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-            return Err(EmbeddedError::Command("pg_ctl start", format!("{}\n{tail}", String::from_utf8_lossy(&out.stderr))));
+            let tail: String =
+                log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            return Err(EmbeddedError::Command(
+                "pg_ctl start",
+                format!("{}\n{tail}", String::from_utf8_lossy(&out.stderr)),
+            ));
         }
         Ok(())
     }

@@ -207,7 +207,8 @@ fn serialize<E: DomainEvent>(
     events: &[E],
     context: &CommandContext,
 ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-    let metadata = serde_json::to_value(context.to_metadata()).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+    let metadata =
+        serde_json::to_value(context.to_metadata()).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
     events
         .iter()
         .enumerate()

@@ -52,7 +52,12 @@ impl Recorder {
 
     /// Queues `facts` for stream (`aggregate_type`, `aggregate_id`) and waits until they are
     /// stored; returns the position of the batch's last event.
-    pub async fn record(&self, aggregate_type: &str, aggregate_id: &str, facts: Vec<Fact>) -> Result<Option<i64>, PersistenceError> {
+    pub async fn record(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        facts: Vec<Fact>,
+    ) -> Result<Option<i64>, PersistenceError> {
         if facts.is_empty() {
             return Ok(None);
         }
@@ -105,7 +110,11 @@ impl Recorder {
         }
     }
 
-    async fn append(&self, (aggregate_type, aggregate_id): &StreamKey, batch: &[Pending]) -> Result<Option<i64>, String> {
+    async fn append(
+        &self,
+        (aggregate_type, aggregate_id): &StreamKey,
+        batch: &[Pending],
+    ) -> Result<Option<i64>, String> {
         let mut attempt = 0;
         loop {
             let head = self.repo.stream_head(aggregate_type, aggregate_id).await.map_err(|e| e.to_string())?;

@@ -8,9 +8,7 @@
 
 use std::sync::Arc;
 
-use cqrs_es::persist::{
-    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
-};
+use cqrs_es::persist::{PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot};
 use cqrs_es::Aggregate;
 use postgres_es::PostgresEventRepository;
 use serde_json::{Map, Value};
@@ -20,9 +18,9 @@ use uuid::Uuid;
 
 use super::chain;
 use super::committer::{Append, Committer, Row};
-use super::receipt;
 use super::context::CommandContext;
 use super::keystore::KeyStore;
+use super::receipt;
 use super::sealing::{has_clear_fields, seal_payload};
 
 /// Events one transaction may append: the low 12 bits of a position number them.
@@ -125,7 +123,12 @@ impl EventRepository {
 
         // Group commit: the events and the new chain head, in one statement with whatever other
         // appends are waiting. The head only moves from the sequence this command was decided on.
-        let append = Append { aggregate_type: aggregate_type.to_string(), aggregate_id: aggregate_id.to_string(), expected, rows };
+        let append = Append {
+            aggregate_type: aggregate_type.to_string(),
+            aggregate_id: aggregate_id.to_string(),
+            expected,
+            rows,
+        };
         let position = self.committer.append(append).await?;
         self.heads.insert((aggregate_type.to_string(), aggregate_id.to_string()), (last_sequence, last_hash));
         self.appended.notify_waiters();
@@ -134,13 +137,14 @@ impl EventRepository {
 
     /// The last sequence and hash of a stream, for appends that do not load the aggregate.
     pub(crate) async fn stream_head(&self, aggregate_type: &str, aggregate_id: &str) -> Result<i64, PersistenceError> {
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT last_sequence, last_hash FROM chain_heads WHERE aggregate_type = $1 AND aggregate_id = $2")
-                .bind(aggregate_type)
-                .bind(aggregate_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?;
+        let head: Option<(i64, String)> = sqlx::query_as(
+            "SELECT last_sequence, last_hash FROM chain_heads WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
         Ok(match head {
             Some((sequence, hash)) => {
                 self.heads.insert((aggregate_type.to_string(), aggregate_id.to_string()), (sequence, hash));
@@ -152,21 +156,27 @@ impl EventRepository {
 
     /// The hash of event `sequence` (the chain's last link before this append): from the loads
     /// of this process when it has one (an event's hash never changes), else from the head.
-    async fn head_hash(&self, aggregate_type: &str, aggregate_id: &str, sequence: i64) -> Result<String, PersistenceError> {
+    async fn head_hash(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+    ) -> Result<String, PersistenceError> {
         if sequence == 0 {
             return Ok(chain::GENESIS.to_string());
         }
         if let Some(hash) = self.heads.get(aggregate_type, aggregate_id, sequence) {
             return Ok(hash);
         }
-        let hash: Option<String> =
-            sqlx::query_scalar("SELECT hash FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3")
-                .bind(aggregate_type)
-                .bind(aggregate_id)
-                .bind(sequence)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?;
+        let hash: Option<String> = sqlx::query_scalar(
+            "SELECT hash FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(sequence)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
         // No event at the expected sequence: someone else's append is what this command missed.
         hash.ok_or(PersistenceError::OptimisticLockError)
     }
@@ -203,7 +213,12 @@ impl EventRepository {
     /// Loads a stream after `after` for an aggregate. Only what aggregates use is read: no
     /// aggregate decides on metadata (cqrs-es gets an empty map), and the last hash comes from
     /// its plain column, for the next append's chain link.
-    async fn load(&self, aggregate_type: &str, aggregate_id: &str, after: i64) -> Result<Vec<SerializedEvent>, PersistenceError> {
+    async fn load(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: i64,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
         let rows: Vec<(i64, String, String, Value, String)> = sqlx::query_as(
             "SELECT sequence, event_type, event_version, payload, hash FROM events
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence",
@@ -327,7 +342,10 @@ impl PersistedEventRepository for EventRepository {
         self.load(A::TYPE, aggregate_id, last_sequence as i64).await
     }
 
-    async fn get_snapshot<A: Aggregate>(&self, aggregate_id: &str) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
         self.reads.get_snapshot::<A>(aggregate_id).await
     }
 

@@ -76,10 +76,11 @@ pub async fn catch_up(
         };
         next = prefetch(pool.clone(), last, batch);
         let mut tx = pool.begin().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('commguard.projection.' || $1))")
-            .bind(projection.name())
-            .fetch_one(&mut *tx)
-            .await?;
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('commguard.projection.' || $1))")
+                .bind(projection.name())
+                .fetch_one(&mut *tx)
+                .await?;
         if !locked || checkpoint_of(&mut tx, checkpoint).await? != after {
             // Someone else is applying this projection: leave it to them.
             return Ok(applied);
@@ -264,7 +265,14 @@ pub struct Progress {
 impl Progress {
     pub fn new(label: impl Into<String>) -> Self {
         let now = Instant::now();
-        Self { label: label.into(), total: 0, started: now, last_line: now, tty: std::io::stderr().is_terminal(), quiet: false }
+        Self {
+            label: label.into(),
+            total: 0,
+            started: now,
+            last_line: now,
+            tty: std::io::stderr().is_terminal(),
+            quiet: false,
+        }
     }
 
     /// No output at all (tests, library callers).

@@ -92,7 +92,8 @@ pub async fn open_payload(
             Ok(text) => Value::String(text),
             Err(Opened::Erased) => {
                 // Erasure wins over retention when both destroyed a key of this field.
-                let subject_gone = field.k.iter().any(|id| !live.contains_key(id) && kinds.get(id).is_none_or(|k| k != "retention"));
+                let subject_gone =
+                    field.k.iter().any(|id| !live.contains_key(id) && kinds.get(id).is_none_or(|k| k != "retention"));
                 let reason = if subject_gone { "subject_erased" } else { "retention_expired" };
                 redactions.push(Redaction { path: path.clone(), reason });
                 json!("[erased]")

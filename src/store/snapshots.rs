@@ -45,10 +45,7 @@ impl<A> SnapshotStore<A> {
 }
 
 fn deserialize<A: Aggregate>(events: Vec<SerializedEvent>) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
-    events
-        .into_iter()
-        .map(|e| EventEnvelope::<A>::try_from(e).map_err(AggregateError::from))
-        .collect()
+    events.into_iter().map(|e| EventEnvelope::<A>::try_from(e).map_err(AggregateError::from)).collect()
 }
 
 impl<A: Aggregate + Clone> EventStore<A> for SnapshotStore<A> {
@@ -109,10 +106,8 @@ impl<A: Aggregate + Clone> EventStore<A> for SnapshotStore<A> {
                 metadata: metadata.clone(),
             })
             .collect();
-        let serialized = envelopes
-            .iter()
-            .map(SerializedEvent::try_from)
-            .collect::<Result<Vec<_>, PersistenceError>>()?;
+        let serialized =
+            envelopes.iter().map(SerializedEvent::try_from).collect::<Result<Vec<_>, PersistenceError>>()?;
         let after = before + envelopes.len();
         let snapshot = if after / self.every > before / self.every {
             // `handle` applied the new events to this aggregate already: it is the state at `after`.

@@ -52,7 +52,15 @@ pub async fn verify(pool: &PgPool, aggregate: Option<(&str, &str)>) -> Result<Re
         if current.first().is_some_and(|c| c.aggregate_type != aggregate_type || c.aggregate_id != aggregate_id) {
             check_chain(std::mem::take(&mut current), &mut report, &mut tails, &mut seen);
         }
-        current.push(ChainLink { aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata });
+        current.push(ChainLink {
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            event_type,
+            event_version,
+            payload,
+            metadata,
+        });
     }
     check_chain(current, &mut report, &mut tails, &mut seen);
     drop(rows);

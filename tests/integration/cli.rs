@@ -66,11 +66,12 @@ fn migrate_starts_initialises_and_stops_the_embedded_cluster_and_recovers_a_stal
 fn serve_on_the_embedded_default_answers_and_stops_cleanly_on_sigterm() {
     let data = data_dir();
     let dir = data.path().display().to_string();
-    let mut child = commguard(&["serve"], &[("COMMGUARD_DATA_DIR", dir.as_str()), ("HOST", "127.0.0.1"), ("PORT", "0")])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("serve starts");
+    let mut child =
+        commguard(&["serve"], &[("COMMGUARD_DATA_DIR", dir.as_str()), ("HOST", "127.0.0.1"), ("PORT", "0")])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("serve starts");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -134,12 +135,17 @@ async fn audit_verify_and_replay_report_through_exit_codes() {
     let data = data_dir();
     let dir = data.path().display().to_string();
     let key = "11".repeat(32);
-    let env = [("DATABASE_URL", db.url.as_str()), ("COMMGUARD_DATA_DIR", dir.as_str()), ("DATA_ENCRYPTION_KEY", key.as_str())];
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("COMMGUARD_DATA_DIR", dir.as_str()),
+        ("DATA_ENCRYPTION_KEY", key.as_str()),
+    ];
 
     let migrated = run(&["migrate"], &env);
     assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
     let pool = db.pool().await;
-    let store = commguard::store::Store::new(pool.clone(), std::sync::Arc::new(commguard::crypto::DataKeys::new(&[1; 32])));
+    let store =
+        commguard::store::Store::new(pool.clone(), std::sync::Arc::new(commguard::crypto::DataKeys::new(&[1; 32])));
     let ledger = store.framework::<ledger::Ledger>(());
     for i in 0..3 {
         ledger::note(&store, &ledger, "cli", &format!("n{i}"), Some("+15551112222")).await;

@@ -69,7 +69,8 @@ async fn personal_data_is_sealed_and_erasure_destroys_it_everywhere() {
     let feed = opened_payloads(&store).await;
     assert_eq!(feed[0]["payload"]["contact"], "[erased]");
     assert_eq!(feed[0]["payload"]["body"], "[erased]");
-    let paths: Vec<&str> = feed[0]["redactions"].as_array().unwrap().iter().map(|r| r["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> =
+        feed[0]["redactions"].as_array().unwrap().iter().map(|r| r["path"].as_str().unwrap()).collect();
     assert_eq!(paths, ["body", "contact"]);
     assert!(feed[0]["redactions"].as_array().unwrap().iter().all(|r| r["reason"] == "subject_erased"));
     assert_eq!(feed[1]["payload"]["contact"], EMAIL);
@@ -109,11 +110,8 @@ async fn a_destroyed_retention_key_erases_the_fields_it_sealed() {
     let ledger = store.framework::<Ledger>(());
     note(&store, &ledger, "r", "msg", Some(PHONE)).await;
     let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).date_naive();
-    let destroyed = store
-        .keystore()
-        .destroy_retention(commguard_domain::pii::RetentionClass::Messages, tomorrow)
-        .await
-        .unwrap();
+    let destroyed =
+        store.keystore().destroy_retention(commguard_domain::pii::RetentionClass::Messages, tomorrow).await.unwrap();
     assert_eq!(destroyed, 1);
     let feed = opened_payloads(&store).await;
     assert_eq!(feed[0]["payload"]["contact"], PHONE, "the contact is under the subject key only");

@@ -19,7 +19,9 @@ async fn an_organization_lives_through_the_store() {
     commguard::store::MIGRATOR.run(&pool).await.unwrap();
     let store = Store::new(pool, Arc::new(DataKeys::new(&[2; 32])));
     let orgs = store.framework::<Organization>(());
-    let ctx = CommandContext::new(Actor { kind: ActorKind::SuperAdmin, id: "master".into() }, "test", chrono::Utc::now()).in_org("acme");
+    let ctx =
+        CommandContext::new(Actor { kind: ActorKind::SuperAdmin, id: "master".into() }, "test", chrono::Utc::now())
+            .in_org("acme");
     let on = |action| OrganizationCommand { org_id: "acme".into(), action };
     let token = IssuedToken { token_id: Uuid::new_v4(), token_hash: "ab".repeat(32), label: Some("first".into()) };
 
@@ -63,7 +65,8 @@ async fn a_burst_of_facts_on_one_stream_is_stored_completely_and_in_one_chain() 
     let pool = db.pool().await;
     commguard::store::MIGRATOR.run(&pool).await.unwrap();
     let store = Store::new(pool.clone(), Arc::new(DataKeys::new(&[3; 32])));
-    let ctx = CommandContext::new(Actor { kind: ActorKind::SuperAdmin, id: "master".into() }, "test", chrono::Utc::now());
+    let ctx =
+        CommandContext::new(Actor { kind: ActorKind::SuperAdmin, id: "master".into() }, "test", chrono::Utc::now());
     let tasks: Vec<_> = (0..1000)
         .map(|i| {
             let (store, ctx) = (store.clone(), ctx.clone());
@@ -76,7 +79,10 @@ async fn a_burst_of_facts_on_one_stream_is_stored_completely_and_in_one_chain() 
     for task in tasks {
         assert!(task.await.unwrap().unwrap().is_some(), "every fact is stored");
     }
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE aggregate_type = 'principal'").fetch_one(&pool).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE aggregate_type = 'principal'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(count, 1000);
     let report = commguard::store::verify::verify(&pool, Some(("principal", "super-admin:master"))).await.unwrap();
     assert!(report.is_ok(), "the chain verifies");

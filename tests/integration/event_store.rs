@@ -149,12 +149,16 @@ async fn readers_never_pass_a_transaction_still_in_flight() {
 
     // A writer takes its transaction id, then stalls before committing.
     let mut slow = store.pool().begin().await.unwrap();
-    let slow_xid: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint").fetch_one(&mut *slow).await.unwrap();
+    let slow_xid: i64 =
+        sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint").fetch_one(&mut *slow).await.unwrap();
 
     // A later writer commits meanwhile: its event exists but stays below no reader's horizon.
     note(&store, &ledger, "b", "second", None).await;
     let after = seen[0].position;
-    assert!(feed::read_after(store.pool(), after, 100, None).await.unwrap().is_empty(), "the horizon holds back later commits");
+    assert!(
+        feed::read_after(store.pool(), after, 100, None).await.unwrap().is_empty(),
+        "the horizon holds back later commits"
+    );
 
     // The stalled writer appends an event (numbered below the one that committed first) and commits.
     sqlx::query(

@@ -17,7 +17,12 @@ const SECURITY_HEADERS: [(&str, &str); 7] = [
 
 fn assert_hardened(response: &reqwest::Response) {
     for (name, value) in SECURITY_HEADERS {
-        assert_eq!(response.headers().get(name).map(|v| v.to_str().unwrap()), Some(value), "{name} on {}", response.status());
+        assert_eq!(
+            response.headers().get(name).map(|v| v.to_str().unwrap()),
+            Some(value),
+            "{name} on {}",
+            response.status()
+        );
     }
     assert!(response.headers().get("strict-transport-security").is_none(), "HSTS only in production");
 }
@@ -29,7 +34,9 @@ async fn get_from(server: &TestServer, path: &str, forwarded_for: &str) -> reqwe
 #[tokio::test]
 async fn every_response_is_hardened_and_errors_carry_their_request_id() {
     let db = TestDb::new().await;
-    let server = TestServer::start(&db, &[("HTTP_RATE_LIMIT_PER_IP", "4"), ("IP_DENYLIST", "10.9.9.9"), ("TRUST_PROXY", "1")]).await;
+    let server =
+        TestServer::start(&db, &[("HTTP_RATE_LIMIT_PER_IP", "4"), ("IP_DENYLIST", "10.9.9.9"), ("TRUST_PROXY", "1")])
+            .await;
     let ok = server.http.get(server.url("/health")).header("x-request-id", "trace-abc-123").send().await.unwrap();
     assert_eq!(ok.status(), 200);
     assert_hardened(&ok);
@@ -71,7 +78,8 @@ async fn every_response_is_hardened_and_errors_carry_their_request_id() {
 #[tokio::test]
 async fn cors_answers_only_allowed_origins() {
     let db = TestDb::new().await;
-    let server = TestServer::start(&db, &[("CORS_ALLOWED_ORIGINS", "https://app.example/,https://admin.example")]).await;
+    let server =
+        TestServer::start(&db, &[("CORS_ALLOWED_ORIGINS", "https://app.example/,https://admin.example")]).await;
     let allowed = server.http.get(server.url("/health")).header("origin", "https://app.example").send().await.unwrap();
     let h = allowed.headers();
     assert_eq!(h["access-control-allow-origin"], "https://app.example");
@@ -104,7 +112,11 @@ async fn ip_lists_follow_the_client_ip_decided_once() {
     let db = TestDb::new().await;
     let server = TestServer::start(
         &db,
-        &[("TRUST_PROXY", "1"), ("IP_DENYLIST", "203.0.113.0/24"), ("ADMIN_IP_ALLOWLIST", "198.51.100.0/24,::ffff:192.0.2.9")],
+        &[
+            ("TRUST_PROXY", "1"),
+            ("IP_DENYLIST", "203.0.113.0/24"),
+            ("ADMIN_IP_ALLOWLIST", "198.51.100.0/24,::ffff:192.0.2.9"),
+        ],
     )
     .await;
     assert_eq!(get_from(&server, "/health", "203.0.113.77").await.status(), 403, "denylist CIDR");
@@ -130,7 +142,12 @@ async fn per_ip_then_global_limits_refuse_without_taking_slots() {
     let db = TestDb::new().await;
     let server = TestServer::start(
         &db,
-        &[("TRUST_PROXY", "1"), ("HTTP_RATE_LIMIT_PER_IP", "3"), ("HTTP_RATE_LIMIT_GLOBAL", "5"), ("WEBHOOK_RATE_LIMIT_PER_IP", "2")],
+        &[
+            ("TRUST_PROXY", "1"),
+            ("HTTP_RATE_LIMIT_PER_IP", "3"),
+            ("HTTP_RATE_LIMIT_GLOBAL", "5"),
+            ("WEBHOOK_RATE_LIMIT_PER_IP", "2"),
+        ],
     )
     .await;
     for _ in 0..3 {

@@ -6,47 +6,20 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::support::{TestDb, TestServer};
+use crate::support::{McpSession, TestDb, TestServer};
 
 const MASTER: &str = "identity-test-master-token-0123456789abcdef";
 const LIMITS: [(&str, &str); 3] =
     [("MASTER_SECURITY_TOKEN", MASTER), ("HTTP_RATE_LIMIT_PER_IP", "100000"), ("HTTP_RATE_LIMIT_GLOBAL", "100000")];
 
-/// Opens a Streamable HTTP session as `token` and calls `tool`; returns the tool's JSON result.
+/// Calls `tool` as `token` in a fresh Streamable HTTP session; returns its JSON result.
 async fn call_tool(s: &TestServer, token: &str, tool: &str, args: Value) -> Value {
-    let (is_error, value) = try_tool(s, token, tool, args).await;
-    assert!(!is_error, "{tool}: {value}");
-    value
+    McpSession::open(s, token).await.ok(tool, args).await
 }
 
-/// Like `call_tool`, but returns refusals too: (isError, the result's JSON text).
+/// Like `call_tool`, but returns refusals too: (isError, the result's JSON).
 async fn try_tool(s: &TestServer, token: &str, tool: &str, args: Value) -> (bool, Value) {
-    let post = |body: Value, session: Option<String>| {
-        let mut r = s
-            .http
-            .post(s.url("/mcp"))
-            .bearer_auth(token)
-            .header("accept", "application/json, text/event-stream")
-            .json(&body);
-        if let Some(id) = session {
-            r = r.header("mcp-session-id", id);
-        }
-        r.send()
-    };
-    let init = post(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}), None)
-        .await
-        .unwrap();
-    assert_eq!(init.status(), 200);
-    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
-    let reply: Value = post(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool, "arguments": args}}), Some(session))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let result = &reply["result"];
-    let is_error = result["isError"].as_bool().expect("a tool result");
-    (is_error, serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap())
+    McpSession::open(s, token).await.call(tool, args).await
 }
 
 async fn sse_status(s: &TestServer, token: &str) -> u16 {
@@ -59,10 +32,23 @@ async fn a_rotation_on_one_instance_revokes_and_closes_streams_on_another() {
     let a = TestServer::start(&db, &LIMITS).await;
     let b = TestServer::start(&db, &LIMITS).await;
 
-    let org = call_tool(&a, MASTER, "comms_create_organization", json!({"name": "Two", "slug": "two-instances", "a2pRegistered": true})).await;
+    let org = call_tool(
+        &a,
+        MASTER,
+        "comms_create_organization",
+        json!({"name": "Two", "slug": "two-instances", "a2pRegistered": true}),
+    )
+    .await;
     let org_token = org["adminToken"].as_str().unwrap().to_string();
-    let agent = call_tool(&a, &org_token, "comms_provision_channels", json!({"displayName": "Roamer", "capabilities": {"email": true}})).await;
-    let (agent_id, old) = (agent["agentId"].as_str().unwrap().to_string(), agent["securityToken"].as_str().unwrap().to_string());
+    let agent = call_tool(
+        &a,
+        &org_token,
+        "comms_provision_channels",
+        json!({"displayName": "Roamer", "capabilities": {"email": true}}),
+    )
+    .await;
+    let (agent_id, old) =
+        (agent["agentId"].as_str().unwrap().to_string(), agent["securityToken"].as_str().unwrap().to_string());
 
     // Instance B knows the token (and caches it) and holds a stream open with it.
     let stream = b.http.get(b.url(&format!("/sse?token={old}"))).send().await.unwrap();
@@ -121,36 +107,50 @@ async fn admin(s: &TestServer, token: &str, method: reqwest::Method, path: &str,
 
 /// Waits (≤ 5 s) until an open event stream ends.
 async fn ends_within_5s(body: &mut (impl futures::Stream<Item = reqwest::Result<axum::body::Bytes>> + Unpin)) -> bool {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(_)) = body.next().await {}
-    })
-    .await
-    .is_ok()
+    tokio::time::timeout(Duration::from_secs(5), async { while let Some(Ok(_)) = body.next().await {} }).await.is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_org_is_approved_suspended_and_restored_by_the_super_admin_only() {
     let db = TestDb::new().await;
     let s = TestServer::start(&db, &LIMITS).await;
-    let org = call_tool(&s, MASTER, "comms_create_organization", json!({"name": "Life", "slug": "lifecycle", "a2pRegistered": true})).await;
-    let (org_id, org_token) = (org["orgId"].as_str().unwrap().to_string(), org["adminToken"].as_str().unwrap().to_string());
-    let agent = call_tool(&s, &org_token, "comms_provision_channels", json!({"displayName": "Life agent", "capabilities": {"phone": true}})).await;
+    let org = call_tool(
+        &s,
+        MASTER,
+        "comms_create_organization",
+        json!({"name": "Life", "slug": "lifecycle", "a2pRegistered": true}),
+    )
+    .await;
+    let (org_id, org_token) =
+        (org["orgId"].as_str().unwrap().to_string(), org["adminToken"].as_str().unwrap().to_string());
+    let agent = call_tool(
+        &s,
+        &org_token,
+        "comms_provision_channels",
+        json!({"displayName": "Life agent", "capabilities": {"phone": true}}),
+    )
+    .await;
     let agent_token = agent["securityToken"].as_str().unwrap().to_string();
     assert!(agent["channels"]["phone"].as_str().unwrap().starts_with("+1555"));
 
     let path = |what: &str| format!("/admin/api/orgs/{org_id}/{what}");
-    let (status, body) = admin(&s, &org_token, reqwest::Method::POST, &path("approve"), Some(json!({"kycNote": "docs ok"}))).await;
+    let (status, body) =
+        admin(&s, &org_token, reqwest::Method::POST, &path("approve"), Some(json!({"kycNote": "docs ok"}))).await;
     assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "{body}");
-    let (status, body) = admin(&s, MASTER, reqwest::Method::POST, &path("approve"), Some(json!({"kycNote": "KYC documents verified"}))).await;
+    let (status, body) =
+        admin(&s, MASTER, reqwest::Method::POST, &path("approve"), Some(json!({"kycNote": "KYC documents verified"})))
+            .await;
     assert_eq!((status, body["mode"].as_str()), (200, Some("production")), "{body}");
-    let (status, _) = admin(&s, MASTER, reqwest::Method::POST, &path("approve"), Some(json!({"kycNote": "again"}))).await;
+    let (status, _) =
+        admin(&s, MASTER, reqwest::Method::POST, &path("approve"), Some(json!({"kycNote": "again"}))).await;
     assert_eq!(status, 409);
 
     let stream = s.http.get(s.url(&format!("/sse?token={agent_token}"))).send().await.unwrap();
     assert_eq!(stream.status(), 200);
     let mut body = stream.bytes_stream();
     body.next().await.unwrap().unwrap();
-    let (status, _) = admin(&s, MASTER, reqwest::Method::POST, &path("suspend"), Some(json!({"reason": "abuse report"}))).await;
+    let (status, _) =
+        admin(&s, MASTER, reqwest::Method::POST, &path("suspend"), Some(json!({"reason": "abuse report"}))).await;
     assert_eq!(status, 200);
     assert!(ends_within_5s(&mut body).await, "the suspended org's stream is still open");
     let refused = s.http.get(s.url(&format!("/sse?token={agent_token}"))).send().await.unwrap();
@@ -183,9 +183,23 @@ async fn org_capacity_is_exact_when_two_instances_provision_at_once() {
     let db = TestDb::new().await;
     let a = TestServer::start(&db, &LIMITS).await;
     let b = TestServer::start(&db, &LIMITS).await;
-    let org = call_tool(&a, MASTER, "comms_create_organization", json!({"name": "Cap", "slug": "capacity", "a2pRegistered": true})).await;
-    let (org_id, org_token) = (org["orgId"].as_str().unwrap().to_string(), org["adminToken"].as_str().unwrap().to_string());
-    let (status, _) = admin(&a, MASTER, reqwest::Method::POST, &format!("/admin/api/orgs/{org_id}/settings"), Some(json!({"maxAgents": 3}))).await;
+    let org = call_tool(
+        &a,
+        MASTER,
+        "comms_create_organization",
+        json!({"name": "Cap", "slug": "capacity", "a2pRegistered": true}),
+    )
+    .await;
+    let (org_id, org_token) =
+        (org["orgId"].as_str().unwrap().to_string(), org["adminToken"].as_str().unwrap().to_string());
+    let (status, _) = admin(
+        &a,
+        MASTER,
+        reqwest::Method::POST,
+        &format!("/admin/api/orgs/{org_id}/settings"),
+        Some(json!({"maxAgents": 3})),
+    )
+    .await;
     assert_eq!(status, 200);
 
     let attempts = (0..12).map(|i| {
@@ -207,7 +221,8 @@ async fn org_capacity_is_exact_when_two_instances_provision_at_once() {
     .fetch_one(&db.pool().await)
     .await
     .unwrap();
-    let checks: Vec<&str> = provenance["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
+    let checks: Vec<&str> =
+        provenance["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
     assert_eq!(checks, ["role", "input", "org_state", "country_rules", "duplicate", "capacity", "provider"]);
     b.stop().await;
     a.stop().await;
@@ -242,7 +257,10 @@ async fn the_session_cap_refuses_with_503_and_failures_are_recorded() {
         assert!(Instant::now() < deadline, "expected one AuthFailed and two SessionClosed, got {counts:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let failed: Value = sqlx::query_scalar("SELECT payload::jsonb FROM events WHERE event_type = 'AuthFailed'").fetch_one(&pool).await.unwrap();
+    let failed: Value = sqlx::query_scalar("SELECT payload::jsonb FROM events WHERE event_type = 'AuthFailed'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(failed["reason"], "invalid");
     assert_eq!(failed["route"], "/sse");
     assert!(failed["ip"]["$pii"].is_number(), "the IP is sealed: {failed}");

@@ -44,7 +44,11 @@ async fn identity_rules_hold_over_legacy_sse_with_the_official_client() {
     let s = server(&db, &[("MASTER_SECURITY_TOKEN", MASTER)]).await;
     let base = s.base.clone();
     tokio::task::spawn_blocking(move || {
-        run_script("mcp_identity.py", &["--transport", "sse"], &[("COMMGUARD_URL", &base), ("COMMGUARD_MASTER_TOKEN", MASTER)])
+        run_script(
+            "mcp_identity.py",
+            &["--transport", "sse"],
+            &[("COMMGUARD_URL", &base), ("COMMGUARD_MASTER_TOKEN", MASTER)],
+        )
     })
     .await
     .unwrap();
@@ -57,7 +61,11 @@ async fn identity_rules_hold_over_streamable_http_with_the_official_client() {
     let s = server(&db, &[("MASTER_SECURITY_TOKEN", MASTER)]).await;
     let base = s.base.clone();
     tokio::task::spawn_blocking(move || {
-        run_script("mcp_identity.py", &["--transport", "streamable"], &[("COMMGUARD_URL", &base), ("COMMGUARD_MASTER_TOKEN", MASTER)])
+        run_script(
+            "mcp_identity.py",
+            &["--transport", "streamable"],
+            &[("COMMGUARD_URL", &base), ("COMMGUARD_MASTER_TOKEN", MASTER)],
+        )
     })
     .await
     .unwrap();
@@ -69,9 +77,11 @@ async fn dev_open_admits_no_credential_as_super_admin_but_verifies_presented_one
     let db = TestDb::new().await;
     let s = server(&db, &[]).await;
     let base = s.base.clone();
-    tokio::task::spawn_blocking(move || run_script("mcp_modes.py", &["--mode", "dev-open"], &[("COMMGUARD_URL", &base)]))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        run_script("mcp_modes.py", &["--mode", "dev-open"], &[("COMMGUARD_URL", &base)])
+    })
+    .await
+    .unwrap();
     s.stop().await;
 }
 
@@ -150,7 +160,11 @@ async fn ten_failures_split_over_two_processes_lock_the_ip_on_both() {
     let two = serve(&db, p2, second_data.path());
     wait_healthy(&u2).await;
     tokio::task::spawn_blocking(move || {
-        run_script("mcp_lockout.py", &[], &[("COMMGUARD_URL", &u1), ("COMMGUARD_URL_2", &u2), ("COMMGUARD_MASTER_TOKEN", MASTER)])
+        run_script(
+            "mcp_lockout.py",
+            &[],
+            &[("COMMGUARD_URL", &u1), ("COMMGUARD_URL_2", &u2), ("COMMGUARD_MASTER_TOKEN", MASTER)],
+        )
     })
     .await
     .unwrap();

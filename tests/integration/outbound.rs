@@ -4,62 +4,16 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{TestDb, TestServer};
+use crate::support::{McpSession as Session, TestDb, TestServer};
 
 const MASTER: &str = "outbound-test-master-token-0123456789abcdef";
 
-/// An MCP session over Streamable HTTP for one token.
-struct Session<'a> {
-    server: &'a TestServer,
-    token: String,
-    id: String,
-}
-
-impl<'a> Session<'a> {
-    async fn open(server: &'a TestServer, token: &str) -> Self {
-        let init = server
-            .http
-            .post(server.url("/mcp"))
-            .bearer_auth(token)
-            .header("accept", "application/json, text/event-stream")
-            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(init.status(), 200);
-        let id = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
-        Self { server, token: token.into(), id }
-    }
-
-    /// (isError, the result's JSON).
-    async fn call(&self, tool: &str, args: Value) -> (bool, Value) {
-        let reply: Value = self
-            .server
-            .http
-            .post(self.server.url("/mcp"))
-            .bearer_auth(&self.token)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-session-id", &self.id)
-            .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool, "arguments": args}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let result = &reply["result"];
-        (result["isError"].as_bool().unwrap(), serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap())
-    }
-
-    async fn ok(&self, tool: &str, args: Value) -> Value {
-        let (is_error, value) = self.call(tool, args).await;
-        assert!(!is_error, "{tool}: {value}");
-        value
-    }
-}
-
 fn vars(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
-    let mut v = vec![("MASTER_SECURITY_TOKEN", MASTER), ("HTTP_RATE_LIMIT_PER_IP", "1000000"), ("HTTP_RATE_LIMIT_GLOBAL", "1000000")];
+    let mut v = vec![
+        ("MASTER_SECURITY_TOKEN", MASTER),
+        ("HTTP_RATE_LIMIT_PER_IP", "1000000"),
+        ("HTTP_RATE_LIMIT_GLOBAL", "1000000"),
+    ];
     v.extend_from_slice(extra);
     v
 }
@@ -69,12 +23,21 @@ async fn agent(s: &TestServer, slug: &str) -> (String, String) {
     let master = Session::open(s, MASTER).await;
     let org = master.ok("comms_create_organization", json!({"name": slug, "slug": slug, "a2pRegistered": true})).await;
     let admin = Session::open(s, org["adminToken"].as_str().unwrap()).await;
-    let agent = admin.ok("comms_provision_channels", json!({"displayName": "Sender", "capabilities": {"phone": true, "email": true}})).await;
+    let agent = admin
+        .ok(
+            "comms_provision_channels",
+            json!({"displayName": "Sender", "capabilities": {"phone": true, "email": true}}),
+        )
+        .await;
     (agent["securityToken"].as_str().unwrap().to_string(), agent["agentId"].as_str().unwrap().to_string())
 }
 
 async fn count(db: &TestDb, event_type: &str) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = $1").bind(event_type).fetch_one(&db.pool().await).await.unwrap()
+    sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = $1")
+        .bind(event_type)
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap()
 }
 
 /// Sends `n` SMS at once, spread over `servers`, each from its own session; returns the outcomes.
@@ -83,7 +46,9 @@ async fn burst(servers: &[&TestServer], token: &str, n: usize) -> Vec<(bool, Val
     for i in 0..n {
         sessions.push(Session::open(servers[i % servers.len()], token).await);
     }
-    let sends = sessions.iter().enumerate().map(|(i, s)| s.call("comms_send_message", json!({"to": format!("+1202555{:04}", i), "body": "Your table is ready."})));
+    let sends = sessions.iter().enumerate().map(|(i, s)| {
+        s.call("comms_send_message", json!({"to": format!("+1202555{:04}", i), "body": "Your table is ready."}))
+    });
     futures::future::join_all(sends).await
 }
 
@@ -94,7 +59,10 @@ fn assert_exactly(outcomes: &[(bool, Value)], admitted: usize) {
         assert_eq!(refusal["code"], "rate_limited", "{refusal}");
         assert_eq!(refusal["limitType"], "per-minute");
         assert_eq!(refusal["max"], admitted as i64);
-        assert_eq!(refusal["error"], format!("Rate limit exceeded: per-minute ({admitted}/{admitted}). Resets in up to 60 seconds."));
+        assert_eq!(
+            refusal["error"],
+            format!("Rate limit exceeded: per-minute ({admitted}/{admitted}). Resets in up to 60 seconds.")
+        );
         assert!(refusal["resetAt"].as_str().is_some());
     }
 }
@@ -102,7 +70,15 @@ fn assert_exactly(outcomes: &[(bool, Value)], admitted: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_sends_against_a_limit_of_fifty_let_exactly_fifty_through() {
     let db = TestDb::new().await;
-    let s = TestServer::start(&db, &vars(&[("DEFAULT_MAX_ACTIONS_PER_MINUTE", "50"), ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"), ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000")])).await;
+    let s = TestServer::start(
+        &db,
+        &vars(&[
+            ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "50"),
+            ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
+            ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
+        ]),
+    )
+    .await;
     let (token, _) = agent(&s, "burst-one").await;
     let outcomes = burst(&[&s], &token, 200).await;
     assert_exactly(&outcomes, 50);
@@ -113,7 +89,11 @@ async fn two_hundred_concurrent_sends_against_a_limit_of_fifty_let_exactly_fifty
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limit_is_exact_when_two_instances_share_the_burst() {
     let db = TestDb::new().await;
-    let v = vars(&[("DEFAULT_MAX_ACTIONS_PER_MINUTE", "50"), ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"), ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000")]);
+    let v = vars(&[
+        ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "50"),
+        ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
+        ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
+    ]);
     let a = TestServer::start(&db, &v).await;
     let b = TestServer::start(&db, &v).await;
     let (token, _) = agent(&a, "burst-two").await;
@@ -136,7 +116,10 @@ async fn a_failed_provider_call_consumes_no_quota_and_spend_caps_refuse() {
     assert_eq!((failed["code"].as_str(), failed["provider"].as_str()), (Some("provider_error"), Some("mock")));
     for _ in 0..2 {
         let sent = me.ok("comms_send_message", json!({"to": "+12025550100", "body": "hello"})).await;
-        assert_eq!((sent["status"].as_str(), sent["cost"].as_f64(), sent["sandbox"].as_bool()), (Some("sent"), Some(0.0079), Some(true)));
+        assert_eq!(
+            (sent["status"].as_str(), sent["cost"].as_f64(), sent["sandbox"].as_bool()),
+            (Some("sent"), Some(0.0079), Some(true))
+        );
         assert!(sent["externalId"].as_str().unwrap().starts_with("SM"));
     }
     let (is_error, refused) = me.call("comms_send_message", json!({"to": "+12025550100", "body": "hello"})).await;
@@ -145,7 +128,8 @@ async fn a_failed_provider_call_consumes_no_quota_and_spend_caps_refuse() {
     assert_eq!(refused["error"], "Rate limit exceeded: daily-spend (0.0158/0.02). Resets at midnight UTC.");
 
     // Email: a subject is required, and CAN-SPAM warns without an unsubscribe link.
-    let (is_error, missing) = me.call("comms_send_message", json!({"channel": "email", "to": "a@example.com", "body": "hi"})).await;
+    let (is_error, missing) =
+        me.call("comms_send_message", json!({"channel": "email", "to": "a@example.com", "body": "hi"})).await;
     assert!(is_error);
     assert_eq!(missing["error"], "Invalid input for \"subject\": Subject is required for email channel");
 
@@ -188,7 +172,10 @@ async fn a_failed_provider_call_consumes_no_quota_and_spend_caps_refuse() {
         ]
     );
     // The recipient and the body are sealed in the stored event.
-    let sent: Value = sqlx::query_scalar("SELECT payload::jsonb FROM events WHERE event_type = 'MessageSent' LIMIT 1").fetch_one(&pool).await.unwrap();
+    let sent: Value = sqlx::query_scalar("SELECT payload::jsonb FROM events WHERE event_type = 'MessageSent' LIMIT 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert!(sent["to"]["$pii"].is_number() && sent["body"]["$pii"].is_number(), "{sent}");
     s.stop().await;
 }
@@ -202,15 +189,21 @@ async fn overrides_and_tiers_set_the_limits_in_force() {
     let me = Session::open(&s, &token).await;
     let send = || me.call("comms_send_message", json!({"to": "+12025550111", "body": "hi"}));
 
-    let (is_error, refusal) = me.call("comms_set_agent_limits", json!({"agentId": agent_id, "limits": {"maxActionsPerMinute": 3}})).await;
+    let (is_error, refusal) =
+        me.call("comms_set_agent_limits", json!({"agentId": agent_id, "limits": {"maxActionsPerMinute": 3}})).await;
     assert!(is_error);
     assert_eq!(refusal["error"], "Admin access required. Agent tokens cannot perform this action.");
-    let (is_error, refusal) = master.call("comms_set_agent_limits", json!({"agentId": agent_id, "limits": {"maxActionsPerMinute": 0}})).await;
+    let (is_error, refusal) =
+        master.call("comms_set_agent_limits", json!({"agentId": agent_id, "limits": {"maxActionsPerMinute": 0}})).await;
     assert!(is_error);
     assert_eq!(refusal["code"], "invalid_input");
 
-    let set = master.ok("comms_set_agent_limits", json!({"agentId": agent_id, "limits": {"maxActionsPerMinute": 3}})).await;
-    assert_eq!((set["currentLimits"]["maxActionsPerMinute"].as_i64(), set["tier"].as_str()), (Some(3), Some("starter")));
+    let set =
+        master.ok("comms_set_agent_limits", json!({"agentId": agent_id, "limits": {"maxActionsPerMinute": 3}})).await;
+    assert_eq!(
+        (set["currentLimits"]["maxActionsPerMinute"].as_i64(), set["tier"].as_str()),
+        (Some(3), Some("starter"))
+    );
     assert_eq!(set["overrides"]["maxActionsPerHour"], Value::Null);
     for _ in 0..3 {
         assert!(!send().await.0);
@@ -221,7 +214,8 @@ async fn overrides_and_tiers_set_the_limits_in_force() {
 
     // Clearing the override returns to the tier; the free tier allows 5 a minute.
     master.ok("comms_set_agent_limits", json!({"agentId": agent_id, "limits": {"maxActionsPerMinute": null}})).await;
-    let billing = master.ok("comms_set_billing_config", json!({"agentId": agent_id, "tier": "free", "markupPercent": 0})).await;
+    let billing =
+        master.ok("comms_set_billing_config", json!({"agentId": agent_id, "tier": "free", "markupPercent": 0})).await;
     assert_eq!(billing["effectiveLimits"]["maxActionsPerMinute"], 5);
     assert_eq!(billing["billingConfig"]["markupPercent"], 0.0);
     assert_eq!(billing["availableTiers"], json!(["free", "starter", "pro", "enterprise"]));
@@ -246,7 +240,12 @@ async fn usage_and_billing_follow_the_sends() {
     for _ in 0..2 {
         me.ok("comms_send_message", json!({"to": "+12025550122", "body": "hi"})).await;
     }
-    let email = me.ok("comms_send_message", json!({"channel": "email", "to": "Bob@Example.com", "subject": "Hi", "body": "Hello"})).await;
+    let email = me
+        .ok(
+            "comms_send_message",
+            json!({"channel": "email", "to": "Bob@Example.com", "subject": "Hi", "body": "Hello"}),
+        )
+        .await;
     assert_eq!(email["to"], "bob@example.com");
     assert_eq!(email["warnings"][0]["code"], "can_spam_unsubscribe_missing");
 

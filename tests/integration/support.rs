@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use commguard::app::{Runtime, Server};
 use commguard::config::Config;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -126,5 +127,58 @@ pub async fn wait_visible(pool: &PgPool, n: i64) {
         }
         assert!(std::time::Instant::now() < deadline, "only {visible} of {n} events became visible");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// An MCP session over Streamable HTTP for one token.
+pub struct McpSession<'a> {
+    server: &'a TestServer,
+    token: String,
+    id: String,
+}
+
+impl<'a> McpSession<'a> {
+    pub async fn open(server: &'a TestServer, token: &str) -> Self {
+        let init = server
+            .http
+            .post(server.url("/mcp"))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(init.status(), 200);
+        let id = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
+        Self { server, token: token.into(), id }
+    }
+
+    /// (isError, the result's JSON).
+    pub async fn call(&self, tool: &str, args: Value) -> (bool, Value) {
+        let reply: Value = self
+            .server
+            .http
+            .post(self.server.url("/mcp"))
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool, "arguments": args}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let result = &reply["result"];
+        (
+            result["isError"].as_bool().unwrap(),
+            serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap(),
+        )
+    }
+
+    pub async fn ok(&self, tool: &str, args: Value) -> Value {
+        let (is_error, value) = self.call(tool, args).await;
+        assert!(!is_error, "{tool}: {value}");
+        value
     }
 }

@@ -83,12 +83,15 @@ pub const ROTATE_TOKEN: Tool = Tool {
 pub async fn create_organization(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
     let name = args.str("name", 1, 100)?;
     let slug = args.str("slug", 2, 63)?;
-    if !(2..=63).contains(&slug.len()) || !slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if !(2..=63).contains(&slug.len())
+        || !slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return Err(invalid("slug", "must match ^[a-z0-9-]{2,63}$"));
     }
     let settings = args.object("settings")?.cloned().map(Value::Object).unwrap_or_else(|| json!({}));
     let a2p_registered = args.bool("a2pRegistered", false)?;
-    commands::create_org(app, caller.context(app), NewOrg { name: name.trim().into(), slug, settings, a2p_registered }).await
+    commands::create_org(app, caller.context(app), NewOrg { name: name.trim().into(), slug, settings, a2p_registered })
+        .await
 }
 
 pub async fn list_organizations(app: &AppState) -> Result<Value, ApiError> {
@@ -119,7 +122,8 @@ pub async fn provision_channels(app: &AppState, caller: &Caller<'_>, args: &Args
     };
     let email_domain = args.opt_str("emailDomain", 253)?;
     if let Some(domain) = &email_domain {
-        crate::validate::email("emailDomain", &format!("x@{domain}")).map_err(|_| invalid("emailDomain", "Invalid email domain"))?;
+        crate::validate::email("emailDomain", &format!("x@{domain}"))
+            .map_err(|_| invalid("emailDomain", "Invalid email domain"))?;
     }
     let agent_gender = args.choice("agentGender", &["male", "female", "neutral"], "male")?;
     let org_id = commands::home_org(caller.principal, args.opt_id("orgId")?)?;

@@ -112,7 +112,8 @@ pub async fn call(app: &AppState, caller: &Caller<'_>, name: &str, arguments: Va
 }
 
 async fn dispatch(app: &AppState, caller: &Caller<'_>, name: &str, arguments: &Value) -> Result<Value, ApiError> {
-    let tool = TOOLS.iter().find(|t| t.name == name).ok_or_else(|| ApiError::not_found(format!("Unknown tool: {name}")))?;
+    let tool =
+        TOOLS.iter().find(|t| t.name == name).ok_or_else(|| ApiError::not_found(format!("Unknown tool: {name}")))?;
     guard::require_role(caller.principal, tool.role)?;
     let args = Args::new(arguments)?;
     match tool.name {
@@ -153,7 +154,11 @@ fn refused_by(refusal: &ApiError) -> &'static str {
 }
 
 async fn record_refusal(app: &AppState, caller: &Caller<'_>, tool: &str, arguments: &Value, refusal: &ApiError) {
-    let agent_id = arguments.get("agentId").and_then(Value::as_str).map(str::to_string).or_else(|| caller.principal.agent_id().map(str::to_string));
+    let agent_id = arguments
+        .get("agentId")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| caller.principal.agent_id().map(str::to_string));
     let (stream_type, stream_id) = match (caller.principal.agent_id(), &caller.principal.org_id) {
         (Some(agent), _) => ("agent", agent.to_string()),
         (None, Some(org)) => ("organization", org.clone()),

@@ -7,8 +7,8 @@ use super::{Caller, Tool};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::directory::commands;
-use crate::outbound::usage;
 use crate::error::ApiError;
+use crate::outbound::usage;
 use crate::validate::{invalid, Args};
 
 pub const SEND_MESSAGE: Tool = Tool {
@@ -57,7 +57,11 @@ pub const SET_BILLING_CONFIG: Tool = Tool {
 };
 
 /// An override: absent = unchanged, `null` = cleared, else a count ≥ 1 or dollars ≥ 0.
-fn override_field(limits: &serde_json::Map<String, Value>, field: &str, money: bool) -> Result<Option<Option<i64>>, ApiError> {
+fn override_field(
+    limits: &serde_json::Map<String, Value>,
+    field: &str,
+    money: bool,
+) -> Result<Option<Option<i64>>, ApiError> {
     let path = format!("limits.{field}");
     match limits.get(field) {
         None => Ok(None),
@@ -68,7 +72,11 @@ fn override_field(limits: &serde_json::Map<String, Value>, field: &str, money: b
             .and_then(crate::money::from_dollars)
             .map(|m| Some(Some(m)))
             .ok_or_else(|| invalid(&path, "must be a number ≥ 0 with at most 6 decimals")),
-        Some(v) => v.as_i64().filter(|n| *n >= 1).map(|n| Some(Some(n))).ok_or_else(|| invalid(&path, "must be an integer ≥ 1")),
+        Some(v) => v
+            .as_i64()
+            .filter(|n| *n >= 1)
+            .map(|n| Some(Some(n)))
+            .ok_or_else(|| invalid(&path, "must be an integer ≥ 1")),
     }
 }
 
@@ -97,12 +105,18 @@ pub type BillingChange = (Option<Tier>, Option<Option<f64>>, Option<Option<Strin
 pub fn billing_change(args: &Args<'_>) -> Result<BillingChange, ApiError> {
     let tier = match args.opt_str("tier", 20)? {
         None => None,
-        Some(t) => Some(Tier::parse(&t).ok_or_else(|| invalid("tier", "must be one of free, starter, pro, enterprise"))?),
+        Some(t) => {
+            Some(Tier::parse(&t).ok_or_else(|| invalid("tier", "must be one of free, starter, pro, enterprise"))?)
+        }
     };
     let markup = match args.0.get("markupPercent") {
         None => None,
         Some(Value::Null) => Some(None),
-        Some(v) => Some(Some(v.as_f64().filter(|p| (0.0..=500.0).contains(p)).ok_or_else(|| invalid("markupPercent", "must be a number from 0 to 500"))?)),
+        Some(v) => Some(Some(
+            v.as_f64()
+                .filter(|p| (0.0..=500.0).contains(p))
+                .ok_or_else(|| invalid("markupPercent", "must be a number from 0 to 500"))?,
+        )),
     };
     let billing_email = match args.0.get("billingEmail") {
         None => None,
@@ -144,7 +158,11 @@ pub const BILLING_SUMMARY: Tool = Tool {
 };
 
 /// The agent a usage or billing view is about: explicit, else the agent token's; `None` = org view.
-async fn viewed_agent(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Option<crate::directory::AgentView>, ApiError> {
+async fn viewed_agent(
+    app: &AppState,
+    caller: &Caller<'_>,
+    args: &Args<'_>,
+) -> Result<Option<crate::directory::AgentView>, ApiError> {
     match args.opt_id("agentId")?.or_else(|| caller.principal.agent_id().map(str::to_string)) {
         Some(id) => Ok(Some(commands::addressable_agent(app, caller.principal, &id).await?)),
         None => Ok(None),

@@ -49,7 +49,11 @@ impl Aggregate for Ledger {
         let (contact, body) = match &command.about {
             Some(subject) => (
                 Some(Pii::subject(subject.clone())),
-                Some(Pii::subject_retained(format!("message for {subject}"), subject.clone(), RetentionClass::Messages)),
+                Some(Pii::subject_retained(
+                    format!("message for {subject}"),
+                    subject.clone(),
+                    RetentionClass::Messages,
+                )),
             ),
             None => (None, None),
         };
