@@ -152,7 +152,9 @@ pub async fn admit_to_session(
         app.lockout.fail(ip, AuthFailure::SessionMismatch, route, None, None).await;
         return Err(ApiError::new(ErrorCode::Forbidden, "Session belongs to a different principal"));
     }
-    if !session_still_valid(app, &session.principal).await? {
+    // A request that presented the session's own token has just proven it valid.
+    let verified = principal.token_id.is_some() && principal.token_id == session.principal.token_id;
+    if !session_still_valid(app, &session.principal, verified).await? {
         app.sessions.close(&session.id, "token_revoked").await;
         return Err(ApiError::new(ErrorCode::Unauthorized, "Invalid or revoked token"));
     }
@@ -160,8 +162,8 @@ pub async fn admit_to_session(
 }
 
 /// Whether the token that opened a session still stands, and its org is not suspended (§4.2 (6)).
-async fn session_still_valid(app: &AppState, principal: &Principal) -> Result<bool, ApiError> {
-    if let Some(token_id) = principal.token_id {
+async fn session_still_valid(app: &AppState, principal: &Principal, token_verified: bool) -> Result<bool, ApiError> {
+    if let Some(token_id) = principal.token_id.filter(|_| !token_verified) {
         if !app.identity.token_active(token_id).await.map_err(ApiError::internal)? {
             return Ok(false);
         }
