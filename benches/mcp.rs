@@ -42,6 +42,37 @@ async fn open_session(client: &reqwest::Client, url: &str, token: &str) -> Strin
     r.headers().get("mcp-session-id").expect("session id").to_str().unwrap().to_string()
 }
 
+/// One request of `phase` in `session`; whether it succeeded.
+async fn request(client: &reqwest::Client, url: &str, token: &str, session: &str, phase: Phase, id: u64) -> bool {
+    let ok = match phase {
+        Phase::Health => client.get(format!("{url}/health")).send().await.map(|r| r.status().is_success()),
+        Phase::RpcPing | Phase::ToolPing | Phase::Send => {
+            let body = match phase {
+                Phase::RpcPing => json!({"jsonrpc": "2.0", "id": id, "method": "ping"}),
+                Phase::Send => json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                            "params": {"name": "comms_send_message", "arguments": {
+                                "to": format!("+1202{:07}", id % 10_000_000), "body": "Your order has shipped."}}}),
+                _ => json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                            "params": {"name": "comms_ping", "arguments": {}}}),
+            };
+            let sent = client
+                .post(format!("{url}/mcp"))
+                .bearer_auth(token)
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-06-18")
+                .json(&body)
+                .send()
+                .await;
+            match (phase, sent) {
+                (Phase::Send, Ok(r)) => r.text().await.map(|t| !t.contains("\"isError\":true")),
+                (_, r) => r.map(|r| r.status().is_success()),
+            }
+        }
+    };
+    ok.unwrap_or(false)
+}
+
 async fn worker(client: reqwest::Client, url: String, token: String, phase: Phase, until: Instant) -> Vec<u32> {
     let session = open_session(&client, &url, &token).await;
     let mut latencies_us = Vec::new();
@@ -49,36 +80,47 @@ async fn worker(client: reqwest::Client, url: String, token: String, phase: Phas
     while Instant::now() < until {
         id += 1;
         let started = Instant::now();
-        let ok = match phase {
-            Phase::Health => client.get(format!("{url}/health")).send().await.map(|r| r.status().is_success()),
-            Phase::RpcPing | Phase::ToolPing | Phase::Send => {
-                let body = match phase {
-                    Phase::RpcPing => json!({"jsonrpc": "2.0", "id": id, "method": "ping"}),
-                    Phase::Send => json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-                                "params": {"name": "comms_send_message", "arguments": {
-                                    "to": format!("+1202{:07}", id % 10_000_000), "body": "Your order has shipped."}}}),
-                    _ => json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-                                "params": {"name": "comms_ping", "arguments": {}}}),
-                };
-                let sent = client
-                    .post(format!("{url}/mcp"))
-                    .bearer_auth(&token)
-                    .header("accept", "application/json, text/event-stream")
-                    .header("mcp-session-id", &session)
-                    .header("mcp-protocol-version", "2025-06-18")
-                    .json(&body)
-                    .send()
-                    .await;
-                match (phase, sent) {
-                    (Phase::Send, Ok(r)) => r.text().await.map(|t| !t.contains("\"isError\":true")),
-                    (_, r) => r.map(|r| r.status().is_success()),
-                }
-            }
-        };
-        assert!(ok.unwrap_or(false), "a benchmark request failed");
+        assert!(request(&client, &url, &token, &session, phase, id).await, "a benchmark request failed");
         latencies_us.push(started.elapsed().as_micros() as u32);
     }
     latencies_us
+}
+
+/// Alternates `GET /health` and JSON-RPC `ping` in each session, so both see the same load;
+/// returns their latencies (µs).
+async fn paired_worker(client: reqwest::Client, url: String, token: String, until: Instant) -> (Vec<u32>, Vec<u32>) {
+    let session = open_session(&client, &url, &token).await;
+    let (mut health, mut ping) = (Vec::new(), Vec::new());
+    let mut id = 1u64;
+    while Instant::now() < until {
+        id += 1;
+        let started = Instant::now();
+        assert!(request(&client, &url, &token, &session, Phase::Health, id).await, "health failed");
+        health.push(started.elapsed().as_micros() as u32);
+        let started = Instant::now();
+        assert!(request(&client, &url, &token, &session, Phase::RpcPing, id).await, "ping failed");
+        ping.push(started.elapsed().as_micros() as u32);
+    }
+    (health, ping)
+}
+
+async fn paired(url: &str, token: &str, sessions: u64, seconds: u64) -> Value {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    paired_worker(client.clone(), url.into(), token.into(), Instant::now() + Duration::from_millis(300)).await;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let tasks: Vec<_> =
+        (0..sessions).map(|_| tokio::spawn(paired_worker(client.clone(), url.into(), token.into(), until))).collect();
+    let (mut health, mut ping) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (h, p) = t.await.unwrap();
+        health.extend(h);
+        ping.extend(p);
+    }
+    health.sort_unstable();
+    ping.sort_unstable();
+    json!({"pairs": health.len(),
+           "health_p50_ms": percentile(&health, 0.50), "health_p99_ms": percentile(&health, 0.99),
+           "ping_p50_ms": percentile(&ping, 0.50), "ping_p99_ms": percentile(&ping, 0.99)})
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -165,8 +207,12 @@ async fn main() {
     let health = run_phase(&url, &token, sessions, seconds, Phase::Health).await;
     let rpc = run_phase(&url, &token, sessions, seconds, Phase::RpcPing).await;
     let tool = run_phase(&url, &token, sessions, seconds, Phase::ToolPing).await;
+    let pairs = paired(&url, &token, sessions, seconds).await;
     let held = Arc::new(idle_sse(&url, &token, idle).await);
-    println!("{}", json!({"health": health, "rpc_ping": rpc, "comms_ping": tool, "idle_sse_sessions": held.len()}));
+    println!(
+        "{}",
+        json!({"health": health, "rpc_ping": rpc, "comms_ping": tool, "paired": pairs, "idle_sse_sessions": held.len()})
+    );
     // Hold the sessions while the script reads the server's RSS.
     tokio::time::sleep(Duration::from_secs(num("--hold", 5))).await;
 }
