@@ -217,6 +217,37 @@ pub enum AgentEvent {
         provider: String,
         error: String,
     },
+    /// `kind`: call | voice_message.
+    CallPlaced {
+        call_id: Uuid,
+        kind: String,
+        to: Pii,
+        from: Option<String>,
+        text: Option<Pii>,
+        system_prompt: Option<Pii>,
+        record: bool,
+        purpose: String,
+        provider: String,
+        external_id: String,
+        cost: i64,
+    },
+    CallBlocked {
+        call_id: Uuid,
+        kind: String,
+        to: Pii,
+        refused_by: String,
+        code: String,
+        rule: Option<String>,
+        limit_type: Option<String>,
+        reason: String,
+    },
+    CallFailed {
+        call_id: Uuid,
+        kind: String,
+        to: Pii,
+        provider: String,
+        error: String,
+    },
 }
 
 impl DomainEvent for AgentEvent {
@@ -233,6 +264,9 @@ impl DomainEvent for AgentEvent {
             Self::MessageSent { .. } => "MessageSent",
             Self::MessageBlocked { .. } => "MessageBlocked",
             Self::MessageFailed { .. } => "MessageFailed",
+            Self::CallPlaced { .. } => "CallPlaced",
+            Self::CallBlocked { .. } => "CallBlocked",
+            Self::CallFailed { .. } => "CallFailed",
         }
         .into()
     }
@@ -364,7 +398,13 @@ impl Aggregate for Agent {
                 self.tier = tier;
                 self.markup_percent = markup_percent;
             }
-            E::ActionRefused { .. } | E::MessageSent { .. } | E::MessageBlocked { .. } | E::MessageFailed { .. } => {}
+            E::ActionRefused { .. }
+            | E::MessageSent { .. }
+            | E::MessageBlocked { .. }
+            | E::MessageFailed { .. }
+            | E::CallPlaced { .. }
+            | E::CallBlocked { .. }
+            | E::CallFailed { .. } => {}
         }
     }
 }

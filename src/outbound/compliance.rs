@@ -29,3 +29,14 @@ pub fn check_message(
     }
     Ok(warnings)
 }
+
+/// Checks 7–11 for a call or voice message.
+pub fn check_call(provenance: &mut Provenance, record: bool) -> Result<Vec<Value>, (&'static str, ApiError)> {
+    for check in ["content_filter", "dnc", "consent", "quiet_hours"] {
+        provenance.skip(check, NOT_YET);
+    }
+    if record {
+        provenance.skip("recording_consent", NOT_YET);
+    }
+    Ok(Vec::new())
+}

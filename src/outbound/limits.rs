@@ -53,6 +53,15 @@ pub struct Reservation {
     pub org_id: String,
     pub at: DateTime<Utc>,
     pub cost: i64,
+    /// The blind index of the number a voice action went to (contact frequency).
+    pub contact: Option<String>,
+}
+
+/// A voice action's recipient (blind index) and the agent's daily maximum to one number.
+#[derive(Clone, Debug)]
+pub struct Contact {
+    pub reference: String,
+    pub max_per_day: Option<i64>,
 }
 
 /// The refusal of a limit: which, how far, until when.
@@ -100,19 +109,24 @@ impl Exceeded {
     }
 }
 
-/// Reserves one action with estimated cost `cost` (micro-dollars) at `now`.
-pub async fn reserve(
-    pool: &PgPool,
-    agent_id: &str,
-    org_id: &str,
-    now: DateTime<Utc>,
-    cost: i64,
-    limits: Limits,
-    caps: OrgCaps,
-) -> Result<Result<Reservation, Exceeded>, ApiError> {
+/// What one reservation asks for.
+pub struct Request<'a> {
+    pub agent_id: &'a str,
+    pub org_id: &'a str,
+    pub now: DateTime<Utc>,
+    /// Estimated cost, micro-dollars.
+    pub cost: i64,
+    pub limits: Limits,
+    pub caps: OrgCaps,
+    pub contact: Option<Contact>,
+}
+
+/// Reserves one action, or names the first limit that refuses it.
+pub async fn reserve(pool: &PgPool, request: Request<'_>) -> Result<Result<Reservation, Exceeded>, ApiError> {
+    let Request { agent_id, org_id, now, cost, limits, caps, contact } = request;
     let id = Uuid::new_v4();
     let row: (Option<String>, Option<i64>, Option<i64>, Option<DateTime<Utc>>) =
-        sqlx::query_as("SELECT * FROM reserve_action($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+        sqlx::query_as("SELECT * FROM reserve_action($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)")
             .bind(id)
             .bind(agent_id)
             .bind(org_id)
@@ -125,11 +139,20 @@ pub async fn reserve(
             .bind(limits.spend_month)
             .bind(caps.spend_day)
             .bind(caps.spend_month)
+            .bind(contact.as_ref().map(|c| c.reference.as_str()))
+            .bind(contact.as_ref().and_then(|c| c.max_per_day))
             .fetch_one(pool)
             .await
             .map_err(ApiError::internal)?;
     Ok(match row {
-        (None, ..) => Ok(Reservation { id, agent_id: agent_id.into(), org_id: org_id.into(), at: now, cost }),
+        (None, ..) => Ok(Reservation {
+            id,
+            agent_id: agent_id.into(),
+            org_id: org_id.into(),
+            at: now,
+            cost,
+            contact: contact.map(|c| c.reference),
+        }),
         (Some(limit_type), current, max, reset_at) => Err(Exceeded {
             limit_type,
             current: current.unwrap_or(0),
@@ -141,12 +164,13 @@ pub async fn reserve(
 
 /// Gives a reservation back (the provider failed: failed calls consume nothing).
 pub async fn release(pool: &PgPool, r: &Reservation) -> Result<(), ApiError> {
-    sqlx::query("SELECT release_action($1, $2, $3, $4, $5)")
+    sqlx::query("SELECT release_action($1, $2, $3, $4, $5, $6)")
         .bind(r.id)
         .bind(&r.agent_id)
         .bind(&r.org_id)
         .bind(r.at)
         .bind(r.cost)
+        .bind(&r.contact)
         .execute(pool)
         .await
         .map_err(ApiError::internal)?;

@@ -8,6 +8,8 @@ use rand::RngCore;
 pub struct Outgoing<'a> {
     pub channel: &'a str,
     pub to: &'a str,
+    /// What a call says and does (voice only).
+    pub twiml: Option<&'a str>,
 }
 
 /// The provider's answer to an accepted send. Cost in micro-dollars.
@@ -66,6 +68,9 @@ fn mock_send(message: &Outgoing<'_>) -> Result<Receipt, ProviderFailure> {
         "sms" => "SM",
         _ => "CA",
     };
+    if prefix == "CA" && message.twiml.is_none() {
+        return Err(ProviderFailure("a call needs TwiML".into()));
+    }
     let status = if prefix == "CA" { "queued" } else { "sent" };
     Ok(Receipt { external_id: format!("{prefix}{}", hex32()), status, cost: estimated_cost(message.channel) })
 }

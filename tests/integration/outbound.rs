@@ -275,3 +275,58 @@ async fn usage_and_billing_follow_the_sends() {
     assert_eq!(org["globalTotals"]["totalActions"], 3);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_voice_messages_go_through_the_pipeline_with_contact_frequency() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars(&[])).await;
+    let (token, agent_id) = agent(&s, "voice").await;
+    let me = Session::open(&s, &token).await;
+
+    let call = me.ok("comms_make_call", json!({"to": "+1 (202) 555-0133", "greeting": "Hi <there> & welcome"})).await;
+    assert_eq!(
+        (call["status"].as_str(), call["recorded"].as_bool(), call["sandbox"].as_bool()),
+        (Some("queued"), Some(false), Some(true))
+    );
+    assert!(call["callSid"].as_str().unwrap().starts_with("CA"));
+    assert_eq!(call["sessionId"], call["callId"]);
+    assert_eq!(call["to"], "+12025550133");
+    let message =
+        me.ok("comms_send_voice_message", json!({"to": "+12025550133", "text": "Your appointment is at 3pm."})).await;
+    assert_eq!(message["characters"], 27);
+
+    // Two voice actions to one number a day (DEFAULT_MAX_CALLS_PER_DAY_SAME_NUMBER); others still go.
+    let (is_error, refusal) = me.call("comms_make_call", json!({"to": "+12025550133"})).await;
+    assert!(is_error);
+    assert_eq!(refusal["limitType"], "contact-frequency");
+    assert_eq!(refusal["error"], "Rate limit exceeded: contact-frequency (2/2). Resets at midnight UTC.");
+    me.ok("comms_make_call", json!({"to": "+12025550144"})).await;
+    let (is_error, refusal) = me.call("comms_send_voice_message", json!({"to": "+12025550155", "text": ""})).await;
+    assert!(is_error);
+    assert_eq!(refusal["code"], "invalid_input");
+
+    let blocked: Value = sqlx::query_scalar("SELECT payload::jsonb FROM events WHERE event_type = 'CallBlocked'")
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(
+        (blocked["refusedBy"].as_str(), blocked["limitType"].as_str()),
+        (Some("limits"), Some("contact-frequency"))
+    );
+    assert!(blocked["to"]["$pii"].is_number());
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let d = me.ok("comms_get_usage_dashboard", json!({"agentId": agent_id})).await;
+        if d["totalActions"] == 3 {
+            assert_eq!(
+                (d["actions"]["voice_call"].as_i64(), d["actions"]["voice_message"].as_i64()),
+                (Some(2), Some(1))
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "usage never showed the calls: {d}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    s.stop().await;
+}

@@ -27,6 +27,39 @@ pub const SEND_MESSAGE: Tool = Tool {
     },
 };
 
+pub const MAKE_CALL: Tool = Tool {
+    name: "comms_make_call",
+    role: Role::Agent,
+    description: "Place an AI voice call from an agent, through every guard, limit and compliance check.",
+    schema: || {
+        json!({"type": "object", "required": ["to"], "properties": {
+            "agentId": {"type": "string"},
+            "to": {"type": "string", "description": "E.164 phone number"},
+            "greeting": {"type": "string", "maxLength": 1000},
+            "systemPrompt": {"type": "string", "maxLength": 20000},
+            "voice": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+            "language": {"type": "string"},
+            "recipientTimezone": {"type": "string"},
+            "record": {"type": "boolean", "default": false},
+            "purpose": {"type": "string", "enum": ["marketing", "transactional"], "default": "marketing"}}})
+    },
+};
+
+pub const SEND_VOICE_MESSAGE: Tool = Tool {
+    name: "comms_send_voice_message",
+    role: Role::Agent,
+    description: "Call a number and speak a message, through every guard, limit and compliance check.",
+    schema: || {
+        json!({"type": "object", "required": ["to", "text"], "properties": {
+            "agentId": {"type": "string"},
+            "to": {"type": "string", "description": "E.164 phone number"},
+            "text": {"type": "string", "minLength": 1, "maxLength": 3000},
+            "voice": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+            "language": {"type": "string"},
+            "purpose": {"type": "string", "enum": ["marketing", "transactional"], "default": "marketing"}}})
+    },
+};
+
 pub const SET_AGENT_LIMITS: Tool = Tool {
     name: "comms_set_agent_limits",
     role: Role::SuperAdmin,

@@ -1,0 +1,331 @@
+//! The three outbound tools (CONTRACT §6.3): their inputs (step 3), their events and replies,
+//! and the TwiML of calls. The checks themselves run in `super::run`.
+
+use commguard_domain::agent::AgentEvent;
+use commguard_domain::pii::{Pii, RetentionClass};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::provider::{Provider, Receipt};
+use super::{compliance, run, Action};
+use crate::app::AppState;
+use crate::directory::AgentView;
+use crate::error::{ApiError, ErrorCode};
+use crate::mcp::tools::Caller;
+use crate::store::Provenance;
+use crate::validate::{self, invalid, Args};
+
+/// A validated `comms_send_message`.
+struct Message {
+    channel: String,
+    to: String,
+    body: String,
+    subject: Option<String>,
+    html: Option<String>,
+    purpose: String,
+}
+
+fn message_input(args: &Args<'_>) -> Result<Message, ApiError> {
+    if args.0.get("templateId").is_some_and(|v| !v.is_null()) {
+        return Err(invalid("templateId", "templateId is not supported"));
+    }
+    let channel = args.choice("channel", &["sms", "email", "whatsapp"], "sms")?;
+    if channel == "whatsapp" {
+        return Err(ApiError::new(ErrorCode::Unavailable, "Channel \"whatsapp\" is not available"));
+    }
+    let raw_to = args.str("to", 1, 320)?;
+    let to = if channel == "email" { validate::email("to", &raw_to)? } else { validate::phone("to", &raw_to)? };
+    let body_max = if channel == "sms" { 1600 } else { 100_000 };
+    let body = args.str("body", if channel == "sms" { 1 } else { 0 }, body_max)?;
+    let subject = args.opt_str("subject", 998)?;
+    if channel == "email" && subject.as_deref().is_none_or(|s| s.trim().is_empty()) {
+        return Err(invalid("subject", "Subject is required for email channel"));
+    }
+    let html = args.opt_str("html", 500_000)?;
+    let purpose = args.choice("purpose", &["marketing", "transactional"], "marketing")?;
+    Ok(Message { channel, to, body, subject, html, purpose })
+}
+
+fn retained(text: &str, to: &str) -> Pii {
+    Pii::subject_retained(text.to_string(), to.to_string(), RetentionClass::Messages)
+}
+
+fn field(refusal: &ApiError, key: &str) -> Option<String> {
+    refusal.extra.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+impl Action for Message {
+    fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    fn to(&self) -> &str {
+        &self.to
+    }
+
+    fn compliance(&self, provenance: &mut Provenance) -> Result<Vec<Value>, (&'static str, ApiError)> {
+        compliance::check_message(provenance, &self.channel, &self.body, self.html.as_deref())
+    }
+
+    fn blocked(&self, id: Uuid, check: &str, refusal: &ApiError) -> AgentEvent {
+        AgentEvent::MessageBlocked {
+            message_id: id,
+            channel: self.channel.clone(),
+            purpose: self.purpose.clone(),
+            to: Pii::subject(self.to.clone()),
+            body: retained(&self.body, &self.to),
+            refused_by: check.into(),
+            code: refusal.code.as_str().into(),
+            rule: field(refusal, "rule"),
+            limit_type: field(refusal, "limitType"),
+            reason: refusal.message.clone(),
+        }
+    }
+
+    fn failed(&self, id: Uuid, provider: Provider, error: &str) -> AgentEvent {
+        AgentEvent::MessageFailed {
+            message_id: id,
+            channel: self.channel.clone(),
+            to: Pii::subject(self.to.clone()),
+            provider: provider.name().into(),
+            error: error.into(),
+        }
+    }
+
+    fn sent(
+        &self,
+        id: Uuid,
+        from: Option<String>,
+        provider: Provider,
+        receipt: &Receipt,
+        warnings: &[Value],
+    ) -> AgentEvent {
+        AgentEvent::MessageSent {
+            message_id: id,
+            channel: self.channel.clone(),
+            purpose: self.purpose.clone(),
+            to: Pii::subject(self.to.clone()),
+            from,
+            subject: self.subject.as_deref().map(|s| retained(s, &self.to)),
+            body: retained(&self.body, &self.to),
+            html: self.html.as_deref().map(|h| retained(h, &self.to)),
+            provider: provider.name().into(),
+            external_id: receipt.external_id.clone(),
+            status: receipt.status.into(),
+            cost: receipt.cost,
+            warnings: warnings.to_vec(),
+        }
+    }
+
+    fn reply(&self, id: Uuid, from: Option<String>, receipt: &Receipt, sandbox: bool, warnings: Vec<Value>) -> Value {
+        let mut reply = json!({
+            "success": true,
+            "messageId": id,
+            "externalId": receipt.external_id,
+            "status": receipt.status,
+            "cost": crate::money::to_dollars(receipt.cost),
+            "channel": self.channel,
+            "from": from,
+            "to": self.to,
+            "sandbox": sandbox,
+            "warnings": warnings,
+        });
+        if let Some(subject) = &self.subject {
+            reply["subject"] = json!(subject);
+        }
+        reply
+    }
+}
+
+/// `comms_send_message`.
+pub async fn send_message(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
+    run(app, caller, args, message_input).await
+}
+
+/// A validated `comms_make_call` (`kind` call) or `comms_send_voice_message` (`voice_message`).
+struct Call {
+    kind: &'static str,
+    to: String,
+    /// The greeting of a call, the text of a voice message.
+    text: String,
+    greeting_given: bool,
+    system_prompt: Option<String>,
+    record: bool,
+    purpose: String,
+}
+
+fn voice_options(args: &Args<'_>) -> Result<(), ApiError> {
+    if let Some(voice) = args.opt_str("voice", 64)? {
+        if voice.is_empty() || !voice.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return Err(invalid("voice", "must match ^[A-Za-z0-9._-]{1,64}$"));
+        }
+    }
+    if let Some(language) = args.opt_str("language", 35)? {
+        let ok = language
+            .split('-')
+            .all(|part| !part.is_empty() && part.len() <= 8 && part.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if !ok {
+            return Err(invalid("language", "must be a BCP 47 language tag"));
+        }
+    }
+    Ok(())
+}
+
+fn call_input(args: &Args<'_>) -> Result<Call, ApiError> {
+    let to = validate::phone("to", &args.str("to", 1, 32)?)?;
+    let greeting = args.opt_str("greeting", 1000)?;
+    let system_prompt = args.opt_str("systemPrompt", 20_000)?;
+    voice_options(args)?;
+    args.opt_str("recipientTimezone", 64)?;
+    Ok(Call {
+        kind: "call",
+        to,
+        greeting_given: greeting.is_some(),
+        text: greeting.unwrap_or_default(),
+        system_prompt,
+        record: args.bool("record", false)?,
+        purpose: args.choice("purpose", &["marketing", "transactional"], "marketing")?,
+    })
+}
+
+fn voice_message_input(args: &Args<'_>) -> Result<Call, ApiError> {
+    let to = validate::phone("to", &args.str("to", 1, 32)?)?;
+    let text = args.str("text", 1, 3000)?;
+    voice_options(args)?;
+    Ok(Call {
+        kind: "voice_message",
+        to,
+        text,
+        greeting_given: true,
+        system_prompt: None,
+        record: false,
+        purpose: args.choice("purpose", &["marketing", "transactional"], "marketing")?,
+    })
+}
+
+/// Escapes text and attribute values for XML (CONTRACT §6.3: TwiML values are escaped).
+pub fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl Call {
+    fn spoken(&self, app: &AppState, agent: &AgentView) -> String {
+        let text =
+            if self.greeting_given { self.text.clone() } else { format!("Hello, this is {}.", agent.display_name) };
+        if app.config.voice_ai_disclosure {
+            format!("{}{text}", app.config.voice_ai_disclosure_text)
+        } else {
+            text
+        }
+    }
+}
+
+impl Action for Call {
+    fn channel(&self) -> &str {
+        "voice"
+    }
+
+    fn to(&self) -> &str {
+        &self.to
+    }
+
+    fn compliance(&self, provenance: &mut Provenance) -> Result<Vec<Value>, (&'static str, ApiError)> {
+        compliance::check_call(provenance, self.record)
+    }
+
+    fn blocked(&self, id: Uuid, check: &str, refusal: &ApiError) -> AgentEvent {
+        AgentEvent::CallBlocked {
+            call_id: id,
+            kind: self.kind.into(),
+            to: Pii::subject(self.to.clone()),
+            refused_by: check.into(),
+            code: refusal.code.as_str().into(),
+            rule: field(refusal, "rule"),
+            limit_type: field(refusal, "limitType"),
+            reason: refusal.message.clone(),
+        }
+    }
+
+    fn failed(&self, id: Uuid, provider: Provider, error: &str) -> AgentEvent {
+        AgentEvent::CallFailed {
+            call_id: id,
+            kind: self.kind.into(),
+            to: Pii::subject(self.to.clone()),
+            provider: provider.name().into(),
+            error: error.into(),
+        }
+    }
+
+    fn sent(&self, id: Uuid, from: Option<String>, provider: Provider, receipt: &Receipt, _: &[Value]) -> AgentEvent {
+        AgentEvent::CallPlaced {
+            call_id: id,
+            kind: self.kind.into(),
+            to: Pii::subject(self.to.clone()),
+            from,
+            text: (!self.text.is_empty()).then(|| retained(&self.text, &self.to)),
+            system_prompt: self.system_prompt.as_deref().map(|p| retained(p, &self.to)),
+            record: self.record,
+            purpose: self.purpose.clone(),
+            provider: provider.name().into(),
+            external_id: receipt.external_id.clone(),
+            cost: receipt.cost,
+        }
+    }
+
+    fn reply(&self, id: Uuid, from: Option<String>, receipt: &Receipt, sandbox: bool, _: Vec<Value>) -> Value {
+        if self.kind == "call" {
+            json!({"success": true, "callId": id, "sessionId": id, "callSid": receipt.external_id, "status": receipt.status,
+                   "from": from, "to": self.to, "recorded": self.record, "sandbox": sandbox})
+        } else {
+            json!({"success": true, "callId": id, "callSid": receipt.external_id, "status": receipt.status,
+                   "from": from, "to": self.to, "characters": self.text.chars().count(), "sandbox": sandbox})
+        }
+    }
+
+    fn twiml(&self, app: &AppState, agent: &AgentView, id: Uuid) -> Option<String> {
+        let mut twiml = String::from("<Response>");
+        if self.record {
+            twiml.push_str(&format!("<Say>{}</Say>", xml_escape(&app.config.recording_announcement_text)));
+        }
+        twiml.push_str(&format!("<Say>{}</Say>", xml_escape(&self.spoken(app, agent))));
+        if self.kind == "call" {
+            if let Some(relay) = &app.config.voice_relay_url {
+                let url = format!("{relay}?agentId={}&callId={id}", agent.agent_id);
+                twiml.push_str(&format!("<Connect><ConversationRelay url=\"{}\"/></Connect>", xml_escape(&url)));
+            }
+        }
+        twiml.push_str("</Response>");
+        Some(twiml)
+    }
+}
+
+/// `comms_make_call`.
+pub async fn make_call(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
+    run(app, caller, args, call_input).await
+}
+
+/// `comms_send_voice_message`.
+pub async fn send_voice_message(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
+    run(app, caller, args, voice_message_input).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn twiml_values_are_escaped() {
+        assert_eq!(xml_escape("Tom & <Jerry> \"hi\" 'x'"), "Tom &amp; &lt;Jerry&gt; &quot;hi&quot; &apos;x&apos;");
+    }
+}
