@@ -179,6 +179,9 @@ pub async fn release(pool: &PgPool, r: &Reservation) -> Result<(), ApiError> {
 
 /// Replaces the estimated cost with the provider's actual one.
 pub async fn settle(pool: &PgPool, r: &Reservation, actual: i64) -> Result<(), ApiError> {
+    if actual == r.cost {
+        return Ok(());
+    }
     sqlx::query("SELECT settle_action_cost($1, $2, $3, $4)")
         .bind(&r.agent_id)
         .bind(&r.org_id)

@@ -117,7 +117,11 @@ impl Recorder {
     ) -> Result<Option<i64>, String> {
         let mut attempt = 0;
         loop {
-            let head = self.repo.stream_head(aggregate_type, aggregate_id).await.map_err(|e| e.to_string())?;
+            // First try where this process last saw the stream; after a conflict, ask Postgres.
+            let head = match self.repo.known_head(aggregate_type, aggregate_id).filter(|_| attempt == 0) {
+                Some(head) => head,
+                None => self.repo.stream_head(aggregate_type, aggregate_id).await.map_err(|e| e.to_string())?,
+            };
             let events: Vec<SerializedEvent> = batch
                 .iter()
                 .flat_map(|p| p.facts.iter())

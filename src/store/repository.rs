@@ -135,6 +135,12 @@ impl EventRepository {
         Ok(Some(position))
     }
 
+    /// The last sequence this process knows of a stream: from its own loads and appends (cheap,
+    /// possibly stale — an append at a stale head conflicts and is retried at the stored one).
+    pub(crate) fn known_head(&self, aggregate_type: &str, aggregate_id: &str) -> Option<i64> {
+        self.heads.last_sequence(aggregate_type, aggregate_id)
+    }
+
     /// The last sequence and hash of a stream, for appends that do not load the aggregate.
     pub(crate) async fn stream_head(&self, aggregate_type: &str, aggregate_id: &str) -> Result<i64, PersistenceError> {
         let head: Option<(i64, String)> = sqlx::query_as(
@@ -286,6 +292,11 @@ impl HeadCache {
             map.clear();
         }
         map.insert(key, head);
+    }
+
+    fn last_sequence(&self, aggregate_type: &str, aggregate_id: &str) -> Option<i64> {
+        let map = self.map.lock().expect("head cache lock");
+        map.get(&(aggregate_type.to_string(), aggregate_id.to_string())).map(|(s, _)| *s)
     }
 
     fn get(&self, aggregate_type: &str, aggregate_id: &str, sequence: i64) -> Option<String> {
