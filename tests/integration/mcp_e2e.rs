@@ -170,3 +170,35 @@ async fn ten_failures_split_over_two_processes_lock_the_ip_on_both() {
     .unwrap();
     drop((one, two));
 }
+
+async fn outbound_over(transport: &'static str) {
+    let db = TestDb::new().await;
+    let limits = [
+        ("MASTER_SECURITY_TOKEN", MASTER),
+        ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "50"),
+        ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
+        ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
+    ];
+    let s = server(&db, &limits).await;
+    let base = s.base.clone();
+    tokio::task::spawn_blocking(move || {
+        run_script(
+            "mcp_outbound.py",
+            &["--transport", transport],
+            &[("COMMGUARD_URL", &base), ("COMMGUARD_MASTER_TOKEN", MASTER)],
+        )
+    })
+    .await
+    .unwrap();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_limits_and_usage_hold_over_legacy_sse_with_the_official_client() {
+    outbound_over("sse").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_limits_and_usage_hold_over_streamable_http_with_the_official_client() {
+    outbound_over("streamable").await;
+}
