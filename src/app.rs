@@ -41,6 +41,8 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     pub orgs: Arc<Framework<Organization>>,
     pub agents: Arc<Framework<Agent>>,
+    /// The providers' HTTP client (one connection pool for every send).
+    pub http: reqwest::Client,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,10 @@ impl Runtime {
                 store.clone(),
                 self.clock.clone(),
             )),
+            http: reqwest::Client::builder()
+                .timeout(crate::outbound::provider::TIMEOUT)
+                .build()
+                .expect("the HTTP client builds with its default TLS roots"),
             orgs: Arc::new(store.framework(())),
             agents: Arc::new(store.framework(())),
             clock: self.clock.clone(),

@@ -6,7 +6,7 @@ use commguard_domain::pii::{Pii, RetentionClass};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::provider::{Provider, Receipt};
+use super::provider::{Outgoing, Provider, Receipt};
 use super::{compliance, run, Action};
 use crate::app::AppState;
 use crate::directory::AgentView;
@@ -63,6 +63,20 @@ impl Action for Message {
         &self.to
     }
 
+    fn outgoing<'a>(&'a self, from: Option<&'a str>, _: Option<&'a str>, callback: Option<&'a str>) -> Outgoing<'a> {
+        Outgoing {
+            channel: &self.channel,
+            to: &self.to,
+            from,
+            subject: self.subject.as_deref(),
+            body: Some(&self.body),
+            html: self.html.as_deref(),
+            twiml: None,
+            status_callback: callback,
+            record: false,
+        }
+    }
+
     fn compliance(&self, provenance: &mut Provenance) -> Result<Vec<Value>, (&'static str, ApiError)> {
         compliance::check_message(provenance, &self.channel, &self.body, self.html.as_deref())
     }
@@ -111,7 +125,7 @@ impl Action for Message {
             html: self.html.as_deref().map(|h| retained(h, &self.to)),
             provider: provider.name().into(),
             external_id: receipt.external_id.clone(),
-            status: receipt.status.into(),
+            status: receipt.status.clone(),
             cost: receipt.cost,
             warnings: warnings.to_vec(),
         }
@@ -238,6 +252,25 @@ impl Action for Call {
 
     fn to(&self) -> &str {
         &self.to
+    }
+
+    fn outgoing<'a>(
+        &'a self,
+        from: Option<&'a str>,
+        twiml: Option<&'a str>,
+        callback: Option<&'a str>,
+    ) -> Outgoing<'a> {
+        Outgoing {
+            channel: "voice",
+            to: &self.to,
+            from,
+            subject: None,
+            body: None,
+            html: None,
+            twiml,
+            status_callback: callback,
+            record: self.record,
+        }
     }
 
     fn compliance(&self, provenance: &mut Provenance) -> Result<Vec<Value>, (&'static str, ApiError)> {

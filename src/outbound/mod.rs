@@ -47,6 +47,9 @@ trait Action {
         warnings: &[Value],
     ) -> AgentEvent;
     fn reply(&self, id: Uuid, from: Option<String>, receipt: &Receipt, sandbox: bool, warnings: Vec<Value>) -> Value;
+    /// What the provider is given.
+    fn outgoing<'a>(&'a self, from: Option<&'a str>, twiml: Option<&'a str>, callback: Option<&'a str>)
+        -> Outgoing<'a>;
     /// TwiML for calls, handed to the provider.
     fn twiml(&self, _app: &AppState, _agent: &directory::AgentView, _id: Uuid) -> Option<String> {
         None
@@ -117,20 +120,23 @@ async fn run<A: Action>(
     } else {
         context.provenance.pass("limits");
     }
-    // 13: the provider. Sandbox orgs and demo use the mock; real adapters are not built yet.
+    // 13: the provider: the mock for sandbox orgs and demo, else the configured real one.
     let sandbox = app.config.demo_mode || org.mode != "production";
-    if !sandbox {
+    let provider = if sandbox { Some(Provider::Mock) } else { Provider::configured_for(action.channel(), &app.config) };
+    let Some(provider) = provider else {
         limits::release(&app.pool, &reservation).await?;
         let what = if action.channel() == "email" { "email" } else { "telephony" };
         let refusal = ApiError::new(ErrorCode::Unavailable, format!("No {what} provider configured"));
         return Err(block(app, context, &agent_id, id, &action, "provider", refusal).await);
-    }
-    let provider = Provider::Mock;
+    };
     let from_channel = if action.channel() == "email" { "email" } else { "phone" };
     let from = agent.channels.get(from_channel).and_then(Value::as_str).map(str::to_string);
     let twiml = action.twiml(app, &agent, id);
-    let outgoing = Outgoing { channel: action.channel(), to: action.to(), twiml: twiml.as_deref() };
-    let receipt = match provider.send(&outgoing).await {
+    let callback = (action.channel() == "voice").then(|| {
+        format!("{}/webhooks/{}/call-status", app.config.webhook_base_url.trim_end_matches('/'), agent.agent_id)
+    });
+    let outgoing = action.outgoing(from.as_deref(), twiml.as_deref(), callback.as_deref());
+    let receipt = match provider.send(&app.http, &app.config, &outgoing).await {
         Ok(receipt) => receipt,
         Err(failure) => {
             limits::release(&app.pool, &reservation).await?;

@@ -1,22 +1,40 @@
-//! Communication providers behind one interface. The mock (CONTRACT §5 Organizations) serves
-//! sandbox orgs and demo mode; the real Twilio and Resend adapters are still to come (issue 5),
-//! so a production org is answered `unavailable` until they exist.
+//! Communication providers behind one interface: the mock (CONTRACT §5 Organizations) for
+//! sandbox orgs and demo mode, and real HTTP adapters for Twilio (Messages and Calls REST API)
+//! and Resend (emails API) with the platform's credentials from the environment. Base URLs are
+//! configurable (`TWILIO_API_BASE_URL`, `RESEND_API_BASE_URL`), so tests run the adapters
+//! against local servers that speak those APIs. Sends are not retried: a send is not idempotent,
+//! and a retry after a timeout could deliver twice.
+
+use std::time::Duration;
 
 use rand::RngCore;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+
+/// How long a provider may take to accept a send.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What is sent.
 pub struct Outgoing<'a> {
     pub channel: &'a str,
     pub to: &'a str,
+    pub from: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub body: Option<&'a str>,
+    pub html: Option<&'a str>,
     /// What a call says and does (voice only).
     pub twiml: Option<&'a str>,
+    /// Where the provider reports delivery or call status.
+    pub status_callback: Option<&'a str>,
+    pub record: bool,
 }
 
 /// The provider's answer to an accepted send. Cost in micro-dollars.
 #[derive(Clone, Debug)]
 pub struct Receipt {
     pub external_id: String,
-    pub status: &'static str,
+    pub status: String,
     pub cost: i64,
 }
 
@@ -27,9 +45,11 @@ pub struct ProviderFailure(pub String);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Provider {
     Mock,
+    Twilio,
+    Resend,
 }
 
-/// Mock prices (CONTRACT §9.1 estimates): SMS 0.0079, email 0.001, calls 0.
+/// Estimated costs, reserved before the send (CONTRACT §9.1): SMS 0.0079, email 0.001, calls 0.
 pub fn estimated_cost(channel: &str) -> i64 {
     match channel {
         "sms" => 7_900,
@@ -42,12 +62,29 @@ impl Provider {
     pub fn name(self) -> &'static str {
         match self {
             Self::Mock => "mock",
+            Self::Twilio => "twilio",
+            Self::Resend => "resend",
         }
     }
 
-    pub async fn send(self, message: &Outgoing<'_>) -> Result<Receipt, ProviderFailure> {
+    /// The real provider for `channel` with the platform's credentials, if configured.
+    pub fn configured_for(channel: &str, config: &Config) -> Option<Self> {
+        match channel {
+            "email" => config.email_configured().then_some(Self::Resend),
+            _ => config.telephony_configured().then_some(Self::Twilio),
+        }
+    }
+
+    pub async fn send(
+        self,
+        http: &reqwest::Client,
+        config: &Config,
+        message: &Outgoing<'_>,
+    ) -> Result<Receipt, ProviderFailure> {
         match self {
             Self::Mock => mock_send(message),
+            Self::Twilio => twilio_send(http, config, message).await,
+            Self::Resend => resend_send(http, config, message).await,
         }
     }
 }
@@ -72,5 +109,104 @@ fn mock_send(message: &Outgoing<'_>) -> Result<Receipt, ProviderFailure> {
         return Err(ProviderFailure("a call needs TwiML".into()));
     }
     let status = if prefix == "CA" { "queued" } else { "sent" };
-    Ok(Receipt { external_id: format!("{prefix}{}", hex32()), status, cost: estimated_cost(message.channel) })
+    Ok(Receipt {
+        external_id: format!("{prefix}{}", hex32()),
+        status: status.into(),
+        cost: estimated_cost(message.channel),
+    })
+}
+
+/// A provider's error body as one line: its `message` field if it has one, else the status.
+async fn failure(provider: &str, response: reqwest::Response) -> ProviderFailure {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let detail = body.get("message").and_then(Value::as_str).map_or_else(|| format!("HTTP {status}"), str::to_string);
+    ProviderFailure(format!("{provider}: {detail}"))
+}
+
+fn unreachable(provider: &str, e: reqwest::Error) -> ProviderFailure {
+    if e.is_timeout() {
+        ProviderFailure(format!("{provider}: no answer within {} s", TIMEOUT.as_secs()))
+    } else {
+        ProviderFailure(format!("{provider}: request failed"))
+    }
+}
+
+/// Twilio's price is a negative decimal string of dollars, often unknown at send time.
+fn twilio_cost(body: &Value, channel: &str) -> i64 {
+    body.get("price")
+        .and_then(Value::as_str)
+        .and_then(|p| p.trim_start_matches('-').parse::<f64>().ok())
+        .and_then(crate::money::from_dollars)
+        .unwrap_or_else(|| estimated_cost(channel))
+}
+
+async fn twilio_send(http: &reqwest::Client, config: &Config, m: &Outgoing<'_>) -> Result<Receipt, ProviderFailure> {
+    let (Some(sid), Some(token)) = (&config.twilio_account_sid, &config.twilio_auth_token) else {
+        return Err(ProviderFailure("twilio: not configured".into()));
+    };
+    let resource = if m.channel == "voice" { "Calls" } else { "Messages" };
+    let url = format!("{}/2010-04-01/Accounts/{sid}/{resource}.json", config.twilio_api_base_url.trim_end_matches('/'));
+    let mut form: Vec<(&str, &str)> = vec![("To", m.to)];
+    if let Some(from) = m.from {
+        form.push(("From", from));
+    }
+    if m.channel == "voice" {
+        form.push(("Twiml", m.twiml.unwrap_or("<Response/>")));
+        if m.record {
+            form.push(("Record", "true"));
+        }
+    } else if let Some(body) = m.body {
+        form.push(("Body", body));
+    }
+    if let Some(callback) = m.status_callback {
+        form.push(("StatusCallback", callback));
+    }
+    let response = http
+        .post(url)
+        .basic_auth(sid, Some(&token.0))
+        .form(&form)
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable("twilio", e))?;
+    if !response.status().is_success() {
+        return Err(failure("twilio", response).await);
+    }
+    let body: Value = response.json().await.map_err(|_| ProviderFailure("twilio: unreadable response".into()))?;
+    let external_id = body
+        .get("sid")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ProviderFailure("twilio: response without sid".into()))?;
+    Ok(Receipt {
+        external_id: external_id.to_string(),
+        status: body.get("status").and_then(Value::as_str).unwrap_or("queued").to_string(),
+        cost: twilio_cost(&body, m.channel),
+    })
+}
+
+async fn resend_send(http: &reqwest::Client, config: &Config, m: &Outgoing<'_>) -> Result<Receipt, ProviderFailure> {
+    let Some(key) = &config.resend_api_key else {
+        return Err(ProviderFailure("resend: not configured".into()));
+    };
+    let url = format!("{}/emails", config.resend_api_base_url.trim_end_matches('/'));
+    let mut email = json!({"from": m.from, "to": [m.to], "subject": m.subject, "text": m.body});
+    if let Some(html) = m.html {
+        email["html"] = json!(html);
+    }
+    let response = http
+        .post(url)
+        .bearer_auth(&key.0)
+        .json(&email)
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable("resend", e))?;
+    if !response.status().is_success() {
+        return Err(failure("resend", response).await);
+    }
+    let body: Value = response.json().await.map_err(|_| ProviderFailure("resend: unreadable response".into()))?;
+    let id =
+        body.get("id").and_then(Value::as_str).ok_or_else(|| ProviderFailure("resend: response without id".into()))?;
+    Ok(Receipt { external_id: id.to_string(), status: "sent".into(), cost: estimated_cost("email") })
 }

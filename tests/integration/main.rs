@@ -11,4 +11,5 @@ mod hardening;
 mod identity;
 mod mcp_e2e;
 mod outbound;
+mod providers;
 mod server;

@@ -1,0 +1,198 @@
+//! The real provider adapters against local servers that speak Twilio's and Resend's APIs: what
+//! they send (auth, fields, TwiML), what they make of the answers, and that a refusal by the
+//! provider is a `provider_error` that consumes no quota.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::support::{McpSession as Session, TestDb, TestServer};
+
+const MASTER: &str = "providers-test-master-token-0123456789abcdef";
+
+/// One request as the fake provider saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    authorization: String,
+    body: String,
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+fn seen(log: &Log, path: String, headers: &HeaderMap, body: &str) {
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    log.lock().unwrap().push(Seen { path, authorization, body: body.to_string() });
+}
+
+/// Twilio Messages and Calls, and Resend emails, on one local server.
+async fn fake_providers() -> (String, Log) {
+    let log: Log = Arc::default();
+    async fn twilio(
+        State(log): State<Log>,
+        Path((sid, resource)): Path<(String, String)>,
+        headers: HeaderMap,
+        body: String,
+    ) -> (StatusCode, Json<Value>) {
+        seen(&log, format!("/2010-04-01/Accounts/{sid}/{resource}"), &headers, &body);
+        let form: Vec<(String, String)> = url_decode(&body);
+        let to = form.iter().find(|(k, _)| k == "To").map(|(_, v)| v.clone()).unwrap_or_default();
+        if to == "+12025550400" {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(
+                    json!({"code": 21211, "message": format!("The 'To' number {to} is not a valid phone number."), "status": 400}),
+                ),
+            );
+        }
+        let prefix = if resource == "Calls.json" { "CA" } else { "SM" };
+        (
+            StatusCode::CREATED,
+            Json(
+                json!({"sid": format!("{prefix}fake0000000000000000000000000001"), "status": "queued", "price": null}),
+            ),
+        )
+    }
+    async fn resend(State(log): State<Log>, headers: HeaderMap, body: String) -> (StatusCode, Json<Value>) {
+        seen(&log, "/emails".into(), &headers, &body);
+        (StatusCode::OK, Json(json!({"id": "re_fake_1"})))
+    }
+    let app = Router::new()
+        .route("/2010-04-01/Accounts/{sid}/{resource}", post(twilio))
+        .route("/emails", post(resend))
+        .with_state(log.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, log)
+}
+
+fn url_decode(body: &str) -> Vec<(String, String)> {
+    body.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            let decode = |s: &str| {
+                let s = s.replace('+', " ");
+                let bytes = s.as_bytes();
+                let mut out = Vec::new();
+                let mut i = 0;
+                while i < bytes.len() {
+                    if bytes[i] == b'%' && i + 2 < bytes.len() {
+                        out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                        i += 3;
+                    } else {
+                        out.push(bytes[i]);
+                        i += 1;
+                    }
+                }
+                String::from_utf8(out).unwrap()
+            };
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_orgs_send_through_twilio_and_resend_and_provider_refusals_consume_nothing() {
+    let (fake, log) = fake_providers().await;
+    let db = TestDb::new().await;
+    let vars = [
+        ("MASTER_SECURITY_TOKEN", MASTER),
+        ("HTTP_RATE_LIMIT_PER_IP", "100000"),
+        ("TWILIO_ACCOUNT_SID", "ACtest"),
+        ("TWILIO_AUTH_TOKEN", "twilio-secret"),
+        ("TWILIO_API_BASE_URL", fake.as_str()),
+        ("RESEND_API_KEY", "re_test_key"),
+        ("RESEND_API_BASE_URL", fake.as_str()),
+        ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "3"),
+        ("WEBHOOK_BASE_URL", "https://hooks.example.com"),
+    ];
+    let s = TestServer::start(&db, &vars).await;
+    let master = Session::open(&s, MASTER).await;
+    let org =
+        master.ok("comms_create_organization", json!({"name": "Live", "slug": "live", "a2pRegistered": true})).await;
+    let admin = Session::open(&s, org["adminToken"].as_str().unwrap()).await;
+    let agent = admin
+        .ok("comms_provision_channels", json!({"displayName": "Live", "capabilities": {"phone": true, "email": true}}))
+        .await;
+    let approve = s
+        .http
+        .post(s.url(&format!("/admin/api/orgs/{}/approve", org["orgId"].as_str().unwrap())))
+        .bearer_auth(MASTER)
+        .json(&json!({"kycNote": "KYC verified"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approve.status(), 200);
+    let me = Session::open(&s, agent["securityToken"].as_str().unwrap()).await;
+    let number = agent["channels"]["phone"].as_str().unwrap();
+
+    // A refusal by Twilio: provider_error with Twilio's message, and the slot is given back.
+    let (is_error, refused) = me.call("comms_send_message", json!({"to": "+12025550400", "body": "hi"})).await;
+    assert!(is_error);
+    assert_eq!((refused["code"].as_str(), refused["provider"].as_str()), (Some("provider_error"), Some("twilio")));
+    assert!(refused["error"].as_str().unwrap().contains("is not a valid phone number"), "{refused}");
+
+    let sms = me.ok("comms_send_message", json!({"to": "+12025550100", "body": "Tom & Jerry"})).await;
+    assert_eq!(
+        (sms["externalId"].as_str(), sms["sandbox"].as_bool()),
+        (Some("SMfake0000000000000000000000000001"), Some(false))
+    );
+    let call = me.ok("comms_make_call", json!({"to": "+12025550101", "greeting": "Hi <you> & welcome"})).await;
+    assert_eq!(call["callSid"], "CAfake0000000000000000000000000001");
+    // The limit is 3 a minute and the refused send took no slot: all three go through.
+    let email = me
+        .ok(
+            "comms_send_message",
+            json!({"channel": "email", "to": "a@example.com", "subject": "Hello", "body": "Hi there"}),
+        )
+        .await;
+    assert_eq!(email["externalId"], "re_fake_1");
+
+    let requests = log.lock().unwrap().clone();
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    let basic = format!("Basic {}", base64_encode("ACtest:twilio-secret"));
+    let message = &requests[1];
+    assert_eq!(
+        (message.path.as_str(), message.authorization.as_str()),
+        ("/2010-04-01/Accounts/ACtest/Messages.json", basic.as_str())
+    );
+    let form = url_decode(&message.body);
+    let get = |form: &[(String, String)], k: &str| form.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    assert_eq!(get(&form, "To").as_deref(), Some("+12025550100"));
+    assert_eq!(get(&form, "From").as_deref(), Some(number));
+    assert_eq!(get(&form, "Body").as_deref(), Some("Tom & Jerry"));
+    let call_form = url_decode(&requests[2].body);
+    assert_eq!(requests[2].path, "/2010-04-01/Accounts/ACtest/Calls.json");
+    let twiml = get(&call_form, "Twiml").unwrap();
+    assert_eq!(
+        twiml,
+        "<Response><Say>Please note, this is an AI-generated call. Hi &lt;you&gt; &amp; welcome</Say></Response>"
+    );
+    let expected_callback =
+        format!("https://hooks.example.com/webhooks/{}/call-status", agent["agentId"].as_str().unwrap());
+    assert_eq!(get(&call_form, "StatusCallback"), Some(expected_callback));
+    let email_request = &requests[3];
+    assert_eq!((email_request.path.as_str(), email_request.authorization.as_str()), ("/emails", "Bearer re_test_key"));
+    let sent: Value = serde_json::from_str(&email_request.body).unwrap();
+    assert_eq!(
+        (sent["to"][0].as_str(), sent["subject"].as_str(), sent["text"].as_str()),
+        (Some("a@example.com"), Some("Hello"), Some("Hi there"))
+    );
+
+    let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = 'MessageFailed'")
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(failed, 1);
+    s.stop().await;
+}
+
+fn base64_encode(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
