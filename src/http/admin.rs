@@ -29,7 +29,8 @@ use crate::store::{rfc3339, CommandContext};
 use crate::validate::{invalid, Args};
 
 pub fn routes(app: AppState) -> Router<AppState> {
-    Router::new()
+    let documented = Router::new().route("/admin/api/openapi.json", get(super::openapi::document));
+    let routes = Router::new()
         .route("/admin/api/me", get(me))
         .route("/admin/api/orgs", get(list_orgs).post(create_org))
         .route("/admin/api/orgs/{org_id}", get(get_org))
@@ -45,7 +46,8 @@ pub fn routes(app: AppState) -> Router<AppState> {
         .route("/admin/api/agents/{agent_id}/blocked-channels", post(blocked_channels))
         .route("/admin/api/agents/{agent_id}/limits", post(agent_limits))
         .route("/admin/api/agents/{agent_id}/billing", post(agent_billing))
-        .layer(axum::middleware::from_fn_with_state(app, record_refusals))
+        .layer(axum::middleware::from_fn_with_state(app, record_refusals));
+    documented.merge(routes)
 }
 
 /// Where the `Admin` extractor leaves the caller, so refusals can be recorded after the handler.

@@ -17,6 +17,7 @@ pub mod fallback;
 pub mod headers;
 pub mod health;
 pub mod ip_filter;
+pub mod openapi;
 pub mod rate_limit;
 pub mod request_id;
 

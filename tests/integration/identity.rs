@@ -305,3 +305,20 @@ async fn idle_streamable_sessions_expire() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_needs_no_token_but_obeys_the_admin_allowlist() {
+    let db = TestDb::new().await;
+    let open = TestServer::start(&db, &LIMITS).await;
+    let doc: Value = open.http.get(open.url("/admin/api/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/admin/api/agents/{agentId}/tokens"]["get"].is_object());
+    open.stop().await;
+
+    let mut vars = LIMITS.to_vec();
+    vars.push(("ADMIN_IP_ALLOWLIST", "10.0.0.0/8"));
+    let closed = TestServer::start(&db, &vars).await;
+    let refused = closed.http.get(closed.url("/admin/api/openapi.json")).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    closed.stop().await;
+}

@@ -1,0 +1,88 @@
+//! `GET /admin/api/openapi.json`: an OpenAPI 3.1 description of the admin routes this build
+//! serves (CONTRACT §12), generated from one table so it cannot list a route that does not exist.
+
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+/// (method, path, who may call, summary) for every admin route of `admin::routes`.
+const ROUTES: &[(&str, &str, &str, &str)] = &[
+    ("get", "/admin/api/me", "O S", "The caller's role and organization"),
+    ("get", "/admin/api/orgs", "O (own) S", "Organizations"),
+    ("post", "/admin/api/orgs", "S", "Create an organization (= comms_create_organization)"),
+    ("get", "/admin/api/orgs/{orgId}", "O (own) S", "One organization"),
+    ("post", "/admin/api/orgs/{orgId}/approve", "S", "Approve into production ({kycNote})"),
+    ("post", "/admin/api/orgs/{orgId}/suspend", "S", "Suspend ({reason}); closes the org's sessions"),
+    ("post", "/admin/api/orgs/{orgId}/unsuspend", "S", "Restore the previous mode"),
+    ("post", "/admin/api/orgs/{orgId}/settings", "S; O own caps", "Registration, capacity and spend caps"),
+    ("post", "/admin/api/orgs/{orgId}/rotate-token", "O (own) S", "Rotate the org's admin token"),
+    ("get", "/admin/api/agents", "O S", "Agents"),
+    ("get", "/admin/api/agents/{agentId}", "O S", "One agent"),
+    ("get", "/admin/api/agents/{agentId}/tokens", "O S", "The agent's active tokens (no hashes)"),
+    ("post", "/admin/api/agents/{agentId}/regenerate-token", "O S", "Rotate the agent's token"),
+    ("post", "/admin/api/agents/{agentId}/blocked-channels", "O S", "Block channels ({blockedChannels})"),
+    ("post", "/admin/api/agents/{agentId}/limits", "S", "= comms_set_agent_limits"),
+    ("post", "/admin/api/agents/{agentId}/billing", "S", "= comms_set_billing_config"),
+];
+
+fn operation(path: &str, who: &str, summary: &str, mutation: bool) -> Value {
+    let parameters: Vec<Value> = path
+        .split('/')
+        .filter_map(|part| part.strip_prefix('{').and_then(|p| p.strip_suffix('}')))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect();
+    let error = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let mut op = json!({
+        "summary": summary,
+        "description": format!("Who: {who}"),
+        "parameters": parameters,
+        "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "401": error("Missing or invalid admin token"),
+            "403": error("Role, org boundary or IP list"),
+            "404": error("Unknown org or agent"),
+            "429": error("Locked out or rate limited"),
+        },
+    });
+    if mutation {
+        op["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": {"type": "object"}}}});
+        op["responses"]["400"] = error("Invalid input");
+        op["responses"]["409"] = error("Conflict with the current state");
+    }
+    op
+}
+
+pub async fn document() -> Json<Value> {
+    let mut paths = Map::new();
+    for (method, path, who, summary) in ROUTES {
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        entry[*method] = operation(path, who, summary, *method == "post");
+    }
+    Json(json!({
+        "openapi": "3.1.0",
+        "info": {"title": "commguard admin API", "version": env!("CARGO_PKG_VERSION")},
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Master token (S) or org token (O)"}},
+            "schemas": {"Error": {"type": "object", "required": ["error", "code"], "properties": {
+                "error": {"type": "string"}, "code": {"type": "string"}, "requestId": {"type": "string"}}}},
+        },
+        "paths": paths,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_route_is_described_with_its_path_parameters() {
+        let Json(doc) = document().await;
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().unwrap();
+        assert_eq!(paths.values().map(|p| p.as_object().unwrap().len()).sum::<usize>(), ROUTES.len());
+        assert_eq!(doc["paths"]["/admin/api/orgs/{orgId}/approve"]["post"]["parameters"][0]["name"], "orgId");
+        assert!(
+            doc["paths"]["/admin/api/orgs"]["get"].is_object() && doc["paths"]["/admin/api/orgs"]["post"].is_object()
+        );
+    }
+}
