@@ -43,6 +43,8 @@ pub struct AppState {
     pub agents: Arc<Framework<Agent>>,
     /// The providers' HTTP client (one connection pool for every send).
     pub http: reqwest::Client,
+    /// `CREDENTIALS_ENCRYPTION_KEY` first, then the previous key (decrypt-only).
+    pub credential_keys: Arc<Vec<crypto::Key>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,7 @@ pub enum StartError {
 pub struct Runtime {
     pub config: Arc<Config>,
     pub store: Store,
+    credential_keys: Arc<Vec<crypto::Key>>,
     pub clock: Clock,
     embedded: Option<EmbeddedPostgres>,
 }
@@ -87,9 +90,30 @@ impl Runtime {
             }
         };
         let opened = Self::open_database(&config, &url).await;
-        match opened {
-            Ok(store) => Ok(Self { config: Arc::new(config), store, clock: Clock::default(), embedded }),
-            Err(e) => {
+        let production = config.env == Environment::Production;
+        let credential_key = crypto::keys::load_or_generate(
+            "CREDENTIALS_ENCRYPTION_KEY",
+            config.credentials_encryption_key,
+            &config.data_dir,
+            production,
+        );
+        match (opened, credential_key) {
+            (Ok(store), Ok(key)) => {
+                let keys = std::iter::once(key).chain(config.credentials_encryption_key_previous).collect();
+                Ok(Self {
+                    config: Arc::new(config),
+                    store,
+                    credential_keys: Arc::new(keys),
+                    clock: Clock::default(),
+                    embedded,
+                })
+            }
+            (opened, key) => {
+                let e = match (opened, key) {
+                    (Err(e), _) => e,
+                    (_, Err(e)) => StartError::from(e),
+                    (Ok(_), Ok(_)) => unreachable!("handled above"),
+                };
                 if let Some(pg) = embedded {
                     let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
                 }
@@ -138,6 +162,7 @@ impl Runtime {
                 store.clone(),
                 self.clock.clone(),
             )),
+            credential_keys: self.credential_keys.clone(),
             http: reqwest::Client::builder()
                 .timeout(crate::outbound::provider::TIMEOUT)
                 .build()

@@ -123,6 +123,14 @@ pub enum OrganizationEvent {
         token_ids: Vec<Uuid>,
         reason: String,
     },
+    /// Provider credentials registered for the org (names only; appended by `Store::record`).
+    ProviderRegistered {
+        scope: String,
+        provider: String,
+        key_names: Vec<String>,
+        verified: bool,
+        key_version: String,
+    },
     /// A refused tool call or route about this org (appended by `Store::record`; no state).
     ActionRefused {
         tool: String,
@@ -144,6 +152,7 @@ impl DomainEvent for OrganizationEvent {
             Self::OrgTokenIssued { .. } => "OrgTokenIssued",
             Self::OrgTokenRevoked { .. } => "OrgTokenRevoked",
             Self::ActionRefused { .. } => "ActionRefused",
+            Self::ProviderRegistered { .. } => "ProviderRegistered",
         }
         .into()
     }
@@ -285,7 +294,7 @@ impl Aggregate for Organization {
             E::OrgSettingsChanged { after, .. } => self.settings = after,
             E::OrgTokenIssued { token_id, .. } => self.active_tokens.push(token_id),
             E::OrgTokenRevoked { token_ids, .. } => self.active_tokens.retain(|t| !token_ids.contains(t)),
-            E::ActionRefused { .. } => {}
+            E::ActionRefused { .. } | E::ProviderRegistered { .. } => {}
         }
     }
 }

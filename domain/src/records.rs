@@ -45,6 +45,14 @@ pub enum RefusalEvent {
     ActionRefused { tool: String, agent_id: Option<String>, code: String, refused_by: String, reason: String },
 }
 
+/// Provider credentials registered (names only, never values). Stream: the organization, or
+/// `platform` for platform scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+pub enum ProviderEvent {
+    ProviderRegistered { scope: String, provider: String, key_names: Vec<String>, verified: bool, key_version: String },
+}
+
 /// Stream `alert` (id = dedupKey).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all_fields = "camelCase")]
@@ -80,6 +88,7 @@ event_types!(IpEvent { AuthFailed, IpLockedOut });
 event_types!(SessionEvent { SessionOpened, SessionClosed });
 event_types!(RefusalEvent { ActionRefused });
 event_types!(AlertEvent { AlertRaised });
+event_types!(ProviderEvent { ProviderRegistered });
 
 #[cfg(test)]
 mod tests {

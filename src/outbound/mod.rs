@@ -6,6 +6,7 @@
 //! checks that ran, in order. `actions` holds the three tools' inputs, events and replies.
 
 pub mod compliance;
+pub mod credentials;
 pub mod limits;
 pub mod provider;
 pub mod usage;
@@ -21,6 +22,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::mcp::tools::Caller;
 use crate::store::{CommandContext, Provenance};
 use crate::validate::Args;
+use credentials::Credentials;
 use limits::{Contact, Limits, OrgCaps};
 use provider::{Outgoing, Provider, Receipt};
 
@@ -122,8 +124,17 @@ async fn run<A: Action>(
     }
     // 13: the provider: the mock for sandbox orgs and demo, else the configured real one.
     let sandbox = app.config.demo_mode || org.mode != "production";
-    let provider = if sandbox { Some(Provider::Mock) } else { Provider::configured_for(action.channel(), &app.config) };
-    let Some(provider) = provider else {
+    let chosen = if sandbox {
+        Some((Provider::Mock, Credentials::default()))
+    } else {
+        match Provider::real_for(action.channel(), &app.config) {
+            Some(real) => credentials::resolve(&app.pool, &app.credential_keys, &app.config, &org.org_id, real.name())
+                .await?
+                .map(|c| (real, c)),
+            None => None,
+        }
+    };
+    let Some((provider, provider_credentials)) = chosen else {
         limits::release(&app.pool, &reservation).await?;
         let what = if action.channel() == "email" { "email" } else { "telephony" };
         let refusal = ApiError::new(ErrorCode::Unavailable, format!("No {what} provider configured"));
@@ -136,7 +147,7 @@ async fn run<A: Action>(
         format!("{}/webhooks/{}/call-status", app.config.webhook_base_url.trim_end_matches('/'), agent.agent_id)
     });
     let outgoing = action.outgoing(from.as_deref(), twiml.as_deref(), callback.as_deref());
-    let receipt = match provider.send(&app.http, &app.config, &outgoing).await {
+    let receipt = match provider.send(&app.http, &app.config, &provider_credentials, &outgoing).await {
         Ok(receipt) => receipt,
         Err(failure) => {
             limits::release(&app.pool, &reservation).await?;

@@ -1,6 +1,6 @@
 //! Communication providers behind one interface: the mock (CONTRACT §5 Organizations) for
 //! sandbox orgs and demo mode, and real HTTP adapters for Twilio (Messages and Calls REST API)
-//! and Resend (emails API) with the platform's credentials from the environment. Base URLs are
+//! and Resend (emails API) with the credentials `super::credentials` resolves. Base URLs are
 //! configurable (`TWILIO_API_BASE_URL`, `RESEND_API_BASE_URL`), so tests run the adapters
 //! against local servers that speak those APIs. Sends are not retried: a send is not idempotent,
 //! and a retry after a timeout could deliver twice.
@@ -10,6 +10,7 @@ use std::time::Duration;
 use rand::RngCore;
 use serde_json::{json, Value};
 
+use super::credentials::Credentials;
 use crate::config::Config;
 
 /// How long a provider may take to accept a send.
@@ -67,11 +68,11 @@ impl Provider {
         }
     }
 
-    /// The real provider for `channel` with the platform's credentials, if configured.
-    pub fn configured_for(channel: &str, config: &Config) -> Option<Self> {
+    /// The real provider for `channel`; `None` when an operator disabled it.
+    pub fn real_for(channel: &str, config: &Config) -> Option<Self> {
         match channel {
-            "email" => config.email_configured().then_some(Self::Resend),
-            _ => config.telephony_configured().then_some(Self::Twilio),
+            "email" => (!config.provider_resend_disabled).then_some(Self::Resend),
+            _ => (!config.provider_twilio_disabled).then_some(Self::Twilio),
         }
     }
 
@@ -79,12 +80,45 @@ impl Provider {
         self,
         http: &reqwest::Client,
         config: &Config,
+        credentials: &Credentials,
         message: &Outgoing<'_>,
     ) -> Result<Receipt, ProviderFailure> {
         match self {
             Self::Mock => mock_send(message),
-            Self::Twilio => twilio_send(http, config, message).await,
-            Self::Resend => resend_send(http, config, message).await,
+            Self::Twilio => twilio_send(http, config, credentials, message).await,
+            Self::Resend => resend_send(http, config, credentials, message).await,
+        }
+    }
+
+    /// Checks credentials against the provider's fixed host (CONTRACT §6.3, fixes W31):
+    /// `GET /2010-04-01/Accounts/{sid}.json` or `GET /domains`.
+    pub async fn verify(
+        self,
+        http: &reqwest::Client,
+        config: &Config,
+        credentials: &Credentials,
+    ) -> Result<(), ProviderFailure> {
+        let request = match self {
+            Self::Mock => return Ok(()),
+            Self::Twilio => {
+                let (Some(sid), Some(token)) = (credentials.get("accountSid"), credentials.get("authToken")) else {
+                    return Err(ProviderFailure("accountSid and authToken are required".into()));
+                };
+                let base = config.twilio_api_base_url.trim_end_matches('/');
+                http.get(format!("{base}/2010-04-01/Accounts/{sid}.json")).basic_auth(sid, Some(token))
+            }
+            Self::Resend => {
+                let Some(key) = credentials.get("apiKey") else {
+                    return Err(ProviderFailure("apiKey is required".into()));
+                };
+                http.get(format!("{}/domains", config.resend_api_base_url.trim_end_matches('/'))).bearer_auth(key)
+            }
+        };
+        let response = request.timeout(TIMEOUT).send().await.map_err(|e| unreachable(self.name(), e))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(failure(self.name(), response).await)
         }
     }
 }
@@ -141,8 +175,13 @@ fn twilio_cost(body: &Value, channel: &str) -> i64 {
         .unwrap_or_else(|| estimated_cost(channel))
 }
 
-async fn twilio_send(http: &reqwest::Client, config: &Config, m: &Outgoing<'_>) -> Result<Receipt, ProviderFailure> {
-    let (Some(sid), Some(token)) = (&config.twilio_account_sid, &config.twilio_auth_token) else {
+async fn twilio_send(
+    http: &reqwest::Client,
+    config: &Config,
+    credentials: &Credentials,
+    m: &Outgoing<'_>,
+) -> Result<Receipt, ProviderFailure> {
+    let (Some(sid), Some(token)) = (credentials.get("accountSid"), credentials.get("authToken")) else {
         return Err(ProviderFailure("twilio: not configured".into()));
     };
     let resource = if m.channel == "voice" { "Calls" } else { "Messages" };
@@ -164,7 +203,7 @@ async fn twilio_send(http: &reqwest::Client, config: &Config, m: &Outgoing<'_>) 
     }
     let response = http
         .post(url)
-        .basic_auth(sid, Some(&token.0))
+        .basic_auth(sid, Some(token))
         .form(&form)
         .timeout(TIMEOUT)
         .send()
@@ -185,8 +224,13 @@ async fn twilio_send(http: &reqwest::Client, config: &Config, m: &Outgoing<'_>) 
     })
 }
 
-async fn resend_send(http: &reqwest::Client, config: &Config, m: &Outgoing<'_>) -> Result<Receipt, ProviderFailure> {
-    let Some(key) = &config.resend_api_key else {
+async fn resend_send(
+    http: &reqwest::Client,
+    config: &Config,
+    credentials: &Credentials,
+    m: &Outgoing<'_>,
+) -> Result<Receipt, ProviderFailure> {
+    let Some(key) = credentials.get("apiKey") else {
         return Err(ProviderFailure("resend: not configured".into()));
     };
     let url = format!("{}/emails", config.resend_api_base_url.trim_end_matches('/'));
@@ -196,7 +240,7 @@ async fn resend_send(http: &reqwest::Client, config: &Config, m: &Outgoing<'_>) 
     }
     let response = http
         .post(url)
-        .bearer_auth(&key.0)
+        .bearer_auth(key)
         .json(&email)
         .timeout(TIMEOUT)
         .send()

@@ -61,7 +61,21 @@ async fn fake_providers() -> (String, Log) {
         seen(&log, "/emails".into(), &headers, &body);
         (StatusCode::OK, Json(json!({"id": "re_fake_1"})))
     }
+    async fn account(
+        State(log): State<Log>,
+        Path(resource): Path<String>,
+        headers: HeaderMap,
+    ) -> (StatusCode, Json<Value>) {
+        seen(&log, format!("/2010-04-01/Accounts/{resource}"), &headers, "");
+        let expected = format!("Basic {}", base64_encode("ACorg:org-secret"));
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str()) {
+            (StatusCode::OK, Json(json!({"sid": "ACorg", "status": "active"})))
+        } else {
+            (StatusCode::UNAUTHORIZED, Json(json!({"code": 20003, "message": "Authenticate", "status": 401})))
+        }
+    }
     let app = Router::new()
+        .route("/2010-04-01/Accounts/{resource}", axum::routing::get(account))
         .route("/2010-04-01/Accounts/{sid}/{resource}", post(twilio))
         .route("/emails", post(resend))
         .with_state(log.clone());
@@ -195,4 +209,93 @@ async fn production_orgs_send_through_twilio_and_resend_and_provider_refusals_co
 fn base64_encode(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_once() {
+    let (fake, log) = fake_providers().await;
+    let db = TestDb::new().await;
+    let vars = [
+        ("MASTER_SECURITY_TOKEN", MASTER),
+        ("HTTP_RATE_LIMIT_PER_IP", "100000"),
+        ("TWILIO_API_BASE_URL", fake.as_str()),
+    ];
+    let s = TestServer::start(&db, &vars).await;
+    let master = Session::open(&s, MASTER).await;
+    let org = master
+        .ok("comms_create_organization", json!({"name": "Own", "slug": "own-creds", "a2pRegistered": true}))
+        .await;
+    let org_id = org["orgId"].as_str().unwrap().to_string();
+    let admin = Session::open(&s, org["adminToken"].as_str().unwrap()).await;
+    let agent =
+        admin.ok("comms_provision_channels", json!({"displayName": "Own", "capabilities": {"phone": true}})).await;
+    let approved = s
+        .http
+        .post(s.url(&format!("/admin/api/orgs/{org_id}/approve")))
+        .bearer_auth(MASTER)
+        .json(&json!({"kycNote": "KYC verified"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), 200);
+    let me = Session::open(&s, agent["securityToken"].as_str().unwrap()).await;
+
+    // No credentials anywhere: a production org cannot send.
+    let (is_error, refused) = me.call("comms_send_message", json!({"to": "+12025550100", "body": "hi"})).await;
+    assert!(is_error);
+    assert_eq!(
+        (refused["code"].as_str(), refused["error"].as_str()),
+        (Some("unavailable"), Some("No telephony provider configured"))
+    );
+
+    let (is_error, refused) = me
+        .call(
+            "comms_register_provider",
+            json!({"provider": "twilio", "credentials": {"accountSid": "ACorg", "authToken": "x"}}),
+        )
+        .await;
+    assert!(is_error);
+    assert_eq!(refused["code"], "forbidden");
+    let register = |token: &str| json!({"provider": "twilio", "orgId": org_id, "credentials": {"accountSid": "ACorg", "authToken": token}});
+    let (is_error, refused) = master.call("comms_register_provider", register("wrong-secret")).await;
+    assert!(is_error);
+    assert_eq!(refused["error"], "Verification failed for twilio: twilio: Authenticate");
+    let registered = master.ok("comms_register_provider", register("org-secret")).await;
+    assert_eq!(registered["keysStored"], json!(["accountSid", "authToken"]));
+    assert_eq!(registered["keyVersion"].as_str().unwrap().len(), 8);
+    assert!(!registered.to_string().contains("org-secret"), "the reply never shows a value");
+
+    // Live at once: the next send uses the org's own credentials.
+    let sent = me.ok("comms_send_message", json!({"to": "+12025550100", "body": "hi"})).await;
+    assert_eq!(sent["sandbox"], false);
+    let last = log.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.path, "/2010-04-01/Accounts/ACorg/Messages.json");
+    assert_eq!(last.authorization, format!("Basic {}", base64_encode("ACorg:org-secret")));
+
+    // Stored only encrypted; no event holds a value.
+    let pool = db.pool().await;
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT credential_key, ciphertext, iv FROM provider_credentials WHERE org_id = $1 ORDER BY credential_key",
+    )
+    .bind(&org_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|(_, c, iv)| !c.contains(&hex::encode("org-secret")) && iv.len() == 24));
+    let leaks: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM events WHERE payload::text LIKE '%org-secret%' OR metadata::text LIKE '%org-secret%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(leaks, 0);
+    let registered_events: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = 'ProviderRegistered' AND aggregate_id = $1")
+            .bind(&org_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(registered_events, 1);
+    s.stop().await;
 }

@@ -93,6 +93,7 @@ const TOOLS: &[Tool] = &[
     outbound::SET_BILLING_CONFIG,
     outbound::USAGE_DASHBOARD,
     outbound::BILLING_SUMMARY,
+    outbound::REGISTER_PROVIDER,
 ];
 
 /// The `tools/list` entries a caller of `role` may see.
@@ -133,6 +134,7 @@ async fn dispatch(app: &AppState, caller: &Caller<'_>, name: &str, arguments: &V
         "comms_set_billing_config" => outbound::set_billing_config(app, caller, &args).await,
         "comms_get_usage_dashboard" => outbound::usage_dashboard(app, caller, &args).await,
         "comms_get_billing_summary" => outbound::billing_summary(app, caller, &args).await,
+        "comms_register_provider" => outbound::register_provider(app, caller, &args).await,
         other => Err(ApiError::internal(format!("tool {other} has no handler"))),
     }
 }

@@ -8,8 +8,12 @@ use crate::app::AppState;
 use crate::auth::Role;
 use crate::directory::commands;
 use crate::error::ApiError;
+use crate::error::ErrorCode;
+use crate::outbound::credentials::Credentials;
+use crate::outbound::provider::Provider;
 use crate::outbound::usage;
 use crate::validate::{invalid, Args};
+use commguard_domain::records::ProviderEvent;
 
 pub const SEND_MESSAGE: Tool = Tool {
     name: "comms_send_message",
@@ -216,4 +220,89 @@ pub async fn billing_summary(app: &AppState, caller: &Caller<'_>, args: &Args<'_
         Some(agent) => usage::agent_billing(app, &agent, &period).await,
         None => usage::org_billing(app, caller.principal, &period).await,
     }
+}
+
+pub const REGISTER_PROVIDER: Tool = Tool {
+    name: "comms_register_provider",
+    role: Role::SuperAdmin,
+    description: "Register Twilio or Resend credentials for the platform or one organization (stored encrypted).",
+    schema: || {
+        json!({"type": "object", "required": ["provider", "credentials"], "properties": {
+            "provider": {"type": "string", "enum": ["twilio", "resend"]},
+            "credentials": {"type": "object", "properties": {
+                "accountSid": {"type": "string"}, "authToken": {"type": "string"},
+                "apiKey": {"type": "string"}, "webhookSecret": {"type": "string"}}},
+            "autoVerify": {"type": "boolean", "default": true},
+            "orgId": {"type": "string"}}})
+    },
+};
+
+/// `comms_register_provider` (S): verify against the provider's fixed host, store encrypted
+/// (CONTRACT §11.5), record `ProviderRegistered` with the key names only. Live at once: sends
+/// resolve credentials per send.
+pub async fn register_provider(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
+    let provider = args.choice("provider", &["twilio", "resend"], "")?;
+    if provider.is_empty() {
+        return Err(invalid("provider", "is required"));
+    }
+    let (kind, required, optional): (Provider, &[&str], &[&str]) = match provider.as_str() {
+        "twilio" => (Provider::Twilio, &["accountSid", "authToken"], &[]),
+        _ => (Provider::Resend, &["apiKey"], &["webhookSecret"]),
+    };
+    let given = args.object("credentials")?.ok_or_else(|| invalid("credentials", "is required"))?;
+    let mut credentials = Credentials::default();
+    for name in required.iter().chain(optional) {
+        let field = format!("credentials.{name}");
+        match given.get(*name) {
+            None | Some(Value::Null) if optional.contains(name) => {}
+            None | Some(Value::Null) => return Err(invalid(&field, "is required")),
+            // Credential values are not free text: they skip the sanitizer but must be one line.
+            Some(Value::String(v)) if !v.is_empty() && v.len() <= 4096 && !v.contains(['\r', '\n']) => {
+                credentials.0.insert(name.to_string(), v.clone());
+            }
+            Some(_) => return Err(invalid(&field, "must be a single-line string of 1 to 4096 characters")),
+        }
+    }
+    let auto_verify = args.bool("autoVerify", true)?;
+    let org_id = args.opt_id("orgId")?;
+    if let Some(org) = &org_id {
+        if crate::directory::org(&app.pool, org).await?.is_none() {
+            return Err(ApiError::not_found(format!("Organization \"{org}\" not found")));
+        }
+    }
+    if auto_verify {
+        kind.verify(&app.http, &app.config, &credentials).await.map_err(|failure| {
+            ApiError::new(ErrorCode::ProviderError, format!("Verification failed for {provider}: {}", failure.0))
+                .with("provider", provider.clone())
+        })?;
+    }
+    let key = app.credential_keys.first().ok_or_else(|| ApiError::internal("no credentials key"))?;
+    let version =
+        crate::outbound::credentials::store(&app.pool, key, org_id.as_deref(), &provider, &credentials).await?;
+    let mut names: Vec<String> = credentials.0.keys().cloned().collect();
+    names.sort();
+    let (scope, stream_type, stream_id) = match &org_id {
+        Some(org) => ("org", "organization", org.clone()),
+        None => ("platform", "platform", "platform".to_string()),
+    };
+    let event = ProviderEvent::ProviderRegistered {
+        scope: scope.into(),
+        provider: provider.clone(),
+        key_names: names.clone(),
+        verified: auto_verify,
+        key_version: version.clone(),
+    };
+    let mut context = caller.context(app);
+    if let Some(org) = &org_id {
+        context = context.in_org(org.clone());
+    }
+    app.store.record(stream_type, &stream_id, &[event], &context).await.map_err(ApiError::internal)?;
+    Ok(json!({
+        "success": true,
+        "provider": provider,
+        "orgId": org_id,
+        "verified": auto_verify,
+        "keysStored": names,
+        "keyVersion": version,
+    }))
 }

@@ -1,0 +1,140 @@
+//! Provider credentials (CONTRACT §5.5, §11.5): registered per org or for the platform, stored
+//! only encrypted, and resolved per send — the org's own, else the platform's, else the
+//! environment's. Values never leave this module except to the provider adapters.
+
+use std::collections::HashMap;
+
+use sqlx::PgPool;
+
+use crate::config::Config;
+use crate::crypto::credentials::{decrypt, encrypt, key_version, CredentialAad, EncryptedCredential};
+use crate::crypto::Key;
+use crate::error::ApiError;
+
+/// Credentials of one provider: `accountSid`/`authToken` (twilio) or `apiKey`/`webhookSecret` (resend).
+#[derive(Clone, Default)]
+pub struct Credentials(pub HashMap<String, String>);
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: values are secrets.
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl Credentials {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// The environment's platform credentials for `provider`, if configured.
+    pub fn from_env(provider: &str, config: &Config) -> Option<Self> {
+        let mut map = HashMap::new();
+        match provider {
+            "twilio" if config.telephony_configured() => {
+                map.insert("accountSid".into(), config.twilio_account_sid.clone()?);
+                map.insert("authToken".into(), config.twilio_auth_token.as_ref()?.0.clone());
+            }
+            "resend" if config.email_configured() => {
+                map.insert("apiKey".into(), config.resend_api_key.as_ref()?.0.clone());
+            }
+            _ => return None,
+        }
+        Some(Self(map))
+    }
+}
+
+fn scope_of(org_id: Option<&str>) -> (&'static str, &str) {
+    match org_id {
+        Some(org) => ("org", org),
+        None => ("platform", ""),
+    }
+}
+
+/// Stores `credentials` for `provider` in the org's or the platform's scope; returns the key version.
+pub async fn store(
+    pool: &PgPool,
+    key: &Key,
+    org_id: Option<&str>,
+    provider: &str,
+    credentials: &Credentials,
+) -> Result<String, ApiError> {
+    let (scope, org) = scope_of(org_id);
+    let version = key_version(key);
+    let mut tx = pool.begin().await.map_err(ApiError::internal)?;
+    for (name, value) in &credentials.0 {
+        let aad = CredentialAad { scope, org_id: org, provider, credential_key: name, key_version: &version };
+        let sealed = encrypt(key, &aad, value);
+        sqlx::query(
+            "INSERT INTO provider_credentials (scope, org_id, provider, credential_key, key_version, iv, auth_tag, ciphertext)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (scope, org_id, provider, credential_key) DO UPDATE SET key_version = EXCLUDED.key_version,
+                 iv = EXCLUDED.iv, auth_tag = EXCLUDED.auth_tag, ciphertext = EXCLUDED.ciphertext, updated_at = now()",
+        )
+        .bind(scope)
+        .bind(org)
+        .bind(provider)
+        .bind(name)
+        .bind(&version)
+        .bind(&sealed.iv)
+        .bind(&sealed.auth_tag)
+        .bind(&sealed.ciphertext)
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?;
+    }
+    tx.commit().await.map_err(ApiError::internal)?;
+    Ok(version)
+}
+
+/// The stored credentials of one scope, decrypted (`None` if none are stored).
+async fn load(
+    pool: &PgPool,
+    keys: &[Key],
+    org_id: Option<&str>,
+    provider: &str,
+) -> Result<Option<Credentials>, ApiError> {
+    let (scope, org) = scope_of(org_id);
+    let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
+        "SELECT credential_key, key_version, iv, auth_tag, ciphertext FROM provider_credentials
+         WHERE scope = $1 AND org_id = $2 AND provider = $3",
+    )
+    .bind(scope)
+    .bind(org)
+    .bind(provider)
+    .fetch_all(pool)
+    .await
+    .map_err(ApiError::internal)?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut map = HashMap::new();
+    for (name, version, iv, auth_tag, ciphertext) in rows {
+        let key = keys
+            .iter()
+            .find(|k| key_version(k) == version)
+            .ok_or_else(|| ApiError::internal(format!("no key of version {version}")))?;
+        let aad = CredentialAad { scope, org_id: org, provider, credential_key: &name, key_version: &version };
+        let value =
+            decrypt(key, &aad, &EncryptedCredential { iv, auth_tag, ciphertext }).map_err(ApiError::internal)?;
+        map.insert(name, value);
+    }
+    Ok(Some(Credentials(map)))
+}
+
+/// The credentials a send of `org_id` uses: the org's, else the platform's, else the environment's.
+pub async fn resolve(
+    pool: &PgPool,
+    keys: &[Key],
+    config: &Config,
+    org_id: &str,
+    provider: &str,
+) -> Result<Option<Credentials>, ApiError> {
+    if let Some(own) = load(pool, keys, Some(org_id), provider).await? {
+        return Ok(Some(own));
+    }
+    if let Some(platform) = load(pool, keys, None, provider).await? {
+        return Ok(Some(platform));
+    }
+    Ok(Credentials::from_env(provider, config))
+}
