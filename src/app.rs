@@ -99,6 +99,14 @@ impl Runtime {
         );
         match (opened, credential_key) {
             (Ok(store), Ok(key)) => {
+                if let Some(previous) = &config.credentials_encryption_key_previous {
+                    // Rows under the previous key are rewritten under the current one (CONTRACT §2).
+                    match crate::outbound::credentials::reencrypt(store.pool(), &key, previous).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(rows = n, "provider credentials re-encrypted under the current key"),
+                        Err(e) => tracing::error!(error = %e.message, "provider credentials not re-encrypted"),
+                    }
+                }
                 let keys = std::iter::once(key).chain(config.credentials_encryption_key_previous).collect();
                 Ok(Self {
                     config: Arc::new(config),

@@ -138,3 +138,50 @@ pub async fn resolve(
     }
     Ok(Credentials::from_env(provider, config))
 }
+
+/// After a key rotation (`CREDENTIALS_ENCRYPTION_KEY_PREVIOUS` set): every row still under the
+/// previous key is decrypted with it and written again under the current one. Returns how many.
+pub async fn reencrypt(pool: &PgPool, current: &Key, previous: &Key) -> Result<u64, ApiError> {
+    let old_version = key_version(previous);
+    let new_version = key_version(current);
+    if old_version == new_version {
+        return Ok(0);
+    }
+    type Row = (String, String, String, String, String, String, String);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT scope, org_id, provider, credential_key, iv, auth_tag, ciphertext FROM provider_credentials WHERE key_version = $1",
+    )
+    .bind(&old_version)
+    .fetch_all(pool)
+    .await
+    .map_err(ApiError::internal)?;
+    let mut tx = pool.begin().await.map_err(ApiError::internal)?;
+    for (scope, org, provider, name, iv, auth_tag, ciphertext) in &rows {
+        let old = CredentialAad { scope, org_id: org, provider, credential_key: name, key_version: &old_version };
+        let value = decrypt(
+            previous,
+            &old,
+            &EncryptedCredential { iv: iv.clone(), auth_tag: auth_tag.clone(), ciphertext: ciphertext.clone() },
+        )
+        .map_err(ApiError::internal)?;
+        let new = CredentialAad { scope, org_id: org, provider, credential_key: name, key_version: &new_version };
+        let sealed = encrypt(current, &new, &value);
+        sqlx::query(
+            "UPDATE provider_credentials SET key_version = $5, iv = $6, auth_tag = $7, ciphertext = $8, updated_at = now()
+             WHERE scope = $1 AND org_id = $2 AND provider = $3 AND credential_key = $4",
+        )
+        .bind(scope)
+        .bind(org)
+        .bind(provider)
+        .bind(name)
+        .bind(&new_version)
+        .bind(&sealed.iv)
+        .bind(&sealed.auth_tag)
+        .bind(&sealed.ciphertext)
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?;
+    }
+    tx.commit().await.map_err(ApiError::internal)?;
+    Ok(rows.len() as u64)
+}

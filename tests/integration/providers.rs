@@ -298,4 +298,26 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
             .unwrap();
     assert_eq!(registered_events, 1);
     s.stop().await;
+
+    // Key rotation: restarted with a new key and the old one as previous, the rows are rewritten
+    // under the new key and still work.
+    const OLD_KEY: &str = "a0b1c2d3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5061728394a5b6c7d8e9f";
+    const NEW_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    let rotated = [
+        ("MASTER_SECURITY_TOKEN", MASTER),
+        ("HTTP_RATE_LIMIT_PER_IP", "100000"),
+        ("TWILIO_API_BASE_URL", fake.as_str()),
+        ("CREDENTIALS_ENCRYPTION_KEY", NEW_KEY),
+        ("CREDENTIALS_ENCRYPTION_KEY_PREVIOUS", OLD_KEY),
+    ];
+    let s = TestServer::start(&db, &rotated).await;
+    let versions: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT key_version FROM provider_credentials").fetch_all(&pool).await.unwrap();
+    let new_version = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(hex::decode(NEW_KEY).unwrap())[..4]);
+    assert_eq!(versions, [new_version]);
+    let me = Session::open(&s, agent["securityToken"].as_str().unwrap()).await;
+    me.ok("comms_send_message", json!({"to": "+12025550100", "body": "after rotation"})).await;
+    let last = log.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.authorization, format!("Basic {}", base64_encode("ACorg:org-secret")));
+    s.stop().await;
 }
