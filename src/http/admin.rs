@@ -46,6 +46,7 @@ pub fn routes(app: AppState) -> Router<AppState> {
         .route("/admin/api/agents/{agent_id}/blocked-channels", post(blocked_channels))
         .route("/admin/api/agents/{agent_id}/limits", post(agent_limits))
         .route("/admin/api/agents/{agent_id}/billing", post(agent_billing))
+        .route("/admin/api/providers", get(list_providers).post(register_provider))
         .layer(axum::middleware::from_fn_with_state(app, record_refusals));
     documented.merge(routes)
 }
@@ -440,4 +441,40 @@ async fn agent_billing(
     let raw = body_args(&body);
     let (tier, markup, email) = outbound_tools::billing_change(&Args::new(&raw)?)?;
     commands::set_billing(&app, admin.context, &agent_id, &agent.org_id, tier, markup, email).await.map(Json)
+}
+
+/// Registered providers: names only, never values (CONTRACT §11.5). O sees its own org's.
+async fn list_providers(State(app): State<AppState>, admin: Admin) -> Result<Json<Value>, ApiError> {
+    let org = match admin.principal.role() {
+        Role::SuperAdmin => None,
+        _ => admin.principal.org_id.clone(),
+    };
+    type Row = (String, String, String, Vec<String>, String, chrono::DateTime<chrono::Utc>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT scope, org_id, provider, array_agg(credential_key ORDER BY credential_key), max(key_version), max(updated_at)
+         FROM provider_credentials WHERE $1::text IS NULL OR (scope = 'org' AND org_id = $1)
+         GROUP BY scope, org_id, provider ORDER BY scope, org_id, provider",
+    )
+    .bind(org)
+    .fetch_all(&app.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    let providers: Vec<Value> = rows
+        .into_iter()
+        .map(|(scope, org_id, provider, keys, version, updated)| {
+            json!({"scope": scope, "orgId": (!org_id.is_empty()).then_some(org_id), "provider": provider,
+                   "keyNames": keys, "keyVersion": version, "updatedAt": rfc3339(updated)})
+        })
+        .collect();
+    Ok(Json(json!({ "providers": providers })))
+}
+
+async fn register_provider(
+    State(app): State<AppState>,
+    admin: Admin,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    guard::require_role(&admin.principal, Role::SuperAdmin)?;
+    let raw = body_args(&body);
+    outbound_tools::register(&app, admin.context, &Args::new(&raw)?).await.map(Json)
 }

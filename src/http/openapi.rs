@@ -22,6 +22,8 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("post", "/admin/api/agents/{agentId}/blocked-channels", "O S", "Block channels ({blockedChannels})"),
     ("post", "/admin/api/agents/{agentId}/limits", "S", "= comms_set_agent_limits"),
     ("post", "/admin/api/agents/{agentId}/billing", "S", "= comms_set_billing_config"),
+    ("get", "/admin/api/providers", "O (own, names only) S", "Registered provider credentials, names only"),
+    ("post", "/admin/api/providers", "S", "= comms_register_provider"),
 ];
 
 fn operation(path: &str, who: &str, summary: &str, mutation: bool) -> Value {

@@ -297,6 +297,13 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
             .await
             .unwrap();
     assert_eq!(registered_events, 1);
+    for token in [MASTER, org["adminToken"].as_str().unwrap()] {
+        let listed: Value =
+            s.http.get(s.url("/admin/api/providers")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+        assert_eq!(listed["providers"][0]["keyNames"], json!(["accountSid", "authToken"]), "{listed}");
+        assert_eq!(listed["providers"][0]["orgId"], org_id.as_str());
+        assert!(!listed.to_string().contains("org-secret"));
+    }
     s.stop().await;
 
     // Key rotation: restarted with a new key and the old one as previous, the rows are rewritten

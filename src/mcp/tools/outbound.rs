@@ -12,6 +12,7 @@ use crate::error::ErrorCode;
 use crate::outbound::credentials::Credentials;
 use crate::outbound::provider::Provider;
 use crate::outbound::usage;
+use crate::store::CommandContext;
 use crate::validate::{invalid, Args};
 use commguard_domain::records::ProviderEvent;
 
@@ -241,6 +242,11 @@ pub const REGISTER_PROVIDER: Tool = Tool {
 /// (CONTRACT §11.5), record `ProviderRegistered` with the key names only. Live at once: sends
 /// resolve credentials per send.
 pub async fn register_provider(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
+    register(app, caller.context(app), args).await
+}
+
+/// The registration itself, shared with `POST /admin/api/providers`.
+pub async fn register(app: &AppState, context: CommandContext, args: &Args<'_>) -> Result<Value, ApiError> {
     let provider = args.choice("provider", &["twilio", "resend"], "")?;
     if provider.is_empty() {
         return Err(invalid("provider", "is required"));
@@ -292,10 +298,10 @@ pub async fn register_provider(app: &AppState, caller: &Caller<'_>, args: &Args<
         verified: auto_verify,
         key_version: version.clone(),
     };
-    let mut context = caller.context(app);
-    if let Some(org) = &org_id {
-        context = context.in_org(org.clone());
-    }
+    let context = match &org_id {
+        Some(org) => context.in_org(org.clone()),
+        None => context,
+    };
     app.store.record(stream_type, &stream_id, &[event], &context).await.map_err(ApiError::internal)?;
     Ok(json!({
         "success": true,
