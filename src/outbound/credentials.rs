@@ -64,24 +64,7 @@ pub async fn store(
     let mut tx = pool.begin().await.map_err(ApiError::internal)?;
     for (name, value) in &credentials.0 {
         let aad = CredentialAad { scope, org_id: org, provider, credential_key: name, key_version: &version };
-        let sealed = encrypt(key, &aad, value);
-        sqlx::query(
-            "INSERT INTO provider_credentials (scope, org_id, provider, credential_key, key_version, iv, auth_tag, ciphertext)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (scope, org_id, provider, credential_key) DO UPDATE SET key_version = EXCLUDED.key_version,
-                 iv = EXCLUDED.iv, auth_tag = EXCLUDED.auth_tag, ciphertext = EXCLUDED.ciphertext, updated_at = now()",
-        )
-        .bind(scope)
-        .bind(org)
-        .bind(provider)
-        .bind(name)
-        .bind(&version)
-        .bind(&sealed.iv)
-        .bind(&sealed.auth_tag)
-        .bind(&sealed.ciphertext)
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::internal)?;
+        write(&mut tx, &aad, &encrypt(key, &aad, value)).await?;
     }
     tx.commit().await.map_err(ApiError::internal)?;
     Ok(version)
@@ -165,23 +148,34 @@ pub async fn reencrypt(pool: &PgPool, current: &Key, previous: &Key) -> Result<u
         )
         .map_err(ApiError::internal)?;
         let new = CredentialAad { scope, org_id: org, provider, credential_key: name, key_version: &new_version };
-        let sealed = encrypt(current, &new, &value);
-        sqlx::query(
-            "UPDATE provider_credentials SET key_version = $5, iv = $6, auth_tag = $7, ciphertext = $8, updated_at = now()
-             WHERE scope = $1 AND org_id = $2 AND provider = $3 AND credential_key = $4",
-        )
-        .bind(scope)
-        .bind(org)
-        .bind(provider)
-        .bind(name)
-        .bind(&new_version)
-        .bind(&sealed.iv)
-        .bind(&sealed.auth_tag)
-        .bind(&sealed.ciphertext)
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::internal)?;
+        write(&mut tx, &new, &encrypt(current, &new, &value)).await?;
     }
     tx.commit().await.map_err(ApiError::internal)?;
     Ok(rows.len() as u64)
+}
+
+/// Writes one sealed value under its AAD (insert, or replace the row of the same name).
+async fn write(
+    conn: &mut sqlx::PgConnection,
+    aad: &CredentialAad<'_>,
+    sealed: &EncryptedCredential,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "INSERT INTO provider_credentials (scope, org_id, provider, credential_key, key_version, iv, auth_tag, ciphertext)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (scope, org_id, provider, credential_key) DO UPDATE SET key_version = EXCLUDED.key_version,
+             iv = EXCLUDED.iv, auth_tag = EXCLUDED.auth_tag, ciphertext = EXCLUDED.ciphertext, updated_at = now()",
+    )
+    .bind(aad.scope)
+    .bind(aad.org_id)
+    .bind(aad.provider)
+    .bind(aad.credential_key)
+    .bind(aad.key_version)
+    .bind(&sealed.iv)
+    .bind(&sealed.auth_tag)
+    .bind(&sealed.ciphertext)
+    .execute(conn)
+    .await
+    .map_err(ApiError::internal)?;
+    Ok(())
 }
