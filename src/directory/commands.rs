@@ -209,14 +209,15 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
     context.provenance.pass("capacity");
 
     let sandbox = app.config.demo_mode || locked_org.mode == OrgMode::Sandbox.as_str();
-    if !sandbox && (new.capabilities.phone || new.capabilities.email) {
-        // Real provider adapters arrive with the outbound issue; until then a production org
-        // without them is refused rather than given fake channels.
-        let what = if new.capabilities.phone { "telephony" } else { "email" };
-        return Err(ApiError::new(ErrorCode::Unavailable, format!("No {what} provider configured")));
-    }
+    let (phone, provider_refs) = if sandbox {
+        (
+            new.capabilities.phone.then(|| format!("+1555{:07}", rand::random::<u32>() % 10_000_000)),
+            json!({"provider": "mock"}),
+        )
+    } else {
+        real_channels(app, &new, &agent_id).await?
+    };
     context.provenance.pass("provider");
-    let phone = new.capabilities.phone.then(|| format!("+1555{:07}", rand::random::<u32>() % 10_000_000));
     let email_domain = new.email_domain.clone().unwrap_or_else(|| app.config.email_default_domain.clone());
     let email = new.capabilities.email.then(|| format!("{agent_id}@{email_domain}").to_lowercase());
     let channels = json!({
@@ -238,7 +239,7 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
             channels: channels.clone(),
             greeting: new.greeting,
             system_prompt: new.system_prompt,
-            provider_refs: json!({ "provider": "mock" }),
+            provider_refs,
             mode,
             token: issued,
         })),
@@ -512,4 +513,36 @@ pub async fn set_billing(
         "effectiveLimits": super::limits_json(view.effective_limits(&app.config)),
         "availableTiers": Tier::ALL,
     }))
+}
+
+/// A production org's channels: a number bought from Twilio (SMS webhook pointed at us) and an
+/// address on the email domain, each only if that provider has credentials (org, platform, env).
+async fn real_channels(app: &AppState, new: &NewAgent, agent_id: &str) -> Result<(Option<String>, Value), ApiError> {
+    use crate::outbound::{credentials, provider};
+    let unconfigured = |what: &str| ApiError::new(ErrorCode::Unavailable, format!("No {what} provider configured"));
+    if new.capabilities.email {
+        let disabled = app.config.provider_resend_disabled;
+        if disabled
+            || credentials::resolve(&app.pool, &app.credential_keys, &app.config, &new.org_id, "resend")
+                .await?
+                .is_none()
+        {
+            return Err(unconfigured("email"));
+        }
+    }
+    if !new.capabilities.phone {
+        return Ok((None, json!({"provider": "resend"})));
+    }
+    if app.config.provider_twilio_disabled {
+        return Err(unconfigured("telephony"));
+    }
+    let creds = credentials::resolve(&app.pool, &app.credential_keys, &app.config, &new.org_id, "twilio")
+        .await?
+        .ok_or_else(|| unconfigured("telephony"))?;
+    let sms_url = format!("{}/webhooks/{agent_id}/sms", app.config.webhook_base_url.trim_end_matches('/'));
+    let (number, number_sid) =
+        provider::buy_twilio_number(&app.http, &app.config, &creds, &new.country, &sms_url).await.map_err(|f| {
+            ApiError::new(ErrorCode::ProviderError, format!("Provisioning failed: {}", f.0)).with("provider", "twilio")
+        })?;
+    Ok((Some(number), json!({"provider": "twilio", "numberSid": number_sid})))
 }

@@ -254,3 +254,48 @@ async fn resend_send(
         body.get("id").and_then(Value::as_str).ok_or_else(|| ProviderFailure("resend: response without id".into()))?;
     Ok(Receipt { external_id: id.to_string(), status: "sent".into(), cost: estimated_cost("email") })
 }
+
+/// Buys a local number in `country` that can send SMS, pointing its inbound SMS at `sms_url`
+/// (CONTRACT §6.3 provisioning). Returns the number and Twilio's sid for it.
+pub async fn buy_twilio_number(
+    http: &reqwest::Client,
+    config: &Config,
+    credentials: &Credentials,
+    country: &str,
+    sms_url: &str,
+) -> Result<(String, String), ProviderFailure> {
+    let (Some(sid), Some(token)) = (credentials.get("accountSid"), credentials.get("authToken")) else {
+        return Err(ProviderFailure("twilio: not configured".into()));
+    };
+    let base = format!("{}/2010-04-01/Accounts/{sid}", config.twilio_api_base_url.trim_end_matches('/'));
+    let search = http
+        .get(format!("{base}/AvailablePhoneNumbers/{country}/Local.json"))
+        .query(&[("SmsEnabled", "true"), ("PageSize", "1")])
+        .basic_auth(sid, Some(token))
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable("twilio", e))?;
+    if !search.status().is_success() {
+        return Err(failure("twilio", search).await);
+    }
+    let found: Value = search.json().await.map_err(|_| ProviderFailure("twilio: unreadable response".into()))?;
+    let number = found["available_phone_numbers"][0]["phone_number"]
+        .as_str()
+        .ok_or_else(|| ProviderFailure(format!("twilio: no number available in {country}")))?
+        .to_string();
+    let bought = http
+        .post(format!("{base}/IncomingPhoneNumbers.json"))
+        .basic_auth(sid, Some(token))
+        .form(&[("PhoneNumber", number.as_str()), ("SmsUrl", sms_url)])
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable("twilio", e))?;
+    if !bought.status().is_success() {
+        return Err(failure("twilio", bought).await);
+    }
+    let body: Value = bought.json().await.map_err(|_| ProviderFailure("twilio: unreadable response".into()))?;
+    let number_sid = body["sid"].as_str().ok_or_else(|| ProviderFailure("twilio: response without sid".into()))?;
+    Ok((body["phone_number"].as_str().unwrap_or(&number).to_string(), number_sid.to_string()))
+}

@@ -49,6 +49,13 @@ async fn fake_providers() -> (String, Log) {
                 ),
             );
         }
+        if resource == "IncomingPhoneNumbers.json" {
+            let number = form.iter().find(|(k, _)| k == "PhoneNumber").map(|(_, v)| v.clone()).unwrap_or_default();
+            return (
+                StatusCode::CREATED,
+                Json(json!({"sid": "PNfake0000000000000000000000000001", "phone_number": number})),
+            );
+        }
         let prefix = if resource == "Calls.json" { "CA" } else { "SM" };
         (
             StatusCode::CREATED,
@@ -74,8 +81,17 @@ async fn fake_providers() -> (String, Log) {
             (StatusCode::UNAUTHORIZED, Json(json!({"code": 20003, "message": "Authenticate", "status": 401})))
         }
     }
+    async fn available(
+        State(log): State<Log>,
+        Path((sid, country)): Path<(String, String)>,
+        headers: HeaderMap,
+    ) -> Json<Value> {
+        seen(&log, format!("/2010-04-01/Accounts/{sid}/AvailablePhoneNumbers/{country}/Local.json"), &headers, "");
+        Json(json!({"available_phone_numbers": [{"phone_number": "+12025559999"}]}))
+    }
     let app = Router::new()
         .route("/2010-04-01/Accounts/{resource}", axum::routing::get(account))
+        .route("/2010-04-01/Accounts/{sid}/AvailablePhoneNumbers/{country}/Local.json", axum::routing::get(available))
         .route("/2010-04-01/Accounts/{sid}/{resource}", post(twilio))
         .route("/emails", post(resend))
         .with_state(log.clone());
@@ -260,10 +276,29 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
     let (is_error, refused) = master.call("comms_register_provider", register("wrong-secret")).await;
     assert!(is_error);
     assert_eq!(refused["error"], "Verification failed for twilio: twilio: Authenticate");
+    let (is_error, refused) =
+        admin.call("comms_provision_channels", json!({"displayName": "Second", "capabilities": {"phone": true}})).await;
+    assert!(is_error);
+    assert_eq!(refused["error"], "No telephony provider configured");
     let registered = master.ok("comms_register_provider", register("org-secret")).await;
     assert_eq!(registered["keysStored"], json!(["accountSid", "authToken"]));
     assert_eq!(registered["keyVersion"].as_str().unwrap().len(), 8);
     assert!(!registered.to_string().contains("org-secret"), "the reply never shows a value");
+
+    // Provisioning in a production org buys a real number, its SMS webhook pointed at us.
+    let second =
+        admin.ok("comms_provision_channels", json!({"displayName": "Second", "capabilities": {"phone": true}})).await;
+    assert_eq!(second["channels"]["phone"], "+12025559999");
+    let bought = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.path.ends_with("IncomingPhoneNumbers.json"))
+        .cloned()
+        .expect("a number was bought");
+    let form = url_decode(&bought.body);
+    let sms_url = format!("http://localhost:3100/webhooks/{}/sms", second["agentId"].as_str().unwrap());
+    assert!(form.contains(&("SmsUrl".to_string(), sms_url)), "{form:?}");
 
     // Live at once: the next send uses the org's own credentials.
     let sent = me.ok("comms_send_message", json!({"to": "+12025550100", "body": "hi"})).await;
