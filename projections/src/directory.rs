@@ -131,8 +131,8 @@ impl Projection for AgentsProjection {
                     "AgentProvisioned" => {
                         sqlx::query(&format!(
                             "INSERT INTO {agents} (agent_id, org_id, display_name, agent_gender, country, status,
-                                 capabilities, channels, mode, provisioned_at, updated_at)
-                             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $9) ON CONFLICT (agent_id) DO NOTHING"
+                                 capabilities, channels, mode, provisioned_at, updated_at, provider_refs)
+                             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $9, $10) ON CONFLICT (agent_id) DO NOTHING"
                         ))
                         .bind(id)
                         .bind(str_field(&p, "orgId").unwrap_or_default())
@@ -143,6 +143,7 @@ impl Projection for AgentsProjection {
                         .bind(p.get("channels").cloned().unwrap_or(json!({})))
                         .bind(str_field(&p, "mode").unwrap_or("sandbox"))
                         .bind(at)
+                        .bind(p.get("providerRefs").filter(|v| v.is_object()).cloned().unwrap_or(json!({})))
                         .execute(&mut *conn)
                         .await?;
                     }

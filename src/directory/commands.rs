@@ -302,10 +302,10 @@ pub async fn deprovision(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
     let tokens = active_tokens(app, "agent", agent_id).await?;
-    // Mock numbers are always released; real numbers are released by the provider adapters.
+    let (number_released, warnings) = release(app, &found, release_number).await?;
     let command = AgentCommand {
         agent_id: agent_id.into(),
-        action: AgentAction::Deprovision { number_released: release_number, warnings: Vec::new() },
+        action: AgentAction::Deprovision { number_released, warnings: warnings.clone() },
     };
     let position = app
         .store
@@ -319,8 +319,9 @@ pub async fn deprovision(
         "success": true,
         "agentId": agent_id,
         "status": "deprovisioned",
-        "numberReleased": release_number,
+        "numberReleased": number_released,
         "tokensRevoked": tokens.len(),
+        "warnings": warnings,
     }))
 }
 
@@ -545,4 +546,23 @@ async fn real_channels(app: &AppState, new: &NewAgent, agent_id: &str) -> Result
             ApiError::new(ErrorCode::ProviderError, format!("Provisioning failed: {}", f.0)).with("provider", "twilio")
         })?;
     Ok((Some(number), json!({"provider": "twilio", "numberSid": number_sid})))
+}
+
+/// Releases the agent's number when asked: mock numbers simply go; a Twilio number is released
+/// at Twilio, and a failure there is a warning, not a refusal (CONTRACT §6.3).
+async fn release(app: &AppState, agent: &super::AgentView, wanted: bool) -> Result<(bool, Vec<String>), ApiError> {
+    let number_sid = agent.provider_refs.get("numberSid").and_then(Value::as_str);
+    let (true, Some(number_sid)) = (wanted, number_sid) else {
+        return Ok((wanted && agent.channels.get("phone").is_some_and(|p| !p.is_null()), Vec::new()));
+    };
+    use crate::outbound::{credentials, provider};
+    let creds = credentials::resolve(&app.pool, &app.credential_keys, &app.config, &agent.org_id, "twilio").await?;
+    let released = match creds {
+        Some(creds) => provider::release_twilio_number(&app.http, &app.config, &creds, number_sid).await,
+        None => Err(provider::ProviderFailure("twilio: not configured".into())),
+    };
+    Ok(match released {
+        Ok(()) => (true, Vec::new()),
+        Err(failure) => (false, vec![format!("Number release failed: {}", failure.0)]),
+    })
 }

@@ -29,6 +29,8 @@ pub struct AgentView {
     pub tier: Option<String>,
     pub overrides: Option<Value>,
     pub markup_percent: Option<f64>,
+    /// Where the agent's channels live at the provider (Twilio's number sid).
+    pub provider_refs: Value,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -53,7 +55,7 @@ const ORG_COLUMNS: &str = "o.org_id, o.name, o.slug, o.mode, o.a2p_registered, o
 
 const AGENT_COLUMNS: &str =
     "a.agent_id, a.org_id, a.display_name, a.agent_gender, a.country, a.status, a.capabilities, \
-    a.channels, a.blocked_channels, a.mode, a.provisioned_at, l.tier, l.overrides, l.markup_percent";
+    a.channels, a.blocked_channels, a.mode, a.provisioned_at, l.tier, l.overrides, l.markup_percent, a.provider_refs";
 
 pub async fn agent<'e>(db: impl PgExecutor<'e>, agent_id: &str) -> Result<Option<AgentView>, ApiError> {
     sqlx::query_as(&format!(

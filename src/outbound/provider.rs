@@ -299,3 +299,28 @@ pub async fn buy_twilio_number(
     let number_sid = body["sid"].as_str().ok_or_else(|| ProviderFailure("twilio: response without sid".into()))?;
     Ok((body["phone_number"].as_str().unwrap_or(&number).to_string(), number_sid.to_string()))
 }
+
+/// Releases a bought number (`DELETE …/IncomingPhoneNumbers/{sid}.json`).
+pub async fn release_twilio_number(
+    http: &reqwest::Client,
+    config: &Config,
+    credentials: &Credentials,
+    number_sid: &str,
+) -> Result<(), ProviderFailure> {
+    let (Some(sid), Some(token)) = (credentials.get("accountSid"), credentials.get("authToken")) else {
+        return Err(ProviderFailure("twilio: not configured".into()));
+    };
+    let base = config.twilio_api_base_url.trim_end_matches('/');
+    let response = http
+        .delete(format!("{base}/2010-04-01/Accounts/{sid}/IncomingPhoneNumbers/{number_sid}.json"))
+        .basic_auth(sid, Some(token))
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable("twilio", e))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(failure("twilio", response).await)
+    }
+}

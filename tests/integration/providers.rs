@@ -89,7 +89,16 @@ async fn fake_providers() -> (String, Log) {
         seen(&log, format!("/2010-04-01/Accounts/{sid}/AvailablePhoneNumbers/{country}/Local.json"), &headers, "");
         Json(json!({"available_phone_numbers": [{"phone_number": "+12025559999"}]}))
     }
+    async fn release(
+        State(log): State<Log>,
+        Path((sid, number)): Path<(String, String)>,
+        headers: HeaderMap,
+    ) -> StatusCode {
+        seen(&log, format!("DELETE /2010-04-01/Accounts/{sid}/IncomingPhoneNumbers/{number}"), &headers, "");
+        StatusCode::NO_CONTENT
+    }
     let app = Router::new()
+        .route("/2010-04-01/Accounts/{sid}/IncomingPhoneNumbers/{number}", axum::routing::delete(release))
         .route("/2010-04-01/Accounts/{resource}", axum::routing::get(account))
         .route("/2010-04-01/Accounts/{sid}/AvailablePhoneNumbers/{country}/Local.json", axum::routing::get(available))
         .route("/2010-04-01/Accounts/{sid}/{resource}", post(twilio))
@@ -299,6 +308,15 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
     let form = url_decode(&bought.body);
     let sms_url = format!("http://localhost:3100/webhooks/{}/sms", second["agentId"].as_str().unwrap());
     assert!(form.contains(&("SmsUrl".to_string(), sms_url)), "{form:?}");
+
+    let gone = admin.ok("comms_deprovision_channels", json!({"agentId": second["agentId"]})).await;
+    assert_eq!(gone["numberReleased"], true, "{gone}");
+    assert!(log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.path
+            == "DELETE /2010-04-01/Accounts/ACorg/IncomingPhoneNumbers/PNfake0000000000000000000000000001.json"));
 
     // Live at once: the next send uses the org's own credentials.
     let sent = me.ok("comms_send_message", json!({"to": "+12025550100", "body": "hi"})).await;
