@@ -21,6 +21,21 @@ fn payload(event: &StoredEvent) -> Value {
     event.payload.parse().unwrap_or(Value::Null)
 }
 
+/// The events these projections read, with their payloads parsed — and only those: messages,
+/// calls and refusals dominate the store, and parsing their payloads here would be wasted work.
+fn relevant<'e>(
+    events: &'e [StoredEvent],
+    aggregate_types: &'e [&str],
+    event_types: &'e [&str],
+) -> impl Iterator<Item = (&'e StoredEvent, Value)> + 'e {
+    events
+        .iter()
+        .filter(|e| {
+            aggregate_types.contains(&e.aggregate_type.as_str()) && event_types.contains(&e.event_type.as_str())
+        })
+        .map(|e| (e, payload(e)))
+}
+
 fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
@@ -50,8 +65,14 @@ impl Projection for OrgsProjection {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let orgs = tables.get("orgs");
-            for event in events.iter().filter(|e| e.aggregate_type == "organization") {
-                let p = payload(event);
+            const TYPES: &[&str] = &[
+                "OrganizationCreated",
+                "OrganizationApproved",
+                "OrganizationSuspended",
+                "OrganizationUnsuspended",
+                "OrgSettingsChanged",
+            ];
+            for (event, p) in relevant(events, &["organization"], TYPES) {
                 let (id, at) = (&event.aggregate_id, event.occurred_at);
                 match event.event_type.as_str() {
                     "OrganizationCreated" => {
@@ -124,8 +145,8 @@ impl Projection for AgentsProjection {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let agents = tables.get("agents");
-            for event in events.iter().filter(|e| e.aggregate_type == "agent") {
-                let p = payload(event);
+            const TYPES: &[&str] = &["AgentProvisioned", "AgentDeprovisioned", "AgentChannelsBlocked"];
+            for (event, p) in relevant(events, &["agent"], TYPES) {
                 let (id, at) = (&event.aggregate_id, event.occurred_at);
                 match event.event_type.as_str() {
                     "AgentProvisioned" => {
@@ -192,8 +213,8 @@ impl Projection for TokensProjection {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let tokens = tables.get("tokens");
-            for event in events {
-                let p = payload(event);
+            const TYPES: &[&str] = &["AgentTokenIssued", "OrgTokenIssued", "AgentTokenRevoked", "OrgTokenRevoked"];
+            for (event, p) in relevant(events, &["agent", "organization"], TYPES) {
                 let (kind, agent_id, org_id) = match event.aggregate_type.as_str() {
                     "agent" => ("agent", Some(event.aggregate_id.as_str()), event.org_id.clone().unwrap_or_default()),
                     "organization" => ("org", None, event.aggregate_id.clone()),
