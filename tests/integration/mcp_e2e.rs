@@ -38,62 +38,38 @@ async fn server(db: &TestDb, extra: &[(&str, &str)]) -> TestServer {
     TestServer::start(db, &vars).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identity_rules_hold_over_legacy_sse_with_the_official_client() {
+/// Runs `script args` against a fresh server started with `vars`; the script gets the server's
+/// URL and the master token.
+async fn scripted(vars: &[(&str, &str)], script: &'static str, args: &'static [&'static str]) {
     let db = TestDb::new().await;
-    let s = server(&db, &[("MASTER_SECURITY_TOKEN", MASTER)]).await;
+    let s = server(&db, vars).await;
     let base = s.base.clone();
     tokio::task::spawn_blocking(move || {
-        run_script(
-            "mcp_identity.py",
-            &["--transport", "sse"],
-            &[("COMMGUARD_URL", &base), ("COMMGUARD_MASTER_TOKEN", MASTER)],
-        )
+        run_script(script, args, &[("COMMGUARD_URL", &base), ("COMMGUARD_MASTER_TOKEN", MASTER)])
     })
     .await
     .unwrap();
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_rules_hold_over_legacy_sse_with_the_official_client() {
+    scripted(&[("MASTER_SECURITY_TOKEN", MASTER)], "mcp_identity.py", &["--transport", "sse"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_rules_hold_over_streamable_http_with_the_official_client() {
-    let db = TestDb::new().await;
-    let s = server(&db, &[("MASTER_SECURITY_TOKEN", MASTER)]).await;
-    let base = s.base.clone();
-    tokio::task::spawn_blocking(move || {
-        run_script(
-            "mcp_identity.py",
-            &["--transport", "streamable"],
-            &[("COMMGUARD_URL", &base), ("COMMGUARD_MASTER_TOKEN", MASTER)],
-        )
-    })
-    .await
-    .unwrap();
-    s.stop().await;
+    scripted(&[("MASTER_SECURITY_TOKEN", MASTER)], "mcp_identity.py", &["--transport", "streamable"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_open_admits_no_credential_as_super_admin_but_verifies_presented_ones() {
-    let db = TestDb::new().await;
-    let s = server(&db, &[]).await;
-    let base = s.base.clone();
-    tokio::task::spawn_blocking(move || {
-        run_script("mcp_modes.py", &["--mode", "dev-open"], &[("COMMGUARD_URL", &base)])
-    })
-    .await
-    .unwrap();
-    s.stop().await;
+    scripted(&[], "mcp_modes.py", &["--mode", "dev-open"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_mode_skips_authentication_and_elevates_agent_tokens() {
-    let db = TestDb::new().await;
-    let s = server(&db, &[("DEMO_MODE", "true")]).await;
-    let base = s.base.clone();
-    tokio::task::spawn_blocking(move || run_script("mcp_modes.py", &["--mode", "demo"], &[("COMMGUARD_URL", &base)]))
-        .await
-        .unwrap();
-    s.stop().await;
+    scripted(&[("DEMO_MODE", "true")], "mcp_modes.py", &["--mode", "demo"]).await;
 }
 
 /// A `commguard serve` process on a free port; killed on drop.
@@ -171,34 +147,20 @@ async fn ten_failures_split_over_two_processes_lock_the_ip_on_both() {
     drop((one, two));
 }
 
-async fn outbound_over(transport: &'static str) {
-    let db = TestDb::new().await;
-    let limits = [
-        ("MASTER_SECURITY_TOKEN", MASTER),
-        ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "50"),
-        ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
-        ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
-    ];
-    let s = server(&db, &limits).await;
-    let base = s.base.clone();
-    tokio::task::spawn_blocking(move || {
-        run_script(
-            "mcp_outbound.py",
-            &["--transport", transport],
-            &[("COMMGUARD_URL", &base), ("COMMGUARD_MASTER_TOKEN", MASTER)],
-        )
-    })
-    .await
-    .unwrap();
-    s.stop().await;
-}
+/// The outbound script needs a per-minute limit of 50 and room above it for the rest.
+const OUTBOUND: [(&str, &str); 4] = [
+    ("MASTER_SECURITY_TOKEN", MASTER),
+    ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "50"),
+    ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
+    ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_limits_and_usage_hold_over_legacy_sse_with_the_official_client() {
-    outbound_over("sse").await;
+    scripted(&OUTBOUND, "mcp_outbound.py", &["--transport", "sse"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_limits_and_usage_hold_over_streamable_http_with_the_official_client() {
-    outbound_over("streamable").await;
+    scripted(&OUTBOUND, "mcp_outbound.py", &["--transport", "streamable"]).await;
 }
