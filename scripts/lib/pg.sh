@@ -14,10 +14,19 @@ ensure_pg_bin() {
   ls -d /usr/lib/postgresql/*/bin | sort -V -r | head -n 1
 }
 
+# ensure_venv REQUIREMENTS DIR: a Python venv with the end-to-end clients. Debian's python3 comes
+# without venv/pip (package python3-venv); it is installed when missing.
 ensure_venv() {
   local requirements=$1 venv=$2
   if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv" >&2
+    if ! command -v python3 >/dev/null || ! python3 -m venv "$venv" >&2; then
+      echo "python3 venv support not found: installing Debian's python3-venv package" >&2
+      rm -rf "$venv"
+      local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+      $sudo apt-get update -qq >&2
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3 python3-venv >&2
+      python3 -m venv "$venv" >&2
+    fi
   fi
   if ! cmp -s "$requirements" "$venv/.installed" 2>/dev/null; then
     "$venv/bin/pip" install -q -r "$requirements" >&2
