@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use commguard_domain::agent::Agent;
+use commguard_domain::contact::Contact;
 use commguard_domain::organization::Organization;
 
 use crate::auth::{watch, Identity, Lockout};
@@ -41,6 +42,7 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     pub orgs: Arc<Framework<Organization>>,
     pub agents: Arc<Framework<Agent>>,
+    pub contacts: Arc<Framework<Contact>>,
     /// The providers' HTTP client (one connection pool for every send).
     pub http: reqwest::Client,
     /// `CREDENTIALS_ENCRYPTION_KEY` first, then the previous key (decrypt-only).
@@ -177,6 +179,7 @@ impl Runtime {
                 .expect("the HTTP client builds with its default TLS roots"),
             orgs: Arc::new(store.framework(())),
             agents: Arc::new(store.framework(())),
+            contacts: Arc::new(store.framework(())),
             clock: self.clock.clone(),
             started: Instant::now(),
             store,
@@ -191,6 +194,7 @@ pub fn router(state: AppState, hardening: Arc<Hardening>) -> Router {
         .merge(http::health::routes())
         .merge(mcp::routes())
         .merge(http::admin::routes(state.clone()))
+        .merge(crate::webhooks::routes())
         .with_state(state);
     http::harden(routes, hardening)
 }
@@ -240,6 +244,9 @@ impl Server {
                 every.tick().await;
                 if let Err(e) = crate::outbound::limits::prune_recent(&pool, clock.now()).await {
                     tracing::warn!(error = %e, "old rate-window rows not pruned");
+                }
+                if let Err(e) = crate::webhooks::replay::prune(&pool, clock.now()).await {
+                    tracing::warn!(error = %e, "old webhook nonces not pruned");
                 }
             }
         }));

@@ -15,6 +15,10 @@ pub enum Environment {
 }
 
 impl Environment {
+    pub fn is_production(self) -> bool {
+        self == Self::Production
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Development => "development",

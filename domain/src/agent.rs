@@ -230,6 +230,11 @@ pub enum AgentEvent {
         provider: String,
         external_id: String,
         cost: i64,
+        /// The candidate zones quiet hours evaluated, and the local time in the first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        zones: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        local_time: Option<String>,
     },
     CallBlocked {
         call_id: Uuid,
@@ -247,6 +252,39 @@ pub enum AgentEvent {
         to: Pii,
         provider: String,
         error: String,
+    },
+    /// Inbound facts from provider webhooks (CONTRACT §8), appended by `Store::record`.
+    MessageReceived {
+        message_id: Uuid,
+        channel: String,
+        from: Pii,
+        to: String,
+        subject: Option<Pii>,
+        body: Pii,
+        external_id: String,
+        keyword: Option<String>,
+        dropped: bool,
+        forwarded: bool,
+    },
+    /// A call's status as the provider reported it; terminal statuses carry the call's cost.
+    CallStatusChanged {
+        call_id: Uuid,
+        kind: String,
+        status: String,
+        duration_seconds: Option<i64>,
+        cost: Option<i64>,
+        recording_url: Option<Pii>,
+    },
+    /// A webhook refused before its handler ran; `reason`: signature | replay | ip | secret_missing | malformed.
+    WebhookRejected {
+        route: String,
+        reason: String,
+        ip_ref: String,
+    },
+    InboundForwardFailed {
+        message_id: Uuid,
+        attempts: u32,
+        last_error: String,
     },
 }
 
@@ -267,6 +305,10 @@ impl DomainEvent for AgentEvent {
             Self::CallPlaced { .. } => "CallPlaced",
             Self::CallBlocked { .. } => "CallBlocked",
             Self::CallFailed { .. } => "CallFailed",
+            Self::MessageReceived { .. } => "MessageReceived",
+            Self::CallStatusChanged { .. } => "CallStatusChanged",
+            Self::WebhookRejected { .. } => "WebhookRejected",
+            Self::InboundForwardFailed { .. } => "InboundForwardFailed",
         }
         .into()
     }
@@ -404,7 +446,11 @@ impl Aggregate for Agent {
             | E::MessageFailed { .. }
             | E::CallPlaced { .. }
             | E::CallBlocked { .. }
-            | E::CallFailed { .. } => {}
+            | E::CallFailed { .. }
+            | E::MessageReceived { .. }
+            | E::CallStatusChanged { .. }
+            | E::WebhookRejected { .. }
+            | E::InboundForwardFailed { .. } => {}
         }
     }
 }

@@ -4,9 +4,13 @@
 //! identifiers and anything external reach an aggregate through its command or its services.
 
 pub mod agent;
+pub mod calling_hours;
+pub mod contact;
+pub mod content;
 pub mod countries;
 pub mod limits;
 pub mod organization;
 pub mod pii;
+pub mod recording;
 pub mod records;
 pub mod values;

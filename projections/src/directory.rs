@@ -17,13 +17,13 @@ pub struct AgentsProjection;
 pub struct TokensProjection;
 pub struct LimitsProjection;
 
-fn payload(event: &StoredEvent) -> Value {
+pub(crate) fn payload(event: &StoredEvent) -> Value {
     event.payload.parse().unwrap_or(Value::Null)
 }
 
 /// The events these projections read, with their payloads parsed — and only those: messages,
 /// calls and refusals dominate the store, and parsing their payloads here would be wasted work.
-fn relevant<'e>(
+pub(crate) fn relevant<'e>(
     events: &'e [StoredEvent],
     aggregate_types: &'e [&str],
     event_types: &'e [&str],
@@ -36,7 +36,7 @@ fn relevant<'e>(
         .map(|e| (e, payload(e)))
 }
 
-fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+pub(crate) fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 

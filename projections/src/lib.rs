@@ -13,6 +13,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub mod audit;
+pub mod contact;
 pub mod directory;
 pub mod usage;
 
@@ -133,6 +134,9 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(directory::TokensProjection),
         Box::new(directory::LimitsProjection),
         Box::new(usage::UsageProjection),
+        Box::new(contact::ConsentProjection),
+        Box::new(contact::DncProjection),
+        Box::new(contact::CallsProjection),
         Box::new(audit::AuditProjection),
     ]
 }

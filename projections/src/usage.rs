@@ -26,7 +26,7 @@ struct Sent {
 fn channel(event_type: &str, sent: &Sent) -> Option<String> {
     match event_type {
         "MessageSent" => sent.channel.clone(),
-        "CallPlaced" => {
+        "CallPlaced" | "CallStatusChanged" => {
             Some(if sent.kind.as_deref() == Some("voice_message") { "voice_message" } else { "voice_call" }.into())
         }
         _ => None,
@@ -51,15 +51,18 @@ impl Projection for UsageProjection {
         Box::pin(async move {
             let mut sums = Sums::new();
             for event in events.iter().filter(|e| e.aggregate_type == "agent") {
-                if event.event_type != "MessageSent" && event.event_type != "CallPlaced" {
-                    continue;
-                }
+                // A call's status callback brings its final cost (no new action).
+                let action = match event.event_type.as_str() {
+                    "MessageSent" | "CallPlaced" => 1,
+                    "CallStatusChanged" => 0,
+                    _ => continue,
+                };
                 let Ok(sent) = event.payload.parse::<Sent>() else { continue };
                 let Some(channel) = channel(&event.event_type, &sent) else { continue };
                 let hour = event.occurred_at.duration_trunc(TimeDelta::hours(1)).unwrap_or(event.occurred_at);
                 let org = event.org_id.clone().unwrap_or_default();
                 let entry = sums.entry((event.aggregate_id.clone(), hour, channel)).or_insert((org, 0, 0));
-                entry.1 += 1;
+                entry.1 += action;
                 entry.2 += sent.cost;
             }
             if sums.is_empty() {

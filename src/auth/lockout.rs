@@ -68,7 +68,7 @@ impl Lockout {
         }
     }
 
-    fn ip_ref(&self, ip: IpAddr) -> String {
+    pub fn ip_ref(&self, ip: IpAddr) -> String {
         self.store.keystore().data_keys().blind_index(&ip_key(ip))
     }
 

@@ -47,6 +47,7 @@ pub fn routes(app: AppState) -> Router<AppState> {
         .route("/admin/api/agents/{agent_id}/limits", post(agent_limits))
         .route("/admin/api/agents/{agent_id}/billing", post(agent_billing))
         .route("/admin/api/providers", get(list_providers).post(register_provider))
+        .merge(super::compliance_api::routes())
         .layer(axum::middleware::from_fn_with_state(app, record_refusals));
     documented.merge(routes)
 }
@@ -153,7 +154,7 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-fn body_args(body: &Option<Json<Value>>) -> Value {
+pub(crate) fn body_args(body: &Option<Json<Value>>) -> Value {
     body.as_ref().map(|Json(v)| v.clone()).unwrap_or(Value::Null)
 }
 

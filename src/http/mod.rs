@@ -12,6 +12,7 @@ use crate::config::{Config, Environment};
 pub mod admin;
 pub mod body_limit;
 pub mod client_ip;
+pub mod compliance_api;
 pub mod cors;
 pub mod fallback;
 pub mod headers;

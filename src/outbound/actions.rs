@@ -12,7 +12,6 @@ use crate::app::AppState;
 use crate::directory::AgentView;
 use crate::error::{ApiError, ErrorCode};
 use crate::mcp::tools::Caller;
-use crate::store::Provenance;
 use crate::validate::{self, invalid, Args};
 
 /// A validated `comms_send_message`.
@@ -22,6 +21,8 @@ struct Message {
     body: String,
     subject: Option<String>,
     html: Option<String>,
+    /// The text of `html`, for the content filter.
+    html_text: Option<String>,
     purpose: String,
 }
 
@@ -43,7 +44,8 @@ fn message_input(args: &Args<'_>) -> Result<Message, ApiError> {
     }
     let html = args.opt_str("html", 500_000)?;
     let purpose = args.choice("purpose", &["marketing", "transactional"], "marketing")?;
-    Ok(Message { channel, to, body, subject, html, purpose })
+    let html_text = html.as_deref().map(compliance::html_text);
+    Ok(Message { channel, to, body, subject, html, html_text, purpose })
 }
 
 fn retained(text: &str, to: &str) -> Pii {
@@ -77,8 +79,18 @@ impl Action for Message {
         }
     }
 
-    fn compliance(&self, provenance: &mut Provenance) -> Result<Vec<Value>, (&'static str, ApiError)> {
-        compliance::check_message(provenance, &self.channel, &self.body, self.html.as_deref())
+    fn subject(&self) -> compliance::Subject<'_> {
+        let mut texts = vec![self.body.as_str()];
+        texts.extend(self.subject.as_deref());
+        texts.extend(self.html_text.as_deref());
+        compliance::Subject {
+            channel: &self.channel,
+            to: &self.to,
+            purpose: &self.purpose,
+            texts,
+            email: (self.channel == "email").then_some((self.body.as_str(), self.html.as_deref())),
+            voice: None,
+        }
     }
 
     fn blocked(&self, id: Uuid, check: &str, refusal: &ApiError) -> AgentEvent {
@@ -112,7 +124,7 @@ impl Action for Message {
         from: Option<String>,
         provider: Provider,
         receipt: &Receipt,
-        warnings: &[Value],
+        passed: &compliance::Passed,
     ) -> AgentEvent {
         AgentEvent::MessageSent {
             message_id: id,
@@ -127,7 +139,7 @@ impl Action for Message {
             external_id: receipt.external_id.clone(),
             status: receipt.status.clone(),
             cost: receipt.cost,
-            warnings: warnings.to_vec(),
+            warnings: passed.warnings.clone(),
         }
     }
 
@@ -164,6 +176,7 @@ struct Call {
     text: String,
     greeting_given: bool,
     system_prompt: Option<String>,
+    recipient_timezone: Option<String>,
     record: bool,
     purpose: String,
 }
@@ -190,8 +203,9 @@ fn call_input(args: &Args<'_>) -> Result<Call, ApiError> {
     let greeting = args.opt_str("greeting", 1000)?;
     let system_prompt = args.opt_str("systemPrompt", 20_000)?;
     voice_options(args)?;
-    args.opt_str("recipientTimezone", 64)?;
+    let recipient_timezone = args.opt_str("recipientTimezone", 64)?;
     Ok(Call {
+        recipient_timezone,
         kind: "call",
         to,
         greeting_given: greeting.is_some(),
@@ -212,6 +226,7 @@ fn voice_message_input(args: &Args<'_>) -> Result<Call, ApiError> {
         text,
         greeting_given: true,
         system_prompt: None,
+        recipient_timezone: None,
         record: false,
         purpose: args.choice("purpose", &["marketing", "transactional"], "marketing")?,
     })
@@ -273,8 +288,20 @@ impl Action for Call {
         }
     }
 
-    fn compliance(&self, provenance: &mut Provenance) -> Result<Vec<Value>, (&'static str, ApiError)> {
-        compliance::check_call(provenance, self.record)
+    fn subject(&self) -> compliance::Subject<'_> {
+        let mut texts = vec![self.text.as_str()];
+        texts.extend(self.system_prompt.as_deref());
+        compliance::Subject {
+            channel: "voice",
+            to: &self.to,
+            purpose: &self.purpose,
+            texts,
+            email: None,
+            voice: Some(compliance::Voice {
+                recipient_timezone: self.recipient_timezone.as_deref(),
+                record: self.record,
+            }),
+        }
     }
 
     fn blocked(&self, id: Uuid, check: &str, refusal: &ApiError) -> AgentEvent {
@@ -300,7 +327,14 @@ impl Action for Call {
         }
     }
 
-    fn sent(&self, id: Uuid, from: Option<String>, provider: Provider, receipt: &Receipt, _: &[Value]) -> AgentEvent {
+    fn sent(
+        &self,
+        id: Uuid,
+        from: Option<String>,
+        provider: Provider,
+        receipt: &Receipt,
+        passed: &compliance::Passed,
+    ) -> AgentEvent {
         AgentEvent::CallPlaced {
             call_id: id,
             kind: self.kind.into(),
@@ -313,6 +347,8 @@ impl Action for Call {
             provider: provider.name().into(),
             external_id: receipt.external_id.clone(),
             cost: receipt.cost,
+            zones: passed.zones.clone(),
+            local_time: passed.local_time.clone(),
         }
     }
 

@@ -1,42 +1,193 @@
-//! Compliance on every outbound path (CONTRACT §10). This module is where the communication-law
-//! issue puts content filter, DNC, consent, quiet hours and recording consent; until then each of
-//! those checks is recorded as `skipped` in the provenance — never as passed — and only the
-//! CAN-SPAM warning (§10.6) is produced.
+//! Compliance on every outbound path (CONTRACT §6.1 checks 7–11, §10), applied to every caller,
+//! the super-admin included: content filter, do-not-contact, consent, quiet hours (voice; not in
+//! demo mode) and recording consent (recorded calls), then the CAN-SPAM warning for email.
+//! Each check is recorded in the provenance; the first refusal names its rule. A check that
+//! cannot be evaluated refuses (P5).
 
+use commguard_domain::contact::ConsentType;
+use commguard_domain::{calling_hours, content, recording};
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
+use crate::app::AppState;
+use crate::directory::AgentView;
+use crate::error::{ApiError, ErrorCode};
 use crate::store::Provenance;
 
-const NOT_YET: &str = "not enforced yet (communication-law issue)";
-
-/// Checks 7–9 for a message; returns its warnings, or the check that refused and why.
-pub fn check_message(
-    provenance: &mut Provenance,
-    channel: &str,
-    body: &str,
-    html: Option<&str>,
-) -> Result<Vec<Value>, (&'static str, ApiError)> {
-    for check in ["content_filter", "dnc", "consent"] {
-        provenance.skip(check, NOT_YET);
-    }
-    let mut warnings = Vec::new();
-    let mentions_unsubscribe = |text: &str| text.to_lowercase().contains("unsubscribe");
-    if channel == "email" && !mentions_unsubscribe(body) && !html.is_some_and(mentions_unsubscribe) {
-        warnings.push(
-            json!({"code": "can_spam_unsubscribe_missing", "message": "Email has no unsubscribe link (CAN-SPAM)"}),
-        );
-    }
-    Ok(warnings)
+/// What compliance needs to know about one outbound action.
+pub struct Subject<'a> {
+    /// `sms`, `email` or `voice` (calls and voice messages).
+    pub channel: &'a str,
+    pub to: &'a str,
+    pub purpose: &'a str,
+    /// Everything the content filter reads (body, subject, html text, greeting, spoken text).
+    pub texts: Vec<&'a str>,
+    /// Email only: the body and html the CAN-SPAM warning looks at.
+    pub email: Option<(&'a str, Option<&'a str>)>,
+    /// Voice only.
+    pub voice: Option<Voice<'a>>,
 }
 
-/// Checks 7–11 for a call or voice message.
-pub fn check_call(provenance: &mut Provenance, record: bool) -> Result<Vec<Value>, (&'static str, ApiError)> {
-    for check in ["content_filter", "dnc", "consent", "quiet_hours"] {
-        provenance.skip(check, NOT_YET);
+pub struct Voice<'a> {
+    pub recipient_timezone: Option<&'a str>,
+    pub record: bool,
+}
+
+/// What passing compliance yields: warnings for the reply, and the quiet-hours evaluation.
+#[derive(Default)]
+pub struct Passed {
+    pub warnings: Vec<Value>,
+    pub zones: Option<Vec<String>>,
+    pub local_time: Option<String>,
+}
+
+type Refusal = (&'static str, ApiError);
+
+fn blocked(rule: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::ComplianceBlocked, message).with("rule", rule)
+}
+
+/// Checks 7–11 for `subject`, sent by `agent`.
+pub async fn check(
+    app: &AppState,
+    agent: &AgentView,
+    subject: &Subject<'_>,
+    provenance: &mut Provenance,
+) -> Result<Passed, Refusal> {
+    // 7: content.
+    if let Some(violation) = content::screen(subject.texts.iter().copied()) {
+        return Err(("content_filter", blocked("content_filter", violation.message())));
     }
-    if record {
-        provenance.skip("recording_consent", NOT_YET);
+    provenance.pass("content_filter");
+
+    // 8–9: DNC and consent, read together (one round trip).
+    let channel = subject.channel;
+    let state =
+        contact_state(app, &agent.org_id, &agent.agent_id, subject.to, channel).await.map_err(|e| ("dnc", e))?;
+    if state.on_dnc {
+        return Err(("dnc", blocked("dnc", format!("Compliance: {} is on the Do Not Contact list", subject.to))));
     }
-    Ok(Vec::new())
+    provenance.pass("dnc");
+    let no_consent = || {
+        blocked(
+            "consent_required",
+            format!("Compliance: No active consent from {} for {channel}. Record consent before sending.", subject.to),
+        )
+    };
+    match state.consent {
+        None => return Err(("consent", no_consent())),
+        Some(kind) if !kind.permits(subject.purpose) => {
+            return Err(("consent", no_consent().with("consentType", kind.as_str())));
+        }
+        Some(_) => provenance.pass("consent"),
+    }
+
+    let mut passed = Passed::default();
+    if let Some(voice) = &subject.voice {
+        // 10: quiet hours in the recipient's local time.
+        if app.config.demo_mode {
+            provenance.skip("quiet_hours", "demo mode");
+        } else {
+            let marketing = subject.purpose == "marketing";
+            let decision = calling_hours::evaluate(subject.to, voice.recipient_timezone, marketing, app.clock.now())
+                .map_err(|e| {
+                    (
+                        "quiet_hours",
+                        blocked("quiet_hours", format!("Compliance: calling hours cannot be evaluated: {e}")),
+                    )
+                })?;
+            if let Some(refusal) = decision.refusal {
+                let error = blocked("quiet_hours", refusal.message)
+                    .with("zone", refusal.zone)
+                    .with("localTime", refusal.local_time)
+                    .with("window", refusal.window);
+                return Err(("quiet_hours", error));
+            }
+            let detail = match &decision.note {
+                Some(note) => format!("{} in {} ({note})", decision.window, decision.zones.join(", ")),
+                None => format!("{} in {}", decision.window, decision.zones.join(", ")),
+            };
+            provenance.pass_with("quiet_hours", detail);
+            passed.local_time = Some(decision.local_time);
+            passed.zones = Some(decision.zones);
+        }
+        // 11: recording consent where every party must agree.
+        if voice.record {
+            let own_number = agent.channels.get("phone").and_then(Value::as_str);
+            let jurisdiction = recording::all_party_jurisdiction(subject.to)
+                .or_else(|| own_number.and_then(recording::all_party_jurisdiction));
+            if let Some(jurisdiction) = jurisdiction {
+                let consented = contact_state(app, &agent.org_id, &agent.agent_id, subject.to, "recording")
+                    .await
+                    .map_err(|e| ("recording_consent", e))?
+                    .consent
+                    .is_some();
+                if !consented {
+                    let message = format!(
+                        "Compliance: Recording consent required: {jurisdiction} requires all-party consent to record calls."
+                    );
+                    return Err(("recording_consent", blocked("recording_consent", message)));
+                }
+            }
+            provenance.pass("recording_consent");
+        }
+    }
+
+    // CAN-SPAM (§10.6): a warning, never a refusal.
+    if let Some((body, html)) = subject.email {
+        let mentions_unsubscribe = |text: &str| text.to_lowercase().contains("unsubscribe");
+        if !mentions_unsubscribe(body) && !html.is_some_and(mentions_unsubscribe) {
+            passed.warnings.push(
+                json!({"code": "can_spam_unsubscribe_missing", "message": "Email has no unsubscribe link (CAN-SPAM)"}),
+            );
+        }
+    }
+    Ok(passed)
+}
+
+/// Whether `to` is on the org's DNC list, and the agent's active consent on `channel`.
+pub struct ContactState {
+    pub on_dnc: bool,
+    pub consent: Option<ConsentType>,
+}
+
+pub async fn contact_state(
+    app: &AppState,
+    org_id: &str,
+    agent_id: &str,
+    to: &str,
+    channel: &str,
+) -> Result<ContactState, ApiError> {
+    let subject_ref = app.store.keystore().data_keys().blind_index(to);
+    let (on_dnc, consent): (bool, Option<String>) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM dnc_entries WHERE org_id = $1 AND subject_ref = $2),
+                (SELECT consent_type FROM consents
+                  WHERE org_id = $1 AND subject_ref = $2 AND agent_id = $3 AND channel = $4 AND status = 'granted')",
+    )
+    .bind(org_id)
+    .bind(&subject_ref)
+    .bind(agent_id)
+    .bind(channel)
+    .fetch_one(&app.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    let consent = consent.and_then(|kind| serde_json::from_value(Value::String(kind)).ok());
+    Ok(ContactState { on_dnc, consent })
+}
+
+/// The text of an HTML body, for the content filter: tags dropped, entities left as they are.
+pub fn html_text(html: &str) -> String {
+    let mut text = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                text.push(' ');
+            }
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text
 }

@@ -179,14 +179,26 @@ pub async fn release(pool: &PgPool, r: &Reservation) -> Result<(), ApiError> {
 
 /// Replaces the estimated cost with the provider's actual one.
 pub async fn settle(pool: &PgPool, r: &Reservation, actual: i64) -> Result<(), ApiError> {
-    if actual == r.cost {
+    add_cost(pool, &r.agent_id, &r.org_id, r.at, actual - r.cost).await
+}
+
+/// Adds `cost` (micro-dollars, may be negative) to the spend of the agent and its org in the day
+/// and month of `at` — a settled estimate, or a call's final price from its status callback.
+pub async fn add_cost(
+    pool: &PgPool,
+    agent_id: &str,
+    org_id: &str,
+    at: DateTime<Utc>,
+    cost: i64,
+) -> Result<(), ApiError> {
+    if cost == 0 {
         return Ok(());
     }
     sqlx::query("SELECT settle_action_cost($1, $2, $3, $4)")
-        .bind(&r.agent_id)
-        .bind(&r.org_id)
-        .bind(r.at)
-        .bind(actual - r.cost)
+        .bind(agent_id)
+        .bind(org_id)
+        .bind(at)
+        .bind(cost)
         .execute(pool)
         .await
         .map_err(ApiError::internal)?;

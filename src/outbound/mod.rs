@@ -20,13 +20,13 @@ use crate::auth::Role;
 use crate::directory::{self, commands};
 use crate::error::{ApiError, ErrorCode};
 use crate::mcp::tools::Caller;
-use crate::store::{CommandContext, Provenance};
+use crate::store::CommandContext;
 use crate::validate::Args;
 use credentials::Credentials;
 use limits::{Contact, Limits, OrgCaps};
 use provider::{Outgoing, Provider, Receipt};
 
-mod actions;
+pub mod actions;
 
 pub use actions::{make_call, send_message, send_voice_message};
 
@@ -36,8 +36,8 @@ trait Action {
     /// `sms`, `email` or `voice`: the channel the agent's state and blocks are checked on.
     fn channel(&self) -> &str;
     fn to(&self) -> &str;
-    /// Checks 7–11; returns warnings, or the refusing check.
-    fn compliance(&self, provenance: &mut Provenance) -> Result<Vec<Value>, (&'static str, ApiError)>;
+    /// What compliance (checks 7–11) reads.
+    fn subject(&self) -> compliance::Subject<'_>;
     fn blocked(&self, id: Uuid, check: &str, refusal: &ApiError) -> AgentEvent;
     fn failed(&self, id: Uuid, provider: Provider, error: &str) -> AgentEvent;
     fn sent(
@@ -46,7 +46,7 @@ trait Action {
         from: Option<String>,
         provider: Provider,
         receipt: &Receipt,
-        warnings: &[Value],
+        passed: &compliance::Passed,
     ) -> AgentEvent;
     fn reply(&self, id: Uuid, from: Option<String>, receipt: &Receipt, sandbox: bool, warnings: Vec<Value>) -> Value;
     /// What the provider is given.
@@ -93,8 +93,8 @@ async fn run<A: Action>(
     };
     context.provenance.pass("org_state");
     // 7–11: compliance (applies to the super-admin too).
-    let warnings = match action.compliance(&mut context.provenance) {
-        Ok(warnings) => warnings,
+    let passed = match compliance::check(app, &agent, &action.subject(), &mut context.provenance).await {
+        Ok(passed) => passed,
         Err((check, refusal)) => return Err(block(app, context, &agent_id, id, &action, check, refusal).await),
     };
     // 12: limits — a reservation; the super-admin and demo are counted, never refused.
@@ -161,8 +161,8 @@ async fn run<A: Action>(
     };
     limits::settle(&app.pool, &reservation, receipt.cost).await?;
     context.provenance.pass("provider");
-    record(app, &agent_id, action.sent(id, from.clone(), provider, &receipt, &warnings), &context).await;
-    Ok(action.reply(id, from, &receipt, sandbox, warnings))
+    record(app, &agent_id, action.sent(id, from.clone(), provider, &receipt, &passed), &context).await;
+    Ok(action.reply(id, from, &receipt, sandbox, passed.warnings))
 }
 
 /// Step 5: active, has the channel, not blocked on it.

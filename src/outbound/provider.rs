@@ -300,6 +300,37 @@ pub async fn buy_twilio_number(
     Ok((body["phone_number"].as_str().unwrap_or(&number).to_string(), number_sid.to_string()))
 }
 
+/// A call's price as Twilio reports it (`GET …/Calls/{sid}.json`, `price` is negative or null
+/// until Twilio has rated the call): |price| in micro-dollars, `None` if not rated yet.
+pub async fn twilio_call_price(
+    http: &reqwest::Client,
+    config: &Config,
+    credentials: &Credentials,
+    call_sid: &str,
+) -> Result<Option<i64>, ProviderFailure> {
+    let (Some(sid), Some(token)) = (credentials.get("accountSid"), credentials.get("authToken")) else {
+        return Err(ProviderFailure("twilio: not configured".into()));
+    };
+    let base = config.twilio_api_base_url.trim_end_matches('/');
+    let response = http
+        .get(format!("{base}/2010-04-01/Accounts/{sid}/Calls/{call_sid}.json"))
+        .basic_auth(sid, Some(token))
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable("twilio", e))?;
+    if !response.status().is_success() {
+        return Err(failure("twilio", response).await);
+    }
+    let body: Value = response.json().await.map_err(|_| ProviderFailure("twilio: unreadable response".into()))?;
+    let price = match &body["price"] {
+        Value::String(s) => crate::money::parse_decimal(s),
+        Value::Number(n) => crate::money::parse_decimal(&n.to_string()),
+        _ => None,
+    };
+    Ok(price.map(i64::abs))
+}
+
 /// Releases a bought number (`DELETE …/IncomingPhoneNumbers/{sid}.json`).
 pub async fn release_twilio_number(
     http: &reqwest::Client,

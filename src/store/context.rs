@@ -64,6 +64,11 @@ impl Provenance {
         self.checks.push(Check { check: check.into(), result: CheckResult::Pass, detail: None });
     }
 
+    /// A pass with what it found (the zones and window quiet hours evaluated).
+    pub fn pass_with(&mut self, check: &str, detail: impl Into<String>) {
+        self.checks.push(Check { check: check.into(), result: CheckResult::Pass, detail: Some(detail.into()) });
+    }
+
     pub fn fail(&mut self, check: &str, detail: impl Into<String>) {
         self.checks.push(Check { check: check.into(), result: CheckResult::Fail, detail: Some(detail.into()) });
         self.refused_by = Some(check.into());

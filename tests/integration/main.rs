@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod compliance;
 mod crypto_shredding;
 mod domain_store;
 mod event_store;

@@ -13,13 +13,22 @@ fn vars(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static s
         ("MASTER_SECURITY_TOKEN", MASTER),
         ("HTTP_RATE_LIMIT_PER_IP", "1000000"),
         ("HTTP_RATE_LIMIT_GLOBAL", "1000000"),
+        ("COMMGUARD_TEST_CLOCK", "true"),
     ];
     v.extend_from_slice(extra);
     v
 }
 
-/// A sandbox org with one SMS- and email-capable agent; returns the agent's token and id.
+/// The recipients these tests send to; each has consent for its channels (CONTRACT §10.3).
+const PHONES: [&str; 7] =
+    ["+15005550001", "+12025550100", "+12025550111", "+12025550122", "+12025550133", "+12025550144", "+12025550155"];
+const EMAILS: [&str; 2] = ["a@example.com", "bob@example.com"];
+
+/// A sandbox org with one SMS- and email-capable agent whose recipients consented, at 11:00 in
+/// Washington (inside calling hours); returns the agent's token and id.
 async fn agent(s: &TestServer, slug: &str) -> (String, String) {
+    let clock = s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER);
+    assert!(clock.json(&json!({"now": "2026-12-01T16:00:00Z"})).send().await.unwrap().status().is_success());
     let master = Session::open(s, MASTER).await;
     let org = master.ok("comms_create_organization", json!({"name": slug, "slug": slug, "a2pRegistered": true})).await;
     let admin = Session::open(s, org["adminToken"].as_str().unwrap()).await;
@@ -29,7 +38,13 @@ async fn agent(s: &TestServer, slug: &str) -> (String, String) {
             json!({"displayName": "Sender", "capabilities": {"phone": true, "email": true}}),
         )
         .await;
-    (agent["securityToken"].as_str().unwrap().to_string(), agent["agentId"].as_str().unwrap().to_string())
+    let token = agent["securityToken"].as_str().unwrap().to_string();
+    let me = Session::open(s, &token).await;
+    let phones = PHONES.iter().flat_map(|p| [(*p, "sms"), (*p, "voice")]);
+    for (to, channel) in phones.chain(EMAILS.iter().map(|e| (*e, "email"))) {
+        me.ok("comms_record_consent", json!({"contactAddress": to, "channel": channel})).await;
+    }
+    (token, agent["agentId"].as_str().unwrap().to_string())
 }
 
 async fn count(db: &TestDb, event_type: &str) -> i64 {
@@ -46,9 +61,9 @@ async fn burst(servers: &[&TestServer], token: &str, n: usize) -> Vec<(bool, Val
     for i in 0..n {
         sessions.push(Session::open(servers[i % servers.len()], token).await);
     }
-    let sends = sessions.iter().enumerate().map(|(i, s)| {
-        s.call("comms_send_message", json!({"to": format!("+1202555{:04}", i), "body": "Your table is ready."}))
-    });
+    let sends = sessions
+        .iter()
+        .map(|s| s.call("comms_send_message", json!({"to": "+12025550100", "body": "Your table is ready."})));
     futures::future::join_all(sends).await
 }
 

@@ -141,6 +141,7 @@ async fn production_orgs_send_through_twilio_and_resend_and_provider_refusals_co
     let db = TestDb::new().await;
     let vars = [
         ("MASTER_SECURITY_TOKEN", MASTER),
+        ("COMMGUARD_TEST_CLOCK", "true"),
         ("HTTP_RATE_LIMIT_PER_IP", "100000"),
         ("TWILIO_ACCOUNT_SID", "ACtest"),
         ("TWILIO_AUTH_TOKEN", "twilio-secret"),
@@ -168,6 +169,7 @@ async fn production_orgs_send_through_twilio_and_resend_and_provider_refusals_co
         .unwrap();
     assert_eq!(approve.status(), 200);
     let me = Session::open(&s, agent["securityToken"].as_str().unwrap()).await;
+    consent(&s, &me).await;
     let number = agent["channels"]["phone"].as_str().unwrap();
 
     // A refusal by Twilio: provider_error with Twilio's message, and the slot is given back.
@@ -242,6 +244,7 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
     let db = TestDb::new().await;
     let vars = [
         ("MASTER_SECURITY_TOKEN", MASTER),
+        ("COMMGUARD_TEST_CLOCK", "true"),
         ("HTTP_RATE_LIMIT_PER_IP", "100000"),
         ("TWILIO_API_BASE_URL", fake.as_str()),
     ];
@@ -264,6 +267,7 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
         .unwrap();
     assert_eq!(approved.status(), 200);
     let me = Session::open(&s, agent["securityToken"].as_str().unwrap()).await;
+    consent(&s, &me).await;
 
     // No credentials anywhere: a production org cannot send.
     let (is_error, refused) = me.call("comms_send_message", json!({"to": "+12025550100", "body": "hi"})).await;
@@ -365,6 +369,7 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
     const NEW_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     let rotated = [
         ("MASTER_SECURITY_TOKEN", MASTER),
+        ("COMMGUARD_TEST_CLOCK", "true"),
         ("HTTP_RATE_LIMIT_PER_IP", "100000"),
         ("TWILIO_API_BASE_URL", fake.as_str()),
         ("CREDENTIALS_ENCRYPTION_KEY", NEW_KEY),
@@ -376,8 +381,23 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
     let new_version = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(hex::decode(NEW_KEY).unwrap())[..4]);
     assert_eq!(versions, [new_version]);
     let me = Session::open(&s, agent["securityToken"].as_str().unwrap()).await;
+    consent(&s, &me).await;
     me.ok("comms_send_message", json!({"to": "+12025550100", "body": "after rotation"})).await;
     let last = log.lock().unwrap().last().cloned().unwrap();
     assert_eq!(last.authorization, format!("Basic {}", base64_encode("ACorg:org-secret")));
     s.stop().await;
+}
+
+/// Consent for every recipient these tests use, at 11:00 in Washington (CONTRACT §10.3–10.4).
+async fn consent(s: &TestServer, me: &Session<'_>) {
+    let clock = s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER);
+    assert!(clock.json(&json!({"now": "2026-12-01T16:00:00Z"})).send().await.unwrap().status().is_success());
+    for to in ["+12025550400", "+12025550100", "+12025550101"] {
+        for channel in ["sms", "voice"] {
+            me.ok("comms_record_consent", json!({"contactAddress": to, "channel": channel})).await;
+        }
+    }
+    for to in ["pat@example.com", "a@example.com", "bob@example.com"] {
+        me.ok("comms_record_consent", json!({"contactAddress": to, "channel": "email"})).await;
+    }
 }

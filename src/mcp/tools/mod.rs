@@ -3,6 +3,7 @@
 //! may not use a tool does not learn that it exists from `tools/list`), and records every
 //! refusal as `ActionRefused` (CONTRACT §6.1).
 
+pub mod contacts;
 mod directory;
 pub mod outbound;
 mod ping;
@@ -94,6 +95,12 @@ const TOOLS: &[Tool] = &[
     outbound::USAGE_DASHBOARD,
     outbound::BILLING_SUMMARY,
     outbound::REGISTER_PROVIDER,
+    contacts::RECORD_CONSENT,
+    contacts::REVOKE_CONSENT,
+    contacts::CHECK_CONSENT,
+    contacts::DNC_ADD,
+    contacts::DNC_REMOVE,
+    contacts::DNC_LIST,
 ];
 
 /// The `tools/list` entries a caller of `role` may see.
@@ -135,6 +142,12 @@ async fn dispatch(app: &AppState, caller: &Caller<'_>, name: &str, arguments: &V
         "comms_get_usage_dashboard" => outbound::usage_dashboard(app, caller, &args).await,
         "comms_get_billing_summary" => outbound::billing_summary(app, caller, &args).await,
         "comms_register_provider" => outbound::register_provider(app, caller, &args).await,
+        "comms_record_consent" => contacts::record_consent(app, caller, &args).await,
+        "comms_revoke_consent" => contacts::revoke_consent(app, caller, &args).await,
+        "comms_check_consent" => contacts::check_consent(app, caller, &args).await,
+        "comms_dnc_add" => contacts::dnc_add(app, caller, &args).await,
+        "comms_dnc_remove" => contacts::dnc_remove(app, caller, &args).await,
+        "comms_dnc_list" => contacts::dnc_list(app, caller, &args).await,
         other => Err(ApiError::internal(format!("tool {other} has no handler"))),
     }
 }

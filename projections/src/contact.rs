@@ -1,0 +1,197 @@
+//! Consent and do-not-contact state per org and contact (CONTRACT §10.2–10.3), fed by the contact
+//! aggregate, and placed calls by provider id (for status callbacks, §8.3). The outbound pipeline
+//! checks DNC and consent here before every action; commands that change them wait for these
+//! projections, so a revocation or a STOP holds from the moment it is answered.
+//!
+//! Personal fields stay sealed: rows keep them exactly as the event stored them (`sealed`,
+//! keyed by payload path), with the event id that opens them.
+
+use serde_json::{Map, Value};
+use sqlx::PgConnection;
+
+use crate::directory::{relevant, str_field};
+use crate::{BoxFuture, Projection, ProjectionError, StoredEvent, Tables};
+
+pub struct ConsentProjection;
+pub struct DncProjection;
+pub struct CallsProjection;
+
+/// The contact aggregate's id is `<orgId>:<subjectRef>`; org ids never contain `:`.
+fn subject_ref(event: &StoredEvent) -> &str {
+    event.aggregate_id.rsplit_once(':').map_or(event.aggregate_id.as_str(), |(_, s)| s)
+}
+
+fn org(event: &StoredEvent) -> &str {
+    event.aggregate_id.split_once(':').map_or("", |(o, _)| o)
+}
+
+/// The sealed fields `keys` of a payload, as an object keyed by their paths.
+fn sealed(payload: &Value, keys: &[&str]) -> Value {
+    let fields: Map<String, Value> = keys
+        .iter()
+        .filter_map(|k| payload.get(*k).filter(|v| !v.is_null()).map(|v| ((*k).to_string(), v.clone())))
+        .collect();
+    Value::Object(fields)
+}
+
+impl Projection for ConsentProjection {
+    fn name(&self) -> &'static str {
+        "consent"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["consents"]
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tables: &'a Tables,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let consents = tables.get("consents");
+            for (event, p) in relevant(events, &["contact"], &["ConsentGranted", "ConsentRevoked"]) {
+                let agent = str_field(&p, "agentId").unwrap_or_default();
+                let channel = str_field(&p, "channel").unwrap_or_default();
+                if event.event_type == "ConsentGranted" {
+                    let consent_id = str_field(&p, "consentId").and_then(|s| s.parse::<uuid::Uuid>().ok());
+                    sqlx::query(&format!(
+                        "INSERT INTO {consents} (org_id, subject_ref, agent_id, channel, consent_id, consent_type,
+                                                 status, granted_at, revoked_at, grant_event_id, sealed)
+                         VALUES ($1, $2, $3, $4, $5, $6, 'granted', $7, NULL, $8, $9)
+                         ON CONFLICT (org_id, subject_ref, agent_id, channel) DO UPDATE SET
+                             consent_id = EXCLUDED.consent_id, consent_type = EXCLUDED.consent_type,
+                             status = 'granted', granted_at = EXCLUDED.granted_at, revoked_at = NULL,
+                             grant_event_id = EXCLUDED.grant_event_id, sealed = EXCLUDED.sealed"
+                    ))
+                    .bind(org(event))
+                    .bind(subject_ref(event))
+                    .bind(agent)
+                    .bind(channel)
+                    .bind(consent_id)
+                    .bind(str_field(&p, "consentType").unwrap_or("express"))
+                    .bind(event.occurred_at)
+                    .bind(event.event_id)
+                    .bind(sealed(&p, &["source", "notes"]))
+                    .execute(&mut *conn)
+                    .await?;
+                } else if p.get("wasActive").and_then(Value::as_bool) == Some(true) {
+                    sqlx::query(&format!(
+                        "UPDATE {consents} SET status = 'revoked', revoked_at = $5
+                          WHERE org_id = $1 AND subject_ref = $2 AND agent_id = $3 AND channel = $4"
+                    ))
+                    .bind(org(event))
+                    .bind(subject_ref(event))
+                    .bind(agent)
+                    .bind(channel)
+                    .bind(event.occurred_at)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Projection for DncProjection {
+    fn name(&self) -> &'static str {
+        "dnc"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["dnc_entries"]
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tables: &'a Tables,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let dnc = tables.get("dnc_entries");
+            for (event, p) in relevant(events, &["contact"], &["DncAdded", "DncRemoved"]) {
+                let entry = str_field(&p, "entryId").and_then(|s| s.parse::<uuid::Uuid>().ok());
+                if event.event_type == "DncAdded" {
+                    sqlx::query(&format!(
+                        "INSERT INTO {dnc} (entry_id, org_id, subject_ref, address_type, source, reason, added_by,
+                                            added_at, event_id, position, sealed)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (entry_id) DO NOTHING"
+                    ))
+                    .bind(entry)
+                    .bind(org(event))
+                    .bind(subject_ref(event))
+                    .bind(str_field(&p, "addressType").unwrap_or("phone"))
+                    .bind(str_field(&p, "source").unwrap_or("admin"))
+                    .bind(str_field(&p, "reason"))
+                    .bind(str_field(&p, "addedBy").unwrap_or_default())
+                    .bind(event.occurred_at)
+                    .bind(event.event_id)
+                    .bind(event.position)
+                    .bind(sealed(&p, &["address"]))
+                    .execute(&mut *conn)
+                    .await?;
+                } else {
+                    sqlx::query(&format!("DELETE FROM {dnc} WHERE entry_id = $1"))
+                        .bind(entry)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Projection for CallsProjection {
+    fn name(&self) -> &'static str {
+        "calls"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["calls"]
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tables: &'a Tables,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let calls = tables.get("calls");
+            for (event, p) in relevant(events, &["agent"], &["CallPlaced", "CallStatusChanged"]) {
+                let call = str_field(&p, "callId").and_then(|s| s.parse::<uuid::Uuid>().ok());
+                if event.event_type == "CallPlaced" {
+                    sqlx::query(&format!(
+                        "INSERT INTO {calls} (call_id, agent_id, org_id, external_id, kind, provider, placed_at,
+                                              status, cost)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8) ON CONFLICT (call_id) DO NOTHING"
+                    ))
+                    .bind(call)
+                    .bind(&event.aggregate_id)
+                    .bind(event.org_id.as_deref().unwrap_or_default())
+                    .bind(str_field(&p, "externalId").unwrap_or_default())
+                    .bind(str_field(&p, "kind").unwrap_or("call"))
+                    .bind(str_field(&p, "provider").unwrap_or("mock"))
+                    .bind(event.occurred_at)
+                    .bind(p.get("cost").and_then(Value::as_i64).unwrap_or(0))
+                    .execute(&mut *conn)
+                    .await?;
+                } else {
+                    sqlx::query(&format!(
+                        "UPDATE {calls} SET status = $2, cost = COALESCE($3, cost) WHERE call_id = $1"
+                    ))
+                    .bind(call)
+                    .bind(str_field(&p, "status").unwrap_or_default())
+                    .bind(p.get("cost").and_then(Value::as_i64))
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,577 @@
+//! Provider webhooks (CONTRACT §8): inbound SMS and call-status callbacks from Twilio, inbound
+//! email and complaints from Resend (Svix-signed). Every request passes, in order: IP allowlist
+//! (in the hardening layer), the agent, the signature (failing closed), replay protection shared
+//! through Postgres, then its handler. Refusals after the agent is known are recorded as
+//! `WebhookRejected`; what a webhook changes is recorded as the events of §11.3.
+
+mod forward;
+pub mod replay;
+pub mod signature;
+
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use commguard_domain::agent::AgentEvent;
+use commguard_domain::pii::{Pii, RetentionClass};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::contacts::{self, Address};
+use crate::directory::{self, AgentView};
+use crate::error::{ApiError, ErrorCode};
+use crate::http::client_ip::ClientIp;
+use crate::outbound::actions::xml_escape;
+use crate::outbound::credentials;
+use crate::outbound::{limits, provider};
+use crate::store::{Actor, ActorKind, CommandContext};
+use crate::validate;
+use replay::Claim;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks/{agent_id}/sms", post(sms))
+        .route("/webhooks/{agent_id}/call-status", post(call_status))
+        .route("/webhooks/{agent_id}/voice/status", post(call_status))
+        .route("/webhooks/{agent_id}/email", post(email))
+}
+
+/// A Twilio reply: `text/xml`, no prolog; the empty one is exactly `<Response/>`.
+fn twiml(status: StatusCode, body: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body.into()).into_response()
+}
+
+fn empty(status: StatusCode) -> Response {
+    twiml(status, "<Response/>")
+}
+
+fn message_reply(text: &str) -> Response {
+    twiml(StatusCode::OK, format!("<Response><Message>{}</Message></Response>", xml_escape(text)))
+}
+
+/// The context of events a webhook causes: the provider is the actor.
+fn context(app: &AppState, provider: &str, agent: &AgentView) -> CommandContext {
+    CommandContext::new(Actor { kind: ActorKind::Provider, id: provider.into() }, "webhook", app.clock.now())
+        .in_org(agent.org_id.clone())
+}
+
+async fn record(app: &AppState, agent: &AgentView, event: AgentEvent, context: &CommandContext) {
+    if let Err(e) = app.store.record("agent", &agent.agent_id, &[event], context).await {
+        tracing::error!(error = %e, agent_id = agent.agent_id, "webhook event not recorded");
+    }
+}
+
+async fn reject(app: &AppState, agent: &AgentView, provider: &str, route: &str, reason: &str, ip: &ClientIp) {
+    let mut context = context(app, provider, agent);
+    context.provenance.fail(reason, format!("webhook {route} rejected: {reason}"));
+    let event =
+        AgentEvent::WebhookRejected { route: route.into(), reason: reason.into(), ip_ref: app.lockout.ip_ref(ip.0) };
+    record(app, agent, event, &context).await;
+}
+
+/// What the signature step decided for a request it let through.
+enum Signature {
+    Verified,
+    /// Demo mode: not checked.
+    Skipped,
+    /// Development without a secret: accepted, marked unverified.
+    Unverified,
+}
+
+impl Signature {
+    fn note(&self, context: &mut CommandContext) {
+        match self {
+            Self::Verified => context.provenance.pass("signature"),
+            Self::Skipped => context.provenance.skip("signature", "demo mode"),
+            Self::Unverified => context.provenance.skip("signature", "unverified: no webhook secret configured"),
+        }
+    }
+}
+
+/// A verified Twilio request: its agent, form parameters and how its signature was decided.
+struct TwilioRequest {
+    agent: AgentView,
+    params: Vec<(String, String)>,
+    signature: Signature,
+}
+
+impl TwilioRequest {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+    }
+}
+
+/// Steps 2–3 of §8.1 for a Twilio route: the agent, the form body, the signature.
+async fn twilio_gate(
+    app: &AppState,
+    agent_id: &str,
+    route: &str,
+    uri: &OriginalUri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    ip: &ClientIp,
+) -> Result<TwilioRequest, Response> {
+    let agent = directory::agent(&app.pool, agent_id)
+        .await
+        .map_err(|_| empty(StatusCode::SERVICE_UNAVAILABLE))?
+        .ok_or_else(|| empty(StatusCode::NOT_FOUND))?;
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        reject(app, &agent, "twilio", route, "malformed", ip).await;
+        return Err(empty(StatusCode::BAD_REQUEST));
+    }
+    let params: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+    let signature = if app.config.demo_mode {
+        Signature::Skipped
+    } else {
+        match twilio_auth_token(app, &agent.org_id).await {
+            Err(_) => return Err(empty(StatusCode::SERVICE_UNAVAILABLE)),
+            Ok(None) if app.config.env.is_production() => {
+                reject(app, &agent, "twilio", route, "secret_missing", ip).await;
+                return Err(empty(StatusCode::SERVICE_UNAVAILABLE));
+            }
+            Ok(None) => {
+                tracing::warn!(route, agent_id, "Twilio webhook accepted unverified: no auth token configured");
+                Signature::Unverified
+            }
+            Ok(Some(token)) => {
+                let base = app.config.webhook_base_url.trim_end_matches('/');
+                let url = match uri.0.query() {
+                    Some(query) => format!("{base}{}?{query}", uri.0.path()),
+                    None => format!("{base}{}", uri.0.path()),
+                };
+                let given = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
+                if !given.is_some_and(|g| signature::twilio_valid(&token, &url, &params, g)) {
+                    reject(app, &agent, "twilio", route, "signature", ip).await;
+                    return Err(empty(StatusCode::FORBIDDEN));
+                }
+                Signature::Verified
+            }
+        }
+    };
+    Ok(TwilioRequest { agent, params, signature })
+}
+
+/// The agent's org's effective Twilio auth token (org → platform → environment).
+async fn twilio_auth_token(app: &AppState, org_id: &str) -> Result<Option<String>, ApiError> {
+    let resolved = credentials::resolve(&app.pool, &app.credential_keys, &app.config, org_id, "twilio").await?;
+    Ok(resolved
+        .and_then(|c| c.get("authToken").map(str::to_string))
+        .or_else(|| app.config.twilio_auth_token.as_ref().map(|s| s.0.clone())))
+}
+
+/// Step 4: the nonce. A replay inside the window → 403; a nonce seen before the window → no effect.
+async fn claim_nonce(
+    app: &AppState,
+    agent: &AgentView,
+    provider: &str,
+    route: &str,
+    nonce: &str,
+    ip: &ClientIp,
+) -> Result<(), Response> {
+    let window = app.config.webhook_replay_window_seconds as i64;
+    match replay::claim(&app.pool, nonce, app.clock.now(), window).await {
+        Ok(Claim::Fresh) => Ok(()),
+        Ok(Claim::Replay) => {
+            reject(app, agent, provider, route, "replay", ip).await;
+            Err(empty(StatusCode::FORBIDDEN))
+        }
+        Ok(Claim::Stale) => Err(empty(StatusCode::OK)),
+        Err(e) => {
+            tracing::error!(error = %e, "replay nonce not claimed");
+            Err(empty(StatusCode::SERVICE_UNAVAILABLE))
+        }
+    }
+}
+
+/// Appendix C: the body, trimmed of Unicode whitespace, equal to a keyword (any case).
+fn keyword(body: &str) -> Option<(&'static str, String)> {
+    let word = body.trim().to_uppercase();
+    let kind = match word.as_str() {
+        "STOP" | "STOPALL" | "UNSUBSCRIBE" | "CANCEL" | "END" | "QUIT" | "REVOKE" | "OPTOUT" => "stop",
+        "START" | "UNSTOP" | "YES" => "start",
+        "HELP" | "INFO" => "help",
+        _ => return None,
+    };
+    Some((kind, word))
+}
+
+const STOP_REPLY: &str =
+    "You have been unsubscribed and will not receive further messages. Reply START to resubscribe.";
+const START_REPLY: &str = "You have been resubscribed. Reply STOP to unsubscribe.";
+
+/// `POST /webhooks/:agentId/sms` (§8.2).
+async fn sms(
+    State(app): State<AppState>,
+    Path(agent_id): Path<String>,
+    Extension(ip): Extension<ClientIp>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = match twilio_gate(&app, &agent_id, "sms", &uri, &headers, &body, &ip).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let (Some(sid), Some(from), Some(to)) = (request.param("MessageSid"), request.param("From"), request.param("To"))
+    else {
+        reject(&app, &request.agent, "twilio", "sms", "malformed", &ip).await;
+        return empty(StatusCode::BAD_REQUEST);
+    };
+    let (Ok(from), Ok(to)) = (contacts::address("From", from), validate::phone("To", to)) else {
+        reject(&app, &request.agent, "twilio", "sms", "malformed", &ip).await;
+        return empty(StatusCode::BAD_REQUEST);
+    };
+    let agent = &request.agent;
+    if agent.channels.get("phone").and_then(Value::as_str) != Some(to.as_str()) {
+        return empty(StatusCode::NOT_FOUND);
+    }
+    if let Err(response) = claim_nonce(&app, agent, "twilio", "sms", &format!("twilio:sms:{sid}"), &ip).await {
+        return response;
+    }
+    let mut context = context(&app, "twilio", agent);
+    request.signature.note(&mut context);
+    let text = request.param("Body").unwrap_or_default().to_string();
+    let received = |keyword: Option<String>, dropped: bool, forwarded: bool| AgentEvent::MessageReceived {
+        message_id: Uuid::new_v4(),
+        channel: "sms".into(),
+        from: Pii::subject(from.value.clone()),
+        to: to.clone(),
+        subject: None,
+        body: Pii::subject_retained(text.clone(), from.value.clone(), RetentionClass::Messages),
+        external_id: sid.to_string(),
+        keyword,
+        dropped,
+        forwarded,
+    };
+    if !accepts(agent, "sms") {
+        record(&app, agent, received(None, true, false), &context).await;
+        return empty(StatusCode::OK);
+    }
+    let replies = app.config.sms_keyword_replies;
+    let reply_or_empty = |text: &str| if replies { message_reply(text) } else { empty(StatusCode::OK) };
+    match keyword(&text) {
+        Some(("stop", word)) => {
+            match contacts::stop(&app, &agent.org_id, &agent.agent_id, &from, &word, &context).await {
+                Ok(()) => reply_or_empty(STOP_REPLY),
+                Err(e) => failed(e),
+            }
+        }
+        Some(("start", word)) => {
+            match contacts::start(&app, &agent.org_id, &agent.agent_id, &from, &word, &context).await {
+                Ok(()) => reply_or_empty(START_REPLY),
+                Err(e) => failed(e),
+            }
+        }
+        Some((_, _)) => {
+            record(&app, agent, received(Some("help".into()), false, false), &context).await;
+            reply_or_empty(&app.config.sms_help_text)
+        }
+        None => {
+            let event = received(None, false, app.config.agentos_callback_url.is_some());
+            let message_id = match &event {
+                AgentEvent::MessageReceived { message_id, .. } => *message_id,
+                _ => unreachable!("built as MessageReceived"),
+            };
+            record(&app, agent, event, &context).await;
+            let inbound = forward::Inbound {
+                agent_id: agent.agent_id.clone(),
+                org_id: agent.org_id.clone(),
+                channel: "sms",
+                message_id,
+                from: from.value.clone(),
+                to: to.clone(),
+                body: text.clone(),
+                subject: None,
+                received_at: app.clock.now(),
+            };
+            forward::spawn(&app, inbound);
+            empty(StatusCode::OK)
+        }
+    }
+}
+
+fn failed(e: ApiError) -> Response {
+    tracing::error!(error = %e.message, "webhook handler failed");
+    empty(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// Active and not blocked on `channel`: inbound messages to anything else are dropped.
+fn accepts(agent: &AgentView, channel: &str) -> bool {
+    agent.status == "active"
+        && !agent.blocked_channels.as_array().is_some_and(|b| b.iter().any(|c| c == "*" || c == channel))
+}
+
+const CALL_STATUSES: [&str; 9] =
+    ["queued", "initiated", "ringing", "in-progress", "completed", "busy", "failed", "no-answer", "canceled"];
+const TERMINAL: [&str; 5] = ["completed", "busy", "failed", "no-answer", "canceled"];
+
+#[derive(sqlx::FromRow)]
+struct CallRow {
+    call_id: Uuid,
+    kind: String,
+    provider: String,
+    placed_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The agent's call with provider id `sid`. A callback may outrun the calls projection by a few
+/// milliseconds, so a miss waits for the projection to reach the store's head once.
+async fn find_call(app: &AppState, agent_id: &str, sid: &str) -> Result<Option<CallRow>, ApiError> {
+    let lookup = || {
+        sqlx::query_as::<_, CallRow>(
+            "SELECT call_id, kind, provider, placed_at FROM calls WHERE agent_id = $1 AND external_id = $2",
+        )
+        .bind(agent_id)
+        .bind(sid)
+        .fetch_optional(&app.pool)
+    };
+    if let Some(found) = lookup().await.map_err(ApiError::internal)? {
+        return Ok(Some(found));
+    }
+    let head = crate::store::feed::head_position(&app.pool).await.map_err(ApiError::internal)?;
+    app.store.await_projection("calls", head).await.map_err(ApiError::internal)?;
+    lookup().await.map_err(ApiError::internal)
+}
+
+/// `POST /webhooks/:agentId/call-status` and `/voice/status` (§8.3).
+async fn call_status(
+    State(app): State<AppState>,
+    Path(agent_id): Path<String>,
+    Extension(ip): Extension<ClientIp>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = match twilio_gate(&app, &agent_id, "call-status", &uri, &headers, &body, &ip).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let agent = &request.agent;
+    let (Some(sid), Some(status)) = (request.param("CallSid"), request.param("CallStatus")) else {
+        reject(&app, agent, "twilio", "call-status", "malformed", &ip).await;
+        return empty(StatusCode::BAD_REQUEST);
+    };
+    if !CALL_STATUSES.contains(&status) {
+        reject(&app, agent, "twilio", "call-status", "malformed", &ip).await;
+        return empty(StatusCode::BAD_REQUEST);
+    }
+    let call = match find_call(&app, &agent.agent_id, sid).await {
+        Ok(Some(call)) => call,
+        Ok(None) => return empty(StatusCode::NOT_FOUND),
+        Err(e) => return failed(e),
+    };
+    let nonce = format!("twilio:status:{sid}:{status}");
+    if let Err(response) = claim_nonce(&app, agent, "twilio", "call-status", &nonce, &ip).await {
+        return response;
+    }
+    let mut context = context(&app, "twilio", agent);
+    request.signature.note(&mut context);
+    let cost = if TERMINAL.contains(&status) { Some(call_cost(&app, agent, &call, sid).await) } else { None };
+    if let Some(cost) = cost {
+        if let Err(e) = limits::add_cost(&app.pool, &agent.agent_id, &agent.org_id, call.placed_at, cost).await {
+            return failed(e);
+        }
+    }
+    let recipient = request.param("To").and_then(|to| validate::phone("To", to).ok());
+    let recording_url = request.param("RecordingUrl").map(|url| match &recipient {
+        Some(to) => Pii::subject_retained(url, to.clone(), RetentionClass::Voicemail),
+        None => Pii::retained(url, RetentionClass::Voicemail),
+    });
+    let event = AgentEvent::CallStatusChanged {
+        call_id: call.call_id,
+        kind: call.kind.clone(),
+        status: status.into(),
+        duration_seconds: request.param("CallDuration").and_then(|d| d.parse().ok()),
+        cost,
+        recording_url,
+    };
+    record(&app, agent, event, &context).await;
+    empty(StatusCode::OK)
+}
+
+/// A finished call's cost: |price| from Twilio's Calls API; mock calls cost nothing. A price
+/// Twilio cannot tell yet counts as 0 (logged), never as a failure of the callback.
+async fn call_cost(app: &AppState, agent: &AgentView, call: &CallRow, sid: &str) -> i64 {
+    if call.provider != "twilio" {
+        return 0;
+    }
+    let credentials =
+        match credentials::resolve(&app.pool, &app.credential_keys, &app.config, &agent.org_id, "twilio").await {
+            Ok(Some(c)) => c,
+            _ => return 0,
+        };
+    match provider::twilio_call_price(&app.http, &app.config, &credentials, sid).await {
+        Ok(price) => price.unwrap_or(0),
+        Err(e) => {
+            tracing::warn!(error = %e.0, call_sid = sid, "call price unavailable");
+            0
+        }
+    }
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    let code = match status {
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::BAD_REQUEST => ErrorCode::InvalidInput,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        _ => ErrorCode::Forbidden,
+    };
+    ApiError::new(code, message).with_status(status).into_response()
+}
+
+fn ok() -> Response {
+    Json(json!({"ok": true})).into_response()
+}
+
+/// The effective Svix secret of the org's Resend credentials, else `RESEND_WEBHOOK_SECRET`.
+async fn svix_secret(app: &AppState, org_id: &str) -> Result<Option<String>, ApiError> {
+    let resolved = credentials::resolve(&app.pool, &app.credential_keys, &app.config, org_id, "resend").await?;
+    Ok(resolved
+        .and_then(|c| c.get("webhookSecret").map(str::to_string))
+        .or_else(|| app.config.resend_webhook_secret.as_ref().map(|s| s.0.clone())))
+}
+
+/// `Name <addr>` or a bare address, normalised.
+fn mailbox(value: &str) -> Option<String> {
+    let inner = match (value.rfind('<'), value.rfind('>')) {
+        (Some(open), Some(close)) if open < close => &value[open + 1..close],
+        _ => value,
+    };
+    validate::email("address", inner).ok()
+}
+
+fn addresses(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => mailbox(s).into_iter().collect(),
+        Value::Array(items) => items.iter().filter_map(Value::as_str).filter_map(mailbox).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `POST /webhooks/:agentId/email` (§8.5), verified over the raw body bytes.
+async fn email(
+    State(app): State<AppState>,
+    Path(agent_id): Path<String>,
+    Extension(ip): Extension<ClientIp>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let agent = match directory::agent(&app.pool, &agent_id).await {
+        Ok(Some(agent)) => agent,
+        Ok(None) => return json_error(StatusCode::NOT_FOUND, "Agent not found"),
+        Err(e) => return e.into_response(),
+    };
+    let mut signature = Signature::Skipped;
+    if !app.config.demo_mode {
+        match svix_secret(&app, &agent.org_id).await {
+            Err(e) => return e.into_response(),
+            Ok(None) if app.config.env.is_production() => {
+                reject(&app, &agent, "resend", "email", "secret_missing", &ip).await;
+                return json_error(StatusCode::SERVICE_UNAVAILABLE, "Webhook secret is not configured");
+            }
+            Ok(None) => {
+                tracing::warn!(agent_id, "email webhook accepted unverified: no webhook secret configured");
+                signature = Signature::Unverified;
+            }
+            Ok(Some(secret)) => {
+                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+                let given = signature::SvixHeaders {
+                    id: header("svix-id"),
+                    timestamp: header("svix-timestamp"),
+                    signature: header("svix-signature"),
+                };
+                let tolerance = app.config.webhook_replay_window_seconds as i64;
+                if let Err(refusal) =
+                    signature::svix_verify(&secret, &given, &body, app.clock.now().timestamp(), tolerance)
+                {
+                    reject(&app, &agent, "resend", "email", "signature", &ip).await;
+                    return json_error(StatusCode::FORBIDDEN, refusal.message());
+                }
+                signature = Signature::Verified;
+            }
+        }
+    }
+    // Replay: by svix-id whenever one is given (verified requests always have one).
+    if let Some(id) = headers.get("svix-id").and_then(|v| v.to_str().ok()) {
+        let window = app.config.webhook_replay_window_seconds as i64;
+        match replay::claim(&app.pool, &format!("svix:{id}"), app.clock.now(), window).await {
+            Ok(Claim::Fresh) => {}
+            Ok(Claim::Replay) => {
+                reject(&app, &agent, "resend", "email", "replay", &ip).await;
+                return json_error(StatusCode::FORBIDDEN, "Webhook replayed");
+            }
+            Ok(Claim::Stale) => return ok(),
+            Err(e) => return ApiError::internal(e).into_response(),
+        }
+    }
+    let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
+        return json_error(StatusCode::BAD_REQUEST, "Invalid JSON body");
+    };
+    let mut context = context(&app, "resend", &agent);
+    signature.note(&mut context);
+    let data = &payload["data"];
+    match payload["type"].as_str() {
+        Some("email.received") => {
+            let from = data.get("from").map(addresses).unwrap_or_default();
+            let to = data.get("to").map(addresses).unwrap_or_default();
+            let (Some(from), false) = (from.into_iter().next(), to.is_empty()) else {
+                return json_error(StatusCode::BAD_REQUEST, "Missing from or to");
+            };
+            let own = agent.channels.get("email").and_then(Value::as_str).map(str::to_lowercase);
+            let Some(own) = own.filter(|own| to.contains(own)) else {
+                return json_error(StatusCode::NOT_FOUND, "Agent not found");
+            };
+            let subject = data["subject"].as_str().map(str::to_string);
+            let text = data["text"].as_str().or_else(|| data["html"].as_str()).unwrap_or_default().to_string();
+            let accepted = accepts(&agent, "email");
+            let forwarded = accepted && app.config.agentos_callback_url.is_some();
+            let message_id = Uuid::new_v4();
+            let sealed = |value: &str| Pii::subject_retained(value, from.clone(), RetentionClass::Messages);
+            let event = AgentEvent::MessageReceived {
+                message_id,
+                channel: "email".into(),
+                from: Pii::subject(from.clone()),
+                to: own.clone(),
+                subject: subject.as_deref().map(sealed),
+                body: sealed(&text),
+                external_id: data["email_id"].as_str().unwrap_or_default().to_string(),
+                keyword: None,
+                dropped: !accepted,
+                forwarded,
+            };
+            record(&app, &agent, event, &context).await;
+            if accepted {
+                let inbound = forward::Inbound {
+                    agent_id: agent.agent_id.clone(),
+                    org_id: agent.org_id.clone(),
+                    channel: "email",
+                    message_id,
+                    from,
+                    to: own,
+                    body: text,
+                    subject,
+                    received_at: app.clock.now(),
+                };
+                forward::spawn(&app, inbound);
+            }
+            ok()
+        }
+        Some("email.complained") => {
+            let Some(complainer) = data.get("to").map(addresses).and_then(|a| a.into_iter().next()) else {
+                return json_error(StatusCode::BAD_REQUEST, "Missing from or to");
+            };
+            let address = Address { value: complainer, kind: "email" };
+            match contacts::complaint(&app, &agent.org_id, &agent.agent_id, &address, &context).await {
+                Ok(()) => ok(),
+                Err(e) => e.into_response(),
+            }
+        }
+        _ => ok(),
+    }
+}

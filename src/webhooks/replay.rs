@@ -1,0 +1,47 @@
+//! Replay protection (CONTRACT §8.4), shared by every instance through Postgres: the first use of
+//! a nonce is recorded atomically; a reuse inside the window is a replay; a reuse after it finds
+//! the message already processed and changes nothing (§8.2 step 4). Nonces are kept for
+//! `RETAIN` (far past any window) so a late redelivery is recognised, then pruned.
+
+use chrono::{DateTime, Duration, Utc};
+use sqlx::PgPool;
+
+/// How long a processed nonce is remembered.
+pub const RETAIN: Duration = Duration::days(7);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// First use: process it.
+    Fresh,
+    /// Used within the window: refuse.
+    Replay,
+    /// Used before the window: already processed, no effect.
+    Stale,
+}
+
+pub async fn claim(pool: &PgPool, nonce: &str, now: DateTime<Utc>, window_seconds: i64) -> Result<Claim, sqlx::Error> {
+    // The insert and the read of an existing row are one statement: of two racing requests
+    // exactly one inserts, the other sees its row.
+    let (inserted, seen_at): (bool, Option<DateTime<Utc>>) = sqlx::query_as(
+        "WITH fresh AS (INSERT INTO webhook_nonces (nonce, seen_at) VALUES ($1, $2)
+                        ON CONFLICT (nonce) DO NOTHING RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM fresh), (SELECT seen_at FROM webhook_nonces WHERE nonce = $1)",
+    )
+    .bind(nonce)
+    .bind(now)
+    .fetch_one(pool)
+    .await?;
+    Ok(match (inserted, seen_at) {
+        (true, _) => Claim::Fresh,
+        // Lost a race to an insert not yet visible to this snapshot: the other one is processing it.
+        (false, None) => Claim::Replay,
+        (false, Some(seen)) if now - seen <= Duration::seconds(window_seconds) => Claim::Replay,
+        (false, Some(_)) => Claim::Stale,
+    })
+}
+
+/// Forgets nonces older than `RETAIN` (a scheduled job).
+pub async fn prune(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM webhook_nonces WHERE seen_at < $1").bind(now - RETAIN).execute(pool).await?;
+    Ok(done.rows_affected())
+}

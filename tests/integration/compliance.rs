@@ -1,0 +1,463 @@
+//! Communication law end to end (CONTRACT §8, §10): consent on every outbound channel, DNC per
+//! org, the content filter, quiet hours on the service clock, recording consent, and the Twilio
+//! and Svix webhooks (signatures, replay, STOP/START/HELP, call status) — through real HTTP.
+
+use base64::Engine;
+use commguard::webhooks::signature::twilio_expected;
+use serde_json::{json, Value};
+
+use crate::support::{McpSession as Session, TestDb, TestServer};
+
+const MASTER: &str = "compliance-test-master-token-0123456789abcdef";
+const AUTH_TOKEN: &str = "twilio-auth-token-for-tests";
+const BASE: &str = "https://hooks.example.com";
+const SVIX_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn vars() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("MASTER_SECURITY_TOKEN", MASTER),
+        ("HTTP_RATE_LIMIT_PER_IP", "1000000"),
+        ("HTTP_RATE_LIMIT_GLOBAL", "1000000"),
+        ("COMMGUARD_TEST_CLOCK", "true"),
+        ("WEBHOOK_BASE_URL", BASE),
+        ("TWILIO_ACCOUNT_SID", "ACtest"),
+        ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("TWILIO_API_BASE_URL", "http://127.0.0.1:9"),
+        ("RESEND_WEBHOOK_SECRET", SVIX_SECRET),
+    ]
+}
+
+struct Org {
+    admin: String,
+    agent_token: String,
+    agent_id: String,
+    number: String,
+}
+
+/// A sandbox org with one agent (phone + email).
+async fn org(s: &TestServer, slug: &str) -> Org {
+    let master = Session::open(s, MASTER).await;
+    let org = master.ok("comms_create_organization", json!({"name": slug, "slug": slug, "a2pRegistered": true})).await;
+    let admin = org["adminToken"].as_str().unwrap().to_string();
+    let agent = Session::open(s, &admin)
+        .await
+        .ok(
+            "comms_provision_channels",
+            json!({"displayName": "Clinic", "capabilities": {"phone": true, "email": true}}),
+        )
+        .await;
+    Org {
+        admin,
+        agent_token: agent["securityToken"].as_str().unwrap().into(),
+        agent_id: agent["agentId"].as_str().unwrap().into(),
+        number: agent["channels"]["phone"].as_str().unwrap().into(),
+    }
+}
+
+async fn set_clock(s: &TestServer, now: &str) {
+    let r = s
+        .http
+        .post(s.url("/admin/api/test/clock"))
+        .bearer_auth(MASTER)
+        .json(&json!({"now": now}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+async fn payloads(db: &TestDb, event_type: &str) -> Vec<Value> {
+    sqlx::query_scalar("SELECT payload::jsonb FROM events WHERE event_type = $1 ORDER BY position")
+        .bind(event_type)
+        .fetch_all(&db.pool().await)
+        .await
+        .unwrap()
+}
+
+fn assert_blocked(refusal: &Value, rule: &str, message: &str) {
+    assert_eq!(refusal["code"], "compliance_blocked", "{refusal}");
+    assert_eq!(refusal["rule"], rule, "{refusal}");
+    assert_eq!(refusal["error"], message, "{refusal}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_is_required_on_every_channel_and_transactional_consent_is_narrow() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    set_clock(&s, "2026-12-01T16:00:00Z").await; // 11:00 in Washington DC
+    let o = org(&s, "consent").await;
+    let me = Session::open(&s, &o.agent_token).await;
+
+    let sends = [
+        ("comms_send_message", json!({"to": "+12025550100", "body": "Your table is ready."}), "+12025550100", "sms"),
+        (
+            "comms_send_message",
+            json!({"channel": "email", "to": "Pat@Example.com", "subject": "Hi", "body": "Hello"}),
+            "pat@example.com",
+            "email",
+        ),
+        ("comms_make_call", json!({"to": "+12025550100"}), "+12025550100", "voice"),
+        (
+            "comms_send_voice_message",
+            json!({"to": "+12025550100", "text": "Your order shipped."}),
+            "+12025550100",
+            "voice",
+        ),
+    ];
+    for (tool, args, to, channel) in &sends {
+        let (is_error, refusal) = me.call(tool, args.clone()).await;
+        assert!(is_error, "{tool} went out without consent");
+        assert_blocked(
+            &refusal,
+            "consent_required",
+            &format!("Compliance: No active consent from {to} for {channel}. Record consent before sending."),
+        );
+    }
+    assert_eq!(payloads(&db, "MessageBlocked").await.len() + payloads(&db, "CallBlocked").await.len(), 4);
+    assert!(payloads(&db, "MessageBlocked").await.iter().all(|p| p["rule"] == "consent_required"));
+
+    let check = me.ok("comms_check_consent", json!({"contactAddress": "+12025550100", "channel": "sms"})).await;
+    assert_eq!(
+        check,
+        json!({"hasConsent": false, "status": "none", "onDnc": false, "message": "No consent record found"})
+    );
+
+    for (channel, to) in [("sms", "+12025550100"), ("email", "pat@example.com"), ("voice", "+1 202 555 0100")] {
+        let granted = me
+            .ok(
+                "comms_record_consent",
+                json!({"contactAddress": to, "channel": channel, "source": "web form", "consentType": "express"}),
+            )
+            .await;
+        assert_eq!(granted["status"], "granted");
+    }
+    for (tool, args, _, _) in &sends {
+        me.ok(tool, args.clone()).await;
+    }
+    let check = me.ok("comms_check_consent", json!({"contactAddress": "+12025550100", "channel": "sms"})).await;
+    assert_eq!((check["hasConsent"].as_bool(), check["source"].as_str()), (Some(true), Some("web form")));
+
+    // Revoked: refused again; revoking twice says there was nothing to revoke.
+    let revoked = me.ok("comms_revoke_consent", json!({"contactAddress": "+12025550100", "channel": "sms"})).await;
+    assert_eq!(revoked["status"], "revoked");
+    let again = me.ok("comms_revoke_consent", json!({"contactAddress": "+12025550100", "channel": "sms"})).await;
+    assert_eq!(again["message"], "No active consent found to revoke");
+    let (is_error, _) = me.call("comms_send_message", sends[0].1.clone()).await;
+    assert!(is_error);
+
+    // Transactional consent permits only transactional sends.
+    me.ok(
+        "comms_record_consent",
+        json!({"contactAddress": "+12025550199", "channel": "sms", "consentType": "transactional"}),
+    )
+    .await;
+    let (is_error, refusal) = me.call("comms_send_message", json!({"to": "+12025550199", "body": "Sale!"})).await;
+    assert!(is_error);
+    assert_eq!(refusal["consentType"], "transactional");
+    me.ok("comms_send_message", json!({"to": "+12025550199", "body": "Receipt #1", "purpose": "transactional"})).await;
+
+    // The grant's contact and source are sealed in the store.
+    let granted = payloads(&db, "ConsentGranted").await;
+    assert!(granted.iter().all(|p| p["contact"]["$pii"].is_number() && p["agentId"] == o.agent_id.as_str()));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dnc_blocks_within_its_org_only_and_content_is_filtered() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    set_clock(&s, "2026-12-01T16:00:00Z").await;
+    let a = org(&s, "dnc-a").await;
+    let b = org(&s, "dnc-b").await;
+    let agent_a = Session::open(&s, &a.agent_token).await;
+    let agent_b = Session::open(&s, &b.agent_token).await;
+    for agent in [&agent_a, &agent_b] {
+        agent.ok("comms_record_consent", json!({"contactAddress": "+12025550123", "channel": "sms"})).await;
+    }
+
+    let added = agent_a.ok("comms_dnc_add", json!({"address": "+1 (202) 555-0123", "reason": "asked"})).await;
+    assert_eq!((added["type"].as_str(), added["alreadyListed"].as_bool()), (Some("phone"), Some(false)));
+    let again = agent_a.ok("comms_dnc_add", json!({"address": "+12025550123"})).await;
+    assert_eq!((again["alreadyListed"].as_bool(), &again["entryId"]), (Some(true), &added["entryId"]));
+
+    let (is_error, refusal) = agent_a.call("comms_send_message", json!({"to": "+12025550123", "body": "hi"})).await;
+    assert!(is_error);
+    assert_blocked(&refusal, "dnc", "Compliance: +12025550123 is on the Do Not Contact list");
+    agent_b.ok("comms_send_message", json!({"to": "+12025550123", "body": "hi"})).await;
+
+    let admin_a = Session::open(&s, &a.admin).await;
+    let listed = admin_a.ok("comms_dnc_list", json!({})).await;
+    assert_eq!(listed["entries"][0]["address"], "+12025550123");
+    assert_eq!((listed["entries"][0]["source"].as_str(), listed["nextCursor"].is_null()), (Some("agent"), true));
+    let (is_error, refusal) =
+        agent_a.call("comms_dnc_remove", json!({"address": "+12025550123", "reason": "mistake"})).await;
+    assert!(is_error, "agents may not remove DNC entries: {refusal}");
+    let removed =
+        admin_a.ok("comms_dnc_remove", json!({"address": "+12025550123", "reason": "added by mistake"})).await;
+    assert_eq!(removed["removed"], 1);
+    agent_a.ok("comms_send_message", json!({"to": "+12025550123", "body": "hi"})).await;
+
+    // The content filter reads body, subject and html text; ordinary words pass.
+    let (is_error, refusal) =
+        agent_a.call("comms_send_message", json!({"to": "+12025550123", "body": "I will hurt you"})).await;
+    assert!(is_error);
+    assert_blocked(&refusal, "content_filter", "Compliance: Message contains threatening content");
+    let (is_error, refusal) =
+        agent_a.call("comms_send_message", json!({"to": "+12025550123", "body": "what the f.u.c.k"})).await;
+    assert!(is_error);
+    assert_blocked(&refusal, "content_filter", "Compliance: Message contains prohibited language");
+    agent_a.ok("comms_send_message", json!({"to": "+12025550123", "body": "No harm done. Does it hurt?"})).await;
+    let blocked = payloads(&db, "MessageBlocked").await;
+    assert_eq!(blocked.iter().filter(|p| p["rule"] == "content_filter").count(), 2);
+    assert_eq!(blocked.iter().filter(|p| p["rule"] == "dnc").count(), 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_respect_local_calling_hours_and_recording_consent() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    let o = org(&s, "hours").await;
+    let me = Session::open(&s, &o.agent_token).await;
+    for to in ["+12125550100", "+14155550100"] {
+        me.ok("comms_record_consent", json!({"contactAddress": to, "channel": "voice"})).await;
+    }
+
+    // 03:00 UTC is 22:00 in New York (EST): refused, with the zone and local time.
+    set_clock(&s, "2026-12-02T03:00:00Z").await;
+    let (is_error, refusal) = me.call("comms_make_call", json!({"to": "+12125550100"})).await;
+    assert!(is_error);
+    assert_blocked(
+        &refusal,
+        "quiet_hours",
+        "Compliance: TCPA: Calls not allowed at this time (22:00 in America/New_York). Allowed: 8:00 AM - 9:00 PM.",
+    );
+    assert_eq!(refusal["zone"], "America/New_York");
+    let (is_error, _) = me.call("comms_send_voice_message", json!({"to": "+12125550100", "text": "Reminder"})).await;
+    assert!(is_error, "voice messages keep quiet hours too");
+    // Same instant, 19:00 in San Francisco: allowed.
+    me.ok("comms_make_call", json!({"to": "+14155550100"})).await;
+
+    // Summer time: 12:30 UTC in July is 08:30 EDT (allowed) but would be 07:30 EST.
+    set_clock(&s, "2026-07-01T12:30:00Z").await;
+    let placed = me.ok("comms_make_call", json!({"to": "+12125550100"})).await;
+    let call: Value = payloads(&db, "CallPlaced").await.into_iter().last().unwrap();
+    assert_eq!(call["zones"], json!(["America/New_York"]));
+    assert_eq!(placed["recorded"], false);
+
+    // Recording a Californian (all-party) needs recording consent.
+    set_clock(&s, "2026-07-01T18:00:00Z").await;
+    let (is_error, refusal) = me.call("comms_make_call", json!({"to": "+14155550100", "record": true})).await;
+    assert!(is_error);
+    assert_blocked(
+        &refusal,
+        "recording_consent",
+        "Compliance: Recording consent required: California requires all-party consent to record calls.",
+    );
+    me.ok("comms_record_consent", json!({"contactAddress": "+14155550100", "channel": "recording"})).await;
+    let recorded = me.ok("comms_make_call", json!({"to": "+14155550100", "record": true})).await;
+    assert_eq!(recorded["recorded"], true);
+    s.stop().await;
+}
+
+/// A form POST signed as Twilio signs it, to `path` on `s`.
+async fn twilio_post(s: &TestServer, path: &str, params: &[(&str, &str)], signature: Option<String>) -> (u16, String) {
+    let owned: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let signature = signature.unwrap_or_else(|| twilio_expected(AUTH_TOKEN, &format!("{BASE}{path}"), &owned));
+    let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+    let r = s
+        .http
+        .post(s.url(path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
+
+fn sms<'a>(sid: &'a str, from: &'a str, to: &'a str, body: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![("MessageSid", sid), ("From", from), ("To", to), ("Body", body)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_start_and_help_act_in_the_receiving_org_only() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    set_clock(&s, "2026-12-01T16:00:00Z").await;
+    let a = org(&s, "stop-a").await;
+    let b = org(&s, "stop-b").await;
+    let me = Session::open(&s, &a.agent_token).await;
+    let other = Session::open(&s, &b.agent_token).await;
+    let sender = "+12025550177";
+    for (agent, channel) in [(&me, "sms"), (&me, "voice"), (&me, "email"), (&other, "sms")] {
+        let to = if channel == "email" { "sam@example.com" } else { sender };
+        agent.ok("comms_record_consent", json!({"contactAddress": to, "channel": channel})).await;
+    }
+    let path = format!("/webhooks/{}/sms", a.agent_id);
+    let number = a.number.as_str();
+    let inbound = |sid, body| sms(sid, sender, number, body);
+
+    // A wrong signature is refused and recorded; no effect.
+    let (status, body) = twilio_post(&s, &path, &inbound("SM1", "STOP"), Some("bm90IGl0".into())).await;
+    assert_eq!((status, body.as_str()), (403, "<Response/>"));
+    assert_eq!(payloads(&db, "WebhookRejected").await[0]["reason"], "signature");
+
+    let (status, body) = twilio_post(&s, &path, &inbound("SM1", "  stop "), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        "<Response><Message>You have been unsubscribed and will not receive further messages. Reply START to resubscribe.</Message></Response>"
+    );
+    // Replayed within the window: refused.
+    let (status, _) = twilio_post(&s, &path, &inbound("SM1", "  stop "), None).await;
+    assert_eq!(status, 403);
+    assert_eq!(payloads(&db, "WebhookRejected").await.last().unwrap()["reason"], "replay");
+
+    let check = me.ok("comms_check_consent", json!({"contactAddress": sender, "channel": "voice"})).await;
+    assert_eq!((check["status"].as_str(), check["onDnc"].as_bool()), (Some("revoked"), Some(true)));
+    let email = me.ok("comms_check_consent", json!({"contactAddress": "sam@example.com", "channel": "email"})).await;
+    assert_eq!(email["hasConsent"], true, "STOP by SMS leaves email consent alone");
+    let (is_error, refusal) = me.call("comms_send_message", json!({"to": sender, "body": "hi"})).await;
+    assert!(is_error);
+    assert_eq!(refusal["rule"], "dnc");
+    // The other org is untouched.
+    other.ok("comms_send_message", json!({"to": sender, "body": "hi"})).await;
+    let stop = &payloads(&db, "StopReceived").await[0];
+    assert_eq!((stop["consentsRevoked"].as_u64(), stop["dncAdded"].as_bool()), (Some(2), Some(true)));
+
+    let (status, body) = twilio_post(&s, &path, &inbound("SM2", "HELP"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        "<Response><Message>Reply STOP to unsubscribe. Msg&amp;data rates may apply.</Message></Response>"
+    );
+
+    let (status, body) = twilio_post(&s, &path, &inbound("SM3", "Start"), None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "<Response><Message>You have been resubscribed. Reply STOP to unsubscribe.</Message></Response>")
+    );
+    me.ok("comms_send_message", json!({"to": sender, "body": "welcome back"})).await;
+    let voice = me.ok("comms_check_consent", json!({"contactAddress": sender, "channel": "voice"})).await;
+    assert_eq!(voice["hasConsent"], false, "START restores only sms consent");
+
+    // Not a keyword: recorded as received; `STOP.` is not STOP.
+    let (status, body) = twilio_post(&s, &path, &inbound("SM4", "STOP."), None).await;
+    assert_eq!((status, body.as_str()), (200, "<Response/>"));
+    assert_eq!(payloads(&db, "MessageReceived").await.len(), 2);
+    assert_eq!(payloads(&db, "StopReceived").await.len(), 1);
+
+    // Wrong recipient number, missing fields, unknown agent.
+    let (status, _) =
+        twilio_post(&s, &path, &[("MessageSid", "SM5"), ("From", sender), ("To", "+15550000000"), ("Body", "x")], None)
+            .await;
+    assert_eq!(status, 404);
+    let (status, _) = twilio_post(&s, &path, &[("MessageSid", "SM6"), ("Body", "x")], None).await;
+    assert_eq!(status, 400);
+    let (status, body) = twilio_post(&s, "/webhooks/nobody/sms", &inbound("SM7", "x"), None).await;
+    assert_eq!((status, body.as_str()), (404, "<Response/>"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_status_sequences_pass_and_repeats_are_refused() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    set_clock(&s, "2026-12-01T16:00:00Z").await;
+    let o = org(&s, "status").await;
+    let me = Session::open(&s, &o.agent_token).await;
+    me.ok("comms_record_consent", json!({"contactAddress": "+12025550188", "channel": "voice"})).await;
+    let call = me.ok("comms_make_call", json!({"to": "+12025550188"})).await;
+    let sid = call["callSid"].as_str().unwrap().to_string();
+    let path = format!("/webhooks/{}/call-status", o.agent_id);
+    for status in ["ringing", "in-progress", "completed"] {
+        let (code, body) =
+            twilio_post(&s, &path, &[("CallSid", &sid), ("CallStatus", status), ("CallDuration", "42")], None).await;
+        assert_eq!((code, body.as_str()), (200, "<Response/>"), "{status}");
+    }
+    let (code, _) = twilio_post(&s, &path, &[("CallSid", &sid), ("CallStatus", "completed")], None).await;
+    assert_eq!(code, 403, "the same status twice is a replay");
+    let (code, _) = twilio_post(&s, &path, &[("CallSid", &sid), ("CallStatus", "exploded")], None).await;
+    assert_eq!(code, 400);
+    let (code, _) = twilio_post(&s, &path, &[("CallSid", "CAunknown"), ("CallStatus", "ringing")], None).await;
+    assert_eq!(code, 404);
+    let alias = format!("/webhooks/{}/voice/status", o.agent_id);
+    let (code, _) = twilio_post(&s, &alias, &[("CallSid", &sid), ("CallStatus", "canceled")], None).await;
+    assert_eq!(code, 200);
+    let changes = payloads(&db, "CallStatusChanged").await;
+    let statuses: Vec<&str> = changes.iter().map(|p| p["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["ringing", "in-progress", "completed", "canceled"]);
+    assert_eq!((changes[2]["cost"].as_i64(), changes[2]["durationSeconds"].as_i64()), (Some(0), Some(42)));
+    assert!(changes[0]["cost"].is_null());
+    s.stop().await;
+}
+
+fn svix_headers(id: &str, ts: i64, body: &str, secret: &str) -> String {
+    use hmac::Mac;
+    let key = base64::engine::general_purpose::STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.{body}").as_bytes());
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svix_email_webhooks_verify_the_raw_body_and_complaints_list_the_address() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    set_clock(&s, "2026-12-01T16:00:00Z").await;
+    let o = org(&s, "email-hooks").await;
+    let me = Session::open(&s, &o.agent_token).await;
+    me.ok("comms_record_consent", json!({"contactAddress": "lee@example.com", "channel": "email"})).await;
+    let status = me.ok("comms_get_channel_status", json!({})).await;
+    let own = status["channels"]["email"].as_str().unwrap().to_string();
+    let path = format!("/webhooks/{}/email", o.agent_id);
+    let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T16:00:00Z").unwrap().timestamp();
+    let post = |id: &'static str, ts: i64, body: String, signature: Option<String>| {
+        let sig = signature.unwrap_or_else(|| svix_headers(id, ts, &body, SVIX_SECRET));
+        s.http
+            .post(s.url(&path))
+            .header("content-type", "application/json")
+            .header("svix-id", id)
+            .header("svix-timestamp", ts.to_string())
+            .header("svix-signature", sig)
+            .body(body)
+            .send()
+    };
+    let received = json!({"type": "email.received", "data": {"from": "Lee <LEE@example.com>", "to": [own], "subject": "Hi", "text": "Hello"}}).to_string();
+    let r = post("msg_1", now, received.clone(), None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"ok": true}));
+    let r = post("msg_1", now, received.clone(), None).await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.json::<Value>().await.unwrap()["error"].clone()),
+        (403, json!("Webhook replayed"))
+    );
+    let r = post("msg_2", now - 301, received.clone(), None).await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "Webhook timestamp expired");
+    let r = post("msg_3", now, received.clone(), Some("v1,bm90IGl0".into())).await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.json::<Value>().await.unwrap()["error"].clone()),
+        (403, json!("Invalid webhook signature"))
+    );
+    // The signature covers the raw bytes: re-serialised JSON does not verify.
+    let spaced = received.replace(",", ", ");
+    let r = post("msg_4", now, spaced, Some(svix_headers("msg_4", now, &received, SVIX_SECRET))).await.unwrap();
+    assert_eq!(r.status(), 403);
+
+    let complaint = json!({"type": "email.complained", "data": {"from": own, "to": ["lee@example.com"]}}).to_string();
+    assert_eq!(post("msg_5", now, complaint, None).await.unwrap().status(), 200);
+    let check = me.ok("comms_check_consent", json!({"contactAddress": "lee@example.com", "channel": "email"})).await;
+    assert_eq!((check["status"].as_str(), check["onDnc"].as_bool()), (Some("revoked"), Some(true)));
+    let (is_error, refusal) = me
+        .call("comms_send_message", json!({"channel": "email", "to": "lee@example.com", "subject": "x", "body": "y"}))
+        .await;
+    assert!(is_error);
+    assert_eq!(refusal["rule"], "dnc");
+    let listed = Session::open(&s, &o.admin).await.ok("comms_dnc_list", json!({})).await;
+    assert_eq!(listed["entries"][0]["source"], "complaint");
+    assert_eq!(payloads(&db, "MessageReceived").await.len(), 1);
+    s.stop().await;
+}
