@@ -24,6 +24,16 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("post", "/admin/api/agents/{agentId}/billing", "S", "= comms_set_billing_config"),
     ("get", "/admin/api/providers", "O (own, names only) S", "Registered provider credentials, names only"),
     ("post", "/admin/api/providers", "S", "= comms_register_provider"),
+    ("get", "/admin/api/consent", "O S", "Consent records of a contact (?contact&agentId&channel&orgId)"),
+    ("get", "/admin/api/dnc", "O S", "= comms_dnc_list (?orgId&type&cursor&limit)"),
+    ("post", "/admin/api/dnc", "O S", "= comms_dnc_add"),
+    ("post", "/admin/api/dnc/remove", "O S", "= comms_dnc_remove"),
+    (
+        "post",
+        "/admin/api/test/clock",
+        "S, with COMMGUARD_TEST_CLOCK",
+        "Set ({now}) or advance ({advanceSeconds}) the service clock",
+    ),
 ];
 
 fn operation(path: &str, who: &str, summary: &str, mutation: bool) -> Value {

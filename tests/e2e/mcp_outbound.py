@@ -34,6 +34,7 @@ BURST = 200  # concurrent sends in the burst
 SMS_COST = Decimal("0.0079")  # mock provider (§5.5)
 EMAIL_COST = Decimal("0.001")
 FAILING_NUMBER = "+15005550001"  # the mock provider's failure hook (§5.5)
+BURST_RECIPIENTS = 10  # the burst cycles over this many numbers, each with consent (§10.3)
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 SMS_ID = re.compile(r"^SM[0-9a-fA-F]{32}$")
 EMAIL_ID = re.compile(r"^EM[0-9a-fA-F]{32}$")
@@ -153,6 +154,15 @@ async def set_up(w: World) -> None:
             expect(isinstance(phone, str) and re.match(r"^\+1555\d{7}$", phone), f"agent {n}: mock phone number: {channels}")
             expect(isinstance(email, str) and "@" in email, f"agent {n}: email address: {channels}")
             w.agents.append(Agent(body["agentId"], body["securityToken"], phone, email))
+    # Every recipient consented (§10.3): without consent no send goes out.
+    phones = [f"+1202555{i:04d}" for i in range(BURST_RECIPIENTS)] + ["+12025559999", FAILING_NUMBER]
+    phones += [f"+1202556{n:04d}" for n in range(1, 7)]
+    emails = [f"e2e.recipient.{w.run}@example.com", "reader@example.com"]
+    for agent in w.agents:
+        async with cg.connect(w.t, agent.token) as s:
+            for address, channel in [(p, "sms") for p in phones] + [(e, "email") for e in emails]:
+                expect_ok(await cg.call(s, "comms_record_consent", {"contactAddress": address, "channel": channel}),
+                          f"consent of {address} on {channel}")
     async with cg.connect(w.t, w.burst.token) as s:
         who = await cg.principal(s)
         expect_eq((who.get("kind"), who.get("id"), who.get("orgId")), ("agent", w.burst.id, w.org_id),
@@ -168,7 +178,7 @@ async def concurrent_burst(w: World) -> None:
         sessions = [await stack.enter_async_context(cg.connect(w.t, agent.token)) for _ in range(SESSIONS)]
 
         async def send(i: int) -> None:
-            to = f"+1202555{i:04d}"
+            to = f"+1202555{i % BURST_RECIPIENTS:04d}"
             results[i] = (to, await cg.call(sessions[i % SESSIONS], "comms_send_message", sms(to)))
 
         started = datetime.now(timezone.utc)

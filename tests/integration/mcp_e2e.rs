@@ -41,11 +41,24 @@ async fn server(db: &TestDb, extra: &[(&str, &str)]) -> TestServer {
 /// Runs `script args` against a fresh server started with `vars`; the script gets the server's
 /// URL and the master token.
 async fn scripted(vars: &[(&str, &str)], script: &'static str, args: &'static [&'static str]) {
+    run_scripted(vars, script, args, false).await;
+}
+
+/// Like `scripted`, and the script also gets `vars` themselves (the secrets it signs webhooks with).
+async fn scripted_with_vars(vars: &[(&str, &str)], script: &'static str, args: &'static [&'static str]) {
+    run_scripted(vars, script, args, true).await;
+}
+
+async fn run_scripted(vars: &[(&str, &str)], script: &'static str, args: &'static [&'static str], share: bool) {
     let db = TestDb::new().await;
     let s = server(&db, vars).await;
-    let base = s.base.clone();
+    let mut env = vec![("COMMGUARD_URL".to_string(), s.base.clone()), ("COMMGUARD_MASTER_TOKEN".into(), MASTER.into())];
+    if share {
+        env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    }
     tokio::task::spawn_blocking(move || {
-        run_script(script, args, &[("COMMGUARD_URL", &base), ("COMMGUARD_MASTER_TOKEN", MASTER)])
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_script(script, args, &env)
     })
     .await
     .unwrap();
@@ -163,4 +176,27 @@ async fn outbound_limits_and_usage_hold_over_legacy_sse_with_the_official_client
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_limits_and_usage_hold_over_streamable_http_with_the_official_client() {
     scripted(&OUTBOUND, "mcp_outbound.py", &["--transport", "streamable"]).await;
+}
+
+/// Webhooks signed by the providers' own libraries (`twilio`'s RequestValidator, `svix`'s Webhook):
+/// the script signs with these values, the server verifies with them. Mock calls need no Twilio
+/// API; TWILIO_API_BASE_URL points nowhere so nothing can reach the real one.
+const WEBHOOKS: [(&str, &str); 7] = [
+    ("MASTER_SECURITY_TOKEN", MASTER),
+    ("COMMGUARD_TEST_CLOCK", "true"),
+    ("WEBHOOK_BASE_URL", "https://hooks.e2e.example"),
+    ("TWILIO_ACCOUNT_SID", "AC00000000000000000000000000e2e0e2"),
+    ("TWILIO_AUTH_TOKEN", "e2e-twilio-auth-token-0123456789abcdef"),
+    ("TWILIO_API_BASE_URL", "http://127.0.0.1:9"),
+    ("RESEND_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_webhooks_signed_by_twilios_request_validator_drive_stop_start_help_and_call_status() {
+    scripted_with_vars(&WEBHOOKS, "webhooks.py", &["--part", "twilio", "--transport", "streamable"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resend_webhooks_signed_by_the_svix_library_verify_raw_bodies_and_list_complaints() {
+    scripted_with_vars(&WEBHOOKS, "webhooks.py", &["--part", "svix", "--transport", "sse"]).await;
 }
