@@ -283,6 +283,7 @@ pub async fn dnc_remove(
 
 #[derive(sqlx::FromRow)]
 struct DncRow {
+    org_id: String,
     entry_id: Uuid,
     address_type: String,
     source: String,
@@ -294,10 +295,11 @@ struct DncRow {
     sealed: Value,
 }
 
-/// `comms_dnc_list`: by position; the cursor is the last position shown.
+/// `comms_dnc_list`: by position; the cursor is the last position shown. `org_id` `None` lists
+/// every org's entries (the super-admin without `orgId`); each entry names its org.
 pub async fn dnc_list(
     app: &AppState,
-    org_id: &str,
+    org_id: Option<&str>,
     kind: Option<&str>,
     cursor: Option<&str>,
     limit: i64,
@@ -307,8 +309,9 @@ pub async fn dnc_list(
         Some(c) => c.parse().map_err(|_| validate::invalid("cursor", "Invalid cursor"))?,
     };
     let rows: Vec<DncRow> = sqlx::query_as(
-        "SELECT entry_id, address_type, source, reason, added_by, added_at, event_id, position, sealed
-           FROM dnc_entries WHERE org_id = $1 AND position > $2 AND ($3::text IS NULL OR address_type = $3)
+        "SELECT org_id, entry_id, address_type, source, reason, added_by, added_at, event_id, position, sealed
+           FROM dnc_entries
+          WHERE ($1::text IS NULL OR org_id = $1) AND position > $2 AND ($3::text IS NULL OR address_type = $3)
           ORDER BY position LIMIT $4",
     )
     .bind(org_id)
@@ -333,6 +336,7 @@ pub async fn dnc_list(
             "reason": row.reason,
             "addedBy": row.added_by,
             "addedAt": rfc3339(row.added_at),
+            "orgId": row.org_id,
         }));
     }
     let next = if more { last.map(|p| p.to_string()) } else { None };

@@ -1,5 +1,7 @@
 //! The admin API's consent, DNC and test-clock routes (CONTRACT §12): the same rules as the
-//! consent and DNC tools (`crate::contacts`), for org admins and the super-admin.
+//! consent and DNC tools (`crate::contacts`), for org admins and the super-admin. The DNC routes
+//! scope their org exactly as the tools do (`dnc_org`, `dnc_list_scope`): the super-admin names
+//! `orgId` to add or remove, and lists every org without it.
 
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
@@ -14,7 +16,7 @@ use crate::app::AppState;
 use crate::auth::{guard, Role};
 use crate::contacts;
 use crate::error::{ApiError, ErrorCode};
-use crate::mcp::tools::contacts::{dnc_org, list_limit};
+use crate::mcp::tools::contacts::{dnc_list_scope, dnc_org, list_limit};
 use crate::store::rfc3339;
 use crate::validate::{invalid, Args};
 
@@ -35,8 +37,8 @@ struct ConsentQuery {
     org_id: Option<String>,
 }
 
-/// The org an admin request acts in: O its own; S the one it names, else its home org.
-async fn admin_org(app: &AppState, admin: &Admin, requested: Option<String>) -> Result<String, ApiError> {
+/// The org a consent query acts in: O its own; S the one it names, else its home org.
+async fn consent_org(app: &AppState, admin: &Admin, requested: Option<String>) -> Result<String, ApiError> {
     let requested = match admin.principal.role() {
         Role::SuperAdmin => Some(
             requested
@@ -56,7 +58,7 @@ async fn consent(
     let address = contacts::address("contact", &raw)?;
     let org = match &query.agent_id {
         Some(agent_id) => crate::directory::commands::addressable_agent(&app, &admin.principal, agent_id).await?.org_id,
-        None => admin_org(&app, &admin, query.org_id).await?,
+        None => consent_org(&app, &admin, query.org_id).await?,
     };
     contacts::consent_records(&app, &org, &address, query.agent_id.as_deref(), query.channel.as_deref()).await.map(Json)
 }
@@ -80,8 +82,8 @@ async fn dnc_list(
         return Err(invalid("type", format!("must be phone or email, not \"{k}\"")));
     }
     let limit = list_limit(q.limit.map(Value::from).as_ref())?;
-    let org = admin_org(&app, &admin, q.org_id).await?;
-    contacts::dnc_list(&app, &org, q.kind.as_deref(), q.cursor.as_deref(), limit).await.map(Json)
+    let org = dnc_list_scope(&app, &admin.principal, q.org_id).await?;
+    contacts::dnc_list(&app, org.as_deref(), q.kind.as_deref(), q.cursor.as_deref(), limit).await.map(Json)
 }
 
 async fn dnc_add(
@@ -93,7 +95,7 @@ async fn dnc_add(
     let args = Args::new(&raw)?;
     let address = contacts::address("address", &args.str("address", 1, 320)?)?;
     let reason = args.opt_str("reason", 500)?;
-    let org = admin_org(&app, &admin, args.opt_id("orgId")?).await?;
+    let org = dnc_org(&app, &admin.principal, args.opt_id("orgId")?).await?;
     let context = admin.context.clone().in_org(org.clone());
     let by = admin.principal.stream_id();
     contacts::dnc_add(&app, &org, &address, DncSource::Admin, reason, by, &context).await.map(Json)
@@ -108,7 +110,7 @@ async fn dnc_remove(
     let args = Args::new(&raw)?;
     let address = contacts::address("address", &args.str("address", 1, 320)?)?;
     let reason = args.str("reason", 3, 500)?;
-    let org = admin_org(&app, &admin, args.opt_id("orgId")?).await?;
+    let org = dnc_org(&app, &admin.principal, args.opt_id("orgId")?).await?;
     let context = admin.context.clone().in_org(org.clone());
     contacts::dnc_remove(&app, &org, &address, reason, admin.principal.stream_id(), &context).await.map(Json)
 }

@@ -1,17 +1,25 @@
 //! Steps 4 and 6: the IP denylist on every path, and the allowlists on their scopes
 //! (`ADMIN_IP_ALLOWLIST` on `/admin` and `/admin/*`, `WEBHOOK_IP_ALLOWLIST` on `/webhooks/*`).
 //! An empty allowlist allows everyone; demo mode skips both.
+//!
+//! A webhook request refused by `WEBHOOK_IP_ALLOWLIST` is answered in its route's format (TwiML
+//! `<Response/>` on Twilio routes, JSON on `/email`, CONTRACT §3). A POST to a webhook route goes
+//! on, marked `webhooks::IpRefused`, to its handler, which refuses it before anything else and
+//! records `WebhookRejected(ip)` when the agent exists (only handlers reach the store); every
+//! other refused request is answered here.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 
 use super::{ClientIp, Hardening};
 use crate::error::{ApiError, ErrorCode};
+use crate::webhooks;
 
 pub fn listed(list: &[IpNet], ip: IpAddr) -> bool {
     list.iter().any(|net| net.contains(&ip))
@@ -37,18 +45,24 @@ pub fn under(path: &str, scope: &str) -> bool {
     path.strip_prefix(scope).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-pub async fn allowlists(State(h): State<Arc<Hardening>>, request: Request, next: Next) -> Response {
+pub async fn allowlists(State(h): State<Arc<Hardening>>, mut request: Request, next: Next) -> Response {
     if !h.demo {
         let path = request.uri().path();
-        let list = if under(path, "/admin") {
-            &h.admin_allowlist
+        let (list, webhook) = if under(path, "/admin") {
+            (&h.admin_allowlist, false)
         } else if under(path, "/webhooks") {
-            &h.webhook_allowlist
+            (&h.webhook_allowlist, true)
         } else {
             return next.run(request).await;
         };
         if !list.is_empty() && !listed(list, client(&request)) {
-            return forbidden();
+            if !webhook {
+                return forbidden();
+            }
+            if request.method() != Method::POST || !webhooks::route_path(path) {
+                return webhooks::ip_refusal(path);
+            }
+            request.extensions_mut().insert(webhooks::IpRefused);
         }
     }
     next.run(request).await

@@ -289,13 +289,12 @@ impl Action for Call {
     }
 
     fn subject(&self) -> compliance::Subject<'_> {
-        let mut texts = vec![self.text.as_str()];
-        texts.extend(self.system_prompt.as_deref());
+        // §6.3: the filter reads a call's greeting (not its systemPrompt), a voice message's text.
         compliance::Subject {
             channel: "voice",
             to: &self.to,
             purpose: &self.purpose,
-            texts,
+            texts: vec![self.text.as_str()],
             email: None,
             voice: Some(compliance::Voice {
                 recipient_timezone: self.recipient_timezone.as_deref(),

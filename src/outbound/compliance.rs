@@ -96,6 +96,11 @@ pub async fn check(
                     )
                 })?;
             if let Some(refusal) = decision.refusal {
+                // The refusal's entry carries its message (added by the pipeline); the zones it
+                // evaluated and the note (an ignored recipientTimezone) go in just before it.
+                if let Some(note) = &decision.note {
+                    provenance.pass_with("quiet_hours_zones", format!("{} ({note})", decision.zones.join(", ")));
+                }
                 let error = blocked("quiet_hours", refusal.message)
                     .with("zone", refusal.zone)
                     .with("localTime", refusal.local_time)

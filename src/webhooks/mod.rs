@@ -2,7 +2,9 @@
 //! email and complaints from Resend (Svix-signed). Every request passes, in order: IP allowlist
 //! (in the hardening layer), the agent, the signature (failing closed), replay protection shared
 //! through Postgres, then its handler. Refusals after the agent is known are recorded as
-//! `WebhookRejected`; what a webhook changes is recorded as the events of §11.3.
+//! `WebhookRejected`; what a webhook changes is recorded as the events of §11.3. A nonce is
+//! claimed before the handler runs and given back if the handler fails (5xx), so the provider's
+//! retry is processed rather than refused as a replay; final answers (2xx, 4xx) keep it.
 
 mod forward;
 pub mod replay;
@@ -14,6 +16,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
+use chrono::{DateTime, Utc};
 use commguard_domain::agent::AgentEvent;
 use commguard_domain::pii::{Pii, RetentionClass};
 use serde_json::{json, Value};
@@ -70,6 +73,51 @@ async fn reject(app: &AppState, agent: &AgentView, provider: &str, route: &str, 
     let event =
         AgentEvent::WebhookRejected { route: route.into(), reason: reason.into(), ip_ref: app.lockout.ip_ref(ip.0) };
     record(app, agent, event, &context).await;
+}
+
+/// Set by the hardening layer (`http::ip_filter`) on a request to a webhook route from an IP
+/// outside `WEBHOOK_IP_ALLOWLIST`: the handler refuses it at once (§8.1 step 1), recording the
+/// refusal on the agent's stream when the agent exists.
+#[derive(Clone, Copy, Debug)]
+pub struct IpRefused;
+
+/// Whether `path` is a Twilio webhook route (`/webhooks/:agentId/sms`, `/call-status`,
+/// `/voice/status`), whose answers are TwiML, errors included.
+pub fn twilio_path(path: &str) -> bool {
+    matches!(segments(path).as_slice(), [_, "sms" | "call-status"] | [_, "voice", "status"])
+}
+
+/// Whether `path` is one of the webhook routes (Twilio's or `/webhooks/:agentId/email`).
+pub fn route_path(path: &str) -> bool {
+    twilio_path(path) || matches!(segments(path).as_slice(), [_, "email"])
+}
+
+/// The segments of `path` after `/webhooks/`, the agent id first.
+fn segments(path: &str) -> Vec<&str> {
+    match path.strip_prefix("/webhooks/") {
+        Some(rest) if !rest.starts_with('/') => rest.split('/').collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The answer to a webhook request refused by the IP allowlist: TwiML on Twilio routes, JSON on
+/// the others.
+pub fn ip_refusal(path: &str) -> Response {
+    if twilio_path(path) {
+        empty(StatusCode::FORBIDDEN)
+    } else {
+        json_error(StatusCode::FORBIDDEN, "Forbidden")
+    }
+}
+
+/// Step 1 for a request the allowlist refused: 403, and `WebhookRejected(ip)` if the agent exists.
+async fn refuse_ip(app: &AppState, agent_id: &str, provider: &str, route: &str, path: &str, ip: &ClientIp) -> Response {
+    match directory::agent(&app.pool, agent_id).await {
+        Ok(Some(agent)) => reject(app, &agent, provider, route, "ip", ip).await,
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e.message, agent_id, "IP-refused webhook not recorded: agent lookup failed"),
+    }
+    ip_refusal(path)
 }
 
 /// What the signature step decided for a request it let through.
@@ -131,7 +179,12 @@ async fn twilio_gate(
         Signature::Skipped
     } else {
         match twilio_auth_token(app, &agent.org_id).await {
-            Err(_) => return Err(empty(StatusCode::SERVICE_UNAVAILABLE)),
+            // A verifier that cannot decide fails closed.
+            Err(e) => {
+                tracing::error!(error = %e.message, route, agent_id, "Twilio webhook refused: auth token lookup failed");
+                reject(app, &agent, "twilio", route, "signature", ip).await;
+                return Err(empty(StatusCode::FORBIDDEN));
+            }
             Ok(None) if app.config.env.is_production() => {
                 reject(app, &agent, "twilio", route, "secret_missing", ip).await;
                 return Err(empty(StatusCode::SERVICE_UNAVAILABLE));
@@ -166,18 +219,25 @@ async fn twilio_auth_token(app: &AppState, org_id: &str) -> Result<Option<String
         .or_else(|| app.config.twilio_auth_token.as_ref().map(|s| s.0.clone())))
 }
 
+/// A nonce this request claimed (§8.4), at `at`.
+struct Claimed {
+    nonce: String,
+    at: DateTime<Utc>,
+}
+
 /// Step 4: the nonce. A replay inside the window → 403; a nonce seen before the window → no effect.
 async fn claim_nonce(
     app: &AppState,
     agent: &AgentView,
     provider: &str,
     route: &str,
-    nonce: &str,
+    nonce: String,
     ip: &ClientIp,
-) -> Result<(), Response> {
+) -> Result<Claimed, Response> {
     let window = app.config.webhook_replay_window_seconds as i64;
-    match replay::claim(&app.pool, nonce, app.clock.now(), window).await {
-        Ok(Claim::Fresh) => Ok(()),
+    let now = app.clock.now();
+    match replay::claim(&app.pool, &nonce, now, window).await {
+        Ok(Claim::Fresh) => Ok(Claimed { nonce, at: now }),
         Ok(Claim::Replay) => {
             reject(app, agent, provider, route, "replay", ip).await;
             Err(empty(StatusCode::FORBIDDEN))
@@ -188,6 +248,17 @@ async fn claim_nonce(
             Err(empty(StatusCode::SERVICE_UNAVAILABLE))
         }
     }
+}
+
+/// After the handler: a failure (5xx) gives the nonce back so the provider's retry is processed;
+/// a final answer (2xx, 4xx) keeps it.
+async fn settle(app: &AppState, claimed: Claimed, response: Response) -> Response {
+    if response.status().is_server_error() {
+        if let Err(e) = replay::release(&app.pool, &claimed.nonce, claimed.at).await {
+            tracing::error!(error = %e, nonce = claimed.nonce, "failed webhook's nonce not given back");
+        }
+    }
+    response
 }
 
 /// Appendix C: the body, trimmed of Unicode whitespace, equal to a keyword (any case).
@@ -211,31 +282,46 @@ async fn sms(
     State(app): State<AppState>,
     Path(agent_id): Path<String>,
     Extension(ip): Extension<ClientIp>,
+    ip_refused: Option<Extension<IpRefused>>,
     uri: OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if ip_refused.is_some() {
+        return refuse_ip(&app, &agent_id, "twilio", "sms", uri.0.path(), &ip).await;
+    }
     let request = match twilio_gate(&app, &agent_id, "sms", &uri, &headers, &body, &ip).await {
         Ok(r) => r,
         Err(response) => return response,
     };
-    let (Some(sid), Some(from), Some(to)) = (request.param("MessageSid"), request.param("From"), request.param("To"))
-    else {
+    // The nonce key's field first, then the replay check (step 4), then the handler (step 5).
+    let Some(sid) = request.param("MessageSid") else {
         reject(&app, &request.agent, "twilio", "sms", "malformed", &ip).await;
+        return empty(StatusCode::BAD_REQUEST);
+    };
+    let claimed = match claim_nonce(&app, &request.agent, "twilio", "sms", format!("twilio:sms:{sid}"), &ip).await {
+        Ok(claimed) => claimed,
+        Err(response) => return response,
+    };
+    let response = sms_handler(&app, &request, sid, &ip).await;
+    settle(&app, claimed, response).await
+}
+
+/// Step 5 of an inbound SMS, its nonce claimed.
+async fn sms_handler(app: &AppState, request: &TwilioRequest, sid: &str, ip: &ClientIp) -> Response {
+    let agent = &request.agent;
+    let (Some(from), Some(to)) = (request.param("From"), request.param("To")) else {
+        reject(app, agent, "twilio", "sms", "malformed", ip).await;
         return empty(StatusCode::BAD_REQUEST);
     };
     let (Ok(from), Ok(to)) = (contacts::address("From", from), validate::phone("To", to)) else {
-        reject(&app, &request.agent, "twilio", "sms", "malformed", &ip).await;
+        reject(app, agent, "twilio", "sms", "malformed", ip).await;
         return empty(StatusCode::BAD_REQUEST);
     };
-    let agent = &request.agent;
     if agent.channels.get("phone").and_then(Value::as_str) != Some(to.as_str()) {
         return empty(StatusCode::NOT_FOUND);
     }
-    if let Err(response) = claim_nonce(&app, agent, "twilio", "sms", &format!("twilio:sms:{sid}"), &ip).await {
-        return response;
-    }
-    let mut context = context(&app, "twilio", agent);
+    let mut context = context(app, "twilio", agent);
     request.signature.note(&mut context);
     let text = request.param("Body").unwrap_or_default().to_string();
     let received = |keyword: Option<String>, dropped: bool, forwarded: bool| AgentEvent::MessageReceived {
@@ -251,26 +337,26 @@ async fn sms(
         forwarded,
     };
     if !accepts(agent, "sms") {
-        record(&app, agent, received(None, true, false), &context).await;
+        record(app, agent, received(None, true, false), &context).await;
         return empty(StatusCode::OK);
     }
     let replies = app.config.sms_keyword_replies;
     let reply_or_empty = |text: &str| if replies { message_reply(text) } else { empty(StatusCode::OK) };
     match keyword(&text) {
         Some(("stop", word)) => {
-            match contacts::stop(&app, &agent.org_id, &agent.agent_id, &from, &word, &context).await {
+            match contacts::stop(app, &agent.org_id, &agent.agent_id, &from, &word, &context).await {
                 Ok(()) => reply_or_empty(STOP_REPLY),
                 Err(e) => failed(e),
             }
         }
         Some(("start", word)) => {
-            match contacts::start(&app, &agent.org_id, &agent.agent_id, &from, &word, &context).await {
+            match contacts::start(app, &agent.org_id, &agent.agent_id, &from, &word, &context).await {
                 Ok(()) => reply_or_empty(START_REPLY),
                 Err(e) => failed(e),
             }
         }
         Some((_, _)) => {
-            record(&app, agent, received(Some("help".into()), false, false), &context).await;
+            record(app, agent, received(Some("help".into()), false, false), &context).await;
             reply_or_empty(&app.config.sms_help_text)
         }
         None => {
@@ -279,7 +365,7 @@ async fn sms(
                 AgentEvent::MessageReceived { message_id, .. } => *message_id,
                 _ => unreachable!("built as MessageReceived"),
             };
-            record(&app, agent, event, &context).await;
+            record(app, agent, event, &context).await;
             let inbound = forward::Inbound {
                 agent_id: agent.agent_id.clone(),
                 org_id: agent.org_id.clone(),
@@ -291,7 +377,7 @@ async fn sms(
                 subject: None,
                 received_at: app.clock.now(),
             };
-            forward::spawn(&app, inbound);
+            forward::spawn(app, inbound);
             empty(StatusCode::OK)
         }
     }
@@ -318,14 +404,18 @@ struct CallRow {
     kind: String,
     provider: String,
     placed_at: chrono::DateTime<chrono::Utc>,
+    /// The last status the calls projection applied.
+    status: String,
 }
 
 /// The agent's call with provider id `sid`. A callback may outrun the calls projection by a few
-/// milliseconds, so a miss waits for the projection to reach the store's head once.
+/// milliseconds, so a miss waits once for the projection to pass every event committed so far
+/// (the call was placed before its callback). Not `feed::head_position`: that stops at the
+/// horizon, which a transaction in flight anywhere in the cluster holds below the `CallPlaced`.
 async fn find_call(app: &AppState, agent_id: &str, sid: &str) -> Result<Option<CallRow>, ApiError> {
     let lookup = || {
         sqlx::query_as::<_, CallRow>(
-            "SELECT call_id, kind, provider, placed_at FROM calls WHERE agent_id = $1 AND external_id = $2",
+            "SELECT call_id, kind, provider, placed_at, status FROM calls WHERE agent_id = $1 AND external_id = $2",
         )
         .bind(agent_id)
         .bind(sid)
@@ -334,8 +424,11 @@ async fn find_call(app: &AppState, agent_id: &str, sid: &str) -> Result<Option<C
     if let Some(found) = lookup().await.map_err(ApiError::internal)? {
         return Ok(Some(found));
     }
-    let head = crate::store::feed::head_position(&app.pool).await.map_err(ApiError::internal)?;
-    app.store.await_projection("calls", head).await.map_err(ApiError::internal)?;
+    let committed: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    app.store.await_projection("calls", committed).await.map_err(ApiError::internal)?;
     lookup().await.map_err(ApiError::internal)
 }
 
@@ -344,38 +437,83 @@ async fn call_status(
     State(app): State<AppState>,
     Path(agent_id): Path<String>,
     Extension(ip): Extension<ClientIp>,
+    ip_refused: Option<Extension<IpRefused>>,
     uri: OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if ip_refused.is_some() {
+        return refuse_ip(&app, &agent_id, "twilio", "call-status", uri.0.path(), &ip).await;
+    }
     let request = match twilio_gate(&app, &agent_id, "call-status", &uri, &headers, &body, &ip).await {
         Ok(r) => r,
         Err(response) => return response,
     };
-    let agent = &request.agent;
+    // The nonce key's fields first, then the replay check (step 4), then the handler (step 5).
     let (Some(sid), Some(status)) = (request.param("CallSid"), request.param("CallStatus")) else {
-        reject(&app, agent, "twilio", "call-status", "malformed", &ip).await;
+        reject(&app, &request.agent, "twilio", "call-status", "malformed", &ip).await;
         return empty(StatusCode::BAD_REQUEST);
     };
+    let nonce = format!("twilio:status:{sid}:{status}");
+    let claimed = match claim_nonce(&app, &request.agent, "twilio", "call-status", nonce, &ip).await {
+        Ok(claimed) => claimed,
+        Err(response) => return response,
+    };
+    let response = call_status_handler(&app, &request, sid, status, &ip).await;
+    settle(&app, claimed, response).await
+}
+
+/// Step 5 of a call-status callback, its nonce claimed. The call's cost is applied once, by its
+/// first terminal status (across instances: `replay::mark_once` on the call); later terminal
+/// statuses are recorded without a cost.
+async fn call_status_handler(
+    app: &AppState,
+    request: &TwilioRequest,
+    sid: &str,
+    status: &str,
+    ip: &ClientIp,
+) -> Response {
+    let agent = &request.agent;
     if !CALL_STATUSES.contains(&status) {
-        reject(&app, agent, "twilio", "call-status", "malformed", &ip).await;
+        reject(app, agent, "twilio", "call-status", "malformed", ip).await;
         return empty(StatusCode::BAD_REQUEST);
     }
-    let call = match find_call(&app, &agent.agent_id, sid).await {
+    let call = match find_call(app, &agent.agent_id, sid).await {
         Ok(Some(call)) => call,
         Ok(None) => return empty(StatusCode::NOT_FOUND),
         Err(e) => return failed(e),
     };
-    let nonce = format!("twilio:status:{sid}:{status}");
-    if let Err(response) = claim_nonce(&app, agent, "twilio", "call-status", &nonce, &ip).await {
-        return response;
-    }
-    let mut context = context(&app, "twilio", agent);
+    let mut context = context(app, "twilio", agent);
     request.signature.note(&mut context);
-    let cost = if TERMINAL.contains(&status) { Some(call_cost(&app, agent, &call, sid).await) } else { None };
-    if let Some(cost) = cost {
-        if let Err(e) = limits::add_cost(&app.pool, &agent.agent_id, &agent.org_id, call.placed_at, cost).await {
-            return failed(e);
+    let mut cost = None;
+    if TERMINAL.contains(&status) {
+        let mark = format!("call-cost:{}", call.call_id);
+        let now = app.clock.now();
+        // The projection already showing a terminal status settles it without a round trip.
+        let first = !TERMINAL.contains(&call.status.as_str())
+            && match replay::mark_once(&app.pool, &mark, now).await {
+                Ok(first) => first,
+                Err(e) => return failed(ApiError::internal(e)),
+            };
+        if !first {
+            context.provenance.skip("cost", "applied by an earlier terminal status");
+        } else {
+            match call_cost(app, agent, &call, sid).await {
+                Some(price) => {
+                    if let Err(e) =
+                        limits::add_cost(&app.pool, &agent.agent_id, &agent.org_id, call.placed_at, price).await
+                    {
+                        // Give the mark back with the nonce: the retry applies the cost.
+                        if let Err(e) = replay::release(&app.pool, &mark, now).await {
+                            tracing::error!(error = %e, call_id = %call.call_id, "call cost mark not given back");
+                        }
+                        return failed(e);
+                    }
+                    context.provenance.pass("cost");
+                    cost = Some(price);
+                }
+                None => context.provenance.skip("cost", "no price from the provider yet"),
+            }
         }
     }
     let recipient = request.param("To").and_then(|to| validate::phone("To", to).ok());
@@ -391,26 +529,34 @@ async fn call_status(
         cost,
         recording_url,
     };
-    record(&app, agent, event, &context).await;
+    record(app, agent, event, &context).await;
     empty(StatusCode::OK)
 }
 
-/// A finished call's cost: |price| from Twilio's Calls API; mock calls cost nothing. A price
-/// Twilio cannot tell yet counts as 0 (logged), never as a failure of the callback.
-async fn call_cost(app: &AppState, agent: &AgentView, call: &CallRow, sid: &str) -> i64 {
+/// A finished call's cost: |price| from Twilio's Calls API; mock calls cost nothing. `None` when
+/// Twilio has no price yet (or cannot be asked): the event then carries no cost, never a 0 that
+/// would read as final; a failed lookup never fails the callback.
+async fn call_cost(app: &AppState, agent: &AgentView, call: &CallRow, sid: &str) -> Option<i64> {
     if call.provider != "twilio" {
-        return 0;
+        return Some(0);
     }
     let credentials =
         match credentials::resolve(&app.pool, &app.credential_keys, &app.config, &agent.org_id, "twilio").await {
             Ok(Some(c)) => c,
-            _ => return 0,
+            Ok(None) => {
+                tracing::warn!(call_sid = sid, "call price unavailable: no Twilio credentials");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message, call_sid = sid, "call price unavailable: credentials");
+                return None;
+            }
         };
     match provider::twilio_call_price(&app.http, &app.config, &credentials, sid).await {
-        Ok(price) => price.unwrap_or(0),
+        Ok(price) => price,
         Err(e) => {
             tracing::warn!(error = %e.0, call_sid = sid, "call price unavailable");
-            0
+            None
         }
     }
 }
@@ -459,9 +605,14 @@ async fn email(
     State(app): State<AppState>,
     Path(agent_id): Path<String>,
     Extension(ip): Extension<ClientIp>,
+    ip_refused: Option<Extension<IpRefused>>,
+    uri: OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if ip_refused.is_some() {
+        return refuse_ip(&app, &agent_id, "resend", "email", uri.0.path(), &ip).await;
+    }
     let agent = match directory::agent(&app.pool, &agent_id).await {
         Ok(Some(agent)) => agent,
         Ok(None) => return json_error(StatusCode::NOT_FOUND, "Agent not found"),
@@ -470,7 +621,12 @@ async fn email(
     let mut signature = Signature::Skipped;
     if !app.config.demo_mode {
         match svix_secret(&app, &agent.org_id).await {
-            Err(e) => return e.into_response(),
+            // A verifier that cannot decide fails closed.
+            Err(e) => {
+                tracing::error!(error = %e.message, agent_id, "email webhook refused: secret lookup failed");
+                reject(&app, &agent, "resend", "email", "signature", &ip).await;
+                return json_error(StatusCode::FORBIDDEN, "Invalid webhook signature");
+            }
             Ok(None) if app.config.env.is_production() => {
                 reject(&app, &agent, "resend", "email", "secret_missing", &ip).await;
                 return json_error(StatusCode::SERVICE_UNAVAILABLE, "Webhook secret is not configured");
@@ -498,10 +654,12 @@ async fn email(
         }
     }
     // Replay: by svix-id whenever one is given (verified requests always have one).
+    let mut claimed = None;
     if let Some(id) = headers.get("svix-id").and_then(|v| v.to_str().ok()) {
         let window = app.config.webhook_replay_window_seconds as i64;
-        match replay::claim(&app.pool, &format!("svix:{id}"), app.clock.now(), window).await {
-            Ok(Claim::Fresh) => {}
+        let (nonce, now) = (format!("svix:{id}"), app.clock.now());
+        match replay::claim(&app.pool, &nonce, now, window).await {
+            Ok(Claim::Fresh) => claimed = Some(Claimed { nonce, at: now }),
             Ok(Claim::Replay) => {
                 reject(&app, &agent, "resend", "email", "replay", &ip).await;
                 return json_error(StatusCode::FORBIDDEN, "Webhook replayed");
@@ -510,10 +668,19 @@ async fn email(
             Err(e) => return ApiError::internal(e).into_response(),
         }
     }
-    let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
+    let response = email_handler(&app, &agent, &body, signature).await;
+    match claimed {
+        Some(claimed) => settle(&app, claimed, response).await,
+        None => response,
+    }
+}
+
+/// Step 3 of §8.5, its nonce claimed.
+async fn email_handler(app: &AppState, agent: &AgentView, body: &Bytes, signature: Signature) -> Response {
+    let Ok(payload) = serde_json::from_slice::<Value>(body) else {
         return json_error(StatusCode::BAD_REQUEST, "Invalid JSON body");
     };
-    let mut context = context(&app, "resend", &agent);
+    let mut context = context(app, "resend", agent);
     signature.note(&mut context);
     let data = &payload["data"];
     match payload["type"].as_str() {
@@ -529,7 +696,7 @@ async fn email(
             };
             let subject = data["subject"].as_str().map(str::to_string);
             let text = data["text"].as_str().or_else(|| data["html"].as_str()).unwrap_or_default().to_string();
-            let accepted = accepts(&agent, "email");
+            let accepted = accepts(agent, "email");
             let forwarded = accepted && app.config.agentos_callback_url.is_some();
             let message_id = Uuid::new_v4();
             let sealed = |value: &str| Pii::subject_retained(value, from.clone(), RetentionClass::Messages);
@@ -545,7 +712,7 @@ async fn email(
                 dropped: !accepted,
                 forwarded,
             };
-            record(&app, &agent, event, &context).await;
+            record(app, agent, event, &context).await;
             if accepted {
                 let inbound = forward::Inbound {
                     agent_id: agent.agent_id.clone(),
@@ -558,7 +725,7 @@ async fn email(
                     subject,
                     received_at: app.clock.now(),
                 };
-                forward::spawn(&app, inbound);
+                forward::spawn(app, inbound);
             }
             ok()
         }
@@ -567,11 +734,37 @@ async fn email(
                 return json_error(StatusCode::BAD_REQUEST, "Missing from or to");
             };
             let address = Address { value: complainer, kind: "email" };
-            match contacts::complaint(&app, &agent.org_id, &agent.agent_id, &address, &context).await {
+            match contacts::complaint(app, &agent.org_id, &agent.agent_id, &address, &context).await {
                 Ok(()) => ok(),
                 Err(e) => e.into_response(),
             }
         }
         _ => ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{keyword, route_path, twilio_path};
+
+    #[test]
+    fn webhook_routes_are_told_apart_by_their_paths() {
+        for twilio in ["/webhooks/a1/sms", "/webhooks/a1/call-status", "/webhooks/a1/voice/status"] {
+            assert!(twilio_path(twilio) && route_path(twilio), "{twilio}");
+        }
+        assert!(!twilio_path("/webhooks/a1/email") && route_path("/webhooks/a1/email"));
+        for other in ["/webhooks", "/webhooks/", "/webhooks//sms", "/webhooks/a1/sms/x", "/webhooks/a1/voice", "/sms"] {
+            assert!(!route_path(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn keywords_are_the_whole_body_trimmed_of_unicode_whitespace() {
+        assert_eq!(keyword("\u{00A0}stop\u{3000}"), Some(("stop", "STOP".to_string())));
+        assert_eq!(keyword(" OptOut\n").map(|k| k.0), Some("stop"));
+        assert_eq!(keyword("yes").map(|k| k.0), Some("start"));
+        assert_eq!(keyword("info").map(|k| k.0), Some("help"));
+        assert_eq!(keyword("STOP."), None);
+        assert_eq!(keyword("stop please"), None);
     }
 }

@@ -1,7 +1,9 @@
 //! Replay protection (CONTRACT §8.4), shared by every instance through Postgres: the first use of
 //! a nonce is recorded atomically; a reuse inside the window is a replay; a reuse after it finds
 //! the message already processed and changes nothing (§8.2 step 4). Nonces are kept for
-//! `RETAIN` (far past any window) so a late redelivery is recognised, then pruned.
+//! `RETAIN` (far past any window) so a late redelivery is recognised, then pruned. A handler that
+//! fails (5xx) gives its nonce back (`release`), so the provider's retry is processed. The same
+//! table holds one-time marks (`mark_once`: a call's cost is applied by its first terminal status).
 
 use chrono::{DateTime, Duration, Utc};
 use sqlx::PgPool;
@@ -38,6 +40,29 @@ pub async fn claim(pool: &PgPool, nonce: &str, now: DateTime<Utc>, window_second
         (false, Some(seen)) if now - seen <= Duration::seconds(window_seconds) => Claim::Replay,
         (false, Some(_)) => Claim::Stale,
     })
+}
+
+/// Gives back a nonce claimed at `claimed_at` (its handler failed): only that claim's row goes,
+/// so a later claim by another request is never undone.
+pub async fn release(pool: &PgPool, nonce: &str, claimed_at: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM webhook_nonces WHERE nonce = $1 AND seen_at = $2")
+        .bind(nonce)
+        .bind(claimed_at)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Records `key` unless it is already recorded, whenever that was: true for the one caller (on
+/// any instance) that recorded it.
+pub async fn mark_once(pool: &PgPool, key: &str, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+    let done =
+        sqlx::query("INSERT INTO webhook_nonces (nonce, seen_at) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING")
+            .bind(key)
+            .bind(now)
+            .execute(pool)
+            .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Forgets nonces older than `RETAIN` (a scheduled job).

@@ -28,6 +28,7 @@ fn vars() -> Vec<(&'static str, &'static str)> {
 }
 
 struct Org {
+    org_id: String,
     admin: String,
     agent_token: String,
     agent_id: String,
@@ -47,6 +48,7 @@ async fn org(s: &TestServer, slug: &str) -> Org {
         )
         .await;
     Org {
+        org_id: org["orgId"].as_str().unwrap().into(),
         admin,
         agent_token: agent["securityToken"].as_str().unwrap().into(),
         agent_id: agent["agentId"].as_str().unwrap().into(),
@@ -459,5 +461,424 @@ async fn svix_email_webhooks_verify_the_raw_body_and_complaints_list_the_address
     let listed = Session::open(&s, &o.admin).await.ok("comms_dnc_list", json!({})).await;
     assert_eq!(listed["entries"][0]["source"], "complaint");
     assert_eq!(payloads(&db, "MessageReceived").await.len(), 1);
+    s.stop().await;
+}
+
+const STOP_REPLY: &str = "<Response><Message>You have been unsubscribed and will not receive further messages. Reply START to resubscribe.</Message></Response>";
+const START_REPLY: &str =
+    "<Response><Message>You have been resubscribed. Reply STOP to unsubscribe.</Message></Response>";
+const HELP_REPLY: &str =
+    "<Response><Message>Reply STOP to unsubscribe. Msg&amp;data rates may apply.</Message></Response>";
+
+/// `vars()` with some values replaced or added.
+fn vars_with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut v: Vec<_> = vars().into_iter().filter(|(k, _)| !extra.iter().any(|(e, _)| e == k)).collect();
+    v.extend_from_slice(extra);
+    v
+}
+
+async fn rejections(db: &TestDb) -> Vec<(String, String)> {
+    payloads(db, "WebhookRejected")
+        .await
+        .iter()
+        .map(|p| (p["route"].as_str().unwrap().to_string(), p["reason"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appendix_c_keywords_match_the_whole_body_trimmed_of_unicode_whitespace() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    set_clock(&s, "2026-12-01T16:00:00Z").await;
+    let o = org(&s, "keywords").await;
+    let path = format!("/webhooks/{}/sms", o.agent_id);
+    let cases: [(&str, &str); 14] = [
+        ("STOPALL", STOP_REPLY),
+        ("unsubscribe", STOP_REPLY),
+        ("Cancel", STOP_REPLY),
+        ("END", STOP_REPLY),
+        ("quit", STOP_REPLY),
+        ("REVOKE", STOP_REPLY),
+        ("OptOut", STOP_REPLY),
+        ("\u{00A0}STOP", STOP_REPLY),
+        ("stop\u{3000}", STOP_REPLY),
+        ("UNSTOP", START_REPLY),
+        ("yes", START_REPLY),
+        ("INFO", HELP_REPLY),
+        ("STOP.", "<Response/>"),
+        ("stop please", "<Response/>"),
+    ];
+    for (n, (body, reply)) in cases.iter().enumerate() {
+        // A sender per case, so each STOP lists a new number.
+        let sender = format!("+120255502{n:02}");
+        let sid = format!("SMkw{n}");
+        let (status, answer) = twilio_post(&s, &path, &sms(&sid, &sender, &o.number, body), None).await;
+        assert_eq!((status, answer.as_str()), (200, *reply), "body {body:?}");
+    }
+    let stops = Value::Array(payloads(&db, "StopReceived").await.iter().map(|p| p["keyword"].clone()).collect());
+    assert_eq!(stops, json!(["STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT", "STOP", "STOP"]));
+    assert!(payloads(&db, "StopReceived").await.iter().all(|p| p["dncAdded"] == true));
+    let starts = Value::Array(payloads(&db, "StartReceived").await.iter().map(|p| p["keyword"].clone()).collect());
+    assert_eq!(starts, json!(["UNSTOP", "YES"]));
+    let received = payloads(&db, "MessageReceived").await;
+    let keywords: Vec<&Value> = received.iter().map(|p| &p["keyword"]).collect();
+    assert_eq!(keywords, [&json!("help"), &Value::Null, &Value::Null], "INFO is HELP; the last two are plain messages");
+    // The listed numbers are on the org's DNC list; the plain messages' senders are not.
+    let listed = Session::open(&s, &o.admin).await.ok("comms_dnc_list", json!({})).await;
+    let addresses: Vec<&str> =
+        listed["entries"].as_array().unwrap().iter().map(|e| e["address"].as_str().unwrap()).collect();
+    assert_eq!(addresses.len(), 9, "{listed}");
+    assert!(!addresses.contains(&"+12025550212") && !addresses.contains(&"+12025550213"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_refused_by_another_instance_and_a_redelivery_past_the_window_has_no_effect() {
+    let db = TestDb::new().await;
+    let one = TestServer::start(&db, &vars()).await;
+    let two = TestServer::start(&db, &vars()).await;
+    for s in [&one, &two] {
+        set_clock(s, "2026-12-01T16:00:00Z").await;
+    }
+    let o = org(&one, "replay").await;
+    let path = format!("/webhooks/{}/sms", o.agent_id);
+    let message = sms("SMreplay1", "+12025550301", &o.number, "Hello there");
+
+    let (status, body) = twilio_post(&one, &path, &message, None).await;
+    assert_eq!((status, body.as_str()), (200, "<Response/>"));
+    let (status, body) = twilio_post(&two, &path, &message, None).await;
+    assert_eq!((status, body.as_str()), (403, "<Response/>"), "the second instance sees the first's nonce");
+    assert_eq!(rejections(&db).await, [("sms".to_string(), "replay".to_string())]);
+
+    // Past the 300 s window: already processed, so 200 and nothing happens.
+    for s in [&one, &two] {
+        let r = s
+            .http
+            .post(s.url("/admin/api/test/clock"))
+            .bearer_auth(MASTER)
+            .json(&json!({"advanceSeconds": 301}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let (status, body) = twilio_post(&two, &path, &message, None).await;
+    assert_eq!((status, body.as_str()), (200, "<Response/>"));
+    assert_eq!(payloads(&db, "MessageReceived").await.len(), 1, "the late redelivery recorded nothing");
+    assert_eq!(rejections(&db).await.len(), 1);
+
+    // §8.1: replay (step 4) comes before the handler's checks (step 5). A message to a number that
+    // is not the agent's is refused by the handler (404) with its nonce claimed: sent again, it
+    // is a replay.
+    let wrong_to = sms("SMreplay2", "+12025550301", "+12025550999", "hi");
+    assert_eq!(twilio_post(&one, &path, &wrong_to, None).await.0, 404);
+    assert_eq!(twilio_post(&two, &path, &wrong_to, None).await.0, 403);
+    let no_from = [("MessageSid", "SMreplay3"), ("To", o.number.as_str()), ("Body", "x")];
+    assert_eq!(twilio_post(&one, &path, &no_from, None).await.0, 400);
+    assert_eq!(twilio_post(&one, &path, &no_from, None).await.0, 403);
+    let status_path = format!("/webhooks/{}/call-status", o.agent_id);
+    let unknown = [("CallSid", "CAunknown"), ("CallStatus", "ringing")];
+    assert_eq!(twilio_post(&one, &status_path, &unknown, None).await.0, 404);
+    assert_eq!(twilio_post(&two, &status_path, &unknown, None).await.0, 403);
+    // Without the fields the nonce is made of: 400 before any replay check, however often.
+    for _ in 0..2 {
+        assert_eq!(twilio_post(&one, &path, &[("From", "+12025550301"), ("Body", "x")], None).await.0, 400);
+        assert_eq!(twilio_post(&one, &status_path, &[("CallSid", "CAunknown")], None).await.0, 400);
+    }
+    let reasons: Vec<String> = rejections(&db).await.into_iter().map(|(_, reason)| reason).collect();
+    assert_eq!(reasons.iter().filter(|r| *r == "replay").count(), 4, "{reasons:?}");
+    two.stop().await;
+    one.stop().await;
+}
+
+/// A local Twilio: calls get sids `CAprice1`, `CAprice2`, …; the Calls API reports a price of
+/// -0.0130 for `CAprice1` and no price yet for the others.
+async fn twilio_with_prices() -> String {
+    use axum::extract::{Path, State};
+    use axum::routing::{get, post};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    async fn place(State(n): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, axum::Json<Value>) {
+        let sid = format!("CAprice{}", n.fetch_add(1, Ordering::SeqCst) + 1);
+        (axum::http::StatusCode::CREATED, axum::Json(json!({"sid": sid, "status": "queued", "price": null})))
+    }
+    async fn fetch(Path((_, file)): Path<(String, String)>) -> axum::Json<Value> {
+        let sid = file.trim_end_matches(".json");
+        let price = if sid == "CAprice1" { json!("-0.0130") } else { Value::Null };
+        axum::Json(json!({"sid": sid, "status": "completed", "price": price, "price_unit": "USD"}))
+    }
+    let app = axum::Router::new()
+        .route("/2010-04-01/Accounts/{sid}/Calls.json", post(place))
+        .route("/2010-04-01/Accounts/{sid}/Calls/{file}", get(fetch))
+        .with_state(Arc::new(AtomicUsize::new(0)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+async fn spend_today(me: &Session<'_>) -> f64 {
+    me.ok("comms_get_usage_dashboard", json!({})).await["currentUsage"]["spendToday"].as_f64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_price_is_added_once_and_a_failed_handler_gives_its_nonce_back() {
+    let fake: &'static str = Box::leak(twilio_with_prices().await.into_boxed_str());
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars_with(&[("TWILIO_API_BASE_URL", fake)])).await;
+    set_clock(&s, "2026-12-01T16:00:00Z").await;
+    let o = org(&s, "priced").await;
+    let approve = s
+        .http
+        .post(s.url(&format!("/admin/api/orgs/{}/approve", o.org_id)))
+        .bearer_auth(MASTER)
+        .json(&json!({"kycNote": "KYC verified"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approve.status(), 200);
+    let me = Session::open(&s, &o.agent_token).await;
+    me.ok("comms_record_consent", json!({"contactAddress": "+12025550188", "channel": "voice"})).await;
+    let call = me.ok("comms_make_call", json!({"to": "+12025550188"})).await;
+    assert_eq!((call["callSid"].as_str(), call["sandbox"].as_bool()), (Some("CAprice1"), Some(false)));
+    assert_eq!(spend_today(&me).await, 0.0);
+    let path = format!("/webhooks/{}/call-status", o.agent_id);
+    let status = |status: &'static str| vec![("CallSid", "CAprice1"), ("CallStatus", status)];
+
+    // The spend cannot be written: the handler fails (5xx) and gives its nonce back ...
+    let pool = db.pool().await;
+    let rename =
+        |from: &str, to: &str| format!("ALTER FUNCTION {from}(text, text, timestamptz, bigint) RENAME TO {to}");
+    sqlx::query(&rename("settle_action_cost", "settle_action_cost_off")).execute(&pool).await.unwrap();
+    let (code, body) = twilio_post(&s, &path, &status("completed"), None).await;
+    assert_eq!((code, body.as_str()), (500, "<Response/>"));
+    sqlx::query(&rename("settle_action_cost_off", "settle_action_cost")).execute(&pool).await.unwrap();
+    assert!(payloads(&db, "CallStatusChanged").await.is_empty());
+    // ... so Twilio's retry is processed, not refused as a replay.
+    let (code, body) = twilio_post(&s, &path, &status("completed"), None).await;
+    assert_eq!((code, body.as_str()), (200, "<Response/>"));
+    assert_eq!(spend_today(&me).await, 0.013);
+
+    // A second terminal status is recorded but adds nothing.
+    let (code, _) = twilio_post(&s, &path, &status("canceled"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(spend_today(&me).await, 0.013);
+    let changes = payloads(&db, "CallStatusChanged").await;
+    let seen: Vec<(&str, Option<i64>)> =
+        changes.iter().map(|p| (p["status"].as_str().unwrap(), p["cost"].as_i64())).collect();
+    assert_eq!(seen, [("completed", Some(13_000)), ("canceled", None)]);
+    assert!(rejections(&db).await.is_empty());
+
+    // A call Twilio has no price for yet: recorded without a cost, never as a final 0.
+    let second = me.ok("comms_make_call", json!({"to": "+12025550188"})).await;
+    assert_eq!(second["callSid"], "CAprice2");
+    let (code, _) = twilio_post(&s, &path, &[("CallSid", "CAprice2"), ("CallStatus", "completed")], None).await;
+    assert_eq!(code, 200);
+    let last = payloads(&db, "CallStatusChanged").await.pop().unwrap();
+    assert_eq!((last["status"].as_str(), last["cost"].is_null()), (Some("completed"), true), "{last}");
+    assert_eq!(spend_today(&me).await, 0.013);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_ip_allowlist_refuses_in_the_routes_format_and_records_the_refusal() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars_with(&[("WEBHOOK_IP_ALLOWLIST", "10.0.0.0/8")])).await;
+    set_clock(&s, "2026-12-01T16:00:00Z").await;
+    let o = org(&s, "allowlist").await;
+    let post = |path: String, content_type: &'static str, body: String| {
+        s.http.post(s.url(&path)).header("content-type", content_type).body(body).send()
+    };
+    let form = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(sms("SMip1", "+12025550401", &o.number, "STOP"))
+        .finish();
+    for route in ["sms", "call-status", "voice/status"] {
+        let r = post(format!("/webhooks/{}/{route}", o.agent_id), "application/x-www-form-urlencoded", form.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{route}");
+        assert_eq!(r.headers()["content-type"], "text/xml; charset=utf-8", "{route}");
+        assert_eq!(r.text().await.unwrap(), "<Response/>", "{route}");
+    }
+    let r = post(format!("/webhooks/{}/email", o.agent_id), "application/json", json!({"type": "x"}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let refusal: Value = r.json().await.unwrap();
+    assert_eq!((refusal["code"].as_str(), refusal["error"].as_str()), (Some("forbidden"), Some("Forbidden")));
+    // An unknown agent: refused the same way (the IP comes first), nothing to record it on.
+    let r = post("/webhooks/nobody/sms".into(), "application/x-www-form-urlencoded", form.clone()).await.unwrap();
+    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (403, "<Response/>".to_string()));
+    let r = s.http.get(s.url(&format!("/webhooks/{}/sms", o.agent_id))).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (403, "<Response/>".to_string()));
+
+    let recorded = rejections(&db).await;
+    let ip = |route: &str| (route.to_string(), "ip".to_string());
+    assert_eq!(recorded, [ip("sms"), ip("call-status"), ip("call-status"), ip("email")]);
+    let on_agent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = 'WebhookRejected' AND aggregate_type = 'agent' AND aggregate_id = $1",
+    )
+    .bind(&o.agent_id)
+    .fetch_one(&db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(on_agent, 4);
+    // Nothing went through: the STOP had no effect.
+    assert!(payloads(&db, "StopReceived").await.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_lookup_error_while_verifying_fails_closed() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    set_clock(&s, "2026-12-01T16:00:00Z").await;
+    let o = org(&s, "broken-creds").await;
+    // The org's stored credentials are under a key this server does not have: lookups fail.
+    for provider in ["twilio", "resend"] {
+        sqlx::query(
+            "INSERT INTO provider_credentials (scope, org_id, provider, credential_key, key_version, iv, auth_tag, ciphertext)
+             VALUES ('org', $1, $2, 'authToken', 'deadbeef', 'AA==', 'AA==', 'AA==')",
+        )
+        .bind(&o.org_id)
+        .bind(provider)
+        .execute(&db.pool().await)
+        .await
+        .unwrap();
+    }
+    let path = format!("/webhooks/{}/sms", o.agent_id);
+    let (status, body) = twilio_post(&s, &path, &sms("SMcred1", "+12025550501", &o.number, "STOP"), None).await;
+    assert_eq!((status, body.as_str()), (403, "<Response/>"));
+    let r = s
+        .http
+        .post(s.url(&format!("/webhooks/{}/email", o.agent_id)))
+        .header("content-type", "application/json")
+        .body(json!({"type": "email.complained", "data": {"to": ["x@example.com"]}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "forbidden");
+    assert_eq!(
+        rejections(&db).await,
+        [("sms".to_string(), "signature".to_string()), ("email".to_string(), "signature".to_string())]
+    );
+    assert!(payloads(&db, "StopReceived").await.is_empty() && payloads(&db, "DncAdded").await.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_super_admin_names_the_org_to_change_dnc_and_lists_every_org_without_one() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    let a = org(&s, "dnc-scope-a").await;
+    let b = org(&s, "dnc-scope-b").await;
+    let master = Session::open(&s, MASTER).await;
+    let admin = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let r = s.http.request(method, s.url(path)).bearer_auth(MASTER);
+        match body {
+            Some(body) => r.json(&body).send(),
+            None => r.send(),
+        }
+    };
+
+    // Adding and removing need orgId, through the tool and the admin route alike.
+    let (is_error, refusal) = master.call("comms_dnc_add", json!({"address": "+12025550601"})).await;
+    assert!(is_error);
+    assert_eq!((refusal["code"].as_str(), refusal["field"].as_str()), (Some("invalid_input"), Some("orgId")));
+    let r = admin(reqwest::Method::POST, "/admin/api/dnc", Some(json!({"address": "+12025550601"}))).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!((body["code"].as_str(), body["error"].as_str()), (Some("invalid_input"), refusal["error"].as_str()));
+    let r = admin(
+        reqwest::Method::POST,
+        "/admin/api/dnc/remove",
+        Some(json!({"address": "+12025550601", "reason": "no org named"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(payloads(&db, "DncAdded").await.is_empty(), "nothing was listed in a default org");
+
+    master.ok("comms_dnc_add", json!({"address": "+12025550601", "orgId": a.org_id})).await;
+    let r = admin(reqwest::Method::POST, "/admin/api/dnc", Some(json!({"address": "+12025550602", "orgId": b.org_id})))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Listing without orgId: every org's entries, each naming its org; with orgId: that org's.
+    let orgs_of = |listed: &Value| -> Vec<(String, String)> {
+        listed["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["orgId"].as_str().unwrap().to_string(), e["address"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let both = vec![(a.org_id.clone(), "+12025550601".to_string()), (b.org_id.clone(), "+12025550602".to_string())];
+    assert_eq!(orgs_of(&master.ok("comms_dnc_list", json!({})).await), both);
+    let r = admin(reqwest::Method::GET, "/admin/api/dnc", None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(orgs_of(&r.json().await.unwrap()), both);
+    assert_eq!(orgs_of(&master.ok("comms_dnc_list", json!({"orgId": b.org_id})).await), both[1..]);
+    let r = admin(reqwest::Method::GET, &format!("/admin/api/dnc?orgId={}", a.org_id), None).await.unwrap();
+    assert_eq!(orgs_of(&r.json().await.unwrap()), both[..1]);
+    // An org admin still sees its own org only.
+    assert_eq!(orgs_of(&Session::open(&s, &b.admin).await.ok("comms_dnc_list", json!({})).await), both[1..]);
+
+    let removed = master
+        .ok("comms_dnc_remove", json!({"address": "+12025550601", "reason": "resolved", "orgId": a.org_id}))
+        .await;
+    assert_eq!(removed["removed"], 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_filtered_on_the_greeting_and_an_ignored_timezone_is_noted_when_refused() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    set_clock(&s, "2026-12-01T16:00:00Z").await; // 11:00 in New York
+    let o = org(&s, "greeting").await;
+    let me = Session::open(&s, &o.agent_token).await;
+    me.ok("comms_record_consent", json!({"contactAddress": "+12125550100", "channel": "voice"})).await;
+
+    let (is_error, refusal) =
+        me.call("comms_make_call", json!({"to": "+12125550100", "greeting": "I will hurt you"})).await;
+    assert!(is_error);
+    assert_blocked(&refusal, "content_filter", "Compliance: Message contains threatening content");
+    me.ok(
+        "comms_make_call",
+        json!({"to": "+12125550100", "greeting": "Hello!", "systemPrompt": "Never say 'I will hurt you'."}),
+    )
+    .await;
+    let (is_error, _) =
+        me.call("comms_send_voice_message", json!({"to": "+12125550100", "text": "I will hurt you"})).await;
+    assert!(is_error, "voice messages are filtered on their text");
+
+    // 03:00 UTC is 22:00 in New York: refused; Los Angeles is not a zone of a 212 number, so the
+    // requested zone is ignored, and the refusal's provenance says so.
+    set_clock(&s, "2026-12-02T03:00:00Z").await;
+    let (is_error, refusal) =
+        me.call("comms_make_call", json!({"to": "+12125550100", "recipientTimezone": "America/Los_Angeles"})).await;
+    assert!(is_error);
+    assert_blocked(
+        &refusal,
+        "quiet_hours",
+        "Compliance: TCPA: Calls not allowed at this time (22:00 in America/New_York). Allowed: 8:00 AM - 9:00 PM.",
+    );
+    let provenance: Value = sqlx::query_scalar(
+        "SELECT metadata::jsonb -> 'provenance' FROM events WHERE event_type = 'CallBlocked' AND payload::jsonb ->> 'refusedBy' = 'quiet_hours'",
+    )
+    .fetch_one(&db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(provenance["refusedBy"], "quiet_hours");
+    let details: Vec<&str> =
+        provenance["checks"].as_array().unwrap().iter().filter_map(|c| c["detail"].as_str()).collect();
+    assert!(
+        details.iter().any(|d| d.contains("America/Los_Angeles") && d.contains("ignored")),
+        "the ignored recipientTimezone is not in the refusal's provenance: {provenance}"
+    );
     s.stop().await;
 }

@@ -67,7 +67,7 @@ pub const DNC_REMOVE: Tool = Tool {
     schema: || {
         json!({"type": "object", "required": ["address", "reason"], "properties": {
             "address": {"type": "string"}, "reason": {"type": "string", "minLength": 3, "maxLength": 500},
-            "orgId": {"type": "string"}}})
+            "orgId": {"type": "string", "description": "required for the super-admin"}}})
     },
 };
 
@@ -77,7 +77,8 @@ pub const DNC_LIST: Tool = Tool {
     description: "List the organization's Do Not Contact entries.",
     schema: || {
         json!({"type": "object", "properties": {
-            "orgId": {"type": "string"}, "type": {"type": "string", "enum": ["phone", "email"]},
+            "orgId": {"type": "string", "description": "super-admin: omitted lists every organization"},
+            "type": {"type": "string", "enum": ["phone", "email"]},
             "cursor": {"type": "string"}, "limit": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}}})
     },
 };
@@ -143,6 +144,19 @@ pub async fn dnc_org(app: &AppState, principal: &Principal, requested: Option<St
     Ok(org)
 }
 
+/// The orgs a DNC listing covers: the caller's own; the super-admin's named one, else every org
+/// (`None`).
+pub async fn dnc_list_scope(
+    app: &AppState,
+    principal: &Principal,
+    requested: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    if principal.role() == Role::SuperAdmin && requested.is_none() {
+        return Ok(None);
+    }
+    dnc_org(app, principal, requested).await.map(Some)
+}
+
 pub async fn dnc_add(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
     let address = contacts::address("address", &args.str("address", 1, 320)?)?;
     let reason = args.opt_str("reason", 500)?;
@@ -167,8 +181,8 @@ pub async fn dnc_list(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> R
     }
     let cursor = args.opt_str("cursor", 64)?;
     let limit = list_limit(args.0.get("limit"))?;
-    let org = dnc_org(app, caller.principal, args.opt_id("orgId")?).await?;
-    contacts::dnc_list(app, &org, kind.as_deref(), cursor.as_deref(), limit).await
+    let org = dnc_list_scope(app, caller.principal, args.opt_id("orgId")?).await?;
+    contacts::dnc_list(app, org.as_deref(), kind.as_deref(), cursor.as_deref(), limit).await
 }
 
 /// `limit` of a list: 50 by default, 1..=500.
