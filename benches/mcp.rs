@@ -42,6 +42,14 @@ async fn open_session(client: &reqwest::Client, url: &str, token: &str) -> Strin
     r.headers().get("mcp-session-id").expect("session id").to_str().unwrap().to_string()
 }
 
+/// The send phase cycles over this many recipients, each of whom consented beforehand
+/// (CONTRACT §10.3: without consent every send would be refused).
+const RECIPIENTS: u64 = 500;
+
+fn recipient(n: u64) -> String {
+    format!("+1202555{:04}", n % RECIPIENTS)
+}
+
 /// One request of `phase` in `session`; whether it succeeded.
 async fn request(client: &reqwest::Client, url: &str, token: &str, session: &str, phase: Phase, id: u64) -> bool {
     let ok = match phase {
@@ -51,7 +59,7 @@ async fn request(client: &reqwest::Client, url: &str, token: &str, session: &str
                 Phase::RpcPing => json!({"jsonrpc": "2.0", "id": id, "method": "ping"}),
                 Phase::Send => json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                             "params": {"name": "comms_send_message", "arguments": {
-                                "to": format!("+1202{:07}", id % 10_000_000), "body": "Your order has shipped."}}}),
+                                "to": recipient(id), "body": "Your order has shipped."}}}),
                 _ => json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                             "params": {"name": "comms_ping", "arguments": {}}}),
             };
@@ -158,28 +166,47 @@ async fn idle_sse(url: &str, token: &str, n: u64) -> Vec<reqwest::Response> {
     open
 }
 
-/// Calls one tool with `token` in a fresh session and returns its JSON result.
-async fn tool(url: &str, token: &str, name: &str, args: Value) -> Value {
+/// Calls `name` with each of `calls` in one session of `token`; returns the JSON results.
+async fn tools(url: &str, token: &str, name: &str, calls: Vec<Value>) -> Vec<Value> {
     let client = reqwest::Client::new();
     let session = open_session(&client, url, token).await;
-    let reply: Value = client
-        .post(format!("{url}/mcp"))
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-session-id", &session)
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": args}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let result = &reply["result"];
-    assert_eq!(result["isError"], false, "{name}: {result}");
-    serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap()
+    let mut results = Vec::with_capacity(calls.len());
+    for (id, args) in calls.into_iter().enumerate() {
+        let reply: Value = client
+            .post(format!("{url}/mcp"))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .json(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                          "params": {"name": name, "arguments": args}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let result = &reply["result"];
+        assert_eq!(result["isError"], false, "{name}: {result}");
+        results.push(serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap());
+    }
+    results
 }
 
-/// `--mode send`: a sandbox org and agent, then sends from N sessions for T seconds.
+async fn tool(url: &str, token: &str, name: &str, args: Value) -> Value {
+    tools(url, token, name, vec![args]).await.remove(0)
+}
+
+/// utime + stime of the server process (`--server-pid`), in clock ticks.
+fn server_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", arg("--server-pid")?)).ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// `--mode send`: a sandbox org and agent whose recipients consented, then sends from N
+/// sessions for T seconds (every check on: content, DNC, consent, limits).
 async fn send_mode(url: &str, master: &str, sessions: u64, seconds: u64) {
     let slug = format!("bench-{}", std::process::id());
     let org =
@@ -190,7 +217,15 @@ async fn send_mode(url: &str, master: &str, sessions: u64, seconds: u64) {
         tool(url, &admin, "comms_provision_channels", json!({"displayName": "Bench", "capabilities": {"phone": true}}))
             .await;
     let token = agent["securityToken"].as_str().unwrap().to_string();
-    let send = run_phase(url, &token, sessions, seconds, Phase::Send).await;
+    let consents = (0..RECIPIENTS).map(|n| json!({"contactAddress": recipient(n), "channel": "sms"})).collect();
+    tools(url, &token, "comms_record_consent", consents).await;
+    let ticks_before = server_ticks();
+    let mut send = run_phase(url, &token, sessions, seconds, Phase::Send).await;
+    if let (Some(before), Some(after)) = (ticks_before, server_ticks()) {
+        // Clock ticks are 1/100 s on Linux (CLK_TCK); only the send phase is counted.
+        let ms = (after - before) as f64 * 10.0 / send["calls"].as_f64().unwrap_or(1.0).max(1.0);
+        send["server_cpu_ms_per_call"] = json!(ms);
+    }
     println!("{}", json!({"send": send}));
 }
 

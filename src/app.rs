@@ -47,6 +47,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// `CREDENTIALS_ENCRYPTION_KEY` first, then the previous key (decrypt-only).
     pub credential_keys: Arc<Vec<crypto::Key>>,
+    /// Tool-limit reservations, batched (CONTRACT §9).
+    pub reserver: crate::outbound::limits::Reserver,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +175,7 @@ impl Runtime {
                 self.clock.clone(),
             )),
             credential_keys: self.credential_keys.clone(),
+            reserver: crate::outbound::limits::Reserver::start(store.pool().clone()),
             http: reqwest::Client::builder()
                 .timeout(crate::outbound::provider::TIMEOUT)
                 .build()

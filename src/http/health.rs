@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use sqlx::{ConnectOptions, Connection};
 use serde_json::json;
 
 use crate::app::AppState;
@@ -35,10 +36,14 @@ async fn ready(State(state): State<AppState>) -> Response {
         (configured(state.config.telephony_configured()), configured(state.config.email_configured()));
     let latest = crate::store::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let applied = tokio::time::timeout(READY_TIMEOUT, async {
-        let mut conn = state.pool.acquire().await?;
-        sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&mut *conn)
-            .await
+        // A connection of its own: the pool may still hold connections Postgres cut while they
+        // sat idle, and readiness must tell whether Postgres answers now.
+        let mut conn = state.pool.connect_options().connect().await?;
+        let applied = sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&mut conn)
+            .await;
+        let _ = conn.close().await;
+        applied
     })
     .await;
     if let Ok(Ok(applied)) = applied {

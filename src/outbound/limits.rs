@@ -1,9 +1,11 @@
 //! Tool limits (CONTRACT §9): effective limits per agent and the atomic reservation of one
-//! action. The reservation is one call of `reserve_action` (migration 0006), which serializes on
-//! the agent (and on a capped org) inside Postgres, so N instances admit exactly the limit.
+//! action. Reservations are decided in Postgres (`reserve_actions`, migration 0013) under the
+//! agent's and org's advisory locks, so N instances admit exactly the limit; the `Reserver`
+//! sends the reservations queued meanwhile as one batch, one transaction.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -121,45 +123,107 @@ pub struct Request<'a> {
     pub contact: Option<Contact>,
 }
 
-/// Reserves one action, or names the first limit that refuses it.
-pub async fn reserve(pool: &PgPool, request: Request<'_>) -> Result<Result<Reservation, Exceeded>, ApiError> {
-    let Request { agent_id, org_id, now, cost, limits, caps, contact } = request;
-    let id = Uuid::new_v4();
-    let row: (Option<String>, Option<i64>, Option<i64>, Option<DateTime<Utc>>) =
-        sqlx::query_as("SELECT * FROM reserve_action($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)")
-            .bind(id)
-            .bind(agent_id)
-            .bind(org_id)
-            .bind(now)
-            .bind(cost)
-            .bind(limits.per_minute)
-            .bind(limits.per_hour)
-            .bind(limits.per_day)
-            .bind(limits.spend_day)
-            .bind(limits.spend_month)
-            .bind(caps.spend_day)
-            .bind(caps.spend_month)
-            .bind(contact.as_ref().map(|c| c.reference.as_str()))
-            .bind(contact.as_ref().and_then(|c| c.max_per_day))
-            .fetch_one(pool)
-            .await
-            .map_err(ApiError::internal)?;
-    Ok(match row {
-        (None, ..) => Ok(Reservation {
+type Outcome = Result<Result<Reservation, Exceeded>, ApiError>;
+
+struct Job {
+    reservation: Reservation,
+    request: serde_json::Value,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// Reservations per statement at most.
+const MAX_BATCH: usize = 256;
+
+/// Group reservation: every reservation queued while one batch is in Postgres goes in the next
+/// batch — one `reserve_actions` call, one transaction, one commit. The agent's lock is held
+/// through a commit, so one reservation per commit capped an agent at the disk's flush rate;
+/// a batch decides its reservations in queue order exactly as if one after the other.
+#[derive(Clone)]
+pub struct Reserver {
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+impl Reserver {
+    /// Starts the batching task; it ends when the last `Reserver` is dropped.
+    pub fn start(pool: PgPool) -> Self {
+        let (queue, mut jobs) = mpsc::unbounded_channel::<Job>();
+        tokio::spawn(async move {
+            while let Some(first) = jobs.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match jobs.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                reserve_batch(&pool, batch).await;
+            }
+        });
+        Self { queue }
+    }
+
+    /// Reserves one action, or names the first limit that refuses it.
+    pub async fn reserve(&self, request: Request<'_>) -> Outcome {
+        let Request { agent_id, org_id, now, cost, limits, caps, contact } = request;
+        let id = Uuid::new_v4();
+        let json = serde_json::json!({
+            "id": id, "agent": agent_id, "org": org_id, "now": now, "cost": cost,
+            "perMinute": limits.per_minute, "perHour": limits.per_hour, "perDay": limits.per_day,
+            "spendDay": limits.spend_day, "spendMonth": limits.spend_month,
+            "orgSpendDay": caps.spend_day, "orgSpendMonth": caps.spend_month,
+            "contact": contact.as_ref().map(|c| c.reference.as_str()),
+            "contactMax": contact.as_ref().and_then(|c| c.max_per_day),
+        });
+        let reservation = Reservation {
             id,
             agent_id: agent_id.into(),
             org_id: org_id.into(),
             at: now,
             cost,
             contact: contact.map(|c| c.reference),
-        }),
-        (Some(limit_type), current, max, reset_at) => Err(Exceeded {
-            limit_type,
-            current: current.unwrap_or(0),
-            max: max.unwrap_or(0),
-            reset_at: reset_at.unwrap_or(now),
-        }),
-    })
+        };
+        let (reply, answer) = oneshot::channel();
+        let stopped = || ApiError::new(ErrorCode::Unavailable, "The limit store is shutting down");
+        self.queue.send(Job { reservation, request: json, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// One `reserve_actions` call for `batch`; every job gets its own answer.
+async fn reserve_batch(pool: &PgPool, batch: Vec<Job>) {
+    let requests = serde_json::Value::Array(batch.iter().map(|j| j.request.clone()).collect());
+    type Row = (i64, Option<String>, Option<i64>, Option<i64>, Option<DateTime<Utc>>);
+    let rows: Result<Vec<Row>, sqlx::Error> =
+        sqlx::query_as("SELECT * FROM reserve_actions($1)").bind(&requests).fetch_all(pool).await;
+    match rows {
+        Ok(rows) => {
+            let mut outcomes: Vec<Option<Row>> = vec![None; batch.len()];
+            for row in rows {
+                if let Some(slot) = usize::try_from(row.0 - 1).ok().and_then(|i| outcomes.get_mut(i)) {
+                    *slot = Some(row);
+                }
+            }
+            for (job, row) in batch.into_iter().zip(outcomes) {
+                let outcome = match row {
+                    Some((_, None, ..)) => Ok(Ok(job.reservation)),
+                    Some((_, Some(limit_type), current, max, reset_at)) => Ok(Err(Exceeded {
+                        limit_type,
+                        current: current.unwrap_or(0),
+                        max: max.unwrap_or(0),
+                        reset_at: reset_at.unwrap_or(job.reservation.at),
+                    })),
+                    None => Err(ApiError::internal("reserve_actions returned no row for a request")),
+                };
+                let _ = job.reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, reservations = batch.len(), "reservation batch failed");
+            for job in batch {
+                let _ = job.reply.send(Err(ApiError::new(ErrorCode::Internal, "Internal server error")));
+            }
+        }
+    }
 }
 
 /// Gives a reservation back (the provider failed: failed calls consume nothing).

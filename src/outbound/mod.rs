@@ -113,7 +113,7 @@ async fn run<A: Action>(
     let now = app.clock.now();
     let request =
         limits::Request { agent_id: &agent_id, org_id: &agent.org_id, now, cost: estimate, limits, caps, contact };
-    let reservation = match limits::reserve(&app.pool, request).await? {
+    let reservation = match app.reserver.reserve(request).await? {
         Ok(r) => r,
         Err(exceeded) => return Err(block(app, context, &agent_id, id, &action, "limits", exceeded.to_error()).await),
     };

@@ -3,7 +3,8 @@
 //! Postgres wrapped by the KEK, so every instance shares them; destroying one is final.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use commguard_domain::pii::RetentionClass;
@@ -24,6 +25,7 @@ pub enum KeyStoreError {
 pub struct KeyStore {
     pool: PgPool,
     keys: Arc<DataKeys>,
+    live: Arc<LiveKeys>,
 }
 
 /// What a new key is for; also the row that identifies it.
@@ -33,9 +35,53 @@ enum KeyFor<'a> {
     Consent { consent_id: Uuid },
 }
 
+impl KeyFor<'_> {
+    /// Subject and retention keys are looked up on every sealed event (a send seals its
+    /// recipient and body), so they are cached; consent keys are used once per grant.
+    fn cache_key(&self) -> Option<String> {
+        match self {
+            KeyFor::Subject { org_id, subject_ref } => Some(format!("s|{org_id}|{subject_ref}")),
+            KeyFor::Retention { class, day } => Some(format!("r|{}|{day}", class.as_str())),
+            KeyFor::Consent { .. } => None,
+        }
+    }
+}
+
+/// Live keys this instance used lately: a cache that is safe to lose. An entry lives
+/// `LIVE_KEY_TTL` at most, and destroying keys here drops the entries it may concern at once.
+/// Another instance's destruction reaches this cache only by expiry: an event sealed meanwhile
+/// under the destroyed key reads as `[erased]` like the ones before it — the error falls on the
+/// side of erasure, never of disclosure.
+#[derive(Default)]
+struct LiveKeys {
+    entries: RwLock<HashMap<String, (Uuid, Key, Instant)>>,
+}
+
+const LIVE_KEY_TTL: Duration = Duration::from_secs(30);
+const LIVE_KEY_CAPACITY: usize = 100_000;
+
+impl LiveKeys {
+    fn get(&self, key: &str) -> Option<(Uuid, Key)> {
+        let entries = self.entries.read().expect("key cache lock");
+        entries.get(key).filter(|(_, _, at)| at.elapsed() < LIVE_KEY_TTL).map(|(id, k, _)| (*id, *k))
+    }
+
+    fn put(&self, key: String, found: (Uuid, Key)) {
+        let mut entries = self.entries.write().expect("key cache lock");
+        if entries.len() >= LIVE_KEY_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(key, (found.0, found.1, Instant::now()));
+    }
+
+    fn forget(&self, prefix: &str) {
+        self.entries.write().expect("key cache lock").retain(|k, _| !k.starts_with(prefix));
+    }
+}
+
 impl KeyStore {
     pub fn new(pool: PgPool, keys: Arc<DataKeys>) -> Self {
-        Self { pool, keys }
+        Self { pool, keys, live: Arc::default() }
     }
 
     pub fn data_keys(&self) -> &DataKeys {
@@ -87,6 +133,7 @@ impl KeyStore {
         .bind(org_id)
         .execute(&self.pool)
         .await?;
+        self.live.forget("s|");
         Ok(done.rows_affected())
     }
 
@@ -100,13 +147,21 @@ impl KeyStore {
         .bind(before)
         .execute(&self.pool)
         .await?;
+        self.live.forget(&format!("r|{}|", class.as_str()));
         Ok(done.rows_affected())
     }
 
     async fn get_or_create(&self, purpose: KeyFor<'_>) -> Result<(Uuid, Key), KeyStoreError> {
+        let cache_key = purpose.cache_key();
+        if let Some(found) = cache_key.as_deref().and_then(|k| self.live.get(k)) {
+            return Ok(found);
+        }
         // Two rounds at most: a concurrent creator may win the insert; then we read its key.
         for _ in 0..3 {
             if let Some(found) = self.find_live(&purpose).await? {
+                if let Some(k) = cache_key {
+                    self.live.put(k, found);
+                }
                 return Ok(found);
             }
             self.insert(&purpose).await?;

@@ -44,11 +44,26 @@ const SNAPSHOT_EVERY: usize = 100;
 
 pub type Framework<A> = CqrsFramework<A, snapshots::SnapshotStore<A>>;
 
+/// An idle connection older than this is pinged before it is handed out.
+const STALE_AFTER: Duration = Duration::from_secs(1);
+
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
+    // sqlx pings every connection it takes back into the pool, and by default again before
+    // every acquire: two extra round trips per query. The acquire ping is kept only for a
+    // connection idle for a while (`STALE_AFTER`); a hot one was checked when it was released.
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= STALE_AFTER {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
 }
