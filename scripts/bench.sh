@@ -28,6 +28,11 @@ cluster=$(mktemp -d /tmp/commguard-bench-XXXXXX)
 trap 'stop_cluster "$cluster"' EXIT
 start_cluster "$cluster" bench
 admin=$(cluster_url "$cluster")
+if [ -n "${BENCH_PG_STATS:-}" ]; then
+  # Profiling aid: BENCH_PG_STATS=1 prints the statements the server ran, by calls.
+  echo "shared_preload_libraries = 'pg_stat_statements'" >> "$cluster/data/postgresql.conf"
+  run_pg "$PG_BIN_DIR/pg_ctl" -D "$cluster/data" -l "$cluster/postgres.log" -w -t 60 restart >/dev/null
+fi
 export PGOPTIONS="-c client_min_messages=warning"
 psql() { "$PG_BIN_DIR/psql" "$@"; }
 
@@ -121,7 +126,14 @@ r = json.load(sys.stdin)['send']
 print(f\"{r['calls_per_sec']:.0f} sends/s = {r['calls_per_sec'] / $base:.2f} x pgbench ($base tps)  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  server CPU {r['server_cpu_ms_per_call']:.3f} ms/send\")"
     }
     start_server
+    if [ -n "${BENCH_PG_STATS:-}" ]; then
+      psql -q "$bench_url" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+    fi
     echo "empty store:            $(measure)"
+    if [ -n "${BENCH_PG_STATS:-}" ]; then
+      psql "$bench_url" -c "SELECT calls, round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
+        FROM pg_stat_statements ORDER BY calls DESC LIMIT 30"
+    fi
     kill $server; wait $server 2>/dev/null || true
     # Fill the store with $fill events of other agents (synthetic rows written directly; they are
     # history that no limit check may read), then measure again.

@@ -168,6 +168,8 @@ pub enum AgentEvent {
         code: String,
         refused_by: String,
         reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
     },
     LimitsChanged {
         overrides_before: Overrides,

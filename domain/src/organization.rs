@@ -138,6 +138,8 @@ pub enum OrganizationEvent {
         code: String,
         refused_by: String,
         reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
     },
 }
 

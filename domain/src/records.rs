@@ -42,7 +42,16 @@ pub enum SessionEvent {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all_fields = "camelCase")]
 pub enum RefusalEvent {
-    ActionRefused { tool: String, agent_id: Option<String>, code: String, refused_by: String, reason: String },
+    ActionRefused {
+        tool: String,
+        agent_id: Option<String>,
+        code: String,
+        refused_by: String,
+        reason: String,
+        /// The compliance rule that refused (country rules on provisioning, §10.7).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+    },
 }
 
 /// Provider credentials registered (names only, never values). Stream: the organization, or
@@ -105,6 +114,7 @@ mod tests {
             code: "forbidden".into(),
             refused_by: "role".into(),
             reason: "x".into(),
+            rule: None,
         };
         assert_eq!(refused.event_type(), "ActionRefused");
         let payload = serde_json::to_value(&opened).unwrap();

@@ -108,12 +108,12 @@ impl Action for Message {
         }
     }
 
-    fn failed(&self, id: Uuid, provider: Provider, error: &str) -> AgentEvent {
+    fn failed(&self, id: Uuid, provider: &str, error: &str) -> AgentEvent {
         AgentEvent::MessageFailed {
             message_id: id,
             channel: self.channel.clone(),
             to: Pii::subject(self.to.clone()),
-            provider: provider.name().into(),
+            provider: provider.into(),
             error: error.into(),
         }
     }
@@ -316,12 +316,12 @@ impl Action for Call {
         }
     }
 
-    fn failed(&self, id: Uuid, provider: Provider, error: &str) -> AgentEvent {
+    fn failed(&self, id: Uuid, provider: &str, error: &str) -> AgentEvent {
         AgentEvent::CallFailed {
             call_id: id,
             kind: self.kind.into(),
             to: Pii::subject(self.to.clone()),
-            provider: provider.name().into(),
+            provider: provider.into(),
             error: error.into(),
         }
     }

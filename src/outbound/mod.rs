@@ -39,7 +39,8 @@ trait Action {
     /// What compliance (checks 7–11) reads.
     fn subject(&self) -> compliance::Subject<'_>;
     fn blocked(&self, id: Uuid, check: &str, refusal: &ApiError) -> AgentEvent;
-    fn failed(&self, id: Uuid, provider: Provider, error: &str) -> AgentEvent;
+    /// `provider` is the provider's name, `none` when none is configured.
+    fn failed(&self, id: Uuid, provider: &str, error: &str) -> AgentEvent;
     fn sent(
         &self,
         id: Uuid,
@@ -137,8 +138,12 @@ async fn run<A: Action>(
     let Some((provider, provider_credentials)) = chosen else {
         limits::release(&app.pool, &reservation).await?;
         let what = if action.channel() == "email" { "email" } else { "telephony" };
-        let refusal = ApiError::new(ErrorCode::Unavailable, format!("No {what} provider configured"));
-        return Err(block(app, context, &agent_id, id, &action, "provider", refusal).await);
+        let mut refusal = ApiError::new(ErrorCode::Unavailable, format!("No {what} provider configured"));
+        // Step 13 refusals are failures, not blocks (§6.1).
+        context.provenance.fail("provider", refusal.message.clone());
+        record(app, &agent_id, action.failed(id, "none", &refusal.message), &context).await;
+        refusal.recorded = true;
+        return Err(refusal);
     };
     let from_channel = if action.channel() == "email" { "email" } else { "phone" };
     let from = agent.channels.get(from_channel).and_then(Value::as_str).map(str::to_string);
@@ -152,7 +157,7 @@ async fn run<A: Action>(
         Err(failure) => {
             limits::release(&app.pool, &reservation).await?;
             context.provenance.fail("provider", failure.0.clone());
-            record(app, &agent_id, action.failed(id, provider, &failure.0), &context).await;
+            record(app, &agent_id, action.failed(id, provider.name(), &failure.0), &context).await;
             let mut e = ApiError::new(ErrorCode::ProviderError, format!("Provider error: {}", failure.0))
                 .with("provider", provider.name());
             e.recorded = true;

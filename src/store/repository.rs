@@ -13,7 +13,6 @@ use cqrs_es::Aggregate;
 use postgres_es::PostgresEventRepository;
 use serde_json::{Map, Value};
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::chain;
@@ -32,14 +31,14 @@ pub struct EventRepository {
     reads: Arc<PostgresEventRepository>,
     keystore: KeyStore,
     /// Woken after every local commit so local projection runners need not wait for a poll.
-    appended: Arc<Notify>,
+    appended: super::Appended,
     /// The last hash of recently loaded or appended streams, so an append needs no extra read.
     heads: Arc<HeadCache>,
     committer: Committer,
 }
 
 impl EventRepository {
-    pub fn new(pool: PgPool, keystore: KeyStore, appended: Arc<Notify>) -> Self {
+    pub fn new(pool: PgPool, keystore: KeyStore, appended: super::Appended) -> Self {
         let reads = Arc::new(PostgresEventRepository::new(pool.clone()));
         let committer = Committer::start(pool.clone());
         Self { pool, reads, keystore, appended, heads: Arc::new(HeadCache::default()), committer }
@@ -131,7 +130,7 @@ impl EventRepository {
         };
         let position = self.committer.append(append).await?;
         self.heads.insert((aggregate_type.to_string(), aggregate_id.to_string()), (last_sequence, last_hash));
-        self.appended.notify_waiters();
+        self.appended.bump();
         Ok(Some(position))
     }
 

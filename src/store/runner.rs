@@ -20,6 +20,8 @@ pub const BATCH: i64 = 500;
 const REBUILD_BATCH: i64 = 5_000;
 /// How often an idle runner looks for events committed by other instances.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long a runner that just applied a batch lets new events gather before it looks again.
+const GATHER: Duration = Duration::from_millis(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -41,14 +43,9 @@ pub async fn run_batch(
     batch: i64,
 ) -> Result<usize, RunnerError> {
     let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('commguard.projection.' || $1))")
-        .bind(projection.name())
-        .fetch_one(&mut *tx)
-        .await?;
-    if !locked {
+    if !lock_relaxed(&mut tx, projection.name()).await? {
         return Ok(0);
     }
-    durability_relaxed(&mut tx).await?;
     let applied = apply_batch(&mut tx, projection, checkpoint, tables, batch).await?;
     tx.commit().await?;
     Ok(applied)
@@ -76,16 +73,10 @@ pub async fn catch_up(
         };
         next = prefetch(pool.clone(), last, batch);
         let mut tx = pool.begin().await?;
-        let locked: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('commguard.projection.' || $1))")
-                .bind(projection.name())
-                .fetch_one(&mut *tx)
-                .await?;
-        if !locked || checkpoint_of(&mut tx, checkpoint).await? != after {
+        if !lock_relaxed(&mut tx, projection.name()).await? || checkpoint_of(&mut tx, checkpoint).await? != after {
             // Someone else is applying this projection: leave it to them.
             return Ok(applied);
         }
-        durability_relaxed(&mut tx).await?;
         projection.apply(&mut tx, tables, &events).await?;
         set_checkpoint(&mut tx, checkpoint, last).await?;
         tx.commit().await?;
@@ -123,13 +114,29 @@ async fn apply_batch(
     Ok(events.len())
 }
 
-/// A projection batch need not wait for its WAL flush: its rows and its checkpoint commit or are
-/// lost together, and a lost batch is simply applied again from the older checkpoint. The feed is
-/// read in index order: right after a burst of appends, before autovacuum has analyzed `events`,
-/// the planner would otherwise bitmap-scan and sort the batch on disk (3x slower, measured).
+/// Takes the projection's lock for this transaction (false: another instance holds it) and
+/// relaxes the transaction, in one round trip. A projection batch need not wait for its WAL
+/// flush: its rows and its checkpoint commit or are lost together, and a lost batch is simply
+/// applied again from the older checkpoint. The feed is read in index order: right after a burst
+/// of appends, before autovacuum has analyzed `events`, the planner would otherwise bitmap-scan
+/// and sort the batch on disk (3x slower, measured).
+async fn lock_relaxed(conn: &mut PgConnection, projection: &str) -> Result<bool, sqlx::Error> {
+    let (locked,): (bool,) = sqlx::query_as(
+        "SELECT pg_try_advisory_xact_lock(hashtext('commguard.projection.' || $1))
+                AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+                AND set_config('enable_bitmapscan', 'off', true) IS NOT NULL",
+    )
+    .bind(projection)
+    .fetch_one(conn)
+    .await?;
+    Ok(locked)
+}
+
+/// The relaxations of `lock_relaxed`, for the rebuild's shadow batches (which take no lock).
 async fn durability_relaxed(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *conn).await?;
-    sqlx::query("SET LOCAL enable_bitmapscan = off").execute(conn).await?;
+    sqlx::query("SELECT set_config('synchronous_commit', 'off', true), set_config('enable_bitmapscan', 'off', true)")
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -155,30 +162,49 @@ async fn set_checkpoint(conn: &mut PgConnection, checkpoint: &str, position: i64
 
 /// Runs every projection until `stop` is notified. One task per projection, so a slow or broken
 /// projection never holds the others back; a failing batch is logged and retried after a pause.
+///
+/// A woken runner applies what it finds in one transaction (a full batch means a backlog, which
+/// `catch_up` reads ahead). After a batch it pauses `GATHER` before looking again, so under a
+/// steady stream of appends each transaction carries many events instead of one commit's worth.
 pub fn spawn_all(
     pool: PgPool,
     projections: Vec<Box<dyn Projection>>,
-    appended: Arc<Notify>,
+    appended: super::Appended,
     stop: Arc<Notify>,
 ) -> Vec<JoinHandle<()>> {
     projections
         .into_iter()
         .map(|projection| {
-            let (pool, appended, stop) = (pool.clone(), appended.clone(), stop.clone());
+            let (pool, stop) = (pool.clone(), stop.clone());
+            let mut wake = appended.subscribe();
             tokio::spawn(async move {
                 let tables = Tables::live(projection.tables());
+                let name = projection.name();
                 loop {
-                    let wait = match catch_up(&pool, projection.as_ref(), projection.name(), &tables, BATCH).await {
-                        Ok(n) if n > 0 => continue,
-                        Ok(_) => IDLE_POLL,
+                    wake.borrow_and_update();
+                    let applied = match run_batch(&pool, projection.as_ref(), name, &tables, BATCH).await {
+                        Ok(n) if n as i64 == BATCH => catch_up(&pool, projection.as_ref(), name, &tables, BATCH)
+                            .await
+                            .map(|more| n as u64 + more),
+                        Ok(n) => Ok(n as u64),
+                        Err(e) => Err(e),
+                    };
+                    let wait = match applied {
+                        Ok(0) => IDLE_POLL,
+                        Ok(_) => {
+                            tokio::select! {
+                                _ = stop.notified() => return,
+                                _ = tokio::time::sleep(GATHER) => continue,
+                            }
+                        }
                         Err(e) => {
-                            tracing::error!(projection = projection.name(), error = %e, "projection batch failed");
+                            tracing::error!(projection = name, error = %e, "projection batch failed");
                             Duration::from_secs(1)
                         }
                     };
                     tokio::select! {
                         _ = stop.notified() => return,
-                        _ = appended.notified() => {}
+                        _ = wake.changed() => {}
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }

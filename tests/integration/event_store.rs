@@ -316,7 +316,7 @@ async fn long_streams_load_from_correct_snapshots() {
         commguard::store::EventRepository::new(
             store.pool().clone(),
             store.keystore().clone(),
-            std::sync::Arc::new(tokio::sync::Notify::new()),
+            commguard::store::Appended::default(),
         ),
         100,
     );

@@ -322,3 +322,32 @@ async fn the_openapi_document_needs_no_token_but_obeys_the_admin_allowlist() {
     assert_eq!(refused.status(), 403);
     closed.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_country_rule_refusal_names_its_rule_and_is_recorded_with_it() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &LIMITS).await;
+    let org = call_tool(&s, MASTER, "comms_create_organization", json!({"name": "No A2P", "slug": "no-a2p"})).await;
+    let org_token = org["adminToken"].as_str().unwrap().to_string();
+    let (is_error, refusal) = try_tool(
+        &s,
+        &org_token,
+        "comms_provision_channels",
+        json!({"displayName": "US phone", "country": "US", "capabilities": {"phone": true}}),
+    )
+    .await;
+    assert!(is_error, "a US phone number needs A2P registration: {refusal}");
+    assert_eq!((refusal["code"].as_str(), refusal["rule"].as_str()), (Some("compliance_blocked"), Some("country_rules")));
+    assert!(!refusal["blockers"].as_array().unwrap().is_empty(), "the blockers are listed: {refusal}");
+
+    let recorded: (String, Option<String>, String) = sqlx::query_as(
+        "SELECT payload::jsonb ->> 'code', payload::jsonb ->> 'rule', payload::jsonb ->> 'tool' FROM events
+          WHERE event_type = 'ActionRefused' AND aggregate_id = $1",
+    )
+    .bind(org["orgId"].as_str().unwrap())
+    .fetch_one(&db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(recorded, ("compliance_blocked".into(), Some("country_rules".into()), "comms_provision_channels".into()));
+    s.stop().await;
+}

@@ -276,6 +276,16 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
         (refused["code"].as_str(), refused["error"].as_str()),
         (Some("unavailable"), Some("No telephony provider configured"))
     );
+    // A refusal at step 13 is a failure, not a block (§6.1).
+    let (event_type, provider): (String, String) = sqlx::query_as(
+        "SELECT event_type, payload->>'provider' FROM events
+          WHERE aggregate_id = $1 AND event_type IN ('MessageFailed', 'MessageBlocked')",
+    )
+    .bind(agent["agentId"].as_str().unwrap())
+    .fetch_one(&db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!((event_type.as_str(), provider.as_str()), ("MessageFailed", "none"));
 
     let (is_error, refused) = me
         .call(

@@ -192,6 +192,7 @@ async fn record_refusal(app: &AppState, caller: &Caller<'_>, tool: &str, argumen
         code: refusal.code.as_str().into(),
         refused_by: by.into(),
         reason: refusal.message.clone(),
+        rule: refusal.extra.get("rule").and_then(Value::as_str).map(str::to_string),
     };
     if let Err(e) = app.store.record(stream_type, &stream_id, &[event], &context).await {
         tracing::error!(error = %e, tool, "ActionRefused not recorded");
