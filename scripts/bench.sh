@@ -36,6 +36,17 @@ fi
 export PGOPTIONS="-c client_min_messages=warning"
 psql() { "$PG_BIN_DIR/psql" "$@"; }
 
+# BENCH_PG_STATS=1: the statements run between reset and print, by calls.
+pg_stats_reset() {
+  [ -n "${BENCH_PG_STATS:-}" ] || return 0
+  psql -q "$1" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+}
+pg_stats_print() {
+  [ -n "${BENCH_PG_STATS:-}" ] || return 0
+  psql "$1" -c "SELECT calls, round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
+    FROM pg_stat_statements ORDER BY calls DESC LIMIT 30" >&2
+}
+
 pgbench_tps() {
   # Baseline: single-row INSERT transactions from the same number of clients.
   psql -q "$admin" -c "DROP TABLE IF EXISTS pgbench_rows; CREATE TABLE pgbench_rows (id bigserial PRIMARY KEY, v text NOT NULL, at timestamptz NOT NULL DEFAULT now())"
@@ -50,7 +61,9 @@ case $what in
     bin=$(ls -t target/release/deps/event_store-* | grep -v '\.d$' | head -n 1)
     psql -q "$admin" -c "CREATE DATABASE bench"
     base=$(pgbench_tps)
+    pg_stats_reset "${admin/\/postgres\?//bench?}"
     result=$(DATABASE_URL="${admin/\/postgres\?//bench?}" "$bin" --writers "$writers" --seconds "$seconds" --stream-length "$stream_length")
+    pg_stats_print "${admin/\/postgres\?//bench?}"
     appends=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["appends_per_sec"])')
     catchup=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["catch_up_events_per_sec"])')
     echo "commguard: $result"
@@ -126,14 +139,9 @@ r = json.load(sys.stdin)['send']
 print(f\"{r['calls_per_sec']:.0f} sends/s = {r['calls_per_sec'] / $base:.2f} x pgbench ($base tps)  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  server CPU {r['server_cpu_ms_per_call']:.3f} ms/send\")"
     }
     start_server
-    if [ -n "${BENCH_PG_STATS:-}" ]; then
-      psql -q "$bench_url" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
-    fi
+    pg_stats_reset "$bench_url"
     echo "empty store:            $(measure)"
-    if [ -n "${BENCH_PG_STATS:-}" ]; then
-      psql "$bench_url" -c "SELECT calls, round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
-        FROM pg_stat_statements ORDER BY calls DESC LIMIT 30"
-    fi
+    pg_stats_print "$bench_url"
     kill $server; wait $server 2>/dev/null || true
     # Fill the store with $fill events of other agents (synthetic rows written directly; they are
     # history that no limit check may read), then measure again.

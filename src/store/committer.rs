@@ -20,9 +20,10 @@ use uuid::Uuid;
 use super::repository::MAX_EVENTS_PER_APPEND;
 
 /// Statements in flight at once. While one runs, the next batch forms, so batches grow with load.
-/// With 16 writers on 2 cores, 1 to 3 in flight measured alike within run-to-run noise (3.0k–4.7k
-/// appends/s) and 6 clearly worse (2.5k): more statements only compete for the same CPUs.
-const COMMITTERS: usize = 1;
+/// With 16 writers on 2 cores: 1 and 2 in flight ~3.9k appends/s, 4 ~4.5k (four runs), 8 and 16
+/// worse (4.0–4.2k): more statements only compete for the same CPUs. (Postgres re-plans this
+/// statement for every batch; forcing its generic plan was measured 2.5x slower to execute.)
+const COMMITTERS: usize = 4;
 
 /// One event of an append, ready to insert.
 pub(crate) struct Row {

@@ -49,9 +49,14 @@ const STALE_AFTER: Duration = Duration::from_secs(1);
 
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
-    // sqlx pings every connection it takes back into the pool, and by default again before
-    // every acquire: two extra round trips per query. The acquire ping is kept only for a
-    // connection idle for a while (`STALE_AFTER`); a hot one was checked when it was released.
+    pool_options(max_connections).connect_with(options).await
+}
+
+/// The pool settings every pool of the process shares. sqlx pings every connection it takes back
+/// into the pool, and by default again before every acquire: two extra round trips per query.
+/// The acquire ping is kept only for a connection idle for a while (`STALE_AFTER`); a hot one was
+/// checked when it was released.
+pub(crate) fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -64,8 +69,6 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
                 Ok(true)
             })
         })
-        .connect_with(options)
-        .await
 }
 
 /// RFC 3339 UTC with milliseconds, the contract's time format.
