@@ -12,6 +12,10 @@ use sqlx::PgConnection;
 use crate::directory::{relevant, str_field};
 use crate::{BoxFuture, Projection, ProjectionError, StoredEvent, Tables};
 
+const CONSENT_EVENTS: &[&str] = &["ConsentGranted", "ConsentRevoked"];
+const DNC_EVENTS: &[&str] = &["DncAdded", "DncRemoved"];
+const CALL_EVENTS: &[&str] = &["CallPlaced", "CallStatusChanged"];
+
 pub struct ConsentProjection;
 pub struct DncProjection;
 pub struct CallsProjection;
@@ -43,6 +47,10 @@ impl Projection for ConsentProjection {
         &["consents"]
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(CONSENT_EVENTS)
+    }
+
     fn apply<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -51,7 +59,7 @@ impl Projection for ConsentProjection {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let consents = tables.get("consents");
-            for (event, p) in relevant(events, &["contact"], &["ConsentGranted", "ConsentRevoked"]) {
+            for (event, p) in relevant(events, &["contact"], CONSENT_EVENTS) {
                 let agent = str_field(&p, "agentId").unwrap_or_default();
                 let channel = str_field(&p, "channel").unwrap_or_default();
                 if event.event_type == "ConsentGranted" {
@@ -104,6 +112,10 @@ impl Projection for DncProjection {
         &["dnc_entries"]
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(DNC_EVENTS)
+    }
+
     fn apply<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -112,7 +124,7 @@ impl Projection for DncProjection {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let dnc = tables.get("dnc_entries");
-            for (event, p) in relevant(events, &["contact"], &["DncAdded", "DncRemoved"]) {
+            for (event, p) in relevant(events, &["contact"], DNC_EVENTS) {
                 let entry = str_field(&p, "entryId").and_then(|s| s.parse::<uuid::Uuid>().ok());
                 if event.event_type == "DncAdded" {
                     sqlx::query(&format!(
@@ -154,6 +166,10 @@ impl Projection for CallsProjection {
         &["calls"]
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(CALL_EVENTS)
+    }
+
     fn apply<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -162,7 +178,7 @@ impl Projection for CallsProjection {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let calls = tables.get("calls");
-            for (event, p) in relevant(events, &["agent"], &["CallPlaced", "CallStatusChanged"]) {
+            for (event, p) in relevant(events, &["agent"], CALL_EVENTS) {
                 let call = str_field(&p, "callId").and_then(|s| s.parse::<uuid::Uuid>().ok());
                 if event.event_type == "CallPlaced" {
                     sqlx::query(&format!(

@@ -23,6 +23,17 @@ pub(crate) fn payload(event: &StoredEvent) -> Value {
 
 /// The events these projections read, with their payloads parsed — and only those: messages,
 /// calls and refusals dominate the store, and parsing their payloads here would be wasted work.
+const ORG_EVENTS: &[&str] = &[
+    "OrganizationCreated",
+    "OrganizationApproved",
+    "OrganizationSuspended",
+    "OrganizationUnsuspended",
+    "OrgSettingsChanged",
+];
+const AGENT_EVENTS: &[&str] = &["AgentProvisioned", "AgentDeprovisioned", "AgentChannelsBlocked"];
+const TOKEN_EVENTS: &[&str] = &["AgentTokenIssued", "OrgTokenIssued", "AgentTokenRevoked", "OrgTokenRevoked"];
+const LIMIT_EVENTS: &[&str] = &["LimitsChanged", "BillingConfigChanged"];
+
 pub(crate) fn relevant<'e>(
     events: &'e [StoredEvent],
     aggregate_types: &'e [&str],
@@ -57,6 +68,10 @@ impl Projection for OrgsProjection {
         &["orgs"]
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(ORG_EVENTS)
+    }
+
     fn apply<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -65,14 +80,7 @@ impl Projection for OrgsProjection {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let orgs = tables.get("orgs");
-            const TYPES: &[&str] = &[
-                "OrganizationCreated",
-                "OrganizationApproved",
-                "OrganizationSuspended",
-                "OrganizationUnsuspended",
-                "OrgSettingsChanged",
-            ];
-            for (event, p) in relevant(events, &["organization"], TYPES) {
+            for (event, p) in relevant(events, &["organization"], ORG_EVENTS) {
                 let (id, at) = (&event.aggregate_id, event.occurred_at);
                 match event.event_type.as_str() {
                     "OrganizationCreated" => {
@@ -137,6 +145,10 @@ impl Projection for AgentsProjection {
         &["agents"]
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(AGENT_EVENTS)
+    }
+
     fn apply<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -145,8 +157,7 @@ impl Projection for AgentsProjection {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let agents = tables.get("agents");
-            const TYPES: &[&str] = &["AgentProvisioned", "AgentDeprovisioned", "AgentChannelsBlocked"];
-            for (event, p) in relevant(events, &["agent"], TYPES) {
+            for (event, p) in relevant(events, &["agent"], AGENT_EVENTS) {
                 let (id, at) = (&event.aggregate_id, event.occurred_at);
                 match event.event_type.as_str() {
                     "AgentProvisioned" => {
@@ -205,6 +216,10 @@ impl Projection for TokensProjection {
         &["tokens"]
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(TOKEN_EVENTS)
+    }
+
     fn apply<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -213,8 +228,7 @@ impl Projection for TokensProjection {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let tokens = tables.get("tokens");
-            const TYPES: &[&str] = &["AgentTokenIssued", "OrgTokenIssued", "AgentTokenRevoked", "OrgTokenRevoked"];
-            for (event, p) in relevant(events, &["agent", "organization"], TYPES) {
+            for (event, p) in relevant(events, &["agent", "organization"], TOKEN_EVENTS) {
                 let (kind, agent_id, org_id) = match event.aggregate_type.as_str() {
                     "agent" => ("agent", Some(event.aggregate_id.as_str()), event.org_id.clone().unwrap_or_default()),
                     "organization" => ("org", None, event.aggregate_id.clone()),
@@ -268,6 +282,10 @@ impl Projection for LimitsProjection {
         &["agent_limits"]
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(LIMIT_EVENTS)
+    }
+
     fn apply<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -276,7 +294,7 @@ impl Projection for LimitsProjection {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let table = tables.get("agent_limits");
-            for event in events.iter().filter(|e| e.aggregate_type == "agent") {
+            for (event, p) in relevant(events, &["agent"], LIMIT_EVENTS) {
                 let sql = match event.event_type.as_str() {
                     "LimitsChanged" => format!(
                         "INSERT INTO {table} (agent_id, overrides, updated_at) VALUES ($1, $2, $3)
@@ -289,7 +307,6 @@ impl Projection for LimitsProjection {
                     ),
                     _ => continue,
                 };
-                let p = payload(event);
                 let value = if event.event_type == "LimitsChanged" {
                     p.get("overridesAfter").cloned().unwrap_or(json!({}))
                 } else {

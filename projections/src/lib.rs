@@ -116,6 +116,12 @@ pub trait Projection: Send + Sync {
     fn name(&self) -> &'static str;
     /// Every table the projection writes; a rebuild shadows and swaps them all.
     fn tables(&self) -> &'static [&'static str];
+    /// The event types `apply` reads, when it reads only some: the live runner then fetches only
+    /// these and moves the checkpoint past the rest unread. `None`: every event. Each projection
+    /// filters its batch by the same constant, so the two cannot disagree.
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        None
+    }
     /// Applies a batch of events, in global order, inside the runner's transaction. Batches let
     /// a projection write with a few set-based statements instead of one round trip per event.
     fn apply<'a>(

@@ -22,6 +22,8 @@ struct Sent {
     cost: i64,
 }
 
+const USAGE_EVENTS: &[&str] = &["MessageSent", "CallPlaced", "CallStatusChanged"];
+
 /// The dashboard's channel names: sms, email, voice_call, voice_message.
 fn channel(event_type: &str, sent: &Sent) -> Option<String> {
     match event_type {
@@ -42,6 +44,10 @@ impl Projection for UsageProjection {
         &["usage_hourly"]
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(USAGE_EVENTS)
+    }
+
     fn apply<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -50,7 +56,8 @@ impl Projection for UsageProjection {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let mut sums = Sums::new();
-            for event in events.iter().filter(|e| e.aggregate_type == "agent") {
+            let usage = events.iter().filter(|e| e.aggregate_type == "agent" && USAGE_EVENTS.contains(&e.event_type.as_str()));
+            for event in usage {
                 // A call's status callback brings its final cost (no new action).
                 let action = match event.event_type.as_str() {
                     "MessageSent" | "CallPlaced" => 1,

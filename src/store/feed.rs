@@ -49,6 +49,32 @@ pub async fn read_after<'e>(
     rows.iter().map(stored_event_from_row).collect()
 }
 
+/// Up to `limit` events of `event_types` after `after`, in global order, below `horizon` (an
+/// `event_horizon()` read earlier: what lies below it was final then and still is), and how far
+/// the read reached: every event up to that position that is not returned is of another type. A
+/// short read reached the horizon, so the reader may move up to it even when nothing it reads was
+/// there.
+pub async fn read_types_after(
+    conn: &mut sqlx::PgConnection,
+    after: i64,
+    horizon: i64,
+    limit: i64,
+    event_types: &[&str],
+) -> Result<(Vec<StoredEvent>, i64), sqlx::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events
+         WHERE position > $1 AND position < $2 AND event_type = ANY($3)
+         ORDER BY position LIMIT $4"
+    );
+    let rows = sqlx::query(&sql).bind(after).bind(horizon).bind(event_types).bind(limit).fetch_all(conn).await?;
+    let events = rows.iter().map(stored_event_from_row).collect::<Result<Vec<_>, _>>()?;
+    let reached = match events.last() {
+        Some(last) if events.len() as i64 == limit => last.position,
+        _ => after.max(horizon - 1),
+    };
+    Ok((events, reached))
+}
+
 /// The highest position a reader may see now (for `headPosition` and progress bars).
 pub async fn head_position<'e>(db: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events WHERE position < event_horizon()")

@@ -42,13 +42,31 @@ pub async fn run_batch(
     tables: &Tables,
     batch: i64,
 ) -> Result<usize, RunnerError> {
+    Ok(step(pool, projection, checkpoint, tables, batch).await?.applied)
+}
+
+/// What one live step did: events applied, and whether the checkpoint moved (it also moves past
+/// events of types the projection does not read).
+struct Step {
+    applied: usize,
+    moved: bool,
+}
+
+async fn step(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    checkpoint: &str,
+    tables: &Tables,
+    batch: i64,
+) -> Result<Step, RunnerError> {
     let mut tx = pool.begin().await?;
-    if !lock_relaxed(&mut tx, projection.name()).await? {
-        return Ok(0);
-    }
-    let applied = apply_batch(&mut tx, projection, checkpoint, tables, batch).await?;
+    let Some(horizon) = lock_relaxed(&mut tx, projection.name()).await? else {
+        return Ok(Step { applied: 0, moved: false });
+    };
+    let types = projection.event_types().map(|types| (types, horizon));
+    let step = apply_batch(&mut tx, projection, checkpoint, tables, batch, types).await?;
     tx.commit().await?;
-    Ok(applied)
+    Ok(step)
 }
 
 /// Applies everything below the horizon in batches, reading batch n+1 on a second connection
@@ -73,7 +91,7 @@ pub async fn catch_up(
         };
         next = prefetch(pool.clone(), last, batch);
         let mut tx = pool.begin().await?;
-        if !lock_relaxed(&mut tx, projection.name()).await? || checkpoint_of(&mut tx, checkpoint).await? != after {
+        if lock_relaxed(&mut tx, projection.name()).await?.is_none() || checkpoint_of(&mut tx, checkpoint).await? != after {
             // Someone else is applying this projection: leave it to them.
             return Ok(applied);
         }
@@ -96,40 +114,53 @@ fn prefetch(pool: PgPool, after: i64, batch: i64) -> JoinHandle<Result<Vec<feed:
 }
 
 /// Inside the caller's transaction: reads the checkpoint, applies the next events below the
-/// horizon, and moves the checkpoint past them.
+/// horizon, and moves the checkpoint past them. With `event_types` only those are read, and the
+/// checkpoint moves past the others too (`feed::read_types_after`, below the horizon the lock
+/// statement read); a rebuild reads everything, so its progress counts every event.
 async fn apply_batch(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     checkpoint: &str,
     tables: &Tables,
     batch: i64,
-) -> Result<usize, RunnerError> {
+    event_types: Option<(&[&str], i64)>,
+) -> Result<Step, RunnerError> {
     let position = checkpoint_of(&mut *conn, checkpoint).await?;
-    let events = feed::read_after(&mut *conn, position, batch, None).await?;
-    let Some(last) = events.last().map(|e| e.position) else {
-        return Ok(0);
+    let (events, reached) = match event_types {
+        Some((types, horizon)) => feed::read_types_after(&mut *conn, position, horizon, batch, types).await?,
+        None => {
+            let events = feed::read_after(&mut *conn, position, batch, None).await?;
+            let reached = events.last().map_or(position, |e| e.position);
+            (events, reached)
+        }
     };
-    projection.apply(&mut *conn, tables, &events).await?;
-    set_checkpoint(&mut *conn, checkpoint, last).await?;
-    Ok(events.len())
+    if reached <= position {
+        return Ok(Step { applied: 0, moved: false });
+    }
+    if !events.is_empty() {
+        projection.apply(&mut *conn, tables, &events).await?;
+    }
+    set_checkpoint(&mut *conn, checkpoint, reached).await?;
+    Ok(Step { applied: events.len(), moved: true })
 }
 
-/// Takes the projection's lock for this transaction (false: another instance holds it) and
-/// relaxes the transaction, in one round trip. A projection batch need not wait for its WAL
+/// Takes the projection's lock for this transaction (`None`: another instance holds it), relaxes
+/// the transaction and reads the horizon, in one round trip. A projection batch need not wait for its WAL
 /// flush: its rows and its checkpoint commit or are lost together, and a lost batch is simply
 /// applied again from the older checkpoint. The feed is read in index order: right after a burst
 /// of appends, before autovacuum has analyzed `events`, the planner would otherwise bitmap-scan
 /// and sort the batch on disk (3x slower, measured).
-async fn lock_relaxed(conn: &mut PgConnection, projection: &str) -> Result<bool, sqlx::Error> {
-    let (locked,): (bool,) = sqlx::query_as(
+async fn lock_relaxed(conn: &mut PgConnection, projection: &str) -> Result<Option<i64>, sqlx::Error> {
+    let (locked, horizon): (bool, i64) = sqlx::query_as(
         "SELECT pg_try_advisory_xact_lock(hashtext('commguard.projection.' || $1))
                 AND set_config('synchronous_commit', 'off', true) IS NOT NULL
-                AND set_config('enable_bitmapscan', 'off', true) IS NOT NULL",
+                AND set_config('enable_bitmapscan', 'off', true) IS NOT NULL,
+                event_horizon()",
     )
     .bind(projection)
     .fetch_one(conn)
     .await?;
-    Ok(locked)
+    Ok(locked.then_some(horizon))
 }
 
 /// The relaxations of `lock_relaxed`, for the rebuild's shadow batches (which take no lock).
@@ -182,16 +213,16 @@ pub fn spawn_all(
                 let name = projection.name();
                 loop {
                     wake.borrow_and_update();
-                    let applied = match run_batch(&pool, projection.as_ref(), name, &tables, BATCH).await {
-                        Ok(n) if n as i64 == BATCH => catch_up(&pool, projection.as_ref(), name, &tables, BATCH)
-                            .await
-                            .map(|more| n as u64 + more),
-                        Ok(n) => Ok(n as u64),
+                    let moved = match step(&pool, projection.as_ref(), name, &tables, BATCH).await {
+                        Ok(s) if s.applied as i64 == BATCH => {
+                            catch_up(&pool, projection.as_ref(), name, &tables, BATCH).await.map(|_| true)
+                        }
+                        Ok(s) => Ok(s.moved),
                         Err(e) => Err(e),
                     };
-                    let wait = match applied {
-                        Ok(0) => IDLE_POLL,
-                        Ok(_) => {
+                    let wait = match moved {
+                        Ok(false) => IDLE_POLL,
+                        Ok(true) => {
                             tokio::select! {
                                 _ = stop.notified() => return,
                                 _ = tokio::time::sleep(GATHER) => continue,
@@ -238,7 +269,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection, progress: &mut 
         // live tables current meanwhile.
         let mut tx = pool.begin().await?;
         durability_relaxed(&mut tx).await?;
-        let n = apply_batch(&mut tx, projection, &shadow_checkpoint, &shadows, REBUILD_BATCH).await?;
+        let n = apply_batch(&mut tx, projection, &shadow_checkpoint, &shadows, REBUILD_BATCH, None).await?.applied;
         tx.commit().await?;
         if n == 0 {
             break;
@@ -255,7 +286,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection, progress: &mut 
         .execute(&mut *tx)
         .await?;
     loop {
-        let n = apply_batch(&mut tx, projection, &shadow_checkpoint, &shadows, REBUILD_BATCH).await?;
+        let n = apply_batch(&mut tx, projection, &shadow_checkpoint, &shadows, REBUILD_BATCH, None).await?.applied;
         if n == 0 {
             break;
         }

@@ -333,3 +333,35 @@ async fn long_streams_load_from_correct_snapshots() {
     let context = snapshots.load_aggregate("long").await.unwrap();
     assert_eq!(context.aggregate.count, 251);
 }
+
+#[tokio::test]
+async fn a_projection_reading_some_event_types_moves_its_checkpoint_past_the_others() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let ledger = store.framework::<Ledger>(());
+    for i in 0..50 {
+        note(&store, &ledger, &format!("t{}", i % 3), "x", None).await;
+    }
+    wait_visible(store.pool(), 50).await;
+    let last: i64 = sqlx::query_scalar("SELECT MAX(position) FROM events").fetch_one(store.pool()).await.unwrap();
+
+    // The orgs projection reads organization events only: nothing to apply, yet it is not behind.
+    let orgs = commguard_projections::directory::OrgsProjection;
+    assert!(orgs.event_types().is_some_and(|types| !types.contains(&"Noted")));
+    let tables = Tables::live(orgs.tables());
+    let applied = runner::run_batch(store.pool(), &orgs, orgs.name(), &tables, runner::BATCH).await.unwrap();
+    assert_eq!(applied, 0);
+    let checkpoint: i64 = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = 'orgs'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(checkpoint >= last, "checkpoint {checkpoint} is past the last event {last}");
+    store.await_projection("orgs", last).await.unwrap();
+    // A second step finds nothing new and leaves the checkpoint where it is.
+    runner::run_batch(store.pool(), &orgs, orgs.name(), &tables, runner::BATCH).await.unwrap();
+    let again: i64 = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = 'orgs'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(again >= checkpoint);
+}
