@@ -190,8 +190,8 @@ impl Reserver {
 }
 
 /// One `reserve_actions` call for `batch`; every job gets its own answer.
-async fn reserve_batch(pool: &PgPool, batch: Vec<Job>) {
-    let requests = serde_json::Value::Array(batch.iter().map(|j| j.request.clone()).collect());
+async fn reserve_batch(pool: &PgPool, mut batch: Vec<Job>) {
+    let requests = serde_json::Value::Array(batch.iter_mut().map(|j| std::mem::take(&mut j.request)).collect());
     type Row = (i64, Option<String>, Option<i64>, Option<i64>, Option<DateTime<Utc>>);
     let rows: Result<Vec<Row>, sqlx::Error> =
         sqlx::query_as("SELECT * FROM reserve_actions($1)").bind(&requests).fetch_all(pool).await;
