@@ -1,6 +1,6 @@
 //! Group commit for appends. Every append (sealed, hashed, numbered by its caller) is queued
 //! here; the committer task takes everything queued — at most one append per stream and
-//! 4,096 events — and write it in **one statement**: the chain heads of all streams move where
+//! 4,096 events — and writes it in **one call** of `append_batch` (migration 0014): the chain heads of all streams move where
 //! they still stand where each append was decided, and only the events of those streams are
 //! inserted. An append whose stream moved meanwhile is answered `OptimisticLockError` and its
 //! command is decided again; the others commit together. A lone writer waits for nobody: batches
@@ -20,9 +20,8 @@ use uuid::Uuid;
 use super::repository::MAX_EVENTS_PER_APPEND;
 
 /// Statements in flight at once. While one runs, the next batch forms, so batches grow with load.
-/// With 16 writers on 2 cores: 1 and 2 in flight ~3.9k appends/s, 4 ~4.5k (four runs), 8 and 16
-/// worse (4.0–4.2k): more statements only compete for the same CPUs. (Postgres re-plans this
-/// statement for every batch; forcing its generic plan was measured 2.5x slower to execute.)
+/// With 16 writers on 2 cores and `append_batch`: 4 in flight 6.1–7.1k appends/s (three runs),
+/// 8 5.6k, 16 5.3k: more statements only compete for the same CPUs.
 const COMMITTERS: usize = 4;
 
 /// One event of an append, ready to insert.
@@ -118,8 +117,12 @@ fn key(append: &Append) -> (String, String) {
     (append.aggregate_type.clone(), append.aggregate_id.clone())
 }
 
-/// One statement for the whole batch; every job gets its own answer.
+/// One call of `append_batch` (migration 0014) for the whole batch; every job gets its own answer.
 async fn commit(pool: &PgPool, mut batch: Vec<Job>) {
+    // Heads are locked in one global order, so concurrent batches cannot deadlock.
+    batch.sort_unstable_by(|a, b| {
+        (&a.append.aggregate_type, &a.append.aggregate_id).cmp(&(&b.append.aggregate_type, &b.append.aggregate_id))
+    });
     // JSON columns are moved out (the jobs need only their stream and reply from here on).
     let mut payloads = Vec::new();
     let mut metadatas = Vec::new();
@@ -131,7 +134,9 @@ async fn commit(pool: &PgPool, mut batch: Vec<Job>) {
     }
     let mut heads = HeadColumns::default();
     let mut rows = RowColumns::default();
-    for job in &batch {
+    // The 0-based index, in the batch's rows, of each job's last event.
+    let mut last_rows = Vec::with_capacity(batch.len());
+    for (head, job) in (1i32..).zip(&batch) {
         let a = &job.append;
         let last = a.rows.last().expect("appends are not empty");
         heads.aggregate_type.push(a.aggregate_type.as_str());
@@ -140,8 +145,7 @@ async fn commit(pool: &PgPool, mut batch: Vec<Job>) {
         heads.last_sequence.push(last.sequence);
         heads.last_hash.push(last.hash.as_str());
         for row in &a.rows {
-            rows.aggregate_type.push(a.aggregate_type.as_str());
-            rows.aggregate_id.push(a.aggregate_id.as_str());
+            rows.head.push(head);
             rows.sequence.push(row.sequence);
             rows.event_type.push(row.event_type.as_str());
             rows.event_version.push(row.event_version.as_str());
@@ -151,45 +155,17 @@ async fn commit(pool: &PgPool, mut batch: Vec<Job>) {
             rows.prev_hash.push(row.prev_hash.as_str());
             rows.hash.push(row.hash.as_str());
         }
+        last_rows.push(rows.head.len() as i64 - 1);
     }
-    // A head moves only from where its append was decided (or is created, for a stream's first
-    // append); events are inserted only for the streams whose head moved.
-    let result: Result<Vec<(String, String, i64)>, sqlx::Error> = sqlx::query_as(
-        "WITH req AS (
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[])
-                 AS r(aggregate_type, aggregate_id, expected, last_sequence, last_hash)
-         ), moved AS (
-             INSERT INTO chain_heads AS h (aggregate_type, aggregate_id, last_sequence, last_hash, appended)
-             SELECT r.aggregate_type, r.aggregate_id, r.last_sequence, r.last_hash, r.last_sequence - r.expected
-             FROM req r
-             WHERE r.expected = 0 OR EXISTS (
-                 SELECT 1 FROM chain_heads c WHERE c.aggregate_type = r.aggregate_type AND c.aggregate_id = r.aggregate_id)
-             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-                 SET last_sequence = EXCLUDED.last_sequence, last_hash = EXCLUDED.last_hash, appended = EXCLUDED.appended
-                 WHERE h.last_sequence = EXCLUDED.last_sequence - EXCLUDED.appended
-             RETURNING h.aggregate_type, h.aggregate_id
-         ), appended AS (
-             INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
-                                 payload, metadata, position, event_id, occurred_at, org_id, prev_hash, hash)
-             SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload, e.metadata,
-                    (pg_current_xact_id()::text::bigint << 12) + e.ord - 1,
-                    e.event_id, e.occurred_at, e.org_id, e.prev_hash, e.hash
-             FROM UNNEST($6::text[], $7::text[], $8::bigint[], $9::text[], $10::text[], $11::json[], $12::json[],
-                         $13::uuid[], $14::timestamptz[], $15::text[], $16::text[], $17::text[])
-                  WITH ORDINALITY AS e(aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                                       metadata, event_id, occurred_at, org_id, prev_hash, hash, ord)
-             JOIN moved m ON m.aggregate_type = e.aggregate_type AND m.aggregate_id = e.aggregate_id
-             RETURNING aggregate_type, aggregate_id, position
-         )
-         SELECT aggregate_type, aggregate_id, MAX(position) FROM appended GROUP BY aggregate_type, aggregate_id",
+    let result: Result<(i64, Vec<bool>), sqlx::Error> = sqlx::query_as(
+        "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::json[], $11::json[], $12, $13, $14, $15, $16)",
     )
     .bind(&heads.aggregate_type)
     .bind(&heads.aggregate_id)
     .bind(&heads.expected)
     .bind(&heads.last_sequence)
     .bind(&heads.last_hash)
-    .bind(&rows.aggregate_type)
-    .bind(&rows.aggregate_id)
+    .bind(&rows.head)
     .bind(&rows.sequence)
     .bind(&rows.event_type)
     .bind(&rows.event_version)
@@ -200,28 +176,27 @@ async fn commit(pool: &PgPool, mut batch: Vec<Job>) {
     .bind(&rows.org_id)
     .bind(&rows.prev_hash)
     .bind(&rows.hash)
-    .fetch_all(pool)
+    .fetch_one(pool)
     .await;
     match result {
-        Ok(committed) => {
-            for job in batch {
-                let position = committed
-                    .iter()
-                    .find(|(t, id, _)| *t == job.append.aggregate_type && *id == job.append.aggregate_id)
-                    .map(|(_, _, p)| *p);
-                let _ = job.reply.send(position.ok_or(PersistenceError::OptimisticLockError));
+        Ok((base, moved)) => {
+            for ((job, moved), last_row) in batch.into_iter().zip(moved).zip(last_rows) {
+                let reply = if moved { Ok(base + last_row) } else { Err(PersistenceError::OptimisticLockError) };
+                let _ = job.reply.send(reply);
             }
         }
         Err(e) => {
-            // A unique violation here means a stream moved in a way the heads did not show
-            // (impossible while heads and events are written together): every append retries.
-            let conflict = matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"));
-            if !conflict {
+            // A unique violation means a stream moved in a way the heads did not show (impossible
+            // while heads and events are written together), a deadlock or serialization failure
+            // that another transaction interleaved: either way every append is decided again.
+            let retry = matches!(&e, sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("23505" | "40001" | "40P01")));
+            if !retry {
                 tracing::error!(error = %e, appends = batch.len(), "append batch failed");
             }
             let message = e.to_string();
             for job in batch {
-                let error = if conflict {
+                let error = if retry {
                     PersistenceError::OptimisticLockError
                 } else {
                     PersistenceError::ConnectionError(message.clone().into())
@@ -243,8 +218,7 @@ struct HeadColumns<'a> {
 
 #[derive(Default)]
 struct RowColumns<'a> {
-    aggregate_type: Vec<&'a str>,
-    aggregate_id: Vec<&'a str>,
+    head: Vec<i32>,
     sequence: Vec<i64>,
     event_type: Vec<&'a str>,
     event_version: Vec<&'a str>,
