@@ -49,6 +49,8 @@ pub struct AppState {
     pub credential_keys: Arc<Vec<crypto::Key>>,
     /// Tool-limit reservations, batched (CONTRACT §9).
     pub reserver: crate::outbound::limits::Reserver,
+    /// This instance's outbound intents (recorded before every provider call).
+    pub intents: Arc<crate::outbound::intents::Intents>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +178,10 @@ impl Runtime {
             )),
             credential_keys: self.credential_keys.clone(),
             reserver: crate::outbound::limits::Reserver::start(store.pool().clone()),
+            intents: crate::outbound::intents::Intents::start(
+                store.clone(),
+                Duration::from_secs(config.outbound_intent_lease_seconds),
+            ),
             http: reqwest::Client::builder()
                 .timeout(crate::outbound::provider::TIMEOUT)
                 .build()
@@ -210,6 +216,7 @@ pub struct Server {
     runners: Vec<JoinHandle<()>>,
     jobs: Jobs,
     sessions: Arc<Sessions>,
+    intents: Arc<crate::outbound::intents::Intents>,
 }
 
 impl Server {
@@ -253,14 +260,16 @@ impl Server {
                 }
             }
         }));
+        tasks.push(tokio::spawn(state.intents.clone().run()));
         let runners = runners.into_iter().chain(tasks).collect();
         let sessions = state.sessions.clone();
+        let intents = state.intents.clone();
         let app = router(state, hardening).into_make_service_with_connect_info::<SocketAddr>();
         let shutdown = stop.clone();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.notified().await }).await
         });
-        Ok(Self { addr, stop, task, runners, jobs, sessions })
+        Ok(Self { addr, stop, task, runners, jobs, sessions, intents })
     }
 
     /// Stops accepting, lets in-flight requests finish (at most `DRAIN`), stops the runners.
@@ -273,6 +282,8 @@ impl Server {
             runner.abort();
         }
         self.jobs.stop().await;
+        // Intents still open (background retries) become reconcilable by others at once.
+        self.intents.retire().await;
         match served {
             Ok(Ok(result)) => result.map_err(StartError::Serve),
             Ok(Err(join)) => Err(StartError::Serve(std::io::Error::other(join))),

@@ -104,6 +104,9 @@ pub struct Config {
     pub org_default_max_agents: u32,
     pub mcp_max_sessions: u32,
     pub mcp_session_idle_seconds: u64,
+    /// How long an instance may stop heartbeating before its outbound intents are reconciled
+    /// by others (`outbound::intents`).
+    pub outbound_intent_lease_seconds: u64,
     pub anomaly_detector_enabled: bool,
     pub anomaly_check_interval_seconds: u64,
     pub anomaly_volume_min_actions: u32,
@@ -343,6 +346,7 @@ impl Config {
             org_default_max_agents: r.number("ORG_DEFAULT_MAX_AGENTS", 100u32, 1)?,
             mcp_max_sessions: r.number("MCP_MAX_SESSIONS", 1000u32, 1)?,
             mcp_session_idle_seconds: r.number("MCP_SESSION_IDLE_SECONDS", 1800u64, 1)?,
+            outbound_intent_lease_seconds: r.number("OUTBOUND_INTENT_LEASE_SECONDS", 30u64, 1)?,
             anomaly_detector_enabled: r.bool("ANOMALY_DETECTOR_ENABLED", true)?,
             anomaly_check_interval_seconds: r.number("ANOMALY_CHECK_INTERVAL_SECONDS", 60u64, 1)?,
             anomaly_volume_min_actions: r.number("ANOMALY_VOLUME_MIN_ACTIONS", 10u32, 1)?,

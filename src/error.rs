@@ -105,6 +105,17 @@ impl ApiError {
         Self::new(ErrorCode::Internal, "Internal server error")
     }
 
+    /// A refusal whose decision could not be recorded (CONTRACT P2): the caller is told, and
+    /// nothing was done.
+    pub fn unrecorded() -> Self {
+        let mut e = Self::new(
+            ErrorCode::Unavailable,
+            "The decision could not be recorded (database unavailable); nothing was done",
+        );
+        e.recorded = true;
+        e
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::NotFound, message)
     }

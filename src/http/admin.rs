@@ -89,7 +89,9 @@ async fn record_refusals(State(app): State<AppState>, mut request: Request, next
             rule: refusal.extra.get("rule").and_then(serde_json::Value::as_str).map(str::to_string),
         };
         if let Err(e) = app.store.record(stream_type, &stream_id, &[event], &context).await {
-            tracing::error!(error = %e, "ActionRefused not recorded");
+            // An unrecorded decision is not answered as if it had been made (CONTRACT P2).
+            tracing::error!(error = %e, "ActionRefused not recorded; answered unavailable");
+            return axum::response::IntoResponse::into_response(ApiError::unrecorded());
         }
     }
     response

@@ -65,6 +65,10 @@ impl Action for Message {
         &self.to
     }
 
+    fn id_field(&self) -> &'static str {
+        "messageId"
+    }
+
     fn outgoing<'a>(&'a self, from: Option<&'a str>, _: Option<&'a str>, callback: Option<&'a str>) -> Outgoing<'a> {
         Outgoing {
             channel: &self.channel,
@@ -267,6 +271,10 @@ impl Action for Call {
 
     fn to(&self) -> &str {
         &self.to
+    }
+
+    fn id_field(&self) -> &'static str {
+        "callId"
     }
 
     fn outgoing<'a>(

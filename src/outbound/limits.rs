@@ -113,6 +113,8 @@ impl Exceeded {
 
 /// What one reservation asks for.
 pub struct Request<'a> {
+    /// The reservation's id: the action's (messageId, callId) and its intent's.
+    pub id: Uuid,
     pub agent_id: &'a str,
     pub org_id: &'a str,
     pub now: DateTime<Utc>,
@@ -121,6 +123,9 @@ pub struct Request<'a> {
     pub limits: Limits,
     pub caps: OrgCaps,
     pub contact: Option<Contact>,
+    /// The sealed intent stored with the reservation, and the instance that owns it
+    /// (`outbound::intents`).
+    pub intent: Option<(Uuid, serde_json::Value)>,
 }
 
 type Outcome = Result<Result<Reservation, Exceeded>, ApiError>;
@@ -164,9 +169,8 @@ impl Reserver {
 
     /// Reserves one action, or names the first limit that refuses it.
     pub async fn reserve(&self, request: Request<'_>) -> Outcome {
-        let Request { agent_id, org_id, now, cost, limits, caps, contact } = request;
-        let id = Uuid::new_v4();
-        let json = serde_json::json!({
+        let Request { id, agent_id, org_id, now, cost, limits, caps, contact, intent } = request;
+        let mut json = serde_json::json!({
             "id": id, "agent": agent_id, "org": org_id, "now": now, "cost": cost,
             "perMinute": limits.per_minute, "perHour": limits.per_hour, "perDay": limits.per_day,
             "spendDay": limits.spend_day, "spendMonth": limits.spend_month,
@@ -174,6 +178,10 @@ impl Reserver {
             "contact": contact.as_ref().map(|c| c.reference.as_str()),
             "contactMax": contact.as_ref().and_then(|c| c.max_per_day),
         });
+        if let Some((owner, intent)) = intent {
+            json["owner"] = serde_json::json!(owner);
+            json["intent"] = intent;
+        }
         let reservation = Reservation {
             id,
             agent_id: agent_id.into(),
@@ -224,26 +232,6 @@ async fn reserve_batch(pool: &PgPool, mut batch: Vec<Job>) {
             }
         }
     }
-}
-
-/// Gives a reservation back (the provider failed: failed calls consume nothing).
-pub async fn release(pool: &PgPool, r: &Reservation) -> Result<(), ApiError> {
-    sqlx::query("SELECT release_action($1, $2, $3, $4, $5, $6)")
-        .bind(r.id)
-        .bind(&r.agent_id)
-        .bind(&r.org_id)
-        .bind(r.at)
-        .bind(r.cost)
-        .bind(&r.contact)
-        .execute(pool)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(())
-}
-
-/// Replaces the estimated cost with the provider's actual one.
-pub async fn settle(pool: &PgPool, r: &Reservation, actual: i64) -> Result<(), ApiError> {
-    add_cost(pool, &r.agent_id, &r.org_id, r.at, actual - r.cost).await
 }
 
 /// Adds `cost` (micro-dollars, may be negative) to the spend of the agent and its org in the day

@@ -7,6 +7,7 @@
 
 pub mod compliance;
 pub mod credentials;
+pub mod intents;
 pub mod limits;
 pub mod provider;
 pub mod usage;
@@ -36,6 +37,8 @@ trait Action {
     /// `sms`, `email` or `voice`: the channel the agent's state and blocks are checked on.
     fn channel(&self) -> &str;
     fn to(&self) -> &str;
+    /// The reply's name for the action's id: `messageId` or `callId`.
+    fn id_field(&self) -> &'static str;
     /// What compliance (checks 7–11) reads.
     fn subject(&self) -> compliance::Subject<'_>;
     fn blocked(&self, id: Uuid, check: &str, refusal: &ApiError) -> AgentEvent;
@@ -111,19 +114,8 @@ async fn run<A: Action>(
         max_per_day: (!unlimited).then_some(i64::from(app.config.default_max_calls_per_day_same_number)),
     });
     let estimate = provider::estimated_cost(action.channel());
-    let now = app.clock.now();
-    let request =
-        limits::Request { agent_id: &agent_id, org_id: &agent.org_id, now, cost: estimate, limits, caps, contact };
-    let reservation = match app.reserver.reserve(request).await? {
-        Ok(r) => r,
-        Err(exceeded) => return Err(block(app, context, &agent_id, id, &action, "limits", exceeded.to_error()).await),
-    };
-    if unlimited {
-        context.provenance.skip("limits", "super-admin or demo: counted, not limited");
-    } else {
-        context.provenance.pass("limits");
-    }
-    // 13: the provider: the mock for sandbox orgs and demo, else the configured real one.
+    // Step 13's provider is chosen now (it is used only once the limits pass), so the intent
+    // stored with the reservation can say what will have happened if nobody completes it.
     let sandbox = app.config.demo_mode || org.mode != "production";
     let chosen = if sandbox {
         Some((Provider::Mock, Credentials::default()))
@@ -135,18 +127,63 @@ async fn run<A: Action>(
             None => None,
         }
     };
-    let Some((provider, provider_credentials)) = chosen else {
-        limits::release(&app.pool, &reservation).await?;
+    let from_channel = if action.channel() == "email" { "email" } else { "phone" };
+    let from = agent.channels.get(from_channel).and_then(Value::as_str).map(str::to_string);
+    let limits_check = |provenance: &mut crate::store::Provenance| {
+        if unlimited {
+            provenance.skip("limits", "super-admin or demo: counted, not limited");
+        } else {
+            provenance.pass("limits");
+        }
+    };
+    let no_provider = || {
         let what = if action.channel() == "email" { "email" } else { "telephony" };
-        let mut refusal = ApiError::new(ErrorCode::Unavailable, format!("No {what} provider configured"));
+        ApiError::new(ErrorCode::Unavailable, format!("No {what} provider configured"))
+    };
+    let fallback = {
+        let mut fallback_context = context.clone();
+        limits_check(&mut fallback_context.provenance);
+        let event = match &chosen {
+            Some((provider, _)) => {
+                fallback_context.provenance.pass_with("provider", "unconfirmed: the outcome of the provider call was never recorded");
+                let unconfirmed = Receipt { external_id: String::new(), status: "unconfirmed".into(), cost: estimate };
+                action.sent(id, from.clone(), *provider, &unconfirmed, &passed)
+            }
+            None => {
+                let refusal = no_provider();
+                fallback_context.provenance.fail("provider", refusal.message.clone());
+                action.failed(id, "none", &refusal.message)
+            }
+        };
+        app.intents.seal(id, &agent.org_id, action.to(), event, &fallback_context).await?
+    };
+    let now = app.clock.now();
+    let request = limits::Request {
+        id,
+        agent_id: &agent_id,
+        org_id: &agent.org_id,
+        now,
+        cost: estimate,
+        limits,
+        caps,
+        contact,
+        intent: Some((app.intents.instance(), fallback)),
+    };
+    if let Err(exceeded) = app.reserver.reserve(request).await? {
+        return Err(block(app, context, &agent_id, id, &action, "limits", exceeded.to_error()).await);
+    }
+    limits_check(&mut context.provenance);
+    // 13: the provider: the mock for sandbox orgs and demo, else the configured real one.
+    let Some((provider, provider_credentials)) = chosen else {
+        let mut refusal = no_provider();
         // Step 13 refusals are failures, not blocks (§6.1).
         context.provenance.fail("provider", refusal.message.clone());
-        record(app, &agent_id, action.failed(id, "none", &refusal.message), &context).await;
+        let failed = action.failed(id, "none", &refusal.message);
+        // Unrecorded: retried in the background; nothing reached anyone either way.
+        let _ = app.intents.complete(&agent_id, id, failed, &context, intents::Ending::Failed).await;
         refusal.recorded = true;
         return Err(refusal);
     };
-    let from_channel = if action.channel() == "email" { "email" } else { "phone" };
-    let from = agent.channels.get(from_channel).and_then(Value::as_str).map(str::to_string);
     let twiml = action.twiml(app, &agent, id);
     let callback = (action.channel() == "voice").then(|| {
         format!("{}/webhooks/{}/call-status", app.config.webhook_base_url.trim_end_matches('/'), agent.agent_id)
@@ -155,18 +192,29 @@ async fn run<A: Action>(
     let receipt = match provider.send(&app.http, &app.config, &provider_credentials, &outgoing).await {
         Ok(receipt) => receipt,
         Err(failure) => {
-            limits::release(&app.pool, &reservation).await?;
             context.provenance.fail("provider", failure.0.clone());
-            record(app, &agent_id, action.failed(id, provider.name(), &failure.0), &context).await;
+            let failed = action.failed(id, provider.name(), &failure.0);
+            let _ = app.intents.complete(&agent_id, id, failed, &context, intents::Ending::Failed).await;
             let mut e = ApiError::new(ErrorCode::ProviderError, format!("Provider error: {}", failure.0))
                 .with("provider", provider.name());
             e.recorded = true;
             return Err(e);
         }
     };
-    limits::settle(&app.pool, &reservation, receipt.cost).await?;
     context.provenance.pass("provider");
-    record(app, &agent_id, action.sent(id, from.clone(), provider, &receipt, &passed), &context).await;
+    let sent = action.sent(id, from.clone(), provider, &receipt, &passed);
+    let ending = intents::Ending::Sent { cost_delta: receipt.cost - estimate };
+    if app.intents.complete(&agent_id, id, sent, &context, ending).await.is_err() {
+        // The provider took it: a person may have it. Say so, and never that nothing happened.
+        let mut e = ApiError::new(
+            ErrorCode::Unavailable,
+            "The action was handed to the provider but could not be recorded yet; it will be recorded when the database is back",
+        )
+        .with(action.id_field(), id.to_string())
+        .with("status", "unconfirmed");
+        e.recorded = true;
+        return Err(e);
+    }
     Ok(action.reply(id, from, &receipt, sandbox, passed.warnings))
 }
 
@@ -190,7 +238,8 @@ fn agent_state(agent: &directory::AgentView, channel: &str) -> Result<(), ApiErr
     Ok(())
 }
 
-/// Records the action's blocked event for a refusal at `check`; returns the refusal, marked recorded.
+/// Records the action's blocked event for a refusal at `check`; returns the refusal, marked
+/// recorded — or, if the decision cannot be recorded, `unavailable`: nothing was done.
 async fn block<A: Action>(
     app: &AppState,
     mut context: CommandContext,
@@ -201,13 +250,10 @@ async fn block<A: Action>(
     mut refusal: ApiError,
 ) -> ApiError {
     context.provenance.fail(check, refusal.message.clone());
-    record(app, agent_id, action.blocked(id, check, &refusal), &context).await;
+    if let Err(e) = app.store.record("agent", agent_id, &[action.blocked(id, check, &refusal)], &context).await {
+        tracing::error!(error = %e, agent_id, "refusal not recorded; answered unavailable");
+        return ApiError::unrecorded();
+    }
     refusal.recorded = true;
     refusal
-}
-
-async fn record(app: &AppState, agent_id: &str, event: AgentEvent, context: &CommandContext) {
-    if let Err(e) = app.store.record("agent", agent_id, &[event], context).await {
-        tracing::error!(error = %e, agent_id, "outbound event not recorded");
-    }
 }

@@ -617,7 +617,7 @@ async fn twilio_with_prices() -> String {
     base
 }
 
-async fn spend_today(me: &Session<'_>) -> f64 {
+async fn spend_today(me: &Session) -> f64 {
     me.ok("comms_get_usage_dashboard", json!({})).await["currentUsage"]["spendToday"].as_f64().unwrap()
 }
 

@@ -127,7 +127,8 @@ async fn the_limit_is_exact_when_two_instances_share_the_burst() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_provider_call_consumes_no_quota_and_spend_caps_refuse() {
     let db = TestDb::new().await;
-    // Two SMS fit the daily spend cap (2 × 0.0079 ≤ 0.02), a third would not.
+    // A cap refuses when the spend *before* the action has reached it (§9.1): 0, 0.0079 and
+    // 0.0158 are below 0.02, so three SMS pass; at 0.0237 the fourth is refused.
     let s = TestServer::start(&db, &vars(&[("DEFAULT_MAX_SPEND_PER_DAY", "0.02")])).await;
     let (token, agent_id) = agent(&s, "spender").await;
     let me = Session::open(&s, &token).await;
@@ -135,7 +136,7 @@ async fn a_failed_provider_call_consumes_no_quota_and_spend_caps_refuse() {
     let (is_error, failed) = me.call("comms_send_message", json!({"to": "+15005550001", "body": "hello"})).await;
     assert!(is_error);
     assert_eq!((failed["code"].as_str(), failed["provider"].as_str()), (Some("provider_error"), Some("mock")));
-    for _ in 0..2 {
+    for _ in 0..3 {
         let sent = me.ok("comms_send_message", json!({"to": "+12025550100", "body": "hello"})).await;
         assert_eq!(
             (sent["status"].as_str(), sent["cost"].as_f64(), sent["sandbox"].as_bool()),
@@ -146,7 +147,7 @@ async fn a_failed_provider_call_consumes_no_quota_and_spend_caps_refuse() {
     let (is_error, refused) = me.call("comms_send_message", json!({"to": "+12025550100", "body": "hello"})).await;
     assert!(is_error);
     assert_eq!(refused["limitType"], "daily-spend", "{refused}");
-    assert_eq!(refused["error"], "Rate limit exceeded: daily-spend (0.0158/0.02). Resets at midnight UTC.");
+    assert_eq!(refused["error"], "Rate limit exceeded: daily-spend (0.0237/0.02). Resets at midnight UTC.");
 
     // Email: a subject is required, and CAN-SPAM warns without an unsubscribe link.
     let (is_error, missing) =

@@ -399,7 +399,7 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
 }
 
 /// Consent for every recipient these tests use, at 11:00 in Washington (CONTRACT §10.3–10.4).
-async fn consent(s: &TestServer, me: &Session<'_>) {
+async fn consent(s: &TestServer, me: &Session) {
     let clock = s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER);
     assert!(clock.json(&json!({"now": "2026-12-01T16:00:00Z"})).send().await.unwrap().status().is_success());
     for to in ["+12025550400", "+12025550100", "+12025550101"] {

@@ -131,17 +131,22 @@ pub async fn wait_visible(pool: &PgPool, n: i64) {
 }
 
 /// An MCP session over Streamable HTTP for one token.
-pub struct McpSession<'a> {
-    server: &'a TestServer,
+pub struct McpSession {
+    http: reqwest::Client,
+    base: String,
     token: String,
     id: String,
 }
 
-impl<'a> McpSession<'a> {
-    pub async fn open(server: &'a TestServer, token: &str) -> Self {
-        let init = server
-            .http
-            .post(server.url("/mcp"))
+impl McpSession {
+    pub async fn open(server: &TestServer, token: &str) -> Self {
+        Self::open_at(&server.http, &server.base, token).await
+    }
+
+    /// A session with the server at `base` (e.g. a `commguard serve` process).
+    pub async fn open_at(http: &reqwest::Client, base: &str, token: &str) -> Self {
+        let init = http
+            .post(format!("{base}/mcp"))
             .bearer_auth(token)
             .header("accept", "application/json, text/event-stream")
             .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}))
@@ -150,15 +155,14 @@ impl<'a> McpSession<'a> {
             .unwrap();
         assert_eq!(init.status(), 200);
         let id = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
-        Self { server, token: token.into(), id }
+        Self { http: http.clone(), base: base.to_string(), token: token.into(), id }
     }
 
     /// (isError, the result's JSON).
     pub async fn call(&self, tool: &str, args: Value) -> (bool, Value) {
         let reply: Value = self
-            .server
             .http
-            .post(self.server.url("/mcp"))
+            .post(format!("{}/mcp", self.base))
             .bearer_auth(&self.token)
             .header("accept", "application/json, text/event-stream")
             .header("mcp-session-id", &self.id)

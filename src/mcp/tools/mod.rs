@@ -116,7 +116,10 @@ pub fn list(role: Role) -> Vec<Value> {
 pub async fn call(app: &AppState, caller: &Caller<'_>, name: &str, arguments: Value) -> Result<Value, ApiError> {
     let outcome = dispatch(app, caller, name, &arguments).await;
     if let Some(refusal) = outcome.as_ref().err().filter(|r| !r.recorded) {
-        record_refusal(app, caller, name, &arguments, refusal).await;
+        if !record_refusal(app, caller, name, &arguments, refusal).await {
+            // An unrecorded decision is not answered as if it had been made (CONTRACT P2).
+            return Err(ApiError::unrecorded());
+        }
     }
     outcome
 }
@@ -172,7 +175,14 @@ fn refused_by(refusal: &ApiError) -> &'static str {
     }
 }
 
-async fn record_refusal(app: &AppState, caller: &Caller<'_>, tool: &str, arguments: &Value, refusal: &ApiError) {
+/// Records `refusal` as `ActionRefused`; false if it could not be stored.
+async fn record_refusal(
+    app: &AppState,
+    caller: &Caller<'_>,
+    tool: &str,
+    arguments: &Value,
+    refusal: &ApiError,
+) -> bool {
     let agent_id = arguments
         .get("agentId")
         .and_then(Value::as_str)
@@ -194,7 +204,11 @@ async fn record_refusal(app: &AppState, caller: &Caller<'_>, tool: &str, argumen
         reason: refusal.message.clone(),
         rule: refusal.extra.get("rule").and_then(Value::as_str).map(str::to_string),
     };
-    if let Err(e) = app.store.record(stream_type, &stream_id, &[event], &context).await {
-        tracing::error!(error = %e, tool, "ActionRefused not recorded");
+    match app.store.record(stream_type, &stream_id, &[event], &context).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(error = %e, tool, "ActionRefused not recorded; answered unavailable");
+            false
+        }
     }
 }
