@@ -1,9 +1,10 @@
 //! Quiet hours for calls and voice messages (CONTRACT §10.4; windows and marketing day rules
 //! from Appendix A).
 //!
-//! 1. The candidate zones are libphonenumber's time zones for the number (namba). A number
-//!    without a specific zone (`Etc/Unknown`: no zones, the `Etc/Unknown` marker, or a number of
-//!    unknown type) counts as being in every zone of its region in tzdata's `zone1970.tab`.
+//! 1. The candidate zones are libphonenumber's time zones for the number ([`time_zones`]: its
+//!    own map and lookup, so a Spanish mobile is in the Canaries and Madrid). A number without a
+//!    specific zone (`Etc/Unknown`: invalid or unassigned numbers, calling codes without zones)
+//!    counts as being in every zone of its region in tzdata's `zone1970.tab`.
 //! 2. `recipientTimezone` replaces the candidates only if it is one of them; otherwise it is
 //!    ignored, and the decision's note says so.
 //! 3. The window is the region's hours (Appendix A) or 08:00–21:00, plus, for marketing calls,
@@ -13,10 +14,11 @@
 
 use chrono::{DateTime, Datelike, Timelike, Utc, Weekday};
 use chrono_tz::Tz;
-use namba::{NumberKind, PhoneNumber, TimeZones};
+use namba::PhoneNumber;
 use serde::Serialize;
 
 use crate::countries::{rule_for, Hours};
+use crate::time_zones;
 
 const ZONE1970: &str = include_str!("../data/zone1970.tab");
 
@@ -175,18 +177,15 @@ pub fn evaluate(
 ) -> Result<Decision, String> {
     let number: PhoneNumber = number_e164.parse().map_err(|e| format!("unparseable number: {e}"))?;
     let country = number_region(&number).ok_or("number has no known region")?;
-    let mapped: Vec<String> =
-        TimeZones::for_number(&number).map(|zones| zones.iter().map(String::from).collect()).unwrap_or_default();
+    let mapped = time_zones::for_number(&number);
 
     let mut notes = Vec::new();
-    let unknown = mapped.is_empty()
-        || mapped.iter().any(|z| z == "Etc/Unknown")
-        || matches!(number.assess().kind(), NumberKind::Unknown);
-    let mut zones = if unknown {
+    let unknown = mapped.is_empty() || mapped.contains(&time_zones::UNKNOWN);
+    let mut zones: Vec<String> = if unknown {
         notes.push(format!("no specific time zone for this number (Etc/Unknown): every {country} zone evaluated"));
         zones_of_country(&country).into_iter().map(String::from).collect()
     } else {
-        mapped
+        mapped.into_iter().map(String::from).collect()
     };
     if zones.is_empty() {
         return Err(format!("no time zone known for region {country}"));
@@ -247,6 +246,10 @@ mod tests {
     const SYDNEY: &str = "+61291234567";
     const BERLIN: &str = "+4930123456";
     const TOKYO: &str = "+81312345678";
+    const SPAIN_MOBILE: &str = "+34612345678";
+    const SPAIN_UNASSIGNED: &str = "+34212345678";
+    const MADRID: &str = "+34912345678";
+    const LAS_PALMAS: &str = "+34928123456";
 
     fn at(utc: &str) -> DateTime<Utc> {
         utc.parse().unwrap_or_else(|e| panic!("{utc}: {e}"))
@@ -375,7 +378,8 @@ mod tests {
             (ALASKA, None, false, "2026-01-16T06:00:00Z", Some((anchorage, "21:00"))),
             (ALASKA, None, false, "2026-07-15T16:30:00Z", Some((adak, "07:30"))),
             (ALASKA, None, false, "2026-07-15T17:00:00Z", None),
-            // Toll-free: 42 zones from Guam (UTC+10) to Pago Pago (UTC-11) and St John's (-3:30).
+            // Toll-free is not geographical: libphonenumber gives every zone of +1, 42 from Guam
+            // (UTC+10) to Pago Pago (UTC-11) and St John's (-3:30).
             (TOLL_FREE, None, false, "2026-07-15T16:00:00Z", Some((adak, "07:00"))),
             (TOLL_FREE, None, false, "2026-07-15T23:00:00Z", None),
             (TOLL_FREE, None, false, "2026-01-15T21:59:00Z", Some(("Pacific/Guam", "07:59"))),
@@ -395,6 +399,55 @@ mod tests {
         assert_eq!(fictional.zones.len(), 29);
         assert_eq!(fictional.country, "US");
         assert!(fictional.note.as_deref().is_some_and(|n| n.contains("Etc/Unknown")), "{fictional:?}");
+    }
+
+    #[test]
+    fn spanish_mobile_is_checked_in_the_canaries_too() {
+        let canary = "Atlantic/Canary";
+        let madrid = "Europe/Madrid";
+        check(&[
+            // 08:30 in Madrid is 07:30 in the Canaries, summer (CEST/WEST) and winter (CET/WET).
+            (SPAIN_MOBILE, None, false, "2026-07-15T06:30:00Z", Some((canary, "07:30"))),
+            (SPAIN_MOBILE, None, false, "2026-01-15T07:30:00Z", Some((canary, "07:30"))),
+            (SPAIN_MOBILE, None, false, "2026-07-15T06:59:00Z", Some((canary, "07:59"))),
+            (SPAIN_MOBILE, None, false, "2026-07-15T07:00:00Z", None),
+            // 21:30 in Madrid is only 20:30 in the Canaries: Madrid refuses.
+            (SPAIN_MOBILE, None, false, "2026-07-15T18:59:00Z", None),
+            (SPAIN_MOBILE, None, false, "2026-07-15T19:30:00Z", Some((madrid, "21:30"))),
+            // A recipientTimezone that is a candidate is used alone.
+            (SPAIN_MOBILE, Some(madrid), false, "2026-07-15T06:30:00Z", None),
+            // Fixed lines are geographical: Madrid alone, the Canaries alone.
+            (MADRID, None, false, "2026-07-15T06:30:00Z", None),
+            (LAS_PALMAS, None, false, "2026-07-15T06:30:00Z", Some((canary, "07:30"))),
+        ]);
+        let decision = evaluate(SPAIN_MOBILE, None, false, at("2026-07-15T06:30:00Z")).expect("valid");
+        assert_eq!(decision.zones, [canary, madrid]);
+        assert_eq!((decision.country.as_str(), decision.local_time.as_str()), ("ES", "07:30"));
+        assert_eq!(decision.note, None);
+        let refusal = decision.refusal.expect("refused in the Canaries");
+        assert_eq!((refusal.zone.as_str(), refusal.local_time.as_str()), (canary, "07:30"));
+        assert_eq!(
+            refusal.message,
+            "Compliance: TCPA: Calls not allowed at this time (7:00 in Atlantic/Canary). Allowed: 8:00 AM - 9:00 PM."
+        );
+    }
+
+    #[test]
+    fn etc_unknown_expands_to_every_zone_of_the_region() {
+        // An unassigned Spanish number: libphonenumber gives Etc/Unknown, so every ES zone of
+        // zone1970.tab (Madrid, Ceuta, the Canaries) is evaluated.
+        let number: PhoneNumber = SPAIN_UNASSIGNED.parse().expect("parses");
+        assert_eq!(time_zones::for_number(&number), [time_zones::UNKNOWN]);
+        let decision = evaluate(SPAIN_UNASSIGNED, None, false, at("2026-07-15T06:30:00Z")).expect("valid");
+        assert_eq!(decision.zones, ["Europe/Madrid", "Africa/Ceuta", "Atlantic/Canary"]);
+        assert_eq!(decision.zones, zones_of_country("ES"));
+        assert!(decision.note.as_deref().is_some_and(|n| n.contains("Etc/Unknown")), "{decision:?}");
+        let refusal = decision.refusal.expect("refused in the Canaries");
+        assert_eq!((refusal.zone.as_str(), refusal.local_time.as_str()), ("Atlantic/Canary", "07:30"));
+        assert!(evaluate(SPAIN_UNASSIGNED, None, false, at("2026-07-15T07:00:00Z")).expect("valid").allowed());
+        // A number with zones of its own is never expanded.
+        let mobile = evaluate(SPAIN_MOBILE, None, false, at("2026-07-15T12:00:00Z")).expect("valid");
+        assert_eq!(mobile.zones, ["Atlantic/Canary", "Europe/Madrid"]);
     }
 
     #[test]

@@ -13,4 +13,5 @@ pub mod organization;
 pub mod pii;
 pub mod recording;
 pub mod records;
+pub mod time_zones;
 pub mod values;
