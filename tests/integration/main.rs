@@ -7,6 +7,7 @@ mod cli;
 mod compliance;
 mod crypto_shredding;
 mod domain_store;
+mod error_texts;
 mod event_store;
 mod hardening;
 mod identity;
