@@ -242,12 +242,9 @@ async fn approve(
     Ok(Json(commands::approved_view(&view)))
 }
 
+/// Approval, suspension and unsuspension are S-only global configuration (Z7): Z4's refusal.
 fn super_admin(admin: &Admin) -> Result<(), ApiError> {
-    if admin.principal.role() == Role::SuperAdmin {
-        Ok(())
-    } else {
-        Err(ApiError::new(ErrorCode::Forbidden, "Super-admin access required"))
-    }
+    guard::require_role(&admin.principal, Role::SuperAdmin)
 }
 
 async fn suspend(

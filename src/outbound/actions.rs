@@ -28,7 +28,8 @@ struct Message {
 
 fn message_input(args: &Args<'_>) -> Result<Message, ApiError> {
     if args.0.get("templateId").is_some_and(|v| !v.is_null()) {
-        return Err(invalid("templateId", "templateId is not supported"));
+        // CONTRACT §6.3 fixes the whole text (not the `Invalid input for "<field>": …` form).
+        return Err(ApiError::new(ErrorCode::InvalidInput, "templateId is not supported").with("field", "templateId"));
     }
     let channel = args.choice("channel", &["sms", "email", "whatsapp"], "sms")?;
     if channel == "whatsapp" {
@@ -40,7 +41,9 @@ fn message_input(args: &Args<'_>) -> Result<Message, ApiError> {
     let body = args.str("body", if channel == "sms" { 1 } else { 0 }, body_max)?;
     let subject = args.opt_str("subject", 998)?;
     if channel == "email" && subject.as_deref().is_none_or(|s| s.trim().is_empty()) {
-        return Err(invalid("subject", "Subject is required for email channel"));
+        return Err(
+            ApiError::new(ErrorCode::InvalidInput, "Subject is required for email channel").with("field", "subject")
+        );
     }
     let html = args.opt_str("html", 500_000)?;
     let purpose = args.choice("purpose", &["marketing", "transactional"], "marketing")?;

@@ -261,7 +261,7 @@ async def email_and_roles(w: World) -> None:
         no_subject = await cg.call(s, "comms_send_message",
                                    {"to": "someone@example.com", "body": "Hello", "channel": "email"})
         body = expect_refusal(no_subject, "invalid_input",
-                              'Invalid input for "subject": Subject is required for email channel', "email without subject")
+                              'Subject is required for email channel', "email without subject")
         expect_eq(body.get("field"), "subject", "email without subject: field")
 
         to = f"E2E.Recipient.{w.run}@Example.COM"

@@ -8,6 +8,7 @@ mod compliance;
 mod crypto_shredding;
 mod domain_store;
 mod durability;
+mod error_texts;
 mod event_store;
 mod hardening;
 mod identity;

@@ -153,7 +153,7 @@ async fn a_failed_provider_call_consumes_no_quota_and_spend_caps_refuse() {
     let (is_error, missing) =
         me.call("comms_send_message", json!({"channel": "email", "to": "a@example.com", "body": "hi"})).await;
     assert!(is_error);
-    assert_eq!(missing["error"], "Invalid input for \"subject\": Subject is required for email channel");
+    assert_eq!(missing["error"], "Subject is required for email channel");
 
     let pool = db.pool().await;
     let (failed, blocked): (i64, i64) = sqlx::query_as(
