@@ -24,7 +24,7 @@ use crate::directory::commands;
 use crate::http::{self, Hardening};
 use crate::jobs::Jobs;
 use crate::mcp::{self, session::Sessions};
-use crate::store::embedded::{EmbeddedError, EmbeddedPostgres};
+use crate::store::embedded::{EmbeddedError, EmbeddedPostgres, Released};
 use crate::store::{self, runner, Framework, Store};
 
 /// How long in-flight requests may take to finish after SIGTERM (CONTRACT §15).
@@ -127,7 +127,7 @@ impl Runtime {
                     (Ok(_), Ok(_)) => unreachable!("handled above"),
                 };
                 if let Some(pg) = embedded {
-                    let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
+                    release(pg).await;
                 }
                 Err(e)
             }
@@ -147,15 +147,12 @@ impl Runtime {
         Ok(Store::new(pool, Arc::new(DataKeys::new(&data_key))))
     }
 
-    /// Closes the pool and stops the embedded cluster, if this process started one.
+    /// Closes the pool and gives up this process's use of the embedded cluster, which stops it
+    /// if no other process uses it.
     pub async fn shutdown(self) {
         self.store.pool().close().await;
         if let Some(pg) = self.embedded {
-            match tokio::task::spawn_blocking(move || pg.stop()).await {
-                Ok(Ok(())) => tracing::info!("embedded PostgreSQL stopped"),
-                Ok(Err(e)) => tracing::error!(error = %e, "embedded PostgreSQL did not stop cleanly"),
-                Err(e) => tracing::error!(error = %e, "embedded PostgreSQL stop task failed"),
-            }
+            release(pg).await;
         }
     }
 
@@ -188,6 +185,16 @@ impl Runtime {
             store,
             config,
         }
+    }
+}
+
+/// Gives the embedded cluster back (`EmbeddedPostgres::release`): stopped only by its last user.
+async fn release(pg: EmbeddedPostgres) {
+    match tokio::task::spawn_blocking(move || pg.release()).await {
+        Ok(Ok(Released::Stopped)) => tracing::info!("embedded PostgreSQL stopped"),
+        Ok(Ok(Released::InUse)) => tracing::info!("embedded PostgreSQL left running: another process uses it"),
+        Ok(Err(e)) => tracing::error!(error = %e, "embedded PostgreSQL did not stop cleanly"),
+        Err(e) => tracing::error!(error = %e, "embedded PostgreSQL stop task failed"),
     }
 }
 
