@@ -89,7 +89,7 @@ async fn record_refusals(State(app): State<AppState>, mut request: Request, next
             rule: refusal.extra.get("rule").and_then(serde_json::Value::as_str).map(str::to_string),
         };
         if let Err(e) = app.store.record(stream_type, &stream_id, &[event], &context).await {
-            tracing::error!(error = %e, "ActionRefused not recorded");
+            crate::error::log_failure("ActionRefused not recorded", &e);
         }
     }
     response

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::directory::{self, commands};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, Failure};
 use crate::mcp::tools::Caller;
 use crate::store::CommandContext;
 use crate::validate::Args;
@@ -208,6 +208,10 @@ async fn block<A: Action>(
 
 async fn record(app: &AppState, agent_id: &str, event: AgentEvent, context: &CommandContext) {
     if let Err(e) = app.store.record("agent", agent_id, &[event], context).await {
-        tracing::error!(error = %e, agent_id, "outbound event not recorded");
+        if e.database_down() {
+            crate::outage::DATABASE.failed("outbound event not recorded", &e);
+        } else {
+            tracing::error!(error = %e, agent_id, "outbound event not recorded");
+        }
     }
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::session::Transport;
 use crate::app::AppState;
 use crate::auth::{guard, Principal, Role};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, Failure};
 use crate::store::CommandContext;
 use crate::validate::Args;
 
@@ -195,6 +195,10 @@ async fn record_refusal(app: &AppState, caller: &Caller<'_>, tool: &str, argumen
         rule: refusal.extra.get("rule").and_then(Value::as_str).map(str::to_string),
     };
     if let Err(e) = app.store.record(stream_type, &stream_id, &[event], &context).await {
-        tracing::error!(error = %e, tool, "ActionRefused not recorded");
+        if e.database_down() {
+            crate::outage::DATABASE.failed("ActionRefused not recorded", &e);
+        } else {
+            tracing::error!(error = %e, tool, "ActionRefused not recorded");
+        }
     }
 }
