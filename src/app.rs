@@ -3,9 +3,11 @@
 //! the hardening layers of `http::harden` around every route.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::ConnectInfo;
 use axum::Router;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -24,11 +26,14 @@ use crate::directory::commands;
 use crate::http::{self, Hardening};
 use crate::jobs::Jobs;
 use crate::mcp::{self, session::Sessions};
-use crate::store::embedded::{EmbeddedError, EmbeddedPostgres};
+use crate::store::embedded::{EmbeddedError, EmbeddedPostgres, Released};
 use crate::store::{self, runner, Framework, Store};
 
 /// How long in-flight requests may take to finish after SIGTERM (CONTRACT §15).
 const DRAIN: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers (slow clients hold a connection and a
+/// task each; see `http::body_limit::BODY_READ_TIMEOUT` for bodies).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -129,7 +134,7 @@ impl Runtime {
                     (Ok(_), Ok(_)) => unreachable!("handled above"),
                 };
                 if let Some(pg) = embedded {
-                    let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
+                    release(pg).await;
                 }
                 Err(e)
             }
@@ -149,15 +154,12 @@ impl Runtime {
         Ok(Store::new(pool, Arc::new(DataKeys::new(&data_key))))
     }
 
-    /// Closes the pool and stops the embedded cluster, if this process started one.
+    /// Closes the pool and gives up this process's use of the embedded cluster, which stops it
+    /// if no other process uses it.
     pub async fn shutdown(self) {
         self.store.pool().close().await;
         if let Some(pg) = self.embedded {
-            match tokio::task::spawn_blocking(move || pg.stop()).await {
-                Ok(Ok(())) => tracing::info!("embedded PostgreSQL stopped"),
-                Ok(Err(e)) => tracing::error!(error = %e, "embedded PostgreSQL did not stop cleanly"),
-                Err(e) => tracing::error!(error = %e, "embedded PostgreSQL stop task failed"),
-            }
+            release(pg).await;
         }
     }
 
@@ -194,6 +196,16 @@ impl Runtime {
             store,
             config,
         }
+    }
+}
+
+/// Gives the embedded cluster back (`EmbeddedPostgres::release`): stopped only by its last user.
+async fn release(pg: EmbeddedPostgres) {
+    match tokio::task::spawn_blocking(move || pg.release()).await {
+        Ok(Ok(Released::Stopped)) => tracing::info!("embedded PostgreSQL stopped"),
+        Ok(Ok(Released::InUse)) => tracing::info!("embedded PostgreSQL left running: another process uses it"),
+        Ok(Err(e)) => tracing::error!(error = %e, "embedded PostgreSQL did not stop cleanly"),
+        Err(e) => tracing::error!(error = %e, "embedded PostgreSQL stop task failed"),
     }
 }
 
@@ -264,11 +276,11 @@ impl Server {
         let runners = runners.into_iter().chain(tasks).collect();
         let sessions = state.sessions.clone();
         let intents = state.intents.clone();
-        let app = router(state, hardening).into_make_service_with_connect_info::<SocketAddr>();
-        let shutdown = stop.clone();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.notified().await }).await
-        });
+        let app = router(state, hardening);
+        // Registered now, so a `stop` right after `start` is not lost.
+        let mut stopping = Box::pin(stop.clone().notified_owned());
+        stopping.as_mut().enable();
+        let task = tokio::spawn(serve(listener, app, stopping));
         Ok(Self { addr, stop, task, runners, jobs, sessions, intents })
     }
 
@@ -293,6 +305,72 @@ impl Server {
             }
         }
     }
+}
+
+/// Serves HTTP/1.1 on `listener` until `stopping` completes, then lets open connections finish
+/// (the caller bounds the wait). Like `axum::serve`, plus what it does not expose: a client has
+/// `HEADER_READ_TIMEOUT` to send a request's headers (an idle kept-alive connection as long to
+/// start its next request), so connections that trickle their headers in are closed; bodies have
+/// their own deadline (`http::body_limit`). The socket peer is the request's `ConnectInfo`.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    mut stopping: Pin<Box<tokio::sync::futures::OwnedNotified>>,
+) -> Result<(), std::io::Error> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    // Connections hold a receiver each: `closing` tells them to finish, `closed` resolves once
+    // every one of them has.
+    let (closing, closing_rx) = tokio::sync::watch::channel(());
+    let (closed, closed_rx) = tokio::sync::watch::channel(());
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stopping.as_mut() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            tower::ServiceExt::oneshot(app.clone(), request.map(axum::body::Body::new))
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let (mut closing, closed) = (closing_rx.clone(), closed_rx.clone());
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = closing.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(closed);
+        });
+    }
+    drop(listener);
+    let _ = closing.send(());
+    drop(closed_rx);
+    closed.closed().await;
+    Ok(())
+}
+
+/// Per-connection accept errors (the peer gave up) are nothing; others (out of descriptors)
+/// are logged and accepting pauses for a moment, as `axum::serve` does.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// `commguard serve`: listens on HOST:PORT until SIGINT or SIGTERM.

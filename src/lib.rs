@@ -15,6 +15,7 @@ pub mod http;
 pub mod jobs;
 pub mod mcp;
 pub mod money;
+pub mod outage;
 pub mod outbound;
 pub mod store;
 pub mod validate;

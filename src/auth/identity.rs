@@ -125,7 +125,7 @@ impl Identity {
             Ok(Some(_)) => return Err(AuthFailure::Revoked),
             Ok(None) => return Err(AuthFailure::Invalid),
             Err(e) => {
-                tracing::error!(error = %e, "token lookup failed");
+                crate::error::log_failure("token lookup failed", &e);
                 return Err(AuthFailure::Unavailable);
             }
         };
@@ -182,6 +182,7 @@ impl Identity {
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?;
+        crate::outage::DATABASE.succeeded();
         // Unknown hashes are not cached: guessing must not fill memory.
         let Some((token_id, kind, agent_id, org_id, revoked)) = row else {
             return Ok(None);

@@ -100,7 +100,7 @@ impl Lockout {
                 .fetch_optional(self.store.pool())
                 .await
                 .map_err(|e| {
-                    tracing::error!(error = %e, "lockout check failed");
+                    crate::error::log_failure("lockout check failed", &e);
                     Refusal::Unavailable
                 })?;
         let now = self.clock.now();
@@ -159,7 +159,7 @@ impl Lockout {
         let (failures, locked_until) = match counted {
             Ok(row) => row,
             Err(e) => {
-                tracing::error!(error = %e, "brute-force counter not updated");
+                crate::error::log_failure("brute-force counter not updated", &e);
                 return;
             }
         };
@@ -219,7 +219,7 @@ impl Lockout {
             claimed_agent_id: claimed_agent.map(str::to_string),
         };
         if let Err(e) = self.store.record("ip", &self.ip_ref(ip), &[event], &self.context()).await {
-            tracing::error!(error = %e, "AuthFailed not recorded");
+            crate::error::log_failure("AuthFailed not recorded", &e);
         }
     }
 
@@ -231,7 +231,7 @@ impl Lockout {
             locked_until: rfc3339(until),
         };
         if let Err(e) = self.store.record("ip", ip_ref, &[locked], &self.context()).await {
-            tracing::error!(error = %e, "IpLockedOut not recorded");
+            crate::error::log_failure("IpLockedOut not recorded", &e);
         }
         let now = self.clock.now();
         let alert = AlertEvent::AlertRaised {
@@ -248,7 +248,7 @@ impl Lockout {
         };
         let dedup_key = format!("brute_force_lockout:{ip_ref}:{}", until.timestamp());
         if let Err(e) = self.store.record_once("alert", &dedup_key, &[alert], &self.context()).await {
-            tracing::error!(error = %e, "lockout alert not recorded");
+            crate::error::log_failure("lockout alert not recorded", &e);
         }
     }
 }

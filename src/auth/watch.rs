@@ -24,16 +24,17 @@ pub async fn run(pool: PgPool, identity: Arc<Identity>, lockout: Arc<Lockout>, s
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "identity listener cannot connect; retrying");
+                failed("identity listener cannot connect; retrying", &e);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
         if let Err(e) = listener.listen(IDENTITY_CHANNEL).await {
-            tracing::warn!(error = %e, "identity listener cannot listen; retrying");
+            failed("identity listener cannot listen; retrying", &e);
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
+        crate::outage::DATABASE.succeeded();
         // Anything may have changed while we were not listening.
         identity.clear();
         if let Err(e) = lockout.reload_suspects().await {
@@ -51,12 +52,22 @@ pub async fn run(pool: PgPool, identity: Arc<Identity>, lockout: Arc<Lockout>, s
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "identity listener failed; reconnecting");
+                    failed("identity listener failed; reconnecting", &e);
                     identity.clear();
                     break;
                 }
             }
         }
+    }
+}
+
+/// A listener error: the database being down goes to the outage log (the listener retries every
+/// second for as long as it lasts), anything else is a warning.
+fn failed(what: &'static str, e: &sqlx::Error) {
+    if crate::error::is_outage(e) {
+        crate::outage::DATABASE.failed("identity listener", e);
+    } else {
+        tracing::warn!(error = %e, "{what}");
     }
 }
 

@@ -89,9 +89,12 @@ async fn record_refusals(State(app): State<AppState>, mut request: Request, next
             rule: refusal.extra.get("rule").and_then(serde_json::Value::as_str).map(str::to_string),
         };
         if let Err(e) = app.store.record(stream_type, &stream_id, &[event], &context).await {
-            // An unrecorded decision is not answered as if it had been made (CONTRACT P2).
-            tracing::error!(error = %e, "ActionRefused not recorded; answered unavailable");
-            return axum::response::IntoResponse::into_response(ApiError::unrecorded());
+            crate::error::log_failure("ActionRefused not recorded; answered unavailable", &e);
+            // An unrecorded decision is not answered as if it had been made (CONTRACT P2); an
+            // answer that is already `unavailable` says as much.
+            if refusal.code != ErrorCode::Unavailable {
+                return axum::response::IntoResponse::into_response(ApiError::unrecorded());
+            }
         }
     }
     response

@@ -132,7 +132,7 @@ impl Sessions {
             claimed_agent_id: session.claim.clone(),
         };
         if let Err(e) = self.store.record("principal", &session.principal.stream_id(), &[opened], &context).await {
-            tracing::error!(error = %e, "SessionOpened not recorded");
+            crate::error::log_failure("SessionOpened not recorded", &e);
         }
         Ok(session)
     }
@@ -158,7 +158,7 @@ impl Sessions {
             None => context,
         };
         if let Err(e) = self.store.record("principal", &session.principal.stream_id(), &[closed], &context).await {
-            tracing::error!(error = %e, "SessionClosed not recorded");
+            crate::error::log_failure("SessionClosed not recorded", &e);
         }
     }
 

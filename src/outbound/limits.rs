@@ -226,9 +226,11 @@ async fn reserve_batch(pool: &PgPool, mut batch: Vec<Job>) {
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, reservations = batch.len(), "reservation batch failed");
+            // One log line for the whole batch (the outage log's when the database is down), and
+            // one classified answer for each of its sends.
+            let refusal = ApiError::internal(e);
             for job in batch {
-                let _ = job.reply.send(Err(ApiError::new(ErrorCode::Internal, "Internal server error")));
+                let _ = job.reply.send(Err(refusal.clone()));
             }
         }
     }

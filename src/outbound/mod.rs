@@ -251,7 +251,7 @@ async fn block<A: Action>(
 ) -> ApiError {
     context.provenance.fail(check, refusal.message.clone());
     if let Err(e) = app.store.record("agent", agent_id, &[action.blocked(id, check, &refusal)], &context).await {
-        tracing::error!(error = %e, agent_id, "refusal not recorded; answered unavailable");
+        crate::error::log_failure("outbound refusal not recorded; answered unavailable", &e);
         return ApiError::unrecorded();
     }
     refusal.recorded = true;

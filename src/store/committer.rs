@@ -191,13 +191,19 @@ async fn commit(pool: &PgPool, mut batch: Vec<Job>) {
             // that another transaction interleaved: either way every append is decided again.
             let retry = matches!(&e, sqlx::Error::Database(db)
                 if matches!(db.code().as_deref(), Some("23505" | "40001" | "40P01")));
-            if !retry {
+            let down = crate::error::is_outage(&e);
+            if down {
+                crate::outage::DATABASE.failed("group commit", &e);
+            } else if !retry {
                 tracing::error!(error = %e, appends = batch.len(), "append batch failed");
             }
             let message = e.to_string();
             for job in batch {
                 let error = if retry {
                     PersistenceError::OptimisticLockError
+                } else if down {
+                    // Every waiting command answers `unavailable`, not `internal`.
+                    PersistenceError::ConnectionError(Box::new(crate::error::DatabaseDown(message.clone())))
                 } else {
                     PersistenceError::ConnectionError(message.clone().into())
                 };

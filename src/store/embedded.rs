@@ -1,9 +1,21 @@
 //! The embedded default database: a private PostgreSQL cluster under `$COMMGUARD_DATA_DIR/pg`,
-//! reachable only through a Unix socket, started when `DATABASE_URL` is unset and stopped on exit.
+//! reachable only through a Unix socket, started when `DATABASE_URL` is unset and stopped when
+//! the last process using it exits.
+//!
+//! Several commguard processes may use one data directory at once (a server, `audit verify`,
+//! `replay`, a second server that then finds its port taken). Each one holds a *lease* for as long
+//! as it uses the cluster: a shared `flock` on `pg.users.lock`. Starting, adopting and stopping
+//! happen under an exclusive `flock` on `pg.control.lock`, so two processes never start or stop
+//! the cluster at once; a leaving process stops the cluster only if it can then take the users
+//! lock exclusively, i.e. no other process holds a lease. The kernel drops a process's locks when
+//! it dies, so a `kill -9`'d process neither blocks the others nor counts as a user; the cluster
+//! it leaves running is adopted by the next start and stopped by the last user.
 //!
 //! `initdb` refuses to run as root, so when commguard runs as root the cluster is owned by, and
 //! its programs run as, the `postgres` system user that Debian's package creates.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -35,28 +47,42 @@ pub enum EmbeddedError {
     Io(#[from] std::io::Error),
 }
 
-/// A running private cluster. `stop` shuts it down; dropping it without `stop` leaves it running
-/// (the next start finds and adopts it).
+/// A running private cluster and this process's lease on it. `release` gives the lease back and
+/// stops the cluster if no other process holds one; dropping it without `release` leaves the
+/// cluster running (the next start adopts it, the last user stops it).
 pub struct EmbeddedPostgres {
     pgdata: PathBuf,
     socket_dir: PathBuf,
     bin_dir: PathBuf,
     run_as: Option<(u32, u32)>,
     log_file: PathBuf,
+    lease: Lease,
+}
+
+/// What `release` did with the cluster.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Released {
+    /// This process was its last user and stopped it.
+    Stopped,
+    /// Another process still uses it: left running.
+    InUse,
 }
 
 impl EmbeddedPostgres {
-    /// Initialises the cluster on first use, recovers from a stale pid file, starts it (or adopts
-    /// one already running on the same data directory) and makes sure the database exists.
+    /// Takes a lease, initialises the cluster on first use, recovers from a stale pid file,
+    /// starts it (or adopts one already running on the same data directory) and makes sure the
+    /// database exists. Waits while another process starts or stops the cluster.
     pub fn start(data_dir: &Path, pg_bin_dir: Option<&Path>) -> Result<Self, EmbeddedError> {
         let bin_dir = find_bin_dir(pg_bin_dir).ok_or(EmbeddedError::BinariesNotFound)?;
         let run_as = if is_root() { Some(postgres_user().ok_or(EmbeddedError::NoUnprivilegedUser)?) } else { None };
 
         std::fs::create_dir_all(data_dir)?;
         let data_dir = std::fs::canonicalize(data_dir)?;
+        let control = Control::lock(&data_dir)?;
+        let lease = Lease::take(&control)?;
         let pgdata = data_dir.join("pg");
         let socket_dir = socket_dir_for(&data_dir);
-        let this = Self { log_file: data_dir.join("postgres.log"), pgdata, socket_dir, bin_dir, run_as };
+        let this = Self { log_file: data_dir.join("postgres.log"), pgdata, socket_dir, bin_dir, run_as, lease };
 
         this.prepare_dirs()?;
         if !this.pgdata.join("PG_VERSION").exists() {
@@ -67,7 +93,23 @@ impl EmbeddedPostgres {
             this.pg_ctl_start()?;
         }
         this.create_database()?;
+        drop(control);
         Ok(this)
+    }
+
+    /// Gives this process's lease back and, if no other process holds one, stops the cluster
+    /// (fast shutdown: open transactions roll back, committed ones are durable). A cluster that
+    /// another live process uses is never stopped.
+    pub fn release(self) -> Result<Released, EmbeddedError> {
+        let control = Control::lock(self.pgdata.parent().unwrap_or(&self.pgdata))?;
+        if !self.lease.last(&control)? {
+            return Ok(Released::InUse);
+        }
+        // The users lock is now held exclusively: no process takes a lease until it is stopped.
+        let stopped = self.stop();
+        drop(self);
+        drop(control);
+        stopped.map(|()| Released::Stopped)
     }
 
     /// The connection URL of the cluster's database, over its Unix socket.
@@ -83,8 +125,7 @@ impl EmbeddedPostgres {
         &self.bin_dir
     }
 
-    /// Fast shutdown: open transactions roll back, committed ones are durable.
-    pub fn stop(&self) -> Result<(), EmbeddedError> {
+    fn stop(&self) -> Result<(), EmbeddedError> {
         let out = self
             .command("pg_ctl")
             .args(["-D"])
@@ -236,6 +277,80 @@ impl EmbeddedPostgres {
     }
 }
 
+/// The exclusive lock under which the cluster is started, adopted or stopped (`pg.control.lock`
+/// in the data directory); released when dropped, or by the kernel when the process dies.
+struct Control {
+    file: File,
+    data_dir: PathBuf,
+}
+
+impl Control {
+    fn lock(data_dir: &Path) -> Result<Self, EmbeddedError> {
+        let file = lock_file(&data_dir.join("pg.control.lock"))?;
+        flock(&file, libc::LOCK_EX)?;
+        Ok(Self { file, data_dir: data_dir.to_path_buf() })
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = flock(&self.file, libc::LOCK_UN);
+    }
+}
+
+/// This process's use of the cluster: a shared lock on `pg.users.lock`, held until dropped (the
+/// descriptor closes) or until the process dies. Taken and tested only under `Control`.
+struct Lease {
+    file: File,
+}
+
+impl Lease {
+    fn take(control: &Control) -> Result<Self, EmbeddedError> {
+        let file = lock_file(&control.data_dir.join("pg.users.lock"))?;
+        // Never waits long: the users lock is held exclusively only by a process that also holds
+        // the control lock (while it stops the cluster), and we hold the control lock now.
+        flock(&file, libc::LOCK_SH)?;
+        Ok(Self { file })
+    }
+
+    /// Whether this is the last lease: converts it to an exclusive lock without waiting. `true`:
+    /// no other process holds a lease, and none can take one while this one is kept. `false`:
+    /// the lease must be dropped, since a failed conversion may already have given up the shared
+    /// lock (`flock` conversions are not atomic).
+    fn last(&self, _control: &Control) -> Result<bool, EmbeddedError> {
+        match flock(&self.file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Opens (creating it if needed) a lock file. Like every file std opens, it is close-on-exec, so
+/// `pg_ctl` and the postmaster it starts never inherit the lock.
+/// `flock` needs no write access: a lock file another user created is opened read-only.
+fn lock_file(path: &Path) -> Result<File, EmbeddedError> {
+    match std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(File::open(path)?),
+        opened => Ok(opened?),
+    }
+}
+
+/// `flock(2)`, retried when a signal interrupts a wait.
+#[allow(unsafe_code)]
+fn flock(file: &File, operation: libc::c_int) -> std::io::Result<()> {
+    loop {
+        // SAFETY: `file` owns an open descriptor for the whole call; flock takes no pointers.
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// `PG_BIN_DIR`, else the directory of `initdb` on PATH, else the newest /usr/lib/postgresql/*/bin.
 pub fn find_bin_dir(configured: Option<&Path>) -> Option<PathBuf> {
     let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
@@ -294,4 +409,32 @@ fn postgres_user() -> Option<(u32, u32)> {
         let _password = fields.next()?;
         Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn try_lock(path: &Path, operation: libc::c_int) -> bool {
+        flock(&lock_file(path).unwrap(), operation | libc::LOCK_NB).is_ok()
+    }
+
+    #[test]
+    fn only_the_last_lease_may_stop_the_cluster_and_dead_holders_do_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = Control::lock(dir.path()).unwrap();
+        assert!(!try_lock(&dir.path().join("pg.control.lock"), libc::LOCK_EX), "one starter or stopper at a time");
+        let server = Lease::take(&control).unwrap();
+        let cli = Lease::take(&control).unwrap();
+        assert!(!cli.last(&control).unwrap(), "the server still uses the cluster");
+        drop(cli);
+        // A holder that went away without a word (its descriptor closed, as when a process is
+        // killed) leaves no trace: here the leaving CLI's lease.
+        assert!(server.last(&control).unwrap(), "the server is the last user");
+        assert!(!try_lock(&dir.path().join("pg.users.lock"), libc::LOCK_SH), "no lease while it stops the cluster");
+        drop(server);
+        drop(control);
+        assert!(try_lock(&dir.path().join("pg.control.lock"), libc::LOCK_EX));
+        assert!(try_lock(&dir.path().join("pg.users.lock"), libc::LOCK_EX));
+    }
 }

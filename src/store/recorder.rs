@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::repository::{EventRepository, MAX_EVENTS_PER_APPEND};
+use crate::error::{DatabaseDown, Failure};
 
 /// One fact as cqrs-es serializes it, before it is numbered.
 pub(crate) struct Fact {
@@ -25,7 +26,31 @@ pub(crate) struct Fact {
 
 struct Pending {
     facts: Vec<Fact>,
-    done: oneshot::Sender<Result<Option<i64>, String>>,
+    done: oneshot::Sender<Result<Option<i64>, Failed>>,
+}
+
+/// A failed append, handed to every waiter of the batch: its text and whether the database was
+/// down (so each waiter's caller still answers `unavailable`, not `internal`).
+#[derive(Clone)]
+struct Failed {
+    message: String,
+    down: bool,
+}
+
+impl From<PersistenceError> for Failed {
+    fn from(e: PersistenceError) -> Self {
+        Self { down: e.database_down(), message: e.to_string() }
+    }
+}
+
+impl From<Failed> for PersistenceError {
+    fn from(f: Failed) -> Self {
+        if f.down {
+            PersistenceError::UnknownError(Box::new(DatabaseDown(f.message)))
+        } else {
+            PersistenceError::UnknownError(f.message.into())
+        }
+    }
 }
 
 type StreamKey = (String, String);
@@ -75,7 +100,7 @@ impl Recorder {
         }
         match result.await {
             Ok(Ok(position)) => Ok(position),
-            Ok(Err(e)) => Err(PersistenceError::UnknownError(e.into())),
+            Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(PersistenceError::UnknownError("the recorder stopped before storing the facts".into())),
         }
     }
@@ -114,13 +139,13 @@ impl Recorder {
         &self,
         (aggregate_type, aggregate_id): &StreamKey,
         batch: &[Pending],
-    ) -> Result<Option<i64>, String> {
+    ) -> Result<Option<i64>, Failed> {
         let mut attempt = 0;
         loop {
             // First try where this process last saw the stream; after a conflict, ask Postgres.
             let head = match self.repo.known_head(aggregate_type, aggregate_id).filter(|_| attempt == 0) {
                 Some(head) => head,
-                None => self.repo.stream_head(aggregate_type, aggregate_id).await.map_err(|e| e.to_string())?,
+                None => self.repo.stream_head(aggregate_type, aggregate_id).await?,
             };
             let events: Vec<SerializedEvent> = batch
                 .iter()
@@ -144,7 +169,7 @@ impl Recorder {
                     let ceiling_us = 200u64 << attempt.min(7);
                     tokio::time::sleep(Duration::from_micros(rand::random::<u64>() % ceiling_us)).await;
                 }
-                other => return other.map_err(|e| e.to_string()),
+                other => return other.map_err(Failed::from),
             }
         }
     }

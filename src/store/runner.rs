@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::feed;
+use crate::error::{is_outage, Failure};
 
 /// Events applied per transaction.
 pub const BATCH: i64 = 500;
@@ -31,6 +32,16 @@ pub enum RunnerError {
     Database(#[from] sqlx::Error),
     #[error("unknown projection {0:?}")]
     UnknownProjection(String),
+}
+
+/// A runner's database errors, as the projection's own statements raised them or its own.
+impl Failure for RunnerError {
+    fn database_down(&self) -> bool {
+        match self {
+            Self::Database(e) | Self::Projection(ProjectionError::Database(e)) => is_outage(e),
+            Self::Projection(ProjectionError::OutOfOrder { .. }) | Self::UnknownProjection(_) => false,
+        }
+    }
 }
 
 /// Applies at most one batch of `projection` under checkpoint `checkpoint`, writing to `tables`.
@@ -220,6 +231,9 @@ pub fn spawn_all(
                         Ok(s) => Ok(s.moved),
                         Err(e) => Err(e),
                     };
+                    if moved.is_ok() {
+                        crate::outage::DATABASE.succeeded();
+                    }
                     let wait = match moved {
                         Ok(false) => IDLE_POLL,
                         Ok(true) => {
@@ -227,6 +241,10 @@ pub fn spawn_all(
                                 _ = stop.notified() => return,
                                 _ = tokio::time::sleep(GATHER) => continue,
                             }
+                        }
+                        Err(e) if e.database_down() => {
+                            crate::outage::DATABASE.failed("projection runner", &e);
+                            Duration::from_secs(1)
                         }
                         Err(e) => {
                             tracing::error!(projection = name, error = %e, "projection batch failed");

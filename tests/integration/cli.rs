@@ -1,5 +1,6 @@
 //! The `commguard` binary from the outside: the embedded cluster (first start, restart, stale pid,
-//! clean stop on SIGTERM), configuration errors, `audit verify` and `replay` exit codes.
+//! clean stop on SIGTERM, shared by several processes and stopped only by its last user),
+//! configuration errors, `audit verify` and `replay` exit codes.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -62,16 +63,13 @@ fn migrate_starts_initialises_and_stops_the_embedded_cluster_and_recovers_a_stal
     assert!(!cluster_running(data.path()));
 }
 
-#[test]
-fn serve_on_the_embedded_default_answers_and_stops_cleanly_on_sigterm() {
-    let data = data_dir();
-    let dir = data.path().display().to_string();
-    let mut child =
-        commguard(&["serve"], &[("COMMGUARD_DATA_DIR", dir.as_str()), ("HOST", "127.0.0.1"), ("PORT", "0")])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("serve starts");
+/// `commguard serve` on the embedded cluster of `dir`, port 0: the child and its address.
+fn serve_embedded(dir: &str) -> (std::process::Child, String) {
+    let mut child = commguard(&["serve"], &[("COMMGUARD_DATA_DIR", dir), ("HOST", "127.0.0.1"), ("PORT", "0")])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("serve starts");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -86,22 +84,78 @@ fn serve_on_the_embedded_default_answers_and_stops_cleanly_on_sigterm() {
             break rest.split_whitespace().next().unwrap().to_string();
         }
     };
+    (child, addr)
+}
+
+/// SIGTERM, then the exit status (within the drain time).
+fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "serve stops within the drain time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_on_the_embedded_default_answers_and_stops_cleanly_on_sigterm() {
+    let data = data_dir();
+    let dir = data.path().display().to_string();
+    let (child, addr) = serve_embedded(&dir);
     let body: serde_json::Value = reqwest::blocking_get(&format!("http://{addr}/health"));
     assert_eq!(body["status"], "ok");
     assert!(cluster_running(data.path()));
 
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "serve stops within the drain time");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "serve exits 0 on SIGTERM");
+    assert!(terminate(child).success(), "serve exits 0 on SIGTERM");
     assert!(!cluster_running(data.path()), "the embedded cluster is stopped after the server");
+}
+
+#[test]
+fn commands_and_a_second_server_share_the_embedded_cluster_and_never_stop_it_under_the_server() {
+    let data = data_dir();
+    let dir = data.path().display().to_string();
+    let (server, addr) = serve_embedded(&dir);
+    let ready = |after: &str| {
+        let (status, body) = reqwest::blocking_status(&format!("http://{addr}/health/ready"));
+        assert_eq!(status, 200, "the server is ready after {after}: {body}");
+        assert_eq!(body["checks"]["database"], "ok", "after {after}");
+        assert!(cluster_running(data.path()), "the cluster runs after {after}");
+    };
+    ready("start");
+    let env = [("COMMGUARD_DATA_DIR", dir.as_str())];
+
+    let verify = run(&["audit", "verify"], &env);
+    assert_eq!(verify.status.code(), Some(0), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(String::from_utf8_lossy(&verify.stdout).starts_with("OK "));
+    ready("audit verify");
+
+    let replay = run(&["replay"], &env);
+    assert_eq!(replay.status.code(), Some(0), "{}", String::from_utf8_lossy(&replay.stderr));
+    ready("replay");
+
+    // A second server on the same data directory and the busy port: refused (exit 2, naming
+    // the address), and the cluster the first one uses keeps running.
+    let port = addr.rsplit(':').next().unwrap();
+    let second = run(&["serve"], &[("COMMGUARD_DATA_DIR", dir.as_str()), ("HOST", "127.0.0.1"), ("PORT", port)]);
+    assert_eq!(second.status.code(), Some(2), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("cannot listen on"));
+    ready("a second serve on the busy port");
+
+    // Two commands at once while the server runs: neither stops the cluster under the other.
+    let both: Vec<_> =
+        (0..2).map(|_| commguard(&["audit", "verify"], &env).stdout(Stdio::null()).spawn().unwrap()).collect();
+    for mut child in both {
+        assert!(child.wait().unwrap().success());
+    }
+    ready("two concurrent audit verify");
+
+    // The last user stops it.
+    assert!(terminate(server).success());
+    assert!(!cluster_running(data.path()), "the server, last user of the cluster, stopped it");
 }
 
 #[test]
@@ -179,7 +233,15 @@ async fn audit_verify_and_replay_report_through_exit_codes() {
 mod reqwest {
     /// A blocking GET without pulling reqwest's blocking client into the build.
     pub fn blocking_get(url: &str) -> serde_json::Value {
+        blocking_status(url).1
+    }
+
+    /// A blocking GET: status and JSON body.
+    pub fn blocking_status(url: &str) -> (u16, serde_json::Value) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async { ::reqwest::get(url).await.unwrap().json().await.unwrap() })
+        rt.block_on(async {
+            let response = ::reqwest::get(url).await.unwrap();
+            (response.status().as_u16(), response.json().await.unwrap())
+        })
     }
 }

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use commguard::app::{Runtime, Server};
-use commguard::store::embedded::EmbeddedPostgres;
+use commguard::store::embedded::{EmbeddedPostgres, Released};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -172,7 +172,8 @@ async fn postgres_stopped_between_the_provider_call_and_the_record_loses_no_send
         .map(|(i, s)| tokio::spawn(async move { s.call("comms_send_message", email(i)).await }))
         .collect();
     resend.wait_arrived(SENDS).await;
-    tokio::task::spawn_blocking(move || pg.stop().expect("the cluster stops")).await.unwrap();
+    let released = tokio::task::spawn_blocking(move || pg.release().expect("the cluster stops")).await.unwrap();
+    assert!(matches!(released, Released::Stopped), "this test is the cluster's only user");
     resend.gate.send(true).unwrap();
 
     // Every caller hears either success (recorded) or `unavailable` + `unconfirmed` with its id.
@@ -211,7 +212,7 @@ async fn postgres_stopped_between_the_provider_call_and_the_record_loses_no_send
     server.stop().await.unwrap();
     rt.shutdown().await;
     pool.close().await;
-    tokio::task::spawn_blocking(move || pg.stop().unwrap()).await.unwrap();
+    tokio::task::spawn_blocking(move || pg.release().unwrap()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,3 +205,91 @@ async fn bodies_over_one_mebibyte_are_refused_by_length_and_while_streaming() {
     assert!(reply.to_ascii_lowercase().contains("x-content-type-options: nosniff"));
     server.stop().await;
 }
+
+/// What a client that trickles its request in one byte per second saw: whether the server
+/// closed the connection before the request was all sent, how long that took, what it answered.
+struct Trickled {
+    slow: &'static str,
+    cut_off: bool,
+    after: std::time::Duration,
+    reply: String,
+}
+
+/// Sends `at_once` in one go, then `trickled` one byte per second until the server hangs up.
+async fn trickle(addr: String, slow: &'static str, at_once: Vec<u8>, trickled: Vec<u8>) -> Trickled {
+    let started = std::time::Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream.write_all(&at_once).await.unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut cut_off = false;
+    'send: for byte in trickled {
+        if stream.write_all(&[byte]).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        let pause = tokio::time::sleep(std::time::Duration::from_secs(1));
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                read = stream.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => {
+                        cut_off = true;
+                        break 'send;
+                    }
+                    Ok(n) => reply.extend_from_slice(&buf[..n]),
+                },
+            }
+        }
+    }
+    Trickled { slow, cut_off, after: started.elapsed(), reply: String::from_utf8_lossy(&reply).into_owned() }
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_while_other_requests_stay_fast() {
+    let db = TestDb::new().await;
+    let server =
+        TestServer::start(&db, &[("HTTP_RATE_LIMIT_PER_IP", "100000"), ("HTTP_RATE_LIMIT_GLOBAL", "100000")]).await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    // Each request would take over a minute to send at one byte per second.
+    let slow_head = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nX-Slow: {}\r\n\r\n", "a".repeat(60));
+    let body_head =
+        format!("POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n");
+    let mut slow = Vec::new();
+    for _ in 0..8 {
+        slow.push(tokio::spawn(trickle(addr.clone(), "header", Vec::new(), slow_head.clone().into_bytes())));
+        slow.push(tokio::spawn(trickle(addr.clone(), "body", body_head.clone().into_bytes(), vec![b' '; 100])));
+    }
+
+    // Meanwhile other clients are served as usual.
+    let mut served = 0;
+    while slow.iter().any(|task| !task.is_finished()) {
+        let started = std::time::Instant::now();
+        let health = server.http.get(server.url("/health")).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "/health waited behind the slow clients");
+        served += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(served > 1);
+
+    let (mut heads, mut bodies) = (0, 0);
+    for task in slow {
+        let t = task.await.unwrap();
+        assert!(t.cut_off, "a slow {} was never cut off", t.slow);
+        // Generous: the limits are 10 s; the requests would take over 60 s.
+        assert!(t.after < std::time::Duration::from_secs(40), "a slow {} was held for {:?}", t.slow, t.after);
+        if t.slow == "body" {
+            assert!(t.reply.starts_with("HTTP/1.1 408"), "{}", t.reply.lines().next().unwrap_or_default());
+            assert!(t.reply.contains("\"code\":\"invalid_input\""), "{}", t.reply);
+            assert!(t.reply.to_ascii_lowercase().contains("connection: close"));
+            bodies += 1;
+        } else {
+            assert!(!t.reply.contains(" 200 "), "the trickled request was never served: {}", t.reply);
+            heads += 1;
+        }
+    }
+    assert_eq!((heads, bodies), (8, 8));
+    server.stop().await;
+}

@@ -13,6 +13,7 @@ mod event_store;
 mod hardening;
 mod identity;
 mod mcp_e2e;
+mod outage;
 mod outbound;
 mod providers;
 mod server;

@@ -116,7 +116,8 @@ pub fn list(role: Role) -> Vec<Value> {
 pub async fn call(app: &AppState, caller: &Caller<'_>, name: &str, arguments: Value) -> Result<Value, ApiError> {
     let outcome = dispatch(app, caller, name, &arguments).await;
     if let Some(refusal) = outcome.as_ref().err().filter(|r| !r.recorded) {
-        if !record_refusal(app, caller, name, &arguments, refusal).await {
+        let recorded = record_refusal(app, caller, name, &arguments, refusal).await;
+        if !recorded && refusal.code != ErrorCode::Unavailable {
             // An unrecorded decision is not answered as if it had been made (CONTRACT P2).
             return Err(ApiError::unrecorded());
         }
@@ -207,7 +208,7 @@ async fn record_refusal(
     match app.store.record(stream_type, &stream_id, &[event], &context).await {
         Ok(_) => true,
         Err(e) => {
-            tracing::error!(error = %e, tool, "ActionRefused not recorded; answered unavailable");
+            crate::error::log_failure("ActionRefused not recorded; answered unavailable", &e);
             false
         }
     }
