@@ -146,6 +146,28 @@ fn decode_entity(s: &str) -> Option<(char, usize)> {
     Some((c, 2 + end + 1))
 }
 
+/// Money in dollars (CONTRACT conventions: ≤ 6 decimals, stored as integer micro-dollars): a
+/// JSON number ≥ 0 whose decimal form has at most six decimals, as micro-dollars. The one check
+/// of every money field (agent limit overrides, org spend caps).
+pub fn money(field: &str, value: &Value) -> Result<i64, ApiError> {
+    match value {
+        Value::Number(n) => crate::money::from_json(n).filter(|m| *m >= 0),
+        _ => None,
+    }
+    .ok_or_else(|| invalid(field, "must be a number ≥ 0 with at most 6 decimals"))
+}
+
+/// A JSON number in `min..=max` whose decimal form has at most six decimals (a percentage).
+pub fn decimal(field: &str, value: &Value, min: f64, max: f64) -> Result<f64, ApiError> {
+    match value {
+        Value::Number(n) => {
+            crate::money::from_json(n).map(crate::money::to_dollars).filter(|d| (min..=max).contains(d))
+        }
+        _ => None,
+    }
+    .ok_or_else(|| invalid(field, format!("must be a number from {min} to {max} with at most 6 decimals")))
+}
+
 static PHONE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\+[1-9]\d{1,14}$").expect("phone pattern"));
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[^\s@]+@[^\s@]+\.[^\s@]+$").expect("email pattern"));
 

@@ -286,10 +286,7 @@ fn cap(raw: &Value, field: &str) -> Result<Option<Option<i64>>, ApiError> {
     match raw.get(field) {
         None => Ok(None),
         Some(Value::Null) => Ok(Some(None)),
-        Some(v) => {
-            let micros = v.as_f64().filter(|d| *d >= 0.0).and_then(crate::money::from_dollars);
-            micros.map(|m| Some(Some(m))).ok_or_else(|| invalid(field, "must be a number ≥ 0 with at most 6 decimals"))
-        }
+        Some(v) => crate::validate::money(field, v).map(|m| Some(Some(m))),
     }
 }
 
