@@ -9,6 +9,7 @@ mod crypto_shredding;
 mod domain_store;
 mod event_store;
 mod hardening;
+mod hostile;
 mod identity;
 mod mcp_e2e;
 mod outbound;

@@ -8,7 +8,6 @@ mod directory;
 pub mod outbound;
 mod ping;
 
-use commguard_domain::records::RefusalEvent;
 use serde_json::{json, Value};
 
 use super::session::Transport;
@@ -152,49 +151,11 @@ async fn dispatch(app: &AppState, caller: &Caller<'_>, name: &str, arguments: &V
     }
 }
 
-/// Which check refused, from the refusal's code (CONTRACT §6.1 check names).
-fn refused_by(refusal: &ApiError) -> &'static str {
-    match refusal.code {
-        ErrorCode::Forbidden if refusal.message.starts_with("Agent \"") => "org_boundary",
-        ErrorCode::Forbidden => "role",
-        ErrorCode::NotFound => "agent_resolve",
-        ErrorCode::InvalidInput => "input",
-        ErrorCode::ComplianceBlocked => "compliance",
-        ErrorCode::Conflict | ErrorCode::QuotaExceeded => "state",
-        ErrorCode::Unavailable | ErrorCode::ProviderError => "provider",
-        ErrorCode::RateLimited => "limits",
-        ErrorCode::Unauthorized
-        | ErrorCode::LockedOut
-        | ErrorCode::PayloadTooLarge
-        | ErrorCode::UnsupportedMediaType
-        | ErrorCode::MethodNotAllowed
-        | ErrorCode::Internal => "internal",
-    }
-}
-
 async fn record_refusal(app: &AppState, caller: &Caller<'_>, tool: &str, arguments: &Value, refusal: &ApiError) {
     let agent_id = arguments
         .get("agentId")
         .and_then(Value::as_str)
         .map(str::to_string)
         .or_else(|| caller.principal.agent_id().map(str::to_string));
-    let (stream_type, stream_id) = match (caller.principal.agent_id(), &caller.principal.org_id) {
-        (Some(agent), _) => ("agent", agent.to_string()),
-        (None, Some(org)) => ("organization", org.clone()),
-        (None, None) => ("platform", "platform".to_string()),
-    };
-    let by = refused_by(refusal);
-    let mut context = caller.bare_context(app);
-    context.provenance.fail(by, refusal.message.clone());
-    let event = RefusalEvent::ActionRefused {
-        tool: tool.into(),
-        agent_id,
-        code: refusal.code.as_str().into(),
-        refused_by: by.into(),
-        reason: refusal.message.clone(),
-        rule: refusal.extra.get("rule").and_then(Value::as_str).map(str::to_string),
-    };
-    if let Err(e) = app.store.record(stream_type, &stream_id, &[event], &context).await {
-        tracing::error!(error = %e, tool, "ActionRefused not recorded");
-    }
+    crate::refusals::record(app, caller.principal, caller.bare_context(app), tool, agent_id, refusal).await;
 }
