@@ -207,19 +207,10 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     }
 }
 
-/// Parses `1.5` or `10` dollars into micro-dollars; negative or over 6 decimals is refused.
+/// Parses `1.5` or `10` dollars into micro-dollars; negative or over 6 decimals is refused (the
+/// same check as money in requests, `money::parse_exact`).
 pub fn parse_micros(v: &str) -> Option<i64> {
-    let (whole, frac) = v.split_once('.').unwrap_or((v, ""));
-    if whole.is_empty()
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || frac.len() > 6
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let whole: i64 = whole.parse().ok()?;
-    let frac: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().ok()? };
-    whole.checked_mul(1_000_000)?.checked_add(frac)
+    crate::money::parse_exact(v).filter(|m| *m >= 0)
 }
 
 /// An address (one host) or a CIDR block; IPv4-mapped IPv6 is treated as IPv4.

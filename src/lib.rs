@@ -17,6 +17,7 @@ pub mod mcp;
 pub mod money;
 pub mod outage;
 pub mod outbound;
+pub mod refusals;
 pub mod store;
 pub mod validate;
 pub mod webhooks;

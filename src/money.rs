@@ -7,13 +7,50 @@ pub fn to_dollars(micros: i64) -> f64 {
     micros as f64 / 1_000_000.0
 }
 
-/// Dollars (a JSON number, at most six decimals) as micro-dollars; `None` if not representable.
-pub fn from_dollars(dollars: f64) -> Option<i64> {
-    if !dollars.is_finite() || dollars.abs() > 9e12 {
+/// The most dollars any money field holds (micro-dollars stay far below `i64::MAX`).
+const MAX_DOLLARS: i128 = 9_000_000_000_000;
+
+/// A decimal of dollars written with at most six decimals (`10`, `0.0079`, `1e-6`, `1.50e2`) as
+/// micro-dollars, exactly; `None` for anything else — more decimals (`1e-7`, `5e-324`), not a
+/// plain decimal, or more than 9·10¹² dollars. Trailing zeros do not count as decimals. This is
+/// the one check of money in input: JSON numbers (`from_json`) and the configuration.
+pub fn parse_exact(text: &str) -> Option<i64> {
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.strip_prefix('+').unwrap_or(e).parse::<i32>().ok()?),
+        None => (text, 0),
+    };
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, mantissa),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let micros = (dollars * 1_000_000.0).round();
-    ((micros / 1_000_000.0 - dollars).abs() < 1e-9).then_some(micros as i64)
+    let fraction = fraction.trim_end_matches('0');
+    let digits = format!("{whole}{fraction}");
+    let digits = digits.trim_start_matches('0');
+    if digits.is_empty() {
+        return Some(0);
+    }
+    // value = digits × 10^-decimals
+    let decimals = fraction.len() as i64 - i64::from(exponent);
+    if decimals > 6 || digits.len() as i64 + (6 - decimals) > 19 {
+        return None;
+    }
+    let micros = digits.parse::<i128>().ok()?.checked_mul(10i128.checked_pow((6 - decimals) as u32)?)?;
+    if micros > MAX_DOLLARS * 1_000_000 {
+        return None;
+    }
+    let micros = micros as i64;
+    Some(if negative { -micros } else { micros })
+}
+
+/// A JSON number of dollars as micro-dollars (`parse_exact` of its decimal form: serde_json
+/// writes a float as the shortest decimal that reads back as the same float, so this is the
+/// decimal the client sent, up to float precision).
+pub fn from_json(number: &serde_json::Number) -> Option<i64> {
+    parse_exact(&number.to_string())
 }
 
 /// A decimal string of dollars (`"-0.01300"`, as providers report prices) as micro-dollars,
@@ -46,11 +83,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dollars_round_trip_through_micros() {
-        assert_eq!(from_dollars(0.0079), Some(7_900));
+    fn micros_are_shown_as_dollars() {
         assert_eq!(to_dollars(7_900), 0.0079);
-        assert_eq!(from_dollars(100.0), Some(100_000_000));
-        assert_eq!(from_dollars(f64::NAN), None);
+        assert_eq!(to_dollars(100_000_000), 100.0);
+    }
+
+    #[test]
+    fn money_input_has_at_most_six_decimals_in_any_notation() {
+        let table = [
+            ("10", Some(10_000_000)),
+            ("0.0079", Some(7_900)),
+            ("100.0", Some(100_000_000)),
+            ("1.123456", Some(1_123_456)),
+            ("1.1234560", Some(1_123_456)),
+            ("1e-6", Some(1)),
+            ("1.5e2", Some(150_000_000)),
+            ("1E+2", Some(100_000_000)),
+            ("0", Some(0)),
+            ("-0.0", Some(0)),
+            ("0e-400", Some(0)),
+            ("-2.5", Some(-2_500_000)),
+            ("9000000000000", Some(9_000_000_000_000_000_000)),
+            ("1e-7", None),
+            ("5e-324", None),
+            ("4.9e-324", None),
+            ("1.1234567", None),
+            ("9000000000000.000001", None),
+            ("1e13", None),
+            ("1e300", None),
+            ("", None),
+            (".5", None),
+            ("1.2.3", None),
+            ("abc", None),
+            ("NaN", None),
+            ("inf", None),
+        ];
+        for (text, expected) in table {
+            assert_eq!(parse_exact(text), expected, "{text}");
+        }
+        let json = |v: serde_json::Value| match v {
+            serde_json::Value::Number(n) => from_json(&n),
+            other => panic!("not a number: {other}"),
+        };
+        assert_eq!(json(serde_json::json!(4.9e-324)), None);
+        assert_eq!(json(serde_json::json!(1e-7)), None);
+        assert_eq!(json(serde_json::json!(0.000001)), Some(1));
+        assert_eq!(json(serde_json::json!(0.1)), Some(100_000));
+        assert_eq!(json(serde_json::json!(12)), Some(12_000_000));
     }
 
     #[test]

@@ -74,6 +74,55 @@ pub fn invalid(field: &str, message: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::InvalidInput, format!("Invalid input for \"{field}\": {message}")).with("field", field)
 }
 
+/// The sanitizer's label for U+0000 and its kin; also the refusal of text Postgres cannot store.
+pub const CONTROL_CHARACTER: &str = "Control character";
+
+/// Refuses text Postgres cannot store (U+0000; see `store::storable`). For values that reach a
+/// query or an event without passing the sanitizer: ids in paths, query strings, claims.
+pub fn storable(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        Err(invalid(&printable(field), CONTROL_CHARACTER))
+    } else {
+        Ok(())
+    }
+}
+
+/// The path (`settings.a`, `items.2`) of the first string or key holding U+0000 in `value`.
+pub fn nul_path(value: &Value) -> Option<String> {
+    fn walk(value: &Value, path: &mut Vec<String>) -> Option<String> {
+        let here = |path: &[String], last: Option<&str>| {
+            let mut all: Vec<&str> = path.iter().map(String::as_str).collect();
+            all.extend(last);
+            printable(&all.join("."))
+        };
+        match value {
+            Value::String(s) if s.contains('\0') => Some(here(path, None)),
+            Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+                path.push(i.to_string());
+                let found = walk(item, path);
+                path.pop();
+                found
+            }),
+            Value::Object(map) => map.iter().find_map(|(key, item)| {
+                if key.contains('\0') {
+                    return Some(here(path, Some(key)));
+                }
+                path.push(key.clone());
+                let found = walk(item, path);
+                path.pop();
+                found
+            }),
+            _ => None,
+        }
+    }
+    walk(value, &mut Vec::new())
+}
+
+/// A field name fit for a message: U+0000 shown as U+FFFD.
+fn printable(field: &str) -> String {
+    field.replace('\0', crate::store::storable::NUL_REPLACEMENT)
+}
+
 /// Refuses a value the sanitizer flags.
 pub fn sanitize(field: &str, value: &str) -> Result<(), ApiError> {
     match sanitizer_label(field, value) {
@@ -146,6 +195,28 @@ fn decode_entity(s: &str) -> Option<(char, usize)> {
     Some((c, 2 + end + 1))
 }
 
+/// Money in dollars (CONTRACT conventions: ≤ 6 decimals, stored as integer micro-dollars): a
+/// JSON number ≥ 0 whose decimal form has at most six decimals, as micro-dollars. The one check
+/// of every money field (agent limit overrides, org spend caps).
+pub fn money(field: &str, value: &Value) -> Result<i64, ApiError> {
+    match value {
+        Value::Number(n) => crate::money::from_json(n).filter(|m| *m >= 0),
+        _ => None,
+    }
+    .ok_or_else(|| invalid(field, "must be a number ≥ 0 with at most 6 decimals"))
+}
+
+/// A JSON number in `min..=max` whose decimal form has at most six decimals (a percentage).
+pub fn decimal(field: &str, value: &Value, min: f64, max: f64) -> Result<f64, ApiError> {
+    match value {
+        Value::Number(n) => {
+            crate::money::from_json(n).map(crate::money::to_dollars).filter(|d| (min..=max).contains(d))
+        }
+        _ => None,
+    }
+    .ok_or_else(|| invalid(field, format!("must be a number from {min} to {max} with at most 6 decimals")))
+}
+
 static PHONE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\+[1-9]\d{1,14}$").expect("phone pattern"));
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[^\s@]+@[^\s@]+\.[^\s@]+$").expect("email pattern"));
 
@@ -189,7 +260,12 @@ impl<'a> Args<'a> {
     pub fn new(value: &'a Value) -> Result<Self, ApiError> {
         static EMPTY: LazyLock<Map<String, Value>> = LazyLock::new(Map::new);
         match value {
-            Value::Object(map) => Ok(Self(map)),
+            // Every argument, known or not: nothing holding U+0000 goes further (the sanitizer
+            // covers free text; objects, credentials and unknown arguments are covered here).
+            Value::Object(map) => match nul_path(value) {
+                Some(field) => Err(invalid(&field, CONTROL_CHARACTER)),
+                None => Ok(Self(map)),
+            },
             Value::Null => Ok(Self(&EMPTY)),
             _ => Err(ApiError::new(ErrorCode::InvalidInput, "Invalid input: arguments must be an object")),
         }

@@ -129,7 +129,6 @@ impl Identity {
                 return Err(AuthFailure::Unavailable);
             }
         };
-        self.touch(record.token_id);
         let principal = match (record.kind, record.agent_id) {
             (Role::Agent, Some(agent_id)) => Principal {
                 kind: Role::Agent,
@@ -231,8 +230,11 @@ impl Identity {
         self.org_modes.write().expect("org cache lock").clear();
     }
 
-    /// Records `lastUsedAt`, at most once a minute per token, off the request path.
-    fn touch(&self, token_id: Uuid) {
+    /// Records `lastUsedAt` of the principal's token, at most once a minute per token, off the
+    /// request path. Called only for requests that passed authorization (not by `resolve`): a
+    /// refused request changes nothing but its own event.
+    pub fn touch(&self, principal: &Principal) {
+        let Some(token_id) = principal.token_id else { return };
         {
             let mut last = self.last_used.lock().expect("last-used lock");
             if last.get(&token_id).is_some_and(|t| t.elapsed() < LAST_USED_EVERY) {

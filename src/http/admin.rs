@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex};
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use commguard_domain::records::RefusalEvent;
 
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,6 +21,7 @@ use crate::auth::{bearer, guard, AuthFailure, Bearer, Principal, Role};
 use crate::directory::commands::{self, NewOrg, RotateTarget};
 use crate::directory::{self as dir};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::http::extract::{JsonBody, Path, Query};
 use crate::http::{ClientIp, RequestId};
 use crate::mcp::lockout_gate;
 use crate::mcp::tools::outbound as outbound_tools;
@@ -33,19 +33,19 @@ pub fn routes(app: AppState) -> Router<AppState> {
     let routes = Router::new()
         .route("/admin/api/me", get(me))
         .route("/admin/api/orgs", get(list_orgs).post(create_org))
-        .route("/admin/api/orgs/{org_id}", get(get_org))
-        .route("/admin/api/orgs/{org_id}/approve", post(approve))
-        .route("/admin/api/orgs/{org_id}/suspend", post(suspend))
-        .route("/admin/api/orgs/{org_id}/unsuspend", post(unsuspend))
-        .route("/admin/api/orgs/{org_id}/settings", post(settings))
-        .route("/admin/api/orgs/{org_id}/rotate-token", post(rotate_org_token))
+        .route("/admin/api/orgs/{orgId}", get(get_org))
+        .route("/admin/api/orgs/{orgId}/approve", post(approve))
+        .route("/admin/api/orgs/{orgId}/suspend", post(suspend))
+        .route("/admin/api/orgs/{orgId}/unsuspend", post(unsuspend))
+        .route("/admin/api/orgs/{orgId}/settings", post(settings))
+        .route("/admin/api/orgs/{orgId}/rotate-token", post(rotate_org_token))
         .route("/admin/api/agents", get(list_agents))
-        .route("/admin/api/agents/{agent_id}", get(get_agent))
-        .route("/admin/api/agents/{agent_id}/tokens", get(agent_tokens))
-        .route("/admin/api/agents/{agent_id}/regenerate-token", post(regenerate_token))
-        .route("/admin/api/agents/{agent_id}/blocked-channels", post(blocked_channels))
-        .route("/admin/api/agents/{agent_id}/limits", post(agent_limits))
-        .route("/admin/api/agents/{agent_id}/billing", post(agent_billing))
+        .route("/admin/api/agents/{agentId}", get(get_agent))
+        .route("/admin/api/agents/{agentId}/tokens", get(agent_tokens))
+        .route("/admin/api/agents/{agentId}/regenerate-token", post(regenerate_token))
+        .route("/admin/api/agents/{agentId}/blocked-channels", post(blocked_channels))
+        .route("/admin/api/agents/{agentId}/limits", post(agent_limits))
+        .route("/admin/api/agents/{agentId}/billing", post(agent_billing))
         .route("/admin/api/providers", get(list_providers).post(register_provider))
         .merge(super::compliance_api::routes())
         .layer(axum::middleware::from_fn_with_state(app, record_refusals));
@@ -57,7 +57,9 @@ pub fn routes(app: AppState) -> Router<AppState> {
 struct CallerSlot(Arc<Mutex<Option<Principal>>>);
 
 /// Records every refused admin request of an authenticated caller as `ActionRefused` (CONTRACT
-/// §6.1, invariant 2). Authentication failures are recorded by the lockout as `AuthFailed`.
+/// §6.1, invariant 2) — extractor rejections included, which are §7 JSON (`http::extract`).
+/// Authentication failures are recorded by the lockout as `AuthFailed`. Only a request that was
+/// not refused marks its token used (`lastUsedAt`): a refusal changes nothing but its own event.
 async fn record_refusals(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
     let slot = CallerSlot::default();
     request.extensions_mut().insert(slot.clone());
@@ -65,37 +67,22 @@ async fn record_refusals(State(app): State<AppState>, mut request: Request, next
     let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone());
     let response = next.run(request).await;
     let principal = slot.0.lock().expect("caller slot lock").take();
-    if let (Some(principal), Some(ErrorBody(refusal))) = (principal, response.extensions().get::<ErrorBody>()) {
-        let mut context = CommandContext::new(principal.actor(), "admin-api", app.clock.now());
-        if let Some(id) = request_id {
-            context = context.with_request_id(id);
-        }
-        let by = if refusal.code == ErrorCode::InvalidInput { "input" } else { "role" };
-        context.provenance.fail(by, refusal.message.clone());
-        let (stream_type, stream_id) = match &principal.org_id {
-            Some(org) => ("organization", org.clone()),
-            None => ("platform", "platform".to_string()),
-        };
-        let context = match &principal.org_id {
-            Some(org) => context.in_org(org.clone()),
-            None => context,
-        };
-        let event = RefusalEvent::ActionRefused {
-            tool: route,
-            agent_id: None,
-            code: refusal.code.as_str().into(),
-            refused_by: by.into(),
-            reason: refusal.message.clone(),
-            rule: refusal.extra.get("rule").and_then(serde_json::Value::as_str).map(str::to_string),
-        };
-        if let Err(e) = app.store.record(stream_type, &stream_id, &[event], &context).await {
-            crate::error::log_failure("ActionRefused not recorded; answered unavailable", &e);
-            // An unrecorded decision is not answered as if it had been made (CONTRACT P2); an
-            // answer that is already `unavailable` says as much.
-            if refusal.code != ErrorCode::Unavailable {
-                return axum::response::IntoResponse::into_response(ApiError::unrecorded());
+    let Some(principal) = principal else { return response };
+    match response.extensions().get::<ErrorBody>() {
+        Some(ErrorBody(refusal)) => {
+            let mut context = CommandContext::new(principal.actor(), "admin-api", app.clock.now());
+            if let Some(id) = request_id {
+                context = context.with_request_id(id);
+            }
+            if let Some(org) = &principal.org_id {
+                context = context.in_org(org.clone());
+            }
+            if let Some(unrecorded) = crate::refusals::record(&app, &principal, context, &route, None, refusal).await {
+                return axum::response::IntoResponse::into_response(unrecorded);
             }
         }
+        None if response.status().is_success() => app.identity.touch(&principal),
+        None => {}
     }
     response
 }
@@ -160,10 +147,6 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-pub(crate) fn body_args(body: &Option<Json<Value>>) -> Value {
-    body.as_ref().map(|Json(v)| v.clone()).unwrap_or(Value::Null)
-}
-
 async fn me(State(app): State<AppState>, admin: Admin) -> Result<Json<Value>, ApiError> {
     let org = match &admin.principal.org_id {
         Some(id) => dir::org(&app.pool, id).await?,
@@ -203,10 +186,9 @@ async fn get_org(
 async fn create_org(
     State(app): State<AppState>,
     admin: Admin,
-    body: Option<Json<Value>>,
+    JsonBody(raw): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     guard::require_role(&admin.principal, Role::SuperAdmin)?;
-    let raw = body_args(&body);
     let args = Args::new(&raw)?;
     let name = args.str("name", 1, 100)?;
     let slug = args.str("slug", 2, 63)?;
@@ -228,11 +210,10 @@ async fn approve(
     State(app): State<AppState>,
     admin: Admin,
     Path(org_id): Path<String>,
-    body: Option<Json<Value>>,
+    JsonBody(raw): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     super_admin(&admin)?;
     existing_org(&app, &org_id).await?;
-    let raw = body_args(&body);
     let kyc_note = Args::new(&raw)?.str("kycNote", 3, 2000)?;
     let approved_by = admin.principal.actor_id.clone();
     let view = commands::org_lifecycle(
@@ -254,11 +235,10 @@ async fn suspend(
     State(app): State<AppState>,
     admin: Admin,
     Path(org_id): Path<String>,
-    body: Option<Json<Value>>,
+    JsonBody(raw): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     super_admin(&admin)?;
     existing_org(&app, &org_id).await?;
-    let raw = body_args(&body);
     let reason = Args::new(&raw)?.opt_str("reason", 500)?.unwrap_or_default();
     let view = commands::org_lifecycle(
         &app,
@@ -288,10 +268,7 @@ fn cap(raw: &Value, field: &str) -> Result<Option<Option<i64>>, ApiError> {
     match raw.get(field) {
         None => Ok(None),
         Some(Value::Null) => Ok(Some(None)),
-        Some(v) => {
-            let micros = v.as_f64().filter(|d| *d >= 0.0).and_then(crate::money::from_dollars);
-            micros.map(|m| Some(Some(m))).ok_or_else(|| invalid(field, "must be a number ≥ 0 with at most 6 decimals"))
-        }
+        Some(v) => crate::validate::money(field, v).map(|m| Some(Some(m))),
     }
 }
 
@@ -299,11 +276,10 @@ async fn settings(
     State(app): State<AppState>,
     admin: Admin,
     Path(org_id): Path<String>,
-    body: Option<Json<Value>>,
+    JsonBody(raw): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     guard::own_org(&admin.principal, &org_id)?;
     existing_org(&app, &org_id).await?;
-    let raw = body_args(&body);
     let args = Args::new(&raw)?;
     let a2p = match raw.get("a2pRegistered") {
         None => None,
@@ -410,10 +386,9 @@ async fn blocked_channels(
     State(app): State<AppState>,
     admin: Admin,
     Path(agent_id): Path<String>,
-    body: Option<Json<Value>>,
+    JsonBody(raw): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
-    let raw = body_args(&body);
     let channels: Vec<String> = match raw.get("blockedChannels") {
         Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
         _ => return Err(invalid("blockedChannels", "must be an array")),
@@ -425,11 +400,10 @@ async fn agent_limits(
     State(app): State<AppState>,
     admin: Admin,
     Path(agent_id): Path<String>,
-    body: Option<Json<Value>>,
+    JsonBody(raw): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     guard::require_role(&admin.principal, Role::SuperAdmin)?;
     let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
-    let raw = body_args(&body);
     let change = outbound_tools::limits_change(&Args::new(&raw)?)?;
     commands::set_limits(&app, admin.context, &agent_id, &agent.org_id, change).await.map(Json)
 }
@@ -438,11 +412,10 @@ async fn agent_billing(
     State(app): State<AppState>,
     admin: Admin,
     Path(agent_id): Path<String>,
-    body: Option<Json<Value>>,
+    JsonBody(raw): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     guard::require_role(&admin.principal, Role::SuperAdmin)?;
     let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
-    let raw = body_args(&body);
     let (tier, markup, email) = outbound_tools::billing_change(&Args::new(&raw)?)?;
     commands::set_billing(&app, admin.context, &agent_id, &agent.org_id, tier, markup, email).await.map(Json)
 }
@@ -476,9 +449,8 @@ async fn list_providers(State(app): State<AppState>, admin: Admin) -> Result<Jso
 async fn register_provider(
     State(app): State<AppState>,
     admin: Admin,
-    body: Option<Json<Value>>,
+    JsonBody(raw): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     guard::require_role(&admin.principal, Role::SuperAdmin)?;
-    let raw = body_args(&body);
     outbound_tools::register(&app, admin.context, &Args::new(&raw)?).await.map(Json)
 }

@@ -3,7 +3,7 @@
 //! scope their org exactly as the tools do (`dnc_org`, `dnc_list_scope`): the super-admin names
 //! `orgId` to add or remove, and lists every org without it.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -11,7 +11,8 @@ use commguard_domain::contact::DncSource;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::admin::{body_args, Admin};
+use super::admin::Admin;
+use super::extract::{JsonBody, Query};
 use crate::app::AppState;
 use crate::auth::{guard, Role};
 use crate::contacts;
@@ -86,12 +87,7 @@ async fn dnc_list(
     contacts::dnc_list(&app, org.as_deref(), q.kind.as_deref(), q.cursor.as_deref(), limit).await.map(Json)
 }
 
-async fn dnc_add(
-    State(app): State<AppState>,
-    admin: Admin,
-    body: Option<Json<Value>>,
-) -> Result<Json<Value>, ApiError> {
-    let raw = body_args(&body);
+async fn dnc_add(State(app): State<AppState>, admin: Admin, JsonBody(raw): JsonBody) -> Result<Json<Value>, ApiError> {
     let args = Args::new(&raw)?;
     let address = contacts::address("address", &args.str("address", 1, 320)?)?;
     let reason = args.opt_str("reason", 500)?;
@@ -104,9 +100,8 @@ async fn dnc_add(
 async fn dnc_remove(
     State(app): State<AppState>,
     admin: Admin,
-    body: Option<Json<Value>>,
+    JsonBody(raw): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    let raw = body_args(&body);
     let args = Args::new(&raw)?;
     let address = contacts::address("address", &args.str("address", 1, 320)?)?;
     let reason = args.str("reason", 3, 500)?;
@@ -120,13 +115,12 @@ async fn dnc_remove(
 async fn test_clock(
     State(app): State<AppState>,
     admin: Admin,
-    body: Option<Json<Value>>,
+    JsonBody(raw): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     if !app.config.test_clock {
         return Err(ApiError::not_found("Not found"));
     }
     guard::require_role(&admin.principal, Role::SuperAdmin)?;
-    let raw = body_args(&body);
     match (raw.get("now"), raw.get("advanceSeconds")) {
         (Some(Value::Null), _) => app.clock.set(None),
         (Some(Value::String(now)), _) => {

@@ -14,6 +14,7 @@ pub mod body_limit;
 pub mod client_ip;
 pub mod compliance_api;
 pub mod cors;
+pub mod extract;
 pub mod fallback;
 pub mod headers;
 pub mod health;

@@ -24,6 +24,8 @@ use crate::auth::{bearer, AuthFailure, Bearer, Principal, Role};
 use crate::directory;
 use crate::error::{ApiError, ErrorCode};
 use crate::mcp::session::Session;
+use crate::store::CommandContext;
+use crate::validate;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -67,13 +69,34 @@ pub async fn lockout_gate(app: &AppState, ip: IpAddr, route: &str) -> Result<(),
     }
 }
 
-/// Steps (1) lockout through (4) credential of §4.2 / §4.3: the principal, or the refusal.
+/// A principal `authenticate` found, not yet admitted: the request may still be refused (agent
+/// claim, session binding, org state), and a refused request neither resets the IP's failure
+/// count nor marks its token used.
+pub struct Authenticated {
+    pub principal: Principal,
+    /// A credential was presented and verified (not dev-open or demo without one).
+    verified: bool,
+}
+
+impl Authenticated {
+    /// The request passed authorization: a verified credential resets the IP's failure count
+    /// (CONTRACT §13.3 "success resets the count") and marks its token used (`lastUsedAt`).
+    pub async fn admit(&self, app: &AppState, ip: IpAddr) {
+        if self.verified {
+            app.lockout.succeed(ip).await;
+            app.identity.touch(&self.principal);
+        }
+    }
+}
+
+/// Steps (1) lockout through (4) credential of §4.2 / §4.3: the principal, or the refusal. The
+/// caller admits it (`Authenticated::admit`) once the rest of its checks pass.
 pub async fn authenticate(
     app: &AppState,
     headers: &HeaderMap,
     ip: IpAddr,
     rules: &CredentialRules,
-) -> Result<Principal, ApiError> {
+) -> Result<Authenticated, ApiError> {
     lockout_gate(app, ip, rules.route).await?;
     let presented = match bearer(headers) {
         Bearer::Token(token) => Some(token),
@@ -85,16 +108,13 @@ pub async fn authenticate(
     };
     let Some(token) = presented else {
         if let Some(anonymous) = app.identity.anonymous() {
-            return Ok(anonymous);
+            return Ok(Authenticated { principal: anonymous, verified: false });
         }
         app.lockout.fail(ip, AuthFailure::Missing, rules.route, None, None).await;
         return Err(unauthorized(rules.missing_message, rules));
     };
     match app.identity.resolve(&token).await {
-        Ok(principal) => {
-            app.lockout.succeed(ip).await;
-            Ok(principal)
-        }
+        Ok(principal) => Ok(Authenticated { principal, verified: true }),
         Err(AuthFailure::Unavailable) => Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
         Err(failure) => {
             app.lockout.fail(ip, failure, rules.route, Some(&token), None).await;
@@ -103,8 +123,45 @@ pub async fn authenticate(
     }
 }
 
+/// Step (5) of opening a session (`GET /sse`, `initialize` on `/mcp`): the agent claim — `claim`
+/// is its input, already refused if malformed, `offered` the text the client sent — and the
+/// org's state. Every refusal is recorded: an agent mismatch as a counted `AuthFailed` (§13.3),
+/// the others as `ActionRefused` naming the claim as offered (the store escapes what it cannot hold).
+pub async fn open_claim(
+    app: &AppState,
+    principal: &Principal,
+    offered: Option<String>,
+    claim: Result<Option<String>, ApiError>,
+    ip: IpAddr,
+    route: &str,
+    context: CommandContext,
+) -> Result<Option<String>, ApiError> {
+    let claimed = offered.filter(|c| !c.is_empty());
+    let result = match claim {
+        Ok(claim) => check_claim(app, principal, claim, ip, route).await,
+        Err(refusal) => Err(refusal),
+    };
+    if let Err(refusal) = &result {
+        if !refusal.recorded {
+            let action = format!("{} {route}", if route == "/sse" { "GET" } else { "POST" });
+            if let Some(unrecorded) = crate::refusals::record(app, principal, context, &action, claimed, refusal).await {
+                return Err(unrecorded);
+            }
+        }
+    }
+    result
+}
+
+/// The claim of a query parameter: empty is none; text Postgres cannot store is refused.
+pub fn claim_param(value: Option<&str>) -> Result<Option<String>, ApiError> {
+    match value.filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => validate::storable("agentId", v).map(|()| Some(v.to_string())),
+    }
+}
+
 /// Step (5): the agent claim at open, and the org's state. Returns the claimed agent.
-pub async fn check_claim(
+async fn check_claim(
     app: &AppState,
     principal: &Principal,
     claim: Option<String>,
@@ -113,8 +170,11 @@ pub async fn check_claim(
 ) -> Result<Option<String>, ApiError> {
     let claim = match (principal.kind, claim) {
         (Role::Agent, Some(claimed)) if claimed != principal.id => {
+            // Counted (§13.3): the token was valid, but a guess at another agent is a failure.
             app.lockout.fail(ip, AuthFailure::AgentMismatch, route, None, Some(&claimed)).await;
-            return Err(ApiError::new(ErrorCode::Unauthorized, "Token agentId does not match requested agentId"));
+            let mut refusal = ApiError::new(ErrorCode::Unauthorized, "Token agentId does not match requested agentId");
+            refusal.recorded = true;
+            return Err(refusal);
         }
         (Role::Agent, _) => Some(principal.id.clone()),
         (_, Some(claimed)) => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -15,10 +15,11 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::session::{Session, Sessions, Transport};
-use super::{admit_to_session, authenticate, check_claim, lockout_gate, protocol, CredentialRules};
+use super::{admit_to_session, authenticate, claim_param, lockout_gate, open_claim, protocol, CredentialRules};
 use crate::app::AppState;
 use crate::auth::{bearer, Bearer};
 use crate::error::{ApiError, ErrorCode};
+use crate::http::extract::PlainQuery;
 use crate::http::{ClientIp, RequestId};
 use crate::store::CommandContext;
 
@@ -36,7 +37,7 @@ pub async fn open(
     State(app): State<AppState>,
     Extension(ClientIp(ip)): Extension<ClientIp>,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    Query(query): Query<OpenQuery>,
+    PlainQuery(query): PlainQuery<OpenQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let rules = CredentialRules {
@@ -45,9 +46,12 @@ pub async fn open(
         missing_message: "Missing token. Use: /sse?token=<token>",
         www_authenticate: false,
     };
-    let principal = authenticate(&app, &headers, ip, &rules).await?;
-    let claim = check_claim(&app, &principal, query.agent_id.filter(|a| !a.is_empty()), ip, "/sse").await?;
+    let authenticated = authenticate(&app, &headers, ip, &rules).await?;
+    let principal = authenticated.principal.clone();
     let context = open_context(&app, &principal, &request_id, Transport::Sse);
+    let claim = claim_param(query.agent_id.as_deref());
+    let claim = open_claim(&app, &principal, query.agent_id, claim, ip, "/sse", context.clone()).await?;
+    authenticated.admit(&app, ip).await;
     let session = app
         .sessions
         .open(principal, claim, Transport::Sse, context)
@@ -134,7 +138,7 @@ pub async fn message(
     State(app): State<AppState>,
     Extension(ClientIp(ip)): Extension<ClientIp>,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    Query(query): Query<MessageQuery>,
+    PlainQuery(query): PlainQuery<MessageQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -163,8 +167,11 @@ pub async fn message(
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "Unknown session").with_status(StatusCode::BAD_REQUEST))?;
     // (4)–(5) the request principal must be the session's.
     // (6) the opening token and the org still stand.
-    let principal = header_principal.unwrap_or_else(|| session.principal.clone());
+    let principal = header_principal.as_ref().map_or_else(|| session.principal.clone(), |a| a.principal.clone());
     admit_to_session(&app, &session, &principal, ip, "/messages").await?;
+    if let Some(authenticated) = &header_principal {
+        authenticated.admit(&app, ip).await;
+    }
     // (7) the message itself.
     if !is_json(&headers) {
         return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "Content-Type must be application/json"));

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -15,11 +15,13 @@ use serde_json::Value;
 use super::protocol::{self, Message, STREAMABLE_VERSIONS};
 use super::session::{Session, Transport};
 use super::sse::{event_stream, is_json, open_context};
-use super::{admit_to_session, authenticate, check_claim, CredentialRules};
+use super::{admit_to_session, authenticate, claim_param, open_claim, CredentialRules};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
+use crate::http::extract::PlainQuery;
 use crate::http::{ClientIp, RequestId};
+use crate::validate::invalid;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -50,6 +52,25 @@ fn accepts(headers: &HeaderMap, wanted: &[&str]) -> bool {
         .all(|w| accept.split(',').any(|part| part.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case(w))))
 }
 
+/// The claim of an `initialize` (CONTRACT §4.1): `X-Agent-Id` or `?agentId=`, both and different
+/// → 400. A header that is not visible ASCII is refused, not ignored; so is text Postgres cannot
+/// store.
+fn claim_input(headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>, ApiError> {
+    let header = match headers.get("x-agent-id") {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().map_err(|_| invalid("X-Agent-Id", "must be visible ASCII (an agent id)"))?.trim();
+            (!text.is_empty()).then_some(text)
+        }
+    };
+    let query = claim_param(query)?;
+    match (header, query) {
+        (Some(h), Some(q)) if h != q => Err(ApiError::new(ErrorCode::InvalidInput, "X-Agent-Id and agentId disagree")),
+        (Some(h), _) => Ok(Some(h.to_string())),
+        (None, q) => Ok(q),
+    }
+}
+
 /// The session a request names, which must belong to the request's principal.
 async fn existing_session(
     app: &AppState,
@@ -73,11 +94,12 @@ pub async fn post(
     State(app): State<AppState>,
     Extension(ClientIp(ip)): Extension<ClientIp>,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    Query(query): Query<McpQuery>,
+    PlainQuery(query): PlainQuery<McpQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(&app, &headers, ip, &rules()).await?;
+    let authenticated = authenticate(&app, &headers, ip, &rules()).await?;
+    let principal = authenticated.principal.clone();
     if !accepts(&headers, &["application/json", "text/event-stream"]) {
         return Err(ApiError::new(ErrorCode::InvalidInput, "Accept must list application/json and text/event-stream")
             .with_status(StatusCode::NOT_ACCEPTABLE));
@@ -90,14 +112,14 @@ pub async fn post(
     let initializing = messages.iter().any(|m| matches!(m, Message::Request { method, .. } if method == "initialize"));
 
     let (session, opened) = if header_str(&headers, SESSION_HEADER).is_none() && initializing {
-        let claim = match (header_str(&headers, "x-agent-id"), query.agent_id.as_deref().filter(|a| !a.is_empty())) {
-            (Some(h), Some(q)) if h != q => {
-                return Err(ApiError::new(ErrorCode::InvalidInput, "X-Agent-Id and agentId disagree"));
-            }
-            (h, q) => h.or(q).map(str::to_string),
-        };
-        let claim = check_claim(&app, &principal, claim, ip, "/mcp").await?;
         let context = open_context(&app, &principal, &request_id, Transport::Streamable);
+        let claim = claim_input(&headers, query.agent_id.as_deref());
+        let offered = match headers.get("x-agent-id") {
+            Some(header) => Some(String::from_utf8_lossy(header.as_bytes()).trim().to_string()),
+            None => query.agent_id,
+        };
+        let claim = open_claim(&app, &principal, offered, claim, ip, "/mcp", context.clone()).await?;
+        authenticated.admit(&app, ip).await;
         let session = app
             .sessions
             .open(principal.clone(), claim, Transport::Streamable, context)
@@ -106,6 +128,7 @@ pub async fn post(
         (session, true)
     } else {
         let session = existing_session(&app, &headers, &principal, ip).await?;
+        authenticated.admit(&app, ip).await;
         if let Some(version) = header_str(&headers, "mcp-protocol-version") {
             if !STREAMABLE_VERSIONS.contains(&version) {
                 return Err(ApiError::new(
@@ -144,12 +167,13 @@ pub async fn get(
     Extension(ClientIp(ip)): Extension<ClientIp>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(&app, &headers, ip, &rules()).await?;
+    let authenticated = authenticate(&app, &headers, ip, &rules()).await?;
     if !accepts(&headers, &["text/event-stream"]) {
         return Err(ApiError::new(ErrorCode::InvalidInput, "Accept must list text/event-stream")
             .with_status(StatusCode::NOT_ACCEPTABLE));
     }
-    let session = existing_session(&app, &headers, &principal, ip).await?;
+    let session = existing_session(&app, &headers, &authenticated.principal, ip).await?;
+    authenticated.admit(&app, ip).await;
     let inbox = session
         .take_inbox()
         .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "A stream is already open for this session"))?;
@@ -163,8 +187,9 @@ pub async fn delete(
     Extension(ClientIp(ip)): Extension<ClientIp>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(&app, &headers, ip, &rules()).await?;
-    let session = existing_session(&app, &headers, &principal, ip).await?;
+    let authenticated = authenticate(&app, &headers, ip, &rules()).await?;
+    let session = existing_session(&app, &headers, &authenticated.principal, ip).await?;
+    authenticated.admit(&app, ip).await;
     app.sessions.close(&session.id, "client_closed").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -170,8 +170,8 @@ fn unreachable(provider: &str, e: reqwest::Error) -> ProviderFailure {
 fn twilio_cost(body: &Value, channel: &str) -> i64 {
     body.get("price")
         .and_then(Value::as_str)
-        .and_then(|p| p.trim_start_matches('-').parse::<f64>().ok())
-        .and_then(crate::money::from_dollars)
+        .and_then(crate::money::parse_decimal)
+        .map(i64::abs)
         .unwrap_or_else(|| estimated_cost(channel))
 }
 

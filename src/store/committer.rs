@@ -3,7 +3,8 @@
 //! 4,096 events — and writes it in **one call** of `append_batch` (migration 0014): the chain heads of all streams move where
 //! they still stand where each append was decided, and only the events of those streams are
 //! inserted. An append whose stream moved meanwhile is answered `OptimisticLockError` and its
-//! command is decided again; the others commit together. A lone writer waits for nobody: batches
+//! command is decided again; the others commit together. An append whose data Postgres refuses
+//! fails alone: the batch is retried in halves (`commit`). A lone writer waits for nobody: batches
 //! form only from appends that arrive while a statement is in flight, as in Postgres's own group
 //! commit.
 
@@ -118,99 +119,153 @@ fn key(append: &Append) -> (String, String) {
 }
 
 /// One call of `append_batch` (migration 0014) for the whole batch; every job gets its own answer.
+///
+/// A batch that fails for something in one append's data (an error of the statement, not of the
+/// connection, and not a conflict) is split in halves and each half tried again, down to single
+/// appends: the append Postgres refuses fails its own command only, the others commit. The happy
+/// path stays one call; one bad append among n costs about 2·log2(n) more.
 async fn commit(pool: &PgPool, mut batch: Vec<Job>) {
     // Heads are locked in one global order, so concurrent batches cannot deadlock.
     batch.sort_unstable_by(|a, b| {
         (&a.append.aggregate_type, &a.append.aggregate_id).cmp(&(&b.append.aggregate_type, &b.append.aggregate_id))
     });
-    // JSON columns are moved out (the jobs need only their stream and reply from here on).
+    let mut parts = vec![batch];
+    while let Some(mut part) = parts.pop() {
+        let result = run(pool, &mut part).await;
+        match result {
+            Ok((base, moved, last_rows)) => {
+                for ((job, moved), last_row) in part.into_iter().zip(moved).zip(last_rows) {
+                    let reply = if moved { Ok(base + last_row) } else { Err(PersistenceError::OptimisticLockError) };
+                    let _ = job.reply.send(reply);
+                }
+            }
+            // A unique violation means a stream moved in a way the heads did not show (impossible
+            // while heads and events are written together), a deadlock or serialization failure
+            // that another transaction interleaved: either way every append is decided again.
+            Err(e) if retryable(&e) => {
+                for job in part {
+                    let _ = job.reply.send(Err(PersistenceError::OptimisticLockError));
+                }
+            }
+            Err(e) if part.len() > 1 && isolatable(&e) => {
+                tracing::warn!(error = %e, appends = part.len(), "append batch refused; retrying it in halves");
+                let second = part.split_off(part.len() / 2);
+                // Both halves keep the global order of their heads.
+                parts.push(second);
+                parts.push(part);
+            }
+            Err(e) => {
+                let down = crate::error::is_outage(&e);
+                if down {
+                    crate::outage::DATABASE.failed("group commit", &e);
+                } else {
+                    tracing::error!(error = %e, appends = part.len(), "append failed");
+                }
+                let message = e.to_string();
+                for job in part {
+                    let error: Box<dyn std::error::Error + Send + Sync> = if down {
+                        // Every waiting command answers `unavailable`, not `internal`.
+                        Box::new(crate::error::DatabaseDown(message.clone()))
+                    } else {
+                        message.clone().into()
+                    };
+                    let _ = job.reply.send(Err(PersistenceError::ConnectionError(error)));
+                }
+            }
+        }
+    }
+}
+
+fn retryable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("23505" | "40001" | "40P01")))
+}
+
+/// Whether a failed statement may have failed for one append's data (22 data exception — 22P05
+/// untranslatable character, 22021 bad encoding —, 54 program limit, 23 integrity, …) rather than
+/// for the database or the connection, which every smaller statement would fail alike: not class
+/// 08 (connection), 53 (resources), 57 (operator intervention, cancel), 58 (system), and not a
+/// client-side error (pool, I/O, protocol).
+fn isolatable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            !matches!(db.code().as_deref().map(|c| c.get(..2).unwrap_or(c)), Some("08" | "53" | "57" | "58"))
+        }
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}
+
+/// One `append_batch` call for `jobs`: the position base, which heads moved, and each job's last
+/// row index. The JSON columns are moved out of the jobs for the call and back if it fails, so
+/// the jobs can be tried again.
+async fn run(pool: &PgPool, jobs: &mut [Job]) -> Result<(i64, Vec<bool>, Vec<i64>), sqlx::Error> {
     let mut payloads = Vec::new();
     let mut metadatas = Vec::new();
-    for job in &mut batch {
+    for job in jobs.iter_mut() {
         for row in &mut job.append.rows {
             payloads.push(std::mem::take(&mut row.payload));
             metadatas.push(std::mem::take(&mut row.metadata));
         }
     }
-    let mut heads = HeadColumns::default();
-    let mut rows = RowColumns::default();
-    // The 0-based index, in the batch's rows, of each job's last event.
-    let mut last_rows = Vec::with_capacity(batch.len());
-    for (head, job) in (1i32..).zip(&batch) {
-        let a = &job.append;
-        let last = a.rows.last().expect("appends are not empty");
-        heads.aggregate_type.push(a.aggregate_type.as_str());
-        heads.aggregate_id.push(a.aggregate_id.as_str());
-        heads.expected.push(a.expected);
-        heads.last_sequence.push(last.sequence);
-        heads.last_hash.push(last.hash.as_str());
-        for row in &a.rows {
-            rows.head.push(head);
-            rows.sequence.push(row.sequence);
-            rows.event_type.push(row.event_type.as_str());
-            rows.event_version.push(row.event_version.as_str());
-            rows.event_id.push(row.event_id);
-            rows.occurred_at.push(row.occurred_at);
-            rows.org_id.push(row.org_id.as_deref());
-            rows.prev_hash.push(row.prev_hash.as_str());
-            rows.hash.push(row.hash.as_str());
-        }
-        last_rows.push(rows.head.len() as i64 - 1);
-    }
-    let result: Result<(i64, Vec<bool>), sqlx::Error> = sqlx::query_as(
-        "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::json[], $11::json[], $12, $13, $14, $15, $16)",
-    )
-    .bind(&heads.aggregate_type)
-    .bind(&heads.aggregate_id)
-    .bind(&heads.expected)
-    .bind(&heads.last_sequence)
-    .bind(&heads.last_hash)
-    .bind(&rows.head)
-    .bind(&rows.sequence)
-    .bind(&rows.event_type)
-    .bind(&rows.event_version)
-    .bind(&payloads)
-    .bind(&metadatas)
-    .bind(&rows.event_id)
-    .bind(&rows.occurred_at)
-    .bind(&rows.org_id)
-    .bind(&rows.prev_hash)
-    .bind(&rows.hash)
-    .fetch_one(pool)
-    .await;
-    match result {
-        Ok((base, moved)) => {
-            for ((job, moved), last_row) in batch.into_iter().zip(moved).zip(last_rows) {
-                let reply = if moved { Ok(base + last_row) } else { Err(PersistenceError::OptimisticLockError) };
-                let _ = job.reply.send(reply);
+    let result = {
+        let mut heads = HeadColumns::default();
+        let mut rows = RowColumns::default();
+        // The 0-based index, in the batch's rows, of each job's last event.
+        let mut last_rows = Vec::with_capacity(jobs.len());
+        for (head, job) in (1i32..).zip(jobs.iter()) {
+            let a = &job.append;
+            let last = a.rows.last().expect("appends are not empty");
+            heads.aggregate_type.push(a.aggregate_type.as_str());
+            heads.aggregate_id.push(a.aggregate_id.as_str());
+            heads.expected.push(a.expected);
+            heads.last_sequence.push(last.sequence);
+            heads.last_hash.push(last.hash.as_str());
+            for row in &a.rows {
+                rows.head.push(head);
+                rows.sequence.push(row.sequence);
+                rows.event_type.push(row.event_type.as_str());
+                rows.event_version.push(row.event_version.as_str());
+                rows.event_id.push(row.event_id);
+                rows.occurred_at.push(row.occurred_at);
+                rows.org_id.push(row.org_id.as_deref());
+                rows.prev_hash.push(row.prev_hash.as_str());
+                rows.hash.push(row.hash.as_str());
             }
+            last_rows.push(rows.head.len() as i64 - 1);
         }
-        Err(e) => {
-            // A unique violation means a stream moved in a way the heads did not show (impossible
-            // while heads and events are written together), a deadlock or serialization failure
-            // that another transaction interleaved: either way every append is decided again.
-            let retry = matches!(&e, sqlx::Error::Database(db)
-                if matches!(db.code().as_deref(), Some("23505" | "40001" | "40P01")));
-            let down = crate::error::is_outage(&e);
-            if down {
-                crate::outage::DATABASE.failed("group commit", &e);
-            } else if !retry {
-                tracing::error!(error = %e, appends = batch.len(), "append batch failed");
-            }
-            let message = e.to_string();
-            for job in batch {
-                let error = if retry {
-                    PersistenceError::OptimisticLockError
-                } else if down {
-                    // Every waiting command answers `unavailable`, not `internal`.
-                    PersistenceError::ConnectionError(Box::new(crate::error::DatabaseDown(message.clone())))
-                } else {
-                    PersistenceError::ConnectionError(message.clone().into())
-                };
-                let _ = job.reply.send(Err(error));
+        let result: Result<(i64, Vec<bool>), sqlx::Error> = sqlx::query_as(
+            "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::json[], $11::json[], $12, $13, $14, $15, $16)",
+        )
+        .bind(&heads.aggregate_type)
+        .bind(&heads.aggregate_id)
+        .bind(&heads.expected)
+        .bind(&heads.last_sequence)
+        .bind(&heads.last_hash)
+        .bind(&rows.head)
+        .bind(&rows.sequence)
+        .bind(&rows.event_type)
+        .bind(&rows.event_version)
+        .bind(&payloads)
+        .bind(&metadatas)
+        .bind(&rows.event_id)
+        .bind(&rows.occurred_at)
+        .bind(&rows.org_id)
+        .bind(&rows.prev_hash)
+        .bind(&rows.hash)
+        .fetch_one(pool)
+        .await;
+        result.map(|(base, moved)| (base, moved, last_rows))
+    };
+    if result.is_err() {
+        let (mut payloads, mut metadatas) = (payloads.into_iter(), metadatas.into_iter());
+        for job in jobs.iter_mut() {
+            for row in &mut job.append.rows {
+                row.payload = payloads.next().expect("one payload per row");
+                row.metadata = metadatas.next().expect("one metadata per row");
             }
         }
     }
+    result
 }
 
 #[derive(Default)]

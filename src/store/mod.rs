@@ -14,6 +14,7 @@ pub mod repository;
 pub mod runner;
 pub mod sealing;
 pub mod snapshots;
+pub mod storable;
 pub mod verify;
 
 use std::sync::Arc;

@@ -3,7 +3,8 @@
 //! on the stream's head and retry each other out. Instead each stream has a queue in this
 //! process: the first fact to arrive starts a flusher task that appends everything queued in one
 //! statement (one round trip, one chain extension), then whatever arrived meanwhile, until the
-//! queue is empty. Conflicts with other instances are retried at the new head.
+//! queue is empty. Conflicts with other instances are retried at the new head; facts the store
+//! refuses are appended again one caller at a time, so they fail only their own caller.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -128,9 +129,23 @@ impl Recorder {
                 }
                 queue.drain(..n).collect::<Vec<_>>()
             };
-            let outcome = self.append(&key, &batch).await;
-            for pending in batch {
-                let _ = pending.done.send(outcome.clone());
+            match self.append(&key, &batch).await {
+                // One pending's facts Postgres refuses must not cost the others theirs: each is
+                // appended on its own (exhausted conflicts and an unreachable database are not
+                // that, and fail them all).
+                Err(e) if batch.len() > 1 && !matches!(e, PersistenceError::OptimisticLockError) && !e.database_down() => {
+                    tracing::warn!(error = %e, pendings = batch.len(), "facts refused together; appending them one by one");
+                    for pending in batch {
+                        let outcome = self.append(&key, std::slice::from_ref(&pending)).await;
+                        let _ = pending.done.send(outcome.map_err(Failed::from));
+                    }
+                }
+                outcome => {
+                    let outcome = outcome.map_err(Failed::from);
+                    for pending in batch {
+                        let _ = pending.done.send(outcome.clone());
+                    }
+                }
             }
         }
     }
@@ -139,7 +154,7 @@ impl Recorder {
         &self,
         (aggregate_type, aggregate_id): &StreamKey,
         batch: &[Pending],
-    ) -> Result<Option<i64>, Failed> {
+    ) -> Result<Option<i64>, PersistenceError> {
         let mut attempt = 0;
         loop {
             // First try where this process last saw the stream; after a conflict, ask Postgres.
@@ -169,7 +184,7 @@ impl Recorder {
                     let ceiling_us = 200u64 << attempt.min(7);
                     tokio::time::sleep(Duration::from_micros(rand::random::<u64>() % ceiling_us)).await;
                 }
-                other => return other.map_err(Failed::from),
+                other => return other,
             }
         }
     }

@@ -21,6 +21,7 @@ use super::context::CommandContext;
 use super::keystore::KeyStore;
 use super::receipt;
 use super::sealing::{has_clear_fields, seal_payload};
+use super::storable;
 
 /// Events one transaction may append: the low 12 bits of a position number them.
 pub const MAX_EVENTS_PER_APPEND: usize = 4096;
@@ -73,6 +74,22 @@ impl EventRepository {
         let Some(first) = events.first() else {
             return Ok(None);
         };
+        // Postgres text cannot hold U+0000: a stream id or type carrying one is refused here, in
+        // this append only, instead of failing the statement it would share with other appends.
+        for event in events {
+            for (column, text) in [
+                ("aggregate_type", event.aggregate_type.as_str()),
+                ("aggregate_id", event.aggregate_id.as_str()),
+                ("event_type", event.event_type.as_str()),
+                ("event_version", event.event_version.as_str()),
+            ] {
+                if text.contains('\0') {
+                    return Err(PersistenceError::UnknownError(
+                        format!("refusing to store U+0000 in {column}: Postgres text cannot hold it").into(),
+                    ));
+                }
+            }
+        }
         if events.len() > MAX_EVENTS_PER_APPEND {
             return Err(PersistenceError::UnknownError(
                 format!("an append holds at most {MAX_EVENTS_PER_APPEND} events").into(),
@@ -193,6 +210,7 @@ impl EventRepository {
         current_snapshot: usize,
         state: &Value,
     ) -> Result<(), PersistenceError> {
+        let state = storable::escaped(state);
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         sqlx::query("DELETE FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2")
             .bind(A::TYPE)
@@ -208,7 +226,7 @@ impl EventRepository {
         .bind(aggregate_id)
         .bind(last_sequence)
         .bind(current_snapshot as i64)
-        .bind(state)
+        .bind(state.as_ref())
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -251,13 +269,22 @@ impl EventRepository {
             .collect())
     }
 
-    /// The stored form of one event: payload untagged and sealed, metadata from its context.
+    /// The stored form of one event: payload untagged, made storable (`storable::escape_nul`) and
+    /// sealed, metadata from its context and made storable too. This is the one place event JSON
+    /// is shaped for Postgres, so no event — whatever its producer let through — carries a NUL there.
     async fn prepare(&self, event: &SerializedEvent) -> Result<Prepared, PersistenceError> {
         let context = CommandContext::from_metadata(&event.metadata).ok_or_else(|| {
             PersistenceError::UnknownError("an event reached the store without a command context".into())
         })?;
+        if context.org_id.as_deref().is_some_and(|org| org.contains('\0')) {
+            return Err(PersistenceError::UnknownError(
+                "refusing to store U+0000 in org_id: Postgres text cannot hold it".into(),
+            ));
+        }
         let event_id = Uuid::new_v4();
         let mut payload = untag(&event.event_type, event.payload.clone());
+        // Before sealing, so a personal field's plaintext is storable too once opened.
+        storable::escape_nul(&mut payload);
         seal_payload(&self.keystore, &mut payload, event_id, context.org_id.as_deref(), context.occurred_at)
             .await
             .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
@@ -272,6 +299,7 @@ impl EventRepository {
         metadata.insert("requestId".into(), context.request_id.clone().map_or(Value::Null, Value::String));
         metadata.insert("transport".into(), Value::String(context.transport.clone()));
         metadata.insert("provenance".into(), serde_json::to_value(&context.provenance)?);
+        metadata.values_mut().for_each(storable::escape_nul);
         Ok(Prepared { event_id, payload, metadata, context })
     }
 }

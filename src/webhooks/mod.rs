@@ -11,6 +11,7 @@ pub mod replay;
 pub mod signature;
 
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -110,8 +111,27 @@ pub fn ip_refusal(path: &str) -> Response {
     }
 }
 
+/// The `:agentId` of a webhook route. Unauthenticated callers reach the agent lookup with it, so
+/// text Postgres cannot store (U+0000) or that is not UTF-8 is refused first (400: `<Response/>`
+/// on Twilio routes, §7 JSON on `/email`); no agent can have such an id, so nothing is recorded.
+fn agent_param(param: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(agent_id) =
+        param.map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("Invalid path: {}", e.body_text())))?;
+    validate::storable("agentId", &agent_id)?;
+    Ok(agent_id)
+}
+
 /// Step 1 for a request the allowlist refused: 403, and `WebhookRejected(ip)` if the agent exists.
-async fn refuse_ip(app: &AppState, agent_id: &str, provider: &str, route: &str, path: &str, ip: &ClientIp) -> Response {
+async fn refuse_ip(
+    app: &AppState,
+    agent_id: Option<String>,
+    provider: &str,
+    route: &str,
+    path: &str,
+    ip: &ClientIp,
+) -> Response {
+    let Some(agent_id) = agent_id else { return ip_refusal(path) };
+    let agent_id = agent_id.as_str();
     match directory::agent(&app.pool, agent_id).await {
         Ok(Some(agent)) => reject(app, &agent, provider, route, "ip", ip).await,
         Ok(None) => {}
@@ -175,6 +195,11 @@ async fn twilio_gate(
         return Err(empty(StatusCode::BAD_REQUEST));
     }
     let params: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+    // Parameters become nonces and event fields: text Postgres cannot store is malformed.
+    if params.iter().any(|(k, v)| k.contains('\0') || v.contains('\0')) {
+        reject(app, &agent, "twilio", route, "malformed", ip).await;
+        return Err(empty(StatusCode::BAD_REQUEST));
+    }
     let signature = if app.config.demo_mode {
         Signature::Skipped
     } else {
@@ -280,16 +305,18 @@ const START_REPLY: &str = "You have been resubscribed. Reply STOP to unsubscribe
 /// `POST /webhooks/:agentId/sms` (§8.2).
 async fn sms(
     State(app): State<AppState>,
-    Path(agent_id): Path<String>,
+    agent_id: Result<Path<String>, PathRejection>,
     Extension(ip): Extension<ClientIp>,
     ip_refused: Option<Extension<IpRefused>>,
     uri: OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let agent_id = agent_param(agent_id);
     if ip_refused.is_some() {
-        return refuse_ip(&app, &agent_id, "twilio", "sms", uri.0.path(), &ip).await;
+        return refuse_ip(&app, agent_id.ok(), "twilio", "sms", uri.0.path(), &ip).await;
     }
+    let Ok(agent_id) = agent_id else { return empty(StatusCode::BAD_REQUEST) };
     let request = match twilio_gate(&app, &agent_id, "sms", &uri, &headers, &body, &ip).await {
         Ok(r) => r,
         Err(response) => return response,
@@ -435,16 +462,18 @@ async fn find_call(app: &AppState, agent_id: &str, sid: &str) -> Result<Option<C
 /// `POST /webhooks/:agentId/call-status` and `/voice/status` (§8.3).
 async fn call_status(
     State(app): State<AppState>,
-    Path(agent_id): Path<String>,
+    agent_id: Result<Path<String>, PathRejection>,
     Extension(ip): Extension<ClientIp>,
     ip_refused: Option<Extension<IpRefused>>,
     uri: OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let agent_id = agent_param(agent_id);
     if ip_refused.is_some() {
-        return refuse_ip(&app, &agent_id, "twilio", "call-status", uri.0.path(), &ip).await;
+        return refuse_ip(&app, agent_id.ok(), "twilio", "call-status", uri.0.path(), &ip).await;
     }
+    let Ok(agent_id) = agent_id else { return empty(StatusCode::BAD_REQUEST) };
     let request = match twilio_gate(&app, &agent_id, "call-status", &uri, &headers, &body, &ip).await {
         Ok(r) => r,
         Err(response) => return response,
@@ -603,16 +632,21 @@ fn addresses(value: &Value) -> Vec<String> {
 /// `POST /webhooks/:agentId/email` (§8.5), verified over the raw body bytes.
 async fn email(
     State(app): State<AppState>,
-    Path(agent_id): Path<String>,
+    agent_id: Result<Path<String>, PathRejection>,
     Extension(ip): Extension<ClientIp>,
     ip_refused: Option<Extension<IpRefused>>,
     uri: OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let agent_id = agent_param(agent_id);
     if ip_refused.is_some() {
-        return refuse_ip(&app, &agent_id, "resend", "email", uri.0.path(), &ip).await;
+        return refuse_ip(&app, agent_id.ok(), "resend", "email", uri.0.path(), &ip).await;
     }
+    let agent_id = match agent_id {
+        Ok(agent_id) => agent_id,
+        Err(refusal) => return refusal.into_response(),
+    };
     let agent = match directory::agent(&app.pool, &agent_id).await {
         Ok(Some(agent)) => agent,
         Ok(None) => return json_error(StatusCode::NOT_FOUND, "Agent not found"),

@@ -11,6 +11,7 @@ mod durability;
 mod error_texts;
 mod event_store;
 mod hardening;
+mod hostile;
 mod identity;
 mod mcp_e2e;
 mod outage;

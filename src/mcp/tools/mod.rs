@@ -8,7 +8,6 @@ mod directory;
 pub mod outbound;
 mod ping;
 
-use commguard_domain::records::RefusalEvent;
 use serde_json::{json, Value};
 
 use super::session::Transport;
@@ -116,10 +115,8 @@ pub fn list(role: Role) -> Vec<Value> {
 pub async fn call(app: &AppState, caller: &Caller<'_>, name: &str, arguments: Value) -> Result<Value, ApiError> {
     let outcome = dispatch(app, caller, name, &arguments).await;
     if let Some(refusal) = outcome.as_ref().err().filter(|r| !r.recorded) {
-        let recorded = record_refusal(app, caller, name, &arguments, refusal).await;
-        if !recorded && refusal.code != ErrorCode::Unavailable {
-            // An unrecorded decision is not answered as if it had been made (CONTRACT P2).
-            return Err(ApiError::unrecorded());
+        if let Some(unrecorded) = record_refusal(app, caller, name, &arguments, refusal).await {
+            return Err(unrecorded);
         }
     }
     outcome
@@ -156,60 +153,18 @@ async fn dispatch(app: &AppState, caller: &Caller<'_>, name: &str, arguments: &V
     }
 }
 
-/// Which check refused, from the refusal's code (CONTRACT §6.1 check names).
-fn refused_by(refusal: &ApiError) -> &'static str {
-    match refusal.code {
-        ErrorCode::Forbidden if refusal.message.starts_with("Agent \"") => "org_boundary",
-        ErrorCode::Forbidden => "role",
-        ErrorCode::NotFound => "agent_resolve",
-        ErrorCode::InvalidInput => "input",
-        ErrorCode::ComplianceBlocked => "compliance",
-        ErrorCode::Conflict | ErrorCode::QuotaExceeded => "state",
-        ErrorCode::Unavailable | ErrorCode::ProviderError => "provider",
-        ErrorCode::RateLimited => "limits",
-        ErrorCode::Unauthorized
-        | ErrorCode::LockedOut
-        | ErrorCode::PayloadTooLarge
-        | ErrorCode::UnsupportedMediaType
-        | ErrorCode::MethodNotAllowed
-        | ErrorCode::Internal => "internal",
-    }
-}
-
-/// Records `refusal` as `ActionRefused`; false if it could not be stored.
+/// Records `refusal`; `Some` is the answer to give instead (see `refusals::record`).
 async fn record_refusal(
     app: &AppState,
     caller: &Caller<'_>,
     tool: &str,
     arguments: &Value,
     refusal: &ApiError,
-) -> bool {
+) -> Option<ApiError> {
     let agent_id = arguments
         .get("agentId")
         .and_then(Value::as_str)
         .map(str::to_string)
         .or_else(|| caller.principal.agent_id().map(str::to_string));
-    let (stream_type, stream_id) = match (caller.principal.agent_id(), &caller.principal.org_id) {
-        (Some(agent), _) => ("agent", agent.to_string()),
-        (None, Some(org)) => ("organization", org.clone()),
-        (None, None) => ("platform", "platform".to_string()),
-    };
-    let by = refused_by(refusal);
-    let mut context = caller.bare_context(app);
-    context.provenance.fail(by, refusal.message.clone());
-    let event = RefusalEvent::ActionRefused {
-        tool: tool.into(),
-        agent_id,
-        code: refusal.code.as_str().into(),
-        refused_by: by.into(),
-        reason: refusal.message.clone(),
-        rule: refusal.extra.get("rule").and_then(Value::as_str).map(str::to_string),
-    };
-    match app.store.record(stream_type, &stream_id, &[event], &context).await {
-        Ok(_) => true,
-        Err(e) => {
-            crate::error::log_failure("ActionRefused not recorded; answered unavailable", &e);
-            false
-        }
-    }
+    crate::refusals::record(app, caller.principal, caller.bare_context(app), tool, agent_id, refusal).await
 }

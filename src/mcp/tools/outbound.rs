@@ -104,12 +104,7 @@ fn override_field(
     match limits.get(field) {
         None => Ok(None),
         Some(Value::Null) => Ok(Some(None)),
-        Some(v) if money => v
-            .as_f64()
-            .filter(|d| *d >= 0.0)
-            .and_then(crate::money::from_dollars)
-            .map(|m| Some(Some(m)))
-            .ok_or_else(|| invalid(&path, "must be a number ≥ 0 with at most 6 decimals")),
+        Some(v) if money => crate::validate::money(&path, v).map(|m| Some(Some(m))),
         Some(v) => v
             .as_i64()
             .filter(|n| *n >= 1)
@@ -150,11 +145,7 @@ pub fn billing_change(args: &Args<'_>) -> Result<BillingChange, ApiError> {
     let markup = match args.0.get("markupPercent") {
         None => None,
         Some(Value::Null) => Some(None),
-        Some(v) => Some(Some(
-            v.as_f64()
-                .filter(|p| (0.0..=500.0).contains(p))
-                .ok_or_else(|| invalid("markupPercent", "must be a number from 0 to 500"))?,
-        )),
+        Some(v) => Some(Some(crate::validate::decimal("markupPercent", v, 0.0, 500.0)?)),
     };
     let billing_email = match args.0.get("billingEmail") {
         None => None,
