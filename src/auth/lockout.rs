@@ -7,6 +7,7 @@
 //! no instance has seen fail: only IPs in the `suspects` set (local failures, and failures other
 //! instances announce on `commguard_identity`) cost a read.
 
+use crate::error::ApiError;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -115,11 +116,13 @@ impl Lockout {
 
     /// A request refused while its IP is locked: recorded (it feeds anomaly detection), not
     /// counted (it does not extend the lock).
-    pub async fn refused_while_locked(&self, ip: IpAddr, route: &str) {
-        self.record_failure(ip, "locked", route, None, None).await;
+    pub async fn refused_while_locked(&self, ip: IpAddr, route: &str) -> Result<(), ApiError> {
+        self.record_failure(ip, "locked", route, None, None).await
     }
 
     /// A failed credential check: recorded, counted, and at the threshold the IP is locked.
+    /// `Err` (`unavailable`) when the failure could not be recorded: the caller answers that
+    /// rather than a refusal that left no trace (CONTRACT P2).
     pub async fn fail(
         &self,
         ip: IpAddr,
@@ -127,13 +130,13 @@ impl Lockout {
         route: &str,
         presented: Option<&str>,
         claimed_agent: Option<&str>,
-    ) {
+    ) -> Result<(), ApiError> {
         if failure == AuthFailure::Unavailable {
-            return;
+            return Ok(());
         }
-        self.record_failure(ip, failure.reason(), route, presented, claimed_agent).await;
+        self.record_failure(ip, failure.reason(), route, presented, claimed_agent).await?;
         if !self.enabled {
-            return;
+            return Ok(());
         }
         let ip_ref = self.ip_ref(ip);
         let now = self.clock.now();
@@ -160,7 +163,7 @@ impl Lockout {
             Ok(row) => row,
             Err(e) => {
                 crate::error::log_failure("brute-force counter not updated", &e);
-                return;
+                return Ok(());
             }
         };
         self.suspect(ip_ref.clone());
@@ -177,6 +180,7 @@ impl Lockout {
                 self.locked_out(ip, &ip_ref, failures, until).await;
             }
         }
+        Ok(())
     }
 
     /// A successful credential check resets the IP's count.
@@ -210,7 +214,7 @@ impl Lockout {
         route: &str,
         presented: Option<&str>,
         claimed_agent: Option<&str>,
-    ) {
+    ) -> Result<(), ApiError> {
         let event = IpEvent::AuthFailed {
             ip: Pii::retained(ip.to_string(), RetentionClass::Security),
             reason: reason.into(),
@@ -218,8 +222,12 @@ impl Lockout {
             token_fingerprint: presented.map(fingerprint),
             claimed_agent_id: claimed_agent.map(str::to_string),
         };
-        if let Err(e) = self.store.record("ip", &self.ip_ref(ip), &[event], &self.context()).await {
-            crate::error::log_failure("AuthFailed not recorded", &e);
+        match self.store.record("ip", &self.ip_ref(ip), &[event], &self.context()).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                crate::error::log_failure("AuthFailed not recorded; answered unavailable", &e);
+                Err(ApiError::unrecorded())
+            }
         }
     }
 

@@ -106,12 +106,12 @@ impl FromRequestParts<AppState> for Admin {
             Bearer::Absent => match app.identity.anonymous() {
                 Some(p) => p,
                 None => {
-                    app.lockout.fail(ip, AuthFailure::Missing, route, None, None).await;
+                    app.lockout.fail(ip, AuthFailure::Missing, route, None, None).await?;
                     return Err(missing());
                 }
             },
             Bearer::Malformed => {
-                app.lockout.fail(ip, AuthFailure::Missing, route, None, None).await;
+                app.lockout.fail(ip, AuthFailure::Missing, route, None, None).await?;
                 return Err(missing());
             }
             Bearer::Token(token) => match app.identity.resolve(&token).await {
@@ -127,7 +127,7 @@ impl FromRequestParts<AppState> for Admin {
                     return Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable"))
                 }
                 Err(failure) => {
-                    app.lockout.fail(ip, failure, route, Some(&token), None).await;
+                    app.lockout.fail(ip, failure, route, Some(&token), None).await?;
                     return Err(ApiError::new(ErrorCode::Unauthorized, "Invalid admin token"));
                 }
             },

@@ -62,7 +62,7 @@ pub async fn lockout_gate(app: &AppState, ip: IpAddr, route: &str) -> Result<(),
     match app.lockout.check(ip).await {
         Ok(()) => Ok(()),
         Err(Refusal::Locked { retry_after }) => {
-            app.lockout.refused_while_locked(ip, route).await;
+            app.lockout.refused_while_locked(ip, route).await?;
             Err(locked_out(retry_after))
         }
         Err(Refusal::Unavailable) => Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
@@ -101,7 +101,7 @@ pub async fn authenticate(
     let presented = match bearer(headers) {
         Bearer::Token(token) => Some(token),
         Bearer::Malformed => {
-            app.lockout.fail(ip, AuthFailure::Missing, rules.route, None, None).await;
+            app.lockout.fail(ip, AuthFailure::Missing, rules.route, None, None).await?;
             return Err(unauthorized("Missing Authorization header. Use: Bearer <token>", rules));
         }
         Bearer::Absent => rules.query_token.clone().filter(|t| !t.is_empty()),
@@ -110,14 +110,14 @@ pub async fn authenticate(
         if let Some(anonymous) = app.identity.anonymous() {
             return Ok(Authenticated { principal: anonymous, verified: false });
         }
-        app.lockout.fail(ip, AuthFailure::Missing, rules.route, None, None).await;
+        app.lockout.fail(ip, AuthFailure::Missing, rules.route, None, None).await?;
         return Err(unauthorized(rules.missing_message, rules));
     };
     match app.identity.resolve(&token).await {
         Ok(principal) => Ok(Authenticated { principal, verified: true }),
         Err(AuthFailure::Unavailable) => Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
         Err(failure) => {
-            app.lockout.fail(ip, failure, rules.route, Some(&token), None).await;
+            app.lockout.fail(ip, failure, rules.route, Some(&token), None).await?;
             Err(unauthorized("Invalid or revoked token", rules))
         }
     }
@@ -171,7 +171,7 @@ async fn check_claim(
     let claim = match (principal.kind, claim) {
         (Role::Agent, Some(claimed)) if claimed != principal.id => {
             // Counted (§13.3): the token was valid, but a guess at another agent is a failure.
-            app.lockout.fail(ip, AuthFailure::AgentMismatch, route, None, Some(&claimed)).await;
+            app.lockout.fail(ip, AuthFailure::AgentMismatch, route, None, Some(&claimed)).await?;
             let mut refusal = ApiError::new(ErrorCode::Unauthorized, "Token agentId does not match requested agentId");
             refusal.recorded = true;
             return Err(refusal);
@@ -209,7 +209,7 @@ pub async fn admit_to_session(
     route: &str,
 ) -> Result<(), ApiError> {
     if !principal.same_as(&session.principal) {
-        app.lockout.fail(ip, AuthFailure::SessionMismatch, route, None, None).await;
+        app.lockout.fail(ip, AuthFailure::SessionMismatch, route, None, None).await?;
         return Err(ApiError::new(ErrorCode::Forbidden, "Session belongs to a different principal"));
     }
     // A request that presented the session's own token has just proven it valid.
