@@ -3,6 +3,7 @@
 
 mod support;
 
+mod audit_feed;
 mod cli;
 mod compliance;
 mod crypto_shredding;
