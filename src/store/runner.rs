@@ -31,6 +31,8 @@ pub enum RunnerError {
     Database(#[from] sqlx::Error),
     #[error("unknown projection {0:?}")]
     UnknownProjection(String),
+    #[error("projection {0} stopped moving")]
+    Stalled(String),
 }
 
 /// Applies at most one batch of `projection` under checkpoint `checkpoint`, writing to `tables`.
@@ -337,7 +339,13 @@ impl Progress {
         Self { quiet: true, ..Self::new("") }
     }
 
-    fn update(&mut self, done: u64) {
+    /// How many items the work will have done when finished.
+    pub fn set_total(&mut self, total: u64) {
+        self.total = total;
+    }
+
+    /// `done` items so far: redraws the bar, or prints a line if 5 s passed since the last.
+    pub fn update(&mut self, done: u64) {
         if self.quiet {
             return;
         }
@@ -360,7 +368,7 @@ impl Progress {
         }
     }
 
-    fn finish(&mut self) {
+    pub fn finish(&mut self) {
         if self.quiet {
             return;
         }
