@@ -375,22 +375,21 @@ async fn accept_failed(e: std::io::Error) {
 
 /// `commguard serve`: listens on HOST:PORT until SIGINT or SIGTERM.
 pub async fn serve_until_signal(rt: &Runtime) -> Result<(), StartError> {
+    // The handlers are installed before anything says the server is up: a SIGTERM sent as soon
+    // as it listens must drain it, not kill it.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler succeeds");
+    let interrupt = tokio::signal::ctrl_c();
     let bind = format!("{}:{}", rt.config.host, rt.config.port);
     let listener = TcpListener::bind(&bind).await.map_err(|e| StartError::Listen(bind.clone(), e))?;
     let server = Server::start(rt, listener).await?;
     tracing::info!(addr = %server.addr, "commguard listening");
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    server.stop().await
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler succeeds");
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt => {}
         _ = term.recv() => {}
     }
+    tracing::info!("shutting down");
+    server.stop().await
 }
 
 /// Logs per `LOG_FORMAT` (JSON in production, text in development), filtered by `RUST_LOG`,

@@ -1,19 +1,43 @@
-//! The command line (CONTRACT §15): `serve`, `migrate`, `replay`, `audit verify`.
+//! The command line (CONTRACT §15): `serve`, `migrate`, `replay`, `audit verify`, `audit export`
+//! (`cli/export.rs`), `token issue` (`cli/token.rs`).
 //! Exit codes: 0 ok; 1 a check failed or was refused; 2 usage, configuration or database error.
 
-use std::process::ExitCode;
+mod export;
+mod token;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::{ArgGroup, Parser, Subcommand};
+use commguard_projections::{Projection, Tables};
+use sqlx::PgPool;
 
 use crate::app::{self, Runtime, StartError};
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::store::{runner, verify};
+use crate::store::runner::RunnerError;
+use crate::store::{runner, verify, Actor, ActorKind, CommandContext};
+
+/// Every command line, for `--help` (clap lists only the first level of subcommands).
+const COMMANDS: &str = "\
+Commands:
+  commguard serve
+  commguard migrate
+  commguard replay [--projection NAME]
+  commguard audit verify [--aggregate TYPE/ID] [--json]
+  commguard audit export --subject <phone|email> [--org ORG] [--from TS] [--to TS] [--out FILE]
+  commguard token issue (--agent ID | --org ORG) [--label L] [--revoke-existing]
+
+Exit codes: 0 ok; 1 a check failed or was refused; 2 usage, configuration or database error.";
 
 #[derive(Parser)]
 #[command(
     name = "commguard",
     version,
-    about = "Security and compliance core between AI agents and communication providers"
+    about = "Security and compliance core between AI agents and communication providers",
+    after_help = COMMANDS
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,10 +55,15 @@ enum Command {
         #[arg(long)]
         projection: Option<String>,
     },
-    /// Audit tools for compliance auditors.
+    /// Audit tools for compliance auditors: `audit verify`, `audit export`.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Bearer tokens: `token issue`.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
 }
 
@@ -47,6 +76,53 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write every event about a data subject as JSON Lines of §11.1 envelopes, in position
+    /// order, decrypted or "[erased]"; records `AuditExported`.
+    Export {
+        /// The subject's phone number (E.164) or email address.
+        #[arg(long, value_name = "PHONE|EMAIL", value_parser = subject)]
+        subject: String,
+        /// Only events of this organization (id or slug).
+        #[arg(long, value_name = "ORG")]
+        org: Option<String>,
+        /// Only events that occurred at or after this RFC 3339 time.
+        #[arg(long, value_name = "TS", value_parser = timestamp)]
+        from: Option<DateTime<Utc>>,
+        /// Only events that occurred at or before this RFC 3339 time.
+        #[arg(long, value_name = "TS", value_parser = timestamp)]
+        to: Option<DateTime<Utc>>,
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a token to an agent or an organization and print only the token.
+    #[command(group(ArgGroup::new("target").required(true).args(["agent", "org"])))]
+    Issue {
+        /// The agent's id.
+        #[arg(long, value_name = "ID")]
+        agent: Option<String>,
+        /// The organization's id or slug.
+        #[arg(long, value_name = "ORG")]
+        org: Option<String>,
+        /// The token's label (default `cli`).
+        #[arg(long, value_name = "L")]
+        label: Option<String>,
+        /// Revoke the target's active tokens first.
+        #[arg(long)]
+        revoke_existing: bool,
+    },
+}
+
+fn subject(raw: &str) -> Result<String, String> {
+    crate::contacts::address("subject", raw).map(|a| a.value).map_err(|e| e.message)
+}
+
+fn timestamp(raw: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(raw).map(|t| t.with_timezone(&Utc)).map_err(|e| format!("not an RFC 3339 time: {e}"))
 }
 
 pub fn main() -> ExitCode {
@@ -93,6 +169,17 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Replay { projection } => replay(&rt, projection.as_deref()).await,
         Command::Audit { command: AuditCommand::Verify { aggregate, json } } => {
             audit_verify(&rt, aggregate.as_deref(), json).await
+        }
+        Command::Audit { command: AuditCommand::Export { subject, org, from, to, out } } => {
+            export::run(&rt, export::Request { subject, org, from, to, out }).await
+        }
+        Command::Token { command: TokenCommand::Issue { agent, org, label, revoke_existing } } => {
+            let target = match (agent, org) {
+                (Some(agent), _) => token::Target::Agent(agent),
+                (None, Some(org)) => token::Target::Org(org),
+                (None, None) => unreachable!("clap requires --agent or --org"),
+            };
+            token::issue(&rt, target, label, revoke_existing).await
         }
     };
     rt.shutdown().await;
@@ -154,5 +241,48 @@ async fn audit_verify(rt: &Runtime, aggregate: Option<&str>, json: bool) -> Exit
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// The context of a command run from the command line: actor `cli`, transport `cli`. The CLI has
+/// no authenticated principal (whoever runs it holds the database), so the actor id is `cli`.
+fn cli_context(clock: &Clock) -> CommandContext {
+    CommandContext::new(Actor { kind: ActorKind::Cli, id: "cli".into() }, "cli", clock.now())
+}
+
+/// The id of the organization named by id or slug.
+async fn resolve_org(pool: &PgPool, wanted: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT org_id FROM orgs WHERE org_id = $1 OR slug = $1 ORDER BY org_id = $1 DESC LIMIT 1")
+        .bind(wanted)
+        .fetch_optional(pool)
+        .await
+}
+
+/// How long the CLI waits for a projection whose checkpoint does not move before giving up.
+const STALLED_AFTER: Duration = Duration::from_secs(60);
+
+/// Waits until `projection` has applied every event up to `position`, applying batches itself
+/// when no one else holds the projection (no server running), or letting the holder do it. Fails
+/// if the checkpoint stops moving (a projection whose batches keep failing).
+async fn catch_up_projection(pool: &PgPool, projection: &dyn Projection, position: i64) -> Result<(), RunnerError> {
+    let tables = Tables::live(projection.tables());
+    let mut last = (i64::MIN, std::time::Instant::now());
+    loop {
+        let applied: i64 = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
+            .bind(projection.name())
+            .fetch_optional(pool)
+            .await?
+            .unwrap_or(0);
+        if applied >= position {
+            return Ok(());
+        }
+        if applied != last.0 {
+            last = (applied, std::time::Instant::now());
+        } else if last.1.elapsed() > STALLED_AFTER {
+            return Err(RunnerError::Stalled(projection.name().to_string()));
+        }
+        if runner::catch_up(pool, projection, projection.name(), &tables, runner::BATCH).await? == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -113,6 +113,11 @@ pub enum AgentAction {
         issued_via: IssuedVia,
         reason: String,
     },
+    /// Issues `token` beside the active ones (`commguard token issue` without `--revoke-existing`).
+    IssueToken {
+        token: IssuedToken,
+        issued_via: IssuedVia,
+    },
     BlockChannels {
         channels: Vec<String>,
     },
@@ -376,7 +381,7 @@ impl Aggregate for Agent {
             (Some(AgentStatus::Deprovisioned), AgentAction::Deprovision { .. }) => {
                 return Err(AgentError::AlreadyDeprovisioned(id))
             }
-            (Some(AgentStatus::Deprovisioned), AgentAction::RotateToken { .. }) => {
+            (Some(AgentStatus::Deprovisioned), AgentAction::RotateToken { .. } | AgentAction::IssueToken { .. }) => {
                 return Err(AgentError::NotActive(id))
             }
             (Some(AgentStatus::Active), AgentAction::Deprovision { number_released, warnings }) => {
@@ -396,6 +401,9 @@ impl Aggregate for Agent {
                 }
                 events.push(issued(token, issued_via));
                 events
+            }
+            (Some(AgentStatus::Active), AgentAction::IssueToken { token, issued_via }) => {
+                vec![issued(token, issued_via)]
             }
             (Some(_), AgentAction::SetLimits { change, starter }) => {
                 let after = self.overrides.changed(change);
@@ -572,6 +580,24 @@ mod tests {
         let mut history = provisioned();
         history.push(AgentEvent::AgentDeprovisioned { number_released: false, warnings: vec![] });
         Given::with(()).given(history).when(rotate()).then_expect_error(AgentError::NotActive("sales-1".into()));
+    }
+
+    #[test]
+    fn issuing_keeps_the_active_tokens_and_refuses_deprovisioned_agents() {
+        let issue = || on(AgentAction::IssueToken { token: token(2), issued_via: IssuedVia::Cli });
+        Given::with(()).given(provisioned()).when(issue()).then_expect_events(vec![AgentEvent::AgentTokenIssued {
+            token_id: Uuid::from_u128(2),
+            token_hash: "hash2".into(),
+            label: None,
+            issued_via: IssuedVia::Cli,
+        }]);
+        let mut history = provisioned();
+        history.push(AgentEvent::AgentDeprovisioned { number_released: false, warnings: vec![] });
+        Given::with(()).given(history).when(issue()).then_expect_error(AgentError::NotActive("sales-1".into()));
+        Given::with(())
+            .given_no_previous_events()
+            .when(issue())
+            .then_expect_error(AgentError::NotFound("sales-1".into()));
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub enum OrgAction {
         token: IssuedToken,
         reason: String,
     },
+    /// Issues `token` beside the active ones (`commguard token issue` without `--revoke-existing`).
+    IssueToken {
+        token: IssuedToken,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -269,6 +273,8 @@ impl Aggregate for Organization {
                 events.push(issued(token));
                 events
             }
+            // Like rotation, possible while suspended (Z6): the org admin keeps reads and erasure.
+            OrgAction::IssueToken { token } => vec![issued(token)],
         };
         for event in events {
             sink.write(event, self).await;
@@ -441,6 +447,20 @@ mod tests {
                     label: None,
                 },
             ]);
+    }
+
+    #[test]
+    fn issuing_adds_a_token_beside_the_active_ones_and_needs_an_existing_org() {
+        let issue = || on(OrgAction::IssueToken { token: token(2) });
+        Given::with(()).given(created()).when(issue()).then_expect_events(vec![OrganizationEvent::OrgTokenIssued {
+            token_id: Uuid::from_u128(2),
+            token_hash: "hash2".into(),
+            label: None,
+        }]);
+        Given::with(())
+            .given_no_previous_events()
+            .when(issue())
+            .then_expect_error(OrganizationError::NotFound("acme".into()));
     }
 
     #[test]

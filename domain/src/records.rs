@@ -80,6 +80,14 @@ pub enum AlertEvent {
     },
 }
 
+/// Stream `subject` (id = subjectRef, the blind index of the identifier: never the identifier).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+pub enum SubjectEvent {
+    /// `commguard audit export` wrote `count` envelopes about the subject.
+    AuditExported { count: u64, requested_by: String },
+}
+
 macro_rules! event_types {
     ($ty:ty { $($variant:ident),+ }) => {
         impl DomainEvent for $ty {
@@ -98,6 +106,7 @@ event_types!(SessionEvent { SessionOpened, SessionClosed });
 event_types!(RefusalEvent { ActionRefused });
 event_types!(AlertEvent { AlertRaised });
 event_types!(ProviderEvent { ProviderRegistered });
+event_types!(SubjectEvent { AuditExported });
 
 #[cfg(test)]
 mod tests {

@@ -1,11 +1,25 @@
 //! The audit view (CONTRACT §12 `/admin/api/audit`): one row per event with who did what, whether
-//! it was allowed or refused, and which check refused it. It also proves stream order: a batch
-//! that would apply a stream's events out of sequence fails instead of being skipped.
+//! it was allowed or refused, which check refused it, and which data subject it is about. It also
+//! proves stream order: a batch that would apply a stream's events out of sequence fails instead
+//! of being skipped.
+//!
+//! **Subject.** `subject_ref` is the blind index (§11.4) of the phone number or email an event is
+//! about, so `/audit?subject=` and `commguard audit export` find a subject's events by index
+//! instead of decrypting history. Stored events hold personal fields only sealed, so the view
+//! reads the subject from what the store keeps beside them: the stream id of `subject` streams
+//! (`<subjectRef>`) and `contact` streams (`<orgId>:<subjectRef>`); otherwise the subject key
+//! that seals a personal field — each sealed field lists its key ids, and `data_keys` records the
+//! `subject_ref` of every subject key. Key rows are never deleted (destroying a key clears only
+//! its bytes), so a rebuild from position 0 finds the same subjects, erased ones included. An
+//! event whose fields name several subjects keeps the smallest reference (no event type does so
+//! today); migration 0018 backfilled existing rows with this same rule in SQL.
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
+use serde_json::Value;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::{BoxFuture, Projection, ProjectionError, StoredEvent, Tables};
 
@@ -31,6 +45,7 @@ struct Rows {
     refused_by: Vec<Option<String>>,
     code: Vec<Option<String>>,
     rule: Vec<Option<String>>,
+    subject_ref: Vec<Option<String>>,
 }
 
 /// The few payload fields the audit view reads; parsed without building a JSON tree.
@@ -99,6 +114,73 @@ impl Rows {
         self.refused_by.push(own(payload.refused_by).or_else(|| own(metadata.provenance.and_then(|p| p.refused_by))));
         self.code.push(own(payload.code));
         self.rule.push(own(payload.rule));
+        self.subject_ref.push(stream_subject(&event.aggregate_type, &event.aggregate_id));
+    }
+}
+
+/// The subject a `subject` or `contact` stream is about, from its id.
+fn stream_subject(aggregate_type: &str, aggregate_id: &str) -> Option<String> {
+    match aggregate_type {
+        "subject" => Some(aggregate_id.to_string()),
+        "contact" => aggregate_id.rsplit_once(':').map(|(_, subject_ref)| subject_ref.to_string()),
+        _ => None,
+    }
+}
+
+/// The key ids listed by the sealed fields (`{"$pii":1,"k":[..],..}`) of a payload.
+fn sealing_keys(payload: &str) -> Vec<Uuid> {
+    // Most events seal nothing: skip parsing them.
+    if !payload.contains("\"$pii\"") {
+        return Vec::new();
+    }
+    fn walk(value: &Value, out: &mut Vec<Uuid>) {
+        match value {
+            Value::Object(map) if map.contains_key("$pii") => {
+                let ids = map.get("k").and_then(Value::as_array).into_iter().flatten();
+                out.extend(ids.filter_map(|id| id.as_str().and_then(|s| Uuid::parse_str(s).ok())));
+            }
+            Value::Object(map) => map.values().for_each(|v| walk(v, out)),
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(value) = serde_json::from_str::<Value>(payload) {
+        walk(&value, &mut out);
+    }
+    out
+}
+
+impl Rows {
+    /// Fills the subject of every row not already named by its stream from the subject keys that
+    /// seal its personal fields: one `data_keys` query for the whole batch.
+    async fn resolve_subjects(&mut self, conn: &mut PgConnection, events: &[StoredEvent]) -> Result<(), sqlx::Error> {
+        let sealed: Vec<(usize, Vec<Uuid>)> = events
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.subject_ref[*i].is_none())
+            .map(|(i, e)| (i, sealing_keys(e.payload.get())))
+            .filter(|(_, keys)| !keys.is_empty())
+            .collect();
+        if sealed.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<Uuid> = sealed.iter().flat_map(|(_, keys)| keys.iter().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let refs: HashMap<Uuid, String> = sqlx::query_as::<_, (Uuid, String)>(
+            "SELECT key_id, subject_ref FROM data_keys
+             WHERE key_id = ANY($1) AND kind = 'subject' AND subject_ref IS NOT NULL",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        for (i, keys) in sealed {
+            self.subject_ref[i] = keys.iter().filter_map(|k| refs.get(k)).min().cloned();
+        }
+        Ok(())
     }
 }
 
@@ -167,10 +249,11 @@ impl Projection for AuditProjection {
             // event-store benchmark's catch-up).
             let mut rows = Rows::default();
             events.iter().for_each(|e| rows.push(e));
+            rows.resolve_subjects(&mut *conn, events).await?;
             let mut copy = conn
                 .copy_in_raw(&format!(
                     "COPY {} (position, occurred_at, aggregate_type, aggregate_id, sequence, event_type, outcome,
-                              actor_kind, actor_id, agent_id, org_id, refused_by, code, rule) FROM STDIN",
+                              actor_kind, actor_id, agent_id, org_id, refused_by, code, rule, subject_ref) FROM STDIN",
                     tables.get("audit_items")
                 ))
                 .await?;
@@ -186,7 +269,7 @@ impl Rows {
     fn copy_text(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.position.len() * 160);
         for i in 0..self.position.len() {
-            let fields: [Option<&str>; 14] = [
+            let fields: [Option<&str>; 15] = [
                 Some(&self.position[i].to_string()),
                 Some(&crate::rfc3339_micros(self.occurred_at[i])),
                 Some(&self.aggregate_type[i]),
@@ -201,6 +284,7 @@ impl Rows {
                 self.refused_by[i].as_deref(),
                 self.code[i].as_deref(),
                 self.rule[i].as_deref(),
+                self.subject_ref[i].as_deref(),
             ];
             for (n, field) in fields.iter().enumerate() {
                 if n > 0 {

@@ -339,25 +339,47 @@ pub async fn rotate(
     target: RotateTarget,
     label: Option<String>,
 ) -> Result<Value, ApiError> {
+    let label = label.or_else(|| Some("rotate".into()));
+    issue_token(app, context, target, label, true, IssuedVia::Rotate).await
+}
+
+/// Issues a token to an agent or org, revoking its active ones first if `revoke_existing`
+/// (rotation; `commguard token issue --revoke-existing`), and waits until the directory
+/// projections show it: the token works on the next request to any instance.
+pub async fn issue_token(
+    app: &AppState,
+    context: CommandContext,
+    target: RotateTarget,
+    label: Option<String>,
+    revoke_existing: bool,
+    issued_via: IssuedVia,
+) -> Result<Value, ApiError> {
     let (kind, id, org_id) = match &target {
         RotateTarget::Agent { agent_id, org_id } => ("agent", agent_id.clone(), org_id.clone()),
         RotateTarget::Org { org_id } => ("org", org_id.clone(), org_id.clone()),
     };
-    let revoked = active_tokens(app, kind, &id).await?;
-    let (token, issued) = new_token(label.or_else(|| Some("rotate".into())));
+    let revoked = if revoke_existing { active_tokens(app, kind, &id).await? } else { Vec::new() };
+    let (token, issued) = new_token(label);
     let token_id = issued.token_id;
     let context = context.in_org(org_id);
     let position = match target {
         RotateTarget::Agent { agent_id, .. } => {
-            let action =
-                AgentAction::RotateToken { token: issued, issued_via: IssuedVia::Rotate, reason: "rotated".into() };
+            let action = if revoke_existing {
+                AgentAction::RotateToken { token: issued, issued_via, reason: "rotated".into() }
+            } else {
+                AgentAction::IssueToken { token: issued, issued_via }
+            };
             app.store
                 .execute(&app.agents, &agent_id, AgentCommand { agent_id: agent_id.clone(), action }, &context)
                 .await
                 .map_err(|e| aggregate_error(e, |e| e.code()))?
         }
         RotateTarget::Org { org_id } => {
-            let action = OrgAction::RotateToken { token: issued, reason: "rotated".into() };
+            let action = if revoke_existing {
+                OrgAction::RotateToken { token: issued, reason: "rotated".into() }
+            } else {
+                OrgAction::IssueToken { token: issued }
+            };
             app.store
                 .execute(&app.orgs, &org_id, OrganizationCommand { org_id: org_id.clone(), action }, &context)
                 .await
@@ -365,12 +387,14 @@ pub async fn rotate(
         }
     };
     settle(app, position).await?;
-    app.identity.forget_tokens(&revoked);
-    let (sessions, closing) = (app.sessions.clone(), revoked.clone());
-    tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        sessions.close_tokens(&closing, "token_revoked").await;
-    });
+    if !revoked.is_empty() {
+        app.identity.forget_tokens(&revoked);
+        let (sessions, closing) = (app.sessions.clone(), revoked.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            sessions.close_tokens(&closing, "token_revoked").await;
+        });
+    }
     Ok(json!({
         "success": true,
         "token": token,

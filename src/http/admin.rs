@@ -48,6 +48,7 @@ pub fn routes(app: AppState) -> Router<AppState> {
         .route("/admin/api/agents/{agentId}/billing", post(agent_billing))
         .route("/admin/api/providers", get(list_providers).post(register_provider))
         .merge(super::compliance_api::routes())
+        .merge(super::audit_api::routes())
         .layer(axum::middleware::from_fn_with_state(app, record_refusals));
     documented.merge(routes)
 }

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use crate::config::{Config, Environment};
 
 pub mod admin;
+pub mod audit_api;
 pub mod body_limit;
 pub mod client_ip;
 pub mod compliance_api;

@@ -29,6 +29,18 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("post", "/admin/api/dnc", "O S", "= comms_dnc_add"),
     ("post", "/admin/api/dnc/remove", "O S", "= comms_dnc_remove"),
     (
+        "get",
+        "/admin/api/audit",
+        "O (own org) S",
+        "The audit view (?agentId&subject&from&to&eventType&outcome&actorKind&orgId&cursor&limit)",
+    ),
+    (
+        "get",
+        "/admin/api/events",
+        "O (own org) S; raw S only",
+        "§11.1 envelopes in global commit order (?after&limit&orgId&raw) → {events,nextAfter,headPosition}",
+    ),
+    (
         "post",
         "/admin/api/test/clock",
         "S, with COMMGUARD_TEST_CLOCK",

@@ -75,6 +75,59 @@ pub async fn read_types_after(
     Ok((events, reached))
 }
 
+/// One page of the auditor feed: up to `limit` events after `after` (of one organization, or of
+/// all), and the highest position of that scope below the same horizon (`headPosition`). The
+/// horizon is read once, so the head is never below the page. Each scope has its own statement
+/// (no `$n IS NULL OR ...`), so the planner always sees which index serves it.
+pub async fn read_page(
+    pool: &sqlx::PgPool,
+    after: i64,
+    limit: i64,
+    org_id: Option<&str>,
+) -> Result<(Vec<StoredEvent>, i64), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let (horizon, head): (i64, i64) = match org_id {
+        Some(org) => {
+            sqlx::query_as(
+                "SELECT event_horizon(), COALESCE((SELECT MAX(position) FROM events
+                                               WHERE org_id = $1 AND position < event_horizon()), 0)",
+            )
+            .bind(org)
+            .fetch_one(&mut *conn)
+            .await?
+        }
+        None => sqlx::query_as(
+            "SELECT event_horizon(), COALESCE((SELECT MAX(position) FROM events WHERE position < event_horizon()), 0)",
+        )
+        .fetch_one(&mut *conn)
+        .await?,
+    };
+    let rows = match org_id {
+        Some(org) => {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM events WHERE org_id = $1 AND position > $2 AND position < $3
+                 ORDER BY position LIMIT $4"
+            );
+            sqlx::query(&sql).bind(org).bind(after).bind(horizon).bind(limit).fetch_all(&mut *conn).await?
+        }
+        None => {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM events WHERE position > $1 AND position < $2 ORDER BY position LIMIT $3"
+            );
+            sqlx::query(&sql).bind(after).bind(horizon).bind(limit).fetch_all(&mut *conn).await?
+        }
+    };
+    let events = rows.iter().map(stored_event_from_row).collect::<Result<Vec<_>, _>>()?;
+    Ok((events, head))
+}
+
+/// Events at `positions` (already known to lie below the horizon), in position order.
+pub async fn read_positions<'e>(db: impl PgExecutor<'e>, positions: &[i64]) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM events WHERE position = ANY($1) ORDER BY position");
+    let rows = sqlx::query(&sql).bind(positions).fetch_all(db).await?;
+    rows.iter().map(stored_event_from_row).collect()
+}
+
 /// The highest position a reader may see now (for `headPosition` and progress bars).
 pub async fn head_position<'e>(db: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events WHERE position < event_horizon()")

@@ -32,6 +32,8 @@ pub enum RunnerError {
     Database(#[from] sqlx::Error),
     #[error("unknown projection {0:?}")]
     UnknownProjection(String),
+    #[error("projection {0} stopped moving")]
+    Stalled(String),
 }
 
 /// A runner's database errors, as the projection's own statements raised them or its own.
@@ -39,7 +41,7 @@ impl Failure for RunnerError {
     fn database_down(&self) -> bool {
         match self {
             Self::Database(e) | Self::Projection(ProjectionError::Database(e)) => is_outage(e),
-            Self::Projection(ProjectionError::OutOfOrder { .. }) | Self::UnknownProjection(_) => false,
+            Self::Projection(ProjectionError::OutOfOrder { .. }) | Self::UnknownProjection(_) | Self::Stalled(_) => false,
         }
     }
 }
@@ -355,7 +357,13 @@ impl Progress {
         Self { quiet: true, ..Self::new("") }
     }
 
-    fn update(&mut self, done: u64) {
+    /// How many items the work will have done when finished.
+    pub fn set_total(&mut self, total: u64) {
+        self.total = total;
+    }
+
+    /// `done` items so far: redraws the bar, or prints a line if 5 s passed since the last.
+    pub fn update(&mut self, done: u64) {
         if self.quiet {
             return;
         }
@@ -378,7 +386,7 @@ impl Progress {
         }
     }
 
-    fn finish(&mut self) {
+    pub fn finish(&mut self) {
         if self.quiet {
             return;
         }

@@ -76,36 +76,66 @@ pub async fn open_payload(
     payload: &mut Value,
     event_id: Uuid,
 ) -> Result<Vec<Redaction>, KeyStoreError> {
-    let mut fields: Vec<(String, SealedField)> = Vec::new();
-    collect(payload, SEALED_MARKER, String::new(), &mut fields);
-    if fields.is_empty() {
-        return Ok(Vec::new());
+    let keys = OpeningKeys::load(keystore, std::slice::from_ref(payload)).await?;
+    Ok(keys.open(payload, event_id))
+}
+
+/// The keys that open a set of payloads (a feed page, an export chunk), looked up in two queries
+/// whatever the number of events: the live keys, and the kind of each missing one (a redaction
+/// says whether erasure or retention destroyed it).
+pub struct OpeningKeys {
+    live: HashMap<Uuid, Key>,
+    kinds: HashMap<Uuid, String>,
+}
+
+impl OpeningKeys {
+    pub async fn load(keystore: &KeyStore, payloads: &[Value]) -> Result<Self, KeyStoreError> {
+        let mut ids: Vec<Uuid> = Vec::new();
+        for payload in payloads {
+            let mut fields: Vec<(String, SealedField)> = Vec::new();
+            collect(payload, SEALED_MARKER, String::new(), &mut fields);
+            ids.extend(fields.iter().flat_map(|(_, f)| f.k.iter().copied()));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Self { live: HashMap::new(), kinds: HashMap::new() });
+        }
+        let live: HashMap<Uuid, Key> = keystore.lookup(&ids).await?;
+        let missing: Vec<Uuid> = ids.iter().copied().filter(|id| !live.contains_key(id)).collect();
+        let kinds = if missing.is_empty() { HashMap::new() } else { keystore.kinds(&missing).await? };
+        Ok(Self { live, kinds })
     }
-    let ids: Vec<Uuid> = fields.iter().flat_map(|(_, f)| f.k.iter().copied()).collect();
-    let live: HashMap<Uuid, Key> = keystore.lookup(&ids).await?;
-    let missing: Vec<Uuid> = ids.iter().copied().filter(|id| !live.contains_key(id)).collect();
-    let kinds = if missing.is_empty() { HashMap::new() } else { keystore.kinds(&missing).await? };
-    let mut redactions = Vec::new();
-    for (path, field) in fields {
-        let opened = envelope::open(&field, event_id, &path, |id| live.get(&id).copied());
-        let value = match opened {
-            Ok(text) => Value::String(text),
-            Err(Opened::Erased) => {
-                // Erasure wins over retention when both destroyed a key of this field.
-                let subject_gone =
-                    field.k.iter().any(|id| !live.contains_key(id) && kinds.get(id).is_none_or(|k| k != "retention"));
-                let reason = if subject_gone { "subject_erased" } else { "retention_expired" };
-                redactions.push(Redaction { path: path.clone(), reason });
-                json!("[erased]")
-            }
-            Err(Opened::Corrupt) => {
-                redactions.push(Redaction { path: path.clone(), reason: "corrupt" });
-                json!("[erased]")
-            }
-        };
-        *pointer_mut(payload, &path).expect("the path was just collected from this payload") = value;
+
+    /// Opens every sealed field of `payload` whose keys are all live; the others read
+    /// `"[erased]"` and are listed.
+    pub fn open(&self, payload: &mut Value, event_id: Uuid) -> Vec<Redaction> {
+        let mut fields: Vec<(String, SealedField)> = Vec::new();
+        collect(payload, SEALED_MARKER, String::new(), &mut fields);
+        let mut redactions = Vec::new();
+        for (path, field) in fields {
+            let opened = envelope::open(&field, event_id, &path, |id| self.live.get(&id).copied());
+            let value = match opened {
+                Ok(text) => Value::String(text),
+                Err(Opened::Erased) => {
+                    // Erasure wins over retention when both destroyed a key of this field.
+                    let subject_gone = field
+                        .k
+                        .iter()
+                        .any(|id| !self.live.contains_key(id) && self.kinds.get(id).is_none_or(|k| k != "retention"));
+                    let reason = if subject_gone { "subject_erased" } else { "retention_expired" };
+                    redactions.push(Redaction { path: path.clone(), reason });
+                    json!("[erased]")
+                }
+                Err(Opened::Corrupt) => {
+                    redactions.push(Redaction { path: path.clone(), reason: "corrupt" });
+                    json!("[erased]")
+                }
+            };
+            *pointer_mut(payload, &path).expect("the path was just collected from this payload") = value;
+        }
+        redactions
     }
-    Ok(redactions)
 }
 
 /// Every object in `value` that carries `marker` and parses as `T`, with its dotted path.

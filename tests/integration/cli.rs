@@ -23,7 +23,7 @@ fn commguard(args: &[&str], env: &[(&str, &str)]) -> Command {
     cmd
 }
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     commguard(args, env).output().expect("commguard runs")
 }
 

@@ -3,7 +3,9 @@
 
 mod support;
 
+mod audit_feed;
 mod cli;
+mod cli_admin;
 mod compliance;
 mod crypto_shredding;
 mod domain_store;

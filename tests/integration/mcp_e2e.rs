@@ -19,7 +19,7 @@ fn python() -> String {
 }
 
 /// Runs `tests/e2e/<script> args` against `env` and fails the test with its output unless it passes.
-fn run_script(script: &str, args: &[&str], env: &[(&str, &str)]) {
+pub(crate) fn run_script(script: &str, args: &[&str], env: &[(&str, &str)]) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
     let mut cmd = Command::new(python());
     cmd.current_dir(dir).arg(script).args(args);

@@ -1,0 +1,287 @@
+//! The auditor's routes of the admin API (CONTRACT §12): `GET /admin/api/events`, the complete
+//! §11.1 envelopes in global commit order, and `GET /admin/api/audit`, the audit view with its
+//! filters. Org tokens (O) read their own org; the master token (S) reads all, or one org with
+//! `orgId`. Successful reads are not recorded (P2); refusals are, by `admin::record_refusals`.
+
+use std::collections::HashMap;
+
+use axum::extract::{RawQuery, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use sqlx::{Postgres, QueryBuilder};
+
+use super::admin::Admin;
+use crate::app::AppState;
+use crate::auth::{guard, Principal, Role};
+use crate::contacts;
+use crate::directory::commands::addressable_agent;
+use crate::error::ApiError;
+use crate::store::{envelope, feed, rfc3339};
+use crate::validate::invalid;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/admin/api/events", get(events)).route("/admin/api/audit", get(audit))
+}
+
+/// The query string as a map; an empty value counts as absent.
+fn params(raw: Option<String>) -> HashMap<String, String> {
+    form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// An integer parameter within `range`, `default` when absent.
+fn integer(q: &HashMap<String, String>, field: &str, default: i64, range: (i64, i64)) -> Result<i64, ApiError> {
+    match q.get(field) {
+        None => Ok(default),
+        Some(v) => v.parse::<i64>().ok().filter(|n| (range.0..=range.1).contains(n)).ok_or_else(|| {
+            if range.1 == i64::MAX {
+                invalid(field, format!("must be an integer ≥ {}", range.0))
+            } else {
+                invalid(field, format!("must be an integer between {} and {}", range.0, range.1))
+            }
+        }),
+    }
+}
+
+/// The organization a read is scoped to: O its own (an `orgId` must be it, Z5); S the one it
+/// names, or every org.
+fn scope(principal: &Principal, requested: Option<&String>) -> Result<Option<String>, ApiError> {
+    if let Some(org) = requested {
+        guard::own_org(principal, org)?;
+    }
+    Ok(match principal.role() {
+        Role::SuperAdmin => requested.cloned(),
+        _ => principal.org_id.clone(),
+    })
+}
+
+/// `GET /admin/api/events?after&limit&orgId&raw`: `{events, nextAfter, headPosition}`. Reads only
+/// below the horizon (`feed::read_page`), so consecutive pages never repeat or skip an event,
+/// whatever order writers commit in.
+async fn events(
+    State(app): State<AppState>,
+    admin: Admin,
+    RawQuery(raw_query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = params(raw_query);
+    let after = integer(&q, "after", 0, (0, i64::MAX))?;
+    let limit = integer(&q, "limit", 100, (1, 1000))?;
+    let raw = match q.get("raw").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(invalid("raw", "must be true or false")),
+    };
+    if raw {
+        // Sealed payloads are for auditors of the whole platform (CONTRACT §12: raw is S).
+        guard::require_role(&admin.principal, Role::SuperAdmin)?;
+    }
+    let org = scope(&admin.principal, q.get("orgId"))?;
+    let (page, head) = feed::read_page(&app.pool, after, limit, org.as_deref()).await.map_err(ApiError::internal)?;
+    let next_after = page.last().map_or(after, |e| e.position);
+    let events = envelope::envelopes(app.store.keystore(), page, raw).await.map_err(ApiError::internal)?;
+    Ok(Json(json!({ "events": events, "nextAfter": next_after, "headPosition": head })))
+}
+
+const ACTOR_KINDS: &[&str] = &["agent", "org", "super-admin", "system", "provider", "cli"];
+
+/// The audit cursor: opaque to callers, the last position of the previous page to us.
+fn encode_cursor(position: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("audit:{position}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix("audit:").and_then(|p| p.parse::<i64>().ok()))
+        .ok_or_else(|| invalid("cursor", "is not a cursor this API returned"))
+}
+
+fn time(q: &HashMap<String, String>, field: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    q.get(field)
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| invalid(field, "must be an RFC 3339 time"))
+        })
+        .transpose()
+}
+
+/// One row of the audit view.
+#[derive(sqlx::FromRow)]
+struct Item {
+    position: i64,
+    occurred_at: DateTime<Utc>,
+    event_type: String,
+    outcome: String,
+    actor_kind: Option<String>,
+    actor_id: Option<String>,
+    agent_id: Option<String>,
+    org_id: Option<String>,
+    refused_by: Option<String>,
+    code: Option<String>,
+    rule: Option<String>,
+}
+
+impl Item {
+    /// One line about the event from the view's own columns: event type, actor, agent and the
+    /// refusing check. The view holds no personal field (only blind indexes), so neither can this.
+    fn summary(&self) -> String {
+        let actor = match (&self.actor_kind, &self.actor_id) {
+            (Some(kind), Some(id)) => format!("{kind} {id}"),
+            _ => "unknown actor".into(),
+        };
+        let mut line = format!("{} by {actor}", self.event_type);
+        if let Some(agent) = &self.agent_id {
+            if self.actor_kind.as_deref() != Some("agent") || self.actor_id.as_ref() != Some(agent) {
+                line.push_str(&format!(" (agent {agent})"));
+            }
+        }
+        if self.outcome == "refused" {
+            line.push_str(&format!(": refused by {}", self.refused_by.as_deref().unwrap_or("unknown check")));
+            let detail: Vec<String> =
+                [self.code.clone(), self.rule.as_ref().map(|r| format!("rule {r}"))].into_iter().flatten().collect();
+            if !detail.is_empty() {
+                line.push_str(&format!(" ({})", detail.join(", ")));
+            }
+        }
+        line
+    }
+
+    fn view(&self) -> Value {
+        let mut out = Map::new();
+        out.insert("position".into(), json!(self.position));
+        out.insert("occurredAt".into(), json!(rfc3339(self.occurred_at)));
+        out.insert("eventType".into(), json!(self.event_type));
+        out.insert("outcome".into(), json!(self.outcome));
+        let actor = match (&self.actor_kind, &self.actor_id) {
+            (Some(kind), Some(id)) => json!({"kind": kind, "id": id}),
+            _ => Value::Null,
+        };
+        out.insert("actor".into(), actor);
+        out.insert("agentId".into(), json!(self.agent_id));
+        out.insert("orgId".into(), json!(self.org_id));
+        out.insert("summary".into(), json!(self.summary()));
+        for (key, value) in [("refusedBy", &self.refused_by), ("code", &self.code), ("rule", &self.rule)] {
+            if let Some(v) = value {
+                out.insert(key.into(), json!(v));
+            }
+        }
+        Value::Object(out)
+    }
+}
+
+/// `GET /admin/api/audit?agentId&subject&from&to&eventType&outcome&actorKind&orgId&cursor&limit`:
+/// `{items, nextCursor}` in position order. The statement names only the filters given, so each
+/// query uses the index that serves it (org, agent, or the subject's blind index).
+async fn audit(
+    State(app): State<AppState>,
+    admin: Admin,
+    RawQuery(raw_query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = params(raw_query);
+    let limit = integer(&q, "limit", 50, (1, 500))?;
+    let after = q.get("cursor").map(|c| decode_cursor(c)).transpose()?.unwrap_or(0);
+    let (from, to) = (time(&q, "from")?, time(&q, "to")?);
+    if let Some(kind) = q.get("outcome").filter(|o| !["allowed", "refused"].contains(&o.as_str())) {
+        return Err(invalid("outcome", format!("must be allowed or refused, not \"{kind}\"")));
+    }
+    if let Some(kind) = q.get("actorKind").filter(|k| !ACTOR_KINDS.contains(&k.as_str())) {
+        return Err(invalid("actorKind", format!("must be one of {}, not \"{kind}\"", ACTOR_KINDS.join(" "))));
+    }
+    if let Some(t) = q.get("eventType") {
+        if t.len() > 64 || !t.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(invalid("eventType", "must be an event type name such as MessageSent"));
+        }
+    }
+    let subject_ref = match q.get("subject") {
+        Some(raw) => {
+            let address = contacts::address("subject", raw)?;
+            Some(app.store.keystore().data_keys().blind_index(&address.value))
+        }
+        None => None,
+    };
+    let org = scope(&admin.principal, q.get("orgId"))?;
+    if let Some(agent_id) = q.get("agentId") {
+        addressable_agent(&app, &admin.principal, agent_id).await?;
+    }
+
+    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(
+        "SELECT position, occurred_at, event_type, outcome, actor_kind, actor_id, agent_id, org_id, refused_by, code, rule
+         FROM audit_items WHERE position > ",
+    );
+    sql.push_bind(after);
+    let text_filters = [
+        ("org_id", org),
+        ("agent_id", q.get("agentId").cloned()),
+        ("subject_ref", subject_ref),
+        ("event_type", q.get("eventType").cloned()),
+        ("outcome", q.get("outcome").cloned()),
+        ("actor_kind", q.get("actorKind").cloned()),
+    ];
+    for (column, value) in text_filters {
+        if let Some(value) = value {
+            sql.push(format!(" AND {column} = ")).push_bind(value);
+        }
+    }
+    if let Some(from) = from {
+        sql.push(" AND occurred_at >= ").push_bind(from);
+    }
+    if let Some(to) = to {
+        sql.push(" AND occurred_at <= ").push_bind(to);
+    }
+    // One more than asked for: whether a next page exists, without counting.
+    sql.push(" ORDER BY position LIMIT ").push_bind(limit + 1);
+    let mut rows: Vec<Item> = sql.build_query_as().fetch_all(&app.pool).await.map_err(ApiError::internal)?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = match rows.last() {
+        Some(last) if more => json!(encode_cursor(last.position)),
+        _ => Value::Null,
+    };
+    Ok(Json(json!({ "items": rows.iter().map(Item::view).collect::<Vec<_>>(), "nextCursor": next_cursor })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_foreign_ones_are_refused() {
+        assert_eq!(decode_cursor(&encode_cursor(123_456)).unwrap(), 123_456);
+        assert_eq!(decode_cursor("bm9wZQ").unwrap_err().extra["field"], "cursor");
+        assert!(decode_cursor("!!").is_err());
+    }
+
+    #[test]
+    fn summaries_name_the_actor_the_agent_and_the_refusing_check() {
+        let item = Item {
+            position: 1,
+            occurred_at: Utc::now(),
+            event_type: "MessageBlocked".into(),
+            outcome: "refused".into(),
+            actor_kind: Some("agent".into()),
+            actor_id: Some("a1".into()),
+            agent_id: Some("a1".into()),
+            org_id: Some("o1".into()),
+            refused_by: Some("dnc".into()),
+            code: Some("compliance_blocked".into()),
+            rule: Some("dnc".into()),
+        };
+        assert_eq!(item.summary(), "MessageBlocked by agent a1: refused by dnc (compliance_blocked, rule dnc)");
+        let by_admin = Item {
+            event_type: "AgentChannelsBlocked".into(),
+            outcome: "allowed".into(),
+            actor_kind: Some("org".into()),
+            actor_id: Some("o1".into()),
+            ..item
+        };
+        assert_eq!(by_admin.summary(), "AgentChannelsBlocked by org o1 (agent a1)");
+    }
+}
