@@ -9,14 +9,10 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use commguard_domain::agent::Agent;
-use commguard_domain::contact::Contact;
-use commguard_domain::organization::Organization;
 
 use crate::auth::{watch, Identity, Lockout};
 use crate::clock::Clock;
@@ -25,9 +21,11 @@ use crate::crypto::{self, DataKeys};
 use crate::directory::commands;
 use crate::http::{self, Hardening};
 use crate::jobs::Jobs;
-use crate::mcp::{self, session::Sessions};
+use crate::mcp;
+use crate::sessions::Sessions;
+use crate::state::AppState;
 use crate::store::embedded::{EmbeddedError, EmbeddedPostgres, Released};
-use crate::store::{self, runner, Framework, Store};
+use crate::store::{self, runner, Store};
 
 /// How long in-flight requests may take to finish after SIGTERM (CONTRACT §15).
 const DRAIN: Duration = Duration::from_secs(10);
@@ -35,28 +33,6 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// task each; see `http::body_limit::BODY_READ_TIMEOUT` for bodies).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub pool: PgPool,
-    pub store: Store,
-    pub clock: Clock,
-    pub started: Instant,
-    pub identity: Arc<Identity>,
-    pub lockout: Arc<Lockout>,
-    pub sessions: Arc<Sessions>,
-    pub orgs: Arc<Framework<Organization>>,
-    pub agents: Arc<Framework<Agent>>,
-    pub contacts: Arc<Framework<Contact>>,
-    /// The providers' HTTP client (one connection pool for every send).
-    pub http: reqwest::Client,
-    /// `CREDENTIALS_ENCRYPTION_KEY` first, then the previous key (decrypt-only).
-    pub credential_keys: Arc<Vec<crypto::Key>>,
-    /// Tool-limit reservations, batched (CONTRACT §9).
-    pub reserver: crate::outbound::limits::Reserver,
-    /// This instance's outbound intents (recorded before every provider call).
-    pub intents: Arc<crate::outbound::intents::Intents>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -112,7 +88,7 @@ impl Runtime {
             (Ok(store), Ok(key)) => {
                 if let Some(previous) = &config.credentials_encryption_key_previous {
                     // Rows under the previous key are rewritten under the current one (CONTRACT §2).
-                    match crate::outbound::credentials::reencrypt(store.pool(), &key, previous).await {
+                    match crate::providers::credentials::reencrypt(store.pool(), &key, previous).await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(rows = n, "provider credentials re-encrypted under the current key"),
                         Err(e) => tracing::error!(error = %e.message, "provider credentials not re-encrypted"),
@@ -185,7 +161,7 @@ impl Runtime {
                 Duration::from_secs(config.outbound_intent_lease_seconds),
             ),
             http: reqwest::Client::builder()
-                .timeout(crate::outbound::provider::TIMEOUT)
+                .timeout(crate::providers::TIMEOUT)
                 .build()
                 .expect("the HTTP client builds with its default TLS roots"),
             orgs: Arc::new(store.framework(())),
@@ -214,7 +190,7 @@ pub fn router(state: AppState, hardening: Arc<Hardening>) -> Router {
     let routes = Router::new()
         .merge(http::health::routes())
         .merge(mcp::routes())
-        .merge(http::admin::routes(state.clone()))
+        .merge(http::admin_api::routes(state.clone()))
         .merge(crate::webhooks::routes())
         .with_state(state);
     http::harden(routes, hardening)

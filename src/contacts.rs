@@ -7,10 +7,11 @@ use commguard_domain::contact::{ConsentType, ContactAction, ContactCommand, DncS
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::error::{ApiError, ErrorCode};
 use crate::store::{rfc3339, sealing, CommandContext};
-use crate::validate;
+use crate::auth::{Principal, Role};
+use crate::validate::{self, invalid};
 
 /// A normalised contact address and its kind.
 #[derive(Clone, Debug)]
@@ -399,4 +400,40 @@ pub async fn complaint(
 pub fn consent_type(value: &str) -> Result<ConsentType, ApiError> {
     serde_json::from_value(Value::String(value.into()))
         .map_err(|_| ApiError::new(ErrorCode::InvalidInput, format!("Invalid consentType \"{value}\"")))
+}
+
+/// The org a DNC tool acts in: the caller's own; the super-admin must name one that exists.
+pub async fn dnc_org(app: &AppState, principal: &Principal, requested: Option<String>) -> Result<String, ApiError> {
+    if principal.role() == Role::SuperAdmin && requested.is_none() {
+        return Err(invalid("orgId", "orgId is required for the super-admin"));
+    }
+    let org = crate::directory::commands::home_org(principal, requested)?;
+    if crate::directory::org(&app.pool, &org).await?.is_none() {
+        return Err(ApiError::not_found(format!("Organization \"{org}\" not found")));
+    }
+    Ok(org)
+}
+
+/// The orgs a DNC listing covers: the caller's own; the super-admin's named one, else every org
+/// (`None`).
+pub async fn dnc_list_scope(
+    app: &AppState,
+    principal: &Principal,
+    requested: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    if principal.role() == Role::SuperAdmin && requested.is_none() {
+        return Ok(None);
+    }
+    dnc_org(app, principal, requested).await.map(Some)
+}
+
+/// `limit` of a list: 50 by default, 1..=500.
+pub fn list_limit(value: Option<&Value>) -> Result<i64, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(50),
+        Some(v) => match v.as_i64().filter(|n| (1..=500).contains(n)) {
+            Some(n) => Ok(n),
+            None => Err(invalid("limit", "must be an integer between 1 and 500")),
+        },
+    }
 }

@@ -263,26 +263,6 @@ impl Failure for PersistenceError {
     }
 }
 
-impl Failure for crate::crypto::CryptoError {}
-
-impl Failure for crate::store::AwaitError {
-    fn database_down(&self) -> bool {
-        match self {
-            Self::Database(e) => is_outage(e),
-            Self::TimedOut(_) => false,
-        }
-    }
-}
-
-impl Failure for crate::store::keystore::KeyStoreError {
-    fn database_down(&self) -> bool {
-        match self {
-            Self::Database(e) => is_outage(e),
-            Self::Unwrap(_) => false,
-        }
-    }
-}
-
 impl<T: StdError> Failure for AggregateError<T> {
     fn database_down(&self) -> bool {
         match self {

@@ -7,7 +7,7 @@
 use commguard_domain::records::RefusalEvent;
 use serde_json::Value;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
 use crate::store::CommandContext;

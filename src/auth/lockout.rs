@@ -7,7 +7,7 @@
 //! no instance has seen fail: only IPs in the `suspects` set (local failures, and failures other
 //! instances announce on `commguard_identity`) cost a read.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -111,6 +111,18 @@ impl Lockout {
                 Err(Refusal::Locked { retry_after: retry_after.div_ceil(1000).max(1) })
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Step (1) of every credentialed route: a locked IP gets 429 (recorded, not counted).
+    pub async fn gate(&self, ip: IpAddr, route: &str) -> Result<(), ApiError> {
+        match self.check(ip).await {
+            Ok(()) => Ok(()),
+            Err(Refusal::Locked { retry_after }) => {
+                self.refused_while_locked(ip, route).await?;
+                Err(locked_out(retry_after))
+            }
+            Err(Refusal::Unavailable) => Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
         }
     }
 
@@ -273,4 +285,11 @@ mod tests {
         assert_eq!(ip_key("::ffff:10.0.0.7".parse().unwrap()), "10.0.0.7");
         assert_ne!(ip_key("2001:db8:1:3::1".parse().unwrap()), ip_key(a));
     }
+}
+
+/// The §13.3 answer to a credentialed request from a locked IP.
+pub fn locked_out(retry_after: u64) -> ApiError {
+    ApiError::new(ErrorCode::LockedOut, "Too many failed attempts. Try again later.")
+        .with("retryAfter", retry_after)
+        .header("Retry-After", retry_after.to_string())
 }

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{Identity, Lockout};
-use crate::mcp::session::Sessions;
+use crate::sessions::Sessions;
 
 /// Sessions of revoked tokens close this long after the notice, so that the reply to the
 /// rotation that revoked them reaches the caller first.

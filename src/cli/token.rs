@@ -52,7 +52,7 @@ pub async fn issue(rt: &Runtime, target: Target, label: Option<String>, revoke_e
 
 async fn issue_with_runners(
     rt: &Runtime,
-    state: &crate::app::AppState,
+    state: &crate::state::AppState,
     target: Target,
     label: Option<String>,
     revoke_existing: bool,

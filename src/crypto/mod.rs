@@ -21,3 +21,5 @@ pub enum CryptoError {
     #[error("decryption failed: wrong key, wrong associated data, or tampered ciphertext")]
     Decrypt,
 }
+
+impl crate::error::Failure for CryptoError {}

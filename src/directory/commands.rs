@@ -14,7 +14,7 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{agent, org, OrgView};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::{guard, Principal, Role};
 use crate::crypto::tokens::{random_token, sha256_hex};
 use crate::error::{ApiError, ErrorCode};
@@ -543,7 +543,7 @@ pub async fn set_billing(
 /// A production org's channels: a number bought from Twilio (SMS webhook pointed at us) and an
 /// address on the email domain, each only if that provider has credentials (org, platform, env).
 async fn real_channels(app: &AppState, new: &NewAgent, agent_id: &str) -> Result<(Option<String>, Value), ApiError> {
-    use crate::outbound::{credentials, provider};
+    use crate::providers::{self as provider, credentials};
     let unconfigured = |what: &str| ApiError::new(ErrorCode::Unavailable, format!("No {what} provider configured"));
     if new.capabilities.email {
         let disabled = app.config.provider_resend_disabled;
@@ -579,7 +579,7 @@ async fn release(app: &AppState, agent: &super::AgentView, wanted: bool) -> Resu
     let (true, Some(number_sid)) = (wanted, number_sid) else {
         return Ok((wanted && agent.channels.get("phone").is_some_and(|p| !p.is_null()), Vec::new()));
     };
-    use crate::outbound::{credentials, provider};
+    use crate::providers::{self as provider, credentials};
     let creds = credentials::resolve(&app.pool, &app.credential_keys, &app.config, &agent.org_id, "twilio").await?;
     let released = match creds {
         Some(creds) => provider::release_twilio_number(&app.http, &app.config, &creds, number_sid).await,

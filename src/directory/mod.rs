@@ -2,6 +2,7 @@
 //! the commands that change them (`commands`), shared by MCP tools and admin routes.
 
 pub mod commands;
+pub mod settings;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use sqlx::{Postgres, QueryBuilder};
 
 use super::admin::Admin;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::{guard, Principal, Role};
 use crate::contacts;
 use crate::directory::commands::addressable_agent;

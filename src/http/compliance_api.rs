@@ -13,11 +13,11 @@ use serde_json::{json, Value};
 
 use super::admin::Admin;
 use super::extract::{JsonBody, Query};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::{guard, Role};
 use crate::contacts;
 use crate::error::{ApiError, ErrorCode};
-use crate::mcp::tools::contacts::{dnc_list_scope, dnc_org, list_limit};
+use crate::contacts::{dnc_list_scope, dnc_org, list_limit};
 use crate::store::rfc3339;
 use crate::validate::{invalid, Args};
 

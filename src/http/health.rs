@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use sqlx::{ConnectOptions, Connection};
 use serde_json::json;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -10,6 +10,8 @@ use ipnet::IpNet;
 use crate::config::{Config, Environment};
 
 pub mod admin;
+pub mod admin_api;
+pub mod directory_api;
 pub mod audit_api;
 pub mod body_limit;
 pub mod client_ip;

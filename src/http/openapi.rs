@@ -4,7 +4,7 @@
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-/// (method, path, who may call, summary) for every admin route of `admin::routes`.
+/// (method, path, who may call, summary) for every admin route of `admin_api::routes`.
 const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("get", "/admin/api/me", "O S", "The caller's role and organization"),
     ("get", "/admin/api/orgs", "O (own) S", "Organizations"),

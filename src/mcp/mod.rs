@@ -7,7 +7,6 @@
 //! exact in about as much code as the adapter around rmcp would have been.
 
 pub mod protocol;
-pub mod session;
 pub mod sse;
 pub mod streamable;
 pub mod tools;
@@ -18,12 +17,11 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::app::AppState;
-use crate::auth::lockout::Refusal;
+use crate::state::AppState;
 use crate::auth::{bearer, AuthFailure, Bearer, Principal, Role};
 use crate::directory;
 use crate::error::{ApiError, ErrorCode};
-use crate::mcp::session::Session;
+use crate::sessions::Session;
 use crate::store::CommandContext;
 use crate::validate;
 
@@ -51,23 +49,6 @@ fn unauthorized(message: &str, rules: &CredentialRules) -> ApiError {
     }
 }
 
-pub fn locked_out(retry_after: u64) -> ApiError {
-    ApiError::new(ErrorCode::LockedOut, "Too many failed attempts. Try again later.")
-        .with("retryAfter", retry_after)
-        .header("Retry-After", retry_after.to_string())
-}
-
-/// Step (1) of every credentialed route: a locked IP gets 429 (recorded, not counted).
-pub async fn lockout_gate(app: &AppState, ip: IpAddr, route: &str) -> Result<(), ApiError> {
-    match app.lockout.check(ip).await {
-        Ok(()) => Ok(()),
-        Err(Refusal::Locked { retry_after }) => {
-            app.lockout.refused_while_locked(ip, route).await?;
-            Err(locked_out(retry_after))
-        }
-        Err(Refusal::Unavailable) => Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
-    }
-}
 
 /// A principal `authenticate` found, not yet admitted: the request may still be refused (agent
 /// claim, session binding, org state), and a refused request neither resets the IP's failure
@@ -97,7 +78,7 @@ pub async fn authenticate(
     ip: IpAddr,
     rules: &CredentialRules,
 ) -> Result<Authenticated, ApiError> {
-    lockout_gate(app, ip, rules.route).await?;
+    app.lockout.gate(ip, rules.route).await?;
     let presented = match bearer(headers) {
         Bearer::Token(token) => Some(token),
         Bearer::Malformed => {

@@ -5,9 +5,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::session::{Session, Transport};
+use crate::sessions::{Session, Transport};
 use super::tools::{self, Caller};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::Principal;
 
 pub const SSE_VERSIONS: &[&str] = &["2024-11-05"];

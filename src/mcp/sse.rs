@@ -14,9 +14,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::session::{Session, Sessions, Transport};
-use super::{admit_to_session, authenticate, claim_param, lockout_gate, open_claim, protocol, CredentialRules};
-use crate::app::AppState;
+use crate::sessions::{Session, Sessions, Transport};
+use super::{admit_to_session, authenticate, claim_param, open_claim, protocol, CredentialRules};
+use crate::state::AppState;
 use crate::auth::{bearer, Bearer};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::extract::PlainQuery;
@@ -145,7 +145,7 @@ pub async fn message(
     // (1)–(2): lockout, and a header credential if one is present.
     let header_principal = match bearer(&headers) {
         Bearer::Absent => {
-            lockout_gate(&app, ip, "/messages").await?;
+            app.lockout.gate(ip, "/messages").await?;
             None
         }
         _ => {

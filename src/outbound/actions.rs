@@ -6,12 +6,12 @@ use commguard_domain::pii::{Pii, RetentionClass};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::provider::{Outgoing, Provider, Receipt};
+use crate::providers::{Outgoing, Provider, Receipt};
 use super::{compliance, run, Action};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::directory::AgentView;
 use crate::error::{ApiError, ErrorCode};
-use crate::mcp::tools::Caller;
+use crate::auth::caller::Caller;
 use crate::validate::{self, invalid, Args};
 
 /// A validated `comms_send_message`.

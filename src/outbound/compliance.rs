@@ -8,7 +8,7 @@ use commguard_domain::contact::ConsentType;
 use commguard_domain::{calling_hours, content, recording};
 use serde_json::{json, Value};
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::directory::AgentView;
 use crate::error::{ApiError, ErrorCode};
 use crate::store::Provenance;

@@ -6,26 +6,26 @@
 //! checks that ran, in order. `actions` holds the three tools' inputs, events and replies.
 
 pub mod compliance;
-pub mod credentials;
+
 pub mod intents;
 pub mod limits;
-pub mod provider;
+
 pub mod usage;
 
 use commguard_domain::agent::AgentEvent;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::Role;
 use crate::directory::{self, commands};
 use crate::error::{ApiError, ErrorCode};
-use crate::mcp::tools::Caller;
+use crate::auth::caller::Caller;
 use crate::store::CommandContext;
 use crate::validate::Args;
-use credentials::Credentials;
+use crate::providers::credentials::{self, Credentials};
 use limits::{Contact, Limits, OrgCaps};
-use provider::{Outgoing, Provider, Receipt};
+use crate::providers::{self as provider, Outgoing, Provider, Receipt};
 
 pub mod actions;
 

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::{Principal, Role};
 use crate::directory::{self, commands, limits_json, AgentView};
 use crate::error::ApiError;

@@ -247,3 +247,13 @@ impl KeyStore {
         self.keys.unwrap(wrapped, key_id).map_err(|e| KeyStoreError::Unwrap(e.to_string()))
     }
 }
+
+/// The key store's database errors, for `ApiError::internal` (`unavailable` when it is down).
+impl crate::error::Failure for KeyStoreError {
+    fn database_down(&self) -> bool {
+        match self {
+            Self::Database(e) => crate::error::is_outage(e),
+            Self::Unwrap(_) => false,
+        }
+    }
+}

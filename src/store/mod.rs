@@ -232,6 +232,16 @@ impl Store {
 /// How long a caller waits for a projection to apply its own events before giving up.
 const PROJECTION_WAIT: Duration = Duration::from_secs(10);
 
+/// The database errors of a wait, for `ApiError::internal` (`unavailable` when it is down).
+impl crate::error::Failure for AwaitError {
+    fn database_down(&self) -> bool {
+        match self {
+            Self::Database(e) => crate::error::is_outage(e),
+            Self::TimedOut(_) => false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AwaitError {
     #[error("projection {0} did not catch up in time")]

@@ -14,7 +14,8 @@ use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::repository::{EventRepository, MAX_EVENTS_PER_APPEND};
+use super::committer::MAX_EVENTS_PER_APPEND;
+use super::repository::EventRepository;
 use crate::error::{DatabaseDown, Failure};
 
 /// One fact as cqrs-es serializes it, before it is numbered.

@@ -23,8 +23,7 @@ use super::receipt;
 use super::sealing::{has_clear_fields, seal_payload};
 use super::storable;
 
-/// Events one transaction may append: the low 12 bits of a position number them.
-pub const MAX_EVENTS_PER_APPEND: usize = 4096;
+pub use super::committer::MAX_EVENTS_PER_APPEND;
 
 #[derive(Clone)]
 pub struct EventRepository {

@@ -10,7 +10,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::signature::callback_signature;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::{rfc3339, Actor, CommandContext};
 
 pub struct Inbound {

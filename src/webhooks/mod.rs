@@ -23,14 +23,15 @@ use commguard_domain::pii::{Pii, RetentionClass};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::contacts::{self, Address};
 use crate::directory::{self, AgentView};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::client_ip::ClientIp;
 use crate::outbound::actions::xml_escape;
-use crate::outbound::credentials;
-use crate::outbound::{limits, provider};
+use crate::providers::credentials;
+use crate::outbound::limits;
+use crate::providers as provider;
 use crate::store::{Actor, ActorKind, CommandContext};
 use crate::validate;
 use replay::Claim;

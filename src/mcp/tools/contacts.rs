@@ -4,8 +4,8 @@ use commguard_domain::contact::{DncSource, CONSENT_CHANNELS};
 use serde_json::{json, Value};
 
 use super::{Caller, Tool};
-use crate::app::AppState;
-use crate::auth::{Principal, Role};
+use crate::state::AppState;
+use crate::auth::Role;
 use crate::contacts::{self, NewConsent};
 use crate::directory::commands;
 use crate::error::{ApiError, ErrorCode};
@@ -132,35 +132,10 @@ pub async fn check_consent(app: &AppState, caller: &Caller<'_>, args: &Args<'_>)
     contacts::check_consent(app, &agent.org_id, &agent.agent_id, &address, &channel).await
 }
 
-/// The org a DNC tool acts in: the caller's own; the super-admin must name one that exists.
-pub async fn dnc_org(app: &AppState, principal: &Principal, requested: Option<String>) -> Result<String, ApiError> {
-    if principal.role() == Role::SuperAdmin && requested.is_none() {
-        return Err(invalid("orgId", "orgId is required for the super-admin"));
-    }
-    let org = commands::home_org(principal, requested)?;
-    if crate::directory::org(&app.pool, &org).await?.is_none() {
-        return Err(ApiError::not_found(format!("Organization \"{org}\" not found")));
-    }
-    Ok(org)
-}
-
-/// The orgs a DNC listing covers: the caller's own; the super-admin's named one, else every org
-/// (`None`).
-pub async fn dnc_list_scope(
-    app: &AppState,
-    principal: &Principal,
-    requested: Option<String>,
-) -> Result<Option<String>, ApiError> {
-    if principal.role() == Role::SuperAdmin && requested.is_none() {
-        return Ok(None);
-    }
-    dnc_org(app, principal, requested).await.map(Some)
-}
-
 pub async fn dnc_add(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
     let address = contacts::address("address", &args.str("address", 1, 320)?)?;
     let reason = args.opt_str("reason", 500)?;
-    let org = dnc_org(app, caller.principal, args.opt_id("orgId")?).await?;
+    let org = contacts::dnc_org(app, caller.principal, args.opt_id("orgId")?).await?;
     let source = if caller.principal.role() == Role::Agent { DncSource::Agent } else { DncSource::Admin };
     let context = caller.context(app).in_org(org.clone());
     contacts::dnc_add(app, &org, &address, source, reason, caller.principal.stream_id(), &context).await
@@ -169,7 +144,7 @@ pub async fn dnc_add(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Re
 pub async fn dnc_remove(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
     let address = contacts::address("address", &args.str("address", 1, 320)?)?;
     let reason = args.str("reason", 3, 500)?;
-    let org = dnc_org(app, caller.principal, args.opt_id("orgId")?).await?;
+    let org = contacts::dnc_org(app, caller.principal, args.opt_id("orgId")?).await?;
     let context = caller.context(app).in_org(org.clone());
     contacts::dnc_remove(app, &org, &address, reason, caller.principal.stream_id(), &context).await
 }
@@ -180,18 +155,8 @@ pub async fn dnc_list(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> R
         return Err(invalid("type", format!("must be phone or email, not \"{k}\"")));
     }
     let cursor = args.opt_str("cursor", 64)?;
-    let limit = list_limit(args.0.get("limit"))?;
-    let org = dnc_list_scope(app, caller.principal, args.opt_id("orgId")?).await?;
+    let limit = contacts::list_limit(args.0.get("limit"))?;
+    let org = contacts::dnc_list_scope(app, caller.principal, args.opt_id("orgId")?).await?;
     contacts::dnc_list(app, org.as_deref(), kind.as_deref(), cursor.as_deref(), limit).await
 }
 
-/// `limit` of a list: 50 by default, 1..=500.
-pub fn list_limit(value: Option<&Value>) -> Result<i64, ApiError> {
-    match value {
-        None | Some(Value::Null) => Ok(50),
-        Some(v) => match v.as_i64().filter(|n| (1..=500).contains(n)) {
-            Some(n) => Ok(n),
-            None => Err(invalid("limit", "must be an integer between 1 and 500")),
-        },
-    }
-}

@@ -5,7 +5,7 @@ use commguard_domain::agent::Capabilities;
 use serde_json::{json, Value};
 
 use super::{Caller, Tool};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::{guard, Role};
 use crate::directory::commands::{self, NewAgent, NewOrg, RotateTarget};
 use crate::directory::{self as dir};

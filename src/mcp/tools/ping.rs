@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use super::{Caller, Tool};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::Role;
 use crate::directory::{self, commands::DEFAULT_ORG};
 use crate::error::ApiError;

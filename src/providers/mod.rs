@@ -10,7 +10,9 @@ use std::time::Duration;
 use rand::RngCore;
 use serde_json::{json, Value};
 
-use super::credentials::Credentials;
+pub mod credentials;
+
+use credentials::Credentials;
 use crate::config::Config;
 
 /// How long a provider may take to accept a send.

@@ -1,0 +1,353 @@
+//! The admin API, directory part (CONTRACT §12): `/me`, organizations and their lifecycle,
+//! agents, their tokens, blocked channels, limits and billing, and provider credentials. Org
+//! tokens (O) see and change their own org; the master token (S) all. Mutations run the same
+//! commands as the MCP tools.
+
+
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::state::AppState;
+use crate::auth::{guard, Role};
+use crate::directory::commands::{self, NewOrg, RotateTarget};
+use crate::directory::{self as dir};
+use crate::error::ApiError;
+use crate::http::extract::{JsonBody, Path, Query};
+use crate::directory::settings;
+use crate::store::rfc3339;
+use crate::validate::{invalid, Args};
+
+use super::admin::Admin;
+
+/// The directory routes (assembled with the other admin routes in `admin_api`).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/api/me", get(me))
+        .route("/admin/api/orgs", get(list_orgs).post(create_org))
+        .route("/admin/api/orgs/{orgId}", get(get_org))
+        .route("/admin/api/orgs/{orgId}/approve", post(approve))
+        .route("/admin/api/orgs/{orgId}/suspend", post(suspend))
+        .route("/admin/api/orgs/{orgId}/unsuspend", post(unsuspend))
+        .route("/admin/api/orgs/{orgId}/settings", post(settings))
+        .route("/admin/api/orgs/{orgId}/rotate-token", post(rotate_org_token))
+        .route("/admin/api/agents", get(list_agents))
+        .route("/admin/api/agents/{agentId}", get(get_agent))
+        .route("/admin/api/agents/{agentId}/tokens", get(agent_tokens))
+        .route("/admin/api/agents/{agentId}/regenerate-token", post(regenerate_token))
+        .route("/admin/api/agents/{agentId}/blocked-channels", post(blocked_channels))
+        .route("/admin/api/agents/{agentId}/limits", post(agent_limits))
+        .route("/admin/api/agents/{agentId}/billing", post(agent_billing))
+        .route("/admin/api/providers", get(list_providers).post(register_provider))
+}
+
+async fn me(State(app): State<AppState>, admin: Admin) -> Result<Json<Value>, ApiError> {
+    let org = match &admin.principal.org_id {
+        Some(id) => dir::org(&app.pool, id).await?,
+        None => None,
+    };
+    Ok(Json(json!({
+        "role": admin.principal.role().as_str(),
+        "orgId": admin.principal.org_id,
+        "org": org.map(|o| json!({"id": o.org_id, "name": o.name, "mode": o.mode, "a2pRegistered": o.a2p_registered})),
+    })))
+}
+
+async fn list_orgs(State(app): State<AppState>, admin: Admin) -> Result<Json<Value>, ApiError> {
+    let orgs = dir::orgs(&app.pool).await?;
+    let visible: Vec<Value> = orgs
+        .iter()
+        .filter(|o| {
+            admin.principal.role() == Role::SuperAdmin || admin.principal.org_id.as_deref() == Some(o.org_id.as_str())
+        })
+        .map(dir::OrgView::admin_view)
+        .collect();
+    Ok(Json(json!({ "orgs": visible, "total": visible.len(), "nextCursor": null })))
+}
+
+async fn get_org(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(org_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    guard::own_org(&admin.principal, &org_id)?;
+    let org = dir::org(&app.pool, &org_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))?;
+    Ok(Json(org.admin_view()))
+}
+
+async fn create_org(
+    State(app): State<AppState>,
+    admin: Admin,
+    JsonBody(raw): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    guard::require_role(&admin.principal, Role::SuperAdmin)?;
+    let args = Args::new(&raw)?;
+    let name = args.str("name", 1, 100)?;
+    let slug = args.str("slug", 2, 63)?;
+    if !slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err(invalid("slug", "must match ^[a-z0-9-]{2,63}$"));
+    }
+    let settings = args.object("settings")?.cloned().map(Value::Object).unwrap_or_else(|| json!({}));
+    let new = NewOrg { name: name.trim().into(), slug, settings, a2p_registered: args.bool("a2pRegistered", false)? };
+    commands::create_org(&app, admin.context, new).await.map(Json)
+}
+
+async fn existing_org(app: &AppState, org_id: &str) -> Result<dir::OrgView, ApiError> {
+    dir::org(&app.pool, org_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))
+}
+
+async fn approve(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(org_id): Path<String>,
+    JsonBody(raw): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    super_admin(&admin)?;
+    existing_org(&app, &org_id).await?;
+    let kyc_note = Args::new(&raw)?.str("kycNote", 3, 2000)?;
+    let approved_by = admin.principal.actor_id.clone();
+    let view = commands::org_lifecycle(
+        &app,
+        admin.context,
+        &org_id,
+        commguard_domain::organization::OrgAction::Approve { kyc_note, approved_by },
+    )
+    .await?;
+    Ok(Json(commands::approved_view(&view)))
+}
+
+/// Approval, suspension and unsuspension are S-only global configuration (Z7): Z4's refusal.
+fn super_admin(admin: &Admin) -> Result<(), ApiError> {
+    guard::require_role(&admin.principal, Role::SuperAdmin)
+}
+
+async fn suspend(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(org_id): Path<String>,
+    JsonBody(raw): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    super_admin(&admin)?;
+    existing_org(&app, &org_id).await?;
+    let reason = Args::new(&raw)?.opt_str("reason", 500)?.unwrap_or_default();
+    let view = commands::org_lifecycle(
+        &app,
+        admin.context,
+        &org_id,
+        commguard_domain::organization::OrgAction::Suspend { reason },
+    )
+    .await?;
+    Ok(Json(json!({ "success": true, "orgId": org_id, "mode": view.mode })))
+}
+
+async fn unsuspend(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(org_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    super_admin(&admin)?;
+    existing_org(&app, &org_id).await?;
+    let view =
+        commands::org_lifecycle(&app, admin.context, &org_id, commguard_domain::organization::OrgAction::Unsuspend)
+            .await?;
+    Ok(Json(json!({ "success": true, "orgId": org_id, "mode": view.mode })))
+}
+
+/// A cap in dollars: absent = unchanged, `null` = cleared, else ≥ 0 with ≤ 6 decimals.
+fn cap(raw: &Value, field: &str) -> Result<Option<Option<i64>>, ApiError> {
+    match raw.get(field) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(v) => crate::validate::money(field, v).map(|m| Some(Some(m))),
+    }
+}
+
+async fn settings(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(org_id): Path<String>,
+    JsonBody(raw): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    guard::own_org(&admin.principal, &org_id)?;
+    existing_org(&app, &org_id).await?;
+    let args = Args::new(&raw)?;
+    let a2p = match raw.get("a2pRegistered") {
+        None => None,
+        Some(_) => Some(args.bool("a2pRegistered", false)?),
+    };
+    let max_agents = match raw.get("maxAgents") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|n| (1..=100_000).contains(n))
+                .ok_or_else(|| invalid("maxAgents", "must be an integer ≥ 1"))? as u32,
+        ),
+    };
+    // Org admins may set their own caps only; registration and capacity are the platform's.
+    if admin.principal.role() != Role::SuperAdmin && (a2p.is_some() || max_agents.is_some()) {
+        return Err(guard::require_role(&admin.principal, Role::SuperAdmin).unwrap_err());
+    }
+    let action =
+        commands::settings_change(a2p, max_agents, cap(&raw, "maxSpendPerDay")?, cap(&raw, "maxSpendPerMonth")?);
+    let view = commands::org_lifecycle(&app, admin.context, &org_id, action).await?;
+    let mut out = view.admin_view();
+    out["success"] = json!(true);
+    out["spendToday"] = json!(0);
+    out["spendMonth"] = json!(0);
+    Ok(Json(out))
+}
+
+async fn rotate_org_token(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(org_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    guard::own_org(&admin.principal, &org_id)?;
+    existing_org(&app, &org_id).await?;
+    let out = commands::rotate(&app, admin.context, RotateTarget::Org { org_id }, None).await?;
+    Ok(Json(json!({ "success": true, "token": out["token"], "revokedCount": out["revokedCount"] })))
+}
+
+#[derive(Deserialize)]
+struct AgentFilter {
+    #[serde(rename = "orgId")]
+    org_id: Option<String>,
+}
+
+async fn list_agents(
+    State(app): State<AppState>,
+    admin: Admin,
+    Query(filter): Query<AgentFilter>,
+) -> Result<Json<Value>, ApiError> {
+    let org = match admin.principal.role() {
+        Role::SuperAdmin => filter.org_id,
+        _ => admin.principal.org_id.clone(),
+    };
+    let agents = dir::agents_of(&app.pool, org.as_deref()).await?;
+    let views: Vec<Value> = agents.iter().map(|a| a.status_view(None)).collect();
+    Ok(Json(json!({ "agents": views, "nextCursor": null })))
+}
+
+async fn get_agent(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(agent_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
+    let org = dir::org(&app.pool, &agent.org_id).await?;
+    Ok(Json(agent.status_view(org.as_ref())))
+}
+
+async fn agent_tokens(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(agent_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
+    type Row = (uuid::Uuid, Option<String>, chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT t.token_id, t.label, t.created_at, u.last_used_at FROM tokens t
+         LEFT JOIN token_last_used u USING (token_id)
+         WHERE t.kind = 'agent' AND t.agent_id = $1 AND t.revoked_at IS NULL ORDER BY t.created_at",
+    )
+    .bind(&agent_id)
+    .fetch_all(&app.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    let tokens: Vec<Value> = rows
+        .into_iter()
+        .map(|(id, label, created, used)| json!({ "id": id, "label": label, "createdAt": rfc3339(created), "lastUsedAt": used.map(rfc3339) }))
+        .collect();
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+async fn regenerate_token(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(agent_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
+    let out =
+        commands::rotate(&app, admin.context, RotateTarget::Agent { agent_id, org_id: agent.org_id }, None).await?;
+    Ok(Json(json!({ "success": true, "token": out["token"], "revokedCount": out["revokedCount"] })))
+}
+
+async fn blocked_channels(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(agent_id): Path<String>,
+    JsonBody(raw): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
+    let channels: Vec<String> = match raw.get("blockedChannels") {
+        Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        _ => return Err(invalid("blockedChannels", "must be an array")),
+    };
+    commands::block_channels(&app, admin.context, &agent_id, &agent.org_id, channels).await.map(Json)
+}
+
+async fn agent_limits(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(agent_id): Path<String>,
+    JsonBody(raw): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    guard::require_role(&admin.principal, Role::SuperAdmin)?;
+    let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
+    let change = settings::limits_change(&Args::new(&raw)?)?;
+    commands::set_limits(&app, admin.context, &agent_id, &agent.org_id, change).await.map(Json)
+}
+
+async fn agent_billing(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(agent_id): Path<String>,
+    JsonBody(raw): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    guard::require_role(&admin.principal, Role::SuperAdmin)?;
+    let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
+    let (tier, markup, email) = settings::billing_change(&Args::new(&raw)?)?;
+    commands::set_billing(&app, admin.context, &agent_id, &agent.org_id, tier, markup, email).await.map(Json)
+}
+
+/// Registered providers: names only, never values (CONTRACT §11.5). O sees its own org's.
+async fn list_providers(State(app): State<AppState>, admin: Admin) -> Result<Json<Value>, ApiError> {
+    let org = match admin.principal.role() {
+        Role::SuperAdmin => None,
+        _ => admin.principal.org_id.clone(),
+    };
+    type Row = (String, String, String, Vec<String>, String, chrono::DateTime<chrono::Utc>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT scope, org_id, provider, array_agg(credential_key ORDER BY credential_key), max(key_version), max(updated_at)
+         FROM provider_credentials WHERE $1::text IS NULL OR (scope = 'org' AND org_id = $1)
+         GROUP BY scope, org_id, provider ORDER BY scope, org_id, provider",
+    )
+    .bind(org)
+    .fetch_all(&app.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    let providers: Vec<Value> = rows
+        .into_iter()
+        .map(|(scope, org_id, provider, keys, version, updated)| {
+            json!({"scope": scope, "orgId": (!org_id.is_empty()).then_some(org_id), "provider": provider,
+                   "keyNames": keys, "keyVersion": version, "updatedAt": rfc3339(updated)})
+        })
+        .collect();
+    Ok(Json(json!({ "providers": providers })))
+}
+
+async fn register_provider(
+    State(app): State<AppState>,
+    admin: Admin,
+    JsonBody(raw): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    guard::require_role(&admin.principal, Role::SuperAdmin)?;
+    settings::register_provider(&app, admin.context, &Args::new(&raw)?).await.map(Json)
+}

@@ -1,0 +1,43 @@
+//! The state every request handler shares: configuration, the store and the per-instance
+//! services (identity cache, lockout, MCP sessions, reservations, intents). It sits below every
+//! transport and operation that takes it, and imports none of them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use commguard_domain::agent::Agent;
+use commguard_domain::contact::Contact;
+use commguard_domain::organization::Organization;
+use sqlx::PgPool;
+
+use crate::auth::{Identity, Lockout};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::crypto;
+use crate::outbound::intents::Intents;
+use crate::outbound::limits::Reserver;
+use crate::sessions::Sessions;
+use crate::store::{Framework, Store};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pool: PgPool,
+    pub store: Store,
+    pub clock: Clock,
+    pub started: Instant,
+    pub identity: Arc<Identity>,
+    pub lockout: Arc<Lockout>,
+    pub sessions: Arc<Sessions>,
+    pub orgs: Arc<Framework<Organization>>,
+    pub agents: Arc<Framework<Agent>>,
+    pub contacts: Arc<Framework<Contact>>,
+    /// The providers' HTTP client (one connection pool for every send).
+    pub http: reqwest::Client,
+    /// `CREDENTIALS_ENCRYPTION_KEY` first, then the previous key (decrypt-only).
+    pub credential_keys: Arc<Vec<crypto::Key>>,
+    /// Tool-limit reservations, batched (CONTRACT §9).
+    pub reserver: Reserver,
+    /// This instance's outbound intents (recorded before every provider call).
+    pub intents: Arc<Intents>,
+}
