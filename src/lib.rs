@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod mcp;
 pub mod money;
 pub mod outbound;
+pub mod paging;
 pub mod store;
 pub mod validate;
 pub mod webhooks;

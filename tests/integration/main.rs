@@ -15,3 +15,4 @@ mod mcp_e2e;
 mod outbound;
 mod providers;
 mod server;
+mod views;
