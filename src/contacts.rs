@@ -49,6 +49,11 @@ fn subject_ref(app: &AppState, address: &Address) -> String {
     app.store.keystore().data_keys().blind_index(&address.value)
 }
 
+/// The contact aggregate's id: `<orgId>:<subjectRef>`.
+fn contact_id(app: &AppState, org_id: &str, address: &Address) -> String {
+    format!("{org_id}:{}", subject_ref(app, address))
+}
+
 /// Runs `action` on the contact `address` in `org_id`, and waits for the projections.
 pub async fn execute(
     app: &AppState,
@@ -57,7 +62,7 @@ pub async fn execute(
     action: ContactAction,
     context: &CommandContext,
 ) -> Result<(), ApiError> {
-    let id = format!("{org_id}:{}", subject_ref(app, address));
+    let id = contact_id(app, org_id, address);
     let command = ContactCommand { address: address.value.clone(), action };
     let position = app.store.execute(&app.contacts, &id, command, context).await.map_err(ApiError::internal)?;
     if let Some(position) = position {
@@ -143,7 +148,7 @@ async fn consent_at(
     address: &Address,
     as_of: DateTime<Utc>,
 ) -> Result<(Vec<ConsentRow>, bool), ApiError> {
-    let stream = format!("{org_id}:{}", subject_ref(app, address));
+    let stream = contact_id(app, org_id, address);
     let events =
         history::stream_until(&app.pool, Contact::TYPE, &stream, None, as_of).await.map_err(ApiError::internal)?;
     let mut contact = Contact::default();
