@@ -3,7 +3,8 @@
 //! — `GET /health` (the HTTP baseline: hardening layers, no auth), JSON-RPC `ping` (baseline +
 //! bearer auth, session lookup, principal check, routing) and `tools/call comms_ping` (+ the tool,
 //! which reads the org from Postgres) — then holds `--idle` legacy SSE sessions open. Prints one
-//! JSON line; the server's RSS is read by the script.
+//! JSON line; the server's RSS is read by the script. `--mode send` measures sends, `--mode
+//! as-of-setup` / `--mode as-of` the admin API's point-in-time views (`scripts/bench.sh as-of`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -229,12 +230,156 @@ async fn send_mode(url: &str, master: &str, sessions: u64, seconds: u64) {
     println!("{}", json!({"send": send}));
 }
 
+/// The first instant of the `as-of` history; changes follow an hour apart.
+const AS_OF_START: &str = "2026-01-01T00:00:00Z";
+const AS_OF_HOURS: i64 = 24;
+
+/// POST `path` with `token`; panics unless it succeeds.
+async fn admin_post(client: &reqwest::Client, url: &str, token: &str, path: &str, body: Value) -> Value {
+    let r = client.post(format!("{url}{path}")).bearer_auth(token).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+/// `--mode as-of-setup` (server with `COMMGUARD_TEST_CLOCK`): an org with two agents, and a
+/// contact whose consents and the first agent's limits, tier and org caps change once an hour
+/// for `AS_OF_HOURS` hours of test-clock time. Prints `{admin, orgId, agentId, contact}`.
+async fn as_of_setup(url: &str, master: &str) {
+    let client = reqwest::Client::new();
+    let start = chrono::DateTime::parse_from_rfc3339(AS_OF_START).unwrap();
+    let at = |hour: i64| (start + chrono::Duration::hours(hour) + chrono::Duration::minutes(1)).to_rfc3339();
+    admin_post(&client, url, master, "/admin/api/test/clock", json!({"now": AS_OF_START})).await;
+    let slug = format!("as-of-{}", std::process::id());
+    let org =
+        tool(url, master, "comms_create_organization", json!({"name": "AsOf", "slug": slug, "a2pRegistered": true}))
+            .await;
+    let (org_id, admin) = (org["orgId"].as_str().unwrap().to_string(), org["adminToken"].as_str().unwrap().to_string());
+    let mut agents = Vec::new();
+    for name in ["First", "Second"] {
+        let agent = tool(
+            url,
+            &admin,
+            "comms_provision_channels",
+            json!({"displayName": name, "capabilities": {"phone": true}}),
+        )
+        .await;
+        agents.push(agent["agentId"].as_str().unwrap().to_string());
+    }
+    let contact = "+12025550142";
+    let tiers = ["free", "starter", "pro", "enterprise"];
+    for hour in 0..AS_OF_HOURS {
+        admin_post(&client, url, master, "/admin/api/test/clock", json!({"now": at(hour)})).await;
+        let agent = &agents[(hour % 2) as usize];
+        let channel = ["sms", "voice"][(hour / 2 % 2) as usize];
+        let consent = json!({"agentId": agent, "contactAddress": contact, "channel": channel});
+        let id = &agents[0];
+        let (who, name, args) = match hour % 4 {
+            0 => (admin.as_str(), "comms_record_consent", consent),
+            1 => {
+                (master, "comms_set_agent_limits", json!({"agentId": id, "limits": {"maxActionsPerMinute": hour + 1}}))
+            }
+            2 => (admin.as_str(), "comms_revoke_consent", consent),
+            _ => (master, "comms_set_billing_config", json!({"agentId": id, "tier": tiers[(hour / 4 % 4) as usize]})),
+        };
+        tool(url, who, name, args).await;
+        if hour % 6 == 5 {
+            admin_post(
+                &client,
+                url,
+                &admin,
+                &format!("/admin/api/orgs/{org_id}/settings"),
+                json!({"maxSpendPerDay": hour}),
+            )
+            .await;
+        }
+    }
+    println!("{}", json!({"admin": admin, "orgId": org_id, "agentId": agents[0], "contact": contact}));
+}
+
+/// Requests cycling over `paths` (each must answer 200) until `until`; latencies in µs.
+async fn path_worker(
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    paths: Arc<Vec<String>>,
+    offset: usize,
+    until: Instant,
+) -> Vec<u32> {
+    let mut latencies_us = Vec::new();
+    let mut i = offset;
+    while Instant::now() < until {
+        let started = Instant::now();
+        let r = client.get(format!("{url}{}", paths[i % paths.len()])).bearer_auth(&token).send().await.unwrap();
+        assert!(r.status().is_success(), "{}: {}", paths[i % paths.len()], r.status());
+        r.bytes().await.unwrap();
+        latencies_us.push(started.elapsed().as_micros() as u32);
+        i += 7;
+    }
+    latencies_us
+}
+
+async fn run_paths(url: &str, token: &str, sessions: u64, seconds: u64, paths: Vec<String>) -> Value {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    let paths = Arc::new(paths);
+    path_worker(
+        client.clone(),
+        url.into(),
+        token.into(),
+        paths.clone(),
+        0,
+        Instant::now() + Duration::from_millis(300),
+    )
+    .await;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..sessions)
+        .map(|n| {
+            tokio::spawn(path_worker(client.clone(), url.into(), token.into(), paths.clone(), n as usize * 13, until))
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    json!({"calls": all.len(), "calls_per_sec": all.len() as f64 / elapsed,
+           "p50_ms": percentile(&all, 0.50), "p99_ms": percentile(&all, 0.99), "max_ms": percentile(&all, 1.0)})
+}
+
+/// `--mode as-of --agent A --contact C` (token: the org's admin token): `/consent` and `/limits`
+/// with `as_of` at instants spread over the history (every 7 minutes), then both live.
+async fn as_of_mode(url: &str, token: &str, sessions: u64, seconds: u64) {
+    let agent = arg("--agent").expect("--agent");
+    let contact = arg("--contact").expect("--contact").replace('+', "%2B");
+    let start = chrono::DateTime::parse_from_rfc3339(AS_OF_START).unwrap();
+    let instants: Vec<String> = (1..AS_OF_HOURS * 60 / 7)
+        .map(|m| (start + chrono::Duration::minutes(m * 7)).to_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .collect();
+    let consent: Vec<String> =
+        instants.iter().map(|t| format!("/admin/api/consent?contact={contact}&as_of={t}")).collect();
+    let limits: Vec<String> = instants.iter().map(|t| format!("/admin/api/limits?agentId={agent}&as_of={t}")).collect();
+    let consent_as_of = run_paths(url, token, sessions, seconds, consent).await;
+    let limits_as_of = run_paths(url, token, sessions, seconds, limits).await;
+    let consent_live =
+        run_paths(url, token, sessions, seconds, vec![format!("/admin/api/consent?contact={contact}")]).await;
+    let limits_live =
+        run_paths(url, token, sessions, seconds, vec![format!("/admin/api/limits?agentId={agent}")]).await;
+    println!(
+        "{}",
+        json!({"consent_as_of": consent_as_of, "limits_as_of": limits_as_of, "consent_live": consent_live, "limits_live": limits_live})
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let url = arg("--url").expect("--url of a running server");
     let token = arg("--token").expect("--token (the master token)");
-    if arg("--mode").as_deref() == Some("send") {
-        return send_mode(&url, &token, num("--sessions", 16), num("--seconds", 20)).await;
+    match arg("--mode").as_deref() {
+        Some("send") => return send_mode(&url, &token, num("--sessions", 16), num("--seconds", 20)).await,
+        Some("as-of-setup") => return as_of_setup(&url, &token).await,
+        Some("as-of") => return as_of_mode(&url, &token, num("--sessions", 4), num("--seconds", 10)).await,
+        _ => {}
     }
     let sessions = num("--sessions", 16);
     let seconds = num("--seconds", 20);

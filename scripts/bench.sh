@@ -6,12 +6,14 @@
 #   scripts/bench.sh event-store [--writers 16] [--seconds 20]
 #   scripts/bench.sh mcp [--writers 16] [--seconds 20] [--idle 1000]
 #   scripts/bench.sh send [--writers 16] [--seconds 20] [--fill 1000000]
+#   scripts/bench.sh as-of [--writers 4] [--seconds 10] [--fill 1000000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
 
 what=${1:-}; shift || true
 writers=16; seconds=20; stream_length=10; idle=1000; fill=1000000
+if [ "$what" = as-of ]; then writers=4; seconds=10; fi
 while [ $# -gt 0 ]; do
   case $1 in
     --writers) writers=$2; shift 2 ;;
@@ -153,8 +155,60 @@ print(f\"{r['calls_per_sec']:.0f} sends/s = {r['calls_per_sec'] / $base:.2f} x p
     start_server
     echo "after $fill events: $(measure)"
     ;;
+  as-of)
+    # Point-in-time admin views (CONTRACT §12 as_of) over a store of $fill events: an agent and a
+    # contact whose limits and consent changed 24 times (test clock), then $fill synthetic events
+    # written directly — most of them on that agent's own stream and its org's, stamped inside the
+    # same 24 hours, so a view that walked the streams would read them all. Measured with the
+    # settings index (migration 0019), then without it (the baseline of the same run).
+    cargo build --release --bin commguard --bench mcp >&2
+    bin=$(ls -t target/release/deps/mcp-* | grep -v '\.d$' | head -n 1)
+    psql -q "$admin" -c "CREATE DATABASE bench"
+    bench_url="${admin/\/postgres\?//bench?}"
+    token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    data=$(mktemp -d /tmp/commguard-bench-data-XXXXXX); chmod 755 "$data"
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    DATABASE_URL="$bench_url" HOST=127.0.0.1 PORT=$port MASTER_SECURITY_TOKEN=$token COMMGUARD_DATA_DIR=$data \
+      COMMGUARD_TEST_CLOCK=true HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 \
+      RUST_LOG=warn target/release/commguard serve &
+    server=$!
+    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"' EXIT
+    until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
+    setup=$("$bin" --mode as-of-setup --url "http://127.0.0.1:$port" --token "$token")
+    field() { echo "$setup" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+    agent=$(field agentId); org=$(field orgId); org_admin=$(field admin); contact=$(field contact)
+    # Negative positions: below every checkpoint, so no projection reads them.
+    psql -q "$bench_url" -c "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+        position, event_id, occurred_at, org_id, prev_hash, hash)
+      SELECT s.t, s.id, 1000000 + g, s.e, '1.0', '{\"channel\":\"sms\",\"cost\":7900}', '{}', -g, gen_random_uuid(),
+             timestamptz '2026-01-01' + (g % 86400) * interval '1 second', '$org', repeat('0', 64), repeat('0', 64)
+        FROM generate_series(1, $fill) g, LATERAL (SELECT
+          CASE WHEN g % 10 < 8 THEN 'agent' WHEN g % 10 = 8 THEN 'organization' ELSE 'contact' END AS t,
+          CASE WHEN g % 10 < 6 THEN '$agent' WHEN g % 10 < 8 THEN 'filler-' || (g / 1000)
+               WHEN g % 10 = 8 THEN '$org' ELSE '$org:filler' || (g / 100) END AS id,
+          CASE WHEN g % 10 < 8 THEN 'MessageSent' WHEN g % 10 = 8 THEN 'ActionRefused' ELSE 'ConsentGranted' END AS e) s" \
+      -c "ANALYZE events"
+    measure() {
+      "$bin" --mode as-of --url "http://127.0.0.1:$port" --token "$org_admin" --agent "$agent" --contact "$contact" \
+        --sessions "$writers" --seconds "$seconds"
+    }
+    with=$(measure)
+    psql -q "$bench_url" -c "DROP INDEX events_settings"
+    without=$(measure)
+    echo "with the settings index: $with"
+    echo "without it:              $without"
+    python3 - "$with" "$without" "$fill" "$writers" <<'PY'
+import json, sys
+w, wo, fill, n = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+print(f"{fill} events, {n} concurrent clients")
+for k, label in (("consent_as_of", "/consent?as_of"), ("limits_as_of", "/limits?as_of"), ("consent_live", "/consent (live)"), ("limits_live", "/limits (live)")):
+    a, b = w[k], wo[k]
+    print(f"{label:18} {a['calls_per_sec']:7.0f}/s  p50 {a['p50_ms']:.2f} ms  p99 {a['p99_ms']:.2f} ms   without index: p99 {b['p99_ms']:.2f} ms ({b['p99_ms'] / a['p99_ms']:.1f} x)")
+print(f"target p99 < 20 ms: consent {w['consent_as_of']['p99_ms']:.2f}, limits {w['limits_as_of']['p99_ms']:.2f}")
+PY
+    ;;
   *)
-    echo "usage: scripts/bench.sh event-store|mcp|send [--writers N] [--seconds S] [--idle N]" >&2
+    echo "usage: scripts/bench.sh event-store|mcp|send|as-of [--writers N] [--seconds S] [--idle N] [--fill N]" >&2
     exit 2
     ;;
 esac

@@ -3,14 +3,21 @@
 //! aggregate (`<orgId>:<subjectRef>`); callers wait until the consent and DNC projections show it,
 //! so the next outbound check sees it on every instance.
 
-use commguard_domain::contact::{ConsentType, ContactAction, ContactCommand, DncSource, Grant, Listing};
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use commguard_domain::contact::{
+    ConsentType, Contact, ContactAction, ContactCommand, ContactEvent, DncSource, Grant, Listing,
+};
+use cqrs_es::Aggregate;
+use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::state::AppState;
 use crate::error::{ApiError, ErrorCode};
-use crate::store::{rfc3339, sealing, CommandContext};
 use crate::auth::{Principal, Role};
+use crate::paging::Page;
+use crate::store::{history, rfc3339, sealing, CommandContext};
 use crate::validate::{self, invalid};
 
 /// A normalised contact address and its kind.
@@ -43,6 +50,11 @@ fn subject_ref(app: &AppState, address: &Address) -> String {
     app.store.keystore().data_keys().blind_index(&address.value)
 }
 
+/// The contact aggregate's id: `<orgId>:<subjectRef>`.
+fn contact_id(app: &AppState, org_id: &str, address: &Address) -> String {
+    format!("{org_id}:{}", subject_ref(app, address))
+}
+
 /// Runs `action` on the contact `address` in `org_id`, and waits for the projections.
 pub async fn execute(
     app: &AppState,
@@ -51,7 +63,7 @@ pub async fn execute(
     action: ContactAction,
     context: &CommandContext,
 ) -> Result<(), ApiError> {
-    let id = format!("{org_id}:{}", subject_ref(app, address));
+    let id = contact_id(app, org_id, address);
     let command = ContactCommand { address: address.value.clone(), action };
     let position = app.store.execute(&app.contacts, &id, command, context).await.map_err(ApiError::internal)?;
     if let Some(position) = position {
@@ -62,41 +74,124 @@ pub async fn execute(
     Ok(())
 }
 
-/// One consent row as the projection holds it.
-#[derive(sqlx::FromRow)]
+/// One consent record, as the consent projection holds it (or as a point-in-time fold of the
+/// contact's stream rebuilds it, `consent_at`).
+#[derive(Clone, Debug, sqlx::FromRow)]
 struct ConsentRow {
     agent_id: String,
     channel: String,
     consent_id: Uuid,
     consent_type: String,
     status: String,
-    granted_at: chrono::DateTime<chrono::Utc>,
-    revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+    granted_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
     grant_event_id: Uuid,
     sealed: Value,
 }
 
+/// The sort key of consent records (and of their pages): agent, then channel, byte order.
+pub type ConsentKey = (String, String);
+
+impl ConsentRow {
+    fn key(&self) -> ConsentKey {
+        (self.agent_id.clone(), self.channel.clone())
+    }
+}
+
+/// The projection's records for a contact, after `after` in key order, at most `limit`.
 async fn consent_rows(
     app: &AppState,
     org_id: &str,
     address: &Address,
     agent_id: Option<&str>,
     channel: Option<&str>,
+    after: Option<&ConsentKey>,
+    limit: i64,
 ) -> Result<Vec<ConsentRow>, ApiError> {
     sqlx::query_as(
-        "SELECT agent_id, channel, consent_id, consent_type, status, granted_at, revoked_at, grant_event_id, sealed
+        r#"SELECT agent_id, channel, consent_id, consent_type, status, granted_at, revoked_at, grant_event_id, sealed
            FROM consents
           WHERE org_id = $1 AND subject_ref = $2 AND ($3::text IS NULL OR agent_id = $3)
             AND ($4::text IS NULL OR channel = $4)
-          ORDER BY agent_id, channel",
+            AND ($5::text IS NULL OR (agent_id COLLATE "C", channel COLLATE "C") > ($5::text, $6::text))
+          ORDER BY agent_id COLLATE "C", channel COLLATE "C" LIMIT $7"#,
     )
     .bind(org_id)
     .bind(subject_ref(app, address))
     .bind(agent_id)
     .bind(channel)
+    .bind(after.map(|k| k.0.as_str()))
+    .bind(after.map(|k| k.1.as_str()))
+    .bind(limit)
     .fetch_all(&app.pool)
     .await
     .map_err(ApiError::internal)
+}
+
+/// The records of one agent's consent on one channel (at most one).
+async fn held_consent(
+    app: &AppState,
+    org_id: &str,
+    address: &Address,
+    agent_id: &str,
+    channel: &str,
+) -> Result<Option<ConsentRow>, ApiError> {
+    Ok(consent_rows(app, org_id, address, Some(agent_id), Some(channel), None, 1).await?.into_iter().next())
+}
+
+/// A contact's consent records and DNC state as they stood at `as_of`: its stream up to then,
+/// folded by the contact aggregate's own `apply` (which records exist, whether each is active,
+/// whether the contact is listed), with each grant's type, time and sealed fields and each
+/// revocation's time taken from the events exactly as the consent projection takes them.
+async fn consent_at(
+    app: &AppState,
+    org_id: &str,
+    address: &Address,
+    as_of: DateTime<Utc>,
+) -> Result<(Vec<ConsentRow>, bool), ApiError> {
+    let stream = contact_id(app, org_id, address);
+    let events =
+        history::stream_until(&app.pool, Contact::TYPE, &stream, None, as_of).await.map_err(ApiError::internal)?;
+    let mut contact = Contact::default();
+    let mut rows: BTreeMap<ConsentKey, ConsentRow> = BTreeMap::new();
+    for past in &events {
+        let event = past.decode::<Contact>().map_err(ApiError::internal)?;
+        match &event {
+            ContactEvent::ConsentGranted { consent_id, agent_id, channel, consent_type, .. } => {
+                let sealed: Map<String, Value> = ["source", "notes"]
+                    .into_iter()
+                    .filter_map(|k| past.payload.get(k).filter(|v| !v.is_null()).map(|v| (k.to_string(), v.clone())))
+                    .collect();
+                let row = ConsentRow {
+                    agent_id: agent_id.clone(),
+                    channel: channel.clone(),
+                    consent_id: *consent_id,
+                    consent_type: consent_type.as_str().into(),
+                    status: String::new(),
+                    granted_at: past.occurred_at,
+                    revoked_at: None,
+                    grant_event_id: past.event_id,
+                    sealed: Value::Object(sealed),
+                };
+                rows.insert(row.key(), row);
+            }
+            ContactEvent::ConsentRevoked { agent_id, channel, was_active: true, .. } => {
+                if let Some(row) = rows.get_mut(&(agent_id.clone(), channel.clone())) {
+                    row.revoked_at = Some(past.occurred_at);
+                }
+            }
+            _ => {}
+        }
+        contact.apply(event);
+    }
+    let mut records = Vec::new();
+    for (agent_id, channel, active) in contact.consents() {
+        if let Some(mut row) = rows.remove(&(agent_id.to_string(), channel.to_string())) {
+            row.status = if active { "granted" } else { "revoked" }.into();
+            records.push(row);
+        }
+    }
+    Ok((records, contact.on_dnc()))
 }
 
 /// The clear `source` of a grant (or `"[erased]"` once its keys are gone).
@@ -146,10 +241,8 @@ pub async fn record_consent(
         notes: new.notes,
     };
     execute(app, org_id, &new.address, ContactAction::GrantConsent(grant), context).await?;
-    let row = consent_rows(app, org_id, &new.address, Some(&new.agent_id), Some(&new.channel))
+    let row = held_consent(app, org_id, &new.address, &new.agent_id, &new.channel)
         .await?
-        .into_iter()
-        .next()
         .ok_or_else(|| ApiError::internal("granted consent missing from its projection"))?;
     let mut warnings = Vec::new();
     if on_dnc(app, org_id, &new.address).await? {
@@ -168,8 +261,7 @@ pub async fn revoke_consent(
     channel: &str,
     context: &CommandContext,
 ) -> Result<Value, ApiError> {
-    let was_active =
-        consent_rows(app, org_id, address, Some(agent_id), Some(channel)).await?.iter().any(|r| r.active());
+    let was_active = held_consent(app, org_id, address, agent_id, channel).await?.is_some_and(|r| r.active());
     let action = ContactAction::RevokeConsent { agent_id: agent_id.into(), channel: channel.into() };
     execute(app, org_id, address, action, context).await?;
     Ok(if was_active {
@@ -188,7 +280,7 @@ pub async fn check_consent(
     channel: &str,
 ) -> Result<Value, ApiError> {
     let on_dnc = on_dnc(app, org_id, address).await?;
-    let Some(row) = consent_rows(app, org_id, address, Some(agent_id), Some(channel)).await?.into_iter().next() else {
+    let Some(row) = held_consent(app, org_id, address, agent_id, channel).await? else {
         return Ok(
             json!({"hasConsent": false, "status": "none", "onDnc": on_dnc, "message": "No consent record found"}),
         );
@@ -204,16 +296,33 @@ pub async fn check_consent(
     }))
 }
 
-/// `GET /admin/api/consent`: every record for a contact in the org.
+/// `GET /admin/api/consent`: the records for a contact in the org, a page at a time — as the
+/// consent projection holds them now, or, with `as_of`, as the contact's events had them then.
+/// `asOf` is the service time of the answer when no `as_of` was asked.
 pub async fn consent_records(
     app: &AppState,
     org_id: &str,
     address: &Address,
     agent_id: Option<&str>,
     channel: Option<&str>,
+    as_of: Option<DateTime<Utc>>,
+    page: Page<ConsentKey>,
 ) -> Result<Value, ApiError> {
+    let (rows, next, listed, at) = match as_of {
+        None => {
+            let rows = consent_rows(app, org_id, address, agent_id, channel, page.after.as_ref(), page.fetch()).await?;
+            let (rows, next) = page.finish(rows, ConsentRow::key);
+            (rows, next, on_dnc(app, org_id, address).await?, app.clock.now())
+        }
+        Some(at) => {
+            let (mut rows, listed) = consent_at(app, org_id, address, at).await?;
+            rows.retain(|r| agent_id.is_none_or(|a| r.agent_id == a) && channel.is_none_or(|c| r.channel == c));
+            let (rows, next) = page.of(rows, ConsentRow::key);
+            (rows, next, listed, at)
+        }
+    };
     let mut records = Vec::new();
-    for row in consent_rows(app, org_id, address, agent_id, channel).await? {
+    for row in rows {
         records.push(json!({
             "agentId": row.agent_id,
             "channel": row.channel,
@@ -224,12 +333,7 @@ pub async fn consent_records(
             "source": opened_source(app, &row).await?,
         }));
     }
-    Ok(json!({
-        "contact": address.value,
-        "asOf": rfc3339(app.clock.now()),
-        "onDnc": on_dnc(app, org_id, address).await?,
-        "records": records,
-    }))
+    Ok(json!({"contact": address.value, "asOf": rfc3339(at), "onDnc": listed, "records": records, "nextCursor": next}))
 }
 
 /// `comms_dnc_add`: idempotent; `source` is `agent` or `admin` by the caller.
@@ -296,19 +400,14 @@ struct DncRow {
     sealed: Value,
 }
 
-/// `comms_dnc_list`: by position; the cursor is the last position shown. `org_id` `None` lists
-/// every org's entries (the super-admin without `orgId`); each entry names its org.
+/// `comms_dnc_list`: by position, paged by it (`crate::paging`). `org_id` `None` lists every
+/// org's entries (the super-admin without `orgId`); each entry names its org.
 pub async fn dnc_list(
     app: &AppState,
     org_id: Option<&str>,
     kind: Option<&str>,
-    cursor: Option<&str>,
-    limit: i64,
+    page: Page<i64>,
 ) -> Result<Value, ApiError> {
-    let after: i64 = match cursor {
-        None => 0,
-        Some(c) => c.parse().map_err(|_| validate::invalid("cursor", "Invalid cursor"))?,
-    };
     let rows: Vec<DncRow> = sqlx::query_as(
         "SELECT org_id, entry_id, address_type, source, reason, added_by, added_at, event_id, position, sealed
            FROM dnc_entries
@@ -316,19 +415,17 @@ pub async fn dnc_list(
           ORDER BY position LIMIT $4",
     )
     .bind(org_id)
-    .bind(after)
+    .bind(page.after.unwrap_or(0))
     .bind(kind)
-    .bind(limit + 1)
+    .bind(page.fetch())
     .fetch_all(&app.pool)
     .await
     .map_err(ApiError::internal)?;
-    let more = rows.len() as i64 > limit;
+    let (rows, next) = page.finish(rows, |row| row.position);
     let mut entries = Vec::new();
-    let mut last = None;
-    for row in rows.into_iter().take(limit as usize) {
+    for row in rows {
         let mut fields = row.sealed.clone();
         sealing::open_payload(app.store.keystore(), &mut fields, row.event_id).await.map_err(ApiError::internal)?;
-        last = Some(row.position);
         entries.push(json!({
             "entryId": row.entry_id,
             "address": fields.get("address").cloned().unwrap_or(json!("[erased]")),
@@ -340,7 +437,6 @@ pub async fn dnc_list(
             "orgId": row.org_id,
         }));
     }
-    let next = if more { last.map(|p| p.to_string()) } else { None };
     Ok(json!({"entries": entries, "nextCursor": next}))
 }
 

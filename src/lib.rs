@@ -17,6 +17,7 @@ pub mod mcp;
 pub mod money;
 pub mod outage;
 pub mod outbound;
+pub mod paging;
 pub mod providers;
 pub mod refusals;
 pub mod sessions;

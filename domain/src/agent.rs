@@ -75,6 +75,11 @@ impl Agent {
     pub fn overrides(&self) -> Overrides {
         self.overrides
     }
+
+    /// `None`: the deployment's markup (`BILLING_MARKUP_PERCENT`).
+    pub fn markup_percent(&self) -> Option<f64> {
+        self.markup_percent
+    }
 }
 
 /// What provisioning decided outside the aggregate (country rules, capacity, provider numbers).

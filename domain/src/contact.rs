@@ -95,6 +95,11 @@ impl Contact {
         !self.dnc.is_empty()
     }
 
+    /// Every consent record an agent holds or held for this contact: (agent, channel, active).
+    pub fn consents(&self) -> impl Iterator<Item = (&str, &str, bool)> {
+        self.consents.iter().map(|c| (c.agent_id.as_str(), c.channel.as_str(), c.active))
+    }
+
     fn consent(&self, agent_id: &str, channel: &str) -> Option<&Consent> {
         self.consents.iter().find(|c| c.agent_id == agent_id && c.channel == channel)
     }

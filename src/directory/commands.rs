@@ -473,6 +473,15 @@ pub fn home_org(principal: &Principal, requested: Option<String>) -> Result<Stri
     }
 }
 
+/// The org a read covers: O its own (Z5 for another it names); S the one it names, or every org
+/// (`None`).
+pub fn read_scope(principal: &Principal, requested: Option<String>) -> Result<Option<String>, ApiError> {
+    match principal.role() {
+        Role::SuperAdmin => Ok(requested),
+        _ => home_org(principal, requested).map(Some),
+    }
+}
+
 pub fn approved_view(view: &OrgView) -> Value {
     json!({ "success": true, "orgId": view.org_id, "mode": view.mode, "approvedAt": rfc3339(view.updated_at) })
 }

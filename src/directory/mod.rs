@@ -2,6 +2,7 @@
 //! the commands that change them (`commands`), shared by MCP tools and admin routes.
 
 pub mod commands;
+pub mod limits;
 pub mod settings;
 
 use chrono::{DateTime, Utc};
@@ -11,6 +12,7 @@ use sqlx::{PgExecutor, PgPool};
 use commguard_domain::limits::{LimitSet, Overrides, Tier};
 
 use crate::error::ApiError;
+use crate::paging::Page;
 use crate::store::rfc3339;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -79,10 +81,79 @@ pub async fn agents_of(pool: &PgPool, org_id: Option<&str>) -> Result<Vec<AgentV
     .map_err(ApiError::internal)
 }
 
+/// The sort key of agent and org pages: creation time (microseconds) and id.
+pub type CreatedKey = (i64, String);
+
+fn created_key(at: DateTime<Utc>, id: &str) -> CreatedKey {
+    (at.timestamp_micros(), id.to_string())
+}
+
+fn after_time(page: &Page<CreatedKey>) -> (Option<DateTime<Utc>>, Option<&str>) {
+    match &page.after {
+        Some((micros, id)) => (DateTime::from_timestamp_micros(*micros), Some(id.as_str())),
+        None => (None, None),
+    }
+}
+
+/// A page of agents (all, or of `org_id`), by provisioning time, and the next page's cursor.
+pub async fn agents_page(
+    pool: &PgPool,
+    org_id: Option<&str>,
+    page: &Page<CreatedKey>,
+) -> Result<(Vec<AgentView>, Option<String>), ApiError> {
+    let (at, id) = after_time(page);
+    let rows: Vec<AgentView> = sqlx::query_as(&format!(
+        "SELECT {AGENT_COLUMNS} FROM agents a LEFT JOIN agent_limits l USING (agent_id)
+         WHERE ($1::text IS NULL OR a.org_id = $1)
+           AND ($2::timestamptz IS NULL OR (a.provisioned_at, a.agent_id) > ($2, $3::text))
+         ORDER BY a.provisioned_at, a.agent_id LIMIT $4"
+    ))
+    .bind(org_id)
+    .bind(at)
+    .bind(id)
+    .bind(page.fetch())
+    .fetch_all(pool)
+    .await
+    .map_err(ApiError::internal)?;
+    Ok(page.finish(rows, |a| created_key(a.provisioned_at, &a.agent_id)))
+}
+
+/// A page of orgs (all, or only `org_id`), by creation time, and the next page's cursor.
+pub async fn orgs_page(
+    pool: &PgPool,
+    org_id: Option<&str>,
+    page: &Page<CreatedKey>,
+) -> Result<(Vec<OrgView>, Option<String>), ApiError> {
+    let (at, id) = after_time(page);
+    let rows: Vec<OrgView> = sqlx::query_as(&format!(
+        "SELECT {ORG_COLUMNS} FROM orgs o
+         WHERE ($1::text IS NULL OR o.org_id = $1)
+           AND ($2::timestamptz IS NULL OR (o.created_at, o.org_id) > ($2, $3::text))
+         ORDER BY o.created_at, o.org_id LIMIT $4"
+    ))
+    .bind(org_id)
+    .bind(at)
+    .bind(id)
+    .bind(page.fetch())
+    .fetch_all(pool)
+    .await
+    .map_err(ApiError::internal)?;
+    Ok(page.finish(rows, |o| created_key(o.created_at, &o.org_id)))
+}
+
 pub async fn org<'e>(db: impl PgExecutor<'e>, org_id: &str) -> Result<Option<OrgView>, ApiError> {
     sqlx::query_as(&format!("SELECT {ORG_COLUMNS} FROM orgs o WHERE o.org_id = $1"))
         .bind(org_id)
         .fetch_optional(db)
+        .await
+        .map_err(ApiError::internal)
+}
+
+/// The orgs among `org_ids` (those that exist).
+pub async fn orgs_by_id(pool: &PgPool, org_ids: &[String]) -> Result<Vec<OrgView>, ApiError> {
+    sqlx::query_as(&format!("SELECT {ORG_COLUMNS} FROM orgs o WHERE o.org_id = ANY($1)"))
+        .bind(org_ids)
+        .fetch_all(pool)
         .await
         .map_err(ApiError::internal)
 }
@@ -152,6 +223,21 @@ impl AgentView {
             "mode": org.map_or(self.mode.as_str(), |o| o.mode.as_str()),
             "pool": org.map(OrgView::pool),
         })
+    }
+
+    /// The admin view (CONTRACT §12 `/agents`): status, tier, overrides and effective limits,
+    /// billing (`markupPercent` null = the deployment's `BILLING_MARKUP_PERCENT`).
+    pub fn admin_view(&self, config: &crate::config::Config, org: Option<&OrgView>) -> Value {
+        let mut v = self.status_view(org);
+        v["tier"] = json!(self.tier().as_str());
+        v["overrides"] = overrides_json(self.overrides());
+        v["limits"] = limits_json(self.effective_limits(config));
+        v["billing"] = json!({
+            "tier": self.tier().as_str(),
+            "markupPercent": self.markup_percent,
+            "effectiveMarkupPercent": self.markup_percent.unwrap_or(config.billing_markup_percent),
+        });
+        v
     }
 }
 

@@ -8,83 +8,32 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use commguard_domain::contact::DncSource;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::admin::Admin;
-use super::extract::{JsonBody, Query};
+use super::extract::JsonBody;
+use super::params::Params;
 use crate::state::AppState;
 use crate::auth::{guard, Role};
 use crate::contacts;
 use crate::error::{ApiError, ErrorCode};
-use crate::contacts::{dnc_list_scope, dnc_org, list_limit};
+use crate::contacts::{dnc_list_scope, dnc_org};
 use crate::store::rfc3339;
 use crate::validate::{invalid, Args};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/admin/api/consent", get(consent))
         .route("/admin/api/dnc", get(dnc_list).post(dnc_add))
         .route("/admin/api/dnc/remove", post(dnc_remove))
         .route("/admin/api/test/clock", post(test_clock))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ConsentQuery {
-    contact: Option<String>,
-    agent_id: Option<String>,
-    channel: Option<String>,
-    org_id: Option<String>,
-}
-
-/// The org a consent query acts in: O its own; S the one it names, else its home org.
-async fn consent_org(app: &AppState, admin: &Admin, requested: Option<String>) -> Result<String, ApiError> {
-    let requested = match admin.principal.role() {
-        Role::SuperAdmin => Some(
-            requested
-                .unwrap_or_else(|| crate::directory::commands::home_org(&admin.principal, None).unwrap_or_default()),
-        ),
-        _ => requested,
-    };
-    dnc_org(app, &admin.principal, requested).await
-}
-
-async fn consent(
-    State(app): State<AppState>,
-    admin: Admin,
-    Query(query): Query<ConsentQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let raw = query.contact.ok_or_else(|| invalid("contact", "is required"))?;
-    let address = contacts::address("contact", &raw)?;
-    let org = match &query.agent_id {
-        Some(agent_id) => crate::directory::commands::addressable_agent(&app, &admin.principal, agent_id).await?.org_id,
-        None => consent_org(&app, &admin, query.org_id).await?,
-    };
-    contacts::consent_records(&app, &org, &address, query.agent_id.as_deref(), query.channel.as_deref()).await.map(Json)
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DncQuery {
-    org_id: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    cursor: Option<String>,
-    limit: Option<i64>,
-}
-
-async fn dnc_list(
-    State(app): State<AppState>,
-    admin: Admin,
-    Query(q): Query<DncQuery>,
-) -> Result<Json<Value>, ApiError> {
-    if let Some(k) = q.kind.as_deref().filter(|k| !["phone", "email"].contains(k)) {
-        return Err(invalid("type", format!("must be phone or email, not \"{k}\"")));
-    }
-    let limit = list_limit(q.limit.map(Value::from).as_ref())?;
-    let org = dnc_list_scope(&app, &admin.principal, q.org_id).await?;
-    contacts::dnc_list(&app, org.as_deref(), q.kind.as_deref(), q.cursor.as_deref(), limit).await.map(Json)
+/// `GET /admin/api/dnc?orgId&type&cursor&limit` (= `comms_dnc_list`).
+async fn dnc_list(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<Value>, ApiError> {
+    let kind = params.choice("type", &["phone", "email"])?;
+    let page = params.page()?;
+    let org = dnc_list_scope(&app, &admin.principal, params.id("orgId")?).await?;
+    contacts::dnc_list(&app, org.as_deref(), kind.as_deref(), page).await.map(Json)
 }
 
 async fn dnc_add(State(app): State<AppState>, admin: Admin, JsonBody(raw): JsonBody) -> Result<Json<Value>, ApiError> {

@@ -8,7 +8,6 @@
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::state::AppState;
@@ -16,8 +15,9 @@ use crate::auth::{guard, Role};
 use crate::directory::commands::{self, NewOrg, RotateTarget};
 use crate::directory::{self as dir};
 use crate::error::ApiError;
-use crate::http::extract::{JsonBody, Path, Query};
+use crate::http::extract::{JsonBody, Path};
 use crate::directory::settings;
+use crate::http::params::Params;
 use crate::store::rfc3339;
 use crate::validate::{invalid, Args};
 
@@ -56,16 +56,12 @@ async fn me(State(app): State<AppState>, admin: Admin) -> Result<Json<Value>, Ap
     })))
 }
 
-async fn list_orgs(State(app): State<AppState>, admin: Admin) -> Result<Json<Value>, ApiError> {
-    let orgs = dir::orgs(&app.pool).await?;
-    let visible: Vec<Value> = orgs
-        .iter()
-        .filter(|o| {
-            admin.principal.role() == Role::SuperAdmin || admin.principal.org_id.as_deref() == Some(o.org_id.as_str())
-        })
-        .map(dir::OrgView::admin_view)
-        .collect();
-    Ok(Json(json!({ "orgs": visible, "total": visible.len(), "nextCursor": null })))
+/// `GET /admin/api/orgs?orgId&cursor&limit`.
+async fn list_orgs(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<Value>, ApiError> {
+    let org = commands::read_scope(&admin.principal, params.id("orgId")?)?;
+    let (orgs, next) = dir::orgs_page(&app.pool, org.as_deref(), &params.page()?).await?;
+    let views: Vec<Value> = orgs.iter().map(dir::OrgView::admin_view).collect();
+    Ok(Json(json!({ "orgs": views, "nextCursor": next })))
 }
 
 async fn get_org(
@@ -199,8 +195,10 @@ async fn settings(
     let view = commands::org_lifecycle(&app, admin.context, &org_id, action).await?;
     let mut out = view.admin_view();
     out["success"] = json!(true);
-    out["spendToday"] = json!(0);
-    out["spendMonth"] = json!(0);
+    // The org's spend as its caps count it: every agent's actions, reserved and settled.
+    let (_, today, month) = crate::outbound::usage::counters(&app, "org", &org_id).await?;
+    out["spendToday"] = json!(crate::money::to_dollars(today));
+    out["spendMonth"] = json!(crate::money::to_dollars(month));
     Ok(Json(out))
 }
 
@@ -215,24 +213,17 @@ async fn rotate_org_token(
     Ok(Json(json!({ "success": true, "token": out["token"], "revokedCount": out["revokedCount"] })))
 }
 
-#[derive(Deserialize)]
-struct AgentFilter {
-    #[serde(rename = "orgId")]
-    org_id: Option<String>,
-}
-
-async fn list_agents(
-    State(app): State<AppState>,
-    admin: Admin,
-    Query(filter): Query<AgentFilter>,
-) -> Result<Json<Value>, ApiError> {
-    let org = match admin.principal.role() {
-        Role::SuperAdmin => filter.org_id,
-        _ => admin.principal.org_id.clone(),
-    };
-    let agents = dir::agents_of(&app.pool, org.as_deref()).await?;
-    let views: Vec<Value> = agents.iter().map(|a| a.status_view(None)).collect();
-    Ok(Json(json!({ "agents": views, "nextCursor": null })))
+/// `GET /admin/api/agents?orgId&cursor&limit`: status, tier, limits and billing of each agent.
+async fn list_agents(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<Value>, ApiError> {
+    let org = commands::read_scope(&admin.principal, params.id("orgId")?)?;
+    let (agents, next) = dir::agents_page(&app.pool, org.as_deref(), &params.page()?).await?;
+    let mut org_ids: Vec<String> = agents.iter().map(|a| a.org_id.clone()).collect();
+    org_ids.sort();
+    org_ids.dedup();
+    let orgs = dir::orgs_by_id(&app.pool, &org_ids).await?;
+    let views: Vec<Value> =
+        agents.iter().map(|a| a.admin_view(&app.config, orgs.iter().find(|o| o.org_id == a.org_id))).collect();
+    Ok(Json(json!({ "agents": views, "nextCursor": next })))
 }
 
 async fn get_agent(
@@ -242,7 +233,7 @@ async fn get_agent(
 ) -> Result<Json<Value>, ApiError> {
     let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let org = dir::org(&app.pool, &agent.org_id).await?;
-    Ok(Json(agent.status_view(org.as_ref())))
+    Ok(Json(agent.admin_view(&app.config, org.as_ref())))
 }
 
 async fn agent_tokens(

@@ -23,8 +23,10 @@ pub mod headers;
 pub mod health;
 pub mod ip_filter;
 pub mod openapi;
+pub mod params;
 pub mod rate_limit;
 pub mod request_id;
+pub mod views_api;
 
 pub use client_ip::ClientIp;
 pub use request_id::RequestId;

@@ -26,37 +26,56 @@ pub fn period_start(period: &str, now: DateTime<Utc>) -> Result<Option<DateTime<
     }
 }
 
-/// Per agent and channel: (actions, cost micro-dollars) since `from`.
+/// A span of UTC hours: the usage projection counts per agent, channel and hour, so an hour
+/// counts when it starts in [`from` truncated to the hour, `to`). `None`: unbounded.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Window {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+impl Window {
+    /// From the start of `period` at `now`, unbounded after.
+    pub fn period(period: &str, now: DateTime<Utc>) -> Result<Self, ApiError> {
+        Ok(Self { from: period_start(period, now)?, to: None })
+    }
+}
+
+/// Per agent and channel: (actions, cost micro-dollars) in `window`.
 async fn sums(
     app: &AppState,
     agent_id: Option<&str>,
     org_id: Option<&str>,
-    from: Option<DateTime<Utc>>,
+    window: Window,
 ) -> Result<Vec<(String, String, i64, i64)>, ApiError> {
     sqlx::query_as(
         "SELECT agent_id, channel, SUM(actions)::bigint, SUM(cost)::bigint FROM usage_hourly
          WHERE ($1::text IS NULL OR agent_id = $1) AND ($2::text IS NULL OR org_id = $2)
            AND ($3::timestamptz IS NULL OR hour >= date_trunc('hour', $3))
+           AND ($4::timestamptz IS NULL OR hour < $4)
          GROUP BY agent_id, channel ORDER BY agent_id, channel",
     )
     .bind(agent_id)
     .bind(org_id)
-    .bind(from)
+    .bind(window.from)
+    .bind(window.to)
     .fetch_all(&app.pool)
     .await
     .map_err(ApiError::internal)
 }
 
-/// The live counters the limits read: (actions today, spend today, spend this month).
-async fn current(app: &AppState, agent_id: &str) -> Result<(i64, i64, i64), ApiError> {
+/// The live counters the limits read for an agent or an org (`scope` `agent` | `org`): actions
+/// today, spend today and spend this month (micro-dollars), at the service clock's now.
+pub async fn counters(app: &AppState, scope: &str, key: &str) -> Result<(i64, i64, i64), ApiError> {
     let now = app.clock.now();
     let row: (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
         "SELECT MAX(actions) FILTER (WHERE period = 'day'), MAX(spend) FILTER (WHERE period = 'day'), MAX(spend) FILTER (WHERE period = 'month')
-         FROM usage_counters WHERE scope = 'agent' AND key = $1
-           AND ((period = 'day' AND period_start = ($2 AT TIME ZONE 'UTC')::date)
-             OR (period = 'month' AND period_start = date_trunc('month', $2 AT TIME ZONE 'UTC')::date))",
+         FROM usage_counters WHERE scope = $1 AND key = $2
+           AND ((period = 'day' AND period_start = ($3 AT TIME ZONE 'UTC')::date)
+             OR (period = 'month' AND period_start = date_trunc('month', $3 AT TIME ZONE 'UTC')::date))",
     )
-    .bind(agent_id)
+    .bind(scope)
+    .bind(key)
     .bind(now)
     .fetch_one(&app.pool)
     .await
@@ -82,11 +101,10 @@ fn by_channel(rows: &[(String, String, i64, i64)], agent: &str) -> (Map<String, 
 
 /// `comms_get_usage_dashboard` for one agent.
 pub async fn agent_dashboard(app: &AppState, agent: &AgentView, period: &str) -> Result<Value, ApiError> {
-    let from = period_start(period, app.clock.now())?;
-    let rows = sums(app, Some(&agent.agent_id), None, from).await?;
+    let rows = sums(app, Some(&agent.agent_id), None, Window::period(period, app.clock.now())?).await?;
     let (actions, costs, total_actions, total_cost) = by_channel(&rows, &agent.agent_id);
     let limits = agent.effective_limits(&app.config);
-    let (today, spend_today, spend_month) = current(app, &agent.agent_id).await?;
+    let (today, spend_today, spend_month) = counters(app, "agent", &agent.agent_id).await?;
     Ok(json!({
         "agentId": agent.agent_id,
         "period": period,
@@ -106,23 +124,21 @@ pub async fn agent_dashboard(app: &AppState, agent: &AgentView, period: &str) ->
     }))
 }
 
-/// `comms_get_usage_dashboard` without an agent: the caller's org (O), or all / `orgId` (S).
-pub async fn org_dashboard(
+/// Actions and spend per agent in `window`, for `agents` (all of `org`, or one agent), with
+/// their totals: `{period, orgId?, globalTotals, agents}` — the org form of
+/// `comms_get_usage_dashboard`, and `GET /admin/api/usage`.
+pub async fn usage_by_agent(
     app: &AppState,
-    principal: &Principal,
-    org_id: Option<String>,
+    agents: &[AgentView],
+    org: Option<&str>,
+    one_agent: Option<&str>,
     period: &str,
+    window: Window,
 ) -> Result<Value, ApiError> {
-    let org = match principal.role() {
-        Role::SuperAdmin => org_id,
-        _ => Some(commands::home_org(principal, org_id)?),
-    };
-    let from = period_start(period, app.clock.now())?;
-    let rows = sums(app, None, org.as_deref(), from).await?;
-    let agents = directory::agents_of(&app.pool, org.as_deref()).await?;
+    let rows = sums(app, one_agent, org, window).await?;
     let (mut all_actions, mut all_cost) = (0, 0);
     let mut listed = Vec::new();
-    for agent in &agents {
+    for agent in agents {
         let (actions, costs, n, cost) = by_channel(&rows, &agent.agent_id);
         all_actions += n;
         all_cost += cost;
@@ -134,6 +150,19 @@ pub async fn org_dashboard(
         out["orgId"] = json!(org);
     }
     Ok(out)
+}
+
+/// `comms_get_usage_dashboard` without an agent: the caller's org (O), or all / `orgId` (S).
+pub async fn org_dashboard(
+    app: &AppState,
+    principal: &Principal,
+    org_id: Option<String>,
+    period: &str,
+) -> Result<Value, ApiError> {
+    let org = commands::read_scope(principal, org_id)?;
+    let window = Window::period(period, app.clock.now())?;
+    let agents = directory::agents_of(&app.pool, org.as_deref()).await?;
+    usage_by_agent(app, &agents, org.as_deref(), None, period, window).await
 }
 
 /// provider × (1 + markup/100), half away from zero to 4 decimals, 0 if provider ≤ 0; in micros.
@@ -155,8 +184,7 @@ fn markup_of(app: &AppState, agent: &AgentView) -> f64 {
 
 /// `comms_get_billing_summary` for one agent.
 pub async fn agent_billing(app: &AppState, agent: &AgentView, period: &str) -> Result<Value, ApiError> {
-    let from = period_start(period, app.clock.now())?;
-    let rows = sums(app, Some(&agent.agent_id), None, from).await?;
+    let rows = sums(app, Some(&agent.agent_id), None, Window::period(period, app.clock.now())?).await?;
     let (_, costs, _, provider) = by_channel(&rows, &agent.agent_id);
     let markup = markup_of(app, agent);
     Ok(json!({
@@ -177,8 +205,7 @@ pub async fn org_billing(app: &AppState, principal: &Principal, period: &str) ->
         Role::SuperAdmin => None,
         _ => Some(commands::home_org(principal, None)?),
     };
-    let from = period_start(period, app.clock.now())?;
-    let rows = sums(app, None, org.as_deref(), from).await?;
+    let rows = sums(app, None, org.as_deref(), Window::period(period, app.clock.now())?).await?;
     let (mut provider_total, mut billed_total) = (0, 0);
     let mut listed = Vec::new();
     for agent in directory::agents_of(&app.pool, org.as_deref()).await? {

@@ -7,6 +7,7 @@ pub mod context;
 pub mod embedded;
 pub mod envelope;
 pub mod feed;
+pub mod history;
 pub mod keystore;
 pub mod receipt;
 mod recorder;

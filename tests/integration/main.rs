@@ -20,3 +20,4 @@ mod outage;
 mod outbound;
 mod providers;
 mod server;
+mod views;

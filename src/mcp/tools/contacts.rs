@@ -9,6 +9,7 @@ use crate::auth::Role;
 use crate::contacts::{self, NewConsent};
 use crate::directory::commands;
 use crate::error::{ApiError, ErrorCode};
+use crate::paging::Page;
 use crate::validate::{invalid, Args};
 
 fn consent_schema(extra: Value) -> Value {
@@ -154,9 +155,8 @@ pub async fn dnc_list(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> R
     if let Some(k) = kind.as_deref().filter(|k| !["phone", "email"].contains(k)) {
         return Err(invalid("type", format!("must be phone or email, not \"{k}\"")));
     }
-    let cursor = args.opt_str("cursor", 64)?;
-    let limit = contacts::list_limit(args.0.get("limit"))?;
+    let cursor = args.opt_str("cursor", 256)?;
+    let page = Page::new(cursor.as_deref(), args.0.get("limit"))?;
     let org = contacts::dnc_list_scope(app, caller.principal, args.opt_id("orgId")?).await?;
-    contacts::dnc_list(app, org.as_deref(), kind.as_deref(), cursor.as_deref(), limit).await
+    contacts::dnc_list(app, org.as_deref(), kind.as_deref(), page).await
 }
-

@@ -1,0 +1,86 @@
+//! An agent's limits as the admin API shows them (CONTRACT §12 `GET /admin/api/limits`): tier,
+//! overrides, the effective limits (§9.2) and its org's spend caps — now, from the directory
+//! projections, or at an instant, from the agent's and its org's streams folded by the agent and
+//! organization aggregates' own `apply`. Both end in the same `LimitsState`, rendered once.
+
+use chrono::{DateTime, Utc};
+use commguard_domain::agent::Agent;
+use commguard_domain::limits::{Overrides, Tier};
+use commguard_domain::organization::Organization;
+use cqrs_es::Aggregate;
+use serde_json::{json, Value};
+
+use super::{limits_json, overrides_json, starter, AgentView, OrgView};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::money::to_dollars;
+use crate::store::{history, rfc3339};
+
+/// The agent events that set what this view shows; the rest of the agent's stream (every
+/// message and call it ever made) is never read. Migration 0019 indexes exactly these events.
+pub const AGENT_SETTINGS: &[&str] = &["AgentProvisioned", "LimitsChanged", "BillingConfigChanged"];
+/// The organization events that set its caps.
+pub const ORG_SETTINGS: &[&str] = &["OrganizationCreated", "OrgSettingsChanged"];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitsState {
+    pub tier: Tier,
+    pub overrides: Overrides,
+    pub markup_percent: Option<f64>,
+    /// The org's daily and monthly spend caps, micro-dollars (`None`: unlimited).
+    pub org_spend_day: Option<i64>,
+    pub org_spend_month: Option<i64>,
+}
+
+impl LimitsState {
+    /// As the projections hold it now.
+    pub fn live(agent: &AgentView, org: Option<&OrgView>) -> Self {
+        Self {
+            tier: agent.tier(),
+            overrides: agent.overrides(),
+            markup_percent: agent.markup_percent,
+            org_spend_day: org.and_then(|o| o.max_spend_per_day),
+            org_spend_month: org.and_then(|o| o.max_spend_per_month),
+        }
+    }
+
+    /// As the events up to `as_of` made it; `None` if the agent had not been provisioned by then.
+    pub async fn at(
+        pool: &sqlx::PgPool,
+        agent_id: &str,
+        org_id: &str,
+        as_of: DateTime<Utc>,
+    ) -> Result<Option<Self>, ApiError> {
+        let agent_events = history::stream_until(pool, Agent::TYPE, agent_id, Some(AGENT_SETTINGS), as_of);
+        let org_events = history::stream_until(pool, Organization::TYPE, org_id, Some(ORG_SETTINGS), as_of);
+        let (agent_events, org_events) = tokio::try_join!(agent_events, org_events).map_err(ApiError::internal)?;
+        let agent: Agent = history::fold(&agent_events).map_err(ApiError::internal)?;
+        if agent.status().is_none() {
+            return Ok(None);
+        }
+        let org: Organization = history::fold(&org_events).map_err(ApiError::internal)?;
+        Ok(Some(Self {
+            tier: agent.tier(),
+            overrides: agent.overrides(),
+            markup_percent: agent.markup_percent(),
+            org_spend_day: org.settings().max_spend_per_day,
+            org_spend_month: org.settings().max_spend_per_month,
+        }))
+    }
+
+    /// `{agentId,asOf,tier,overrides,effective,orgCaps,markupPercent}`.
+    pub fn view(&self, config: &Config, agent_id: &str, as_of: DateTime<Utc>) -> Value {
+        json!({
+            "agentId": agent_id,
+            "asOf": rfc3339(as_of),
+            "tier": self.tier.as_str(),
+            "overrides": overrides_json(self.overrides),
+            "effective": limits_json(self.overrides.effective(self.tier.limits(starter(config)))),
+            "orgCaps": {
+                "maxSpendPerDay": self.org_spend_day.map(to_dollars),
+                "maxSpendPerMonth": self.org_spend_month.map(to_dollars),
+            },
+            "markupPercent": self.markup_percent,
+        })
+    }
+}
