@@ -40,6 +40,9 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 pub const RECORD_DEADLINE: Duration = Duration::from_secs(5);
 /// Intents settled per reconciler pass at most.
 const RECONCILE_BATCH: i64 = 100;
+/// Settles at once at most: each holds one pooled connection, and the append it waits for needs
+/// another (the pool has at least 2).
+const SETTLING: usize = 1;
 /// The AAD path of a sealed intent.
 const INTENT_PATH: &str = "intent";
 
@@ -69,6 +72,10 @@ pub struct Intents {
     instance: Uuid,
     lease: Duration,
     deletions: mpsc::UnboundedSender<(Uuid, i64)>,
+    /// Settles under a row lock hold a pooled connection while their event is appended on
+    /// another: left unbounded, as many settles as the pool has connections would hold them
+    /// all and wait for an append that can never get one (seen in the outage run: 10 stuck).
+    settling: tokio::sync::Semaphore,
 }
 
 impl Intents {
@@ -81,6 +88,7 @@ impl Intents {
             instance: Uuid::new_v4(),
             lease,
             deletions,
+            settling: tokio::sync::Semaphore::new(SETTLING),
         });
         tokio::spawn(complete_batches(intents.pool.clone(), queue));
         intents
@@ -191,6 +199,7 @@ impl Intents {
         event: Option<(&AgentEvent, &CommandContext, Ending)>,
         skip_locked: bool,
     ) -> Result<bool, ApiError> {
+        let _permit = self.settling.acquire().await.map_err(db)?;
         let mut tx = self.pool.begin().await.map_err(db)?;
         let lock = if skip_locked { "FOR UPDATE SKIP LOCKED" } else { "FOR UPDATE" };
         let row: Option<(String, Value)> =

@@ -154,7 +154,11 @@ async fn postgres_stopped_between_the_provider_call_and_the_record_loses_no_send
     let url = pg.url();
     let data = data_dir();
     let dir = data.path().display().to_string();
-    let rt = Runtime::open(config(&vars(&url, &dir, &resend.base, &[]))).await.expect("runtime opens");
+    // Fewer connections than sends in flight: background retries must not starve each other of
+    // the pool (eight retries each holding a connection once deadlocked a pool of ten).
+    let rt = Runtime::open(config(&vars(&url, &dir, &resend.base, &[("DATABASE_MAX_CONNECTIONS", "4")])))
+        .await
+        .expect("runtime opens");
     let server = Server::start(&rt, TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
