@@ -10,7 +10,7 @@ use commguard_projections::audit::AuditProjection;
 use serde_json::{json, Value};
 
 use crate::support::ledger::{note, Ledger};
-use crate::support::{wait_visible, McpSession as Session, TestDb, TestServer};
+use crate::support::{provision, wait_visible, McpSession as Session, TestDb, TestServer};
 
 const MASTER: &str = "audit-feed-test-master-token-0123456789abcdef";
 /// The subject most events are about, and the same number as a person might type it.
@@ -66,27 +66,8 @@ struct World {
 }
 
 async fn org(s: &TestServer, slug: &str, settings: Value) -> Org {
-    let master = Session::open(s, MASTER).await;
-    let org = master
-        .ok(
-            "comms_create_organization",
-            json!({"name": slug, "slug": slug, "a2pRegistered": true, "settings": settings}),
-        )
-        .await;
-    let admin = org["adminToken"].as_str().unwrap().to_string();
-    let agent = Session::open(s, &admin)
-        .await
-        .ok(
-            "comms_provision_channels",
-            json!({"displayName": "Zoë’s desk", "capabilities": {"phone": true, "email": true}}),
-        )
-        .await;
-    Org {
-        id: org["orgId"].as_str().unwrap().into(),
-        admin,
-        agent_id: agent["agentId"].as_str().unwrap().into(),
-        agent_token: agent["securityToken"].as_str().unwrap().into(),
-    }
+    let p = provision(s, MASTER, slug, settings, "Zoë’s desk", json!({"phone": true, "email": true})).await;
+    Org { id: p.org_id, admin: p.admin, agent_id: p.agent_id, agent_token: p.agent_token }
 }
 
 async fn world(s: &TestServer) -> World {

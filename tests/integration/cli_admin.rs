@@ -7,7 +7,7 @@ use std::process::Output;
 use serde_json::{json, Value};
 
 use crate::cli::run;
-use crate::support::{data_dir, McpSession as Session, TestDb, TestServer};
+use crate::support::{data_dir, provision, McpSession as Session, TestDb, TestServer};
 
 const MASTER: &str = "cli-admin-test-master-token-0123456789abcdef";
 /// The keys `support::dev_config` gives the in-process server: the CLI must open the same data.
@@ -68,20 +68,8 @@ struct Org {
 }
 
 async fn org(s: &TestServer, slug: &str) -> Org {
-    let master = Session::open(s, MASTER).await;
-    let org = master.ok("comms_create_organization", json!({"name": slug, "slug": slug, "a2pRegistered": true})).await;
-    let admin = org["adminToken"].as_str().unwrap().to_string();
-    let agent = Session::open(s, &admin)
-        .await
-        .ok("comms_provision_channels", json!({"displayName": "Desk", "capabilities": {"phone": true, "email": true}}))
-        .await;
-    Org {
-        id: org["orgId"].as_str().unwrap().into(),
-        slug: slug.into(),
-        admin,
-        agent_id: agent["agentId"].as_str().unwrap().into(),
-        agent_token: agent["securityToken"].as_str().unwrap().into(),
-    }
+    let p = provision(s, MASTER, slug, json!({}), "Desk", json!({"phone": true, "email": true})).await;
+    Org { id: p.org_id, slug: slug.into(), admin: p.admin, agent_id: p.agent_id, agent_token: p.agent_token }
 }
 
 async fn me(s: &TestServer, token: &str) -> (u16, Value) {

@@ -6,7 +6,7 @@ use base64::Engine;
 use commguard::webhooks::signature::twilio_expected;
 use serde_json::{json, Value};
 
-use crate::support::{McpSession as Session, TestDb, TestServer};
+use crate::support::{provision, McpSession as Session, TestDb, TestServer};
 
 const MASTER: &str = "compliance-test-master-token-0123456789abcdef";
 const AUTH_TOKEN: &str = "twilio-auth-token-for-tests";
@@ -37,23 +37,9 @@ struct Org {
 
 /// A sandbox org with one agent (phone + email).
 async fn org(s: &TestServer, slug: &str) -> Org {
-    let master = Session::open(s, MASTER).await;
-    let org = master.ok("comms_create_organization", json!({"name": slug, "slug": slug, "a2pRegistered": true})).await;
-    let admin = org["adminToken"].as_str().unwrap().to_string();
-    let agent = Session::open(s, &admin)
-        .await
-        .ok(
-            "comms_provision_channels",
-            json!({"displayName": "Clinic", "capabilities": {"phone": true, "email": true}}),
-        )
-        .await;
-    Org {
-        org_id: org["orgId"].as_str().unwrap().into(),
-        admin,
-        agent_token: agent["securityToken"].as_str().unwrap().into(),
-        agent_id: agent["agentId"].as_str().unwrap().into(),
-        number: agent["channels"]["phone"].as_str().unwrap().into(),
-    }
+    let p = provision(s, MASTER, slug, json!({}), "Clinic", json!({"phone": true, "email": true})).await;
+    let number = p.number.expect("a phone agent has a number");
+    Org { org_id: p.org_id, admin: p.admin, agent_token: p.agent_token, agent_id: p.agent_id, number }
 }
 
 async fn set_clock(s: &TestServer, now: &str) {

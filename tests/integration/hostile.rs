@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::support::ledger::{context, Ledger, Note};
-use crate::support::{wait_visible, McpSession, TestDb, TestServer};
+use crate::support::{provision, wait_visible, McpSession, TestDb, TestServer};
 
 const MASTER: &str = "hostile-test-master-token-0123456789abcdef";
 const VARS: [(&str, &str); 3] =
@@ -30,20 +30,9 @@ struct Org {
 }
 
 async fn org(s: &TestServer, slug: &str) -> Org {
-    let master = McpSession::open(s, MASTER).await;
-    let org = master.ok("comms_create_organization", json!({"name": slug, "slug": slug, "a2pRegistered": true})).await;
-    let admin = org["adminToken"].as_str().unwrap().to_string();
-    let agent = McpSession::open(s, &admin)
-        .await
-        .ok("comms_provision_channels", json!({"displayName": "Desk", "capabilities": {"phone": true}}))
-        .await;
-    Org {
-        org_id: org["orgId"].as_str().unwrap().into(),
-        admin,
-        agent_id: agent["agentId"].as_str().unwrap().into(),
-        agent_token: agent["securityToken"].as_str().unwrap().into(),
-        number: agent["channels"]["phone"].as_str().unwrap().into(),
-    }
+    let p = provision(s, MASTER, slug, json!({}), "Desk", json!({"phone": true})).await;
+    let number = p.number.expect("a phone agent has a number");
+    Org { org_id: p.org_id, admin: p.admin, agent_id: p.agent_id, agent_token: p.agent_token, number }
 }
 
 /// (status, content type, body as JSON or `Null`).

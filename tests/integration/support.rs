@@ -186,3 +186,45 @@ impl McpSession {
         value
     }
 }
+
+/// A sandbox org with one agent, made through the tools as a caller would make it.
+pub struct Provisioned {
+    pub org_id: String,
+    /// The org's admin token.
+    pub admin: String,
+    pub agent_id: String,
+    pub agent_token: String,
+    /// The agent's number, when it has a phone.
+    pub number: Option<String>,
+}
+
+/// Creates org `slug` (A2P registered; `settings` as given) with the master token `master`, and
+/// provisions one agent named `display_name` with `capabilities`.
+pub async fn provision(
+    s: &TestServer,
+    master: &str,
+    slug: &str,
+    settings: Value,
+    display_name: &str,
+    capabilities: Value,
+) -> Provisioned {
+    let master = McpSession::open(s, master).await;
+    let org = master
+        .ok(
+            "comms_create_organization",
+            json!({"name": slug, "slug": slug, "a2pRegistered": true, "settings": settings}),
+        )
+        .await;
+    let admin = org["adminToken"].as_str().unwrap().to_string();
+    let agent = McpSession::open(s, &admin)
+        .await
+        .ok("comms_provision_channels", json!({"displayName": display_name, "capabilities": capabilities}))
+        .await;
+    Provisioned {
+        org_id: org["orgId"].as_str().unwrap().into(),
+        admin,
+        agent_id: agent["agentId"].as_str().unwrap().into(),
+        agent_token: agent["securityToken"].as_str().unwrap().into(),
+        number: agent["channels"]["phone"].as_str().map(str::to_string),
+    }
+}
