@@ -223,6 +223,7 @@ impl Server {
             state.identity.clone(),
             state.lockout.clone(),
             state.sessions.clone(),
+            rt.store.keystore().clone(),
         ))];
         let sessions = state.sessions.clone();
         let config_idle = state.config.mcp_session_idle_seconds;

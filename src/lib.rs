@@ -10,6 +10,7 @@ pub mod config;
 pub mod contacts;
 pub mod crypto;
 pub mod directory;
+pub mod erasure;
 pub mod error;
 pub mod http;
 pub mod jobs;

@@ -86,6 +86,15 @@ pub enum AlertEvent {
 pub enum SubjectEvent {
     /// `commguard audit export` wrote `count` envelopes about the subject.
     AuditExported { count: u64, requested_by: String },
+    /// The subject's keys in `org_ids` were destroyed (CONTRACT §11.4); `scope` is `org` or `all`.
+    SubjectErased {
+        identifier_type: String,
+        scope: String,
+        org_ids: Vec<String>,
+        keys_destroyed: u64,
+        reason: Option<String>,
+        requested_by: String,
+    },
 }
 
 macro_rules! event_types {
@@ -106,7 +115,7 @@ event_types!(SessionEvent { SessionOpened, SessionClosed });
 event_types!(RefusalEvent { ActionRefused });
 event_types!(AlertEvent { AlertRaised });
 event_types!(ProviderEvent { ProviderRegistered });
-event_types!(SubjectEvent { AuditExported });
+event_types!(SubjectEvent { AuditExported, SubjectErased });
 
 #[cfg(test)]
 mod tests {
