@@ -10,6 +10,7 @@ mod compliance;
 mod crypto_shredding;
 mod domain_store;
 mod durability;
+mod erasure;
 mod error_texts;
 mod event_store;
 mod hardening;
