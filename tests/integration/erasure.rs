@@ -240,6 +240,11 @@ async fn an_erased_subject_is_gone_from_the_whole_database_and_both_instances() 
     .await
     .unwrap();
     assert_eq!(generations, [1, 2]);
+    // The new events are sealed too: still no clear form anywhere, refusal texts included.
+    let dump = pg_dump(&db);
+    for form in PHONE_FORMS.iter().chain([EMAIL, EMAIL_LOWER].iter()) {
+        assert!(!dump.contains(form), "the dump holds {form:?} after new events");
+    }
     assert!(commguard::store::verify::verify(a.rt.store.pool(), None).await.unwrap().is_ok());
     b.stop().await;
     a.stop().await;
