@@ -465,6 +465,34 @@ mod tests {
     }
 
     #[test]
+    fn an_erased_record_is_not_reused_nor_revoked() {
+        let again = Grant {
+            consent_id: Uuid::from_u128(2),
+            agent_id: "a".into(),
+            channel: "sms".into(),
+            consent_type: ConsentType::Express,
+            source: None,
+            notes: None,
+        };
+        let erased = |action| ContactCommand { address: ADDRESS.into(), action, erased: vec![Uuid::from_u128(1)] };
+        let events = TestFramework::<Contact>::with(())
+            .given(vec![grant("a", "sms", 1)])
+            .when(erased(ContactAction::GrantConsent(again)))
+            .inspect_result()
+            .unwrap();
+        assert!(
+            matches!(&events[..], [ContactEvent::ConsentGranted { consent_id, .. }] if *consent_id == Uuid::from_u128(2)),
+            "a grant after erasure is a new record with a new key"
+        );
+        let events = TestFramework::<Contact>::with(())
+            .given(vec![grant("a", "sms", 1)])
+            .when(erased(ContactAction::RevokeConsent { agent_id: "a".into(), channel: "sms".into() }))
+            .inspect_result()
+            .unwrap();
+        assert!(matches!(events[0], ContactEvent::ConsentRevoked { was_active: false, consent_id: None, .. }));
+    }
+
+    #[test]
     fn stop_revokes_every_agents_phone_consents_but_not_email() {
         let events = TestFramework::<Contact>::with(())
             .given(vec![grant("a", "sms", 1), grant("b", "voice", 2), grant("b", "email", 3)])
