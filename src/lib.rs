@@ -21,6 +21,7 @@ pub mod outbound;
 pub mod paging;
 pub mod providers;
 pub mod refusals;
+pub mod retention;
 pub mod sessions;
 pub mod state;
 pub mod store;

@@ -97,6 +97,20 @@ pub enum SubjectEvent {
     },
 }
 
+/// Stream `platform`/`retention`: a retention run that destroyed keys (CONTRACT §11.6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+pub enum RetentionEvent {
+    RetentionPurged {
+        class: String,
+        buckets_destroyed: u64,
+        record_keys_destroyed: u64,
+        projection_rows_purged: u64,
+        /// Buckets (UTC days) before this date were destroyed.
+        cutoff: String,
+    },
+}
+
 macro_rules! event_types {
     ($ty:ty { $($variant:ident),+ }) => {
         impl DomainEvent for $ty {
@@ -116,6 +130,7 @@ event_types!(RefusalEvent { ActionRefused });
 event_types!(AlertEvent { AlertRaised });
 event_types!(ProviderEvent { ProviderRegistered });
 event_types!(SubjectEvent { AuditExported, SubjectErased });
+event_types!(RetentionEvent { RetentionPurged });
 
 #[cfg(test)]
 mod tests {

@@ -20,5 +20,6 @@ mod mcp_e2e;
 mod outage;
 mod outbound;
 mod providers;
+mod retention;
 mod server;
 mod views;
