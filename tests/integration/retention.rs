@@ -107,3 +107,27 @@ async fn disabled_retention_runs_nothing() {
     assert_eq!(events.iter().filter(|e| e["eventType"] == "RetentionPurged").count(), 0);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_running_at_once_destroy_and_record_a_bucket_once() {
+    let (db, one) = seeded("true").await;
+    let two = TestServer::start(&db, &vars("true")).await;
+    let now = at("2026-12-01T00:00:00Z");
+    let (a, b) = tokio::join!(
+        commguard::retention::run(&one.rt.store, &one.rt.config, now),
+        commguard::retention::run(&two.rt.store, &two.rt.config, now)
+    );
+    let destroyed: u64 = [a.unwrap(), b.unwrap()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|(c, _)| c.as_str() == "messages")
+        .map(|(_, p)| p.buckets)
+        .sum();
+    assert_eq!(destroyed, 1);
+    let events = feed(&one).await;
+    assert_eq!(events.iter().filter(|e| e["eventType"] == "RetentionPurged").count(), 1);
+    assert_eq!(bodies(&events)[0].0, "[erased]");
+    two.stop().await;
+    one.stop().await;
+}
