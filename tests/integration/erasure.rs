@@ -180,6 +180,15 @@ async fn an_erased_subject_is_gone_from_the_whole_database_and_both_instances() 
     let consent = admin_get(&a, &admin, &format!("/admin/api/consent?contact=%2B12025550142&agentId={agent_id}")).await;
     assert_eq!(consent["records"], json!([]), "{consent}");
     assert_eq!(consent["onDnc"], true, "{consent}");
+    // A rebuild of the consent projection does not bring the erased records back.
+    let quiet = &mut commguard::store::runner::Progress::quiet();
+    commguard::store::runner::rebuild(a.rt.store.pool(), &commguard_projections::contact::ConsentProjection, quiet)
+        .await
+        .unwrap();
+    let consent = admin_get(&a, &admin, &format!("/admin/api/consent?contact=%2B12025550142&agentId={agent_id}")).await;
+    assert_eq!(consent["records"], json!([]), "after a rebuild: {consent}");
+    let email = admin_get(&a, &admin, &format!("/admin/api/consent?contact={EMAIL_LOWER}&agentId={agent_id}")).await;
+    assert_eq!(email["records"].as_array().unwrap().len(), 1, "another subject's record is rebuilt: {email}");
 
     // (e) Idempotent: nothing left to destroy or purge.
     let (status, again) = admin_post(&a, &admin, "/admin/api/subjects/erase", json!({"identifier": PHONE})).await;
