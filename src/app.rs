@@ -20,7 +20,7 @@ use crate::config::{Config, Environment, LogFormat};
 use crate::crypto::{self, DataKeys};
 use crate::directory::commands;
 use crate::http::{self, Hardening};
-use crate::jobs::Jobs;
+use crate::jobs::{Jobs, RetentionJob};
 use crate::mcp;
 use crate::sessions::Sessions;
 use crate::state::AppState;
@@ -214,7 +214,8 @@ impl Server {
         let stop = Arc::new(Notify::new());
         let state = rt.state();
         let hardening = Hardening::new(&state.config);
-        let jobs = Jobs::start(hardening.clone()).await.map_err(StartError::Jobs)?;
+        let retention = RetentionJob { store: rt.store.clone(), config: state.config.clone(), clock: state.clock.clone() };
+        let jobs = Jobs::start(hardening.clone(), retention).await.map_err(StartError::Jobs)?;
         let runners =
             runner::spawn_all(state.pool.clone(), commguard_projections::all(), rt.store.appended(), stop.clone());
         commands::ensure_default_org(&state).await.map_err(|e| StartError::Setup(e.message))?;
@@ -223,6 +224,7 @@ impl Server {
             state.identity.clone(),
             state.lockout.clone(),
             state.sessions.clone(),
+            rt.store.keystore().clone(),
         ))];
         let sessions = state.sessions.clone();
         let config_idle = state.config.mcp_session_idle_seconds;

@@ -64,7 +64,8 @@ pub async fn execute(
     context: &CommandContext,
 ) -> Result<(), ApiError> {
     let id = contact_id(app, org_id, address);
-    let command = ContactCommand { address: address.value.clone(), action };
+    let erased = erased_consents(app, &id).await?;
+    let command = ContactCommand { address: address.value.clone(), action, erased };
     let position = app.store.execute(&app.contacts, &id, command, context).await.map_err(ApiError::internal)?;
     if let Some(position) = position {
         for projection in ["consent", "dnc"] {
@@ -72,6 +73,21 @@ pub async fn execute(
         }
     }
     Ok(())
+}
+
+/// The consent records of contact stream `id` whose keys an erasure destroyed (`crate::erasure`):
+/// one read of the stream's grants by primary key, and of their keys.
+async fn erased_consents(app: &AppState, id: &str) -> Result<Vec<Uuid>, ApiError> {
+    sqlx::query_scalar(
+        "SELECT d.consent_id FROM data_keys d
+         WHERE d.kind = 'consent' AND d.destroyed_at IS NOT NULL AND d.consent_id IN (
+             SELECT (payload::jsonb ->> 'consentId')::uuid FROM events
+             WHERE aggregate_type = 'contact' AND aggregate_id = $1 AND event_type = 'ConsentGranted')",
+    )
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .map_err(ApiError::internal)
 }
 
 /// One consent record, as the consent projection holds it (or as a point-in-time fold of the

@@ -163,6 +163,9 @@ pub enum ContactAction {
 pub struct ContactCommand {
     pub address: String,
     pub action: ContactAction,
+    /// Consent records whose keys an erasure destroyed (CONTRACT §11.4): they are gone, so a
+    /// later grant makes a new record (with a new id and key) and nothing revokes them.
+    pub erased: Vec<Uuid>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -317,7 +320,8 @@ impl Aggregate for Contact {
 
     async fn handle(&mut self, command: ContactCommand, _: &(), sink: &EventSink<Self>) -> Result<(), ContactError> {
         use ContactEvent as E;
-        let ContactCommand { address, action } = command;
+        let ContactCommand { address, action, erased } = command;
+        self.consents.retain(|c| !erased.contains(&c.consent_id));
         let events = match action {
             ContactAction::GrantConsent(grant) => {
                 if !CONSENT_CHANNELS.contains(&grant.channel.as_str()) {
@@ -386,7 +390,10 @@ impl Aggregate for Contact {
         match event {
             E::ConsentGranted { consent_id, agent_id, channel, .. } => {
                 match self.consents.iter_mut().find(|c| c.agent_id == agent_id && c.channel == channel) {
-                    Some(held) => held.active = true,
+                    Some(held) => {
+                        held.active = true;
+                        held.consent_id = consent_id;
+                    }
                     None => self.consents.push(Consent { agent_id, channel, consent_id, active: true }),
                 }
             }
@@ -434,7 +441,7 @@ mod tests {
     }
 
     fn command(action: ContactAction) -> ContactCommand {
-        ContactCommand { address: ADDRESS.into(), action }
+        ContactCommand { address: ADDRESS.into(), action, erased: Vec::new() }
     }
 
     #[test]
@@ -455,6 +462,34 @@ mod tests {
         assert!(
             matches!(&events[..], [ContactEvent::ConsentGranted { consent_id, .. }] if *consent_id == Uuid::from_u128(1))
         );
+    }
+
+    #[test]
+    fn an_erased_record_is_not_reused_nor_revoked() {
+        let again = Grant {
+            consent_id: Uuid::from_u128(2),
+            agent_id: "a".into(),
+            channel: "sms".into(),
+            consent_type: ConsentType::Express,
+            source: None,
+            notes: None,
+        };
+        let erased = |action| ContactCommand { address: ADDRESS.into(), action, erased: vec![Uuid::from_u128(1)] };
+        let events = TestFramework::<Contact>::with(())
+            .given(vec![grant("a", "sms", 1)])
+            .when(erased(ContactAction::GrantConsent(again)))
+            .inspect_result()
+            .unwrap();
+        assert!(
+            matches!(&events[..], [ContactEvent::ConsentGranted { consent_id, .. }] if *consent_id == Uuid::from_u128(2)),
+            "a grant after erasure is a new record with a new key"
+        );
+        let events = TestFramework::<Contact>::with(())
+            .given(vec![grant("a", "sms", 1)])
+            .when(erased(ContactAction::RevokeConsent { agent_id: "a".into(), channel: "sms".into() }))
+            .inspect_result()
+            .unwrap();
+        assert!(matches!(events[0], ContactEvent::ConsentRevoked { was_active: false, consent_id: None, .. }));
     }
 
     #[test]

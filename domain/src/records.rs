@@ -86,6 +86,29 @@ pub enum AlertEvent {
 pub enum SubjectEvent {
     /// `commguard audit export` wrote `count` envelopes about the subject.
     AuditExported { count: u64, requested_by: String },
+    /// The subject's keys in `org_ids` were destroyed (CONTRACT §11.4); `scope` is `org` or `all`.
+    SubjectErased {
+        identifier_type: String,
+        scope: String,
+        org_ids: Vec<String>,
+        keys_destroyed: u64,
+        reason: Option<String>,
+        requested_by: String,
+    },
+}
+
+/// Stream `platform`/`retention`: a retention run that destroyed keys (CONTRACT §11.6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+pub enum RetentionEvent {
+    RetentionPurged {
+        class: String,
+        buckets_destroyed: u64,
+        record_keys_destroyed: u64,
+        projection_rows_purged: u64,
+        /// Buckets (UTC days) before this date were destroyed.
+        cutoff: String,
+    },
 }
 
 macro_rules! event_types {
@@ -106,7 +129,8 @@ event_types!(SessionEvent { SessionOpened, SessionClosed });
 event_types!(RefusalEvent { ActionRefused });
 event_types!(AlertEvent { AlertRaised });
 event_types!(ProviderEvent { ProviderRegistered });
-event_types!(SubjectEvent { AuditExported });
+event_types!(SubjectEvent { AuditExported, SubjectErased });
+event_types!(RetentionEvent { RetentionPurged });
 
 #[cfg(test)]
 mod tests {

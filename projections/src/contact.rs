@@ -98,6 +98,21 @@ impl Projection for ConsentProjection {
                     .await?;
                 }
             }
+            // A grant whose record key is destroyed (erasure, or retention of revoked consents)
+            // is gone: a rebuild must not bring its row back as if it still held.
+            let granted: Vec<uuid::Uuid> = relevant(events, &["contact"], &["ConsentGranted"])
+                .filter_map(|(_, p)| str_field(&p, "consentId").and_then(|s| s.parse().ok()))
+                .collect();
+            if !granted.is_empty() {
+                sqlx::query(&format!(
+                    "DELETE FROM {consents} c USING data_keys d
+                      WHERE c.consent_id = ANY($1) AND d.kind = 'consent' AND d.consent_id = c.consent_id
+                        AND d.destroyed_at IS NOT NULL"
+                ))
+                .bind(&granted)
+                .execute(&mut *conn)
+                .await?;
+            }
             Ok(())
         })
     }

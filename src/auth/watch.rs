@@ -1,6 +1,7 @@
 //! Listens on `commguard_identity` for what other instances (and this one's projections) changed:
 //! revoked tokens leave the cache and their sessions close, suspended orgs and deprovisioned
-//! agents lose their sessions, IPs that failed elsewhere become lockout suspects. After a lost
+//! agents lose their sessions, IPs that failed elsewhere become lockout suspects, an erased
+//! subject's cached live keys are dropped. After a lost
 //! connection every cache is cleared, since notifications may have been missed meanwhile.
 
 use std::sync::Arc;
@@ -14,12 +15,19 @@ use uuid::Uuid;
 
 use super::{Identity, Lockout};
 use crate::sessions::Sessions;
+use crate::store::keystore::KeyStore;
 
 /// Sessions of revoked tokens close this long after the notice, so that the reply to the
 /// rotation that revoked them reaches the caller first.
 const CLOSE_AFTER: Duration = Duration::from_millis(300);
 
-pub async fn run(pool: PgPool, identity: Arc<Identity>, lockout: Arc<Lockout>, sessions: Arc<Sessions>) {
+pub async fn run(
+    pool: PgPool,
+    identity: Arc<Identity>,
+    lockout: Arc<Lockout>,
+    sessions: Arc<Sessions>,
+    keys: KeyStore,
+) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -37,6 +45,7 @@ pub async fn run(pool: PgPool, identity: Arc<Identity>, lockout: Arc<Lockout>, s
         crate::outage::DATABASE.succeeded();
         // Anything may have changed while we were not listening.
         identity.clear();
+        keys.forget_subject_keys();
         if let Err(e) = lockout.reload_suspects().await {
             tracing::warn!(error = %e, "lockout suspects not reloaded");
         }
@@ -44,7 +53,7 @@ pub async fn run(pool: PgPool, identity: Arc<Identity>, lockout: Arc<Lockout>, s
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
                     let Ok(message) = serde_json::from_str::<Value>(notification.payload()) else { continue };
-                    apply(&message, &identity, &lockout, &sessions).await;
+                    apply(&message, &identity, &lockout, &sessions, &keys).await;
                 }
                 Ok(None) => {
                     tracing::warn!("identity listener lost its connection; caches cleared");
@@ -71,7 +80,11 @@ fn failed(what: &'static str, e: &sqlx::Error) {
     }
 }
 
-async fn apply(message: &Value, identity: &Identity, lockout: &Lockout, sessions: &Arc<Sessions>) {
+async fn apply(message: &Value, identity: &Identity, lockout: &Lockout, sessions: &Arc<Sessions>, keys: &KeyStore) {
+    // A subject was erased on some instance: its cached live keys (if any) must go.
+    if message.get("subjectErased").is_some() {
+        keys.forget_subject_keys();
+    }
     if let Some(ids) = message.get("revoked").and_then(Value::as_array) {
         let ids: Vec<Uuid> = ids.iter().filter_map(|v| v.as_str()?.parse().ok()).collect();
         identity.forget_tokens(&ids);

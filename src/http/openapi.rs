@@ -36,6 +36,12 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("post", "/admin/api/dnc", "O S", "= comms_dnc_add"),
     ("post", "/admin/api/dnc/remove", "O S", "= comms_dnc_remove"),
     (
+        "post",
+        "/admin/api/subjects/erase",
+        "O (own org) S",
+        "= comms_erase_subject ({identifier,identifierType?,orgId?,reason?}): destroys the subject's keys",
+    ),
+    (
         "get",
         "/admin/api/audit",
         "O (own org) S",

@@ -192,8 +192,9 @@ async fn run<A: Action>(
     let receipt = match provider.send(&app.http, &app.config, &provider_credentials, &outgoing).await {
         Ok(receipt) => receipt,
         Err(failure) => {
-            context.provenance.fail("provider", failure.0.clone());
-            let failed = action.failed(id, provider.name(), &failure.0);
+            let recorded = scrub(&failure.0, action.to());
+            context.provenance.fail("provider", recorded.clone());
+            let failed = action.failed(id, provider.name(), &recorded);
             let _ = app.intents.complete(&agent_id, id, failed, &context, intents::Ending::Failed).await;
             let mut e = ApiError::new(ErrorCode::ProviderError, format!("Provider error: {}", failure.0))
                 .with("provider", provider.name());
@@ -238,6 +239,15 @@ fn agent_state(agent: &directory::AgentView, channel: &str) -> Result<(), ApiErr
     Ok(())
 }
 
+/// `text` without the recipient `to`: for the clear-text parts of events (reasons, provenance
+/// details, provider errors), whose recipient field is sealed.
+pub(crate) fn scrub(text: &str, to: &str) -> String {
+    if to.is_empty() {
+        return text.to_string();
+    }
+    text.replace(to, "[recipient]")
+}
+
 /// Records the action's blocked event for a refusal at `check`; returns the refusal, marked
 /// recorded — or, if the decision cannot be recorded, `unavailable`: nothing was done.
 async fn block<A: Action>(
@@ -249,8 +259,12 @@ async fn block<A: Action>(
     check: &'static str,
     mut refusal: ApiError,
 ) -> ApiError {
-    context.provenance.fail(check, refusal.message.clone());
-    if let Err(e) = app.store.record("agent", agent_id, &[action.blocked(id, check, &refusal)], &context).await {
+    // The caller's message names the recipient; what is stored in clear must not (§11.4: the
+    // recipient exists only sealed, so an erasure leaves nothing behind).
+    let mut recorded = refusal.clone();
+    recorded.message = scrub(&refusal.message, action.to());
+    context.provenance.fail(check, recorded.message.clone());
+    if let Err(e) = app.store.record("agent", agent_id, &[action.blocked(id, check, &recorded)], &context).await {
         crate::error::log_failure("outbound refusal not recorded; answered unavailable", &e);
         return ApiError::unrecorded();
     }

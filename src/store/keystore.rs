@@ -137,6 +137,25 @@ impl KeyStore {
         Ok(done.rows_affected())
     }
 
+    /// Destroys the consent-record keys of the grants `consent_ids`. Returns how many live keys
+    /// were destroyed.
+    pub async fn destroy_consents(&self, consent_ids: &[Uuid]) -> Result<u64, KeyStoreError> {
+        let done = sqlx::query(
+            "UPDATE data_keys SET wrapped = NULL, destroyed_at = now()
+             WHERE kind = 'consent' AND consent_id = ANY($1) AND destroyed_at IS NULL",
+        )
+        .bind(consent_ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Drops every cached subject key of this instance: another instance destroyed one (its
+    /// notice arrived through `auth::watch`), so the next seal reads the live generation again.
+    pub fn forget_subject_keys(&self) {
+        self.live.forget("s|");
+    }
+
     /// Destroys the retention keys of a class for every day before `before`.
     pub async fn destroy_retention(&self, class: RetentionClass, before: NaiveDate) -> Result<u64, KeyStoreError> {
         let done = sqlx::query(

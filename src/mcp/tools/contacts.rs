@@ -84,6 +84,24 @@ pub const DNC_LIST: Tool = Tool {
     },
 };
 
+pub const ERASE_SUBJECT: Tool = Tool {
+    name: "comms_erase_subject",
+    role: Role::Org,
+    description: "Erase a data subject (phone number or email) by destroying its keys: its personal data in \
+                  events reads [erased], its consent records are purged, DNC entries keep blocking.",
+    schema: || {
+        json!({"type": "object", "required": ["identifier"], "properties": {
+            "identifier": {"type": "string", "description": "E.164 number or email"},
+            "identifierType": {"type": "string", "enum": ["phone", "email"], "description": "detected if absent"},
+            "orgId": {"type": "string", "description": "super-admin: omitted erases in every organization"},
+            "reason": {"type": "string", "maxLength": 500}}})
+    },
+};
+
+pub async fn erase_subject(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
+    crate::erasure::erase_subject(app, caller.principal, caller.context(app), args).await
+}
+
 /// The agent a consent tool is about (Z1, Z2), active, and the parsed contact and channel.
 async fn consent_target(
     app: &AppState,

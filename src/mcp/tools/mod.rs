@@ -48,6 +48,7 @@ const TOOLS: &[Tool] = &[
     contacts::DNC_ADD,
     contacts::DNC_REMOVE,
     contacts::DNC_LIST,
+    contacts::ERASE_SUBJECT,
 ];
 
 /// The `tools/list` entries a caller of `role` may see.
@@ -97,6 +98,7 @@ async fn dispatch(app: &AppState, caller: &Caller<'_>, name: &str, arguments: &V
         "comms_dnc_add" => contacts::dnc_add(app, caller, &args).await,
         "comms_dnc_remove" => contacts::dnc_remove(app, caller, &args).await,
         "comms_dnc_list" => contacts::dnc_list(app, caller, &args).await,
+        "comms_erase_subject" => contacts::erase_subject(app, caller, &args).await,
         other => Err(ApiError::internal(format!("tool {other} has no handler"))),
     }
 }
