@@ -273,6 +273,13 @@ impl Lockout {
     }
 }
 
+/// The §13.3 answer to a credentialed request from a locked IP.
+pub fn locked_out(retry_after: u64) -> ApiError {
+    ApiError::new(ErrorCode::LockedOut, "Too many failed attempts. Try again later.")
+        .with("retryAfter", retry_after)
+        .header("Retry-After", retry_after.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,11 +292,4 @@ mod tests {
         assert_eq!(ip_key("::ffff:10.0.0.7".parse().unwrap()), "10.0.0.7");
         assert_ne!(ip_key("2001:db8:1:3::1".parse().unwrap()), ip_key(a));
     }
-}
-
-/// The §13.3 answer to a credentialed request from a locked IP.
-pub fn locked_out(retry_after: u64) -> ApiError {
-    ApiError::new(ErrorCode::LockedOut, "Too many failed attempts. Try again later.")
-        .with("retryAfter", retry_after)
-        .header("Retry-After", retry_after.to_string())
 }
