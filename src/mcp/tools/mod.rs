@@ -50,6 +50,11 @@ const TOOLS: &[Tool] = &[
     contacts::DNC_LIST,
 ];
 
+/// The input schema of the tool `name` (the admin routes that perform a tool take the same body).
+pub fn input_schema(name: &str) -> Option<Value> {
+    TOOLS.iter().find(|t| t.name == name).map(|t| (t.schema)())
+}
+
 /// The `tools/list` entries a caller of `role` may see.
 pub fn list(role: Role) -> Vec<Value> {
     TOOLS
