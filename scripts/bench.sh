@@ -7,12 +7,13 @@
 #   scripts/bench.sh mcp [--writers 16] [--seconds 20] [--idle 1000]
 #   scripts/bench.sh send [--writers 16] [--seconds 20] [--fill 1000000]
 #   scripts/bench.sh as-of [--writers 4] [--seconds 10] [--fill 1000000]
+#   scripts/bench.sh feed [--fill 1000000] [--seed 2000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
 
 what=${1:-}; shift || true
-writers=16; seconds=20; stream_length=10; idle=1000; fill=1000000
+writers=16; seconds=20; stream_length=10; idle=1000; fill=1000000; seed=2000
 if [ "$what" = as-of ]; then writers=4; seconds=10; fi
 while [ $# -gt 0 ]; do
   case $1 in
@@ -21,6 +22,7 @@ while [ $# -gt 0 ]; do
     --stream-length) stream_length=$2; shift 2 ;;
     --idle) idle=$2; shift 2 ;;
     --fill) fill=$2; shift 2 ;;
+    --seed) seed=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -207,8 +209,108 @@ for k, label in (("consent_as_of", "/consent?as_of"), ("limits_as_of", "/limits?
 print(f"target p99 < 20 ms: consent {w['consent_as_of']['p99_ms']:.2f}, limits {w['limits_as_of']['p99_ms']:.2f}")
 PY
     ;;
+  feed)
+    # The auditor feed (CONTRACT §12 /admin/api/events) paged through $fill events, 1000 at a
+    # time, with the master token and decryption, against a raw COPY of the same table in the same
+    # run. Every event carries a sealed personal field: $seed real DncAdded events (each under its
+    # own subject key) are recorded through the admin API, then cloned into $fill rows below them
+    # (positions 1..$fill, under the first real transaction's). A clone keeps its original's
+    # event id — the field's AAD — so it opens like the original; the unique index on event_id is
+    # dropped in this throwaway database to allow it.
+    cargo build --release --bin commguard >&2
+    psql -q "$admin" -c "CREATE DATABASE bench"
+    bench_url="${admin/\/postgres\?//bench?}"
+    # Burn transaction ids so that every real position (txid << 12) lies above $fill.
+    echo "SELECT txid_current();" > "$cluster/txid.sql"
+    "$PG_BIN_DIR/pgbench" -n -c 1 -t $((fill / 4096 + 200)) -f "$cluster/txid.sql" "$bench_url" >/dev/null 2>&1
+    token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    data=$(mktemp -d /tmp/commguard-bench-data-XXXXXX); chmod 755 "$data"
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    DATABASE_URL="$bench_url" HOST=127.0.0.1 PORT=$port MASTER_SECURITY_TOKEN=$token COMMGUARD_DATA_DIR=$data \
+      HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 RUST_LOG=warn target/release/commguard serve &
+    server=$!
+    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"' EXIT
+    until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
+    python3 - "$port" "$token" "$seed" <<'PY'
+import http.client, json, sys
+port, token, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = http.client.HTTPConnection("127.0.0.1", int(port))
+for i in range(seed):
+    body = json.dumps({"address": f"+1202{i:07d}", "reason": "bench", "orgId": "default"})
+    c.request("POST", "/admin/api/dnc", body, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    r = c.getresponse(); text = r.read()
+    assert r.status == 200, text
+PY
+    psql -q "$bench_url" -c "DROP INDEX events_event_id" -c "
+      WITH seeded AS (SELECT row_number() OVER (ORDER BY position) - 1 AS i, * FROM events WHERE event_type = 'DncAdded'),
+           n AS (SELECT COUNT(*) AS n FROM seeded)
+      INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+          position, event_id, occurred_at, org_id, prev_hash, hash)
+      SELECT s.aggregate_type, 'bench-clone-' || g, 1, s.event_type, s.event_version, s.payload, s.metadata,
+             g, s.event_id, s.occurred_at, s.org_id, s.prev_hash, s.hash
+        FROM generate_series(1, $fill) g, n, seeded s WHERE s.i = g % n.n" -c "ANALYZE events"
+    total=$(psql -tA "$bench_url" -c "SELECT COUNT(*) FROM events")
+    low=$(psql -tA "$bench_url" -c "SELECT MIN(position) FROM events WHERE NOT aggregate_id LIKE 'bench-clone-%'")
+    [ "$low" -gt "$fill" ] || { echo "a real position ($low) lies among the clones" >&2; exit 1; }
+    raw_start=$(date +%s.%N)
+    raw_bytes=$(psql "$bench_url" -c "COPY (SELECT * FROM events) TO STDOUT" | wc -c)
+    raw_end=$(date +%s.%N)
+    python3 - "$port" "$token" "$total" "$raw_start" "$raw_end" "$raw_bytes" <<'PY'
+import http.client, json, sys, time
+port, token, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+raw_s = float(sys.argv[5]) - float(sys.argv[4])
+c = http.client.HTTPConnection("127.0.0.1", int(port))
+after, seen, opened, erased, nbytes = 0, 0, 0, 0, 0
+start = time.perf_counter()
+while True:
+    c.request("GET", f"/admin/api/events?after={after}&limit=1000", headers={"Authorization": f"Bearer {token}"})
+    r = c.getresponse(); body = r.read()
+    assert r.status == 200, body[:500]
+    nbytes += len(body)
+    page = json.loads(body)
+    events = page["events"]
+    if not events:
+        break
+    for e in events:
+        if e["eventType"] == "DncAdded":
+            address = e["payload"]["DncAdded"]["address"] if "DncAdded" in e["payload"] else e["payload"]["address"]
+            if isinstance(address, str) and address.startswith("+1202"):
+                opened += 1
+            else:
+                erased += 1
+    seen += len(events)
+    after = page["nextAfter"]
+elapsed = time.perf_counter() - start
+assert seen == total, (seen, total)
+assert erased == 0 and opened >= total - 100, (opened, erased, total)
+feed_rate, raw_rate = seen / elapsed, total / raw_s
+print(f"{total} events ({opened} personal fields opened)")
+print(f"feed, limit=1000, master, decrypted: {elapsed:.1f} s = {feed_rate:,.0f} events/s ({nbytes / elapsed / 1e6:.0f} MB/s of JSON)")
+print(f"raw COPY (SELECT * FROM events) TO STDOUT: {raw_s:.1f} s = {raw_rate:,.0f} events/s ({int(sys.argv[6]) / raw_s / 1e6:.0f} MB/s)")
+print(f"feed / raw: {100 * feed_rate / raw_rate:.0f} % (target >= 25 %)")
+# Attribution: the first 100 pages again, as stored (raw=true: no key lookups, no opening).
+after, n, start = 0, 0, time.perf_counter()
+for _ in range(100):
+    c.request("GET", f"/admin/api/events?after={after}&limit=1000&raw=true", headers={"Authorization": f"Bearer {token}"})
+    r = c.getresponse(); page = json.loads(r.read())
+    if not page["events"]:
+        break
+    n += len(page["events"]); after = page["nextAfter"]
+print(f"same feed with raw=true (no decryption), first {n} events: {n / (time.perf_counter() - start):,.0f} events/s")
+# Attribution: the server alone, the first 50 pages without parsing (the next `after` read from
+# the page's tail), to tell the server's rate from this Python client's.
+after, n, start = 0, 0, time.perf_counter()
+for _ in range(50):
+    c.request("GET", f"/admin/api/events?after={after}&limit=1000", headers={"Authorization": f"Bearer {token}"})
+    body = c.getresponse().read()
+    tail = body[body.rindex(b'"nextAfter":') + 12:]
+    after = int(tail[:tail.index(b",")] if b"," in tail else tail[:tail.index(b"}")])
+    n += 1000
+print(f"server alone (client does not parse), first {n} events: {n / (time.perf_counter() - start):,.0f} events/s")
+PY
+    ;;
   *)
-    echo "usage: scripts/bench.sh event-store|mcp|send|as-of [--writers N] [--seconds S] [--idle N] [--fill N]" >&2
+    echo "usage: scripts/bench.sh event-store|mcp|send|as-of|feed [--writers N] [--seconds S] [--idle N] [--fill N]" >&2
     exit 2
     ;;
 esac

@@ -3,10 +3,20 @@
 #   1. installs what is missing: PostgreSQL server programs (Debian's `postgresql`), cargo-nextest
 #      if absent (falls back to `cargo test`), the Python venv for end-to-end MCP clients;
 #   2. starts a throwaway PostgreSQL cluster (unless DATABASE_URL is set) and stops it on exit;
-#   3. runs every test of the workspace against it.
+#   3. checks that no module of src/ imports one that imports it back (scripts/check-cycles.py),
+#      that the code is formatted, and that clippy has nothing to say;
+#   4. runs every test of the workspace against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
+
+# Structure and habits first, for the whole suite (a filtered run skips them): they fail in
+# seconds, the suite in minutes.
+if [ $# -eq 0 ]; then
+  python3 scripts/check-cycles.py
+  cargo fmt --all -- --check
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
 
 pg_bin=$(ensure_pg_bin)
 export PG_BIN_DIR="$pg_bin"

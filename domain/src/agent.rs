@@ -180,6 +180,9 @@ pub enum AgentEvent {
         reason: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rule: Option<String>,
+        /// The refused arguments, sealed (see `records::RefusalEvent::ActionRefused`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        args: Option<serde_json::Value>,
     },
     LimitsChanged {
         overrides_before: Overrides,

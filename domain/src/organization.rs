@@ -144,6 +144,9 @@ pub enum OrganizationEvent {
         reason: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rule: Option<String>,
+        /// The refused arguments, sealed (see `records::RefusalEvent::ActionRefused`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        args: Option<serde_json::Value>,
     },
 }
 

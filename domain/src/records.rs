@@ -51,6 +51,11 @@ pub enum RefusalEvent {
         /// The compliance rule that refused (country rules on provisioning, §10.7).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rule: Option<String>,
+        /// The refused tool's arguments (or admin request's body and query), every string sealed
+        /// (CONTRACT §11.3): identifiers under their subject key, the rest under the subject and a
+        /// retention key; credential values never stored. Built by `refusals::sealed_args`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        args: Option<serde_json::Value>,
     },
 }
 
@@ -148,6 +153,7 @@ mod tests {
             refused_by: "role".into(),
             reason: "x".into(),
             rule: None,
+            args: None,
         };
         assert_eq!(refused.event_type(), "ActionRefused");
         let payload = serde_json::to_value(&opened).unwrap();

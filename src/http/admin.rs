@@ -31,6 +31,17 @@ pub async fn record_refusals(State(app): State<AppState>, mut request: Request, 
     request.extensions_mut().insert(slot.clone());
     let route = format!("{} {}", request.method(), request.uri().path());
     let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone());
+    // The body is already buffered (at most 1 MiB, `body_limit`): keep a copy for `args`.
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, crate::http::body_limit::MAX_BODY).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let refusal = ApiError::new(ErrorCode::InvalidInput, format!("Invalid request body: {e}"));
+            return axum::response::IntoResponse::into_response(refusal);
+        }
+    };
+    let args = request_args(parts.uri.query(), &bytes);
+    let request = Request::from_parts(parts, axum::body::Body::from(bytes));
     let response = next.run(request).await;
     let principal = slot.0.lock().expect("caller slot lock").take();
     let Some(principal) = principal else { return response };
@@ -43,7 +54,7 @@ pub async fn record_refusals(State(app): State<AppState>, mut request: Request, 
             if let Some(org) = &principal.org_id {
                 context = context.in_org(org.clone());
             }
-            if let Some(unrecorded) = crate::refusals::record(&app, &principal, context, &route, None, refusal).await {
+            if let Some(unrecorded) = crate::refusals::record(&app, &principal, context, &route, None, args.as_ref(), refusal).await {
                 return axum::response::IntoResponse::into_response(unrecorded);
             }
         }
@@ -51,6 +62,23 @@ pub async fn record_refusals(State(app): State<AppState>, mut request: Request, 
         None => {}
     }
     response
+}
+
+/// The arguments of an admin request, for `ActionRefused.args`: its JSON body (a body that is not
+/// JSON is kept as one string), else its query parameters as an object, else none.
+fn request_args(query: Option<&str>, body: &[u8]) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    if !body.is_empty() {
+        return Some(
+            serde_json::from_slice(body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned())),
+        );
+    }
+    let query = query.filter(|q| !q.is_empty())?;
+    let params: serde_json::Map<String, Value> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect();
+    Some(Value::Object(params))
 }
 
 /// An authenticated admin caller (O or S) and the context its commands carry.

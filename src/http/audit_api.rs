@@ -6,14 +6,14 @@
 use std::collections::HashMap;
 
 use axum::extract::{RawQuery, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use sqlx::{Postgres, QueryBuilder};
 
 use super::admin::Admin;
+use super::openapi::{ApiRouter, Body, Doc, CURSOR, LIMIT, ORG};
 use crate::state::AppState;
 use crate::auth::{guard, Principal, Role};
 use crate::contacts;
@@ -22,8 +22,46 @@ use crate::error::ApiError;
 use crate::store::{envelope, feed, rfc3339};
 use crate::validate::invalid;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/admin/api/events", get(events)).route("/admin/api/audit", get(audit))
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .get(
+            "/admin/api/events",
+            events,
+            Doc {
+                who: "O (own org) S; raw S only",
+                summary: "§11.1 envelopes in global commit order",
+                query: &[
+                    ("after", false, "integer", "the nextAfter of the previous page (0)"),
+                    ("limit", false, "integer", "1-1000 (100)"),
+                    ORG,
+                    ("raw", false, "boolean", "super-admin: payloads as stored, sealed"),
+                ],
+                body: Body::None,
+                reply: "EventPage",
+            },
+        )
+        .get(
+            "/admin/api/audit",
+            audit,
+            Doc {
+                who: "O (own org) S",
+                summary: "The audit view",
+                query: &[
+                    ("agentId", false, "string", ""),
+                    ("subject", false, "string", "phone number or email, matched by blind index"),
+                    ("from", false, "string", "RFC 3339"),
+                    ("to", false, "string", "RFC 3339"),
+                    ("eventType", false, "string", ""),
+                    ("outcome", false, "string", "allowed | refused | failed"),
+                    ("actorKind", false, "string", ""),
+                    ORG,
+                    CURSOR,
+                    LIMIT,
+                ],
+                body: Body::None,
+                reply: "AuditPage",
+            },
+        )
 }
 
 /// The query string as a map; an empty value counts as absent.

@@ -4,13 +4,13 @@
 //! `orgId` to add or remove, and lists every org without it.
 
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use commguard_domain::contact::DncSource;
 use serde_json::{json, Value};
 
 use super::admin::Admin;
+use super::openapi::{ApiRouter, Body, Doc, CURSOR, LIMIT, ORG};
 use super::extract::JsonBody;
 use super::params::Params;
 use crate::state::AppState;
@@ -21,11 +21,34 @@ use crate::contacts::{dnc_list_scope, dnc_org};
 use crate::store::rfc3339;
 use crate::validate::{invalid, Args};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/admin/api/dnc", get(dnc_list).post(dnc_add))
-        .route("/admin/api/dnc/remove", post(dnc_remove))
-        .route("/admin/api/test/clock", post(test_clock))
+pub fn routes() -> ApiRouter {
+    let doc = |who, summary, query, body, reply| Doc { who, summary, query, body, reply };
+    ApiRouter::new()
+        .get(
+            "/admin/api/dnc",
+            dnc_list,
+            doc("O S", "= comms_dnc_list", &[ORG, ("type", false, "string", "phone | email"), CURSOR, LIMIT], Body::None, "Dnc"),
+        )
+        .post("/admin/api/dnc", dnc_add, doc("O S", "= comms_dnc_add", &[], Body::Tool("comms_dnc_add"), "Result"))
+        .post(
+            "/admin/api/dnc/remove",
+            dnc_remove,
+            doc("O S", "= comms_dnc_remove", &[], Body::Tool("comms_dnc_remove"), "Result"),
+        )
+        .post(
+            "/admin/api/test/clock",
+            test_clock,
+            doc(
+                "S, with COMMGUARD_TEST_CLOCK",
+                "Set (now) or advance (advanceSeconds) the service clock",
+                &[],
+                Body::Schema(|| {
+                    json!({"type": "object", "properties": {
+                        "now": {"type": "string", "format": "date-time"}, "advanceSeconds": {"type": "integer"}}})
+                }),
+                "Clock",
+            ),
+        )
 }
 
 /// `GET /admin/api/dnc?orgId&type&cursor&limit` (= `comms_dnc_list`).

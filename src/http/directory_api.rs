@@ -6,8 +6,7 @@
 
 
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
 
 use crate::state::AppState;
@@ -22,26 +21,110 @@ use crate::store::rfc3339;
 use crate::validate::{invalid, Args};
 
 use super::admin::Admin;
+use super::openapi::{ApiRouter, Body, Doc, Query, CURSOR, LIMIT, ORG};
 
 /// The directory routes (assembled with the other admin routes in `admin_api`).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/admin/api/me", get(me))
-        .route("/admin/api/orgs", get(list_orgs).post(create_org))
-        .route("/admin/api/orgs/{orgId}", get(get_org))
-        .route("/admin/api/orgs/{orgId}/approve", post(approve))
-        .route("/admin/api/orgs/{orgId}/suspend", post(suspend))
-        .route("/admin/api/orgs/{orgId}/unsuspend", post(unsuspend))
-        .route("/admin/api/orgs/{orgId}/settings", post(settings))
-        .route("/admin/api/orgs/{orgId}/rotate-token", post(rotate_org_token))
-        .route("/admin/api/agents", get(list_agents))
-        .route("/admin/api/agents/{agentId}", get(get_agent))
-        .route("/admin/api/agents/{agentId}/tokens", get(agent_tokens))
-        .route("/admin/api/agents/{agentId}/regenerate-token", post(regenerate_token))
-        .route("/admin/api/agents/{agentId}/blocked-channels", post(blocked_channels))
-        .route("/admin/api/agents/{agentId}/limits", post(agent_limits))
-        .route("/admin/api/agents/{agentId}/billing", post(agent_billing))
-        .route("/admin/api/providers", get(list_providers).post(register_provider))
+pub fn routes() -> ApiRouter {
+    const PAGED: &[Query] = &[ORG, CURSOR, LIMIT];
+    let doc = |who, summary, query, body, reply| Doc { who, summary, query, body, reply };
+    ApiRouter::new()
+        .get("/admin/api/me", me, doc("O S", "The caller's role and organization", &[], Body::None, "Me"))
+        .get("/admin/api/orgs", list_orgs, doc("O (own) S", "Organizations, a page at a time", PAGED, Body::None, "OrgPage"))
+        .post(
+            "/admin/api/orgs",
+            create_org,
+            doc("S", "Create an organization (= comms_create_organization)", &[], Body::Tool("comms_create_organization"), "Result"),
+        )
+        .get("/admin/api/orgs/{orgId}", get_org, doc("O (own) S", "One organization", &[], Body::None, "Org"))
+        .post(
+            "/admin/api/orgs/{orgId}/approve",
+            approve,
+            doc("S", "Approve into production", &[], Body::Schema(|| text_body(&[("kycNote", true, 2000)])), "OrgMode"),
+        )
+        .post(
+            "/admin/api/orgs/{orgId}/suspend",
+            suspend,
+            doc("S", "Suspend; closes the org's sessions", &[], Body::Schema(|| text_body(&[("reason", false, 500)])), "OrgMode"),
+        )
+        .post("/admin/api/orgs/{orgId}/unsuspend", unsuspend, doc("S", "Restore the previous mode", &[], Body::None, "OrgMode"))
+        .post(
+            "/admin/api/orgs/{orgId}/settings",
+            settings,
+            doc("S; O own caps", "Registration, capacity and spend caps", &[], Body::Schema(settings_body), "OrgSettings"),
+        )
+        .post(
+            "/admin/api/orgs/{orgId}/rotate-token",
+            rotate_org_token,
+            doc("O (own) S", "Rotate the org's admin token", &[], Body::None, "Token"),
+        )
+        .get(
+            "/admin/api/agents",
+            list_agents,
+            doc("O S", "Agents with status, tier, limits and billing, a page at a time", PAGED, Body::None, "AgentPage"),
+        )
+        .get(
+            "/admin/api/agents/{agentId}",
+            get_agent,
+            doc("O S", "One agent: status, tier, limits and billing", &[], Body::None, "Agent"),
+        )
+        .get(
+            "/admin/api/agents/{agentId}/tokens",
+            agent_tokens,
+            doc("O S", "The agent's active tokens (no hashes)", &[], Body::None, "Tokens"),
+        )
+        .post(
+            "/admin/api/agents/{agentId}/regenerate-token",
+            regenerate_token,
+            doc("O S", "Rotate the agent's token", &[], Body::None, "Token"),
+        )
+        .post(
+            "/admin/api/agents/{agentId}/blocked-channels",
+            blocked_channels,
+            doc("O S", "Block channels", &[], Body::Schema(blocked_channels_body), "Result"),
+        )
+        .post(
+            "/admin/api/agents/{agentId}/limits",
+            agent_limits,
+            doc("S", "= comms_set_agent_limits", &[], Body::Tool("comms_set_agent_limits"), "Result"),
+        )
+        .post(
+            "/admin/api/agents/{agentId}/billing",
+            agent_billing,
+            doc("S", "= comms_set_billing_config", &[], Body::Tool("comms_set_billing_config"), "Result"),
+        )
+        .get(
+            "/admin/api/providers",
+            list_providers,
+            doc("O (own, names only) S", "Registered provider credentials, names only", &[], Body::None, "Providers"),
+        )
+        .post(
+            "/admin/api/providers",
+            register_provider,
+            doc("S", "= comms_register_provider", &[], Body::Tool("comms_register_provider"), "Result"),
+        )
+}
+
+/// A body of string fields: (name, required, max length).
+fn text_body(fields: &[(&str, bool, usize)]) -> Value {
+    let properties: serde_json::Map<String, Value> =
+        fields.iter().map(|(name, _, max)| (name.to_string(), json!({"type": "string", "maxLength": max}))).collect();
+    let required: Vec<&str> = fields.iter().filter(|(_, r, _)| *r).map(|(n, _, _)| *n).collect();
+    json!({"type": "object", "properties": properties, "required": required})
+}
+
+fn settings_body() -> Value {
+    json!({"type": "object", "properties": {
+        "a2pRegistered": {"type": "boolean"},
+        "maxAgents": {"type": "integer", "minimum": 0},
+        "maxSpendPerDay": {"type": ["number", "null"], "minimum": 0},
+        "maxSpendPerMonth": {"type": ["number", "null"], "minimum": 0},
+    }})
+}
+
+fn blocked_channels_body() -> Value {
+    json!({"type": "object", "required": ["blockedChannels"], "properties": {
+        "blockedChannels": {"type": "array", "items": {"type": "string"}},
+    }})
 }
 
 async fn me(State(app): State<AppState>, admin: Admin) -> Result<Json<Value>, ApiError> {

@@ -2,18 +2,28 @@
 //! (`crate::erasure`), for org admins (own org) and the super-admin (one org or every org).
 
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::Value;
 
 use super::admin::Admin;
 use super::extract::JsonBody;
+use super::openapi::{ApiRouter, Body, Doc};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::validate::Args;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/admin/api/subjects/erase", post(erase))
+pub fn routes() -> ApiRouter {
+    ApiRouter::new().post(
+        "/admin/api/subjects/erase",
+        erase,
+        Doc {
+            who: "O (own org) S",
+            summary: "= comms_erase_subject: destroys the subject's keys in scope and purges its projection rows",
+            query: &[],
+            body: Body::Tool("comms_erase_subject"),
+            reply: "Result",
+        },
+    )
 }
 
 async fn erase(State(app): State<AppState>, admin: Admin, JsonBody(raw): JsonBody) -> Result<Json<Value>, ApiError> {

@@ -1,172 +1,205 @@
-//! `GET /admin/api/openapi.json`: an OpenAPI 3.1 description of the admin routes this build
-//! serves (CONTRACT §12), generated from one table so it cannot list a route that does not exist.
+//! `GET /admin/api/openapi.json`: an OpenAPI 3.1 description of the admin routes (CONTRACT §12),
+//! generated from the router registration itself. Every admin route is registered through
+//! `ApiRouter`, whose `get`/`post` take the handler *and* its description (`Doc`) together, so a
+//! route cannot be served without its entry nor described without being served. The request body
+//! of a route that performs a tool (`= comms_…`) is that tool's own input schema (the one
+//! `tools/list` announces); replies refer to the component schemas below.
 
-use axum::Json;
+use axum::handler::Handler;
+use axum::Router;
 use serde_json::{json, Map, Value};
 
-/// (method, path, who may call, summary) for every admin route of `admin_api::routes`.
-const ROUTES: &[(&str, &str, &str, &str)] = &[
-    ("get", "/admin/api/me", "O S", "The caller's role and organization"),
-    ("get", "/admin/api/orgs", "O (own) S", "Organizations, a page at a time"),
-    ("post", "/admin/api/orgs", "S", "Create an organization (= comms_create_organization)"),
-    ("get", "/admin/api/orgs/{orgId}", "O (own) S", "One organization"),
-    ("post", "/admin/api/orgs/{orgId}/approve", "S", "Approve into production ({kycNote})"),
-    ("post", "/admin/api/orgs/{orgId}/suspend", "S", "Suspend ({reason}); closes the org's sessions"),
-    ("post", "/admin/api/orgs/{orgId}/unsuspend", "S", "Restore the previous mode"),
-    ("post", "/admin/api/orgs/{orgId}/settings", "S; O own caps", "Registration, capacity and spend caps"),
-    ("post", "/admin/api/orgs/{orgId}/rotate-token", "O (own) S", "Rotate the org's admin token"),
-    ("get", "/admin/api/agents", "O S", "Agents with status, tier, limits and billing, a page at a time"),
-    ("get", "/admin/api/agents/{agentId}", "O S", "One agent: status, tier, limits and billing"),
-    ("get", "/admin/api/agents/{agentId}/tokens", "O S", "The agent's active tokens (no hashes)"),
-    ("post", "/admin/api/agents/{agentId}/regenerate-token", "O S", "Rotate the agent's token"),
-    ("post", "/admin/api/agents/{agentId}/blocked-channels", "O S", "Block channels ({blockedChannels})"),
-    ("post", "/admin/api/agents/{agentId}/limits", "S", "= comms_set_agent_limits"),
-    ("post", "/admin/api/agents/{agentId}/billing", "S", "= comms_set_billing_config"),
-    ("get", "/admin/api/providers", "O (own, names only) S", "Registered provider credentials, names only"),
-    ("post", "/admin/api/providers", "S", "= comms_register_provider"),
-    ("get", "/admin/api/consent", "O S", "Consent records of a contact and its DNC state, now or as of an instant"),
-    (
-        "get",
-        "/admin/api/limits",
-        "O S",
-        "An agent's tier, overrides, effective limits and org caps, now or as of an instant",
-    ),
-    ("get", "/admin/api/usage", "O S", "Actions and spend per agent over a period or from/to"),
-    ("get", "/admin/api/dnc", "O S", "= comms_dnc_list"),
-    ("post", "/admin/api/dnc", "O S", "= comms_dnc_add"),
-    ("post", "/admin/api/dnc/remove", "O S", "= comms_dnc_remove"),
-    (
-        "post",
-        "/admin/api/subjects/erase",
-        "O (own org) S",
-        "= comms_erase_subject ({identifier,identifierType?,orgId?,reason?}): destroys the subject's keys",
-    ),
-    (
-        "get",
-        "/admin/api/audit",
-        "O (own org) S",
-        "The audit view (?agentId&subject&from&to&eventType&outcome&actorKind&orgId&cursor&limit)",
-    ),
-    (
-        "get",
-        "/admin/api/events",
-        "O (own org) S; raw S only",
-        "§11.1 envelopes in global commit order (?after&limit&orgId&raw) → {events,nextAfter,headPosition}",
-    ),
-    (
-        "post",
-        "/admin/api/test/clock",
-        "S, with COMMGUARD_TEST_CLOCK",
-        "Set ({now}) or advance ({advanceSeconds}) the service clock",
-    ),
-];
+use crate::state::AppState;
 
-/// A query parameter: (name, required, description).
-type Query = (&'static str, bool, &'static str);
+/// A query parameter: name, required, JSON-schema type, description.
+pub type Query = (&'static str, bool, &'static str, &'static str);
 
-/// The query parameters of the reads that take any.
-const PAGE: [Query; 2] =
-    [("cursor", false, "opaque; the nextCursor of the previous page"), ("limit", false, "items per page, 1-500 (50)")];
-const AS_OF: Query = ("as_of", false, "RFC 3339: the view from the events that occurred at or before it");
-const ORG: Query = ("orgId", false, "super-admin: one org (org tokens: their own)");
-const QUERIES: &[(&str, &[Query])] = &[
-    ("/admin/api/orgs", &[ORG, PAGE[0], PAGE[1]]),
-    ("/admin/api/agents", &[ORG, PAGE[0], PAGE[1]]),
-    (
-        "/admin/api/consent",
-        &[
-            ("contact", true, "E.164 number or email"),
-            ("agentId", false, ""),
-            ("channel", false, "sms | voice | email | whatsapp | recording"),
-            ORG,
-            AS_OF,
-            PAGE[0],
-            PAGE[1],
-        ],
-    ),
-    ("/admin/api/limits", &[("agentId", true, ""), AS_OF]),
-    (
-        "/admin/api/usage",
-        &[
-            ("agentId", false, "one agent (else every agent in scope)"),
-            ORG,
-            ("period", false, "today | week | month | all (today; all when from or to is given)"),
-            ("from", false, "RFC 3339, taken down to its UTC hour"),
-            ("to", false, "RFC 3339, exclusive"),
-        ],
-    ),
-    ("/admin/api/dnc", &[ORG, ("type", false, "phone | email"), PAGE[0], PAGE[1]]),
-];
+pub const CURSOR: Query = ("cursor", false, "string", "opaque; the nextCursor of the previous page");
+pub const LIMIT: Query = ("limit", false, "integer", "items per page, 1-500 (50)");
+pub const AS_OF: Query = ("as_of", false, "string", "RFC 3339: the view from the events that occurred at or before it");
+pub const ORG: Query = ("orgId", false, "string", "super-admin: one org (org tokens: their own)");
 
-fn operation(path: &str, who: &str, summary: &str, mutation: bool) -> Value {
-    let mut parameters: Vec<Value> = path
+/// The request body a route reads.
+#[derive(Clone, Copy)]
+pub enum Body {
+    None,
+    /// The input schema of the MCP tool the route performs.
+    Tool(&'static str),
+    /// A body of its own.
+    Schema(fn() -> Value),
+}
+
+/// How a route is described: who may call it, what it does, its query parameters, its body and
+/// the component schema of its 200 reply.
+#[derive(Clone, Copy)]
+pub struct Doc {
+    pub who: &'static str,
+    pub summary: &'static str,
+    pub query: &'static [Query],
+    pub body: Body,
+    pub reply: &'static str,
+}
+
+/// One served (method, path) and its description.
+#[derive(Clone, Copy)]
+pub struct Op {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub doc: Doc,
+}
+
+/// A router whose every route carries its description.
+#[derive(Default)]
+pub struct ApiRouter {
+    router: Router<AppState>,
+    ops: Vec<Op>,
+}
+
+impl ApiRouter {
+    pub fn new() -> Self {
+        Self { router: Router::new(), ops: Vec::new() }
+    }
+
+    pub fn get<H: Handler<T, AppState>, T: 'static>(mut self, path: &'static str, handler: H, doc: Doc) -> Self {
+        self.router = self.router.route(path, axum::routing::get(handler));
+        self.ops.push(Op { method: "get", path, doc });
+        self
+    }
+
+    pub fn post<H: Handler<T, AppState>, T: 'static>(mut self, path: &'static str, handler: H, doc: Doc) -> Self {
+        self.router = self.router.route(path, axum::routing::post(handler));
+        self.ops.push(Op { method: "post", path, doc });
+        self
+    }
+
+    pub fn merge(mut self, other: ApiRouter) -> Self {
+        self.router = self.router.merge(other.router);
+        self.ops.extend(other.ops);
+        self
+    }
+
+    pub fn into_parts(self) -> (Router<AppState>, Vec<Op>) {
+        (self.router, self.ops)
+    }
+}
+
+fn error(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn operation(op: &Op) -> Value {
+    let mut parameters: Vec<Value> = op
+        .path
         .split('/')
         .filter_map(|part| part.strip_prefix('{').and_then(|p| p.strip_suffix('}')))
         .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
         .collect();
-    if !mutation {
-        let query = QUERIES.iter().filter(|(p, _)| *p == path).flat_map(|(_, params)| params.iter());
-        parameters.extend(query.map(|(name, required, description)| {
-            json!({"name": name, "in": "query", "required": required, "description": description, "schema": {"type": "string"}})
-        }));
-    }
-    let error = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    let mut op = json!({
-        "summary": summary,
-        "description": format!("Who: {who}"),
+    parameters.extend(op.doc.query.iter().map(|(name, required, kind, description)| {
+        json!({"name": name, "in": "query", "required": required, "description": description, "schema": {"type": kind}})
+    }));
+    let id: String = format!("{}{}", op.method, op.path)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut out = json!({
+        "operationId": id,
+        "summary": op.doc.summary,
+        "description": format!("Who: {}", op.doc.who),
         "parameters": parameters,
         "responses": {
-            "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", op.doc.reply)}}}},
+            "400": error("Invalid input"),
             "401": error("Missing or invalid admin token"),
             "403": error("Role, org boundary or IP list"),
             "404": error("Unknown org or agent"),
             "429": error("Locked out or rate limited"),
+            "503": error("Unavailable: nothing was done"),
         },
     });
-    if mutation {
-        op["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": {"type": "object"}}}});
-        op["responses"]["400"] = error("Invalid input");
-        op["responses"]["409"] = error("Conflict with the current state");
+    let body = match op.doc.body {
+        Body::None => None,
+        Body::Tool(name) => Some(crate::mcp::tools::input_schema(name).unwrap_or_else(|| json!({"type": "object"}))),
+        Body::Schema(schema) => Some(schema()),
+    };
+    if let Some(schema) = body {
+        out["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema}}});
+        out["responses"]["409"] = error("Conflict with the current state");
     }
-    op
+    out
 }
 
-pub async fn document() -> Json<Value> {
+/// An object schema with `properties` (JSON-schema types by name; `$ref:X` for a component).
+fn object(properties: &[(&str, &str)]) -> Value {
+    let props: Map<String, Value> = properties
+        .iter()
+        .map(|(name, kind)| {
+            let schema = match kind.strip_prefix("$ref:") {
+                Some(component) => json!({"$ref": format!("#/components/schemas/{component}")}),
+                None => match kind.strip_suffix("[]") {
+                    Some(item) if item.starts_with('#') => json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{}", &item[1..])}}),
+                    Some(item) => json!({"type": "array", "items": {"type": item}}),
+                    None => json!({"type": kind.split('|').collect::<Vec<_>>()}),
+                },
+            };
+            (name.to_string(), schema)
+        })
+        .collect();
+    json!({"type": "object", "properties": props})
+}
+
+/// The reply schemas the routes refer to.
+fn components() -> Value {
+    json!({
+        "Error": object(&[("error", "string"), ("code", "string"), ("field", "string"), ("requestId", "string")]),
+        "Result": object(&[("success", "boolean"), ("warnings", "object[]")]),
+        "Me": object(&[("role", "string"), ("orgId", "string|null"), ("org", "object|null")]),
+        "Org": object(&[("orgId", "string"), ("name", "string"), ("mode", "string")]),
+        "OrgPage": object(&[("orgs", "#Org[]"), ("nextCursor", "string|null")]),
+        "OrgMode": object(&[("success", "boolean"), ("orgId", "string"), ("mode", "string")]),
+        "OrgSettings": object(&[("success", "boolean"), ("spendToday", "number"), ("spendMonth", "number")]),
+        "Token": object(&[("success", "boolean"), ("token", "string"), ("revokedCount", "integer")]),
+        "Agent": object(&[("agentId", "string"), ("orgId", "string"), ("status", "string")]),
+        "AgentPage": object(&[("agents", "#Agent[]"), ("nextCursor", "string|null")]),
+        "Tokens": object(&[("tokens", "object[]")]),
+        "Providers": object(&[("providers", "object[]")]),
+        "Consent": object(&[("asOf", "string|null"), ("nextCursor", "string|null")]),
+        "Limits": object(&[("tier", "string|null"), ("overrides", "object|null"), ("effective", "object|null"), ("orgCaps", "object|null"), ("asOf", "string|null")]),
+        "Usage": object(&[]),
+        "Dnc": object(&[("nextCursor", "string|null")]),
+        "Envelope": object(&[("position", "integer"), ("eventId", "string"), ("aggregateType", "string"), ("aggregateId", "string"),
+            ("sequence", "integer"), ("eventType", "string"), ("eventVersion", "string"), ("occurredAt", "string"), ("orgId", "string|null"),
+            ("actor", "object"), ("requestId", "string|null"), ("transport", "string|null"), ("provenance", "object|array|null"),
+            ("payload", "object"), ("prevHash", "string"), ("hash", "string"), ("redactions", "object[]"), ("metadata", "object")]),
+        "EventPage": object(&[("events", "#Envelope[]"), ("nextAfter", "integer"), ("headPosition", "integer|null")]),
+        "AuditPage": object(&[("items", "object[]"), ("nextCursor", "string|null")]),
+        "Clock": object(&[("now", "string")]),
+        "OpenApi": object(&[("openapi", "string"), ("info", "object"), ("paths", "object")]),
+    })
+}
+
+pub const OPENAPI: Doc = Doc {
+    who: "anyone who can reach the admin API",
+    summary: "This document",
+    query: &[],
+    body: Body::None,
+    reply: "OpenApi",
+};
+
+/// The OpenAPI 3.1 document of `ops`.
+pub fn document(ops: &[Op]) -> Value {
     let mut paths = Map::new();
-    for (method, path, who, summary) in ROUTES {
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[*method] = operation(path, who, summary, *method == "post");
+    for op in ops {
+        let entry = paths.entry(op.path.to_string()).or_insert_with(|| json!({}));
+        entry[op.method] = operation(op);
     }
-    Json(json!({
+    json!({
         "openapi": "3.1.0",
         "info": {"title": "commguard admin API", "version": env!("CARGO_PKG_VERSION")},
         "security": [{"bearer": []}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Master token (S) or org token (O)"}},
-            "schemas": {"Error": {"type": "object", "required": ["error", "code"], "properties": {
-                "error": {"type": "string"}, "code": {"type": "string"}, "requestId": {"type": "string"}}}},
+            "schemas": components(),
         },
         "paths": paths,
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn every_route_is_described_with_its_path_parameters() {
-        let Json(doc) = document().await;
-        assert_eq!(doc["openapi"], "3.1.0");
-        let paths = doc["paths"].as_object().unwrap();
-        assert_eq!(paths.values().map(|p| p.as_object().unwrap().len()).sum::<usize>(), ROUTES.len());
-        assert_eq!(doc["paths"]["/admin/api/orgs/{orgId}/approve"]["post"]["parameters"][0]["name"], "orgId");
-        assert!(
-            doc["paths"]["/admin/api/orgs"]["get"].is_object() && doc["paths"]["/admin/api/orgs"]["post"].is_object()
-        );
-        let limits = &doc["paths"]["/admin/api/limits"]["get"]["parameters"];
-        assert_eq!((limits[0]["name"].as_str(), limits[0]["required"].as_bool()), (Some("agentId"), Some(true)));
-        assert_eq!(limits[1]["name"], "as_of");
-        assert!(QUERIES.iter().all(|(p, _)| ROUTES.iter().any(|(m, r, _, _)| *m == "get" && r == p)));
-    }
+    })
 }

@@ -6,13 +6,13 @@
 //! clock's now when the view was read.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use commguard_domain::contact::CONSENT_CHANNELS;
 use serde_json::{json, Value};
 
 use super::admin::Admin;
+use super::openapi::{ApiRouter, Body, Doc, AS_OF, CURSOR, LIMIT, ORG};
 use super::params::Params;
 use crate::state::AppState;
 use crate::auth::Role;
@@ -26,11 +26,53 @@ use crate::outbound::usage::{self, Window};
 use crate::store::rfc3339;
 use crate::validate::invalid;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/admin/api/consent", get(consent))
-        .route("/admin/api/limits", get(limits))
-        .route("/admin/api/usage", get(usage_view))
+pub fn routes() -> ApiRouter {
+    let doc = |who, summary, query, reply| Doc { who, summary, query, body: Body::None, reply };
+    ApiRouter::new()
+        .get(
+            "/admin/api/consent",
+            consent,
+            doc(
+                "O S",
+                "Consent records of a contact and its DNC state, now or as of an instant",
+                &[
+                    ("contact", true, "string", "E.164 number or email"),
+                    ("agentId", false, "string", ""),
+                    ("channel", false, "string", "sms | voice | email | whatsapp | recording"),
+                    ORG,
+                    AS_OF,
+                    CURSOR,
+                    LIMIT,
+                ],
+                "Consent",
+            ),
+        )
+        .get(
+            "/admin/api/limits",
+            limits,
+            doc(
+                "O S",
+                "An agent's tier, overrides, effective limits and org caps, now or as of an instant",
+                &[("agentId", true, "string", ""), AS_OF],
+                "Limits",
+            ),
+        )
+        .get(
+            "/admin/api/usage",
+            usage_view,
+            doc(
+                "O S",
+                "Actions and spend per agent over a period or from/to",
+                &[
+                    ("agentId", false, "string", "one agent (else every agent in scope)"),
+                    ORG,
+                    ("period", false, "string", "today | week | month | all (today; all when from or to is given)"),
+                    ("from", false, "string", "RFC 3339, taken down to its UTC hour"),
+                    ("to", false, "string", "RFC 3339, exclusive"),
+                ],
+                "Usage",
+            ),
+        )
 }
 
 /// `GET /admin/api/consent?contact&agentId&channel&orgId&as_of&cursor&limit`.

@@ -125,7 +125,7 @@ pub async fn open_claim(
     if let Err(refusal) = &result {
         if !refusal.recorded {
             let action = format!("{} {route}", if route == "/sse" { "GET" } else { "POST" });
-            if let Some(unrecorded) = crate::refusals::record(app, principal, context, &action, claimed, refusal).await {
+            if let Some(unrecorded) = crate::refusals::record(app, principal, context, &action, claimed, None, refusal).await {
                 return Err(unrecorded);
             }
         }

@@ -484,3 +484,64 @@ async fn check(view: (&TestServer, &[Value]), query: &str, keep: impl Fn(&Value)
 async fn subject_refs(pool: &sqlx::PgPool) -> Vec<(i64, Option<String>)> {
     sqlx::query_as("SELECT position, subject_ref FROM audit_items ORDER BY position").fetch_all(pool).await.unwrap()
 }
+
+/// `ActionRefused.args` (CONTRACT §11.3): a refused send and a refused admin request keep their
+/// arguments, sealed in the store (no clear number, address or body; no credential at all) and
+/// opened in the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_actions_keep_their_arguments_sealed_in_the_store_and_open_in_the_feed() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    set_clock(&s, T1).await;
+    let a = org(&s, "alpha", json!({})).await;
+    let me = Session::open(&s, &a.agent_token).await;
+    let body = "Meet me at 221B Baker Street";
+    let (refused, _) =
+        me.call("comms_send_message", json!({"to": PHONE_TYPED, "body": body, "channel": "carrier-pigeon"})).await;
+    assert!(refused, "an unknown channel is refused at the input check");
+    let dnc = s
+        .http
+        .post(s.url("/admin/api/dnc"))
+        .bearer_auth(&a.admin)
+        .json(&json!({"address": EMAIL, "reason": "asked twice <script>", "bogus": {"$seal": "x", "a.b": 7},
+            "credentials": {"authToken": "sk_live_never_stored"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dnc.status(), 400, "a script tag in the reason is refused");
+    wait_visible(s.rt.store.pool(), stored_count(&s).await).await;
+
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT payload::text FROM events WHERE event_type = 'ActionRefused' ORDER BY position")
+            .fetch_all(s.rt.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    for text in &stored {
+        for clear in ["2025550100", "202) 555", "Baker Street", "carrier-pigeon", "bob@example", "asked twice"] {
+            assert!(!text.contains(clear), "{clear} in the clear: {text}");
+        }
+        assert!(!text.contains("sk_live"), "a credential is never stored: {text}");
+        assert!(!text.contains("$seal"), "nothing left unsealed: {text}");
+        assert!(text.contains("\"args\""), "{text}");
+    }
+
+    let feed = whole_feed(&s, MASTER, 1000, "").await;
+    let refusals: Vec<&Value> = feed.iter().filter(|e| e["eventType"] == "ActionRefused").collect();
+    assert_eq!(refusals.len(), 2);
+    let payload = |e: &Value| e["payload"].get("ActionRefused").cloned().unwrap_or_else(|| e["payload"].clone());
+    let send = payload(refusals[0]);
+    assert_eq!(send["tool"], "comms_send_message", "{send}");
+    assert_eq!(send["args"], json!({"to": PHONE_TYPED, "body": body, "channel": "carrier-pigeon"}), "{send}");
+    assert_eq!(refusals[0]["redactions"], json!([]));
+    let admin = payload(refusals[1]);
+    assert_eq!(admin["tool"], "POST /admin/api/dnc", "{admin}");
+    assert_eq!(admin["args"]["address"], EMAIL, "{admin}");
+    assert_eq!(admin["args"]["reason"], "asked twice <script>", "{admin}");
+    assert!(admin["args"].get("credentials").is_none(), "{admin}");
+    let bogus = &admin["args"]["bogus"];
+    assert_eq!(bogus.as_object().unwrap().len(), 2, "keys renamed, values kept: {bogus}");
+    assert!(bogus.get("$seal").is_none() && bogus.get("a.b").is_none(), "{bogus}");
+    assert!(bogus.as_object().unwrap().values().any(|v| v == "x"), "{bogus}");
+    assert!(bogus.as_object().unwrap().values().any(|v| v == 7), "{bogus}");
+}

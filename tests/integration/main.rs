@@ -16,6 +16,7 @@ mod event_store;
 mod hardening;
 mod hostile;
 mod identity;
+mod openapi;
 mod mcp_e2e;
 mod outage;
 mod outbound;

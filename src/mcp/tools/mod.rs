@@ -51,6 +51,11 @@ const TOOLS: &[Tool] = &[
     contacts::ERASE_SUBJECT,
 ];
 
+/// The input schema of the tool `name` (the admin routes that perform a tool take the same body).
+pub fn input_schema(name: &str) -> Option<Value> {
+    TOOLS.iter().find(|t| t.name == name).map(|t| (t.schema)())
+}
+
 /// The `tools/list` entries a caller of `role` may see.
 pub fn list(role: Role) -> Vec<Value> {
     TOOLS
@@ -116,5 +121,5 @@ async fn record_refusal(
         .and_then(Value::as_str)
         .map(str::to_string)
         .or_else(|| caller.principal.agent_id().map(str::to_string));
-    crate::refusals::record(app, caller.principal, caller.bare_context(app), tool, agent_id, refusal).await
+    crate::refusals::record(app, caller.principal, caller.bare_context(app), tool, agent_id, Some(arguments), refusal).await
 }
