@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod mcp;
+pub mod metrics;
 pub mod money;
 pub mod outage;
 pub mod outbound;

@@ -11,12 +11,12 @@ use crate::config::{Config, Environment};
 
 pub mod admin;
 pub mod admin_api;
-pub mod directory_api;
 pub mod audit_api;
 pub mod body_limit;
 pub mod client_ip;
 pub mod compliance_api;
 pub mod cors;
+pub mod directory_api;
 pub mod extract;
 pub mod fallback;
 pub mod headers;
@@ -24,6 +24,7 @@ pub mod health;
 pub mod ip_filter;
 pub mod openapi;
 pub mod params;
+pub mod prometheus;
 pub mod rate_limit;
 pub mod request_id;
 pub mod views_api;
@@ -41,10 +42,11 @@ pub struct Hardening {
     pub admin_allowlist: Vec<IpNet>,
     pub webhook_allowlist: Vec<IpNet>,
     pub limits: rate_limit::RateLimits,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Hardening {
-    pub fn new(config: &Config) -> Arc<Self> {
+    pub fn new(config: &Config, metrics: Arc<crate::metrics::Metrics>) -> Arc<Self> {
         Arc::new(Self {
             production: config.env == Environment::Production,
             demo: config.demo_mode,
@@ -58,6 +60,7 @@ impl Hardening {
                 config.http_rate_limit_global,
                 config.webhook_rate_limit_per_ip,
             ),
+            metrics,
         })
     }
 

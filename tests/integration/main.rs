@@ -16,6 +16,7 @@ mod hardening;
 mod hostile;
 mod identity;
 mod mcp_e2e;
+mod metrics;
 mod outage;
 mod outbound;
 mod providers;
