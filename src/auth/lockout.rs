@@ -271,7 +271,11 @@ impl Lockout {
         };
         let dedup_key = format!("brute_force_lockout:{ip_ref}:{}", until.timestamp());
         match self.store.record_once("alert", &dedup_key, &[alert], &self.context()).await {
-            Ok(Some(_)) => self.metrics.alert("HIGH", "brute_force_lockout"),
+            Ok(Some(_)) => {
+                // HIGH alerts log at error (CONTRACT §14).
+                tracing::error!(rule = "brute_force_lockout", ip_ref, failures, "HIGH alert: Brute-force lockout");
+                self.metrics.alert("HIGH", "brute_force_lockout")
+            }
             Ok(None) => {}
             Err(e) => crate::error::log_failure("lockout alert not recorded", &e),
         }

@@ -32,6 +32,7 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
         "An agent's tier, overrides, effective limits and org caps, now or as of an instant",
     ),
     ("get", "/admin/api/usage", "O S", "Actions and spend per agent over a period or from/to"),
+    ("get", "/admin/api/alerts", "O (its agents) S (also IP alerts)", "Alerts raised by the §14 rules, newest first"),
     ("get", "/admin/api/dnc", "O S", "= comms_dnc_list"),
     ("post", "/admin/api/dnc", "O S", "= comms_dnc_add"),
     ("post", "/admin/api/dnc/remove", "O S", "= comms_dnc_remove"),
@@ -90,6 +91,17 @@ const QUERIES: &[(&str, &[Query])] = &[
         ],
     ),
     ("/admin/api/dnc", &[ORG, ("type", false, "phone | email"), PAGE[0], PAGE[1]]),
+    (
+        "/admin/api/alerts",
+        &[
+            ("severity", false, "HIGH | MEDIUM | LOW"),
+            ("rule", false, "volume_spike | brute_force | rapid_rotation | brute_force_lockout | rate_limit | spend_threshold"),
+            ("since", false, "RFC 3339: alerts raised at or after it"),
+            ORG,
+            PAGE[0],
+            PAGE[1],
+        ],
+    ),
 ];
 
 fn operation(path: &str, who: &str, summary: &str, mutation: bool) -> Value {

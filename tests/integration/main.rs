@@ -3,6 +3,7 @@
 
 mod support;
 
+mod alerts;
 mod audit_feed;
 mod cli;
 mod cli_admin;
