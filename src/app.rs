@@ -250,6 +250,9 @@ impl Server {
             }
         }));
         tasks.push(tokio::spawn(state.intents.clone().run()));
+        if state.config.anomaly_detector_enabled {
+            tasks.push(tokio::spawn(crate::anomaly::run(state.clone())));
+        }
         let runners = runners.into_iter().chain(tasks).collect();
         let sessions = state.sessions.clone();
         let intents = state.intents.clone();

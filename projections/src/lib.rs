@@ -13,6 +13,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub mod alerts;
+pub mod anomaly;
 pub mod audit;
 pub mod contact;
 pub mod directory;
@@ -146,5 +147,6 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(contact::CallsProjection),
         Box::new(audit::AuditProjection),
         Box::new(alerts::AlertsProjection),
+        Box::new(anomaly::AnomalyProjection),
     ]
 }

@@ -74,8 +74,22 @@ async fn alerts_are_listed_by_scope_filtered_counted_and_paged() {
     let lockout = await_alerts(&s, 1).await;
     let alert = &lockout[0];
     assert_eq!(
-        (&alert["rule"], &alert["severity"], &alert["title"], &alert["subjectKind"], &alert["orgId"], &alert["occurrences"]),
-        (&json!("brute_force_lockout"), &json!("HIGH"), &json!("Brute-force lockout"), &json!("ip"), &Value::Null, &json!(1))
+        (
+            &alert["rule"],
+            &alert["severity"],
+            &alert["title"],
+            &alert["subjectKind"],
+            &alert["orgId"],
+            &alert["occurrences"]
+        ),
+        (
+            &json!("brute_force_lockout"),
+            &json!("HIGH"),
+            &json!("Brute-force lockout"),
+            &json!("ip"),
+            &Value::Null,
+            &json!(1)
+        )
     );
     assert!(alert["raisedAt"].as_str().unwrap().ends_with('Z'), "{alert}");
 

@@ -4,6 +4,7 @@
 mod support;
 
 mod alerts;
+mod anomaly;
 mod audit_feed;
 mod cli;
 mod cli_admin;
