@@ -14,6 +14,7 @@ pub fn routes(app: AppState) -> Router<AppState> {
         .merge(super::audit_api::routes())
         .merge(super::views_api::routes())
         .merge(super::alerts_api::routes())
+        .merge(super::anomalies_api::routes())
         .layer(axum::middleware::from_fn_with_state(app, super::admin::record_refusals));
     documented.merge(routes)
 }

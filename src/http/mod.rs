@@ -12,6 +12,7 @@ use crate::config::{Config, Environment};
 pub mod admin;
 pub mod admin_api;
 pub mod alerts_api;
+pub mod anomalies_api;
 pub mod audit_api;
 pub mod body_limit;
 pub mod client_ip;

@@ -33,6 +33,7 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ),
     ("get", "/admin/api/usage", "O S", "Actions and spend per agent over a period or from/to"),
     ("get", "/admin/api/alerts", "O (its agents) S (also IP alerts)", "Alerts raised by the §14 rules, newest first"),
+    ("get", "/admin/api/anomalies", "O (its agents) S (also IPs)", "Each rule's current window values and thresholds"),
     ("get", "/admin/api/dnc", "O S", "= comms_dnc_list"),
     ("post", "/admin/api/dnc", "O S", "= comms_dnc_add"),
     ("post", "/admin/api/dnc/remove", "O S", "= comms_dnc_remove"),
@@ -101,6 +102,10 @@ const QUERIES: &[(&str, &[Query])] = &[
             PAGE[0],
             PAGE[1],
         ],
+    ),
+    (
+        "/admin/api/anomalies",
+        &[("rule", false, "volume_spike | brute_force | rapid_rotation"), ORG, PAGE[0], PAGE[1]],
     ),
 ];
 

@@ -83,6 +83,14 @@ async fn brute_force_fires_above_ten_failures_once_across_two_instances() {
         (&alert["severity"], &alert["title"], &alert["subjectKind"]),
         (&json!("HIGH"), &json!("Brute-force auth detected"), &json!("ip"))
     );
+    let r = b.http.get(b.url("/admin/api/anomalies?rule=brute_force")).bearer_auth(MASTER).send().await.unwrap();
+    let windows: Value = r.json().await.unwrap();
+    let row = &windows["anomalies"][0];
+    assert_eq!(
+        (&row["subjectKind"], &row["value"], &row["firing"], &row["windowStart"], &row["windowEnd"]),
+        (&json!("ip"), &json!(11), &json!(true), &json!("2026-12-01T16:00:00.000Z"), &json!("2026-12-01T16:05:00.000Z")),
+        "{windows}"
+    );
     let metrics = a.http.get(a.url("/metrics")).bearer_auth(MASTER).send().await.unwrap().text().await.unwrap();
     let b_metrics = b.http.get(b.url("/metrics")).bearer_auth(MASTER).send().await.unwrap().text().await.unwrap();
     let counted = [metrics, b_metrics]
@@ -150,6 +158,24 @@ async fn rapid_rotation_and_volume_spike_fire_at_their_thresholds_in_the_agents_
         assert!(Instant::now() < deadline, "the org sees {rules:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The current windows behind them, as the org sees them (no IP rows).
+    let r = s.http.get(s.url("/admin/api/anomalies")).bearer_auth(&org_token).send().await.unwrap();
+    let body: Value = r.json().await.unwrap();
+    let rows: Vec<(&str, i64, i64, bool)> = body["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["rule"].as_str().unwrap(),
+                a["value"].as_i64().unwrap(),
+                a["previous"].as_i64().unwrap_or(-1),
+                a["firing"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(rows, [("rapid_rotation", 4, -1, true), ("volume_spike", 3, 0, true)], "{body}");
     s.stop().await;
 }
 
