@@ -3,14 +3,14 @@
 //! window) — `Store::record_once` on the stream `alert/<dedupKey>`, which Postgres lets only one
 //! writer start, however many instances evaluate the same window.
 //!
-//! Rules evaluated here: `volume_spike`, `brute_force`, `rapid_rotation`. The lockout raises
+//! Rules evaluated here: `volume_spike`, `brute_force`, `rapid_rotation`, `rate_limit`. The lockout raises
 //! `brute_force_lockout` itself (`auth::lockout`).
 
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use commguard_domain::records::AlertEvent;
-use commguard_projections::anomaly::{window_of, AUTH_FAILED, OUTBOUND, TOKEN_ISSUED};
+use commguard_projections::anomaly::{window_of, AUTH_FAILED, LIMIT_TYPES, OUTBOUND, RATE_LIMIT_PREFIX, TOKEN_ISSUED};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -51,6 +51,9 @@ impl crate::error::Failure for CheckError {
         }
     }
 }
+
+/// (counter, agent, org, window start, refusals) of a `rate_limit:<limitType>` window.
+type Refusals = (String, String, Option<String>, DateTime<Utc>, i64);
 
 /// A window value that breaks a rule.
 struct Finding {
@@ -148,6 +151,49 @@ pub async fn check(app: &AppState) -> Result<usize, CheckError> {
         });
     }
 
+    // rate_limit: each (agent, limitType) refused in the limit's current window.
+    let (counters, windows): (Vec<String>, Vec<DateTime<Utc>>) = LIMIT_TYPES
+        .iter()
+        .map(|t| {
+            let counter = format!("{RATE_LIMIT_PREFIX}{t}");
+            let window = window_of(&counter, now);
+            (counter, window)
+        })
+        .unzip();
+    let refusals: Vec<Refusals> = sqlx::query_as(
+        "SELECT w.counter, w.subject_id, w.org_id, w.window_start, w.count
+         FROM UNNEST($1::text[], $2::timestamptz[]) AS c(counter, window_start)
+         JOIN anomaly_windows w ON w.counter = c.counter AND w.window_start = c.window_start
+         WHERE w.subject_kind = 'agent' AND w.count >= 1",
+    )
+    .bind(&counters)
+    .bind(&windows)
+    .fetch_all(&app.pool)
+    .await?;
+    for (counter, agent, org, start, count) in refusals {
+        let limit_type = counter.trim_start_matches(RATE_LIMIT_PREFIX).to_string();
+        let end = match limit_type.as_str() {
+            "per-minute" => start + TimeDelta::minutes(1),
+            "per-hour" => start + TimeDelta::hours(1),
+            // The first of the next month.
+            "monthly-spend" | "org_spend_month" => window_of(&counter, start + TimeDelta::days(32)),
+            _ => start + TimeDelta::days(1),
+        };
+        findings.push(Finding {
+            rule: "rate_limit",
+            severity: "MEDIUM",
+            title: "Rate limit exceeded",
+            message: format!("Agent {agent}: refused by its {limit_type} limit ({count} in this window)"),
+            details: json!({ "limitType": limit_type, "refusals": count }),
+            subject_kind: "agent".into(),
+            // The dedup subject is (agent, limitType); the alert's subject is the agent.
+            subject_id: agent,
+            org_id: org,
+            window_start: start,
+            window_end: end,
+        });
+    }
+
     let mut raised = 0;
     for finding in findings {
         if raise(app, finding, now).await? {
@@ -159,7 +205,9 @@ pub async fn check(app: &AppState) -> Result<usize, CheckError> {
 
 /// Records `finding` unless its (rule, subject, window) already has its alert.
 async fn raise(app: &AppState, f: Finding, now: DateTime<Utc>) -> Result<bool, CheckError> {
-    let dedup_key = format!("{}:{}:{}:{}", f.rule, f.subject_kind, f.subject_id, f.window_start.timestamp());
+    let limit_type = f.details.get("limitType").and_then(|t| t.as_str()).map(|t| format!(":{t}")).unwrap_or_default();
+    let dedup_key =
+        format!("{}:{}:{}{limit_type}:{}", f.rule, f.subject_kind, f.subject_id, f.window_start.timestamp());
     let alert = AlertEvent::AlertRaised {
         alert_id: Uuid::new_v4().to_string(),
         rule: f.rule.into(),

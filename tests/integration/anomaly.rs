@@ -88,7 +88,13 @@ async fn brute_force_fires_above_ten_failures_once_across_two_instances() {
     let row = &windows["anomalies"][0];
     assert_eq!(
         (&row["subjectKind"], &row["value"], &row["firing"], &row["windowStart"], &row["windowEnd"]),
-        (&json!("ip"), &json!(11), &json!(true), &json!("2026-12-01T16:00:00.000Z"), &json!("2026-12-01T16:05:00.000Z")),
+        (
+            &json!("ip"),
+            &json!(11),
+            &json!(true),
+            &json!("2026-12-01T16:00:00.000Z"),
+            &json!("2026-12-01T16:05:00.000Z")
+        ),
         "{windows}"
     );
     let metrics = a.http.get(a.url("/metrics")).bearer_auth(MASTER).send().await.unwrap().text().await.unwrap();
@@ -176,6 +182,51 @@ async fn rapid_rotation_and_volume_spike_fire_at_their_thresholds_in_the_agents_
         })
         .collect();
     assert_eq!(rows, [("rapid_rotation", 4, -1, true), ("volume_spike", 3, 0, true)], "{body}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_raises_one_alert_per_agent_limit_type_and_window() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &VARS).await;
+    set_clock(&s).await;
+    let master = Session::open(&s, MASTER).await;
+    let org = master
+        .ok("comms_create_organization", json!({"name": "Limited", "slug": "limited", "a2pRegistered": true}))
+        .await;
+    let admin = Session::open(&s, org["adminToken"].as_str().unwrap()).await;
+    let agent =
+        admin.ok("comms_provision_channels", json!({"displayName": "Sender", "capabilities": {"phone": true}})).await;
+    let agent_id = agent["agentId"].as_str().unwrap().to_string();
+    let me = Session::open(&s, agent["securityToken"].as_str().unwrap()).await;
+    me.ok("comms_record_consent", json!({"contactAddress": "+12025550100", "channel": "sms"})).await;
+    master.ok("comms_set_agent_limits", json!({"agentId": agent_id, "limits": {"maxActionsPerMinute": 1}})).await;
+    me.ok("comms_send_message", json!({"to": "+12025550100", "body": "Your table is ready."})).await;
+    settle().await;
+    assert_eq!(alerts(&db, "rate_limit").await, 0, "no refusal yet");
+    for _ in 0..2 {
+        let (is_error, refusal) = me.call("comms_send_message", json!({"to": "+12025550100", "body": "Again"})).await;
+        assert!(is_error && refusal["limitType"] == "per-minute", "{refusal}");
+    }
+    await_alert(&db, "rate_limit").await;
+    settle().await;
+    assert_eq!(alerts(&db, "rate_limit").await, 1, "one alert for (agent, per-minute, this minute)");
+    let details: Value = sqlx::query_scalar(
+        "SELECT payload::jsonb FROM events WHERE event_type = 'AlertRaised' AND payload::jsonb ->> 'rule' = 'rate_limit'",
+    )
+    .fetch_one(&db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(
+        (&details["subjectId"], &details["details"]["limitType"], &details["windowStart"], &details["windowEnd"]),
+        (
+            &json!(agent_id),
+            &json!("per-minute"),
+            &json!("2026-12-01T16:00:00.000Z"),
+            &json!("2026-12-01T16:01:00.000Z")
+        ),
+        "{details}"
+    );
     s.stop().await;
 }
 
