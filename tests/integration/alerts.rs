@@ -145,5 +145,20 @@ async fn alerts_are_listed_by_scope_filtered_counted_and_paged() {
         }
     }
     assert_eq!(seen, all.iter().map(|a| a["alertId"].clone()).collect::<Vec<_>>());
+
+    // Rebuilt from position 0 (`commguard replay --projection alerts|anomaly`), the same rows.
+    let pool = db.pool().await;
+    let table = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, String>(sql).fetch_one(&pool).await.unwrap() }
+    };
+    const ALERTS: &str = "SELECT COALESCE(string_agg(concat_ws('|', position, alert_id, rule, org_id, occurrences), ',' ORDER BY position), '') FROM alerts";
+    const WINDOWS: &str = "SELECT COALESCE(string_agg(concat_ws('|', counter, subject_id, window_start, count), ',' ORDER BY counter, subject_id, window_start), '') FROM anomaly_windows";
+    let (alerts_before, windows_before) = (table(ALERTS).await, table(WINDOWS).await);
+    assert!(!windows_before.is_empty(), "the failures were counted");
     s.stop().await;
+    use commguard::store::runner::{rebuild, Progress};
+    rebuild(&pool, &commguard_projections::alerts::AlertsProjection, &mut Progress::quiet()).await.unwrap();
+    rebuild(&pool, &commguard_projections::anomaly::AnomalyProjection, &mut Progress::quiet()).await.unwrap();
+    assert_eq!((table(ALERTS).await, table(WINDOWS).await), (alerts_before, windows_before));
 }
