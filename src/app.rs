@@ -13,7 +13,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-
 use crate::auth::{watch, Identity, Lockout};
 use crate::clock::Clock;
 use crate::config::{Config, Environment, LogFormat};
@@ -32,7 +31,6 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's headers (slow clients hold a connection and a
 /// task each; see `http::body_limit::BODY_READ_TIMEOUT` for bodies).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -144,10 +142,11 @@ impl Runtime {
         let config = self.config.clone();
         let store = self.store.clone();
         let master = config.master_token.as_ref().map(|s| s.0.as_str());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         AppState {
             pool: store.pool().clone(),
             identity: Arc::new(Identity::new(store.pool().clone(), master, config.demo_mode)),
-            lockout: Arc::new(Lockout::new(&config, store.clone(), self.clock.clone())),
+            lockout: Arc::new(Lockout::new(&config, store.clone(), self.clock.clone(), metrics.clone())),
             sessions: Arc::new(Sessions::new(
                 config.mcp_max_sessions as usize,
                 Duration::from_secs(config.mcp_session_idle_seconds),
@@ -169,6 +168,7 @@ impl Runtime {
             contacts: Arc::new(store.framework(())),
             clock: self.clock.clone(),
             started: Instant::now(),
+            metrics,
             store,
             config,
         }
@@ -191,6 +191,7 @@ pub fn router(state: AppState, hardening: Arc<Hardening>) -> Router {
         .merge(http::health::routes())
         .merge(mcp::routes())
         .merge(http::admin_api::routes(state.clone()))
+        .merge(http::prometheus::routes())
         .merge(crate::webhooks::routes())
         .with_state(state);
     http::harden(routes, hardening)
@@ -213,7 +214,7 @@ impl Server {
         let addr = listener.local_addr().map_err(|e| StartError::Listen("socket".into(), e))?;
         let stop = Arc::new(Notify::new());
         let state = rt.state();
-        let hardening = Hardening::new(&state.config);
+        let hardening = Hardening::new(&state.config, state.metrics.clone());
         let retention = RetentionJob { store: rt.store.clone(), config: state.config.clone(), clock: state.clock.clone() };
         let jobs = Jobs::start(hardening.clone(), retention).await.map_err(StartError::Jobs)?;
         let runners =
@@ -251,6 +252,9 @@ impl Server {
             }
         }));
         tasks.push(tokio::spawn(state.intents.clone().run()));
+        if state.config.anomaly_detector_enabled {
+            tasks.push(tokio::spawn(crate::anomaly::run(state.clone())));
+        }
         let runners = runners.into_iter().chain(tasks).collect();
         let sessions = state.sessions.clone();
         let intents = state.intents.clone();

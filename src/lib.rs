@@ -2,6 +2,7 @@
 //!
 //! The binary in `main.rs` is a thin shim over this library; `ARCHITECTURE.md` is the map.
 
+pub mod anomaly;
 pub mod app;
 pub mod auth;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod mcp;
+pub mod metrics;
 pub mod money;
 pub mod outage;
 pub mod outbound;

@@ -14,6 +14,7 @@ use crate::auth::{Identity, Lockout};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::crypto;
+use crate::metrics::Metrics;
 use crate::outbound::intents::Intents;
 use crate::outbound::limits::Reserver;
 use crate::sessions::Sessions;
@@ -40,4 +41,6 @@ pub struct AppState {
     pub reserver: Reserver,
     /// This instance's outbound intents (recorded before every provider call).
     pub intents: Arc<Intents>,
+    /// This instance's Prometheus metrics (`/metrics`), shared with the hardening layers.
+    pub metrics: Arc<Metrics>,
 }

@@ -12,6 +12,8 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+pub mod alerts;
+pub mod anomaly;
 pub mod audit;
 pub mod contact;
 pub mod directory;
@@ -144,5 +146,7 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(contact::DncProjection),
         Box::new(contact::CallsProjection),
         Box::new(audit::AuditProjection),
+        Box::new(alerts::AlertsProjection),
+        Box::new(anomaly::AnomalyProjection),
     ]
 }

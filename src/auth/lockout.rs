@@ -10,7 +10,7 @@
 use crate::error::{ApiError, ErrorCode};
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use commguard_domain::pii::{Pii, RetentionClass};
@@ -23,6 +23,7 @@ use super::AuthFailure;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::crypto::tokens::fingerprint;
+use crate::metrics::Metrics;
 use crate::store::{rfc3339, Actor, CommandContext, Store};
 
 /// A refused check: locked until some time, or the check could not run.
@@ -40,6 +41,7 @@ pub struct Lockout {
     window: Duration,
     lock_for: Duration,
     suspects: Mutex<HashSet<String>>,
+    metrics: Arc<Metrics>,
 }
 
 /// The address lockouts count by: IPv4 (also when IPv4-mapped), or the IPv6 /64 network.
@@ -57,7 +59,7 @@ pub fn ip_key(ip: IpAddr) -> String {
 }
 
 impl Lockout {
-    pub fn new(config: &Config, store: Store, clock: Clock) -> Self {
+    pub fn new(config: &Config, store: Store, clock: Clock, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
             clock,
@@ -66,6 +68,7 @@ impl Lockout {
             window: Duration::seconds(config.brute_force_window_seconds as i64),
             lock_for: Duration::seconds(config.brute_force_lockout_seconds as i64),
             suspects: Mutex::default(),
+            metrics,
         }
     }
 
@@ -267,8 +270,14 @@ impl Lockout {
             window_end: rfc3339(until),
         };
         let dedup_key = format!("brute_force_lockout:{ip_ref}:{}", until.timestamp());
-        if let Err(e) = self.store.record_once("alert", &dedup_key, &[alert], &self.context()).await {
-            crate::error::log_failure("lockout alert not recorded", &e);
+        match self.store.record_once("alert", &dedup_key, &[alert], &self.context()).await {
+            Ok(Some(_)) => {
+                // HIGH alerts log at error (CONTRACT §14).
+                tracing::error!(rule = "brute_force_lockout", ip_ref, failures, "HIGH alert: Brute-force lockout");
+                self.metrics.alert("HIGH", "brute_force_lockout")
+            }
+            Ok(None) => {}
+            Err(e) => crate::error::log_failure("lockout alert not recorded", &e),
         }
     }
 }

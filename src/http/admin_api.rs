@@ -20,6 +20,8 @@ pub fn described() -> (Router<AppState>, Vec<Op>) {
         .merge(super::audit_api::routes())
         .merge(super::views_api::routes())
         .merge(super::erasure_api::routes())
+        .merge(super::alerts_api::routes())
+        .merge(super::anomalies_api::routes())
         .into_parts();
     ops.insert(0, Op { method: "get", path: OPENAPI_PATH, doc: openapi::OPENAPI });
     (router, ops)

@@ -13,6 +13,8 @@ pub mod admin;
 pub mod admin_api;
 pub mod directory_api;
 pub mod erasure_api;
+pub mod alerts_api;
+pub mod anomalies_api;
 pub mod audit_api;
 pub mod body_limit;
 pub mod client_ip;
@@ -25,6 +27,7 @@ pub mod health;
 pub mod ip_filter;
 pub mod openapi;
 pub mod params;
+pub mod prometheus;
 pub mod rate_limit;
 pub mod request_id;
 pub mod views_api;
@@ -42,10 +45,11 @@ pub struct Hardening {
     pub admin_allowlist: Vec<IpNet>,
     pub webhook_allowlist: Vec<IpNet>,
     pub limits: rate_limit::RateLimits,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Hardening {
-    pub fn new(config: &Config) -> Arc<Self> {
+    pub fn new(config: &Config, metrics: Arc<crate::metrics::Metrics>) -> Arc<Self> {
         Arc::new(Self {
             production: config.env == Environment::Production,
             demo: config.demo_mode,
@@ -59,6 +63,7 @@ impl Hardening {
                 config.http_rate_limit_global,
                 config.webhook_rate_limit_per_ip,
             ),
+            metrics,
         })
     }
 

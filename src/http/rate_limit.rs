@@ -131,10 +131,14 @@ pub async fn layer(State(h): State<Arc<Hardening>>, request: Request, next: Next
     let webhook = under(request.uri().path(), "/webhooks");
     match h.limits.admit(ip, webhook, Instant::now()) {
         Ok(()) => next.run(request).await,
-        Err(Refused::PerIp { retry_after }) => ApiError::new(ErrorCode::RateLimited, "Too many requests")
-            .header("retry-after", retry_after.to_string())
-            .into_response(),
+        Err(Refused::PerIp { retry_after }) => {
+            h.metrics.http_rate_limit_hit("per_ip");
+            ApiError::new(ErrorCode::RateLimited, "Too many requests")
+                .header("retry-after", retry_after.to_string())
+                .into_response()
+        }
         Err(Refused::Global { retry_after }) => {
+            h.metrics.http_rate_limit_hit("global");
             ApiError::new(ErrorCode::RateLimited, "Too many requests (global limit)")
                 .header("retry-after", retry_after.to_string())
                 .into_response()

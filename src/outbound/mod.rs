@@ -16,16 +16,16 @@ use commguard_domain::agent::AgentEvent;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::state::AppState;
+use crate::auth::caller::Caller;
 use crate::auth::Role;
 use crate::directory::{self, commands};
 use crate::error::{ApiError, ErrorCode};
-use crate::auth::caller::Caller;
+use crate::providers::credentials::{self, Credentials};
+use crate::providers::{self as provider, Outgoing, Provider, Receipt};
+use crate::state::AppState;
 use crate::store::CommandContext;
 use crate::validate::Args;
-use crate::providers::credentials::{self, Credentials};
 use limits::{Contact, Limits, OrgCaps};
-use crate::providers::{self as provider, Outgoing, Provider, Receipt};
 
 pub mod actions;
 
@@ -145,7 +145,9 @@ async fn run<A: Action>(
         limits_check(&mut fallback_context.provenance);
         let event = match &chosen {
             Some((provider, _)) => {
-                fallback_context.provenance.pass_with("provider", "unconfirmed: the outcome of the provider call was never recorded");
+                fallback_context
+                    .provenance
+                    .pass_with("provider", "unconfirmed: the outcome of the provider call was never recorded");
                 let unconfirmed = Receipt { external_id: String::new(), status: "unconfirmed".into(), cost: estimate };
                 action.sent(id, from.clone(), *provider, &unconfirmed, &passed)
             }
@@ -170,6 +172,7 @@ async fn run<A: Action>(
         intent: Some((app.intents.instance(), fallback)),
     };
     if let Err(exceeded) = app.reserver.reserve(request).await? {
+        app.metrics.rate_limit_hit(&exceeded.limit_type);
         return Err(block(app, context, &agent_id, id, &action, "limits", exceeded.to_error()).await);
     }
     limits_check(&mut context.provenance);
@@ -203,6 +206,7 @@ async fn run<A: Action>(
         }
     };
     context.provenance.pass("provider");
+    app.metrics.message_sent(action.channel());
     let sent = action.sent(id, from.clone(), provider, &receipt, &passed);
     let ending = intents::Ending::Sent { cost_delta: receipt.cost - estimate };
     if app.intents.complete(&agent_id, id, sent, &context, ending).await.is_err() {

@@ -23,15 +23,15 @@ use commguard_domain::pii::{Pii, RetentionClass};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::state::AppState;
 use crate::contacts::{self, Address};
 use crate::directory::{self, AgentView};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::client_ip::ClientIp;
 use crate::outbound::actions::xml_escape;
-use crate::providers::credentials;
 use crate::outbound::limits;
 use crate::providers as provider;
+use crate::providers::credentials;
+use crate::state::AppState;
 use crate::store::{Actor, ActorKind, CommandContext};
 use crate::validate;
 use replay::Claim;
@@ -70,6 +70,7 @@ async fn record(app: &AppState, agent: &AgentView, event: AgentEvent, context: &
 }
 
 async fn reject(app: &AppState, agent: &AgentView, provider: &str, route: &str, reason: &str, ip: &ClientIp) {
+    app.metrics.webhook_rejected(route, reason);
     let mut context = context(app, provider, agent);
     context.provenance.fail(reason, format!("webhook {route} rejected: {reason}"));
     let event =

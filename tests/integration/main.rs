@@ -3,6 +3,8 @@
 
 mod support;
 
+mod alerts;
+mod anomaly;
 mod audit_feed;
 mod cli;
 mod cli_admin;
@@ -18,6 +20,7 @@ mod hostile;
 mod identity;
 mod openapi;
 mod mcp_e2e;
+mod metrics;
 mod outage;
 mod outbound;
 mod providers;

@@ -10,13 +10,12 @@ mod ping;
 
 use serde_json::{json, Value};
 
-use crate::state::AppState;
 use crate::auth::{guard, Role};
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::validate::Args;
 
 pub use crate::auth::caller::Caller;
-
 
 pub struct Tool {
     pub name: &'static str,
@@ -68,11 +67,16 @@ pub fn list(role: Role) -> Vec<Value> {
 /// Runs tool `name`; a refusal is recorded before it is returned.
 pub async fn call(app: &AppState, caller: &Caller<'_>, name: &str, arguments: Value) -> Result<Value, ApiError> {
     let outcome = dispatch(app, caller, name, &arguments).await;
-    if let Some(refusal) = outcome.as_ref().err().filter(|r| !r.recorded) {
-        if let Some(unrecorded) = record_refusal(app, caller, name, &arguments, refusal).await {
-            return Err(unrecorded);
-        }
-    }
+    let outcome = match outcome {
+        Err(refusal) if !refusal.recorded => match record_refusal(app, caller, name, &arguments, &refusal).await {
+            Some(unrecorded) => Err(unrecorded),
+            None => Err(refusal),
+        },
+        other => other,
+    };
+    // Unknown names are one label value: a caller cannot grow the series.
+    let tool = TOOLS.iter().find(|t| t.name == name).map_or("unknown", |t| t.name);
+    app.metrics.tool_call(tool, outcome.as_ref().map_or_else(|e| e.code.as_str(), |_| "ok"));
     outcome
 }
 

@@ -1,0 +1,100 @@
+//! `GET /admin/api/alerts` (CONTRACT §12, §14): the alerts projection, newest first, keyset-paged
+//! (`paging::Page` over positions). An org token sees the alerts about its own agents only
+//! (those carrying its `orgId`); IP alerts are platform-wide and shown to the master token only.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use sqlx::{Postgres, QueryBuilder};
+
+use super::admin::Admin;
+use super::openapi::{ApiRouter, Body, Doc};
+use super::params::Params;
+use crate::auth::Role;
+use crate::directory::commands::read_scope;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::rfc3339;
+
+/// The §14 rules, as `rule` filters name them.
+pub const RULES: [&str; 6] =
+    ["volume_spike", "brute_force", "rapid_rotation", "brute_force_lockout", "rate_limit", "spend_threshold"];
+pub const SEVERITIES: [&str; 3] = ["HIGH", "MEDIUM", "LOW"];
+
+pub fn routes() -> ApiRouter {
+    ApiRouter::new().get(
+        "/admin/api/alerts",
+        alerts,
+        Doc { who: "O (its agents) S (also IP alerts)", summary: "Alerts raised by the §14 rules, newest first (?severity&rule&since&orgId&cursor&limit)", query: &[], body: Body::None, reply: "Result" },
+    )
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    position: i64,
+    alert_id: String,
+    rule: String,
+    severity: String,
+    title: String,
+    message: String,
+    subject_kind: String,
+    subject_id: String,
+    org_id: Option<String>,
+    raised_at: DateTime<Utc>,
+    occurrences: i64,
+}
+
+impl Row {
+    fn view(&self) -> Value {
+        json!({
+            "alertId": self.alert_id,
+            "rule": self.rule,
+            "severity": self.severity,
+            "title": self.title,
+            "message": self.message,
+            "subjectKind": self.subject_kind,
+            "subjectId": self.subject_id,
+            "orgId": self.org_id,
+            "raisedAt": rfc3339(self.raised_at),
+            "occurrences": self.occurrences,
+        })
+    }
+}
+
+/// `GET /admin/api/alerts?severity&rule&since&orgId&cursor&limit` → `{alerts, nextCursor}`.
+async fn alerts(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<Value>, ApiError> {
+    let severity = params.choice("severity", &SEVERITIES)?;
+    let rule = params.choice("rule", &RULES)?;
+    let since = params.time("since")?;
+    let org = read_scope(&admin.principal, params.id("orgId")?)?;
+    let page = params.page::<i64>()?;
+
+    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(
+        "SELECT position, alert_id, rule, severity, title, message, subject_kind, subject_id, org_id, raised_at,
+                occurrences
+         FROM alerts WHERE true",
+    );
+    if admin.principal.role() != Role::SuperAdmin {
+        sql.push(" AND subject_kind <> 'ip'");
+    }
+    if let Some(org) = org {
+        sql.push(" AND org_id = ").push_bind(org);
+    }
+    if let Some(severity) = severity {
+        sql.push(" AND severity = ").push_bind(severity);
+    }
+    if let Some(rule) = rule {
+        sql.push(" AND rule = ").push_bind(rule);
+    }
+    if let Some(since) = since {
+        sql.push(" AND raised_at >= ").push_bind(since);
+    }
+    if let Some(after) = page.after {
+        sql.push(" AND position < ").push_bind(after);
+    }
+    sql.push(" ORDER BY position DESC LIMIT ").push_bind(page.fetch());
+    let rows: Vec<Row> = sql.build_query_as().fetch_all(&app.pool).await.map_err(ApiError::internal)?;
+    let (rows, next) = page.finish(rows, |r| r.position);
+    Ok(Json(json!({ "alerts": rows.iter().map(Row::view).collect::<Vec<_>>(), "nextCursor": next })))
+}
