@@ -215,7 +215,8 @@ impl Server {
         let stop = Arc::new(Notify::new());
         let state = rt.state();
         let hardening = Hardening::new(&state.config, state.metrics.clone());
-        let retention = RetentionJob { store: rt.store.clone(), config: state.config.clone(), clock: state.clock.clone() };
+        let retention =
+            RetentionJob { store: rt.store.clone(), config: state.config.clone(), clock: state.clock.clone() };
         let jobs = Jobs::start(hardening.clone(), retention).await.map_err(StartError::Jobs)?;
         let runners =
             runner::spawn_all(state.pool.clone(), commguard_projections::all(), rt.store.appended(), stop.clone());

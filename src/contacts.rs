@@ -13,10 +13,10 @@ use cqrs_es::Aggregate;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::state::AppState;
-use crate::error::{ApiError, ErrorCode};
 use crate::auth::{Principal, Role};
+use crate::error::{ApiError, ErrorCode};
 use crate::paging::Page;
+use crate::state::AppState;
 use crate::store::{history, rfc3339, sealing, CommandContext};
 use crate::validate::{self, invalid};
 

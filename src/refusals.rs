@@ -8,9 +8,9 @@ use commguard_domain::pii::{Pii, RetentionClass};
 use commguard_domain::records::RefusalEvent;
 use serde_json::{Map, Value};
 
-use crate::state::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
 use crate::store::CommandContext;
 
 /// Which check refused, from the refusal's code (CONTRACT §6.1 check names).

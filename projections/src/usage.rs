@@ -56,7 +56,8 @@ impl Projection for UsageProjection {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let mut sums = Sums::new();
-            let usage = events.iter().filter(|e| e.aggregate_type == "agent" && USAGE_EVENTS.contains(&e.event_type.as_str()));
+            let usage =
+                events.iter().filter(|e| e.aggregate_type == "agent" && USAGE_EVENTS.contains(&e.event_type.as_str()));
             for event in usage {
                 // A call's status callback brings its final cost (no new action).
                 let action = match event.event_type.as_str() {

@@ -1,7 +1,6 @@
 //! The caller of a tool (CONTRACT §6.1): the principal, the session's agent claim, the transport
 //! and the request id — what every tool, the outbound pipeline and refusals read about who asked.
 
-
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
 use crate::sessions::Transport;

@@ -14,10 +14,10 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{agent, org, OrgView};
-use crate::state::AppState;
 use crate::auth::{guard, Principal, Role};
 use crate::crypto::tokens::{random_token, sha256_hex};
 use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
 use crate::store::{rfc3339, CommandContext};
 
 /// The org that always exists (CONTRACT §5 Organizations).

@@ -12,10 +12,10 @@ use axum::response::Response;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 
-use crate::state::AppState;
 use crate::auth::{bearer, AuthFailure, Bearer, Principal, Role};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::{ClientIp, RequestId};
+use crate::state::AppState;
 use crate::store::CommandContext;
 
 /// Where the `Admin` extractor leaves the caller, so refusals can be recorded after the handler.
@@ -54,7 +54,9 @@ pub async fn record_refusals(State(app): State<AppState>, mut request: Request, 
             if let Some(org) = &principal.org_id {
                 context = context.in_org(org.clone());
             }
-            if let Some(unrecorded) = crate::refusals::record(&app, &principal, context, &route, None, args.as_ref(), refusal).await {
+            if let Some(unrecorded) =
+                crate::refusals::record(&app, &principal, context, &route, None, args.as_ref(), refusal).await
+            {
                 return axum::response::IntoResponse::into_response(unrecorded);
             }
         }
@@ -70,8 +72,7 @@ fn request_args(query: Option<&str>, body: &[u8]) -> Option<serde_json::Value> {
     use serde_json::Value;
     if !body.is_empty() {
         return Some(
-            serde_json::from_slice(body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned())),
+            serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned())),
         );
     }
     let query = query.filter(|q| !q.is_empty())?;
@@ -140,4 +141,3 @@ impl FromRequestParts<AppState> for Admin {
         Ok(Self { principal, context })
     }
 }
-

@@ -54,7 +54,8 @@ mod tests {
         let limits = &doc["paths"]["/admin/api/limits"]["get"]["parameters"];
         assert_eq!((limits[0]["name"].as_str(), limits[0]["required"].as_bool()), (Some("agentId"), Some(true)));
         // A tool route's body is the tool's own input schema.
-        let dnc = &doc["paths"]["/admin/api/agents/{agentId}/limits"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        let dnc = &doc["paths"]["/admin/api/agents/{agentId}/limits"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"];
         assert_eq!(*dnc, crate::mcp::tools::input_schema("comms_set_agent_limits").unwrap());
         // Every reply refers to a defined component.
         let schemas = doc["components"]["schemas"].as_object().unwrap();

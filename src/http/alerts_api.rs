@@ -26,7 +26,13 @@ pub fn routes() -> ApiRouter {
     ApiRouter::new().get(
         "/admin/api/alerts",
         alerts,
-        Doc { who: "O (its agents) S (also IP alerts)", summary: "Alerts raised by the §14 rules, newest first (?severity&rule&since&orgId&cursor&limit)", query: &[], body: Body::None, reply: "Result" },
+        Doc {
+            who: "O (its agents) S (also IP alerts)",
+            summary: "Alerts raised by the §14 rules, newest first (?severity&rule&since&orgId&cursor&limit)",
+            query: &[],
+            body: Body::None,
+            reply: "Result",
+        },
     )
 }
 

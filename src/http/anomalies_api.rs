@@ -23,7 +23,13 @@ pub fn routes() -> ApiRouter {
     ApiRouter::new().get(
         "/admin/api/anomalies",
         anomalies,
-        Doc { who: "O (its agents) S (also IPs)", summary: "Each rule's current window values and thresholds", query: &[], body: Body::None, reply: "Result" },
+        Doc {
+            who: "O (its agents) S (also IPs)",
+            summary: "Each rule's current window values and thresholds",
+            query: &[],
+            body: Body::None,
+            reply: "Result",
+        },
     )
 }
 

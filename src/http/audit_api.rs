@@ -14,11 +14,11 @@ use sqlx::{Postgres, QueryBuilder};
 
 use super::admin::Admin;
 use super::openapi::{ApiRouter, Body, Doc, CURSOR, LIMIT, ORG};
-use crate::state::AppState;
 use crate::auth::{guard, Principal, Role};
 use crate::contacts;
 use crate::directory::commands::addressable_agent;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store::{envelope, feed, rfc3339};
 use crate::validate::invalid;
 

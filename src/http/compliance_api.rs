@@ -10,14 +10,14 @@ use commguard_domain::contact::DncSource;
 use serde_json::{json, Value};
 
 use super::admin::Admin;
-use super::openapi::{ApiRouter, Body, Doc, CURSOR, LIMIT, ORG};
 use super::extract::JsonBody;
+use super::openapi::{ApiRouter, Body, Doc, CURSOR, LIMIT, ORG};
 use super::params::Params;
-use crate::state::AppState;
 use crate::auth::{guard, Role};
 use crate::contacts;
-use crate::error::{ApiError, ErrorCode};
 use crate::contacts::{dnc_list_scope, dnc_org};
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
 use crate::store::rfc3339;
 use crate::validate::{invalid, Args};
 
@@ -27,7 +27,13 @@ pub fn routes() -> ApiRouter {
         .get(
             "/admin/api/dnc",
             dnc_list,
-            doc("O S", "= comms_dnc_list", &[ORG, ("type", false, "string", "phone | email"), CURSOR, LIMIT], Body::None, "Dnc"),
+            doc(
+                "O S",
+                "= comms_dnc_list",
+                &[ORG, ("type", false, "string", "phone | email"), CURSOR, LIMIT],
+                Body::None,
+                "Dnc",
+            ),
         )
         .post("/admin/api/dnc", dnc_add, doc("O S", "= comms_dnc_add", &[], Body::Tool("comms_dnc_add"), "Result"))
         .post(

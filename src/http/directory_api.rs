@@ -3,20 +3,18 @@
 //! tokens (O) see and change their own org; the master token (S) all. Mutations run the same
 //! commands as the MCP tools.
 
-
-
 use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::state::AppState;
 use crate::auth::{guard, Role};
 use crate::directory::commands::{self, NewOrg, RotateTarget};
+use crate::directory::settings;
 use crate::directory::{self as dir};
 use crate::error::ApiError;
 use crate::http::extract::{JsonBody, Path};
-use crate::directory::settings;
 use crate::http::params::Params;
+use crate::state::AppState;
 use crate::store::rfc3339;
 use crate::validate::{invalid, Args};
 
@@ -29,11 +27,21 @@ pub fn routes() -> ApiRouter {
     let doc = |who, summary, query, body, reply| Doc { who, summary, query, body, reply };
     ApiRouter::new()
         .get("/admin/api/me", me, doc("O S", "The caller's role and organization", &[], Body::None, "Me"))
-        .get("/admin/api/orgs", list_orgs, doc("O (own) S", "Organizations, a page at a time", PAGED, Body::None, "OrgPage"))
+        .get(
+            "/admin/api/orgs",
+            list_orgs,
+            doc("O (own) S", "Organizations, a page at a time", PAGED, Body::None, "OrgPage"),
+        )
         .post(
             "/admin/api/orgs",
             create_org,
-            doc("S", "Create an organization (= comms_create_organization)", &[], Body::Tool("comms_create_organization"), "Result"),
+            doc(
+                "S",
+                "Create an organization (= comms_create_organization)",
+                &[],
+                Body::Tool("comms_create_organization"),
+                "Result",
+            ),
         )
         .get("/admin/api/orgs/{orgId}", get_org, doc("O (own) S", "One organization", &[], Body::None, "Org"))
         .post(
@@ -44,13 +52,29 @@ pub fn routes() -> ApiRouter {
         .post(
             "/admin/api/orgs/{orgId}/suspend",
             suspend,
-            doc("S", "Suspend; closes the org's sessions", &[], Body::Schema(|| text_body(&[("reason", false, 500)])), "OrgMode"),
+            doc(
+                "S",
+                "Suspend; closes the org's sessions",
+                &[],
+                Body::Schema(|| text_body(&[("reason", false, 500)])),
+                "OrgMode",
+            ),
         )
-        .post("/admin/api/orgs/{orgId}/unsuspend", unsuspend, doc("S", "Restore the previous mode", &[], Body::None, "OrgMode"))
+        .post(
+            "/admin/api/orgs/{orgId}/unsuspend",
+            unsuspend,
+            doc("S", "Restore the previous mode", &[], Body::None, "OrgMode"),
+        )
         .post(
             "/admin/api/orgs/{orgId}/settings",
             settings,
-            doc("S; O own caps", "Registration, capacity and spend caps", &[], Body::Schema(settings_body), "OrgSettings"),
+            doc(
+                "S; O own caps",
+                "Registration, capacity and spend caps",
+                &[],
+                Body::Schema(settings_body),
+                "OrgSettings",
+            ),
         )
         .post(
             "/admin/api/orgs/{orgId}/rotate-token",
@@ -60,7 +84,13 @@ pub fn routes() -> ApiRouter {
         .get(
             "/admin/api/agents",
             list_agents,
-            doc("O S", "Agents with status, tier, limits and billing, a page at a time", PAGED, Body::None, "AgentPage"),
+            doc(
+                "O S",
+                "Agents with status, tier, limits and billing, a page at a time",
+                PAGED,
+                Body::None,
+                "AgentPage",
+            ),
         )
         .get(
             "/admin/api/agents/{agentId}",

@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use sqlx::{ConnectOptions, Connection};
 use serde_json::json;
+use sqlx::{ConnectOptions, Connection};
 
 use crate::state::AppState;
 

@@ -11,8 +11,6 @@ use crate::config::{Config, Environment};
 
 pub mod admin;
 pub mod admin_api;
-pub mod directory_api;
-pub mod erasure_api;
 pub mod alerts_api;
 pub mod anomalies_api;
 pub mod audit_api;
@@ -20,6 +18,8 @@ pub mod body_limit;
 pub mod client_ip;
 pub mod compliance_api;
 pub mod cors;
+pub mod directory_api;
+pub mod erasure_api;
 pub mod extract;
 pub mod fallback;
 pub mod headers;

@@ -97,10 +97,8 @@ fn operation(op: &Op) -> Value {
     parameters.extend(op.doc.query.iter().map(|(name, required, kind, description)| {
         json!({"name": name, "in": "query", "required": required, "description": description, "schema": {"type": kind}})
     }));
-    let id: String = format!("{}{}", op.method, op.path)
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
+    let id: String =
+        format!("{}{}", op.method, op.path).chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     let mut out = json!({
         "operationId": id,
         "summary": op.doc.summary,
@@ -136,7 +134,9 @@ fn object(properties: &[(&str, &str)]) -> Value {
             let schema = match kind.strip_prefix("$ref:") {
                 Some(component) => json!({"$ref": format!("#/components/schemas/{component}")}),
                 None => match kind.strip_suffix("[]") {
-                    Some(item) if item.starts_with('#') => json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{}", &item[1..])}}),
+                    Some(item) if item.starts_with('#') => {
+                        json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{}", &item[1..])}})
+                    }
                     Some(item) => json!({"type": "array", "items": {"type": item}}),
                     None => json!({"type": kind.split('|').collect::<Vec<_>>()}),
                 },

@@ -14,15 +14,15 @@ use serde_json::{json, Value};
 use super::admin::Admin;
 use super::openapi::{ApiRouter, Body, Doc, AS_OF, CURSOR, LIMIT, ORG};
 use super::params::Params;
-use crate::state::AppState;
 use crate::auth::Role;
 use crate::contacts;
+use crate::contacts::dnc_org;
 use crate::directory::commands::{addressable_agent, home_org, read_scope};
 use crate::directory::limits::LimitsState;
 use crate::directory::{self as dir};
 use crate::error::ApiError;
-use crate::contacts::dnc_org;
 use crate::outbound::usage::{self, Window};
+use crate::state::AppState;
 use crate::store::rfc3339;
 use crate::validate::invalid;
 

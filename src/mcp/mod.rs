@@ -17,11 +17,11 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::state::AppState;
 use crate::auth::{bearer, AuthFailure, Bearer, Principal, Role};
 use crate::directory;
 use crate::error::{ApiError, ErrorCode};
 use crate::sessions::Session;
+use crate::state::AppState;
 use crate::store::CommandContext;
 use crate::validate;
 
@@ -48,7 +48,6 @@ fn unauthorized(message: &str, rules: &CredentialRules) -> ApiError {
         e
     }
 }
-
 
 /// A principal `authenticate` found, not yet admitted: the request may still be refused (agent
 /// claim, session binding, org state), and a refused request neither resets the IP's failure
@@ -125,7 +124,9 @@ pub async fn open_claim(
     if let Err(refusal) = &result {
         if !refusal.recorded {
             let action = format!("{} {route}", if route == "/sse" { "GET" } else { "POST" });
-            if let Some(unrecorded) = crate::refusals::record(app, principal, context, &action, claimed, None, refusal).await {
+            if let Some(unrecorded) =
+                crate::refusals::record(app, principal, context, &action, claimed, None, refusal).await
+            {
                 return Err(unrecorded);
             }
         }

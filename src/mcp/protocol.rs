@@ -5,10 +5,10 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::sessions::{Session, Transport};
 use super::tools::{self, Caller};
-use crate::state::AppState;
 use crate::auth::Principal;
+use crate::sessions::{Session, Transport};
+use crate::state::AppState;
 
 pub const SSE_VERSIONS: &[&str] = &["2024-11-05"];
 pub const STREAMABLE_VERSIONS: &[&str] = &["2025-06-18", "2025-03-26"];

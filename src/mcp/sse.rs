@@ -14,13 +14,13 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::sessions::{Session, Sessions, Transport};
 use super::{admit_to_session, authenticate, claim_param, open_claim, protocol, CredentialRules};
-use crate::state::AppState;
 use crate::auth::{bearer, Bearer};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::extract::PlainQuery;
 use crate::http::{ClientIp, RequestId};
+use crate::sessions::{Session, Sessions, Transport};
+use crate::state::AppState;
 use crate::store::CommandContext;
 
 const PING_EVERY: Duration = Duration::from_secs(15);

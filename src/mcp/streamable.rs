@@ -13,14 +13,14 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::protocol::{self, Message, STREAMABLE_VERSIONS};
-use crate::sessions::{Session, Transport};
 use super::sse::{event_stream, is_json, open_context};
 use super::{admit_to_session, authenticate, claim_param, open_claim, CredentialRules};
-use crate::state::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::extract::PlainQuery;
 use crate::http::{ClientIp, RequestId};
+use crate::sessions::{Session, Transport};
+use crate::state::AppState;
 use crate::validate::invalid;
 
 const SESSION_HEADER: &str = "mcp-session-id";

@@ -6,12 +6,12 @@ use commguard_domain::pii::{Pii, RetentionClass};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::providers::{Outgoing, Provider, Receipt};
 use super::{compliance, run, Action};
-use crate::state::AppState;
+use crate::auth::caller::Caller;
 use crate::directory::AgentView;
 use crate::error::{ApiError, ErrorCode};
-use crate::auth::caller::Caller;
+use crate::providers::{Outgoing, Provider, Receipt};
+use crate::state::AppState;
 use crate::validate::{self, invalid, Args};
 
 /// A validated `comms_send_message`.

@@ -8,9 +8,9 @@ use commguard_domain::contact::ConsentType;
 use commguard_domain::{calling_hours, content, recording};
 use serde_json::{json, Value};
 
-use crate::state::AppState;
 use crate::directory::AgentView;
 use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
 use crate::store::Provenance;
 
 /// What compliance needs to know about one outbound action.

@@ -223,7 +223,9 @@ impl Intents {
         .await
         .map_err(db)?;
         let (ending, appended) = match recorded {
-            Some(kind) => (if kind.ends_with("Failed") { Ending::Failed } else { Ending::Sent { cost_delta: 0 } }, false),
+            Some(kind) => {
+                (if kind.ends_with("Failed") { Ending::Failed } else { Ending::Sent { cost_delta: 0 } }, false)
+            }
             None => {
                 let owned;
                 let (event, context, ending) = match event {
@@ -246,9 +248,9 @@ impl Intents {
         };
         let done = match ending {
             Ending::Failed => sqlx::query("SELECT release_intent($1)").bind(id),
-            Ending::Sent { cost_delta } => sqlx::query("SELECT complete_intents(ARRAY[$1]::uuid[], ARRAY[$2]::bigint[])")
-                .bind(id)
-                .bind(cost_delta),
+            Ending::Sent { cost_delta } => {
+                sqlx::query("SELECT complete_intents(ARRAY[$1]::uuid[], ARRAY[$2]::bigint[])").bind(id).bind(cost_delta)
+            }
         };
         done.execute(&mut *tx).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
@@ -341,7 +343,8 @@ impl Intents {
 
     /// Says this instance is gone (a clean stop): its intents become reconcilable at once.
     pub async fn retire(&self) {
-        let _ = sqlx::query("DELETE FROM service_instances WHERE id = $1").bind(self.instance).execute(&self.pool).await;
+        let _ =
+            sqlx::query("DELETE FROM service_instances WHERE id = $1").bind(self.instance).execute(&self.pool).await;
     }
 }
 

@@ -5,11 +5,11 @@
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::state::AppState;
 use crate::auth::{Principal, Role};
 use crate::directory::{self, commands, limits_json, AgentView};
 use crate::error::ApiError;
 use crate::money::to_dollars;
+use crate::state::AppState;
 use crate::validate::invalid;
 
 pub const CHANNELS: [&str; 4] = ["sms", "email", "voice_call", "voice_message"];

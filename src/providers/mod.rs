@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 pub mod credentials;
 
-use credentials::Credentials;
 use crate::config::Config;
+use credentials::Credentials;
 
 /// How long a provider may take to accept a send.
 pub const TIMEOUT: Duration = Duration::from_secs(10);

@@ -134,7 +134,9 @@ impl Recorder {
                 // One pending's facts Postgres refuses must not cost the others theirs: each is
                 // appended on its own (exhausted conflicts and an unreachable database are not
                 // that, and fail them all).
-                Err(e) if batch.len() > 1 && !matches!(e, PersistenceError::OptimisticLockError) && !e.database_down() => {
+                Err(e)
+                    if batch.len() > 1 && !matches!(e, PersistenceError::OptimisticLockError) && !e.database_down() =>
+                {
                     tracing::warn!(error = %e, pendings = batch.len(), "facts refused together; appending them one by one");
                     for pending in batch {
                         let outcome = self.append(&key, std::slice::from_ref(&pending)).await;

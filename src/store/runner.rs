@@ -41,7 +41,9 @@ impl Failure for RunnerError {
     fn database_down(&self) -> bool {
         match self {
             Self::Database(e) | Self::Projection(ProjectionError::Database(e)) => is_outage(e),
-            Self::Projection(ProjectionError::OutOfOrder { .. }) | Self::UnknownProjection(_) | Self::Stalled(_) => false,
+            Self::Projection(ProjectionError::OutOfOrder { .. }) | Self::UnknownProjection(_) | Self::Stalled(_) => {
+                false
+            }
         }
     }
 }
@@ -104,7 +106,9 @@ pub async fn catch_up(
         };
         next = prefetch(pool.clone(), last, batch);
         let mut tx = pool.begin().await?;
-        if lock_relaxed(&mut tx, projection.name()).await?.is_none() || checkpoint_of(&mut tx, checkpoint).await? != after {
+        if lock_relaxed(&mut tx, projection.name()).await?.is_none()
+            || checkpoint_of(&mut tx, checkpoint).await? != after
+        {
             // Someone else is applying this projection: leave it to them.
             return Ok(applied);
         }

@@ -83,7 +83,8 @@ async fn email_agent(http: &reqwest::Client, base: &str) -> (String, String) {
     let master = Session::open_at(http, base, MASTER).await;
     let org = master.ok("comms_create_organization", json!({"name": "Live", "slug": "live"})).await;
     let admin = Session::open_at(http, base, org["adminToken"].as_str().unwrap()).await;
-    let agent = admin.ok("comms_provision_channels", json!({"displayName": "Mail", "capabilities": {"email": true}})).await;
+    let agent =
+        admin.ok("comms_provision_channels", json!({"displayName": "Mail", "capabilities": {"email": true}})).await;
     let approve = http
         .post(format!("{base}/admin/api/orgs/{}/approve", org["orgId"].as_str().unwrap()))
         .bearer_auth(MASTER)
@@ -186,7 +187,11 @@ async fn postgres_stopped_between_the_provider_call_and_the_record_loses_no_send
     for call in calls {
         let (is_error, reply) = call.await.unwrap();
         if is_error {
-            assert_eq!((reply["code"].as_str(), reply["status"].as_str()), (Some("unavailable"), Some("unconfirmed")), "{reply}");
+            assert_eq!(
+                (reply["code"].as_str(), reply["status"].as_str()),
+                (Some("unavailable"), Some("unconfirmed")),
+                "{reply}"
+            );
             unconfirmed.push(reply["messageId"].as_str().expect("the refusal names the message").to_string());
         } else {
             acknowledged.push(reply["messageId"].as_str().unwrap().to_string());
@@ -209,7 +214,11 @@ async fn postgres_stopped_between_the_provider_call_and_the_record_loses_no_send
     for id in acknowledged.iter().chain(&unconfirmed) {
         let found: Vec<_> = events.iter().filter(|(_, m, _)| m == id).collect();
         assert_eq!(found.len(), 1, "message {id} is recorded exactly once: {events:?}");
-        assert_eq!((found[0].0.as_str(), found[0].2.as_str()), ("MessageSent", "sent"), "the provider's receipt is kept");
+        assert_eq!(
+            (found[0].0.as_str(), found[0].2.as_str()),
+            ("MessageSent", "sent"),
+            "the provider's receipt is kept"
+        );
     }
     assert_eq!(counted(&pool, &agent_id).await, SENDS as i64, "the counters agree with the store");
 
@@ -242,9 +251,7 @@ async fn a_server_killed_with_sends_in_flight_leaks_no_reservation() {
         .expect("commguard serve starts");
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let ready = || async {
-        http.get(format!("{base}/health/ready")).send().await.is_ok_and(|r| r.status() == 200)
-    };
+    let ready = || async { http.get(format!("{base}/health/ready")).send().await.is_ok_and(|r| r.status() == 200) };
     eventually("the server is ready", ready).await;
     let (token, agent_id) = email_agent(&http, &base).await;
 
@@ -291,7 +298,8 @@ async fn capped_agent(s: &TestServer, slug: &str, limits: Value) -> (Session, St
     let master = Session::open(s, MASTER).await;
     let org = master.ok("comms_create_organization", json!({"name": slug, "slug": slug, "a2pRegistered": true})).await;
     let admin = Session::open(s, org["adminToken"].as_str().unwrap()).await;
-    let agent = admin.ok("comms_provision_channels", json!({"displayName": "Sender", "capabilities": {"phone": true}})).await;
+    let agent =
+        admin.ok("comms_provision_channels", json!({"displayName": "Sender", "capabilities": {"phone": true}})).await;
     let agent_id = agent["agentId"].as_str().unwrap().to_string();
     master.ok("comms_set_agent_limits", json!({"agentId": agent_id, "limits": limits})).await;
     let me = Session::open(s, agent["securityToken"].as_str().unwrap()).await;

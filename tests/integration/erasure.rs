@@ -43,8 +43,14 @@ fn pg_dump(db: &TestDb) -> String {
 }
 
 async fn set_clock(s: &TestServer, now: &str) {
-    let r =
-        s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER).json(&json!({"now": now})).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/admin/api/test/clock"))
+        .bearer_auth(MASTER)
+        .json(&json!({"now": now}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
@@ -62,8 +68,7 @@ async fn admin_get(s: &TestServer, token: &str, path: &str) -> Value {
 
 /// Every envelope of the feed, as the master reads it on `s` (opened, or `[erased]`).
 async fn feed(s: &TestServer) -> Vec<Value> {
-    let written: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(s.rt.store.pool()).await.unwrap();
+    let written: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(s.rt.store.pool()).await.unwrap();
     crate::support::wait_visible(s.rt.store.pool(), written).await;
     let page = admin_get(s, MASTER, "/admin/api/events?limit=1000").await;
     page["events"].as_array().unwrap().clone()
@@ -105,11 +110,15 @@ async fn an_erased_subject_is_gone_from_the_whole_database_and_both_instances() 
         set_clock(s, "2026-12-01T16:00:00Z").await; // 11:00 in Washington DC
     }
     let master = Session::open(&a, MASTER).await;
-    let org = master.ok("comms_create_organization", json!({"name": "Erase", "slug": "erase", "a2pRegistered": true})).await;
+    let org =
+        master.ok("comms_create_organization", json!({"name": "Erase", "slug": "erase", "a2pRegistered": true})).await;
     let (org_id, admin) = (org["orgId"].as_str().unwrap().to_string(), org["adminToken"].as_str().unwrap().to_string());
     let agent = Session::open(&a, &admin)
         .await
-        .ok("comms_provision_channels", json!({"displayName": "Clinic", "capabilities": {"phone": true, "email": true}}))
+        .ok(
+            "comms_provision_channels",
+            json!({"displayName": "Clinic", "capabilities": {"phone": true, "email": true}}),
+        )
         .await;
     let agent_id = agent["agentId"].as_str().unwrap().to_string();
     let number = agent["channels"]["phone"].as_str().unwrap().to_string();
@@ -120,13 +129,19 @@ async fn an_erased_subject_is_gone_from_the_whole_database_and_both_instances() 
     // Seed: consent on every channel, sends, a call, a voice message (from both instances, so
     // both cache the subject key), a DNC entry by the admin, an inbound STOP.
     for (channel, to) in [("sms", PHONE), ("voice", "+1 202 555 0142"), ("email", EMAIL)] {
-        on_a.ok("comms_record_consent", json!({"contactAddress": to, "channel": channel, "source": format!("form of {to}")}))
-            .await;
+        on_a.ok(
+            "comms_record_consent",
+            json!({"contactAddress": to, "channel": channel, "source": format!("form of {to}")}),
+        )
+        .await;
     }
     on_a.ok("comms_send_message", json!({"to": PHONE, "body": format!("Hello {PHONE}")})).await;
     on_b.ok("comms_send_message", json!({"to": "+1 202 555 0142", "body": "From the other instance"})).await;
-    on_a.ok("comms_send_message", json!({"channel": "email", "to": EMAIL, "subject": "Hi", "body": format!("Dear {EMAIL}")}))
-        .await;
+    on_a.ok(
+        "comms_send_message",
+        json!({"channel": "email", "to": EMAIL, "subject": "Hi", "body": format!("Dear {EMAIL}")}),
+    )
+    .await;
     on_a.ok("comms_make_call", json!({"to": PHONE})).await;
     on_b.ok("comms_send_voice_message", json!({"to": PHONE, "text": format!("Call {PHONE} back")})).await;
     let (status, _) = admin_post(&a, &admin, "/admin/api/dnc", json!({"address": PHONE, "reason": "asked"})).await;
@@ -138,9 +153,13 @@ async fn an_erased_subject_is_gone_from_the_whole_database_and_both_instances() 
     // An agent may not erase; the org admin erases the phone number in its org over HTTP.
     let (is_error, refusal) = on_a.call("comms_erase_subject", json!({"identifier": PHONE})).await;
     assert!(is_error, "{refusal}");
-    let (status, erased) =
-        admin_post(&a, &admin, "/admin/api/subjects/erase", json!({"identifier": "+1 202 555 0142", "reason": "GDPR art. 17"}))
-            .await;
+    let (status, erased) = admin_post(
+        &a,
+        &admin,
+        "/admin/api/subjects/erase",
+        json!({"identifier": "+1 202 555 0142", "reason": "GDPR art. 17"}),
+    )
+    .await;
     assert_eq!(status, 200, "{erased}");
     let subject_ref = a.rt.store.keystore().data_keys().blind_index(PHONE);
     assert_eq!(erased["subjectRef"], subject_ref.as_str());
@@ -200,8 +219,12 @@ async fn an_erased_subject_is_gone_from_the_whole_database_and_both_instances() 
     let mail = master.ok("comms_erase_subject", json!({"identifier": EMAIL, "reason": "request"})).await;
     assert_eq!((mail["scope"].as_str(), mail["orgIds"].clone()), (Some("all"), json!([org_id])));
     assert!(mail["keysDestroyed"].as_u64().unwrap() >= 2, "{mail}");
-    let erasures: Vec<Value> =
-        feed(&b).await.into_iter().filter(|e| e["eventType"] == "SubjectErased").map(|e| e["payload"].clone()).collect();
+    let erasures: Vec<Value> = feed(&b)
+        .await
+        .into_iter()
+        .filter(|e| e["eventType"] == "SubjectErased")
+        .map(|e| e["payload"].clone())
+        .collect();
     assert_eq!(erasures.len(), 3);
     assert_eq!((erasures[2]["identifierType"].as_str(), erasures[2]["scope"].as_str()), (Some("email"), Some("all")));
 
@@ -238,7 +261,10 @@ async fn an_erased_subject_is_gone_from_the_whole_database_and_both_instances() 
     assert!(is_error);
     let events = feed(&b).await;
     let last_mail = events.iter().rev().find(|e| e["eventType"] == "MessageSent").unwrap();
-    assert_eq!((last_mail["payload"]["to"].as_str(), last_mail["payload"]["body"].as_str()), (Some(EMAIL_LOWER), Some("welcome back")));
+    assert_eq!(
+        (last_mail["payload"]["to"].as_str(), last_mail["payload"]["body"].as_str()),
+        (Some(EMAIL_LOWER), Some("welcome back"))
+    );
     let blocked = events.iter().rev().find(|e| e["eventType"] == "MessageBlocked").unwrap();
     assert_eq!(blocked["payload"]["to"], PHONE, "sealed under a new generation, not the destroyed key");
     let generations: Vec<i32> = sqlx::query_scalar(

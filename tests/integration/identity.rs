@@ -337,7 +337,10 @@ async fn a_country_rule_refusal_names_its_rule_and_is_recorded_with_it() {
     )
     .await;
     assert!(is_error, "a US phone number needs A2P registration: {refusal}");
-    assert_eq!((refusal["code"].as_str(), refusal["rule"].as_str()), (Some("compliance_blocked"), Some("country_rules")));
+    assert_eq!(
+        (refusal["code"].as_str(), refusal["rule"].as_str()),
+        (Some("compliance_blocked"), Some("country_rules"))
+    );
     assert!(!refusal["blockers"].as_array().unwrap().is_empty(), "the blockers are listed: {refusal}");
 
     let recorded: (String, Option<String>, String) = sqlx::query_as(
@@ -348,6 +351,9 @@ async fn a_country_rule_refusal_names_its_rule_and_is_recorded_with_it() {
     .fetch_one(&db.pool().await)
     .await
     .unwrap();
-    assert_eq!(recorded, ("compliance_blocked".into(), Some("country_rules".into()), "comms_provision_channels".into()));
+    assert_eq!(
+        recorded,
+        ("compliance_blocked".into(), Some("country_rules".into()), "comms_provision_channels".into())
+    );
     s.stop().await;
 }

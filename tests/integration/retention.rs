@@ -21,8 +21,14 @@ fn vars(enabled: &'static str) -> Vec<(&'static str, &'static str)> {
 }
 
 async fn set_clock(s: &TestServer, now: &str) {
-    let r =
-        s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER).json(&json!({"now": now})).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/admin/api/test/clock"))
+        .bearer_auth(MASTER)
+        .json(&json!({"now": now}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -43,7 +49,8 @@ async fn seeded(enabled: &'static str) -> (TestDb, TestServer) {
     let s = TestServer::start(&db, &vars(enabled)).await;
     set_clock(&s, "2026-09-01T16:00:00Z").await;
     let master = Session::open(&s, MASTER).await;
-    let org = master.ok("comms_create_organization", json!({"name": "Keep", "slug": "keep", "a2pRegistered": true})).await;
+    let org =
+        master.ok("comms_create_organization", json!({"name": "Keep", "slug": "keep", "a2pRegistered": true})).await;
     let agent = Session::open(&s, org["adminToken"].as_str().unwrap())
         .await
         .ok("comms_provision_channels", json!({"displayName": "Clinic", "capabilities": {"phone": true}}))
@@ -88,7 +95,8 @@ async fn a_run_expires_a_91_day_old_body_and_keeps_an_89_day_old_one() {
     // The same day again: nothing left to destroy, nothing recorded; two days later the second.
     let again = commguard::retention::run(&s.rt.store, &s.rt.config, now).await.unwrap().unwrap();
     assert!(again.iter().all(|(_, p)| p.buckets == 0 && p.rows == 0 && p.record_keys == 0));
-    let later = commguard::retention::run(&s.rt.store, &s.rt.config, at("2026-12-03T00:00:00Z")).await.unwrap().unwrap();
+    let later =
+        commguard::retention::run(&s.rt.store, &s.rt.config, at("2026-12-03T00:00:00Z")).await.unwrap().unwrap();
     assert_eq!(later.iter().find(|(c, _)| c.as_str() == "messages").unwrap().1.buckets, 1);
     let events = feed(&s).await;
     assert_eq!(events.iter().filter(|e| e["eventType"] == "RetentionPurged").count(), 2);

@@ -4,12 +4,12 @@ use commguard_domain::contact::{DncSource, CONSENT_CHANNELS};
 use serde_json::{json, Value};
 
 use super::{Caller, Tool};
-use crate::state::AppState;
 use crate::auth::Role;
 use crate::contacts::{self, NewConsent};
 use crate::directory::commands;
 use crate::error::{ApiError, ErrorCode};
 use crate::paging::Page;
+use crate::state::AppState;
 use crate::validate::{invalid, Args};
 
 fn consent_schema(extra: Value) -> Value {

@@ -5,11 +5,11 @@ use commguard_domain::agent::Capabilities;
 use serde_json::{json, Value};
 
 use super::{Caller, Tool};
-use crate::state::AppState;
 use crate::auth::{guard, Role};
 use crate::directory::commands::{self, NewAgent, NewOrg, RotateTarget};
 use crate::directory::{self as dir};
 use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
 use crate::validate::{invalid, Args};
 
 pub const CREATE_ORGANIZATION: Tool = Tool {

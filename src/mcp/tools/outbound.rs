@@ -3,11 +3,11 @@
 use serde_json::{json, Value};
 
 use super::{Caller, Tool};
-use crate::state::AppState;
 use crate::auth::Role;
 use crate::directory::{commands, settings};
 use crate::error::ApiError;
 use crate::outbound::usage;
+use crate::state::AppState;
 use crate::validate::Args;
 
 pub const SEND_MESSAGE: Tool = Tool {
@@ -174,4 +174,3 @@ pub const REGISTER_PROVIDER: Tool = Tool {
 pub async fn register_provider(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
     settings::register_provider(app, caller.context(app), args).await
 }
-

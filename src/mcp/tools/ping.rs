@@ -3,10 +3,10 @@
 use serde_json::{json, Value};
 
 use super::{Caller, Tool};
-use crate::state::AppState;
 use crate::auth::Role;
 use crate::directory::{self, commands::DEFAULT_ORG};
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::validate::Args;
 
 pub const TOOL: Tool = Tool {
