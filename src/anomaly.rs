@@ -103,16 +103,8 @@ pub async fn check(app: &AppState) -> Result<usize, CheckError> {
         });
     }
 
-    let failures: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT subject_id, count FROM anomaly_windows WHERE counter = $1 AND window_start = $2 AND count > $3",
-    )
-    .bind(AUTH_FAILED)
-    .bind(window_of(AUTH_FAILED, now))
-    .bind(BRUTE_FORCE_OVER)
-    .fetch_all(&app.pool)
-    .await?;
-    for (ip_ref, count) in failures {
-        let start = window_of(AUTH_FAILED, now);
+    let start = window_of(AUTH_FAILED, now);
+    for (ip_ref, _, count) in over(app, AUTH_FAILED, start, BRUTE_FORCE_OVER).await? {
         findings.push(Finding {
             rule: "brute_force",
             severity: "HIGH",
@@ -128,15 +120,7 @@ pub async fn check(app: &AppState) -> Result<usize, CheckError> {
     }
 
     let hour = window_of(TOKEN_ISSUED, now);
-    let rotations: Vec<(String, Option<String>, i64)> = sqlx::query_as(
-        "SELECT subject_id, org_id, count FROM anomaly_windows WHERE counter = $1 AND window_start = $2 AND count > $3",
-    )
-    .bind(TOKEN_ISSUED)
-    .bind(hour)
-    .bind(ROTATION_OVER)
-    .fetch_all(&app.pool)
-    .await?;
-    for (agent, org, count) in rotations {
+    for (agent, org, count) in over(app, TOKEN_ISSUED, hour, ROTATION_OVER).await? {
         findings.push(Finding {
             rule: "rapid_rotation",
             severity: "MEDIUM",
@@ -233,4 +217,22 @@ async fn raise(app: &AppState, f: Finding, now: DateTime<Utc>) -> Result<bool, C
         _ => tracing::warn!(rule = f.rule, subject = f.subject_id, "MEDIUM alert: {}: {}", f.title, f.message),
     }
     Ok(true)
+}
+
+/// The subjects (with their org) whose `counter` in the window starting at `start` is above
+/// `threshold`.
+async fn over(
+    app: &AppState,
+    counter: &str,
+    start: DateTime<Utc>,
+    threshold: i64,
+) -> Result<Vec<(String, Option<String>, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT subject_id, org_id, count FROM anomaly_windows WHERE counter = $1 AND window_start = $2 AND count > $3",
+    )
+    .bind(counter)
+    .bind(start)
+    .bind(threshold)
+    .fetch_all(&app.pool)
+    .await
 }
