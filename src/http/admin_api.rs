@@ -22,6 +22,7 @@ pub fn described() -> (Router<AppState>, Vec<Op>) {
         .merge(super::erasure_api::routes())
         .merge(super::alerts_api::routes())
         .merge(super::anomalies_api::routes())
+        .merge(super::chains_api::routes())
         .into_parts();
     ops.insert(0, Op { method: "get", path: OPENAPI_PATH, doc: openapi::OPENAPI });
     (router, ops)

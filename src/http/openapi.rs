@@ -173,6 +173,9 @@ fn components() -> Value {
         "EventPage": object(&[("events", "#Envelope[]"), ("nextAfter", "integer"), ("headPosition", "integer|null")]),
         "AuditPage": object(&[("items", "object[]"), ("nextCursor", "string|null")]),
         "Clock": object(&[("now", "string")]),
+        "ChainHead": object(&[("aggregateType", "string"), ("aggregateId", "string"), ("lastSequence", "integer"), ("lastHash", "string")]),
+        "ChainPage": object(&[("chains", "#ChainHead[]"), ("nextCursor", "string|null")]),
+        "ChainEvents": object(&[("head", "$ref:ChainHead"), ("events", "#Envelope[]"), ("nextAfter", "integer")]),
         "OpenApi": object(&[("openapi", "string"), ("info", "object"), ("paths", "object")]),
     })
 }
