@@ -683,6 +683,8 @@
       go("verify", formValues(filter));
     });
     const options = heads.map((h) => [h.aggregateType + "/" + h.aggregateId, h.aggregateType + "/" + h.aggregateId + " (" + h.lastSequence + ")"]);
+    // A bookmarked aggregate beyond the heads listed here is still offered.
+    if (chosen && !options.some(([v]) => v === chosen)) options.unshift([chosen, chosen]);
     const choice = select("aggregate", options, chosen || (options[0] && options[0][0]));
     const result = el("p", { id: "verify-result", class: "status", role: "status", "aria-live": "polite", text: "Choose an aggregate and recompute its chain in this browser." });
     const button = el("button", { type: "submit", id: "recompute", text: "Recompute chain" });

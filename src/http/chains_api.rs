@@ -112,11 +112,11 @@ async fn chain_events(
     let number = |name: &str, default: i64, max: i64| -> Result<i64, ApiError> {
         match params.get(name) {
             None => Ok(default),
-            Some(v) => v
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (0..=max).contains(n) && (name != "limit" || *n >= 1))
-                .ok_or_else(|| invalid(name, format!("must be an integer between {} and {max}", i64::from(name == "limit")))),
+            Some(v) => {
+                v.parse::<i64>().ok().filter(|n| (0..=max).contains(n) && (name != "limit" || *n >= 1)).ok_or_else(
+                    || invalid(name, format!("must be an integer between {} and {max}", i64::from(name == "limit"))),
+                )
+            }
         }
     };
     let after = number("after", 0, i64::MAX)?;
@@ -144,7 +144,8 @@ async fn chain_events(
         .fetch_all(&app.pool)
         .await
         .map_err(ApiError::internal)?;
-    let stored = rows.iter().map(feed::stored_event_from_row).collect::<Result<Vec<_>, _>>().map_err(ApiError::internal)?;
+    let stored =
+        rows.iter().map(feed::stored_event_from_row).collect::<Result<Vec<_>, _>>().map_err(ApiError::internal)?;
     let next_after = stored.last().map_or(after, |e| e.sequence);
     let events = envelope::envelopes(app.store.keystore(), stored, true).await.map_err(ApiError::internal)?;
     Ok(Json(ChainEvents { head, events, next_after }))

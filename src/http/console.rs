@@ -26,7 +26,9 @@ const STYLE: &str = include_str!("../../assets/console/console.css");
 const ICON: &str = include_str!("../../assets/console/icon.svg");
 
 pub fn routes() -> Router<AppState> {
-    let asset = |kind: &'static str, body: &'static str| get(move || async move { ([(CONTENT_TYPE, kind)], body).into_response() });
+    let asset = |kind: &'static str, body: &'static str| {
+        get(move || async move { ([(CONTENT_TYPE, kind)], body).into_response() })
+    };
     Router::new()
         .route(PAGE, asset("text/html; charset=utf-8", INDEX))
         .route("/admin/console.js", asset("text/javascript; charset=utf-8", SCRIPT))
