@@ -13,6 +13,7 @@
   const $ = (id) => document.getElementById(id);
   let me = null; // the /me reply of the signed-in token
   let generation = 0; // bumps on each route change and sign-out: stale async work stops drawing
+  let names = null; // agentId -> displayName of the agents this token sees, read once per sign-in
 
   // ------------------------------------------------------------------ DOM helpers
 
@@ -45,6 +46,31 @@
         el("tbody", {}, rows)
       )
     );
+  }
+
+  async function loadNames() {
+    if (names) return names;
+    try {
+      const agents = await allPages("/admin/api/agents?limit=500", "agents", 4);
+      names = Object.fromEntries(agents.map((a) => [a.agentId, a.displayName || a.agentId]));
+    } catch (_) {
+      names = {};
+    }
+    return names;
+  }
+
+  // An agent by its name, its id in full on hover and for screen readers.
+  function agentCell(id) {
+    if (!id) return el("td", { text: "" });
+    const name = names && names[id];
+    return el("td", { title: id }, name ? el("span", { text: name }) : null, el("span", { class: name ? "mono muted small block" : "mono", text: name ? id.slice(0, 8) + "…" : id }));
+  }
+
+  function actorText(actor) {
+    if (!actor) return "";
+    if (actor.kind === "agent" && names && names[actor.id]) return "agent " + names[actor.id];
+    if (actor.kind === "org" && me && me.org && me.orgId === actor.id) return "org " + me.org.name;
+    return actor.kind + " " + actor.id;
   }
 
   function short(hash) {
@@ -138,6 +164,7 @@
   function signOut() {
     sessionStorage.removeItem(TOKEN_KEY);
     me = null;
+    names = null;
     generation++;
     $("view").replaceChildren();
     route();
@@ -194,6 +221,7 @@
     document.title = TITLES[name] + " · commguard console";
     heading.focus({ preventScroll: true });
     try {
+      await loadNames();
       await RENDER[name](body, params, () => mine === generation);
     } catch (e) {
       if (mine === generation) body.append(errorBox(e));
@@ -253,7 +281,7 @@
 
   function eventItem(envelope) {
     const outcome = outcomeOf(envelope);
-    const actor = envelope.actor ? envelope.actor.kind + " " + envelope.actor.id : "";
+    const actor = actorText(envelope.actor);
     const summary = el(
       "summary",
       {},
@@ -357,7 +385,7 @@
 
   function field(label, input, hint) {
     const id = input.id;
-    return el("div", { class: "field" }, el("label", { for: id, text: label }), input, hint ? el("small", { class: "muted", text: hint }) : null);
+    return el("div", { class: "field" }, el("label", { for: id }, label, hint ? el("span", { class: "hint", text: " " + hint }) : null), input);
   }
 
   function select(id, options, value) {
@@ -379,12 +407,8 @@
   }
 
   async function agentOptions() {
-    try {
-      const agents = await allPages("/admin/api/agents?limit=500", "agents", 4);
-      return agents.map((a) => [a.agentId, (a.displayName || a.agentId) + " (" + a.agentId + ")"]);
-    } catch (_) {
-      return [];
-    }
+    const known = await loadNames();
+    return Object.entries(known).map(([id, name]) => [id, name + " (" + id.slice(0, 8) + "…)"]);
   }
 
   async function renderAudit(body, params, live) {
@@ -394,16 +418,16 @@
     const form = el(
       "form",
       { class: "filters", id: "audit-form" },
-      field("Phone number or email", text("subject", p.subject, "+12025550123"), "matched by blind index on the server"),
+      field("Phone number or email", text("subject", p.subject, "e.g. +12025550123"), "(by blind index)"),
       field("Agent", select("agentId", [["", "any"], ...agents], p.agentId || "")),
-      field("Event type", text("eventType", p.eventType, "MessageBlocked")),
+      field("Event type", text("eventType", p.eventType, "e.g. MessageBlocked")),
       field("Outcome", select("outcome", [["", "any"], ["allowed", "allowed"], ["refused", "refused"]], p.outcome || "")),
       field(
         "Actor",
         select("actorKind", [["", "any"], ...["agent", "org", "super-admin", "system", "provider", "cli"].map((k) => [k, k])], p.actorKind || "")
       ),
-      field("From", text("from", p.from, "2026-12-01T00:00:00Z")),
-      field("To", text("to", p.to, "2026-12-31T23:59:59Z")),
+      field("From", text("from", p.from, "e.g. 2026-12-01T00:00:00Z"), "(RFC 3339)"),
+      field("To", text("to", p.to, "e.g. 2026-12-31T23:59:59Z"), "(RFC 3339)"),
       el("div", { class: "actions" }, el("button", { type: "submit", text: "Search" }))
     );
     form.addEventListener("submit", (ev) => {
@@ -424,8 +448,8 @@
         el("td", { class: "nowrap", text: when(item.occurredAt) }),
         el("td", { text: item.eventType }),
         el("td", {}, el("span", { class: "badge " + item.outcome, text: item.outcome })),
-        el("td", { text: item.actor ? item.actor.kind + " " + item.actor.id : "" }),
-        el("td", { class: "mono", text: item.agentId || "" }),
+        el("td", { text: actorText(item.actor) }),
+        agentCell(item.agentId),
         el("td", { class: "refused-by", text: item.refusedBy || "" }),
         el("td", { text: [item.code, item.rule ? "rule " + item.rule : null].filter(Boolean).join(", ") }),
         el("td", { text: item.summary })
@@ -448,8 +472,8 @@
     const form = el(
       "form",
       { class: "filters", id: "consent-form" },
-      field("Contact (phone number or email)", text("contact", p.contact, "+12025550123")),
-      field("As of (RFC 3339; empty = now)", text("as_of", p.as_of, "2026-12-01T09:30:00Z")),
+      field("Contact", text("contact", p.contact, "e.g. +12025550123"), "(phone number or email)"),
+      field("As of", text("as_of", p.as_of, "e.g. 2026-12-01T09:30:00Z"), "(RFC 3339; empty: now)"),
       el("div", { class: "actions" }, el("button", { type: "submit", text: "Look up" }))
     );
     form.addEventListener("submit", (ev) => {
@@ -464,7 +488,7 @@
       el(
         "tr",
         {},
-        el("td", { class: "mono", text: r.agentId }),
+        agentCell(r.agentId),
         el("td", { text: r.channel }),
         el("td", {}, el("span", { class: "badge " + (r.status === "granted" ? "allowed" : "refused"), text: r.status })),
         el("td", { text: r.consentType || "" }),
@@ -506,8 +530,8 @@
                 {},
                 el("td", { class: "nowrap", text: when(it.occurredAt) }),
                 el("td", { text: it.eventType }),
-                el("td", { text: it.actor ? it.actor.kind + " " + it.actor.id : "" }),
-                el("td", { class: "mono", text: it.agentId || "" }),
+                el("td", { text: actorText(it.actor) }),
+                agentCell(it.agentId),
                 el("td", { text: it.summary })
               )
             ),
@@ -688,7 +712,7 @@
     const choice = select("aggregate", options, chosen || (options[0] && options[0][0]));
     const result = el("p", { id: "verify-result", class: "status", role: "status", "aria-live": "polite", text: "Choose an aggregate and recompute its chain in this browser." });
     const button = el("button", { type: "submit", id: "recompute", text: "Recompute chain" });
-    const run = el("form", { class: "filters", id: "verify-form" }, field("Aggregate", choice), el("div", { class: "actions" }, button));
+    const run = el("form", { class: "filters", id: "verify-form" }, el("div", { class: "field wide" }, el("label", { for: "aggregate", text: "Aggregate" }), choice), el("div", { class: "actions" }, button));
     run.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const value = choice.value;
@@ -703,7 +727,7 @@
         result.className = "status " + (r.ok ? "ok" : "broken");
         result.textContent = r.ok
           ? "OK: " + value + ", " + r.count + " events recomputed (SHA-256 over RFC 8785 JCS, CONTRACT §11.2), every link and the chain head match."
-          : "BROKEN: " + value + " at sequence " + r.sequence + ": " + r.reason + ".";
+          : "BROKEN: " + value + " at sequence " + r.sequence + ": " + r.reason;
       } catch (e) {
         result.className = "status broken";
         result.textContent = "Could not verify: " + describe(e);
@@ -718,7 +742,11 @@
       table(
         ["Aggregate type", "Aggregate", "Last sequence", "Last hash"],
         heads.map((h) =>
-          el("tr", {}, el("td", { text: h.aggregateType }), el("td", { class: "mono", text: h.aggregateId }), el("td", { class: "num", text: h.lastSequence }), el("td", { class: "mono", title: h.lastHash, text: short(h.lastHash) }))
+          el(
+            "tr",
+            {},
+            el("td", { text: h.aggregateType }),
+            el("td", { class: "mono" }, el("a", { href: "#/verify" + query({ type: kind, aggregate: h.aggregateType + "/" + h.aggregateId }), text: h.aggregateId })), el("td", { class: "num", text: h.lastSequence }), el("td", { class: "mono", title: h.lastHash, text: short(h.lastHash) }))
         ),
         "Chain heads"
       )

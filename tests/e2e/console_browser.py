@@ -40,8 +40,16 @@ def browser(profile: str) -> webdriver.Chrome:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
-    driver.set_window_size(1280, 800)
+    viewport(driver, 1280, 800)
     return driver
+
+
+def viewport(driver: webdriver.Chrome, width: int, height: int, mobile: bool = False) -> None:
+    """The page's own viewport (the window size would include the browser's frame)."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+    )
 
 
 class Console:
@@ -127,9 +135,9 @@ def phase_org(c: Console) -> None:
     meters = c.d.find_elements(By.CSS_SELECTOR, "article.agent meter")
     assert len(meters) >= 3 * len(agents), "usage bars against the limits"
     c.shot("agents")
-    c.d.set_window_size(390, 844)
+    viewport(c.d, 390, 844, mobile=True)
     c.shot("agents-phone")
-    c.d.set_window_size(1280, 800)
+    viewport(c.d, 1280, 800)
     print(f"PASS the org's agents {sorted(shown)} and no other org's")
 
     c.go("#/activity", "Activity")
@@ -170,7 +178,6 @@ def phase_org(c: Console) -> None:
     c.d.find_element(By.ID, "as_of").send_keys(before_revocation)
     c.d.find_element(By.CSS_SELECTOR, "#consent-form button[type=submit]").click()
     state = c.text_in("consent-state", "consent record")
-    tables = c.d.find_elements(By.CSS_SELECTOR, "#view table")
     c.wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#view table")) == 2, "records and the events behind them")
     tables = c.d.find_elements(By.CSS_SELECTOR, "#view table")
     records, events = tables[0].text, tables[1].text
@@ -181,8 +188,13 @@ def phase_org(c: Console) -> None:
 
     c.go("#/alerts", "Alerts")
     c.wait(EC.presence_of_element_located((By.CSS_SELECTOR, "#view [role=status]")), "alerts are read")
+    rule = env("CONSOLE_ALERT_RULE")
+    groups = [h.text for h in c.d.find_elements(By.CSS_SELECTOR, "#view h2")]
+    assert any(g.startswith("MEDIUM") and rule in g for g in groups), groups
+    occurrences = c.d.find_elements(By.CSS_SELECTOR, "#view tbody td.num")
+    assert occurrences and all(int(o.text) >= 1 for o in occurrences), "each alert shows its occurrences"
     c.shot("alerts")
-    print("PASS alerts view")
+    print(f"PASS alerts by severity and rule: {groups}")
 
     c.go("#/verify", "Verify")
     notice = c.d.find_element(By.CSS_SELECTOR, "#view .notice").text

@@ -22,6 +22,7 @@ fn vars() -> Vec<(&'static str, &'static str)> {
         ("HTTP_RATE_LIMIT_PER_IP", "1000000"),
         ("HTTP_RATE_LIMIT_GLOBAL", "1000000"),
         ("COMMGUARD_TEST_CLOCK", "true"),
+        ("ANOMALY_CHECK_INTERVAL_SECONDS", "1"),
     ]
 }
 
@@ -135,7 +136,7 @@ async fn chain_routes_are_for_the_master_token_and_list_a_stream_raw() {
     s.stop().await;
 }
 
-/// The `data` of `/audit` items about `subject` that were refused, once the view has them.
+/// The first refused `/audit` item about `subject`, once the view has it.
 async fn refused_about(s: &TestServer, token: &str, subject: &str) -> Value {
     let path = format!("/admin/api/audit?subject={}&outcome=refused", subject.replace('+', "%2B"));
     for _ in 0..300 {
@@ -147,6 +148,19 @@ async fn refused_about(s: &TestServer, token: &str, subject: &str) -> Value {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("the audit view never showed the refused send");
+}
+
+/// Waits until the org's token sees an alert (the detector runs every second).
+async fn await_org_alert(s: &TestServer, token: &str) {
+    for _ in 0..300 {
+        let (status, body) = get(s, token, "/admin/api/alerts").await;
+        assert_eq!(status, 200, "{body}");
+        if !body["alerts"].as_array().unwrap().is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no alert was raised for the org");
 }
 
 /// How many `event_type` events the store holds (`AuthFailed`: those of the admin API).
@@ -182,6 +196,19 @@ async fn an_auditor_uses_the_console_in_a_real_browser() {
         .ok("comms_revoke_consent", json!({"agentId": org.agent_id, "contactAddress": contact, "channel": "sms"}))
         .await;
 
+    // At 14:00 one message is sent, and a second refused by a per-minute limit of 1: a rate_limit alert.
+    set_clock(&s, "2026-12-01T14:00:00Z").await;
+    let master = Session::open(&s, MASTER).await;
+    master.ok("comms_set_agent_limits", json!({"agentId": org.agent_id, "limits": {"maxActionsPerMinute": 1}})).await;
+    let customer = "+12025550100";
+    admin
+        .ok("comms_record_consent", json!({"agentId": org.agent_id, "contactAddress": customer, "channel": "sms"}))
+        .await;
+    agent.ok("comms_send_message", json!({"to": customer, "body": "Your table is ready."})).await;
+    let (limited, reply) = agent.call("comms_send_message", json!({"to": customer, "body": "Again"})).await;
+    assert!(limited && reply["limitType"] == "per-minute", "{reply}");
+    await_org_alert(&s, &org.admin).await;
+
     // A send refused because the recipient is on the do-not-contact list.
     let phone = "+12025550177";
     set_clock(&s, "2026-12-01T15:00:00Z").await;
@@ -213,6 +240,7 @@ async fn an_auditor_uses_the_console_in_a_real_browser() {
         ("CONSOLE_MASTER_TOKEN", MASTER.into()),
         ("CONSOLE_AGGREGATE", aggregate.clone()),
         ("CONSOLE_TAMPERED_SEQUENCE", "2".into()),
+        ("CONSOLE_ALERT_RULE", "rate_limit".into()),
     ];
     let phase = |name: &'static str| {
         let (base, scenario) = (base.clone(), scenario.clone());
