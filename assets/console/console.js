@@ -63,7 +63,7 @@
   function agentCell(id) {
     if (!id) return el("td", { text: "" });
     const name = names && names[id];
-    return el("td", { title: id }, name ? el("span", { text: name }) : null, el("span", { class: name ? "mono muted small block" : "mono", text: name ? id.slice(0, 8) + "…" : id }));
+    return el("td", { title: id }, name ? el("span", { text: name }) : null, el("span", { class: name ? "mono muted small block nowrap" : "mono", text: name ? id.slice(0, 8) + "…" : id }));
   }
 
   function actorText(actor) {
@@ -291,29 +291,26 @@
       el("span", { class: "muted right", text: when(envelope.occurredAt) })
     );
     const redactions = (envelope.redactions || []).map((r) => r.path + " (" + r.reason + ")").join(", ");
-    return el(
-      "li",
-      {},
-      el(
-        "details",
-        { class: "event" },
-        summary,
-        el(
-          "dl",
-          { class: "facts" },
-          el("dt", { text: "Position" }), el("dd", { text: envelope.position }),
-          el("dt", { text: "Actor" }), el("dd", { text: actor }),
-          el("dt", { text: "Organization" }), el("dd", { text: envelope.orgId || "—" }),
-          el("dt", { text: "Transport" }), el("dd", { text: envelope.transport || "—" }),
-          el("dt", { text: "Request" }), el("dd", { text: envelope.requestId || "—" }),
-          el("dt", { text: "Hash" }), el("dd", { class: "mono", text: short(envelope.hash) }),
-          redactions ? el("dt", { text: "Redactions" }) : null,
-          redactions ? el("dd", { text: redactions }) : null
-        ),
-        provenanceView(envelope.provenance),
-        payloadView(envelope.payload)
-      )
+    const facts = el(
+      "dl",
+      { class: "facts" },
+      el("dt", { text: "Position" }), el("dd", { text: envelope.position }),
+      el("dt", { text: "Actor" }), el("dd", { text: actor }),
+      el("dt", { text: "Organization" }), el("dd", { text: envelope.orgId || "—" }),
+      el("dt", { text: "Transport" }), el("dd", { text: envelope.transport || "—" }),
+      el("dt", { text: "Request" }), el("dd", { text: envelope.requestId || "—" }),
+      el("dt", { text: "Hash" }), el("dd", { class: "mono", text: short(envelope.hash) }),
+      redactions ? el("dt", { text: "Redactions" }) : null,
+      redactions ? el("dd", { text: redactions }) : null
     );
+    // Wide screens: the event's facts and payload beside its decision provenance.
+    const body = el(
+      "div",
+      { class: "event-body" },
+      el("div", {}, facts, payloadView(envelope.payload)),
+      el("div", {}, provenanceView(envelope.provenance))
+    );
+    return el("li", {}, el("details", { class: "event" }, summary, body));
   }
 
   async function renderActivity(body, params, live) {
@@ -418,7 +415,7 @@
     const form = el(
       "form",
       { class: "filters", id: "audit-form" },
-      field("Phone number or email", text("subject", p.subject, "e.g. +12025550123"), "(by blind index)"),
+      field("Phone number or email", text("subject", p.subject, "e.g. +12025550123")),
       field("Agent", select("agentId", [["", "any"], ...agents], p.agentId || "")),
       field("Event type", text("eventType", p.eventType, "e.g. MessageBlocked")),
       field("Outcome", select("outcome", [["", "any"], ["allowed", "allowed"], ["refused", "refused"]], p.outcome || "")),
@@ -426,15 +423,15 @@
         "Actor",
         select("actorKind", [["", "any"], ...["agent", "org", "super-admin", "system", "provider", "cli"].map((k) => [k, k])], p.actorKind || "")
       ),
-      field("From", text("from", p.from, "e.g. 2026-12-01T00:00:00Z"), "(RFC 3339)"),
-      field("To", text("to", p.to, "e.g. 2026-12-31T23:59:59Z"), "(RFC 3339)"),
+      field("From (RFC 3339)", text("from", p.from, "e.g. 2026-12-01T00:00:00Z")),
+      field("To (RFC 3339)", text("to", p.to, "e.g. 2026-12-31T23:59:59Z")),
       el("div", { class: "actions" }, el("button", { type: "submit", text: "Search" }))
     );
     form.addEventListener("submit", (ev) => {
       ev.preventDefault();
       go("audit", formValues(form));
     });
-    body.append(form);
+    body.append(form, el("p", { class: "muted small", text: "A phone number or email is matched on the server by its blind index (CONTRACT §11.4): the audit view holds no address in the clear." }));
     if (!["subject", "agentId", "eventType", "outcome", "actorKind", "from", "to", "cursor"].some((k) => p[k])) {
       body.append(el("p", { class: "muted", text: "Choose filters and search. Results are in commit order, 50 a page." }));
       return;
@@ -472,8 +469,8 @@
     const form = el(
       "form",
       { class: "filters", id: "consent-form" },
-      field("Contact", text("contact", p.contact, "e.g. +12025550123"), "(phone number or email)"),
-      field("As of", text("as_of", p.as_of, "e.g. 2026-12-01T09:30:00Z"), "(RFC 3339; empty: now)"),
+      field("Contact (phone or email)", text("contact", p.contact, "e.g. +12025550123")),
+      field("As of (RFC 3339; empty: now)", text("as_of", p.as_of, "e.g. 2026-12-01T09:30:00Z")),
       el("div", { class: "actions" }, el("button", { type: "submit", text: "Look up" }))
     );
     form.addEventListener("submit", (ev) => {
@@ -556,15 +553,35 @@
   }
 
   async function renderAgents(body, params, live) {
-    const [agents, today, month] = await Promise.all([
+    const [agents, today, month, orgs] = await Promise.all([
       allPages("/admin/api/agents?limit=500", "agents", 10),
       api("/admin/api/usage?period=today"),
       api("/admin/api/usage?period=month"),
+      allPages("/admin/api/orgs?limit=500", "orgs", 4),
     ]);
     if (!live()) return;
     const usage = (u) => Object.fromEntries((u.agents || []).map((a) => [a.agentId, a]));
     const todayBy = usage(today);
     const monthBy = usage(month);
+    const orgSpend = (u, orgId) => (u.agents || []).filter((a) => a.orgId === orgId).reduce((sum, a) => sum + (a.totalCost || 0), 0);
+    const orgCards = el("div", { class: "cards" });
+    for (const o of orgs) {
+      orgCards.append(
+        el(
+          "article",
+          { class: "card org", "data-org": o.id },
+          el("h2", {}, o.name + " ", el("span", { class: "badge skipped", text: o.mode })),
+          el("p", { class: "muted small mono", text: o.id }),
+          el(
+            "div",
+            { class: "bars" },
+            bar("Org spend today", orgSpend(today, o.id), o.maxSpendPerDay, money),
+            bar("Org spend this month", orgSpend(month, o.id), o.maxSpendPerMonth, money)
+          ),
+          el("p", { class: "muted small", text: "Agents: " + (o.pool ? o.pool.activeAgents + " of " + o.pool.maxAgents : o.agentCount) })
+        )
+      );
+    }
     body.append(
       el("p", { class: "status", role: "status", text: agents.length + " agent" + (agents.length === 1 ? "" : "s") + (me.role === "super-admin" ? " in every organization" : " in " + me.orgId) + ". Usage: today and this month (UTC)." })
     );
@@ -607,7 +624,12 @@
         )
       );
     }
-    body.append(agents.length ? cards : el("p", { class: "muted", text: "No agent." }));
+    body.append(
+      el("h2", { text: me.role === "super-admin" ? "Organizations: spend against their caps" : "Organization: spend against its caps" }),
+      orgCards,
+      el("h2", { text: "Agents: today's usage against their limits" }),
+      agents.length ? cards : el("p", { class: "muted", text: "No agent." })
+    );
   }
 
   // ------------------------------------------------------------------ Alerts
@@ -636,7 +658,7 @@
               {},
               el("td", { class: "nowrap", text: when(a.raisedAt) }),
               el("td", { text: a.title }),
-              el("td", { class: "mono", text: a.subjectKind + " " + a.subjectId }),
+              el("td", { class: "mono", title: a.subjectId, text: a.subjectKind + " " + ((a.subjectKind === "agent" && names && names[a.subjectId]) || a.subjectId) }),
               el("td", { class: "mono", text: a.orgId || "platform" }),
               el("td", { class: "num", text: a.occurrences }),
               el("td", { text: a.message })
