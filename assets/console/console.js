@@ -92,7 +92,8 @@
   function describe(error) {
     if (error && error.status) {
       const code = error.body && error.body.code ? " (" + error.body.code + ")" : "";
-      return "HTTP " + error.status + ": " + ((error.body && error.body.error) || error.message) + code;
+      const retry = error.body && error.body.retryAfter ? " Retry in " + error.body.retryAfter + " s." : "";
+      return "HTTP " + error.status + ": " + ((error.body && error.body.error) || error.message) + code + retry;
     }
     return String((error && error.message) || error);
   }
@@ -564,24 +565,21 @@
     const todayBy = usage(today);
     const monthBy = usage(month);
     const orgSpend = (u, orgId) => (u.agents || []).filter((a) => a.orgId === orgId).reduce((sum, a) => sum + (a.totalCost || 0), 0);
-    const orgCards = el("div", { class: "cards" });
-    for (const o of orgs) {
-      orgCards.append(
-        el(
-          "article",
-          { class: "card org", "data-org": o.id },
-          el("h2", {}, o.name + " ", el("span", { class: "badge skipped", text: o.mode })),
-          el("p", { class: "muted small mono", text: o.id }),
-          el(
-            "div",
-            { class: "bars" },
-            bar("Org spend today", orgSpend(today, o.id), o.maxSpendPerDay, money),
-            bar("Org spend this month", orgSpend(month, o.id), o.maxSpendPerMonth, money)
-          ),
-          el("p", { class: "muted small", text: "Agents: " + (o.pool ? o.pool.activeAgents + " of " + o.pool.maxAgents : o.agentCount) })
-        )
-      );
-    }
+    // One row per organization: its spend against its caps (the agents' spend summed).
+    const spendCell = (spent, cap) =>
+      el("td", {}, cap === null || cap === undefined ? money(spent) + " (no cap)" : el("div", { class: "bar" }, el("span", { text: money(spent) + " of " + money(cap) }), el("meter", { min: 0, max: cap || 1, low: (cap || 1) * 0.8, high: (cap || 1) * 0.95, optimum: 0, value: Math.min(spent, cap || 1), "aria-label": "spend " + money(spent) + " of " + money(cap) })));
+    const orgRows = orgs.map((o) =>
+      el(
+        "tr",
+        { "data-org": o.id },
+        el("td", { title: o.id }, el("span", { text: o.name }), el("span", { class: "mono muted small block nowrap", text: o.id.slice(0, 8) + "…" })),
+        el("td", {}, el("span", { class: "badge skipped", text: o.mode })),
+        el("td", { class: "num", text: o.pool ? o.pool.activeAgents + " of " + o.pool.maxAgents : o.agentCount }),
+        spendCell(orgSpend(today, o.id), o.maxSpendPerDay),
+        spendCell(orgSpend(month, o.id), o.maxSpendPerMonth)
+      )
+    );
+    const orgTable = table(["Organization", "Mode", "Agents", "Spend today", "Spend this month"], orgRows, me.role === "super-admin" ? "Organizations: spend against their caps" : "Organization: spend against its caps");
     body.append(
       el("p", { class: "status", role: "status", text: agents.length + " agent" + (agents.length === 1 ? "" : "s") + (me.role === "super-admin" ? " in every organization" : " in " + me.orgId) + ". Usage: today and this month (UTC)." })
     );
@@ -625,9 +623,8 @@
       );
     }
     body.append(
-      el("h2", { text: me.role === "super-admin" ? "Organizations: spend against their caps" : "Organization: spend against its caps" }),
-      orgCards,
-      el("h2", { text: "Agents: today's usage against their limits" }),
+      orgTable,
+      el("h2", { text: "Agents: usage against their limits" }),
       agents.length ? cards : el("p", { class: "muted", text: "No agent." })
     );
   }

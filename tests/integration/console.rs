@@ -184,6 +184,9 @@ async fn an_auditor_uses_the_console_in_a_real_browser() {
     let other = provision(&s, MASTER, "console-b", json!({}), "Elsewhere", json!({"phone": true})).await;
     let admin = Session::open(&s, &org.admin).await;
     let agent = Session::open(&s, &org.agent_token).await;
+    let caps = json!({"maxSpendPerDay": 0.05, "maxSpendPerMonth": 20});
+    let settings = s.http.post(s.url(&format!("/admin/api/orgs/{}/settings", org.org_id))).bearer_auth(&org.admin);
+    assert_eq!(settings.json(&caps).send().await.unwrap().status(), 200);
 
     // Consent granted at 09:10 and revoked at 11:10; the console asks as of 10:00.
     let contact = "+12025550144";
