@@ -153,6 +153,26 @@ def phase_org(c: Console) -> None:
     c.shot("activity")
     print(f"PASS the activity feed shows the decision provenance ({len(checks)} checks, {refused_by})")
 
+    # A new event while the reader is scrolled down waits behind the bar: nothing moves.
+    c.d.execute_script("window.scrollTo(0, 300)")
+    first = c.d.find_element(By.CSS_SELECTOR, ".feed li")
+    top = c.d.execute_script("return arguments[0].getBoundingClientRect().top", first)
+    status = c.d.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        fetch('/admin/api/agents/' + arguments[0] + '/blocked-channels', {method: 'POST',
+              headers: {'Authorization': 'Bearer ' + sessionStorage.getItem('commguard.console.token'),
+                        'Content-Type': 'application/json'},
+              body: JSON.stringify({blockedChannels: ['whatsapp']})}).then(r => done(r.status));""",
+        sorted(agents)[0],
+    )
+    assert status == 200, status
+    c.wait(lambda d: d.find_element(By.CSS_SELECTOR, "button.newer").text.startswith("Show 1 newer"), "the newer bar")
+    assert c.d.find_element(By.CSS_SELECTOR, ".feed li") == first, "the list did not change under the reader"
+    assert c.d.execute_script("return arguments[0].getBoundingClientRect().top", first) == top, "no layout jump"
+    c.d.find_element(By.CSS_SELECTOR, "button.newer").click()
+    c.wait(lambda d: "AgentChannelsBlocked" in d.find_element(By.CSS_SELECTOR, ".feed li").text, "the new event on top")
+    print("PASS the feed follows headPosition; a new event waits behind the bar while scrolled, with no layout jump")
+
     c.go("#/audit", "Audit search")
     c.d.find_element(By.ID, "subject").send_keys(phone)
     c.d.find_element(By.ID, "outcome").send_keys("refused")
