@@ -63,7 +63,7 @@
   function agentCell(id) {
     if (!id) return el("td", { text: "" });
     const name = names && names[id];
-    return el("td", { title: id }, name ? el("span", { text: name }) : null, el("span", { class: name ? "mono muted small block nowrap" : "mono", text: name ? id.slice(0, 8) + "…" : id }));
+    return el("td", { title: id }, name ? el("span", { class: "nowrap", text: name }) : null, el("span", { class: name ? "mono muted small block nowrap" : "mono", text: name ? id.slice(0, 8) + "…" : id }));
   }
 
   function actorText(actor) {
@@ -446,7 +446,7 @@
         el("td", { class: "nowrap", text: when(item.occurredAt) }),
         el("td", { text: item.eventType }),
         el("td", {}, el("span", { class: "badge " + item.outcome, text: item.outcome })),
-        el("td", { text: actorText(item.actor) }),
+        el("td", { class: "nowrap", text: actorText(item.actor) }),
         agentCell(item.agentId),
         el("td", { class: "refused-by", text: item.refusedBy || "" }),
         el("td", { text: [item.code, item.rule ? "rule " + item.rule : null].filter(Boolean).join(", ") }),
@@ -471,7 +471,7 @@
       "form",
       { class: "filters", id: "consent-form" },
       field("Contact (phone or email)", text("contact", p.contact, "e.g. +12025550123")),
-      field("As of (RFC 3339; empty: now)", text("as_of", p.as_of, "e.g. 2026-12-01T09:30:00Z")),
+      field("As of (RFC 3339)", text("as_of", p.as_of, "empty: now")),
       el("div", { class: "actions" }, el("button", { type: "submit", text: "Look up" }))
     );
     form.addEventListener("submit", (ev) => {
@@ -528,7 +528,7 @@
                 {},
                 el("td", { class: "nowrap", text: when(it.occurredAt) }),
                 el("td", { text: it.eventType }),
-                el("td", { text: actorText(it.actor) }),
+                el("td", { class: "nowrap", text: actorText(it.actor) }),
                 agentCell(it.agentId),
                 el("td", { text: it.summary })
               )
