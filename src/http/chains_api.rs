@@ -109,18 +109,18 @@ async fn chain_events(
     params: Params,
 ) -> Result<Json<ChainEvents>, ApiError> {
     guard::require_role(&admin.principal, Role::SuperAdmin)?;
-    let number = |name: &str, default: i64, max: i64| -> Result<i64, ApiError> {
+    let number = |name: &str, default: i64, range: (i64, i64), expected: &str| -> Result<i64, ApiError> {
         match params.get(name) {
             None => Ok(default),
-            Some(v) => {
-                v.parse::<i64>().ok().filter(|n| (0..=max).contains(n) && (name != "limit" || *n >= 1)).ok_or_else(
-                    || invalid(name, format!("must be an integer between {} and {max}", i64::from(name == "limit"))),
-                )
-            }
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (range.0..=range.1).contains(n))
+                .ok_or_else(|| invalid(name, format!("must be {expected}"))),
         }
     };
-    let after = number("after", 0, i64::MAX)?;
-    let limit = number("limit", 500, 1000)?;
+    let after = number("after", 0, (0, i64::MAX), "a sequence ≥ 0")?;
+    let limit = number("limit", 500, (1, 1000), "an integer between 1 and 1000")?;
     let head: ChainHead = sqlx::query_as(
         "SELECT aggregate_type, aggregate_id, last_sequence, last_hash FROM chain_heads
          WHERE aggregate_type = $1 AND aggregate_id = $2",

@@ -118,6 +118,8 @@ async fn chain_routes_are_for_the_master_token_and_list_a_stream_raw() {
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
     let (status, body) = get(&s, MASTER, &format!("{path}?limit=0")).await;
     assert_eq!((status, body["field"].as_str()), (400, Some("limit")));
+    let (status, body) = get(&s, MASTER, &format!("{path}?after=-1")).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("after")));
     let (status, body) = get(&s, MASTER, "/admin/api/chains?cursor=nope").await;
     assert_eq!((status, body["field"].as_str()), (400, Some("cursor")));
     // Cursor paging walks every head once.
