@@ -32,6 +32,8 @@ WAIT = 30  # seconds a page may take to show what is awaited (a bound, not an as
 
 
 def browser(profile: str) -> webdriver.Chrome:
+    # The driver is given, and Selenium Manager is told to stay offline should it run at all.
+    os.environ["SE_OFFLINE"] = "true"
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
