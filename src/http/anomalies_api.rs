@@ -10,7 +10,7 @@ use commguard_projections::anomaly::{window_of, AUTH_FAILED, OUTBOUND, TOKEN_ISS
 use serde_json::{json, Value};
 
 use super::admin::Admin;
-use super::openapi::{ApiRouter, Body, Doc};
+use super::openapi::{ApiRouter, Body, Doc, CURSOR, LIMIT, ORG};
 use super::params::Params;
 use crate::anomaly::{BRUTE_FORCE_OVER, ROTATION_OVER};
 use crate::auth::Role;
@@ -26,9 +26,8 @@ pub fn routes() -> ApiRouter {
         Doc {
             who: "O (its agents) S (also IPs)",
             summary: "Each rule's current window values and thresholds",
-            query: &[],
+            query: &[("rule", false, "string", "one of the §14 rules"), ORG, CURSOR, LIMIT],
             body: Body::None,
-            reply: "Result",
         },
     )
 }
@@ -45,7 +44,7 @@ struct Window {
 }
 
 /// `GET /admin/api/anomalies?rule&orgId&cursor&limit` → `{anomalies, nextCursor}`, by rule and subject.
-async fn anomalies(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<Value>, ApiError> {
+async fn anomalies(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<AnomalyPage>, ApiError> {
     let rule = params.choice("rule", &["volume_spike", "brute_force", "rapid_rotation"])?;
     let org = read_scope(&admin.principal, params.id("orgId")?)?;
     let page = params.page::<(String, String)>()?;
@@ -116,5 +115,13 @@ async fn anomalies(State(app): State<AppState>, admin: Admin, params: Params) ->
         })
         .collect();
     let (items, next) = page.of(items, |(key, _)| key.clone());
-    Ok(Json(json!({ "anomalies": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), "nextCursor": next })))
+    Ok(Json(AnomalyPage { anomalies: items.into_iter().map(|(_, v)| v).collect(), next_cursor: next }))
+}
+
+/// Each rule's current window values, by rule and subject.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct AnomalyPage {
+    anomalies: Vec<Value>,
+    next_cursor: Option<String>,
 }

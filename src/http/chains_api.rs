@@ -8,7 +8,6 @@
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
-use serde_json::Value;
 
 use super::admin::Admin;
 use super::extract::Path;
@@ -30,7 +29,6 @@ pub fn routes() -> ApiRouter {
                 summary: "The head of each aggregate's hash chain (last sequence and hash)",
                 query: &[("aggregateType", false, "string", "one aggregate type, e.g. agent"), CURSOR, LIMIT],
                 body: Body::None,
-                reply: "ChainPage",
             },
         )
         .get(
@@ -44,13 +42,12 @@ pub fn routes() -> ApiRouter {
                     ("limit", false, "integer", "1-1000 (500)"),
                 ],
                 body: Body::None,
-                reply: "ChainEvents",
             },
         )
 }
 
 /// One chain head.
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, schemars::JsonSchema, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct ChainHead {
     pub aggregate_type: String,
@@ -59,19 +56,19 @@ pub struct ChainHead {
     pub last_hash: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChainPage {
     pub chains: Vec<ChainHead>,
     pub next_cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChainEvents {
     pub head: ChainHead,
     /// Raw §11.1 envelopes, each with its stored `metadata`.
-    pub events: Vec<Value>,
+    pub events: Vec<envelope::Envelope>,
     /// The last sequence of this page (`after` when the page is empty).
     pub next_after: i64,
 }
