@@ -182,12 +182,16 @@ struct Below {
 /// flush: its rows and its checkpoint commit or are lost together, and a lost batch is simply
 /// applied again from the older checkpoint. The feed is read in index order: right after a burst
 /// of appends, before autovacuum has analyzed `events`, the planner would otherwise bitmap-scan
-/// and sort the batch on disk (3x slower, measured).
+/// and sort the batch on disk (3x slower, measured). Statements use their generic plans: the
+/// audit projection's stream-heads join over `UNNEST` arrays was planned afresh for every batch
+/// (pg_stat_statements: 798 plans for 789 calls, 0.17 ms of planning against 0.02 ms of
+/// execution each).
 async fn lock_relaxed(conn: &mut PgConnection, projection: &str) -> Result<Option<Below>, sqlx::Error> {
     let (locked, horizon, last_event): (bool, i64, i64) = sqlx::query_as(
         "SELECT pg_try_advisory_xact_lock(hashtext('commguard.projection.' || $1))
                 AND set_config('synchronous_commit', 'off', true) IS NOT NULL
-                AND set_config('enable_bitmapscan', 'off', true) IS NOT NULL,
+                AND set_config('enable_bitmapscan', 'off', true) IS NOT NULL
+                AND set_config('plan_cache_mode', 'force_generic_plan', true) IS NOT NULL,
                 h.horizon,
                 COALESCE((SELECT MAX(position) FROM events WHERE position < h.horizon), 0)
            FROM event_horizon() AS h(horizon)",
