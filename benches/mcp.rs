@@ -197,17 +197,93 @@ async fn tool(url: &str, token: &str, name: &str, args: Value) -> Value {
     tools(url, token, name, vec![args]).await.remove(0)
 }
 
+/// utime + stime of process `pid`, and (with `children`) of its waited-for children, in clock ticks.
+fn ticks(pid: &str, children: bool) -> Option<u64> {
+    let fields = stat_fields(pid)?;
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    let own = field(11)? + field(12)?;
+    Some(if children { own + field(13)? + field(14)? } else { own })
+}
+
+/// The fields of `/proc/<pid>/stat` after the parenthesised command name (state is field 3 of
+/// proc(5), so index 0 here; ppid index 1, utime 11, stime 12, cutime 13, cstime 14).
+fn stat_fields(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
 /// utime + stime of the server process (`--server-pid`), in clock ticks.
 fn server_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", arg("--server-pid")?)).ok()?;
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    ticks(&arg("--server-pid")?, false)
+}
+
+/// utime + stime of the whole Postgres cluster (`--pg-pid`, the postmaster), in clock ticks: the
+/// postmaster, every live child (backends, WAL writer, checkpointer, …), and the children that
+/// already exited (the postmaster's cutime + cstime), so a backend that ends mid-phase still counts.
+fn pg_ticks() -> Option<u64> {
+    let postmaster = arg("--pg-pid")?;
+    let mut total = ticks(&postmaster, true)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Some(fields) = stat_fields(&name) {
+            if fields.get(1) == Some(&postmaster) {
+                total += ticks(&name, false).unwrap_or(0);
+            }
+        }
+    }
+    Some(total)
+}
+
+/// The server's resident set (`VmRSS`), in KiB.
+fn server_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", arg("--server-pid")?)).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs `phase` and adds the server's and the cluster's CPU per call over it (ms; clock ticks
+/// are 1/100 s on Linux, CLK_TCK).
+async fn with_cpu(phase: impl std::future::Future<Output = Value>) -> Value {
+    let (server_before, pg_before) = (server_ticks(), pg_ticks());
+    let mut result = phase.await;
+    let calls = result["calls"].as_f64().unwrap_or(1.0).max(1.0);
+    if let (Some(before), Some(after)) = (server_before, server_ticks()) {
+        result["server_cpu_ms_per_call"] = json!((after - before) as f64 * 10.0 / calls);
+    }
+    if let (Some(before), Some(after)) = (pg_before, pg_ticks()) {
+        result["pg_cpu_ms_per_call"] = json!((after - before) as f64 * 10.0 / calls);
+    }
+    result
+}
+
+/// `n` sends one after the other in one session (no concurrency: nothing to batch).
+async fn sequential(url: &str, token: &str, n: u64) -> Value {
+    let client = reqwest::Client::new();
+    let session = open_session(&client, url, token).await;
+    for id in 0..20 {
+        assert!(request(&client, url, token, &session, Phase::Send, id).await, "a warm-up send failed");
+    }
+    with_cpu(async {
+        let mut all = Vec::with_capacity(n as usize);
+        for id in 0..n {
+            let started = Instant::now();
+            assert!(request(&client, url, token, &session, Phase::Send, 100 + id).await, "a benchmark send failed");
+            all.push(started.elapsed().as_micros() as u32);
+        }
+        all.sort_unstable();
+        json!({"calls": all.len(), "p50_ms": percentile(&all, 0.50), "p99_ms": percentile(&all, 0.99)})
+    })
+    .await
 }
 
 /// `--mode send`: a sandbox org and agent whose recipients consented, then sends from N
-/// sessions for T seconds (every check on: content, DNC, consent, limits).
+/// sessions for T seconds (every check on: content, DNC, consent, limits), after `--sequential`
+/// sends one at a time from one session (first, so no backlog of the concurrent phase is
+/// counted in it). Only the send phases are counted in the CPU figures, beside 5 idle seconds.
 async fn send_mode(url: &str, master: &str, sessions: u64, seconds: u64) {
     let slug = format!("bench-{}", std::process::id());
     let org =
@@ -220,14 +296,20 @@ async fn send_mode(url: &str, master: &str, sessions: u64, seconds: u64) {
     let token = agent["securityToken"].as_str().unwrap().to_string();
     let consents = (0..RECIPIENTS).map(|n| json!({"contactAddress": recipient(n), "channel": "sms"})).collect();
     tools(url, &token, "comms_record_consent", consents).await;
-    let ticks_before = server_ticks();
-    let mut send = run_phase(url, &token, sessions, seconds, Phase::Send).await;
-    if let (Some(before), Some(after)) = (ticks_before, server_ticks()) {
-        // Clock ticks are 1/100 s on Linux (CLK_TCK); only the send phase is counted.
-        let ms = (after - before) as f64 * 10.0 / send["calls"].as_f64().unwrap_or(1.0).max(1.0);
-        send["server_cpu_ms_per_call"] = json!(ms);
-    }
-    println!("{}", json!({"send": send}));
+    // Idle: what the server and Postgres burn per second with nothing to do (projections caught
+    // up with the set-up first), the floor under every per-send figure below.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = with_cpu(async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        json!({"calls": 5})
+    })
+    .await;
+    let one = match num("--sequential", 0) {
+        0 => Value::Null,
+        n => sequential(url, &token, n).await,
+    };
+    let send = with_cpu(run_phase(url, &token, sessions, seconds, Phase::Send)).await;
+    println!("{}", json!({"send": send, "sequential": one, "idle_cpu_ms_per_s": idle}));
 }
 
 /// The first instant of the `as-of` history; changes follow an hour apart.
@@ -388,10 +470,22 @@ async fn main() {
     let rpc = run_phase(&url, &token, sessions, seconds, Phase::RpcPing).await;
     let tool = run_phase(&url, &token, sessions, seconds, Phase::ToolPing).await;
     let pairs = paired(&url, &token, sessions, seconds).await;
-    let held = Arc::new(idle_sse(&url, &token, idle).await);
+    // The server's RSS after the load, then after each quarter of the idle sessions (each read
+    // a second after the last open, once the sessions' records have been written).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut rss = vec![json!([0, server_rss_kb()])];
+    let mut held = Vec::new();
+    for quarter in 1..=4 {
+        let upto = idle * quarter / 4;
+        held.extend(idle_sse(&url, &token, upto - held.len() as u64).await);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss.push(json!([held.len(), server_rss_kb()]));
+    }
+    let held = Arc::new(held);
     println!(
         "{}",
-        json!({"health": health, "rpc_ping": rpc, "comms_ping": tool, "paired": pairs, "idle_sse_sessions": held.len()})
+        json!({"health": health, "rpc_ping": rpc, "comms_ping": tool, "paired": pairs, "idle_sse_sessions": held.len(),
+               "rss_kb_by_sessions": rss})
     );
     // Hold the sessions while the script reads the server's RSS.
     tokio::time::sleep(Duration::from_secs(num("--hold", 5))).await;

@@ -5,7 +5,7 @@
 #
 #   scripts/bench.sh event-store [--writers 16] [--seconds 20]
 #   scripts/bench.sh mcp [--writers 16] [--seconds 20] [--idle 1000]
-#   scripts/bench.sh send [--writers 16] [--seconds 20] [--fill 1000000]
+#   scripts/bench.sh send [--writers 16] [--seconds 20] [--fill 1000000] [--sequential 500]
 #   scripts/bench.sh as-of [--writers 4] [--seconds 10] [--fill 1000000]
 #   scripts/bench.sh feed [--fill 1000000] [--seed 2000]
 set -euo pipefail
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
 
 what=${1:-}; shift || true
-writers=16; seconds=20; stream_length=10; idle=1000; fill=1000000; seed=2000
+writers=16; seconds=20; stream_length=10; idle=1000; fill=1000000; seed=2000; sequential=500
 if [ "$what" = as-of ]; then writers=4; seconds=10; fi
 while [ $# -gt 0 ]; do
   case $1 in
@@ -23,6 +23,7 @@ while [ $# -gt 0 ]; do
     --idle) idle=$2; shift 2 ;;
     --fill) fill=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
+    --sequential) sequential=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -34,7 +35,8 @@ start_cluster "$cluster" bench
 admin=$(cluster_url "$cluster")
 if [ -n "${BENCH_PG_STATS:-}" ]; then
   # Profiling aid: BENCH_PG_STATS=1 prints the statements the server ran, by calls.
-  echo "shared_preload_libraries = 'pg_stat_statements'" >> "$cluster/data/postgresql.conf"
+  { echo "shared_preload_libraries = 'pg_stat_statements'"; echo "pg_stat_statements.track_planning = on"
+    echo "pg_stat_statements.track = all"; } >> "$cluster/data/postgresql.conf"
   run_pg "$PG_BIN_DIR/pg_ctl" -D "$cluster/data" -l "$cluster/postgres.log" -w -t 60 restart >/dev/null
 fi
 export PGOPTIONS="-c client_min_messages=warning"
@@ -47,16 +49,55 @@ pg_stats_reset() {
 }
 pg_stats_print() {
   [ -n "${BENCH_PG_STATS:-}" ] || return 0
-  psql "$1" -c "SELECT calls, round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
-    FROM pg_stat_statements ORDER BY calls DESC LIMIT 30" >&2
+  # track = all: statements inside functions (reserve_actions' PL/pgSQL) are listed too (toplevel
+  # false); plans = how often a statement was planned (a generic plan is planned once).
+  psql "$1" -c "SELECT calls, round(mean_exec_time::numeric, 3) AS mean_ms, round(total_exec_time::numeric) AS total_ms,
+      plans, round(total_plan_time::numeric) AS plan_ms, rows, toplevel AS top,
+      left(regexp_replace(query, '\s+', ' ', 'g'), 100) AS query
+    FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 40" >&2
+}
+
+# utime + stime (clock ticks) of the cluster: the postmaster, its live children, and its exited
+# children (cutime + cstime) — the same sum the send benchmark takes.
+pg_cluster_ticks() {
+  python3 - "$(head -n 1 "$cluster/data/postmaster.pid")" <<'PY'
+import os, sys
+pm = sys.argv[1]
+def fields(pid):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+f = fields(pm)
+total = sum(int(f[i]) for i in (11, 12, 13, 14))
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    g = fields(pid)
+    if g and g[1] == pm:
+        total += int(g[11]) + int(g[12])
+print(total)
+PY
 }
 
 pgbench_tps() {
-  # Baseline: single-row INSERT transactions from the same number of clients.
+  # Baseline: single-row INSERT transactions from the same number of clients. Sets $base (tps)
+  # and $base_pg_ms (Postgres CPU per transaction, ms).
   psql -q "$admin" -c "DROP TABLE IF EXISTS pgbench_rows; CREATE TABLE pgbench_rows (id bigserial PRIMARY KEY, v text NOT NULL, at timestamptz NOT NULL DEFAULT now())"
   echo "INSERT INTO pgbench_rows (v) VALUES ('benchmark');" > "$cluster/insert.sql"
-  "$PG_BIN_DIR/pgbench" -n -c "$writers" -j 2 -T "$seconds" -f "$cluster/insert.sql" "$admin" 2>/dev/null \
-    | awk '/^tps/ { print $3; exit }'
+  local before after out
+  before=$(pg_cluster_ticks)
+  out=$("$PG_BIN_DIR/pgbench" -n -c "$writers" -j 2 -T "$seconds" -f "$cluster/insert.sql" "$admin" 2>/dev/null)
+  after=$(pg_cluster_ticks)
+  base=$(echo "$out" | awk '/^tps/ { print $3; exit }')
+  local txs; txs=$(echo "$out" | awk '/number of transactions actually processed/ { split($NF, a, "/"); print a[1]; exit }')
+  base_pg_ms=$(python3 -c "print(f'{($after - $before) * 10 / max($txs, 1):.3f}')")
+}
+
+pgbench_one_ms() {
+  # Baseline of a lone send: the mean latency of one client's single-row INSERT transactions
+  # (one durable commit each, one round trip), 5 s.
+  "$PG_BIN_DIR/pgbench" -n -c 1 -j 1 -T 5 -f "$cluster/insert.sql" "$admin" 2>/dev/null \
+    | awk '/^latency average/ { print $4; exit }'
 }
 
 case $what in
@@ -64,7 +105,7 @@ case $what in
     cargo build --release --bench event_store >&2
     bin=$(ls -t target/release/deps/event_store-* | grep -v '\.d$' | head -n 1)
     psql -q "$admin" -c "CREATE DATABASE bench"
-    base=$(pgbench_tps)
+    pgbench_tps
     pg_stats_reset "${admin/\/postgres\?//bench?}"
     result=$(DATABASE_URL="${admin/\/postgres\?//bench?}" "$bin" --writers "$writers" --seconds "$seconds" --stream-length "$stream_length")
     pg_stats_print "${admin/\/postgres\?//bench?}"
@@ -94,7 +135,7 @@ PY
     until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
     rss_idle=$(awk '/VmRSS/ { print $2 }' "/proc/$server/status")
     "$bin" --url "http://127.0.0.1:$port" --token "$token" --sessions "$writers" --seconds "$seconds" \
-      --idle "$idle" --hold 5 > "$cluster/mcp.json" &
+      --idle "$idle" --hold 5 --server-pid "$server" > "$cluster/mcp.json" &
     client=$!
     until [ -s "$cluster/mcp.json" ]; do sleep 0.2; done
     sleep 1
@@ -111,7 +152,12 @@ q = r["paired"]
 print(f"paired (health and ping alternating in each session, same load): health p50 {q['health_p50_ms']:.3f} p99 {q['health_p99_ms']:.3f} ms; ping p50 {q['ping_p50_ms']:.3f} p99 {q['ping_p99_ms']:.3f} ms")
 print(f"auth + session + routing overhead (paired): p50 {q['ping_p50_ms'] - q['health_p50_ms']:.3f} ms, p99 {q['ping_p99_ms'] - q['health_p99_ms']:.3f} ms (target p99 < 0.5 ms)")
 print(f"comms_ping / health throughput: {t['calls_per_sec'] / h['calls_per_sec']:.2f} x")
-print(f"server RSS: {rss_idle / 1024:.1f} MB idle, {rss_held / 1024:.1f} MB with {r['idle_sse_sessions']} SSE sessions open (target < 150 MB)")
+print(f"server RSS: {rss_idle / 1024:.1f} MB idle (target < 30 MB), {rss_held / 1024:.1f} MB with {r['idle_sse_sessions']} SSE sessions open (target < 100 MB)")
+steps = [(n, kb) for n, kb in r.get("rss_kb_by_sessions", []) if kb is not None]
+if len(steps) > 1:
+    print("RSS after the load, by idle SSE sessions: " + ", ".join(f"{n}: {kb / 1024:.1f} MB" for n, kb in steps))
+    (n0, kb0), (n1, kb1) = steps[0], steps[-1]
+    print(f"per idle SSE session: {(kb1 - kb0) / max(n1 - n0, 1):.1f} KB")
 PY
     ;;
   send)
@@ -119,7 +165,8 @@ PY
     bin=$(ls -t target/release/deps/mcp-* | grep -v '\.d$' | head -n 1)
     psql -q "$admin" -c "CREATE DATABASE bench"
     bench_url="${admin/\/postgres\?//bench?}"
-    base=$(pgbench_tps)
+    pgbench_tps
+    one_ms=$(pgbench_one_ms)
     token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
     data=$(mktemp -d /tmp/commguard-bench-data-XXXXXX); chmod 755 "$data"
     server=
@@ -134,18 +181,25 @@ PY
     }
     trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"' EXIT
     measure() {
-      # Server CPU = utime + stime of the server process over the send phase only (the client
-      # reads it before and after; set-up and consent recording are not counted).
+      # Server CPU = utime + stime of the server process; Postgres CPU = utime + stime of the
+      # postmaster and all its children (live ones, and exited ones through its cutime + cstime);
+      # both over the send phases only (the client reads them before and after each; set-up and
+      # consent recording are not counted). Then --sequential sends one at a time from one session.
       "$bin" --mode send --url "http://127.0.0.1:$port" --token "$token" --sessions "$writers" --seconds "$seconds" \
-        --server-pid "$server" | python3 -c "
+        --server-pid "$server" --pg-pid "$(head -n 1 "$cluster/data/postmaster.pid")" --sequential "$1" | python3 -c "
 import json, sys
-r = json.load(sys.stdin)['send']
-print(f\"{r['calls_per_sec']:.0f} sends/s = {r['calls_per_sec'] / $base:.2f} x pgbench ($base tps)  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  server CPU {r['server_cpu_ms_per_call']:.3f} ms/send\")"
+r = json.load(sys.stdin)
+s, q, i = r['send'], r['sequential'], r['idle_cpu_ms_per_s']
+print(f\"idle (nothing sent, 5 s): server CPU {i['server_cpu_ms_per_call']:.1f} ms/s  Postgres CPU {i['pg_cpu_ms_per_call']:.1f} ms/s\")
+print(f\"{s['calls_per_sec']:.0f} sends/s = {s['calls_per_sec'] / $base:.2f} x pgbench ($base tps, Postgres CPU $base_pg_ms ms/tx)  p50 {s['p50_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms  server CPU {s['server_cpu_ms_per_call']:.3f} ms/send  Postgres CPU {s['pg_cpu_ms_per_call']:.3f} ms/send\")
+if q:
+    print(f\"  one session, {q['calls']} sequential sends: p50 {q['p50_ms']:.2f} ms = {q['p50_ms'] / $one_ms:.2f} x one pgbench client's mean latency ($one_ms ms)  p99 {q['p99_ms']:.2f} ms  server CPU {q['server_cpu_ms_per_call']:.3f} ms/send  Postgres CPU {q['pg_cpu_ms_per_call']:.3f} ms/send\")"
     }
     start_server
     pg_stats_reset "$bench_url"
-    echo "empty store:            $(measure)"
+    echo "empty store:            $(measure "$sequential")"
     pg_stats_print "$bench_url"
+    [ "$fill" -gt 0 ] || exit 0
     kill $server; wait $server 2>/dev/null || true
     # Fill the store with $fill events of other agents (synthetic rows written directly; they are
     # history that no limit check may read), then measure again.
@@ -155,7 +209,7 @@ print(f\"{r['calls_per_sec']:.0f} sends/s = {r['calls_per_sec'] / $base:.2f} x p
              '{}', g, gen_random_uuid(), now() - interval '1 day', 'filler', repeat('0', 64), repeat('0', 64)
       FROM generate_series(1, $fill) g" -c "ANALYZE events"
     start_server
-    echo "after $fill events: $(measure)"
+    echo "after $fill events: $(measure "$sequential")"
     ;;
   as-of)
     # Point-in-time admin views (CONTRACT §12 as_of) over a store of $fill events: an agent and a

@@ -52,12 +52,14 @@ pub async fn read_after<'e>(
 /// Up to `limit` events of `event_types` after `after`, in global order, below `horizon` (an
 /// `event_horizon()` read earlier: what lies below it was final then and still is), and how far
 /// the read reached: every event up to that position that is not returned is of another type. A
-/// short read reached the horizon, so the reader may move up to it even when nothing it reads was
-/// there.
+/// short read reached the horizon, so the reader may move up to `last_event` — the last event
+/// below that horizon, of any type — even when nothing it reads was there; never further, so a
+/// reader with nothing new stays where it is.
 pub async fn read_types_after(
     conn: &mut sqlx::PgConnection,
     after: i64,
     horizon: i64,
+    last_event: i64,
     limit: i64,
     event_types: &[&str],
 ) -> Result<(Vec<StoredEvent>, i64), sqlx::Error> {
@@ -70,7 +72,8 @@ pub async fn read_types_after(
     let events = rows.iter().map(stored_event_from_row).collect::<Result<Vec<_>, _>>()?;
     let reached = match events.last() {
         Some(last) if events.len() as i64 == limit => last.position,
-        _ => after.max(horizon - 1),
+        Some(last) => after.max(last_event).max(last.position),
+        None => after.max(last_event),
     };
     Ok((events, reached))
 }
