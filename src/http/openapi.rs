@@ -173,6 +173,10 @@ fn components() -> Value {
         "EventPage": object(&[("events", "#Envelope[]"), ("nextAfter", "integer"), ("headPosition", "integer|null")]),
         "AuditPage": object(&[("items", "object[]"), ("nextCursor", "string|null")]),
         "Clock": object(&[("now", "string")]),
+        "Anomaly": object(&[("rule", "string"), ("subjectKind", "string"), ("subjectId", "string"), ("orgId", "string|null"),
+            ("windowStart", "string"), ("windowEnd", "string"), ("value", "number"), ("previous", "integer"),
+            ("limitType", "string"), ("threshold", "object"), ("firing", "boolean")]),
+        "AnomalyPage": object(&[("anomalies", "#Anomaly[]"), ("nextCursor", "string|null")]),
         "OpenApi": object(&[("openapi", "string"), ("info", "object"), ("paths", "object")]),
     })
 }
