@@ -101,7 +101,8 @@ async fn measure(url: &str, fill: i64, current: i64, runs: usize) -> Value {
     }
     let catch_secs = catch_started.elapsed().as_secs_f64();
     sqlx::query("ANALYZE anomaly_windows").execute(&pool).await.unwrap();
-    let windows_before: i64 = sqlx::query_scalar("SELECT count(*) FROM anomaly_windows").fetch_one(&pool).await.unwrap();
+    let windows_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM anomaly_windows").fetch_one(&pool).await.unwrap();
 
     let app = rt.state();
     // The first run prunes the history's windows.

@@ -162,7 +162,12 @@ pub async fn readings(app: &AppState) -> Result<Vec<Reading>, sqlx::Error> {
     let min_actions = i64::from(app.config.anomaly_volume_min_actions);
     let mut readings: Vec<Reading> = windows.into_iter().filter_map(|w| read(w, min_actions, &caps)).collect();
     readings.sort_by(|a, b| {
-        (a.rule, &a.subject_id, &a.limit_type, a.window_start).cmp(&(b.rule, &b.subject_id, &b.limit_type, b.window_start))
+        (a.rule, &a.subject_id, &a.limit_type, a.window_start).cmp(&(
+            b.rule,
+            &b.subject_id,
+            &b.limit_type,
+            b.window_start,
+        ))
     });
     Ok(readings)
 }

@@ -25,12 +25,7 @@ pub fn routes() -> ApiRouter {
         Doc {
             who: "O (its agents) S (also IPs)",
             summary: "Each §14 rule's current window values, thresholds and whether they fire, by rule and subject",
-            query: &[
-                ("rule", false, "string", "one §14 rule"),
-                ORG,
-                CURSOR,
-                LIMIT,
-            ],
+            query: &[("rule", false, "string", "one §14 rule"), ORG, CURSOR, LIMIT],
             body: Body::None,
             reply: "AnomalyPage",
         },

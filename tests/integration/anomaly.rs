@@ -296,9 +296,7 @@ struct Agent {
 }
 
 async fn sms_agent(s: &TestServer, master: &Session, slug: &str, limits: Value) -> Agent {
-    let org = master
-        .ok("comms_create_organization", json!({"name": slug, "slug": slug, "a2pRegistered": true}))
-        .await;
+    let org = master.ok("comms_create_organization", json!({"name": slug, "slug": slug, "a2pRegistered": true})).await;
     let org_token = org["adminToken"].as_str().unwrap().to_string();
     let admin = Session::open(s, &org_token).await;
     let agent =
@@ -429,11 +427,8 @@ async fn a_lock_is_one_high_alert_and_the_detector_raises_a_lost_one_under_the_s
         failures: 3,
         locked_until: until.into(),
     };
-    let context = commguard::store::CommandContext::new(
-        commguard::store::Actor::system("auth"),
-        "http",
-        app.clock.now(),
-    );
+    let context =
+        commguard::store::CommandContext::new(commguard::store::Actor::system("auth"), "http", app.clock.now());
     app.store.record("ip", "lost-lock-ref", &[locked], &context).await.unwrap();
     await_window(&db, "lockout", "lost-lock-ref", 1).await;
     assert_eq!(commguard::anomaly::check(&app).await.unwrap(), 1);
@@ -496,7 +491,10 @@ async fn anomalies_show_every_rules_current_windows_ip_rows_to_the_master_only_a
         "{limited}"
     );
     let spend = all.iter().find(|r| r["rule"] == "spend_threshold").unwrap();
-    assert_eq!((&spend["value"], &spend["threshold"]["dailyCap"], &spend["firing"]), (&json!(0.0158), &json!(1.0), &json!(false)));
+    assert_eq!(
+        (&spend["value"], &spend["threshold"]["dailyCap"], &spend["firing"]),
+        (&json!(0.0158), &json!(1.0), &json!(false))
+    );
 
     // An org sees its own agents' rows and no IP row; the master can ask for one org too.
     let own = anomalies(&s, &a.org_token, "").await;
@@ -507,7 +505,13 @@ async fn anomalies_show_every_rules_current_windows_ip_rows_to_the_master_only_a
     assert_eq!(rules(&other), ["rapid_rotation"], "{other:?}");
     assert_eq!(other[0]["subjectId"], b.agent_id.as_str());
     assert!(anomalies(&s, &b.org_token, "?rule=brute_force_lockout").await.is_empty());
-    let r = s.http.get(s.url(&format!("/admin/api/anomalies?orgId={}", a.org_id))).bearer_auth(&b.org_token).send().await.unwrap();
+    let r = s
+        .http
+        .get(s.url(&format!("/admin/api/anomalies?orgId={}", a.org_id)))
+        .bearer_auth(&b.org_token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403, "an org token cannot read another org");
 
     // Paged by (rule, subject, limit type, window): one row a page, the same rows.
@@ -540,7 +544,8 @@ async fn old_windows_are_pruned_and_the_detector_reads_only_current_ones() {
     let clock = s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER);
     assert!(clock.json(&json!({"advanceSeconds": 900})).send().await.unwrap().status().is_success());
     assert_eq!(commguard::anomaly::check(&app).await.unwrap(), 0, "a past window raises nothing");
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM anomaly_windows").fetch_one(&db.pool().await).await.unwrap();
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM anomaly_windows").fetch_one(&db.pool().await).await.unwrap();
     assert_eq!(left, 0, "the old window was deleted");
     assert_eq!(alerts(&db, "brute_force").await, 0);
     assert!(anomalies(&s, MASTER, "").await.is_empty());

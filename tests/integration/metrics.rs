@@ -244,7 +244,12 @@ async fn every_webhook_rejection_is_counted_known_agent_or_not() {
         }
     };
     let inbound = |sid: &str, to: &str| {
-        vec![("MessageSid", sid.to_string()), ("From", "+12025550177".to_string()), ("To", to.to_string()), ("Body", "hi".to_string())]
+        vec![
+            ("MessageSid", sid.to_string()),
+            ("From", "+12025550177".to_string()),
+            ("To", to.to_string()),
+            ("Body", "hi".to_string()),
+        ]
     };
     let stranger = "00000000-0000-4000-8000-000000000000";
     let sms = format!("/webhooks/{}/sms", p.agent_id);
