@@ -5,6 +5,8 @@
 //! try. The one that wrote it counts it and logs it: HIGH at `error`, MEDIUM at `warn`. Below
 //! `auth`, so the lockout can raise without importing the detector.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use commguard_domain::records::AlertEvent;
 use serde_json::{json, Value};
@@ -61,6 +63,20 @@ impl Finding {
             dedup_key: format!("brute_force_lockout:{ip_ref}:{}", until.timestamp()),
         }
     }
+}
+
+/// Which of `keys` already have their alert (one query; `raise` still decides exactly).
+pub async fn raised(pool: &sqlx::PgPool, keys: &[&str]) -> Result<HashSet<String>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let known: Vec<String> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM chain_heads WHERE aggregate_type = 'alert' AND aggregate_id = ANY($1)",
+    )
+    .bind(keys)
+    .fetch_all(pool)
+    .await?;
+    Ok(known.into_iter().collect())
 }
 
 /// Records `f` unless its key already has its alert; `true` when this call wrote it.

@@ -122,9 +122,13 @@ struct Window {
 /// One evaluation of every rule on the current windows; returns the alerts it recorded.
 pub async fn check(app: &AppState) -> Result<usize, CheckError> {
     prune(app).await?;
+    let findings: Vec<Finding> = readings(app).await?.into_iter().filter_map(|r| r.finding).collect();
+    // A window that keeps firing is found again every run: its alert exists, and one query for
+    // all the keys spares a lookup per finding.
+    let keys: Vec<&str> = findings.iter().map(|f| f.dedup_key.as_str()).collect();
+    let known = alerts::raised(&app.pool, &keys).await?;
     let mut raised = 0;
-    for reading in readings(app).await? {
-        let Some(finding) = reading.finding else { continue };
+    for finding in findings.into_iter().filter(|f| !known.contains(&f.dedup_key)) {
         let context = CommandContext::new(Actor::system("anomaly"), "detector", app.clock.now());
         if alerts::raise(&app.store, &app.metrics, finding, context).await? {
             raised += 1;
