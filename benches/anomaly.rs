@@ -3,12 +3,13 @@
 //! store holding only the current activity, beside the same on a store that also holds `--fill`
 //! events of history (30 days before today, UTC), in the same run and cluster. Both stores get
 //! the same current activity (outbound attempts, refusals and spend of 200 agents, failures of
-//! 50 IPs, tokens, lockouts in the last minute); the anomaly projection catches up over each
-//! store before its runs. Prints one JSON line.
+//! 50 IPs, tokens, lockouts in the 30 s before one service time `t0`, at which both are measured);
+//! the anomaly projection catches up over each store before its runs. Prints one JSON line.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use commguard::app::Runtime;
 use commguard::config::Config;
 use commguard::store::runner;
@@ -33,7 +34,7 @@ fn text_arg(name: &str) -> String {
 /// Events written straight into the store (synthetic rows: the detector and the projection read
 /// only their type, stream, time and the payload fields below): `n` of them from position
 /// `first`, event `g` stamped `at(g)`.
-async fn insert(pool: &sqlx::PgPool, first: i64, n: i64, prefix: &str, at: &str) {
+async fn insert(pool: &sqlx::PgPool, first: i64, n: i64, prefix: &str, at: &str, t0: DateTime<Utc>) {
     let sql = format!(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
              position, event_id, occurred_at, org_id, prev_hash, hash)
@@ -55,7 +56,7 @@ async fn insert(pool: &sqlx::PgPool, first: i64, n: i64, prefix: &str, at: &str)
     );
     // Streams of 100 events: `$3` streams of each prefix take turns, so `n` spreads over them.
     let streams: i64 = if prefix.starts_with("cur") { 200 } else { 10_000 };
-    sqlx::query(&sql).bind(first).bind(n).bind(streams).execute(pool).await.unwrap();
+    sqlx::query(&sql).bind(first).bind(n).bind(streams).bind(t0).execute(pool).await.unwrap();
 }
 
 async fn open(url: &str, data: &std::path::Path) -> Runtime {
@@ -73,18 +74,20 @@ async fn open(url: &str, data: &std::path::Path) -> Runtime {
 }
 
 /// Fills one store, catches the projection up and times `runs` detector runs.
-async fn measure(url: &str, fill: i64, current: i64, runs: usize) -> Value {
+async fn measure(url: &str, fill: i64, current: i64, runs: usize, t0: DateTime<Utc>) -> Value {
     let data = tempfile::tempdir().unwrap();
     let rt = open(url, data.path()).await;
+    // Both stores are measured at the same service time, so their current windows are the same.
+    rt.clock.set(Some(t0));
     let pool = rt.store.pool().clone();
     let fill_started = Instant::now();
     if fill > 0 {
         // History: the 30 days before today (UTC), one event a minute per slot.
-        let at = "date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '1 minute' - (g % 43200) * interval '1 minute'";
-        insert(&pool, 1, fill, "hist-", at).await;
+        let at = "date_trunc('day', $4 AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '1 minute' - (g % 43200) * interval '1 minute'";
+        insert(&pool, 1, fill, "hist-", at, t0).await;
     }
-    // Current activity: the last minute.
-    insert(&pool, fill + 1, current, "cur-", "now() - (g % 60) * interval '1 second'").await;
+    // Current activity: the 30 s before `t0`, all in one 5-minute window.
+    insert(&pool, fill + 1, current, "cur-", "$4 - (g % 30) * interval '1 second'", t0).await;
     sqlx::query("ANALYZE events").execute(&pool).await.unwrap();
     let fill_secs = fill_started.elapsed().as_secs_f64();
 
@@ -145,7 +148,9 @@ async fn main() {
     let fill = arg("--fill", 1_000_000) as i64;
     let current = arg("--current", 5_000) as i64;
     let runs = arg("--runs", 200) as usize;
-    let empty = measure(&text_arg("--empty-url"), 0, current, runs).await;
-    let full = measure(&text_arg("--full-url"), fill, current, runs).await;
+    // 30 s into the current 5-minute window: each store's measurement ends well before it does.
+    let t0 = Utc::now().duration_trunc(TimeDelta::minutes(5)).unwrap() + TimeDelta::seconds(30);
+    let empty = measure(&text_arg("--empty-url"), 0, current, runs, t0).await;
+    let full = measure(&text_arg("--full-url"), fill, current, runs, t0).await;
     println!("{}", json!({ "empty": empty, "full": full }));
 }

@@ -325,7 +325,7 @@ PY
     python3 - "$result" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1]); e, f = r["empty"], r["full"]
-for name, x in (("current activity only", e), (f"+ {f['events'] - e['events']:,} events of history", f)):
+for name, x in (("current activity only", e), (f"+ {f['projected'] - e['projected']:,} events of history", f)):
     print(f"{name:32} {x['events']:>9,} events; projection caught up in {x['catch_up_secs']:.1f} s; windows {x['windows_before_prune']:,} -> {x['windows_after_prune']:,} after the first run's prune ({x['first_run_ms']:.1f} ms); {x['readings']} readings")
     print(f"{'':32} detector run: mean {x['mean_ms']:.3f} ms  p50 {x['p50_ms']:.3f} ms  p99 {x['p99_ms']:.3f} ms over {x['runs']} runs")
 print(f"detector run with history / without: mean {f['mean_ms'] / e['mean_ms']:.2f} x, p50 {f['p50_ms'] / e['p50_ms']:.2f} x (flat: ~1)")
