@@ -108,6 +108,8 @@ async fn measure(url: &str, fill: i64, current: i64, runs: usize, t0: DateTime<U
         sqlx::query_scalar("SELECT count(*) FROM anomaly_windows").fetch_one(&pool).await.unwrap();
 
     let app = rt.state();
+    // Back to `t0` (filling took a while): the same current windows, per-minute ones included.
+    rt.clock.set(Some(t0));
     // The first run prunes the history's windows.
     let first_started = Instant::now();
     let raised = commguard::anomaly::check(&app).await.unwrap();
