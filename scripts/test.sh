@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
-#   1. installs what is missing: PostgreSQL server programs (Debian's `postgresql`), cargo-nextest
-#      if absent (falls back to `cargo test`), the Python venv for end-to-end MCP clients;
+#   1. installs what is missing: PostgreSQL server programs (Debian's `postgresql`), Chromium and
+#      its driver for the console's browser tests (Debian's `chromium`, `chromium-driver`),
+#      cargo-nextest if absent (falls back to `cargo test`), the Python venv for end-to-end clients;
 #   2. starts a throwaway PostgreSQL cluster (unless DATABASE_URL is set) and stops it on exit;
 #   3. checks that no module of src/ imports one that imports it back (scripts/check-cycles.py),
 #      that the code is formatted, and that clippy has nothing to say;
@@ -9,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
+source scripts/lib/browser.sh
 
 # Structure and habits first, for the whole suite (a filtered run skips them): they fail in
 # seconds, the suite in minutes.
@@ -19,6 +21,7 @@ if [ $# -eq 0 ]; then
 fi
 
 pg_bin=$(ensure_pg_bin)
+ensure_chromium
 export PG_BIN_DIR="$pg_bin"
 
 if [ -f scripts/e2e-requirements.txt ]; then

@@ -78,7 +78,7 @@ impl crate::error::Failure for CheckError {
 
 /// One rule's current window for one subject: its value beside its threshold, and whether it
 /// breaks it (`GET /admin/api/anomalies` item).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Reading {
     pub rule: &'static str,
@@ -86,8 +86,10 @@ pub struct Reading {
     pub subject_id: String,
     pub org_id: Option<String>,
     #[serde(serialize_with = "as_rfc3339")]
+    #[schemars(with = "String")]
     pub window_start: DateTime<Utc>,
     #[serde(serialize_with = "as_rfc3339")]
+    #[schemars(with = "String")]
     pub window_end: DateTime<Utc>,
     /// The count, or for `spend_threshold` the spend in dollars.
     pub value: Value,

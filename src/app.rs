@@ -191,6 +191,7 @@ pub fn router(state: AppState, hardening: Arc<Hardening>) -> Router {
         .merge(http::health::routes())
         .merge(mcp::routes())
         .merge(http::admin_api::routes(state.clone()))
+        .merge(http::console::routes())
         .merge(http::prometheus::routes())
         .merge(crate::webhooks::routes())
         .with_state(state);

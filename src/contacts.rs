@@ -10,6 +10,8 @@ use commguard_domain::contact::{
     ConsentType, Contact, ContactAction, ContactCommand, ContactEvent, DncSource, Grant, Listing,
 };
 use cqrs_es::Aggregate;
+use schemars::JsonSchema;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -323,7 +325,7 @@ pub async fn consent_records(
     channel: Option<&str>,
     as_of: Option<DateTime<Utc>>,
     page: Page<ConsentKey>,
-) -> Result<Value, ApiError> {
+) -> Result<ConsentReply, ApiError> {
     let (rows, next, listed, at) = match as_of {
         None => {
             let rows = consent_rows(app, org_id, address, agent_id, channel, page.after.as_ref(), page.fetch()).await?;
@@ -339,17 +341,64 @@ pub async fn consent_records(
     };
     let mut records = Vec::new();
     for row in rows {
-        records.push(json!({
-            "agentId": row.agent_id,
-            "channel": row.channel,
-            "status": row.status,
-            "consentType": row.consent_type,
-            "grantedAt": rfc3339(row.granted_at),
-            "revokedAt": row.revoked_at.map(rfc3339),
-            "source": opened_source(app, &row).await?,
-        }));
+        records.push(ConsentRecordView {
+            source: opened_source(app, &row).await?,
+            agent_id: row.agent_id,
+            channel: row.channel,
+            status: row.status,
+            consent_type: row.consent_type,
+            granted_at: rfc3339(row.granted_at),
+            revoked_at: row.revoked_at.map(rfc3339),
+        });
     }
-    Ok(json!({"contact": address.value, "asOf": rfc3339(at), "onDnc": listed, "records": records, "nextCursor": next}))
+    Ok(ConsentReply { contact: address.value.clone(), as_of: rfc3339(at), on_dnc: listed, records, next_cursor: next })
+}
+
+/// `GET /admin/api/consent` (CONTRACT §12).
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsentReply {
+    pub contact: String,
+    pub as_of: String,
+    pub on_dnc: bool,
+    pub records: Vec<ConsentRecordView>,
+    pub next_cursor: Option<String>,
+}
+
+/// One consent record; `source` reads `"[erased]"` once its subject is erased.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsentRecordView {
+    pub agent_id: String,
+    pub channel: String,
+    pub status: String,
+    pub consent_type: String,
+    pub granted_at: String,
+    pub revoked_at: Option<String>,
+    pub source: Value,
+}
+
+/// `comms_dnc_list` and `GET /admin/api/dnc`.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DncPage {
+    pub entries: Vec<DncEntryView>,
+    pub next_cursor: Option<String>,
+}
+
+/// One DNC entry; `address` reads `"[erased]"` once its subject is erased (it still blocks).
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DncEntryView {
+    pub entry_id: Uuid,
+    pub address: Value,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub source: String,
+    pub reason: Option<String>,
+    pub added_by: String,
+    pub added_at: String,
+    pub org_id: String,
 }
 
 /// `comms_dnc_add`: idempotent; `source` is `agent` or `admin` by the caller.
@@ -423,7 +472,7 @@ pub async fn dnc_list(
     org_id: Option<&str>,
     kind: Option<&str>,
     page: Page<i64>,
-) -> Result<Value, ApiError> {
+) -> Result<DncPage, ApiError> {
     let rows: Vec<DncRow> = sqlx::query_as(
         "SELECT org_id, entry_id, address_type, source, reason, added_by, added_at, event_id, position, sealed
            FROM dnc_entries
@@ -442,18 +491,18 @@ pub async fn dnc_list(
     for row in rows {
         let mut fields = row.sealed.clone();
         sealing::open_payload(app.store.keystore(), &mut fields, row.event_id).await.map_err(ApiError::internal)?;
-        entries.push(json!({
-            "entryId": row.entry_id,
-            "address": fields.get("address").cloned().unwrap_or(json!("[erased]")),
-            "type": row.address_type,
-            "source": row.source,
-            "reason": row.reason,
-            "addedBy": row.added_by,
-            "addedAt": rfc3339(row.added_at),
-            "orgId": row.org_id,
-        }));
+        entries.push(DncEntryView {
+            entry_id: row.entry_id,
+            address: fields.get("address").cloned().unwrap_or(json!("[erased]")),
+            kind: row.address_type,
+            source: row.source,
+            reason: row.reason,
+            added_by: row.added_by,
+            added_at: rfc3339(row.added_at),
+            org_id: row.org_id,
+        });
     }
-    Ok(json!({"entries": entries, "nextCursor": next}))
+    Ok(DncPage { entries, next_cursor: next })
 }
 
 /// Inbound STOP to `agent_id` from `from`, in the agent's org (§8.2).

@@ -8,9 +8,8 @@ use commguard_domain::agent::Agent;
 use commguard_domain::limits::{Overrides, Tier};
 use commguard_domain::organization::Organization;
 use cqrs_es::Aggregate;
-use serde_json::{json, Value};
 
-use super::{limits_json, overrides_json, starter, AgentView, OrgView};
+use super::{starter, AgentView, LimitsView, OrgView, OverridesView};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::money::to_dollars;
@@ -69,18 +68,40 @@ impl LimitsState {
     }
 
     /// `{agentId,asOf,tier,overrides,effective,orgCaps,markupPercent}`.
-    pub fn view(&self, config: &Config, agent_id: &str, as_of: DateTime<Utc>) -> Value {
-        json!({
-            "agentId": agent_id,
-            "asOf": rfc3339(as_of),
-            "tier": self.tier.as_str(),
-            "overrides": overrides_json(self.overrides),
-            "effective": limits_json(self.overrides.effective(self.tier.limits(starter(config)))),
-            "orgCaps": {
-                "maxSpendPerDay": self.org_spend_day.map(to_dollars),
-                "maxSpendPerMonth": self.org_spend_month.map(to_dollars),
+    pub fn view(&self, config: &Config, agent_id: &str, as_of: DateTime<Utc>) -> LimitsReply {
+        LimitsReply {
+            agent_id: agent_id.into(),
+            as_of: rfc3339(as_of),
+            tier: self.tier.as_str().into(),
+            overrides: self.overrides.into(),
+            effective: self.overrides.effective(self.tier.limits(starter(config))).into(),
+            org_caps: OrgCaps {
+                max_spend_per_day: self.org_spend_day.map(to_dollars),
+                max_spend_per_month: self.org_spend_month.map(to_dollars),
             },
-            "markupPercent": self.markup_percent,
-        })
+            markup_percent: self.markup_percent,
+        }
     }
+}
+
+/// `GET /admin/api/limits` (CONTRACT §12): an agent's limits now or as of an instant.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsReply {
+    pub agent_id: String,
+    pub as_of: String,
+    pub tier: String,
+    pub overrides: OverridesView,
+    pub effective: LimitsView,
+    pub org_caps: OrgCaps,
+    /// Null = the deployment's `BILLING_MARKUP_PERCENT`.
+    pub markup_percent: Option<f64>,
+}
+
+/// The org's spend caps in dollars; null = no cap.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgCaps {
+    pub max_spend_per_day: Option<f64>,
+    pub max_spend_per_month: Option<f64>,
 }

@@ -6,6 +6,8 @@ pub mod limits;
 pub mod settings;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgExecutor, PgPool};
 
@@ -165,35 +167,158 @@ pub async fn orgs(pool: &PgPool) -> Result<Vec<OrgView>, ApiError> {
         .map_err(ApiError::internal)
 }
 
+/// An org's agent capacity.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolView {
+    pub max_agents: i64,
+    pub active_agents: i64,
+    pub slots_remaining: i64,
+}
+
+/// The `comms_list_organizations` row.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgListing {
+    pub id: String,
+    pub name: String,
+    pub slug: String,
+    pub mode: String,
+    pub a2p_registered: bool,
+    pub settings: Value,
+    #[serde(rename = "created_at")]
+    pub created_at: String,
+    #[serde(rename = "updated_at")]
+    pub updated_at: String,
+    pub agent_count: i64,
+}
+
+/// The admin view of an org (CONTRACT §12 `/orgs`): the listing, its caps and its capacity.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgAdminView {
+    #[serde(flatten)]
+    pub listing: OrgListing,
+    pub max_agents: i32,
+    /// Dollars; null = no cap.
+    pub max_spend_per_day: Option<f64>,
+    pub max_spend_per_month: Option<f64>,
+    pub pool: PoolView,
+}
+
+/// Five limits as the tools show them: counts as integers, spend in dollars.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsView {
+    pub max_actions_per_minute: i64,
+    pub max_actions_per_hour: i64,
+    pub max_actions_per_day: i64,
+    pub max_spend_per_day: f64,
+    pub max_spend_per_month: f64,
+}
+
+impl From<LimitSet> for LimitsView {
+    fn from(l: LimitSet) -> Self {
+        Self {
+            max_actions_per_minute: l.per_minute,
+            max_actions_per_hour: l.per_hour,
+            max_actions_per_day: l.per_day,
+            max_spend_per_day: crate::money::to_dollars(l.spend_day),
+            max_spend_per_month: crate::money::to_dollars(l.spend_month),
+        }
+    }
+}
+
+/// Overrides as the tools show them; null = the tier's value.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OverridesView {
+    pub max_actions_per_minute: Option<i64>,
+    pub max_actions_per_hour: Option<i64>,
+    pub max_actions_per_day: Option<i64>,
+    pub max_spend_per_day: Option<f64>,
+    pub max_spend_per_month: Option<f64>,
+}
+
+impl From<Overrides> for OverridesView {
+    fn from(o: Overrides) -> Self {
+        Self {
+            max_actions_per_minute: o.per_minute,
+            max_actions_per_hour: o.per_hour,
+            max_actions_per_day: o.per_day,
+            max_spend_per_day: o.spend_day.map(crate::money::to_dollars),
+            max_spend_per_month: o.spend_month.map(crate::money::to_dollars),
+        }
+    }
+}
+
+/// An agent's status (`comms_get_agent_status`).
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatusView {
+    pub agent_id: String,
+    pub org_id: String,
+    pub display_name: String,
+    pub status: String,
+    pub provisioned_at: String,
+    pub channels: Value,
+    pub blocked_channels: Value,
+    pub mode: String,
+    pub pool: Option<PoolView>,
+}
+
+/// An agent's billing: `markupPercent` null = the deployment's `BILLING_MARKUP_PERCENT`.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BillingView {
+    pub tier: String,
+    pub markup_percent: Option<f64>,
+    pub effective_markup_percent: f64,
+}
+
+/// The admin view of an agent (CONTRACT §12 `/agents`): status, tier, overrides and effective
+/// limits, billing.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentAdminView {
+    #[serde(flatten)]
+    pub status: AgentStatusView,
+    pub tier: String,
+    pub overrides: OverridesView,
+    pub limits: LimitsView,
+    pub billing: BillingView,
+}
+
 impl OrgView {
-    pub fn pool(&self) -> Value {
+    pub fn pool(&self) -> PoolView {
         let max = i64::from(self.max_agents);
-        json!({ "maxAgents": max, "activeAgents": self.agent_count, "slotsRemaining": (max - self.agent_count).max(0) })
+        PoolView { max_agents: max, active_agents: self.agent_count, slots_remaining: (max - self.agent_count).max(0) }
     }
 
     /// The `comms_list_organizations` row.
-    pub fn listing(&self) -> Value {
-        json!({
-            "id": self.org_id,
-            "name": self.name,
-            "slug": self.slug,
-            "mode": self.mode,
-            "a2pRegistered": self.a2p_registered,
-            "settings": self.settings,
-            "created_at": rfc3339(self.created_at),
-            "updated_at": rfc3339(self.updated_at),
-            "agentCount": self.agent_count,
-        })
+    pub fn listing(&self) -> OrgListing {
+        OrgListing {
+            id: self.org_id.clone(),
+            name: self.name.clone(),
+            slug: self.slug.clone(),
+            mode: self.mode.clone(),
+            a2p_registered: self.a2p_registered,
+            settings: self.settings.clone(),
+            created_at: rfc3339(self.created_at),
+            updated_at: rfc3339(self.updated_at),
+            agent_count: self.agent_count,
+        }
     }
 
     /// The admin view: listing plus caps.
-    pub fn admin_view(&self) -> Value {
-        let mut v = self.listing();
-        v["maxAgents"] = json!(self.max_agents);
-        v["maxSpendPerDay"] = json!(self.max_spend_per_day.map(crate::money::to_dollars));
-        v["maxSpendPerMonth"] = json!(self.max_spend_per_month.map(crate::money::to_dollars));
-        v["pool"] = self.pool();
-        v
+    pub fn admin_view(&self) -> OrgAdminView {
+        OrgAdminView {
+            listing: self.listing(),
+            max_agents: self.max_agents,
+            max_spend_per_day: self.max_spend_per_day.map(crate::money::to_dollars),
+            max_spend_per_month: self.max_spend_per_month.map(crate::money::to_dollars),
+            pool: self.pool(),
+        }
     }
 }
 
@@ -211,33 +336,33 @@ impl AgentView {
         self.overrides().effective(self.tier().limits(starter(config)))
     }
 
-    pub fn status_view(&self, org: Option<&OrgView>) -> Value {
-        json!({
-            "agentId": self.agent_id,
-            "orgId": self.org_id,
-            "displayName": self.display_name,
-            "status": self.status,
-            "provisionedAt": rfc3339(self.provisioned_at),
-            "channels": self.channels,
-            "blockedChannels": self.blocked_channels,
-            "mode": org.map_or(self.mode.as_str(), |o| o.mode.as_str()),
-            "pool": org.map(OrgView::pool),
-        })
+    pub fn status_view(&self, org: Option<&OrgView>) -> AgentStatusView {
+        AgentStatusView {
+            agent_id: self.agent_id.clone(),
+            org_id: self.org_id.clone(),
+            display_name: self.display_name.clone(),
+            status: self.status.clone(),
+            provisioned_at: rfc3339(self.provisioned_at),
+            channels: self.channels.clone(),
+            blocked_channels: self.blocked_channels.clone(),
+            mode: org.map_or(&self.mode, |o| &o.mode).clone(),
+            pool: org.map(OrgView::pool),
+        }
     }
 
-    /// The admin view (CONTRACT §12 `/agents`): status, tier, overrides and effective limits,
-    /// billing (`markupPercent` null = the deployment's `BILLING_MARKUP_PERCENT`).
-    pub fn admin_view(&self, config: &crate::config::Config, org: Option<&OrgView>) -> Value {
-        let mut v = self.status_view(org);
-        v["tier"] = json!(self.tier().as_str());
-        v["overrides"] = overrides_json(self.overrides());
-        v["limits"] = limits_json(self.effective_limits(config));
-        v["billing"] = json!({
-            "tier": self.tier().as_str(),
-            "markupPercent": self.markup_percent,
-            "effectiveMarkupPercent": self.markup_percent.unwrap_or(config.billing_markup_percent),
-        });
-        v
+    /// The admin view (CONTRACT §12 `/agents`).
+    pub fn admin_view(&self, config: &crate::config::Config, org: Option<&OrgView>) -> AgentAdminView {
+        AgentAdminView {
+            status: self.status_view(org),
+            tier: self.tier().as_str().into(),
+            overrides: self.overrides().into(),
+            limits: self.effective_limits(config).into(),
+            billing: BillingView {
+                tier: self.tier().as_str().into(),
+                markup_percent: self.markup_percent,
+                effective_markup_percent: self.markup_percent.unwrap_or(config.billing_markup_percent),
+            },
+        }
     }
 }
 
@@ -252,23 +377,11 @@ pub fn starter(config: &crate::config::Config) -> LimitSet {
     }
 }
 
-/// Limits as the tools show them: counts as integers, spend in dollars.
+/// Limits as the tools show them (`LimitsView`), as JSON.
 pub fn limits_json(l: LimitSet) -> Value {
-    json!({
-        "maxActionsPerMinute": l.per_minute,
-        "maxActionsPerHour": l.per_hour,
-        "maxActionsPerDay": l.per_day,
-        "maxSpendPerDay": crate::money::to_dollars(l.spend_day),
-        "maxSpendPerMonth": crate::money::to_dollars(l.spend_month),
-    })
+    json!(LimitsView::from(l))
 }
 
 pub fn overrides_json(o: Overrides) -> Value {
-    json!({
-        "maxActionsPerMinute": o.per_minute,
-        "maxActionsPerHour": o.per_hour,
-        "maxActionsPerDay": o.per_day,
-        "maxSpendPerDay": o.spend_day.map(crate::money::to_dollars),
-        "maxSpendPerMonth": o.spend_month.map(crate::money::to_dollars),
-    })
+    json!(OverridesView::from(o))
 }

@@ -22,8 +22,9 @@ pub fn described() -> (Router<AppState>, Vec<Op>) {
         .merge(super::erasure_api::routes())
         .merge(super::alerts_api::routes())
         .merge(super::anomalies_api::routes())
+        .merge(super::chains_api::routes())
         .into_parts();
-    ops.insert(0, Op { method: "get", path: OPENAPI_PATH, doc: openapi::OPENAPI });
+    ops.insert(0, openapi::openapi_op(OPENAPI_PATH));
     (router, ops)
 }
 
@@ -57,13 +58,24 @@ mod tests {
         let dnc = &doc["paths"]["/admin/api/agents/{agentId}/limits"]["post"]["requestBody"]["content"]
             ["application/json"]["schema"];
         assert_eq!(*dnc, crate::mcp::tools::input_schema("comms_set_agent_limits").unwrap());
-        // Every reply refers to a defined component.
+        // Every reply is a defined component, derived from the handler's own reply type.
         let schemas = doc["components"]["schemas"].as_object().unwrap();
         for op in &ops {
-            assert!(schemas.contains_key(op.doc.reply), "{} {}: {}", op.method, op.path, op.doc.reply);
+            let reply = &doc["paths"][op.path][op.method]["responses"]["200"]["content"]["application/json"]["schema"];
+            let name = reply["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/"));
+            assert!(name.is_some_and(|n| schemas.contains_key(n)), "{} {}: {reply}", op.method, op.path);
             if let Body::Tool(name) = op.doc.body {
                 assert!(crate::mcp::tools::input_schema(name).is_some(), "{name} is a tool");
             }
         }
+        // The feed's envelope is the type the handler serializes: its fields, required, in camelCase.
+        let envelope = &schemas["Envelope"];
+        let required: Vec<&str> =
+            envelope["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        for field in ["position", "eventId", "aggregateType", "sequence", "payload", "prevHash", "hash", "redactions"] {
+            assert!(required.contains(&field), "{field} in {required:?}");
+        }
+        assert!(!required.contains(&"metadata"), "metadata is raw=true only");
+        assert_eq!(schemas["AgentAdminView"]["properties"]["limits"]["$ref"], "#/components/schemas/LimitsView");
     }
 }

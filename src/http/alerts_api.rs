@@ -5,11 +5,12 @@
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder};
 
 use super::admin::Admin;
-use super::openapi::{ApiRouter, Body, Doc};
+use super::openapi::{ApiRouter, Body, Doc, CURSOR, LIMIT, ORG};
 use super::params::Params;
 use crate::auth::Role;
 use crate::directory::commands::read_scope;
@@ -29,9 +30,15 @@ pub fn routes() -> ApiRouter {
         Doc {
             who: "O (its agents) S (also IP alerts)",
             summary: "Alerts raised by the §14 rules, newest first (?severity&rule&since&orgId&cursor&limit)",
-            query: &[],
+            query: &[
+                ("severity", false, "string", "HIGH | MEDIUM | LOW"),
+                ("rule", false, "string", "one of the §14 rules"),
+                ("since", false, "string", "RFC 3339: raised at or after"),
+                ORG,
+                CURSOR,
+                LIMIT,
+            ],
             body: Body::None,
-            reply: "Result",
         },
     )
 }
@@ -51,25 +58,50 @@ struct Row {
     occurrences: i64,
 }
 
+/// A page of alerts, newest first.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct AlertPage {
+    alerts: Vec<AlertView>,
+    next_cursor: Option<String>,
+}
+
+/// One alert: a (rule, subject, window) that fired, and how often it fired again in its window.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct AlertView {
+    alert_id: String,
+    rule: String,
+    severity: String,
+    title: String,
+    message: String,
+    /// agent | ip
+    subject_kind: String,
+    subject_id: String,
+    org_id: Option<String>,
+    raised_at: String,
+    occurrences: i64,
+}
+
 impl Row {
-    fn view(&self) -> Value {
-        json!({
-            "alertId": self.alert_id,
-            "rule": self.rule,
-            "severity": self.severity,
-            "title": self.title,
-            "message": self.message,
-            "subjectKind": self.subject_kind,
-            "subjectId": self.subject_id,
-            "orgId": self.org_id,
-            "raisedAt": rfc3339(self.raised_at),
-            "occurrences": self.occurrences,
-        })
+    fn view(self) -> AlertView {
+        AlertView {
+            alert_id: self.alert_id,
+            rule: self.rule,
+            severity: self.severity,
+            title: self.title,
+            message: self.message,
+            subject_kind: self.subject_kind,
+            subject_id: self.subject_id,
+            org_id: self.org_id,
+            raised_at: rfc3339(self.raised_at),
+            occurrences: self.occurrences,
+        }
     }
 }
 
 /// `GET /admin/api/alerts?severity&rule&since&orgId&cursor&limit` → `{alerts, nextCursor}`.
-async fn alerts(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<Value>, ApiError> {
+async fn alerts(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<AlertPage>, ApiError> {
     let severity = params.choice("severity", &SEVERITIES)?;
     let rule = params.choice("rule", &RULES)?;
     let since = params.time("since")?;
@@ -102,5 +134,5 @@ async fn alerts(State(app): State<AppState>, admin: Admin, params: Params) -> Re
     sql.push(" ORDER BY position DESC LIMIT ").push_bind(page.fetch());
     let rows: Vec<Row> = sql.build_query_as().fetch_all(&app.pool).await.map_err(ApiError::internal)?;
     let (rows, next) = page.finish(rows, |r| r.position);
-    Ok(Json(json!({ "alerts": rows.iter().map(Row::view).collect::<Vec<_>>(), "nextCursor": next })))
+    Ok(Json(AlertPage { alerts: rows.into_iter().map(Row::view).collect(), next_cursor: next }))
 }

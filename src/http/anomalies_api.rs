@@ -27,13 +27,12 @@ pub fn routes() -> ApiRouter {
             summary: "Each §14 rule's current window values, thresholds and whether they fire, by rule and subject",
             query: &[("rule", false, "string", "one §14 rule"), ORG, CURSOR, LIMIT],
             body: Body::None,
-            reply: "AnomalyPage",
         },
     )
 }
 
 /// The reply: a page of readings.
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct AnomalyPage {
     anomalies: Vec<Reading>,

@@ -9,7 +9,8 @@ use axum::extract::{RawQuery, State};
 use axum::Json;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use serde_json::{json, Map, Value};
+use schemars::JsonSchema;
+use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder};
 
 use super::admin::Admin;
@@ -37,7 +38,6 @@ pub fn routes() -> ApiRouter {
                     ("raw", false, "boolean", "super-admin: payloads as stored, sealed"),
                 ],
                 body: Body::None,
-                reply: "EventPage",
             },
         )
         .get(
@@ -59,7 +59,6 @@ pub fn routes() -> ApiRouter {
                     LIMIT,
                 ],
                 body: Body::None,
-                reply: "AuditPage",
             },
         )
 }
@@ -105,7 +104,7 @@ async fn events(
     State(app): State<AppState>,
     admin: Admin,
     RawQuery(raw_query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventPage>, ApiError> {
     let q = params(raw_query);
     let after = integer(&q, "after", 0, (0, i64::MAX))?;
     let limit = integer(&q, "limit", 100, (1, 1000))?;
@@ -122,7 +121,53 @@ async fn events(
     let (page, head) = feed::read_page(&app.pool, after, limit, org.as_deref()).await.map_err(ApiError::internal)?;
     let next_after = page.last().map_or(after, |e| e.position);
     let events = envelope::envelopes(app.store.keystore(), page, raw).await.map_err(ApiError::internal)?;
-    Ok(Json(json!({ "events": events, "nextAfter": next_after, "headPosition": head })))
+    Ok(Json(EventPage { events, next_after, head_position: head }))
+}
+
+/// A page of the auditor feed.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct EventPage {
+    events: Vec<envelope::Envelope>,
+    /// The `after` of the next page (this page's last position, or `after` when empty).
+    next_after: i64,
+    /// The highest position in scope a reader may see now.
+    head_position: i64,
+}
+
+/// A page of the audit view.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct AuditPage {
+    items: Vec<AuditItem>,
+    next_cursor: Option<String>,
+}
+
+/// One audited event: who, what, the outcome, and for a refusal the check that refused.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct AuditItem {
+    position: i64,
+    occurred_at: String,
+    event_type: String,
+    /// allowed | refused
+    outcome: String,
+    actor: Option<Actor>,
+    agent_id: Option<String>,
+    org_id: Option<String>,
+    summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<String>,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Actor {
+    kind: String,
+    id: String,
 }
 
 const ACTOR_KINDS: &[&str] = &["agent", "org", "super-admin", "system", "provider", "cli"];
@@ -192,26 +237,24 @@ impl Item {
         line
     }
 
-    fn view(&self) -> Value {
-        let mut out = Map::new();
-        out.insert("position".into(), json!(self.position));
-        out.insert("occurredAt".into(), json!(rfc3339(self.occurred_at)));
-        out.insert("eventType".into(), json!(self.event_type));
-        out.insert("outcome".into(), json!(self.outcome));
+    fn view(&self) -> AuditItem {
         let actor = match (&self.actor_kind, &self.actor_id) {
-            (Some(kind), Some(id)) => json!({"kind": kind, "id": id}),
-            _ => Value::Null,
+            (Some(kind), Some(id)) => Some(Actor { kind: kind.clone(), id: id.clone() }),
+            _ => None,
         };
-        out.insert("actor".into(), actor);
-        out.insert("agentId".into(), json!(self.agent_id));
-        out.insert("orgId".into(), json!(self.org_id));
-        out.insert("summary".into(), json!(self.summary()));
-        for (key, value) in [("refusedBy", &self.refused_by), ("code", &self.code), ("rule", &self.rule)] {
-            if let Some(v) = value {
-                out.insert(key.into(), json!(v));
-            }
+        AuditItem {
+            position: self.position,
+            occurred_at: rfc3339(self.occurred_at),
+            event_type: self.event_type.clone(),
+            outcome: self.outcome.clone(),
+            actor,
+            agent_id: self.agent_id.clone(),
+            org_id: self.org_id.clone(),
+            summary: self.summary(),
+            refused_by: self.refused_by.clone(),
+            code: self.code.clone(),
+            rule: self.rule.clone(),
         }
-        Value::Object(out)
     }
 }
 
@@ -222,7 +265,7 @@ async fn audit(
     State(app): State<AppState>,
     admin: Admin,
     RawQuery(raw_query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let q = params(raw_query);
     let limit = integer(&q, "limit", 50, (1, 500))?;
     let after = q.get("cursor").map(|c| decode_cursor(c)).transpose()?.unwrap_or(0);
@@ -280,10 +323,10 @@ async fn audit(
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next_cursor = match rows.last() {
-        Some(last) if more => json!(encode_cursor(last.position)),
-        _ => Value::Null,
+        Some(last) if more => Some(encode_cursor(last.position)),
+        _ => None,
     };
-    Ok(Json(json!({ "items": rows.iter().map(Item::view).collect::<Vec<_>>(), "nextCursor": next_cursor })))
+    Ok(Json(AuditPage { items: rows.iter().map(Item::view).collect(), next_cursor }))
 }
 
 #[cfg(test)]

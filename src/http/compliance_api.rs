@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::admin::Admin;
 use super::extract::JsonBody;
-use super::openapi::{ApiRouter, Body, Doc, CURSOR, LIMIT, ORG};
+use super::openapi::{tool_result, ApiRouter, Body, Doc, ToolResult, CURSOR, LIMIT, ORG};
 use super::params::Params;
 use crate::auth::{guard, Role};
 use crate::contacts;
@@ -22,7 +22,7 @@ use crate::store::rfc3339;
 use crate::validate::{invalid, Args};
 
 pub fn routes() -> ApiRouter {
-    let doc = |who, summary, query, body, reply| Doc { who, summary, query, body, reply };
+    let doc = |who, summary, query, body| Doc { who, summary, query, body };
     ApiRouter::new()
         .get(
             "/admin/api/dnc",
@@ -32,14 +32,13 @@ pub fn routes() -> ApiRouter {
                 "= comms_dnc_list",
                 &[ORG, ("type", false, "string", "phone | email"), CURSOR, LIMIT],
                 Body::None,
-                "Dnc",
             ),
         )
-        .post("/admin/api/dnc", dnc_add, doc("O S", "= comms_dnc_add", &[], Body::Tool("comms_dnc_add"), "Result"))
+        .post("/admin/api/dnc", dnc_add, doc("O S", "= comms_dnc_add", &[], Body::Tool("comms_dnc_add")))
         .post(
             "/admin/api/dnc/remove",
             dnc_remove,
-            doc("O S", "= comms_dnc_remove", &[], Body::Tool("comms_dnc_remove"), "Result"),
+            doc("O S", "= comms_dnc_remove", &[], Body::Tool("comms_dnc_remove")),
         )
         .post(
             "/admin/api/test/clock",
@@ -52,40 +51,47 @@ pub fn routes() -> ApiRouter {
                     json!({"type": "object", "properties": {
                         "now": {"type": "string", "format": "date-time"}, "advanceSeconds": {"type": "integer"}}})
                 }),
-                "Clock",
             ),
         )
 }
 
 /// `GET /admin/api/dnc?orgId&type&cursor&limit` (= `comms_dnc_list`).
-async fn dnc_list(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<Value>, ApiError> {
+async fn dnc_list(
+    State(app): State<AppState>,
+    admin: Admin,
+    params: Params,
+) -> Result<Json<contacts::DncPage>, ApiError> {
     let kind = params.choice("type", &["phone", "email"])?;
     let page = params.page()?;
     let org = dnc_list_scope(&app, &admin.principal, params.id("orgId")?).await?;
     contacts::dnc_list(&app, org.as_deref(), kind.as_deref(), page).await.map(Json)
 }
 
-async fn dnc_add(State(app): State<AppState>, admin: Admin, JsonBody(raw): JsonBody) -> Result<Json<Value>, ApiError> {
+async fn dnc_add(
+    State(app): State<AppState>,
+    admin: Admin,
+    JsonBody(raw): JsonBody,
+) -> Result<Json<ToolResult>, ApiError> {
     let args = Args::new(&raw)?;
     let address = contacts::address("address", &args.str("address", 1, 320)?)?;
     let reason = args.opt_str("reason", 500)?;
     let org = dnc_org(&app, &admin.principal, args.opt_id("orgId")?).await?;
     let context = admin.context.clone().in_org(org.clone());
     let by = admin.principal.stream_id();
-    contacts::dnc_add(&app, &org, &address, DncSource::Admin, reason, by, &context).await.map(Json)
+    contacts::dnc_add(&app, &org, &address, DncSource::Admin, reason, by, &context).await.map(tool_result)
 }
 
 async fn dnc_remove(
     State(app): State<AppState>,
     admin: Admin,
     JsonBody(raw): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ToolResult>, ApiError> {
     let args = Args::new(&raw)?;
     let address = contacts::address("address", &args.str("address", 1, 320)?)?;
     let reason = args.str("reason", 3, 500)?;
     let org = dnc_org(&app, &admin.principal, args.opt_id("orgId")?).await?;
     let context = admin.context.clone().in_org(org.clone());
-    contacts::dnc_remove(&app, &org, &address, reason, admin.principal.stream_id(), &context).await.map(Json)
+    contacts::dnc_remove(&app, &org, &address, reason, admin.principal.stream_id(), &context).await.map(tool_result)
 }
 
 /// `POST /admin/api/test/clock` (S, only with `COMMGUARD_TEST_CLOCK`): `{now}` sets the clock (it
@@ -94,7 +100,7 @@ async fn test_clock(
     State(app): State<AppState>,
     admin: Admin,
     JsonBody(raw): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Clock>, ApiError> {
     if !app.config.test_clock {
         return Err(ApiError::not_found("Not found"));
     }
@@ -115,5 +121,11 @@ async fn test_clock(
         }
         (None, None) => return Err(invalid("now", "now or advanceSeconds is required")),
     }
-    Ok(Json(json!({ "now": rfc3339(app.clock.now()) })))
+    Ok(Json(Clock { now: rfc3339(app.clock.now()) }))
+}
+
+/// The service clock after a change.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Clock {
+    now: String,
 }

@@ -5,6 +5,8 @@
 
 use axum::extract::State;
 use axum::Json;
+use schemars::JsonSchema;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::auth::{guard, Role};
@@ -19,19 +21,15 @@ use crate::store::rfc3339;
 use crate::validate::{invalid, Args};
 
 use super::admin::Admin;
-use super::openapi::{ApiRouter, Body, Doc, Query, CURSOR, LIMIT, ORG};
+use super::openapi::{tool_result, ApiRouter, Body, Doc, Query, ToolResult, CURSOR, LIMIT, ORG};
 
 /// The directory routes (assembled with the other admin routes in `admin_api`).
 pub fn routes() -> ApiRouter {
     const PAGED: &[Query] = &[ORG, CURSOR, LIMIT];
-    let doc = |who, summary, query, body, reply| Doc { who, summary, query, body, reply };
+    let doc = |who, summary, query, body| Doc { who, summary, query, body };
     ApiRouter::new()
-        .get("/admin/api/me", me, doc("O S", "The caller's role and organization", &[], Body::None, "Me"))
-        .get(
-            "/admin/api/orgs",
-            list_orgs,
-            doc("O (own) S", "Organizations, a page at a time", PAGED, Body::None, "OrgPage"),
-        )
+        .get("/admin/api/me", me, doc("O S", "The caller's role and organization", &[], Body::None))
+        .get("/admin/api/orgs", list_orgs, doc("O (own) S", "Organizations, a page at a time", PAGED, Body::None))
         .post(
             "/admin/api/orgs",
             create_org,
@@ -40,97 +38,74 @@ pub fn routes() -> ApiRouter {
                 "Create an organization (= comms_create_organization)",
                 &[],
                 Body::Tool("comms_create_organization"),
-                "Result",
             ),
         )
-        .get("/admin/api/orgs/{orgId}", get_org, doc("O (own) S", "One organization", &[], Body::None, "Org"))
+        .get("/admin/api/orgs/{orgId}", get_org, doc("O (own) S", "One organization", &[], Body::None))
         .post(
             "/admin/api/orgs/{orgId}/approve",
             approve,
-            doc("S", "Approve into production", &[], Body::Schema(|| text_body(&[("kycNote", true, 2000)])), "OrgMode"),
+            doc("S", "Approve into production", &[], Body::Schema(|| text_body(&[("kycNote", true, 2000)]))),
         )
         .post(
             "/admin/api/orgs/{orgId}/suspend",
             suspend,
-            doc(
-                "S",
-                "Suspend; closes the org's sessions",
-                &[],
-                Body::Schema(|| text_body(&[("reason", false, 500)])),
-                "OrgMode",
-            ),
+            doc("S", "Suspend; closes the org's sessions", &[], Body::Schema(|| text_body(&[("reason", false, 500)]))),
         )
-        .post(
-            "/admin/api/orgs/{orgId}/unsuspend",
-            unsuspend,
-            doc("S", "Restore the previous mode", &[], Body::None, "OrgMode"),
-        )
+        .post("/admin/api/orgs/{orgId}/unsuspend", unsuspend, doc("S", "Restore the previous mode", &[], Body::None))
         .post(
             "/admin/api/orgs/{orgId}/settings",
             settings,
-            doc(
-                "S; O own caps",
-                "Registration, capacity and spend caps",
-                &[],
-                Body::Schema(settings_body),
-                "OrgSettings",
-            ),
+            doc("S; O own caps", "Registration, capacity and spend caps", &[], Body::Schema(settings_body)),
         )
         .post(
             "/admin/api/orgs/{orgId}/rotate-token",
             rotate_org_token,
-            doc("O (own) S", "Rotate the org's admin token", &[], Body::None, "Token"),
+            doc("O (own) S", "Rotate the org's admin token", &[], Body::None),
         )
         .get(
             "/admin/api/agents",
             list_agents,
-            doc(
-                "O S",
-                "Agents with status, tier, limits and billing, a page at a time",
-                PAGED,
-                Body::None,
-                "AgentPage",
-            ),
+            doc("O S", "Agents with status, tier, limits and billing, a page at a time", PAGED, Body::None),
         )
         .get(
             "/admin/api/agents/{agentId}",
             get_agent,
-            doc("O S", "One agent: status, tier, limits and billing", &[], Body::None, "Agent"),
+            doc("O S", "One agent: status, tier, limits and billing", &[], Body::None),
         )
         .get(
             "/admin/api/agents/{agentId}/tokens",
             agent_tokens,
-            doc("O S", "The agent's active tokens (no hashes)", &[], Body::None, "Tokens"),
+            doc("O S", "The agent's active tokens (no hashes)", &[], Body::None),
         )
         .post(
             "/admin/api/agents/{agentId}/regenerate-token",
             regenerate_token,
-            doc("O S", "Rotate the agent's token", &[], Body::None, "Token"),
+            doc("O S", "Rotate the agent's token", &[], Body::None),
         )
         .post(
             "/admin/api/agents/{agentId}/blocked-channels",
             blocked_channels,
-            doc("O S", "Block channels", &[], Body::Schema(blocked_channels_body), "Result"),
+            doc("O S", "Block channels", &[], Body::Schema(blocked_channels_body)),
         )
         .post(
             "/admin/api/agents/{agentId}/limits",
             agent_limits,
-            doc("S", "= comms_set_agent_limits", &[], Body::Tool("comms_set_agent_limits"), "Result"),
+            doc("S", "= comms_set_agent_limits", &[], Body::Tool("comms_set_agent_limits")),
         )
         .post(
             "/admin/api/agents/{agentId}/billing",
             agent_billing,
-            doc("S", "= comms_set_billing_config", &[], Body::Tool("comms_set_billing_config"), "Result"),
+            doc("S", "= comms_set_billing_config", &[], Body::Tool("comms_set_billing_config")),
         )
         .get(
             "/admin/api/providers",
             list_providers,
-            doc("O (own, names only) S", "Registered provider credentials, names only", &[], Body::None, "Providers"),
+            doc("O (own, names only) S", "Registered provider credentials, names only", &[], Body::None),
         )
         .post(
             "/admin/api/providers",
             register_provider,
-            doc("S", "= comms_register_provider", &[], Body::Tool("comms_register_provider"), "Result"),
+            doc("S", "= comms_register_provider", &[], Body::Tool("comms_register_provider")),
         )
 }
 
@@ -157,31 +132,137 @@ fn blocked_channels_body() -> Value {
     }})
 }
 
-async fn me(State(app): State<AppState>, admin: Admin) -> Result<Json<Value>, ApiError> {
+/// `GET /admin/api/me`.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct Me {
+    role: &'static str,
+    org_id: Option<String>,
+    org: Option<MeOrg>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct MeOrg {
+    id: String,
+    name: String,
+    mode: String,
+    a2p_registered: bool,
+}
+
+/// A page of organizations.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct OrgPage {
+    orgs: Vec<dir::OrgAdminView>,
+    next_cursor: Option<String>,
+}
+
+/// A page of agents.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct AgentPage {
+    agents: Vec<dir::AgentAdminView>,
+    next_cursor: Option<String>,
+}
+
+/// An org's mode after approval (with `approvedAt`), suspension or unsuspension.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct OrgMode {
+    success: bool,
+    org_id: String,
+    mode: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approved_at: Option<String>,
+}
+
+/// The org after a settings change, with its spend as its caps count it.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct OrgSettings {
+    success: bool,
+    #[serde(flatten)]
+    org: dir::OrgAdminView,
+    /// Dollars, every agent's actions of the UTC day, reserved and settled.
+    spend_today: f64,
+    spend_month: f64,
+}
+
+/// A new token (shown once) and how many were revoked for it.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct NewToken {
+    success: bool,
+    token: String,
+    revoked_count: i64,
+}
+
+impl NewToken {
+    fn of(out: &Value) -> Result<Self, ApiError> {
+        let token = out["token"].as_str().ok_or_else(|| ApiError::internal("rotation gave no token"))?;
+        Ok(Self { success: true, token: token.into(), revoked_count: out["revokedCount"].as_i64().unwrap_or(0) })
+    }
+}
+
+/// An agent's active tokens, never their hashes.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct Tokens {
+    tokens: Vec<TokenInfo>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct TokenInfo {
+    id: uuid::Uuid,
+    label: Option<String>,
+    created_at: String,
+    last_used_at: Option<String>,
+}
+
+/// Registered provider credentials: names, never values.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct Providers {
+    providers: Vec<ProviderInfo>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct ProviderInfo {
+    scope: String,
+    org_id: Option<String>,
+    provider: String,
+    key_names: Vec<String>,
+    key_version: String,
+    updated_at: String,
+}
+
+async fn me(State(app): State<AppState>, admin: Admin) -> Result<Json<Me>, ApiError> {
     let org = match &admin.principal.org_id {
         Some(id) => dir::org(&app.pool, id).await?,
         None => None,
     };
-    Ok(Json(json!({
-        "role": admin.principal.role().as_str(),
-        "orgId": admin.principal.org_id,
-        "org": org.map(|o| json!({"id": o.org_id, "name": o.name, "mode": o.mode, "a2pRegistered": o.a2p_registered})),
-    })))
+    Ok(Json(Me {
+        role: admin.principal.role().as_str(),
+        org_id: admin.principal.org_id.clone(),
+        org: org.map(|o| MeOrg { id: o.org_id, name: o.name, mode: o.mode, a2p_registered: o.a2p_registered }),
+    }))
 }
 
 /// `GET /admin/api/orgs?orgId&cursor&limit`.
-async fn list_orgs(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<Value>, ApiError> {
+async fn list_orgs(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<OrgPage>, ApiError> {
     let org = commands::read_scope(&admin.principal, params.id("orgId")?)?;
     let (orgs, next) = dir::orgs_page(&app.pool, org.as_deref(), &params.page()?).await?;
-    let views: Vec<Value> = orgs.iter().map(dir::OrgView::admin_view).collect();
-    Ok(Json(json!({ "orgs": views, "nextCursor": next })))
+    Ok(Json(OrgPage { orgs: orgs.iter().map(dir::OrgView::admin_view).collect(), next_cursor: next }))
 }
 
 async fn get_org(
     State(app): State<AppState>,
     admin: Admin,
     Path(org_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<dir::OrgAdminView>, ApiError> {
     guard::own_org(&admin.principal, &org_id)?;
     let org = dir::org(&app.pool, &org_id)
         .await?
@@ -193,7 +274,7 @@ async fn create_org(
     State(app): State<AppState>,
     admin: Admin,
     JsonBody(raw): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ToolResult>, ApiError> {
     guard::require_role(&admin.principal, Role::SuperAdmin)?;
     let args = Args::new(&raw)?;
     let name = args.str("name", 1, 100)?;
@@ -203,7 +284,7 @@ async fn create_org(
     }
     let settings = args.object("settings")?.cloned().map(Value::Object).unwrap_or_else(|| json!({}));
     let new = NewOrg { name: name.trim().into(), slug, settings, a2p_registered: args.bool("a2pRegistered", false)? };
-    commands::create_org(&app, admin.context, new).await.map(Json)
+    commands::create_org(&app, admin.context, new).await.map(tool_result)
 }
 
 async fn existing_org(app: &AppState, org_id: &str) -> Result<dir::OrgView, ApiError> {
@@ -217,7 +298,7 @@ async fn approve(
     admin: Admin,
     Path(org_id): Path<String>,
     JsonBody(raw): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrgMode>, ApiError> {
     super_admin(&admin)?;
     existing_org(&app, &org_id).await?;
     let kyc_note = Args::new(&raw)?.str("kycNote", 3, 2000)?;
@@ -229,7 +310,7 @@ async fn approve(
         commguard_domain::organization::OrgAction::Approve { kyc_note, approved_by },
     )
     .await?;
-    Ok(Json(commands::approved_view(&view)))
+    Ok(Json(OrgMode { success: true, org_id, mode: view.mode.clone(), approved_at: Some(rfc3339(view.updated_at)) }))
 }
 
 /// Approval, suspension and unsuspension are S-only global configuration (Z7): Z4's refusal.
@@ -242,7 +323,7 @@ async fn suspend(
     admin: Admin,
     Path(org_id): Path<String>,
     JsonBody(raw): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrgMode>, ApiError> {
     super_admin(&admin)?;
     existing_org(&app, &org_id).await?;
     let reason = Args::new(&raw)?.opt_str("reason", 500)?.unwrap_or_default();
@@ -253,20 +334,20 @@ async fn suspend(
         commguard_domain::organization::OrgAction::Suspend { reason },
     )
     .await?;
-    Ok(Json(json!({ "success": true, "orgId": org_id, "mode": view.mode })))
+    Ok(Json(OrgMode { success: true, org_id, mode: view.mode, approved_at: None }))
 }
 
 async fn unsuspend(
     State(app): State<AppState>,
     admin: Admin,
     Path(org_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrgMode>, ApiError> {
     super_admin(&admin)?;
     existing_org(&app, &org_id).await?;
     let view =
         commands::org_lifecycle(&app, admin.context, &org_id, commguard_domain::organization::OrgAction::Unsuspend)
             .await?;
-    Ok(Json(json!({ "success": true, "orgId": org_id, "mode": view.mode })))
+    Ok(Json(OrgMode { success: true, org_id, mode: view.mode, approved_at: None }))
 }
 
 /// A cap in dollars: absent = unchanged, `null` = cleared, else ≥ 0 with ≤ 6 decimals.
@@ -283,7 +364,7 @@ async fn settings(
     admin: Admin,
     Path(org_id): Path<String>,
     JsonBody(raw): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrgSettings>, ApiError> {
     guard::own_org(&admin.principal, &org_id)?;
     existing_org(&app, &org_id).await?;
     let args = Args::new(&raw)?;
@@ -306,44 +387,44 @@ async fn settings(
     let action =
         commands::settings_change(a2p, max_agents, cap(&raw, "maxSpendPerDay")?, cap(&raw, "maxSpendPerMonth")?);
     let view = commands::org_lifecycle(&app, admin.context, &org_id, action).await?;
-    let mut out = view.admin_view();
-    out["success"] = json!(true);
     // The org's spend as its caps count it: every agent's actions, reserved and settled.
     let (_, today, month) = crate::outbound::usage::counters(&app, "org", &org_id).await?;
-    out["spendToday"] = json!(crate::money::to_dollars(today));
-    out["spendMonth"] = json!(crate::money::to_dollars(month));
-    Ok(Json(out))
+    Ok(Json(OrgSettings {
+        success: true,
+        org: view.admin_view(),
+        spend_today: crate::money::to_dollars(today),
+        spend_month: crate::money::to_dollars(month),
+    }))
 }
 
 async fn rotate_org_token(
     State(app): State<AppState>,
     admin: Admin,
     Path(org_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NewToken>, ApiError> {
     guard::own_org(&admin.principal, &org_id)?;
     existing_org(&app, &org_id).await?;
     let out = commands::rotate(&app, admin.context, RotateTarget::Org { org_id }, None).await?;
-    Ok(Json(json!({ "success": true, "token": out["token"], "revokedCount": out["revokedCount"] })))
+    NewToken::of(&out).map(Json)
 }
 
 /// `GET /admin/api/agents?orgId&cursor&limit`: status, tier, limits and billing of each agent.
-async fn list_agents(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<Value>, ApiError> {
+async fn list_agents(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<AgentPage>, ApiError> {
     let org = commands::read_scope(&admin.principal, params.id("orgId")?)?;
     let (agents, next) = dir::agents_page(&app.pool, org.as_deref(), &params.page()?).await?;
     let mut org_ids: Vec<String> = agents.iter().map(|a| a.org_id.clone()).collect();
     org_ids.sort();
     org_ids.dedup();
     let orgs = dir::orgs_by_id(&app.pool, &org_ids).await?;
-    let views: Vec<Value> =
-        agents.iter().map(|a| a.admin_view(&app.config, orgs.iter().find(|o| o.org_id == a.org_id))).collect();
-    Ok(Json(json!({ "agents": views, "nextCursor": next })))
+    let views = agents.iter().map(|a| a.admin_view(&app.config, orgs.iter().find(|o| o.org_id == a.org_id))).collect();
+    Ok(Json(AgentPage { agents: views, next_cursor: next }))
 }
 
 async fn get_agent(
     State(app): State<AppState>,
     admin: Admin,
     Path(agent_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<dir::AgentAdminView>, ApiError> {
     let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let org = dir::org(&app.pool, &agent.org_id).await?;
     Ok(Json(agent.admin_view(&app.config, org.as_ref())))
@@ -353,7 +434,7 @@ async fn agent_tokens(
     State(app): State<AppState>,
     admin: Admin,
     Path(agent_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Tokens>, ApiError> {
     commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     type Row = (uuid::Uuid, Option<String>, chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>);
     let rows: Vec<Row> = sqlx::query_as(
@@ -365,22 +446,27 @@ async fn agent_tokens(
     .fetch_all(&app.pool)
     .await
     .map_err(ApiError::internal)?;
-    let tokens: Vec<Value> = rows
+    let tokens = rows
         .into_iter()
-        .map(|(id, label, created, used)| json!({ "id": id, "label": label, "createdAt": rfc3339(created), "lastUsedAt": used.map(rfc3339) }))
+        .map(|(id, label, created, used)| TokenInfo {
+            id,
+            label,
+            created_at: rfc3339(created),
+            last_used_at: used.map(rfc3339),
+        })
         .collect();
-    Ok(Json(json!({ "tokens": tokens })))
+    Ok(Json(Tokens { tokens }))
 }
 
 async fn regenerate_token(
     State(app): State<AppState>,
     admin: Admin,
     Path(agent_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NewToken>, ApiError> {
     let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let out =
         commands::rotate(&app, admin.context, RotateTarget::Agent { agent_id, org_id: agent.org_id }, None).await?;
-    Ok(Json(json!({ "success": true, "token": out["token"], "revokedCount": out["revokedCount"] })))
+    NewToken::of(&out).map(Json)
 }
 
 async fn blocked_channels(
@@ -388,13 +474,13 @@ async fn blocked_channels(
     admin: Admin,
     Path(agent_id): Path<String>,
     JsonBody(raw): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ToolResult>, ApiError> {
     let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let channels: Vec<String> = match raw.get("blockedChannels") {
         Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
         _ => return Err(invalid("blockedChannels", "must be an array")),
     };
-    commands::block_channels(&app, admin.context, &agent_id, &agent.org_id, channels).await.map(Json)
+    commands::block_channels(&app, admin.context, &agent_id, &agent.org_id, channels).await.map(tool_result)
 }
 
 async fn agent_limits(
@@ -402,11 +488,11 @@ async fn agent_limits(
     admin: Admin,
     Path(agent_id): Path<String>,
     JsonBody(raw): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ToolResult>, ApiError> {
     guard::require_role(&admin.principal, Role::SuperAdmin)?;
     let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let change = settings::limits_change(&Args::new(&raw)?)?;
-    commands::set_limits(&app, admin.context, &agent_id, &agent.org_id, change).await.map(Json)
+    commands::set_limits(&app, admin.context, &agent_id, &agent.org_id, change).await.map(tool_result)
 }
 
 async fn agent_billing(
@@ -414,15 +500,15 @@ async fn agent_billing(
     admin: Admin,
     Path(agent_id): Path<String>,
     JsonBody(raw): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ToolResult>, ApiError> {
     guard::require_role(&admin.principal, Role::SuperAdmin)?;
     let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let (tier, markup, email) = settings::billing_change(&Args::new(&raw)?)?;
-    commands::set_billing(&app, admin.context, &agent_id, &agent.org_id, tier, markup, email).await.map(Json)
+    commands::set_billing(&app, admin.context, &agent_id, &agent.org_id, tier, markup, email).await.map(tool_result)
 }
 
 /// Registered providers: names only, never values (CONTRACT §11.5). O sees its own org's.
-async fn list_providers(State(app): State<AppState>, admin: Admin) -> Result<Json<Value>, ApiError> {
+async fn list_providers(State(app): State<AppState>, admin: Admin) -> Result<Json<Providers>, ApiError> {
     let org = match admin.principal.role() {
         Role::SuperAdmin => None,
         _ => admin.principal.org_id.clone(),
@@ -437,21 +523,25 @@ async fn list_providers(State(app): State<AppState>, admin: Admin) -> Result<Jso
     .fetch_all(&app.pool)
     .await
     .map_err(ApiError::internal)?;
-    let providers: Vec<Value> = rows
+    let providers = rows
         .into_iter()
-        .map(|(scope, org_id, provider, keys, version, updated)| {
-            json!({"scope": scope, "orgId": (!org_id.is_empty()).then_some(org_id), "provider": provider,
-                   "keyNames": keys, "keyVersion": version, "updatedAt": rfc3339(updated)})
+        .map(|(scope, org_id, provider, key_names, key_version, updated)| ProviderInfo {
+            scope,
+            org_id: (!org_id.is_empty()).then_some(org_id),
+            provider,
+            key_names,
+            key_version,
+            updated_at: rfc3339(updated),
         })
         .collect();
-    Ok(Json(json!({ "providers": providers })))
+    Ok(Json(Providers { providers }))
 }
 
 async fn register_provider(
     State(app): State<AppState>,
     admin: Admin,
     JsonBody(raw): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ToolResult>, ApiError> {
     guard::require_role(&admin.principal, Role::SuperAdmin)?;
-    settings::register_provider(&app, admin.context, &Args::new(&raw)?).await.map(Json)
+    settings::register_provider(&app, admin.context, &Args::new(&raw)?).await.map(tool_result)
 }

@@ -3,11 +3,10 @@
 
 use axum::extract::State;
 use axum::Json;
-use serde_json::Value;
 
 use super::admin::Admin;
 use super::extract::JsonBody;
-use super::openapi::{ApiRouter, Body, Doc};
+use super::openapi::{tool_result, ApiRouter, Body, Doc, ToolResult};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::validate::Args;
@@ -21,12 +20,15 @@ pub fn routes() -> ApiRouter {
             summary: "= comms_erase_subject: destroys the subject's keys in scope and purges its projection rows",
             query: &[],
             body: Body::Tool("comms_erase_subject"),
-            reply: "Result",
         },
     )
 }
 
-async fn erase(State(app): State<AppState>, admin: Admin, JsonBody(raw): JsonBody) -> Result<Json<Value>, ApiError> {
+async fn erase(
+    State(app): State<AppState>,
+    admin: Admin,
+    JsonBody(raw): JsonBody,
+) -> Result<Json<ToolResult>, ApiError> {
     let args = Args::new(&raw)?;
-    crate::erasure::erase_subject(&app, &admin.principal, admin.context.clone(), &args).await.map(Json)
+    crate::erasure::erase_subject(&app, &admin.principal, admin.context.clone(), &args).await.map(tool_result)
 }

@@ -1,8 +1,11 @@
-//! Step 3: security headers on every response, whichever layer produced it (CONTRACT §13.2).
+//! Step 3: security headers on every response, whichever layer produced it (CONTRACT §13.2). The
+//! console's HTML page (`GET /admin`) gets the CSP §13.2 sets for it; every other response,
+//! its scripts and styles included, `default-src 'none'`.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
+use axum::http::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -20,10 +23,15 @@ const ALWAYS: [(&str, &str); 7] = [
 ];
 
 pub async fn layer(State(h): State<Arc<Hardening>>, request: Request, next: Next) -> Response {
+    let page = request.uri().path() == super::console::PAGE;
     let mut response = next.run(request).await;
+    let html = response.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
     let headers = response.headers_mut();
     for (name, value) in ALWAYS {
         headers.insert(name, HeaderValue::from_static(value));
+    }
+    if page && html {
+        headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(super::console::PAGE_CSP));
     }
     if h.production {
         headers.insert("strict-transport-security", HeaderValue::from_static("max-age=31536000; includeSubDomains"));

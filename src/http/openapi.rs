@@ -3,12 +3,19 @@
 //! `ApiRouter`, whose `get`/`post` take the handler *and* its description (`Doc`) together, so a
 //! route cannot be served without its entry nor described without being served. The request body
 //! of a route that performs a tool (`= comms_…`) is that tool's own input schema (the one
-//! `tools/list` announces); replies refer to the component schemas below.
+//! `tools/list` announces). The 200 reply's schema is derived (schemars) from the type the
+//! handler itself returns, `Result<Json<T>, ApiError>` (`Replies`): a handler cannot change
+//! what it answers without the document following.
+
+use std::future::Future;
 
 use axum::handler::Handler;
-use axum::Router;
+use axum::{Json, Router};
+use schemars::generate::{Contract, SchemaSettings};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// A query parameter: name, required, JSON-schema type, description.
@@ -29,23 +36,84 @@ pub enum Body {
     Schema(fn() -> Value),
 }
 
-/// How a route is described: who may call it, what it does, its query parameters, its body and
-/// the component schema of its 200 reply.
+/// How a route is described: who may call it, what it does, its query parameters and its body.
+/// Its reply is described by the handler's own return type.
 #[derive(Clone, Copy)]
 pub struct Doc {
     pub who: &'static str,
     pub summary: &'static str,
     pub query: &'static [Query],
     pub body: Body,
-    pub reply: &'static str,
 }
 
-/// One served (method, path) and its description.
+/// The schema of a reply type, added to the generator's components.
+pub type ReplySchema = fn(&mut SchemaGenerator) -> Schema;
+
+/// One served (method, path), its description and the schema of its 200 reply.
 #[derive(Clone, Copy)]
 pub struct Op {
     pub method: &'static str,
     pub path: &'static str,
     pub doc: Doc,
+    pub reply: ReplySchema,
+}
+
+/// What a handler answers with: the `T` of its `Result<Json<T>, ApiError>`, for every arity of
+/// extractors the admin routes use.
+pub trait Replies<Args> {
+    type Reply: JsonSchema;
+}
+
+macro_rules! replies {
+    ($($arg:ident),*) => {
+        impl<F, Fut, R, $($arg,)*> Replies<($($arg,)*)> for F
+        where
+            F: FnOnce($($arg),*) -> Fut,
+            Fut: Future<Output = Result<Json<R>, ApiError>>,
+            R: JsonSchema,
+        {
+            type Reply = R;
+        }
+    };
+}
+replies!();
+replies!(A1);
+replies!(A1, A2);
+replies!(A1, A2, A3);
+replies!(A1, A2, A3, A4);
+replies!(A1, A2, A3, A4, A5);
+
+/// The schema of `R` as a reference into the components.
+pub fn reply_schema<R: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<R>()
+}
+
+/// The payload of an MCP tool that a route performs (`= comms_…`): the tool's own result object.
+pub struct ToolResult(pub Value);
+
+impl serde::Serialize for ToolResult {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// A tool's payload as a route's reply.
+pub fn tool_result(payload: Value) -> Json<ToolResult> {
+    Json(ToolResult(payload))
+}
+
+impl JsonSchema for ToolResult {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ToolResult".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "description": "The result object of the MCP tool the route performs (CONTRACT §6.3): the same payload as the tool call.",
+            "type": "object",
+            "properties": {"success": {"type": "boolean"}, "warnings": {"type": "array", "items": {"type": "object"}}},
+        })
+    }
 }
 
 /// A router whose every route carries its description.
@@ -60,15 +128,23 @@ impl ApiRouter {
         Self { router: Router::new(), ops: Vec::new() }
     }
 
-    pub fn get<H: Handler<T, AppState>, T: 'static>(mut self, path: &'static str, handler: H, doc: Doc) -> Self {
+    pub fn get<H, T, A>(mut self, path: &'static str, handler: H, doc: Doc) -> Self
+    where
+        H: Handler<T, AppState> + Replies<A>,
+        T: 'static,
+    {
         self.router = self.router.route(path, axum::routing::get(handler));
-        self.ops.push(Op { method: "get", path, doc });
+        self.ops.push(Op { method: "get", path, doc, reply: reply_schema::<H::Reply> });
         self
     }
 
-    pub fn post<H: Handler<T, AppState>, T: 'static>(mut self, path: &'static str, handler: H, doc: Doc) -> Self {
+    pub fn post<H, T, A>(mut self, path: &'static str, handler: H, doc: Doc) -> Self
+    where
+        H: Handler<T, AppState> + Replies<A>,
+        T: 'static,
+    {
         self.router = self.router.route(path, axum::routing::post(handler));
-        self.ops.push(Op { method: "post", path, doc });
+        self.ops.push(Op { method: "post", path, doc, reply: reply_schema::<H::Reply> });
         self
     }
 
@@ -84,10 +160,10 @@ impl ApiRouter {
 }
 
 fn error(description: &str) -> Value {
-    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorReply"}}}})
 }
 
-fn operation(op: &Op) -> Value {
+fn operation(op: &Op, generator: &mut SchemaGenerator) -> Value {
     let mut parameters: Vec<Value> = op
         .path
         .split('/')
@@ -105,7 +181,7 @@ fn operation(op: &Op) -> Value {
         "description": format!("Who: {}", op.doc.who),
         "parameters": parameters,
         "responses": {
-            "200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", op.doc.reply)}}}},
+            "200": {"description": "OK", "content": {"application/json": {"schema": (op.reply)(generator)}}},
             "400": error("Invalid input"),
             "401": error("Missing or invalid admin token"),
             "403": error("Role, org boundary or IP list"),
@@ -126,83 +202,77 @@ fn operation(op: &Op) -> Value {
     out
 }
 
-/// An object schema with `properties` (JSON-schema types by name; `$ref:X` for a component).
-fn object(properties: &[(&str, &str)]) -> Value {
-    let props: Map<String, Value> = properties
-        .iter()
-        .map(|(name, kind)| {
-            let schema = match kind.strip_prefix("$ref:") {
-                Some(component) => json!({"$ref": format!("#/components/schemas/{component}")}),
-                None => match kind.strip_suffix("[]") {
-                    Some(item) if item.starts_with('#') => {
-                        json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{}", &item[1..])}})
-                    }
-                    Some(item) => json!({"type": "array", "items": {"type": item}}),
-                    None => json!({"type": kind.split('|').collect::<Vec<_>>()}),
-                },
-            };
-            (name.to_string(), schema)
+/// The error body every refusal carries (CONTRACT §7); a code may add its own details
+/// (`limitType`, `current`, `max`, `resetAt`, `rule`, `zone`, …).
+#[derive(serde::Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("additionalProperties" = true))]
+pub struct ErrorReply {
+    pub error: String,
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The offending input field, for `invalid_input`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Seconds until a retry may succeed, for `locked_out` and `rate_limited`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+/// This document: an OpenAPI 3.1 object.
+pub struct OpenApiDocument;
+
+impl JsonSchema for OpenApiDocument {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OpenApi".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "required": ["openapi", "info", "paths"],
+            "properties": {"openapi": {"type": "string"}, "info": {"type": "object"}, "paths": {"type": "object"}},
+            "additionalProperties": true,
         })
-        .collect();
-    json!({"type": "object", "properties": props})
+    }
 }
 
-/// The reply schemas the routes refer to.
-fn components() -> Value {
-    json!({
-        "Error": object(&[("error", "string"), ("code", "string"), ("field", "string"), ("requestId", "string")]),
-        "Result": object(&[("success", "boolean"), ("warnings", "object[]")]),
-        "Me": object(&[("role", "string"), ("orgId", "string|null"), ("org", "object|null")]),
-        "Org": object(&[("orgId", "string"), ("name", "string"), ("mode", "string")]),
-        "OrgPage": object(&[("orgs", "#Org[]"), ("nextCursor", "string|null")]),
-        "OrgMode": object(&[("success", "boolean"), ("orgId", "string"), ("mode", "string")]),
-        "OrgSettings": object(&[("success", "boolean"), ("spendToday", "number"), ("spendMonth", "number")]),
-        "Token": object(&[("success", "boolean"), ("token", "string"), ("revokedCount", "integer")]),
-        "Agent": object(&[("agentId", "string"), ("orgId", "string"), ("status", "string")]),
-        "AgentPage": object(&[("agents", "#Agent[]"), ("nextCursor", "string|null")]),
-        "Tokens": object(&[("tokens", "object[]")]),
-        "Providers": object(&[("providers", "object[]")]),
-        "Consent": object(&[("asOf", "string|null"), ("nextCursor", "string|null")]),
-        "Limits": object(&[("tier", "string|null"), ("overrides", "object|null"), ("effective", "object|null"), ("orgCaps", "object|null"), ("asOf", "string|null")]),
-        "Usage": object(&[]),
-        "Dnc": object(&[("nextCursor", "string|null")]),
-        "Envelope": object(&[("position", "integer"), ("eventId", "string"), ("aggregateType", "string"), ("aggregateId", "string"),
-            ("sequence", "integer"), ("eventType", "string"), ("eventVersion", "string"), ("occurredAt", "string"), ("orgId", "string|null"),
-            ("actor", "object"), ("requestId", "string|null"), ("transport", "string|null"), ("provenance", "object|array|null"),
-            ("payload", "object"), ("prevHash", "string"), ("hash", "string"), ("redactions", "object[]"), ("metadata", "object")]),
-        "EventPage": object(&[("events", "#Envelope[]"), ("nextAfter", "integer"), ("headPosition", "integer|null")]),
-        "AuditPage": object(&[("items", "object[]"), ("nextCursor", "string|null")]),
-        "Clock": object(&[("now", "string")]),
-        "Anomaly": object(&[("rule", "string"), ("subjectKind", "string"), ("subjectId", "string"), ("orgId", "string|null"),
-            ("windowStart", "string"), ("windowEnd", "string"), ("value", "number"), ("previous", "integer"),
-            ("limitType", "string"), ("threshold", "object"), ("firing", "boolean")]),
-        "AnomalyPage": object(&[("anomalies", "#Anomaly[]"), ("nextCursor", "string|null")]),
-        "OpenApi": object(&[("openapi", "string"), ("info", "object"), ("paths", "object")]),
-    })
+/// The generator of the reply schemas: JSON Schema 2020-12 (OpenAPI 3.1's dialect), serialized
+/// forms, definitions under `#/components/schemas`.
+fn generator() -> SchemaGenerator {
+    let mut settings = SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    settings.contract = Contract::Serialize;
+    settings.meta_schema = None;
+    settings.into_generator()
 }
 
-pub const OPENAPI: Doc = Doc {
-    who: "anyone who can reach the admin API",
-    summary: "This document",
-    query: &[],
-    body: Body::None,
-    reply: "OpenApi",
-};
+pub const OPENAPI: Doc =
+    Doc { who: "anyone who can reach the admin API", summary: "This document", query: &[], body: Body::None };
+
+/// The document's own entry.
+pub fn openapi_op(path: &'static str) -> Op {
+    Op { method: "get", path, doc: OPENAPI, reply: reply_schema::<OpenApiDocument> }
+}
 
 /// The OpenAPI 3.1 document of `ops`.
 pub fn document(ops: &[Op]) -> Value {
+    let mut generator = generator();
+    generator.subschema_for::<ErrorReply>();
     let mut paths = Map::new();
     for op in ops {
         let entry = paths.entry(op.path.to_string()).or_insert_with(|| json!({}));
-        entry[op.method] = operation(op);
+        entry[op.method] = operation(op, &mut generator);
     }
+    let schemas = generator.take_definitions(true);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "commguard admin API", "version": env!("CARGO_PKG_VERSION")},
         "security": [{"bearer": []}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Master token (S) or org token (O)"}},
-            "schemas": components(),
+            "schemas": schemas,
         },
         "paths": paths,
     })

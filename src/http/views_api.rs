@@ -9,7 +9,8 @@ use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use commguard_domain::contact::CONSENT_CHANNELS;
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::Serialize;
 
 use super::admin::Admin;
 use super::openapi::{ApiRouter, Body, Doc, AS_OF, CURSOR, LIMIT, ORG};
@@ -18,7 +19,7 @@ use crate::auth::Role;
 use crate::contacts;
 use crate::contacts::dnc_org;
 use crate::directory::commands::{addressable_agent, home_org, read_scope};
-use crate::directory::limits::LimitsState;
+use crate::directory::limits::{LimitsReply, LimitsState};
 use crate::directory::{self as dir};
 use crate::error::ApiError;
 use crate::outbound::usage::{self, Window};
@@ -27,7 +28,7 @@ use crate::store::rfc3339;
 use crate::validate::invalid;
 
 pub fn routes() -> ApiRouter {
-    let doc = |who, summary, query, reply| Doc { who, summary, query, body: Body::None, reply };
+    let doc = |who, summary, query| Doc { who, summary, query, body: Body::None };
     ApiRouter::new()
         .get(
             "/admin/api/consent",
@@ -44,7 +45,6 @@ pub fn routes() -> ApiRouter {
                     CURSOR,
                     LIMIT,
                 ],
-                "Consent",
             ),
         )
         .get(
@@ -54,7 +54,6 @@ pub fn routes() -> ApiRouter {
                 "O S",
                 "An agent's tier, overrides, effective limits and org caps, now or as of an instant",
                 &[("agentId", true, "string", ""), AS_OF],
-                "Limits",
             ),
         )
         .get(
@@ -70,13 +69,16 @@ pub fn routes() -> ApiRouter {
                     ("from", false, "string", "RFC 3339, taken down to its UTC hour"),
                     ("to", false, "string", "RFC 3339, exclusive"),
                 ],
-                "Usage",
             ),
         )
 }
 
 /// `GET /admin/api/consent?contact&agentId&channel&orgId&as_of&cursor&limit`.
-async fn consent(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<Value>, ApiError> {
+async fn consent(
+    State(app): State<AppState>,
+    admin: Admin,
+    params: Params,
+) -> Result<Json<contacts::ConsentReply>, ApiError> {
     let raw = params.get("contact").ok_or_else(|| invalid("contact", "is required"))?;
     let address = contacts::address("contact", raw)?;
     let channel = params.choice("channel", &CONSENT_CHANNELS)?;
@@ -101,7 +103,7 @@ async fn consent(State(app): State<AppState>, admin: Admin, params: Params) -> R
 }
 
 /// `GET /admin/api/limits?agentId&as_of` → `{agentId,asOf,tier,overrides,effective,orgCaps}`.
-async fn limits(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<Value>, ApiError> {
+async fn limits(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<LimitsReply>, ApiError> {
     let agent_id = params.id("agentId")?.ok_or_else(|| invalid("agentId", "is required"))?;
     let as_of = params.time("as_of")?;
     let agent = addressable_agent(&app, &admin.principal, &agent_id).await?;
@@ -127,7 +129,19 @@ const PERIODS: [&str; 4] = ["today", "week", "month", "all"];
 /// each other; without `from` and `to` the period is `today`, with them `all`. The usage
 /// projection counts per UTC hour, so `from` is taken down to its hour (the reply says so) and
 /// an hour counts when it starts before `to`.
-async fn usage_view(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<Value>, ApiError> {
+/// `GET /admin/api/usage`: actions and spend per agent, over the window asked.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct UsageView {
+    #[serde(flatten)]
+    usage: usage::UsageByAgent,
+    from: Option<String>,
+    to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_id: Option<String>,
+}
+
+async fn usage_view(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<UsageView>, ApiError> {
     let (from, to) = (params.time("from")?, params.time("to")?);
     if let (Some(from), Some(to)) = (from, to) {
         if from > to {
@@ -154,13 +168,8 @@ async fn usage_view(State(app): State<AppState>, admin: Admin, params: Params) -
             (dir::agents_of(&app.pool, org.as_deref()).await?, org)
         }
     };
-    let mut out = usage::usage_by_agent(&app, &agents, org.as_deref(), agent_id.as_deref(), &period, window).await?;
-    out["from"] = json!(window.from.map(rfc3339));
-    out["to"] = json!(window.to.map(rfc3339));
-    if let Some(agent_id) = agent_id {
-        out["agentId"] = json!(agent_id);
-    }
-    Ok(Json(out))
+    let usage = usage::usage_by_agent(&app, &agents, org.as_deref(), agent_id.as_deref(), &period, window).await?;
+    Ok(Json(UsageView { usage, from: window.from.map(rfc3339), to: window.to.map(rfc3339), agent_id }))
 }
 
 /// The period's window narrowed by `from` and `to`; the start is taken down to its UTC hour.

@@ -3,7 +3,11 @@
 //! counters of the limits for "current usage".
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
-use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::{json, Value};
 
 use crate::auth::{Principal, Role};
 use crate::directory::{self, commands, limits_json, AgentView};
@@ -83,16 +87,19 @@ pub async fn counters(app: &AppState, scope: &str, key: &str) -> Result<(i64, i6
     Ok((row.0.unwrap_or(0), row.1.unwrap_or(0), row.2.unwrap_or(0)))
 }
 
-fn by_channel(rows: &[(String, String, i64, i64)], agent: &str) -> (Map<String, Value>, Map<String, Value>, i64, i64) {
-    let (mut actions, mut costs) = (Map::new(), Map::new());
+/// Actions and dollars by channel (every channel, zeros included).
+type ByChannel<T> = BTreeMap<String, T>;
+
+fn by_channel(rows: &[(String, String, i64, i64)], agent: &str) -> (ByChannel<i64>, ByChannel<f64>, i64, i64) {
+    let (mut actions, mut costs) = (BTreeMap::new(), BTreeMap::new());
     for c in CHANNELS {
-        actions.insert(c.into(), json!(0));
-        costs.insert(c.into(), json!(0.0));
+        actions.insert(c.to_string(), 0);
+        costs.insert(c.to_string(), 0.0);
     }
     let (mut total_actions, mut total_cost) = (0, 0);
     for (_, channel, n, cost) in rows.iter().filter(|r| r.0 == agent) {
-        actions.insert(channel.clone(), json!(n));
-        costs.insert(channel.clone(), json!(to_dollars(*cost)));
+        actions.insert(channel.clone(), *n);
+        costs.insert(channel.clone(), to_dollars(*cost));
         total_actions += n;
         total_cost += cost;
     }
@@ -134,7 +141,7 @@ pub async fn usage_by_agent(
     one_agent: Option<&str>,
     period: &str,
     window: Window,
-) -> Result<Value, ApiError> {
+) -> Result<UsageByAgent, ApiError> {
     let rows = sums(app, one_agent, org, window).await?;
     let (mut all_actions, mut all_cost) = (0, 0);
     let mut listed = Vec::new();
@@ -142,14 +149,51 @@ pub async fn usage_by_agent(
         let (actions, costs, n, cost) = by_channel(&rows, &agent.agent_id);
         all_actions += n;
         all_cost += cost;
-        listed.push(json!({"agentId": agent.agent_id, "orgId": agent.org_id, "actions": actions, "totalActions": n,
-                           "costsByChannel": costs, "totalCost": to_dollars(cost)}));
+        listed.push(AgentUsage {
+            agent_id: agent.agent_id.clone(),
+            org_id: agent.org_id.clone(),
+            actions,
+            total_actions: n,
+            costs_by_channel: costs,
+            total_cost: to_dollars(cost),
+        });
     }
-    let mut out = json!({"period": period, "globalTotals": {"totalActions": all_actions, "totalCost": to_dollars(all_cost)}, "agents": listed});
-    if let Some(org) = org {
-        out["orgId"] = json!(org);
-    }
-    Ok(out)
+    Ok(UsageByAgent {
+        period: period.into(),
+        org_id: org.map(str::to_string),
+        global_totals: Totals { total_actions: all_actions, total_cost: to_dollars(all_cost) },
+        agents: listed,
+    })
+}
+
+/// Actions and spend per agent over a period, with their totals.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageByAgent {
+    pub period: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    pub global_totals: Totals,
+    pub agents: Vec<AgentUsage>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    pub total_actions: i64,
+    /// Dollars.
+    pub total_cost: f64,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentUsage {
+    pub agent_id: String,
+    pub org_id: String,
+    pub actions: ByChannel<i64>,
+    pub total_actions: i64,
+    pub costs_by_channel: ByChannel<f64>,
+    pub total_cost: f64,
 }
 
 /// `comms_get_usage_dashboard` without an agent: the caller's org (O), or all / `orgId` (S).
@@ -162,7 +206,7 @@ pub async fn org_dashboard(
     let org = commands::read_scope(principal, org_id)?;
     let window = Window::period(period, app.clock.now())?;
     let agents = directory::agents_of(&app.pool, org.as_deref()).await?;
-    usage_by_agent(app, &agents, org.as_deref(), None, period, window).await
+    Ok(json!(usage_by_agent(app, &agents, org.as_deref(), None, period, window).await?))
 }
 
 /// provider × (1 + markup/100), half away from zero to 4 decimals, 0 if provider ≤ 0; in micros.

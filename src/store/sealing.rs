@@ -64,7 +64,7 @@ pub fn has_clear_fields(payload: &Value) -> bool {
 }
 
 /// A path that could not be opened, for the feed's `redactions`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Redaction {
     pub path: String,
     pub reason: &'static str,

@@ -26,7 +26,7 @@ async fn opened_payloads(store: &Store) -> Vec<serde_json::Value> {
     wait_visible(store.pool(), written).await;
     let mut out = Vec::new();
     for event in feed::read_after(store.pool(), 0, 1000, None).await.unwrap() {
-        out.push(envelope(store.keystore(), event, false).await.unwrap());
+        out.push(serde_json::to_value(envelope(store.keystore(), event, false).await.unwrap()).unwrap());
     }
     out
 }
@@ -61,7 +61,7 @@ async fn personal_data_is_sealed_and_erasure_destroys_it_everywhere() {
     let raw = envelope(store.keystore(), feed::read_after(store.pool(), 0, 1, None).await.unwrap().remove(0), true)
         .await
         .unwrap();
-    assert_eq!(raw["payload"]["contact"]["$pii"], 1, "raw payloads stay sealed");
+    assert_eq!(raw.payload["contact"]["$pii"], 1, "raw payloads stay sealed");
 
     // Erasure destroys the subject's key; its fields now read "[erased]", others still open.
     let subject_ref = store.keystore().data_keys().blind_index(PHONE);

@@ -9,6 +9,7 @@ mod audit_feed;
 mod cli;
 mod cli_admin;
 mod compliance;
+mod console;
 mod crypto_shredding;
 mod domain_store;
 mod durability;

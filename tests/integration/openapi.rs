@@ -94,3 +94,38 @@ async fn every_admin_route_served_is_in_the_document_and_every_documented_one_is
     }
     s.stop().await;
 }
+
+/// Every GET route answers with what its document describes (the 200 reply derived from the
+/// handler's type, refusals with the error schema), checked in Python by a JSON Schema validator
+/// against real replies about a real org, agent, DNC entry and consent-less contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reply_matches_the_schema_its_route_documents() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    let p = crate::support::provision(
+        &s,
+        MASTER,
+        "schema-org",
+        serde_json::json!({}),
+        "Schema agent",
+        serde_json::json!({"phone": true, "email": true}),
+    )
+    .await;
+    let contact = "+12025550143";
+    let r = s
+        .http
+        .post(s.url("/admin/api/dnc"))
+        .bearer_auth(&p.admin)
+        .json(&serde_json::json!({"address": contact, "reason": "schema test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let url = s.url("");
+    run_script(
+        "openapi_replies.py",
+        &[url.trim_end_matches('/'), MASTER, &p.admin, &p.org_id, &p.agent_id, contact],
+        &[],
+    );
+    s.stop().await;
+}

@@ -154,7 +154,7 @@ pub async fn get_channel_status(app: &AppState, caller: &Caller<'_>, args: &Args
     let agent_id = caller.agent_id(args, false)?;
     let agent = commands::addressable_agent(app, caller.principal, &agent_id).await?;
     let org = dir::org(&app.pool, &agent.org_id).await?;
-    Ok(agent.status_view(org.as_ref()))
+    Ok(serde_json::json!(agent.status_view(org.as_ref())))
 }
 
 pub async fn rotate_token(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
