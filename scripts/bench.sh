@@ -8,12 +8,13 @@
 #   scripts/bench.sh send [--writers 16] [--seconds 20] [--fill 1000000] [--sequential 500]
 #   scripts/bench.sh as-of [--writers 4] [--seconds 10] [--fill 1000000]
 #   scripts/bench.sh feed [--fill 1000000] [--seed 2000]
+#   scripts/bench.sh anomaly [--fill 1000000] [--runs 200]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
 
 what=${1:-}; shift || true
-writers=16; seconds=20; stream_length=10; idle=1000; fill=1000000; seed=2000; sequential=500
+writers=16; seconds=20; stream_length=10; idle=1000; fill=1000000; seed=2000; sequential=500; runs=200
 if [ "$what" = as-of ]; then writers=4; seconds=10; fi
 while [ $# -gt 0 ]; do
   case $1 in
@@ -24,6 +25,7 @@ while [ $# -gt 0 ]; do
     --fill) fill=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
     --sequential) sequential=$2; shift 2 ;;
+    --runs) runs=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -363,8 +365,28 @@ for _ in range(50):
 print(f"server alone (client does not parse), first {n} events: {n / (time.perf_counter() - start):,.0f} events/s")
 PY
     ;;
+  anomaly)
+    # The detector's cost per run (prune, read the current windows, evaluate the six rules) on a
+    # store holding only the current activity, beside a store holding the same plus $fill events
+    # of history (the 30 days before today), both in this cluster; the anomaly projection caught
+    # up over each first (benches/anomaly.rs writes the synthetic events and times the runs).
+    cargo build --release --bench anomaly >&2
+    bin=$(ls -t target/release/deps/anomaly-* | grep -v '\.d$' | head -n 1)
+    psql -q "$admin" -c "CREATE DATABASE bench_empty" -c "CREATE DATABASE bench_full"
+    result=$("$bin" --empty-url "${admin/\/postgres\?//bench_empty?}" --full-url "${admin/\/postgres\?//bench_full?}" \
+      --fill "$fill" --runs "$runs")
+    echo "commguard: $result"
+    python3 - "$result" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1]); e, f = r["empty"], r["full"]
+for name, x in (("current activity only", e), (f"+ {f['projected'] - e['projected']:,} events of history", f)):
+    print(f"{name:32} {x['events']:>9,} events; projection caught up in {x['catch_up_secs']:.1f} s; windows {x['windows_before_prune']:,} -> {x['windows_after_prune']:,} after the first run's prune ({x['first_run_ms']:.1f} ms); {x['readings']} readings")
+    print(f"{'':32} detector run: mean {x['mean_ms']:.3f} ms  p50 {x['p50_ms']:.3f} ms  p99 {x['p99_ms']:.3f} ms over {x['runs']} runs")
+print(f"detector run with history / without: mean {f['mean_ms'] / e['mean_ms']:.2f} x, p50 {f['p50_ms'] / e['p50_ms']:.2f} x (flat: ~1)")
+PY
+    ;;
   *)
-    echo "usage: scripts/bench.sh event-store|mcp|send|as-of|feed [--writers N] [--seconds S] [--idle N] [--fill N]" >&2
+    echo "usage: scripts/bench.sh event-store|mcp|send|as-of|feed|anomaly [--writers N] [--seconds S] [--idle N] [--fill N]" >&2
     exit 2
     ;;
 esac

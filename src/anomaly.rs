@@ -1,19 +1,33 @@
 //! The anomaly detector (CONTRACT §14): every `ANOMALY_CHECK_INTERVAL_SECONDS` it reads the
-//! current windows of the anomaly projection and raises one `AlertRaised` per (rule, subject,
-//! window) — `Store::record_once` on the stream `alert/<dedupKey>`, which Postgres lets only one
-//! writer start, however many instances evaluate the same window.
+//! current windows of the anomaly projection (`window_end > now`, plus the previous 5 minutes of
+//! outbound attempts), evaluates the six rules on them and raises one `AlertRaised` per (rule,
+//! subject, window) through `alerts::raise` — `Store::record_once` on `alert/<dedupKey>`, which
+//! Postgres lets only one writer start, however many instances evaluate the same window.
 //!
-//! Rules evaluated here: `volume_spike`, `brute_force`, `rapid_rotation`, `rate_limit`. The lockout raises
-//! `brute_force_lockout` itself (`auth::lockout`).
+//! Rules: `volume_spike`, `brute_force`, `rapid_rotation`, `rate_limit`, `spend_threshold`
+//! (spend per agent and UTC day against the agent's effective daily cap) and
+//! `brute_force_lockout` (each current lock; the lockout raises it at once itself, under the same
+//! key, so a lock has one alert whichever path writes it first). `readings` is also what
+//! `GET /admin/api/anomalies` shows, so the view and the detector cannot disagree.
+//!
+//! Each run first deletes the windows that ended more than `PRUNE_AFTER` ago: the windows are a
+//! projection of the event store (rebuilt by `commguard replay --projection anomaly`), and the
+//! detector's cost follows the current windows, never the history.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
-use commguard_domain::records::AlertEvent;
-use commguard_projections::anomaly::{window_of, AUTH_FAILED, LIMIT_TYPES, OUTBOUND, RATE_LIMIT_PREFIX, TOKEN_ISSUED};
-use serde_json::json;
-use uuid::Uuid;
+use chrono::{DateTime, Utc};
+use commguard_domain::limits::{Overrides, Tier};
+use commguard_projections::anomaly::{
+    AUTH_FAILED, LOCKOUT, OUTBOUND, PRUNE_AFTER, RATE_LIMIT_PREFIX, SPEND, TOKEN_ISSUED,
+};
+use serde::Serialize;
+use serde_json::{json, Value};
 
+use crate::alerts::{self, Finding};
+use crate::directory::starter;
+use crate::money::to_dollars;
 use crate::state::AppState;
 use crate::store::{rfc3339, Actor, CommandContext};
 
@@ -21,14 +35,24 @@ use crate::store::{rfc3339, Actor, CommandContext};
 pub const BRUTE_FORCE_OVER: i64 = 10;
 /// `rapid_rotation`: more than this many tokens issued to one agent in an hour.
 pub const ROTATION_OVER: i64 = 3;
+/// `volume_spike`: the current 5 minutes above this many times the previous 5.
+pub const SPIKE_TIMES: i64 = 3;
+/// `spend_threshold`: spend today at or above this percentage of the agent's daily cap.
+pub const SPEND_PERCENT: i64 = 80;
 
-/// Runs the detector until the task is dropped (off with `ANOMALY_DETECTOR_ENABLED=false`).
+/// Every rule of §14, in the order the view lists them.
+pub const RULES: [&str; 6] =
+    ["brute_force", "brute_force_lockout", "rapid_rotation", "rate_limit", "spend_threshold", "volume_spike"];
+
+/// Runs the detector until the task is dropped: prunes old windows every interval and, unless
+/// `ANOMALY_DETECTOR_ENABLED=false`, evaluates the rules.
 pub async fn run(app: AppState) {
     let mut every = tokio::time::interval(Duration::from_secs(app.config.anomaly_check_interval_seconds));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        if let Err(e) = check(&app).await {
+        let done = if app.config.anomaly_detector_enabled { check(&app).await.map(drop) } else { prune(&app).await };
+        if let Err(e) = done {
             crate::error::log_failure("anomaly detector run failed", &e);
         }
     }
@@ -52,187 +76,235 @@ impl crate::error::Failure for CheckError {
     }
 }
 
-/// (counter, agent, org, window start, refusals) of a `rate_limit:<limitType>` window.
-type Refusals = (String, String, Option<String>, DateTime<Utc>, i64);
+/// One rule's current window for one subject: its value beside its threshold, and whether it
+/// breaks it (`GET /admin/api/anomalies` item).
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Reading {
+    pub rule: &'static str,
+    pub subject_kind: String,
+    pub subject_id: String,
+    pub org_id: Option<String>,
+    #[serde(serialize_with = "as_rfc3339")]
+    #[schemars(with = "String")]
+    pub window_start: DateTime<Utc>,
+    #[serde(serialize_with = "as_rfc3339")]
+    #[schemars(with = "String")]
+    pub window_end: DateTime<Utc>,
+    /// The count, or for `spend_threshold` the spend in dollars.
+    pub value: Value,
+    /// `volume_spike`: the previous 5 minutes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<i64>,
+    /// `rate_limit`: the limit that refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_type: Option<String>,
+    pub threshold: Value,
+    pub firing: bool,
+    #[serde(skip)]
+    finding: Option<Finding>,
+}
 
-/// A window value that breaks a rule.
-struct Finding {
-    rule: &'static str,
-    severity: &'static str,
-    title: &'static str,
+fn as_rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
+}
+
+#[derive(sqlx::FromRow)]
+struct Window {
+    counter: String,
     subject_kind: String,
     subject_id: String,
     org_id: Option<String>,
     window_start: DateTime<Utc>,
     window_end: DateTime<Utc>,
-    message: String,
-    details: serde_json::Value,
+    count: i64,
+    previous: i64,
 }
 
 /// One evaluation of every rule on the current windows; returns the alerts it recorded.
 pub async fn check(app: &AppState) -> Result<usize, CheckError> {
-    let now = app.clock.now();
-    let mut findings = Vec::new();
-
-    let five = window_of(OUTBOUND, now);
-    let spikes: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(
-        "SELECT cur.subject_id, cur.org_id, cur.count, COALESCE(prev.count, 0)
-         FROM anomaly_windows cur
-         LEFT JOIN anomaly_windows prev ON prev.counter = cur.counter AND prev.window_start = $2
-              AND prev.subject_kind = cur.subject_kind AND prev.subject_id = cur.subject_id
-         WHERE cur.counter = $3 AND cur.window_start = $1 AND cur.count >= $4 AND cur.count > 3 * COALESCE(prev.count, 0)",
-    )
-    .bind(five)
-    .bind(five - TimeDelta::minutes(5))
-    .bind(OUTBOUND)
-    .bind(i64::from(app.config.anomaly_volume_min_actions))
-    .fetch_all(&app.pool)
-    .await?;
-    for (agent, org, current, previous) in spikes {
-        findings.push(Finding {
-            rule: "volume_spike",
-            severity: "MEDIUM",
-            title: "Volume spike detected",
-            message: format!("Agent {agent}: {current} outbound attempts in 5 minutes, {previous} in the 5 before"),
-            details: json!({ "current": current, "previous": previous }),
-            subject_kind: "agent".into(),
-            subject_id: agent,
-            org_id: org,
-            window_start: five,
-            window_end: five + TimeDelta::minutes(5),
-        });
-    }
-
-    let start = window_of(AUTH_FAILED, now);
-    for (ip_ref, _, count) in over(app, AUTH_FAILED, start, BRUTE_FORCE_OVER).await? {
-        findings.push(Finding {
-            rule: "brute_force",
-            severity: "HIGH",
-            title: "Brute-force auth detected",
-            message: format!("IP {ip_ref}: {count} failed authentications in 5 minutes"),
-            details: json!({ "failures": count }),
-            subject_kind: "ip".into(),
-            subject_id: ip_ref,
-            org_id: None,
-            window_start: start,
-            window_end: start + TimeDelta::minutes(5),
-        });
-    }
-
-    let hour = window_of(TOKEN_ISSUED, now);
-    for (agent, org, count) in over(app, TOKEN_ISSUED, hour, ROTATION_OVER).await? {
-        findings.push(Finding {
-            rule: "rapid_rotation",
-            severity: "MEDIUM",
-            title: "Rapid token rotation",
-            message: format!("Agent {agent}: {count} tokens issued in an hour"),
-            details: json!({ "tokensIssued": count }),
-            subject_kind: "agent".into(),
-            subject_id: agent,
-            org_id: org,
-            window_start: hour,
-            window_end: hour + TimeDelta::hours(1),
-        });
-    }
-
-    // rate_limit: each (agent, limitType) refused in the limit's current window.
-    let (counters, windows): (Vec<String>, Vec<DateTime<Utc>>) = LIMIT_TYPES
-        .iter()
-        .map(|t| {
-            let counter = format!("{RATE_LIMIT_PREFIX}{t}");
-            let window = window_of(&counter, now);
-            (counter, window)
-        })
-        .unzip();
-    let refusals: Vec<Refusals> = sqlx::query_as(
-        "SELECT w.counter, w.subject_id, w.org_id, w.window_start, w.count
-         FROM UNNEST($1::text[], $2::timestamptz[]) AS c(counter, window_start)
-         JOIN anomaly_windows w ON w.counter = c.counter AND w.window_start = c.window_start
-         WHERE w.subject_kind = 'agent' AND w.count >= 1",
-    )
-    .bind(&counters)
-    .bind(&windows)
-    .fetch_all(&app.pool)
-    .await?;
-    for (counter, agent, org, start, count) in refusals {
-        let limit_type = counter.trim_start_matches(RATE_LIMIT_PREFIX).to_string();
-        let end = match limit_type.as_str() {
-            "per-minute" => start + TimeDelta::minutes(1),
-            "per-hour" => start + TimeDelta::hours(1),
-            // The first of the next month.
-            "monthly-spend" | "org_spend_month" => window_of(&counter, start + TimeDelta::days(32)),
-            _ => start + TimeDelta::days(1),
-        };
-        findings.push(Finding {
-            rule: "rate_limit",
-            severity: "MEDIUM",
-            title: "Rate limit exceeded",
-            message: format!("Agent {agent}: refused by its {limit_type} limit ({count} in this window)"),
-            details: json!({ "limitType": limit_type, "refusals": count }),
-            subject_kind: "agent".into(),
-            // The dedup subject is (agent, limitType); the alert's subject is the agent.
-            subject_id: agent,
-            org_id: org,
-            window_start: start,
-            window_end: end,
-        });
-    }
-
+    prune(app).await?;
+    let findings: Vec<Finding> = readings(app).await?.into_iter().filter_map(|r| r.finding).collect();
+    // A window that keeps firing is found again every run: its alert exists, and one query for
+    // all the keys spares a lookup per finding.
+    let keys: Vec<&str> = findings.iter().map(|f| f.dedup_key.as_str()).collect();
+    let known = alerts::raised(&app.pool, &keys).await?;
     let mut raised = 0;
-    for finding in findings {
-        if raise(app, finding, now).await? {
+    for finding in findings.into_iter().filter(|f| !known.contains(&f.dedup_key)) {
+        let context = CommandContext::new(Actor::system("anomaly"), "detector", app.clock.now());
+        if alerts::raise(&app.store, &app.metrics, finding, context).await? {
             raised += 1;
         }
     }
     Ok(raised)
 }
 
-/// Records `finding` unless its (rule, subject, window) already has its alert.
-async fn raise(app: &AppState, f: Finding, now: DateTime<Utc>) -> Result<bool, CheckError> {
-    let limit_type = f.details.get("limitType").and_then(|t| t.as_str()).map(|t| format!(":{t}")).unwrap_or_default();
-    let dedup_key =
-        format!("{}:{}:{}{limit_type}:{}", f.rule, f.subject_kind, f.subject_id, f.window_start.timestamp());
-    let alert = AlertEvent::AlertRaised {
-        alert_id: Uuid::new_v4().to_string(),
-        rule: f.rule.into(),
-        severity: f.severity.into(),
-        title: f.title.into(),
-        message: f.message.clone(),
-        subject_kind: f.subject_kind.clone(),
-        subject_id: f.subject_id.clone(),
-        details: f.details,
-        window_start: rfc3339(f.window_start),
-        window_end: rfc3339(f.window_end),
-    };
-    let mut context = CommandContext::new(Actor::system("anomaly"), "detector", now);
-    if let Some(org) = &f.org_id {
-        context = context.in_org(org.clone());
-    }
-    if app.store.record_once("alert", &dedup_key, &[alert], &context).await?.is_none() {
-        return Ok(false);
-    }
-    app.metrics.alert(f.severity, f.rule);
-    match f.severity {
-        "HIGH" => tracing::error!(rule = f.rule, subject = f.subject_id, "HIGH alert: {}: {}", f.title, f.message),
-        _ => tracing::warn!(rule = f.rule, subject = f.subject_id, "MEDIUM alert: {}: {}", f.title, f.message),
-    }
-    Ok(true)
+/// Deletes the windows that ended more than `PRUNE_AFTER` ago (no rule reads them).
+pub async fn prune(app: &AppState) -> Result<(), CheckError> {
+    sqlx::query("DELETE FROM anomaly_windows WHERE window_end < $1")
+        .bind(app.clock.now() - PRUNE_AFTER)
+        .execute(&app.pool)
+        .await?;
+    Ok(())
 }
 
-/// The subjects (with their org) whose `counter` in the window starting at `start` is above
-/// `threshold`.
-async fn over(
-    app: &AppState,
-    counter: &str,
-    start: DateTime<Utc>,
-    threshold: i64,
-) -> Result<Vec<(String, Option<String>, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT subject_id, org_id, count FROM anomaly_windows WHERE counter = $1 AND window_start = $2 AND count > $3",
+/// Every rule's current window values, by rule and subject.
+pub async fn readings(app: &AppState) -> Result<Vec<Reading>, sqlx::Error> {
+    let now = app.clock.now();
+    let windows: Vec<Window> = sqlx::query_as(
+        "SELECT w.counter, w.subject_kind, w.subject_id, w.org_id, w.window_start, w.window_end, w.count,
+                COALESCE(p.count, 0) AS previous
+         FROM anomaly_windows w
+         LEFT JOIN anomaly_windows p ON w.counter = $2 AND p.counter = w.counter
+              AND p.window_start = w.window_start - interval '5 minutes'
+              AND p.subject_kind = w.subject_kind AND p.subject_id = w.subject_id
+         WHERE w.window_end > $1 AND w.window_start <= $1",
     )
-    .bind(counter)
-    .bind(start)
-    .bind(threshold)
+    .bind(now)
+    .bind(OUTBOUND)
     .fetch_all(&app.pool)
-    .await
+    .await?;
+    let caps = daily_caps(app, &windows).await?;
+    let min_actions = i64::from(app.config.anomaly_volume_min_actions);
+    let mut readings: Vec<Reading> = windows.into_iter().filter_map(|w| read(w, min_actions, &caps)).collect();
+    readings.sort_by(|a, b| {
+        (a.rule, &a.subject_id, &a.limit_type, a.window_start).cmp(&(
+            b.rule,
+            &b.subject_id,
+            &b.limit_type,
+            b.window_start,
+        ))
+    });
+    Ok(readings)
+}
+
+/// The effective daily spend cap (micro-dollars) of each agent with spend in the windows.
+async fn daily_caps(app: &AppState, windows: &[Window]) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let agents: Vec<&str> = windows.iter().filter(|w| w.counter == SPEND).map(|w| w.subject_id.as_str()).collect();
+    if agents.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, Option<String>, Option<Value>)> =
+        sqlx::query_as("SELECT agent_id, tier, overrides FROM agent_limits WHERE agent_id = ANY($1)")
+            .bind(&agents)
+            .fetch_all(&app.pool)
+            .await?;
+    let starter = starter(&app.config);
+    let mut caps: HashMap<String, i64> =
+        agents.iter().map(|a| (a.to_string(), Tier::default().limits(starter).spend_day)).collect();
+    for (agent, tier, overrides) in rows {
+        let tier = tier.as_deref().and_then(Tier::parse).unwrap_or_default();
+        let overrides: Overrides = overrides.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+        caps.insert(agent, overrides.effective(tier.limits(starter)).spend_day);
+    }
+    Ok(caps)
+}
+
+/// A window read against its rule.
+fn read(w: Window, min_actions: i64, caps: &HashMap<String, i64>) -> Option<Reading> {
+    let agent = w.subject_kind == "agent";
+    let (rule, threshold, firing, previous, limit_type, value) = match w.counter.as_str() {
+        OUTBOUND if agent => (
+            "volume_spike",
+            json!({"minActions": min_actions, "overPreviousTimes": SPIKE_TIMES}),
+            w.count >= min_actions && w.count > SPIKE_TIMES * w.previous,
+            Some(w.previous),
+            None,
+            json!(w.count),
+        ),
+        AUTH_FAILED if !agent => {
+            ("brute_force", json!({"over": BRUTE_FORCE_OVER}), w.count > BRUTE_FORCE_OVER, None, None, json!(w.count))
+        }
+        TOKEN_ISSUED if agent => {
+            ("rapid_rotation", json!({"over": ROTATION_OVER}), w.count > ROTATION_OVER, None, None, json!(w.count))
+        }
+        LOCKOUT if !agent => ("brute_force_lockout", json!({"each": "lock"}), w.count >= 1, None, None, json!(w.count)),
+        SPEND if agent => {
+            let cap = *caps.get(&w.subject_id)?;
+            // spend ≥ 80 % of the cap, in integer micro-dollars.
+            let firing = w.count * 100 >= cap * SPEND_PERCENT;
+            let threshold = json!({"dailyCap": to_dollars(cap), "atLeastPercent": SPEND_PERCENT});
+            ("spend_threshold", threshold, firing, None, None, json!(to_dollars(w.count)))
+        }
+        counter if agent => {
+            let limit_type = counter.strip_prefix(RATE_LIMIT_PREFIX)?.to_string();
+            ("rate_limit", json!({"atLeast": 1}), w.count >= 1, None, Some(limit_type), json!(w.count))
+        }
+        _ => return None,
+    };
+    let mut reading = Reading {
+        rule,
+        subject_kind: w.subject_kind,
+        subject_id: w.subject_id,
+        org_id: w.org_id,
+        window_start: w.window_start,
+        window_end: w.window_end,
+        value,
+        previous,
+        limit_type,
+        threshold,
+        firing,
+        finding: None,
+    };
+    if firing {
+        reading.finding = Some(finding(&reading, w.count, w.previous));
+    }
+    Some(reading)
+}
+
+/// The alert a firing reading raises.
+fn finding(r: &Reading, count: i64, previous: i64) -> Finding {
+    let subject = r.subject_id.clone();
+    let (severity, title, message, details) = match r.rule {
+        "volume_spike" => (
+            "MEDIUM",
+            "Volume spike detected",
+            format!("Agent {subject}: {count} outbound attempts in 5 minutes, {previous} in the 5 before"),
+            json!({ "current": count, "previous": previous }),
+        ),
+        "brute_force" => (
+            "HIGH",
+            "Brute-force auth detected",
+            format!("IP {subject}: {count} failed authentications in 5 minutes"),
+            json!({ "failures": count }),
+        ),
+        "rapid_rotation" => (
+            "MEDIUM",
+            "Rapid token rotation",
+            format!("Agent {subject}: {count} tokens issued in an hour"),
+            json!({ "tokensIssued": count }),
+        ),
+        "brute_force_lockout" => return Finding::lockout(&subject, None, r.window_start, r.window_end),
+        "spend_threshold" => (
+            "MEDIUM",
+            "Spend threshold reached",
+            format!(
+                "Agent {subject}: spent ${} today, at least {SPEND_PERCENT} % of its daily cap of ${}",
+                r.value, r.threshold["dailyCap"]
+            ),
+            json!({ "spend": r.value, "dailyCap": r.threshold["dailyCap"], "percent": SPEND_PERCENT }),
+        ),
+        _ => {
+            let limit_type = r.limit_type.clone().unwrap_or_default();
+            (
+                "MEDIUM",
+                "Rate limit exceeded",
+                format!("Agent {subject}: refused by its {limit_type} limit ({count} in this window)"),
+                json!({ "limitType": limit_type, "refusals": count }),
+            )
+        }
+    };
+    Finding {
+        rule: r.rule,
+        severity,
+        title,
+        dedup_key: Finding::key(r.rule, &r.subject_kind, &subject, r.limit_type.as_deref(), r.window_start),
+        subject_kind: r.subject_kind.clone(),
+        subject_id: subject,
+        org_id: r.org_id.clone(),
+        window_start: r.window_start,
+        window_end: r.window_end,
+        message,
+        details,
+    }
 }

@@ -254,9 +254,8 @@ impl Server {
             }
         }));
         tasks.push(tokio::spawn(state.intents.clone().run()));
-        if state.config.anomaly_detector_enabled {
-            tasks.push(tokio::spawn(crate::anomaly::run(state.clone())));
-        }
+        // The detector's task also prunes old anomaly windows, so it runs when detection is off.
+        tasks.push(tokio::spawn(crate::anomaly::run(state.clone())));
         let runners = runners.into_iter().chain(tasks).collect();
         let sessions = state.sessions.clone();
         let intents = state.intents.clone();

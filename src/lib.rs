@@ -2,6 +2,7 @@
 //!
 //! The binary in `main.rs` is a thin shim over this library; `ARCHITECTURE.md` is the map.
 
+pub mod alerts;
 pub mod anomaly;
 pub mod app;
 pub mod auth;

@@ -1,7 +1,11 @@
 //! Anomaly windows (CONTRACT §14): how many events of each counter a subject had in each fixed
 //! window — outbound attempts (sent, blocked or failed) per agent in 5 minutes, `AuthFailed` per
-//! IP in 5 minutes (while locked too), `AgentTokenIssued` per agent in an hour. A batch is summed
-//! in memory and written with one upsert; the detector reads the current windows only.
+//! IP in 5 minutes (while locked too), `AgentTokenIssued` per agent in an hour, refusals per
+//! agent and limit type in the limit's own window, provider cost per agent and UTC day
+//! (micro-dollars in `count`), and each lockout per IP from its start to its `lockedUntil`. Each
+//! row carries its `window_end`; a batch is summed in memory and written with one upsert. The
+//! windows are a projection, not history: the detector reads the current ones
+//! (`window_end > now`) and prunes the ones long past (`PRUNE_AFTER`).
 
 use std::collections::HashMap;
 
@@ -15,6 +19,13 @@ pub struct AnomalyProjection;
 pub const OUTBOUND: &str = "outbound";
 pub const AUTH_FAILED: &str = "auth_failed";
 pub const TOKEN_ISSUED: &str = "token_issued";
+/// Provider cost (micro-dollars) per agent and UTC day: `spend_threshold`.
+pub const SPEND: &str = "spend";
+/// One row per lockout of an IP, from its start to its `lockedUntil`: `brute_force_lockout`.
+pub const LOCKOUT: &str = "lockout";
+/// How long a window is kept after its end: the previous 5-minute window stays readable for
+/// `volume_spike`; anything older is no longer read by anyone and is deleted.
+pub const PRUNE_AFTER: TimeDelta = TimeDelta::minutes(10);
 /// Refusals by a limit are counted as `rate_limit:<limitType>`, in the limit's own window.
 pub const RATE_LIMIT_PREFIX: &str = "rate_limit:";
 /// Every `limitType` a reservation can refuse with (`outbound::limits`).
@@ -36,7 +47,9 @@ const ANOMALY_EVENTS: &[&str] = &[
     "CallPlaced",
     "CallBlocked",
     "CallFailed",
+    "CallStatusChanged",
     "AuthFailed",
+    "IpLockedOut",
     "AgentTokenIssued",
 ];
 
@@ -52,9 +65,24 @@ pub fn window_of(counter: &str, at: DateTime<Utc>) -> DateTime<Utc> {
         }
         Some(_) => TimeDelta::days(1),
         None if counter == TOKEN_ISSUED => TimeDelta::hours(1),
+        None if counter == SPEND => TimeDelta::days(1),
         None => TimeDelta::minutes(5),
     };
     at.duration_trunc(length).unwrap_or(at)
+}
+
+/// Where the window of `counter` starting at `start` ends (a lockout's end is its own).
+pub fn window_end(counter: &str, start: DateTime<Utc>) -> DateTime<Utc> {
+    match counter.strip_prefix(RATE_LIMIT_PREFIX) {
+        Some("per-minute") => start + TimeDelta::minutes(1),
+        Some("per-hour") => start + TimeDelta::hours(1),
+        // The first of the next month.
+        Some("monthly-spend" | "org_spend_month") => window_of(counter, start + TimeDelta::days(32)),
+        Some(_) => start + TimeDelta::days(1),
+        None if counter == TOKEN_ISSUED => start + TimeDelta::hours(1),
+        None if counter == SPEND => start + TimeDelta::days(1),
+        None => start + TimeDelta::minutes(5),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -63,16 +91,25 @@ struct Blocked {
     limit_type: Option<String>,
 }
 
-/// (counter, subject kind, subject id, window) → (org, count).
-type Sums = HashMap<(String, &'static str, String, DateTime<Utc>), (Option<String>, i64)>;
+#[derive(serde::Deserialize)]
+struct Cost {
+    #[serde(default)]
+    cost: Option<i64>,
+}
 
-fn counter(event: &StoredEvent) -> Option<(&'static str, &'static str)> {
-    match (event.aggregate_type.as_str(), event.event_type.as_str()) {
-        ("agent", "AgentTokenIssued") => Some((TOKEN_ISSUED, "agent")),
-        ("agent", _) => Some((OUTBOUND, "agent")),
-        ("ip", "AuthFailed") => Some((AUTH_FAILED, "ip")),
-        _ => None,
-    }
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Locked {
+    locked_until: DateTime<Utc>,
+}
+
+/// (counter, subject kind, subject id, window start) → (window end, org, count).
+type Sums = HashMap<(String, &'static str, String, DateTime<Utc>), (DateTime<Utc>, Option<String>, i64)>;
+
+fn add(sums: &mut Sums, counter: String, kind: &'static str, event: &StoredEvent, org: Option<String>, n: i64) {
+    let start = window_of(&counter, event.occurred_at);
+    let end = window_end(&counter, start);
+    sums.entry((counter, kind, event.aggregate_id.clone(), start)).or_insert((end, org, 0)).2 += n;
 }
 
 impl Projection for AnomalyProjection {
@@ -97,37 +134,59 @@ impl Projection for AnomalyProjection {
         Box::pin(async move {
             let mut sums = Sums::new();
             for event in events.iter().filter(|e| ANOMALY_EVENTS.contains(&e.event_type.as_str())) {
-                let Some((counter, kind)) = counter(event) else { continue };
-                let org = if kind == "ip" { None } else { event.org_id.clone() };
-                let key =
-                    (counter.to_string(), kind, event.aggregate_id.clone(), window_of(counter, event.occurred_at));
-                sums.entry(key).or_insert((org.clone(), 0)).1 += 1;
-                // A refusal by a limit also counts toward `rate_limit`, per limit type.
-                if matches!(event.event_type.as_str(), "MessageBlocked" | "CallBlocked") {
-                    let limit_type = event.payload.parse::<Blocked>().ok().and_then(|b| b.limit_type);
-                    if let Some(limit_type) = limit_type.filter(|t| LIMIT_TYPES.contains(&t.as_str())) {
-                        let counter = format!("{RATE_LIMIT_PREFIX}{limit_type}");
-                        let window = window_of(&counter, event.occurred_at);
-                        sums.entry((counter, kind, event.aggregate_id.clone(), window)).or_insert((org, 0)).1 += 1;
+                match (event.aggregate_type.as_str(), event.event_type.as_str()) {
+                    ("ip", "AuthFailed") => add(&mut sums, AUTH_FAILED.into(), "ip", event, None, 1),
+                    ("ip", "IpLockedOut") => {
+                        // A lock is its own window: from the event to its `lockedUntil`.
+                        let Ok(locked) = event.payload.parse::<Locked>() else { continue };
+                        let key = (LOCKOUT.to_string(), "ip", event.aggregate_id.clone(), event.occurred_at);
+                        sums.entry(key).or_insert((locked.locked_until, None, 0)).2 += 1;
                     }
+                    ("agent", "AgentTokenIssued") => {
+                        add(&mut sums, TOKEN_ISSUED.into(), "agent", event, event.org_id.clone(), 1)
+                    }
+                    ("agent", kind) => {
+                        let org = event.org_id.clone();
+                        // Spend: what a send or call cost, and a call's final cost when it ends.
+                        if matches!(kind, "MessageSent" | "CallPlaced" | "CallStatusChanged") {
+                            let cost = event.payload.parse::<Cost>().ok().and_then(|c| c.cost).unwrap_or(0);
+                            if cost > 0 {
+                                add(&mut sums, SPEND.into(), "agent", event, org.clone(), cost);
+                            }
+                        }
+                        if kind == "CallStatusChanged" {
+                            continue;
+                        }
+                        add(&mut sums, OUTBOUND.into(), "agent", event, org.clone(), 1);
+                        // A refusal by a limit also counts toward `rate_limit`, per limit type.
+                        if matches!(kind, "MessageBlocked" | "CallBlocked") {
+                            let limit_type = event.payload.parse::<Blocked>().ok().and_then(|b| b.limit_type);
+                            if let Some(limit_type) = limit_type.filter(|t| LIMIT_TYPES.contains(&t.as_str())) {
+                                add(&mut sums, format!("{RATE_LIMIT_PREFIX}{limit_type}"), "agent", event, org, 1);
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
             if sums.is_empty() {
                 return Ok(());
             }
-            let (mut counters, mut kinds, mut ids, mut windows, mut orgs, mut counts) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for ((counter, kind, id, window), (org, n)) in sums {
+            let (mut counters, mut kinds, mut ids, mut windows, mut ends, mut orgs, mut counts) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((counter, kind, id, window), (end, org, n)) in sums {
                 counters.push(counter);
                 kinds.push(kind.to_string());
                 ids.push(id);
                 windows.push(window);
+                ends.push(end);
                 orgs.push(org);
                 counts.push(n);
             }
             sqlx::query(&format!(
-                "INSERT INTO {} AS w (counter, subject_kind, subject_id, window_start, org_id, count)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::bigint[])
+                "INSERT INTO {} AS w (counter, subject_kind, subject_id, window_start, window_end, org_id, count)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+                                      $6::text[], $7::bigint[])
                  ON CONFLICT (counter, window_start, subject_kind, subject_id)
                      DO UPDATE SET count = w.count + EXCLUDED.count, org_id = COALESCE(w.org_id, EXCLUDED.org_id)",
                 tables.get("anomaly_windows")
@@ -136,6 +195,7 @@ impl Projection for AnomalyProjection {
             .bind(&kinds)
             .bind(&ids)
             .bind(&windows)
+            .bind(&ends)
             .bind(&orgs)
             .bind(&counts)
             .execute(conn)

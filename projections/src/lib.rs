@@ -17,6 +17,7 @@ pub mod anomaly;
 pub mod audit;
 pub mod contact;
 pub mod directory;
+pub mod sessions;
 pub mod usage;
 
 /// One stored event, as the store keeps it (personal fields sealed). Payload and metadata stay
@@ -148,5 +149,6 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(audit::AuditProjection),
         Box::new(alerts::AlertsProjection),
         Box::new(anomaly::AnomalyProjection),
+        Box::new(sessions::SessionsProjection),
     ]
 }

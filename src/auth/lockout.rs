@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use commguard_domain::pii::{Pii, RetentionClass};
-use commguard_domain::records::{AlertEvent, IpEvent};
+use commguard_domain::records::IpEvent;
 use commguard_projections::directory::IDENTITY_CHANNEL;
 use serde_json::json;
-use uuid::Uuid;
 
 use super::AuthFailure;
+use crate::alerts::{self, Finding};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::crypto::tokens::fingerprint;
@@ -256,28 +256,11 @@ impl Lockout {
         if let Err(e) = self.store.record("ip", ip_ref, &[locked], &self.context()).await {
             crate::error::log_failure("IpLockedOut not recorded", &e);
         }
-        let now = self.clock.now();
-        let alert = AlertEvent::AlertRaised {
-            alert_id: Uuid::new_v4().to_string(),
-            rule: "brute_force_lockout".into(),
-            severity: "HIGH".into(),
-            title: "Brute-force lockout".into(),
-            message: format!("IP {ip_ref} locked out after {failures} failed authentication attempts"),
-            subject_kind: "ip".into(),
-            subject_id: ip_ref.into(),
-            details: json!({ "failures": failures, "lockedUntil": rfc3339(until) }),
-            window_start: rfc3339(now),
-            window_end: rfc3339(until),
-        };
-        let dedup_key = format!("brute_force_lockout:{ip_ref}:{}", until.timestamp());
-        match self.store.record_once("alert", &dedup_key, &[alert], &self.context()).await {
-            Ok(Some(_)) => {
-                // HIGH alerts log at error (CONTRACT §14).
-                tracing::error!(rule = "brute_force_lockout", ip_ref, failures, "HIGH alert: Brute-force lockout");
-                self.metrics.alert("HIGH", "brute_force_lockout")
-            }
-            Ok(None) => {}
-            Err(e) => crate::error::log_failure("lockout alert not recorded", &e),
+        // The `brute_force_lockout` rule at once (the detector raises it too, from the anomaly
+        // projection's lockout windows, should this append fail: one key, one alert).
+        let finding = Finding::lockout(ip_ref, Some(i64::from(failures)), self.clock.now(), until);
+        if let Err(e) = alerts::raise(&self.store, &self.metrics, finding, self.context()).await {
+            crate::error::log_failure("lockout alert not recorded", &e);
         }
     }
 }

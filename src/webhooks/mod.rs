@@ -69,6 +69,15 @@ async fn record(app: &AppState, agent: &AgentView, event: AgentEvent, context: &
     }
 }
 
+/// A refusal that names no agent of ours (an `:agentId` that is no agent, or not even an id) or
+/// no target of the agent's (a number, address or call that is not its own): counted in
+/// `commguard_webhook_rejections_total` like every other refusal; there is no agent stream to
+/// record it on, or (a target) nothing of the agent's was touched.
+fn turned_away(app: &AppState, route: &str, reason: &str) {
+    app.metrics.webhook_rejected(route, reason);
+}
+
+/// A refusal of a request for a known agent: counted, and recorded as `WebhookRejected`.
 async fn reject(app: &AppState, agent: &AgentView, provider: &str, route: &str, reason: &str, ip: &ClientIp) {
     app.metrics.webhook_rejected(route, reason);
     let mut context = context(app, provider, agent);
@@ -132,12 +141,18 @@ async fn refuse_ip(
     path: &str,
     ip: &ClientIp,
 ) -> Response {
-    let Some(agent_id) = agent_id else { return ip_refusal(path) };
+    let Some(agent_id) = agent_id else {
+        turned_away(app, route, "ip");
+        return ip_refusal(path);
+    };
     let agent_id = agent_id.as_str();
     match directory::agent(&app.pool, agent_id).await {
         Ok(Some(agent)) => reject(app, &agent, provider, route, "ip", ip).await,
-        Ok(None) => {}
-        Err(e) => tracing::error!(error = %e.message, agent_id, "IP-refused webhook not recorded: agent lookup failed"),
+        Ok(None) => turned_away(app, route, "ip"),
+        Err(e) => {
+            turned_away(app, route, "ip");
+            tracing::error!(error = %e.message, agent_id, "IP-refused webhook not recorded: agent lookup failed")
+        }
     }
     ip_refusal(path)
 }
@@ -184,10 +199,11 @@ async fn twilio_gate(
     body: &Bytes,
     ip: &ClientIp,
 ) -> Result<TwilioRequest, Response> {
-    let agent = directory::agent(&app.pool, agent_id)
-        .await
-        .map_err(|_| empty(StatusCode::SERVICE_UNAVAILABLE))?
-        .ok_or_else(|| empty(StatusCode::NOT_FOUND))?;
+    let agent = directory::agent(&app.pool, agent_id).await.map_err(|_| empty(StatusCode::SERVICE_UNAVAILABLE))?;
+    let Some(agent) = agent else {
+        turned_away(app, route, "unknown_agent");
+        return Err(empty(StatusCode::NOT_FOUND));
+    };
     let form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -318,7 +334,10 @@ async fn sms(
     if ip_refused.is_some() {
         return refuse_ip(&app, agent_id.ok(), "twilio", "sms", uri.0.path(), &ip).await;
     }
-    let Ok(agent_id) = agent_id else { return empty(StatusCode::BAD_REQUEST) };
+    let Ok(agent_id) = agent_id else {
+        turned_away(&app, "sms", "malformed");
+        return empty(StatusCode::BAD_REQUEST);
+    };
     let request = match twilio_gate(&app, &agent_id, "sms", &uri, &headers, &body, &ip).await {
         Ok(r) => r,
         Err(response) => return response,
@@ -348,6 +367,7 @@ async fn sms_handler(app: &AppState, request: &TwilioRequest, sid: &str, ip: &Cl
         return empty(StatusCode::BAD_REQUEST);
     };
     if agent.channels.get("phone").and_then(Value::as_str) != Some(to.as_str()) {
+        turned_away(app, "sms", "unknown_target");
         return empty(StatusCode::NOT_FOUND);
     }
     let mut context = context(app, "twilio", agent);
@@ -475,7 +495,10 @@ async fn call_status(
     if ip_refused.is_some() {
         return refuse_ip(&app, agent_id.ok(), "twilio", "call-status", uri.0.path(), &ip).await;
     }
-    let Ok(agent_id) = agent_id else { return empty(StatusCode::BAD_REQUEST) };
+    let Ok(agent_id) = agent_id else {
+        turned_away(&app, "call-status", "malformed");
+        return empty(StatusCode::BAD_REQUEST);
+    };
     let request = match twilio_gate(&app, &agent_id, "call-status", &uri, &headers, &body, &ip).await {
         Ok(r) => r,
         Err(response) => return response,
@@ -511,7 +534,10 @@ async fn call_status_handler(
     }
     let call = match find_call(app, &agent.agent_id, sid).await {
         Ok(Some(call)) => call,
-        Ok(None) => return empty(StatusCode::NOT_FOUND),
+        Ok(None) => {
+            turned_away(app, "call-status", "unknown_target");
+            return empty(StatusCode::NOT_FOUND);
+        }
         Err(e) => return failed(e),
     };
     let mut context = context(app, "twilio", agent);
@@ -647,11 +673,17 @@ async fn email(
     }
     let agent_id = match agent_id {
         Ok(agent_id) => agent_id,
-        Err(refusal) => return refusal.into_response(),
+        Err(refusal) => {
+            turned_away(&app, "email", "malformed");
+            return refusal.into_response();
+        }
     };
     let agent = match directory::agent(&app.pool, &agent_id).await {
         Ok(Some(agent)) => agent,
-        Ok(None) => return json_error(StatusCode::NOT_FOUND, "Agent not found"),
+        Ok(None) => {
+            turned_away(&app, "email", "unknown_agent");
+            return json_error(StatusCode::NOT_FOUND, "Agent not found");
+        }
         Err(e) => return e.into_response(),
     };
     let mut signature = Signature::Skipped;
@@ -704,7 +736,7 @@ async fn email(
             Err(e) => return ApiError::internal(e).into_response(),
         }
     }
-    let response = email_handler(&app, &agent, &body, signature).await;
+    let response = email_handler(&app, &agent, &body, signature, &ip).await;
     match claimed {
         Some(claimed) => settle(&app, claimed, response).await,
         None => response,
@@ -712,8 +744,15 @@ async fn email(
 }
 
 /// Step 3 of §8.5, its nonce claimed.
-async fn email_handler(app: &AppState, agent: &AgentView, body: &Bytes, signature: Signature) -> Response {
+async fn email_handler(
+    app: &AppState,
+    agent: &AgentView,
+    body: &Bytes,
+    signature: Signature,
+    ip: &ClientIp,
+) -> Response {
     let Ok(payload) = serde_json::from_slice::<Value>(body) else {
+        reject(app, agent, "resend", "email", "malformed", ip).await;
         return json_error(StatusCode::BAD_REQUEST, "Invalid JSON body");
     };
     let mut context = context(app, "resend", agent);
@@ -724,10 +763,12 @@ async fn email_handler(app: &AppState, agent: &AgentView, body: &Bytes, signatur
             let from = data.get("from").map(addresses).unwrap_or_default();
             let to = data.get("to").map(addresses).unwrap_or_default();
             let (Some(from), false) = (from.into_iter().next(), to.is_empty()) else {
+                reject(app, agent, "resend", "email", "malformed", ip).await;
                 return json_error(StatusCode::BAD_REQUEST, "Missing from or to");
             };
             let own = agent.channels.get("email").and_then(Value::as_str).map(str::to_lowercase);
             let Some(own) = own.filter(|own| to.contains(own)) else {
+                turned_away(app, "email", "unknown_target");
                 return json_error(StatusCode::NOT_FOUND, "Agent not found");
             };
             let subject = data["subject"].as_str().map(str::to_string);
@@ -767,6 +808,7 @@ async fn email_handler(app: &AppState, agent: &AgentView, body: &Bytes, signatur
         }
         Some("email.complained") => {
             let Some(complainer) = data.get("to").map(addresses).and_then(|a| a.into_iter().next()) else {
+                reject(app, agent, "resend", "email", "malformed", ip).await;
                 return json_error(StatusCode::BAD_REQUEST, "Missing from or to");
             };
             let address = Address { value: complainer, kind: "email" };

@@ -244,3 +244,310 @@ async fn the_detector_can_be_turned_off() {
     assert_eq!(alerts(&db, "brute_force").await, 0);
     s.stop().await;
 }
+
+/// The variables of a server whose detector task only prunes: the tests run `anomaly::check`
+/// themselves, once the windows hold what they wait for, so nothing depends on timing.
+fn manual(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut vars: Vec<_> = VARS.iter().copied().filter(|(k, _)| *k != "BRUTE_FORCE_MAX_FAILURES").collect();
+    vars.push(("ANOMALY_DETECTOR_ENABLED", "false"));
+    vars.extend_from_slice(extra);
+    vars
+}
+
+/// Waits until the anomaly projection holds `count` in `counter`'s current window of `subject`.
+async fn await_window(db: &TestDb, counter: &str, subject: &str, count: i64) {
+    let pool = db.pool().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now: Option<i64> = sqlx::query_scalar(
+            "SELECT count FROM anomaly_windows WHERE counter = $1 AND subject_id = $2 ORDER BY window_start DESC LIMIT 1",
+        )
+        .bind(counter)
+        .bind(subject)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if now == Some(count) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{counter} of {subject}: {now:?}, waiting for {count}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn anomalies(s: &TestServer, token: &str, query: &str) -> Vec<Value> {
+    let r = s.http.get(s.url(&format!("/admin/api/anomalies{query}"))).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    body["anomalies"].as_array().unwrap().clone()
+}
+
+fn rules(rows: &[Value]) -> Vec<String> {
+    let mut rules: Vec<String> = rows.iter().map(|r| r["rule"].as_str().unwrap().to_string()).collect();
+    rules.dedup();
+    rules
+}
+
+struct Agent {
+    org_id: String,
+    org_token: String,
+    agent_id: String,
+    session: Session,
+}
+
+async fn sms_agent(s: &TestServer, master: &Session, slug: &str, limits: Value) -> Agent {
+    let org = master.ok("comms_create_organization", json!({"name": slug, "slug": slug, "a2pRegistered": true})).await;
+    let org_token = org["adminToken"].as_str().unwrap().to_string();
+    let admin = Session::open(s, &org_token).await;
+    let agent =
+        admin.ok("comms_provision_channels", json!({"displayName": "Sender", "capabilities": {"phone": true}})).await;
+    let agent_id = agent["agentId"].as_str().unwrap().to_string();
+    let session = Session::open(s, agent["securityToken"].as_str().unwrap()).await;
+    session.ok("comms_record_consent", json!({"contactAddress": "+12025550100", "channel": "sms"})).await;
+    master.ok("comms_set_agent_limits", json!({"agentId": agent_id, "limits": limits})).await;
+    Agent { org_id: org["orgId"].as_str().unwrap().to_string(), org_token, agent_id, session }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_threshold_fires_at_eighty_percent_of_the_daily_cap_and_not_one_micro_dollar_below() {
+    let db = TestDb::new().await;
+    // Five sends are no volume spike here: only spend_threshold can fire.
+    let s = TestServer::start(&db, &manual(&[("ANOMALY_VOLUME_MIN_ACTIONS", "100")])).await;
+    set_clock(&s).await;
+    let app = s.rt.state();
+    let master = Session::open(&s, MASTER).await;
+    // Five mock SMS cost 5 × $0.0079 = $0.0395: 80 % of $0.049375, one micro-dollar short of
+    // 80 % of $0.049376.
+    let a = sms_agent(&s, &master, "spender", json!({"maxSpendPerDay": 0.049376})).await;
+    for _ in 0..5 {
+        a.session.ok("comms_send_message", json!({"to": "+12025550100", "body": "Your table is ready."})).await;
+    }
+    await_window(&db, "spend", &a.agent_id, 39_500).await;
+    assert_eq!(commguard::anomaly::check(&app).await.unwrap(), 0);
+    assert_eq!(alerts(&db, "spend_threshold").await, 0, "$0.0395 is below 80 % of $0.049376");
+    let row = anomalies(&s, &a.org_token, "?rule=spend_threshold").await;
+    assert_eq!(
+        (&row[0]["subjectId"], &row[0]["value"], &row[0]["threshold"]["dailyCap"], &row[0]["firing"]),
+        (&json!(a.agent_id), &json!(0.0395), &json!(0.049376), &json!(false)),
+        "{row:?}"
+    );
+
+    master.ok("comms_set_agent_limits", json!({"agentId": a.agent_id, "limits": {"maxSpendPerDay": 0.049375}})).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while anomalies(&s, MASTER, "?rule=spend_threshold").await[0]["firing"] != true {
+        assert!(Instant::now() < deadline, "the new cap never reached the limits projection");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(commguard::anomaly::check(&app).await.unwrap(), 1);
+    assert_eq!(commguard::anomaly::check(&app).await.unwrap(), 0, "one alert per agent and UTC day");
+    let alert: Value = sqlx::query_scalar(
+        "SELECT payload::jsonb FROM events WHERE event_type = 'AlertRaised' AND payload::jsonb ->> 'rule' = 'spend_threshold'",
+    )
+    .fetch_one(&db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(
+        (&alert["severity"], &alert["title"], &alert["subjectId"], &alert["windowStart"], &alert["windowEnd"]),
+        (
+            &json!("MEDIUM"),
+            &json!("Spend threshold reached"),
+            &json!(a.agent_id),
+            &json!("2026-12-01T00:00:00.000Z"),
+            &json!("2026-12-02T00:00:00.000Z")
+        ),
+        "{alert}"
+    );
+    let org_of: Option<String> = sqlx::query_scalar(
+        "SELECT org_id FROM events WHERE event_type = 'AlertRaised' AND payload::jsonb ->> 'rule' = 'spend_threshold'",
+    )
+    .fetch_one(&db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(org_of.as_deref(), Some(a.org_id.as_str()));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_spike_needs_more_than_three_times_the_previous_five_minutes() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &manual(&[])).await;
+    set_clock(&s).await;
+    let app = s.rt.state();
+    let master = Session::open(&s, MASTER).await;
+    let a = sms_agent(&s, &master, "spiky", json!({"maxActionsPerMinute": 100})).await;
+    let send = || async {
+        a.session.ok("comms_send_message", json!({"to": "+12025550100", "body": "Your table is ready."})).await;
+    };
+    send().await;
+    await_window(&db, "outbound", &a.agent_id, 1).await;
+    let clock = s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER);
+    assert!(clock.json(&json!({"advanceSeconds": 300})).send().await.unwrap().status().is_success());
+    // 3 in this window, 1 in the previous: at ANOMALY_VOLUME_MIN_ACTIONS, not above 3 × 1.
+    for _ in 0..3 {
+        send().await;
+    }
+    await_window(&db, "outbound", &a.agent_id, 3).await;
+    assert_eq!(commguard::anomaly::check(&app).await.unwrap(), 0);
+    let row = anomalies(&s, &a.org_token, "?rule=volume_spike").await;
+    assert_eq!((&row[0]["value"], &row[0]["previous"], &row[0]["firing"]), (&json!(3), &json!(1), &json!(false)));
+    send().await;
+    await_window(&db, "outbound", &a.agent_id, 4).await;
+    assert_eq!(commguard::anomaly::check(&app).await.unwrap(), 1);
+    assert_eq!(alerts(&db, "volume_spike").await, 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_is_one_high_alert_and_the_detector_raises_a_lost_one_under_the_same_key() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &manual(&[("BRUTE_FORCE_MAX_FAILURES", "3")])).await;
+    set_clock(&s).await;
+    let app = s.rt.state();
+    for _ in 0..2 {
+        fail_auth(&s, "203.0.113.30").await;
+    }
+    let ip_ref = app.lockout.ip_ref("203.0.113.30".parse().unwrap());
+    await_window(&db, "auth_failed", &ip_ref, 2).await;
+    assert_eq!(commguard::anomaly::check(&app).await.unwrap(), 0);
+    assert_eq!(alerts(&db, "brute_force_lockout").await, 0, "two failures of three: no lock");
+    fail_auth(&s, "203.0.113.30").await;
+    assert_eq!(alerts(&db, "brute_force_lockout").await, 1, "the lock raised its alert");
+    await_window(&db, "lockout", &ip_ref, 1).await;
+    assert_eq!(commguard::anomaly::check(&app).await.unwrap(), 0, "the detector finds the lock's alert");
+    assert_eq!(alerts(&db, "brute_force_lockout").await, 1);
+
+    // A lock whose alert was lost (recorded `IpLockedOut` only): the detector raises it, with
+    // the key the lockout uses.
+    let until = "2026-12-01T16:15:30.000Z";
+    let locked = commguard_domain::records::IpEvent::IpLockedOut {
+        ip: commguard_domain::pii::Pii::retained(
+            "198.51.100.9".to_string(),
+            commguard_domain::pii::RetentionClass::Security,
+        ),
+        failures: 3,
+        locked_until: until.into(),
+    };
+    let context =
+        commguard::store::CommandContext::new(commguard::store::Actor::system("auth"), "http", app.clock.now());
+    app.store.record("ip", "lost-lock-ref", &[locked], &context).await.unwrap();
+    await_window(&db, "lockout", "lost-lock-ref", 1).await;
+    assert_eq!(commguard::anomaly::check(&app).await.unwrap(), 1);
+    assert_eq!(commguard::anomaly::check(&app).await.unwrap(), 0);
+    let key: String = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE event_type = 'AlertRaised' AND payload::jsonb ->> 'subjectId' = 'lost-lock-ref'",
+    )
+    .fetch_one(&db.pool().await)
+    .await
+    .unwrap();
+    let until_ts = chrono::DateTime::parse_from_rfc3339(until).unwrap().timestamp();
+    assert_eq!(key, format!("brute_force_lockout:lost-lock-ref:{until_ts}"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anomalies_show_every_rules_current_windows_ip_rows_to_the_master_only_and_org_rows_to_their_org() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &manual(&[("BRUTE_FORCE_MAX_FAILURES", "3")])).await;
+    set_clock(&s).await;
+    let master = Session::open(&s, MASTER).await;
+    let a = sms_agent(&s, &master, "alpha", json!({"maxActionsPerMinute": 2, "maxSpendPerDay": 1})).await;
+    let b = sms_agent(&s, &master, "beta", json!({})).await;
+    for _ in 0..2 {
+        a.session.ok("comms_send_message", json!({"to": "+12025550100", "body": "Your table is ready."})).await;
+    }
+    let (is_error, refusal) = a.session.call("comms_send_message", json!({"to": "+12025550100", "body": "More"})).await;
+    assert!(is_error && refusal["limitType"] == "per-minute", "{refusal}");
+    for _ in 0..3 {
+        fail_auth(&s, "203.0.113.40").await;
+    }
+    let ip_ref = s.rt.state().lockout.ip_ref("203.0.113.40".parse().unwrap());
+    await_window(&db, "lockout", &ip_ref, 1).await;
+    await_window(&db, "rate_limit:per-minute", &a.agent_id, 1).await;
+    await_window(&db, "spend", &a.agent_id, 15_800).await;
+
+    let all = anomalies(&s, MASTER, "").await;
+    assert_eq!(
+        rules(&all),
+        ["brute_force", "brute_force_lockout", "rapid_rotation", "rate_limit", "spend_threshold", "volume_spike"],
+        "{all:?}"
+    );
+    let lock = all.iter().find(|r| r["rule"] == "brute_force_lockout").unwrap();
+    assert_eq!(
+        (&lock["subjectKind"], &lock["subjectId"], &lock["firing"], &lock["orgId"]),
+        (&json!("ip"), &json!(ip_ref), &json!(true), &Value::Null),
+        "{lock}"
+    );
+    // The lock is its window: from the lockout to 900 s (BRUTE_FORCE_LOCKOUT_SECONDS) later.
+    let at = |k: &str| chrono::DateTime::parse_from_rfc3339(lock[k].as_str().unwrap()).unwrap();
+    // (The lock's end is kept in milliseconds, its start in microseconds.)
+    let length = (at("windowEnd") - at("windowStart")).num_milliseconds();
+    assert!((899_000..=900_000).contains(&length), "{lock}");
+    let failures = all.iter().find(|r| r["rule"] == "brute_force").unwrap();
+    assert_eq!((&failures["value"], &failures["firing"]), (&json!(3), &json!(false)));
+    let limited = all.iter().find(|r| r["rule"] == "rate_limit").unwrap();
+    assert_eq!(
+        (&limited["subjectId"], &limited["limitType"], &limited["value"], &limited["firing"], &limited["orgId"]),
+        (&json!(a.agent_id), &json!("per-minute"), &json!(1), &json!(true), &json!(a.org_id)),
+        "{limited}"
+    );
+    let spend = all.iter().find(|r| r["rule"] == "spend_threshold").unwrap();
+    assert_eq!(
+        (&spend["value"], &spend["threshold"]["dailyCap"], &spend["firing"]),
+        (&json!(0.0158), &json!(1.0), &json!(false))
+    );
+
+    // An org sees its own agents' rows and no IP row; the master can ask for one org too.
+    let own = anomalies(&s, &a.org_token, "").await;
+    assert_eq!(rules(&own), ["rapid_rotation", "rate_limit", "spend_threshold", "volume_spike"], "{own:?}");
+    assert!(own.iter().all(|r| r["orgId"] == a.org_id.as_str() && r["subjectKind"] == "agent"), "{own:?}");
+    assert_eq!(anomalies(&s, MASTER, &format!("?orgId={}", a.org_id)).await, own);
+    let other = anomalies(&s, &b.org_token, "").await;
+    assert_eq!(rules(&other), ["rapid_rotation"], "{other:?}");
+    assert_eq!(other[0]["subjectId"], b.agent_id.as_str());
+    assert!(anomalies(&s, &b.org_token, "?rule=brute_force_lockout").await.is_empty());
+    let r = s
+        .http
+        .get(s.url(&format!("/admin/api/anomalies?orgId={}", a.org_id)))
+        .bearer_auth(&b.org_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "an org token cannot read another org");
+
+    // Paged by (rule, subject, limit type, window): one row a page, the same rows.
+    let (mut paged, mut query) = (Vec::new(), "?limit=1".to_string());
+    loop {
+        let r = s.http.get(s.url(&format!("/admin/api/anomalies{query}"))).bearer_auth(MASTER).send().await.unwrap();
+        let body: Value = r.json().await.unwrap();
+        paged.extend(body["anomalies"].as_array().unwrap().iter().cloned());
+        match body["nextCursor"].as_str() {
+            Some(cursor) => query = format!("?limit=1&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_windows_are_pruned_and_the_detector_reads_only_current_ones() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &manual(&[("BRUTE_FORCE_MAX_FAILURES", "1000")])).await;
+    set_clock(&s).await;
+    let app = s.rt.state();
+    for _ in 0..11 {
+        fail_auth(&s, "203.0.113.50").await;
+    }
+    let ip_ref = app.lockout.ip_ref("203.0.113.50".parse().unwrap());
+    await_window(&db, "auth_failed", &ip_ref, 11).await;
+    // 15 minutes later the window (16:00–16:05) ended 10 minutes ago or more: pruned, not read.
+    let clock = s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER);
+    assert!(clock.json(&json!({"advanceSeconds": 900})).send().await.unwrap().status().is_success());
+    assert_eq!(commguard::anomaly::check(&app).await.unwrap(), 0, "a past window raises nothing");
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM anomaly_windows").fetch_one(&db.pool().await).await.unwrap();
+    assert_eq!(left, 0, "the old window was deleted");
+    assert_eq!(alerts(&db, "brute_force").await, 0);
+    assert!(anomalies(&s, MASTER, "").await.is_empty());
+    s.stop().await;
+}

@@ -202,3 +202,80 @@ async fn the_allowlist_authorises_failures_lock_out_and_rate_limit_hits_are_coun
     assert_eq!(sample(&families, "mcp_http_rate_limit_hits_total", json!({"scope": "global"})), Some(0.0));
     s.stop().await;
 }
+
+/// Every webhook refusal is counted, whether or not it names an agent of ours: an unknown agent,
+/// an `:agentId` that is not even text, a bad signature, a replay, a number that is not the
+/// agent's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_webhook_rejection_is_counted_known_agent_or_not() {
+    const AUTH_TOKEN: &str = "metrics-twilio-auth-token";
+    const BASE: &str = "https://hooks.example.com";
+    let db = TestDb::new().await;
+    let vars = [
+        ("MASTER_SECURITY_TOKEN", MASTER),
+        ("HTTP_RATE_LIMIT_PER_IP", "1000000"),
+        ("HTTP_RATE_LIMIT_GLOBAL", "1000000"),
+        ("WEBHOOK_BASE_URL", BASE),
+        ("TWILIO_ACCOUNT_SID", "ACtest"),
+        ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("TWILIO_API_BASE_URL", "http://127.0.0.1:9"),
+    ];
+    let s = TestServer::start(&db, &vars).await;
+    let p = crate::support::provision(&s, MASTER, "hooks", json!({}), "Inbox", json!({"phone": true})).await;
+    let number = p.number.expect("a phone agent has a number");
+    let post = |path: String, params: Vec<(&'static str, String)>, signature: Option<String>| {
+        let s = &s;
+        async move {
+            let owned: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            let signature = signature.unwrap_or_else(|| {
+                commguard::webhooks::signature::twilio_expected(AUTH_TOKEN, &format!("{BASE}{path}"), &owned)
+            });
+            let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(&owned).finish();
+            let r = s
+                .http
+                .post(s.url(&path))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("x-twilio-signature", signature)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    let inbound = |sid: &str, to: &str| {
+        vec![
+            ("MessageSid", sid.to_string()),
+            ("From", "+12025550177".to_string()),
+            ("To", to.to_string()),
+            ("Body", "hi".to_string()),
+        ]
+    };
+    let stranger = "00000000-0000-4000-8000-000000000000";
+    let sms = format!("/webhooks/{}/sms", p.agent_id);
+
+    assert_eq!(post(format!("/webhooks/{stranger}/sms"), inbound("SM0", &number), None).await, 404);
+    assert_eq!(post(format!("/webhooks/{stranger}/call-status"), vec![], None).await, 404);
+    let email = s.http.post(s.url(&format!("/webhooks/{stranger}/email"))).body("{}").send().await.unwrap();
+    assert_eq!(email.status(), 404);
+    assert_eq!(post("/webhooks/%00/sms".into(), inbound("SM0", &number), None).await, 400);
+    assert_eq!(post(sms.clone(), inbound("SM1", &number), Some("bm90IGl0".into())).await, 403);
+    assert_eq!(post(sms.clone(), inbound("SM2", &number), None).await, 200);
+    assert_eq!(post(sms.clone(), inbound("SM2", &number), None).await, 403, "a replay");
+    assert_eq!(post(sms.clone(), inbound("SM3", "+12025550999"), None).await, 404, "not the agent's number");
+
+    let after = families(&s).await;
+    let rejected = |route: &str, reason: &str| {
+        sample(&after, "commguard_webhook_rejections_total", json!({"route": route, "reason": reason}))
+    };
+    assert_eq!(rejected("sms", "unknown_agent"), Some(1.0));
+    assert_eq!(rejected("call-status", "unknown_agent"), Some(1.0));
+    assert_eq!(rejected("email", "unknown_agent"), Some(1.0));
+    assert_eq!(rejected("sms", "malformed"), Some(1.0));
+    assert_eq!(rejected("sms", "signature"), Some(1.0));
+    assert_eq!(rejected("sms", "replay"), Some(1.0));
+    assert_eq!(rejected("sms", "unknown_target"), Some(1.0));
+    // The refusals about our agent are also events on its stream; the others have none.
+    assert_eq!(count(&db, "WebhookRejected").await, 2);
+    s.stop().await;
+}
