@@ -76,7 +76,7 @@ pub async fn open_payload(
     payload: &mut Value,
     event_id: Uuid,
 ) -> Result<Vec<Redaction>, KeyStoreError> {
-    let keys = OpeningKeys::load(keystore, std::slice::from_ref(payload)).await?;
+    let keys = OpeningKeys::load(keystore, &[&*payload]).await?;
     Ok(keys.open(payload, event_id))
 }
 
@@ -89,7 +89,7 @@ pub struct OpeningKeys {
 }
 
 impl OpeningKeys {
-    pub async fn load(keystore: &KeyStore, payloads: &[Value]) -> Result<Self, KeyStoreError> {
+    pub async fn load(keystore: &KeyStore, payloads: &[&Value]) -> Result<Self, KeyStoreError> {
         let mut ids: Vec<Uuid> = Vec::new();
         for payload in payloads {
             let mut fields: Vec<(String, SealedField)> = Vec::new();
