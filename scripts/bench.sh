@@ -278,7 +278,7 @@ while True:
     r = c.getresponse(); body = r.read()
     assert r.status == 200, body[:500]
     nbytes += len(body)
-    n = body.count(b'"eventId":')
+    n = body.count(b'"redactions":')
     if n == 0:
         break
     seen += n
@@ -298,9 +298,9 @@ after, n, start = 0, 0, time.perf_counter()
 for _ in range(100):
     c.request("GET", f"/admin/api/events?after={after}&limit=1000&raw=true", headers=auth)
     body = c.getresponse().read()
-    if b'"eventId":' not in body:
+    if b'"redactions":' not in body:
         break
-    n += body.count(b'"eventId":'); after = next_after(body)
+    n += body.count(b'"redactions":'); after = next_after(body)
 print(f"same feed with raw=true (no decryption), first {n} events: {n / (time.perf_counter() - start):,.0f} events/s")
 # The same first 100 pages read by a client that parses every page (Python's json), checking each
 # DncAdded's address opened: what a script-driven auditor sees, client parsing included.

@@ -142,7 +142,8 @@ impl OpeningKeys {
 fn collect<T: serde::de::DeserializeOwned>(value: &Value, marker: &str, path: String, out: &mut Vec<(String, T)>) {
     match value {
         Value::Object(map) if map.contains_key(marker) => {
-            if let Ok(found) = serde_json::from_value::<T>(value.clone()) {
+            // Deserialized from the borrowed tree: no copy of the object first.
+            if let Ok(found) = T::deserialize(value) {
                 out.push((path, found));
             }
         }
