@@ -14,21 +14,22 @@ pub use commguard_projections::{RawJson, StoredEvent};
 pub(crate) const COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, sequence, event_type, \
      event_version, occurred_at, org_id, payload::text AS payload, metadata::text AS metadata, prev_hash, hash";
 
+/// A row of `COLUMNS`, read by position (in `COLUMNS` order): no column-name lookups per field.
 pub(crate) fn stored_event_from_row(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
     Ok(StoredEvent {
-        position: row.try_get("position")?,
-        event_id: row.try_get("event_id")?,
-        aggregate_type: row.try_get("aggregate_type")?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        sequence: row.try_get("sequence")?,
-        event_type: row.try_get("event_type")?,
-        event_version: row.try_get("event_version")?,
-        occurred_at: row.try_get("occurred_at")?,
-        org_id: row.try_get("org_id")?,
-        payload: RawJson(row.try_get("payload")?),
-        metadata: RawJson(row.try_get("metadata")?),
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
+        position: row.try_get(0)?,
+        event_id: row.try_get(1)?,
+        aggregate_type: row.try_get(2)?,
+        aggregate_id: row.try_get(3)?,
+        sequence: row.try_get(4)?,
+        event_type: row.try_get(5)?,
+        event_version: row.try_get(6)?,
+        occurred_at: row.try_get(7)?,
+        org_id: row.try_get(8)?,
+        payload: RawJson(row.try_get(9)?),
+        metadata: RawJson(row.try_get(10)?),
+        prev_hash: row.try_get(11)?,
+        hash: row.try_get(12)?,
     })
 }
 

@@ -76,7 +76,7 @@ pub async fn open_payload(
     payload: &mut Value,
     event_id: Uuid,
 ) -> Result<Vec<Redaction>, KeyStoreError> {
-    let keys = OpeningKeys::load(keystore, std::slice::from_ref(payload)).await?;
+    let keys = OpeningKeys::load(keystore, &[&*payload]).await?;
     Ok(keys.open(payload, event_id))
 }
 
@@ -89,7 +89,7 @@ pub struct OpeningKeys {
 }
 
 impl OpeningKeys {
-    pub async fn load(keystore: &KeyStore, payloads: &[Value]) -> Result<Self, KeyStoreError> {
+    pub async fn load(keystore: &KeyStore, payloads: &[&Value]) -> Result<Self, KeyStoreError> {
         let mut ids: Vec<Uuid> = Vec::new();
         for payload in payloads {
             let mut fields: Vec<(String, SealedField)> = Vec::new();
@@ -142,7 +142,8 @@ impl OpeningKeys {
 fn collect<T: serde::de::DeserializeOwned>(value: &Value, marker: &str, path: String, out: &mut Vec<(String, T)>) {
     match value {
         Value::Object(map) if map.contains_key(marker) => {
-            if let Ok(found) = serde_json::from_value::<T>(value.clone()) {
+            // Deserialized from the borrowed tree: no copy of the object first.
+            if let Ok(found) = T::deserialize(value) {
                 out.push((path, found));
             }
         }

@@ -61,7 +61,7 @@ async fn personal_data_is_sealed_and_erasure_destroys_it_everywhere() {
     let raw = envelope(store.keystore(), feed::read_after(store.pool(), 0, 1, None).await.unwrap().remove(0), true)
         .await
         .unwrap();
-    assert_eq!(raw.payload["contact"]["$pii"], 1, "raw payloads stay sealed");
+    assert_eq!(serde_json::to_value(&raw).unwrap()["payload"]["contact"]["$pii"], 1, "raw payloads stay sealed");
 
     // Erasure destroys the subject's key; its fields now read "[erased]", others still open.
     let subject_ref = store.keystore().data_keys().blind_index(PHONE);
