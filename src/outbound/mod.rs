@@ -272,30 +272,6 @@ pub(crate) fn scrub(text: &str, to: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::scrub;
-
-    #[test]
-    fn scrub_removes_every_usual_form_of_the_recipient() {
-        for (text, to) in [
-            ("The 'To' number +12025550142 is not valid", "+12025550142"),
-            ("The 'To' number 12025550142 is not valid", "+12025550142"),
-            ("The 'To' number 2025550142 is not valid", "+12025550142"),
-            ("The 'To' number (202) 555-0142 is not valid", "+12025550142"),
-            ("The 'To' number +1 202 555 0142 is not valid", "+12025550142"),
-            ("The 'To' number +44 20 7946 0958 is not valid", "+442079460958"),
-            ("The 'To' number 020 7946 0958 is not valid", "+442079460958"),
-            ("Invalid `to`: Pat.Erasable@Example.com is not valid", "pat.erasable@example.com"),
-        ] {
-            let scrubbed = scrub(text, to);
-            assert!(scrubbed.contains("[recipient]") && scrubbed.ends_with(" is not valid"), "{text} -> {scrubbed}");
-            assert!(!scrubbed.chars().any(|c| c.is_ascii_digit()) || to.starts_with("+44"), "{text} -> {scrubbed}");
-        }
-        assert_eq!(scrub("no number here", "+12025550142"), "no number here");
-    }
-}
-
 /// Records the action's blocked event for a refusal at `check`; returns the refusal, marked
 /// recorded — or, if the decision cannot be recorded, `unavailable`: nothing was done.
 async fn block<A: Action>(
@@ -318,4 +294,28 @@ async fn block<A: Action>(
     }
     refusal.recorded = true;
     refusal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scrub;
+
+    #[test]
+    fn scrub_removes_every_usual_form_of_the_recipient() {
+        for (text, to) in [
+            ("The 'To' number +12025550142 is not valid", "+12025550142"),
+            ("The 'To' number 12025550142 is not valid", "+12025550142"),
+            ("The 'To' number 2025550142 is not valid", "+12025550142"),
+            ("The 'To' number (202) 555-0142 is not valid", "+12025550142"),
+            ("The 'To' number +1 202 555 0142 is not valid", "+12025550142"),
+            ("The 'To' number +44 20 7946 0958 is not valid", "+442079460958"),
+            ("The 'To' number 020 7946 0958 is not valid", "+442079460958"),
+            ("Invalid `to`: Pat.Erasable@Example.com is not valid", "pat.erasable@example.com"),
+        ] {
+            let scrubbed = scrub(text, to);
+            assert!(scrubbed.contains("[recipient]") && scrubbed.ends_with(" is not valid"), "{text} -> {scrubbed}");
+            assert!(!scrubbed.chars().any(|c| c.is_ascii_digit()) || to.starts_with("+44"), "{text} -> {scrubbed}");
+        }
+        assert_eq!(scrub("no number here", "+12025550142"), "no number here");
+    }
 }

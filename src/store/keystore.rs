@@ -128,6 +128,19 @@ impl KeyStore {
     /// Destroys every generation of a subject's key, in one organization or in all of them.
     /// Returns how many live keys were destroyed.
     pub async fn destroy_subject(&self, org_id: Option<&str>, subject_ref: &str) -> Result<u64, KeyStoreError> {
+        let mut conn = self.pool.acquire().await?;
+        self.destroy_subject_in(&mut conn, org_id, subject_ref).await
+    }
+
+    /// `destroy_subject` inside the caller's transaction (erasure destroys keys and purges rows in
+    /// one commit). This instance's cached subject keys are dropped at once; should the
+    /// transaction roll back, they are simply read again.
+    pub async fn destroy_subject_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        org_id: Option<&str>,
+        subject_ref: &str,
+    ) -> Result<u64, KeyStoreError> {
         let done = sqlx::query(
             "UPDATE data_keys SET wrapped = NULL, destroyed_at = now()
              WHERE kind = 'subject' AND subject_ref = $1 AND ($2::text IS NULL OR org_id = $2)
@@ -135,7 +148,7 @@ impl KeyStore {
         )
         .bind(subject_ref)
         .bind(org_id)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         self.live.forget("s|");
         Ok(done.rows_affected())
@@ -144,12 +157,21 @@ impl KeyStore {
     /// Destroys the consent-record keys of the grants `consent_ids`. Returns how many live keys
     /// were destroyed.
     pub async fn destroy_consents(&self, consent_ids: &[Uuid]) -> Result<u64, KeyStoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Self::destroy_consents_in(&mut conn, consent_ids).await
+    }
+
+    /// `destroy_consents` inside the caller's transaction.
+    pub async fn destroy_consents_in(
+        conn: &mut sqlx::PgConnection,
+        consent_ids: &[Uuid],
+    ) -> Result<u64, KeyStoreError> {
         let done = sqlx::query(
             "UPDATE data_keys SET wrapped = NULL, destroyed_at = now()
              WHERE kind = 'consent' AND consent_id = ANY($1) AND destroyed_at IS NULL",
         )
         .bind(consent_ids)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(done.rows_affected())
     }

@@ -244,15 +244,18 @@ async fn a_recording_reference_expires_with_the_voicemail_class() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scheduled_job_runs_first_after_its_delay_then_every_interval() {
-    // The contract's delay is 60 s (unit-tested in `jobs`); here the same job, shortened to 2 s
+    // The contract's delay is 60 s (unit-tested in `jobs`); here the same job, shortened to 3 s
     // with a 1 s interval, really runs on a server: nothing before the delay, the 91-day-old
     // bucket at the first run, the 89-day-old one at a later run once the clock moved on.
+    // tokio-cron-scheduler keeps a one-shot's time in whole seconds, so a run comes up to 1 s
+    // before its delay (59–60 s in production).
     let (db, seeder) = seeded("false").await;
     let mut v = vars("true");
     v.push(("RETENTION_INTERVAL_SECONDS", "1"));
     let started = Instant::now();
-    let s = TestServer::start_with(&db, &v, |c| c.retention_first_run = Duration::from_secs(2)).await;
+    let s = TestServer::start_with(&db, &v, |c| c.retention_first_run = Duration::from_secs(3)).await;
     set_clock(&s, "2026-12-01T00:00:00Z").await;
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed())).await;
     assert_eq!(purged_events(&s).await, 0, "no run before the first delay");
     let wait_for = |n: i64| {
         let s = &s;
