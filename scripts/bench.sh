@@ -9,6 +9,7 @@
 #   scripts/bench.sh as-of [--writers 4] [--seconds 10] [--fill 1000000]
 #   scripts/bench.sh feed [--fill 1000000] [--seed 2000]
 #   scripts/bench.sh anomaly [--fill 1000000] [--runs 200]
+#   scripts/bench.sh erase [--fill 1000000] [--seed 10000] [--idle 200000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
@@ -16,6 +17,7 @@ source scripts/lib/pg.sh
 what=${1:-}; shift || true
 writers=16; seconds=20; stream_length=10; idle=1000; fill=1000000; seed=2000; sequential=500; runs=200
 if [ "$what" = as-of ]; then writers=4; seconds=10; fi
+if [ "$what" = erase ]; then seed=10000; idle=200000; fi
 while [ $# -gt 0 ]; do
   case $1 in
     --writers) writers=$2; shift 2 ;;
@@ -394,8 +396,208 @@ for name, x in (("current activity only", e), (f"+ {f['projected'] - e['projecte
 print(f"detector run with history / without: mean {f['mean_ms'] / e['mean_ms']:.2f} x, p50 {f['p50_ms'] / e['p50_ms']:.2f} x (flat: ~1)")
 PY
     ;;
+  erase)
+    # GDPR erasure (CONTRACT §6.3, §11.4) of a subject with $seed events (default 10,000) among
+    # $fill (default 1M), beside the same erasure among ~10 % of that history, in the same run:
+    # the cost must follow the subject's keys and projection rows, not history. Twenty subjects are
+    # made through the real API (consent on sms and voice, a send, a call, a DNC entry: a subject
+    # key, two consent-record keys, two consent rows, a contact counter, a DNC row each); $idle other
+    # subjects' keys, consent rows, DNC rows and contact counters (and 1,000 agents in 50 other
+    # orgs) are inserted by SQL. Each subject's sealed
+    # MessageSent is cloned $seed times (the subject's history); filler events are clones of
+    # another event. Clones sit at negative positions, below every projection checkpoint, so the
+    # projection runners never read them. Subjects 0-9 are erased with ~10 % of the history (their
+    # own 10 x $seed events), 10-19 with all of it (by the org admin; 9 and 19 by the master
+    # across every org).
+    # auto_explain logs the plans of the erasures' statements; those of phase 2 are printed: each
+    # must be an index lookup, none a scan of events.
+    cargo build --release --bin commguard >&2
+    if [ -n "${BENCH_PG_STATS:-}" ]; then preload="pg_stat_statements,auto_explain"; else preload="auto_explain"; fi
+    echo "shared_preload_libraries = '$preload'" >> "$cluster/data/postgresql.conf"
+    run_pg "$PG_BIN_DIR/pg_ctl" -D "$cluster/data" -l "$cluster/postgres.log" -w -t 60 restart >/dev/null
+    psql -q "$admin" -c "CREATE DATABASE bench"
+    bench_url="${admin/\/postgres\?//bench?}"
+    token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    data=$(mktemp -d /tmp/commguard-bench-data-XXXXXX); chmod 755 "$data"
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    DATABASE_URL="$bench_url" HOST=127.0.0.1 PORT=$port MASTER_SECURITY_TOKEN=$token COMMGUARD_DATA_DIR=$data \
+      COMMGUARD_TEST_CLOCK=true DATA_RETENTION_ENABLED=false ANOMALY_DETECTOR_ENABLED=false \
+      DEFAULT_MAX_ACTIONS_PER_MINUTE=100000 DEFAULT_MAX_ACTIONS_PER_HOUR=100000 DEFAULT_MAX_ACTIONS_PER_DAY=100000 \
+      HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 RUST_LOG=warn target/release/commguard serve &
+    server=$!
+    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"' EXIT
+    until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
+    admin_token=$(python3 - "$port" "$token" <<'PY'
+import http.client, json, sys
+port, master = int(sys.argv[1]), sys.argv[2]
+c = http.client.HTTPConnection("127.0.0.1", port)
+def post(path, body, token, headers=None):
+    h = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+         "Accept": "application/json, text/event-stream", **(headers or {})}
+    c.request("POST", path, json.dumps(body), h)
+    r = c.getresponse(); text = r.read()
+    assert r.status == 200, (path, r.status, text[:300])
+    return r, json.loads(text)
+def tool(token, name, args):
+    r, _ = post("/mcp", {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}, token)
+    sid = r.getheader("mcp-session-id")
+    _, reply = post("/mcp", {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": name, "arguments": args}},
+                    token, {"mcp-session-id": sid})
+    result = reply["result"]
+    assert not result["isError"], (name, result)
+    return json.loads(result["content"][0]["text"])
+post("/admin/api/test/clock", {"now": "2026-12-01T16:00:00Z"}, master)
+org = tool(master, "comms_create_organization", {"name": "Bench", "slug": "bench", "a2pRegistered": True})
+agent = tool(org["adminToken"], "comms_provision_channels", {"displayName": "Bench", "capabilities": {"phone": True}})
+for i in range(20):
+    to = f"+1202555{i:04d}"
+    for channel in ("sms", "voice"):
+        tool(agent["securityToken"], "comms_record_consent", {"contactAddress": to, "channel": channel})
+    tool(agent["securityToken"], "comms_send_message", {"to": to, "body": f"hello {i}"})
+    tool(agent["securityToken"], "comms_make_call", {"to": to})
+    post("/admin/api/dnc", {"address": to, "reason": "bench"}, org["adminToken"])
+print(org["adminToken"])
+PY
+)
+    # Others' rows in the tables erasure touches: keys, consent rows and DNC rows of $idle other
+    # subjects across 50 orgs, and their events' filler.
+    psql -q "$bench_url" -c "
+      INSERT INTO data_keys (key_id, kind, org_id, subject_ref, generation, wrapped)
+        SELECT gen_random_uuid(), 'subject', 'bench-org-' || (g % 50), left(md5(g::text), 32), 1, '\\x00'
+        FROM generate_series(1, $idle) g;
+      INSERT INTO consents (org_id, subject_ref, agent_id, channel, consent_id, consent_type, status, granted_at,
+          grant_event_id, sealed)
+        SELECT 'bench-org-' || (g % 50), left(md5(g::text), 32), 'bench-agent', 'sms', gen_random_uuid(), 'express',
+               'active', now(), gen_random_uuid(), '{}'
+        FROM generate_series(1, $idle) g;
+      INSERT INTO dnc_entries (entry_id, org_id, subject_ref, address_type, source, reason, added_by, added_at,
+          event_id, position, sealed)
+        SELECT gen_random_uuid(), 'bench-org-' || (g % 50), left(md5(g::text), 32), 'phone', 'admin', 'bench',
+               'bench', now(), gen_random_uuid(), -g, '{}'
+        FROM generate_series(1, $idle) g;
+      INSERT INTO usage_counters (scope, key, period, period_start, actions)
+        SELECT 'contact', 'bench-agent-' || (g % 1000) || '|' || left(md5(g::text), 32), 'day', current_date, 1
+        FROM generate_series(1, $idle) g;
+      INSERT INTO agents (agent_id, org_id, display_name, agent_gender, country, status, capabilities, channels,
+          mode, provisioned_at, updated_at)
+        SELECT 'bench-agent-' || g, 'bench-org-' || (g % 50), 'Bench', 'neutral', 'US', 'active', '{}', '{}',
+               'sandbox', now(), now()
+        FROM generate_series(1, 1000) g;
+      CREATE SEQUENCE bench_position;"
+    # clone SOURCE_SQL N PREFIX: N copies of the one event SOURCE_SQL selects, at new negative positions.
+    clone() {
+      psql -q "$bench_url" -c "
+        INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+            position, event_id, occurred_at, org_id, prev_hash, hash)
+        SELECT s.aggregate_type, '$3-' || g, 1, s.event_type, s.event_version, s.payload, s.metadata,
+               -nextval('bench_position'), gen_random_uuid(), s.occurred_at, s.org_id, s.prev_hash, s.hash
+          FROM generate_series(1, $2) g, ($1) s"
+    }
+    subject_history() { # the subject's MessageSent (sent in subject order), $seed times
+      clone "SELECT * FROM events WHERE event_type = 'MessageSent' ORDER BY position OFFSET $1 LIMIT 1" "$seed" "bench-subject-$1"
+    }
+    filler() {
+      clone "SELECT * FROM events WHERE event_type = 'OrganizationCreated' ORDER BY position LIMIT 1" "$1" "bench-fill-$2"
+    }
+    erase() { # erase subjects $1..$2; prints the seconds each took
+      python3 - "$port" "$token" "$admin_token" "$1" "$2" <<'PY'
+import http.client, json, sys, time
+port, master, admin, first, last = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+c = http.client.HTTPConnection("127.0.0.1", port)
+def erase(identifier, token):
+    start = time.perf_counter()
+    c.request("POST", "/admin/api/subjects/erase", json.dumps({"identifier": identifier}),
+              {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    r = c.getresponse(); body = json.loads(r.read())
+    took = time.perf_counter() - start
+    assert r.status == 200, body
+    return took, body
+erase("+12025559999", admin)  # warm-up: a subject with nothing
+for i in range(first, last + 1):
+    took, body = erase(f"+1202555{i:04d}", master if i in (9, 19) else admin)
+    assert body["keysDestroyed"] == 3 and body["projectionRowsPurged"] >= 3, body
+    print(f"{i} {body['scope']} {took:.6f} keys={body['keysDestroyed']} rows={body['projectionRowsPurged']} dnc={body['dncSuppressionsKept']}")
+PY
+    }
+    for i in $(seq 0 9); do subject_history "$i"; done
+    small=$(( fill / 10 ))
+    filler $(( small - 10 * seed > 0 ? small - 10 * seed : 0 )) a
+    # Settled before timing: statistics fresh, dirty pages written (a checkpoint flushing the
+    # bulk insert would otherwise slow the erasures' commits of one phase only).
+    psql -q "$bench_url" -c "VACUUM ANALYZE" -c "CHECKPOINT"
+    small_total=$(psql -tA "$bench_url" -c "SELECT COUNT(*) FROM events")
+    # auto_explain with timing on for both phases alike (the same overhead on either side).
+    psql -q "$bench_url" -c "ALTER SYSTEM SET auto_explain.log_min_duration = 0" \
+      -c "ALTER SYSTEM SET auto_explain.log_analyze = on" -c "SELECT pg_reload_conf()" >/dev/null
+    sleep 0.5
+    small_runs=$(erase 0 9)
+    for i in $(seq 10 19); do subject_history "$i"; done
+    big_total_before=$(psql -tA "$bench_url" -c "SELECT COUNT(*) FROM events")
+    filler $(( fill - big_total_before > 0 ? fill - big_total_before : 0 )) b
+    # Settled before timing: statistics fresh, dirty pages written (a checkpoint flushing the
+    # bulk insert would otherwise slow the erasures' commits of one phase only).
+    psql -q "$bench_url" -c "VACUUM ANALYZE" -c "CHECKPOINT"
+    big_total=$(psql -tA "$bench_url" -c "SELECT COUNT(*) FROM events")
+    subject_events=$(psql -tA "$bench_url" -c "SELECT COUNT(*) FROM events WHERE aggregate_id LIKE 'bench-subject-19-%'")
+    log_from=$(wc -c < "$cluster/postgres.log")
+    big_runs=$(erase 10 19)
+    psql -q "$bench_url" -c "ALTER SYSTEM RESET auto_explain.log_min_duration" \
+      -c "ALTER SYSTEM RESET auto_explain.log_analyze" -c "SELECT pg_reload_conf()" >/dev/null
+    tail -c +$((log_from + 1)) "$cluster/postgres.log" > "$cluster/plans.log"
+    python3 - "$small_total" "$big_total" "$subject_events" "$cluster/plans.log" "$small_runs" "$big_runs" <<'PY'
+import re, statistics, sys
+small_total, big_total, subject_events, plans = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def runs(text):
+    rows = [line.split() for line in text.strip().splitlines()]
+    return [(int(r[0]), r[1], float(r[2]), " ".join(r[3:])) for r in rows]
+small, big = runs(sys.argv[5]), runs(sys.argv[6])
+print(f"each erased subject: {subject_events} events of its own; keys, consent rows, a counter, a DNC row")
+for label, total, rs in (("history ~10 %", small_total, small), ("full history", big_total, big)):
+    for i, scope, took, detail in rs:
+        print(f"  {label}: {total:>9,} events, subject {i} ({scope:3}): {took * 1000:7.2f} ms  {detail}")
+org_small = statistics.median(t for _, s, t, _ in small if s == "org")
+org_big = statistics.median(t for _, s, t, _ in big if s == "org")
+all_small = [t for _, s, t, _ in small if s == "all"][0]
+all_big = [t for _, s, t, _ in big if s == "all"][0]
+print(f"erase, org scope, median of 9: {org_small * 1000:.2f} ms at {small_total:,} events, {org_big * 1000:.2f} ms at {big_total:,} events: ratio {org_big / org_small:.2f} for {big_total / small_total:.1f}x the history")
+print(f"erase, every org (master): {all_small * 1000:.2f} ms vs {all_big * 1000:.2f} ms: ratio {all_big / all_small:.2f}")
+# The plans auto_explain logged for the erasure's own statements (phase 2).
+text = open(plans).read()
+entries = re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", text)
+wanted = {
+    "scope (every org)": "SELECT org_id FROM data_keys WHERE kind = 'subject' AND subject_ref",
+    "grants on the contact streams": "event_type = 'ConsentGranted'",
+    "destroy subject keys": "AND subject_ref = $1 AND ($2::text IS NULL OR org_id = $2)",
+    "destroy consent keys": "WHERE kind = 'consent' AND consent_id = ANY",
+    "purge consent rows": "DELETE FROM consents WHERE org_id = ANY",
+    "purge contact counters": "DELETE FROM usage_counters WHERE scope = 'contact'",
+    "count kept DNC rows": "SELECT count(*) FROM dnc_entries WHERE org_id = ANY",
+}
+seq_on_events = False
+for name, needle in wanted.items():
+    found = [e for e in entries if "plan:" in e and needle.replace("\n", "") in e.replace("\n", "")]
+    if not found:
+        print(f"  plan of {name}: not logged"); continue
+    e = found[-1]
+    nodes = [l.strip() for l in e.splitlines() if re.search(r"(Scan|Bitmap|Join|Aggregate|Update on|Delete on|Unique|Append|Result)", l) and "Query Text" not in l]
+    duration = re.search(r"duration: ([0-9.]+) ms", e)
+    print(f"  plan of {name} ({duration.group(1) if duration else '?'} ms):")
+    for n in nodes[:8]:
+        print(f"      {re.sub(r' +', ' ', n)[:150]}")
+    seq_on_events |= any("Seq Scan on events" in n for n in nodes)
+print("a sequential scan of events in the erasure: " + ("YES" if seq_on_events else "none"))
+# Database time of those statements, per erasure of phase 2 (the rest of the wall time is HTTP,
+# the commits' fsyncs and recording SubjectErased).
+spent = 0.0
+for e in entries:
+    if "plan:" in e and any(n.replace("\n", "") in e.replace("\n", "") for n in wanted.values()):
+        m = re.search(r"duration: ([0-9.]+) ms", e)
+        spent += float(m.group(1)) if m else 0.0
+print(f"the erasure's own statements: {spent / len(big):.2f} ms of database time per erasure (auto_explain)")
+PY
+    ;;
   *)
-    echo "usage: scripts/bench.sh event-store|mcp|send|as-of|feed|anomaly [--writers N] [--seconds S] [--idle N] [--fill N]" >&2
+    echo "usage: scripts/bench.sh event-store|mcp|send|as-of|feed|anomaly|erase [--writers N] [--seconds S] [--idle N] [--fill N]" >&2
     exit 2
     ;;
 esac

@@ -112,6 +112,9 @@ pub struct Config {
     pub anomaly_volume_min_actions: u32,
     pub data_retention_enabled: bool,
     pub retention_interval_seconds: u64,
+    /// How long after start the first retention run comes: 60 s (CONTRACT §11.6). No variable
+    /// sets it (§2 has none); in-process tests shorten it to watch a real scheduled run.
+    pub retention_first_run: std::time::Duration,
     pub retention: Retention,
     pub webhook_replay_window_seconds: u64,
     pub voice_ai_disclosure: bool,
@@ -343,6 +346,7 @@ impl Config {
             anomaly_volume_min_actions: r.number("ANOMALY_VOLUME_MIN_ACTIONS", 10u32, 1)?,
             data_retention_enabled: r.bool("DATA_RETENTION_ENABLED", true)?,
             retention_interval_seconds: r.number("RETENTION_INTERVAL_SECONDS", 3600u64, 1)?,
+            retention_first_run: std::time::Duration::from_secs(60),
             retention: Retention {
                 messages_days: r.number("RETENTION_MESSAGES_DAYS", 90u32, 0)?,
                 usage_logs_days: r.number("RETENTION_USAGE_LOGS_DAYS", 365u32, 0)?,

@@ -4,11 +4,13 @@
 //! The event store is append-only, so erasing a subject means destroying its keys: every
 //! generation of its subject key in scope and the consent-record keys of its grants. Projection
 //! rows that hold the subject's data (consent records, per-recipient contact-frequency counters)
-//! are purged; DNC entries stay as hashed suppression (the blind index still blocks, the address
-//! reads `[erased]`). Every instance drops its cached live subject keys on the identity channel's
-//! notice before the reply, and `SubjectErased` is recorded on stream `subject`/<subjectRef>
-//! without the identifier. The cost grows with the subject's keys and rows, never with history:
-//! every statement is an index lookup by org and blind index (migration 0020).
+//! are purged in the same transaction; DNC entries stay as hashed suppression (the blind index
+//! still blocks, the address reads `[erased]`). No instance seals with a destroyed key after the
+//! reply: a cached subject key is checked live in Postgres before use (`store::keystore`), and the
+//! identity channel's notice only frees the caches' memory. `SubjectErased` is recorded on stream
+//! `subject`/<subjectRef> without the identifier. The cost grows with the subject's keys and
+//! rows, never with history: every statement is an index lookup by org and blind index
+//! (migration 0020; `scripts/bench.sh erase` shows the plans).
 
 use commguard_domain::records::SubjectEvent;
 use commguard_projections::directory::IDENTITY_CHANNEL;
@@ -19,6 +21,7 @@ use crate::auth::{Principal, Role};
 use crate::contacts::{self, Address};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::store::keystore::KeyStore;
 use crate::store::{rfc3339, CommandContext};
 use crate::validate::{self, invalid, Args};
 
@@ -91,12 +94,15 @@ pub async fn erase_subject(
     .await
     .map_err(ApiError::internal)?;
 
-    let mut keys_destroyed = keys.destroy_subject(org.as_deref(), &subject_ref).await.map_err(ApiError::internal)?;
-    keys_destroyed += keys.destroy_consents(&consent_ids).await.map_err(ApiError::internal)?;
+    // One transaction: the keys are destroyed, the rows purged and every instance notified
+    // together (or not at all; a retry is idempotent), with one commit to wait for.
+    let mut tx = pool.begin().await.map_err(ApiError::internal)?;
+    let mut keys_destroyed =
+        keys.destroy_subject_in(&mut tx, org.as_deref(), &subject_ref).await.map_err(ApiError::internal)?;
+    keys_destroyed += KeyStore::destroy_consents_in(&mut tx, &consent_ids).await.map_err(ApiError::internal)?;
 
     // Projection rows about the subject: its consent records, its contact-frequency counters
     // (`<agentId>|<subjectRef>`, one per agent and day). DNC entries are kept and counted.
-    let mut tx = pool.begin().await.map_err(ApiError::internal)?;
     let consents = sqlx::query("DELETE FROM consents WHERE org_id = ANY($1) AND subject_ref = $2")
         .bind(&org_ids)
         .bind(&subject_ref)
@@ -121,7 +127,10 @@ pub async fn erase_subject(
             .fetch_one(&mut *tx)
             .await
             .map_err(ApiError::internal)?;
-    // Every instance forgets its cached live subject keys (`auth::watch`) when this commits.
+    // Every instance forgets its cached live subject keys (`auth::watch`) when this commits. The
+    // reply does not wait for that: a cached subject key is checked live in Postgres before it
+    // seals anything (`KeyStore::get_or_create`), so no instance can use a destroyed one after
+    // this commit, whether or not it has processed the notice yet.
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(IDENTITY_CHANNEL)
         .bind(json!({ "subjectErased": subject_ref }).to_string())

@@ -15,7 +15,13 @@ use crate::http::Hardening;
 use crate::store::Store;
 
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
-const RETENTION_FIRST_RUN: Duration = Duration::from_secs(60);
+
+/// When retention runs: (delay of the first run after start, interval of the later ones).
+pub fn retention_schedule(config: &Config) -> Option<(Duration, Duration)> {
+    config
+        .data_retention_enabled
+        .then(|| (config.retention_first_run, Duration::from_secs(config.retention_interval_seconds)))
+}
 
 /// What the retention job needs.
 #[derive(Clone)]
@@ -41,12 +47,11 @@ pub struct Jobs {
 impl Jobs {
     pub async fn start(hardening: Arc<Hardening>, retention: RetentionJob) -> Result<Self, JobSchedulerError> {
         let scheduler = JobScheduler::new().await?;
-        if retention.config.data_retention_enabled {
-            // One shot at 60 s, which runs and then schedules the repeated runs.
-            let every = Duration::from_secs(retention.config.retention_interval_seconds);
+        if let Some((first, every)) = retention_schedule(&retention.config) {
+            // One shot at `first` (60 s), which runs and then schedules the repeated runs.
             let repeat_on = scheduler.clone();
             scheduler
-                .add(Job::new_one_shot_async(RETENTION_FIRST_RUN, move |_, _| {
+                .add(Job::new_one_shot_async(first, move |_, _| {
                     let (retention, scheduler) = (retention.clone(), repeat_on.clone());
                     Box::pin(async move {
                         retention.run().await;
@@ -81,5 +86,26 @@ impl Jobs {
         if let Err(e) = self.scheduler.shutdown().await {
             tracing::warn!(error = %e, "scheduled jobs did not stop cleanly");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        let vars: std::collections::HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| vars.get(name).cloned()).unwrap()
+    }
+
+    #[test]
+    fn retention_runs_60_s_after_start_then_every_interval_and_not_at_all_when_disabled() {
+        assert_eq!(retention_schedule(&config(&[])), Some((Duration::from_secs(60), Duration::from_secs(3600))));
+        assert_eq!(
+            retention_schedule(&config(&[("RETENTION_INTERVAL_SECONDS", "120")])),
+            Some((Duration::from_secs(60), Duration::from_secs(120)))
+        );
+        assert_eq!(retention_schedule(&config(&[("DATA_RETENTION_ENABLED", "false")])), None);
     }
 }

@@ -107,7 +107,12 @@ fn seal_text(text: String, identifier: bool, subject: Option<&str>) -> Value {
     let pii = match (identifier.then(|| as_subject(&Value::String(text.clone()))).flatten(), subject) {
         (Some(own), _) => Pii::clear(
             text,
-            commguard_domain::pii::SealWith { subject: Some(own), retention: None, consent_record: None },
+            commguard_domain::pii::SealWith {
+                subject: Some(own),
+                retention: None,
+                consent_record: None,
+                subject_key: None,
+            },
         ),
         (None, Some(subject)) => Pii::subject_retained(text, subject, RetentionClass::Messages),
         (None, None) => Pii::retained(text, RetentionClass::Messages),

@@ -43,6 +43,11 @@ pub struct SealWith {
     /// the field, in the event's organization. `None`: no subject key (IP fields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// One existing subject key, by id, instead of the subject's live key: a field about an earlier
+    /// event's subject (a call's recording, sealed under the very key that seals the call's
+    /// recipient), so that erasing that subject at any time makes the field unreadable too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_key: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionClass>,
     /// The consent grant whose record key also seals the field.
@@ -85,25 +90,44 @@ impl Pii {
     /// A field sealed by the subject key of `value` itself (†).
     pub fn subject(value: impl Into<String>) -> Self {
         let value = value.into();
-        Self::clear(value.clone(), SealWith { subject: Some(value), retention: None, consent_record: None })
+        Self::clear(
+            value.clone(),
+            SealWith { subject: Some(value), retention: None, consent_record: None, subject_key: None },
+        )
     }
 
     /// A field about `subject`, sealed by its subject key and a retention key (‡, with `Messages`).
     pub fn subject_retained(value: impl Into<String>, subject: impl Into<String>, class: RetentionClass) -> Self {
-        Self::clear(value, SealWith { subject: Some(subject.into()), retention: Some(class), consent_record: None })
+        Self::clear(
+            value,
+            SealWith { subject: Some(subject.into()), retention: Some(class), consent_record: None, subject_key: None },
+        )
     }
 
     /// A field about `subject` that also belongs to one consent grant (◊).
     pub fn consent_record(value: impl Into<String>, subject: impl Into<String>, consent_id: Uuid) -> Self {
         Self::clear(
             value,
-            SealWith { subject: Some(subject.into()), retention: None, consent_record: Some(consent_id) },
+            SealWith {
+                subject: Some(subject.into()),
+                retention: None,
+                consent_record: Some(consent_id),
+                subject_key: None,
+            },
+        )
+    }
+
+    /// A field sealed by the existing subject key `key_id` and a retention key.
+    pub fn under_key_retained(value: impl Into<String>, key_id: Uuid, class: RetentionClass) -> Self {
+        Self::clear(
+            value,
+            SealWith { subject: None, retention: Some(class), consent_record: None, subject_key: Some(key_id) },
         )
     }
 
     /// A field sealed only by a retention key (§, IP addresses).
     pub fn retained(value: impl Into<String>, class: RetentionClass) -> Self {
-        Self::clear(value, SealWith { subject: None, retention: Some(class), consent_record: None })
+        Self::clear(value, SealWith { subject: None, retention: Some(class), consent_record: None, subject_key: None })
     }
 
     pub fn clear(value: impl Into<String>, with: SealWith) -> Self {

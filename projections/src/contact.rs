@@ -172,6 +172,12 @@ impl Projection for DncProjection {
     }
 }
 
+/// The id of the subject key that seals a placed call's recipient (`to.k[0]`): a later recording
+/// of the call is sealed under it (migration 0023).
+fn recipient_key(payload: &Value) -> Option<uuid::Uuid> {
+    payload.get("to")?.get("k")?.get(0)?.as_str()?.parse().ok()
+}
+
 impl Projection for CallsProjection {
     fn name(&self) -> &'static str {
         "calls"
@@ -198,8 +204,8 @@ impl Projection for CallsProjection {
                 if event.event_type == "CallPlaced" {
                     sqlx::query(&format!(
                         "INSERT INTO {calls} (call_id, agent_id, org_id, external_id, kind, provider, placed_at,
-                                              status, cost)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8) ON CONFLICT (call_id) DO NOTHING"
+                                              status, cost, to_key)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9) ON CONFLICT (call_id) DO NOTHING"
                     ))
                     .bind(call)
                     .bind(&event.aggregate_id)
@@ -209,6 +215,7 @@ impl Projection for CallsProjection {
                     .bind(str_field(&p, "provider").unwrap_or("mock"))
                     .bind(event.occurred_at)
                     .bind(p.get("cost").and_then(Value::as_i64).unwrap_or(0))
+                    .bind(recipient_key(&p))
                     .execute(&mut *conn)
                     .await?;
                 } else {

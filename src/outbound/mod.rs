@@ -243,13 +243,33 @@ fn agent_state(agent: &directory::AgentView, channel: &str) -> Result<(), ApiErr
     Ok(())
 }
 
-/// `text` without the recipient `to`: for the clear-text parts of events (reasons, provenance
-/// details, provider errors), whose recipient field is sealed.
+/// `text` without the recipient `to` in any usual form: for the clear-text parts of events
+/// (reasons, provenance details, provider errors), whose recipient field is sealed. A provider's
+/// error may quote the number as E.164, as digits only or as national digits, with spaces,
+/// dashes, dots or parentheses, and an email in any case: every such form is replaced.
 pub(crate) fn scrub(text: &str, to: &str) -> String {
     if to.is_empty() {
         return text.to_string();
     }
-    text.replace(to, "[recipient]")
+    let pattern = match to.strip_prefix('+') {
+        Some(digits) if digits.len() >= 7 && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            // The whole number, or it without a country code of 1 to 3 digits (national digits),
+            // each digit maybe separated from the next; longest first.
+            let forms: Vec<String> = (0..=3)
+                .filter(|cut| digits.len() - cut >= 7)
+                .map(|cut| {
+                    let spaced: Vec<String> = digits[cut..].chars().map(|c| c.to_string()).collect();
+                    spaced.join(r"[\s().-]*")
+                })
+                .collect();
+            format!(r"\+?(?:{})", forms.join("|"))
+        }
+        _ => regex::escape(to),
+    };
+    match regex::RegexBuilder::new(&pattern).case_insensitive(true).build() {
+        Ok(re) => re.replace_all(text, "[recipient]").into_owned(),
+        Err(_) => text.replace(to, "[recipient]"),
+    }
 }
 
 /// Records the action's blocked event for a refusal at `check`; returns the refusal, marked
@@ -274,4 +294,28 @@ async fn block<A: Action>(
     }
     refusal.recorded = true;
     refusal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scrub;
+
+    #[test]
+    fn scrub_removes_every_usual_form_of_the_recipient() {
+        for (text, to) in [
+            ("The 'To' number +12025550142 is not valid", "+12025550142"),
+            ("The 'To' number 12025550142 is not valid", "+12025550142"),
+            ("The 'To' number 2025550142 is not valid", "+12025550142"),
+            ("The 'To' number (202) 555-0142 is not valid", "+12025550142"),
+            ("The 'To' number +1 202 555 0142 is not valid", "+12025550142"),
+            ("The 'To' number +44 20 7946 0958 is not valid", "+442079460958"),
+            ("The 'To' number 020 7946 0958 is not valid", "+442079460958"),
+            ("Invalid `to`: Pat.Erasable@Example.com is not valid", "pat.erasable@example.com"),
+        ] {
+            let scrubbed = scrub(text, to);
+            assert!(scrubbed.contains("[recipient]") && scrubbed.ends_with(" is not valid"), "{text} -> {scrubbed}");
+            assert!(!scrubbed.chars().any(|c| c.is_ascii_digit()) || to.starts_with("+44"), "{text} -> {scrubbed}");
+        }
+        assert_eq!(scrub("no number here", "+12025550142"), "no number here");
+    }
 }

@@ -49,9 +49,13 @@ impl KeyFor<'_> {
 
 /// Live keys this instance used lately: a cache that is safe to lose. An entry lives
 /// `LIVE_KEY_TTL` at most, and destroying keys here drops the entries it may concern at once.
-/// Another instance's destruction reaches this cache only by expiry: an event sealed meanwhile
-/// under the destroyed key reads as `[erased]` like the ones before it — the error falls on the
-/// side of erasure, never of disclosure.
+///
+/// A cached **subject** key is never used on trust: every hit is checked against Postgres by
+/// primary key (`still_live`) before it seals anything, because another instance may have erased
+/// the subject a moment ago, and its notice (`auth::watch`) reaches this cache asynchronously.
+/// The check reads committed state, so a seal that starts after an erasure's reply can only use
+/// the next generation, whatever this instance has heard (ARCHITECTURE: erasure). Retention keys
+/// are not checked: a run destroys only days before today − N, never the bucket of a new event.
 #[derive(Default)]
 struct LiveKeys {
     entries: RwLock<HashMap<String, (Uuid, Key, Instant)>>,
@@ -124,6 +128,19 @@ impl KeyStore {
     /// Destroys every generation of a subject's key, in one organization or in all of them.
     /// Returns how many live keys were destroyed.
     pub async fn destroy_subject(&self, org_id: Option<&str>, subject_ref: &str) -> Result<u64, KeyStoreError> {
+        let mut conn = self.pool.acquire().await?;
+        self.destroy_subject_in(&mut conn, org_id, subject_ref).await
+    }
+
+    /// `destroy_subject` inside the caller's transaction (erasure destroys keys and purges rows in
+    /// one commit). This instance's cached subject keys are dropped at once; should the
+    /// transaction roll back, they are simply read again.
+    pub async fn destroy_subject_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        org_id: Option<&str>,
+        subject_ref: &str,
+    ) -> Result<u64, KeyStoreError> {
         let done = sqlx::query(
             "UPDATE data_keys SET wrapped = NULL, destroyed_at = now()
              WHERE kind = 'subject' AND subject_ref = $1 AND ($2::text IS NULL OR org_id = $2)
@@ -131,7 +148,7 @@ impl KeyStore {
         )
         .bind(subject_ref)
         .bind(org_id)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         self.live.forget("s|");
         Ok(done.rows_affected())
@@ -140,12 +157,21 @@ impl KeyStore {
     /// Destroys the consent-record keys of the grants `consent_ids`. Returns how many live keys
     /// were destroyed.
     pub async fn destroy_consents(&self, consent_ids: &[Uuid]) -> Result<u64, KeyStoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Self::destroy_consents_in(&mut conn, consent_ids).await
+    }
+
+    /// `destroy_consents` inside the caller's transaction.
+    pub async fn destroy_consents_in(
+        conn: &mut sqlx::PgConnection,
+        consent_ids: &[Uuid],
+    ) -> Result<u64, KeyStoreError> {
         let done = sqlx::query(
             "UPDATE data_keys SET wrapped = NULL, destroyed_at = now()
              WHERE kind = 'consent' AND consent_id = ANY($1) AND destroyed_at IS NULL",
         )
         .bind(consent_ids)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(done.rows_affected())
     }
@@ -173,7 +199,11 @@ impl KeyStore {
     async fn get_or_create(&self, purpose: KeyFor<'_>) -> Result<(Uuid, Key), KeyStoreError> {
         let cache_key = purpose.cache_key();
         if let Some(found) = cache_key.as_deref().and_then(|k| self.live.get(k)) {
-            return Ok(found);
+            if !matches!(purpose, KeyFor::Subject { .. }) || self.still_live(found.0).await? {
+                return Ok(found);
+            }
+            // Destroyed elsewhere (an erasure on another instance): forget it, read the live one.
+            self.live.forget(cache_key.as_deref().unwrap_or_default());
         }
         // Two rounds at most: a concurrent creator may win the insert; then we read its key.
         for _ in 0..3 {
@@ -188,6 +218,15 @@ impl KeyStore {
         self.find_live(&purpose)
             .await?
             .ok_or_else(|| KeyStoreError::Unwrap("a new key was destroyed before first use".into()))
+    }
+
+    /// Whether key `key_id` still exists: one primary-key probe, no unwrap.
+    async fn still_live(&self, key_id: Uuid) -> Result<bool, KeyStoreError> {
+        let live: Option<i32> = sqlx::query_scalar("SELECT 1 FROM data_keys WHERE key_id = $1 AND wrapped IS NOT NULL")
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(live.is_some())
     }
 
     async fn find_live(&self, purpose: &KeyFor<'_>) -> Result<Option<(Uuid, Key)>, KeyStoreError> {

@@ -29,14 +29,30 @@ pub async fn seal_payload(
 ) -> Result<(), KeyStoreError> {
     let mut fields: Vec<(String, Pii)> = Vec::new();
     collect(payload, CLEAR_MARKER, String::new(), &mut fields);
+    // One subject's key is read (and checked live) once per payload, however many fields it seals.
+    let mut subject_keys: HashMap<String, (Uuid, Key)> = HashMap::new();
     for (path, clear) in fields.into_iter().filter_map(|(path, pii)| match pii {
         Pii::Clear { seal } => Some((path, seal)),
         Pii::Sealed(_) => None,
     }) {
         let mut keys: Vec<(Uuid, Key)> = Vec::with_capacity(3);
+        if let Some(key_id) = clear.with.subject_key {
+            let key = keystore.lookup(&[key_id]).await?.remove(&key_id).ok_or_else(|| {
+                KeyStoreError::Unwrap(format!("personal field {path}: its subject key {key_id} was destroyed"))
+            })?;
+            keys.push((key_id, key));
+        }
         if let Some(subject) = &clear.with.subject {
             let subject_ref = keystore.data_keys().blind_index(subject);
-            keys.push(keystore.subject_key(org_id.unwrap_or(PLATFORM_ORG), &subject_ref).await?);
+            let key = match subject_keys.get(&subject_ref) {
+                Some(key) => *key,
+                None => {
+                    let key = keystore.subject_key(org_id.unwrap_or(PLATFORM_ORG), &subject_ref).await?;
+                    subject_keys.insert(subject_ref, key);
+                    key
+                }
+            };
+            keys.push(key);
         }
         if let Some(class) = clear.with.retention {
             keys.push(keystore.retention_key(class, occurred_at.date_naive()).await?);

@@ -455,6 +455,8 @@ struct CallRow {
     placed_at: chrono::DateTime<chrono::Utc>,
     /// The last status the calls projection applied.
     status: String,
+    /// The subject key that seals the call's recipient (migration 0023).
+    to_key: Option<Uuid>,
 }
 
 /// The agent's call with provider id `sid`. A callback may outrun the calls projection by a few
@@ -464,7 +466,7 @@ struct CallRow {
 async fn find_call(app: &AppState, agent_id: &str, sid: &str) -> Result<Option<CallRow>, ApiError> {
     let lookup = || {
         sqlx::query_as::<_, CallRow>(
-            "SELECT call_id, kind, provider, placed_at, status FROM calls WHERE agent_id = $1 AND external_id = $2",
+            "SELECT call_id, kind, provider, placed_at, status, to_key FROM calls WHERE agent_id = $1 AND external_id = $2",
         )
         .bind(agent_id)
         .bind(sid)
@@ -573,11 +575,29 @@ async fn call_status_handler(
             }
         }
     }
-    let recipient = request.param("To").and_then(|to| validate::phone("To", to).ok());
-    let recording_url = request.param("RecordingUrl").map(|url| match &recipient {
-        Some(to) => Pii::subject_retained(url, to.clone(), RetentionClass::Voicemail),
-        None => Pii::retained(url, RetentionClass::Voicemail),
-    });
+    // A recording is about the call's recipient: it is sealed under the very subject key that
+    // seals the call's `to` (never the callback's own `To`, which names nobody we checked) and the
+    // voicemail retention key. Erasing the recipient, before or after the recording arrives, or
+    // the voicemail class expiring, leaves the reference unreadable. A recipient already erased
+    // (or unknown) keeps no reference at all.
+    let recording_url = match (request.param("RecordingUrl"), call.to_key) {
+        (Some(url), Some(key)) => match app.store.keystore().lookup(&[key]).await {
+            Ok(live) if live.contains_key(&key) => {
+                context.provenance.pass("recording_subject");
+                Some(Pii::under_key_retained(url, key, RetentionClass::Voicemail))
+            }
+            Ok(_) => {
+                context.provenance.skip("recording_subject", "the call's recipient was erased: reference not kept");
+                None
+            }
+            Err(e) => return failed(ApiError::internal(e)),
+        },
+        (Some(_), None) => {
+            context.provenance.skip("recording_subject", "the call's recipient is unknown: reference not kept");
+            None
+        }
+        (None, _) => None,
+    };
     let event = AgentEvent::CallStatusChanged {
         call_id: call.call_id,
         kind: call.kind.clone(),

@@ -119,3 +119,28 @@ async fn a_destroyed_retention_key_erases_the_fields_it_sealed() {
     assert_eq!(feed[0]["redactions"][0]["path"], "body");
     assert_eq!(feed[0]["redactions"][0]["reason"], "retention_expired");
 }
+
+#[tokio::test]
+async fn a_key_cached_by_another_instance_is_never_used_after_it_was_destroyed() {
+    // Two instances' key stores on one database, with no watcher between them (as if the
+    // erasure's notice had not arrived yet): B cached the subject key; A destroys it; B's very
+    // next seal uses a new generation, not the destroyed key it still holds in its cache.
+    let db = TestDb::new().await;
+    let a = migrated_store(&db).await;
+    let b = Store::new(db.pool().await, Arc::new(DataKeys::new(&[9u8; 32])));
+    let subject_ref = a.keystore().data_keys().blind_index(PHONE);
+    let (first, _) = b.keystore().subject_key("org-test", &subject_ref).await.unwrap();
+    assert_eq!(b.keystore().subject_key("org-test", &subject_ref).await.unwrap().0, first, "B caches it");
+    assert_eq!(a.keystore().destroy_subject(Some("org-test"), &subject_ref).await.unwrap(), 1);
+    let (next, _) = b.keystore().subject_key("org-test", &subject_ref).await.unwrap();
+    assert_ne!(next, first, "B sealed under the destroyed key");
+    assert_eq!(a.keystore().subject_key("org-test", &subject_ref).await.unwrap().0, next, "one live generation");
+    let generations: Vec<(i32, bool)> = sqlx::query_as(
+        "SELECT generation, wrapped IS NOT NULL FROM data_keys WHERE subject_ref = $1 ORDER BY generation",
+    )
+    .bind(&subject_ref)
+    .fetch_all(a.pool())
+    .await
+    .unwrap();
+    assert_eq!(generations, [(1, false), (2, true)]);
+}

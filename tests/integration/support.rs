@@ -228,3 +228,113 @@ pub async fn provision(
         number: agent["channels"]["phone"].as_str().map(str::to_string),
     }
 }
+
+/// The fixed development keys of `dev_config`, for processes started outside it.
+pub const DATA_KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+pub const CREDENTIALS_KEY_HEX: &str = "a0b1c2d3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5061728394a5b6c7d8e9f";
+
+/// A server started with `config` (a `dev_config` that the test may have changed, e.g. a
+/// shorter first retention delay, which no variable sets).
+impl TestServer {
+    pub async fn start_with(db: &TestDb, extra: &[(&str, &str)], change: impl FnOnce(&mut Config)) -> Self {
+        let data = data_dir();
+        let mut config = dev_config(db, data.path(), extra);
+        change(&mut config);
+        let rt = Runtime::open(config).await.expect("runtime opens");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let server = Server::start(&rt, listener).await.expect("server starts");
+        let base = format!("http://{}", server.addr);
+        Self { rt, server: Some(server), base, http: reqwest::Client::new(), _data: data }
+    }
+}
+
+/// `commguard <args>` on `db` with the development keys: (exit code, stdout, stderr).
+pub fn commguard_cli(db: &TestDb, args: &[&str], extra: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let data = data_dir();
+    let mut cmd = std::process::Command::new(binary());
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .env("COMMGUARD_DATA_DIR", data.path())
+        .env("DATA_ENCRYPTION_KEY", DATA_KEY_HEX)
+        .env("CREDENTIALS_ENCRYPTION_KEY", CREDENTIALS_KEY_HEX);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("commguard runs");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// `commguard audit verify` on `db` prints OK and exits 0.
+pub fn assert_audit_verifies(db: &TestDb, after: &str) {
+    let (code, stdout, stderr) = commguard_cli(db, &["audit", "verify"], &[]);
+    assert_eq!(code, Some(0), "audit verify after {after}: {stdout}{stderr}");
+    assert!(stdout.starts_with("OK"), "audit verify after {after}: {stdout}");
+}
+
+/// A `commguard serve` process on `db` (127.0.0.1, a free port) whose whole log output, stdout
+/// and stderr, goes to `log`. Killed when dropped.
+pub struct ServeProcess {
+    child: std::process::Child,
+    pub base: String,
+    pub http: reqwest::Client,
+    _data: tempfile::TempDir,
+}
+
+impl ServeProcess {
+    pub async fn start(db: &TestDb, vars: &[(&str, &str)], log: &std::path::Path) -> Self {
+        let data = data_dir();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let mut cmd = std::process::Command::new(binary());
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &db.url)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("COMMGUARD_DATA_DIR", data.path())
+            .env("DATA_ENCRYPTION_KEY", DATA_KEY_HEX)
+            .env("CREDENTIALS_ENCRYPTION_KEY", CREDENTIALS_KEY_HEX);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::from(file.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(file))
+            .spawn()
+            .expect("commguard serve starts");
+        let me = Self { child, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new(), _data: data };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(r) = me.http.get(me.url("/health")).send().await {
+                if r.status().is_success() {
+                    return me;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "{} did not become healthy", me.base);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then waits for the process to end (its last log lines are written).
+    pub fn stop(mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
