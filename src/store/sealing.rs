@@ -107,6 +107,12 @@ impl OpeningKeys {
         Ok(Self { live, kinds })
     }
 
+    /// From keys already looked up (no IO): `live` opens fields, `kinds` names why a missing
+    /// key is gone. What `load` builds; the fuzz target of the envelope decoder uses it directly.
+    pub fn from_keys(live: HashMap<Uuid, Key>, kinds: HashMap<Uuid, String>) -> Self {
+        Self { live, kinds }
+    }
+
     /// Opens every sealed field of `payload` whose keys are all live; the others read
     /// `"[erased]"` and are listed.
     pub fn open(&self, payload: &mut Value, event_id: Uuid) -> Vec<Redaction> {
