@@ -178,7 +178,9 @@ fn hex_digit(b: u8) -> Option<u8> {
 
 fn decode_entity(s: &str) -> Option<(char, usize)> {
     for (name, c) in [("&lt;", '<'), ("&gt;", '>'), ("&quot;", '"'), ("&apos;", '\''), ("&amp;", '&')] {
-        if s.len() >= name.len() && s[..name.len()].eq_ignore_ascii_case(name) {
+        // By bytes: the text after `&` may start with a multi-byte character (a `str` slice at
+        // `name.len()` could fall inside it and panic).
+        if s.as_bytes().get(..name.len()).is_some_and(|head| head.eq_ignore_ascii_case(name.as_bytes())) {
             return Some((c, name.len()));
         }
     }
@@ -352,6 +354,11 @@ mod tests {
             ("name", "x; rm -rf /", Some("Command injection")),
             ("name", "$(whoami)", Some("Command injection")),
             ("name", "Tom & cat", None),
+            // A multi-byte character right after `&` (found by schemathesis: it panicked).
+            ("name", "&2\u{dd}x", None),
+            ("name", "&\u{dd}", None),
+            ("name", "&l\u{1F600}", None),
+            ("name", "&#x\u{dd};", None),
             ("name", "Wait.../ok", None),
             ("name", "Sales Agent 1", None),
         ];

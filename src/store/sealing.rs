@@ -27,12 +27,12 @@ pub async fn seal_payload(
     org_id: Option<&str>,
     occurred_at: DateTime<Utc>,
 ) -> Result<(), KeyStoreError> {
-    let mut fields: Vec<(String, Pii)> = Vec::new();
-    collect(payload, CLEAR_MARKER, String::new(), &mut fields);
+    let mut fields: Vec<Field<Pii>> = Vec::new();
+    collect(payload, CLEAR_MARKER, &mut Vec::new(), &mut fields);
     // One subject's key is read (and checked live) once per payload, however many fields it seals.
     let mut subject_keys: HashMap<String, (Uuid, Key)> = HashMap::new();
-    for (path, clear) in fields.into_iter().filter_map(|(path, pii)| match pii {
-        Pii::Clear { seal } => Some((path, seal)),
+    for (path, at, clear) in fields.into_iter().filter_map(|f| match f.value {
+        Pii::Clear { seal } => Some((f.path, f.at, seal)),
         Pii::Sealed(_) => None,
     }) {
         let mut keys: Vec<(Uuid, Key)> = Vec::with_capacity(3);
@@ -64,7 +64,7 @@ pub async fn seal_payload(
             return Err(KeyStoreError::Unwrap(format!("personal field {path} names no key to seal it")));
         }
         let sealed = envelope::seal(&keys, event_id, &path, &clear.value);
-        *pointer_mut(payload, &path).expect("the path was just collected from this payload") =
+        *pointer_mut(payload, &at).expect("the path was just collected from this payload") =
             serde_json::to_value(sealed).expect("an envelope always serializes");
     }
     Ok(())
@@ -108,9 +108,9 @@ impl OpeningKeys {
     pub async fn load(keystore: &KeyStore, payloads: &[&Value]) -> Result<Self, KeyStoreError> {
         let mut ids: Vec<Uuid> = Vec::new();
         for payload in payloads {
-            let mut fields: Vec<(String, SealedField)> = Vec::new();
-            collect(payload, SEALED_MARKER, String::new(), &mut fields);
-            ids.extend(fields.iter().flat_map(|(_, f)| f.k.iter().copied()));
+            let mut fields: Vec<Field<SealedField>> = Vec::new();
+            collect(payload, SEALED_MARKER, &mut Vec::new(), &mut fields);
+            ids.extend(fields.iter().flat_map(|f| f.value.k.iter().copied()));
         }
         ids.sort_unstable();
         ids.dedup();
@@ -123,13 +123,19 @@ impl OpeningKeys {
         Ok(Self { live, kinds })
     }
 
+    /// From keys already looked up (no IO): `live` opens fields, `kinds` names why a missing
+    /// key is gone. What `load` builds; the fuzz target of the envelope decoder uses it directly.
+    pub fn from_keys(live: HashMap<Uuid, Key>, kinds: HashMap<Uuid, String>) -> Self {
+        Self { live, kinds }
+    }
+
     /// Opens every sealed field of `payload` whose keys are all live; the others read
     /// `"[erased]"` and are listed.
     pub fn open(&self, payload: &mut Value, event_id: Uuid) -> Vec<Redaction> {
-        let mut fields: Vec<(String, SealedField)> = Vec::new();
-        collect(payload, SEALED_MARKER, String::new(), &mut fields);
+        let mut fields: Vec<Field<SealedField>> = Vec::new();
+        collect(payload, SEALED_MARKER, &mut Vec::new(), &mut fields);
         let mut redactions = Vec::new();
-        for (path, field) in fields {
+        for Field { path, at, value: field } in fields {
             let opened = envelope::open(&field, event_id, &path, |id| self.live.get(&id).copied());
             let value = match opened {
                 Ok(text) => Value::String(text),
@@ -148,50 +154,76 @@ impl OpeningKeys {
                     json!("[erased]")
                 }
             };
-            *pointer_mut(payload, &path).expect("the path was just collected from this payload") = value;
+            *pointer_mut(payload, &at).expect("the path was just collected from this payload") = value;
         }
         redactions
     }
 }
 
-/// Every object in `value` that carries `marker` and parses as `T`, with its dotted path.
-fn collect<T: serde::de::DeserializeOwned>(value: &Value, marker: &str, path: String, out: &mut Vec<(String, T)>) {
+/// A personal field found in a payload: its dotted path (what the envelope is bound to, and what
+/// a redaction names) and the keys that lead to it. The path alone cannot lead back: a key may
+/// itself contain a dot (refused arguments keep the caller's keys).
+struct Field<T> {
+    path: String,
+    at: Vec<String>,
+    value: T,
+}
+
+/// Every object in `value` that carries `marker` and parses as `T`, with where it is.
+fn collect<T: serde::de::DeserializeOwned>(value: &Value, marker: &str, at: &mut Vec<String>, out: &mut Vec<Field<T>>) {
     match value {
         Value::Object(map) if map.contains_key(marker) => {
             // Deserialized from the borrowed tree: no copy of the object first.
             if let Ok(found) = T::deserialize(value) {
-                out.push((path, found));
+                out.push(Field { path: at.join("."), at: at.clone(), value: found });
             }
         }
         Value::Object(map) => {
             for (key, child) in map {
-                collect(child, marker, join(&path, key), out);
+                at.push(key.clone());
+                collect(child, marker, at, out);
+                at.pop();
             }
         }
         Value::Array(items) => {
             for (i, child) in items.iter().enumerate() {
-                collect(child, marker, join(&path, &i.to_string()), out);
+                at.push(i.to_string());
+                collect(child, marker, at, out);
+                at.pop();
             }
         }
         _ => {}
     }
 }
 
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-fn pointer_mut<'a>(value: &'a mut Value, path: &str) -> Option<&'a mut Value> {
-    if path.is_empty() {
-        return Some(value);
-    }
-    path.split('.').try_fold(value, |node, part| match node {
+fn pointer_mut<'a>(value: &'a mut Value, at: &[String]) -> Option<&'a mut Value> {
+    at.iter().try_fold(value, |node, part| match node {
         Value::Object(map) => map.get_mut(part),
         Value::Array(items) => items.get_mut(part.parse::<usize>().ok()?),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key with a dot in it (refused arguments keep the caller's keys) once made the opener
+    /// panic: the dotted path did not lead back to the field.
+    #[test]
+    fn a_field_under_a_key_with_a_dot_opens() {
+        let (key_id, key) = (Uuid::from_u128(1), [7u8; 32]);
+        let event_id = Uuid::from_u128(9);
+        let sealed = envelope::seal(&[(key_id, key)], event_id, "args.a.b", "pat@example.com");
+        let mut payload = json!({"args": {"a.b": sealed, "a": {"b": 1}}});
+        let keys = OpeningKeys::from_keys(HashMap::from([(key_id, key)]), HashMap::new());
+        assert!(keys.open(&mut payload, event_id).is_empty());
+        assert_eq!(payload, json!({"args": {"a.b": "pat@example.com", "a": {"b": 1}}}));
+
+        let gone = envelope::seal(&[(Uuid::from_u128(2), key)], event_id, "x.y", "secret");
+        let mut payload = json!({"x.y": gone});
+        let keys = OpeningKeys::from_keys(HashMap::new(), HashMap::new());
+        assert_eq!(keys.open(&mut payload, event_id), vec![Redaction { path: "x.y".into(), reason: "subject_erased" }]);
+        assert_eq!(payload, json!({"x.y": "[erased]"}));
+    }
 }

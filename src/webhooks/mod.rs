@@ -669,7 +669,9 @@ fn mailbox(value: &str) -> Option<String> {
     validate::email("address", inner).ok()
 }
 
-fn addresses(value: &Value) -> Vec<String> {
+/// The normalised addresses of a Resend `to`/`from` field (a string or a list); public for the
+/// fuzz target of the Svix body parsing.
+pub fn addresses(value: &Value) -> Vec<String> {
     match value {
         Value::String(s) => mailbox(s).into_iter().collect(),
         Value::Array(items) => items.iter().filter_map(Value::as_str).filter_map(mailbox).collect(),

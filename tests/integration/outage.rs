@@ -15,14 +15,14 @@ use tokio::sync::watch;
 
 use crate::support::{admin_url, TestDb, TestServer};
 
-struct PgProxy {
-    port: u16,
+pub struct PgProxy {
+    pub port: u16,
     down: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl PgProxy {
-    async fn start(socket: PathBuf) -> Self {
+    pub async fn start(socket: PathBuf) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (down, _) = watch::channel(false);
@@ -48,7 +48,7 @@ impl PgProxy {
         Self { port, down, task }
     }
 
-    fn set_down(&self, down: bool) {
+    pub fn set_down(&self, down: bool) {
         self.down.send_replace(down);
     }
 }
@@ -60,7 +60,7 @@ impl Drop for PgProxy {
 }
 
 /// The Unix socket of the test cluster, from `?host=<dir>` of its URL.
-fn cluster_socket() -> PathBuf {
+pub fn cluster_socket() -> PathBuf {
     let url = admin_url();
     let host = url.split("host=").nth(1).expect("the test cluster is reached through a Unix socket");
     PathBuf::from(host.split('&').next().unwrap()).join(".s.PGSQL.5432")

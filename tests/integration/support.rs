@@ -180,6 +180,25 @@ impl McpSession {
         )
     }
 
+    /// `call`, or `None` when no answer came (the server is gone or its reply is not a result).
+    pub async fn try_call(&self, tool: &str, args: Value) -> Option<(bool, Value)> {
+        let reply: Value = self
+            .http
+            .post(format!("{}/mcp", self.base))
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool, "arguments": args}}))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let result = &reply["result"];
+        Some((result["isError"].as_bool()?, serde_json::from_str(result["content"][0]["text"].as_str()?).ok()?))
+    }
+
     pub async fn ok(&self, tool: &str, args: Value) -> Value {
         let (is_error, value) = self.call(tool, args).await;
         assert!(!is_error, "{tool}: {value}");
