@@ -173,6 +173,29 @@ impl Intents {
         Err(Unrecorded)
     }
 
+    /// The reservation meant to store intent `id` answered an error: the connection or the
+    /// database failed around its commit, so the commit may have landed all the same. The
+    /// provider was never called, so there is nothing to record, but a committed intent would
+    /// hold its reservation for as long as this (live) owner runs: no reconciler touches a live
+    /// owner's intents. Its intent, if any, is released (reservation given back, intent
+    /// deleted) once Postgres answers, and once more a lease later, when a commit that was
+    /// still in flight has ended either way.
+    pub fn abandon(self: &Arc<Self>, id: Uuid) {
+        let intents = self.clone();
+        tokio::spawn(async move {
+            for pass in 0..2 {
+                if pass == 1 {
+                    tokio::time::sleep(intents.lease).await;
+                }
+                let mut wait = Duration::from_millis(200);
+                while release(&intents.pool, id).await.is_err() {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        });
+    }
+
     /// After the event is stored: a sent action's intent is deleted in the next batch (with its
     /// cost settled); a failed one is released and deleted now.
     async fn finish(&self, id: Uuid, ending: Ending) {

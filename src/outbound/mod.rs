@@ -171,7 +171,15 @@ async fn run<A: Action>(
         contact,
         intent: Some((app.intents.instance(), fallback)),
     };
-    if let Err(exceeded) = app.reserver.reserve(request).await? {
+    let reserved = match app.reserver.reserve(request).await {
+        Ok(reserved) => reserved,
+        Err(failure) => {
+            // Not performed; an intent its commit may have stored all the same is given back.
+            app.intents.abandon(id);
+            return Err(failure);
+        }
+    };
+    if let Err(exceeded) = reserved {
         app.metrics.rate_limit_hit(&exceeded.limit_type);
         return Err(block(app, context, &agent_id, id, &action, "limits", exceeded.to_error()).await);
     }
