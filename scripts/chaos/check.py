@@ -31,4 +31,5 @@ print(f"answered unconfirmed {len(told['unconfirmed'])} (recorded {unconfirmed_r
       f"recorded as sent-unconfirmed by reconciliation {reconciled}  failed {failed}")
 print(f"limit counters {counters}  recorded sends {len(rows)}  leaked reservations {leaked}  open intents {intents}")
 print(f"other answers: {told['errors']}")
+print(f"longest answered send request: {told.get('longestAnsweredSeconds', 0):.3f} s")
 sys.exit(0 if not missing and not duplicated and leaked == 0 and intents == 0 else 1)
