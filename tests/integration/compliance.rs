@@ -3,7 +3,6 @@
 //! and Svix webhooks (signatures, replay, STOP/START/HELP, call status) — through real HTTP.
 
 use base64::Engine;
-use commguard::webhooks::signature::twilio_expected;
 use serde_json::{json, Value};
 
 use crate::support::{provision, McpSession as Session, TestDb, TestServer};
@@ -250,20 +249,7 @@ async fn calls_respect_local_calling_hours_and_recording_consent() {
 
 /// A form POST signed as Twilio signs it, to `path` on `s`.
 async fn twilio_post(s: &TestServer, path: &str, params: &[(&str, &str)], signature: Option<String>) -> (u16, String) {
-    let owned: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let signature = signature.unwrap_or_else(|| twilio_expected(AUTH_TOKEN, &format!("{BASE}{path}"), &owned));
-    let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
-    let r = s
-        .http
-        .post(s.url(path))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-twilio-signature", signature)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.text().await.unwrap())
+    crate::support::twilio_form(&s.http, &s.url(path), &format!("{BASE}{path}"), AUTH_TOKEN, params, signature).await
 }
 
 fn sms<'a>(sid: &'a str, from: &'a str, to: &'a str, body: &'a str) -> Vec<(&'a str, &'a str)> {

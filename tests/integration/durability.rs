@@ -18,7 +18,9 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::support::{binary, config, data_dir, McpSession as Session, TestDb, TestServer};
+use crate::support::{
+    binary, config, counted_today, data_dir, open_intents, McpSession as Session, TestDb, TestServer,
+};
 
 const MASTER: &str = "durability-test-master-token-0123456789abcdef";
 const DATA_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
@@ -115,21 +117,6 @@ async fn recorded(pool: &PgPool, agent_id: &str) -> Vec<(String, String, String)
     .unwrap()
 }
 
-/// The agent's actions today as the limit counters see them.
-async fn counted(pool: &PgPool, agent_id: &str) -> i64 {
-    sqlx::query_scalar(
-        "SELECT COALESCE(SUM(actions), 0)::bigint FROM usage_counters WHERE scope = 'agent' AND key = $1 AND period = 'day'",
-    )
-    .bind(agent_id)
-    .fetch_one(pool)
-    .await
-    .unwrap()
-}
-
-async fn open_intents(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM outbound_intents").fetch_one(pool).await.unwrap()
-}
-
 /// Polls `check` for up to 60 s.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -220,7 +207,7 @@ async fn postgres_stopped_between_the_provider_call_and_the_record_loses_no_send
             "the provider's receipt is kept"
         );
     }
-    assert_eq!(counted(&pool, &agent_id).await, SENDS as i64, "the counters agree with the store");
+    assert_eq!(counted_today(&pool, &agent_id).await, SENDS as i64, "the counters agree with the store");
 
     server.stop().await.unwrap();
     rt.shutdown().await;
@@ -269,7 +256,7 @@ async fn a_server_killed_with_sends_in_flight_leaks_no_reservation() {
         assert!(call.await.is_err(), "a killed server answers nobody");
     }
     let pool = db.pool().await;
-    assert_eq!(counted(&pool, &agent_id).await, SENDS as i64, "six slots are held");
+    assert_eq!(counted_today(&pool, &agent_id).await, SENDS as i64, "six slots are held");
     assert_eq!(open_intents(&pool).await, SENDS as i64, "each with its intent");
     assert!(recorded(&pool, &agent_id).await.is_empty(), "and nothing recorded yet");
 
@@ -279,7 +266,7 @@ async fn a_server_killed_with_sends_in_flight_leaks_no_reservation() {
     let events = recorded(&pool, &agent_id).await;
     assert_eq!(events.len(), SENDS, "{events:?}");
     assert!(events.iter().all(|(t, _, status)| t == "MessageSent" && status == "unconfirmed"), "{events:?}");
-    assert_eq!(counted(&pool, &agent_id).await, events.len() as i64, "counters equal the recorded actions");
+    assert_eq!(counted_today(&pool, &agent_id).await, events.len() as i64, "counters equal the recorded actions");
     let provenance: Value = sqlx::query_scalar(
         "SELECT metadata::jsonb->'provenance' FROM events WHERE aggregate_id = $1 AND event_type = 'MessageSent' LIMIT 1",
     )

@@ -10,7 +10,6 @@
 
 use std::process::Command;
 
-use commguard::webhooks::signature::twilio_expected;
 use serde_json::{json, Value};
 
 use crate::support::{assert_audit_verifies, commguard_cli, McpSession as Session, ServeProcess, TestDb};
@@ -98,20 +97,7 @@ async fn feed(s: &ServeProcess, db: &TestDb) -> Vec<Value> {
 }
 
 async fn twilio_post(s: &ServeProcess, path: &str, params: &[(&str, &str)]) -> (u16, String) {
-    let owned: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let signature = twilio_expected(AUTH_TOKEN, &format!("{BASE}{path}"), &owned);
-    let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
-    let r = s
-        .http
-        .post(s.url(path))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-twilio-signature", signature)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.text().await.unwrap())
+    crate::support::twilio_form(&s.http, &s.url(path), &format!("{BASE}{path}"), AUTH_TOKEN, params, None).await
 }
 
 /// A Svix-signed `/email` webhook (CONTRACT §8.5) at the service clock's `NOW`.

@@ -13,7 +13,9 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
 use crate::outage::{cluster_socket, PgProxy};
-use crate::support::{admin_url, binary, data_dir, McpSession as Session, TestDb, TestServer};
+use crate::support::{
+    admin_url, binary, counted_today, data_dir, open_intents, McpSession as Session, TestDb, TestServer,
+};
 
 const MASTER: &str = "faults-test-master-token-0123456789abcdef01234567";
 const TO: &str = "+12025550100";
@@ -138,20 +140,6 @@ async fn recorded(pool: &PgPool, agent_id: &str) -> Vec<String> {
     .unwrap()
 }
 
-async fn counted(pool: &PgPool, agent_id: &str) -> i64 {
-    sqlx::query_scalar(
-        "SELECT COALESCE(SUM(actions), 0)::bigint FROM usage_counters WHERE scope = 'agent' AND key = $1 AND period = 'day'",
-    )
-    .bind(agent_id)
-    .fetch_one(pool)
-    .await
-    .unwrap()
-}
-
-async fn open_intents(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM outbound_intents").fetch_one(pool).await.unwrap()
-}
-
 /// Every acknowledged send recorded once, and none recorded twice.
 async fn assert_recorded_once(pool: &PgPool, agent_id: &str, acked: &Acked) -> usize {
     let recorded = recorded(pool, agent_id).await;
@@ -173,7 +161,7 @@ async fn assert_nothing_lost(pool: &PgPool, agent_id: &str, acked: &Acked) {
         "the intents left open were not reconciled within 60 s"
     );
     let recorded = assert_recorded_once(pool, agent_id, acked).await;
-    assert_eq!(counted(pool, agent_id).await, recorded as i64, "limits count only what was recorded");
+    assert_eq!(counted_today(pool, agent_id).await, recorded as i64, "limits count only what was recorded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,6 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use commguard::webhooks::signature::twilio_expected;
 use serde_json::{json, Value};
 
 use crate::support::{assert_audit_verifies, McpSession as Session, TestDb, TestServer};
@@ -185,19 +184,7 @@ async fn the_day_arithmetic_holds_on_the_test_clock_across_a_month_end_and_dst_c
 }
 
 async fn twilio_post(s: &TestServer, path: &str, params: &[(&str, &str)]) -> u16 {
-    let owned: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let signature = twilio_expected(AUTH_TOKEN, &format!("{BASE}{path}"), &owned);
-    let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
-    let r = s
-        .http
-        .post(s.url(path))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-twilio-signature", signature)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    r.status().as_u16()
+    crate::support::twilio_form(&s.http, &s.url(path), &format!("{BASE}{path}"), AUTH_TOKEN, params, None).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -357,3 +357,46 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A form POST to `url`, signed as Twilio signs it for the public address `public` (the
+/// deployment's `WEBHOOK_BASE_URL` plus the path) with `auth_token`, or carrying `signature` as
+/// given: (status, body).
+pub async fn twilio_form(
+    http: &reqwest::Client,
+    url: &str,
+    public: &str,
+    auth_token: &str,
+    params: &[(&str, &str)],
+    signature: Option<String>,
+) -> (u16, String) {
+    let owned: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let signature =
+        signature.unwrap_or_else(|| commguard::webhooks::signature::twilio_expected(auth_token, public, &owned));
+    let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+    let r = http
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
+
+/// An agent's actions today as the limit counters see them.
+pub async fn counted_today(pool: &PgPool, agent_id: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COALESCE(SUM(actions), 0)::bigint FROM usage_counters WHERE scope = 'agent' AND key = $1 AND period = 'day'",
+    )
+    .bind(agent_id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Outbound intents not settled yet, of every instance.
+pub async fn open_intents(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbound_intents").fetch_one(pool).await.unwrap()
+}
