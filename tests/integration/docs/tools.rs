@@ -34,7 +34,7 @@ pub const NOTES: &[(&str, &str, &str)] = &[
     (
         "comms_provision_channels",
         "`{success, agentId, orgId, displayName, agentGender, securityToken, channels:{phone,whatsapp,email,voiceAi}, \
-         mode, pool:{slotsRemaining}, warnings}`; `securityToken` (64 hex) is shown this once. A sandbox org gets a \
+         mode, sandbox, pool:{slotsRemaining}, warnings}`; `securityToken` (64 hex) is shown this once. A sandbox org gets a \
          mock number `+1555…`; `whatsapp` reads `\"unavailable\"`. Events: `AgentProvisioned`, `AgentTokenIssued`.",
         "Checked in this order: role; input; a suspended org (`compliance_blocked`, rule `sandbox`); country rules \
          (`compliance_blocked`, rule `country_rules`, with `blockers` and `warnings`, see \
@@ -161,7 +161,7 @@ pub const NOTES: &[(&str, &str, &str)] = &[
     ),
     (
         "comms_erase_subject",
-        "`{success, subjectRef, scope:\"org\"|\"all\", orgIds, keysDestroyed, projectionRowsPurged, \
+        "`{subjectRef, scope:\"org\"|\"all\", orgIds, keysDestroyed, projectionRowsPurged, \
          dncSuppressionsKept, erasedAt}`. Idempotent. An org token erases in its org; the super-admin in `orgId`, \
          or everywhere without it (docs/privacy.md#erasure). Event: `SubjectErased`.",
         "`invalid_input` for an identifier that is neither a phone number nor an email; `forbidden` for another org.",
