@@ -38,7 +38,7 @@ pub const NOTES: &[(&str, &str, &str)] = &[
          mock number `+1555…`; `whatsapp` reads `\"unavailable\"`. Events: `AgentProvisioned`, `AgentTokenIssued`.",
         "Checked in this order: role; input; a suspended org (`compliance_blocked`, rule `sandbox`); country rules \
          (`compliance_blocked`, rule `country_rules`, with `blockers` and `warnings`, see \
-         docs/compliance.md#country-rules); an existing id (`conflict`); a full pool (`quota_exceeded` with \
+         [country rules](compliance.md#country-rules)); an existing id (`conflict`); a full pool (`quota_exceeded` with \
          `current`, `max`); buying the number (`provider_error`).",
     ),
     (
@@ -66,7 +66,7 @@ pub const NOTES: &[(&str, &str, &str)] = &[
         "`{success, messageId, externalId, status, cost, channel, from, to, subject?, sandbox, warnings}`. An email \
          without the word `unsubscribe` goes out with the warning `can_spam_unsubscribe_missing`. Event: \
          `MessageSent` (or `MessageBlocked`, `MessageFailed`).",
-        "Every step of the outbound pipeline (docs/tools.md#the-outbound-pipeline). Also `invalid_input` for a body \
+        "Every step of the outbound pipeline ([the outbound pipeline](#the-outbound-pipeline)). Also `invalid_input` for a body \
          over 1,600 characters (SMS) or 100,000 (email), an email without `subject`, and `templateId`; `unavailable` for the `whatsapp` channel.",
     ),
     (
@@ -75,7 +75,7 @@ pub const NOTES: &[(&str, &str, &str)] = &[
          disclosure and the greeting (default `Hello, this is <displayName>.`), preceded by the recording \
          announcement when `record` is true. Event: `CallPlaced` (or `CallBlocked`, `CallFailed`).",
         "Every step of the outbound pipeline on the `voice` channel; quiet hours and, with `record:true`, recording \
-         consent (docs/compliance.md#recording-consent).",
+         consent ([recording consent](compliance.md#recording-consent)).",
     ),
     (
         "comms_send_voice_message",
@@ -135,7 +135,7 @@ pub const NOTES: &[(&str, &str, &str)] = &[
         "comms_register_provider",
         "`{success, provider, orgId, verified, keysStored, keyVersion}`: key names only, never values. Twilio takes \
          `accountSid`, `authToken`; Resend `apiKey` and optionally `webhookSecret`. Without `orgId` the credentials \
-         are the platform's. They are stored encrypted (docs/privacy.md#provider-credentials) and used from the \
+         are the platform's. They are stored encrypted ([privacy](privacy.md#provider-credentials)) and used from the \
          next send on. Event: `ProviderRegistered`.",
         "`provider_error` when verification against the provider's fixed host fails \
          (`Verification failed for <provider>: …`); `invalid_input` for a missing or multi-line value.",
@@ -156,14 +156,14 @@ pub const NOTES: &[(&str, &str, &str)] = &[
         "comms_dnc_list",
         "`{entries:[{entryId, address, type, source, reason, addedBy, addedAt}], nextCursor}`; `address` reads \
          `[erased]` after an erasure; `source` is `stop_keyword`, `admin`, `agent` or `complaint`. Paged like \
-         the admin lists (docs/admin-api.md#paging).",
+         the admin lists ([paging](admin-api.md#paging)).",
         "`invalid_input` for a bad cursor or limit; `forbidden` for another org.",
     ),
     (
         "comms_erase_subject",
         "`{subjectRef, scope:\"org\"|\"all\", orgIds, keysDestroyed, projectionRowsPurged, \
          dncSuppressionsKept, erasedAt}`. Idempotent. An org token erases in its org; the super-admin in `orgId`, \
-         or everywhere without it (docs/privacy.md#erasure). Event: `SubjectErased`.",
+         or everywhere without it ([erasure](privacy.md#erasure)). Event: `SubjectErased`.",
         "`invalid_input` for an identifier that is neither a phone number nor an email; `forbidden` for another org.",
     ),
 ];
