@@ -25,6 +25,7 @@ fn consent_schema(extra: Value) -> Value {
 
 pub const RECORD_CONSENT: Tool = Tool {
     name: "comms_record_consent",
+    handler: |app, caller, args| Box::pin(record_consent(app, caller, args)),
     role: Role::Agent,
     description: "Record a contact's consent to be contacted by an agent on a channel.",
     schema: || {
@@ -37,6 +38,7 @@ pub const RECORD_CONSENT: Tool = Tool {
 
 pub const REVOKE_CONSENT: Tool = Tool {
     name: "comms_revoke_consent",
+    handler: |app, caller, args| Box::pin(revoke_consent(app, caller, args)),
     role: Role::Agent,
     description: "Revoke a contact's consent for an agent on a channel.",
     schema: || consent_schema(json!({})),
@@ -44,6 +46,7 @@ pub const REVOKE_CONSENT: Tool = Tool {
 
 pub const CHECK_CONSENT: Tool = Tool {
     name: "comms_check_consent",
+    handler: |app, caller, args| Box::pin(check_consent(app, caller, args)),
     role: Role::Agent,
     description:
         "Show whether an agent holds a contact's consent on a channel, and whether the contact is on the DNC list.",
@@ -52,6 +55,7 @@ pub const CHECK_CONSENT: Tool = Tool {
 
 pub const DNC_ADD: Tool = Tool {
     name: "comms_dnc_add",
+    handler: |app, caller, args| Box::pin(dnc_add(app, caller, args)),
     role: Role::Agent,
     description: "Add a number or email to the organization's Do Not Contact list.",
     schema: || {
@@ -63,6 +67,7 @@ pub const DNC_ADD: Tool = Tool {
 
 pub const DNC_REMOVE: Tool = Tool {
     name: "comms_dnc_remove",
+    handler: |app, caller, args| Box::pin(dnc_remove(app, caller, args)),
     role: Role::Org,
     description: "Remove every Do Not Contact entry for an address in the organization.",
     schema: || {
@@ -74,6 +79,7 @@ pub const DNC_REMOVE: Tool = Tool {
 
 pub const DNC_LIST: Tool = Tool {
     name: "comms_dnc_list",
+    handler: |app, caller, args| Box::pin(dnc_list(app, caller, args)),
     role: Role::Org,
     description: "List the organization's Do Not Contact entries.",
     schema: || {
@@ -86,6 +92,7 @@ pub const DNC_LIST: Tool = Tool {
 
 pub const ERASE_SUBJECT: Tool = Tool {
     name: "comms_erase_subject",
+    handler: |app, caller, args| Box::pin(erase_subject(app, caller, args)),
     role: Role::Org,
     description: "Erase a data subject (phone number or email) by destroying its keys: its personal data in \
                   events reads [erased], its consent records are purged, DNC entries keep blocking.",
