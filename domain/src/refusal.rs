@@ -164,10 +164,12 @@ pub enum LimitType {
     MonthlySpend,
     OrgSpendDay,
     OrgSpendMonth,
+    /// Voice actions to one number in a UTC day.
+    ContactFrequency,
 }
 
 impl LimitType {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::PerMinute,
         Self::PerHour,
         Self::PerDay,
@@ -175,6 +177,7 @@ impl LimitType {
         Self::MonthlySpend,
         Self::OrgSpendDay,
         Self::OrgSpendMonth,
+        Self::ContactFrequency,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -186,6 +189,7 @@ impl LimitType {
             Self::MonthlySpend => "monthly-spend",
             Self::OrgSpendDay => "org_spend_day",
             Self::OrgSpendMonth => "org_spend_month",
+            Self::ContactFrequency => "contact-frequency",
         }
     }
 
@@ -196,7 +200,7 @@ impl LimitType {
     /// A spend cap (money), rather than a count of actions.
     pub fn is_spend(self) -> bool {
         match self {
-            Self::PerMinute | Self::PerHour | Self::PerDay => false,
+            Self::PerMinute | Self::PerHour | Self::PerDay | Self::ContactFrequency => false,
             Self::DailySpend | Self::MonthlySpend | Self::OrgSpendDay | Self::OrgSpendMonth => true,
         }
     }

@@ -153,7 +153,7 @@ pub async fn active_org(app: &AppState, org_id: &str) -> Result<OrgView, ApiErro
     let found = org(&app.pool, org_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))?;
-    if found.mode == OrgMode::Suspended.as_str() {
+    if OrgMode::parse(&found.mode) == Some(OrgMode::Suspended) {
         return Err(compliance(format!("Organization \"{org_id}\" is suspended"), Rule::Sandbox));
     }
     Ok(found)
@@ -191,7 +191,7 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
     context.provenance.pass("duplicate");
     context.provenance.pass("capacity");
 
-    let sandbox = app.config.demo_mode || locked_org.mode == OrgMode::Sandbox.as_str();
+    let sandbox = app.config.demo_mode || OrgMode::parse(&locked_org.mode) == Some(OrgMode::Sandbox);
     let (phone, provider_refs) = if sandbox {
         (
             new.capabilities.phone.then(|| format!("+1555{:07}", rand::random::<u32>() % 10_000_000)),

@@ -83,7 +83,9 @@ impl Exceeded {
             LimitType::PerMinute => "in up to 60 seconds",
             LimitType::PerHour => "in up to 60 minutes",
             LimitType::MonthlySpend | LimitType::OrgSpendMonth => "at the start of next month",
-            LimitType::PerDay | LimitType::DailySpend | LimitType::OrgSpendDay => "at midnight UTC",
+            LimitType::PerDay | LimitType::DailySpend | LimitType::OrgSpendDay | LimitType::ContactFrequency => {
+                "at midnight UTC"
+            }
         }
     }
 

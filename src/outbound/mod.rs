@@ -4,6 +4,9 @@
 //! agent's state on they are `MessageBlocked` / `CallBlocked`, a provider failure is
 //! `MessageFailed` / `CallFailed`, and a send is `MessageSent` / `CallPlaced` — each with the
 //! checks that ran, in order. `actions` holds the three tools' inputs, events and replies.
+//! Steps 5–6 and the choice of step 13's provider are the domain's pure decision
+//! (`commguard_domain::send::decide`); this module does the IO around it. Every refusal is a typed
+//! `Refusal` (check, code, rule, limit) from where it is decided to its event and reply.
 
 pub mod compliance;
 

@@ -1,5 +1,6 @@
 //! Consent and do-not-contact tools (CONTRACT §6.3); the rules live in `crate::contacts`.
 
+use commguard_domain::agent::AgentStatus;
 use commguard_domain::contact::{DncSource, CONSENT_CHANNELS};
 use serde_json::{json, Value};
 
@@ -126,7 +127,7 @@ async fn consent_target(
 }
 
 fn require_active(agent: &crate::directory::AgentView) -> Result<(), ApiError> {
-    if agent.status != "active" {
+    if AgentStatus::parse(&agent.status) != Some(AgentStatus::Active) {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             format!("Agent \"{}\" is not active (status: {})", agent.agent_id, agent.status),
