@@ -405,6 +405,32 @@ mod tests {
     }
 
     #[test]
+    fn a_domain_refusal_answers_the_body_it_always_had() {
+        use commguard_domain::send::{decide, AgentState, OrgState, Send};
+        use commguard_domain::values::{Channel, OrgMode};
+        let send = Send {
+            agent: AgentState {
+                agent_id: "a1",
+                status: commguard_domain::agent::AgentStatus::Active,
+                phone: true,
+                email: false,
+                blocked_channels: &[],
+            },
+            org: OrgState { org_id: "o1", mode: OrgMode::Suspended },
+            channel: Channel::Sms,
+            demo_mode: false,
+            real_provider: true,
+        };
+        let refusal = ApiError::from(decide(&send).unwrap_err());
+        assert_eq!(
+            refusal.body(Some("r")),
+            serde_json::json!({"error": "Compliance: Organization \"o1\" is suspended", "code": "compliance_blocked",
+                               "rule": "sandbox", "requestId": "r"})
+        );
+        assert_eq!((refusal.refusal().check, status(refusal.code).as_u16()), (Check::OrgState, 403));
+    }
+
+    #[test]
     fn a_refusal_without_a_named_check_stands_for_the_one_its_code_implies() {
         let by = |code| ApiError::new(code, "x").refusal().check.as_str();
         assert_eq!(by(ErrorCode::Forbidden), "role");

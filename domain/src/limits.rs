@@ -69,6 +69,17 @@ pub struct Limits<T> {
 }
 
 impl<T> Limits<T> {
+    /// Each limit through `f`.
+    pub fn map<U>(self, f: impl Fn(T) -> U) -> Limits<U> {
+        Limits {
+            per_minute: f(self.per_minute),
+            per_hour: f(self.per_hour),
+            per_day: f(self.per_day),
+            spend_day: f(self.spend_day),
+            spend_month: f(self.spend_month),
+        }
+    }
+
     /// Each limit of `self` with the same limit of `other`.
     fn zip<U, V>(self, other: Limits<U>, f: impl Fn(T, U) -> V) -> Limits<V> {
         Limits {

@@ -13,33 +13,18 @@ use commguard_domain::refusal::{Check, LimitType};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 
-/// The five per-agent limits; `None` = unlimited. Spend in micro-dollars.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    pub per_minute: Option<i64>,
-    pub per_hour: Option<i64>,
-    pub per_day: Option<i64>,
-    pub spend_day: Option<i64>,
-    pub spend_month: Option<i64>,
+/// The five per-agent limits a reservation checks (the domain's one declaration of them);
+/// `None` = unlimited. Spend in micro-dollars.
+pub type Limits = commguard_domain::limits::Limits<Option<i64>>;
+
+/// The agent's effective limits (tier, then overrides; CONTRACT §9.2).
+pub fn of(agent: &crate::directory::AgentView, config: &Config) -> Limits {
+    agent.effective_limits(config).map(Some)
 }
 
-impl Limits {
-    /// The agent's effective limits (tier, then overrides; CONTRACT §9.2).
-    pub fn of(agent: &crate::directory::AgentView, config: &Config) -> Self {
-        let l = agent.effective_limits(config);
-        Self {
-            per_minute: Some(l.per_minute),
-            per_hour: Some(l.per_hour),
-            per_day: Some(l.per_day),
-            spend_day: Some(l.spend_day),
-            spend_month: Some(l.spend_month),
-        }
-    }
-
-    /// No limits: the super-admin's and demo actions are counted but never refused.
-    pub fn unlimited() -> Self {
-        Self { per_minute: None, per_hour: None, per_day: None, spend_day: None, spend_month: None }
-    }
+/// No limits: the super-admin's and demo actions are counted but never refused.
+pub fn unlimited() -> Limits {
+    Limits::default()
 }
 
 /// An org's spend caps (`null` = unlimited).

@@ -31,7 +31,7 @@ use crate::providers::{self as provider, Outgoing, Provider, Receipt};
 use crate::state::AppState;
 use crate::store::CommandContext;
 use crate::validate::Args;
-use limits::{Contact, Limits, OrgCaps};
+use limits::{Contact, OrgCaps};
 
 pub mod actions;
 
@@ -114,7 +114,7 @@ async fn run<A: Action>(
     };
     // 12: limits — a reservation; the super-admin and demo are counted, never refused.
     let unlimited = caller.principal.role() == Role::SuperAdmin || app.config.demo_mode;
-    let limits = if unlimited { Limits::unlimited() } else { Limits::of(&agent, &app.config) };
+    let limits = if unlimited { limits::unlimited() } else { limits::of(&agent, &app.config) };
     let caps = if unlimited {
         OrgCaps::default()
     } else {
