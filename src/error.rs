@@ -14,61 +14,24 @@ use cqrs_es::persist::PersistenceError;
 use cqrs_es::AggregateError;
 use serde_json::{Map, Value};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
-    Unauthorized,
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    Conflict,
-    QuotaExceeded,
-    RateLimited,
-    LockedOut,
-    ComplianceBlocked,
-    ProviderError,
-    Unavailable,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    MethodNotAllowed,
-    Internal,
-}
+pub use commguard_domain::refusal::ErrorCode;
+use commguard_domain::refusal::{Check, DomainError, LimitType, Refusal, Rule};
 
-impl ErrorCode {
-    pub fn status(self) -> StatusCode {
-        match self {
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden | Self::ComplianceBlocked => StatusCode::FORBIDDEN,
-            Self::InvalidInput => StatusCode::BAD_REQUEST,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Conflict | Self::QuotaExceeded => StatusCode::CONFLICT,
-            Self::RateLimited | Self::LockedOut => StatusCode::TOO_MANY_REQUESTS,
-            Self::ProviderError => StatusCode::BAD_GATEWAY,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unauthorized => "unauthorized",
-            Self::Forbidden => "forbidden",
-            Self::InvalidInput => "invalid_input",
-            Self::NotFound => "not_found",
-            Self::Conflict => "conflict",
-            Self::QuotaExceeded => "quota_exceeded",
-            Self::RateLimited => "rate_limited",
-            Self::LockedOut => "locked_out",
-            Self::ComplianceBlocked => "compliance_blocked",
-            Self::ProviderError => "provider_error",
-            Self::Unavailable => "unavailable",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::Internal => "internal",
-        }
+/// The HTTP status of each §7 code.
+pub fn status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden | ErrorCode::ComplianceBlocked => StatusCode::FORBIDDEN,
+        ErrorCode::InvalidInput => StatusCode::BAD_REQUEST,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Conflict | ErrorCode::QuotaExceeded => StatusCode::CONFLICT,
+        ErrorCode::RateLimited | ErrorCode::LockedOut => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::ProviderError => StatusCode::BAD_GATEWAY,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -78,6 +41,11 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// The check that refused, where its code does not say (`Check::of_code` otherwise).
+    pub check: Option<Check>,
+    /// The compliance rule (`rule` in the body) and the limit (`limitType`) the refusal names.
+    pub rule: Option<Rule>,
+    pub limit: Option<LimitType>,
     pub extra: Map<String, Value>,
     /// Extra response headers (`Retry-After`, `Allow`, `WWW-Authenticate`).
     pub headers: Vec<(&'static str, String)>,
@@ -90,7 +58,50 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), extra: Map::new(), headers: Vec::new(), status: None, recorded: false }
+        Self {
+            code,
+            message: message.into(),
+            check: None,
+            rule: None,
+            limit: None,
+            extra: Map::new(),
+            headers: Vec::new(),
+            status: None,
+            recorded: false,
+        }
+    }
+
+    /// Names the check that refused.
+    pub fn at(mut self, check: Check) -> Self {
+        self.check = Some(check);
+        self
+    }
+
+    /// Names the compliance rule that refused.
+    pub fn under(mut self, rule: Rule) -> Self {
+        self.rule = Some(rule);
+        self
+    }
+
+    /// The typed refusal this error is: its check (named, or implied by its code), code, rule
+    /// and limit — what `ActionRefused`, `MessageBlocked` and `CallBlocked` record.
+    pub fn refusal(&self) -> Refusal {
+        Refusal {
+            check: self.check.unwrap_or(Check::of_code(self.code)),
+            code: self.code,
+            reason: self.message.clone(),
+            rule: self.rule,
+            limit: self.limit,
+        }
+    }
+
+    /// An aggregate's answer: a domain refusal with its own code and text, anything else a
+    /// failure (`internal`).
+    pub fn aggregate<E: DomainError>(e: AggregateError<E>) -> Self {
+        match e {
+            AggregateError::UserError(refused) => Self::new(refused.code(), refused.to_string()),
+            other => Self::internal(other),
+        }
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -145,6 +156,12 @@ impl ApiError {
         let mut body = Map::new();
         body.insert("error".into(), Value::String(self.message.clone()));
         body.insert("code".into(), Value::String(self.code.as_str().into()));
+        if let Some(rule) = self.rule {
+            body.insert("rule".into(), Value::String(rule.as_str().into()));
+        }
+        if let Some(limit) = self.limit {
+            body.insert("limitType".into(), Value::String(limit.as_str().into()));
+        }
         if let Some(id) = request_id {
             body.insert("requestId".into(), Value::String(id.into()));
         }
@@ -274,13 +291,21 @@ impl<T: StdError> Failure for AggregateError<T> {
     }
 }
 
+/// A refusal decided in the domain, answered as it was decided.
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        let Refusal { check, code, reason, rule, limit } = refusal;
+        Self { check: Some(check), rule, limit, ..Self::new(code, reason) }
+    }
+}
+
 /// Marks a response as an `ApiError`, so the request-id layer can stamp the body.
 #[derive(Clone)]
 pub struct ErrorBody(pub ApiError);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status.unwrap_or(self.code.status()), axum::Json(self.body(None))).into_response();
+        let mut response = (self.status.unwrap_or(status(self.code)), axum::Json(self.body(None))).into_response();
         for (name, value) in &self.headers {
             if let Ok(v) = HeaderValue::from_str(value) {
                 response.headers_mut().insert(*name, v);
@@ -306,8 +331,8 @@ mod tests {
             (ErrorCode::PayloadTooLarge, 413, "payload_too_large"),
             (ErrorCode::UnsupportedMediaType, 415, "unsupported_media_type"),
         ];
-        for (code, status, name) in table {
-            assert_eq!((code.status().as_u16(), code.as_str()), (status, name));
+        for (code, expected, name) in table {
+            assert_eq!((status(code).as_u16(), code.as_str()), (expected, name));
         }
     }
 
@@ -338,7 +363,7 @@ mod tests {
     #[test]
     fn failures_that_wrap_an_outage_answer_unavailable_and_others_internal() {
         let down = ApiError::internal(io(std::io::ErrorKind::ConnectionReset));
-        assert_eq!((down.code, down.code.status().as_u16()), (ErrorCode::Unavailable, 503));
+        assert_eq!((down.code, status(down.code).as_u16()), (ErrorCode::Unavailable, 503));
         assert_eq!(down.message, "Service unavailable");
         assert_eq!(ApiError::internal(sqlx::Error::RowNotFound).code, ErrorCode::Internal);
         assert_eq!(ApiError::internal("no handler").code, ErrorCode::Internal);
@@ -365,10 +390,57 @@ mod tests {
 
     #[test]
     fn the_body_carries_code_request_id_and_extras() {
-        let e = ApiError::new(ErrorCode::RateLimited, "Too many requests").with("limitType", "per-minute");
+        let mut e = ApiError::new(ErrorCode::RateLimited, "Too many requests").with("current", 3);
+        e.limit = Some(LimitType::PerMinute);
         let body = e.body(Some("req-1"));
         assert_eq!(body["code"], "rate_limited");
         assert_eq!(body["requestId"], "req-1");
         assert_eq!(body["limitType"], "per-minute");
+        assert_eq!(body["current"], 3);
+        assert!(body.get("rule").is_none());
+        assert_eq!(e.refusal().check, Check::Limits);
+        let blocked = ApiError::new(ErrorCode::ComplianceBlocked, "Compliance: x").under(Rule::Dnc).at(Check::Dnc);
+        assert_eq!(blocked.body(None)["rule"], "dnc");
+        assert_eq!((blocked.refusal().check, blocked.refusal().rule), (Check::Dnc, Some(Rule::Dnc)));
+    }
+
+    #[test]
+    fn a_domain_refusal_answers_the_body_it_always_had() {
+        use commguard_domain::send::{decide, AgentState, OrgState, Send};
+        use commguard_domain::values::{Channel, OrgMode};
+        let send = Send {
+            agent: AgentState {
+                agent_id: "a1",
+                status: commguard_domain::agent::AgentStatus::Active,
+                phone: true,
+                email: false,
+                blocked_channels: &[],
+            },
+            org: OrgState { org_id: "o1", mode: OrgMode::Suspended },
+            channel: Channel::Sms,
+            demo_mode: false,
+            real_provider: true,
+        };
+        let refusal = ApiError::from(decide(&send).unwrap_err());
+        assert_eq!(
+            refusal.body(Some("r")),
+            serde_json::json!({"error": "Compliance: Organization \"o1\" is suspended", "code": "compliance_blocked",
+                               "rule": "sandbox", "requestId": "r"})
+        );
+        assert_eq!((refusal.refusal().check, status(refusal.code).as_u16()), (Check::OrgState, 403));
+    }
+
+    #[test]
+    fn a_refusal_without_a_named_check_stands_for_the_one_its_code_implies() {
+        let by = |code| ApiError::new(code, "x").refusal().check.as_str();
+        assert_eq!(by(ErrorCode::Forbidden), "role");
+        assert_eq!(by(ErrorCode::NotFound), "agent_resolve");
+        assert_eq!(by(ErrorCode::PayloadTooLarge), "input");
+        assert_eq!(by(ErrorCode::ComplianceBlocked), "compliance");
+        assert_eq!(by(ErrorCode::QuotaExceeded), "state");
+        assert_eq!(by(ErrorCode::ProviderError), "provider");
+        assert_eq!(by(ErrorCode::LockedOut), "internal");
+        let boundary = ApiError::new(ErrorCode::Forbidden, "Agent \"a\" does not belong").at(Check::OrgBoundary);
+        assert_eq!(boundary.refusal().check.as_str(), "org_boundary");
     }
 }

@@ -1,12 +1,15 @@
 //! This instance's Prometheus metrics (CONTRACT §14, §13.3): one registry, built with
 //! `prometheus-client`, shared through `AppState` and the hardening layers. Counters live in
 //! memory, per instance (Prometheus sums instances); the projection lag is measured from Postgres
-//! when `/metrics` is read and handed to `render`. The module imports nothing of the crate, so
-//! anything may increment it without an import cycle.
+//! when `/metrics` is read and handed to `render`. The module imports nothing of the crate (only
+//! the domain's label types, `Channel` and `LimitType`), so anything may increment it without an
+//! import cycle.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
+use commguard_domain::refusal::LimitType;
+use commguard_domain::values::Channel;
 use prometheus_client::encoding::text::encode_registry;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -111,12 +114,12 @@ impl Metrics {
         self.anomalies.get_or_create(&one("type", rule)).inc();
     }
 
-    pub fn message_sent(&self, channel: &str) {
-        self.messages_sent.get_or_create(&one("channel", channel)).inc();
+    pub fn message_sent(&self, channel: Channel) {
+        self.messages_sent.get_or_create(&one("channel", channel.as_str())).inc();
     }
 
-    pub fn rate_limit_hit(&self, limit_type: &str) {
-        self.rate_limit_hits.get_or_create(&one("limit_type", limit_type)).inc();
+    pub fn rate_limit_hit(&self, limit: LimitType) {
+        self.rate_limit_hits.get_or_create(&one("limit_type", limit.as_str())).inc();
     }
 
     /// `outcome` is `ok` or the refusal's §7 code.

@@ -5,31 +5,14 @@
 //! never fails because of the input it refuses.
 
 use commguard_domain::pii::{Pii, RetentionClass};
-use commguard_domain::records::RefusalEvent;
+use commguard_domain::records::{ActionRefused, RefusalEvent};
 use serde_json::{Map, Value};
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
+
 use crate::state::AppState;
 use crate::store::CommandContext;
-
-/// Which check refused, from the refusal's code (CONTRACT §6.1 check names).
-pub fn refused_by(refusal: &ApiError) -> &'static str {
-    match refusal.code {
-        ErrorCode::Forbidden if refusal.message.starts_with("Agent \"") => "org_boundary",
-        ErrorCode::Forbidden if refusal.message.starts_with("Organization \"") => "org_state",
-        ErrorCode::Forbidden => "role",
-        ErrorCode::NotFound => "agent_resolve",
-        ErrorCode::InvalidInput | ErrorCode::PayloadTooLarge | ErrorCode::UnsupportedMediaType => "input",
-        ErrorCode::ComplianceBlocked => "compliance",
-        ErrorCode::Conflict | ErrorCode::QuotaExceeded => "state",
-        ErrorCode::Unavailable | ErrorCode::ProviderError => "provider",
-        ErrorCode::RateLimited => "limits",
-        ErrorCode::Unauthorized | ErrorCode::LockedOut | ErrorCode::MethodNotAllowed | ErrorCode::Internal => {
-            "internal"
-        }
-    }
-}
 
 /// Fields whose value names a person (a phone number or an email address): sealed under that
 /// subject's key when it parses as one (†).
@@ -140,17 +123,15 @@ pub async fn record(
         (None, Some(org)) => ("organization", org.clone()),
         (None, None) => ("platform", "platform".to_string()),
     };
-    let by = refused_by(refusal);
-    context.provenance.fail(by, refusal.message.clone());
-    let event = RefusalEvent::ActionRefused {
-        tool: action.into(),
+    let refused = refusal.refusal();
+    context.provenance.fail(refused.check.as_str(), refusal.message.clone());
+    let event = RefusalEvent::ActionRefused(ActionRefused::new(
+        action.into(),
         agent_id,
-        code: refusal.code.as_str().into(),
-        refused_by: by.into(),
-        reason: refusal.message.clone(),
-        rule: refusal.extra.get("rule").and_then(Value::as_str).map(str::to_string),
-        args: args.map(sealed_args),
-    };
+        &refused,
+        refusal.message.clone(),
+        args.map(sealed_args),
+    ));
     match app.store.record(stream_type, &stream_id, &[event], &context).await {
         Ok(_) => None,
         Err(e) => {

@@ -10,6 +10,8 @@ use uuid::Uuid;
 
 use crate::limits::{LimitSet, Overrides, OverridesChange, Tier};
 use crate::pii::Pii;
+use crate::records::ActionRefused;
+use crate::refusal::{DomainError, ErrorCode};
 use crate::values::{normalise_blocked_channels, IssuedToken, OrgMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +19,23 @@ use crate::values::{normalise_blocked_channels, IssuedToken, OrgMode};
 pub enum AgentStatus {
     Active,
     Deprovisioned,
+}
+
+impl AgentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Deprovisioned => "deprovisioned",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "active" => Some(Self::Active),
+            "deprovisioned" => Some(Self::Deprovisioned),
+            _ => None,
+        }
+    }
 }
 
 /// How a token came to be (CONTRACT §11.3 `issuedVia`).
@@ -172,18 +191,7 @@ pub enum AgentEvent {
         blocked_channels: Vec<String>,
     },
     /// A refused tool call about this agent (appended by `Store::record`; changes no state).
-    ActionRefused {
-        tool: String,
-        agent_id: Option<String>,
-        code: String,
-        refused_by: String,
-        reason: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        rule: Option<String>,
-        /// The refused arguments, sealed (see `records::RefusalEvent::ActionRefused`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        args: Option<serde_json::Value>,
-    },
+    ActionRefused(ActionRefused),
     LimitsChanged {
         overrides_before: Overrides,
         overrides_after: Overrides,
@@ -333,7 +341,7 @@ impl DomainEvent for AgentEvent {
     }
 }
 
-/// Refusals, worded as the contract words them; `code()` names the §7 code.
+/// Refusals, worded as the contract words them; `code()` is the §7 code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgentError {
     #[error("Agent \"{0}\" not found")]
@@ -347,11 +355,18 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    pub fn code(&self) -> &'static str {
+    /// The §7 code of each refusal.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::NotFound(_) => "not_found",
-            Self::AlreadyExists(_) | Self::AlreadyDeprovisioned(_) | Self::NotActive(_) => "conflict",
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::AlreadyExists(_) | Self::AlreadyDeprovisioned(_) | Self::NotActive(_) => ErrorCode::Conflict,
         }
+    }
+}
+
+impl DomainError for AgentError {
+    fn code(&self) -> ErrorCode {
+        AgentError::code(self)
     }
 }
 

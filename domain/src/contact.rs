@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::pii::Pii;
+use crate::refusal::{DomainError, ErrorCode};
 
 /// Channels a consent is held for; calls and voice messages use `voice`.
 pub const CONSENT_CHANNELS: [&str; 5] = ["sms", "voice", "email", "whatsapp", "recording"];
@@ -244,6 +245,21 @@ impl DomainEvent for ContactEvent {
 pub enum ContactError {
     #[error("unknown consent channel {0}")]
     UnknownChannel(String),
+}
+
+impl ContactError {
+    /// The §7 code of each refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::UnknownChannel(_) => ErrorCode::InvalidInput,
+        }
+    }
+}
+
+impl DomainError for ContactError {
+    fn code(&self) -> ErrorCode {
+        ContactError::code(self)
+    }
 }
 
 impl Contact {

@@ -13,5 +13,7 @@ pub mod organization;
 pub mod pii;
 pub mod recording;
 pub mod records;
+pub mod refusal;
+pub mod send;
 pub mod time_zones;
 pub mod values;

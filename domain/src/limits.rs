@@ -55,57 +55,59 @@ impl Tier {
     }
 }
 
-/// The five limits of an agent.
+/// The five limits of an agent (CONTRACT §9.2), declared once: as values (`LimitSet`), as
+/// overrides (`Overrides`, `None` = the tier's value) and as a change of overrides
+/// (`OverridesChange`: `None` leaves a field, `Some(None)` clears it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LimitSet {
-    pub per_minute: i64,
-    pub per_hour: i64,
-    pub per_day: i64,
-    pub spend_day: i64,
-    pub spend_month: i64,
+pub struct Limits<T> {
+    pub per_minute: T,
+    pub per_hour: T,
+    pub per_day: T,
+    pub spend_day: T,
+    pub spend_month: T,
 }
 
-/// Overrides; `None` = the tier's value.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Overrides {
-    pub per_minute: Option<i64>,
-    pub per_hour: Option<i64>,
-    pub per_day: Option<i64>,
-    pub spend_day: Option<i64>,
-    pub spend_month: Option<i64>,
-}
-
-/// A change of overrides: `None` leaves a field, `Some(None)` clears it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OverridesChange {
-    pub per_minute: Option<Option<i64>>,
-    pub per_hour: Option<Option<i64>>,
-    pub per_day: Option<Option<i64>>,
-    pub spend_day: Option<Option<i64>>,
-    pub spend_month: Option<Option<i64>>,
-}
-
-impl Overrides {
-    pub fn changed(self, c: OverridesChange) -> Self {
-        Self {
-            per_minute: c.per_minute.unwrap_or(self.per_minute),
-            per_hour: c.per_hour.unwrap_or(self.per_hour),
-            per_day: c.per_day.unwrap_or(self.per_day),
-            spend_day: c.spend_day.unwrap_or(self.spend_day),
-            spend_month: c.spend_month.unwrap_or(self.spend_month),
+impl<T> Limits<T> {
+    /// Each limit through `f`.
+    pub fn map<U>(self, f: impl Fn(T) -> U) -> Limits<U> {
+        Limits {
+            per_minute: f(self.per_minute),
+            per_hour: f(self.per_hour),
+            per_day: f(self.per_day),
+            spend_day: f(self.spend_day),
+            spend_month: f(self.spend_month),
         }
     }
 
-    pub fn effective(self, tier: LimitSet) -> LimitSet {
-        LimitSet {
-            per_minute: self.per_minute.unwrap_or(tier.per_minute),
-            per_hour: self.per_hour.unwrap_or(tier.per_hour),
-            per_day: self.per_day.unwrap_or(tier.per_day),
-            spend_day: self.spend_day.unwrap_or(tier.spend_day),
-            spend_month: self.spend_month.unwrap_or(tier.spend_month),
+    /// Each limit of `self` with the same limit of `other`.
+    fn zip<U, V>(self, other: Limits<U>, f: impl Fn(T, U) -> V) -> Limits<V> {
+        Limits {
+            per_minute: f(self.per_minute, other.per_minute),
+            per_hour: f(self.per_hour, other.per_hour),
+            per_day: f(self.per_day, other.per_day),
+            spend_day: f(self.spend_day, other.spend_day),
+            spend_month: f(self.spend_month, other.spend_month),
         }
+    }
+}
+
+/// The five limits' values.
+pub type LimitSet = Limits<i64>;
+
+/// Overrides; `None` = the tier's value.
+pub type Overrides = Limits<Option<i64>>;
+
+/// A change of overrides: `None` leaves a field, `Some(None)` clears it.
+pub type OverridesChange = Limits<Option<Option<i64>>>;
+
+impl Overrides {
+    pub fn changed(self, c: OverridesChange) -> Self {
+        self.zip(c, |own, change| change.unwrap_or(own))
+    }
+
+    pub fn effective(self, tier: LimitSet) -> LimitSet {
+        self.zip(tier, |own, tier| own.unwrap_or(tier))
     }
 }
 
@@ -124,5 +126,17 @@ mod tests {
         let cleared = set.changed(OverridesChange { per_minute: Some(None), ..Default::default() });
         assert_eq!(cleared.effective(Tier::Starter.limits(starter)), starter);
         assert_eq!(Tier::Free.limits(starter).spend_day, 1_000_000);
+    }
+
+    #[test]
+    fn overrides_keep_their_stored_shape() {
+        let overrides = Overrides { per_minute: Some(3), ..Overrides::default() };
+        let json = serde_json::to_string(&overrides).unwrap();
+        assert_eq!(json, r#"{"perMinute":3,"perHour":null,"perDay":null,"spendDay":null,"spendMonth":null}"#);
+        let partial: Overrides = serde_json::from_str(r#"{"perMinute":3}"#).unwrap();
+        assert_eq!(partial, overrides);
+        let set: LimitSet =
+            serde_json::from_str(r#"{"perMinute":1,"perHour":2,"perDay":3,"spendDay":4,"spendMonth":5}"#).unwrap();
+        assert_eq!(set.spend_month, 5);
     }
 }

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::records::ActionRefused;
+use crate::refusal::{DomainError, ErrorCode};
 use crate::values::{IssuedToken, OrgMode};
 
 /// Settings an org's caps and registration; money in micro-dollars, `None` = unlimited.
@@ -136,18 +138,7 @@ pub enum OrganizationEvent {
         key_version: String,
     },
     /// A refused tool call or route about this org (appended by `Store::record`; no state).
-    ActionRefused {
-        tool: String,
-        agent_id: Option<String>,
-        code: String,
-        refused_by: String,
-        reason: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        rule: Option<String>,
-        /// The refused arguments, sealed (see `records::RefusalEvent::ActionRefused`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        args: Option<serde_json::Value>,
-    },
+    ActionRefused(ActionRefused),
 }
 
 impl DomainEvent for OrganizationEvent {
@@ -171,7 +162,7 @@ impl DomainEvent for OrganizationEvent {
     }
 }
 
-/// Refusals, worded as the contract words them; `code()` names the §7 code.
+/// Refusals, worded as the contract words them; `code()` is the §7 code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrganizationError {
     #[error("Organization \"{0}\" not found")]
@@ -189,13 +180,20 @@ pub enum OrganizationError {
 }
 
 impl OrganizationError {
-    pub fn code(&self) -> &'static str {
+    /// The §7 code of each refusal.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::NotFound(_) => "not_found",
-            Self::AlreadyExists(_) | Self::AlreadyProduction(_) | Self::NotSuspended(_) => "conflict",
-            Self::Suspended(_) => "compliance_blocked",
-            Self::KycNoteLength => "invalid_input",
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::AlreadyExists(_) | Self::AlreadyProduction(_) | Self::NotSuspended(_) => ErrorCode::Conflict,
+            Self::Suspended(_) => ErrorCode::ComplianceBlocked,
+            Self::KycNoteLength => ErrorCode::InvalidInput,
         }
+    }
+}
+
+impl DomainError for OrganizationError {
+    fn code(&self) -> ErrorCode {
+        OrganizationError::code(self)
     }
 }
 

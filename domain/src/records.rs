@@ -7,6 +7,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 use crate::pii::Pii;
+use crate::refusal::Refusal;
 
 /// Stream `ip` (id = ipRef, the blind index of the address).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,23 +41,51 @@ pub enum SessionEvent {
 /// A tool call or route refused before any aggregate decided (CONTRACT §6.1: a tool without its
 /// own blocked event records `ActionRefused`). Stream: the agent, the organization or `platform`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all_fields = "camelCase")]
 pub enum RefusalEvent {
-    ActionRefused {
+    ActionRefused(ActionRefused),
+}
+
+/// The payload of `ActionRefused`, the one declaration every stream's event enum embeds
+/// (`AgentEvent::ActionRefused`, `OrganizationEvent::ActionRefused`, `RefusalEvent`): the stored
+/// JSON is this object under the event type's name, as it always was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionRefused {
+    pub tool: String,
+    pub agent_id: Option<String>,
+    pub code: String,
+    pub refused_by: String,
+    pub reason: String,
+    /// The compliance rule that refused (country rules on provisioning, §10.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The refused tool's arguments (or admin request's body and query), every string sealed
+    /// (CONTRACT §11.3): identifiers under their subject key, the rest under the subject and a
+    /// retention key; credential values never stored. Built by `refusals::sealed_args`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<serde_json::Value>,
+}
+
+impl ActionRefused {
+    /// `tool` (a tool name, or `<METHOD> <path>`) refused by `refusal`; `reason` is the text to
+    /// store (the caller's message, or it without the recipient).
+    pub fn new(
         tool: String,
         agent_id: Option<String>,
-        code: String,
-        refused_by: String,
+        refusal: &Refusal,
         reason: String,
-        /// The compliance rule that refused (country rules on provisioning, §10.7).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        rule: Option<String>,
-        /// The refused tool's arguments (or admin request's body and query), every string sealed
-        /// (CONTRACT §11.3): identifiers under their subject key, the rest under the subject and a
-        /// retention key; credential values never stored. Built by `refusals::sealed_args`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         args: Option<serde_json::Value>,
-    },
+    ) -> Self {
+        Self {
+            tool,
+            agent_id,
+            code: refusal.code.as_str().into(),
+            refused_by: refusal.check.as_str().into(),
+            reason,
+            rule: refusal.rule.map(|r| r.as_str().into()),
+            args,
+        }
+    }
 }
 
 /// Provider credentials registered (names only, never values). Stream: the organization, or
@@ -146,7 +175,7 @@ mod tests {
         let opened =
             SessionEvent::SessionOpened { session_id: "s".into(), transport: "sse".into(), claimed_agent_id: None };
         assert_eq!(opened.event_type(), "SessionOpened");
-        let refused = RefusalEvent::ActionRefused {
+        let refused = RefusalEvent::ActionRefused(ActionRefused {
             tool: "comms_ping".into(),
             agent_id: None,
             code: "forbidden".into(),
@@ -154,9 +183,50 @@ mod tests {
             reason: "x".into(),
             rule: None,
             args: None,
-        };
+        });
         assert_eq!(refused.event_type(), "ActionRefused");
         let payload = serde_json::to_value(&opened).unwrap();
         assert_eq!(payload["SessionOpened"]["sessionId"], "s");
+    }
+
+    /// Events stored before the payload was one struct (a struct variant in each enum) read back
+    /// the same, and are written back byte for byte.
+    #[test]
+    fn an_old_shape_action_refused_deserializes_in_every_stream() {
+        use crate::agent::AgentEvent;
+        use crate::organization::OrganizationEvent;
+        let stored = r#"{"ActionRefused":{"tool":"comms_send_message","agentId":"sales-1","code":"compliance_blocked","refusedBy":"compliance","reason":"Compliance: x","rule":"country_rules","args":{"to":"sealed"}}}"#;
+        let minimal = r#"{"ActionRefused":{"tool":"GET /admin/api/orgs","agentId":null,"code":"forbidden","refusedBy":"role","reason":"Admin access required."}}"#;
+        for json in [stored, minimal] {
+            let refusal: RefusalEvent = serde_json::from_str(json).unwrap();
+            let agent: AgentEvent = serde_json::from_str(json).unwrap();
+            let org: OrganizationEvent = serde_json::from_str(json).unwrap();
+            let RefusalEvent::ActionRefused(payload) = &refusal;
+            assert_eq!(agent, AgentEvent::ActionRefused(payload.clone()));
+            assert_eq!(org, OrganizationEvent::ActionRefused(payload.clone()));
+            assert_eq!(agent.event_type(), "ActionRefused");
+            assert_eq!(org.event_type(), "ActionRefused");
+            for written in [
+                serde_json::to_string(&refusal).unwrap(),
+                serde_json::to_string(&agent).unwrap(),
+                serde_json::to_string(&org).unwrap(),
+            ] {
+                assert_eq!(written, json);
+            }
+        }
+        let RefusalEvent::ActionRefused(payload) = serde_json::from_str(stored).unwrap();
+        assert_eq!((payload.rule.as_deref(), payload.refused_by.as_str()), (Some("country_rules"), "compliance"));
+    }
+
+    #[test]
+    fn an_action_refused_is_built_from_its_typed_refusal() {
+        use crate::refusal::{Check, ErrorCode, Rule};
+        let refusal =
+            Refusal::new(Check::OrgState, ErrorCode::ComplianceBlocked, "Compliance: suspended").under(Rule::Sandbox);
+        let event = ActionRefused::new("GET /sse".into(), None, &refusal, refusal.reason.clone(), None);
+        assert_eq!(
+            (event.code.as_str(), event.refused_by.as_str(), event.rule.as_deref()),
+            ("compliance_blocked", "org_state", Some("sandbox"))
+        );
     }
 }

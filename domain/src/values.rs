@@ -22,6 +22,70 @@ impl OrgMode {
     }
 }
 
+/// An outbound channel (CONTRACT §6.3): what an action is sent on, checked and counted by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Sms,
+    Email,
+    Voice,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sms => "sms",
+            Self::Email => "email",
+            Self::Voice => "voice",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "sms" => Some(Self::Sms),
+            "email" => Some(Self::Email),
+            "voice" => Some(Self::Voice),
+            _ => None,
+        }
+    }
+
+    /// The agent's address the channel sends from: its email address, else its phone number.
+    pub fn address(self) -> Address {
+        match self {
+            Self::Email => Address::Email,
+            Self::Sms | Self::Voice => Address::Phone,
+        }
+    }
+}
+
+/// An agent's own address: the key of its `channels` object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Address {
+    Phone,
+    Email,
+}
+
+impl Address {
+    /// The key in the agent's `channels`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Phone => "phone",
+            Self::Email => "email",
+        }
+    }
+}
+
+impl OrgMode {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "sandbox" => Some(Self::Sandbox),
+            "production" => Some(Self::Production),
+            "suspended" => Some(Self::Suspended),
+            _ => None,
+        }
+    }
+}
+
 /// A bearer token just issued: its id and SHA-256 hash. The domain never sees the token itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedToken {
@@ -57,5 +121,15 @@ mod tests {
         assert_eq!(normalise_blocked_channels(&list(&["sms", "fax", "sms", "email"])), ["sms", "email"]);
         assert_eq!(normalise_blocked_channels(&list(&["sms", "*"])), ["*"]);
         assert!(normalise_blocked_channels(&[]).is_empty());
+    }
+
+    #[test]
+    fn channels_serialize_lowercase_and_parse_back() {
+        for channel in [Channel::Sms, Channel::Email, Channel::Voice] {
+            assert_eq!(serde_json::to_value(channel).unwrap(), channel.as_str());
+            assert_eq!(Channel::parse(channel.as_str()), Some(channel));
+        }
+        assert_eq!(Channel::parse("whatsapp"), None);
+        assert_eq!(Channel::Voice.address().key(), "phone");
     }
 }

@@ -1,6 +1,8 @@
 //! Authorization rules Z1–Z5 (CONTRACT §5): roles, the impersonation guard and org boundaries,
 //! each with the contract's refusal text. Tools and admin routes call these; nothing else decides.
 
+use commguard_domain::refusal::Check;
+
 use super::{Principal, Role};
 use crate::error::{ApiError, ErrorCode};
 
@@ -36,7 +38,7 @@ pub fn agent_in_org(principal: &Principal, agent_id: &str, agent_org: &str) -> R
     if principal.role() == Role::SuperAdmin || principal.org_id.as_deref() == Some(agent_org) {
         Ok(())
     } else {
-        Err(forbidden(format!("Agent \"{agent_id}\" does not belong to your organization")))
+        Err(forbidden(format!("Agent \"{agent_id}\" does not belong to your organization")).at(Check::OrgBoundary))
     }
 }
 

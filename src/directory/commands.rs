@@ -7,6 +7,7 @@ use commguard_domain::agent::{AgentAction, AgentCommand, Capabilities, IssuedVia
 use commguard_domain::countries::provisioning_check;
 use commguard_domain::limits::{OverridesChange, Tier};
 use commguard_domain::organization::{OrgAction, OrganizationCommand, SettingsChange};
+use commguard_domain::refusal::Rule;
 use commguard_domain::values::{IssuedToken, OrgMode};
 use cqrs_es::AggregateError;
 use serde_json::{json, Value};
@@ -28,24 +29,6 @@ fn new_token(label: Option<String>) -> (String, IssuedToken) {
     let token = random_token();
     let issued = IssuedToken { token_id: Uuid::new_v4(), token_hash: sha256_hex(&token), label };
     (token, issued)
-}
-
-fn domain_error<E: std::fmt::Display>(code: &str, e: E) -> ApiError {
-    let code = match code {
-        "not_found" => ErrorCode::NotFound,
-        "conflict" => ErrorCode::Conflict,
-        "invalid_input" => ErrorCode::InvalidInput,
-        "compliance_blocked" => ErrorCode::ComplianceBlocked,
-        _ => ErrorCode::Internal,
-    };
-    ApiError::new(code, e.to_string())
-}
-
-fn aggregate_error<E: std::error::Error>(e: AggregateError<E>, code: impl Fn(&E) -> &'static str) -> ApiError {
-    match e {
-        AggregateError::UserError(inner) => domain_error(code(&inner), inner),
-        other => ApiError::internal(other),
-    }
 }
 
 /// A transaction holding advisory lock `key` until it ends (dropped → rolled back → released).
@@ -135,7 +118,7 @@ pub async fn create_org(app: &AppState, mut context: CommandContext, new: NewOrg
         .store
         .execute(&app.orgs, &org_id, command, &context.in_org(org_id.clone()))
         .await
-        .map_err(|e| aggregate_error(e, |e| e.code()))?;
+        .map_err(ApiError::aggregate)?;
     settle(app, position).await?;
     drop(tx);
     Ok(json!({
@@ -161,8 +144,8 @@ pub struct NewAgent {
     pub agent_gender: String,
 }
 
-fn compliance(message: impl Into<String>, rule: &str) -> ApiError {
-    ApiError::new(ErrorCode::ComplianceBlocked, format!("Compliance: {}", message.into())).with("rule", rule)
+fn compliance(message: impl Into<String>, rule: Rule) -> ApiError {
+    ApiError::new(ErrorCode::ComplianceBlocked, format!("Compliance: {}", message.into())).under(rule)
 }
 
 /// An org that exists and may act (Z6), for provisioning and outbound paths.
@@ -170,8 +153,8 @@ pub async fn active_org(app: &AppState, org_id: &str) -> Result<OrgView, ApiErro
     let found = org(&app.pool, org_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))?;
-    if found.mode == OrgMode::Suspended.as_str() {
-        return Err(compliance(format!("Organization \"{org_id}\" is suspended"), "sandbox"));
+    if OrgMode::parse(&found.mode) == Some(OrgMode::Suspended) {
+        return Err(compliance(format!("Organization \"{org_id}\" is suspended"), Rule::Sandbox));
     }
     Ok(found)
 }
@@ -182,7 +165,7 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
     context.provenance.pass("org_state");
     let check = provisioning_check(&new.country, new.capabilities.phone, org_view.a2p_registered);
     if !check.blockers.is_empty() {
-        return Err(compliance("Country compliance requirements not met", "country_rules")
+        return Err(compliance("Country compliance requirements not met", Rule::CountryRules)
             .with("blockers", check.blockers)
             .with("warnings", check.warnings));
     }
@@ -208,7 +191,7 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
     context.provenance.pass("duplicate");
     context.provenance.pass("capacity");
 
-    let sandbox = app.config.demo_mode || locked_org.mode == OrgMode::Sandbox.as_str();
+    let sandbox = app.config.demo_mode || OrgMode::parse(&locked_org.mode) == Some(OrgMode::Sandbox);
     let (phone, provider_refs) = if sandbox {
         (
             new.capabilities.phone.then(|| format!("+1555{:07}", rand::random::<u32>() % 10_000_000)),
@@ -248,7 +231,7 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
         .store
         .execute(&app.agents, &agent_id, command, &context.in_org(new.org_id.clone()))
         .await
-        .map_err(|e| aggregate_error(e, |e| e.code()))?;
+        .map_err(ApiError::aggregate)?;
     settle(app, position).await?;
     sqlx::query("SELECT 1").execute(&mut *tx).await.map_err(ApiError::internal)?;
     drop(tx);
@@ -311,7 +294,7 @@ pub async fn deprovision(
         .store
         .execute(&app.agents, agent_id, command, &context.in_org(found.org_id.clone()))
         .await
-        .map_err(|e| aggregate_error(e, |e| e.code()))?;
+        .map_err(ApiError::aggregate)?;
     settle(app, position).await?;
     app.identity.forget_tokens(&tokens);
     app.sessions.close_agent(agent_id, "agent_deprovisioned").await;
@@ -372,7 +355,7 @@ pub async fn issue_token(
             app.store
                 .execute(&app.agents, &agent_id, AgentCommand { agent_id: agent_id.clone(), action }, &context)
                 .await
-                .map_err(|e| aggregate_error(e, |e| e.code()))?
+                .map_err(ApiError::aggregate)?
         }
         RotateTarget::Org { org_id } => {
             let action = if revoke_existing {
@@ -383,7 +366,7 @@ pub async fn issue_token(
             app.store
                 .execute(&app.orgs, &org_id, OrganizationCommand { org_id: org_id.clone(), action }, &context)
                 .await
-                .map_err(|e| aggregate_error(e, |e| e.code()))?
+                .map_err(ApiError::aggregate)?
         }
     };
     settle(app, position).await?;
@@ -416,7 +399,7 @@ pub async fn org_lifecycle(
         .store
         .execute(&app.orgs, org_id, OrganizationCommand { org_id: org_id.into(), action }, &context.in_org(org_id))
         .await
-        .map_err(|e| aggregate_error(e, |e| e.code()))?;
+        .map_err(ApiError::aggregate)?;
     settle(app, position).await?;
     app.identity.forget_org(org_id);
     if suspending {
@@ -452,7 +435,7 @@ pub async fn block_channels(
         .store
         .execute(&app.agents, agent_id, command, &context.in_org(org_id))
         .await
-        .map_err(|e| aggregate_error(e, |e| e.code()))?;
+        .map_err(ApiError::aggregate)?;
     settle(app, position).await?;
     let found = agent(&app.pool, agent_id)
         .await?
@@ -498,7 +481,7 @@ async fn change_agent_limits(
         .store
         .execute(&app.agents, agent_id, AgentCommand { agent_id: agent_id.into(), action }, &context.in_org(org_id))
         .await
-        .map_err(|e| aggregate_error(e, |e| e.code()))?;
+        .map_err(ApiError::aggregate)?;
     settle_on(app, position, &["limits"]).await?;
     agent(&app.pool, agent_id).await?.ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))
 }

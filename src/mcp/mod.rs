@@ -16,6 +16,8 @@ use std::net::IpAddr;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
+use commguard_domain::refusal::Check;
+use commguard_domain::values::OrgMode;
 
 use crate::auth::{bearer, AuthFailure, Bearer, Principal, Role};
 use crate::directory;
@@ -167,15 +169,19 @@ async fn check_claim(
                 return Err(ApiError::new(
                     ErrorCode::Forbidden,
                     format!("Agent \"{claimed}\" does not belong to your organization"),
-                ));
+                )
+                .at(Check::OrgBoundary));
             }
             Some(claimed)
         }
         (_, None) => None,
     };
     if let Some(org_id) = &principal.org_id {
-        if app.identity.org_mode(org_id).await.map_err(ApiError::internal)?.as_deref() == Some("suspended") {
-            return Err(ApiError::new(ErrorCode::Forbidden, format!("Organization \"{org_id}\" is suspended")));
+        if app.identity.org_mode(org_id).await.map_err(ApiError::internal)?.as_deref().and_then(OrgMode::parse)
+            == Some(OrgMode::Suspended)
+        {
+            return Err(ApiError::new(ErrorCode::Forbidden, format!("Organization \"{org_id}\" is suspended"))
+                .at(Check::OrgState));
         }
     }
     Ok(claim)
@@ -211,7 +217,9 @@ async fn session_still_valid(app: &AppState, principal: &Principal, token_verifi
         }
     }
     if let Some(org_id) = &principal.org_id {
-        if app.identity.org_mode(org_id).await.map_err(ApiError::internal)?.as_deref() == Some("suspended") {
+        if app.identity.org_mode(org_id).await.map_err(ApiError::internal)?.as_deref().and_then(OrgMode::parse)
+            == Some(OrgMode::Suspended)
+        {
             return Ok(false);
         }
     }

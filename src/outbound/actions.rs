@@ -3,6 +3,8 @@
 
 use commguard_domain::agent::AgentEvent;
 use commguard_domain::pii::{Pii, RetentionClass};
+use commguard_domain::refusal::Refusal;
+use commguard_domain::values::Channel;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -16,7 +18,7 @@ use crate::validate::{self, invalid, Args};
 
 /// A validated `comms_send_message`.
 struct Message {
-    channel: String,
+    channel: Channel,
     to: String,
     body: String,
     subject: Option<String>,
@@ -31,16 +33,17 @@ fn message_input(args: &Args<'_>) -> Result<Message, ApiError> {
         // CONTRACT §6.3 fixes the whole text (not the `Invalid input for "<field>": …` form).
         return Err(ApiError::new(ErrorCode::InvalidInput, "templateId is not supported").with("field", "templateId"));
     }
-    let channel = args.choice("channel", &["sms", "email", "whatsapp"], "sms")?;
-    if channel == "whatsapp" {
-        return Err(ApiError::new(ErrorCode::Unavailable, "Channel \"whatsapp\" is not available"));
-    }
+    let channel = match args.choice("channel", &["sms", "email", "whatsapp"], "sms")?.as_str() {
+        "whatsapp" => return Err(ApiError::new(ErrorCode::Unavailable, "Channel \"whatsapp\" is not available")),
+        "email" => Channel::Email,
+        _ => Channel::Sms,
+    };
     let raw_to = args.str("to", 1, 320)?;
-    let to = if channel == "email" { validate::email("to", &raw_to)? } else { validate::phone("to", &raw_to)? };
-    let body_max = if channel == "sms" { 1600 } else { 100_000 };
-    let body = args.str("body", if channel == "sms" { 1 } else { 0 }, body_max)?;
+    let to = if channel == Channel::Email { validate::email("to", &raw_to)? } else { validate::phone("to", &raw_to)? };
+    let sms = channel == Channel::Sms;
+    let body = args.str("body", if sms { 1 } else { 0 }, if sms { 1600 } else { 100_000 })?;
     let subject = args.opt_str("subject", 998)?;
-    if channel == "email" && subject.as_deref().is_none_or(|s| s.trim().is_empty()) {
+    if channel == Channel::Email && subject.as_deref().is_none_or(|s| s.trim().is_empty()) {
         return Err(
             ApiError::new(ErrorCode::InvalidInput, "Subject is required for email channel").with("field", "subject")
         );
@@ -55,13 +58,17 @@ fn retained(text: &str, to: &str) -> Pii {
     Pii::subject_retained(text.to_string(), to.to_string(), RetentionClass::Messages)
 }
 
-fn field(refusal: &ApiError, key: &str) -> Option<String> {
-    refusal.extra.get(key).and_then(Value::as_str).map(str::to_string)
+fn rule(refusal: &Refusal) -> Option<String> {
+    refusal.rule.map(|r| r.as_str().into())
+}
+
+fn limit_type(refusal: &Refusal) -> Option<String> {
+    refusal.limit.map(|l| l.as_str().into())
 }
 
 impl Action for Message {
-    fn channel(&self) -> &str {
-        &self.channel
+    fn channel(&self) -> Channel {
+        self.channel
     }
 
     fn to(&self) -> &str {
@@ -74,7 +81,7 @@ impl Action for Message {
 
     fn outgoing<'a>(&'a self, from: Option<&'a str>, _: Option<&'a str>, callback: Option<&'a str>) -> Outgoing<'a> {
         Outgoing {
-            channel: &self.channel,
+            channel: self.channel,
             to: &self.to,
             from,
             subject: self.subject.as_deref(),
@@ -91,34 +98,34 @@ impl Action for Message {
         texts.extend(self.subject.as_deref());
         texts.extend(self.html_text.as_deref());
         compliance::Subject {
-            channel: &self.channel,
+            channel: self.channel,
             to: &self.to,
             purpose: &self.purpose,
             texts,
-            email: (self.channel == "email").then_some((self.body.as_str(), self.html.as_deref())),
+            email: (self.channel == Channel::Email).then_some((self.body.as_str(), self.html.as_deref())),
             voice: None,
         }
     }
 
-    fn blocked(&self, id: Uuid, check: &str, refusal: &ApiError) -> AgentEvent {
+    fn blocked(&self, id: Uuid, refusal: &Refusal) -> AgentEvent {
         AgentEvent::MessageBlocked {
             message_id: id,
-            channel: self.channel.clone(),
+            channel: self.channel.as_str().into(),
             purpose: self.purpose.clone(),
             to: Pii::subject(self.to.clone()),
             body: retained(&self.body, &self.to),
-            refused_by: check.into(),
+            refused_by: refusal.check.as_str().into(),
             code: refusal.code.as_str().into(),
-            rule: field(refusal, "rule"),
-            limit_type: field(refusal, "limitType"),
-            reason: refusal.message.clone(),
+            rule: rule(refusal),
+            limit_type: limit_type(refusal),
+            reason: refusal.reason.clone(),
         }
     }
 
     fn failed(&self, id: Uuid, provider: &str, error: &str) -> AgentEvent {
         AgentEvent::MessageFailed {
             message_id: id,
-            channel: self.channel.clone(),
+            channel: self.channel.as_str().into(),
             to: Pii::subject(self.to.clone()),
             provider: provider.into(),
             error: error.into(),
@@ -135,7 +142,7 @@ impl Action for Message {
     ) -> AgentEvent {
         AgentEvent::MessageSent {
             message_id: id,
-            channel: self.channel.clone(),
+            channel: self.channel.as_str().into(),
             purpose: self.purpose.clone(),
             to: Pii::subject(self.to.clone()),
             from,
@@ -268,8 +275,8 @@ impl Call {
 }
 
 impl Action for Call {
-    fn channel(&self) -> &str {
-        "voice"
+    fn channel(&self) -> Channel {
+        Channel::Voice
     }
 
     fn to(&self) -> &str {
@@ -287,7 +294,7 @@ impl Action for Call {
         callback: Option<&'a str>,
     ) -> Outgoing<'a> {
         Outgoing {
-            channel: "voice",
+            channel: Channel::Voice,
             to: &self.to,
             from,
             subject: None,
@@ -302,7 +309,7 @@ impl Action for Call {
     fn subject(&self) -> compliance::Subject<'_> {
         // §6.3: the filter reads a call's greeting (not its systemPrompt), a voice message's text.
         compliance::Subject {
-            channel: "voice",
+            channel: Channel::Voice,
             to: &self.to,
             purpose: &self.purpose,
             texts: vec![self.text.as_str()],
@@ -314,16 +321,16 @@ impl Action for Call {
         }
     }
 
-    fn blocked(&self, id: Uuid, check: &str, refusal: &ApiError) -> AgentEvent {
+    fn blocked(&self, id: Uuid, refusal: &Refusal) -> AgentEvent {
         AgentEvent::CallBlocked {
             call_id: id,
             kind: self.kind.into(),
             to: Pii::subject(self.to.clone()),
-            refused_by: check.into(),
+            refused_by: refusal.check.as_str().into(),
             code: refusal.code.as_str().into(),
-            rule: field(refusal, "rule"),
-            limit_type: field(refusal, "limitType"),
-            reason: refusal.message.clone(),
+            rule: rule(refusal),
+            limit_type: limit_type(refusal),
+            reason: refusal.reason.clone(),
         }
     }
 

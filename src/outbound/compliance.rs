@@ -5,6 +5,8 @@
 //! cannot be evaluated refuses (P5).
 
 use commguard_domain::contact::ConsentType;
+use commguard_domain::refusal::{Check, Rule};
+use commguard_domain::values::Channel;
 use commguard_domain::{calling_hours, content, recording};
 use serde_json::{json, Value};
 
@@ -15,8 +17,8 @@ use crate::store::Provenance;
 
 /// What compliance needs to know about one outbound action.
 pub struct Subject<'a> {
-    /// `sms`, `email` or `voice` (calls and voice messages).
-    pub channel: &'a str,
+    /// `voice` for calls and voice messages.
+    pub channel: Channel,
     pub to: &'a str,
     pub purpose: &'a str,
     /// Everything the content filter reads (body, subject, html text, greeting, spoken text).
@@ -40,43 +42,53 @@ pub struct Passed {
     pub local_time: Option<String>,
 }
 
-type Refusal = (&'static str, ApiError);
-
-fn blocked(rule: &str, message: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::ComplianceBlocked, message).with("rule", rule)
+/// A compliance refusal at `check`, under `rule`.
+fn blocked(check: Check, rule: Rule, message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::ComplianceBlocked, message).at(check).under(rule)
 }
 
-/// Checks 7–11 for `subject`, sent by `agent`.
+/// Checks 7–11 for `subject`, sent by `agent`. A refusal names its check (`ApiError::at`), also
+/// when the check could not be evaluated.
 pub async fn check(
     app: &AppState,
     agent: &AgentView,
     subject: &Subject<'_>,
     provenance: &mut Provenance,
-) -> Result<Passed, Refusal> {
+) -> Result<Passed, ApiError> {
     // 7: content.
     if let Some(violation) = content::screen(subject.texts.iter().copied()) {
-        return Err(("content_filter", blocked("content_filter", violation.message())));
+        return Err(blocked(Check::ContentFilter, Rule::ContentFilter, violation.message()));
     }
     provenance.pass("content_filter");
 
     // 8–9: DNC and consent, read together (one round trip).
     let channel = subject.channel;
-    let state =
-        contact_state(app, &agent.org_id, &agent.agent_id, subject.to, channel).await.map_err(|e| ("dnc", e))?;
+    let state = contact_state(app, &agent.org_id, &agent.agent_id, subject.to, channel.as_str())
+        .await
+        .map_err(|e| e.at(Check::Dnc))?;
     if state.on_dnc {
-        return Err(("dnc", blocked("dnc", format!("Compliance: {} is on the Do Not Contact list", subject.to))));
+        return Err(blocked(
+            Check::Dnc,
+            Rule::Dnc,
+            format!("Compliance: {} is on the Do Not Contact list", subject.to),
+        ));
     }
     provenance.pass("dnc");
     let no_consent = || {
         blocked(
-            "consent_required",
-            format!("Compliance: No active consent from {} for {channel}. Record consent before sending.", subject.to),
+            Check::Consent,
+            Rule::ConsentRequired,
+            format!(
+                "Compliance: No active consent from {} for {}. Record consent before sending.",
+                subject.to,
+                channel.as_str()
+            ),
         )
     };
     match state.consent {
-        None => return Err(("consent", no_consent())),
+        None => return Err(no_consent()),
         Some(kind) if !kind.permits(subject.purpose) => {
-            return Err(("consent", no_consent().with("consentType", kind.as_str())));
+            return Err(no_consent().with("consentType", kind.as_str()));
         }
         Some(_) => provenance.pass("consent"),
     }
@@ -90,9 +102,10 @@ pub async fn check(
             let marketing = subject.purpose == "marketing";
             let decision = calling_hours::evaluate(subject.to, voice.recipient_timezone, marketing, app.clock.now())
                 .map_err(|e| {
-                    (
-                        "quiet_hours",
-                        blocked("quiet_hours", format!("Compliance: calling hours cannot be evaluated: {e}")),
+                    blocked(
+                        Check::QuietHours,
+                        Rule::QuietHours,
+                        format!("Compliance: calling hours cannot be evaluated: {e}"),
                     )
                 })?;
             if let Some(refusal) = decision.refusal {
@@ -101,11 +114,11 @@ pub async fn check(
                 if let Some(note) = &decision.note {
                     provenance.pass_with("quiet_hours_zones", format!("{} ({note})", decision.zones.join(", ")));
                 }
-                let error = blocked("quiet_hours", refusal.message)
+                let error = blocked(Check::QuietHours, Rule::QuietHours, refusal.message)
                     .with("zone", refusal.zone)
                     .with("localTime", refusal.local_time)
                     .with("window", refusal.window);
-                return Err(("quiet_hours", error));
+                return Err(error);
             }
             let detail = match &decision.note {
                 Some(note) => format!("{} in {} ({note})", decision.window, decision.zones.join(", ")),
@@ -123,14 +136,14 @@ pub async fn check(
             if let Some(jurisdiction) = jurisdiction {
                 let consented = contact_state(app, &agent.org_id, &agent.agent_id, subject.to, "recording")
                     .await
-                    .map_err(|e| ("recording_consent", e))?
+                    .map_err(|e| e.at(Check::RecordingConsent))?
                     .consent
                     .is_some();
                 if !consented {
                     let message = format!(
                         "Compliance: Recording consent required: {jurisdiction} requires all-party consent to record calls."
                     );
-                    return Err(("recording_consent", blocked("recording_consent", message)));
+                    return Err(blocked(Check::RecordingConsent, Rule::RecordingConsent, message));
                 }
             }
             provenance.pass("recording_consent");

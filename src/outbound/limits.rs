@@ -8,36 +8,23 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use commguard_domain::refusal::{Check, LimitType};
+
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 
-/// The five per-agent limits; `None` = unlimited. Spend in micro-dollars.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    pub per_minute: Option<i64>,
-    pub per_hour: Option<i64>,
-    pub per_day: Option<i64>,
-    pub spend_day: Option<i64>,
-    pub spend_month: Option<i64>,
+/// The five per-agent limits a reservation checks (the domain's one declaration of them);
+/// `None` = unlimited. Spend in micro-dollars.
+pub type Limits = commguard_domain::limits::Limits<Option<i64>>;
+
+/// The agent's effective limits (tier, then overrides; CONTRACT §9.2).
+pub fn of(agent: &crate::directory::AgentView, config: &Config) -> Limits {
+    agent.effective_limits(config).map(Some)
 }
 
-impl Limits {
-    /// The agent's effective limits (tier, then overrides; CONTRACT §9.2).
-    pub fn of(agent: &crate::directory::AgentView, config: &Config) -> Self {
-        let l = agent.effective_limits(config);
-        Self {
-            per_minute: Some(l.per_minute),
-            per_hour: Some(l.per_hour),
-            per_day: Some(l.per_day),
-            spend_day: Some(l.spend_day),
-            spend_month: Some(l.spend_month),
-        }
-    }
-
-    /// No limits: the super-admin's and demo actions are counted but never refused.
-    pub fn unlimited() -> Self {
-        Self { per_minute: None, per_hour: None, per_day: None, spend_day: None, spend_month: None }
-    }
+/// No limits: the super-admin's and demo actions are counted but never refused.
+pub fn unlimited() -> Limits {
+    Limits::default()
 }
 
 /// An org's spend caps (`null` = unlimited).
@@ -69,7 +56,7 @@ pub struct Contact {
 /// The refusal of a limit: which, how far, until when.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exceeded {
-    pub limit_type: String,
+    pub limit_type: LimitType,
     pub current: i64,
     pub max: i64,
     pub reset_at: DateTime<Utc>,
@@ -77,21 +64,19 @@ pub struct Exceeded {
 
 impl Exceeded {
     fn reset_description(&self) -> &'static str {
-        match self.limit_type.as_str() {
-            "per-minute" => "in up to 60 seconds",
-            "per-hour" => "in up to 60 minutes",
-            "monthly-spend" | "org_spend_month" => "at the start of next month",
-            _ => "at midnight UTC",
+        match self.limit_type {
+            LimitType::PerMinute => "in up to 60 seconds",
+            LimitType::PerHour => "in up to 60 minutes",
+            LimitType::MonthlySpend | LimitType::OrgSpendMonth => "at the start of next month",
+            LimitType::PerDay | LimitType::DailySpend | LimitType::OrgSpendDay | LimitType::ContactFrequency => {
+                "at midnight UTC"
+            }
         }
-    }
-
-    fn is_spend(&self) -> bool {
-        self.limit_type.contains("spend")
     }
 
     /// The §7 refusal: `Rate limit exceeded: <limitType> (<current>/<max>). Resets <when>.`
     pub fn to_error(&self) -> ApiError {
-        let (current, max) = if self.is_spend() {
+        let (current, max) = if self.limit_type.is_spend() {
             (
                 serde_json::json!(crate::money::to_dollars(self.current)),
                 serde_json::json!(crate::money::to_dollars(self.max)),
@@ -99,15 +84,21 @@ impl Exceeded {
         } else {
             (serde_json::json!(self.current), serde_json::json!(self.max))
         };
-        ApiError::new(
+        let mut refusal = ApiError::new(
             ErrorCode::RateLimited,
-            format!("Rate limit exceeded: {} ({current}/{max}). Resets {}.", self.limit_type, self.reset_description()),
+            format!(
+                "Rate limit exceeded: {} ({current}/{max}). Resets {}.",
+                self.limit_type.as_str(),
+                self.reset_description()
+            ),
         )
-        .with("limitType", self.limit_type.clone())
-        .with("current", current)
-        .with("max", max)
-        .with("resetAt", self.reset_at.to_rfc3339_opts(SecondsFormat::Millis, true))
-        .with("resetDescription", self.reset_description())
+        .at(Check::Limits);
+        refusal.limit = Some(self.limit_type);
+        refusal
+            .with("current", current)
+            .with("max", max)
+            .with("resetAt", self.reset_at.to_rfc3339_opts(SecondsFormat::Millis, true))
+            .with("resetDescription", self.reset_description())
     }
 }
 
@@ -214,12 +205,15 @@ async fn reserve_batch(pool: &PgPool, mut batch: Vec<Job>) {
             for (job, row) in batch.into_iter().zip(outcomes) {
                 let outcome = match row {
                     Some((_, None, ..)) => Ok(Ok(job.reservation)),
-                    Some((_, Some(limit_type), current, max, reset_at)) => Ok(Err(Exceeded {
-                        limit_type,
-                        current: current.unwrap_or(0),
-                        max: max.unwrap_or(0),
-                        reset_at: reset_at.unwrap_or(job.reservation.at),
-                    })),
+                    Some((_, Some(name), current, max, reset_at)) => match LimitType::parse(&name) {
+                        Some(limit_type) => Ok(Err(Exceeded {
+                            limit_type,
+                            current: current.unwrap_or(0),
+                            max: max.unwrap_or(0),
+                            reset_at: reset_at.unwrap_or(job.reservation.at),
+                        })),
+                        None => Err(ApiError::internal(format!("reserve_actions refused by an unknown limit {name}"))),
+                    },
                     None => Err(ApiError::internal("reserve_actions returned no row for a request")),
                 };
                 let _ = job.reply.send(outcome);

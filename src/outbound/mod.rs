@@ -4,6 +4,9 @@
 //! agent's state on they are `MessageBlocked` / `CallBlocked`, a provider failure is
 //! `MessageFailed` / `CallFailed`, and a send is `MessageSent` / `CallPlaced` — each with the
 //! checks that ran, in order. `actions` holds the three tools' inputs, events and replies.
+//! Steps 5–6 and the choice of step 13's provider are the domain's pure decision
+//! (`commguard_domain::send::decide`); this module does the IO around it. Every refusal is a typed
+//! `Refusal` (check, code, rule, limit) from where it is decided to its event and reply.
 
 pub mod compliance;
 
@@ -12,20 +15,23 @@ pub mod limits;
 
 pub mod usage;
 
-use commguard_domain::agent::AgentEvent;
+use commguard_domain::agent::{AgentEvent, AgentStatus};
+use commguard_domain::refusal::{Check, Refusal};
+use commguard_domain::send;
+use commguard_domain::values::{Address, Channel, OrgMode};
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::auth::caller::Caller;
 use crate::auth::Role;
-use crate::directory::{self, commands};
+use crate::directory::{self, commands, AgentView, OrgView};
 use crate::error::{ApiError, ErrorCode};
-use crate::providers::credentials::{self, Credentials};
+use crate::providers::credentials;
 use crate::providers::{self as provider, Outgoing, Provider, Receipt};
 use crate::state::AppState;
 use crate::store::CommandContext;
 use crate::validate::Args;
-use limits::{Contact, Limits, OrgCaps};
+use limits::{Contact, OrgCaps};
 
 pub mod actions;
 
@@ -34,14 +40,15 @@ pub use actions::{make_call, send_message, send_voice_message};
 /// One kind of outbound action: how it is checked, sent and recorded. The pipeline (`run`) is
 /// the same for all of them.
 trait Action {
-    /// `sms`, `email` or `voice`: the channel the agent's state and blocks are checked on.
-    fn channel(&self) -> &str;
+    /// The channel the agent's state and blocks are checked on.
+    fn channel(&self) -> Channel;
     fn to(&self) -> &str;
     /// The reply's name for the action's id: `messageId` or `callId`.
     fn id_field(&self) -> &'static str;
     /// What compliance (checks 7–11) reads.
     fn subject(&self) -> compliance::Subject<'_>;
-    fn blocked(&self, id: Uuid, check: &str, refusal: &ApiError) -> AgentEvent;
+    /// The blocked event of `refusal`, whose reason no longer names the recipient.
+    fn blocked(&self, id: Uuid, refusal: &Refusal) -> AgentEvent;
     /// `provider` is the provider's name, `none` when none is configured.
     fn failed(&self, id: Uuid, provider: &str, error: &str) -> AgentEvent;
     fn sent(
@@ -82,53 +89,53 @@ async fn run<A: Action>(
     let mut context = context.in_org(agent.org_id.clone());
 
     let id = Uuid::new_v4();
-    // 5: the agent's state and channel.
-    if let Err(refusal) = agent_state(&agent, action.channel()) {
-        return Err(block(app, context, &agent_id, id, &action, "agent_state", refusal).await);
-    }
-    context.provenance.pass("agent_state");
-    // 6: the org's state (Z6).
-    let org = match commands::active_org(app, &agent.org_id).await {
-        Ok(org) => org,
-        Err(refusal) if refusal.code == ErrorCode::ComplianceBlocked => {
-            return Err(block(app, context, &agent_id, id, &action, "org_state", refusal).await)
+    let channel = action.channel();
+    // 5–6: the agent's state and channel, the org's state (Z6), and where the action will go —
+    // decided by `send::decide` on what the directory shows.
+    let org = directory::org(&app.pool, &agent.org_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Organization \"{}\" not found", agent.org_id)))?;
+    let blocked = blocked_channels(&agent);
+    let route = match send::decide(&send_state(app, &agent, &org, &blocked, channel)?) {
+        Ok(route) => route,
+        Err(refusal) => {
+            if refusal.check == Check::OrgState {
+                context.provenance.pass("agent_state");
+            }
+            return Err(block(app, context, &agent_id, id, &action, refusal.into()).await);
         }
-        Err(other) => return Err(other),
     };
+    context.provenance.pass("agent_state");
     context.provenance.pass("org_state");
     // 7–11: compliance (applies to the super-admin too).
     let passed = match compliance::check(app, &agent, &action.subject(), &mut context.provenance).await {
         Ok(passed) => passed,
-        Err((check, refusal)) => return Err(block(app, context, &agent_id, id, &action, check, refusal).await),
+        Err(refusal) => return Err(block(app, context, &agent_id, id, &action, refusal).await),
     };
     // 12: limits — a reservation; the super-admin and demo are counted, never refused.
     let unlimited = caller.principal.role() == Role::SuperAdmin || app.config.demo_mode;
-    let limits = if unlimited { Limits::unlimited() } else { Limits::of(&agent, &app.config) };
+    let limits = if unlimited { limits::unlimited() } else { limits::of(&agent, &app.config) };
     let caps = if unlimited {
         OrgCaps::default()
     } else {
         OrgCaps { spend_day: org.max_spend_per_day, spend_month: org.max_spend_per_month }
     };
-    let contact = (action.channel() == "voice").then(|| Contact {
+    let contact = (channel == Channel::Voice).then(|| Contact {
         reference: app.store.keystore().data_keys().blind_index(action.to()),
         max_per_day: (!unlimited).then_some(i64::from(app.config.default_max_calls_per_day_same_number)),
     });
-    let estimate = provider::estimated_cost(action.channel());
+    let estimate = provider::estimated_cost(channel);
     // Step 13's provider is chosen now (it is used only once the limits pass), so the intent
     // stored with the reservation can say what will have happened if nobody completes it.
-    let sandbox = app.config.demo_mode || org.mode != "production";
-    let chosen = if sandbox {
-        Some((Provider::Mock, Credentials::default()))
-    } else {
-        match Provider::real_for(action.channel(), &app.config) {
-            Some(real) => credentials::resolve(&app.pool, &app.credential_keys, &app.config, &org.org_id, real.name())
+    let credentials = match route.wants_credentials() {
+        Some(kind) => {
+            credentials::resolve(&app.pool, &app.credential_keys, &app.config, &org.org_id, provider_of(kind).name())
                 .await?
-                .map(|c| (real, c)),
-            None => None,
         }
+        None => None,
     };
-    let from_channel = if action.channel() == "email" { "email" } else { "phone" };
-    let from = agent.channels.get(from_channel).and_then(Value::as_str).map(str::to_string);
+    let chosen = route.provider(credentials.is_some()).map(|kind| (provider_of(kind), credentials.unwrap_or_default()));
+    let from = agent.channels.get(channel.address().key()).and_then(Value::as_str).map(str::to_string);
     let limits_check = |provenance: &mut crate::store::Provenance| {
         if unlimited {
             provenance.skip("limits", "super-admin or demo: counted, not limited");
@@ -136,25 +143,20 @@ async fn run<A: Action>(
             provenance.pass("limits");
         }
     };
-    let no_provider = || {
-        let what = if action.channel() == "email" { "email" } else { "telephony" };
-        ApiError::new(ErrorCode::Unavailable, format!("No {what} provider configured"))
-    };
     let fallback = {
         let mut fallback_context = context.clone();
         limits_check(&mut fallback_context.provenance);
         let event = match &chosen {
-            Some((provider, _)) => {
+            Ok((provider, _)) => {
                 fallback_context
                     .provenance
                     .pass_with("provider", "unconfirmed: the outcome of the provider call was never recorded");
                 let unconfirmed = Receipt { external_id: String::new(), status: "unconfirmed".into(), cost: estimate };
                 action.sent(id, from.clone(), *provider, &unconfirmed, &passed)
             }
-            None => {
-                let refusal = no_provider();
-                fallback_context.provenance.fail("provider", refusal.message.clone());
-                action.failed(id, "none", &refusal.message)
+            Err(failure) => {
+                fallback_context.provenance.fail(failure.check.as_str(), failure.reason.clone());
+                action.failed(id, "none", &failure.reason)
             }
         };
         app.intents.seal(id, &agent.org_id, action.to(), event, &fallback_context).await?
@@ -180,23 +182,26 @@ async fn run<A: Action>(
         }
     };
     if let Err(exceeded) = reserved {
-        app.metrics.rate_limit_hit(&exceeded.limit_type);
-        return Err(block(app, context, &agent_id, id, &action, "limits", exceeded.to_error()).await);
+        app.metrics.rate_limit_hit(exceeded.limit_type);
+        return Err(block(app, context, &agent_id, id, &action, exceeded.to_error()).await);
     }
     limits_check(&mut context.provenance);
     // 13: the provider: the mock for sandbox orgs and demo, else the configured real one.
-    let Some((provider, provider_credentials)) = chosen else {
-        let mut refusal = no_provider();
-        // Step 13 refusals are failures, not blocks (§6.1).
-        context.provenance.fail("provider", refusal.message.clone());
-        let failed = action.failed(id, "none", &refusal.message);
-        // Unrecorded: retried in the background; nothing reached anyone either way.
-        let _ = app.intents.complete(&agent_id, id, failed, &context, intents::Ending::Failed).await;
-        refusal.recorded = true;
-        return Err(refusal);
+    let (provider, provider_credentials) = match chosen {
+        Ok(chosen) => chosen,
+        Err(failure) => {
+            // Step 13 refusals are failures, not blocks (§6.1).
+            context.provenance.fail(failure.check.as_str(), failure.reason.clone());
+            let failed = action.failed(id, "none", &failure.reason);
+            // Unrecorded: retried in the background; nothing reached anyone either way.
+            let _ = app.intents.complete(&agent_id, id, failed, &context, intents::Ending::Failed).await;
+            let mut refusal = ApiError::from(failure);
+            refusal.recorded = true;
+            return Err(refusal);
+        }
     };
     let twiml = action.twiml(app, &agent, id);
-    let callback = (action.channel() == "voice").then(|| {
+    let callback = (channel == Channel::Voice).then(|| {
         format!("{}/webhooks/{}/call-status", app.config.webhook_base_url.trim_end_matches('/'), agent.agent_id)
     });
     let outgoing = action.outgoing(from.as_deref(), twiml.as_deref(), callback.as_deref());
@@ -214,7 +219,7 @@ async fn run<A: Action>(
         }
     };
     context.provenance.pass("provider");
-    app.metrics.message_sent(action.channel());
+    app.metrics.message_sent(channel);
     let sent = action.sent(id, from.clone(), provider, &receipt, &passed);
     let ending = intents::Ending::Sent { cost_delta: receipt.cost - estimate };
     if app.intents.complete(&agent_id, id, sent, &context, ending).await.is_err() {
@@ -228,27 +233,53 @@ async fn run<A: Action>(
         e.recorded = true;
         return Err(e);
     }
-    Ok(action.reply(id, from, &receipt, sandbox, passed.warnings))
+    Ok(action.reply(id, from, &receipt, route.sandbox(), passed.warnings))
 }
 
-/// Step 5: active, has the channel, not blocked on it.
-fn agent_state(agent: &directory::AgentView, channel: &str) -> Result<(), ApiError> {
-    let id = &agent.agent_id;
-    if agent.status != "active" {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            format!("Agent \"{id}\" is not active (status: {})", agent.status),
-        ));
+/// The channels the agent is blocked on, from the directory's JSON.
+fn blocked_channels(agent: &AgentView) -> Vec<String> {
+    agent
+        .blocked_channels
+        .as_array()
+        .map_or_else(Vec::new, |list| list.iter().filter_map(Value::as_str).map(str::to_string).collect())
+}
+
+/// The send decision's input, read from today's directory views (their status and mode are
+/// text; an unknown one is a bug, answered `internal`).
+fn send_state<'a>(
+    app: &AppState,
+    agent: &'a AgentView,
+    org: &'a OrgView,
+    blocked: &'a [String],
+    channel: Channel,
+) -> Result<send::Send<'a>, ApiError> {
+    let status = AgentStatus::parse(&agent.status)
+        .ok_or_else(|| ApiError::internal(format!("agent {} has an unknown status", agent.agent_id)))?;
+    let mode = OrgMode::parse(&org.mode)
+        .ok_or_else(|| ApiError::internal(format!("org {} has an unknown mode", org.org_id)))?;
+    let has = |address: Address| agent.channels.get(address.key()).is_some_and(|v| !v.is_null());
+    Ok(send::Send {
+        agent: send::AgentState {
+            agent_id: &agent.agent_id,
+            status,
+            phone: has(Address::Phone),
+            email: has(Address::Email),
+            blocked_channels: blocked,
+        },
+        org: send::OrgState { org_id: &org.org_id, mode },
+        channel,
+        demo_mode: app.config.demo_mode,
+        real_provider: Provider::real_for(channel, &app.config).is_some(),
+    })
+}
+
+/// The provider client of a decided provider kind.
+fn provider_of(kind: send::Provider) -> Provider {
+    match kind {
+        send::Provider::Mock => Provider::Mock,
+        send::Provider::Twilio => Provider::Twilio,
+        send::Provider::Resend => Provider::Resend,
     }
-    let (address, what) = if channel == "email" { ("email", "email address") } else { ("phone", "phone number") };
-    if agent.channels.get(address).is_none_or(Value::is_null) {
-        return Err(ApiError::new(ErrorCode::Conflict, format!("Agent \"{id}\" has no {what}")));
-    }
-    let blocked = agent.blocked_channels.as_array().is_some_and(|b| b.iter().any(|c| c == "*" || c == channel));
-    if blocked {
-        return Err(ApiError::new(ErrorCode::Forbidden, format!("Agent \"{id}\" is blocked on {channel} channel")));
-    }
-    Ok(())
 }
 
 /// `text` without the recipient `to` in any usual form: for the clear-text parts of events
@@ -280,23 +311,22 @@ pub(crate) fn scrub(text: &str, to: &str) -> String {
     }
 }
 
-/// Records the action's blocked event for a refusal at `check`; returns the refusal, marked
-/// recorded — or, if the decision cannot be recorded, `unavailable`: nothing was done.
+/// Records the action's blocked event for `refusal` (at the check it names); returns the refusal,
+/// marked recorded — or, if the decision cannot be recorded, `unavailable`: nothing was done.
 async fn block<A: Action>(
     app: &AppState,
     mut context: CommandContext,
     agent_id: &str,
     id: Uuid,
     action: &A,
-    check: &'static str,
     mut refusal: ApiError,
 ) -> ApiError {
     // The caller's message names the recipient; what is stored in clear must not (§11.4: the
     // recipient exists only sealed, so an erasure leaves nothing behind).
-    let mut recorded = refusal.clone();
-    recorded.message = scrub(&refusal.message, action.to());
-    context.provenance.fail(check, recorded.message.clone());
-    if let Err(e) = app.store.record("agent", agent_id, &[action.blocked(id, check, &recorded)], &context).await {
+    let mut recorded = refusal.refusal();
+    recorded.reason = scrub(&refusal.message, action.to());
+    context.provenance.fail(recorded.check.as_str(), recorded.reason.clone());
+    if let Err(e) = app.store.record("agent", agent_id, &[action.blocked(id, &recorded)], &context).await {
         crate::error::log_failure("outbound refusal not recorded; answered unavailable", &e);
         return ApiError::unrecorded();
     }

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use commguard_domain::values::Channel;
 use rand::RngCore;
 use serde_json::{json, Value};
 
@@ -20,7 +21,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What is sent.
 pub struct Outgoing<'a> {
-    pub channel: &'a str,
+    pub channel: Channel,
     pub to: &'a str,
     pub from: Option<&'a str>,
     pub subject: Option<&'a str>,
@@ -53,11 +54,11 @@ pub enum Provider {
 }
 
 /// Estimated costs, reserved before the send (CONTRACT §9.1): SMS 0.0079, email 0.001, calls 0.
-pub fn estimated_cost(channel: &str) -> i64 {
+pub fn estimated_cost(channel: Channel) -> i64 {
     match channel {
-        "sms" => 7_900,
-        "email" => 1_000,
-        _ => 0,
+        Channel::Sms => 7_900,
+        Channel::Email => 1_000,
+        Channel::Voice => 0,
     }
 }
 
@@ -71,10 +72,10 @@ impl Provider {
     }
 
     /// The real provider for `channel`; `None` when an operator disabled it.
-    pub fn real_for(channel: &str, config: &Config) -> Option<Self> {
+    pub fn real_for(channel: Channel, config: &Config) -> Option<Self> {
         match channel {
-            "email" => (!config.provider_resend_disabled).then_some(Self::Resend),
-            _ => (!config.provider_twilio_disabled).then_some(Self::Twilio),
+            Channel::Email => (!config.provider_resend_disabled).then_some(Self::Resend),
+            Channel::Sms | Channel::Voice => (!config.provider_twilio_disabled).then_some(Self::Twilio),
         }
     }
 
@@ -137,9 +138,9 @@ fn mock_send(message: &Outgoing<'_>) -> Result<Receipt, ProviderFailure> {
         return Err(ProviderFailure(format!("Mock provider rejected delivery to {}", message.to)));
     }
     let prefix = match message.channel {
-        "email" => "EM",
-        "sms" => "SM",
-        _ => "CA",
+        Channel::Email => "EM",
+        Channel::Sms => "SM",
+        Channel::Voice => "CA",
     };
     if prefix == "CA" && message.twiml.is_none() {
         return Err(ProviderFailure("a call needs TwiML".into()));
@@ -169,7 +170,7 @@ fn unreachable(provider: &str, e: reqwest::Error) -> ProviderFailure {
 }
 
 /// Twilio's price is a negative decimal string of dollars, often unknown at send time.
-fn twilio_cost(body: &Value, channel: &str) -> i64 {
+fn twilio_cost(body: &Value, channel: Channel) -> i64 {
     body.get("price")
         .and_then(Value::as_str)
         .and_then(crate::money::parse_decimal)
@@ -186,13 +187,13 @@ async fn twilio_send(
     let (Some(sid), Some(token)) = (credentials.get("accountSid"), credentials.get("authToken")) else {
         return Err(ProviderFailure("twilio: not configured".into()));
     };
-    let resource = if m.channel == "voice" { "Calls" } else { "Messages" };
+    let resource = if m.channel == Channel::Voice { "Calls" } else { "Messages" };
     let url = format!("{}/2010-04-01/Accounts/{sid}/{resource}.json", config.twilio_api_base_url.trim_end_matches('/'));
     let mut form: Vec<(&str, &str)> = vec![("To", m.to)];
     if let Some(from) = m.from {
         form.push(("From", from));
     }
-    if m.channel == "voice" {
+    if m.channel == Channel::Voice {
         form.push(("Twiml", m.twiml.unwrap_or("<Response/>")));
         if m.record {
             form.push(("Record", "true"));
@@ -254,7 +255,7 @@ async fn resend_send(
     let body: Value = response.json().await.map_err(|_| ProviderFailure("resend: unreadable response".into()))?;
     let id =
         body.get("id").and_then(Value::as_str).ok_or_else(|| ProviderFailure("resend: response without id".into()))?;
-    Ok(Receipt { external_id: id.to_string(), status: "sent".into(), cost: estimated_cost("email") })
+    Ok(Receipt { external_id: id.to_string(), status: "sent".into(), cost: estimated_cost(Channel::Email) })
 }
 
 /// Buys a local number in `country` that can send SMS, pointing its inbound SMS at `sms_url`

@@ -1,5 +1,6 @@
 //! Consent and do-not-contact tools (CONTRACT §6.3); the rules live in `crate::contacts`.
 
+use commguard_domain::agent::AgentStatus;
 use commguard_domain::contact::{DncSource, CONSENT_CHANNELS};
 use serde_json::{json, Value};
 
@@ -25,6 +26,7 @@ fn consent_schema(extra: Value) -> Value {
 
 pub const RECORD_CONSENT: Tool = Tool {
     name: "comms_record_consent",
+    handler: |app, caller, args| Box::pin(record_consent(app, caller, args)),
     role: Role::Agent,
     description: "Record a contact's consent to be contacted by an agent on a channel.",
     schema: || {
@@ -37,6 +39,7 @@ pub const RECORD_CONSENT: Tool = Tool {
 
 pub const REVOKE_CONSENT: Tool = Tool {
     name: "comms_revoke_consent",
+    handler: |app, caller, args| Box::pin(revoke_consent(app, caller, args)),
     role: Role::Agent,
     description: "Revoke a contact's consent for an agent on a channel.",
     schema: || consent_schema(json!({})),
@@ -44,6 +47,7 @@ pub const REVOKE_CONSENT: Tool = Tool {
 
 pub const CHECK_CONSENT: Tool = Tool {
     name: "comms_check_consent",
+    handler: |app, caller, args| Box::pin(check_consent(app, caller, args)),
     role: Role::Agent,
     description:
         "Show whether an agent holds a contact's consent on a channel, and whether the contact is on the DNC list.",
@@ -52,6 +56,7 @@ pub const CHECK_CONSENT: Tool = Tool {
 
 pub const DNC_ADD: Tool = Tool {
     name: "comms_dnc_add",
+    handler: |app, caller, args| Box::pin(dnc_add(app, caller, args)),
     role: Role::Agent,
     description: "Add a number or email to the organization's Do Not Contact list.",
     schema: || {
@@ -63,6 +68,7 @@ pub const DNC_ADD: Tool = Tool {
 
 pub const DNC_REMOVE: Tool = Tool {
     name: "comms_dnc_remove",
+    handler: |app, caller, args| Box::pin(dnc_remove(app, caller, args)),
     role: Role::Org,
     description: "Remove every Do Not Contact entry for an address in the organization.",
     schema: || {
@@ -74,6 +80,7 @@ pub const DNC_REMOVE: Tool = Tool {
 
 pub const DNC_LIST: Tool = Tool {
     name: "comms_dnc_list",
+    handler: |app, caller, args| Box::pin(dnc_list(app, caller, args)),
     role: Role::Org,
     description: "List the organization's Do Not Contact entries.",
     schema: || {
@@ -86,6 +93,7 @@ pub const DNC_LIST: Tool = Tool {
 
 pub const ERASE_SUBJECT: Tool = Tool {
     name: "comms_erase_subject",
+    handler: |app, caller, args| Box::pin(erase_subject(app, caller, args)),
     role: Role::Org,
     description: "Erase a data subject (phone number or email) by destroying its keys: its personal data in \
                   events reads [erased], its consent records are purged, DNC entries keep blocking.",
@@ -119,7 +127,7 @@ async fn consent_target(
 }
 
 fn require_active(agent: &crate::directory::AgentView) -> Result<(), ApiError> {
-    if agent.status != "active" {
+    if AgentStatus::parse(&agent.status) != Some(AgentStatus::Active) {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             format!("Agent \"{}\" is not active (status: {})", agent.agent_id, agent.status),

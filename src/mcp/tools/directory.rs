@@ -14,6 +14,7 @@ use crate::validate::{invalid, Args};
 
 pub const CREATE_ORGANIZATION: Tool = Tool {
     name: "comms_create_organization",
+    handler: |app, caller, args| Box::pin(create_organization(app, caller, args)),
     role: Role::SuperAdmin,
     description: "Create an organization (sandbox mode) and issue its admin token.",
     schema: || {
@@ -27,6 +28,7 @@ pub const CREATE_ORGANIZATION: Tool = Tool {
 
 pub const LIST_ORGANIZATIONS: Tool = Tool {
     name: "comms_list_organizations",
+    handler: |app, _, _| Box::pin(list_organizations(app)),
     role: Role::SuperAdmin,
     description: "List every organization with its mode and agent count.",
     schema: || json!({"type": "object", "properties": {}}),
@@ -34,6 +36,7 @@ pub const LIST_ORGANIZATIONS: Tool = Tool {
 
 pub const PROVISION_CHANNELS: Tool = Tool {
     name: "comms_provision_channels",
+    handler: |app, caller, args| Box::pin(provision_channels(app, caller, args)),
     role: Role::Org,
     description: "Provision an agent with phone, email and voice channels; returns its security token once.",
     schema: || {
@@ -54,6 +57,7 @@ pub const PROVISION_CHANNELS: Tool = Tool {
 
 pub const DEPROVISION_CHANNELS: Tool = Tool {
     name: "comms_deprovision_channels",
+    handler: |app, caller, args| Box::pin(deprovision_channels(app, caller, args)),
     role: Role::Org,
     description: "Deprovision an agent: release its number, revoke its tokens, close its sessions.",
     schema: || {
@@ -64,6 +68,7 @@ pub const DEPROVISION_CHANNELS: Tool = Tool {
 
 pub const GET_CHANNEL_STATUS: Tool = Tool {
     name: "comms_get_channel_status",
+    handler: |app, caller, args| Box::pin(get_channel_status(app, caller, args)),
     role: Role::Agent,
     description: "An agent's status, channels, blocked channels and its org's pool.",
     schema: || json!({"type": "object", "properties": {"agentId": {"type": "string"}}}),
@@ -71,6 +76,7 @@ pub const GET_CHANNEL_STATUS: Tool = Tool {
 
 pub const ROTATE_TOKEN: Tool = Tool {
     name: "comms_rotate_token",
+    handler: |app, caller, args| Box::pin(rotate_token(app, caller, args)),
     role: Role::Agent,
     description: "Revoke every active token of an agent or org and issue a new one.",
     schema: || {

@@ -8,6 +8,9 @@ mod directory;
 pub mod outbound;
 mod ping;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use serde_json::{json, Value};
 
 use crate::auth::{guard, Role};
@@ -17,8 +20,17 @@ use crate::validate::Args;
 
 pub use crate::auth::caller::Caller;
 
+/// What a tool's handler answers: a boxed future, so that every handler has one type.
+pub type Reply<'a> = Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send + 'a>>;
+
+/// A tool's handler, called once its role is checked and its arguments are readable.
+pub type Handler = for<'a> fn(&'a AppState, &'a Caller<'a>, &'a Args<'a>) -> Reply<'a>;
+
+/// One tool: the table below is the only list of names, for `tools/list`, the admin routes'
+/// schemas and dispatch alike.
 pub struct Tool {
     pub name: &'static str,
+    pub handler: Handler,
     pub role: Role,
     pub description: &'static str,
     pub schema: fn() -> Value,
@@ -85,31 +97,7 @@ async fn dispatch(app: &AppState, caller: &Caller<'_>, name: &str, arguments: &V
         TOOLS.iter().find(|t| t.name == name).ok_or_else(|| ApiError::not_found(format!("Unknown tool: {name}")))?;
     guard::require_role(caller.principal, tool.role)?;
     let args = Args::new(arguments)?;
-    match tool.name {
-        "comms_ping" => ping::ping(app, caller, &args).await,
-        "comms_create_organization" => directory::create_organization(app, caller, &args).await,
-        "comms_list_organizations" => directory::list_organizations(app).await,
-        "comms_provision_channels" => directory::provision_channels(app, caller, &args).await,
-        "comms_deprovision_channels" => directory::deprovision_channels(app, caller, &args).await,
-        "comms_get_channel_status" => directory::get_channel_status(app, caller, &args).await,
-        "comms_rotate_token" => directory::rotate_token(app, caller, &args).await,
-        "comms_send_message" => crate::outbound::send_message(app, caller, &args).await,
-        "comms_make_call" => crate::outbound::make_call(app, caller, &args).await,
-        "comms_send_voice_message" => crate::outbound::send_voice_message(app, caller, &args).await,
-        "comms_set_agent_limits" => outbound::set_agent_limits(app, caller, &args).await,
-        "comms_set_billing_config" => outbound::set_billing_config(app, caller, &args).await,
-        "comms_get_usage_dashboard" => outbound::usage_dashboard(app, caller, &args).await,
-        "comms_get_billing_summary" => outbound::billing_summary(app, caller, &args).await,
-        "comms_register_provider" => outbound::register_provider(app, caller, &args).await,
-        "comms_record_consent" => contacts::record_consent(app, caller, &args).await,
-        "comms_revoke_consent" => contacts::revoke_consent(app, caller, &args).await,
-        "comms_check_consent" => contacts::check_consent(app, caller, &args).await,
-        "comms_dnc_add" => contacts::dnc_add(app, caller, &args).await,
-        "comms_dnc_remove" => contacts::dnc_remove(app, caller, &args).await,
-        "comms_dnc_list" => contacts::dnc_list(app, caller, &args).await,
-        "comms_erase_subject" => contacts::erase_subject(app, caller, &args).await,
-        other => Err(ApiError::internal(format!("tool {other} has no handler"))),
-    }
+    (tool.handler)(app, caller, &args).await
 }
 
 /// Records `refusal`; `Some` is the answer to give instead (see `refusals::record`).

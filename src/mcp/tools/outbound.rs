@@ -12,6 +12,7 @@ use crate::validate::Args;
 
 pub const SEND_MESSAGE: Tool = Tool {
     name: "comms_send_message",
+    handler: |app, caller, args| Box::pin(crate::outbound::send_message(app, caller, args)),
     role: Role::Agent,
     description: "Send an SMS or email from an agent, through every guard, limit and compliance check.",
     schema: || {
@@ -28,6 +29,7 @@ pub const SEND_MESSAGE: Tool = Tool {
 
 pub const MAKE_CALL: Tool = Tool {
     name: "comms_make_call",
+    handler: |app, caller, args| Box::pin(crate::outbound::make_call(app, caller, args)),
     role: Role::Agent,
     description: "Place an AI voice call from an agent, through every guard, limit and compliance check.",
     schema: || {
@@ -46,6 +48,7 @@ pub const MAKE_CALL: Tool = Tool {
 
 pub const SEND_VOICE_MESSAGE: Tool = Tool {
     name: "comms_send_voice_message",
+    handler: |app, caller, args| Box::pin(crate::outbound::send_voice_message(app, caller, args)),
     role: Role::Agent,
     description: "Call a number and speak a message, through every guard, limit and compliance check.",
     schema: || {
@@ -61,6 +64,7 @@ pub const SEND_VOICE_MESSAGE: Tool = Tool {
 
 pub const SET_AGENT_LIMITS: Tool = Tool {
     name: "comms_set_agent_limits",
+    handler: |app, caller, args| Box::pin(set_agent_limits(app, caller, args)),
     role: Role::SuperAdmin,
     description: "Override an agent's action and spend limits (null clears an override).",
     schema: || {
@@ -77,6 +81,7 @@ pub const SET_AGENT_LIMITS: Tool = Tool {
 
 pub const SET_BILLING_CONFIG: Tool = Tool {
     name: "comms_set_billing_config",
+    handler: |app, caller, args| Box::pin(set_billing_config(app, caller, args)),
     role: Role::SuperAdmin,
     description: "Set an agent's tier, billing markup and billing email.",
     schema: || {
@@ -104,6 +109,7 @@ pub async fn set_billing_config(app: &AppState, caller: &Caller<'_>, args: &Args
 
 pub const USAGE_DASHBOARD: Tool = Tool {
     name: "comms_get_usage_dashboard",
+    handler: |app, caller, args| Box::pin(usage_dashboard(app, caller, args)),
     role: Role::Agent,
     description: "Actions and costs per channel over a period, with current usage against limits.",
     schema: || {
@@ -116,6 +122,7 @@ pub const USAGE_DASHBOARD: Tool = Tool {
 
 pub const BILLING_SUMMARY: Tool = Tool {
     name: "comms_get_billing_summary",
+    handler: |app, caller, args| Box::pin(billing_summary(app, caller, args)),
     role: Role::Agent,
     description: "Provider cost and billed cost (with markup) over a period.",
     schema: || {
@@ -155,6 +162,7 @@ pub async fn billing_summary(app: &AppState, caller: &Caller<'_>, args: &Args<'_
 
 pub const REGISTER_PROVIDER: Tool = Tool {
     name: "comms_register_provider",
+    handler: |app, caller, args| Box::pin(register_provider(app, caller, args)),
     role: Role::SuperAdmin,
     description: "Register Twilio or Resend credentials for the platform or one organization (stored encrypted).",
     schema: || {

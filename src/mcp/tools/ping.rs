@@ -11,6 +11,7 @@ use crate::validate::Args;
 
 pub const TOOL: Tool = Tool {
     name: "comms_ping",
+    handler: |app, caller, args| Box::pin(ping(app, caller, args)),
     role: Role::Agent,
     description: "Check connectivity and see the caller's identity, organization and providers.",
     schema: || json!({"type": "object", "properties": {"message": {"type": "string", "maxLength": 10000}}}),
