@@ -81,9 +81,13 @@ struct Variant {
 
 /// (enum name, version, variants) for every `pub enum *Event` of the sources.
 fn enums() -> Vec<(String, String, Vec<Variant>)> {
+    let sources: Vec<String> = SOURCES
+        .iter()
+        .map(|source| std::fs::read_to_string(super::repo_file(source)).expect("domain source"))
+        .collect();
+    let payloads = payload_structs(&sources.concat());
     let mut found = Vec::new();
-    for source in SOURCES {
-        let text = std::fs::read_to_string(super::repo_file(source)).expect("domain source");
+    for text in &sources {
         let versions = versions(&text);
         // `event_type` strings are the variant names: `Self::X { .. } => "X"` (the macro stringifies).
         for (i, _) in text.match_indices("Self::") {
@@ -108,17 +112,82 @@ fn enums() -> Vec<(String, String, Vec<Variant>)> {
                 continue;
             }
             let attributes = before.rsplit("\n\n").next().unwrap_or_default();
+            let body_start = after.find('{').expect("enum body") + 1;
+            let (body, inlined) = inline_payloads(&after[body_start..], &payloads);
             assert!(
-                attributes.contains("rename_all_fields = \"camelCase\""),
+                attributes.contains("rename_all_fields = \"camelCase\"") || !inlined.struct_variants,
                 "{name}: the catalogue assumes camelCase field names"
             );
-            let body_start = after.find('{').expect("enum body") + 1;
-            let variants = parse_variants(&after[body_start..]);
+            let variants = parse_variants(&body);
             let version = versions.get(&name).cloned().unwrap_or_else(|| panic!("{name}: no event_version found"));
             found.push((name, version, variants));
         }
     }
     found
+}
+
+/// Payload structs an event variant embeds whole (`ActionRefused(ActionRefused)`): name → the
+/// body of its braces. Only `rename_all = "camelCase"` structs qualify, as the catalogue
+/// camel-cases every field.
+fn payload_structs(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (i, _) in text.match_indices("pub struct ") {
+        let attributes = text[..i].rsplit("\n\n").next().unwrap_or_default();
+        let after = &text[i + "pub struct ".len()..];
+        let name: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let Some(open) = after.find('{') else { continue };
+        if !attributes.contains("rename_all = \"camelCase\"") || after[..open].contains(';') {
+            continue;
+        }
+        let mut depth = 0;
+        for (j, c) in after[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        out.insert(name.clone(), after[open + 1..open + j].to_string());
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// What `inline_payloads` found in an enum body.
+struct Inlined {
+    /// The body declared struct variants of its own (before any payload was inlined).
+    struct_variants: bool,
+}
+
+/// `body` (an enum body) with every `X(X)` variant whose payload struct is known written as the
+/// struct variant `X { … }`, so `parse_variants` reads the payload's fields.
+fn inline_payloads(body: &str, payloads: &BTreeMap<String, String>) -> (String, Inlined) {
+    let end = {
+        let mut depth = 1;
+        body.char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map_or(body.len(), |(i, _)| i)
+    };
+    let struct_variants = body[..end].contains('{');
+    let mut out = body.to_string();
+    for (name, fields) in payloads {
+        let tuple = format!("{name}({name})");
+        if body[..end].contains(&tuple) {
+            out = out.replacen(&tuple, &format!("{name} {{{fields}}}"), 1);
+        }
+    }
+    (out, Inlined { struct_variants })
 }
 
 /// `event_version` per enum: `impl DomainEvent for X { … fn event_version … "v" }`, or the
