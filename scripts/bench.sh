@@ -55,9 +55,12 @@ pg_stats_reset() {
 }
 # BENCH_PG_STATS=1, send mode: the same statements per send (sends = MessageSent events stored),
 # with exec and plan time in microseconds per send; the first line sums the top-level statements.
+# The counts start at the concurrent phase (the client resets them through BENCH_BEFORE_SEND), so
+# only the sends stored since the reset are counted.
 pg_stats_per_send() {
   [ -n "${BENCH_PG_STATS:-}" ] || return 0
-  psql "$1" -c "WITH n AS (SELECT GREATEST(count(*), 1)::numeric AS sends FROM events WHERE event_type = 'MessageSent'),
+  psql "$1" -c "WITH n AS (SELECT GREATEST(count(*), 1)::numeric AS sends FROM events WHERE event_type = 'MessageSent'
+                             AND occurred_at >= (SELECT stats_reset FROM pg_stat_statements_info)),
       s AS (SELECT * FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()))
     SELECT round(sum(calls) / n.sends, 2) AS calls_per_send, round(sum(total_exec_time)::numeric * 1000 / n.sends, 1) AS exec_us,
         round(sum(total_plan_time)::numeric * 1000 / n.sends, 1) AS plan_us, round(sum(rows) / n.sends, 2) AS rows_per_send,
@@ -201,12 +204,15 @@ PY
       server=$!
       until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
     }
-    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"' EXIT
+    trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; stop_cluster "$cluster"' EXIT
     measure() {
       # Server CPU = utime + stime of the server process; Postgres CPU = utime + stime of the
       # postmaster and all its children (live ones, and exited ones through its cutime + cstime);
       # both over the send phases only (the client reads them before and after each; set-up and
       # consent recording are not counted). Then --sequential sends one at a time from one session.
+      if [ -n "${BENCH_PG_STATS:-}" ]; then
+        export BENCH_BEFORE_SEND="$PG_BIN_DIR/psql -q '$bench_url' -c 'SELECT pg_stat_statements_reset()' >/dev/null"
+      fi
       "$bin" --mode send --url "http://127.0.0.1:$port" --token "$token" --sessions "$writers" --seconds "$seconds" \
         --server-pid "$server" --pg-pid "$(head -n 1 "$cluster/data/postmaster.pid")" --sequential "$1" | python3 -c "
 import json, sys
