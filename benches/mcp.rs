@@ -308,6 +308,13 @@ async fn send_mode(url: &str, master: &str, sessions: u64, seconds: u64) {
         0 => Value::Null,
         n => sequential(url, &token, n).await,
     };
+    // BENCH_BEFORE_SEND (scripts/bench.sh with BENCH_PG_STATS): a shell command run just before
+    // the concurrent phase — there, resetting pg_stat_statements, so that the statement profile
+    // per send holds neither the set-up's consents nor the sequential sends.
+    if let Ok(command) = std::env::var("BENCH_BEFORE_SEND") {
+        let done = std::process::Command::new("sh").arg("-c").arg(&command).status().expect("BENCH_BEFORE_SEND runs");
+        assert!(done.success(), "BENCH_BEFORE_SEND failed: {done}");
+    }
     let send = with_cpu(run_phase(url, &token, sessions, seconds, Phase::Send)).await;
     println!("{}", json!({"send": send, "sequential": one, "idle_cpu_ms_per_s": idle}));
 }

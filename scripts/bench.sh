@@ -6,6 +6,8 @@
 #   scripts/bench.sh event-store [--writers 16] [--seconds 20]
 #   scripts/bench.sh mcp [--writers 16] [--seconds 20] [--idle 1000]
 #   scripts/bench.sh send [--writers 16] [--seconds 20] [--fill 1000000] [--sequential 500]
+#     (BENCH_BASELINE=<another commguard binary>: A/B/A against it; BENCH_BINARIES="<bin> <bin> ...":
+#     each in turn; no fill then. BENCH_PG_STATS=1: the statements per send)
 #   scripts/bench.sh as-of [--writers 4] [--seconds 10] [--fill 1000000]
 #   scripts/bench.sh feed [--fill 1000000] [--seed 2000]
 #   scripts/bench.sh anomaly [--fill 1000000] [--runs 200]
@@ -50,6 +52,25 @@ psql() { "$PG_BIN_DIR/psql" "$@"; }
 pg_stats_reset() {
   [ -n "${BENCH_PG_STATS:-}" ] || return 0
   psql -q "$1" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+}
+# BENCH_PG_STATS=1, send mode: the same statements per send (sends = MessageSent events stored),
+# with exec and plan time in microseconds per send; the first line sums the top-level statements.
+# The counts start at the concurrent phase (the client resets them through BENCH_BEFORE_SEND), so
+# only the sends stored since the reset are counted.
+pg_stats_per_send() {
+  [ -n "${BENCH_PG_STATS:-}" ] || return 0
+  psql "$1" -c "WITH n AS (SELECT GREATEST(count(*), 1)::numeric AS sends FROM events WHERE event_type = 'MessageSent'
+                             AND occurred_at >= (SELECT stats_reset FROM pg_stat_statements_info)),
+      s AS (SELECT * FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()))
+    SELECT round(sum(calls) / n.sends, 2) AS calls_per_send, round(sum(total_exec_time)::numeric * 1000 / n.sends, 1) AS exec_us,
+        round(sum(total_plan_time)::numeric * 1000 / n.sends, 1) AS plan_us, round(sum(rows) / n.sends, 2) AS rows_per_send,
+        sum(plans) AS plans, true AS top, 'ALL TOP-LEVEL STATEMENTS (' || n.sends || ' sends)' AS query
+      FROM s, n WHERE toplevel GROUP BY n.sends
+    UNION ALL (
+    SELECT round(calls / n.sends, 2), round(total_exec_time::numeric * 1000 / n.sends, 1),
+        round(total_plan_time::numeric * 1000 / n.sends, 1), round(rows / n.sends, 2), plans, toplevel,
+        left(regexp_replace(query, '\s+', ' ', 'g'), 110)
+      FROM s, n ORDER BY total_exec_time + total_plan_time DESC LIMIT 45)" >&2
 }
 pg_stats_print() {
   [ -n "${BENCH_PG_STATS:-}" ] || return 0
@@ -179,16 +200,19 @@ PY
       DATABASE_URL="$bench_url" HOST=127.0.0.1 PORT=$port MASTER_SECURITY_TOKEN=$token COMMGUARD_DATA_DIR=$data \
         HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 \
         DEFAULT_MAX_ACTIONS_PER_MINUTE=100000000 DEFAULT_MAX_ACTIONS_PER_HOUR=100000000 DEFAULT_MAX_ACTIONS_PER_DAY=100000000 \
-        DEFAULT_MAX_SPEND_PER_DAY=100000000 DEFAULT_MAX_SPEND_PER_MONTH=100000000 RUST_LOG=warn target/release/commguard serve &
+        DEFAULT_MAX_SPEND_PER_DAY=100000000 DEFAULT_MAX_SPEND_PER_MONTH=100000000 RUST_LOG=warn "${1:-target/release/commguard}" serve &
       server=$!
       until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
     }
-    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"' EXIT
+    trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; stop_cluster "$cluster"' EXIT
     measure() {
       # Server CPU = utime + stime of the server process; Postgres CPU = utime + stime of the
       # postmaster and all its children (live ones, and exited ones through its cutime + cstime);
       # both over the send phases only (the client reads them before and after each; set-up and
       # consent recording are not counted). Then --sequential sends one at a time from one session.
+      if [ -n "${BENCH_PG_STATS:-}" ]; then
+        export BENCH_BEFORE_SEND="$PG_BIN_DIR/psql -q '$bench_url' -c 'SELECT pg_stat_statements_reset()' >/dev/null"
+      fi
       "$bin" --mode send --url "http://127.0.0.1:$port" --token "$token" --sessions "$writers" --seconds "$seconds" \
         --server-pid "$server" --pg-pid "$(head -n 1 "$cluster/data/postmaster.pid")" --sequential "$1" | python3 -c "
 import json, sys
@@ -199,10 +223,31 @@ print(f\"{s['calls_per_sec']:.0f} sends/s = {s['calls_per_sec'] / $base:.2f} x p
 if q:
     print(f\"  one session, {q['calls']} sequential sends: p50 {q['p50_ms']:.2f} ms = {q['p50_ms'] / $one_ms:.2f} x one pgbench client's mean latency ($one_ms ms)  p99 {q['p99_ms']:.2f} ms  server CPU {q['server_cpu_ms_per_call']:.3f} ms/send  Postgres CPU {q['pg_cpu_ms_per_call']:.3f} ms/send\")"
     }
+    if [ -n "${BENCH_BASELINE:-}" ] && [ -z "${BENCH_BINARIES:-}" ]; then
+      BENCH_BINARIES="$BENCH_BASELINE target/release/commguard $BENCH_BASELINE"
+    fi
+    if [ -n "${BENCH_BINARIES:-}" ]; then
+      # A/B/A: BENCH_BASELINE is another build of the server (e.g. main's), measured before and
+      # after this build; BENCH_BINARIES lists the builds to measure in that order instead. Each
+      # runs on a fresh database of this cluster, so their ratios come from one run on one
+      # machine state. No fill.
+      phase=0
+      for phase_bin in $BENCH_BINARIES; do
+        phase=$((phase + 1))
+        psql -q "$admin" -c "CREATE DATABASE bench_$phase"
+        bench_url="${admin/\/postgres\?//bench_$phase?}"
+        start_server "$phase_bin"
+        pg_stats_reset "$bench_url"
+        echo "$phase ($phase_bin): $(measure "$sequential")"
+        pg_stats_per_send "$bench_url"
+        kill $server; wait $server 2>/dev/null || true
+      done
+      exit 0
+    fi
     start_server
     pg_stats_reset "$bench_url"
     echo "empty store:            $(measure "$sequential")"
-    pg_stats_print "$bench_url"
+    pg_stats_per_send "$bench_url"
     [ "$fill" -gt 0 ] || exit 0
     kill $server; wait $server 2>/dev/null || true
     # Fill the store with $fill events of other agents (synthetic rows written directly; they are

@@ -168,14 +168,18 @@ impl Rows {
         let mut ids: Vec<Uuid> = sealed.iter().flat_map(|(_, keys)| keys.iter().copied()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let refs: HashMap<Uuid, String> = sqlx::query_as::<_, (Uuid, String)>(
-            "SELECT key_id, subject_ref FROM data_keys
-             WHERE key_id = ANY($1) AND kind = 'subject' AND subject_ref IS NOT NULL",
+        // By primary key alone, the kind checked here: with `kind` and `subject_ref` in the
+        // statement, the runner's generic plan could walk the partial index of every subject key
+        // (0020) instead (0.3-0.6 ms a batch in the send profile).
+        let refs: HashMap<Uuid, String> = sqlx::query_as::<_, (Uuid, String, Option<String>)>(
+            "SELECT key_id, kind, subject_ref FROM data_keys WHERE key_id = ANY($1)",
         )
         .bind(&ids)
         .fetch_all(&mut *conn)
         .await?
         .into_iter()
+        .filter(|(_, kind, _)| kind == "subject")
+        .filter_map(|(id, _, subject_ref)| subject_ref.map(|r| (id, r)))
         .collect();
         for (i, keys) in sealed {
             self.subject_ref[i] = keys.iter().filter_map(|k| refs.get(k)).min().cloned();
@@ -244,12 +248,16 @@ impl Projection for AuditProjection {
             .execute(&mut *conn)
             .await?;
 
-            // COPY, not INSERT: the audit view gets one row per event, and COPY's text format
-            // inserts them at about twice the rate of a set-based INSERT (measured in the
-            // event-store benchmark's catch-up).
             let mut rows = Rows::default();
             events.iter().for_each(|e| rows.push(e));
             rows.resolve_subjects(&mut *conn, events).await?;
+            if rows.position.len() < COPY_FROM {
+                rows.insert(&mut *conn, tables.get("audit_items")).await?;
+                return Ok(());
+            }
+            // COPY for large batches: the audit view gets one row per event, and COPY's text
+            // format inserts them at about twice the rate of a set-based INSERT (measured in the
+            // event-store benchmark's catch-up).
             let mut copy = conn
                 .copy_in_raw(&format!(
                     "COPY {} (position, occurred_at, aggregate_type, aggregate_id, sequence, event_type, outcome,
@@ -264,7 +272,42 @@ impl Projection for AuditProjection {
     }
 }
 
+/// Batches of at least this many rows are written by COPY, smaller ones by one prepared
+/// `INSERT … SELECT FROM UNNEST`. A live runner's batch under a steady stream of sends holds a
+/// few events, and a COPY costs a statement parsed afresh and a second round trip each time: it
+/// was the costliest statement per send in the send benchmark's profile (docs/performance.md).
+const COPY_FROM: usize = 64;
+
 impl Rows {
+    /// The rows by one set-based INSERT (a generic plan inside the runner's transaction).
+    async fn insert(&self, conn: &mut PgConnection, table: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (position, occurred_at, aggregate_type, aggregate_id, sequence, event_type, outcome,
+                                  actor_kind, actor_id, agent_id, org_id, refused_by, code, rule, subject_ref)
+             SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[], $6::text[],
+                                  $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                                  $14::text[], $15::text[])"
+        ))
+        .bind(&self.position)
+        .bind(&self.occurred_at)
+        .bind(&self.aggregate_type)
+        .bind(&self.aggregate_id)
+        .bind(&self.sequence)
+        .bind(&self.event_type)
+        .bind(&self.outcome)
+        .bind(&self.actor_kind)
+        .bind(&self.actor_id)
+        .bind(&self.agent_id)
+        .bind(&self.org_id)
+        .bind(&self.refused_by)
+        .bind(&self.code)
+        .bind(&self.rule)
+        .bind(&self.subject_ref)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
     /// The rows in COPY's text format.
     fn copy_text(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.position.len() * 160);

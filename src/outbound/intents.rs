@@ -394,7 +394,14 @@ async fn complete_batches(pool: PgPool, mut queue: mpsc::UnboundedReceiver<(Uuid
             }
         }
         let (ids, deltas): (Vec<Uuid>, Vec<i64>) = pending.iter().copied().unzip();
-        match sqlx::query("SELECT complete_intents($1, $2)").bind(&ids).bind(&deltas).execute(&pool).await {
+        // Nothing to settle (every actual cost equals its estimate, as the mock's always does):
+        // the intents are only deleted, without the function's locks and loop.
+        let done = if deltas.iter().all(|d| *d == 0) {
+            sqlx::query("DELETE FROM outbound_intents WHERE id = ANY($1)").bind(&ids).execute(&pool).await
+        } else {
+            sqlx::query("SELECT complete_intents($1, $2)").bind(&ids).bind(&deltas).execute(&pool).await
+        };
+        match done {
             Ok(_) => pending.clear(),
             Err(e) => {
                 tracing::warn!(error = %e, intents = ids.len(), "completed intents not cleared yet");

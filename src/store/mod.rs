@@ -81,22 +81,61 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 /// Wakes the projection runners: a counter moved after every local append. Unlike a `Notify`, a
 /// runner busy with a batch when it moves sees the change as soon as it waits again, so no append
 /// waits for the idle poll.
+///
+/// Each runner subscribes with the event types its projection reads (`subscribe_to`), and a local
+/// append wakes only the runners that read one of its types (`bump_types`): a send's
+/// `MessageSent` wakes the audit, usage and anomaly runners, not the nine others, which used to
+/// step (lock, checkpoint, read, checkpoint write) after every append only to move their
+/// checkpoints past it. Those still move within their own `RECHECK`, and `bump` (another
+/// instance's events, `await_projection`) wakes everyone.
 #[derive(Clone)]
-pub struct Appended(Arc<watch::Sender<u64>>);
+pub struct Appended(Arc<Wakes>);
+
+struct Wakes {
+    all: watch::Sender<u64>,
+    typed: std::sync::Mutex<Vec<(&'static [&'static str], watch::Sender<u64>)>>,
+}
 
 impl Default for Appended {
     fn default() -> Self {
-        Self(Arc::new(watch::Sender::new(0)))
+        Self(Arc::new(Wakes { all: watch::Sender::new(0), typed: std::sync::Mutex::default() }))
     }
 }
 
 impl Appended {
+    /// Wakes every runner.
     pub fn bump(&self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
+        self.0.all.send_modify(|n| *n = n.wrapping_add(1));
+        for (_, wake) in self.0.typed.lock().expect("wakes lock").iter() {
+            wake.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
+    /// Wakes the runners that read any of `types`, and those that read every type.
+    pub fn bump_types<'a>(&self, types: impl IntoIterator<Item = &'a str> + Clone) {
+        self.0.all.send_modify(|n| *n = n.wrapping_add(1));
+        for (reads, wake) in self.0.typed.lock().expect("wakes lock").iter() {
+            if types.clone().into_iter().any(|t| reads.contains(&t)) {
+                wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+
+    /// Woken by every append.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.0.subscribe()
+        self.0.all.subscribe()
+    }
+
+    /// Woken by appends holding one of `types` (`None`: by every append), and by `bump`.
+    pub fn subscribe_to(&self, types: Option<&'static [&'static str]>) -> watch::Receiver<u64> {
+        match types {
+            None => self.subscribe(),
+            Some(types) => {
+                let (wake, receiver) = watch::channel(0);
+                self.0.typed.lock().expect("wakes lock").push((types, wake));
+                receiver
+            }
+        }
     }
 }
 

@@ -146,7 +146,7 @@ impl EventRepository {
         };
         let position = self.committer.append(append).await?;
         self.heads.insert((aggregate_type.to_string(), aggregate_id.to_string()), (last_sequence, last_hash));
-        self.appended.bump();
+        self.appended.bump_types(events.iter().map(|e| e.event_type.as_str()));
         Ok(Some(position))
     }
 

@@ -64,11 +64,10 @@ pub async fn run_batch(
     Ok(step(pool, projection, checkpoint, tables, batch).await?.applied)
 }
 
-/// What one live step did: events applied, and whether the checkpoint moved (it also moves past
-/// events of types the projection does not read).
+/// What one live step did: events applied (the checkpoint may also have moved past events of
+/// types the projection does not read).
 struct Step {
     applied: usize,
-    moved: bool,
 }
 
 async fn step(
@@ -80,7 +79,7 @@ async fn step(
 ) -> Result<Step, RunnerError> {
     let mut tx = pool.begin().await?;
     let Some(below) = lock_relaxed(&mut tx, projection.name()).await? else {
-        return Ok(Step { applied: 0, moved: false });
+        return Ok(Step { applied: 0 });
     };
     let types = projection.event_types().map(|types| (types, below));
     let step = apply_batch(&mut tx, projection, checkpoint, tables, batch, types).await?;
@@ -161,13 +160,13 @@ async fn apply_batch(
         }
     };
     if reached <= position {
-        return Ok(Step { applied: 0, moved: false });
+        return Ok(Step { applied: 0 });
     }
     if !events.is_empty() {
         projection.apply(&mut *conn, tables, &events).await?;
     }
     set_checkpoint(&mut *conn, checkpoint, reached).await?;
-    Ok(Step { applied: events.len(), moved: true })
+    Ok(Step { applied: events.len() })
 }
 
 /// The horizon, and the position of the last event below it (0 when there is none).
@@ -249,7 +248,7 @@ pub fn spawn_all(
         .into_iter()
         .map(|projection| {
             let (pool, stop) = (pool.clone(), stop.clone());
-            let mut wake = appended.subscribe();
+            let mut wake = appended.subscribe_to(projection.event_types());
             tokio::spawn(async move {
                 let tables = Tables::live(projection.tables());
                 let name = projection.name();
@@ -259,7 +258,9 @@ pub fn spawn_all(
                         Ok(s) if s.applied as i64 == BATCH => {
                             catch_up(&pool, projection.as_ref(), name, &tables, BATCH).await.map(|_| true)
                         }
-                        Ok(s) => Ok(s.moved),
+                        // Moved only past events of other types: nothing to gather; wait for a
+                        // wake (an append of this projection's types) or `RECHECK`.
+                        Ok(s) => Ok(s.applied > 0),
                         Err(e) => Err(e),
                     };
                     if moved.is_ok() {
