@@ -19,6 +19,15 @@ pub enum AgentStatus {
     Deprovisioned,
 }
 
+impl AgentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Deprovisioned => "deprovisioned",
+        }
+    }
+}
+
 /// How a token came to be (CONTRACT §11.3 `issuedVia`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -170,7 +170,7 @@ pub async fn active_org(app: &AppState, org_id: &str) -> Result<OrgView, ApiErro
     let found = org(&app.pool, org_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))?;
-    if found.mode == OrgMode::Suspended.as_str() {
+    if found.mode == OrgMode::Suspended {
         return Err(compliance(format!("Organization \"{org_id}\" is suspended"), "sandbox"));
     }
     Ok(found)
@@ -208,7 +208,7 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
     context.provenance.pass("duplicate");
     context.provenance.pass("capacity");
 
-    let sandbox = app.config.demo_mode || locked_org.mode == OrgMode::Sandbox.as_str();
+    let sandbox = app.config.demo_mode || locked_org.mode == OrgMode::Sandbox;
     let (phone, provider_refs) = if sandbox {
         (
             new.capabilities.phone.then(|| format!("+1555{:07}", rand::random::<u32>() % 10_000_000)),
@@ -226,7 +226,7 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
         "email": email,
         "voiceAi": new.capabilities.voice_ai,
     });
-    let mode = if locked_org.mode == OrgMode::Production.as_str() { OrgMode::Production } else { OrgMode::Sandbox };
+    let mode = if locked_org.mode == OrgMode::Production { OrgMode::Production } else { OrgMode::Sandbox };
     let (token, issued) = new_token(Some("provision".into()));
     let command = AgentCommand {
         agent_id: agent_id.clone(),
@@ -457,7 +457,7 @@ pub async fn block_channels(
     let found = agent(&app.pool, agent_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
-    Ok(json!({ "success": true, "agentId": agent_id, "blockedChannels": found.blocked_channels }))
+    Ok(json!({ "success": true, "agentId": agent_id, "blockedChannels": found.blocked_channels.0 }))
 }
 
 /// The org a caller acts in when it names none: its own, or `default` for the super-admin.
@@ -483,7 +483,7 @@ pub fn read_scope(principal: &Principal, requested: Option<String>) -> Result<Op
 }
 
 pub fn approved_view(view: &OrgView) -> Value {
-    json!({ "success": true, "orgId": view.org_id, "mode": view.mode, "approvedAt": rfc3339(view.updated_at) })
+    json!({ "success": true, "orgId": view.org_id, "mode": view.mode.as_str(), "approvedAt": rfc3339(view.updated_at) })
 }
 
 /// Runs a limits or billing command and answers with the agent as the limits projection now has it.
@@ -516,9 +516,9 @@ pub async fn set_limits(
     Ok(json!({
         "success": true,
         "agentId": agent_id,
-        "currentLimits": super::limits_json(view.effective_limits(&app.config)),
-        "overrides": super::overrides_json(view.overrides()),
-        "tier": view.tier().as_str(),
+        "currentLimits": super::limits_json(super::effective_limits(&view, &app.config)),
+        "overrides": super::overrides_json(view.overrides),
+        "tier": view.tier.as_str(),
     }))
 }
 
@@ -539,12 +539,12 @@ pub async fn set_billing(
         "success": true,
         "agentId": agent_id,
         "billingConfig": {
-            "tier": view.tier().as_str(),
+            "tier": view.tier.as_str(),
             "markupPercent": view.markup_percent,
             "billingEmail": billing_email.flatten(),
         },
-        "tierLimits": super::limits_json(view.tier().limits(starter)),
-        "effectiveLimits": super::limits_json(view.effective_limits(&app.config)),
+        "tierLimits": super::limits_json(view.tier.limits(starter)),
+        "effectiveLimits": super::limits_json(super::effective_limits(&view, &app.config)),
         "availableTiers": Tier::ALL,
     }))
 }

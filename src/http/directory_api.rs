@@ -247,7 +247,12 @@ async fn me(State(app): State<AppState>, admin: Admin) -> Result<Json<Me>, ApiEr
     Ok(Json(Me {
         role: admin.principal.role().as_str(),
         org_id: admin.principal.org_id.clone(),
-        org: org.map(|o| MeOrg { id: o.org_id, name: o.name, mode: o.mode, a2p_registered: o.a2p_registered }),
+        org: org.map(|o| MeOrg {
+            id: o.org_id,
+            name: o.name,
+            mode: o.mode.as_str().into(),
+            a2p_registered: o.a2p_registered,
+        }),
     }))
 }
 
@@ -255,7 +260,7 @@ async fn me(State(app): State<AppState>, admin: Admin) -> Result<Json<Me>, ApiEr
 async fn list_orgs(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<OrgPage>, ApiError> {
     let org = commands::read_scope(&admin.principal, params.id("orgId")?)?;
     let (orgs, next) = dir::orgs_page(&app.pool, org.as_deref(), &params.page()?).await?;
-    Ok(Json(OrgPage { orgs: orgs.iter().map(dir::OrgView::admin_view).collect(), next_cursor: next }))
+    Ok(Json(OrgPage { orgs: orgs.iter().map(dir::org_admin_view).collect(), next_cursor: next }))
 }
 
 async fn get_org(
@@ -267,7 +272,7 @@ async fn get_org(
     let org = dir::org(&app.pool, &org_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))?;
-    Ok(Json(org.admin_view()))
+    Ok(Json(dir::org_admin_view(&org)))
 }
 
 async fn create_org(
@@ -310,7 +315,12 @@ async fn approve(
         commguard_domain::organization::OrgAction::Approve { kyc_note, approved_by },
     )
     .await?;
-    Ok(Json(OrgMode { success: true, org_id, mode: view.mode.clone(), approved_at: Some(rfc3339(view.updated_at)) }))
+    Ok(Json(OrgMode {
+        success: true,
+        org_id,
+        mode: view.mode.as_str().into(),
+        approved_at: Some(rfc3339(view.updated_at)),
+    }))
 }
 
 /// Approval, suspension and unsuspension are S-only global configuration (Z7): Z4's refusal.
@@ -334,7 +344,7 @@ async fn suspend(
         commguard_domain::organization::OrgAction::Suspend { reason },
     )
     .await?;
-    Ok(Json(OrgMode { success: true, org_id, mode: view.mode, approved_at: None }))
+    Ok(Json(OrgMode { success: true, org_id, mode: view.mode.as_str().into(), approved_at: None }))
 }
 
 async fn unsuspend(
@@ -347,7 +357,7 @@ async fn unsuspend(
     let view =
         commands::org_lifecycle(&app, admin.context, &org_id, commguard_domain::organization::OrgAction::Unsuspend)
             .await?;
-    Ok(Json(OrgMode { success: true, org_id, mode: view.mode, approved_at: None }))
+    Ok(Json(OrgMode { success: true, org_id, mode: view.mode.as_str().into(), approved_at: None }))
 }
 
 /// A cap in dollars: absent = unchanged, `null` = cleared, else ≥ 0 with ≤ 6 decimals.
@@ -391,7 +401,7 @@ async fn settings(
     let (_, today, month) = crate::outbound::usage::counters(&app, "org", &org_id).await?;
     Ok(Json(OrgSettings {
         success: true,
-        org: view.admin_view(),
+        org: dir::org_admin_view(&view),
         spend_today: crate::money::to_dollars(today),
         spend_month: crate::money::to_dollars(month),
     }))
@@ -416,7 +426,10 @@ async fn list_agents(State(app): State<AppState>, admin: Admin, params: Params) 
     org_ids.sort();
     org_ids.dedup();
     let orgs = dir::orgs_by_id(&app.pool, &org_ids).await?;
-    let views = agents.iter().map(|a| a.admin_view(&app.config, orgs.iter().find(|o| o.org_id == a.org_id))).collect();
+    let views = agents
+        .iter()
+        .map(|a| dir::agent_admin_view(a, &app.config, orgs.iter().find(|o| o.org_id == a.org_id)))
+        .collect();
     Ok(Json(AgentPage { agents: views, next_cursor: next }))
 }
 
@@ -427,7 +440,7 @@ async fn get_agent(
 ) -> Result<Json<dir::AgentAdminView>, ApiError> {
     let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let org = dir::org(&app.pool, &agent.org_id).await?;
-    Ok(Json(agent.admin_view(&app.config, org.as_ref())))
+    Ok(Json(dir::agent_admin_view(&agent, &app.config, org.as_ref())))
 }
 
 async fn agent_tokens(

@@ -117,7 +117,7 @@ pub async fn check(
         }
         // 11: recording consent where every party must agree.
         if voice.record {
-            let own_number = agent.channels.get("phone").and_then(Value::as_str);
+            let own_number = agent.address("phone");
             let jurisdiction = recording::all_party_jurisdiction(subject.to)
                 .or_else(|| own_number.and_then(recording::all_party_jurisdiction));
             if let Some(jurisdiction) = jurisdiction {

@@ -24,7 +24,7 @@ pub struct Limits {
 impl Limits {
     /// The agent's effective limits (tier, then overrides; CONTRACT §9.2).
     pub fn of(agent: &crate::directory::AgentView, config: &Config) -> Self {
-        let l = agent.effective_limits(config);
+        let l = crate::directory::effective_limits(agent, config);
         Self {
             per_minute: Some(l.per_minute),
             per_hour: Some(l.per_hour),

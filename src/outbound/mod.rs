@@ -13,6 +13,7 @@ pub mod limits;
 pub mod usage;
 
 use commguard_domain::agent::AgentEvent;
+use commguard_domain::values::OrgMode;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -116,7 +117,7 @@ async fn run<A: Action>(
     let estimate = provider::estimated_cost(action.channel());
     // Step 13's provider is chosen now (it is used only once the limits pass), so the intent
     // stored with the reservation can say what will have happened if nobody completes it.
-    let sandbox = app.config.demo_mode || org.mode != "production";
+    let sandbox = app.config.demo_mode || org.mode != OrgMode::Production;
     let chosen = if sandbox {
         Some((Provider::Mock, Credentials::default()))
     } else {
@@ -234,18 +235,17 @@ async fn run<A: Action>(
 /// Step 5: active, has the channel, not blocked on it.
 fn agent_state(agent: &directory::AgentView, channel: &str) -> Result<(), ApiError> {
     let id = &agent.agent_id;
-    if agent.status != "active" {
+    if !agent.is_active() {
         return Err(ApiError::new(
             ErrorCode::Conflict,
-            format!("Agent \"{id}\" is not active (status: {})", agent.status),
+            format!("Agent \"{id}\" is not active (status: {})", agent.status.as_str()),
         ));
     }
     let (address, what) = if channel == "email" { ("email", "email address") } else { ("phone", "phone number") };
     if agent.channels.get(address).is_none_or(Value::is_null) {
         return Err(ApiError::new(ErrorCode::Conflict, format!("Agent \"{id}\" has no {what}")));
     }
-    let blocked = agent.blocked_channels.as_array().is_some_and(|b| b.iter().any(|c| c == "*" || c == channel));
-    if blocked {
+    if agent.blocked_channels.blocks(channel) {
         return Err(ApiError::new(ErrorCode::Forbidden, format!("Agent \"{id}\" is blocked on {channel} channel")));
     }
     Ok(())

@@ -110,7 +110,7 @@ fn by_channel(rows: &[(String, String, i64, i64)], agent: &str) -> (ByChannel<i6
 pub async fn agent_dashboard(app: &AppState, agent: &AgentView, period: &str) -> Result<Value, ApiError> {
     let rows = sums(app, Some(&agent.agent_id), None, Window::period(period, app.clock.now())?).await?;
     let (actions, costs, total_actions, total_cost) = by_channel(&rows, &agent.agent_id);
-    let limits = agent.effective_limits(&app.config);
+    let limits = directory::effective_limits(agent, &app.config);
     let (today, spend_today, spend_month) = counters(app, "agent", &agent.agent_id).await?;
     Ok(json!({
         "agentId": agent.agent_id,
@@ -238,8 +238,8 @@ pub async fn agent_billing(app: &AppState, agent: &AgentView, period: &str) -> R
         "billingCost": to_dollars(billed(provider, markup)),
         "markupPercent": markup,
         "byChannel": costs,
-        "tier": agent.tier().as_str(),
-        "billingConfig": {"tier": agent.tier().as_str(), "markupPercent": agent.markup_percent},
+        "tier": agent.tier.as_str(),
+        "billingConfig": {"tier": agent.tier.as_str(), "markupPercent": agent.markup_percent},
     }))
 }
 

@@ -366,7 +366,7 @@ async fn sms_handler(app: &AppState, request: &TwilioRequest, sid: &str, ip: &Cl
         reject(app, agent, "twilio", "sms", "malformed", ip).await;
         return empty(StatusCode::BAD_REQUEST);
     };
-    if agent.channels.get("phone").and_then(Value::as_str) != Some(to.as_str()) {
+    if agent.address("phone") != Some(to.as_str()) {
         turned_away(app, "sms", "unknown_target");
         return empty(StatusCode::NOT_FOUND);
     }
@@ -439,8 +439,7 @@ fn failed(e: ApiError) -> Response {
 
 /// Active and not blocked on `channel`: inbound messages to anything else are dropped.
 fn accepts(agent: &AgentView, channel: &str) -> bool {
-    agent.status == "active"
-        && !agent.blocked_channels.as_array().is_some_and(|b| b.iter().any(|c| c == "*" || c == channel))
+    agent.accepts(channel)
 }
 
 const CALL_STATUSES: [&str; 9] =
@@ -788,7 +787,7 @@ async fn email_handler(
                 reject(app, agent, "resend", "email", "malformed", ip).await;
                 return json_error(StatusCode::BAD_REQUEST, "Missing from or to");
             };
-            let own = agent.channels.get("email").and_then(Value::as_str).map(str::to_lowercase);
+            let own = agent.address("email").map(str::to_lowercase);
             let Some(own) = own.filter(|own| to.contains(own)) else {
                 turned_away(app, "email", "unknown_target");
                 return json_error(StatusCode::NOT_FOUND, "Agent not found");

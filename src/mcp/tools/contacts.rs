@@ -119,10 +119,10 @@ async fn consent_target(
 }
 
 fn require_active(agent: &crate::directory::AgentView) -> Result<(), ApiError> {
-    if agent.status != "active" {
+    if !agent.is_active() {
         return Err(ApiError::new(
             ErrorCode::Conflict,
-            format!("Agent \"{}\" is not active (status: {})", agent.agent_id, agent.status),
+            format!("Agent \"{}\" is not active (status: {})", agent.agent_id, agent.status.as_str()),
         ));
     }
     Ok(())
