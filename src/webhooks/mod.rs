@@ -23,6 +23,8 @@ use commguard_domain::pii::{Pii, RetentionClass};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use commguard_projections::contact::read::{self, CallRow};
+
 use crate::contacts::{self, Address};
 use crate::directory::{self, AgentView};
 use crate::error::{ApiError, ErrorCode};
@@ -446,31 +448,12 @@ const CALL_STATUSES: [&str; 9] =
     ["queued", "initiated", "ringing", "in-progress", "completed", "busy", "failed", "no-answer", "canceled"];
 const TERMINAL: [&str; 5] = ["completed", "busy", "failed", "no-answer", "canceled"];
 
-#[derive(sqlx::FromRow)]
-struct CallRow {
-    call_id: Uuid,
-    kind: String,
-    provider: String,
-    placed_at: chrono::DateTime<chrono::Utc>,
-    /// The last status the calls projection applied.
-    status: String,
-    /// The subject key that seals the call's recipient (migration 0023).
-    to_key: Option<Uuid>,
-}
-
 /// The agent's call with provider id `sid`. A callback may outrun the calls projection by a few
 /// milliseconds, so a miss waits once for the projection to pass every event committed so far
 /// (the call was placed before its callback). Not `feed::head_position`: that stops at the
 /// horizon, which a transaction in flight anywhere in the cluster holds below the `CallPlaced`.
 async fn find_call(app: &AppState, agent_id: &str, sid: &str) -> Result<Option<CallRow>, ApiError> {
-    let lookup = || {
-        sqlx::query_as::<_, CallRow>(
-            "SELECT call_id, kind, provider, placed_at, status, to_key FROM calls WHERE agent_id = $1 AND external_id = $2",
-        )
-        .bind(agent_id)
-        .bind(sid)
-        .fetch_optional(&app.pool)
-    };
+    let lookup = || read::call_by_external_id(&app.pool, agent_id, sid);
     if let Some(found) = lookup().await.map_err(ApiError::internal)? {
         return Ok(Some(found));
     }

@@ -6,10 +6,11 @@ use chrono::{DateTime, Utc};
 use commguard_domain::agent::AgentStatus;
 use commguard_domain::limits::{LimitSet, Overrides, Tier};
 use commguard_domain::values::OrgMode;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgExecutor, Row};
+
+use crate::enum_column;
 
 /// An agent as the agents projection holds it, with its limits (no `agent_limits` row: starter,
 /// no overrides, the deployment's markup).
@@ -81,14 +82,6 @@ pub struct OrgView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub agent_count: i64,
-}
-
-/// A text column holding a serde enum (`active`, `production`, …): an unknown value is a decode
-/// error, never a default — a status or mode read wrong must not let anything through.
-fn enum_column<T: DeserializeOwned>(row: &PgRow, column: &str) -> Result<T, sqlx::Error> {
-    let text: String = row.try_get(column)?;
-    serde_json::from_value(Value::String(text))
-        .map_err(|e| sqlx::Error::ColumnDecode { index: column.into(), source: Box::new(e) })
 }
 
 impl<'r> FromRow<'r, PgRow> for AgentView {
