@@ -51,7 +51,7 @@ impl AgentView {
         self.status == AgentStatus::Active
     }
 
-    /// Active and not blocked on `channel`.
+    /// Active and not blocked on `channel`: inbound messages to anything else are dropped.
     pub fn accepts(&self, channel: &str) -> bool {
         self.is_active() && !self.blocked_channels.blocks(channel)
     }
