@@ -574,10 +574,11 @@ async fn real_channels(app: &AppState, new: &NewAgent, agent_id: &str) -> Result
         .await?
         .ok_or_else(|| unconfigured("telephony"))?;
     let sms_url = format!("{}/webhooks/{agent_id}/sms", app.config.webhook_base_url.trim_end_matches('/'));
-    let (number, number_sid) =
-        provider::buy_twilio_number(&app.http, &app.config, &creds, &new.country, &sms_url).await.map_err(|f| {
-            ApiError::new(ErrorCode::ProviderError, format!("Provisioning failed: {}", f.0)).with("provider", "twilio")
-        })?;
+    let bought =
+        async { provider::Twilio::of(&app.http, &app.config, &creds)?.buy_number(&new.country, &sms_url).await };
+    let (number, number_sid) = bought.await.map_err(|f| {
+        ApiError::new(ErrorCode::ProviderError, format!("Provisioning failed: {}", f.0)).with("provider", "twilio")
+    })?;
     Ok((Some(number), json!({"provider": "twilio", "numberSid": number_sid})))
 }
 
@@ -591,7 +592,10 @@ async fn release(app: &AppState, agent: &super::AgentView, wanted: bool) -> Resu
     use crate::providers::{self as provider, credentials};
     let creds = credentials::resolve(&app.pool, &app.credential_keys, &app.config, &agent.org_id, "twilio").await?;
     let released = match creds {
-        Some(creds) => provider::release_twilio_number(&app.http, &app.config, &creds, number_sid).await,
+        Some(creds) => match provider::Twilio::of(&app.http, &app.config, &creds) {
+            Ok(twilio) => twilio.release_number(number_sid).await,
+            Err(unconfigured) => Err(unconfigured),
+        },
         None => Err(provider::ProviderFailure("twilio: not configured".into())),
     };
     Ok(match released {

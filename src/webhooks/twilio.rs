@@ -149,7 +149,6 @@ fn failed(e: ApiError) -> Response {
     empty(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-
 const CALL_STATUSES: [&str; 9] =
     ["queued", "initiated", "ringing", "in-progress", "completed", "busy", "failed", "no-answer", "canceled"];
 const TERMINAL: [&str; 5] = ["completed", "busy", "failed", "no-answer", "canceled"];
@@ -283,7 +282,8 @@ async fn call_cost(app: &AppState, agent: &AgentView, call: &CallRow, sid: &str)
                 return None;
             }
         };
-    match provider::twilio_call_price(&app.http, &app.config, &credentials, sid).await {
+    let price = async { provider::Twilio::of(&app.http, &app.config, &credentials)?.call_price(sid).await };
+    match price.await {
         Ok(price) => price,
         Err(e) => {
             tracing::warn!(error = %e.0, call_sid = sid, "call price unavailable");
