@@ -20,7 +20,7 @@ use crate::state::AppState;
 use crate::store::rfc3339;
 use crate::validate::{invalid, Args};
 
-use super::admin::Admin;
+use super::admin::{Admin, ScopedAgent};
 use super::openapi::{tool_result, ApiRouter, Body, Doc, Query, ToolResult, CURSOR, LIMIT, ORG};
 
 /// The directory routes (assembled with the other admin routes in `admin_api`).
@@ -435,27 +435,23 @@ async fn list_agents(State(app): State<AppState>, admin: Admin, params: Params) 
 
 async fn get_agent(
     State(app): State<AppState>,
-    admin: Admin,
-    Path(agent_id): Path<String>,
+    ScopedAgent { agent, .. }: ScopedAgent,
 ) -> Result<Json<dir::AgentAdminView>, ApiError> {
-    let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let org = dir::org(&app.pool, &agent.org_id).await?;
     Ok(Json(dir::agent_admin_view(&agent, &app.config, org.as_ref())))
 }
 
 async fn agent_tokens(
     State(app): State<AppState>,
-    admin: Admin,
-    Path(agent_id): Path<String>,
+    ScopedAgent { agent, .. }: ScopedAgent,
 ) -> Result<Json<Tokens>, ApiError> {
-    commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     type Row = (uuid::Uuid, Option<String>, chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>);
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT t.token_id, t.label, t.created_at, u.last_used_at FROM tokens t
          LEFT JOIN token_last_used u USING (token_id)
          WHERE t.kind = 'agent' AND t.agent_id = $1 AND t.revoked_at IS NULL ORDER BY t.created_at",
     )
-    .bind(&agent_id)
+    .bind(&agent.agent_id)
     .fetch_all(&app.pool)
     .await
     .map_err(ApiError::internal)?;
@@ -473,12 +469,10 @@ async fn agent_tokens(
 
 async fn regenerate_token(
     State(app): State<AppState>,
-    admin: Admin,
-    Path(agent_id): Path<String>,
+    ScopedAgent { admin, agent }: ScopedAgent,
 ) -> Result<Json<NewToken>, ApiError> {
-    let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
-    let out =
-        commands::rotate(&app, admin.context, RotateTarget::Agent { agent_id, org_id: agent.org_id }, None).await?;
+    let target = RotateTarget::Agent { agent_id: agent.agent_id, org_id: agent.org_id };
+    let out = commands::rotate(&app, admin.context, target, None).await?;
     NewToken::of(&out).map(Json)
 }
 
