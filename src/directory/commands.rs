@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use commguard_projections::directory::read::{self, TokenOwner};
+
 use super::{agent, org, OrgView};
 use crate::auth::{guard, Principal, Role};
 use crate::crypto::tokens::{random_token, sha256_hex};
@@ -109,11 +111,7 @@ pub struct NewOrg {
 /// `comms_create_organization` / `POST /admin/api/orgs`.
 pub async fn create_org(app: &AppState, mut context: CommandContext, new: NewOrg) -> Result<Value, ApiError> {
     let tx = lock(app, &format!("commguard.slug.{}", new.slug)).await?;
-    let taken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orgs WHERE slug = $1)")
-        .bind(&new.slug)
-        .fetch_one(&app.pool)
-        .await
-        .map_err(ApiError::internal)?;
+    let taken = read::slug_taken(&app.pool, &new.slug).await.map_err(ApiError::internal)?;
     if taken {
         return Err(ApiError::new(ErrorCode::Conflict, format!("Organization slug \"{}\" already exists", new.slug)));
     }
@@ -268,13 +266,8 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
 }
 
 /// Active token ids of an agent or org, as the tokens projection has them.
-async fn active_tokens(app: &AppState, kind: &str, id: &str) -> Result<Vec<Uuid>, ApiError> {
-    let sql = if kind == "agent" {
-        "SELECT token_id FROM tokens WHERE kind = 'agent' AND agent_id = $1 AND revoked_at IS NULL"
-    } else {
-        "SELECT token_id FROM tokens WHERE kind = 'org' AND org_id = $1 AND revoked_at IS NULL"
-    };
-    sqlx::query_scalar(sql).bind(id).fetch_all(&app.pool).await.map_err(ApiError::internal)
+async fn active_tokens(app: &AppState, owner: TokenOwner<'_>) -> Result<Vec<Uuid>, ApiError> {
+    read::active_token_ids(&app.pool, owner).await.map_err(ApiError::internal)
 }
 
 /// An existing agent the caller may address (Z1, Z2).
@@ -301,7 +294,7 @@ pub async fn deprovision(
     let found = agent(&app.pool, agent_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
-    let tokens = active_tokens(app, "agent", agent_id).await?;
+    let tokens = active_tokens(app, TokenOwner::Agent(agent_id)).await?;
     let (number_released, warnings) = release(app, &found, release_number).await?;
     let command = AgentCommand {
         agent_id: agent_id.into(),
@@ -358,7 +351,8 @@ pub async fn issue_token(
         RotateTarget::Agent { agent_id, org_id } => ("agent", agent_id.clone(), org_id.clone()),
         RotateTarget::Org { org_id } => ("org", org_id.clone(), org_id.clone()),
     };
-    let revoked = if revoke_existing { active_tokens(app, kind, &id).await? } else { Vec::new() };
+    let owner = if kind == "agent" { TokenOwner::Agent(&id) } else { TokenOwner::Org(&id) };
+    let revoked = if revoke_existing { active_tokens(app, owner).await? } else { Vec::new() };
     let (token, issued) = new_token(label);
     let token_id = issued.token_id;
     let context = context.in_org(org_id);

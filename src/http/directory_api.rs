@@ -9,6 +9,8 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use commguard_projections::directory::read;
+
 use crate::auth::{guard, Role};
 use crate::directory::commands::{self, NewOrg, RotateTarget};
 use crate::directory::settings;
@@ -445,23 +447,14 @@ async fn agent_tokens(
     State(app): State<AppState>,
     ScopedAgent { agent, .. }: ScopedAgent,
 ) -> Result<Json<Tokens>, ApiError> {
-    type Row = (uuid::Uuid, Option<String>, chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT t.token_id, t.label, t.created_at, u.last_used_at FROM tokens t
-         LEFT JOIN token_last_used u USING (token_id)
-         WHERE t.kind = 'agent' AND t.agent_id = $1 AND t.revoked_at IS NULL ORDER BY t.created_at",
-    )
-    .bind(&agent.agent_id)
-    .fetch_all(&app.pool)
-    .await
-    .map_err(ApiError::internal)?;
+    let rows = read::agent_tokens(&app.pool, &agent.agent_id).await.map_err(ApiError::internal)?;
     let tokens = rows
         .into_iter()
-        .map(|(id, label, created, used)| TokenInfo {
-            id,
-            label,
-            created_at: rfc3339(created),
-            last_used_at: used.map(rfc3339),
+        .map(|t| TokenInfo {
+            id: t.token_id,
+            label: t.label,
+            created_at: rfc3339(t.created_at),
+            last_used_at: t.last_used_at.map(rfc3339),
         })
         .collect();
     Ok(Json(Tokens { tokens }))

@@ -9,6 +9,7 @@ use commguard_domain::values::OrgMode;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgExecutor, Row};
+use uuid::Uuid;
 
 use crate::enum_column;
 
@@ -240,4 +241,58 @@ pub async fn limits_of<'e>(
             (agent, tier, overrides.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default())
         })
         .collect())
+}
+
+/// Whether an org already has `slug`.
+pub async fn slug_taken<'e>(db: impl PgExecutor<'e>, slug: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orgs WHERE slug = $1)").bind(slug).fetch_one(db).await
+}
+
+/// The id of the org named by id or, failing that, by slug.
+pub async fn org_id_or_slug<'e>(db: impl PgExecutor<'e>, wanted: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT org_id FROM orgs WHERE org_id = $1 OR slug = $1 ORDER BY org_id = $1 DESC LIMIT 1")
+        .bind(wanted)
+        .fetch_optional(db)
+        .await
+}
+
+/// Whose tokens: an agent's or an org's.
+#[derive(Clone, Copy, Debug)]
+pub enum TokenOwner<'a> {
+    Agent(&'a str),
+    Org(&'a str),
+}
+
+/// The ids of the owner's tokens not revoked.
+pub async fn active_token_ids<'e>(db: impl PgExecutor<'e>, owner: TokenOwner<'_>) -> Result<Vec<Uuid>, sqlx::Error> {
+    let (sql, id) = match owner {
+        TokenOwner::Agent(id) => {
+            ("SELECT token_id FROM tokens WHERE kind = 'agent' AND agent_id = $1 AND revoked_at IS NULL", id)
+        }
+        TokenOwner::Org(id) => {
+            ("SELECT token_id FROM tokens WHERE kind = 'org' AND org_id = $1 AND revoked_at IS NULL", id)
+        }
+    };
+    sqlx::query_scalar(sql).bind(id).fetch_all(db).await
+}
+
+/// An agent token not revoked, with when it was last used.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct TokenRow {
+    pub token_id: Uuid,
+    pub label: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// The agent's tokens not revoked, oldest first.
+pub async fn agent_tokens<'e>(db: impl PgExecutor<'e>, agent_id: &str) -> Result<Vec<TokenRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT t.token_id, t.label, t.created_at, u.last_used_at FROM tokens t
+         LEFT JOIN token_last_used u USING (token_id)
+         WHERE t.kind = 'agent' AND t.agent_id = $1 AND t.revoked_at IS NULL ORDER BY t.created_at",
+    )
+    .bind(agent_id)
+    .fetch_all(db)
+    .await
 }
