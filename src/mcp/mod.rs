@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
+use commguard_domain::values::OrgMode;
 
 use crate::auth::{bearer, AuthFailure, Bearer, Principal, Role};
 use crate::directory;
@@ -174,7 +175,7 @@ async fn check_claim(
         (_, None) => None,
     };
     if let Some(org_id) = &principal.org_id {
-        if app.identity.org_mode(org_id).await.map_err(ApiError::internal)?.as_deref() == Some("suspended") {
+        if app.identity.org_mode(org_id).await.map_err(ApiError::internal)? == Some(OrgMode::Suspended) {
             return Err(ApiError::new(ErrorCode::Forbidden, format!("Organization \"{org_id}\" is suspended")));
         }
     }
@@ -211,7 +212,7 @@ async fn session_still_valid(app: &AppState, principal: &Principal, token_verifi
         }
     }
     if let Some(org_id) = &principal.org_id {
-        if app.identity.org_mode(org_id).await.map_err(ApiError::internal)?.as_deref() == Some("suspended") {
+        if app.identity.org_mode(org_id).await.map_err(ApiError::internal)? == Some(OrgMode::Suspended) {
             return Ok(false);
         }
     }

@@ -296,3 +296,50 @@ pub async fn agent_tokens<'e>(db: impl PgExecutor<'e>, agent_id: &str) -> Result
     .fetch_all(db)
     .await
 }
+
+/// A bearer token as identity resolution reads it.
+#[derive(Clone, Debug)]
+pub struct TokenIdentity {
+    pub token_id: Uuid,
+    /// `agent` or `org`.
+    pub agent_token: bool,
+    pub agent_id: Option<String>,
+    pub org_id: String,
+    pub revoked: bool,
+}
+
+/// The token whose SHA-256 is `hash`.
+pub async fn token_by_hash<'e>(db: impl PgExecutor<'e>, hash: &str) -> Result<Option<TokenIdentity>, sqlx::Error> {
+    let row: Option<(Uuid, String, Option<String>, String, bool)> = sqlx::query_as(
+        "SELECT token_id, kind, agent_id, org_id, revoked_at IS NOT NULL FROM tokens WHERE token_hash = $1",
+    )
+    .bind(hash)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(token_id, kind, agent_id, org_id, revoked)| TokenIdentity {
+        token_id,
+        agent_token: kind == "agent",
+        agent_id,
+        org_id,
+        revoked,
+    }))
+}
+
+/// Whether token `token_id` is revoked (`None`: no such token).
+pub async fn token_revoked<'e>(db: impl PgExecutor<'e>, token_id: Uuid) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM tokens WHERE token_id = $1")
+        .bind(token_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// The mode of org `org_id` (`None`: no such org).
+pub async fn org_mode<'e>(db: impl PgExecutor<'e>, org_id: &str) -> Result<Option<OrgMode>, sqlx::Error> {
+    let mode: Option<String> =
+        sqlx::query_scalar("SELECT mode FROM orgs WHERE org_id = $1").bind(org_id).fetch_optional(db).await?;
+    mode.map(|m| {
+        serde_json::from_value(Value::String(m))
+            .map_err(|e| sqlx::Error::ColumnDecode { index: "mode".into(), source: Box::new(e) })
+    })
+    .transpose()
+}
