@@ -11,6 +11,7 @@ mod cli_admin;
 mod compliance;
 mod console;
 mod crypto_shredding;
+mod docs;
 mod domain_store;
 mod durability;
 mod erasure;
