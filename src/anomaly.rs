@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use commguard_domain::limits::{Overrides, Tier};
+use commguard_domain::limits::Tier;
 use commguard_projections::anomaly::{
     AUTH_FAILED, LOCKOUT, OUTBOUND, PRUNE_AFTER, RATE_LIMIT_PREFIX, SPEND, TOKEN_ISSUED,
 };
@@ -184,17 +184,11 @@ async fn daily_caps(app: &AppState, windows: &[Window]) -> Result<HashMap<String
     if agents.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, Option<String>, Option<Value>)> =
-        sqlx::query_as("SELECT agent_id, tier, overrides FROM agent_limits WHERE agent_id = ANY($1)")
-            .bind(&agents)
-            .fetch_all(&app.pool)
-            .await?;
+    let rows = commguard_projections::directory::read::limits_of(&app.pool, &agents).await?;
     let starter = starter(&app.config);
     let mut caps: HashMap<String, i64> =
         agents.iter().map(|a| (a.to_string(), Tier::default().limits(starter).spend_day)).collect();
     for (agent, tier, overrides) in rows {
-        let tier = tier.as_deref().and_then(Tier::parse).unwrap_or_default();
-        let overrides: Overrides = overrides.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
         caps.insert(agent, overrides.effective(tier.limits(starter)).spend_day);
     }
     Ok(caps)

@@ -252,10 +252,7 @@ fn cli_context(clock: &Clock) -> CommandContext {
 
 /// The id of the organization named by id or slug.
 async fn resolve_org(pool: &PgPool, wanted: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT org_id FROM orgs WHERE org_id = $1 OR slug = $1 ORDER BY org_id = $1 DESC LIMIT 1")
-        .bind(wanted)
-        .fetch_optional(pool)
-        .await
+    commguard_projections::directory::read::org_id_or_slug(pool, wanted).await
 }
 
 /// How long the CLI waits for a projection whose checkpoint does not move before giving up.

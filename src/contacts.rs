@@ -15,6 +15,8 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use commguard_projections::contact::read::{self, ConsentRow, ConsentStatus};
+
 use crate::auth::{Principal, Role};
 use crate::error::{ApiError, ErrorCode};
 use crate::paging::Page;
@@ -92,29 +94,7 @@ async fn erased_consents(app: &AppState, id: &str) -> Result<Vec<Uuid>, ApiError
     .map_err(ApiError::internal)
 }
 
-/// One consent record, as the consent projection holds it (or as a point-in-time fold of the
-/// contact's stream rebuilds it, `consent_at`).
-#[derive(Clone, Debug, sqlx::FromRow)]
-struct ConsentRow {
-    agent_id: String,
-    channel: String,
-    consent_id: Uuid,
-    consent_type: String,
-    status: String,
-    granted_at: DateTime<Utc>,
-    revoked_at: Option<DateTime<Utc>>,
-    grant_event_id: Uuid,
-    sealed: Value,
-}
-
-/// The sort key of consent records (and of their pages): agent, then channel, byte order.
-pub type ConsentKey = (String, String);
-
-impl ConsentRow {
-    fn key(&self) -> ConsentKey {
-        (self.agent_id.clone(), self.channel.clone())
-    }
-}
+pub use commguard_projections::contact::read::ConsentKey;
 
 /// The projection's records for a contact, after `after` in key order, at most `limit`.
 async fn consent_rows(
@@ -126,24 +106,9 @@ async fn consent_rows(
     after: Option<&ConsentKey>,
     limit: i64,
 ) -> Result<Vec<ConsentRow>, ApiError> {
-    sqlx::query_as(
-        r#"SELECT agent_id, channel, consent_id, consent_type, status, granted_at, revoked_at, grant_event_id, sealed
-           FROM consents
-          WHERE org_id = $1 AND subject_ref = $2 AND ($3::text IS NULL OR agent_id = $3)
-            AND ($4::text IS NULL OR channel = $4)
-            AND ($5::text IS NULL OR (agent_id COLLATE "C", channel COLLATE "C") > ($5::text, $6::text))
-          ORDER BY agent_id COLLATE "C", channel COLLATE "C" LIMIT $7"#,
-    )
-    .bind(org_id)
-    .bind(subject_ref(app, address))
-    .bind(agent_id)
-    .bind(channel)
-    .bind(after.map(|k| k.0.as_str()))
-    .bind(after.map(|k| k.1.as_str()))
-    .bind(limit)
-    .fetch_all(&app.pool)
-    .await
-    .map_err(ApiError::internal)
+    let subject_ref = subject_ref(app, address);
+    let query = read::ConsentQuery { org_id, subject_ref: &subject_ref, agent_id, channel };
+    read::consents(&app.pool, &query, after, limit).await.map_err(ApiError::internal)
 }
 
 /// The records of one agent's consent on one channel (at most one).
@@ -184,8 +149,8 @@ async fn consent_at(
                     agent_id: agent_id.clone(),
                     channel: channel.clone(),
                     consent_id: *consent_id,
-                    consent_type: consent_type.as_str().into(),
-                    status: String::new(),
+                    consent_type: *consent_type,
+                    status: ConsentStatus::Revoked,
                     granted_at: past.occurred_at,
                     revoked_at: None,
                     grant_event_id: past.event_id,
@@ -205,7 +170,7 @@ async fn consent_at(
     let mut records = Vec::new();
     for (agent_id, channel, active) in contact.consents() {
         if let Some(mut row) = rows.remove(&(agent_id.to_string(), channel.to_string())) {
-            row.status = if active { "granted" } else { "revoked" }.into();
+            row.status = if active { ConsentStatus::Granted } else { ConsentStatus::Revoked };
             records.push(row);
         }
     }
@@ -219,19 +184,8 @@ async fn opened_source(app: &AppState, row: &ConsentRow) -> Result<Value, ApiErr
     Ok(fields.get("source").cloned().unwrap_or(Value::Null))
 }
 
-impl ConsentRow {
-    fn active(&self) -> bool {
-        self.status == "granted"
-    }
-}
-
 pub async fn on_dnc(app: &AppState, org_id: &str, address: &Address) -> Result<bool, ApiError> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dnc_entries WHERE org_id = $1 AND subject_ref = $2)")
-        .bind(org_id)
-        .bind(subject_ref(app, address))
-        .fetch_one(&app.pool)
-        .await
-        .map_err(ApiError::internal)
+    read::on_dnc(&app.pool, org_id, &subject_ref(app, address)).await.map_err(ApiError::internal)
 }
 
 pub struct NewConsent {
@@ -305,8 +259,8 @@ pub async fn check_consent(
     };
     Ok(json!({
         "hasConsent": row.active(),
-        "status": row.status,
-        "consentType": row.consent_type,
+        "status": row.status.as_str(),
+        "consentType": row.consent_type.as_str(),
         "grantedAt": rfc3339(row.granted_at),
         "revokedAt": row.revoked_at.map(rfc3339),
         "source": opened_source(app, &row).await?,
@@ -345,8 +299,8 @@ pub async fn consent_records(
             source: opened_source(app, &row).await?,
             agent_id: row.agent_id,
             channel: row.channel,
-            status: row.status,
-            consent_type: row.consent_type,
+            status: row.status.as_str().into(),
+            consent_type: row.consent_type.as_str().into(),
             granted_at: rfc3339(row.granted_at),
             revoked_at: row.revoked_at.map(rfc3339),
         });
@@ -413,15 +367,10 @@ pub async fn dnc_add(
 ) -> Result<Value, ApiError> {
     let listing = Listing { entry_id: Uuid::new_v4(), address_type: address.kind.into(), source, reason, added_by };
     execute(app, org_id, address, ContactAction::AddDnc(listing.clone()), context).await?;
-    let entry: Uuid = sqlx::query_scalar(
-        "SELECT entry_id FROM dnc_entries WHERE org_id = $1 AND subject_ref = $2 ORDER BY position LIMIT 1",
-    )
-    .bind(org_id)
-    .bind(subject_ref(app, address))
-    .fetch_optional(&app.pool)
-    .await
-    .map_err(ApiError::internal)?
-    .ok_or_else(|| ApiError::internal("DNC entry missing from its projection"))?;
+    let entry = read::first_dnc_entry(&app.pool, org_id, &subject_ref(app, address))
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::internal("DNC entry missing from its projection"))?;
     Ok(json!({
         "success": true,
         "entryId": entry,
@@ -441,28 +390,9 @@ pub async fn dnc_remove(
     removed_by: String,
     context: &CommandContext,
 ) -> Result<Value, ApiError> {
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM dnc_entries WHERE org_id = $1 AND subject_ref = $2")
-        .bind(org_id)
-        .bind(subject_ref(app, address))
-        .fetch_one(&app.pool)
-        .await
-        .map_err(ApiError::internal)?;
+    let before = read::dnc_count(&app.pool, org_id, &subject_ref(app, address)).await.map_err(ApiError::internal)?;
     execute(app, org_id, address, ContactAction::RemoveDnc { reason, removed_by }, context).await?;
     Ok(json!({"success": true, "removed": before}))
-}
-
-#[derive(sqlx::FromRow)]
-struct DncRow {
-    org_id: String,
-    entry_id: Uuid,
-    address_type: String,
-    source: String,
-    reason: Option<String>,
-    added_by: String,
-    added_at: chrono::DateTime<chrono::Utc>,
-    event_id: Uuid,
-    position: i64,
-    sealed: Value,
 }
 
 /// `comms_dnc_list`: by position, paged by it (`crate::paging`). `org_id` `None` lists every
@@ -473,19 +403,9 @@ pub async fn dnc_list(
     kind: Option<&str>,
     page: Page<i64>,
 ) -> Result<DncPage, ApiError> {
-    let rows: Vec<DncRow> = sqlx::query_as(
-        "SELECT org_id, entry_id, address_type, source, reason, added_by, added_at, event_id, position, sealed
-           FROM dnc_entries
-          WHERE ($1::text IS NULL OR org_id = $1) AND position > $2 AND ($3::text IS NULL OR address_type = $3)
-          ORDER BY position LIMIT $4",
-    )
-    .bind(org_id)
-    .bind(page.after.unwrap_or(0))
-    .bind(kind)
-    .bind(page.fetch())
-    .fetch_all(&app.pool)
-    .await
-    .map_err(ApiError::internal)?;
+    let rows = read::dnc_entries(&app.pool, org_id, kind, page.after.unwrap_or(0), page.fetch())
+        .await
+        .map_err(ApiError::internal)?;
     let (rows, next) = page.finish(rows, |row| row.position);
     let mut entries = Vec::new();
     for row in rows {

@@ -102,6 +102,16 @@ pub fn rfc3339_micros(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// A text column holding a serde enum (`active`, `production`, `granted`, …), for readers: an
+/// unknown value is a decode error, never a default — a status or mode read wrong must not let
+/// anything through.
+pub(crate) fn enum_column<T: DeserializeOwned>(row: &sqlx::postgres::PgRow, column: &str) -> Result<T, sqlx::Error> {
+    use sqlx::Row;
+    let text: String = row.try_get(column)?;
+    serde_json::from_value(Value::String(text))
+        .map_err(|e| sqlx::Error::ColumnDecode { index: column.into(), source: Box::new(e) })
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,8 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use commguard_domain::values::OrgMode;
+use commguard_projections::directory::read;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -72,7 +74,7 @@ pub struct Identity {
     master_digest: Option<[u8; 32]>,
     demo: bool,
     tokens: RwLock<HashMap<String, Cached<TokenRecord>>>,
-    org_modes: RwLock<HashMap<String, Cached<Option<String>>>>,
+    org_modes: RwLock<HashMap<String, Cached<Option<OrgMode>>>>,
     last_used: Mutex<HashMap<Uuid, Instant>>,
 }
 
@@ -162,10 +164,7 @@ impl Identity {
         if let Some(active) = cached {
             return Ok(active);
         }
-        let revoked: Option<bool> = sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM tokens WHERE token_id = $1")
-            .bind(token_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let revoked = read::token_revoked(&self.pool, token_id).await?;
         Ok(revoked == Some(false))
     }
 
@@ -175,19 +174,20 @@ impl Identity {
                 return Ok(Some(cached.value.clone()));
             }
         }
-        let row: Option<(Uuid, String, Option<String>, String, bool)> = sqlx::query_as(
-            "SELECT token_id, kind, agent_id, org_id, revoked_at IS NOT NULL FROM tokens WHERE token_hash = $1",
-        )
-        .bind(hash)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = read::token_by_hash(&self.pool, hash).await?;
         crate::outage::DATABASE.succeeded();
         // Unknown hashes are not cached: guessing must not fill memory.
-        let Some((token_id, kind, agent_id, org_id, revoked)) = row else {
+        let Some(row) = row else {
             return Ok(None);
         };
-        let kind = if kind == "agent" { Role::Agent } else { Role::Org };
-        let record = TokenRecord { token_id, kind, agent_id, org_id, revoked };
+        let kind = if row.agent_token { Role::Agent } else { Role::Org };
+        let record = TokenRecord {
+            token_id: row.token_id,
+            kind,
+            agent_id: row.agent_id,
+            org_id: row.org_id,
+            revoked: row.revoked,
+        };
         self.tokens
             .write()
             .expect("token cache lock")
@@ -196,21 +196,18 @@ impl Identity {
     }
 
     /// The mode of org `org_id` (`None`: no such org), cached like tokens.
-    pub async fn org_mode(&self, org_id: &str) -> Result<Option<String>, sqlx::Error> {
+    pub async fn org_mode(&self, org_id: &str) -> Result<Option<OrgMode>, sqlx::Error> {
         if let Some(cached) = self.org_modes.read().expect("org cache lock").get(org_id) {
             if cached.fresh() {
-                return Ok(cached.value.clone());
+                return Ok(cached.value);
             }
         }
-        let mode: Option<String> = sqlx::query_scalar("SELECT mode FROM orgs WHERE org_id = $1")
-            .bind(org_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let mode = read::org_mode(&self.pool, org_id).await?;
         if mode.is_some() {
             self.org_modes
                 .write()
                 .expect("org cache lock")
-                .insert(org_id.to_string(), Cached { value: mode.clone(), at: Instant::now() });
+                .insert(org_id.to_string(), Cached { value: mode, at: Instant::now() });
         }
         Ok(mode)
     }

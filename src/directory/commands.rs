@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use commguard_projections::directory::read::{self, TokenOwner};
+
 use super::{agent, org, OrgView};
 use crate::auth::{guard, Principal, Role};
 use crate::crypto::tokens::{random_token, sha256_hex};
@@ -92,11 +94,7 @@ pub struct NewOrg {
 /// `comms_create_organization` / `POST /admin/api/orgs`.
 pub async fn create_org(app: &AppState, mut context: CommandContext, new: NewOrg) -> Result<Value, ApiError> {
     let tx = lock(app, &format!("commguard.slug.{}", new.slug)).await?;
-    let taken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orgs WHERE slug = $1)")
-        .bind(&new.slug)
-        .fetch_one(&app.pool)
-        .await
-        .map_err(ApiError::internal)?;
+    let taken = read::slug_taken(&app.pool, &new.slug).await.map_err(ApiError::internal)?;
     if taken {
         return Err(ApiError::new(ErrorCode::Conflict, format!("Organization slug \"{}\" already exists", new.slug)));
     }
@@ -153,7 +151,7 @@ pub async fn active_org(app: &AppState, org_id: &str) -> Result<OrgView, ApiErro
     let found = org(&app.pool, org_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))?;
-    if OrgMode::parse(&found.mode) == Some(OrgMode::Suspended) {
+    if found.mode == OrgMode::Suspended {
         return Err(compliance(format!("Organization \"{org_id}\" is suspended"), Rule::Sandbox));
     }
     Ok(found)
@@ -191,7 +189,7 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
     context.provenance.pass("duplicate");
     context.provenance.pass("capacity");
 
-    let sandbox = app.config.demo_mode || OrgMode::parse(&locked_org.mode) == Some(OrgMode::Sandbox);
+    let sandbox = app.config.demo_mode || locked_org.mode == OrgMode::Sandbox;
     let (phone, provider_refs) = if sandbox {
         (
             new.capabilities.phone.then(|| format!("+1555{:07}", rand::random::<u32>() % 10_000_000)),
@@ -209,7 +207,7 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
         "email": email,
         "voiceAi": new.capabilities.voice_ai,
     });
-    let mode = if locked_org.mode == OrgMode::Production.as_str() { OrgMode::Production } else { OrgMode::Sandbox };
+    let mode = if locked_org.mode == OrgMode::Production { OrgMode::Production } else { OrgMode::Sandbox };
     let (token, issued) = new_token(Some("provision".into()));
     let command = AgentCommand {
         agent_id: agent_id.clone(),
@@ -251,13 +249,8 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
 }
 
 /// Active token ids of an agent or org, as the tokens projection has them.
-async fn active_tokens(app: &AppState, kind: &str, id: &str) -> Result<Vec<Uuid>, ApiError> {
-    let sql = if kind == "agent" {
-        "SELECT token_id FROM tokens WHERE kind = 'agent' AND agent_id = $1 AND revoked_at IS NULL"
-    } else {
-        "SELECT token_id FROM tokens WHERE kind = 'org' AND org_id = $1 AND revoked_at IS NULL"
-    };
-    sqlx::query_scalar(sql).bind(id).fetch_all(&app.pool).await.map_err(ApiError::internal)
+async fn active_tokens(app: &AppState, owner: TokenOwner<'_>) -> Result<Vec<Uuid>, ApiError> {
+    read::active_token_ids(&app.pool, owner).await.map_err(ApiError::internal)
 }
 
 /// An existing agent the caller may address (Z1, Z2).
@@ -284,7 +277,7 @@ pub async fn deprovision(
     let found = agent(&app.pool, agent_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
-    let tokens = active_tokens(app, "agent", agent_id).await?;
+    let tokens = active_tokens(app, TokenOwner::Agent(agent_id)).await?;
     let (number_released, warnings) = release(app, &found, release_number).await?;
     let command = AgentCommand {
         agent_id: agent_id.into(),
@@ -341,7 +334,8 @@ pub async fn issue_token(
         RotateTarget::Agent { agent_id, org_id } => ("agent", agent_id.clone(), org_id.clone()),
         RotateTarget::Org { org_id } => ("org", org_id.clone(), org_id.clone()),
     };
-    let revoked = if revoke_existing { active_tokens(app, kind, &id).await? } else { Vec::new() };
+    let owner = if kind == "agent" { TokenOwner::Agent(&id) } else { TokenOwner::Org(&id) };
+    let revoked = if revoke_existing { active_tokens(app, owner).await? } else { Vec::new() };
     let (token, issued) = new_token(label);
     let token_id = issued.token_id;
     let context = context.in_org(org_id);
@@ -440,7 +434,7 @@ pub async fn block_channels(
     let found = agent(&app.pool, agent_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
-    Ok(json!({ "success": true, "agentId": agent_id, "blockedChannels": found.blocked_channels }))
+    Ok(json!({ "success": true, "agentId": agent_id, "blockedChannels": found.blocked_channels.0 }))
 }
 
 /// The org a caller acts in when it names none: its own, or `default` for the super-admin.
@@ -466,7 +460,7 @@ pub fn read_scope(principal: &Principal, requested: Option<String>) -> Result<Op
 }
 
 pub fn approved_view(view: &OrgView) -> Value {
-    json!({ "success": true, "orgId": view.org_id, "mode": view.mode, "approvedAt": rfc3339(view.updated_at) })
+    json!({ "success": true, "orgId": view.org_id, "mode": view.mode.as_str(), "approvedAt": rfc3339(view.updated_at) })
 }
 
 /// Runs a limits or billing command and answers with the agent as the limits projection now has it.
@@ -499,9 +493,9 @@ pub async fn set_limits(
     Ok(json!({
         "success": true,
         "agentId": agent_id,
-        "currentLimits": super::limits_json(view.effective_limits(&app.config)),
-        "overrides": super::overrides_json(view.overrides()),
-        "tier": view.tier().as_str(),
+        "currentLimits": super::limits_json(super::effective_limits(&view, &app.config)),
+        "overrides": super::overrides_json(view.overrides),
+        "tier": view.tier.as_str(),
     }))
 }
 
@@ -522,12 +516,12 @@ pub async fn set_billing(
         "success": true,
         "agentId": agent_id,
         "billingConfig": {
-            "tier": view.tier().as_str(),
+            "tier": view.tier.as_str(),
             "markupPercent": view.markup_percent,
             "billingEmail": billing_email.flatten(),
         },
-        "tierLimits": super::limits_json(view.tier().limits(starter)),
-        "effectiveLimits": super::limits_json(view.effective_limits(&app.config)),
+        "tierLimits": super::limits_json(view.tier.limits(starter)),
+        "effectiveLimits": super::limits_json(super::effective_limits(&view, &app.config)),
         "availableTiers": Tier::ALL,
     }))
 }
@@ -557,10 +551,11 @@ async fn real_channels(app: &AppState, new: &NewAgent, agent_id: &str) -> Result
         .await?
         .ok_or_else(|| unconfigured("telephony"))?;
     let sms_url = format!("{}/webhooks/{agent_id}/sms", app.config.webhook_base_url.trim_end_matches('/'));
-    let (number, number_sid) =
-        provider::buy_twilio_number(&app.http, &app.config, &creds, &new.country, &sms_url).await.map_err(|f| {
-            ApiError::new(ErrorCode::ProviderError, format!("Provisioning failed: {}", f.0)).with("provider", "twilio")
-        })?;
+    let bought =
+        async { provider::Twilio::of(&app.http, &app.config, &creds)?.buy_number(&new.country, &sms_url).await };
+    let (number, number_sid) = bought.await.map_err(|f| {
+        ApiError::new(ErrorCode::ProviderError, format!("Provisioning failed: {}", f.0)).with("provider", "twilio")
+    })?;
     Ok((Some(number), json!({"provider": "twilio", "numberSid": number_sid})))
 }
 
@@ -574,7 +569,10 @@ async fn release(app: &AppState, agent: &super::AgentView, wanted: bool) -> Resu
     use crate::providers::{self as provider, credentials};
     let creds = credentials::resolve(&app.pool, &app.credential_keys, &app.config, &agent.org_id, "twilio").await?;
     let released = match creds {
-        Some(creds) => provider::release_twilio_number(&app.http, &app.config, &creds, number_sid).await,
+        Some(creds) => match provider::Twilio::of(&app.http, &app.config, &creds) {
+            Ok(twilio) => twilio.release_number(number_sid).await,
+            Err(unconfigured) => Err(unconfigured),
+        },
         None => Err(provider::ProviderFailure("twilio: not configured".into())),
     };
     Ok(match released {

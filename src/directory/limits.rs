@@ -35,8 +35,8 @@ impl LimitsState {
     /// As the projections hold it now.
     pub fn live(agent: &AgentView, org: Option<&OrgView>) -> Self {
         Self {
-            tier: agent.tier(),
-            overrides: agent.overrides(),
+            tier: agent.tier,
+            overrides: agent.overrides,
             markup_percent: agent.markup_percent,
             org_spend_day: org.and_then(|o| o.max_spend_per_day),
             org_spend_month: org.and_then(|o| o.max_spend_per_month),

@@ -1,6 +1,7 @@
 //! The admin API's gate (CONTRACT §12): the `Admin` extractor (lockout, bearer, org or master
-//! token, never an agent token) that every admin handler takes, and the middleware that records
-//! each refusal of an authenticated admin caller as `ActionRefused`.
+//! token, never an agent token) that every admin handler takes, `ScopedAgent` for routes on one
+//! agent (`:agentId`, addressable by the caller), and the middleware that records each refusal of
+//! an authenticated admin caller as `ActionRefused`.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,10 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 
 use crate::auth::{bearer, AuthFailure, Bearer, Principal, Role};
+use crate::directory::commands::addressable_agent;
+use crate::directory::AgentView;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::http::extract::Path;
 use crate::http::{ClientIp, RequestId};
 use crate::state::AppState;
 use crate::store::CommandContext;
@@ -139,5 +143,23 @@ impl FromRequestParts<AppState> for Admin {
         context.provenance.pass("role");
         context.provenance.pass("input");
         Ok(Self { principal, context })
+    }
+}
+
+/// An admin caller and the agent of the route's `:agentId`, which the caller may address (Z1,
+/// Z2): it exists, and is in the caller's org unless the caller is the super-admin.
+pub struct ScopedAgent {
+    pub admin: Admin,
+    pub agent: AgentView,
+}
+
+impl FromRequestParts<AppState> for ScopedAgent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let admin = Admin::from_request_parts(parts, app).await?;
+        let Path(agent_id) = Path::<String>::from_request_parts(parts, app).await?;
+        let agent = addressable_agent(app, &admin.principal, &agent_id).await?;
+        Ok(Self { admin, agent })
     }
 }

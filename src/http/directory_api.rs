@@ -9,6 +9,8 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use commguard_projections::directory::read;
+
 use crate::auth::{guard, Role};
 use crate::directory::commands::{self, NewOrg, RotateTarget};
 use crate::directory::settings;
@@ -20,7 +22,7 @@ use crate::state::AppState;
 use crate::store::rfc3339;
 use crate::validate::{invalid, Args};
 
-use super::admin::Admin;
+use super::admin::{Admin, ScopedAgent};
 use super::openapi::{tool_result, ApiRouter, Body, Doc, Query, ToolResult, CURSOR, LIMIT, ORG};
 
 /// The directory routes (assembled with the other admin routes in `admin_api`).
@@ -247,7 +249,12 @@ async fn me(State(app): State<AppState>, admin: Admin) -> Result<Json<Me>, ApiEr
     Ok(Json(Me {
         role: admin.principal.role().as_str(),
         org_id: admin.principal.org_id.clone(),
-        org: org.map(|o| MeOrg { id: o.org_id, name: o.name, mode: o.mode, a2p_registered: o.a2p_registered }),
+        org: org.map(|o| MeOrg {
+            id: o.org_id,
+            name: o.name,
+            mode: o.mode.as_str().into(),
+            a2p_registered: o.a2p_registered,
+        }),
     }))
 }
 
@@ -255,7 +262,7 @@ async fn me(State(app): State<AppState>, admin: Admin) -> Result<Json<Me>, ApiEr
 async fn list_orgs(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<OrgPage>, ApiError> {
     let org = commands::read_scope(&admin.principal, params.id("orgId")?)?;
     let (orgs, next) = dir::orgs_page(&app.pool, org.as_deref(), &params.page()?).await?;
-    Ok(Json(OrgPage { orgs: orgs.iter().map(dir::OrgView::admin_view).collect(), next_cursor: next }))
+    Ok(Json(OrgPage { orgs: orgs.iter().map(dir::org_admin_view).collect(), next_cursor: next }))
 }
 
 async fn get_org(
@@ -267,7 +274,7 @@ async fn get_org(
     let org = dir::org(&app.pool, &org_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))?;
-    Ok(Json(org.admin_view()))
+    Ok(Json(dir::org_admin_view(&org)))
 }
 
 async fn create_org(
@@ -310,7 +317,12 @@ async fn approve(
         commguard_domain::organization::OrgAction::Approve { kyc_note, approved_by },
     )
     .await?;
-    Ok(Json(OrgMode { success: true, org_id, mode: view.mode.clone(), approved_at: Some(rfc3339(view.updated_at)) }))
+    Ok(Json(OrgMode {
+        success: true,
+        org_id,
+        mode: view.mode.as_str().into(),
+        approved_at: Some(rfc3339(view.updated_at)),
+    }))
 }
 
 /// Approval, suspension and unsuspension are S-only global configuration (Z7): Z4's refusal.
@@ -334,7 +346,7 @@ async fn suspend(
         commguard_domain::organization::OrgAction::Suspend { reason },
     )
     .await?;
-    Ok(Json(OrgMode { success: true, org_id, mode: view.mode, approved_at: None }))
+    Ok(Json(OrgMode { success: true, org_id, mode: view.mode.as_str().into(), approved_at: None }))
 }
 
 async fn unsuspend(
@@ -347,7 +359,7 @@ async fn unsuspend(
     let view =
         commands::org_lifecycle(&app, admin.context, &org_id, commguard_domain::organization::OrgAction::Unsuspend)
             .await?;
-    Ok(Json(OrgMode { success: true, org_id, mode: view.mode, approved_at: None }))
+    Ok(Json(OrgMode { success: true, org_id, mode: view.mode.as_str().into(), approved_at: None }))
 }
 
 /// A cap in dollars: absent = unchanged, `null` = cleared, else ≥ 0 with ≤ 6 decimals.
@@ -391,7 +403,7 @@ async fn settings(
     let (_, today, month) = crate::outbound::usage::counters(&app, "org", &org_id).await?;
     Ok(Json(OrgSettings {
         success: true,
-        org: view.admin_view(),
+        org: dir::org_admin_view(&view),
         spend_today: crate::money::to_dollars(today),
         spend_month: crate::money::to_dollars(month),
     }))
@@ -416,43 +428,33 @@ async fn list_agents(State(app): State<AppState>, admin: Admin, params: Params) 
     org_ids.sort();
     org_ids.dedup();
     let orgs = dir::orgs_by_id(&app.pool, &org_ids).await?;
-    let views = agents.iter().map(|a| a.admin_view(&app.config, orgs.iter().find(|o| o.org_id == a.org_id))).collect();
+    let views = agents
+        .iter()
+        .map(|a| dir::agent_admin_view(a, &app.config, orgs.iter().find(|o| o.org_id == a.org_id)))
+        .collect();
     Ok(Json(AgentPage { agents: views, next_cursor: next }))
 }
 
 async fn get_agent(
     State(app): State<AppState>,
-    admin: Admin,
-    Path(agent_id): Path<String>,
+    ScopedAgent { agent, .. }: ScopedAgent,
 ) -> Result<Json<dir::AgentAdminView>, ApiError> {
-    let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let org = dir::org(&app.pool, &agent.org_id).await?;
-    Ok(Json(agent.admin_view(&app.config, org.as_ref())))
+    Ok(Json(dir::agent_admin_view(&agent, &app.config, org.as_ref())))
 }
 
 async fn agent_tokens(
     State(app): State<AppState>,
-    admin: Admin,
-    Path(agent_id): Path<String>,
+    ScopedAgent { agent, .. }: ScopedAgent,
 ) -> Result<Json<Tokens>, ApiError> {
-    commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
-    type Row = (uuid::Uuid, Option<String>, chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT t.token_id, t.label, t.created_at, u.last_used_at FROM tokens t
-         LEFT JOIN token_last_used u USING (token_id)
-         WHERE t.kind = 'agent' AND t.agent_id = $1 AND t.revoked_at IS NULL ORDER BY t.created_at",
-    )
-    .bind(&agent_id)
-    .fetch_all(&app.pool)
-    .await
-    .map_err(ApiError::internal)?;
+    let rows = read::agent_tokens(&app.pool, &agent.agent_id).await.map_err(ApiError::internal)?;
     let tokens = rows
         .into_iter()
-        .map(|(id, label, created, used)| TokenInfo {
-            id,
-            label,
-            created_at: rfc3339(created),
-            last_used_at: used.map(rfc3339),
+        .map(|t| TokenInfo {
+            id: t.token_id,
+            label: t.label,
+            created_at: rfc3339(t.created_at),
+            last_used_at: t.last_used_at.map(rfc3339),
         })
         .collect();
     Ok(Json(Tokens { tokens }))
@@ -460,12 +462,10 @@ async fn agent_tokens(
 
 async fn regenerate_token(
     State(app): State<AppState>,
-    admin: Admin,
-    Path(agent_id): Path<String>,
+    ScopedAgent { admin, agent }: ScopedAgent,
 ) -> Result<Json<NewToken>, ApiError> {
-    let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
-    let out =
-        commands::rotate(&app, admin.context, RotateTarget::Agent { agent_id, org_id: agent.org_id }, None).await?;
+    let target = RotateTarget::Agent { agent_id: agent.agent_id, org_id: agent.org_id };
+    let out = commands::rotate(&app, admin.context, target, None).await?;
     NewToken::of(&out).map(Json)
 }
 

@@ -177,9 +177,7 @@ async fn check_claim(
         (_, None) => None,
     };
     if let Some(org_id) = &principal.org_id {
-        if app.identity.org_mode(org_id).await.map_err(ApiError::internal)?.as_deref().and_then(OrgMode::parse)
-            == Some(OrgMode::Suspended)
-        {
+        if app.identity.org_mode(org_id).await.map_err(ApiError::internal)? == Some(OrgMode::Suspended) {
             return Err(ApiError::new(ErrorCode::Forbidden, format!("Organization \"{org_id}\" is suspended"))
                 .at(Check::OrgState));
         }
@@ -217,9 +215,7 @@ async fn session_still_valid(app: &AppState, principal: &Principal, token_verifi
         }
     }
     if let Some(org_id) = &principal.org_id {
-        if app.identity.org_mode(org_id).await.map_err(ApiError::internal)?.as_deref().and_then(OrgMode::parse)
-            == Some(OrgMode::Suspended)
-        {
+        if app.identity.org_mode(org_id).await.map_err(ApiError::internal)? == Some(OrgMode::Suspended) {
             return Ok(false);
         }
     }

@@ -130,7 +130,7 @@ pub async fn check(
         }
         // 11: recording consent where every party must agree.
         if voice.record {
-            let own_number = agent.channels.get("phone").and_then(Value::as_str);
+            let own_number = agent.address("phone");
             let jurisdiction = recording::all_party_jurisdiction(subject.to)
                 .or_else(|| own_number.and_then(recording::all_party_jurisdiction));
             if let Some(jurisdiction) = jurisdiction {
@@ -176,19 +176,10 @@ pub async fn contact_state(
     channel: &str,
 ) -> Result<ContactState, ApiError> {
     let subject_ref = app.store.keystore().data_keys().blind_index(to);
-    let (on_dnc, consent): (bool, Option<String>) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM dnc_entries WHERE org_id = $1 AND subject_ref = $2),
-                (SELECT consent_type FROM consents
-                  WHERE org_id = $1 AND subject_ref = $2 AND agent_id = $3 AND channel = $4 AND status = 'granted')",
-    )
-    .bind(org_id)
-    .bind(&subject_ref)
-    .bind(agent_id)
-    .bind(channel)
-    .fetch_one(&app.pool)
-    .await
-    .map_err(ApiError::internal)?;
-    let consent = consent.and_then(|kind| serde_json::from_value(Value::String(kind)).ok());
+    let (on_dnc, consent) =
+        commguard_projections::contact::read::contact_state(&app.pool, org_id, &subject_ref, agent_id, channel)
+            .await
+            .map_err(ApiError::internal)?;
     Ok(ContactState { on_dnc, consent })
 }
 

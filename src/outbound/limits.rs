@@ -19,7 +19,7 @@ pub type Limits = commguard_domain::limits::Limits<Option<i64>>;
 
 /// The agent's effective limits (tier, then overrides; CONTRACT §9.2).
 pub fn of(agent: &crate::directory::AgentView, config: &Config) -> Limits {
-    agent.effective_limits(config).map(Some)
+    crate::directory::effective_limits(agent, config).map(Some)
 }
 
 /// No limits: the super-admin's and demo actions are counted but never refused.

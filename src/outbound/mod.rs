@@ -15,10 +15,10 @@ pub mod limits;
 
 pub mod usage;
 
-use commguard_domain::agent::{AgentEvent, AgentStatus};
+use commguard_domain::agent::AgentEvent;
 use commguard_domain::refusal::{Check, Refusal};
 use commguard_domain::send;
-use commguard_domain::values::{Address, Channel, OrgMode};
+use commguard_domain::values::{Address, Channel};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -95,8 +95,7 @@ async fn run<A: Action>(
     let org = directory::org(&app.pool, &agent.org_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Organization \"{}\" not found", agent.org_id)))?;
-    let blocked = blocked_channels(&agent);
-    let route = match send::decide(&send_state(app, &agent, &org, &blocked, channel)?) {
+    let route = match send::decide(&send_state(app, &agent, &org, channel)) {
         Ok(route) => route,
         Err(refusal) => {
             if refusal.check == Check::OrgState {
@@ -236,41 +235,22 @@ async fn run<A: Action>(
     Ok(action.reply(id, from, &receipt, route.sandbox(), passed.warnings))
 }
 
-/// The channels the agent is blocked on, from the directory's JSON.
-fn blocked_channels(agent: &AgentView) -> Vec<String> {
-    agent
-        .blocked_channels
-        .as_array()
-        .map_or_else(Vec::new, |list| list.iter().filter_map(Value::as_str).map(str::to_string).collect())
-}
-
-/// The send decision's input, read from today's directory views (their status and mode are
-/// text; an unknown one is a bug, answered `internal`).
-fn send_state<'a>(
-    app: &AppState,
-    agent: &'a AgentView,
-    org: &'a OrgView,
-    blocked: &'a [String],
-    channel: Channel,
-) -> Result<send::Send<'a>, ApiError> {
-    let status = AgentStatus::parse(&agent.status)
-        .ok_or_else(|| ApiError::internal(format!("agent {} has an unknown status", agent.agent_id)))?;
-    let mode = OrgMode::parse(&org.mode)
-        .ok_or_else(|| ApiError::internal(format!("org {} has an unknown mode", org.org_id)))?;
+/// The send decision's input, from the directory's typed views.
+fn send_state<'a>(app: &AppState, agent: &'a AgentView, org: &'a OrgView, channel: Channel) -> send::Send<'a> {
     let has = |address: Address| agent.channels.get(address.key()).is_some_and(|v| !v.is_null());
-    Ok(send::Send {
+    send::Send {
         agent: send::AgentState {
             agent_id: &agent.agent_id,
-            status,
+            status: agent.status,
             phone: has(Address::Phone),
             email: has(Address::Email),
-            blocked_channels: blocked,
+            blocked_channels: &agent.blocked_channels.0,
         },
-        org: send::OrgState { org_id: &org.org_id, mode },
+        org: send::OrgState { org_id: &org.org_id, mode: org.mode },
         channel,
         demo_mode: app.config.demo_mode,
         real_provider: Provider::real_for(channel, &app.config).is_some(),
-    })
+    }
 }
 
 /// The provider client of a decided provider kind.

@@ -9,6 +9,8 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use commguard_projections::usage::read::{self, UsageSum};
+
 use crate::auth::{Principal, Role};
 use crate::directory::{self, commands, limits_json, AgentView};
 use crate::error::ApiError;
@@ -45,27 +47,14 @@ impl Window {
     }
 }
 
-/// Per agent and channel: (actions, cost micro-dollars) in `window`.
+/// Per agent and channel: actions and cost in `window`.
 async fn sums(
     app: &AppState,
     agent_id: Option<&str>,
     org_id: Option<&str>,
     window: Window,
-) -> Result<Vec<(String, String, i64, i64)>, ApiError> {
-    sqlx::query_as(
-        "SELECT agent_id, channel, SUM(actions)::bigint, SUM(cost)::bigint FROM usage_hourly
-         WHERE ($1::text IS NULL OR agent_id = $1) AND ($2::text IS NULL OR org_id = $2)
-           AND ($3::timestamptz IS NULL OR hour >= date_trunc('hour', $3))
-           AND ($4::timestamptz IS NULL OR hour < $4)
-         GROUP BY agent_id, channel ORDER BY agent_id, channel",
-    )
-    .bind(agent_id)
-    .bind(org_id)
-    .bind(window.from)
-    .bind(window.to)
-    .fetch_all(&app.pool)
-    .await
-    .map_err(ApiError::internal)
+) -> Result<Vec<UsageSum>, ApiError> {
+    read::sums(&app.pool, agent_id, org_id, window.from, window.to).await.map_err(ApiError::internal)
 }
 
 /// The live counters the limits read for an agent or an org (`scope` `agent` | `org`): actions
@@ -90,18 +79,18 @@ pub async fn counters(app: &AppState, scope: &str, key: &str) -> Result<(i64, i6
 /// Actions and dollars by channel (every channel, zeros included).
 type ByChannel<T> = BTreeMap<String, T>;
 
-fn by_channel(rows: &[(String, String, i64, i64)], agent: &str) -> (ByChannel<i64>, ByChannel<f64>, i64, i64) {
+fn by_channel(rows: &[UsageSum], agent: &str) -> (ByChannel<i64>, ByChannel<f64>, i64, i64) {
     let (mut actions, mut costs) = (BTreeMap::new(), BTreeMap::new());
     for c in CHANNELS {
         actions.insert(c.to_string(), 0);
         costs.insert(c.to_string(), 0.0);
     }
     let (mut total_actions, mut total_cost) = (0, 0);
-    for (_, channel, n, cost) in rows.iter().filter(|r| r.0 == agent) {
-        actions.insert(channel.clone(), *n);
-        costs.insert(channel.clone(), to_dollars(*cost));
-        total_actions += n;
-        total_cost += cost;
+    for sum in rows.iter().filter(|r| r.agent_id == agent) {
+        actions.insert(sum.channel.clone(), sum.actions);
+        costs.insert(sum.channel.clone(), to_dollars(sum.cost));
+        total_actions += sum.actions;
+        total_cost += sum.cost;
     }
     (actions, costs, total_actions, total_cost)
 }
@@ -110,7 +99,7 @@ fn by_channel(rows: &[(String, String, i64, i64)], agent: &str) -> (ByChannel<i6
 pub async fn agent_dashboard(app: &AppState, agent: &AgentView, period: &str) -> Result<Value, ApiError> {
     let rows = sums(app, Some(&agent.agent_id), None, Window::period(period, app.clock.now())?).await?;
     let (actions, costs, total_actions, total_cost) = by_channel(&rows, &agent.agent_id);
-    let limits = agent.effective_limits(&app.config);
+    let limits = directory::effective_limits(agent, &app.config);
     let (today, spend_today, spend_month) = counters(app, "agent", &agent.agent_id).await?;
     Ok(json!({
         "agentId": agent.agent_id,
@@ -238,8 +227,8 @@ pub async fn agent_billing(app: &AppState, agent: &AgentView, period: &str) -> R
         "billingCost": to_dollars(billed(provider, markup)),
         "markupPercent": markup,
         "byChannel": costs,
-        "tier": agent.tier().as_str(),
-        "billingConfig": {"tier": agent.tier().as_str(), "markupPercent": agent.markup_percent},
+        "tier": agent.tier.as_str(),
+        "billingConfig": {"tier": agent.tier.as_str(), "markupPercent": agent.markup_percent},
     }))
 }
 

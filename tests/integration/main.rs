@@ -28,6 +28,7 @@ mod openapi;
 mod outage;
 mod outbound;
 mod providers;
+mod read_models;
 mod retention;
 mod server;
 mod views;

@@ -1,6 +1,5 @@
 //! Consent and do-not-contact tools (CONTRACT §6.3); the rules live in `crate::contacts`.
 
-use commguard_domain::agent::AgentStatus;
 use commguard_domain::contact::{DncSource, CONSENT_CHANNELS};
 use serde_json::{json, Value};
 
@@ -127,10 +126,10 @@ async fn consent_target(
 }
 
 fn require_active(agent: &crate::directory::AgentView) -> Result<(), ApiError> {
-    if AgentStatus::parse(&agent.status) != Some(AgentStatus::Active) {
+    if !agent.is_active() {
         return Err(ApiError::new(
             ErrorCode::Conflict,
-            format!("Agent \"{}\" is not active (status: {})", agent.agent_id, agent.status),
+            format!("Agent \"{}\" is not active (status: {})", agent.agent_id, agent.status.as_str()),
         ));
     }
     Ok(())

@@ -102,7 +102,7 @@ pub async fn create_organization(app: &AppState, caller: &Caller<'_>, args: &Arg
 
 pub async fn list_organizations(app: &AppState) -> Result<Value, ApiError> {
     let orgs = dir::orgs(&app.pool).await?;
-    Ok(json!({ "organizations": orgs.iter().map(dir::OrgView::listing).collect::<Vec<_>>(), "total": orgs.len() }))
+    Ok(json!({ "organizations": orgs.iter().map(dir::org_listing).collect::<Vec<_>>(), "total": orgs.len() }))
 }
 
 pub async fn provision_channels(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
@@ -160,7 +160,7 @@ pub async fn get_channel_status(app: &AppState, caller: &Caller<'_>, args: &Args
     let agent_id = caller.agent_id(args, false)?;
     let agent = commands::addressable_agent(app, caller.principal, &agent_id).await?;
     let org = dir::org(&app.pool, &agent.org_id).await?;
-    Ok(serde_json::json!(agent.status_view(org.as_ref())))
+    Ok(serde_json::json!(dir::status_view(&agent, org.as_ref())))
 }
 
 pub async fn rotate_token(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {

@@ -29,8 +29,8 @@ pub async fn ping(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Resul
         "version": env!("CARGO_PKG_VERSION"),
         "echo": echo,
         "principal": { "kind": principal.kind.as_str(), "id": principal.id, "orgId": principal.org_id },
-        "org": { "id": org_id, "mode": org.as_ref().map(|o| o.mode.clone()) },
-        "pool": org.as_ref().map(directory::OrgView::pool),
+        "org": { "id": org_id, "mode": org.as_ref().map(|o| o.mode.as_str()) },
+        "pool": org.as_ref().map(directory::capacity),
         "providers": {
             "telephony": configured(app.config.twilio_account_sid.is_some() && !app.config.provider_twilio_disabled),
             "email": configured(app.config.resend_api_key.is_some() && !app.config.provider_resend_disabled),

@@ -9,6 +9,8 @@ use sqlx::PgConnection;
 
 use crate::{BoxFuture, Projection, ProjectionError, StoredEvent, Tables};
 
+pub mod read;
+
 pub struct UsageProjection;
 
 /// (agent, hour, channel) → (org, actions, cost).

@@ -9,6 +9,8 @@ use sqlx::PgConnection;
 
 use crate::{BoxFuture, Projection, ProjectionError, StoredEvent, Tables};
 
+pub mod read;
+
 /// The channel other instances listen on to drop cached tokens and close sessions.
 pub const IDENTITY_CHANNEL: &str = "commguard_identity";
 

@@ -12,6 +12,8 @@ use sqlx::PgConnection;
 use crate::directory::{relevant, str_field};
 use crate::{BoxFuture, Projection, ProjectionError, StoredEvent, Tables};
 
+pub mod read;
+
 const CONSENT_EVENTS: &[&str] = &["ConsentGranted", "ConsentRevoked"];
 const DNC_EVENTS: &[&str] = &["DncAdded", "DncRemoved"];
 const CALL_EVENTS: &[&str] = &["CallPlaced", "CallStatusChanged"];
