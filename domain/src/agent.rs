@@ -28,14 +28,6 @@ impl AgentStatus {
             Self::Deprovisioned => "deprovisioned",
         }
     }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "active" => Some(Self::Active),
-            "deprovisioned" => Some(Self::Deprovisioned),
-            _ => None,
-        }
-    }
 }
 
 /// How a token came to be (CONTRACT §11.3 `issuedVia`).

@@ -75,17 +75,6 @@ impl Address {
     }
 }
 
-impl OrgMode {
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "sandbox" => Some(Self::Sandbox),
-            "production" => Some(Self::Production),
-            "suspended" => Some(Self::Suspended),
-            _ => None,
-        }
-    }
-}
-
 /// A bearer token just issued: its id and SHA-256 hash. The domain never sees the token itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedToken {

@@ -88,7 +88,7 @@ fn enums() -> Vec<(String, String, Vec<Variant>)> {
     let payloads = payload_structs(&sources.concat());
     let mut found = Vec::new();
     for text in &sources {
-        let versions = versions(&text);
+        let versions = versions(text);
         // `event_type` strings are the variant names: `Self::X { .. } => "X"` (the macro stringifies).
         for (i, _) in text.match_indices("Self::") {
             let arm = &text[i + "Self::".len()..];
