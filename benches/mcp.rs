@@ -44,7 +44,7 @@ async fn open_session(client: &reqwest::Client, url: &str, token: &str) -> Strin
 }
 
 /// The send phase cycles over this many recipients, each of whom consented beforehand
-/// (CONTRACT §10.3: without consent every send would be refused).
+/// (docs/compliance.md#consent: without consent every send would be refused).
 const RECIPIENTS: u64 = 500;
 
 fn recipient(n: u64) -> String {

@@ -261,7 +261,7 @@ if q:
     echo "after $fill events: $(measure "$sequential")"
     ;;
   as-of)
-    # Point-in-time admin views (CONTRACT §12 as_of) over a store of $fill events: an agent and a
+    # Point-in-time admin views (docs/admin-api.md#point-in-time-views-as_of) over a store of $fill events: an agent and a
     # contact whose limits and consent changed 24 times (test clock), then $fill synthetic events
     # written directly — most of them on that agent's own stream and its org's, stamped inside the
     # same 24 hours, so a view that walked the streams would read them all. Measured with the
@@ -313,7 +313,7 @@ print(f"target p99 < 20 ms: consent {w['consent_as_of']['p99_ms']:.2f}, limits {
 PY
     ;;
   feed)
-    # The auditor feed (CONTRACT §12 /admin/api/events) paged through $fill events, 1000 at a
+    # The auditor feed (docs/admin-api.md#the-event-feed) paged through $fill events, 1000 at a
     # time, with the master token and decryption, against a raw COPY of the same table in the same
     # run. Every event carries a sealed personal field: $seed real DncAdded events (each under its
     # own subject key) are recorded through the admin API, then cloned into $fill rows below them
@@ -442,7 +442,7 @@ print(f"detector run with history / without: mean {f['mean_ms'] / e['mean_ms']:.
 PY
     ;;
   erase)
-    # GDPR erasure (CONTRACT §6.3, §11.4) of a subject with $seed events (default 10,000) among
+    # GDPR erasure (docs/tools.md#catalogue, docs/privacy.md#keys-and-crypto-shredding) of a subject with $seed events (default 10,000) among
     # $fill (default 1M), beside the same erasure among ~10 % of that history, in the same run:
     # the cost must follow the subject's keys and projection rows, not history. Twenty subjects are
     # made through the real API (consent on sms and voice, a send, a call, a DNC entry: a subject

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates libphonenumber's time-zone data for commguard's quiet hours (CONTRACT §10.4).
+"""Generates libphonenumber's time-zone data for commguard's quiet hours (docs/compliance.md#quiet-hours).
 
 Writes, from the Python `phonenumbers` package (a port of libphonenumber that ships its
 time-zone map, Apache-2.0, The Libphonenumber Authors):
@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAP_OUT = os.path.join(ROOT, "domain", "data", "tz_map.txt")
 FIXTURE_OUT = os.path.join(ROOT, "domain", "data", "tz_fixture.txt")
 
-# (number, label). Mobile and fixed numbers of every Appendix A country, the zones of every
+# (number, label). Mobile and fixed numbers of every docs/compliance.md#country-rules country, the zones of every
 # multi-zone country, and the other number types (toll-free, premium, VoIP, ...), including
 # numbers libphonenumber gives no zone for (Etc/Unknown). Only the numbers are chosen here:
 # the expected zones are whatever phonenumbers answers.

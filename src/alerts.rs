@@ -1,4 +1,4 @@
-//! Raising an alert (CONTRACT §14): every rule — the detector's (`anomaly`) and the lockout's
+//! Raising an alert (docs/monitoring.md): every rule — the detector's (`anomaly`) and the lockout's
 //! (`auth::lockout`) — describes what it found as a `Finding` and records it here as one
 //! `AlertRaised` on the stream `alert/<dedupKey>` with `Store::record_once`, so Postgres lets
 //! only the first writer of a (rule, subject, window) through, however many instances or paths

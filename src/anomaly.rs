@@ -1,4 +1,4 @@
-//! The anomaly detector (CONTRACT §14): every `ANOMALY_CHECK_INTERVAL_SECONDS` it reads the
+//! The anomaly detector (docs/monitoring.md): every `ANOMALY_CHECK_INTERVAL_SECONDS` it reads the
 //! current windows of the anomaly projection (`window_end > now`, plus the previous 5 minutes of
 //! outbound attempts), evaluates the six rules on them and raises one `AlertRaised` per (rule,
 //! subject, window) through `alerts::raise` — `Store::record_once` on `alert/<dedupKey>`, which
@@ -40,7 +40,7 @@ pub const SPIKE_TIMES: i64 = 3;
 /// `spend_threshold`: spend today at or above this percentage of the agent's daily cap.
 pub const SPEND_PERCENT: i64 = 80;
 
-/// Every rule of §14, in the order the view lists them.
+/// Every rule of docs/monitoring.md, in the order the view lists them.
 pub const RULES: [&str; 6] =
     ["brute_force", "brute_force_lockout", "rapid_rotation", "rate_limit", "spend_threshold", "volume_spike"];
 

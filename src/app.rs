@@ -26,7 +26,7 @@ use crate::state::AppState;
 use crate::store::embedded::{EmbeddedError, EmbeddedPostgres, Released};
 use crate::store::{self, runner, Store};
 
-/// How long in-flight requests may take to finish after SIGTERM (CONTRACT §15).
+/// How long in-flight requests may take to finish after SIGTERM (docs/cli.md).
 const DRAIN: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's headers (slow clients hold a connection and a
 /// task each; see `http::body_limit::BODY_READ_TIMEOUT` for bodies).
@@ -85,7 +85,7 @@ impl Runtime {
         match (opened, credential_key) {
             (Ok(store), Ok(key)) => {
                 if let Some(previous) = &config.credentials_encryption_key_previous {
-                    // Rows under the previous key are rewritten under the current one (CONTRACT §2).
+                    // Rows under the previous key are rewritten under the current one (docs/configuration.md).
                     match crate::providers::credentials::reencrypt(store.pool(), &key, previous).await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(rows = n, "provider credentials re-encrypted under the current key"),

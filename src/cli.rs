@@ -1,4 +1,4 @@
-//! The command line (CONTRACT §15): `serve`, `migrate`, `replay`, `audit verify`, `audit export`
+//! The command line (docs/cli.md): `serve`, `migrate`, `replay`, `audit verify`, `audit export`
 //! (`cli/export.rs`), `token issue` (`cli/token.rs`).
 //! Exit codes: 0 ok; 1 a check failed or was refused; 2 usage, configuration or database error.
 
@@ -76,7 +76,7 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Write every event about a data subject as JSON Lines of §11.1 envelopes, in position
+    /// Write every event about a data subject as JSON Lines of docs/events.md#envelope envelopes, in position
     /// order, decrypted or "[erased]"; records `AuditExported`.
     Export {
         /// The subject's phone number (E.164) or email address.

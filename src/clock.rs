@@ -1,4 +1,4 @@
-//! The one service clock (CONTRACT P8). Every time-based rule reads it; with
+//! The one service clock (principle 8, docs/security.md#principles). Every time-based rule reads it; with
 //! `COMMGUARD_TEST_CLOCK` tests may set or advance it through `/admin/api/test/clock`.
 
 use std::sync::{Arc, RwLock};

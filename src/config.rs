@@ -1,4 +1,4 @@
-//! One validated configuration, read once from the environment (CONTRACT §2). A malformed value
+//! One validated configuration, read once from the environment (docs/configuration.md). A malformed value
 //! is an error naming the variable (the binary exits 2), never a silent default; production
 //! refuses unsafe settings.
 
@@ -112,8 +112,8 @@ pub struct Config {
     pub anomaly_volume_min_actions: u32,
     pub data_retention_enabled: bool,
     pub retention_interval_seconds: u64,
-    /// How long after start the first retention run comes: 60 s (CONTRACT §11.6). No variable
-    /// sets it (§2 has none); in-process tests shorten it to watch a real scheduled run.
+    /// How long after start the first retention run comes: 60 s (docs/privacy.md#retention). No variable
+    /// sets it (docs/configuration.md has none); in-process tests shorten it to watch a real scheduled run.
     pub retention_first_run: std::time::Duration,
     pub retention: Retention,
     pub webhook_replay_window_seconds: u64,
@@ -370,7 +370,7 @@ impl Config {
         Ok(config)
     }
 
-    /// CONTRACT §2: production never starts open, in demo mode, with a settable clock, with
+    /// docs/configuration.md: production never starts open, in demo mode, with a settable clock, with
     /// generated keys, or with a plain-http public base.
     fn refuse_unsafe_production(&self) -> Result<(), ConfigError> {
         if self.env != Environment::Production {

@@ -1,4 +1,4 @@
-//! Consent and do-not-contact (CONTRACT §6.3 consent and DNC tools, §8.2 keywords, §10.2–10.3),
+//! Consent and do-not-contact (docs/tools.md#catalogue consent and DNC tools, docs/webhooks.md#sms keywords, docs/compliance.md),
 //! shared by the tools, the admin API and the webhooks. Every change is a command on the contact
 //! aggregate (`<orgId>:<subjectRef>`); callers wait until the consent and DNC projections show it,
 //! so the next outbound check sees it on every instance.
@@ -308,7 +308,7 @@ pub async fn consent_records(
     Ok(ConsentReply { contact: address.value.clone(), as_of: rfc3339(at), on_dnc: listed, records, next_cursor: next })
 }
 
-/// `GET /admin/api/consent` (CONTRACT §12).
+/// `GET /admin/api/consent` (docs/admin-api.md).
 #[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsentReply {
@@ -425,7 +425,7 @@ pub async fn dnc_list(
     Ok(DncPage { entries, next_cursor: next })
 }
 
-/// Inbound STOP to `agent_id` from `from`, in the agent's org (§8.2).
+/// Inbound STOP to `agent_id` from `from`, in the agent's org (docs/webhooks.md#sms).
 pub async fn stop(
     app: &AppState,
     org_id: &str,
@@ -445,7 +445,7 @@ pub async fn stop(
     execute(app, org_id, from, action, context).await
 }
 
-/// Inbound START (§8.2).
+/// Inbound START (docs/webhooks.md#sms).
 pub async fn start(
     app: &AppState,
     org_id: &str,
@@ -459,7 +459,7 @@ pub async fn start(
     execute(app, org_id, from, action, context).await
 }
 
-/// An email complaint (§8.5): list the address, revoke its email consents.
+/// An email complaint (docs/webhooks.md#email): list the address, revoke its email consents.
 pub async fn complaint(
     app: &AppState,
     org_id: &str,

@@ -1,4 +1,4 @@
-//! GDPR erasure by crypto-shredding (CONTRACT §6.3 `comms_erase_subject`, §11.4, §12
+//! GDPR erasure by crypto-shredding (docs/tools.md#comms_erase_subject, docs/privacy.md#keys-and-crypto-shredding, docs/admin-api.md
 //! `POST /admin/api/subjects/erase`): one operation behind the tool and the admin route.
 //!
 //! The event store is append-only, so erasing a subject means destroying its keys: every

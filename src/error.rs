@@ -1,4 +1,4 @@
-//! The error model (CONTRACT §7): one code enum, one exhaustive code → status match, and one
+//! The error model (docs/errors.md): one code enum, one exhaustive code → status match, and one
 //! JSON shape `{"error","code","requestId",…}` for every HTTP error and tool refusal.
 //!
 //! Failures that end a request go through `ApiError::internal`, which classifies them
@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 pub use commguard_domain::refusal::ErrorCode;
 use commguard_domain::refusal::{Check, DomainError, LimitType, Refusal, Rule};
 
-/// The HTTP status of each §7 code.
+/// The HTTP status of each docs/errors.md code.
 pub fn status(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -131,7 +131,7 @@ impl ApiError {
         Self::new(ErrorCode::Internal, "Internal server error")
     }
 
-    /// A refusal whose decision could not be recorded (CONTRACT P2): the caller is told, and
+    /// A refusal whose decision could not be recorded (principle 2, docs/security.md#principles): the caller is told, and
     /// nothing was done.
     pub fn unrecorded() -> Self {
         let mut e = Self::new(
@@ -142,7 +142,7 @@ impl ApiError {
         e
     }
 
-    /// A dependency is down (CONTRACT §7 `unavailable`).
+    /// A dependency is down (docs/errors.md `unavailable`).
     pub fn unavailable() -> Self {
         Self::new(ErrorCode::Unavailable, "Service unavailable")
     }

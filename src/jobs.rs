@@ -1,6 +1,6 @@
 //! Scheduled work, run in UTC by tokio-cron-scheduler (jobs live in memory; each instance runs its
 //! own): pruning idle per-IP HTTP rate windows so memory stays bounded by active clients, and
-//! retention (`crate::retention`, CONTRACT §11.6): first 60 s after start, then every
+//! retention (`crate::retention`, docs/privacy.md#retention): first 60 s after start, then every
 //! `RETENTION_INTERVAL_SECONDS`, on the service clock; nothing with `DATA_RETENTION_ENABLED=false`.
 //! The anomaly detector joins here.
 

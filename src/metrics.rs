@@ -1,4 +1,4 @@
-//! This instance's Prometheus metrics (CONTRACT §14, §13.3): one registry, built with
+//! This instance's Prometheus metrics (docs/monitoring.md, docs/http.md#rate-limits-and-brute-force): one registry, built with
 //! `prometheus-client`, shared through `AppState` and the hardening layers. Counters live in
 //! memory, per instance (Prometheus sums instances); the projection lag is measured from Postgres
 //! when `/metrics` is read and handed to `render`. The module imports nothing of the crate (only
@@ -122,7 +122,7 @@ impl Metrics {
         self.rate_limit_hits.get_or_create(&one("limit_type", limit.as_str())).inc();
     }
 
-    /// `outcome` is `ok` or the refusal's §7 code.
+    /// `outcome` is `ok` or the refusal's docs/errors.md code.
     pub fn tool_call(&self, tool: &str, outcome: &str) {
         self.tool_calls.get_or_create(&vec![("tool", tool.to_string()), ("outcome", outcome.to_string())]).inc();
     }

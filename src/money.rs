@@ -1,5 +1,5 @@
 //! Money: stored and computed as integer micro-dollars, shown as JSON numbers with at most six
-//! decimals (CONTRACT conventions). No arithmetic on floats.
+//! decimals (docs/README.md#conventions). No arithmetic on floats.
 
 /// Micro-dollars as a JSON number of dollars.
 pub fn to_dollars(micros: i64) -> f64 {

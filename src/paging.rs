@@ -1,4 +1,4 @@
-//! Keyset paging, shared by every list of the admin API and by `comms_dnc_list` (CONTRACT §12:
+//! Keyset paging, shared by every list of the admin API and by `comms_dnc_list` (docs/admin-api.md:
 //! `cursor` opaque, `limit` 50 by default and at most 500, `nextCursor` null at the end).
 //!
 //! A cursor is the sort key of the last item shown — base64url of its JSON — and the next page

@@ -1,4 +1,4 @@
-//! Refusals as events (CONTRACT §6.1, invariant 2): a tool call, admin request or session open
+//! Refusals as events (docs/tools.md#common-rules, invariant 2): a tool call, admin request or session open
 //! refused before any aggregate decided is recorded as `ActionRefused` on the caller's stream —
 //! the agent's for an agent token, else its organization's, else `platform`. Whatever the refused
 //! input held, the store makes the event storable (`store::storable`), so recording a refusal
@@ -19,11 +19,11 @@ use crate::store::CommandContext;
 const IDENTIFIER_FIELDS: &[&str] =
     &["to", "from", "contactAddress", "address", "identifier", "contact", "phone", "email", "billingEmail", "subject"];
 
-/// Fields whose value is a secret: never stored, not even sealed (CONTRACT §11.5).
+/// Fields whose value is a secret: never stored, not even sealed (docs/privacy.md#provider-credentials).
 const SECRET_FIELDS: &[&str] =
     &["credentials", "password", "secret", "token", "securityToken", "authToken", "apiKey", "apiSecret"];
 
-/// The arguments of a refused action as `ActionRefused.args` may hold them (CONTRACT §11.3).
+/// The arguments of a refused action as `ActionRefused.args` may hold them (docs/events.md).
 /// The structure is kept; every string is sealed, so nothing a caller sent is stored in the clear:
 /// - an identifier field (`to`, `contactAddress`, `address`, `identifier`, …) that parses as a
 ///   phone number or email is sealed under that subject's key alone (†);

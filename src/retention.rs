@@ -1,4 +1,4 @@
-//! Retention (CONTRACT §11.6): expiring personal data by destroying keys. The class-c key for UTC
+//! Retention (docs/privacy.md#retention): expiring personal data by destroying keys. The class-c key for UTC
 //! day D is destroyed at the first run at or after 00:00 UTC of D + N(c) + 1, i.e. a run on UTC
 //! day T destroys the buckets before T − N(c). Usage and call rows older than their N are purged,
 //! and revoked consents older than theirs lose their record keys and rows. Events are never

@@ -1,4 +1,4 @@
-//! MCP sessions (CONTRACT §4.1): bound to the principal that opened them, kept in the opening
+//! MCP sessions (docs/mcp.md#sessions): bound to the principal that opened them, kept in the opening
 //! instance's memory, capped per instance, recorded as `SessionOpened` / `SessionClosed`, and
 //! closed when their token is revoked, their agent deprovisioned or their org suspended.
 
@@ -78,7 +78,7 @@ impl Session {
     }
 }
 
-/// The session cap was reached (CONTRACT §2 `MCP_MAX_SESSIONS`: 503).
+/// The session cap was reached (docs/configuration.md `MCP_MAX_SESSIONS`: 503).
 #[derive(Debug)]
 pub struct Full;
 
@@ -96,7 +96,7 @@ impl Sessions {
     }
 
     /// Opens a session and records `SessionOpened`. Ids are UUIDs on `/sse` and 32 hex on `/mcp`
-    /// (CONTRACT §4.2, §4.3).
+    /// (docs/mcp.md#legacy-httpsse, docs/mcp.md#streamable-http).
     pub async fn open(
         &self,
         principal: Principal,

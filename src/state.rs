@@ -37,7 +37,7 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// `CREDENTIALS_ENCRYPTION_KEY` first, then the previous key (decrypt-only).
     pub credential_keys: Arc<Vec<crypto::Key>>,
-    /// Tool-limit reservations, batched (CONTRACT §9).
+    /// Tool-limit reservations, batched (docs/limits.md).
     pub reserver: Reserver,
     /// This instance's outbound intents (recorded before every provider call).
     pub intents: Arc<Intents>,

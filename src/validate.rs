@@ -1,4 +1,4 @@
-//! Input validation (CONTRACT §6.2): the sanitizer every free-text value passes, phone and email
+//! Input validation (docs/tools.md#input-formats-and-sanitizer): the sanitizer every free-text value passes, phone and email
 //! formats, and `Args`, the typed reader tools use for their JSON arguments. Every refusal is
 //! `invalid_input` naming the field; unknown arguments are ignored.
 
@@ -197,7 +197,7 @@ fn decode_entity(s: &str) -> Option<(char, usize)> {
     Some((c, 2 + end + 1))
 }
 
-/// Money in dollars (CONTRACT conventions: ≤ 6 decimals, stored as integer micro-dollars): a
+/// Money in dollars (docs/README.md#conventions: ≤ 6 decimals, stored as integer micro-dollars): a
 /// JSON number ≥ 0 whose decimal form has at most six decimals, as micro-dollars. The one check
 /// of every money field (agent limit overrides, org spend caps).
 pub fn money(field: &str, value: &Value) -> Result<i64, ApiError> {
@@ -246,7 +246,7 @@ pub fn email(field: &str, value: &str) -> Result<String, ApiError> {
 
 static ID: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$").expect("id pattern"));
 
-/// Agent and org ids (CONTRACT §6.1).
+/// Agent and org ids (docs/tools.md#common-rules).
 pub fn id(field: &str, value: &str) -> Result<String, ApiError> {
     if ID.is_match(value) {
         Ok(value.to_string())

@@ -1,4 +1,4 @@
-// The commguard console: a single page over the admin API (CONTRACT §12), nothing else. The token
+// The commguard console: a single page over the admin API (docs/admin-api.md), nothing else. The token
 // lives in this tab's sessionStorage only and goes out as a bearer header; every view is a
 // hash route (#/activity, #/audit?subject=…) so it can be bookmarked. No inline script or style:
 // the page's CSP forbids both, so the DOM is built here and bars are <meter> elements.
@@ -460,7 +460,7 @@
       ev.preventDefault();
       go("audit", formValues(form));
     });
-    body.append(form, el("p", { class: "muted small", text: "A phone number or email is matched on the server by its blind index (CONTRACT §11.4): the audit view holds no address in the clear." }));
+    body.append(form, el("p", { class: "muted small", text: "A phone number or email is matched on the server by its blind index (docs/privacy.md): the audit view holds no address in the clear." }));
     if (!["subject", "agentId", "eventType", "outcome", "actorKind", "from", "to", "cursor"].some((k) => p[k])) {
       body.append(el("p", { class: "muted", text: "Choose filters and search. Results are in commit order, 50 a page." }));
       return;
@@ -733,7 +733,7 @@
         el(
           "p",
           { class: "notice", role: "status" },
-          "Verify is offered to the master token only: recomputing a hash needs the payloads as stored (sealed), which the admin API gives to the master token alone (CONTRACT §12, raw=true). Sign in with the master token to verify."
+          "Verify is offered to the master token only: recomputing a hash needs the payloads as stored (sealed), which the admin API gives to the master token alone (raw=true). Sign in with the master token to verify."
         )
       );
       return;
@@ -773,7 +773,7 @@
         const r = await recompute(t, id, result);
         result.className = "status " + (r.ok ? "ok" : "broken");
         result.textContent = r.ok
-          ? "OK: " + value + ", " + r.count + " events recomputed (SHA-256 over RFC 8785 JCS, CONTRACT §11.2), every link and the chain head match."
+          ? "OK: " + value + ", " + r.count + " events recomputed (SHA-256 over RFC 8785 JCS, docs/events.md#hash-chain), every link and the chain head match."
           : "BROKEN: " + value + " at sequence " + r.sequence + ": " + r.reason;
       } catch (e) {
         result.className = "status broken";

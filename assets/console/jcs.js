@@ -1,4 +1,4 @@
-// RFC 8785 JSON Canonicalization Scheme (JCS) and the CONTRACT §11.2 event hash, for the
+// RFC 8785 JSON Canonicalization Scheme (JCS) and the docs/events.md#hash-chain event hash, for the
 // console's Verify view. Written from the RFC: ECMAScript's own JSON.stringify is the RFC's
 // serialization of numbers and strings; object members are sorted by UTF-16 code units, which
 // is what Array.prototype.sort does with strings.
@@ -54,7 +54,7 @@
     return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
   }
 
-  // §11.2: hex(SHA-256(prevHash \n aggregateType \n aggregateId \n sequence \n eventType \n
+  // docs/events.md#hash-chain: hex(SHA-256(prevHash \n aggregateType \n aggregateId \n sequence \n eventType \n
   // eventVersion \n JCS(stored payload) \n JCS(metadata minus hash))).
   function eventHash(envelope) {
     const metadata = Object.assign({}, envelope.metadata);

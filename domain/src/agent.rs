@@ -30,7 +30,7 @@ impl AgentStatus {
     }
 }
 
-/// How a token came to be (CONTRACT §11.3 `issuedVia`).
+/// How a token came to be (docs/events.md `issuedVia`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IssuedVia {
@@ -268,7 +268,7 @@ pub enum AgentEvent {
         provider: String,
         error: String,
     },
-    /// Inbound facts from provider webhooks (CONTRACT §8), appended by `Store::record`.
+    /// Inbound facts from provider webhooks (docs/webhooks.md), appended by `Store::record`.
     MessageReceived {
         message_id: Uuid,
         channel: String,
@@ -333,7 +333,7 @@ impl DomainEvent for AgentEvent {
     }
 }
 
-/// Refusals, worded as the contract words them; `code()` is the §7 code.
+/// Refusals, worded as the contract words them; `code()` is the docs/errors.md code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgentError {
     #[error("Agent \"{0}\" not found")]
@@ -347,7 +347,7 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    /// The §7 code of each refusal.
+    /// The docs/errors.md code of each refusal.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::NotFound(_) => ErrorCode::NotFound,

@@ -1,5 +1,5 @@
-//! Quiet hours for calls and voice messages (CONTRACT §10.4; windows and marketing day rules
-//! from Appendix A).
+//! Quiet hours for calls and voice messages (docs/compliance.md#quiet-hours; windows and marketing day rules
+//! from docs/compliance.md#country-rules).
 //!
 //! 1. The candidate zones are libphonenumber's time zones for the number ([`time_zones`]: its
 //!    own map and lookup, so a Spanish mobile is in the Canaries and Madrid). A number without a
@@ -7,7 +7,7 @@
 //!    counts as being in every zone of its region in tzdata's `zone1970.tab`.
 //! 2. `recipientTimezone` replaces the candidates only if it is one of them; otherwise it is
 //!    ignored, and the decision's note says so.
-//! 3. The window is the region's hours (Appendix A) or 08:00–21:00, plus, for marketing calls,
+//! 3. The window is the region's hours (docs/compliance.md#country-rules) or 08:00–21:00, plus, for marketing calls,
 //!    the day rules of France, Israel and Australia.
 //! 4. The call is allowed iff the local hour is in the window in **every** candidate zone; a
 //!    refusal names the first zone that is not.
@@ -22,7 +22,7 @@ use crate::time_zones;
 
 const ZONE1970: &str = include_str!("../data/zone1970.tab");
 
-/// The window of countries without hours of their own in Appendix A.
+/// The window of countries without hours of their own in docs/compliance.md#country-rules.
 pub const DEFAULT_HOURS: Hours = Hours { start: 8, end: 21 };
 
 /// The outcome of the quiet-hours check, with what was evaluated (for provenance).
@@ -61,7 +61,7 @@ pub struct Refusal {
     pub window: String,
 }
 
-/// A marketing day rule of Appendix A: on `days`, marketing calls are allowed within `ranges`.
+/// A marketing day rule of docs/compliance.md#country-rules: on `days`, marketing calls are allowed within `ranges`.
 struct Slot {
     days: &'static [Weekday],
     label: &'static str,
@@ -166,7 +166,7 @@ pub fn zones_of_country(country: &str) -> Vec<&'static str> {
 
 /// Decides whether a call or voice message to `number_e164` may be placed at `now`.
 ///
-/// `marketing` is `purpose == "marketing"`: it adds the day rules of Appendix A. An unparseable
+/// `marketing` is `purpose == "marketing"`: it adds the day rules of docs/compliance.md#country-rules. An unparseable
 /// number, a number without a region, or a zone unknown to chrono-tz is an `Err` (the caller
 /// fails closed).
 pub fn evaluate(

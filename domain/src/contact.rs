@@ -1,6 +1,6 @@
 //! The contact aggregate (id = `<orgId>:<subjectRef>`): one person's address inside one org —
-//! the consents agents hold for it and the org's do-not-contact entries for it (CONTRACT §6.3,
-//! §8.2, §10.2–10.3). Because STOP, START and complaints touch every agent's consent and the DNC
+//! the consents agents hold for it and the org's do-not-contact entries for it (docs/tools.md#catalogue,
+//! docs/webhooks.md#sms, docs/compliance.md). Because STOP, START and complaints touch every agent's consent and the DNC
 //! list of one address at once, they are decided here, in one place and one append.
 //!
 //! The address itself never reaches a stored event in the clear: every field holding it is `Pii`
@@ -164,7 +164,7 @@ pub enum ContactAction {
 pub struct ContactCommand {
     pub address: String,
     pub action: ContactAction,
-    /// Consent records whose keys an erasure destroyed (CONTRACT §11.4): they are gone, so a
+    /// Consent records whose keys an erasure destroyed (docs/privacy.md#keys-and-crypto-shredding): they are gone, so a
     /// later grant makes a new record (with a new id and key) and nothing revokes them.
     pub erased: Vec<Uuid>,
 }
@@ -248,7 +248,7 @@ pub enum ContactError {
 }
 
 impl ContactError {
-    /// The §7 code of each refusal.
+    /// The docs/errors.md code of each refusal.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::UnknownChannel(_) => ErrorCode::InvalidInput,

@@ -1,4 +1,4 @@
-//! Content filter for outbound messages (CONTRACT §10.1).
+//! Content filter for outbound messages (docs/compliance.md#content-filter).
 //!
 //! Every text is normalised (NFKC, lower case, leetspeak `0→o 1→i 3→e 4→a 5→s 7→t @→a $→s`,
 //! `. * - _` dropped between letters), then matched on word boundaries, a space in a pattern

@@ -1,4 +1,4 @@
-//! Per-country communication rules (CONTRACT Appendix A): consent, A2P registration, DNC
+//! Per-country communication rules (docs/compliance.md#country-rules): consent, A2P registration, DNC
 //! registries, calling hours, recording consent, and the regulations that set them.
 
 /// Calling window in local hours: allowed iff `start <= hour < end`.
@@ -42,7 +42,7 @@ const GDPR: &[&str] = &["GDPR", "ePrivacy Directive"];
 
 /// The 12 named countries, then the 25 generic EU members.
 const RULES: &[CountryRule] = &[
-    // US recording consent depends on the state (Appendix B), decided per call, not per country.
+    // US recording consent depends on the state (docs/compliance.md#recording-consent), decided per call, not per country.
     rule("US", "United States", true, true, Some((8, 21)), false, &["TCPA", "CAN-SPAM", "A2P 10DLC", "STIR/SHAKEN"]),
     rule("CA", "Canada", true, true, Some((8, 21)), true, &["CASL", "PIPEDA", "CRTC DNCL"]),
     rule("GB", "United Kingdom", false, true, None, true, &["UK GDPR", "PECR", "TPS"]),
@@ -124,7 +124,7 @@ pub fn rule_for(code: &str) -> &'static CountryRule {
     RULES.iter().find(|r| r.code.eq_ignore_ascii_case(code)).unwrap_or(&DEFAULT_RULE)
 }
 
-/// What provisioning an agent in `country` needs (CONTRACT §10.7): blockers refuse, warnings inform.
+/// What provisioning an agent in `country` needs (docs/compliance.md#country-rules): blockers refuse, warnings inform.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProvisioningCheck {
     pub blockers: Vec<String>,

@@ -1,4 +1,4 @@
-//! Tiers and per-agent limit overrides (CONTRACT §9.2): the effective limit is the agent's
+//! Tiers and per-agent limit overrides (docs/limits.md#tiers): the effective limit is the agent's
 //! override if set, else its tier's value. Spend is integer micro-dollars.
 
 use serde::{Deserialize, Serialize};
@@ -55,7 +55,7 @@ impl Tier {
     }
 }
 
-/// The five limits of an agent (CONTRACT §9.2), declared once: as values (`LimitSet`), as
+/// The five limits of an agent (docs/limits.md#tiers), declared once: as values (`LimitSet`), as
 /// overrides (`Overrides`, `None` = the tier's value) and as a change of overrides
 /// (`OverridesChange`: `None` leaves a field, `Some(None)` clears it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -162,7 +162,7 @@ impl DomainEvent for OrganizationEvent {
     }
 }
 
-/// Refusals, worded as the contract words them; `code()` is the §7 code.
+/// Refusals, worded as the contract words them; `code()` is the docs/errors.md code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrganizationError {
     #[error("Organization \"{0}\" not found")]
@@ -180,7 +180,7 @@ pub enum OrganizationError {
 }
 
 impl OrganizationError {
-    /// The §7 code of each refusal.
+    /// The docs/errors.md code of each refusal.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::NotFound(_) => ErrorCode::NotFound,
@@ -266,7 +266,7 @@ impl Aggregate for Organization {
                 }
             }
             OrgAction::RotateToken { token, reason } => {
-                // Rotation works while suspended (CONTRACT Z6): it is how a leaked token is cut off.
+                // Rotation works while suspended (rule Z6, docs/security.md#authorization-rules): it is how a leaked token is cut off.
                 let mut events = Vec::new();
                 if !self.active_tokens.is_empty() {
                     events.push(E::OrgTokenRevoked { token_ids: self.active_tokens.clone(), reason });

@@ -1,7 +1,7 @@
 //! Personal data inside events.
 //!
 //! The domain writes a personal field in the clear, together with the keys that must seal it
-//! (CONTRACT §11.3–11.4: † subject key, ‡ subject + `messages` retention key, ◊ subject +
+//! (docs/events.md and docs/privacy.md#keys-and-crypto-shredding: † subject key, ‡ subject + `messages` retention key, ◊ subject +
 //! consent-record key, § `security` retention key). The event store replaces every clear field
 //! with a sealed envelope before the event is stored, so a stored event never holds plaintext.
 //! Reading an event back yields the sealed form; only the auditor feed and exports open it.
@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// A retention class of CONTRACT §11.6: its key is per (class, UTC day).
+/// A retention class of docs/privacy.md#retention: its key is per (class, UTC day).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RetentionClass {
@@ -62,7 +62,7 @@ pub struct ClearField {
     pub with: SealWith,
 }
 
-/// A field as the store keeps it (CONTRACT §11.4 field envelope).
+/// A field as the store keeps it (docs/privacy.md#keys-and-crypto-shredding (field envelope)).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedField {
     #[serde(rename = "$pii")]

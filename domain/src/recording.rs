@@ -1,10 +1,10 @@
-//! Call-recording consent (CONTRACT §10.5, Appendix B): recording a call needs an active
+//! Call-recording consent (docs/compliance.md#recording-consent): recording a call needs an active
 //! `recording` consent when the recipient's or the agent's number is in an all-party
 //! jurisdiction.
 //!
 //! All-party jurisdictions: the US states CA, CT, FL, IL, MD, MA, MI, MT, NV, NH, OR, PA, WA,
 //! told by the NANPA geographic area code (libphonenumber's geocoding, via namba), with every
-//! US number that maps to no state counting as all-party; and the countries whose Appendix A
+//! US number that maps to no state counting as all-party; and the countries whose docs/compliance.md#country-rules
 //! "Rec. consent" is Y (`countries::rule_for(..).recording_consent`). All others are one-party.
 
 use namba::{Location, PhoneNumber};
@@ -67,7 +67,7 @@ const STATES: &[(&str, &str)] = &[
     ("WY", "Wyoming"),
 ];
 
-/// Appendix B: the all-party US states.
+/// docs/compliance.md#recording-consent: the all-party US states.
 pub const ALL_PARTY_STATES: &[&str] = &["CA", "CT", "FL", "IL", "MD", "MA", "MI", "MT", "NV", "NH", "OR", "PA", "WA"];
 
 /// A US number with no state: toll-free, fictional 555, unmapped ranges.
@@ -158,7 +158,7 @@ mod tests {
             "+81312345678",  // Japan
             "+919876543210", // India
             "+6561234567",   // Singapore
-            "+17875550100",  // Puerto Rico: a region of its own, without Appendix A rule
+            "+17875550100",  // Puerto Rico: a region of its own, without docs/compliance.md#country-rules rule
         ] {
             assert_eq!(all_party_jurisdiction(number), None, "{number}");
         }

@@ -14,7 +14,7 @@ use crate::refusal::Refusal;
 #[serde(rename_all_fields = "camelCase")]
 pub enum IpEvent {
     AuthFailed {
-        /// Sealed under the `security` retention key (CONTRACT §11.3 §).
+        /// Sealed under the `security` retention key (docs/events.md#personal-data (class security)).
         ip: Pii,
         /// missing | invalid | revoked | agent_mismatch | session_mismatch | locked
         reason: String,
@@ -38,7 +38,7 @@ pub enum SessionEvent {
     SessionClosed { session_id: String, reason: String },
 }
 
-/// A tool call or route refused before any aggregate decided (CONTRACT §6.1: a tool without its
+/// A tool call or route refused before any aggregate decided (docs/tools.md#common-rules: a tool without its
 /// own blocked event records `ActionRefused`). Stream: the agent, the organization or `platform`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RefusalEvent {
@@ -56,11 +56,11 @@ pub struct ActionRefused {
     pub code: String,
     pub refused_by: String,
     pub reason: String,
-    /// The compliance rule that refused (country rules on provisioning, §10.7).
+    /// The compliance rule that refused (country rules on provisioning, docs/compliance.md#country-rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     /// The refused tool's arguments (or admin request's body and query), every string sealed
-    /// (CONTRACT §11.3): identifiers under their subject key, the rest under the subject and a
+    /// (docs/events.md): identifiers under their subject key, the rest under the subject and a
     /// retention key; credential values never stored. Built by `refusals::sealed_args`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<serde_json::Value>,
@@ -120,7 +120,7 @@ pub enum AlertEvent {
 pub enum SubjectEvent {
     /// `commguard audit export` wrote `count` envelopes about the subject.
     AuditExported { count: u64, requested_by: String },
-    /// The subject's keys in `org_ids` were destroyed (CONTRACT §11.4); `scope` is `org` or `all`.
+    /// The subject's keys in `org_ids` were destroyed (docs/privacy.md#keys-and-crypto-shredding); `scope` is `org` or `all`.
     SubjectErased {
         identifier_type: String,
         scope: String,
@@ -131,7 +131,7 @@ pub enum SubjectEvent {
     },
 }
 
-/// Stream `platform`/`retention`: a retention run that destroyed keys (CONTRACT §11.6).
+/// Stream `platform`/`retention`: a retention run that destroyed keys (docs/privacy.md#retention).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all_fields = "camelCase")]
 pub enum RetentionEvent {

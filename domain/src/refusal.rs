@@ -1,10 +1,10 @@
-//! Refusals, typed (CONTRACT §6.1, §7, §11.3): which check refused, with which §7 code, under
+//! Refusals, typed (docs/tools.md#the-outbound-pipeline, docs/errors.md, docs/events.md): which check refused, with which docs/errors.md code, under
 //! which compliance rule or limit. A refusal is decided once, where its check runs, and carried
 //! as it is to the event that records it and to the reply; nothing reads its text back.
 
 use serde::{Deserialize, Serialize};
 
-/// The §7 error codes, by their wire names. The HTTP status of each is the edge's
+/// The docs/errors.md error codes, by their wire names. The HTTP status of each is the edge's
 /// (`commguard::error::status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -55,13 +55,13 @@ impl PartialEq<&str> for ErrorCode {
     }
 }
 
-/// An aggregate's refusal: worded as the contract words it (`Display`), with its §7 code, each
+/// An aggregate's refusal: worded as the contract words it (`Display`), with its docs/errors.md code, each
 /// error enum deciding its codes in one exhaustive match.
 pub trait DomainError: std::error::Error {
     fn code(&self) -> ErrorCode;
 }
 
-/// The checks of CONTRACT §6.1 that can refuse, by the names `refusedBy` and the provenance
+/// The checks of docs/tools.md#the-outbound-pipeline that can refuse, by the names `refusedBy` and the provenance
 /// carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Check {
@@ -130,7 +130,7 @@ impl Check {
 /// The compliance rule a `compliance_blocked` refusal names (`rule` in the reply and the event).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Rule {
-    /// The org is suspended (§10.8).
+    /// The org is suspended (docs/compliance.md#sandbox).
     Sandbox,
     CountryRules,
     ContentFilter,
@@ -154,7 +154,7 @@ impl Rule {
     }
 }
 
-/// The limit a `rate_limited` refusal names (`limitType`, CONTRACT §9).
+/// The limit a `rate_limited` refusal names (`limitType`, docs/limits.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LimitType {
     PerMinute,
@@ -206,7 +206,7 @@ impl LimitType {
     }
 }
 
-/// One refusal: the check that decided it, its §7 code, the caller's message, and the rule or
+/// One refusal: the check that decided it, its docs/errors.md code, the caller's message, and the rule or
 /// limit it names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {

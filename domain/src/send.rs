@@ -1,4 +1,4 @@
-//! The send decision (CONTRACT §6.1 steps 5, 6 and 13's choice), without IO: given the agent's
+//! The send decision (docs/tools.md#the-outbound-pipeline steps 5, 6 and 13's choice), without IO: given the agent's
 //! and the org's state, the channel, demo mode and whether the deployment offers a real provider
 //! for the channel, it decides whether the action is refused — at which check, with which
 //! refusal — and if not, whether it runs in the sandbox and which provider takes it. The outbound

@@ -1,5 +1,5 @@
 //! libphonenumber's time zones for a phone number (its `PhoneNumberToTimeZonesMapper`), the
-//! candidate zones of CONTRACT §10.4.
+//! candidate zones of docs/compliance.md#quiet-hours.
 //!
 //! The prefix → zones map is libphonenumber's own, embedded from `data/tz_map.txt` (written by
 //! `scripts/gen-tz-map.py` from the pinned `phonenumbers` package). The lookup is the one

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// An organization's mode (CONTRACT §5 Organizations, §10.8 sandbox gating).
+/// An organization's mode (docs/security.md#organizations, docs/compliance.md#sandbox sandbox gating).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OrgMode {
@@ -22,7 +22,7 @@ impl OrgMode {
     }
 }
 
-/// An outbound channel (CONTRACT §6.3): what an action is sent on, checked and counted by.
+/// An outbound channel (docs/tools.md#catalogue): what an action is sent on, checked and counted by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
@@ -83,7 +83,7 @@ pub struct IssuedToken {
     pub label: Option<String>,
 }
 
-/// Channels an agent can be blocked on (CONTRACT §12 blocked-channels).
+/// Channels an agent can be blocked on (docs/admin-api.md blocked-channels).
 pub const CHANNELS: [&str; 4] = ["sms", "voice", "email", "whatsapp"];
 
 /// Deduplicates, drops unknown names, and collapses any `*` to `["*"]`.

@@ -1,4 +1,4 @@
-//! Alerts (CONTRACT §12 `/admin/api/alerts`, §14): one row per `AlertRaised`, with the org of the
+//! Alerts (docs/monitoring.md#alerts, docs/monitoring.md): one row per `AlertRaised`, with the org of the
 //! agent it is about (none for IP alerts) and how many alerts its rule raised on its subject so
 //! far. Alerts are rare: each is written with its own statement, in order, so a batch holding two
 //! alerts on one subject counts both.

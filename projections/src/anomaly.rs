@@ -1,4 +1,4 @@
-//! Anomaly windows (CONTRACT §14): how many events of each counter a subject had in each fixed
+//! Anomaly windows (docs/monitoring.md): how many events of each counter a subject had in each fixed
 //! window — outbound attempts (sent, blocked or failed) per agent in 5 minutes, `AuthFailed` per
 //! IP in 5 minutes (while locked too), `AgentTokenIssued` per agent in an hour, refusals per
 //! agent and limit type in the limit's own window, provider cost per agent and UTC day

@@ -1,9 +1,9 @@
-//! The audit view (CONTRACT §12 `/admin/api/audit`): one row per event with who did what, whether
+//! The audit view (docs/admin-api.md `/admin/api/audit`): one row per event with who did what, whether
 //! it was allowed or refused, which check refused it, and which data subject it is about. It also
 //! proves stream order: a batch that would apply a stream's events out of sequence fails instead
 //! of being skipped.
 //!
-//! **Subject.** `subject_ref` is the blind index (§11.4) of the phone number or email an event is
+//! **Subject.** `subject_ref` is the blind index (docs/privacy.md#keys-and-crypto-shredding) of the phone number or email an event is
 //! about, so `/audit?subject=` and `commguard audit export` find a subject's events by index
 //! instead of decrypting history. Stored events hold personal fields only sealed, so the view
 //! reads the subject from what the store keeps beside them: the stream id of `subject` streams

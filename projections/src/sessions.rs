@@ -1,4 +1,4 @@
-//! MCP sessions (CONTRACT §15 `replay --projection sessions`): one row per `SessionOpened` on a
+//! MCP sessions (docs/cli.md `replay --projection sessions`): one row per `SessionOpened` on a
 //! principal's stream (`principal/<kind>:<id>`), closed by its `SessionClosed`. A batch is
 //! written with two set-based statements: the openings, then the closings (a session opened and
 //! closed in one batch is inserted, then closed).

@@ -1,4 +1,4 @@
-//! The caller of a tool (CONTRACT §6.1): the principal, the session's agent claim, the transport
+//! The caller of a tool (docs/tools.md#common-rules): the principal, the session's agent claim, the transport
 //! and the request id — what every tool, the outbound pipeline and refusals read about who asked.
 
 use crate::auth::Principal;
@@ -45,7 +45,7 @@ impl Caller<'_> {
         }
     }
 
-    /// agentId = explicit → agent token's → session claim (CONTRACT §6.1).
+    /// agentId = explicit → agent token's → session claim (docs/tools.md#common-rules).
     pub fn agent_id(&self, args: &Args, admin_tool: bool) -> Result<String, ApiError> {
         if let Some(id) = args.opt_id("agentId")? {
             return Ok(id);

@@ -1,4 +1,4 @@
-//! Authorization rules Z1–Z5 (CONTRACT §5): roles, the impersonation guard and org boundaries,
+//! Authorization rules Z1–Z5 (docs/security.md): roles, the impersonation guard and org boundaries,
 //! each with the contract's refusal text. Tools and admin routes call these; nothing else decides.
 
 use commguard_domain::refusal::Check;

@@ -1,4 +1,4 @@
-//! Token resolution (CONTRACT §5): master → org token → agent token, by SHA-256 of the presented
+//! Token resolution (docs/security.md): master → org token → agent token, by SHA-256 of the presented
 //! value. Tokens and org modes are cached in memory so a warm call costs no database round trip;
 //! the cache is safe to lose and is kept honest by `NOTIFY commguard_identity` (sent by the
 //! directory projections when a token is revoked or an org changes mode), by a time-to-live, and
@@ -21,7 +21,7 @@ use crate::crypto::tokens::constant_time_eq;
 /// A cached entry is re-read after this long even without a notification (a lost notification
 /// during a reconnect cannot keep a revoked token alive for longer).
 const CACHE_TTL: Duration = Duration::from_secs(30);
-/// `lastUsedAt` is written at most this often per token (CONTRACT §5: ≤ 1 write/min).
+/// `lastUsedAt` is written at most this often per token (docs/security.md: ≤ 1 write/min).
 const LAST_USED_EVERY: Duration = Duration::from_secs(60);
 
 /// Why a credential was refused; the `reason` of `AuthFailed`.
@@ -32,7 +32,7 @@ pub enum AuthFailure {
     Revoked,
     AgentMismatch,
     SessionMismatch,
-    /// The check could not run (database down): refuse, never admit (CONTRACT P5).
+    /// The check could not run (database down): refuse, never admit (principle 5, docs/security.md#principles).
     Unavailable,
 }
 
@@ -91,7 +91,7 @@ impl Identity {
     }
 
     /// No master token configured (and not production, which refuses to start that way): a
-    /// request without any credential is the super-admin (CONTRACT §5 dev-open).
+    /// request without any credential is the super-admin (docs/security.md#development-and-demo-modes).
     pub fn dev_open(&self) -> bool {
         self.master_digest.is_none()
     }

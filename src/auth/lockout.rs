@@ -1,4 +1,4 @@
-//! Brute-force lockout (CONTRACT §13.3), shared by every instance through Postgres.
+//! Brute-force lockout (docs/http.md#rate-limits-and-brute-force), shared by every instance through Postgres.
 //!
 //! Each credential failure is an `AuthFailed` event on the IP's stream and one atomic upsert of
 //! the IP's counter (`auth_failures`, keyed by ipRef, the blind index of the address; IPv6 by
@@ -137,7 +137,7 @@ impl Lockout {
 
     /// A failed credential check: recorded, counted, and at the threshold the IP is locked.
     /// `Err` (`unavailable`) when the failure could not be recorded: the caller answers that
-    /// rather than a refusal that left no trace (CONTRACT P2).
+    /// rather than a refusal that left no trace (principle 2, docs/security.md#principles).
     pub async fn fail(
         &self,
         ip: IpAddr,
@@ -265,7 +265,7 @@ impl Lockout {
     }
 }
 
-/// The §13.3 answer to a credentialed request from a locked IP.
+/// The docs/http.md#rate-limits-and-brute-force answer to a credentialed request from a locked IP.
 pub fn locked_out(retry_after: u64) -> ApiError {
     ApiError::new(ErrorCode::LockedOut, "Too many failed attempts. Try again later.")
         .with("retryAfter", retry_after)

@@ -1,4 +1,4 @@
-//! Who is calling (CONTRACT §5): credentials resolve once into a typed `Principal`; handlers never
+//! Who is calling (docs/security.md): credentials resolve once into a typed `Principal`; handlers never
 //! parse headers. `identity` resolves tokens (with a cache that revocation invalidates on every
 //! instance), `lockout` counts failures per IP in Postgres, `guard` holds the role and org rules.
 
@@ -46,7 +46,7 @@ pub struct Principal {
     pub token_id: Option<Uuid>,
     /// Who events name as the actor: the id, or `dev-open` / `demo` for credential-less access.
     pub actor_id: String,
-    /// Demo mode gives a valid agent token super-admin rights (CONTRACT §5.3).
+    /// Demo mode gives a valid agent token super-admin rights (docs/security.md#development-and-demo-modes).
     pub elevated: bool,
 }
 

@@ -1,5 +1,5 @@
-//! `commguard audit export` (CONTRACT §15): every event about one data subject, as JSON Lines of
-//! §11.1 envelopes in position order, opened where every key exists and `"[erased]"` where not.
+//! `commguard audit export` (docs/cli.md): every event about one data subject, as JSON Lines of
+//! docs/events.md#envelope envelopes in position order, opened where every key exists and `"[erased]"` where not.
 //!
 //! The events are found by the subject's blind index in the audit view (`audit_items.subject_ref`,
 //! migration 0018), never by decrypting history. The view is first brought up to the head of the
@@ -74,7 +74,7 @@ async fn export(rt: &Runtime, request: Request) -> Result<ExitCode, Box<dyn std:
     query.push(" ORDER BY position");
     let positions: Vec<i64> = query.build_query_scalar().fetch_all(pool).await?;
 
-    // Recorded first: a disclosure that leaves no trace is never made (CONTRACT P2).
+    // Recorded first: a disclosure that leaves no trace is never made (principle 2, docs/security.md#principles).
     let mut context = cli_context(&rt.clock);
     context.provenance.pass("input");
     if let Some(org) = &org {

@@ -1,4 +1,4 @@
-//! `commguard token issue` (CONTRACT §15): a bootstrap token for an agent or an organization,
+//! `commguard token issue` (docs/cli.md): a bootstrap token for an agent or an organization,
 //! issued through the same aggregate commands as the tools (`directory::commands::issue_token`),
 //! recorded as `AgentTokenIssued` (`issuedVia: "cli"`) or `OrgTokenIssued` with actor `cli`.
 //!

@@ -1,4 +1,4 @@
-//! Provider credentials at rest (CONTRACT §11.5): AES-256-GCM with a fresh 12-byte IV per write,
+//! Provider credentials at rest (docs/privacy.md#provider-credentials): AES-256-GCM with a fresh 12-byte IV per write,
 //! bound by AAD to scope, organization, provider, credential name and key version.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};

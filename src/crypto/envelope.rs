@@ -1,4 +1,4 @@
-//! The field envelope of CONTRACT §11.4: AES-256-GCM under a field key derived from every key
+//! The field envelope of docs/privacy.md#keys-and-crypto-shredding: AES-256-GCM under a field key derived from every key
 //! the field is sealed with, bound to its event and path. Destroying any one of those keys makes
 //! the field unreadable for good.
 

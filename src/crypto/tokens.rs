@@ -1,5 +1,5 @@
 //! Bearer tokens: 32 CSPRNG bytes as 64 lowercase hex, stored only as SHA-256, compared in
-//! constant time (CONTRACT §5, P6).
+//! constant time (docs/security.md, principle 6).
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};

@@ -23,7 +23,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::store::{rfc3339, CommandContext};
 
-/// The org that always exists (CONTRACT §5 Organizations).
+/// The org that always exists (docs/security.md#organizations).
 pub const DEFAULT_ORG: &str = "default";
 
 /// A token to hand out once, and what the store keeps of it.
@@ -308,7 +308,7 @@ pub enum RotateTarget {
 }
 
 /// `comms_rotate_token` and the admin rotate routes. Sessions of the revoked tokens are closed
-/// shortly after, so the caller's reply is delivered first (CONTRACT §6.3).
+/// shortly after, so the caller's reply is delivered first (docs/tools.md#catalogue).
 pub async fn rotate(
     app: &AppState,
     context: CommandContext,
@@ -480,7 +480,7 @@ async fn change_agent_limits(
     agent(&app.pool, agent_id).await?.ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))
 }
 
-/// `comms_set_agent_limits` (S): overrides change, effective limits follow (CONTRACT §9.2).
+/// `comms_set_agent_limits` (S): overrides change, effective limits follow (docs/limits.md#tiers).
 pub async fn set_limits(
     app: &AppState,
     context: CommandContext,
@@ -560,7 +560,7 @@ async fn real_channels(app: &AppState, new: &NewAgent, agent_id: &str) -> Result
 }
 
 /// Releases the agent's number when asked: mock numbers simply go; a Twilio number is released
-/// at Twilio, and a failure there is a warning, not a refusal (CONTRACT §6.3).
+/// at Twilio, and a failure there is a warning, not a refusal (docs/tools.md#catalogue).
 async fn release(app: &AppState, agent: &super::AgentView, wanted: bool) -> Result<(bool, Vec<String>), ApiError> {
     let number_sid = agent.provider_refs.get("numberSid").and_then(Value::as_str);
     let (true, Some(number_sid)) = (wanted, number_sid) else {

@@ -1,5 +1,5 @@
-//! An agent's limits as the admin API shows them (CONTRACT §12 `GET /admin/api/limits`): tier,
-//! overrides, the effective limits (§9.2) and its org's spend caps — now, from the directory
+//! An agent's limits as the admin API shows them (docs/admin-api.md `GET /admin/api/limits`): tier,
+//! overrides, the effective limits (docs/limits.md#tiers) and its org's spend caps — now, from the directory
 //! projections, or at an instant, from the agent's and its org's streams folded by the agent and
 //! organization aggregates' own `apply`. Both end in the same `LimitsState`, rendered once.
 
@@ -84,7 +84,7 @@ impl LimitsState {
     }
 }
 
-/// `GET /admin/api/limits` (CONTRACT §12): an agent's limits now or as of an instant.
+/// `GET /admin/api/limits` (docs/admin-api.md): an agent's limits now or as of an instant.
 #[derive(serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LimitsReply {

@@ -98,7 +98,7 @@ pub struct OrgListing {
     pub agent_count: i64,
 }
 
-/// The admin view of an org (CONTRACT §12 `/orgs`): the listing, its caps and its capacity.
+/// The admin view of an org (docs/admin-api.md `/orgs`): the listing, its caps and its capacity.
 #[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrgAdminView {
@@ -181,7 +181,7 @@ pub struct BillingView {
     pub effective_markup_percent: f64,
 }
 
-/// The admin view of an agent (CONTRACT §12 `/agents`): status, tier, overrides and effective
+/// The admin view of an agent (docs/admin-api.md `/agents`): status, tier, overrides and effective
 /// limits, billing.
 #[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -226,7 +226,7 @@ pub fn org_admin_view(org: &OrgView) -> OrgAdminView {
     }
 }
 
-/// The five limits in force for `agent` (CONTRACT §9.2).
+/// The five limits in force for `agent` (docs/limits.md#tiers).
 pub fn effective_limits(agent: &AgentView, config: &crate::config::Config) -> LimitSet {
     agent.effective_limits(starter(config))
 }
@@ -246,7 +246,7 @@ pub fn status_view(agent: &AgentView, org: Option<&OrgView>) -> AgentStatusView 
     }
 }
 
-/// The admin view of an agent (CONTRACT §12 `/agents`).
+/// The admin view of an agent (docs/admin-api.md `/agents`).
 pub fn agent_admin_view(agent: &AgentView, config: &crate::config::Config, org: Option<&OrgView>) -> AgentAdminView {
     AgentAdminView {
         status: status_view(agent, org),

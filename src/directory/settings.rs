@@ -68,7 +68,7 @@ pub fn billing_change(args: &Args<'_>) -> Result<BillingChange, ApiError> {
 }
 
 /// `comms_register_provider` and `POST /admin/api/providers`: verify against the provider's
-/// fixed host, store encrypted (CONTRACT §11.5), record `ProviderRegistered` with the key names
+/// fixed host, store encrypted (docs/privacy.md#provider-credentials), record `ProviderRegistered` with the key names
 /// only. Live at once: sends resolve credentials per send.
 pub async fn register_provider(app: &AppState, context: CommandContext, args: &Args<'_>) -> Result<Value, ApiError> {
     let provider = args.choice("provider", &["twilio", "resend"], "")?;

@@ -1,4 +1,4 @@
-//! The admin API's gate (CONTRACT §12): the `Admin` extractor (lockout, bearer, org or master
+//! The admin API's gate (docs/admin-api.md): the `Admin` extractor (lockout, bearer, org or master
 //! token, never an agent token) that every admin handler takes, `ScopedAgent` for routes on one
 //! agent (`:agentId`, addressable by the caller), and the middleware that records each refusal of
 //! an authenticated admin caller as `ActionRefused`.
@@ -26,8 +26,8 @@ use crate::store::CommandContext;
 #[derive(Clone, Default)]
 struct CallerSlot(Arc<Mutex<Option<Principal>>>);
 
-/// Records every refused admin request of an authenticated caller as `ActionRefused` (CONTRACT
-/// §6.1, invariant 2) — extractor rejections included, which are §7 JSON (`http::extract`).
+/// Records every refused admin request of an authenticated caller as `ActionRefused` (
+/// docs/tools.md#common-rules, invariant 2) — extractor rejections included, which are docs/errors.md JSON (`http::extract`).
 /// Authentication failures are recorded by the lockout as `AuthFailed`. Only a request that was
 /// not refused marks its token used (`lastUsedAt`): a refusal changes nothing but its own event.
 pub async fn record_refusals(State(app): State<AppState>, mut request: Request, next: Next) -> Response {

@@ -1,4 +1,4 @@
-//! `GET /admin/api/alerts` (CONTRACT §12, §14): the alerts projection, newest first, keyset-paged
+//! `GET /admin/api/alerts` (docs/admin-api.md, docs/monitoring.md): the alerts projection, newest first, keyset-paged
 //! (`paging::Page` over positions). An org token sees the alerts about its own agents only
 //! (those carrying its `orgId`); IP alerts are platform-wide and shown to the master token only.
 
@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::rfc3339;
 
-/// The §14 rules, as `rule` filters name them.
+/// The docs/monitoring.md rules, as `rule` filters name them.
 pub const RULES: [&str; 6] =
     ["volume_spike", "brute_force", "rapid_rotation", "brute_force_lockout", "rate_limit", "spend_threshold"];
 pub const SEVERITIES: [&str; 3] = ["HIGH", "MEDIUM", "LOW"];
@@ -29,10 +29,10 @@ pub fn routes() -> ApiRouter {
         alerts,
         Doc {
             who: "O (its agents) S (also IP alerts)",
-            summary: "Alerts raised by the §14 rules, newest first (?severity&rule&since&orgId&cursor&limit)",
+            summary: "Alerts raised by the anomaly rules, newest first (?severity&rule&since&orgId&cursor&limit)",
             query: &[
                 ("severity", false, "string", "HIGH | MEDIUM | LOW"),
-                ("rule", false, "string", "one of the §14 rules"),
+                ("rule", false, "string", "one of the anomaly rules (docs/monitoring.md)"),
                 ("since", false, "string", "RFC 3339: raised at or after"),
                 ORG,
                 CURSOR,

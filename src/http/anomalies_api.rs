@@ -1,4 +1,4 @@
-//! `GET /admin/api/anomalies` (CONTRACT §12, §14): every rule's current window values — exactly
+//! `GET /admin/api/anomalies` (docs/admin-api.md, docs/monitoring.md): every rule's current window values — exactly
 //! what the detector evaluates (`anomaly::readings`): outbound attempts per agent (this 5 minutes
 //! and the previous), failed authentications per IP (this 5 minutes), current lockouts per IP,
 //! tokens issued per agent (this hour), refusals per agent and limit type (the limit's window),
@@ -24,8 +24,8 @@ pub fn routes() -> ApiRouter {
         anomalies,
         Doc {
             who: "O (its agents) S (also IPs)",
-            summary: "Each §14 rule's current window values, thresholds and whether they fire, by rule and subject",
-            query: &[("rule", false, "string", "one §14 rule"), ORG, CURSOR, LIMIT],
+            summary: "Each anomaly rule's current window values, thresholds and whether they fire, by rule and subject",
+            query: &[("rule", false, "string", "one anomaly rule (docs/monitoring.md)"), ORG, CURSOR, LIMIT],
             body: Body::None,
         },
     )

@@ -1,5 +1,5 @@
-//! The auditor's routes of the admin API (CONTRACT §12): `GET /admin/api/events`, the complete
-//! §11.1 envelopes in global commit order, and `GET /admin/api/audit`, the audit view with its
+//! The auditor's routes of the admin API (docs/admin-api.md): `GET /admin/api/events`, the complete
+//! docs/events.md#envelope envelopes in global commit order, and `GET /admin/api/audit`, the audit view with its
 //! filters. Org tokens (O) read their own org; the master token (S) reads all, or one org with
 //! `orgId`. Successful reads are not recorded (P2); refusals are, by `admin::record_refusals`.
 
@@ -30,7 +30,7 @@ pub fn routes() -> ApiRouter {
             events,
             Doc {
                 who: "O (own org) S; raw S only",
-                summary: "§11.1 envelopes in global commit order",
+                summary: "Event envelopes (docs/events.md#envelope) in global commit order",
                 query: &[
                     ("after", false, "integer", "the nextAfter of the previous page (0)"),
                     ("limit", false, "integer", "1-1000 (100)"),
@@ -114,7 +114,7 @@ async fn events(
         Some(_) => return Err(invalid("raw", "must be true or false")),
     };
     if raw {
-        // Sealed payloads are for auditors of the whole platform (CONTRACT §12: raw is S).
+        // Sealed payloads are for auditors of the whole platform (docs/admin-api.md: raw is S).
         guard::require_role(&admin.principal, Role::SuperAdmin)?;
     }
     let org = scope(&admin.principal, q.get("orgId"))?;

@@ -1,4 +1,4 @@
-//! Step 8: request bodies of at most 1 MiB (CONTRACT §13.1), by `Content-Length` or, for a
+//! Step 8: request bodies of at most 1 MiB (docs/http.md#hardening), by `Content-Length` or, for a
 //! chunked body, while reading it. Larger ones get 413 `payload_too_large` and reach no handler.
 //! A body must also arrive within `BODY_READ_TIMEOUT`: one trickled in byte by byte would hold
 //! its connection and task for as long as the client likes. It is read here, before any handler,

@@ -1,8 +1,8 @@
-//! The hash chains of the event store (CONTRACT §11.2), for the console's Verify view and any
+//! The hash chains of the event store (docs/events.md#hash-chain), for the console's Verify view and any
 //! auditor: `GET /admin/api/chains` lists each aggregate's chain head (`chain_heads`), and
 //! `GET /admin/api/chains/{aggregateType}/{aggregateId}/events` one aggregate's events in sequence
 //! order, raw (payloads as stored, with the stored metadata), so the caller recomputes every hash
-//! itself. Both are for the master token only: raw payloads are S-only (§12 `/events?raw=true`),
+//! itself. Both are for the master token only: raw payloads are S-only (docs/admin-api.md `/events?raw=true`),
 //! and a chain head list without an org column cannot be scoped to one org cheaply.
 
 use axum::extract::State;
@@ -67,7 +67,7 @@ pub struct ChainPage {
 #[serde(rename_all = "camelCase")]
 pub struct ChainEvents {
     pub head: ChainHead,
-    /// Raw §11.1 envelopes, each with its stored `metadata`.
+    /// Raw docs/events.md#envelope envelopes, each with its stored `metadata`.
     pub events: Vec<envelope::Envelope>,
     /// The last sequence of this page (`after` when the page is empty).
     pub next_after: i64,

@@ -1,4 +1,4 @@
-//! Step 2: the client IP, decided once (CONTRACT §13.5). `TRUST_PROXY=0`: the socket peer, and
+//! Step 2: the client IP, decided once (docs/http.md#client-ip). `TRUST_PROXY=0`: the socket peer, and
 //! `X-Forwarded-For` is ignored. `TRUST_PROXY=1` (one hop): the rightmost valid entry of the last
 //! `X-Forwarded-For` header — the one our own proxy appended — else the socket peer.
 

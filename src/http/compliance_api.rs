@@ -1,4 +1,4 @@
-//! The admin API's consent, DNC and test-clock routes (CONTRACT §12): the same rules as the
+//! The admin API's consent, DNC and test-clock routes (docs/admin-api.md): the same rules as the
 //! consent and DNC tools (`crate::contacts`), for org admins and the super-admin. The DNC routes
 //! scope their org exactly as the tools do (`dnc_org`, `dnc_list_scope`): the super-admin names
 //! `orgId` to add or remove, and lists every org without it.

@@ -2,7 +2,7 @@
 //! Its assets are embedded in the binary (`assets/console/`); the page holds no data and no
 //! secret: it signs in with a token kept in the tab's sessionStorage and calls the admin API
 //! (`/admin/api/*`) like any client, so nothing here can bypass the API's authorization. The page
-//! gets the CSP CONTRACT §13.2 sets for an admin HTML page (`headers::layer`); no inline script
+//! gets the CSP docs/http.md#headers-and-cors sets for an admin HTML page (`headers::layer`); no inline script
 //! or style, no third-party origin.
 
 use axum::http::header::CONTENT_TYPE;
@@ -15,7 +15,7 @@ use crate::state::AppState;
 /// The page's path; `headers::layer` gives its HTML the console CSP.
 pub const PAGE: &str = "/admin";
 
-/// CONTRACT §13.2, for the `/admin` HTML page.
+/// docs/http.md#headers-and-cors, for the `/admin` HTML page.
 pub const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                             connect-src 'self'; frame-ancestors 'none'";
 

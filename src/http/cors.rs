@@ -1,4 +1,4 @@
-//! Step 5: CORS (CONTRACT §13.2). An allowed `Origin` (trailing `/` ignored) gets the allow
+//! Step 5: CORS (docs/http.md#headers-and-cors). An allowed `Origin` (trailing `/` ignored) gets the allow
 //! headers; any other gets none. `OPTIONS` is answered here, 204 and empty, on every path.
 
 use std::sync::Arc;

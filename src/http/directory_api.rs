@@ -1,4 +1,4 @@
-//! The admin API, directory part (CONTRACT §12): `/me`, organizations and their lifecycle,
+//! The admin API, directory part (docs/admin-api.md): `/me`, organizations and their lifecycle,
 //! agents, their tokens, blocked channels, limits and billing, and provider credentials. Org
 //! tokens (O) see and change their own org; the master token (S) all. Mutations run the same
 //! commands as the MCP tools.
@@ -507,7 +507,7 @@ async fn agent_billing(
     commands::set_billing(&app, admin.context, &agent_id, &agent.org_id, tier, markup, email).await.map(tool_result)
 }
 
-/// Registered providers: names only, never values (CONTRACT §11.5). O sees its own org's.
+/// Registered providers: names only, never values (docs/privacy.md#provider-credentials). O sees its own org's.
 async fn list_providers(State(app): State<AppState>, admin: Admin) -> Result<Json<Providers>, ApiError> {
     let org = match admin.principal.role() {
         Role::SuperAdmin => None,

@@ -1,4 +1,4 @@
-//! `POST /admin/api/subjects/erase` (CONTRACT §12): the same operation as `comms_erase_subject`
+//! `POST /admin/api/subjects/erase` (docs/admin-api.md): the same operation as `comms_erase_subject`
 //! (`crate::erasure`), for org admins (own org) and the super-admin (one org or every org).
 
 use axum::extract::State;

@@ -1,4 +1,4 @@
-//! Extractors whose rejections are §7 JSON (`{"error","code","requestId"}`) instead of axum's
+//! Extractors whose rejections are docs/errors.md JSON (`{"error","code","requestId"}`) instead of axum's
 //! plain text, and which refuse text Postgres cannot store (U+0000) before a handler sees it.
 //! Every admin route takes its path, query and body through these; the MCP routes take their
 //! query through `PlainQuery` (their values are checked after authentication, so the refusal
@@ -66,7 +66,7 @@ where
     }
 }
 
-/// A query string, rejections as §7 JSON; its values are the handler's to check.
+/// A query string, rejections as docs/errors.md JSON; its values are the handler's to check.
 pub struct PlainQuery<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for PlainQuery<T>

@@ -1,5 +1,5 @@
-//! Step 3: security headers on every response, whichever layer produced it (CONTRACT §13.2). The
-//! console's HTML page (`GET /admin`) gets the CSP §13.2 sets for it; every other response,
+//! Step 3: security headers on every response, whichever layer produced it (docs/http.md#headers-and-cors). The
+//! console's HTML page (`GET /admin`) gets the CSP docs/http.md#headers-and-cors sets for it; every other response,
 //! its scripts and styles included, `default-src 'none'`.
 
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! An empty allowlist allows everyone; demo mode skips both.
 //!
 //! A webhook request refused by `WEBHOOK_IP_ALLOWLIST` is answered in its route's format (TwiML
-//! `<Response/>` on Twilio routes, JSON on `/email`, CONTRACT §3). A POST to a webhook route goes
+//! `<Response/>` on Twilio routes, JSON on `/email`, docs/http.md#routes). A POST to a webhook route goes
 //! on, marked `webhooks::IpRefused`, to its handler, which refuses it before anything else and
 //! records `WebhookRejected(ip)` when the agent exists (only handlers reach the store); every
 //! other refused request is answered here.

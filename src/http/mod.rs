@@ -1,4 +1,4 @@
-//! HTTP hardening (CONTRACT §13), one module per layer, and the health routes. `harden` wraps a
+//! HTTP hardening (docs/http.md#hardening), one module per layer, and the health routes. `harden` wraps a
 //! router in the layers in the order they run; route authentication (step 9) is per route.
 
 use std::sync::Arc;
@@ -75,7 +75,7 @@ impl Hardening {
     }
 }
 
-/// Wraps `router` in §13.1 steps 1–8. The first layer listed runs first.
+/// Wraps `router` in docs/http.md#hardening steps 1–8. The first layer listed runs first.
 pub fn harden(router: Router, hardening: Arc<Hardening>) -> Router {
     let layers = tower::ServiceBuilder::new()
         .layer(axum::middleware::from_fn(request_id::layer)) // 1

@@ -1,4 +1,4 @@
-//! `GET /admin/api/openapi.json`: an OpenAPI 3.1 description of the admin routes (CONTRACT §12),
+//! `GET /admin/api/openapi.json`: an OpenAPI 3.1 description of the admin routes (docs/admin-api.md),
 //! generated from the router registration itself. Every admin route is registered through
 //! `ApiRouter`, whose `get`/`post` take the handler *and* its description (`Doc`) together, so a
 //! route cannot be served without its entry nor described without being served. The request body
@@ -109,7 +109,7 @@ impl JsonSchema for ToolResult {
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         schemars::json_schema!({
-            "description": "The result object of the MCP tool the route performs (CONTRACT §6.3): the same payload as the tool call.",
+            "description": "The result object of the MCP tool the route performs (docs/tools.md): the same payload as the tool call.",
             "type": "object",
             "properties": {"success": {"type": "boolean"}, "warnings": {"type": "array", "items": {"type": "object"}}},
         })
@@ -202,7 +202,7 @@ fn operation(op: &Op, generator: &mut SchemaGenerator) -> Value {
     out
 }
 
-/// The error body every refusal carries (CONTRACT §7); a code may add its own details
+/// The error body every refusal carries (docs/errors.md); a code may add its own details
 /// (`limitType`, `current`, `max`, `resetAt`, `rule`, `zone`, …).
 #[derive(serde::Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -1,7 +1,7 @@
-//! `GET /metrics` (CONTRACT §3, §14): this instance's metrics in the Prometheus text format.
+//! `GET /metrics` (docs/http.md#routes, docs/monitoring.md): this instance's metrics in the Prometheus text format.
 //! Authorised by a hit on a non-empty `ADMIN_IP_ALLOWLIST`, or by the master token (bearer,
 //! resolved by `Identity`, which compares the master in constant time); a missing or invalid
-//! credential counts toward the lockout (§13.3) as on the admin API. The security headers come
+//! credential counts toward the lockout (docs/http.md#rate-limits-and-brute-force) as on the admin API. The security headers come
 //! from the hardening layer, as for every route.
 
 use std::net::IpAddr;

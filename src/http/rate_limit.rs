@@ -1,7 +1,7 @@
-//! Step 7: HTTP rate limits (CONTRACT §13.3): a sliding 60-second window per instance, per IP
+//! Step 7: HTTP rate limits (docs/http.md#rate-limits-and-brute-force): a sliding 60-second window per instance, per IP
 //! first, then global. `/webhooks/*` use their own per-IP limit and skip the global bucket.
 //! A refused request takes no slot. In memory by design: this protects one instance's capacity
-//! (CONTRACT P3); limits that must hold across instances live in Postgres.
+//! (principle 3, docs/security.md#principles); limits that must hold across instances live in Postgres.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;

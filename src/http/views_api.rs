@@ -1,4 +1,4 @@
-//! The admin API's views (CONTRACT §12): a contact's consent records and an agent's limits — now,
+//! The admin API's views (docs/admin-api.md): a contact's consent records and an agent's limits — now,
 //! or as they stood at `as_of` — and actions and spend per agent. Org tokens see their own org;
 //! the super-admin may name one (`orgId`); an `agentId` of another org is refused by Z2.
 //!

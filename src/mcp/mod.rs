@@ -1,4 +1,4 @@
-//! MCP over HTTP (CONTRACT §4): the legacy HTTP+SSE pair (`sse`) and Streamable HTTP (`streamable`),
+//! MCP over HTTP (docs/mcp.md): the legacy HTTP+SSE pair (`sse`) and Streamable HTTP (`streamable`),
 //! both driving one JSON-RPC core (`protocol`) and one tool catalogue (`tools`).
 //!
 //! Written on axum rather than with rmcp: rmcp no longer serves the legacy SSE transport, and
@@ -62,7 +62,7 @@ pub struct Authenticated {
 
 impl Authenticated {
     /// The request passed authorization: a verified credential resets the IP's failure count
-    /// (CONTRACT §13.3 "success resets the count") and marks its token used (`lastUsedAt`).
+    /// (docs/http.md#rate-limits-and-brute-force "success resets the count") and marks its token used (`lastUsedAt`).
     pub async fn admit(&self, app: &AppState, ip: IpAddr) {
         if self.verified {
             app.lockout.succeed(ip).await;
@@ -71,7 +71,7 @@ impl Authenticated {
     }
 }
 
-/// Steps (1) lockout through (4) credential of §4.2 / §4.3: the principal, or the refusal. The
+/// Steps (1) lockout through (4) credential of docs/mcp.md#legacy-httpsse / docs/mcp.md#streamable-http: the principal, or the refusal. The
 /// caller admits it (`Authenticated::admit`) once the rest of its checks pass.
 pub async fn authenticate(
     app: &AppState,
@@ -107,7 +107,7 @@ pub async fn authenticate(
 
 /// Step (5) of opening a session (`GET /sse`, `initialize` on `/mcp`): the agent claim — `claim`
 /// is its input, already refused if malformed, `offered` the text the client sent — and the
-/// org's state. Every refusal is recorded: an agent mismatch as a counted `AuthFailed` (§13.3),
+/// org's state. Every refusal is recorded: an agent mismatch as a counted `AuthFailed` (docs/http.md#rate-limits-and-brute-force),
 /// the others as `ActionRefused` naming the claim as offered (the store escapes what it cannot hold).
 pub async fn open_claim(
     app: &AppState,
@@ -154,7 +154,7 @@ async fn check_claim(
 ) -> Result<Option<String>, ApiError> {
     let claim = match (principal.kind, claim) {
         (Role::Agent, Some(claimed)) if claimed != principal.id => {
-            // Counted (§13.3): the token was valid, but a guess at another agent is a failure.
+            // Counted (docs/http.md#rate-limits-and-brute-force): the token was valid, but a guess at another agent is a failure.
             app.lockout.fail(ip, AuthFailure::AgentMismatch, route, None, Some(&claimed)).await?;
             let mut refusal = ApiError::new(ErrorCode::Unauthorized, "Token agentId does not match requested agentId");
             refusal.recorded = true;
@@ -185,7 +185,7 @@ async fn check_claim(
     Ok(claim)
 }
 
-/// §4.2 (5)–(6): the request's principal must be the session's (a mismatch is a counted
+/// docs/mcp.md#legacy-httpsse (5)–(6): the request's principal must be the session's (a mismatch is a counted
 /// failure), and the token that opened the session must still stand.
 pub async fn admit_to_session(
     app: &AppState,
@@ -207,7 +207,7 @@ pub async fn admit_to_session(
     Ok(())
 }
 
-/// Whether the token that opened a session still stands, and its org is not suspended (§4.2 (6)).
+/// Whether the token that opened a session still stands, and its org is not suspended (docs/mcp.md#legacy-httpsse (6)).
 async fn session_still_valid(app: &AppState, principal: &Principal, token_verified: bool) -> Result<bool, ApiError> {
     if let Some(token_id) = principal.token_id.filter(|_| !token_verified) {
         if !app.identity.token_active(token_id).await.map_err(ApiError::internal)? {

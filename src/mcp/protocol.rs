@@ -1,7 +1,7 @@
 //! JSON-RPC 2.0 and the MCP methods commguard answers, shared by both transports:
 //! `initialize`, `ping`, `tools/list`, `tools/call`, `logging/setLevel` and notifications.
 //! Tool refusals are tool results with `isError: true`; JSON-RPC errors are only for malformed
-//! messages (-32700, -32600) and unknown methods (-32601) (CONTRACT §4.4).
+//! messages (-32700, -32600) and unknown methods (-32601) (docs/mcp.md#tool-results).
 
 use serde_json::{json, Map, Value};
 
@@ -118,7 +118,7 @@ fn initialize(app: &AppState, session: &Session, params: &Value) -> Value {
     })
 }
 
-/// A tool outcome as an MCP tool result (CONTRACT §4.4).
+/// A tool outcome as an MCP tool result (docs/mcp.md#tool-results).
 fn tool_result(
     outcome: Result<Value, crate::error::ApiError>,
     request_id: &str,

@@ -1,4 +1,4 @@
-//! Legacy HTTP+SSE (CONTRACT §4.2, MCP 2024-11-05): `GET /sse` opens a session and its event
+//! Legacy HTTP+SSE (docs/mcp.md#legacy-httpsse, MCP 2024-11-05): `GET /sse` opens a session and its event
 //! stream (`endpoint` first, then one `message` event per JSON-RPC reply, `: ping` every 15 s);
 //! `POST /messages?sessionId=` carries requests, answered 202 with the reply on the stream.
 

@@ -1,4 +1,4 @@
-//! Streamable HTTP at `/mcp` (CONTRACT §4.3, MCP 2025-03-26 / 2025-06-18): a bearer on every
+//! Streamable HTTP at `/mcp` (docs/mcp.md#streamable-http, MCP 2025-03-26 / 2025-06-18): a bearer on every
 //! request, `initialize` without `Mcp-Session-Id` opens a session, replies come back as JSON,
 //! `GET` is the server's notification stream and `DELETE` ends the session.
 
@@ -52,7 +52,7 @@ fn accepts(headers: &HeaderMap, wanted: &[&str]) -> bool {
         .all(|w| accept.split(',').any(|part| part.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case(w))))
 }
 
-/// The claim of an `initialize` (CONTRACT §4.1): `X-Agent-Id` or `?agentId=`, both and different
+/// The claim of an `initialize` (docs/mcp.md#sessions): `X-Agent-Id` or `?agentId=`, both and different
 /// → 400. A header that is not visible ASCII is refused, not ignored; so is text Postgres cannot
 /// store.
 fn claim_input(headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>, ApiError> {

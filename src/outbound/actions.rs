@@ -1,4 +1,4 @@
-//! The three outbound tools (CONTRACT §6.3): their inputs (step 3), their events and replies,
+//! The three outbound tools (docs/tools.md#catalogue): their inputs (step 3), their events and replies,
 //! and the TwiML of calls. The checks themselves run in `super::run`.
 
 use commguard_domain::agent::AgentEvent;
@@ -30,7 +30,7 @@ struct Message {
 
 fn message_input(args: &Args<'_>) -> Result<Message, ApiError> {
     if args.0.get("templateId").is_some_and(|v| !v.is_null()) {
-        // CONTRACT §6.3 fixes the whole text (not the `Invalid input for "<field>": …` form).
+        // docs/tools.md#catalogue fixes the whole text (not the `Invalid input for "<field>": …` form).
         return Err(ApiError::new(ErrorCode::InvalidInput, "templateId is not supported").with("field", "templateId"));
     }
     let channel = match args.choice("channel", &["sms", "email", "whatsapp"], "sms")?.as_str() {
@@ -246,7 +246,7 @@ fn voice_message_input(args: &Args<'_>) -> Result<Call, ApiError> {
     })
 }
 
-/// Escapes text and attribute values for XML (CONTRACT §6.3: TwiML values are escaped).
+/// Escapes text and attribute values for XML (docs/tools.md#catalogue: TwiML values are escaped).
 pub fn xml_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -307,7 +307,7 @@ impl Action for Call {
     }
 
     fn subject(&self) -> compliance::Subject<'_> {
-        // §6.3: the filter reads a call's greeting (not its systemPrompt), a voice message's text.
+        // docs/tools.md#catalogue: the filter reads a call's greeting (not its systemPrompt), a voice message's text.
         compliance::Subject {
             channel: Channel::Voice,
             to: &self.to,

@@ -1,4 +1,4 @@
-//! Compliance on every outbound path (CONTRACT §6.1 checks 7–11, §10), applied to every caller,
+//! Compliance on every outbound path (docs/tools.md#the-outbound-pipeline checks 7–11, docs/compliance.md), applied to every caller,
 //! the super-admin included: content filter, do-not-contact, consent, quiet hours (voice; not in
 //! demo mode) and recording consent (recorded calls), then the CAN-SPAM warning for email.
 //! Each check is recorded in the provenance; the first refusal names its rule. A check that
@@ -150,7 +150,7 @@ pub async fn check(
         }
     }
 
-    // CAN-SPAM (§10.6): a warning, never a refusal.
+    // CAN-SPAM (docs/compliance.md#can-spam): a warning, never a refusal.
     if let Some((body, html)) = subject.email {
         let mentions_unsubscribe = |text: &str| text.to_lowercase().contains("unsubscribe");
         if !mentions_unsubscribe(body) && !html.is_some_and(mentions_unsubscribe) {

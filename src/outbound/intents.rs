@@ -1,5 +1,5 @@
 //! Outbound intents: an action that may reach a person is recorded, or its caller is told it
-//! may have happened (issue 14, CONTRACT P2).
+//! may have happened (issue 14, principle 2, docs/security.md#principles).
 //!
 //! Before the provider is called, the reservation transaction (`reserve_actions`, migration
 //! 0015) stores an **intent**: the event to record if nobody completes the action (a send with

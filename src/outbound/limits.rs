@@ -1,4 +1,4 @@
-//! Tool limits (CONTRACT §9): effective limits per agent and the atomic reservation of one
+//! Tool limits (docs/limits.md): effective limits per agent and the atomic reservation of one
 //! action. Reservations are decided in Postgres (`reserve_actions`, migration 0013) under the
 //! agent's and org's advisory locks, so N instances admit exactly the limit; the `Reserver`
 //! sends the reservations queued meanwhile as one batch, one transaction.
@@ -17,7 +17,7 @@ use crate::error::{ApiError, ErrorCode};
 /// `None` = unlimited. Spend in micro-dollars.
 pub type Limits = commguard_domain::limits::Limits<Option<i64>>;
 
-/// The agent's effective limits (tier, then overrides; CONTRACT §9.2).
+/// The agent's effective limits (tier, then overrides; docs/limits.md#tiers).
 pub fn of(agent: &crate::directory::AgentView, config: &Config) -> Limits {
     crate::directory::effective_limits(agent, config).map(Some)
 }
@@ -74,7 +74,7 @@ impl Exceeded {
         }
     }
 
-    /// The §7 refusal: `Rate limit exceeded: <limitType> (<current>/<max>). Resets <when>.`
+    /// The docs/errors.md refusal: `Rate limit exceeded: <limitType> (<current>/<max>). Resets <when>.`
     pub fn to_error(&self) -> ApiError {
         let (current, max) = if self.limit_type.is_spend() {
             (

@@ -1,4 +1,4 @@
-//! The outbound pipeline (CONTRACT §6.1), in the order it runs, in one place:
+//! The outbound pipeline (docs/tools.md#the-outbound-pipeline), in the order it runs, in one place:
 //! identity → guards → input → agent and org state → compliance → limits → provider → record.
 //! Refusals before the agent is known are `ActionRefused` (recorded by the tool layer); from the
 //! agent's state on they are `MessageBlocked` / `CallBlocked`, a provider failure is
@@ -69,7 +69,7 @@ trait Action {
     }
 }
 
-/// The §6.1 pipeline for `action`, parsed from `args` by `input` (step 3).
+/// The docs/tools.md#the-outbound-pipeline pipeline for `action`, parsed from `args` by `input` (step 3).
 async fn run<A: Action>(
     app: &AppState,
     caller: &Caller<'_>,
@@ -189,7 +189,7 @@ async fn run<A: Action>(
     let (provider, provider_credentials) = match chosen {
         Ok(chosen) => chosen,
         Err(failure) => {
-            // Step 13 refusals are failures, not blocks (§6.1).
+            // Step 13 refusals are failures, not blocks (docs/tools.md#the-outbound-pipeline).
             context.provenance.fail(failure.check.as_str(), failure.reason.clone());
             let failed = action.failed(id, "none", &failure.reason);
             // Unrecorded: retried in the background; nothing reached anyone either way.
@@ -301,7 +301,7 @@ async fn block<A: Action>(
     action: &A,
     mut refusal: ApiError,
 ) -> ApiError {
-    // The caller's message names the recipient; what is stored in clear must not (§11.4: the
+    // The caller's message names the recipient; what is stored in clear must not (docs/privacy.md#keys-and-crypto-shredding: the
     // recipient exists only sealed, so an erasure leaves nothing behind).
     let mut recorded = refusal.refusal();
     recorded.reason = scrub(&refusal.message, action.to());

@@ -1,4 +1,4 @@
-//! Usage and billing views (CONTRACT §6.3 `comms_get_usage_dashboard`,
+//! Usage and billing views (docs/tools.md#comms_get_usage_dashboard,
 //! `comms_get_billing_summary`): sums of the usage projection over a period, and the live
 //! counters of the limits for "current usage".
 

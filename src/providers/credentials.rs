@@ -1,4 +1,4 @@
-//! Provider credentials (CONTRACT §5.5, §11.5): registered per org or for the platform, stored
+//! Provider credentials (docs/security.md#organizations, docs/privacy.md#provider-credentials): registered per org or for the platform, stored
 //! only encrypted, and resolved per send — the org's own, else the platform's, else the
 //! environment's. Values never leave this module except to the provider adapters.
 

@@ -1,4 +1,4 @@
-//! Communication providers behind one interface: the mock (CONTRACT §5 Organizations) for
+//! Communication providers behind one interface: the mock (docs/security.md#organizations) for
 //! sandbox orgs and demo mode, and real HTTP clients for Twilio (`twilio.rs`: Messages, Calls,
 //! numbers) and Resend (`resend.rs`: emails) with the credentials `credentials` resolves. Base URLs are
 //! configurable (`TWILIO_API_BASE_URL`, `RESEND_API_BASE_URL`), so tests run the adapters
@@ -57,7 +57,7 @@ pub enum Provider {
     Resend,
 }
 
-/// Estimated costs, reserved before the send (CONTRACT §9.1): SMS 0.0079, email 0.001, calls 0.
+/// Estimated costs, reserved before the send (docs/limits.md#tool-limits): SMS 0.0079, email 0.001, calls 0.
 pub fn estimated_cost(channel: Channel) -> i64 {
     match channel {
         Channel::Sms => 7_900,
@@ -100,7 +100,7 @@ impl Provider {
         }
     }
 
-    /// Checks credentials against the provider's fixed host (CONTRACT §6.3, fixes W31):
+    /// Checks credentials against the provider's fixed host (docs/tools.md#catalogue, fixes W31):
     /// `GET /2010-04-01/Accounts/{sid}.json` or `GET /domains`.
     pub async fn verify(
         self,

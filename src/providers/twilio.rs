@@ -99,7 +99,7 @@ impl<'a> Twilio<'a> {
     }
 
     /// Buys a local number in `country` that can send SMS, pointing its inbound SMS at `sms_url`
-    /// (CONTRACT §6.3 provisioning). Returns the number and Twilio's sid for it.
+    /// (docs/tools.md#comms_provision_channels). Returns the number and Twilio's sid for it.
     pub async fn buy_number(&self, country: &str, sms_url: &str) -> Result<(String, String), ProviderFailure> {
         let found = self
             .get(&format!("/AvailablePhoneNumbers/{country}/Local.json"), &[("SmsEnabled", "true"), ("PageSize", "1")])

@@ -1,4 +1,4 @@
-//! The per-aggregate hash chain (CONTRACT §11.2): each event's hash covers the previous hash, its
+//! The per-aggregate hash chain (docs/events.md#hash-chain): each event's hash covers the previous hash, its
 //! identity, and the JCS (RFC 8785) form of its stored payload and metadata (minus `hash`).
 
 use serde_json::Value;

@@ -1,5 +1,5 @@
 //! Who caused an event, through what, and which checks ran: the provenance every command carries
-//! into the metadata of the events it produces (CONTRACT §11.1).
+//! into the metadata of the events it produces (docs/events.md#envelope).
 
 use std::collections::HashMap;
 

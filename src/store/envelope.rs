@@ -1,4 +1,4 @@
-//! The auditor-feed form of an event (CONTRACT §11.1): position, ids, context, the payload with
+//! The auditor-feed form of an event (docs/events.md#envelope): position, ids, context, the payload with
 //! personal fields opened (or `"[erased]"` with a `redactions` entry), and the chain hashes.
 
 use commguard_domain::pii::SEALED_MARKER;
@@ -12,7 +12,7 @@ use super::feed::StoredEvent;
 use super::keystore::{KeyStore, KeyStoreError};
 use super::sealing::{OpeningKeys, Redaction};
 
-/// An event in the auditor-feed form (CONTRACT §11.1).
+/// An event in the auditor-feed form (docs/events.md#envelope).
 ///
 /// The stored JSON that the feed shows as stored (the context fields of the metadata, a payload
 /// with no sealed field, every payload with `raw=true`) passes through as text, never parsed into
@@ -47,7 +47,7 @@ pub struct Envelope {
     pub prev_hash: String,
     pub hash: String,
     pub redactions: Vec<Redaction>,
-    /// With `raw=true` only: the stored metadata, which §11.2 hashes with the payload.
+    /// With `raw=true` only: the stored metadata, which docs/events.md#hash-chain hashes with the payload.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<Value>")]
     pub metadata: Option<Box<RawValue>>,
@@ -88,7 +88,7 @@ pub async fn envelope(keystore: &KeyStore, event: StoredEvent, raw: bool) -> Res
 /// at once (two queries per page, not per event).
 ///
 /// A raw envelope also carries `metadata`, the stored metadata object: with the stored payload it
-/// is everything §11.2 hashes, so an auditor needs nothing but the contract to recompute `hash`.
+/// is everything docs/events.md#hash-chain hashes, so an auditor needs nothing but the contract to recompute `hash`.
 pub async fn envelopes(
     keystore: &KeyStore,
     events: Vec<StoredEvent>,

@@ -1,4 +1,4 @@
-//! Streams as they stood at an instant (CONTRACT §12 `as_of`): the events of one aggregate with
+//! Streams as they stood at an instant (docs/admin-api.md#point-in-time-views-as_of): the events of one aggregate with
 //! `occurredAt ≤ as_of`, read through the primary key (aggregate_type, aggregate_id, sequence) —
 //! never a scan of history — and folded with the aggregate's own `apply`, so a point-in-time
 //! view and the live state agree on what every event means.

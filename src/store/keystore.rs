@@ -1,4 +1,4 @@
-//! The key store behind crypto-shredding (CONTRACT §11.4): subject keys per (org, subjectRef,
+//! The key store behind crypto-shredding (docs/privacy.md#keys-and-crypto-shredding): subject keys per (org, subjectRef,
 //! generation), retention keys per (class, UTC day), consent-record keys per grant. Keys live in
 //! Postgres wrapped by the KEK, so every instance shares them; destroying one is final.
 

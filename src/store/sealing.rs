@@ -1,4 +1,4 @@
-//! Sealing and opening the personal-data fields of event payloads (CONTRACT §11.4).
+//! Sealing and opening the personal-data fields of event payloads (docs/privacy.md#keys-and-crypto-shredding).
 //!
 //! The domain marks a personal field with the keys that must seal it (`Pii` clear form). Before
 //! an event is stored, `seal_payload` replaces every such field with an envelope encrypted under

@@ -1,4 +1,4 @@
-//! Forwarding inbound messages to the agent platform (CONTRACT §8.6): an asynchronous, signed
+//! Forwarding inbound messages to the agent platform (docs/webhooks.md#forwarding): an asynchronous, signed
 //! POST to `AGENTOS_CALLBACK_URL` (`{agentId}` substituted), tried 3 times 1 s, 5 s and 25 s
 //! apart; after the last failure an `InboundForwardFailed` is recorded.
 

@@ -1,4 +1,4 @@
-//! The §8.1 gate of every webhook, as axum extractors: `TwilioRequest<R>` for Twilio's routes,
+//! The docs/webhooks.md#twilio-routes gate of every webhook, as axum extractors: `TwilioRequest<R>` for Twilio's routes,
 //! `ResendRequest` for `/email`. Each runs the steps in order — IP allowlist (marked by the
 //! hardening layer), the agent, the signature (failing closed), the replay nonce shared through
 //! Postgres — and hands its handler a verified request; every refusal is answered (and, once the
@@ -47,7 +47,7 @@ impl Signature {
     }
 }
 
-/// A nonce this request claimed (§8.4), at `at`.
+/// A nonce this request claimed (docs/webhooks.md#replay), at `at`.
 struct Claimed {
     nonce: String,
     at: DateTime<Utc>,
@@ -91,7 +91,7 @@ impl Arrival {
 
 /// The `:agentId` of a webhook route. Unauthenticated callers reach the agent lookup with it, so
 /// text Postgres cannot store (U+0000) or that is not UTF-8 is refused first (400: `<Response/>`
-/// on Twilio routes, §7 JSON on `/email`); no agent can have such an id, so nothing is recorded.
+/// on Twilio routes, docs/errors.md JSON on `/email`); no agent can have such an id, so nothing is recorded.
 fn agent_param(param: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(agent_id) =
         param.map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("Invalid path: {}", e.body_text())))?;
@@ -126,7 +126,7 @@ async fn claim(app: &AppState, nonce: String) -> Result<(Claim, Claimed), sqlx::
     Ok((claim, Claimed { nonce, at: now }))
 }
 
-/// One of Twilio's webhook routes: its name, and the nonce key its form makes (§8.4).
+/// One of Twilio's webhook routes: its name, and the nonce key its form makes (docs/webhooks.md#replay).
 pub trait TwilioRoute: Send + Sync + 'static {
     const ROUTE: &'static str;
     /// The nonce key, from the form's parameters; `None` when a field it needs is missing.

@@ -1,9 +1,9 @@
-//! Provider webhooks (CONTRACT §8): inbound SMS and call-status callbacks from Twilio, inbound
+//! Provider webhooks (docs/webhooks.md): inbound SMS and call-status callbacks from Twilio, inbound
 //! email and complaints from Resend (Svix-signed). Every request passes, in order: IP allowlist
 //! (in the hardening layer), the agent, the signature (failing closed), replay protection shared
 //! through Postgres (`gate.rs`: axum extractors, so a handler only ever sees a verified request),
 //! then its handler (`twilio.rs`, `resend.rs`). Refusals after the agent is known are recorded as
-//! `WebhookRejected`; what a webhook changes is recorded as the events of §11.3. A nonce is
+//! `WebhookRejected`; what a webhook changes is recorded as the events of docs/events.md. A nonce is
 //! claimed before the handler runs and given back if the handler fails (5xx), so the provider's
 //! retry is processed rather than refused as a replay; final answers (2xx, 4xx) keep it.
 
@@ -81,7 +81,7 @@ async fn reject(app: &AppState, agent: &AgentView, provider: &str, route: &str, 
 }
 
 /// Set by the hardening layer (`http::ip_filter`) on a request to a webhook route from an IP
-/// outside `WEBHOOK_IP_ALLOWLIST`: the handler refuses it at once (§8.1 step 1), recording the
+/// outside `WEBHOOK_IP_ALLOWLIST`: the handler refuses it at once (docs/webhooks.md#twilio-routes step 1), recording the
 /// refusal on the agent's stream when the agent exists.
 #[derive(Clone, Copy, Debug)]
 pub struct IpRefused;

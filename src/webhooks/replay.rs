@@ -1,6 +1,6 @@
-//! Replay protection (CONTRACT §8.4), shared by every instance through Postgres: the first use of
+//! Replay protection (docs/webhooks.md#replay), shared by every instance through Postgres: the first use of
 //! a nonce is recorded atomically; a reuse inside the window is a replay; a reuse after it finds
-//! the message already processed and changes nothing (§8.2 step 4). Nonces are kept for
+//! the message already processed and changes nothing (docs/webhooks.md#sms step 4). Nonces are kept for
 //! `RETAIN` (far past any window) so a late redelivery is recognised, then pruned. A handler that
 //! fails (5xx) gives its nonce back (`release`), so the provider's retry is processed. The same
 //! table holds one-time marks (`mark_once`: a call's cost is applied by its first terminal status).

@@ -1,6 +1,6 @@
-//! Resend's webhook (CONTRACT §8.5): a received email (forwarded to the agent platform) and a
+//! Resend's webhook (docs/webhooks.md#email): a received email (forwarded to the agent platform) and a
 //! complaint (the address listed, its email consents revoked). The handler receives a request
-//! already through the §8.1 gate (`gate::ResendRequest`, Svix-verified over the raw body).
+//! already through the docs/webhooks.md#twilio-routes gate (`gate::ResendRequest`, Svix-verified over the raw body).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -35,13 +35,13 @@ pub fn addresses(value: &Value) -> Vec<String> {
     }
 }
 
-/// `POST /webhooks/:agentId/email` (§8.5).
+/// `POST /webhooks/:agentId/email` (docs/webhooks.md#email).
 pub async fn email(State(app): State<AppState>, request: ResendRequest) -> Response {
     let response = email_handler(&app, &request).await;
     request.settle(&app, response).await
 }
 
-/// Step 3 of §8.5, its nonce claimed.
+/// Step 3 of docs/webhooks.md#email, its nonce claimed.
 async fn email_handler(app: &AppState, request: &ResendRequest) -> Response {
     let (agent, body, ip) = (&request.agent, &request.body, &request.ip);
     let Ok(payload) = serde_json::from_slice::<Value>(body) else {

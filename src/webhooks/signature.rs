@@ -1,5 +1,5 @@
 //! Webhook signatures: Twilio's HMAC-SHA1 over the public URL and the sorted form parameters
-//! (CONTRACT §8.1), and Svix / Standard Webhooks' HMAC-SHA256 over the raw body (§8.5).
+//! (docs/webhooks.md#twilio-routes), and Svix / Standard Webhooks' HMAC-SHA256 over the raw body (docs/webhooks.md#email).
 //! Pure functions: the handlers supply secrets, the clock and the window.
 
 use base64::engine::general_purpose::STANDARD;

@@ -1,6 +1,6 @@
-//! Twilio's webhooks (CONTRACT §8.2–8.3): inbound SMS with the STOP/START/HELP keywords, and
+//! Twilio's webhooks (docs/webhooks.md): inbound SMS with the STOP/START/HELP keywords, and
 //! call-status callbacks (a finished call's cost, its recording). Each handler receives a request
-//! already through the §8.1 gate (`gate::TwilioRequest`).
+//! already through the docs/webhooks.md#twilio-routes gate (`gate::TwilioRequest`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -44,7 +44,7 @@ impl TwilioRoute for CallStatus {
     }
 }
 
-/// Appendix C: the body, trimmed of Unicode whitespace, equal to a keyword (any case).
+/// docs/webhooks.md#sms-keywords: the body, trimmed of Unicode whitespace, equal to a keyword (any case).
 fn keyword(body: &str) -> Option<(&'static str, String)> {
     let word = body.trim().to_uppercase();
     let kind = match word.as_str() {
@@ -60,7 +60,7 @@ const STOP_REPLY: &str =
     "You have been unsubscribed and will not receive further messages. Reply START to resubscribe.";
 const START_REPLY: &str = "You have been resubscribed. Reply STOP to unsubscribe.";
 
-/// `POST /webhooks/:agentId/sms` (§8.2).
+/// `POST /webhooks/:agentId/sms` (docs/webhooks.md#sms).
 pub async fn sms(State(app): State<AppState>, request: TwilioRequest<Sms>) -> Response {
     let response = sms_handler(&app, &request).await;
     request.settle(&app, response).await
@@ -170,7 +170,7 @@ async fn find_call(app: &AppState, agent_id: &str, sid: &str) -> Result<Option<C
     lookup().await.map_err(ApiError::internal)
 }
 
-/// `POST /webhooks/:agentId/call-status` and `/voice/status` (§8.3).
+/// `POST /webhooks/:agentId/call-status` and `/voice/status` (docs/webhooks.md#call-status).
 pub async fn call_status(State(app): State<AppState>, request: TwilioRequest<CallStatus>) -> Response {
     let response = call_status_handler(&app, &request).await;
     request.settle(&app, response).await

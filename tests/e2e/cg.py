@@ -1,4 +1,4 @@
-"""Shared helpers for the commguard end-to-end scripts (CONTRACT.md §3-§7, §12, §13).
+"""Shared helpers for the commguard end-to-end scripts (docs/http.md#routes and docs/errors.md, docs/admin-api.md, docs/http.md#hardening).
 
 Connect with the official MCP Python SDK (mcp 2.3.0) over either transport, call tools and
 read their JSON results, and make raw HTTP requests whose status codes and bodies we assert.
@@ -32,13 +32,13 @@ logging.getLogger("mcp").setLevel(logging.ERROR)  # hide the SDK's warnings, e.g
 
 TRANSPORTS = ("sse", "streamable")
 TIMEOUT = 15.0  # seconds for any single request or tool call
-STREAM_IDLE = 60.0  # longest silence on an event stream (the server pings every 15 s, §4.2)
+STREAM_IDLE = 60.0  # longest silence on an event stream (the server pings every 15 s, docs/mcp.md#legacy-httpsse)
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 MCP_ACCEPT = "application/json, text/event-stream"
-PROTOCOL = "2025-06-18"  # what raw /mcp requests speak (§4.1)
+PROTOCOL = "2025-06-18"  # what raw /mcp requests speak (docs/mcp.md#sessions)
 
-# Refusal texts quoted from the contract (§4.2, §4.3, §5.4, §13.3).
+# Refusal texts quoted from the contract (docs/mcp.md#legacy-httpsse, docs/mcp.md#streamable-http, docs/security.md#authorization-rules, docs/http.md#rate-limits-and-brute-force).
 INVALID_TOKEN = "Invalid or revoked token"
 MISSING_BEARER = "Missing Authorization header. Use: Bearer <token>"
 AGENT_MISMATCH = "Token agentId does not match requested agentId"
@@ -47,7 +47,7 @@ SUPER_REQUIRED = "Super-admin access required. Only the orchestrator token can p
 SESSION_MISMATCH = "Session belongs to a different principal"
 LOCKED_OUT = "Too many failed attempts. Try again later."
 
-# Tool sets by role (§6.3): S-only tools and O/S-only tools.
+# Tool sets by role (docs/tools.md#catalogue): S-only tools and O/S-only tools.
 SUPER_TOOLS = {"comms_create_organization", "comms_list_organizations", "comms_set_agent_limits",
                "comms_set_billing_config", "comms_register_provider"}
 ADMIN_TOOLS = {"comms_provision_channels", "comms_deprovision_channels"}
@@ -150,7 +150,7 @@ def expect_ok(result: tuple[bool, Any], what: str) -> Any:
 
 
 def expect_refusal(result: tuple[bool, Any], code: str, error: str | None, what: str) -> dict:
-    """A tool result that must be an isError refusal with this §7 code (and exact message)."""
+    """A tool result that must be an isError refusal with this docs/errors.md code (and exact message)."""
     is_error, body = result
     expect(is_error, f"{what}: expected refusal {code!r}, got success {body!r}")
     expect(isinstance(body, dict), f"{what}: refusal text is not a JSON object: {body!r}")
@@ -272,7 +272,7 @@ async def call_raw(session: ClientSession, tool: str, args: dict | None = None):
 
 
 def parse(result, tool: str) -> tuple[bool, Any]:
-    """(isError, parsed JSON of content[0].text) of a CallToolResult, per §4.4."""
+    """(isError, parsed JSON of content[0].text) of a CallToolResult, per docs/mcp.md#tool-results."""
     expect(result.content and result.content[0].type == "text",
            f"{tool}: expected content[0] of type text, got {result.content!r}")
     text = result.content[0].text
@@ -304,7 +304,7 @@ async def principal(session: ClientSession) -> dict:
 
 
 async def expect_session_closed(session: ClientSession, probe_token: str | None, within: float = 5.0) -> float:
-    """The server ends this session within `within` seconds (§4.1 revocation); returns how long it took.
+    """The server ends this session within `within` seconds (docs/mcp.md#sessions revocation); returns how long it took.
 
     sse: the event stream ends. streamable: a request on the session id (sent with `probe_token`,
     ideally a live token of the same principal, which the open session would accept) gets 401/404.
@@ -363,7 +363,7 @@ async def request(method: str, path: str, *, token: str | None = None, headers: 
 
 
 def expect_http(reply: Reply, status: int, what: str, *, error: str | None = None, code: str | None = None) -> Reply:
-    """Status, and for errors the §7 JSON body's `error` and `code`."""
+    """Status, and for errors the docs/errors.md JSON body's `error` and `code`."""
     expect_eq(reply.status, status, f"{what}: HTTP status (body {reply.text[:300]!r})")
     if error is not None or code is not None:
         expect(isinstance(reply.body, dict), f"{what}: body is not a JSON object: {reply.text[:300]!r}")

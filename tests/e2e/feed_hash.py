@@ -1,4 +1,4 @@
-"""Recompute every event hash of the auditor feed from CONTRACT.md alone (§11.1, §11.2, Appendix E).
+"""Recompute every event hash of the auditor feed from the documentation alone (docs/events.md#envelope, docs/events.md#hash-chain).
 
 Reads GET /admin/api/events?raw=true (master token) page by page, and for each envelope computes
 
@@ -24,7 +24,7 @@ import sys
 import urllib.request
 
 GENESIS = "0" * 64
-# The members of the stored metadata besides `hash` (§11.1 envelope fields that come from it).
+# The members of the stored metadata besides `hash` (docs/events.md#envelope envelope fields that come from it).
 METADATA_FIELDS = ("eventId", "occurredAt", "orgId", "actor", "requestId", "transport", "provenance", "prevHash")
 
 
@@ -152,7 +152,7 @@ def main() -> int:
     sealed = 0
     for envelope in events:
         metadata = envelope["metadata"]
-        # The envelope's context fields are the stored metadata's (§11.1), so either source works.
+        # The envelope's context fields are the stored metadata's (docs/events.md#envelope), so either source works.
         rebuilt = {name: envelope[name] for name in METADATA_FIELDS}
         assert {k: v for k, v in metadata.items() if k != "hash"} == rebuilt, (metadata, rebuilt)
         assert metadata["hash"] == envelope["hash"]

@@ -1,4 +1,4 @@
-"""Identity and authorization over one MCP transport (CONTRACT.md §4, §5, §6.3, §7, §12, §13).
+"""Identity and authorization over one MCP transport (docs/mcp.md, docs/security.md, docs/tools.md#catalogue, docs/errors.md, docs/admin-api.md, docs/http.md#hardening).
 
 Usage: COMMGUARD_URL=... COMMGUARD_MASTER_TOKEN=... mcp_identity.py --transport sse|streamable
 
@@ -64,7 +64,7 @@ async def master_sees_everything(w: World) -> None:
 
 
 async def create_org(s, slug: str) -> Holder:
-    # a2pRegistered so that provisioning a US phone agent meets the country rules (§10.7).
+    # a2pRegistered so that provisioning a US phone agent meets the country rules (docs/compliance.md#country-rules).
     body = expect_ok(await cg.call(s, "comms_create_organization",
                                    {"name": f"E2E {slug}", "slug": slug, "a2pRegistered": True}),
                      f"create org {slug}")
@@ -241,7 +241,7 @@ async def session_mismatch(w: World) -> None:
         else:
             reply = await cg.mcp_post(probe, token=w.org_b.token, session=sid)
         expect_http(reply, 403, "org B token posts into org A's session", error=cg.SESSION_MISMATCH, code="forbidden")
-        if w.t == "sse":  # the owner's own header is accepted (§4.2 step 4)
+        if w.t == "sse":  # the owner's own header is accepted (docs/mcp.md#legacy-httpsse step 4)
             owner = await cg.post_messages(sid, cg.jsonrpc("ping", id="e2e-owner"), token=w.org_a.token)
             expect_http(owner, 202, "org A token posts into its own session")
         expect_eq((await cg.principal(s)).get("id"), w.org_a.id, "the session still serves its owner")

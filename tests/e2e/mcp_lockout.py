@@ -1,4 +1,4 @@
-"""Brute-force lockout shared by two instances on one database (CONTRACT.md §13.3, §4.2, §4.3, §12).
+"""Brute-force lockout shared by two instances on one database (docs/http.md#rate-limits-and-brute-force, docs/mcp.md#legacy-httpsse, docs/mcp.md#streamable-http, docs/admin-api.md).
 
 Usage: COMMGUARD_URL=... COMMGUARD_URL_2=... COMMGUARD_MASTER_TOKEN=... mcp_lockout.py
 

@@ -1,4 +1,4 @@
-"""Servers without a master token: dev-open and demo (CONTRACT.md §5.3, §4.4, §3 /health).
+"""Servers without a master token: dev-open and demo (docs/security.md#development-and-demo-modes, docs/mcp.md#tool-results, docs/http.md#routes /health).
 
 Usage: COMMGUARD_URL=... mcp_modes.py --mode dev-open|demo
 
@@ -41,7 +41,7 @@ async def no_credential_is_super_admin(mode: str) -> None:
 
 
 async def provision_agent(mode: str) -> tuple[str, str]:
-    # Email only: the default org is not A2P-registered, so a US phone would be blocked (§10.7).
+    # Email only: the default org is not A2P-registered, so a US phone would be blocked (docs/compliance.md#country-rules).
     async with cg.connect("streamable") as s:
         body = expect_ok(await cg.call(s, "comms_provision_channels",
                                        {"displayName": f"E2E {mode} agent", "country": "US",

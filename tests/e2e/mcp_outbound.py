@@ -1,10 +1,10 @@
-"""Outbound messages, tool limits and usage over one MCP transport (CONTRACT.md §6.1, §6.3, §7, §9).
+"""Outbound messages, tool limits and usage over one MCP transport (docs/tools.md#common-rules, docs/tools.md#catalogue, docs/errors.md, docs/limits.md).
 
 Usage: COMMGUARD_URL=... COMMGUARD_MASTER_TOKEN=... mcp_outbound.py --transport sse|streamable
 
 The server must run with DEFAULT_MAX_ACTIONS_PER_MINUTE=50, DEFAULT_MAX_ACTIONS_PER_HOUR=1000,
 DEFAULT_MAX_ACTIONS_PER_DAY=1000 and HTTP rate limits high enough for a few hundred requests.
-Orgs are sandbox orgs, so every send goes to the mock provider (§5.5). Compliance checks
+Orgs are sandbox orgs, so every send goes to the mock provider (docs/security.md#organizations). Compliance checks
 (consent, DNC, content filter) are not exercised here. Every org and agent is new to this run,
 so both transport runs can share one server.
 Exit 0 = every step passed; otherwise a traceback and `FAIL <step>`.
@@ -27,14 +27,14 @@ import anyio
 import cg
 from cg import expect, expect_eq, expect_ok, expect_refusal, step
 
-PER_MINUTE = 50  # DEFAULT_MAX_ACTIONS_PER_MINUTE of the server under test (the starter tier, §9.2)
+PER_MINUTE = 50  # DEFAULT_MAX_ACTIONS_PER_MINUTE of the server under test (the starter tier, docs/limits.md#tiers)
 PER_HOUR = PER_DAY = 1000
 SESSIONS = 20  # concurrent sessions of one agent in the burst
 BURST = 200  # concurrent sends in the burst
-SMS_COST = Decimal("0.0079")  # mock provider (§5.5)
+SMS_COST = Decimal("0.0079")  # mock provider (docs/security.md#organizations)
 EMAIL_COST = Decimal("0.001")
-FAILING_NUMBER = "+15005550001"  # the mock provider's failure hook (§5.5)
-BURST_RECIPIENTS = 10  # the burst cycles over this many numbers, each with consent (§10.3)
+FAILING_NUMBER = "+15005550001"  # the mock provider's failure hook (docs/security.md#organizations)
+BURST_RECIPIENTS = 10  # the burst cycles over this many numbers, each with consent (docs/compliance.md#consent)
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 SMS_ID = re.compile(r"^SM[0-9a-fA-F]{32}$")
 EMAIL_ID = re.compile(r"^EM[0-9a-fA-F]{32}$")
@@ -44,12 +44,12 @@ CAN_SPAM = {"code": "can_spam_unsubscribe_missing", "message": "Email has no uns
 
 
 def rate_limit_message(limit_type: str, current: int, maximum: int) -> str:
-    """§7: `Rate limit exceeded: <limitType> (<current>/<max>). Resets <resetDescription>.`"""
+    """docs/errors.md: `Rate limit exceeded: <limitType> (<current>/<max>). Resets <resetDescription>.`"""
     return f"Rate limit exceeded: {limit_type} ({current}/{maximum}). Resets in up to 60 seconds."
 
 
 def money(value) -> Decimal:
-    """A JSON money number (≤ 6 decimals, §1) as an exact Decimal."""
+    """A JSON money number (≤ 6 decimals, docs/README.md#conventions) as an exact Decimal."""
     expect(isinstance(value, (int, float)) and not isinstance(value, bool), f"money is not a JSON number: {value!r}")
     return Decimal(repr(value)).quantize(Decimal("0.000001"))
 
@@ -59,7 +59,7 @@ def expect_money(value, expected: Decimal, what: str) -> None:
 
 
 def billed(provider: Decimal, markup_percent: int) -> Decimal:
-    """§6.3: provider × (1 + markup/100), half away from zero to 4 decimals, 0 if provider ≤ 0."""
+    """docs/tools.md#catalogue: provider × (1 + markup/100), half away from zero to 4 decimals, 0 if provider ≤ 0."""
     if provider <= 0:
         return Decimal(0)
     return (provider * (1 + Decimal(markup_percent) / 100)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
@@ -126,7 +126,7 @@ def expect_rate_limited(result, limit_type: str, current: int, maximum: int, wha
     expect_eq(body.get("max"), maximum, f"{what}: max")
     expect_eq(body.get("resetDescription"), "in up to 60 seconds", f"{what}: resetDescription")
     reset_at = parse_time(body.get("resetAt"), f"{what}: resetAt")
-    if window:  # the oldest counted action leaves the rolling minute (§9.1)
+    if window:  # the oldest counted action leaves the rolling minute (docs/limits.md#tool-limits)
         low, high = window
         expect(low <= reset_at <= high, f"{what}: resetAt {body.get('resetAt')} not within [{low}, {high}]")
     expect(UUID.match(str(body.get("requestId"))), f"{what}: requestId is not a UUID: {body.get('requestId')!r}")
@@ -154,7 +154,7 @@ async def set_up(w: World) -> None:
             expect(isinstance(phone, str) and re.match(r"^\+1555\d{7}$", phone), f"agent {n}: mock phone number: {channels}")
             expect(isinstance(email, str) and "@" in email, f"agent {n}: email address: {channels}")
             w.agents.append(Agent(body["agentId"], body["securityToken"], phone, email))
-    # Every recipient consented (§10.3): without consent no send goes out.
+    # Every recipient consented (docs/compliance.md#consent): without consent no send goes out.
     phones = [f"+1202555{i:04d}" for i in range(BURST_RECIPIENTS)] + ["+12025559999", FAILING_NUMBER]
     phones += [f"+1202556{n:04d}" for n in range(1, 7)]
     emails = [f"e2e.recipient.{w.run}@example.com", "reader@example.com"]
@@ -239,7 +239,7 @@ async def provider_failure_and_override(w: World) -> None:
         expect_rate_limited(await cg.call(s, "comms_send_message", sms("+12025560003")),
                             "per-minute", 2, 2, "third send with maxActionsPerMinute 2")
 
-    async with cg.connect(w.t, w.master) as m:  # null clears the override (§6.3): back to the tier's 50
+    async with cg.connect(w.t, w.master) as m:  # null clears the override (docs/tools.md#catalogue): back to the tier's 50
         reply = expect_ok(await cg.call(m, "comms_set_agent_limits",
                                         {"agentId": agent.id, "limits": {"maxActionsPerMinute": None}}),
                           "master clears maxActionsPerMinute")

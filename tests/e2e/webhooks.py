@@ -1,4 +1,4 @@
-"""Provider webhooks signed by the providers' own libraries (CONTRACT.md §8).
+"""Provider webhooks signed by the providers' own libraries (docs/webhooks.md).
 
 Usage: COMMGUARD_URL=... COMMGUARD_MASTER_TOKEN=... WEBHOOK_BASE_URL=... TWILIO_ACCOUNT_SID=...
        TWILIO_AUTH_TOKEN=... RESEND_WEBHOOK_SECRET=... webhooks.py --part twilio|svix --transport sse|streamable
@@ -31,7 +31,7 @@ from twilio.request_validator import RequestValidator
 import cg
 from cg import expect, expect_eq, expect_ok, expect_refusal, step
 
-CALL_HOURS_CLOCK = "2026-12-01T16:00:00Z"  # 11:00 in Washington DC: calls to +1202 are in hours (§10)
+CALL_HOURS_CLOCK = "2026-12-01T16:00:00Z"  # 11:00 in Washington DC: calls to +1202 are in hours (docs/compliance.md)
 TWIML = "text/xml; charset=utf-8"
 EMPTY = "<Response/>"
 STOP_REPLY = ("<Response><Message>You have been unsubscribed and will not receive further messages."

@@ -1,4 +1,4 @@
-//! `GET /admin/api/alerts` (CONTRACT §12, §14) from the alerts projection: the brute-force
+//! `GET /admin/api/alerts` (docs/admin-api.md, docs/monitoring.md) from the alerts projection: the brute-force
 //! lockout's HIGH alert (IP, master only), agent alerts scoped to their org, the filters,
 //! `occurrences` and cursor paging.
 

@@ -1,4 +1,4 @@
-//! The anomaly detector (CONTRACT §14) on the anomaly projection's windows: `brute_force`,
+//! The anomaly detector (docs/monitoring.md) on the anomaly projection's windows: `brute_force`,
 //! `rapid_rotation` and `volume_spike` fire at their thresholds and not one below, and two
 //! instances evaluating the same window raise exactly one alert.
 

@@ -1,4 +1,4 @@
-//! The auditor's side of the admin API (CONTRACT §11.1, §12): `/admin/api/events` pages the
+//! The auditor's side of the admin API (docs/events.md#envelope, docs/admin-api.md): `/admin/api/events` pages the
 //! global order without repeating or skipping (also across a transaction that commits late),
 //! scoped to the caller's org, opened or `[erased]`, raw for the super-admin only, with every hash
 //! recomputed by an independent Python canonicalizer; `/admin/api/audit` with each of its filters,
@@ -485,7 +485,7 @@ async fn subject_refs(pool: &sqlx::PgPool) -> Vec<(i64, Option<String>)> {
     sqlx::query_as("SELECT position, subject_ref FROM audit_items ORDER BY position").fetch_all(pool).await.unwrap()
 }
 
-/// `ActionRefused.args` (CONTRACT §11.3): a refused send and a refused admin request keep their
+/// `ActionRefused.args` (docs/events.md): a refused send and a refused admin request keep their
 /// arguments, sealed in the store (no clear number, address or body; no credential at all) and
 /// opened in the feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

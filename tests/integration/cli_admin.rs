@@ -1,4 +1,4 @@
-//! The administrative commands of the binary (CONTRACT §15) against the database of a running
+//! The administrative commands of the binary (docs/cli.md) against the database of a running
 //! in-process server: `token issue` (the token works at once, unknown or inactive targets exit 1)
 //! and `audit export` (JSON Lines of envelopes about one subject only, recorded as `AuditExported`).
 

@@ -1,4 +1,4 @@
-//! Communication law end to end (CONTRACT §8, §10): consent on every outbound channel, DNC per
+//! Communication law end to end (docs/webhooks.md, docs/compliance.md): consent on every outbound channel, DNC per
 //! org, the content filter, quiet hours on the service clock, recording consent, and the Twilio
 //! and Svix webhooks (signatures, replay, STOP/START/HELP, call status) — through real HTTP.
 
@@ -539,7 +539,7 @@ async fn a_replay_is_refused_by_another_instance_and_a_redelivery_past_the_windo
     assert_eq!(payloads(&db, "MessageReceived").await.len(), 1, "the late redelivery recorded nothing");
     assert_eq!(rejections(&db).await.len(), 1);
 
-    // §8.1: replay (step 4) comes before the handler's checks (step 5). A message to a number that
+    // docs/webhooks.md#twilio-routes: replay (step 4) comes before the handler's checks (step 5). A message to a number that
     // is not the agent's is refused by the handler (404) with its nonce claimed: sent again, it
     // is a replay.
     let wrong_to = sms("SMreplay2", "+12025550301", "+12025550999", "hi");

@@ -43,7 +43,7 @@ async fn the_console_page_is_embedded_strict_and_uses_only_the_api() {
     let page = s.http.get(s.url("/admin")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let headers = page.headers().clone();
-    assert_eq!(headers["content-security-policy"], CSP, "CONTRACT §13.2, exactly, for the admin page");
+    assert_eq!(headers["content-security-policy"], CSP, "docs/http.md#headers-and-cors, exactly, for the admin page");
     assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
     for (name, value) in [
         ("x-frame-options", "DENY"),

@@ -1,6 +1,6 @@
 //! An action that happened is recorded, or its caller is told it may have happened (issue 14):
 //! Postgres stopped between the provider call and the record, a server killed with sends in
-//! flight. And spend caps as §9.1 words them: a cap refuses once the spend before the action
+//! flight. And spend caps as docs/limits.md#tool-limits words them: a cap refuses once the spend before the action
 //! has reached it, and racing sends overshoot it by at most one action's cost.
 
 use std::process::{Command, Stdio};

@@ -1,4 +1,4 @@
-//! GDPR erasure end to end (CONTRACT §6.3 `comms_erase_subject`, §11.4, §12
+//! GDPR erasure end to end (docs/tools.md#comms_erase_subject, docs/privacy.md#keys-and-crypto-shredding, docs/admin-api.md
 //! `POST /admin/api/subjects/erase`) on two real `commguard serve` processes sharing one database.
 //! A phone number and an email are seeded through every path — consent, sends, a call with a
 //! recording, a voice message, an admin DNC entry, an inbound STOP, and Svix-signed email webhooks
@@ -100,7 +100,7 @@ async fn twilio_post(s: &ServeProcess, path: &str, params: &[(&str, &str)]) -> (
     crate::support::twilio_form(&s.http, &s.url(path), &format!("{BASE}{path}"), AUTH_TOKEN, params, None).await
 }
 
-/// A Svix-signed `/email` webhook (CONTRACT §8.5) at the service clock's `NOW`.
+/// A Svix-signed `/email` webhook (docs/webhooks.md#email) at the service clock's `NOW`.
 async fn svix_post(s: &ServeProcess, agent_id: &str, id: &str, body: Value) -> u16 {
     use base64::Engine;
     use hmac::Mac;

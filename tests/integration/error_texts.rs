@@ -1,5 +1,5 @@
 //! Every error and refusal text the contract fixes, checked against real servers in one table
-//! (CONTRACT §2, §4, §5, §6, §7, §8, §10, §12, §13). A row names the text, says how it is
+//! (docs/configuration.md, docs/mcp.md, docs/security.md, docs/tools.md, docs/errors.md, docs/webhooks.md, docs/compliance.md, docs/admin-api.md, docs/http.md#hardening). A row names the text, says how it is
 //! provoked, and expects a code, the HTTP status where the text travels as an HTTP answer, and
 //! the exact text (`…` at the end of an expected text: the contract fixes only that prefix).
 //!
@@ -8,7 +8,7 @@
 //! the fixtures' ids and tokens. A few rows build on an earlier one; they say so.
 //!
 //! Not provoked here (see the end of `table`): texts that need a real provider or a failing
-//! database, and the §4.2 (6) refusal of a revoked opening token, whose session the revocation
+//! database, and the docs/mcp.md#legacy-httpsse (6) refusal of a revoked opening token, whose session the revocation
 //! itself closes first (it then answers `Unknown session`, which is a row).
 
 use std::collections::HashMap;
@@ -259,7 +259,7 @@ fn table() -> Vec<Row> {
         tool(name, "agentA", "comms_send_message", args).refused("invalid_input", text)
     };
     vec![
-        // ── §4.2 legacy HTTP+SSE: GET /sse ────────────────────────────────────────────────────
+        // ── docs/mcp.md#legacy-httpsse legacy HTTP+SSE: GET /sse ────────────────────────────────────────────────────
         http("sse: no credential", "GET", "/sse").answers(401, "unauthorized", "Missing token. Use: /sse?token=<token>"),
         http("sse: unknown token", "GET", "/sse?token=nope").answers(401, "unauthorized", "Invalid or revoked token"),
         http("sse: unknown bearer", "GET", "/sse")
@@ -285,7 +285,7 @@ fn table() -> Vec<Row> {
             "forbidden",
             r#"Organization "{orgS}" is suspended"#,
         ),
-        // ── §4.2 POST /messages (the master's SSE session is open: {sseSession}) ──────────────
+        // ── docs/mcp.md#legacy-httpsse POST /messages (the master's SSE session is open: {sseSession}) ──────────────
         http("messages: malformed Authorization", "POST", "/messages?sessionId={sseSession}")
             .header("authorization", "Basic abc")
             .body(PING)
@@ -308,7 +308,7 @@ fn table() -> Vec<Row> {
             "invalid_input",
             "Invalid message: …",
         ),
-        // ── §4.3 Streamable HTTP /mcp ─────────────────────────────────────────────────────────
+        // ── docs/mcp.md#streamable-http Streamable HTTP /mcp ─────────────────────────────────────────────────────────
         http("mcp: no bearer", "POST", "/mcp")
             .body(INIT)
             .answers(401, "unauthorized", MISSING_BEARER)
@@ -355,9 +355,9 @@ fn table() -> Vec<Row> {
             .header("mcp-session-id", "{masterSession}")
             .body("{")
             .answers(400, "invalid_input", "Invalid message: …"),
-        // ── §4.4 tool results ─────────────────────────────────────────────────────────────────
+        // ── docs/mcp.md#tool-results tool results ─────────────────────────────────────────────────────────────────
         tool("unknown tool", "agentA", "comms_fly", "{}").refused("not_found", "Unknown tool: comms_fly"),
-        // ── §5 Z1–Z7 ──────────────────────────────────────────────────────────────────────────
+        // ── docs/security.md Z1–Z7 ──────────────────────────────────────────────────────────────────────────
         tool("Z1 agent token on another agent", "agentA", "comms_get_channel_status", r#"{"agentId":"b1"}"#)
             .refused("forbidden", r#"Token for agent "a1" cannot access agent "b1""#),
         tool(
@@ -454,14 +454,14 @@ fn table() -> Vec<Row> {
             "forbidden",
             r#"Access to organization "{orgB}" denied"#,
         ),
-        // Z6 (with §7 and Appendix E: every compliance refusal starts `Compliance: `).
+        // Z6 (with docs/errors.md and docs/compliance.md#country-rules: every compliance refusal starts `Compliance: `).
         tool("Z6 suspended org sends (S)", "master", "comms_send_message", r#"{"agentId":"s1","channel":"email","to":"pat@example.com","subject":"Hi","body":"Hello"}"#)
             .refused("compliance_blocked", r#"Compliance: Organization "{orgS}" is suspended"#)
             .also("/rule", "sandbox"),
         tool("Z6 suspended org provisions (S)", "master", "comms_provision_channels", r#"{"displayName":"x","orgId":"{orgS}"}"#)
             .refused("compliance_blocked", r#"Compliance: Organization "{orgS}" is suspended"#)
             .also("/rule", "sandbox"),
-        // ── §5 providers (production org, no credentials anywhere) ────────────────────────────
+        // ── docs/security.md providers (production org, no credentials anywhere) ────────────────────────────
         tool("no telephony provider (SMS)", "adminP", "comms_send_message", r#"{"agentId":"p1","to":"+12025550100","body":"hi"}"#)
             .refused("unavailable", "No telephony provider configured"),
         tool("no telephony provider (call)", "adminP", "comms_make_call", r#"{"agentId":"p1","to":"+12025550100"}"#)
@@ -472,7 +472,7 @@ fn table() -> Vec<Row> {
             .refused("unavailable", "No telephony provider configured"),
         tool("no email provider (provisioning)", "adminP", "comms_provision_channels", r#"{"displayName":"x","capabilities":{"email":true}}"#)
             .refused("unavailable", "No email provider configured"),
-        // ── §6.1 agentId and the pipeline's agent_state ───────────────────────────────────────
+        // ── docs/tools.md#the-outbound-pipeline agentId and the pipeline's agent_state ───────────────────────────────────────
         tool("agentId missing (A O S tool)", "master", "comms_send_message", SMS_TO_DC)
             .refused("invalid_input", "agentId is required (or use an agent token)"),
         tool("agentId missing (read)", "master", "comms_get_channel_status", "{}")
@@ -493,7 +493,7 @@ fn table() -> Vec<Row> {
             .refused("forbidden", r#"Agent "a4" is blocked on sms channel"#),
         tool("agent blocked on voice", "adminA", "comms_make_call", r#"{"agentId":"a4","to":"+12025550100"}"#)
             .refused("forbidden", r#"Agent "a4" is blocked on voice channel"#),
-        // ── §6.2 formats and sanitizer ────────────────────────────────────────────────────────
+        // ── docs/tools.md#input-formats-and-sanitizer formats and sanitizer ────────────────────────────────────────────────────────
         sanitized("phone format", r#"{"to":"12345","body":"hi"}"#, r#"Invalid input for "to": Invalid phone number format (expected E.164, e.g. +1234567890)"#)
             .also("/field", "to"),
         tool("phone format (consent)", "agentA", "comms_record_consent", r#"{"contactAddress":"call me","channel":"sms"}"#)
@@ -524,7 +524,7 @@ fn table() -> Vec<Row> {
             .body(r#"{"address":"+12025550111","reason":"<script>x</script>"}"#)
             .answers(400, "invalid_input", r#"Invalid input for "reason": Script tag"#)
             .also("/field", "reason"),
-        // ── §6.3 tool texts ───────────────────────────────────────────────────────────────────
+        // ── docs/tools.md#catalogue tool texts ───────────────────────────────────────────────────────────────────
         tool("whatsapp", "agentA", "comms_send_message", r#"{"channel":"whatsapp","to":"+12025550100","body":"hi"}"#)
             .refused("unavailable", r#"Channel "whatsapp" is not available"#),
         tool("templateId", "agentA", "comms_send_message", r#"{"to":"+12025550100","body":"hi","templateId":"welcome"}"#)
@@ -547,7 +547,7 @@ fn table() -> Vec<Row> {
             .bearer("master")
             .body(r#"{"name":"Again","slug":"texts-a"}"#)
             .answers(409, "conflict", r#"Organization slug "texts-a" already exists"#),
-        // §6.3 names the text `Country compliance requirements not met`; Appendix E: country-rule
+        // docs/tools.md#catalogue names the text `Country compliance requirements not met`; docs/compliance.md#country-rules: country-rule
         // refusals start with `Compliance: `, like every compliance refusal.
         tool("country rules", "adminB", "comms_provision_channels", r#"{"displayName":"x","country":"CA","capabilities":{"phone":true}}"#)
             .refused("compliance_blocked", "Compliance: Country compliance requirements not met")
@@ -581,7 +581,7 @@ fn table() -> Vec<Row> {
         tool("provisioning failed", "adminF", "comms_provision_channels", r#"{"displayName":"x","capabilities":{"phone":true}}"#)
             .refused("provider_error", "Provisioning failed: twilio: boom")
             .also("/provider", "twilio"),
-        // ── §7 / §9 rate limits: each agent's first action passes, the next is refused ────────
+        // ── docs/errors.md / docs/limits.md rate limits: each agent's first action passes, the next is refused ────────
         tool("limit per-minute", "adminA", "comms_send_message", r#"{"agentId":"l1","to":"+12025550100","body":"hi"}"#)
             .after(call("adminA", "comms_send_message", r#"{"agentId":"l1","to":"+12025550100","body":"hi"}"#))
             .refused("rate_limited", "Rate limit exceeded: per-minute (1/1). Resets in up to 60 seconds.")
@@ -617,7 +617,7 @@ fn table() -> Vec<Row> {
             .after(call("adminM", "comms_send_message", r#"{"agentId":"lm1","to":"+12025550100","body":"hi"}"#))
             .refused("rate_limited", "Rate limit exceeded: org_spend_month (0.0079/0.005). Resets at the start of next month.")
             .also("/limitType", "org_spend_month"),
-        // ── §10 compliance ────────────────────────────────────────────────────────────────────
+        // ── docs/compliance.md compliance ────────────────────────────────────────────────────────────────────
         tool("threat", "agentA", "comms_send_message", r#"{"to":"+12025550100","body":"I will hurt you"}"#)
             .refused("compliance_blocked", "Compliance: Message contains threatening content")
             .also("/rule", "content_filter"),
@@ -657,7 +657,7 @@ fn table() -> Vec<Row> {
         tool("recording consent", "agentA", "comms_make_call", r#"{"to":"+14155550100","record":true}"#)
             .refused("compliance_blocked", "Compliance: Recording consent required: California requires all-party consent to record calls.")
             .also("/rule", "recording_consent"),
-        // ── §8.5 Resend (Svix) webhook ────────────────────────────────────────────────────────
+        // ── docs/webhooks.md#email Resend (Svix) webhook ────────────────────────────────────────────────────────
         http("email webhook: unknown agent", "POST", "/webhooks/ghost/email")
             .body(r#"{"type":"email.sent"}"#)
             .answers(404, "not_found", "Agent not found"),
@@ -682,7 +682,7 @@ fn table() -> Vec<Row> {
             .from("192.0.2.99")
             .body(r#"{"type":"email.sent"}"#)
             .answers(403, "forbidden", "Forbidden"),
-        // ── §8.1–8.3 Twilio webhooks: TwiML bodies ────────────────────────────────────────────
+        // ── docs/webhooks.md Twilio webhooks: TwiML bodies ────────────────────────────────────────────
         twilio("sms webhook: unknown agent", "/webhooks/ghost/sms", &[("MessageSid", "SMt1"), ("From", "+12025550401"), ("To", "{numberA}"), ("Body", "hi")], Sig::Good)
             .body_is(404, EMPTY),
         twilio("sms webhook: no signature", "/webhooks/a1/sms", &[("MessageSid", "SMt2"), ("From", "+12025550401"), ("To", "{numberA}"), ("Body", "hi")], Sig::Omit)
@@ -716,7 +716,7 @@ fn table() -> Vec<Row> {
         twilio("sms webhook: outside the allowlist", "/webhooks/a1/sms", &[("MessageSid", "SMt12"), ("From", "+12025550401"), ("To", "{numberA}"), ("Body", "hi")], Sig::Good)
             .from("192.0.2.99")
             .body_is(403, EMPTY),
-        // ── §12 admin API authentication ──────────────────────────────────────────────────────
+        // ── docs/admin-api.md authentication ──────────────────────────────────────────────────────
         http("admin: no Authorization", "GET", "/admin/api/me").answers(401, "unauthorized", MISSING_BEARER),
         http("admin: malformed Authorization", "GET", "/admin/api/me")
             .header("authorization", "Basic abc")
@@ -725,7 +725,7 @@ fn table() -> Vec<Row> {
             .header("authorization", "Bearer nope")
             .answers(401, "unauthorized", "Invalid admin token"),
         http("admin: an agent token", "GET", "/admin/api/me").bearer("agentA").answers(401, "unauthorized", "Invalid admin token"),
-        // ── §13 hardening ─────────────────────────────────────────────────────────────────────
+        // ── docs/http.md#hardening ─────────────────────────────────────────────────────────────────────
         http("denylist", "GET", "/health").from("203.0.113.9").answers(403, "forbidden", "Forbidden"),
         http("denylist on MCP", "POST", "/mcp").from("203.0.113.9").bearer("master").body(INIT).answers(403, "forbidden", "Forbidden"),
         // Ten failures from one address lock it; the next rows come from that address too.
@@ -758,15 +758,15 @@ fn table() -> Vec<Row> {
             .from("192.0.2.200")
             .body(PING)
             .answers(429, "locked_out", LOCKED),
-        // §13.3 / §14: the lock raised its HIGH alert (no alerts API yet: read from the store).
+        // docs/http.md#rate-limits-and-brute-force / docs/monitoring.md: the lock raised its HIGH alert (no alerts API yet: read from the store).
         base("lockout alert title", Step::Sql("SELECT payload::jsonb ->> 'title' FROM events WHERE event_type = 'AlertRaised' AND payload::jsonb ->> 'rule' = 'brute_force_lockout'"))
             .result("", "Brute-force lockout"),
-        // ── §2 configuration: the binary refuses to start ─────────────────────────────────────
+        // ── docs/configuration.md: the binary refuses to start ─────────────────────────────────────
         base("bad data key", Step::Binary { args: &["migrate"], env: &[("DATA_ENCRYPTION_KEY", "zz")] })
             .body_is(2, "Encryption key must be 32 bytes (64 hex characters)"),
         base("bad credentials key", Step::Binary { args: &["migrate"], env: &[("CREDENTIALS_ENCRYPTION_KEY", "0123")] })
             .body_is(2, "Encryption key must be 32 bytes (64 hex characters)"),
-        // ── §13.3 HTTP rate limits (their own server) ─────────────────────────────────────────
+        // ── docs/http.md#rate-limits-and-brute-force (their own server) ─────────────────────────────────────────
         http("HTTP per-IP limit", "GET", "/health")
             .on(Limited)
             .from("192.0.2.1")
@@ -781,21 +781,21 @@ fn table() -> Vec<Row> {
             .after(request("GET", "/health").from("192.0.2.2"))
             .answers(429, "rate_limited", "Too many requests (global limit)")
             .also("header:retry-after", "*"),
-        // ── §8.1 / §8.5 production without webhook secrets ────────────────────────────────────
+        // ── docs/webhooks.md#twilio-routes / docs/webhooks.md#email production without webhook secrets ────────────────────────────────────
         twilio("sms webhook: no secret in production", "/webhooks/pr1/sms", &[("MessageSid", "SMp1"), ("From", "+12025550401"), ("To", "{numberPr}"), ("Body", "hi")], Sig::Omit)
             .on(Production)
             .body_is(503, EMPTY),
         twilio("call-status: no secret in production", "/webhooks/pr1/call-status", &[("CallSid", "CAp1"), ("CallStatus", "ringing")], Sig::Omit)
             .on(Production)
             .body_is(503, EMPTY),
-        // The contract fixes the status (503) and the code (§7 `unavailable`); the text is ours.
+        // The contract fixes the status (503) and the code (docs/errors.md `unavailable`); the text is ours.
         http("email webhook: no secret in production", "POST", "/webhooks/pr1/email")
             .on(Production)
             .body(r#"{"type":"email.sent"}"#)
             .answers(503, "unavailable", "Webhook secret is not configured"),
         // Not provoked:
-        // - `/health/ready` `status:"degraded"` (§3) needs Postgres to fail within 2 s.
-        // - §4.2 (6) `Invalid or revoked token` for a session whose opening token was revoked:
+        // - `/health/ready` `status:"degraded"` (docs/http.md#routes) needs Postgres to fail within 2 s.
+        // - docs/mcp.md#legacy-httpsse (6) `Invalid or revoked token` for a session whose opening token was revoked:
         //   rotation, deprovisioning and suspension close those sessions themselves, so a later
         //   request meets `Unknown session` (a row above); the text itself is several rows above.
         // - Real provider refusals (`provider_error` from Twilio or Resend on a send) need a real

@@ -1,4 +1,4 @@
-//! HTTP hardening over real HTTP (CONTRACT §13): headers on every response, CORS, IP lists with
+//! HTTP hardening over real HTTP (docs/http.md#hardening): headers on every response, CORS, IP lists with
 //! CIDR, client IP behind one proxy, per-IP then global limits, body limits, request ids.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,7 +1,7 @@
 //! Hostile input (issue 14): one hostile byte must not cost anyone else a write. U+0000 is
-//! refused at every edge with §7 `invalid_input` and the refusal is recorded; the store makes any
+//! refused at every edge with docs/errors.md `invalid_input` and the refusal is recorded; the store makes any
 //! event storable whatever it carries; the group committer isolates an append Postgres refuses.
-//! Also: admin rejections as §7 JSON, an agent mismatch counted toward the lockout, `X-Agent-Id`
+//! Also: admin rejections as docs/errors.md JSON, an agent mismatch counted toward the lockout, `X-Agent-Id`
 //! refused when not ASCII, money with at most six decimals in its decimal form, and refused
 //! requests leaving `lastUsedAt` alone.
 
@@ -44,7 +44,7 @@ async fn answer(response: reqwest::Response) -> (u16, String, Value) {
     (status, content_type, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// A §7 refusal: JSON with `error`, `code` and `requestId`.
+/// A docs/errors.md refusal: JSON with `error`, `code` and `requestId`.
 fn assert_refused(what: &str, (status, content_type, body): &(u16, String, Value), expected: (u16, &str)) {
     assert_eq!((*status, body["code"].as_str()), (expected.0, Some(expected.1)), "{what}: {body}");
     assert!(content_type.starts_with("application/json"), "{what}: {content_type}");

@@ -1,4 +1,4 @@
-//! `GET /metrics` (CONTRACT §3, §13.3, §14): read by the official Python Prometheus parser
+//! `GET /metrics` (docs/http.md#routes, docs/http.md#rate-limits-and-brute-force, docs/monitoring.md): read by the official Python Prometheus parser
 //! (`tests/e2e/prom_parse.py` in the e2e venv) after real tool calls, sends, limit refusals,
 //! webhook rejections, HTTP rate-limit hits and a lockout; the master token or an
 //! `ADMIN_IP_ALLOWLIST` hit is required, and failures count toward the lockout.

@@ -1,4 +1,4 @@
-//! The admin API's OpenAPI 3.1 document (CONTRACT §12): valid by a real validator
+//! The admin API's OpenAPI 3.1 document (docs/admin-api.md): valid by a real validator
 //! (`openapi-spec-validator`, run in Python), and complete: every admin route this server serves
 //! appears in it, and every path it lists is served.
 

@@ -1,4 +1,4 @@
-//! The database going away under a running server (CONTRACT §7): calls answer `unavailable`
+//! The database going away under a running server (docs/errors.md): calls answer `unavailable`
 //! (503), never `internal`, and the server recovers by itself when the database is back.
 //!
 //! The server reaches its database through a TCP proxy in front of the test cluster's socket.

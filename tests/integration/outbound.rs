@@ -25,7 +25,7 @@ async fn set_clock(s: &TestServer) {
     assert!(clock.json(&json!({"now": "2026-12-01T16:00:00Z"})).send().await.unwrap().status().is_success());
 }
 
-/// The recipients these tests send to; each has consent for its channels (CONTRACT §10.3).
+/// The recipients these tests send to; each has consent for its channels (docs/compliance.md#consent).
 const PHONES: [&str; 7] =
     ["+15005550001", "+12025550100", "+12025550111", "+12025550122", "+12025550133", "+12025550144", "+12025550155"];
 const EMAILS: [&str; 2] = ["a@example.com", "bob@example.com"];
@@ -127,7 +127,7 @@ async fn the_limit_is_exact_when_two_instances_share_the_burst() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_provider_call_consumes_no_quota_and_spend_caps_refuse() {
     let db = TestDb::new().await;
-    // A cap refuses when the spend *before* the action has reached it (§9.1): 0, 0.0079 and
+    // A cap refuses when the spend *before* the action has reached it (docs/limits.md#tool-limits): 0, 0.0079 and
     // 0.0158 are below 0.02, so three SMS pass; at 0.0237 the fourth is refused.
     let s = TestServer::start(&db, &vars(&[("DEFAULT_MAX_SPEND_PER_DAY", "0.02")])).await;
     let (token, agent_id) = agent(&s, "spender").await;

@@ -276,7 +276,7 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
         (refused["code"].as_str(), refused["error"].as_str()),
         (Some("unavailable"), Some("No telephony provider configured"))
     );
-    // A refusal at step 13 is a failure, not a block (§6.1).
+    // A refusal at step 13 is a failure, not a block (docs/tools.md#the-outbound-pipeline).
     let (event_type, provider): (String, String) = sqlx::query_as(
         "SELECT event_type, payload->>'provider' FROM events
           WHERE aggregate_id = $1 AND event_type IN ('MessageFailed', 'MessageBlocked')",
@@ -398,7 +398,7 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
     s.stop().await;
 }
 
-/// Consent for every recipient these tests use, at 11:00 in Washington (CONTRACT §10.3–10.4).
+/// Consent for every recipient these tests use, at 11:00 in Washington (docs/compliance.md).
 async fn consent(s: &TestServer, me: &Session) {
     let clock = s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER);
     assert!(clock.json(&json!({"now": "2026-12-01T16:00:00Z"})).send().await.unwrap().status().is_success());

@@ -1,4 +1,4 @@
-//! Retention (CONTRACT §11.6) on the service clock: a message body from 91 days ago is
+//! Retention (docs/privacy.md#retention) on the service clock: a message body from 91 days ago is
 //! `[erased]` after a run, one from 89 days ago still reads; a run records `RetentionPurged`
 //! once, a second run destroys nothing more, and `DATA_RETENTION_ENABLED=false` runs nothing.
 //! The day arithmetic is proven on the test clock across a month end and DST changes; a

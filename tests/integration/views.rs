@@ -1,4 +1,4 @@
-//! The admin views (CONTRACT §12) over real HTTP: consent and limits as they stood at `as_of`
+//! The admin views (docs/admin-api.md) over real HTTP: consent and limits as they stood at `as_of`
 //! between changes made at set instants of the test clock, cursor paging of every list, usage per
 //! period and from/to, the org's real spend in the settings reply, and org scoping (Z2, Z5).
 

@@ -1,5 +1,5 @@
-//! Consent and do-not-contact state per org and contact (CONTRACT §10.2–10.3), fed by the contact
-//! aggregate, and placed calls by provider id (for status callbacks, §8.3). The outbound pipeline
+//! Consent and do-not-contact state per org and contact (docs/compliance.md), fed by the contact
+//! aggregate, and placed calls by provider id (for status callbacks, docs/webhooks.md#call-status). The outbound pipeline
 //! checks DNC and consent here before every action; commands that change them wait for these
 //! projections, so a revocation or a STOP holds from the moment it is answered.
 //!

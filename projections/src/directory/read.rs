@@ -62,7 +62,7 @@ impl AgentView {
         self.channels.get(channel).and_then(Value::as_str)
     }
 
-    /// The five limits in force (CONTRACT §9.2), `starter` being the deployment's starter tier.
+    /// The five limits in force (docs/limits.md#tiers), `starter` being the deployment's starter tier.
     pub fn effective_limits(&self, starter: LimitSet) -> LimitSet {
         self.overrides.effective(self.tier.limits(starter))
     }

@@ -1,4 +1,4 @@
-//! Usage: actions and provider cost per agent, channel and UTC hour (CONTRACT §6.3 dashboard and
+//! Usage: actions and provider cost per agent, channel and UTC hour (docs/tools.md#catalogue dashboard and
 //! billing). A batch is summed in memory and written with one upsert.
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! Consent and do-not-contact tools (CONTRACT §6.3); the rules live in `crate::contacts`.
+//! Consent and do-not-contact tools (docs/tools.md#catalogue); the rules live in `crate::contacts`.
 
 use commguard_domain::contact::{DncSource, CONSENT_CHANNELS};
 use serde_json::{json, Value};

@@ -1,7 +1,7 @@
-//! The tool catalogue (CONTRACT §6.3): each tool's role, schema and handler. `list` shows a
+//! The tool catalogue (docs/tools.md#catalogue): each tool's role, schema and handler. `list` shows a
 //! caller only the tools of its role; `call` refuses others with the role's text (a caller who
 //! may not use a tool does not learn that it exists from `tools/list`), and records every
-//! refusal as `ActionRefused` (CONTRACT §6.1).
+//! refusal as `ActionRefused` (docs/tools.md#common-rules).
 
 pub mod contacts;
 mod directory;

@@ -177,7 +177,7 @@ pub const REGISTER_PROVIDER: Tool = Tool {
 };
 
 /// `comms_register_provider` (S): verify against the provider's fixed host, store encrypted
-/// (CONTRACT §11.5), record `ProviderRegistered` with the key names only. Live at once: sends
+/// (docs/privacy.md#provider-credentials), record `ProviderRegistered` with the key names only. Live at once: sends
 /// resolve credentials per send.
 pub async fn register_provider(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
     settings::register_provider(app, caller.context(app), args).await
