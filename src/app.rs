@@ -154,8 +154,8 @@ impl Runtime {
                 self.clock.clone(),
             )),
             credential_keys: self.credential_keys.clone(),
-            reserver: crate::outbound::limits::Reserver::start(store.pool().clone()),
-            intents: crate::outbound::intents::Intents::start(
+            reserver: crate::ledger::reservations::Reserver::start(store.pool().clone()),
+            intents: crate::ledger::intents::Intents::start(
                 store.clone(),
                 Duration::from_secs(config.outbound_intent_lease_seconds),
             ),
@@ -206,7 +206,7 @@ pub struct Server {
     runners: Vec<JoinHandle<()>>,
     jobs: Jobs,
     sessions: Arc<Sessions>,
-    intents: Arc<crate::outbound::intents::Intents>,
+    intents: Arc<crate::ledger::intents::Intents>,
 }
 
 impl Server {
@@ -245,7 +245,7 @@ impl Server {
             let mut every = tokio::time::interval(Duration::from_secs(60));
             loop {
                 every.tick().await;
-                if let Err(e) = crate::outbound::limits::prune_recent(&pool, clock.now()).await {
+                if let Err(e) = crate::ledger::reservations::prune_recent(&pool, clock.now()).await {
                     tracing::warn!(error = %e, "old rate-window rows not pruned");
                 }
                 if let Err(e) = crate::webhooks::replay::prune(&pool, clock.now()).await {

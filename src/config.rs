@@ -105,7 +105,7 @@ pub struct Config {
     pub mcp_max_sessions: u32,
     pub mcp_session_idle_seconds: u64,
     /// How long an instance may stop heartbeating before its outbound intents are reconciled
-    /// by others (`outbound::intents`).
+    /// by others (`ledger::intents`).
     pub outbound_intent_lease_seconds: u64,
     pub anomaly_detector_enabled: bool,
     pub anomaly_check_interval_seconds: u64,

@@ -16,6 +16,7 @@ pub mod erasure;
 pub mod error;
 pub mod http;
 pub mod jobs;
+pub mod ledger;
 pub mod mcp;
 pub mod metrics;
 pub mod money;

@@ -14,9 +14,9 @@ use crate::auth::{Identity, Lockout};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::crypto;
+use crate::ledger::intents::Intents;
+use crate::ledger::reservations::Reserver;
 use crate::metrics::Metrics;
-use crate::outbound::intents::Intents;
-use crate::outbound::limits::Reserver;
 use crate::sessions::Sessions;
 use crate::store::{Framework, Store};
 

@@ -2,9 +2,9 @@
 //! and the request id — what every tool, the outbound pipeline and refusals read about who asked.
 
 use crate::auth::Principal;
+use crate::clock::Clock;
 use crate::error::{ApiError, ErrorCode};
 use crate::sessions::Transport;
-use crate::state::AppState;
 use crate::store::CommandContext;
 use crate::validate::Args;
 
@@ -20,24 +20,24 @@ pub struct Caller<'a> {
 impl Caller<'_> {
     /// The context events of this call carry. Called once the role and the input have been
     /// checked, so both are recorded as passed; commands add the checks they run themselves.
-    pub fn context(&self, app: &AppState) -> CommandContext {
-        let mut context = self.bare_context(app);
+    pub fn context(&self, clock: &Clock) -> CommandContext {
+        let mut context = self.bare_context(clock);
         context.provenance.pass("role");
         context.provenance.pass("input");
         context
     }
 
     /// A context with `checks` recorded as passed (the outbound pipeline names its own).
-    pub fn context_checked(&self, app: &AppState, checks: &[&str]) -> CommandContext {
-        let mut context = self.bare_context(app);
+    pub fn context_checked(&self, clock: &Clock, checks: &[&str]) -> CommandContext {
+        let mut context = self.bare_context(clock);
         for check in checks {
             context.provenance.pass(check);
         }
         context
     }
 
-    pub fn bare_context(&self, app: &AppState) -> CommandContext {
-        let context = CommandContext::new(self.principal.actor(), self.transport.as_str(), app.clock.now())
+    pub fn bare_context(&self, clock: &Clock) -> CommandContext {
+        let context = CommandContext::new(self.principal.actor(), self.transport.as_str(), clock.now())
             .with_request_id(self.request_id);
         match &self.principal.org_id {
             Some(org) => context.in_org(org.clone()),

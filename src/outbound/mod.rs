@@ -10,9 +10,6 @@
 
 pub mod compliance;
 
-pub mod intents;
-pub mod limits;
-
 pub mod usage;
 
 use commguard_domain::agent::AgentEvent;
@@ -26,12 +23,13 @@ use crate::auth::caller::Caller;
 use crate::auth::Role;
 use crate::directory::{self, commands, AgentView, OrgView};
 use crate::error::{ApiError, ErrorCode};
+use crate::ledger::intents;
+use crate::ledger::reservations::{self, Contact, Limits, OrgCaps};
 use crate::providers::credentials;
 use crate::providers::{self as provider, Outgoing, Provider, Receipt};
 use crate::state::AppState;
 use crate::store::CommandContext;
 use crate::validate::Args;
-use limits::{Contact, OrgCaps};
 
 pub mod actions;
 
@@ -79,7 +77,7 @@ async fn run<A: Action>(
     // 1–2: the agent, and Z1.
     let agent_id = caller.agent_id(args, false)?;
     crate::auth::guard::own_agent(caller.principal, &agent_id)?;
-    let mut context = caller.context_checked(app, &["agent_resolve", "role"]);
+    let mut context = caller.context_checked(&app.clock, &["agent_resolve", "role"]);
     // 3: input.
     let action = input(args)?;
     context.provenance.pass("input");
@@ -113,7 +111,7 @@ async fn run<A: Action>(
     };
     // 12: limits — a reservation; the super-admin and demo are counted, never refused.
     let unlimited = caller.principal.role() == Role::SuperAdmin || app.config.demo_mode;
-    let limits = if unlimited { limits::unlimited() } else { limits::of(&agent, &app.config) };
+    let limits = if unlimited { reservations::unlimited() } else { limits_of(&agent, &app.config) };
     let caps = if unlimited {
         OrgCaps::default()
     } else {
@@ -161,7 +159,7 @@ async fn run<A: Action>(
         app.intents.seal(id, &agent.org_id, action.to(), event, &fallback_context).await?
     };
     let now = app.clock.now();
-    let request = limits::Request {
+    let request = reservations::Request {
         id,
         agent_id: &agent_id,
         org_id: &agent.org_id,
@@ -336,4 +334,9 @@ mod tests {
         }
         assert_eq!(scrub("no number here", "+12025550142"), "no number here");
     }
+}
+
+/// The agent's effective limits (tier, then overrides; docs/limits.md#tiers).
+fn limits_of(agent: &crate::directory::AgentView, config: &crate::config::Config) -> Limits {
+    crate::directory::effective_limits(agent, config).map(Some)
 }

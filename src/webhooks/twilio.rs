@@ -15,7 +15,7 @@ use super::{context, empty, forward, message_reply, record, reject, replay, turn
 use crate::contacts;
 use crate::directory::AgentView;
 use crate::error::ApiError;
-use crate::outbound::limits;
+use crate::ledger::reservations;
 use crate::providers as provider;
 use crate::providers::credentials;
 use crate::state::AppState;
@@ -213,7 +213,7 @@ async fn call_status_handler(app: &AppState, request: &TwilioRequest<CallStatus>
             match call_cost(app, agent, &call, sid).await {
                 Some(price) => {
                     if let Err(e) =
-                        limits::add_cost(&app.pool, &agent.agent_id, &agent.org_id, call.placed_at, price).await
+                        reservations::add_cost(&app.pool, &agent.agent_id, &agent.org_id, call.placed_at, price).await
                     {
                         // Give the mark back with the nonce: the retry applies the cost.
                         if let Err(e) = replay::release(&app.pool, &mark, now).await {

@@ -106,7 +106,7 @@ pub const ERASE_SUBJECT: Tool = Tool {
 };
 
 pub async fn erase_subject(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
-    crate::erasure::erase_subject(app, caller.principal, caller.context(app), args).await
+    crate::erasure::erase_subject(app, caller.principal, caller.context(&app.clock), args).await
 }
 
 /// The agent a consent tool is about (Z1, Z2), active, and the parsed contact and channel.
@@ -142,14 +142,14 @@ pub async fn record_consent(app: &AppState, caller: &Caller<'_>, args: &Args<'_>
     let source = args.opt_str("source", 200)?;
     let notes = args.opt_str("notes", 2000)?;
     require_active(&agent)?;
-    let context = caller.context(app).in_org(agent.org_id.clone());
+    let context = caller.context(&app.clock).in_org(agent.org_id.clone());
     let new = NewConsent { agent_id: agent.agent_id.clone(), address, channel, consent_type, source, notes };
     contacts::record_consent(app, &agent.org_id, new, &context).await
 }
 
 pub async fn revoke_consent(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
     let (agent, address, channel) = consent_target(app, caller, args).await?;
-    let context = caller.context(app).in_org(agent.org_id.clone());
+    let context = caller.context(&app.clock).in_org(agent.org_id.clone());
     contacts::revoke_consent(app, &agent.org_id, &agent.agent_id, &address, &channel, &context).await
 }
 
@@ -163,7 +163,7 @@ pub async fn dnc_add(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Re
     let reason = args.opt_str("reason", 500)?;
     let org = contacts::dnc_org(app, caller.principal, args.opt_id("orgId")?).await?;
     let source = if caller.principal.role() == Role::Agent { DncSource::Agent } else { DncSource::Admin };
-    let context = caller.context(app).in_org(org.clone());
+    let context = caller.context(&app.clock).in_org(org.clone());
     contacts::dnc_add(app, &org, &address, source, reason, caller.principal.stream_id(), &context).await
 }
 
@@ -171,7 +171,7 @@ pub async fn dnc_remove(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) ->
     let address = contacts::address("address", &args.str("address", 1, 320)?)?;
     let reason = args.str("reason", 3, 500)?;
     let org = contacts::dnc_org(app, caller.principal, args.opt_id("orgId")?).await?;
-    let context = caller.context(app).in_org(org.clone());
+    let context = caller.context(&app.clock).in_org(org.clone());
     contacts::dnc_remove(app, &org, &address, reason, caller.principal.stream_id(), &context).await
 }
 

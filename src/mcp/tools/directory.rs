@@ -96,8 +96,12 @@ pub async fn create_organization(app: &AppState, caller: &Caller<'_>, args: &Arg
     }
     let settings = args.object("settings")?.cloned().map(Value::Object).unwrap_or_else(|| json!({}));
     let a2p_registered = args.bool("a2pRegistered", false)?;
-    commands::create_org(app, caller.context(app), NewOrg { name: name.trim().into(), slug, settings, a2p_registered })
-        .await
+    commands::create_org(
+        app,
+        caller.context(&app.clock),
+        NewOrg { name: name.trim().into(), slug, settings, a2p_registered },
+    )
+    .await
 }
 
 pub async fn list_organizations(app: &AppState) -> Result<Value, ApiError> {
@@ -144,14 +148,14 @@ pub async fn provision_channels(app: &AppState, caller: &Caller<'_>, args: &Args
         email_domain,
         agent_gender,
     };
-    commands::provision(app, caller.context(app), new).await
+    commands::provision(app, caller.context(&app.clock), new).await
 }
 
 pub async fn deprovision_channels(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
     let agent_id = caller.agent_id(args, true)?;
     let release_number = args.bool("releaseNumber", true)?;
     commands::addressable_agent(app, caller.principal, &agent_id).await?;
-    let mut context = caller.context(app);
+    let mut context = caller.context(&app.clock);
     context.provenance.pass("org_boundary");
     commands::deprovision(app, context, &agent_id, release_number).await
 }
@@ -179,7 +183,7 @@ pub async fn rotate_token(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) 
         let agent = commands::addressable_agent(app, principal, &agent_id).await?;
         RotateTarget::Agent { agent_id, org_id: agent.org_id }
     };
-    let mut context = caller.context(app);
+    let mut context = caller.context(&app.clock);
     context.provenance.pass("org_boundary");
     commands::rotate(app, context, target, label).await
 }

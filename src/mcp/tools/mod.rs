@@ -113,6 +113,14 @@ async fn record_refusal(
         .and_then(Value::as_str)
         .map(str::to_string)
         .or_else(|| caller.principal.agent_id().map(str::to_string));
-    crate::refusals::record(app, caller.principal, caller.bare_context(app), tool, agent_id, Some(arguments), refusal)
-        .await
+    crate::refusals::record(
+        app,
+        caller.principal,
+        caller.bare_context(&app.clock),
+        tool,
+        agent_id,
+        Some(arguments),
+        refusal,
+    )
+    .await
 }

@@ -97,14 +97,14 @@ pub async fn set_agent_limits(app: &AppState, caller: &Caller<'_>, args: &Args<'
     let agent_id = caller.agent_id(args, true)?;
     let change = settings::limits_change(args)?;
     let agent = commands::addressable_agent(app, caller.principal, &agent_id).await?;
-    commands::set_limits(app, caller.context(app), &agent_id, &agent.org_id, change).await
+    commands::set_limits(app, caller.context(&app.clock), &agent_id, &agent.org_id, change).await
 }
 
 pub async fn set_billing_config(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
     let agent_id = caller.agent_id(args, true)?;
     let (tier, markup, billing_email) = settings::billing_change(args)?;
     let agent = commands::addressable_agent(app, caller.principal, &agent_id).await?;
-    commands::set_billing(app, caller.context(app), &agent_id, &agent.org_id, tier, markup, billing_email).await
+    commands::set_billing(app, caller.context(&app.clock), &agent_id, &agent.org_id, tier, markup, billing_email).await
 }
 
 pub const USAGE_DASHBOARD: Tool = Tool {
@@ -180,5 +180,5 @@ pub const REGISTER_PROVIDER: Tool = Tool {
 /// (docs/privacy.md#provider-credentials), record `ProviderRegistered` with the key names only. Live at once: sends
 /// resolve credentials per send.
 pub async fn register_provider(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
-    settings::register_provider(app, caller.context(app), args).await
+    settings::register_provider(app, caller.context(&app.clock), args).await
 }

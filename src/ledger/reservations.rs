@@ -10,17 +10,11 @@ use uuid::Uuid;
 
 use commguard_domain::refusal::{Check, LimitType};
 
-use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 
 /// The five per-agent limits a reservation checks (the domain's one declaration of them);
 /// `None` = unlimited. Spend in micro-dollars.
 pub type Limits = commguard_domain::limits::Limits<Option<i64>>;
-
-/// The agent's effective limits (tier, then overrides; docs/limits.md#tiers).
-pub fn of(agent: &crate::directory::AgentView, config: &Config) -> Limits {
-    crate::directory::effective_limits(agent, config).map(Some)
-}
 
 /// No limits: the super-admin's and demo actions are counted but never refused.
 pub fn unlimited() -> Limits {
@@ -115,7 +109,7 @@ pub struct Request<'a> {
     pub caps: OrgCaps,
     pub contact: Option<Contact>,
     /// The sealed intent stored with the reservation, and the instance that owns it
-    /// (`outbound::intents`).
+    /// (`ledger::intents`).
     pub intent: Option<(Uuid, serde_json::Value)>,
 }
 
