@@ -190,7 +190,7 @@ pub fn router(state: AppState, hardening: Arc<Hardening>) -> Router {
     let routes = Router::new()
         .merge(http::health::routes())
         .merge(mcp::routes())
-        .merge(http::admin_api::routes(state.clone()))
+        .merge(http::admin_api::routes(state.clone(), mcp::tools::input_schema))
         .merge(http::console::routes())
         .merge(http::prometheus::routes())
         .merge(crate::webhooks::routes())
@@ -388,5 +388,51 @@ pub fn init_tracing(config: &Config) {
     };
     for warning in config.warnings() {
         tracing::warn!("{warning}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::http::admin_api::described;
+    use crate::http::openapi::{document, Body, Op};
+
+    fn ops() -> Vec<Op> {
+        described().1
+    }
+
+    // The admin document's tool bodies are the MCP tools' schemas: tested here, where both are visible.
+    #[test]
+    fn every_route_is_described_with_its_parameters_and_schemas() {
+        let ops = ops();
+        let doc = document(&ops, crate::mcp::tools::input_schema);
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().unwrap();
+        assert_eq!(paths.values().map(|p| p.as_object().unwrap().len()).sum::<usize>(), ops.len());
+        assert_eq!(doc["paths"]["/admin/api/orgs/{orgId}/approve"]["post"]["parameters"][0]["name"], "orgId");
+        let limits = &doc["paths"]["/admin/api/limits"]["get"]["parameters"];
+        assert_eq!((limits[0]["name"].as_str(), limits[0]["required"].as_bool()), (Some("agentId"), Some(true)));
+        // A tool route's body is the tool's own input schema.
+        let dnc = &doc["paths"]["/admin/api/agents/{agentId}/limits"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"];
+        assert_eq!(*dnc, crate::mcp::tools::input_schema("comms_set_agent_limits").unwrap());
+        // Every reply is a defined component, derived from the handler's own reply type.
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for op in &ops {
+            let reply = &doc["paths"][op.path][op.method]["responses"]["200"]["content"]["application/json"]["schema"];
+            let name = reply["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/"));
+            assert!(name.is_some_and(|n| schemas.contains_key(n)), "{} {}: {reply}", op.method, op.path);
+            if let Body::Tool(name) = op.doc.body {
+                assert!(crate::mcp::tools::input_schema(name).is_some(), "{name} is a tool");
+            }
+        }
+        // The feed's envelope is the type the handler serializes: its fields, required, in camelCase.
+        let envelope = &schemas["Envelope"];
+        let required: Vec<&str> =
+            envelope["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        for field in ["position", "eventId", "aggregateType", "sequence", "payload", "prevHash", "hash", "redactions"] {
+            assert!(required.contains(&field), "{field} in {required:?}");
+        }
+        assert!(!required.contains(&"metadata"), "metadata is raw=true only");
+        assert_eq!(schemas["AgentAdminView"]["properties"]["limits"]["$ref"], "#/components/schemas/LimitsView");
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! A webhook request refused by `WEBHOOK_IP_ALLOWLIST` is answered in its route's format (TwiML
 //! `<Response/>` on Twilio routes, JSON on `/email`, docs/http.md#routes). A POST to a webhook route goes
-//! on, marked `webhooks::IpRefused`, to its handler, which refuses it before anything else and
+//! on, marked `webhook_routes::IpRefused`, to its handler, which refuses it before anything else and
 //! records `WebhookRejected(ip)` when the agent exists (only handlers reach the store); every
 //! other refused request is answered here.
 
@@ -17,9 +17,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 
+use super::webhook_routes::{ip_refusal, route_path, IpRefused};
 use super::{ClientIp, Hardening};
 use crate::error::{ApiError, ErrorCode};
-use crate::webhooks;
 
 pub fn listed(list: &[IpNet], ip: IpAddr) -> bool {
     list.iter().any(|net| net.contains(&ip))
@@ -59,10 +59,10 @@ pub async fn allowlists(State(h): State<Arc<Hardening>>, mut request: Request, n
             if !webhook {
                 return forbidden();
             }
-            if request.method() != Method::POST || !webhooks::route_path(path) {
-                return webhooks::ip_refusal(path);
+            if request.method() != Method::POST || !route_path(path) {
+                return ip_refusal(path);
             }
-            request.extensions_mut().insert(webhooks::IpRefused);
+            request.extensions_mut().insert(IpRefused);
         }
     }
     next.run(request).await

@@ -33,6 +33,7 @@ pub mod prometheus;
 pub mod rate_limit;
 pub mod request_id;
 pub mod views_api;
+pub mod webhook_routes;
 
 pub use client_ip::ClientIp;
 pub use request_id::RequestId;

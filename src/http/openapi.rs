@@ -3,7 +3,8 @@
 //! `ApiRouter`, whose `get`/`post` take the handler *and* its description (`Doc`) together, so a
 //! route cannot be served without its entry nor described without being served. The request body
 //! of a route that performs a tool (`= comms_…`) is that tool's own input schema (the one
-//! `tools/list` announces). The 200 reply's schema is derived (schemars) from the type the
+//! `tools/list` announces), looked up through the `ToolSchemas` the caller passes in (`app.rs`
+//! gives `mcp::tools::input_schema`: `http` sits below `mcp` and does not import it). The 200 reply's schema is derived (schemars) from the type the
 //! handler itself returns, `Result<Json<T>, ApiError>` (`Replies`): a handler cannot change
 //! what it answers without the document following.
 
@@ -17,6 +18,9 @@ use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// The lookup of a tool's input schema by its name (`mcp::tools::input_schema`).
+pub type ToolSchemas = fn(&str) -> Option<Value>;
 
 /// A query parameter: name, required, JSON-schema type, description.
 pub type Query = (&'static str, bool, &'static str, &'static str);
@@ -163,7 +167,7 @@ fn error(description: &str) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorReply"}}}})
 }
 
-fn operation(op: &Op, generator: &mut SchemaGenerator) -> Value {
+fn operation(op: &Op, generator: &mut SchemaGenerator, tool_schemas: ToolSchemas) -> Value {
     let mut parameters: Vec<Value> = op
         .path
         .split('/')
@@ -192,7 +196,7 @@ fn operation(op: &Op, generator: &mut SchemaGenerator) -> Value {
     });
     let body = match op.doc.body {
         Body::None => None,
-        Body::Tool(name) => Some(crate::mcp::tools::input_schema(name).unwrap_or_else(|| json!({"type": "object"}))),
+        Body::Tool(name) => Some(tool_schemas(name).unwrap_or_else(|| json!({"type": "object"}))),
         Body::Schema(schema) => Some(schema()),
     };
     if let Some(schema) = body {
@@ -256,14 +260,14 @@ pub fn openapi_op(path: &'static str) -> Op {
     Op { method: "get", path, doc: OPENAPI, reply: reply_schema::<OpenApiDocument> }
 }
 
-/// The OpenAPI 3.1 document of `ops`.
-pub fn document(ops: &[Op]) -> Value {
+/// The OpenAPI 3.1 document of `ops`; a tool route's body is `tool_schemas(tool)`.
+pub fn document(ops: &[Op], tool_schemas: ToolSchemas) -> Value {
     let mut generator = generator();
     generator.subschema_for::<ErrorReply>();
     let mut paths = Map::new();
     for op in ops {
         let entry = paths.entry(op.path.to_string()).or_insert_with(|| json!({}));
-        entry[op.method] = operation(op, &mut generator);
+        entry[op.method] = operation(op, &mut generator, tool_schemas);
     }
     let schemas = generator.take_definitions(true);
     json!({

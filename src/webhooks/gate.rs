@@ -19,10 +19,11 @@ use chrono::{DateTime, Utc};
 
 use super::replay::{self, Claim};
 use super::signature;
-use super::{empty, json_error, ok, reject, turned_away, IpRefused};
+use super::{empty, json_error, ok, reject, turned_away};
 use crate::directory::{self, AgentView};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::client_ip::ClientIp;
+use crate::http::webhook_routes::{ip_refusal, IpRefused};
 use crate::providers::credentials;
 use crate::state::AppState;
 use crate::store::CommandContext;
@@ -104,7 +105,7 @@ async fn refuse_ip(app: &AppState, arrival: &Arrival, provider: &str, route: &st
     let path = arrival.uri.0.path();
     let Ok(agent_id) = arrival.agent_id.as_deref() else {
         turned_away(app, route, "ip");
-        return super::ip_refusal(path);
+        return ip_refusal(path);
     };
     match directory::agent(&app.pool, agent_id).await {
         Ok(Some(agent)) => reject(app, &agent, provider, route, "ip", &arrival.ip).await,
@@ -114,7 +115,7 @@ async fn refuse_ip(app: &AppState, arrival: &Arrival, provider: &str, route: &st
             tracing::error!(error = %e.message, agent_id, "IP-refused webhook not recorded: agent lookup failed")
         }
     }
-    super::ip_refusal(path)
+    ip_refusal(path)
 }
 
 /// Step 4: the nonce. A replay inside the window → `Claim::Replay`; a nonce seen before the

@@ -14,7 +14,7 @@ mod resend;
 pub mod signature;
 mod twilio;
 
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -24,6 +24,7 @@ use serde_json::json;
 use crate::directory::AgentView;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::client_ip::ClientIp;
+use crate::http::webhook_routes::twiml;
 use crate::outbound::actions::xml_escape;
 use crate::state::AppState;
 use crate::store::{Actor, ActorKind, CommandContext};
@@ -35,11 +36,6 @@ pub fn routes() -> Router<AppState> {
         .route("/webhooks/{agent_id}/call-status", post(twilio::call_status))
         .route("/webhooks/{agent_id}/voice/status", post(twilio::call_status))
         .route("/webhooks/{agent_id}/email", post(resend::email))
-}
-
-/// A Twilio reply: `text/xml`, no prolog; the empty one is exactly `<Response/>`.
-fn twiml(status: StatusCode, body: impl Into<String>) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body.into()).into_response()
 }
 
 fn empty(status: StatusCode) -> Response {
@@ -80,41 +76,6 @@ async fn reject(app: &AppState, agent: &AgentView, provider: &str, route: &str, 
     record(app, agent, event, &context).await;
 }
 
-/// Set by the hardening layer (`http::ip_filter`) on a request to a webhook route from an IP
-/// outside `WEBHOOK_IP_ALLOWLIST`: the handler refuses it at once (docs/webhooks.md#twilio-routes step 1), recording the
-/// refusal on the agent's stream when the agent exists.
-#[derive(Clone, Copy, Debug)]
-pub struct IpRefused;
-
-/// Whether `path` is a Twilio webhook route (`/webhooks/:agentId/sms`, `/call-status`,
-/// `/voice/status`), whose answers are TwiML, errors included.
-pub fn twilio_path(path: &str) -> bool {
-    matches!(segments(path).as_slice(), [_, "sms" | "call-status"] | [_, "voice", "status"])
-}
-
-/// Whether `path` is one of the webhook routes (Twilio's or `/webhooks/:agentId/email`).
-pub fn route_path(path: &str) -> bool {
-    twilio_path(path) || matches!(segments(path).as_slice(), [_, "email"])
-}
-
-/// The segments of `path` after `/webhooks/`, the agent id first.
-fn segments(path: &str) -> Vec<&str> {
-    match path.strip_prefix("/webhooks/") {
-        Some(rest) if !rest.starts_with('/') => rest.split('/').collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// The answer to a webhook request refused by the IP allowlist: TwiML on Twilio routes, JSON on
-/// the others.
-pub fn ip_refusal(path: &str) -> Response {
-    if twilio_path(path) {
-        empty(StatusCode::FORBIDDEN)
-    } else {
-        json_error(StatusCode::FORBIDDEN, "Forbidden")
-    }
-}
-
 fn json_error(status: StatusCode, message: &str) -> Response {
     let code = match status {
         StatusCode::NOT_FOUND => ErrorCode::NotFound,
@@ -127,20 +88,4 @@ fn json_error(status: StatusCode, message: &str) -> Response {
 
 fn ok() -> Response {
     Json(json!({"ok": true})).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{route_path, twilio_path};
-
-    #[test]
-    fn webhook_routes_are_told_apart_by_their_paths() {
-        for twilio in ["/webhooks/a1/sms", "/webhooks/a1/call-status", "/webhooks/a1/voice/status"] {
-            assert!(twilio_path(twilio) && route_path(twilio), "{twilio}");
-        }
-        assert!(!twilio_path("/webhooks/a1/email") && route_path("/webhooks/a1/email"));
-        for other in ["/webhooks", "/webhooks/", "/webhooks//sms", "/webhooks/a1/sms/x", "/webhooks/a1/voice", "/sms"] {
-            assert!(!route_path(other), "{other}");
-        }
-    }
 }
