@@ -13,12 +13,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::auth::{watch, Identity, Lockout};
+use crate::auth::{Identity, Lockout};
 use crate::clock::Clock;
 use crate::config::{Config, Environment, LogFormat};
 use crate::crypto::{self, DataKeys};
 use crate::directory::commands;
 use crate::http::{self, Hardening};
+use crate::identity_watch;
 use crate::jobs::{Jobs, RetentionJob};
 use crate::mcp;
 use crate::sessions::Sessions;
@@ -222,7 +223,7 @@ impl Server {
         let runners =
             runner::spawn_all(state.pool.clone(), commguard_projections::all(), rt.store.appended(), stop.clone());
         commands::ensure_default_org(&state).await.map_err(|e| StartError::Setup(e.message))?;
-        let mut tasks = vec![tokio::spawn(watch::run(
+        let mut tasks = vec![tokio::spawn(identity_watch::run(
             state.pool.clone(),
             state.identity.clone(),
             state.lockout.clone(),

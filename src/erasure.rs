@@ -127,7 +127,7 @@ pub async fn erase_subject(
             .fetch_one(&mut *tx)
             .await
             .map_err(ApiError::internal)?;
-    // Every instance forgets its cached live subject keys (`auth::watch`) when this commits. The
+    // Every instance forgets its cached live subject keys (`identity_watch`) when this commits. The
     // reply does not wait for that: a cached subject key is checked live in Postgres before it
     // seals anything (`KeyStore::get_or_create`), so no instance can use a destroyed one after
     // this commit, whether or not it has processed the notice yet.

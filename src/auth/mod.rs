@@ -2,11 +2,9 @@
 //! parse headers. `identity` resolves tokens (with a cache that revocation invalidates on every
 //! instance), `lockout` counts failures per IP in Postgres, `guard` holds the role and org rules.
 
-pub mod caller;
 pub mod guard;
 pub mod identity;
 pub mod lockout;
-pub mod watch;
 
 use axum::http::HeaderMap;
 use uuid::Uuid;

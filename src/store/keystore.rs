@@ -52,7 +52,7 @@ impl KeyFor<'_> {
 ///
 /// A cached **subject** key is never used on trust: every hit is checked against Postgres by
 /// primary key (`still_live`) before it seals anything, because another instance may have erased
-/// the subject a moment ago, and its notice (`auth::watch`) reaches this cache asynchronously.
+/// the subject a moment ago, and its notice (`identity_watch`) reaches this cache asynchronously.
 /// The check reads committed state, so a seal that starts after an erasure's reply can only use
 /// the next generation, whatever this instance has heard (ARCHITECTURE: erasure). Retention keys
 /// are not checked: a run destroys only days before today − N, never the bucket of a new event.
@@ -177,7 +177,7 @@ impl KeyStore {
     }
 
     /// Drops every cached subject key of this instance: another instance destroyed one (its
-    /// notice arrived through `auth::watch`), so the next seal reads the live generation again.
+    /// notice arrived through `identity_watch`), so the next seal reads the live generation again.
     pub fn forget_subject_keys(&self) {
         self.live.forget("s|");
     }

@@ -13,7 +13,7 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Identity, Lockout};
+use crate::auth::{Identity, Lockout};
 use crate::sessions::Sessions;
 use crate::store::keystore::KeyStore;
 
