@@ -312,6 +312,11 @@ async fn block<A: Action>(
     refusal
 }
 
+/// The agent's effective limits (tier, then overrides; docs/limits.md#tiers).
+fn limits_of(agent: &crate::directory::AgentView, config: &crate::config::Config) -> Limits {
+    crate::directory::effective_limits(agent, config).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::scrub;
@@ -334,9 +339,4 @@ mod tests {
         }
         assert_eq!(scrub("no number here", "+12025550142"), "no number here");
     }
-}
-
-/// The agent's effective limits (tier, then overrides; docs/limits.md#tiers).
-fn limits_of(agent: &crate::directory::AgentView, config: &crate::config::Config) -> Limits {
-    crate::directory::effective_limits(agent, config).map(Some)
 }
