@@ -275,7 +275,9 @@ PY
     # (positions 1..$fill, under the first real transaction's). A clone keeps its original's
     # event id — the field's AAD — so it opens like the original; the unique index on event_id is
     # dropped in this throwaway database to allow it.
-    cargo build --release --bin commguard >&2
+    # COMMGUARD_BIN=FILE: measure that build instead (e.g. a copy of an earlier one).
+    bin=${COMMGUARD_BIN:-target/release/commguard}
+    [ -n "${COMMGUARD_BIN:-}" ] || cargo build --release --bin commguard >&2
     psql -q "$admin" -c "CREATE DATABASE bench"
     bench_url="${admin/\/postgres\?//bench?}"
     # Burn transaction ids so that every real position (txid << 12) lies above $fill.
@@ -285,7 +287,7 @@ PY
     data=$(mktemp -d /tmp/commguard-bench-data-XXXXXX); chmod 755 "$data"
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     DATABASE_URL="$bench_url" HOST=127.0.0.1 PORT=$port MASTER_SECURITY_TOKEN=$token COMMGUARD_DATA_DIR=$data \
-      HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 RUST_LOG=warn target/release/commguard serve &
+      HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 RUST_LOG=warn "$bin" serve &
     server=$!
     trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"' EXIT
     until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
@@ -313,6 +315,10 @@ PY
     raw_start=$(date +%s.%N)
     raw_bytes=$(psql "$bench_url" -c "COPY (SELECT * FROM events) TO STDOUT" | wc -c)
     raw_end=$(date +%s.%N)
+    if [ -n "${BENCH_PERF:-}" ]; then
+      # Profiling aid: BENCH_PERF=FILE records the server for 10 s of the decrypted paging.
+      perf record -F 499 -g --call-graph dwarf -p "$server" -o "$BENCH_PERF" -- sleep 10 >/dev/null 2>&1 &
+    fi
     python3 - "$port" "$token" "$total" "$raw_start" "$raw_end" "$raw_bytes" <<'PY'
 import http.client, json, sys, time
 port, token, total = sys.argv[1], sys.argv[2], int(sys.argv[3])

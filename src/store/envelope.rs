@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::feed::StoredEvent;
 use super::keystore::{KeyStore, KeyStoreError};
-use super::sealing::{OpeningKeys, Redaction};
+use super::sealing::{OpeningKeys, Redaction, SealedPayload};
 
 /// An event in the auditor-feed form (CONTRACT §11.1).
 ///
@@ -94,58 +94,126 @@ pub async fn envelopes(
     events: Vec<StoredEvent>,
     as_stored: bool,
 ) -> Result<Vec<Envelope>, KeyStoreError> {
-    // The payloads to open, parsed once: (index in the page, payload).
-    let sealed: Vec<(usize, Value)> = if as_stored {
-        Vec::new()
-    } else {
-        events
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| has_sealed_field(e.payload.get()))
-            .map(|(i, e)| (i, e.payload_value()))
-            .collect()
+    let (page, keys) = prepare(keystore, events, as_stored).await?;
+    Ok(par_map(page, |(event, sealed)| build(event, sealed, &keys, as_stored)))
+}
+
+/// `envelopes`, each already written as JSON: what the feed sends. Parsing, opening and writing
+/// are spread over the machine's cores (`par_map`), a share of the page each.
+pub async fn envelopes_json(
+    keystore: &KeyStore,
+    events: Vec<StoredEvent>,
+    as_stored: bool,
+) -> Result<Vec<Box<RawValue>>, KeyStoreError> {
+    let (page, keys) = prepare(keystore, events, as_stored).await?;
+    Ok(par_map(page, |(event, sealed)| {
+        let envelope = build(event, sealed, &keys, as_stored);
+        serde_json::value::to_raw_value(&envelope).unwrap_or_else(|_| raw("null".into()))
+    }))
+}
+
+/// Each event with its payload parsed when it holds a sealed field (parsed once, its fields
+/// found once), and the keys those fields name, looked up for the whole page.
+async fn prepare(
+    keystore: &KeyStore,
+    events: Vec<StoredEvent>,
+    as_stored: bool,
+) -> Result<(Vec<(StoredEvent, Option<SealedPayload>)>, OpeningKeys), KeyStoreError> {
+    let page: Vec<(StoredEvent, Option<SealedPayload>)> = match as_stored {
+        true => events.into_iter().map(|e| (e, None)).collect(),
+        false => par_map(events, |e| {
+            let sealed = has_sealed_field(e.payload.get()).then(|| SealedPayload::parse(e.payload.get()));
+            (e, sealed)
+        }),
     };
-    let keys = match sealed.is_empty() {
-        true => None,
-        false => {
-            let payloads: Vec<&Value> = sealed.iter().map(|(_, p)| p).collect();
-            Some(OpeningKeys::load(keystore, &payloads).await?)
+    let sealed: Vec<&SealedPayload> = page.iter().filter_map(|(_, s)| s.as_ref()).collect();
+    let keys = OpeningKeys::for_payloads(keystore, &sealed).await?;
+    Ok((page, keys))
+}
+
+/// The envelope of one event, its sealed fields (if parsed) opened with `keys`.
+fn build(event: StoredEvent, sealed: Option<SealedPayload>, keys: &OpeningKeys, as_stored: bool) -> Envelope {
+    let (payload, redactions) = match sealed {
+        Some(sealed) => {
+            let (payload, redactions) = sealed.open(keys, event.event_id);
+            (serde_json::value::to_raw_value(&payload).unwrap_or_else(|_| raw("null".into())), redactions)
         }
+        None => (raw(event.payload.0), Vec::new()),
     };
-    let mut sealed = sealed.into_iter().peekable();
-    let mut out = Vec::with_capacity(events.len());
-    for (i, event) in events.into_iter().enumerate() {
-        let (payload, redactions) = match (sealed.next_if(|(at, _)| *at == i), &keys) {
-            (Some((_, mut payload)), Some(keys)) => {
-                let redactions = keys.open(&mut payload, event.event_id);
-                (serde_json::value::to_raw_value(&payload).unwrap_or_else(|_| raw("null".into())), redactions)
-            }
-            _ => (raw(event.payload.0), Vec::new()),
-        };
-        let context: Context = serde_json::from_str(event.metadata.get()).unwrap_or_default();
-        let owned = |field: Option<&RawValue>| field.map(RawValue::to_owned);
-        let (actor, request_id, transport, provenance) =
-            (owned(context.actor), owned(context.request_id), owned(context.transport), owned(context.provenance));
-        out.push(Envelope {
-            position: event.position,
-            event_id: event.event_id,
-            occurred_at: super::rfc3339(event.occurred_at),
-            actor,
-            request_id,
-            transport,
-            provenance,
-            payload,
-            redactions,
-            metadata: as_stored.then(|| raw(event.metadata.0)),
-            aggregate_type: event.aggregate_type,
-            aggregate_id: event.aggregate_id,
-            sequence: event.sequence,
-            event_type: event.event_type,
-            event_version: event.event_version,
-            org_id: event.org_id,
-            prev_hash: event.prev_hash,
-            hash: event.hash,
-        });
+    let context: Context = serde_json::from_str(event.metadata.get()).unwrap_or_default();
+    let owned = |field: Option<&RawValue>| field.map(RawValue::to_owned);
+    let (actor, request_id, transport, provenance) =
+        (owned(context.actor), owned(context.request_id), owned(context.transport), owned(context.provenance));
+    Envelope {
+        position: event.position,
+        event_id: event.event_id,
+        occurred_at: super::rfc3339(event.occurred_at),
+        actor,
+        request_id,
+        transport,
+        provenance,
+        payload,
+        redactions,
+        metadata: as_stored.then(|| raw(event.metadata.0)),
+        aggregate_type: event.aggregate_type,
+        aggregate_id: event.aggregate_id,
+        sequence: event.sequence,
+        event_type: event.event_type,
+        event_version: event.event_version,
+        org_id: event.org_id,
+        prev_hash: event.prev_hash,
+        hash: event.hash,
     }
-    Ok(out)
+}
+
+/// Below this many items a share is not worth a thread.
+const PER_THREAD: usize = 64;
+
+/// `items.map(f)` in order, spread over the available cores in contiguous shares: the calling
+/// thread takes the first share, scoped threads the others (a page is a few milliseconds of
+/// work, so a thread per share costs little; no pool to size or starve, in any runtime).
+fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores.min(items.len() / PER_THREAD).max(1);
+    if threads == 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let share = items.len().div_ceil(threads);
+    let mut shares: Vec<Vec<T>> = Vec::with_capacity(threads);
+    let mut items = items.into_iter();
+    loop {
+        let next: Vec<T> = items.by_ref().take(share).collect();
+        if next.is_empty() {
+            break;
+        }
+        shares.push(next);
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let mut shares = shares.into_iter();
+        let first = shares.next().unwrap_or_default();
+        let others: Vec<_> =
+            shares.map(|share| scope.spawn(move || share.into_iter().map(f).collect::<Vec<R>>())).collect();
+        let mut out: Vec<R> = first.into_iter().map(f).collect();
+        for other in others {
+            match other.join() {
+                Ok(done) => out.extend(done),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn par_map_keeps_the_order_of_every_item() {
+        for n in [0, 1, 63, 64, 128, 1000, 1001] {
+            let out = par_map((0..n).collect(), |i: usize| i * 2);
+            assert_eq!(out, (0..n).map(|i| i * 2).collect::<Vec<_>>(), "{n} items");
+        }
+    }
 }

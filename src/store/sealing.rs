@@ -92,51 +92,114 @@ pub async fn open_payload(
     payload: &mut Value,
     event_id: Uuid,
 ) -> Result<Vec<Redaction>, KeyStoreError> {
-    let keys = OpeningKeys::load(keystore, &[&*payload]).await?;
-    Ok(keys.open(payload, event_id))
+    let fields = sealed_fields(payload);
+    let keys = OpeningKeys::load(keystore, key_ids([&fields])).await?;
+    Ok(keys.open_fields(payload, fields, event_id))
+}
+
+/// A stored payload with sealed fields, parsed once: the tree and where its fields are.
+pub struct SealedPayload {
+    pub value: Value,
+    fields: Vec<Field<SealedField>>,
+}
+
+impl SealedPayload {
+    /// The payload parsed (`null` if the text is not JSON), with its sealed fields.
+    pub fn parse(text: &str) -> Self {
+        let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        let fields = sealed_fields(&value);
+        Self { value, fields }
+    }
+
+    /// The key ids its fields name (with repeats).
+    pub fn key_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.fields.iter().flat_map(|f| f.value.k.iter().copied())
+    }
+
+    /// The payload with every field opened (or `"[erased]"`), and its redactions.
+    pub fn open(self, keys: &OpeningKeys, event_id: Uuid) -> (Value, Vec<Redaction>) {
+        let mut value = self.value;
+        let redactions = keys.open_fields(&mut value, self.fields, event_id);
+        (value, redactions)
+    }
+}
+
+fn sealed_fields(payload: &Value) -> Vec<Field<SealedField>> {
+    let mut fields = Vec::new();
+    collect(payload, SEALED_MARKER, &mut Vec::new(), &mut fields);
+    fields
+}
+
+/// The distinct key ids of the fields of several payloads, sorted.
+fn key_ids<'a>(payloads: impl IntoIterator<Item = &'a Vec<Field<SealedField>>>) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = payloads.into_iter().flatten().flat_map(|f| f.value.k.iter().copied()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// The keys that open a set of payloads (a feed page, an export chunk), looked up in two queries
 /// whatever the number of events: the live keys, and the kind of each missing one (a redaction
-/// says whether erasure or retention destroyed it).
+/// says whether erasure or retention destroyed it). Which keys live is always asked of Postgres;
+/// the key store may only spare the unwrap and the field-key derivation (`KeyStore::lookup`).
 pub struct OpeningKeys {
     live: HashMap<Uuid, Key>,
     kinds: HashMap<Uuid, String>,
+    /// Field keys derived from live keys: the key store's memo, none for `from_keys`.
+    derived: Option<super::keystore::FieldKeys>,
 }
 
 impl OpeningKeys {
-    pub async fn load(keystore: &KeyStore, payloads: &[&Value]) -> Result<Self, KeyStoreError> {
-        let mut ids: Vec<Uuid> = Vec::new();
-        for payload in payloads {
-            let mut fields: Vec<Field<SealedField>> = Vec::new();
-            collect(payload, SEALED_MARKER, &mut Vec::new(), &mut fields);
-            ids.extend(fields.iter().flat_map(|f| f.value.k.iter().copied()));
-        }
+    /// The keys of `payloads` (each parsed once by `SealedPayload::parse`).
+    pub async fn for_payloads(keystore: &KeyStore, payloads: &[&SealedPayload]) -> Result<Self, KeyStoreError> {
+        let mut ids: Vec<Uuid> = payloads.iter().flat_map(|p| p.key_ids()).collect();
         ids.sort_unstable();
         ids.dedup();
+        Self::load(keystore, ids).await
+    }
+
+    async fn load(keystore: &KeyStore, ids: Vec<Uuid>) -> Result<Self, KeyStoreError> {
         if ids.is_empty() {
-            return Ok(Self { live: HashMap::new(), kinds: HashMap::new() });
+            return Ok(Self::from_keys(HashMap::new(), HashMap::new()));
         }
         let live: HashMap<Uuid, Key> = keystore.lookup(&ids).await?;
         let missing: Vec<Uuid> = ids.iter().copied().filter(|id| !live.contains_key(id)).collect();
         let kinds = if missing.is_empty() { HashMap::new() } else { keystore.kinds(&missing).await? };
-        Ok(Self { live, kinds })
+        Ok(Self { live, kinds, derived: Some(keystore.field_keys()) })
     }
 
     /// From keys already looked up (no IO): `live` opens fields, `kinds` names why a missing
     /// key is gone. What `load` builds; the fuzz target of the envelope decoder uses it directly.
     pub fn from_keys(live: HashMap<Uuid, Key>, kinds: HashMap<Uuid, String>) -> Self {
-        Self { live, kinds }
+        Self { live, kinds, derived: None }
     }
 
     /// Opens every sealed field of `payload` whose keys are all live; the others read
     /// `"[erased]"` and are listed.
     pub fn open(&self, payload: &mut Value, event_id: Uuid) -> Vec<Redaction> {
-        let mut fields: Vec<Field<SealedField>> = Vec::new();
-        collect(payload, SEALED_MARKER, &mut Vec::new(), &mut fields);
+        let fields = sealed_fields(payload);
+        self.open_fields(payload, fields, event_id)
+    }
+
+    /// The field key of a field sealed under `ids`, when all of them live.
+    fn field_key(&self, ids: &[Uuid]) -> Option<Key> {
+        if !ids.iter().all(|id| self.live.contains_key(id)) {
+            return None;
+        }
+        let derive = || envelope::field_key(ids.iter().map(|id| &self.live[id]));
+        Some(match &self.derived {
+            Some(memo) => memo.get_or_derive(ids, derive),
+            None => derive(),
+        })
+    }
+
+    fn open_fields(&self, payload: &mut Value, fields: Vec<Field<SealedField>>, event_id: Uuid) -> Vec<Redaction> {
         let mut redactions = Vec::new();
         for Field { path, at, value: field } in fields {
-            let opened = envelope::open(&field, event_id, &path, |id| self.live.get(&id).copied());
+            let opened = match self.field_key(&field.k) {
+                Some(key) => envelope::open_with(&field, &key, event_id, &path),
+                None => Err(Opened::Erased),
+            };
             let value = match opened {
                 Ok(text) => Value::String(text),
                 Err(Opened::Erased) => {
@@ -146,11 +209,11 @@ impl OpeningKeys {
                         .iter()
                         .any(|id| !self.live.contains_key(id) && self.kinds.get(id).is_none_or(|k| k != "retention"));
                     let reason = if subject_gone { "subject_erased" } else { "retention_expired" };
-                    redactions.push(Redaction { path: path.clone(), reason });
+                    redactions.push(Redaction { path, reason });
                     json!("[erased]")
                 }
                 Err(Opened::Corrupt) => {
-                    redactions.push(Redaction { path: path.clone(), reason: "corrupt" });
+                    redactions.push(Redaction { path, reason: "corrupt" });
                     json!("[erased]")
                 }
             };
