@@ -87,9 +87,10 @@ impl LiveKeys {
 /// What opening sealed fields can reuse across pages: keys unwrapped from their stored rows,
 /// and field keys derived from them (`envelope::field_key`, HKDF). A memo that is safe to lose,
 /// and never an answer to *whether* a key lives: every page still asks Postgres which of its
-/// keys are live (`KeyStore::lookup`, one query), and a field opens only when all its keys were
-/// live in that answer. An unwrap is memoised under the stored bytes it came from, so it is the
-/// same function, only cheaper.
+/// keys are live (`KeyStore::for_opening`, one query), and a field opens only when all its keys
+/// were live in that answer. A key id's bytes never change (a row is written once, and
+/// destroying it only empties it), so what the memo holds for an id is what an unwrap of its
+/// row would give.
 ///
 /// Bounded (`OPENED_CAPACITY` entries, cleared when full) and short-lived (`OPENED_TTL`), so the
 /// bytes of a destroyed key do not stay in memory: destroying keys here clears it at once, and
@@ -101,7 +102,7 @@ pub(crate) struct FieldKeys {
 
 #[derive(Default)]
 struct FieldKeysInner {
-    unwrapped: Mutex<HashMap<Uuid, (Vec<u8>, Key, Instant)>>,
+    unwrapped: Mutex<HashMap<Uuid, (Key, Instant)>>,
     derived: Mutex<HashMap<Vec<Uuid>, (Key, Instant)>>,
 }
 
@@ -109,17 +110,20 @@ const OPENED_TTL: Duration = Duration::from_secs(30);
 const OPENED_CAPACITY: usize = 65_536;
 
 impl FieldKeys {
-    fn unwrapped(&self, id: Uuid, wrapped: &[u8]) -> Option<Key> {
+    /// The keys among `ids` unwrapped lately (whether they still live is not known here).
+    fn kept(&self, ids: &[Uuid]) -> HashMap<Uuid, Key> {
         let memo = self.inner.unwrapped.lock().expect("opening memo lock");
-        memo.get(&id).filter(|(w, _, at)| w == wrapped && at.elapsed() < OPENED_TTL).map(|(_, key, _)| *key)
+        ids.iter()
+            .filter_map(|id| memo.get(id).filter(|(_, at)| at.elapsed() < OPENED_TTL).map(|(key, _)| (*id, *key)))
+            .collect()
     }
 
-    fn keep_unwrapped(&self, id: Uuid, wrapped: &[u8], key: Key) {
+    fn keep(&self, id: Uuid, key: Key) {
         let mut memo = self.inner.unwrapped.lock().expect("opening memo lock");
         if memo.len() >= OPENED_CAPACITY {
             memo.clear();
         }
-        memo.insert(id, (wrapped.to_vec(), key, Instant::now()));
+        memo.insert(id, (key, Instant::now()));
     }
 
     /// The field key of the live keys `ids`, derived by `derive` unless kept.
@@ -174,16 +178,41 @@ impl KeyStore {
                 .bind(ids)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.into_iter()
-            .map(|(id, wrapped)| match self.opened.unwrapped(id, &wrapped) {
-                Some(key) => Ok((id, key)),
-                None => {
+        rows.into_iter().map(|(id, wrapped)| Ok((id, self.unwrap(&wrapped, id)?))).collect()
+    }
+
+    /// For opening sealed fields (the feed, exports): the live keys among `ids`, and the kind of
+    /// each destroyed one (a redaction says whether erasure or retention destroyed it), in one
+    /// query. Postgres answers which keys live, every time; a key unwrapped lately (`FieldKeys`)
+    /// is not sent again, only named: the query returns the rows of destroyed keys and of keys
+    /// not kept. Unknown ids are in neither map.
+    pub async fn for_opening(&self, ids: &[Uuid]) -> Result<(HashMap<Uuid, Key>, HashMap<Uuid, String>), KeyStoreError> {
+        let kept: HashMap<Uuid, Key> = self.opened.kept(ids);
+        let kept_ids: Vec<Uuid> = kept.keys().copied().collect();
+        let rows: Vec<(Uuid, String, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT key_id, kind, wrapped FROM data_keys
+             WHERE key_id = ANY($1) AND (wrapped IS NULL OR key_id <> ALL($2))",
+        )
+        .bind(ids)
+        .bind(&kept_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut destroyed: HashMap<Uuid, String> = HashMap::new();
+        let mut live: HashMap<Uuid, Key> = HashMap::with_capacity(ids.len());
+        for (id, kind, wrapped) in rows {
+            match wrapped {
+                Some(wrapped) => {
                     let key = self.unwrap(&wrapped, id)?;
-                    self.opened.keep_unwrapped(id, &wrapped, key);
-                    Ok((id, key))
+                    self.opened.keep(id, key);
+                    live.insert(id, key);
                 }
-            })
-            .collect()
+                None => {
+                    destroyed.insert(id, kind);
+                }
+            }
+        }
+        live.extend(kept.into_iter().filter(|(id, _)| !destroyed.contains_key(id)));
+        Ok((live, destroyed))
     }
 
     /// The memo of field keys that opening shares across pages (see `FieldKeys`).

@@ -138,10 +138,10 @@ fn key_ids<'a>(payloads: impl IntoIterator<Item = &'a Vec<Field<SealedField>>>) 
     ids
 }
 
-/// The keys that open a set of payloads (a feed page, an export chunk), looked up in two queries
-/// whatever the number of events: the live keys, and the kind of each missing one (a redaction
+/// The keys that open a set of payloads (a feed page, an export chunk), looked up in one query
+/// whatever the number of events: the live keys, and the kind of each destroyed one (a redaction
 /// says whether erasure or retention destroyed it). Which keys live is always asked of Postgres;
-/// the key store may only spare the unwrap and the field-key derivation (`KeyStore::lookup`).
+/// the key store may only spare the unwrap and the field-key derivation (`KeyStore::for_opening`).
 pub struct OpeningKeys {
     live: HashMap<Uuid, Key>,
     kinds: HashMap<Uuid, String>,
@@ -162,9 +162,7 @@ impl OpeningKeys {
         if ids.is_empty() {
             return Ok(Self::from_keys(HashMap::new(), HashMap::new()));
         }
-        let live: HashMap<Uuid, Key> = keystore.lookup(&ids).await?;
-        let missing: Vec<Uuid> = ids.iter().copied().filter(|id| !live.contains_key(id)).collect();
-        let kinds = if missing.is_empty() { HashMap::new() } else { keystore.kinds(&missing).await? };
+        let (live, kinds) = keystore.for_opening(&ids).await?;
         Ok(Self { live, kinds, derived: Some(keystore.field_keys()) })
     }
 
