@@ -98,18 +98,63 @@ pub async fn envelopes(
     Ok(par_map(page, |(event, sealed)| build(event, sealed, &keys, as_stored)))
 }
 
-/// `envelopes`, each already written as JSON: what the feed sends. Parsing, opening and writing
-/// are spread over the machine's cores (`par_map`), a share of the page each.
+/// `envelopes`, each already written as JSON, as the feed writes them (`PageWriter`, one share).
 pub async fn envelopes_json(
     keystore: &KeyStore,
     events: Vec<StoredEvent>,
     as_stored: bool,
 ) -> Result<Vec<Box<RawValue>>, KeyStoreError> {
-    let (page, keys) = prepare(keystore, events, as_stored).await?;
-    Ok(par_map(page, |(event, sealed)| {
-        let envelope = build(event, sealed, &keys, as_stored);
-        serde_json::value::to_raw_value(&envelope).unwrap_or_else(|_| raw("null".into()))
-    }))
+    let mut writer = PageWriter::new(as_stored);
+    writer.add(events);
+    writer.write(keystore).await
+}
+
+/// A feed page being written while it is read: each share of the page is parsed on the
+/// blocking pool as soon as it arrives (`add`), while Postgres sends the next; `write` then looks
+/// up the page's keys (one query) and opens and writes every envelope (`par_map`).
+pub struct PageWriter {
+    as_stored: bool,
+    parsing: Vec<tokio::task::JoinHandle<Vec<Parsed>>>,
+}
+
+/// An event, with its payload parsed when it holds a sealed field.
+type Parsed = (StoredEvent, Option<SealedPayload>);
+
+impl PageWriter {
+    pub fn new(as_stored: bool) -> Self {
+        Self { as_stored, parsing: Vec::new() }
+    }
+
+    /// The next share of the page, in order.
+    pub fn add(&mut self, events: Vec<StoredEvent>) {
+        let as_stored = self.as_stored;
+        self.parsing.push(tokio::task::spawn_blocking(move || events.into_iter().map(|e| parse(e, as_stored)).collect()));
+    }
+
+    /// Every envelope of the page, written as JSON.
+    pub async fn write(self, keystore: &KeyStore) -> Result<Vec<Box<RawValue>>, KeyStoreError> {
+        let mut page: Vec<Parsed> = Vec::new();
+        for share in self.parsing {
+            match share.await {
+                Ok(parsed) => page.extend(parsed),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => return Err(KeyStoreError::Unwrap(format!("a share of the page was not parsed: {e}"))),
+            }
+        }
+        let sealed: Vec<&SealedPayload> = page.iter().filter_map(|(_, s)| s.as_ref()).collect();
+        let keys = OpeningKeys::for_payloads(keystore, &sealed).await?;
+        let as_stored = self.as_stored;
+        Ok(par_map(page, |(event, sealed)| write(build(event, sealed, &keys, as_stored))))
+    }
+}
+
+fn parse(event: StoredEvent, as_stored: bool) -> Parsed {
+    let sealed = (!as_stored && has_sealed_field(event.payload.get())).then(|| SealedPayload::parse(event.payload.get()));
+    (event, sealed)
+}
+
+fn write(envelope: Envelope) -> Box<RawValue> {
+    serde_json::value::to_raw_value(&envelope).unwrap_or_else(|_| raw("null".into()))
 }
 
 /// Each event with its payload parsed when it holds a sealed field (parsed once, its fields
@@ -118,14 +163,8 @@ async fn prepare(
     keystore: &KeyStore,
     events: Vec<StoredEvent>,
     as_stored: bool,
-) -> Result<(Vec<(StoredEvent, Option<SealedPayload>)>, OpeningKeys), KeyStoreError> {
-    let page: Vec<(StoredEvent, Option<SealedPayload>)> = match as_stored {
-        true => events.into_iter().map(|e| (e, None)).collect(),
-        false => par_map(events, |e| {
-            let sealed = has_sealed_field(e.payload.get()).then(|| SealedPayload::parse(e.payload.get()));
-            (e, sealed)
-        }),
-    };
+) -> Result<(Vec<Parsed>, OpeningKeys), KeyStoreError> {
+    let page: Vec<Parsed> = par_map(events, |e| parse(e, as_stored));
     let sealed: Vec<&SealedPayload> = page.iter().filter_map(|(_, s)| s.as_ref()).collect();
     let keys = OpeningKeys::for_payloads(keystore, &sealed).await?;
     Ok((page, keys))
