@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::feed::StoredEvent;
 use super::keystore::{KeyStore, KeyStoreError};
-use super::sealing::{OpeningKeys, Redaction, SealedPayload};
+use super::sealing::{OpeningKeys, Redaction, SealedPayload, SealedText};
 
 /// An event in the auditor-feed form (CONTRACT §11.1).
 ///
@@ -118,7 +118,7 @@ pub struct PageWriter {
 }
 
 /// An event, with its payload parsed when it holds a sealed field.
-type Parsed = (StoredEvent, Option<SealedPayload>);
+type Parsed = (StoredEvent, Option<Sealed>);
 
 impl PageWriter {
     pub fn new(as_stored: bool) -> Self {
@@ -128,7 +128,8 @@ impl PageWriter {
     /// The next share of the page, in order.
     pub fn add(&mut self, events: Vec<StoredEvent>) {
         let as_stored = self.as_stored;
-        self.parsing.push(tokio::task::spawn_blocking(move || events.into_iter().map(|e| parse(e, as_stored)).collect()));
+        self.parsing
+            .push(tokio::task::spawn_blocking(move || events.into_iter().map(|e| parse(e, as_stored)).collect()));
     }
 
     /// Every envelope of the page, written as JSON.
@@ -141,16 +142,32 @@ impl PageWriter {
                 Err(e) => return Err(KeyStoreError::Unwrap(format!("a share of the page was not parsed: {e}"))),
             }
         }
-        let sealed: Vec<&SealedPayload> = page.iter().filter_map(|(_, s)| s.as_ref()).collect();
-        let keys = OpeningKeys::for_payloads(keystore, &sealed).await?;
+        let keys = OpeningKeys::for_ids(keystore, page.iter().flat_map(|(_, s)| key_ids(s.as_ref())).collect()).await?;
         let as_stored = self.as_stored;
         Ok(par_map(page, |(event, sealed)| write(build(event, sealed, &keys, as_stored))))
     }
 }
 
+/// A payload's sealed fields, found in its text, or (for a text that does not read as JSON
+/// there) in its tree.
+enum Sealed {
+    Text(SealedText),
+    Tree(SealedPayload),
+}
+
 fn parse(event: StoredEvent, as_stored: bool) -> Parsed {
-    let sealed = (!as_stored && has_sealed_field(event.payload.get())).then(|| SealedPayload::parse(event.payload.get()));
+    let text = event.payload.get();
+    let sealed = (!as_stored && has_sealed_field(text))
+        .then(|| SealedText::find(text).map_or_else(|| Sealed::Tree(SealedPayload::parse(text)), Sealed::Text));
     (event, sealed)
+}
+
+fn key_ids(sealed: Option<&Sealed>) -> Vec<Uuid> {
+    match sealed {
+        Some(Sealed::Text(s)) => s.key_ids().collect(),
+        Some(Sealed::Tree(s)) => s.key_ids().collect(),
+        None => Vec::new(),
+    }
 }
 
 fn write(envelope: Envelope) -> Box<RawValue> {
@@ -165,15 +182,18 @@ async fn prepare(
     as_stored: bool,
 ) -> Result<(Vec<Parsed>, OpeningKeys), KeyStoreError> {
     let page: Vec<Parsed> = par_map(events, |e| parse(e, as_stored));
-    let sealed: Vec<&SealedPayload> = page.iter().filter_map(|(_, s)| s.as_ref()).collect();
-    let keys = OpeningKeys::for_payloads(keystore, &sealed).await?;
+    let keys = OpeningKeys::for_ids(keystore, page.iter().flat_map(|(_, s)| key_ids(s.as_ref())).collect()).await?;
     Ok((page, keys))
 }
 
 /// The envelope of one event, its sealed fields (if parsed) opened with `keys`.
-fn build(event: StoredEvent, sealed: Option<SealedPayload>, keys: &OpeningKeys, as_stored: bool) -> Envelope {
+fn build(event: StoredEvent, sealed: Option<Sealed>, keys: &OpeningKeys, as_stored: bool) -> Envelope {
     let (payload, redactions) = match sealed {
-        Some(sealed) => {
+        Some(Sealed::Text(sealed)) => {
+            let (payload, redactions) = sealed.open(keys, event.payload.get(), event.event_id);
+            (raw(payload), redactions)
+        }
+        Some(Sealed::Tree(sealed)) => {
             let (payload, redactions) = sealed.open(keys, event.event_id);
             (serde_json::value::to_raw_value(&payload).unwrap_or_else(|_| raw("null".into())), redactions)
         }

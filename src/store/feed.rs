@@ -127,7 +127,8 @@ pub async fn read_page_chunks(
         "SELECT {COLUMNS} FROM events WHERE org_id = $1 AND position > $2 AND position < $3
          ORDER BY position LIMIT $4"
     );
-    let all_sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 AND position < $2 ORDER BY position LIMIT $3");
+    let all_sql =
+        format!("SELECT {COLUMNS} FROM events WHERE position > $1 AND position < $2 ORDER BY position LIMIT $3");
     let mut rows = match org_id {
         Some(org) => sqlx::query(&org_sql).bind(org).bind(after).bind(horizon).bind(limit).fetch(&mut *conn),
         None => sqlx::query(&all_sql).bind(after).bind(horizon).bind(limit).fetch(&mut *conn),

@@ -186,7 +186,10 @@ impl KeyStore {
     /// query. Postgres answers which keys live, every time; a key unwrapped lately (`FieldKeys`)
     /// is not sent again, only named: the query returns the rows of destroyed keys and of keys
     /// not kept. Unknown ids are in neither map.
-    pub async fn for_opening(&self, ids: &[Uuid]) -> Result<(HashMap<Uuid, Key>, HashMap<Uuid, String>), KeyStoreError> {
+    pub async fn for_opening(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<(HashMap<Uuid, Key>, HashMap<Uuid, String>), KeyStoreError> {
         let kept: HashMap<Uuid, Key> = self.opened.kept(ids);
         let kept_ids: Vec<Uuid> = kept.keys().copied().collect();
         let rows: Vec<(Uuid, String, Option<Vec<u8>>)> = sqlx::query_as(
