@@ -374,12 +374,13 @@ while True:
     if n == 0:
         break
     seen += n
-    opened += body.count(b'"address":"+1202')
+    # Payloads pass through in their stored (jsonb) form, `"key": value`, opened fields included.
+    opened += body.count(b'"address": "+1202') + body.count(b'"address":"+1202')
     erased += body.count(b'[erased]')
     after = next_after(body)
 elapsed = time.perf_counter() - start
 cpu = [b - a for a, b in zip(cpu_before, cpu_seconds())]
-assert seen == total, (seen, total)
+assert seen == total, (seen, total, body[:300])
 assert erased == 0 and opened >= total - 100, (opened, erased, total)
 feed_rate, raw_rate = seen / elapsed, total / raw_s
 print(f"{total} events ({opened} personal fields opened)")
