@@ -320,7 +320,9 @@ PY
     # (positions 1..$fill, under the first real transaction's). A clone keeps its original's
     # event id — the field's AAD — so it opens like the original; the unique index on event_id is
     # dropped in this throwaway database to allow it.
-    cargo build --release --bin commguard >&2
+    # COMMGUARD_BIN=FILE: measure that build instead (e.g. a copy of an earlier one).
+    bin=${COMMGUARD_BIN:-target/release/commguard}
+    [ -n "${COMMGUARD_BIN:-}" ] || cargo build --release --bin commguard >&2
     psql -q "$admin" -c "CREATE DATABASE bench"
     bench_url="${admin/\/postgres\?//bench?}"
     # Burn transaction ids so that every real position (txid << 12) lies above $fill.
@@ -330,7 +332,7 @@ PY
     data=$(mktemp -d /tmp/commguard-bench-data-XXXXXX); chmod 755 "$data"
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     DATABASE_URL="$bench_url" HOST=127.0.0.1 PORT=$port MASTER_SECURITY_TOKEN=$token COMMGUARD_DATA_DIR=$data \
-      HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 RUST_LOG=warn target/release/commguard serve &
+      HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 RUST_LOG=warn "$bin" serve &
     server=$!
     trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"' EXIT
     until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
@@ -358,12 +360,43 @@ PY
     raw_start=$(date +%s.%N)
     raw_bytes=$(psql "$bench_url" -c "COPY (SELECT * FROM events) TO STDOUT" | wc -c)
     raw_end=$(date +%s.%N)
-    python3 - "$port" "$token" "$total" "$raw_start" "$raw_end" "$raw_bytes" <<'PY'
-import http.client, json, sys, time
+    if [ -n "${BENCH_PERF:-}" ]; then
+      # Profiling aid: BENCH_PERF=FILE records the server for 10 s of the decrypted paging.
+      perf record -F 499 -g --call-graph dwarf -p "$server" -o "$BENCH_PERF" -- sleep 10 >/dev/null 2>&1 &
+    fi
+    pg_stats_reset "$bench_url"
+    python3 - "$port" "$token" "$total" "$raw_start" "$raw_end" "$raw_bytes" "$server" \
+        "$(head -n 1 "$cluster/data/postmaster.pid")" <<'PY'
+import http.client, json, os, sys, time
 port, token, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
 raw_s = float(sys.argv[5]) - float(sys.argv[4])
+server, postmaster = sys.argv[7], sys.argv[8]
 c = http.client.HTTPConnection("127.0.0.1", int(port))
 auth = {"Authorization": f"Bearer {token}"}
+
+
+def stat(pid):
+    try:
+        text = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def cpu_seconds():
+    """CPU (utime + stime) of the server, of the cluster (postmaster, live and exited children)
+    and of this client, in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    f = stat(server)
+    srv = (int(f[11]) + int(f[12])) / tick
+    f = stat(postmaster)
+    pg = sum(int(f[i]) for i in (11, 12, 13, 14))
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        g = stat(pid)
+        if g and g[1] == postmaster:
+            pg += int(g[11]) + int(g[12])
+    me = os.times()
+    return srv, pg / tick, me.user + me.system
 
 
 def next_after(body):
@@ -375,6 +408,7 @@ def next_after(body):
 # page in full, the next `after` read from the page's tail, and the opened personal fields (an
 # address in clear) and the erased ones counted in the bytes.
 after, seen, opened, erased, nbytes = 0, 0, 0, 0, 0
+cpu_before = cpu_seconds()
 start = time.perf_counter()
 while True:
     c.request("GET", f"/admin/api/events?after={after}&limit=1000", headers=auth)
@@ -385,17 +419,21 @@ while True:
     if n == 0:
         break
     seen += n
-    opened += body.count(b'"address":"+1202')
+    # Payloads pass through in their stored (jsonb) form, `"key": value`, opened fields included.
+    opened += body.count(b'"address": "+1202') + body.count(b'"address":"+1202')
     erased += body.count(b'[erased]')
     after = next_after(body)
 elapsed = time.perf_counter() - start
-assert seen == total, (seen, total)
+cpu = [b - a for a, b in zip(cpu_before, cpu_seconds())]
+assert seen == total, (seen, total, body[:300])
 assert erased == 0 and opened >= total - 100, (opened, erased, total)
 feed_rate, raw_rate = seen / elapsed, total / raw_s
 print(f"{total} events ({opened} personal fields opened)")
 print(f"feed, limit=1000, master, decrypted: {elapsed:.1f} s = {feed_rate:,.0f} events/s ({nbytes / elapsed / 1e6:.0f} MB/s of JSON)")
 print(f"raw COPY (SELECT * FROM events) TO STDOUT: {raw_s:.1f} s = {raw_rate:,.0f} events/s ({int(sys.argv[6]) / raw_s / 1e6:.0f} MB/s)")
 print(f"feed / raw: {100 * feed_rate / raw_rate:.0f} % (target >= 25 %)")
+print(f"CPU per event while paging: server {cpu[0] / seen * 1e6:.1f} us, Postgres {cpu[1] / seen * 1e6:.1f} us, "
+      f"this client {cpu[2] / seen * 1e6:.1f} us; wall {elapsed / seen * 1e6:.1f} us; load average {os.getloadavg()[0]:.1f}")
 # Attribution: the first 100 pages again, as stored (raw=true: no key lookups, no opening).
 after, n, start = 0, 0, time.perf_counter()
 for _ in range(100):
@@ -420,6 +458,7 @@ for _ in range(100):
     n += len(page["events"]); after = page["nextAfter"]
 print(f"same feed parsed by a Python json client, first {n} events: {n / (time.perf_counter() - start):,.0f} events/s")
 PY
+    pg_stats_print "$bench_url"
     ;;
   anomaly)
     # The detector's cost per run (prune, read the current windows, evaluate the six rules) on a

@@ -118,17 +118,28 @@ async fn events(
         guard::require_role(&admin.principal, Role::SuperAdmin)?;
     }
     let org = scope(&admin.principal, q.get("orgId"))?;
-    let (page, head) = feed::read_page(&app.pool, after, limit, org.as_deref()).await.map_err(ApiError::internal)?;
-    let next_after = page.last().map_or(after, |e| e.position);
-    let events = envelope::envelopes(app.store.keystore(), page, raw).await.map_err(ApiError::internal)?;
+    // Shares of the page are parsed while Postgres sends the rest.
+    let (mut writer, mut next_after) = (envelope::PageWriter::new(raw), after);
+    let head = feed::read_page_chunks(&app.pool, after, limit, org.as_deref(), PAGE_SHARE, |share| {
+        next_after = share.last().map_or(next_after, |e| e.position);
+        writer.add(share);
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let events = writer.write(app.store.keystore()).await.map_err(ApiError::internal)?;
     Ok(Json(EventPage { events, next_after, head_position: head }))
 }
 
-/// A page of the auditor feed.
+/// Events per share of a feed page parsed while the rest of the page arrives.
+const PAGE_SHARE: usize = 125;
+
+/// A page of the auditor feed. Its envelopes come written (`envelope::envelopes_json`, on every
+/// core), so answering only copies their text.
 #[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct EventPage {
-    events: Vec<envelope::Envelope>,
+    #[schemars(with = "Vec<envelope::Envelope>")]
+    events: Vec<Box<serde_json::value::RawValue>>,
     /// The `after` of the next page (this page's last position, or `after` when empty).
     next_after: i64,
     /// The highest position in scope a reader may see now.

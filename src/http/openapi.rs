@@ -4,9 +4,10 @@
 //! route cannot be served without its entry nor described without being served. The request body
 //! of a route that performs a tool (`= comms_…`) is that tool's own input schema (the one
 //! `tools/list` announces), looked up through the `ToolSchemas` the caller passes in (`app.rs`
-//! gives `mcp::tools::input_schema`: `http` sits below `mcp` and does not import it). The 200 reply's schema is derived (schemars) from the type the
-//! handler itself returns, `Result<Json<T>, ApiError>` (`Replies`): a handler cannot change
-//! what it answers without the document following.
+//! gives `mcp::tools::input_schema`: `http` sits below `mcp` and does not import it). The 200
+//! reply's schema is derived (schemars) from the type the handler itself returns,
+//! `Result<Json<T>, ApiError>` (`Replies`): a handler cannot change what it answers without the
+//! document following.
 
 use std::future::Future;
 

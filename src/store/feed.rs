@@ -6,6 +6,7 @@
 //! commits later has a position above it. Readers therefore never skip an event, whatever order
 //! transactions commit in.
 
+use futures::TryStreamExt;
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
 
@@ -89,6 +90,22 @@ pub async fn read_page(
     limit: i64,
     org_id: Option<&str>,
 ) -> Result<(Vec<StoredEvent>, i64), sqlx::Error> {
+    let mut events = Vec::new();
+    let head = read_page_chunks(pool, after, limit, org_id, usize::MAX, |chunk| events.extend(chunk)).await?;
+    Ok((events, head))
+}
+
+/// `read_page`, its events handed to `each` in order, `chunk` at a time, as they arrive: the
+/// caller works on one share of the page while Postgres is still sending the next. Returns the
+/// head.
+pub async fn read_page_chunks(
+    pool: &sqlx::PgPool,
+    after: i64,
+    limit: i64,
+    org_id: Option<&str>,
+    chunk: usize,
+    mut each: impl FnMut(Vec<StoredEvent>),
+) -> Result<i64, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let (horizon, head): (i64, i64) = match org_id {
         Some(org) => {
@@ -106,23 +123,28 @@ pub async fn read_page(
         .fetch_one(&mut *conn)
         .await?,
     };
-    let rows = match org_id {
-        Some(org) => {
-            let sql = format!(
-                "SELECT {COLUMNS} FROM events WHERE org_id = $1 AND position > $2 AND position < $3
-                 ORDER BY position LIMIT $4"
-            );
-            sqlx::query(&sql).bind(org).bind(after).bind(horizon).bind(limit).fetch_all(&mut *conn).await?
-        }
-        None => {
-            let sql = format!(
-                "SELECT {COLUMNS} FROM events WHERE position > $1 AND position < $2 ORDER BY position LIMIT $3"
-            );
-            sqlx::query(&sql).bind(after).bind(horizon).bind(limit).fetch_all(&mut *conn).await?
-        }
+    let org_sql = format!(
+        "SELECT {COLUMNS} FROM events WHERE org_id = $1 AND position > $2 AND position < $3
+         ORDER BY position LIMIT $4"
+    );
+    let all_sql =
+        format!("SELECT {COLUMNS} FROM events WHERE position > $1 AND position < $2 ORDER BY position LIMIT $3");
+    let mut rows = match org_id {
+        Some(org) => sqlx::query(&org_sql).bind(org).bind(after).bind(horizon).bind(limit).fetch(&mut *conn),
+        None => sqlx::query(&all_sql).bind(after).bind(horizon).bind(limit).fetch(&mut *conn),
     };
-    let events = rows.iter().map(stored_event_from_row).collect::<Result<Vec<_>, _>>()?;
-    Ok((events, head))
+    let share = chunk.min(usize::try_from(limit).unwrap_or(0)).max(1);
+    let mut events = Vec::with_capacity(share.min(1000));
+    while let Some(row) = rows.try_next().await? {
+        events.push(stored_event_from_row(&row)?);
+        if events.len() == share {
+            each(std::mem::replace(&mut events, Vec::with_capacity(share.min(1000))));
+        }
+    }
+    if !events.is_empty() {
+        each(events);
+    }
+    Ok(head)
 }
 
 /// Events at `positions` (already known to lie below the horizon), in position order.

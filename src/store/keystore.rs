@@ -3,7 +3,7 @@
 //! Postgres wrapped by the KEK, so every instance shares them; destroying one is final.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
@@ -26,6 +26,7 @@ pub struct KeyStore {
     pool: PgPool,
     keys: Arc<DataKeys>,
     live: Arc<LiveKeys>,
+    opened: FieldKeys,
 }
 
 /// What a new key is for; also the row that identifies it.
@@ -83,9 +84,73 @@ impl LiveKeys {
     }
 }
 
+/// What opening sealed fields can reuse across pages: keys unwrapped from their stored rows,
+/// and field keys derived from them (`envelope::field_key`, HKDF). A memo that is safe to lose,
+/// and never an answer to *whether* a key lives: every page still asks Postgres which of its
+/// keys are live (`KeyStore::for_opening`, one query), and a field opens only when all its keys
+/// were live in that answer. A key id's bytes never change (a row is written once, and
+/// destroying it only empties it), so what the memo holds for an id is what an unwrap of its
+/// row would give.
+///
+/// Bounded (`OPENED_CAPACITY` entries, cleared when full) and short-lived (`OPENED_TTL`), so the
+/// bytes of a destroyed key do not stay in memory: destroying keys here clears it at once, and
+/// so does an erasure on any instance (`identity_watch` → `forget_subject_keys`).
+#[derive(Clone, Default)]
+pub(crate) struct FieldKeys {
+    inner: Arc<FieldKeysInner>,
+}
+
+#[derive(Default)]
+struct FieldKeysInner {
+    unwrapped: Mutex<HashMap<Uuid, (Key, Instant)>>,
+    derived: Mutex<HashMap<Vec<Uuid>, (Key, Instant)>>,
+}
+
+const OPENED_TTL: Duration = Duration::from_secs(30);
+const OPENED_CAPACITY: usize = 65_536;
+
+impl FieldKeys {
+    /// The keys among `ids` unwrapped lately (whether they still live is not known here).
+    fn kept(&self, ids: &[Uuid]) -> HashMap<Uuid, Key> {
+        let memo = self.inner.unwrapped.lock().expect("opening memo lock");
+        ids.iter()
+            .filter_map(|id| memo.get(id).filter(|(_, at)| at.elapsed() < OPENED_TTL).map(|(key, _)| (*id, *key)))
+            .collect()
+    }
+
+    fn keep(&self, id: Uuid, key: Key) {
+        let mut memo = self.inner.unwrapped.lock().expect("opening memo lock");
+        if memo.len() >= OPENED_CAPACITY {
+            memo.clear();
+        }
+        memo.insert(id, (key, Instant::now()));
+    }
+
+    /// The field key of the live keys `ids`, derived by `derive` unless kept.
+    pub(crate) fn get_or_derive(&self, ids: &[Uuid], derive: impl FnOnce() -> Key) -> Key {
+        if let Some((key, at)) = self.inner.derived.lock().expect("opening memo lock").get(ids) {
+            if at.elapsed() < OPENED_TTL {
+                return *key;
+            }
+        }
+        let key = derive();
+        let mut memo = self.inner.derived.lock().expect("opening memo lock");
+        if memo.len() >= OPENED_CAPACITY {
+            memo.clear();
+        }
+        memo.insert(ids.to_vec(), (key, Instant::now()));
+        key
+    }
+
+    fn forget(&self) {
+        self.inner.unwrapped.lock().expect("opening memo lock").clear();
+        self.inner.derived.lock().expect("opening memo lock").clear();
+    }
+}
+
 impl KeyStore {
     pub fn new(pool: PgPool, keys: Arc<DataKeys>) -> Self {
-        Self { pool, keys, live: Arc::default() }
+        Self { pool, keys, live: Arc::default(), opened: FieldKeys::default() }
     }
 
     pub fn data_keys(&self) -> &DataKeys {
@@ -114,6 +179,48 @@ impl KeyStore {
                 .fetch_all(&self.pool)
                 .await?;
         rows.into_iter().map(|(id, wrapped)| Ok((id, self.unwrap(&wrapped, id)?))).collect()
+    }
+
+    /// For opening sealed fields (the feed, exports): the live keys among `ids`, and the kind of
+    /// each destroyed one (a redaction says whether erasure or retention destroyed it), in one
+    /// query. Postgres answers which keys live, every time; a key unwrapped lately (`FieldKeys`)
+    /// is not sent again, only named: the query returns the rows of destroyed keys and of keys
+    /// not kept. Unknown ids are in neither map.
+    pub async fn for_opening(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<(HashMap<Uuid, Key>, HashMap<Uuid, String>), KeyStoreError> {
+        let kept: HashMap<Uuid, Key> = self.opened.kept(ids);
+        let kept_ids: Vec<Uuid> = kept.keys().copied().collect();
+        let rows: Vec<(Uuid, String, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT key_id, kind, wrapped FROM data_keys
+             WHERE key_id = ANY($1) AND (wrapped IS NULL OR key_id <> ALL($2))",
+        )
+        .bind(ids)
+        .bind(&kept_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut destroyed: HashMap<Uuid, String> = HashMap::new();
+        let mut live: HashMap<Uuid, Key> = HashMap::with_capacity(ids.len());
+        for (id, kind, wrapped) in rows {
+            match wrapped {
+                Some(wrapped) => {
+                    let key = self.unwrap(&wrapped, id)?;
+                    self.opened.keep(id, key);
+                    live.insert(id, key);
+                }
+                None => {
+                    destroyed.insert(id, kind);
+                }
+            }
+        }
+        live.extend(kept.into_iter().filter(|(id, _)| !destroyed.contains_key(id)));
+        Ok((live, destroyed))
+    }
+
+    /// The memo of field keys that opening shares across pages (see `FieldKeys`).
+    pub(crate) fn field_keys(&self) -> FieldKeys {
+        self.opened.clone()
     }
 
     /// The kind (`subject`, `retention`, `consent`) of each known key id, live or destroyed.
@@ -151,6 +258,7 @@ impl KeyStore {
         .execute(&mut *conn)
         .await?;
         self.live.forget("s|");
+        self.opened.forget();
         Ok(done.rows_affected())
     }
 
@@ -158,7 +266,9 @@ impl KeyStore {
     /// were destroyed.
     pub async fn destroy_consents(&self, consent_ids: &[Uuid]) -> Result<u64, KeyStoreError> {
         let mut conn = self.pool.acquire().await?;
-        Self::destroy_consents_in(&mut conn, consent_ids).await
+        let destroyed = Self::destroy_consents_in(&mut conn, consent_ids).await;
+        self.opened.forget();
+        destroyed
     }
 
     /// `destroy_consents` inside the caller's transaction.
@@ -180,6 +290,7 @@ impl KeyStore {
     /// notice arrived through `identity_watch`), so the next seal reads the live generation again.
     pub fn forget_subject_keys(&self) {
         self.live.forget("s|");
+        self.opened.forget();
     }
 
     /// Destroys the retention keys of a class for every day before `before`.
@@ -193,6 +304,7 @@ impl KeyStore {
         .execute(&self.pool)
         .await?;
         self.live.forget(&format!("r|{}|", class.as_str()));
+        self.opened.forget();
         Ok(done.rows_affected())
     }
 

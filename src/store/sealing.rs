@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use commguard_domain::pii::{Pii, SealedField, CLEAR_MARKER, SEALED_MARKER};
-use serde_json::{json, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::keystore::{KeyStore, KeyStoreError};
@@ -92,72 +93,263 @@ pub async fn open_payload(
     payload: &mut Value,
     event_id: Uuid,
 ) -> Result<Vec<Redaction>, KeyStoreError> {
-    let keys = OpeningKeys::load(keystore, &[&*payload]).await?;
-    Ok(keys.open(payload, event_id))
+    let fields = sealed_fields(payload);
+    let keys = OpeningKeys::load(keystore, key_ids([&fields])).await?;
+    Ok(keys.open_fields(payload, fields, event_id))
 }
 
-/// The keys that open a set of payloads (a feed page, an export chunk), looked up in two queries
-/// whatever the number of events: the live keys, and the kind of each missing one (a redaction
-/// says whether erasure or retention destroyed it).
+/// A stored payload with sealed fields, parsed once: the tree and where its fields are.
+pub struct SealedPayload {
+    pub value: Value,
+    fields: Vec<Field<SealedField>>,
+}
+
+impl SealedPayload {
+    /// The payload parsed (`null` if the text is not JSON), with its sealed fields.
+    pub fn parse(text: &str) -> Self {
+        let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        let fields = sealed_fields(&value);
+        Self { value, fields }
+    }
+
+    /// The key ids its fields name (with repeats).
+    pub fn key_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.fields.iter().flat_map(|f| f.value.k.iter().copied())
+    }
+
+    /// The payload with every field opened (or `"[erased]"`), and its redactions.
+    pub fn open(self, keys: &OpeningKeys, event_id: Uuid) -> (Value, Vec<Redaction>) {
+        let mut value = self.value;
+        let redactions = keys.open_fields(&mut value, self.fields, event_id);
+        (value, redactions)
+    }
+}
+
+fn sealed_fields(payload: &Value) -> Vec<Field<SealedField>> {
+    let mut fields = Vec::new();
+    collect(payload, SEALED_MARKER, &mut Vec::new(), &mut fields);
+    fields
+}
+
+/// The distinct key ids of the fields of several payloads, sorted.
+fn key_ids<'a>(payloads: impl IntoIterator<Item = &'a Vec<Field<SealedField>>>) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = payloads.into_iter().flatten().flat_map(|f| f.value.k.iter().copied()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The keys that open a set of payloads (a feed page, an export chunk), looked up in one query
+/// whatever the number of events: the live keys, and the kind of each destroyed one (a redaction
+/// says whether erasure or retention destroyed it). Which keys live is always asked of Postgres;
+/// the key store may only spare the unwrap and the field-key derivation (`KeyStore::for_opening`).
 pub struct OpeningKeys {
     live: HashMap<Uuid, Key>,
     kinds: HashMap<Uuid, String>,
+    /// Field keys derived from live keys: the key store's memo, none for `from_keys`.
+    derived: Option<super::keystore::FieldKeys>,
 }
 
 impl OpeningKeys {
-    pub async fn load(keystore: &KeyStore, payloads: &[&Value]) -> Result<Self, KeyStoreError> {
-        let mut ids: Vec<Uuid> = Vec::new();
-        for payload in payloads {
-            let mut fields: Vec<Field<SealedField>> = Vec::new();
-            collect(payload, SEALED_MARKER, &mut Vec::new(), &mut fields);
-            ids.extend(fields.iter().flat_map(|f| f.value.k.iter().copied()));
-        }
+    /// The keys that open fields sealed under `ids` (in any order, with repeats).
+    pub async fn for_ids(keystore: &KeyStore, mut ids: Vec<Uuid>) -> Result<Self, KeyStoreError> {
         ids.sort_unstable();
         ids.dedup();
+        Self::load(keystore, ids).await
+    }
+
+    async fn load(keystore: &KeyStore, ids: Vec<Uuid>) -> Result<Self, KeyStoreError> {
         if ids.is_empty() {
-            return Ok(Self { live: HashMap::new(), kinds: HashMap::new() });
+            return Ok(Self::from_keys(HashMap::new(), HashMap::new()));
         }
-        let live: HashMap<Uuid, Key> = keystore.lookup(&ids).await?;
-        let missing: Vec<Uuid> = ids.iter().copied().filter(|id| !live.contains_key(id)).collect();
-        let kinds = if missing.is_empty() { HashMap::new() } else { keystore.kinds(&missing).await? };
-        Ok(Self { live, kinds })
+        let (live, kinds) = keystore.for_opening(&ids).await?;
+        Ok(Self { live, kinds, derived: Some(keystore.field_keys()) })
     }
 
     /// From keys already looked up (no IO): `live` opens fields, `kinds` names why a missing
     /// key is gone. What `load` builds; the fuzz target of the envelope decoder uses it directly.
     pub fn from_keys(live: HashMap<Uuid, Key>, kinds: HashMap<Uuid, String>) -> Self {
-        Self { live, kinds }
+        Self { live, kinds, derived: None }
     }
 
     /// Opens every sealed field of `payload` whose keys are all live; the others read
     /// `"[erased]"` and are listed.
     pub fn open(&self, payload: &mut Value, event_id: Uuid) -> Vec<Redaction> {
-        let mut fields: Vec<Field<SealedField>> = Vec::new();
-        collect(payload, SEALED_MARKER, &mut Vec::new(), &mut fields);
+        let fields = sealed_fields(payload);
+        self.open_fields(payload, fields, event_id)
+    }
+
+    /// The field key of a field sealed under `ids`, when all of them live.
+    fn field_key(&self, ids: &[Uuid]) -> Option<Key> {
+        if !ids.iter().all(|id| self.live.contains_key(id)) {
+            return None;
+        }
+        let derive = || envelope::field_key(ids.iter().map(|id| &self.live[id]));
+        Some(match &self.derived {
+            Some(memo) => memo.get_or_derive(ids, derive),
+            None => derive(),
+        })
+    }
+
+    fn open_fields(&self, payload: &mut Value, fields: Vec<Field<SealedField>>, event_id: Uuid) -> Vec<Redaction> {
         let mut redactions = Vec::new();
         for Field { path, at, value: field } in fields {
-            let opened = envelope::open(&field, event_id, &path, |id| self.live.get(&id).copied());
-            let value = match opened {
-                Ok(text) => Value::String(text),
-                Err(Opened::Erased) => {
-                    // Erasure wins over retention when both destroyed a key of this field.
-                    let subject_gone = field
-                        .k
-                        .iter()
-                        .any(|id| !self.live.contains_key(id) && self.kinds.get(id).is_none_or(|k| k != "retention"));
-                    let reason = if subject_gone { "subject_erased" } else { "retention_expired" };
-                    redactions.push(Redaction { path: path.clone(), reason });
-                    json!("[erased]")
-                }
-                Err(Opened::Corrupt) => {
-                    redactions.push(Redaction { path: path.clone(), reason: "corrupt" });
-                    json!("[erased]")
-                }
-            };
-            *pointer_mut(payload, &at).expect("the path was just collected from this payload") = value;
+            let (value, redaction) = self.open_one(&field, event_id, &path);
+            redactions.extend(redaction);
+            *pointer_mut(payload, &at).expect("the path was just collected from this payload") = Value::String(value);
         }
         redactions
     }
+
+    /// One field's text, or `"[erased]"` with why.
+    fn open_one(&self, field: &SealedField, event_id: Uuid, path: &str) -> (String, Option<Redaction>) {
+        let opened = match self.field_key(&field.k) {
+            Some(key) => envelope::open_with(field, &key, event_id, path),
+            None => Err(Opened::Erased),
+        };
+        match opened {
+            Ok(text) => (text, None),
+            Err(Opened::Erased) => {
+                // Erasure wins over retention when both destroyed a key of this field.
+                let subject_gone = field
+                    .k
+                    .iter()
+                    .any(|id| !self.live.contains_key(id) && self.kinds.get(id).is_none_or(|k| k != "retention"));
+                let reason = if subject_gone { "subject_erased" } else { "retention_expired" };
+                (ERASED.into(), Some(Redaction { path: path.into(), reason }))
+            }
+            Err(Opened::Corrupt) => (ERASED.into(), Some(Redaction { path: path.into(), reason: "corrupt" })),
+        }
+    }
+}
+
+/// What a field reads when it cannot be opened.
+const ERASED: &str = "[erased]";
+
+/// The sealed fields of a stored payload, found in its text without building a tree: where each
+/// envelope object lies, its path and its field. Opening writes the opened (or `"[erased]"`)
+/// strings into a copy of the text, which keeps every other byte as stored. The fields are found
+/// as `collect` finds them (an object holding the marker that reads as a field, in the order of
+/// a tree's sorted keys, never looked into), so the paths, the redactions and their order are
+/// those of the tree form.
+pub struct SealedText {
+    spots: Vec<Spot>,
+}
+
+struct Spot {
+    range: std::ops::Range<usize>,
+    path: String,
+    field: SealedField,
+}
+
+impl SealedText {
+    /// The fields of `text`; `None` when it does not read as JSON here (the caller then opens the
+    /// tree form, `SealedPayload`, which reads such a payload as `null`).
+    pub fn find(text: &str) -> Option<Self> {
+        let root: &RawValue = serde_json::from_str(text).ok()?;
+        let mut spots = Vec::new();
+        walk(text, root, &mut Vec::new(), &mut spots).ok()?;
+        Some(Self { spots })
+    }
+
+    /// The key ids its fields name (with repeats).
+    pub fn key_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.spots.iter().flat_map(|s| s.field.k.iter().copied())
+    }
+
+    /// `text` with every field opened (or `"[erased]"`), and the redactions.
+    pub fn open(&self, keys: &OpeningKeys, text: &str, event_id: Uuid) -> (String, Vec<Redaction>) {
+        let mut redactions = Vec::new();
+        let mut written: Vec<(std::ops::Range<usize>, String)> = Vec::with_capacity(self.spots.len());
+        for Spot { range, path, field } in &self.spots {
+            let (value, redaction) = keys.open_one(field, event_id, path);
+            redactions.extend(redaction);
+            let json = serde_json::to_string(&value).expect("a string always serializes");
+            written.push((range.clone(), json));
+        }
+        written.sort_by_key(|(range, _)| range.start);
+        let mut out = String::with_capacity(text.len() + 64);
+        let mut at = 0;
+        for (range, json) in written {
+            out.push_str(&text[at..range.start]);
+            out.push_str(&json);
+            at = range.end;
+        }
+        out.push_str(&text[at..]);
+        (out, redactions)
+    }
+}
+
+/// An object's members in their order, values as their text.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+/// Where `part` (a value's text inside `whole`) lies in `whole`.
+fn range_in(whole: &str, part: &str) -> std::ops::Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// `collect` over the text: `value` lies in `whole`.
+fn walk(whole: &str, value: &RawValue, at: &mut Vec<String>, out: &mut Vec<Spot>) -> Result<(), serde_json::Error> {
+    let text = value.get();
+    if !text.contains(SEALED_MARKER) {
+        return Ok(());
+    }
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            let Members(mut members) = serde_json::from_str(text)?;
+            if members.iter().any(|(key, _)| key == SEALED_MARKER) {
+                if let Ok(field) = serde_json::from_str::<SealedField>(text) {
+                    out.push(Spot { range: range_in(whole, text), path: at.join("."), field });
+                }
+                return Ok(());
+            }
+            // A tree's map iterates in key order (and keeps the last of equal keys).
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            members.dedup_by(|later, earlier| {
+                let same = later.0 == earlier.0;
+                if same {
+                    std::mem::swap(later, earlier);
+                }
+                same
+            });
+            for (key, child) in members {
+                at.push(key);
+                walk(whole, child, at, out)?;
+                at.pop();
+            }
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text)?;
+            for (i, child) in items.into_iter().enumerate() {
+                at.push(i.to_string());
+                walk(whole, child, at, out)?;
+                at.pop();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// A personal field found in a payload: its dotted path (what the envelope is bound to, and what
@@ -207,6 +399,7 @@ fn pointer_mut<'a>(value: &'a mut Value, at: &[String]) -> Option<&'a mut Value>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// A key with a dot in it (refused arguments keep the caller's keys) once made the opener
     /// panic: the dotted path did not lead back to the field.
@@ -225,5 +418,38 @@ mod tests {
         let keys = OpeningKeys::from_keys(HashMap::new(), HashMap::new());
         assert_eq!(keys.open(&mut payload, event_id), vec![Redaction { path: "x.y".into(), reason: "subject_erased" }]);
         assert_eq!(payload, json!({"x.y": "[erased]"}));
+    }
+
+    /// The text opener (the feed's) finds, opens and redacts exactly what the tree opener does,
+    /// with the same paths in the same order, and leaves every other byte as stored.
+    #[test]
+    fn the_text_opener_agrees_with_the_tree_opener() {
+        let (live, gone, event_id) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(9));
+        let key = [7u8; 32];
+        let seal = |path: &str, text: &str, ids: &[Uuid]| {
+            let keys: Vec<(Uuid, Key)> = ids.iter().map(|id| (*id, key)).collect();
+            serde_json::to_value(envelope::seal(&keys, event_id, path, text)).unwrap()
+        };
+        let payloads = [
+            json!({"to": seal("to", "+15551234567", &[live]), "body": seal("body", "hi \"there\"", &[live, gone]),
+                   "cost": 12345678901234567u64, "z": [1, {"$pii": "not a field"}]}),
+            json!({"args": {"a.b": seal("args.a.b", "x@example.com", &[live]), "list": [
+                {"addr": seal("args.list.0.addr", "é ü \u{1F600}", &[live])}, seal("args.list.1", "second", &[gone])]}}),
+            json!({"moved": seal("elsewhere", "bound to its path", &[live]), "plain": "no $pii here"}),
+            json!({"b": seal("b", "B", &[gone]), "a": seal("a", "A", &[gone]), "aa": {"k": seal("aa.k", "K", &[live])}}),
+        ];
+        let keys =
+            OpeningKeys::from_keys(HashMap::from([(live, key)]), HashMap::from([(gone, "retention".to_string())]));
+        for payload in payloads {
+            // Any JSON text of the payload (the store keeps Postgres's jsonb form of it).
+            let text = serde_json::to_string(&payload).unwrap();
+            let mut tree = payload.clone();
+            let tree_redactions = keys.open(&mut tree, event_id);
+            let found = SealedText::find(&text).expect("JSON text");
+            let (opened, text_redactions) = found.open(&keys, &text, event_id);
+            assert_eq!(serde_json::from_str::<Value>(&opened).unwrap(), tree, "{text}");
+            assert_eq!(text_redactions, tree_redactions, "{text}");
+        }
+        assert!(SealedText::find("{not json").is_none());
     }
 }

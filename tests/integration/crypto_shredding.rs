@@ -144,3 +144,44 @@ async fn a_key_cached_by_another_instance_is_never_used_after_it_was_destroyed()
     .unwrap();
     assert_eq!(generations, [(1, false), (2, true)]);
 }
+
+#[tokio::test]
+async fn keys_kept_for_opening_never_open_a_field_after_another_instance_destroyed_them() {
+    // Opening keeps unwrapped keys and derived field keys across pages (`FieldKeys`), but asks
+    // Postgres on every read which keys live. B has opened the subject's fields (twice, so the
+    // second read came from what it kept); A destroys the subject key and the retention key of
+    // the body, with no watcher between them: B's very next read shows "[erased]" for both.
+    let db = TestDb::new().await;
+    let a = migrated_store(&db).await;
+    let b = Store::new(db.pool().await, Arc::new(DataKeys::new(&[9u8; 32])));
+    let ledger = a.framework::<Ledger>(());
+    note(&a, &ledger, "l1", "call", Some(PHONE)).await;
+    note(&a, &ledger, "l2", "other", Some(KEPT)).await;
+    for _ in 0..2 {
+        let feed = opened_payloads(&b).await;
+        assert_eq!(feed[0]["payload"]["contact"], PHONE);
+        assert_eq!(feed[0]["payload"]["body"], format!("message for {PHONE}"));
+    }
+    // The feed's form of a page (envelopes written as JSON on several threads) is the same.
+    let page = feed::read_after(b.pool(), 0, 1000, None).await.unwrap();
+    let written = commguard::store::envelope::envelopes_json(b.keystore(), page.clone(), false).await.unwrap();
+    let built = commguard::store::envelope::envelopes(b.keystore(), page, false).await.unwrap();
+    let written: Vec<serde_json::Value> = written.iter().map(|e| serde_json::from_str(e.get()).unwrap()).collect();
+    assert_eq!(written, serde_json::to_value(&built).unwrap().as_array().unwrap().clone());
+
+    let subject_ref = a.keystore().data_keys().blind_index(PHONE);
+    assert_eq!(a.keystore().destroy_subject(Some("org-test"), &subject_ref).await.unwrap(), 1);
+    let feed = opened_payloads(&b).await;
+    assert_eq!(feed[0]["payload"]["contact"], "[erased]");
+    assert_eq!(feed[0]["payload"]["body"], "[erased]");
+    assert!(feed[0]["redactions"].as_array().unwrap().iter().all(|r| r["reason"] == "subject_erased"));
+    assert_eq!(feed[1]["payload"]["contact"], KEPT);
+    assert_eq!(feed[1]["payload"]["body"], "message for +15550000001");
+
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).date_naive();
+    a.keystore().destroy_retention(commguard_domain::pii::RetentionClass::Messages, tomorrow).await.unwrap();
+    let feed = opened_payloads(&b).await;
+    assert_eq!(feed[1]["payload"]["contact"], KEPT, "under the subject key only");
+    assert_eq!(feed[1]["payload"]["body"], "[erased]");
+    assert_eq!(feed[1]["redactions"][0]["reason"], "retention_expired");
+}
