@@ -3,6 +3,7 @@
 //! instance), `lockout` counts failures per IP in Postgres, `guard` holds the role and org rules.
 
 pub mod caller;
+pub mod credential;
 pub mod guard;
 pub mod identity;
 pub mod lockout;
