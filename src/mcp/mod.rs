@@ -13,13 +13,12 @@ pub mod tools;
 
 use std::net::IpAddr;
 
-use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
 use commguard_domain::refusal::Check;
 use commguard_domain::values::OrgMode;
 
-use crate::auth::{bearer, AuthFailure, Bearer, Principal, Role};
+use crate::auth::{AuthFailure, Principal, Role};
 use crate::directory;
 use crate::error::{ApiError, ErrorCode};
 use crate::sessions::Session;
@@ -32,77 +31,6 @@ pub fn routes() -> Router<AppState> {
         .route("/sse", get(sse::open))
         .route("/messages", post(sse::message))
         .route("/mcp", post(streamable::post).get(streamable::get).delete(streamable::delete))
-}
-
-/// Where a credential may come from, and how a missing one is worded.
-pub struct CredentialRules {
-    pub route: &'static str,
-    pub query_token: Option<String>,
-    pub missing_message: &'static str,
-    pub www_authenticate: bool,
-}
-
-fn unauthorized(message: &str, rules: &CredentialRules) -> ApiError {
-    let e = ApiError::new(ErrorCode::Unauthorized, message);
-    if rules.www_authenticate {
-        e.header("WWW-Authenticate", "Bearer realm=\"commguard\"")
-    } else {
-        e
-    }
-}
-
-/// A principal `authenticate` found, not yet admitted: the request may still be refused (agent
-/// claim, session binding, org state), and a refused request neither resets the IP's failure
-/// count nor marks its token used.
-pub struct Authenticated {
-    pub principal: Principal,
-    /// A credential was presented and verified (not dev-open or demo without one).
-    verified: bool,
-}
-
-impl Authenticated {
-    /// The request passed authorization: a verified credential resets the IP's failure count
-    /// (docs/http.md#rate-limits-and-brute-force "success resets the count") and marks its token used (`lastUsedAt`).
-    pub async fn admit(&self, app: &AppState, ip: IpAddr) {
-        if self.verified {
-            app.lockout.succeed(ip).await;
-            app.identity.touch(&self.principal);
-        }
-    }
-}
-
-/// Steps (1) lockout through (4) credential of docs/mcp.md#legacy-httpsse / docs/mcp.md#streamable-http: the principal, or the refusal. The
-/// caller admits it (`Authenticated::admit`) once the rest of its checks pass.
-pub async fn authenticate(
-    app: &AppState,
-    headers: &HeaderMap,
-    ip: IpAddr,
-    rules: &CredentialRules,
-) -> Result<Authenticated, ApiError> {
-    app.lockout.gate(ip, rules.route).await?;
-    let presented = match bearer(headers) {
-        Bearer::Token(token) => Some(token),
-        Bearer::Malformed => {
-            app.lockout.fail(ip, AuthFailure::Missing, rules.route, None, None).await?;
-            return Err(unauthorized("Missing Authorization header. Use: Bearer <token>", rules));
-        }
-        Bearer::Absent => rules.query_token.clone().filter(|t| !t.is_empty()),
-    };
-    let Some(token) = presented else {
-        if let Some(anonymous) = app.identity.anonymous() {
-            return Ok(Authenticated { principal: anonymous, verified: false });
-        }
-        app.lockout.fail(ip, AuthFailure::Missing, rules.route, None, None).await?;
-        return Err(unauthorized(rules.missing_message, rules));
-    };
-    match app.identity.resolve(&token).await {
-        Ok(principal) => Ok(Authenticated { principal, verified: true }),
-        Err(AuthFailure::Unavailable) => Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
-        Err(failure) => {
-            app.lockout.fail(ip, failure, rules.route, Some(&token), None).await?;
-            Err(unauthorized("Invalid or revoked token", rules))
-        }
-    }
 }
 
 /// Step (5) of opening a session (`GET /sse`, `initialize` on `/mcp`): the agent claim — `claim`

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{admit_to_session, authenticate, claim_param, open_claim, protocol, CredentialRules};
+use super::{admit_to_session, claim_param, open_claim, protocol};
+use crate::auth::credential::{authenticate, CredentialRules};
 use crate::auth::{bearer, Bearer};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::extract::PlainQuery;
@@ -46,12 +47,12 @@ pub async fn open(
         missing_message: "Missing token. Use: /sse?token=<token>",
         www_authenticate: false,
     };
-    let authenticated = authenticate(&app, &headers, ip, &rules).await?;
+    let authenticated = authenticate(&app.lockout, &app.identity, &headers, ip, &rules).await?;
     let principal = authenticated.principal.clone();
     let context = open_context(&app, &principal, &request_id, Transport::Sse);
     let claim = claim_param(query.agent_id.as_deref());
     let claim = open_claim(&app, &principal, query.agent_id, claim, ip, "/sse", context.clone()).await?;
-    authenticated.admit(&app, ip).await;
+    authenticated.admit(&app.lockout, &app.identity, ip).await;
     let session = app
         .sessions
         .open(principal, claim, Transport::Sse, context)
@@ -155,7 +156,7 @@ pub async fn message(
                 missing_message: "Missing Authorization header. Use: Bearer <token>",
                 www_authenticate: false,
             };
-            Some(authenticate(&app, &headers, ip, &rules).await?)
+            Some(authenticate(&app.lockout, &app.identity, &headers, ip, &rules).await?)
         }
     };
     // (3) the session.
@@ -170,7 +171,7 @@ pub async fn message(
     let principal = header_principal.as_ref().map_or_else(|| session.principal.clone(), |a| a.principal.clone());
     admit_to_session(&app, &session, &principal, ip, "/messages").await?;
     if let Some(authenticated) = &header_principal {
-        authenticated.admit(&app, ip).await;
+        authenticated.admit(&app.lockout, &app.identity, ip).await;
     }
     // (7) the message itself.
     if !is_json(&headers) {

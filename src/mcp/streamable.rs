@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use super::protocol::{self, Message, STREAMABLE_VERSIONS};
 use super::sse::{event_stream, is_json, open_context};
-use super::{admit_to_session, authenticate, claim_param, open_claim, CredentialRules};
+use super::{admit_to_session, claim_param, open_claim};
+use crate::auth::credential::{authenticate, CredentialRules};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::extract::PlainQuery;
@@ -98,7 +99,7 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let authenticated = authenticate(&app, &headers, ip, &rules()).await?;
+    let authenticated = authenticate(&app.lockout, &app.identity, &headers, ip, &rules()).await?;
     let principal = authenticated.principal.clone();
     if !accepts(&headers, &["application/json", "text/event-stream"]) {
         return Err(ApiError::new(ErrorCode::InvalidInput, "Accept must list application/json and text/event-stream")
@@ -119,7 +120,7 @@ pub async fn post(
             None => query.agent_id,
         };
         let claim = open_claim(&app, &principal, offered, claim, ip, "/mcp", context.clone()).await?;
-        authenticated.admit(&app, ip).await;
+        authenticated.admit(&app.lockout, &app.identity, ip).await;
         let session = app
             .sessions
             .open(principal.clone(), claim, Transport::Streamable, context)
@@ -128,7 +129,7 @@ pub async fn post(
         (session, true)
     } else {
         let session = existing_session(&app, &headers, &principal, ip).await?;
-        authenticated.admit(&app, ip).await;
+        authenticated.admit(&app.lockout, &app.identity, ip).await;
         if let Some(version) = header_str(&headers, "mcp-protocol-version") {
             if !STREAMABLE_VERSIONS.contains(&version) {
                 return Err(ApiError::new(
@@ -167,13 +168,13 @@ pub async fn get(
     Extension(ClientIp(ip)): Extension<ClientIp>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let authenticated = authenticate(&app, &headers, ip, &rules()).await?;
+    let authenticated = authenticate(&app.lockout, &app.identity, &headers, ip, &rules()).await?;
     if !accepts(&headers, &["text/event-stream"]) {
         return Err(ApiError::new(ErrorCode::InvalidInput, "Accept must list text/event-stream")
             .with_status(StatusCode::NOT_ACCEPTABLE));
     }
     let session = existing_session(&app, &headers, &authenticated.principal, ip).await?;
-    authenticated.admit(&app, ip).await;
+    authenticated.admit(&app.lockout, &app.identity, ip).await;
     let inbox = session
         .take_inbox()
         .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "A stream is already open for this session"))?;
@@ -187,9 +188,9 @@ pub async fn delete(
     Extension(ClientIp(ip)): Extension<ClientIp>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let authenticated = authenticate(&app, &headers, ip, &rules()).await?;
+    let authenticated = authenticate(&app.lockout, &app.identity, &headers, ip, &rules()).await?;
     let session = existing_session(&app, &headers, &authenticated.principal, ip).await?;
-    authenticated.admit(&app, ip).await;
+    authenticated.admit(&app.lockout, &app.identity, ip).await;
     app.sessions.close(&session.id, "client_closed").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

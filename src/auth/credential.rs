@@ -1,0 +1,82 @@
+//! Steps (1) lockout through (4) credential of opening an MCP session or sending on one
+//! (docs/mcp.md#legacy-httpsse, docs/mcp.md#streamable-http): the lockout gate, the bearer token
+//! or the query token, and its resolution into a `Principal`; every failure counted by the lockout.
+
+use std::net::IpAddr;
+
+use axum::http::HeaderMap;
+
+use super::{bearer, AuthFailure, Bearer, Identity, Lockout, Principal};
+use crate::error::{ApiError, ErrorCode};
+
+/// Where a credential may come from, and how a missing one is worded.
+pub struct CredentialRules {
+    pub route: &'static str,
+    pub query_token: Option<String>,
+    pub missing_message: &'static str,
+    pub www_authenticate: bool,
+}
+
+fn unauthorized(message: &str, rules: &CredentialRules) -> ApiError {
+    let e = ApiError::new(ErrorCode::Unauthorized, message);
+    if rules.www_authenticate {
+        e.header("WWW-Authenticate", "Bearer realm=\"commguard\"")
+    } else {
+        e
+    }
+}
+
+/// A principal `authenticate` found, not yet admitted: the request may still be refused (agent
+/// claim, session binding, org state), and a refused request neither resets the IP's failure
+/// count nor marks its token used.
+pub struct Authenticated {
+    pub principal: Principal,
+    /// A credential was presented and verified (not dev-open or demo without one).
+    verified: bool,
+}
+
+impl Authenticated {
+    /// The request passed authorization: a verified credential resets the IP's failure count
+    /// (docs/http.md#rate-limits-and-brute-force "success resets the count") and marks its token used (`lastUsedAt`).
+    pub async fn admit(&self, lockout: &Lockout, identity: &Identity, ip: IpAddr) {
+        if self.verified {
+            lockout.succeed(ip).await;
+            identity.touch(&self.principal);
+        }
+    }
+}
+
+/// Steps (1) lockout through (4) credential of docs/mcp.md#legacy-httpsse / docs/mcp.md#streamable-http: the principal, or the refusal. The
+/// caller admits it (`Authenticated::admit`) once the rest of its checks pass.
+pub async fn authenticate(
+    lockout: &Lockout,
+    identity: &Identity,
+    headers: &HeaderMap,
+    ip: IpAddr,
+    rules: &CredentialRules,
+) -> Result<Authenticated, ApiError> {
+    lockout.gate(ip, rules.route).await?;
+    let presented = match bearer(headers) {
+        Bearer::Token(token) => Some(token),
+        Bearer::Malformed => {
+            lockout.fail(ip, AuthFailure::Missing, rules.route, None, None).await?;
+            return Err(unauthorized("Missing Authorization header. Use: Bearer <token>", rules));
+        }
+        Bearer::Absent => rules.query_token.clone().filter(|t| !t.is_empty()),
+    };
+    let Some(token) = presented else {
+        if let Some(anonymous) = identity.anonymous() {
+            return Ok(Authenticated { principal: anonymous, verified: false });
+        }
+        lockout.fail(ip, AuthFailure::Missing, rules.route, None, None).await?;
+        return Err(unauthorized(rules.missing_message, rules));
+    };
+    match identity.resolve(&token).await {
+        Ok(principal) => Ok(Authenticated { principal, verified: true }),
+        Err(AuthFailure::Unavailable) => Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
+        Err(failure) => {
+            lockout.fail(ip, failure, rules.route, Some(&token), None).await?;
+            Err(unauthorized("Invalid or revoked token", rules))
+        }
+    }
+}
