@@ -6,7 +6,6 @@ pub mod alerts;
 pub mod anomaly;
 pub mod app;
 pub mod auth;
-pub mod caller;
 pub mod cli;
 pub mod clock;
 pub mod config;

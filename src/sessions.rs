@@ -11,26 +11,10 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+use crate::auth::caller::Transport;
 use crate::auth::Principal;
 use crate::clock::Clock;
 use crate::store::{CommandContext, Store};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// Legacy HTTP+SSE (`/sse` + `/messages`), protocol 2024-11-05.
-    Sse,
-    /// Streamable HTTP (`/mcp`).
-    Streamable,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sse => "sse",
-            Self::Streamable => "streamable-http",
-        }
-    }
-}
 
 pub struct Session {
     pub id: String,

@@ -2,6 +2,7 @@
 //! parse headers. `identity` resolves tokens (with a cache that revocation invalidates on every
 //! instance), `lockout` counts failures per IP in Postgres, `guard` holds the role and org rules.
 
+pub mod caller;
 pub mod credential;
 pub mod guard;
 pub mod identity;

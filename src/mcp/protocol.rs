@@ -6,8 +6,9 @@
 use serde_json::{json, Map, Value};
 
 use super::tools::{self, Caller};
+use crate::auth::caller::Transport;
 use crate::auth::Principal;
-use crate::sessions::{Session, Transport};
+use crate::sessions::Session;
 use crate::state::AppState;
 
 pub const SSE_VERSIONS: &[&str] = &["2024-11-05"];

@@ -15,12 +15,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{admit_to_session, claim_param, open_claim, protocol};
+use crate::auth::caller::Transport;
 use crate::auth::credential::{authenticate, CredentialRules};
 use crate::auth::{bearer, Bearer};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::extract::PlainQuery;
 use crate::http::{ClientIp, RequestId};
-use crate::sessions::{Session, Sessions, Transport};
+use crate::sessions::{Session, Sessions};
 use crate::state::AppState;
 use crate::store::CommandContext;
 

@@ -15,12 +15,13 @@ use serde_json::Value;
 use super::protocol::{self, Message, STREAMABLE_VERSIONS};
 use super::sse::{event_stream, is_json, open_context};
 use super::{admit_to_session, claim_param, open_claim};
+use crate::auth::caller::Transport;
 use crate::auth::credential::{authenticate, CredentialRules};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::extract::PlainQuery;
 use crate::http::{ClientIp, RequestId};
-use crate::sessions::{Session, Transport};
+use crate::sessions::Session;
 use crate::state::AppState;
 use crate::validate::invalid;
 

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{compliance, run, Action};
-use crate::caller::Caller;
+use crate::auth::caller::Caller;
 use crate::directory::AgentView;
 use crate::error::{ApiError, ErrorCode};
 use crate::providers::{Outgoing, Provider, Receipt};

@@ -19,8 +19,8 @@ use commguard_domain::values::{Address, Channel};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::auth::caller::Caller;
 use crate::auth::Role;
-use crate::caller::Caller;
 use crate::directory::{self, commands, AgentView, OrgView};
 use crate::error::{ApiError, ErrorCode};
 use crate::ledger::intents;

@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::validate::Args;
 
-pub use crate::caller::Caller;
+pub use crate::auth::caller::Caller;
 
 /// What a tool's handler answers: a boxed future, so that every handler has one type.
 pub type Reply<'a> = Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send + 'a>>;

@@ -4,9 +4,26 @@
 use crate::auth::Principal;
 use crate::clock::Clock;
 use crate::error::{ApiError, ErrorCode};
-use crate::sessions::Transport;
 use crate::store::CommandContext;
 use crate::validate::Args;
+
+/// The MCP transport a session runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Legacy HTTP+SSE (`/sse` + `/messages`), protocol 2024-11-05.
+    Sse,
+    /// Streamable HTTP (`/mcp`).
+    Streamable,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sse => "sse",
+            Self::Streamable => "streamable-http",
+        }
+    }
+}
 
 /// Who is calling a tool, through which session.
 pub struct Caller<'a> {
