@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use commguard_domain::limits::Tier;
+use commguard_projections::anomaly::read::{self as anomaly_read, WindowRow};
 use commguard_projections::anomaly::{
     AUTH_FAILED, LOCKOUT, OUTBOUND, PRUNE_AFTER, RATE_LIMIT_PREFIX, SPEND, TOKEN_ISSUED,
 };
@@ -109,17 +110,8 @@ fn as_rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S:
     s.serialize_str(&rfc3339(*t))
 }
 
-#[derive(sqlx::FromRow)]
-struct Window {
-    counter: String,
-    subject_kind: String,
-    subject_id: String,
-    org_id: Option<String>,
-    window_start: DateTime<Utc>,
-    window_end: DateTime<Utc>,
-    count: i64,
-    previous: i64,
-}
+/// One open window (`projections::anomaly::read`).
+type Window = WindowRow;
 
 /// One evaluation of every rule on the current windows; returns the alerts it recorded.
 pub async fn check(app: &AppState) -> Result<usize, CheckError> {
@@ -141,29 +133,14 @@ pub async fn check(app: &AppState) -> Result<usize, CheckError> {
 
 /// Deletes the windows that ended more than `PRUNE_AFTER` ago (no rule reads them).
 pub async fn prune(app: &AppState) -> Result<(), CheckError> {
-    sqlx::query("DELETE FROM anomaly_windows WHERE window_end < $1")
-        .bind(app.clock.now() - PRUNE_AFTER)
-        .execute(&app.pool)
-        .await?;
+    anomaly_read::prune(&app.pool, app.clock.now() - PRUNE_AFTER).await?;
     Ok(())
 }
 
 /// Every rule's current window values, by rule and subject.
 pub async fn readings(app: &AppState) -> Result<Vec<Reading>, sqlx::Error> {
     let now = app.clock.now();
-    let windows: Vec<Window> = sqlx::query_as(
-        "SELECT w.counter, w.subject_kind, w.subject_id, w.org_id, w.window_start, w.window_end, w.count,
-                COALESCE(p.count, 0) AS previous
-         FROM anomaly_windows w
-         LEFT JOIN anomaly_windows p ON w.counter = $2 AND p.counter = w.counter
-              AND p.window_start = w.window_start - interval '5 minutes'
-              AND p.subject_kind = w.subject_kind AND p.subject_id = w.subject_id
-         WHERE w.window_end > $1 AND w.window_start <= $1",
-    )
-    .bind(now)
-    .bind(OUTBOUND)
-    .fetch_all(&app.pool)
-    .await?;
+    let windows = anomaly_read::open_windows(&app.pool, now, OUTBOUND).await?;
     let caps = daily_caps(app, &windows).await?;
     let min_actions = i64::from(app.config.anomaly_volume_min_actions);
     let mut readings: Vec<Reading> = windows.into_iter().filter_map(|w| read(w, min_actions, &caps)).collect();

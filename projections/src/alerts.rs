@@ -3,6 +3,8 @@
 //! far. Alerts are rare: each is written with its own statement, in order, so a batch holding two
 //! alerts on one subject counts both.
 
+pub mod read;
+
 use serde::Deserialize;
 use sqlx::PgConnection;
 

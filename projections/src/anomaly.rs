@@ -7,6 +7,8 @@
 //! windows are a projection, not history: the detector reads the current ones
 //! (`window_end > now`) and prunes the ones long past (`PRUNE_AFTER`).
 
+pub mod read;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, Datelike, DurationRound, TimeDelta, Utc};

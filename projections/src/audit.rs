@@ -14,6 +14,8 @@
 //! event whose fields name several subjects keeps the smallest reference (no event type does so
 //! today); migration 0018 backfilled existing rows with this same rule in SQL.
 
+pub mod read;
+
 use std::collections::HashMap;
 
 use serde::Deserialize;

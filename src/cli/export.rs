@@ -13,8 +13,8 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use commguard_domain::records::SubjectEvent;
+use commguard_projections::audit::read as audit_read;
 use commguard_projections::audit::AuditProjection;
-use sqlx::{Postgres, QueryBuilder};
 
 use super::{catch_up_projection, cli_context, resolve_org};
 use crate::app::Runtime;
@@ -60,19 +60,8 @@ async fn export(rt: &Runtime, request: Request) -> Result<ExitCode, Box<dyn std:
     // Everything committed before now, through the audit view.
     let head = feed::head_position(pool).await?;
     catch_up_projection(pool, &AuditProjection, head).await?;
-    let mut query: QueryBuilder<Postgres> = QueryBuilder::new("SELECT position FROM audit_items WHERE subject_ref = ");
-    query.push_bind(&subject_ref).push(" AND position <= ").push_bind(head);
-    if let Some(org) = &org {
-        query.push(" AND org_id = ").push_bind(org);
-    }
-    if let Some(from) = request.from {
-        query.push(" AND occurred_at >= ").push_bind(from);
-    }
-    if let Some(to) = request.to {
-        query.push(" AND occurred_at <= ").push_bind(to);
-    }
-    query.push(" ORDER BY position");
-    let positions: Vec<i64> = query.build_query_scalar().fetch_all(pool).await?;
+    let positions =
+        audit_read::positions_about(pool, &subject_ref, head, org.as_deref(), request.from, request.to).await?;
 
     // Recorded first: a disclosure that leaves no trace is never made (principle 2, docs/security.md#principles).
     let mut context = cli_context(&rt.clock);

@@ -4,10 +4,9 @@
 
 use axum::extract::State;
 use axum::Json;
-use chrono::{DateTime, Utc};
+use commguard_projections::alerts::read::{self as alerts_read, AlertFilter, AlertRow};
 use schemars::JsonSchema;
 use serde::Serialize;
-use sqlx::{Postgres, QueryBuilder};
 
 use super::admin::Admin;
 use super::openapi::{ApiRouter, Body, Doc, CURSOR, LIMIT, ORG};
@@ -43,20 +42,8 @@ pub fn routes() -> ApiRouter {
     )
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    position: i64,
-    alert_id: String,
-    rule: String,
-    severity: String,
-    title: String,
-    message: String,
-    subject_kind: String,
-    subject_id: String,
-    org_id: Option<String>,
-    raised_at: DateTime<Utc>,
-    occurrences: i64,
-}
+/// One alert as the view holds it (`projections::alerts::read`).
+type Row = AlertRow;
 
 /// A page of alerts, newest first.
 #[derive(Serialize, JsonSchema)]
@@ -83,20 +70,19 @@ struct AlertView {
     occurrences: i64,
 }
 
-impl Row {
-    fn view(self) -> AlertView {
-        AlertView {
-            alert_id: self.alert_id,
-            rule: self.rule,
-            severity: self.severity,
-            title: self.title,
-            message: self.message,
-            subject_kind: self.subject_kind,
-            subject_id: self.subject_id,
-            org_id: self.org_id,
-            raised_at: rfc3339(self.raised_at),
-            occurrences: self.occurrences,
-        }
+/// The reply's form of a row.
+fn view(row: Row) -> AlertView {
+    AlertView {
+        alert_id: row.alert_id,
+        rule: row.rule,
+        severity: row.severity,
+        title: row.title,
+        message: row.message,
+        subject_kind: row.subject_kind,
+        subject_id: row.subject_id,
+        org_id: row.org_id,
+        raised_at: rfc3339(row.raised_at),
+        occurrences: row.occurrences,
     }
 }
 
@@ -108,31 +94,15 @@ async fn alerts(State(app): State<AppState>, admin: Admin, params: Params) -> Re
     let org = read_scope(&admin.principal, params.id("orgId")?)?;
     let page = params.page::<i64>()?;
 
-    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(
-        "SELECT position, alert_id, rule, severity, title, message, subject_kind, subject_id, org_id, raised_at,
-                occurrences
-         FROM alerts WHERE true",
-    );
-    if admin.principal.role() != Role::SuperAdmin {
-        sql.push(" AND subject_kind <> 'ip'");
-    }
-    if let Some(org) = org {
-        sql.push(" AND org_id = ").push_bind(org);
-    }
-    if let Some(severity) = severity {
-        sql.push(" AND severity = ").push_bind(severity);
-    }
-    if let Some(rule) = rule {
-        sql.push(" AND rule = ").push_bind(rule);
-    }
-    if let Some(since) = since {
-        sql.push(" AND raised_at >= ").push_bind(since);
-    }
-    if let Some(after) = page.after {
-        sql.push(" AND position < ").push_bind(after);
-    }
-    sql.push(" ORDER BY position DESC LIMIT ").push_bind(page.fetch());
-    let rows: Vec<Row> = sql.build_query_as().fetch_all(&app.pool).await.map_err(ApiError::internal)?;
+    let filter = AlertFilter {
+        without_ips: admin.principal.role() != Role::SuperAdmin,
+        org_id: org,
+        severity,
+        rule,
+        since,
+        before: page.after,
+    };
+    let rows = alerts_read::alerts(&app.pool, &filter, page.fetch()).await.map_err(ApiError::internal)?;
     let (rows, next) = page.finish(rows, |r| r.position);
-    Ok(Json(AlertPage { alerts: rows.into_iter().map(Row::view).collect(), next_cursor: next }))
+    Ok(Json(AlertPage { alerts: rows.into_iter().map(view).collect(), next_cursor: next }))
 }

@@ -9,9 +9,9 @@ use axum::extract::{RawQuery, State};
 use axum::Json;
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use commguard_projections::audit::read::{self as audit_read, AuditFilter};
 use schemars::JsonSchema;
 use serde::Serialize;
-use sqlx::{Postgres, QueryBuilder};
 
 use super::admin::Admin;
 use super::openapi::{ApiRouter, Body, Doc, CURSOR, LIMIT, ORG};
@@ -207,23 +207,16 @@ fn time(q: &HashMap<String, String>, field: &str) -> Result<Option<DateTime<Utc>
         .transpose()
 }
 
-/// One row of the audit view.
-#[derive(sqlx::FromRow)]
-struct Item {
-    position: i64,
-    occurred_at: DateTime<Utc>,
-    event_type: String,
-    outcome: String,
-    actor_kind: Option<String>,
-    actor_id: Option<String>,
-    agent_id: Option<String>,
-    org_id: Option<String>,
-    refused_by: Option<String>,
-    code: Option<String>,
-    rule: Option<String>,
+/// One row of the audit view (`projections::audit::read`).
+type Item = audit_read::AuditItem;
+
+/// What the reply says of a row.
+trait Describe {
+    fn summary(&self) -> String;
+    fn view(&self) -> AuditItem;
 }
 
-impl Item {
+impl Describe for Item {
     /// One line about the event from the view's own columns: event type, actor, agent and the
     /// refusing check. The view holds no personal field (only blind indexes), so neither can this.
     fn summary(&self) -> String {
@@ -304,33 +297,19 @@ async fn audit(
         addressable_agent(&app, &admin.principal, agent_id).await?;
     }
 
-    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(
-        "SELECT position, occurred_at, event_type, outcome, actor_kind, actor_id, agent_id, org_id, refused_by, code, rule
-         FROM audit_items WHERE position > ",
-    );
-    sql.push_bind(after);
-    let text_filters = [
-        ("org_id", org),
-        ("agent_id", q.get("agentId").cloned()),
-        ("subject_ref", subject_ref),
-        ("event_type", q.get("eventType").cloned()),
-        ("outcome", q.get("outcome").cloned()),
-        ("actor_kind", q.get("actorKind").cloned()),
-    ];
-    for (column, value) in text_filters {
-        if let Some(value) = value {
-            sql.push(format!(" AND {column} = ")).push_bind(value);
-        }
-    }
-    if let Some(from) = from {
-        sql.push(" AND occurred_at >= ").push_bind(from);
-    }
-    if let Some(to) = to {
-        sql.push(" AND occurred_at <= ").push_bind(to);
-    }
+    let filter = AuditFilter {
+        after,
+        org_id: org,
+        agent_id: q.get("agentId").cloned(),
+        subject_ref,
+        event_type: q.get("eventType").cloned(),
+        outcome: q.get("outcome").cloned(),
+        actor_kind: q.get("actorKind").cloned(),
+        from,
+        to,
+    };
     // One more than asked for: whether a next page exists, without counting.
-    sql.push(" ORDER BY position LIMIT ").push_bind(limit + 1);
-    let mut rows: Vec<Item> = sql.build_query_as().fetch_all(&app.pool).await.map_err(ApiError::internal)?;
+    let mut rows = audit_read::items(&app.pool, &filter, limit + 1).await.map_err(ApiError::internal)?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next_cursor = match rows.last() {
