@@ -3,6 +3,7 @@
 //! agent (`:agentId`, addressable by the caller), and the middleware that records each refusal of
 //! an authenticated admin caller as `ActionRefused`.
 
+use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +14,7 @@ use axum::response::Response;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 
-use crate::auth::{bearer, AuthFailure, Bearer, Principal, Role};
+use crate::auth::{bearer, guard, AuthFailure, Bearer, Principal, Role};
 use crate::directory::commands::addressable_agent;
 use crate::directory::AgentView;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
@@ -147,19 +148,43 @@ impl FromRequestParts<AppState> for Admin {
 }
 
 /// An admin caller and the agent of the route's `:agentId`, which the caller may address (Z1,
-/// Z2): it exists, and is in the caller's org unless the caller is the super-admin.
-pub struct ScopedAgent {
+/// Z2): it exists, and is in the caller's org unless the caller is the super-admin. `R` is the
+/// least role the route takes, checked before the agent is looked up.
+pub struct ScopedAgent<R: LeastRole = AnyAdmin> {
     pub admin: Admin,
     pub agent: AgentView,
+    least: PhantomData<R>,
 }
 
-impl FromRequestParts<AppState> for ScopedAgent {
+/// The least role an agent route takes.
+pub trait LeastRole: Send + Sync + 'static {
+    const ROLE: Option<Role>;
+}
+
+/// Any admin caller (an org token or the master token).
+pub struct AnyAdmin;
+
+impl LeastRole for AnyAdmin {
+    const ROLE: Option<Role> = None;
+}
+
+/// The super-admin only (the master token).
+pub struct SuperAdminOnly;
+
+impl LeastRole for SuperAdminOnly {
+    const ROLE: Option<Role> = Some(Role::SuperAdmin);
+}
+
+impl<R: LeastRole> FromRequestParts<AppState> for ScopedAgent<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         let admin = Admin::from_request_parts(parts, app).await?;
+        if let Some(role) = R::ROLE {
+            guard::require_role(&admin.principal, role)?;
+        }
         let Path(agent_id) = Path::<String>::from_request_parts(parts, app).await?;
         let agent = addressable_agent(app, &admin.principal, &agent_id).await?;
-        Ok(Self { admin, agent })
+        Ok(Self { admin, agent, least: PhantomData })
     }
 }

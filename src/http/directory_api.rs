@@ -22,7 +22,7 @@ use crate::state::AppState;
 use crate::store::rfc3339;
 use crate::validate::{invalid, Args};
 
-use super::admin::{Admin, ScopedAgent};
+use super::admin::{Admin, ScopedAgent, SuperAdminOnly};
 use super::openapi::{tool_result, ApiRouter, Body, Doc, Query, ToolResult, CURSOR, LIMIT, ORG};
 
 /// The directory routes (assembled with the other admin routes in `admin_api`).
@@ -462,7 +462,7 @@ async fn agent_tokens(
 
 async fn regenerate_token(
     State(app): State<AppState>,
-    ScopedAgent { admin, agent }: ScopedAgent,
+    ScopedAgent { admin, agent, .. }: ScopedAgent,
 ) -> Result<Json<NewToken>, ApiError> {
     let target = RotateTarget::Agent { agent_id: agent.agent_id, org_id: agent.org_id };
     let out = commands::rotate(&app, admin.context, target, None).await?;
@@ -471,40 +471,34 @@ async fn regenerate_token(
 
 async fn blocked_channels(
     State(app): State<AppState>,
-    admin: Admin,
-    Path(agent_id): Path<String>,
+    ScopedAgent { admin, agent, .. }: ScopedAgent,
     JsonBody(raw): JsonBody,
 ) -> Result<Json<ToolResult>, ApiError> {
-    let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let channels: Vec<String> = match raw.get("blockedChannels") {
         Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
         _ => return Err(invalid("blockedChannels", "must be an array")),
     };
-    commands::block_channels(&app, admin.context, &agent_id, &agent.org_id, channels).await.map(tool_result)
+    commands::block_channels(&app, admin.context, &agent.agent_id, &agent.org_id, channels).await.map(tool_result)
 }
 
 async fn agent_limits(
     State(app): State<AppState>,
-    admin: Admin,
-    Path(agent_id): Path<String>,
+    ScopedAgent { admin, agent, .. }: ScopedAgent<SuperAdminOnly>,
     JsonBody(raw): JsonBody,
 ) -> Result<Json<ToolResult>, ApiError> {
-    guard::require_role(&admin.principal, Role::SuperAdmin)?;
-    let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let change = settings::limits_change(&Args::new(&raw)?)?;
-    commands::set_limits(&app, admin.context, &agent_id, &agent.org_id, change).await.map(tool_result)
+    commands::set_limits(&app, admin.context, &agent.agent_id, &agent.org_id, change).await.map(tool_result)
 }
 
 async fn agent_billing(
     State(app): State<AppState>,
-    admin: Admin,
-    Path(agent_id): Path<String>,
+    ScopedAgent { admin, agent, .. }: ScopedAgent<SuperAdminOnly>,
     JsonBody(raw): JsonBody,
 ) -> Result<Json<ToolResult>, ApiError> {
-    guard::require_role(&admin.principal, Role::SuperAdmin)?;
-    let agent = commands::addressable_agent(&app, &admin.principal, &agent_id).await?;
     let (tier, markup, email) = settings::billing_change(&Args::new(&raw)?)?;
-    commands::set_billing(&app, admin.context, &agent_id, &agent.org_id, tier, markup, email).await.map(tool_result)
+    commands::set_billing(&app, admin.context, &agent.agent_id, &agent.org_id, tier, markup, email)
+        .await
+        .map(tool_result)
 }
 
 /// Registered providers: names only, never values (docs/privacy.md#provider-credentials). O sees its own org's.
