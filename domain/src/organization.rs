@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::agent::IssuedVia;
 use crate::records::ActionRefused;
 use crate::refusal::{DomainError, ErrorCode};
 use crate::values::{IssuedToken, OrgMode};
@@ -86,11 +87,13 @@ pub enum OrgAction {
     /// Revokes every active org token and issues `token`.
     RotateToken {
         token: IssuedToken,
+        issued_via: IssuedVia,
         reason: String,
     },
     /// Issues `token` beside the active ones (`commguard token issue` without `--revoke-existing`).
     IssueToken {
         token: IssuedToken,
+        issued_via: IssuedVia,
     },
 }
 
@@ -124,6 +127,9 @@ pub enum OrganizationEvent {
         token_id: Uuid,
         token_hash: String,
         label: Option<String>,
+        /// How the token came to be; absent in events recorded before it was kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        issued_via: Option<IssuedVia>,
     },
     OrgTokenRevoked {
         token_ids: Vec<Uuid>,
@@ -223,7 +229,7 @@ impl Aggregate for Organization {
                 }
                 vec![
                     E::OrganizationCreated { name, slug, mode: OrgMode::Sandbox, settings, a2p_registered, max_agents },
-                    issued(token),
+                    issued(token, IssuedVia::Provision),
                 ]
             }
             OrgAction::Approve { kyc_note, approved_by } => {
@@ -265,17 +271,17 @@ impl Aggregate for Organization {
                     vec![E::OrgSettingsChanged { before, after }]
                 }
             }
-            OrgAction::RotateToken { token, reason } => {
+            OrgAction::RotateToken { token, issued_via, reason } => {
                 // Rotation works while suspended (rule Z6, docs/security.md#authorization-rules): it is how a leaked token is cut off.
                 let mut events = Vec::new();
                 if !self.active_tokens.is_empty() {
                     events.push(E::OrgTokenRevoked { token_ids: self.active_tokens.clone(), reason });
                 }
-                events.push(issued(token));
+                events.push(issued(token, issued_via));
                 events
             }
             // Like rotation, possible while suspended (Z6): the org admin keeps reads and erasure.
-            OrgAction::IssueToken { token } => vec![issued(token)],
+            OrgAction::IssueToken { token, issued_via } => vec![issued(token, issued_via)],
         };
         for event in events {
             sink.write(event, self).await;
@@ -308,8 +314,13 @@ impl Aggregate for Organization {
     }
 }
 
-fn issued(token: IssuedToken) -> OrganizationEvent {
-    OrganizationEvent::OrgTokenIssued { token_id: token.token_id, token_hash: token.token_hash, label: token.label }
+fn issued(token: IssuedToken, issued_via: IssuedVia) -> OrganizationEvent {
+    OrganizationEvent::OrgTokenIssued {
+        token_id: token.token_id,
+        token_hash: token.token_hash,
+        label: token.label,
+        issued_via: Some(issued_via),
+    }
 }
 
 #[cfg(test)]
@@ -338,7 +349,12 @@ mod tests {
                 a2p_registered: false,
                 max_agents: 100,
             },
-            OrganizationEvent::OrgTokenIssued { token_id: Uuid::from_u128(1), token_hash: "hash1".into(), label: None },
+            OrganizationEvent::OrgTokenIssued {
+                token_id: Uuid::from_u128(1),
+                token_hash: "hash1".into(),
+                label: None,
+                issued_via: Some(IssuedVia::Provision),
+            },
         ]
     }
 
@@ -428,15 +444,21 @@ mod tests {
     #[test]
     fn rotation_revokes_every_active_token_and_issues_one() {
         let mut history = created();
+        // Recorded before issuedVia was kept: it still counts as an active token.
         history.push(OrganizationEvent::OrgTokenIssued {
             token_id: Uuid::from_u128(2),
             token_hash: "hash2".into(),
             label: None,
+            issued_via: None,
         });
         history.push(OrganizationEvent::OrganizationSuspended { reason: "leak".into() });
         Given::with(())
             .given(history)
-            .when(on(OrgAction::RotateToken { token: token(3), reason: "rotate".into() }))
+            .when(on(OrgAction::RotateToken {
+                token: token(3),
+                issued_via: IssuedVia::Rotate,
+                reason: "rotate".into(),
+            }))
             .then_expect_events(vec![
                 OrganizationEvent::OrgTokenRevoked {
                     token_ids: vec![Uuid::from_u128(1), Uuid::from_u128(2)],
@@ -446,17 +468,19 @@ mod tests {
                     token_id: Uuid::from_u128(3),
                     token_hash: "hash3".into(),
                     label: None,
+                    issued_via: Some(IssuedVia::Rotate),
                 },
             ]);
     }
 
     #[test]
     fn issuing_adds_a_token_beside_the_active_ones_and_needs_an_existing_org() {
-        let issue = || on(OrgAction::IssueToken { token: token(2) });
+        let issue = || on(OrgAction::IssueToken { token: token(2), issued_via: IssuedVia::Cli });
         Given::with(()).given(created()).when(issue()).then_expect_events(vec![OrganizationEvent::OrgTokenIssued {
             token_id: Uuid::from_u128(2),
             token_hash: "hash2".into(),
             label: None,
+            issued_via: Some(IssuedVia::Cli),
         }]);
         Given::with(())
             .given_no_previous_events()
@@ -478,5 +502,14 @@ mod tests {
             .given(created())
             .when(on(OrgAction::ChangeSettings(SettingsChange::default())))
             .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn an_org_token_event_stored_without_issued_via_reads_back_and_is_written_back_unchanged() {
+        let stored =
+            r#"{"OrgTokenIssued":{"tokenId":"00000000-0000-0000-0000-000000000002","tokenHash":"h","label":null}}"#;
+        let event: OrganizationEvent = serde_json::from_str(stored).unwrap();
+        assert!(matches!(event, OrganizationEvent::OrgTokenIssued { issued_via: None, .. }));
+        assert_eq!(serde_json::to_string(&event).unwrap(), stored);
     }
 }

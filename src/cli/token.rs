@@ -1,6 +1,6 @@
 //! `commguard token issue` (docs/cli.md): a bootstrap token for an agent or an organization,
 //! issued through the same aggregate commands as the tools (`directory::commands::issue_token`),
-//! recorded as `AgentTokenIssued` (`issuedVia: "cli"`) or `OrgTokenIssued` with actor `cli`.
+//! recorded as `AgentTokenIssued` (`issuedVia: "cli"`) or `OrgTokenIssued` (`issuedVia: "cli"`), with actor `cli`.
 //!
 //! The command waits until the directory projections show the token, applying them itself when
 //! no server is running (or sharing the work with running servers through the projection locks),

@@ -128,6 +128,14 @@ async fn token_issue_prints_a_token_that_works_at_once_and_refuses_unknown_or_in
             .await
             .unwrap();
     assert_eq!(issued, ["OrgTokenIssued", "OrgTokenRevoked"]);
+    let org_issued: Value = sqlx::query_scalar(
+        "SELECT payload::jsonb FROM events WHERE aggregate_id = $1 AND event_type = 'OrgTokenIssued' ORDER BY sequence DESC LIMIT 1",
+    )
+    .bind(&o.id)
+    .fetch_one(s.rt.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(org_issued["issuedVia"].as_str(), Some("cli"), "{org_issued}");
 
     // Unknown and inactive targets are refused (exit 1, nothing printed); usage errors exit 2.
     let unknown = commguard(&db, &["token", "issue", "--agent", "no-such-agent"]).await;

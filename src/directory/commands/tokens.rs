@@ -63,9 +63,9 @@ pub async fn issue_token(
         }
         RotateTarget::Org { org_id } => {
             let action = if revoke_existing {
-                OrgAction::RotateToken { token: issued, reason: "rotated".into() }
+                OrgAction::RotateToken { token: issued, issued_via, reason: "rotated".into() }
             } else {
-                OrgAction::IssueToken { token: issued }
+                OrgAction::IssueToken { token: issued, issued_via }
             };
             app.store
                 .execute(&app.orgs, &org_id, OrganizationCommand { org_id: org_id.clone(), action }, &context)
