@@ -156,7 +156,7 @@ PY
       COMMGUARD_DATA_DIR=$data HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 \
       MCP_MAX_SESSIONS=$((idle + 100)) RUST_LOG=warn target/release/commguard serve &
     server=$!
-    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"' EXIT
+    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"; rm -rf "$data"' EXIT
     until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
     rss_idle=$(awk '/VmRSS/ { print $2 }' "/proc/$server/status")
     "$bin" --url "http://127.0.0.1:$port" --token "$token" --sessions "$writers" --seconds "$seconds" \
@@ -204,7 +204,7 @@ PY
       server=$!
       until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
     }
-    trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; stop_cluster "$cluster"' EXIT
+    trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; stop_cluster "$cluster"; rm -rf "$data"' EXIT
     measure() {
       # Server CPU = utime + stime of the server process; Postgres CPU = utime + stime of the
       # postmaster and all its children (live ones, and exited ones through its cutime + cstime);
@@ -277,7 +277,7 @@ if q:
       COMMGUARD_TEST_CLOCK=true HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 \
       RUST_LOG=warn target/release/commguard serve &
     server=$!
-    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"' EXIT
+    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"; rm -rf "$data"' EXIT
     until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
     setup=$("$bin" --mode as-of-setup --url "http://127.0.0.1:$port" --token "$token")
     field() { echo "$setup" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
@@ -334,7 +334,7 @@ PY
     DATABASE_URL="$bench_url" HOST=127.0.0.1 PORT=$port MASTER_SECURITY_TOKEN=$token COMMGUARD_DATA_DIR=$data \
       HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 RUST_LOG=warn "$bin" serve &
     server=$!
-    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"' EXIT
+    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"; rm -rf "$data"' EXIT
     until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
     python3 - "$port" "$token" "$seed" <<'PY'
 import http.client, json, sys
@@ -509,7 +509,7 @@ PY
       DEFAULT_MAX_ACTIONS_PER_MINUTE=100000 DEFAULT_MAX_ACTIONS_PER_HOUR=100000 DEFAULT_MAX_ACTIONS_PER_DAY=100000 \
       HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 RUST_LOG=warn target/release/commguard serve &
     server=$!
-    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"' EXIT
+    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"; rm -rf "$data"' EXIT
     until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
     admin_token=$(python3 - "$port" "$token" <<'PY'
 import http.client, json, sys
