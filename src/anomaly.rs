@@ -110,9 +110,6 @@ fn as_rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S:
     s.serialize_str(&rfc3339(*t))
 }
 
-/// One open window (`projections::anomaly::read`).
-type Window = WindowRow;
-
 /// One evaluation of every rule on the current windows; returns the alerts it recorded.
 pub async fn check(app: &AppState) -> Result<usize, CheckError> {
     prune(app).await?;
@@ -156,7 +153,7 @@ pub async fn readings(app: &AppState) -> Result<Vec<Reading>, sqlx::Error> {
 }
 
 /// The effective daily spend cap (micro-dollars) of each agent with spend in the windows.
-async fn daily_caps(app: &AppState, windows: &[Window]) -> Result<HashMap<String, i64>, sqlx::Error> {
+async fn daily_caps(app: &AppState, windows: &[WindowRow]) -> Result<HashMap<String, i64>, sqlx::Error> {
     let agents: Vec<&str> = windows.iter().filter(|w| w.counter == SPEND).map(|w| w.subject_id.as_str()).collect();
     if agents.is_empty() {
         return Ok(HashMap::new());
@@ -172,7 +169,7 @@ async fn daily_caps(app: &AppState, windows: &[Window]) -> Result<HashMap<String
 }
 
 /// A window read against its rule.
-fn read(w: Window, min_actions: i64, caps: &HashMap<String, i64>) -> Option<Reading> {
+fn read(w: WindowRow, min_actions: i64, caps: &HashMap<String, i64>) -> Option<Reading> {
     let agent = w.subject_kind == "agent";
     let (rule, threshold, firing, previous, limit_type, value) = match w.counter.as_str() {
         OUTBOUND if agent => (

@@ -42,9 +42,6 @@ pub fn routes() -> ApiRouter {
     )
 }
 
-/// One alert as the view holds it (`projections::alerts::read`).
-type Row = AlertRow;
-
 /// A page of alerts, newest first.
 #[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -71,7 +68,7 @@ struct AlertView {
 }
 
 /// The reply's form of a row.
-fn view(row: Row) -> AlertView {
+fn view(row: AlertRow) -> AlertView {
     AlertView {
         alert_id: row.alert_id,
         rule: row.rule,

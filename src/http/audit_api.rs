@@ -9,7 +9,7 @@ use axum::extract::{RawQuery, State};
 use axum::Json;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use commguard_projections::audit::read::{self as audit_read, AuditFilter};
+use commguard_projections::audit::read::{self as audit_read, AuditFilter, AuditItem as AuditRow};
 use schemars::JsonSchema;
 use serde::Serialize;
 
@@ -207,58 +207,24 @@ fn time(q: &HashMap<String, String>, field: &str) -> Result<Option<DateTime<Utc>
         .transpose()
 }
 
-/// One row of the audit view (`projections::audit::read`).
-type Item = audit_read::AuditItem;
-
-/// What the reply says of a row.
-trait Describe {
-    fn summary(&self) -> String;
-    fn view(&self) -> AuditItem;
-}
-
-impl Describe for Item {
-    /// One line about the event from the view's own columns: event type, actor, agent and the
-    /// refusing check. The view holds no personal field (only blind indexes), so neither can this.
-    fn summary(&self) -> String {
-        let actor = match (&self.actor_kind, &self.actor_id) {
-            (Some(kind), Some(id)) => format!("{kind} {id}"),
-            _ => "unknown actor".into(),
-        };
-        let mut line = format!("{} by {actor}", self.event_type);
-        if let Some(agent) = &self.agent_id {
-            if self.actor_kind.as_deref() != Some("agent") || self.actor_id.as_ref() != Some(agent) {
-                line.push_str(&format!(" (agent {agent})"));
-            }
-        }
-        if self.outcome == "refused" {
-            line.push_str(&format!(": refused by {}", self.refused_by.as_deref().unwrap_or("unknown check")));
-            let detail: Vec<String> =
-                [self.code.clone(), self.rule.as_ref().map(|r| format!("rule {r}"))].into_iter().flatten().collect();
-            if !detail.is_empty() {
-                line.push_str(&format!(" ({})", detail.join(", ")));
-            }
-        }
-        line
-    }
-
-    fn view(&self) -> AuditItem {
-        let actor = match (&self.actor_kind, &self.actor_id) {
-            (Some(kind), Some(id)) => Some(Actor { kind: kind.clone(), id: id.clone() }),
-            _ => None,
-        };
-        AuditItem {
-            position: self.position,
-            occurred_at: rfc3339(self.occurred_at),
-            event_type: self.event_type.clone(),
-            outcome: self.outcome.clone(),
-            actor,
-            agent_id: self.agent_id.clone(),
-            org_id: self.org_id.clone(),
-            summary: self.summary(),
-            refused_by: self.refused_by.clone(),
-            code: self.code.clone(),
-            rule: self.rule.clone(),
-        }
+/// The reply's form of a row of the audit view.
+fn view(row: &AuditRow) -> AuditItem {
+    let actor = match (&row.actor_kind, &row.actor_id) {
+        (Some(kind), Some(id)) => Some(Actor { kind: kind.clone(), id: id.clone() }),
+        _ => None,
+    };
+    AuditItem {
+        position: row.position,
+        occurred_at: rfc3339(row.occurred_at),
+        event_type: row.event_type.clone(),
+        outcome: row.outcome.clone(),
+        actor,
+        agent_id: row.agent_id.clone(),
+        org_id: row.org_id.clone(),
+        summary: row.summary(),
+        refused_by: row.refused_by.clone(),
+        code: row.code.clone(),
+        rule: row.rule.clone(),
     }
 }
 
@@ -316,7 +282,7 @@ async fn audit(
         Some(last) if more => Some(encode_cursor(last.position)),
         _ => None,
     };
-    Ok(Json(AuditPage { items: rows.iter().map(Item::view).collect(), next_cursor }))
+    Ok(Json(AuditPage { items: rows.iter().map(view).collect(), next_cursor }))
 }
 
 #[cfg(test)]
@@ -332,7 +298,7 @@ mod tests {
 
     #[test]
     fn summaries_name_the_actor_the_agent_and_the_refusing_check() {
-        let item = Item {
+        let item = AuditRow {
             position: 1,
             occurred_at: Utc::now(),
             event_type: "MessageBlocked".into(),
@@ -346,7 +312,7 @@ mod tests {
             rule: Some("dnc".into()),
         };
         assert_eq!(item.summary(), "MessageBlocked by agent a1: refused by dnc (compliance_blocked, rule dnc)");
-        let by_admin = Item {
+        let by_admin = AuditRow {
             event_type: "AgentChannelsBlocked".into(),
             outcome: "allowed".into(),
             actor_kind: Some("org".into()),

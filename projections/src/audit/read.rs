@@ -21,6 +21,32 @@ pub struct AuditItem {
     pub rule: Option<String>,
 }
 
+impl AuditItem {
+    /// One line about the event from the view's own columns: event type, actor, agent and the
+    /// refusing check. The view holds no personal field (only blind indexes), so neither can this.
+    pub fn summary(&self) -> String {
+        let actor = match (&self.actor_kind, &self.actor_id) {
+            (Some(kind), Some(id)) => format!("{kind} {id}"),
+            _ => "unknown actor".into(),
+        };
+        let mut line = format!("{} by {actor}", self.event_type);
+        if let Some(agent) = &self.agent_id {
+            if self.actor_kind.as_deref() != Some("agent") || self.actor_id.as_ref() != Some(agent) {
+                line.push_str(&format!(" (agent {agent})"));
+            }
+        }
+        if self.outcome == "refused" {
+            line.push_str(&format!(": refused by {}", self.refused_by.as_deref().unwrap_or("unknown check")));
+            let detail: Vec<String> =
+                [self.code.clone(), self.rule.as_ref().map(|r| format!("rule {r}"))].into_iter().flatten().collect();
+            if !detail.is_empty() {
+                line.push_str(&format!(" ({})", detail.join(", ")));
+            }
+        }
+        line
+    }
+}
+
 /// The filters of an audit search; `None` filters nothing.
 #[derive(Clone, Debug, Default)]
 pub struct AuditFilter {
