@@ -15,6 +15,8 @@ source scripts/lib/browser.sh
 # Structure and habits first, for the whole suite (a filtered run skips them): they fail in
 # seconds, the suite in minutes.
 if [ $# -eq 0 ]; then
+  ensure_python3
+  if command -v rustup >/dev/null; then rustup component add rustfmt clippy >&2; fi
   python3 scripts/check-cycles.py
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -14,6 +14,15 @@ ensure_pg_bin() {
   ls -d /usr/lib/postgresql/*/bin | sort -V -r | head -n 1
 }
 
+# ensure_python3: Debian's python3, installed when missing (the cycle check and the venv need it).
+ensure_python3() {
+  command -v python3 >/dev/null && return
+  echo "python3 not found: installing Debian's python3 package" >&2
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3 >&2
+}
+
 # ensure_venv REQUIREMENTS DIR: a Python venv with the end-to-end clients. Debian's python3 comes
 # without venv/pip (package python3-venv); it is installed when missing.
 ensure_venv() {
