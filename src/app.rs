@@ -170,6 +170,7 @@ impl Runtime {
             clock: self.clock.clone(),
             started: Instant::now(),
             metrics,
+            feed_pages: Arc::new(crate::store::pages::FeedPages::new(store.pool().clone())),
             store,
             config,
         }

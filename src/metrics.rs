@@ -34,6 +34,7 @@ pub struct Metrics {
     webhook_rejections: Counters,
     projection_lag: Family<Labels, Gauge>,
     http_rate_limit_hits: Counters,
+    feed_pages: Counters,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -66,6 +67,7 @@ impl Metrics {
             webhook_rejections: Counters::default(),
             projection_lag: Family::default(),
             http_rate_limit_hits: Counters::default(),
+            feed_pages: Counters::default(),
             registry: Registry::default(),
         };
         // Counters are registered without their `_total` suffix: the encoder appends it.
@@ -98,12 +100,20 @@ impl Metrics {
             "HTTP requests refused by the rate limit, by scope",
             metrics.http_rate_limit_hits.clone(),
         );
+        registry.register(
+            "commguard_feed_pages",
+            "Auditor feed pages answered, by whether their rows were read ahead or on request",
+            metrics.feed_pages.clone(),
+        );
         // The bounded label values are shown from the start, at zero.
         for severity in ["HIGH", "MEDIUM"] {
             let _ = metrics.alerts.get_or_create(&one("severity", severity));
         }
         for scope in ["per_ip", "global"] {
             let _ = metrics.http_rate_limit_hits.get_or_create(&one("scope", scope));
+        }
+        for read in ["ahead", "on_request"] {
+            let _ = metrics.feed_pages.get_or_create(&one("read", read));
         }
         Self { registry, ..metrics }
     }
@@ -136,6 +146,11 @@ impl Metrics {
     /// `scope` is `per_ip` or `global`.
     pub fn http_rate_limit_hit(&self, scope: &str) {
         self.http_rate_limit_hits.get_or_create(&one("scope", scope)).inc();
+    }
+
+    /// A feed page was answered; `ahead`: its rows had been read ahead (`store::pages`).
+    pub fn feed_page(&self, ahead: bool) {
+        self.feed_pages.get_or_create(&one("read", if ahead { "ahead" } else { "on_request" })).inc();
     }
 
     /// The exposition, with the uptime now and `lag` (projection, events behind the head).

@@ -18,6 +18,7 @@ use crate::ledger::intents::Intents;
 use crate::ledger::reservations::Reserver;
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
+use crate::store::pages::FeedPages;
 use crate::store::{Framework, Store};
 
 #[derive(Clone)]
@@ -43,4 +44,6 @@ pub struct AppState {
     pub intents: Arc<Intents>,
     /// This instance's Prometheus metrics (`/metrics`), shared with the hardening layers.
     pub metrics: Arc<Metrics>,
+    /// The auditor feed's pages, the next one read ahead (`store::pages`).
+    pub feed_pages: Arc<FeedPages>,
 }

@@ -20,7 +20,8 @@ use crate::contacts;
 use crate::directory::commands::addressable_agent;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{envelope, feed, rfc3339};
+use crate::store::pages::PageKey;
+use crate::store::{envelope, rfc3339};
 use crate::validate::invalid;
 
 pub fn routes() -> ApiRouter {
@@ -98,8 +99,8 @@ fn scope(principal: &Principal, requested: Option<&String>) -> Result<Option<Str
 }
 
 /// `GET /admin/api/events?after&limit&orgId&raw`: `{events, nextAfter, headPosition}`. Reads only
-/// below the horizon (`feed::read_page`), so consecutive pages never repeat or skip an event,
-/// whatever order writers commit in.
+/// below the horizon (`store::pages`, which reads the next page ahead), so consecutive pages never
+/// repeat or skip an event, whatever order writers commit in.
 async fn events(
     State(app): State<AppState>,
     admin: Admin,
@@ -118,20 +119,11 @@ async fn events(
         guard::require_role(&admin.principal, Role::SuperAdmin)?;
     }
     let org = scope(&admin.principal, q.get("orgId"))?;
-    // Shares of the page are parsed while Postgres sends the rest.
-    let (mut writer, mut next_after) = (envelope::PageWriter::new(raw), after);
-    let head = feed::read_page_chunks(&app.pool, after, limit, org.as_deref(), PAGE_SHARE, |share| {
-        next_after = share.last().map_or(next_after, |e| e.position);
-        writer.add(share);
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    let events = writer.write(app.store.keystore()).await.map_err(ApiError::internal)?;
-    Ok(Json(EventPage { events, next_after, head_position: head }))
+    let key = PageKey { org_id: org, as_stored: raw, after, limit };
+    let page = app.feed_pages.page(app.store.keystore(), key).await.map_err(ApiError::internal)?;
+    app.metrics.feed_page(page.read_ahead);
+    Ok(Json(EventPage { events: page.events, next_after: page.next_after, head_position: page.head_position }))
 }
-
-/// Events per share of a feed page parsed while the rest of the page arrives.
-const PAGE_SHARE: usize = 125;
 
 /// A page of the auditor feed. Its envelopes come written (`envelope::envelopes_json`, on every
 /// core), so answering only copies their text.

@@ -104,25 +104,45 @@ pub async fn read_page_chunks(
     limit: i64,
     org_id: Option<&str>,
     chunk: usize,
-    mut each: impl FnMut(Vec<StoredEvent>),
+    each: impl FnMut(Vec<StoredEvent>),
 ) -> Result<i64, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    let (horizon, head): (i64, i64) = match org_id {
+    let (horizon, head) = horizon_and_head(&mut conn, org_id).await?;
+    read_below(&mut conn, after, horizon, limit, org_id, chunk, each).await?;
+    Ok(head)
+}
+
+/// The horizon now, and the highest position in scope below it (`headPosition`).
+pub async fn horizon_and_head(conn: &mut sqlx::PgConnection, org_id: Option<&str>) -> Result<(i64, i64), sqlx::Error> {
+    match org_id {
         Some(org) => {
             sqlx::query_as(
                 "SELECT event_horizon(), COALESCE((SELECT MAX(position) FROM events
                                                WHERE org_id = $1 AND position < event_horizon()), 0)",
             )
             .bind(org)
-            .fetch_one(&mut *conn)
-            .await?
+            .fetch_one(conn)
+            .await
         }
         None => sqlx::query_as(
             "SELECT event_horizon(), COALESCE((SELECT MAX(position) FROM events WHERE position < event_horizon()), 0)",
         )
-        .fetch_one(&mut *conn)
-        .await?,
-    };
+        .fetch_one(conn)
+        .await,
+    }
+}
+
+/// Up to `limit` events in scope after `after` and below `horizon` (read earlier), handed to
+/// `each` `chunk` at a time as they arrive. Returns how many there were.
+pub async fn read_below(
+    conn: &mut sqlx::PgConnection,
+    after: i64,
+    horizon: i64,
+    limit: i64,
+    org_id: Option<&str>,
+    chunk: usize,
+    mut each: impl FnMut(Vec<StoredEvent>),
+) -> Result<usize, sqlx::Error> {
     let org_sql = format!(
         "SELECT {COLUMNS} FROM events WHERE org_id = $1 AND position > $2 AND position < $3
          ORDER BY position LIMIT $4"
@@ -130,13 +150,14 @@ pub async fn read_page_chunks(
     let all_sql =
         format!("SELECT {COLUMNS} FROM events WHERE position > $1 AND position < $2 ORDER BY position LIMIT $3");
     let mut rows = match org_id {
-        Some(org) => sqlx::query(&org_sql).bind(org).bind(after).bind(horizon).bind(limit).fetch(&mut *conn),
-        None => sqlx::query(&all_sql).bind(after).bind(horizon).bind(limit).fetch(&mut *conn),
+        Some(org) => sqlx::query(&org_sql).bind(org).bind(after).bind(horizon).bind(limit).fetch(conn),
+        None => sqlx::query(&all_sql).bind(after).bind(horizon).bind(limit).fetch(conn),
     };
     let share = chunk.min(usize::try_from(limit).unwrap_or(0)).max(1);
-    let mut events = Vec::with_capacity(share.min(1000));
+    let (mut events, mut count) = (Vec::with_capacity(share.min(1000)), 0);
     while let Some(row) = rows.try_next().await? {
         events.push(stored_event_from_row(&row)?);
+        count += 1;
         if events.len() == share {
             each(std::mem::replace(&mut events, Vec::with_capacity(share.min(1000))));
         }
@@ -144,7 +165,7 @@ pub async fn read_page_chunks(
     if !events.is_empty() {
         each(events);
     }
-    Ok(head)
+    Ok(count)
 }
 
 /// Events at `positions` (already known to lie below the horizon), in position order.

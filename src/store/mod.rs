@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod feed;
 pub mod history;
 pub mod keystore;
+pub mod pages;
 pub mod receipt;
 mod recorder;
 pub mod repository;

@@ -247,6 +247,67 @@ async fn the_feed_pages_in_commit_order_scoped_to_the_caller_and_erased_fields_r
     s.stop().await;
 }
 
+/// Feed pages answered so far whose rows had been read ahead (`read="ahead"`) or were read on request.
+async fn feed_pages(s: &TestServer, read: &str) -> f64 {
+    let text = s.http.get(s.url("/metrics")).bearer_auth(MASTER).send().await.unwrap().text().await.unwrap();
+    let line = format!("commguard_feed_pages_total{{read=\"{read}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(line.as_str())).expect("the feed page counter").parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_read_ahead_are_what_a_fresh_read_gives_and_an_erasure_between_pages_reads_erased() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    let w = world(&s).await;
+    let pool = s.rt.store.pool().clone();
+    wait_visible(&pool, stored_count(&s).await).await;
+    let keystore = s.rt.store.keystore();
+
+    // Paging 3 at a time: after the first page, every full page's rows were read ahead, and each
+    // page is, byte for byte, what reading and opening that page directly gives.
+    let (ahead, on_request) = (feed_pages(&s, "ahead").await, feed_pages(&s, "on_request").await);
+    let (mut after, mut pages) = (0i64, 0);
+    loop {
+        let page = ok(&s, MASTER, &format!("/admin/api/events?after={after}&limit=3")).await;
+        let (direct, _) = commguard::store::feed::read_page(&pool, after, 3, None).await.unwrap();
+        let direct = commguard::store::envelope::envelopes_json(keystore, direct, false).await.unwrap();
+        let direct: Vec<Value> = direct.iter().map(|e| serde_json::from_str(e.get()).unwrap()).collect();
+        assert_eq!(page["events"].as_array().unwrap(), &direct, "page after {after}");
+        pages += 1;
+        if direct.len() < 3 {
+            break;
+        }
+        after = page["nextAfter"].as_i64().unwrap();
+    }
+    assert!(pages >= 4, "{pages} pages");
+    let read_ahead = feed_pages(&s, "ahead").await - ahead;
+    assert_eq!(read_ahead, f64::from(pages - 2), "all but the first page and the short last one");
+    assert_eq!(feed_pages(&s, "on_request").await - on_request, 2.0);
+
+    // A page whose rows were read ahead before an erasure opens nothing of the erased subject:
+    // which keys live is asked when the page is answered.
+    let all = whole_feed(&s, MASTER, 100, "").await;
+    let at = all
+        .iter()
+        .position(|e| e["eventType"] == "MessageSent" && e["aggregateId"] == w.a.agent_id.as_str())
+        .expect("agent A's first send");
+    assert!(at >= 2, "events come before the send");
+    let before = all[at - 2]["position"].as_i64().unwrap();
+    let previous = ok(&s, MASTER, &format!("/admin/api/events?after={before}&limit=1")).await;
+    assert_eq!(previous["nextAfter"], all[at - 1]["position"]);
+    let ahead = feed_pages(&s, "ahead").await;
+    let subject_ref = keystore.data_keys().blind_index(PHONE);
+    assert_eq!(keystore.destroy_subject(Some(&w.a.id), &subject_ref).await.unwrap(), 1);
+    let page = ok(&s, MASTER, &format!("/admin/api/events?after={}&limit=1", previous["nextAfter"])).await;
+    assert_eq!(feed_pages(&s, "ahead").await - ahead, 1.0, "this page's rows were read ahead");
+    let sent = &page["events"][0];
+    assert_eq!(sent["position"], all[at]["position"]);
+    assert_eq!(all[at]["payload"]["to"], PHONE, "it opened before the erasure");
+    assert_eq!(sent["payload"]["to"], "[erased]");
+    assert_eq!(sent["redactions"].as_array().unwrap().len(), 2, "{sent}");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feed_pages_never_skip_an_event_whose_transaction_commits_late() {
     let db = TestDb::new().await;
