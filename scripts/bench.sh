@@ -365,9 +365,11 @@ PY
       perf record -F 499 -g --call-graph dwarf -p "$server" -o "$BENCH_PERF" -- sleep 10 >/dev/null 2>&1 &
     fi
     pg_stats_reset "$bench_url"
+    # COPY again right after the feed: with the machine's load moving between runs, the feed is
+    # compared with the faster of the two COPYs measured around it.
     python3 - "$port" "$token" "$total" "$raw_start" "$raw_end" "$raw_bytes" "$server" \
-        "$(head -n 1 "$cluster/data/postmaster.pid")" <<'PY'
-import http.client, json, os, sys, time
+        "$(head -n 1 "$cluster/data/postmaster.pid")" "$PG_BIN_DIR/psql" "$bench_url" <<'PY'
+import http.client, json, os, subprocess, sys, time
 port, token, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
 raw_s = float(sys.argv[5]) - float(sys.argv[4])
 server, postmaster = sys.argv[7], sys.argv[8]
@@ -427,13 +429,19 @@ elapsed = time.perf_counter() - start
 cpu = [b - a for a, b in zip(cpu_before, cpu_seconds())]
 assert seen == total, (seen, total, body[:300])
 assert erased == 0 and opened >= total - 100, (opened, erased, total)
-feed_rate, raw_rate = seen / elapsed, total / raw_s
+load = os.getloadavg()[0]
+copy_start = time.perf_counter()
+subprocess.run([sys.argv[9], sys.argv[10], "-c", "COPY (SELECT * FROM events) TO STDOUT"], check=True,
+               stdout=subprocess.DEVNULL)
+raw_after_s = time.perf_counter() - copy_start
+feed_rate, raw_rate = seen / elapsed, total / min(raw_s, raw_after_s)
 print(f"{total} events ({opened} personal fields opened)")
 print(f"feed, limit=1000, master, decrypted: {elapsed:.1f} s = {feed_rate:,.0f} events/s ({nbytes / elapsed / 1e6:.0f} MB/s of JSON)")
-print(f"raw COPY (SELECT * FROM events) TO STDOUT: {raw_s:.1f} s = {raw_rate:,.0f} events/s ({int(sys.argv[6]) / raw_s / 1e6:.0f} MB/s)")
-print(f"feed / raw: {100 * feed_rate / raw_rate:.0f} % (target >= 25 %)")
+print(f"raw COPY (SELECT * FROM events) TO STDOUT: before the feed {raw_s:.1f} s = {total / raw_s:,.0f} events/s "
+      f"({int(sys.argv[6]) / raw_s / 1e6:.0f} MB/s), after it {raw_after_s:.1f} s = {total / raw_after_s:,.0f} events/s")
+print(f"feed / raw (the faster COPY): {100 * feed_rate / raw_rate:.0f} % (target >= 25 %)")
 print(f"CPU per event while paging: server {cpu[0] / seen * 1e6:.1f} us, Postgres {cpu[1] / seen * 1e6:.1f} us, "
-      f"this client {cpu[2] / seen * 1e6:.1f} us; wall {elapsed / seen * 1e6:.1f} us; load average {os.getloadavg()[0]:.1f}")
+      f"this client {cpu[2] / seen * 1e6:.1f} us; wall {elapsed / seen * 1e6:.1f} us; load average {load:.1f}")
 # Attribution: the first 100 pages again, as stored (raw=true: no key lookups, no opening).
 after, n, start = 0, 0, time.perf_counter()
 for _ in range(100):

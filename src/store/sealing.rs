@@ -246,9 +246,14 @@ impl SealedText {
     /// The fields of `text`; `None` when it does not read as JSON here (the caller then opens the
     /// tree form, `SealedPayload`, which reads such a payload as `null`).
     pub fn find(text: &str) -> Option<Self> {
-        let root: &RawValue = serde_json::from_str(text).ok()?;
         let mut spots = Vec::new();
-        walk(text, root, &mut Vec::new(), &mut spots).ok()?;
+        // A walk into an object or an array reads the whole text as JSON (`from_str` to its end),
+        // so only a text it would not read is checked first.
+        let walked = text.contains(SEALED_MARKER) && matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['));
+        if !walked {
+            serde_json::from_str::<&RawValue>(text).ok()?;
+        }
+        walk(text, text, &mut Vec::new(), &mut spots).ok()?;
         Some(Self { spots })
     }
 
@@ -309,13 +314,12 @@ fn range_in(whole: &str, part: &str) -> std::ops::Range<usize> {
     start..start + part.len()
 }
 
-/// `collect` over the text: `value` lies in `whole`.
-fn walk(whole: &str, value: &RawValue, at: &mut Vec<String>, out: &mut Vec<Spot>) -> Result<(), serde_json::Error> {
-    let text = value.get();
+/// `collect` over the text: `text`, a JSON value's text, lies in `whole`.
+fn walk(whole: &str, text: &str, at: &mut Vec<String>, out: &mut Vec<Spot>) -> Result<(), serde_json::Error> {
     if !text.contains(SEALED_MARKER) {
         return Ok(());
     }
-    match text.as_bytes().first() {
+    match text.trim_start().as_bytes().first() {
         Some(b'{') => {
             let Members(mut members) = serde_json::from_str(text)?;
             if members.iter().any(|(key, _)| key == SEALED_MARKER) {
@@ -335,7 +339,7 @@ fn walk(whole: &str, value: &RawValue, at: &mut Vec<String>, out: &mut Vec<Spot>
             });
             for (key, child) in members {
                 at.push(key);
-                walk(whole, child, at, out)?;
+                walk(whole, child.get(), at, out)?;
                 at.pop();
             }
         }
@@ -343,7 +347,7 @@ fn walk(whole: &str, value: &RawValue, at: &mut Vec<String>, out: &mut Vec<Spot>
             let items: Vec<&RawValue> = serde_json::from_str(text)?;
             for (i, child) in items.into_iter().enumerate() {
                 at.push(i.to_string());
-                walk(whole, child, at, out)?;
+                walk(whole, child.get(), at, out)?;
                 at.pop();
             }
         }
