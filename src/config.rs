@@ -394,6 +394,9 @@ impl Config {
         if !self.webhook_base_url.starts_with("https://") {
             return Err(err("WEBHOOK_BASE_URL", "must be https:// in production"));
         }
+        if self.agentos_callback_url.is_some() && self.callback_signing_secret.is_none() {
+            return Err(err("CALLBACK_SIGNING_SECRET", "is required in production when AGENTOS_CALLBACK_URL is set"));
+        }
         Ok(())
     }
 
@@ -415,6 +418,9 @@ impl Config {
         }
         if self.twilio_auth_token.is_none() {
             out.push("TWILIO_AUTH_TOKEN is unset: Twilio webhooks are accepted unverified".into());
+        }
+        if self.agentos_callback_url.is_some() && self.callback_signing_secret.is_none() {
+            out.push("CALLBACK_SIGNING_SECRET is unset: forwarded inbound messages are signed with an empty secret".into());
         }
         if self.resend_webhook_secret.is_none() {
             out.push("RESEND_WEBHOOK_SECRET is unset: email webhooks are accepted unverified".into());
@@ -508,6 +514,10 @@ mod tests {
         }
         let without_key: Vec<_> = safe.iter().copied().filter(|(k, _)| *k != "DATA_ENCRYPTION_KEY").collect();
         assert_eq!(read(&without_key).unwrap_err().var, "DATA_ENCRYPTION_KEY");
+        // Forwarding inbound messages signs them: never with an empty secret in production.
+        let forwarding = [safe.as_slice(), &[("AGENTOS_CALLBACK_URL", "https://agents.example/{agentId}")]].concat();
+        assert_eq!(read(&forwarding).unwrap_err().var, "CALLBACK_SIGNING_SECRET");
+        assert!(read(&[forwarding.as_slice(), &[("CALLBACK_SIGNING_SECRET", "s")]].concat()).is_ok());
     }
 
     #[test]
