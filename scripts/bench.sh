@@ -9,7 +9,7 @@
 #     (BENCH_BASELINE=<another commguard binary>: A/B/A against it; BENCH_BINARIES="<bin> <bin> ...":
 #     each in turn; no fill then. BENCH_PG_STATS=1: the statements per send)
 #   scripts/bench.sh as-of [--writers 4] [--seconds 10] [--fill 1000000]
-#   scripts/bench.sh feed [--fill 1000000] [--seed 2000]
+#   scripts/bench.sh feed [--fill 1000000] [--seed 2000]  (BENCH_BINARIES="<bin> <bin> ...": each in turn, one fill)
 #   scripts/bench.sh anomaly [--fill 1000000] [--runs 200]
 #   scripts/bench.sh erase [--fill 1000000] [--seed 10000] [--idle 200000]
 set -euo pipefail
@@ -321,8 +321,12 @@ PY
     # event id — the field's AAD — so it opens like the original; the unique index on event_id is
     # dropped in this throwaway database to allow it.
     # COMMGUARD_BIN=FILE: measure that build instead (e.g. a copy of an earlier one).
+    # BENCH_BINARIES="FILE FILE ...": page the same store with each build in turn (the first one
+    # records the seed), each beside its own COPYs.
     bin=${COMMGUARD_BIN:-target/release/commguard}
-    [ -n "${COMMGUARD_BIN:-}" ] || cargo build --release --bin commguard >&2
+    [ -n "${COMMGUARD_BIN:-}${BENCH_BINARIES:-}" ] || cargo build --release --bin commguard >&2
+    binaries=${BENCH_BINARIES:-$bin}
+    bin=${binaries%% *}
     psql -q "$admin" -c "CREATE DATABASE bench"
     bench_url="${admin/\/postgres\?//bench?}"
     # Burn transaction ids so that every real position (txid << 12) lies above $fill.
@@ -331,11 +335,14 @@ PY
     token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
     data=$(mktemp -d /tmp/commguard-bench-data-XXXXXX); chmod 755 "$data"
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    DATABASE_URL="$bench_url" HOST=127.0.0.1 PORT=$port MASTER_SECURITY_TOKEN=$token COMMGUARD_DATA_DIR=$data \
-      HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 RUST_LOG=warn "$bin" serve &
-    server=$!
+    feed_server() {
+      DATABASE_URL="$bench_url" HOST=127.0.0.1 PORT=$port MASTER_SECURITY_TOKEN=$token COMMGUARD_DATA_DIR=$data \
+        HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 RUST_LOG=warn "$1" serve &
+      server=$!
+      until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
+    }
     trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"; rm -rf "$data"' EXIT
-    until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
+    feed_server "$bin"
     python3 - "$port" "$token" "$seed" <<'PY'
 import http.client, json, sys
 port, token, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -357,18 +364,7 @@ PY
     total=$(psql -tA "$bench_url" -c "SELECT COUNT(*) FROM events")
     low=$(psql -tA "$bench_url" -c "SELECT MIN(position) FROM events WHERE NOT aggregate_id LIKE 'bench-clone-%'")
     [ "$low" -gt "$fill" ] || { echo "a real position ($low) lies among the clones" >&2; exit 1; }
-    raw_start=$(date +%s.%N)
-    raw_bytes=$(psql "$bench_url" -c "COPY (SELECT * FROM events) TO STDOUT" | wc -c)
-    raw_end=$(date +%s.%N)
-    if [ -n "${BENCH_PERF:-}" ]; then
-      # Profiling aid: BENCH_PERF=FILE records the server for 10 s of the decrypted paging.
-      perf record -F 499 -g --call-graph dwarf -p "$server" -o "$BENCH_PERF" -- sleep 10 >/dev/null 2>&1 &
-    fi
-    pg_stats_reset "$bench_url"
-    # COPY again right after the feed: with the machine's load moving between runs, the feed is
-    # compared with the faster of the two COPYs measured around it.
-    python3 - "$port" "$token" "$total" "$raw_start" "$raw_end" "$raw_bytes" "$server" \
-        "$(head -n 1 "$cluster/data/postmaster.pid")" "$PG_BIN_DIR/psql" "$bench_url" <<'PY'
+    cat > "$cluster/page.py" <<'PY'
 import http.client, json, os, subprocess, sys, time
 port, token, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
 raw_s = float(sys.argv[5]) - float(sys.argv[4])
@@ -466,7 +462,26 @@ for _ in range(100):
     n += len(page["events"]); after = page["nextAfter"]
 print(f"same feed parsed by a Python json client, first {n} events: {n / (time.perf_counter() - start):,.0f} events/s")
 PY
-    pg_stats_print "$bench_url"
+    for bin in $binaries; do
+      [ "$binaries" = "${binaries#* }" ] || echo "== $bin"
+      if [ "$bin" != "${binaries%% *}" ]; then
+        kill $server; wait $server 2>/dev/null || true
+        feed_server "$bin"
+      fi
+      raw_start=$(date +%s.%N)
+      raw_bytes=$(psql "$bench_url" -c "COPY (SELECT * FROM events) TO STDOUT" | wc -c)
+      raw_end=$(date +%s.%N)
+      if [ -n "${BENCH_PERF:-}" ]; then
+        # Profiling aid: BENCH_PERF=FILE records the server for 10 s of the decrypted paging.
+        perf record -F 499 -g --call-graph dwarf -p "$server" -o "$BENCH_PERF" -- sleep 10 >/dev/null 2>&1 &
+      fi
+      pg_stats_reset "$bench_url"
+      # COPY again right after the feed: with the machine's load moving between runs, the feed is
+      # compared with the faster of the two COPYs measured around it.
+      python3 "$cluster/page.py" "$port" "$token" "$total" "$raw_start" "$raw_end" "$raw_bytes" "$server" \
+          "$(head -n 1 "$cluster/data/postmaster.pid")" "$PG_BIN_DIR/psql" "$bench_url"
+      pg_stats_print "$bench_url"
+    done
     ;;
   anomaly)
     # The detector's cost per run (prune, read the current windows, evaluate the six rules) on a
