@@ -298,7 +298,7 @@ impl Projection for AuditProjection {
             out.extend_from_slice(&[0; 8]); // flags, header extension length
             for (n, (event, subject)) in events.iter().zip(&subjects).enumerate() {
                 copy_row(event, subject.as_deref(), &mut out);
-                if (n + 1) % COPY_SHARE == 0 {
+                if (n + 1).is_multiple_of(COPY_SHARE) {
                     copy.send(std::mem::replace(&mut out, Vec::with_capacity(COPY_SHARE * 160))).await?;
                 }
             }

@@ -211,7 +211,7 @@ mod tests {
         fn value(&mut self, depth: u32) -> Value {
             match self.next() % if depth == 0 { 4 } else { 6 } {
                 0 => Value::Null,
-                1 => Value::Bool(self.next() % 2 == 0),
+                1 => Value::Bool(self.next().is_multiple_of(2)),
                 2 => self.number(),
                 3 => Value::String(self.text()),
                 4 => Value::Array((0..self.next() % 4).map(|_| self.value(depth - 1)).collect()),
