@@ -25,7 +25,9 @@ async fn main() {
     let seconds = arg("--seconds", 20);
     let stream_length = arg("--stream-length", 10).max(1);
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL names the benchmark database");
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(writers as u32 + 4).connect(&url).await.unwrap();
+    // The server's pool settings (`store::connect`): sqlx's defaults ping each connection before
+    // every acquire, a round trip per query the server does not make.
+    let pool = commguard::store::connect(&url, writers as u32 + 4).await.unwrap();
     commguard::store::MIGRATOR.run(&pool).await.unwrap();
     let store = Store::new(pool.clone(), Arc::new(DataKeys::new(&[5u8; 32])));
 

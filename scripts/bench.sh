@@ -4,6 +4,7 @@
 # both with their ratio.
 #
 #   scripts/bench.sh event-store [--writers 16] [--seconds 20]
+#     (EVENT_STORE_BENCH=<a built benches/event_store.rs>: measure that build instead of this tree's)
 #   scripts/bench.sh mcp [--writers 16] [--seconds 20] [--idle 1000]
 #   scripts/bench.sh send [--writers 16] [--seconds 20] [--fill 1000000] [--sequential 500]
 #     (BENCH_BASELINE=<another commguard binary>: A/B/A against it; BENCH_BINARIES="<bin> <bin> ...":
@@ -127,22 +128,33 @@ pgbench_one_ms() {
 
 case $what in
   event-store)
-    cargo build --release --bench event_store >&2
-    bin=$(ls -t target/release/deps/event_store-* | grep -v '\.d$' | head -n 1)
+    # EVENT_STORE_BENCH=FILE: measure that build of benches/event_store.rs (e.g. a copy of
+    # another branch's) instead of building this tree's. (COMMGUARD_BIN is the server binary:
+    # this mode does not start a server, the store is linked into the bench.)
+    if [ -n "${EVENT_STORE_BENCH:-}" ]; then
+      bin=$EVENT_STORE_BENCH
+    else
+      cargo build --release --bench event_store >&2
+      bin=$(ls -t target/release/deps/event_store-* | grep -v '\.d$' | head -n 1)
+    fi
     psql -q "$admin" -c "CREATE DATABASE bench"
     pgbench_tps
     pg_stats_reset "${admin/\/postgres\?//bench?}"
-    result=$(DATABASE_URL="${admin/\/postgres\?//bench?}" "$bin" --writers "$writers" --seconds "$seconds" --stream-length "$stream_length")
+    result=$(DATABASE_URL="${admin/\/postgres\?//bench?}" "$bin" --writers "$writers" --seconds "$seconds" --stream-length "$stream_length" 2> "$cluster/event_store.err")
+    cat "$cluster/event_store.err" >&2
+    feed=$(sed -n 's/^feed read alone: .* = \([0-9]*\) events\/s$/\1/p' "$cluster/event_store.err")
     pg_stats_print "${admin/\/postgres\?//bench?}"
     appends=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["appends_per_sec"])')
     catchup=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["catch_up_events_per_sec"])')
     echo "commguard: $result"
     echo "pgbench single-row insert, $writers clients, ${seconds}s: $base tps"
-    python3 - "$appends" "$base" "$catchup" <<'PY'
+    python3 - "$appends" "$base" "$catchup" "${feed:-0}" <<'PY'
 import sys
-appends, base, catchup = map(float, sys.argv[1:])
+appends, base, catchup, feed = map(float, sys.argv[1:])
 print(f"appends/s {appends:.0f} = {appends / base:.2f} x pgbench insert tps (target >= 0.50)")
 print(f"catch-up {catchup:.0f} events/s (target >= 100000)")
+if feed:
+    print(f"catch-up {catchup:.0f} events/s = {catchup / feed:.2f} x the feed read alone, {feed:.0f} events/s (target >= 0.50)")
 PY
     ;;
   mcp)

@@ -23,14 +23,65 @@ pub fn event_hash(
         hasher.update(part.as_bytes());
         hasher.update(b"\n");
     }
-    hasher.update(jcs(payload).as_bytes());
-    hasher.update(b"\n");
-    hasher.update(jcs(metadata_without_hash).as_bytes());
+    let mut canonical = Vec::with_capacity(512);
+    write_jcs(payload, &mut canonical);
+    canonical.push(b'\n');
+    write_jcs(metadata_without_hash, &mut canonical);
+    hasher.update(&canonical);
     hex::encode(hasher.finalize())
 }
 
-fn jcs(value: &Value) -> String {
-    serde_jcs::to_string(value).expect("a JSON value always canonicalizes")
+/// Writes the JCS (RFC 8785) form of `value`: object members sorted by the UTF-16 code units of
+/// their names, no whitespace, strings escaped as ECMAScript's `JSON.stringify` does (which is
+/// serde_json's escaping), every number as the ECMAScript form of its double. These are the bytes
+/// `serde_jcs` writes (the test `the_canonical_form_is_serde_jcs_s` holds them together), without
+/// its boxed writer per token and its re-parsing of every member name: canonicalizing took a
+/// fifth of the CPU of an append in the event-store benchmark.
+fn write_jcs(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => {
+            let n = n.as_f64().expect("a JSON number is a double");
+            out.extend_from_slice(ryu_js::Buffer::new().format_finite(n).as_bytes());
+        }
+        Value::String(s) => write_jcs_str(s, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_jcs(item, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            members.sort_unstable_by(|(a, _), (b, _)| {
+                if a.is_ascii() && b.is_ascii() {
+                    a.cmp(b)
+                } else {
+                    a.encode_utf16().cmp(b.encode_utf16())
+                }
+            });
+            out.push(b'{');
+            for (i, (name, value)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_jcs_str(name, out);
+                out.push(b':');
+                write_jcs(value, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+fn write_jcs_str(s: &str, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
 }
 
 /// The stored metadata with only `hash` removed (`prevHash` stays).
@@ -109,6 +160,89 @@ mod tests {
             event_hash(GENESIS, "agent", "a1", 1, "MessageSent", "1.0", &payload, &metadata),
             hex::encode(Sha256::digest(expected.as_bytes()))
         );
+    }
+
+    /// A small deterministic generator (xorshift), so the comparison below covers many shapes.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[(self.next() % items.len() as u64) as usize]
+        }
+
+        fn text(&mut self) -> String {
+            const PIECES: &[&str] = &[
+                "a",
+                "b",
+                "Z",
+                "_",
+                "é",
+                "\u{e000}",
+                "\u{ffff}",
+                "😀",
+                "\u{10000}",
+                "\"",
+                "\\",
+                "/",
+                "\n",
+                "\t",
+                "\u{8}",
+                "\u{c}",
+                "\r",
+                "\u{1}",
+                "\u{1f}",
+                "\u{7f}",
+                "\u{2028}",
+                "€",
+                " ",
+                "0",
+                "$pii",
+            ];
+            (0..self.next() % 5).map(|_| *self.pick(PIECES)).collect()
+        }
+
+        fn value(&mut self, depth: u32) -> Value {
+            match self.next() % if depth == 0 { 4 } else { 6 } {
+                0 => Value::Null,
+                1 => Value::Bool(self.next().is_multiple_of(2)),
+                2 => self.number(),
+                3 => Value::String(self.text()),
+                4 => Value::Array((0..self.next() % 4).map(|_| self.value(depth - 1)).collect()),
+                _ => Value::Object((0..self.next() % 6).map(|_| (self.text(), self.value(depth - 1))).collect()),
+            }
+        }
+
+        fn number(&mut self) -> Value {
+            let bits = self.next();
+            match bits % 6 {
+                0 => json!(bits as i64 % 1000),
+                1 => json!(*self.pick(&[0u64, 1, 9_007_199_254_740_993, u64::MAX, 1 << 53])),
+                2 => json!(*self.pick(&[i64::MIN, -1, -9_007_199_254_740_993])),
+                3 => {
+                    json!(*self.pick(&[0.1, -0.0, 1e21, 1e-7, 123456789.125, 5e-324, 1.7976931348623157e308, -2.5e-5]))
+                }
+                4 => json!(f64::from_bits(bits >> 2)),
+                _ => json!((bits % 100_000) as f64 / 7.0),
+            }
+        }
+    }
+
+    #[test]
+    fn the_canonical_form_is_serde_jcs_s() {
+        let mut gen = Gen(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let value = gen.value(4);
+            let mut ours = Vec::new();
+            write_jcs(&value, &mut ours);
+            assert_eq!(String::from_utf8(ours).unwrap(), serde_jcs::to_string(&value).unwrap(), "{value}");
+        }
     }
 
     fn chain(n: i64) -> Vec<ChainLink> {

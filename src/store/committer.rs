@@ -14,7 +14,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::PersistenceError;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo};
+use sqlx::{Encode, PgConnection, PgPool, Postgres, Type};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
@@ -25,6 +30,10 @@ pub const MAX_EVENTS_PER_APPEND: usize = 4096;
 /// With 16 writers on 2 cores and `append_batch`: 4 in flight 6.1–7.1k appends/s (three runs),
 /// 8 5.6k, 16 5.3k: more statements only compete for the same CPUs.
 const COMMITTERS: usize = 4;
+
+/// How long a committer keeps its connection without work (`store::STALE_AFTER`: a connection
+/// idle longer is pinged before use, so a held one is never staler than one from the pool).
+const KEEP_IDLE: std::time::Duration = super::STALE_AFTER;
 
 /// One event of an append, ready to insert.
 pub(crate) struct Row {
@@ -64,41 +73,30 @@ impl Committer {
     pub fn start(pool: PgPool) -> Self {
         let (queue, jobs) = mpsc::unbounded_channel();
         let jobs = Arc::new(Mutex::new(jobs));
+        // Each committer keeps a connection while it has work: at most half the pool.
+        let committers = COMMITTERS.min(pool.options().get_max_connections() as usize / 2).max(1);
         // The tasks end when the last `Committer` (and so the sender) is dropped.
-        for _ in 0..COMMITTERS {
+        for _ in 0..committers {
             let (pool, jobs) = (pool.clone(), jobs.clone());
             tokio::spawn(async move {
                 let mut held: Option<Job> = None;
+                let mut conn = Connection { pool, live: None };
                 loop {
-                    let batch = {
-                        let mut jobs = jobs.lock().await;
-                        let first = match held.take() {
-                            Some(job) => job,
-                            None => match jobs.recv().await {
-                                Some(job) => job,
-                                None => return,
-                            },
-                        };
-                        let mut batch = vec![first];
-                        let mut streams: HashSet<(String, String)> = HashSet::new();
-                        let mut events = batch[0].append.rows.len();
-                        streams.insert(key(&batch[0].append));
-                        // Take what is already queued; a second append to a stream in this batch
-                        // waits for the next one (one row of a chain head per statement).
-                        while let Ok(job) = jobs.try_recv() {
-                            if streams.contains(&key(&job.append))
-                                || events + job.append.rows.len() > MAX_EVENTS_PER_APPEND
-                            {
-                                held = Some(job);
-                                break;
+                    // A committer that keeps a connection gives it back after `KEEP_IDLE` without
+                    // work, so idle committers never hold the pool's connections.
+                    let batch = if conn.live.is_some() && held.is_none() {
+                        tokio::select! {
+                            batch = next_batch(&jobs, &mut held) => batch,
+                            () = tokio::time::sleep(KEEP_IDLE) => {
+                                conn.live = None;
+                                continue;
                             }
-                            events += job.append.rows.len();
-                            streams.insert(key(&job.append));
-                            batch.push(job);
                         }
-                        batch
+                    } else {
+                        next_batch(&jobs, &mut held).await
                     };
-                    commit(&pool, batch).await;
+                    let Some(batch) = batch else { return };
+                    commit(&mut conn, batch).await;
                 }
             });
         }
@@ -119,20 +117,76 @@ fn key(append: &Append) -> (String, String) {
     (append.aggregate_type.clone(), append.aggregate_id.clone())
 }
 
+/// Everything queued, up to one append per stream and `MAX_EVENTS_PER_APPEND` events, starting
+/// with `held` (the job the previous batch could not take) or the next job to arrive; `None` when
+/// the queue is closed. Cancel-safe: a job is taken out of `held` or the queue only where no
+/// `await` follows before it is in the returned batch.
+async fn next_batch(jobs: &Mutex<mpsc::UnboundedReceiver<Job>>, held: &mut Option<Job>) -> Option<Vec<Job>> {
+    let mut jobs = jobs.lock().await;
+    let first = match held.take() {
+        Some(job) => job,
+        None => jobs.recv().await?,
+    };
+    let mut batch = vec![first];
+    let mut streams: HashSet<(String, String)> = HashSet::new();
+    let mut events = batch[0].append.rows.len();
+    streams.insert(key(&batch[0].append));
+    // Take what is already queued; a second append to a stream in this batch waits for the next
+    // one (one row of a chain head per statement).
+    while let Ok(job) = jobs.try_recv() {
+        if streams.contains(&key(&job.append)) || events + job.append.rows.len() > MAX_EVENTS_PER_APPEND {
+            *held = Some(job);
+            break;
+        }
+        events += job.append.rows.len();
+        streams.insert(key(&job.append));
+        batch.push(job);
+    }
+    Some(batch)
+}
+
+/// A committer's connection: taken from the pool for its first batch and kept while batches keep
+/// coming, instead of one acquire and one release per statement (sqlx pings every connection it
+/// takes back, one more round trip per batch). Given back after `KEEP_IDLE` without work — the
+/// pool's own idle limit before it pings a connection it hands out — or after an error that may
+/// have broken it.
+struct Connection {
+    pool: PgPool,
+    live: Option<PoolConnection<Postgres>>,
+}
+
+impl Connection {
+    async fn get(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        let conn = match &mut self.live {
+            Some(conn) => conn,
+            live => live.insert(self.pool.acquire().await?),
+        };
+        Ok(&mut **conn)
+    }
+
+    /// After a failed statement: an error of the statement leaves the connection usable; any
+    /// other (I/O, protocol, the server going away) drops it, and the pool tests it.
+    fn failed(&mut self, e: &sqlx::Error) {
+        if !matches!(e, sqlx::Error::Database(_)) || crate::error::is_outage(e) {
+            self.live = None;
+        }
+    }
+}
+
 /// One call of `append_batch` (migration 0014) for the whole batch; every job gets its own answer.
 ///
 /// A batch that fails for something in one append's data (an error of the statement, not of the
 /// connection, and not a conflict) is split in halves and each half tried again, down to single
 /// appends: the append Postgres refuses fails its own command only, the others commit. The happy
 /// path stays one call; one bad append among n costs about 2·log2(n) more.
-async fn commit(pool: &PgPool, mut batch: Vec<Job>) {
+async fn commit(conn: &mut Connection, mut batch: Vec<Job>) {
     // Heads are locked in one global order, so concurrent batches cannot deadlock.
     batch.sort_unstable_by(|a, b| {
         (&a.append.aggregate_type, &a.append.aggregate_id).cmp(&(&b.append.aggregate_type, &b.append.aggregate_id))
     });
     let mut parts = vec![batch];
     while let Some(mut part) = parts.pop() {
-        let result = run(pool, &mut part).await;
+        let result = run(conn, &part).await;
         match result {
             Ok((base, moved, last_rows)) => {
                 for ((job, moved), last_row) in part.into_iter().zip(moved).zip(last_rows) {
@@ -197,76 +251,91 @@ fn isolatable(e: &sqlx::Error) -> bool {
 }
 
 /// One `append_batch` call for `jobs`: the position base, which heads moved, and each job's last
-/// row index. The JSON columns are moved out of the jobs for the call and back if it fails, so
-/// the jobs can be tried again.
-async fn run(pool: &PgPool, jobs: &mut [Job]) -> Result<(i64, Vec<bool>, Vec<i64>), sqlx::Error> {
-    let mut payloads = Vec::new();
-    let mut metadatas = Vec::new();
-    for job in jobs.iter_mut() {
-        for row in &mut job.append.rows {
-            payloads.push(std::mem::take(&mut row.payload));
-            metadatas.push(std::mem::take(&mut row.metadata));
+/// row index.
+async fn run(conn: &mut Connection, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec<i64>), sqlx::Error> {
+    let mut heads = HeadColumns::default();
+    let mut rows = RowColumns::default();
+    // The 0-based index, in the batch's rows, of each job's last event.
+    let mut last_rows = Vec::with_capacity(jobs.len());
+    for (head, job) in (1i32..).zip(jobs.iter()) {
+        let a = &job.append;
+        let last = a.rows.last().expect("appends are not empty");
+        heads.aggregate_type.push(a.aggregate_type.as_str());
+        heads.aggregate_id.push(a.aggregate_id.as_str());
+        heads.expected.push(a.expected);
+        heads.last_sequence.push(last.sequence);
+        heads.last_hash.push(last.hash.as_str());
+        for row in &a.rows {
+            rows.head.push(head);
+            rows.sequence.push(row.sequence);
+            rows.event_type.push(row.event_type.as_str());
+            rows.event_version.push(row.event_version.as_str());
+            rows.payload.push(JsonText(&row.payload));
+            rows.metadata.push(JsonText(&row.metadata));
+            rows.event_id.push(row.event_id);
+            rows.occurred_at.push(row.occurred_at);
+            rows.org_id.push(row.org_id.as_deref());
+            rows.prev_hash.push(row.prev_hash.as_str());
+            rows.hash.push(row.hash.as_str());
         }
+        last_rows.push(rows.head.len() as i64 - 1);
     }
-    let result = {
-        let mut heads = HeadColumns::default();
-        let mut rows = RowColumns::default();
-        // The 0-based index, in the batch's rows, of each job's last event.
-        let mut last_rows = Vec::with_capacity(jobs.len());
-        for (head, job) in (1i32..).zip(jobs.iter()) {
-            let a = &job.append;
-            let last = a.rows.last().expect("appends are not empty");
-            heads.aggregate_type.push(a.aggregate_type.as_str());
-            heads.aggregate_id.push(a.aggregate_id.as_str());
-            heads.expected.push(a.expected);
-            heads.last_sequence.push(last.sequence);
-            heads.last_hash.push(last.hash.as_str());
-            for row in &a.rows {
-                rows.head.push(head);
-                rows.sequence.push(row.sequence);
-                rows.event_type.push(row.event_type.as_str());
-                rows.event_version.push(row.event_version.as_str());
-                rows.event_id.push(row.event_id);
-                rows.occurred_at.push(row.occurred_at);
-                rows.org_id.push(row.org_id.as_deref());
-                rows.prev_hash.push(row.prev_hash.as_str());
-                rows.hash.push(row.hash.as_str());
-            }
-            last_rows.push(rows.head.len() as i64 - 1);
+    let result: Result<(i64, Vec<bool>), sqlx::Error> = match conn.get().await {
+        Ok(db) => {
+            sqlx::query_as(
+                "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            )
+            .bind(&heads.aggregate_type)
+            .bind(&heads.aggregate_id)
+            .bind(&heads.expected)
+            .bind(&heads.last_sequence)
+            .bind(&heads.last_hash)
+            .bind(&rows.head)
+            .bind(&rows.sequence)
+            .bind(&rows.event_type)
+            .bind(&rows.event_version)
+            .bind(&rows.payload)
+            .bind(&rows.metadata)
+            .bind(&rows.event_id)
+            .bind(&rows.occurred_at)
+            .bind(&rows.org_id)
+            .bind(&rows.prev_hash)
+            .bind(&rows.hash)
+            .fetch_one(db)
+            .await
         }
-        let result: Result<(i64, Vec<bool>), sqlx::Error> = sqlx::query_as(
-            "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::json[], $11::json[], $12, $13, $14, $15, $16)",
-        )
-        .bind(&heads.aggregate_type)
-        .bind(&heads.aggregate_id)
-        .bind(&heads.expected)
-        .bind(&heads.last_sequence)
-        .bind(&heads.last_hash)
-        .bind(&rows.head)
-        .bind(&rows.sequence)
-        .bind(&rows.event_type)
-        .bind(&rows.event_version)
-        .bind(&payloads)
-        .bind(&metadatas)
-        .bind(&rows.event_id)
-        .bind(&rows.occurred_at)
-        .bind(&rows.org_id)
-        .bind(&rows.prev_hash)
-        .bind(&rows.hash)
-        .fetch_one(pool)
-        .await;
-        result.map(|(base, moved)| (base, moved, last_rows))
+        Err(e) => Err(e),
     };
-    if result.is_err() {
-        let (mut payloads, mut metadatas) = (payloads.into_iter(), metadatas.into_iter());
-        for job in jobs.iter_mut() {
-            for row in &mut job.append.rows {
-                row.payload = payloads.next().expect("one payload per row");
-                row.metadata = metadatas.next().expect("one metadata per row");
-            }
-        }
+    if let Err(e) = &result {
+        conn.failed(e);
     }
-    result
+    result.map(|(base, moved)| (base, moved, last_rows))
+}
+
+/// A JSON value bound as Postgres `json`, the type of the columns and of `append_batch`'s
+/// parameters. sqlx binds a `serde_json::Value` as `jsonb`: Postgres then parsed each payload
+/// and metadata into jsonb, printed it back and parsed it a third time as `json` for the cast
+/// (5 % of Postgres's CPU during appends); as `json` its text is checked once and stored as sent.
+struct JsonText<'a>(&'a Value);
+
+impl Type<Postgres> for JsonText<'_> {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(114))
+    }
+}
+
+impl PgHasArrayType for JsonText<'_> {
+    fn array_type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(199))
+    }
+}
+
+impl Encode<'_, Postgres> for JsonText<'_> {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        // `json`'s binary form is its text.
+        serde_json::to_writer(&mut **buf, self.0)?;
+        Ok(IsNull::No)
+    }
 }
 
 #[derive(Default)]
@@ -284,6 +353,8 @@ struct RowColumns<'a> {
     sequence: Vec<i64>,
     event_type: Vec<&'a str>,
     event_version: Vec<&'a str>,
+    payload: Vec<JsonText<'a>>,
+    metadata: Vec<JsonText<'a>>,
     event_id: Vec<Uuid>,
     occurred_at: Vec<DateTime<Utc>>,
     org_id: Vec<Option<&'a str>>,

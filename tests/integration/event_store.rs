@@ -371,3 +371,149 @@ async fn a_projection_reading_some_event_types_moves_its_checkpoint_past_the_oth
     let after: (i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(written).fetch_one(store.pool()).await.unwrap();
     assert_eq!(after, before, "an idle step leaves the checkpoint row untouched");
 }
+
+/// Audit events of every shape the view reads: agent and other streams, subject and contact
+/// streams, refusals in the payload or only in the provenance, fields of the wrong shape, no org,
+/// and text COPY would have to escape.
+fn audit_events(n: i64) -> Vec<feed::StoredEvent> {
+    use commguard_projections::RawJson;
+    let shapes = [
+        ("agent", "a-1", "MessageSent", r#"{"to":"x"}"#, r#"{"actor":{"kind":"agent","id":"a-1"}}"#, Some("org-1")),
+        (
+            "org",
+            "org-1",
+            "ActionRefused",
+            r#"{"agentId":"a-2","refusedBy":"limits","code":"rate_limited","rule":"per_minute"}"#,
+            r#"{"actor":{"kind":"org","id":"org-1"},"provenance":{"checks":[],"refusedBy":"ignored"}}"#,
+            Some("org-1"),
+        ),
+        ("agent", "a-3", "MessageBlocked", "{}", r#"{"provenance":{"checks":[],"refusedBy":"dnc"}}"#, None),
+        ("subject", "ref\twith\\tab", "SubjectErased", r#"{"agentId":{"not":"a string"}}"#, "{}", None),
+        (
+            "contact",
+            "org-1:ref-2",
+            "ConsentGranted",
+            r#"{"code":"é\n✓"}"#,
+            r#"{"actor":"not an object"}"#,
+            Some("o\rg"),
+        ),
+    ];
+    (1..=n)
+        .map(|i| {
+            let (aggregate_type, id, event_type, payload, metadata, org) = shapes[(i % 5) as usize];
+            feed::StoredEvent {
+                position: i << 12,
+                event_id: uuid::Uuid::new_v4(),
+                aggregate_type: aggregate_type.into(),
+                aggregate_id: format!("{id}-{}", i % 5),
+                sequence: (i - 1) / 5 + 1,
+                event_type: event_type.into(),
+                event_version: "1.0".into(),
+                occurred_at: chrono::DateTime::from_timestamp_micros(1_765_000_000_123_456 + i).unwrap(),
+                org_id: org.map(str::to_owned),
+                payload: RawJson(payload.into()),
+                metadata: RawJson(metadata.into()),
+                prev_hash: String::new(),
+                hash: String::new(),
+            }
+        })
+        .collect()
+}
+
+const AUDIT_ROW: &str = "SELECT position, occurred_at, aggregate_type, aggregate_id, sequence, event_type, outcome,
+    actor_kind, actor_id, agent_id, org_id, refused_by, code, rule, subject_ref FROM";
+
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+struct AuditRow {
+    position: i64,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    outcome: String,
+    actor_kind: Option<String>,
+    actor_id: Option<String>,
+    agent_id: Option<String>,
+    org_id: Option<String>,
+    refused_by: Option<String>,
+    code: Option<String>,
+    rule: Option<String>,
+    subject_ref: Option<String>,
+}
+
+#[tokio::test]
+async fn the_audit_view_writes_the_same_rows_by_copy_and_by_insert_and_refuses_a_stream_out_of_order() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    commguard::store::MIGRATOR.run(&pool).await.unwrap();
+    let projection = AuditProjection;
+    let events = audit_events(100);
+
+    // One batch of 100 goes by COPY (binary); batches of 10 by INSERT, into the shadow tables.
+    let live = Tables::live(projection.tables());
+    let mut tx = pool.begin().await.unwrap();
+    projection.apply(&mut tx, &live, &events).await.unwrap();
+    tx.commit().await.unwrap();
+    for table in projection.tables() {
+        sqlx::query(&format!("CREATE TABLE {table}__shadow (LIKE {table} INCLUDING ALL)"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let shadow = Tables::shadow(projection.tables());
+    for batch in events.chunks(10) {
+        let mut tx = pool.begin().await.unwrap();
+        projection.apply(&mut tx, &shadow, batch).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let by_copy: Vec<AuditRow> =
+        sqlx::query_as(&format!("{AUDIT_ROW} audit_items ORDER BY position")).fetch_all(&pool).await.unwrap();
+    let by_insert: Vec<AuditRow> =
+        sqlx::query_as(&format!("{AUDIT_ROW} audit_items__shadow ORDER BY position")).fetch_all(&pool).await.unwrap();
+    assert_eq!(by_copy.len(), 100);
+    assert_eq!(by_copy, by_insert);
+    let refused = by_copy.iter().find(|r| r.event_type == "ActionRefused").unwrap();
+    assert_eq!(
+        (
+            refused.outcome.as_str(),
+            refused.agent_id.as_deref(),
+            refused.refused_by.as_deref(),
+            refused.code.as_deref(),
+            refused.rule.as_deref()
+        ),
+        ("refused", Some("a-2"), Some("limits"), Some("rate_limited"), Some("per_minute"))
+    );
+    let subject = by_copy.iter().find(|r| r.aggregate_type == "subject").unwrap();
+    assert_eq!((subject.aggregate_id.as_str(), subject.agent_id.as_deref()), ("ref\twith\\tab-3", None));
+    assert_eq!(subject.subject_ref.as_deref(), Some("ref\twith\\tab-3"));
+    let contact = by_copy.iter().find(|r| r.aggregate_type == "contact").unwrap();
+    assert_eq!(
+        (
+            contact.actor_kind.as_deref(),
+            contact.org_id.as_deref(),
+            contact.code.as_deref(),
+            contact.subject_ref.as_deref()
+        ),
+        (None, Some("o\rg"), Some("é\n✓"), Some("ref-2-4"))
+    );
+    let blocked = by_copy.iter().find(|r| r.event_type == "MessageBlocked").unwrap();
+    assert_eq!((blocked.agent_id.as_deref(), blocked.refused_by.as_deref()), (Some("a-3-2"), Some("dnc")));
+    assert_eq!(by_copy[0].occurred_at, events[0].occurred_at);
+
+    // A batch whose stream does not continue its stored head fails, and writes nothing.
+    let heads: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT * FROM audit_stream_heads ORDER BY 1, 2").fetch_all(&pool).await.unwrap();
+    // Events 101-105: one per stream, each at sequence 21, after the heads at 20; one skips 21.
+    let mut skipping = audit_events(105)[100..].to_vec();
+    skipping[0].sequence = 22;
+    let mut tx = pool.begin().await.unwrap();
+    let err = projection.apply(&mut tx, &live, &skipping).await.unwrap_err().to_string();
+    drop(tx);
+    assert!(err.ends_with("org/org-1-1 sequence 22 after 20"), "{err}");
+    let after: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT * FROM audit_stream_heads ORDER BY 1, 2").fetch_all(&pool).await.unwrap();
+    assert_eq!(after, heads);
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_items").fetch_one(&pool).await.unwrap();
+    assert_eq!(rows, 100);
+}
