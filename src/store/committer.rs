@@ -38,6 +38,9 @@ pub(crate) struct Row {
     pub org_id: Option<String>,
     pub prev_hash: String,
     pub hash: String,
+    /// The outbound intent this event settles: deleted in the append's transaction if its head
+    /// moves (migration 0028), so the event and the end of its intent commit together.
+    pub settles: Option<Uuid>,
 }
 
 /// The events of one stream after sequence `expected`.
@@ -119,7 +122,7 @@ fn key(append: &Append) -> (String, String) {
     (append.aggregate_type.clone(), append.aggregate_id.clone())
 }
 
-/// One call of `append_batch` (migration 0014) for the whole batch; every job gets its own answer.
+/// One call of `append_batch` (migrations 0014, 0028) for the whole batch; every job gets its own answer.
 ///
 /// A batch that fails for something in one append's data (an error of the statement, not of the
 /// connection, and not a conflict) is split in halves and each half tried again, down to single
@@ -231,11 +234,12 @@ async fn run(pool: &PgPool, jobs: &mut [Job]) -> Result<(i64, Vec<bool>, Vec<i64
                 rows.org_id.push(row.org_id.as_deref());
                 rows.prev_hash.push(row.prev_hash.as_str());
                 rows.hash.push(row.hash.as_str());
+                rows.settles.push(row.settles);
             }
             last_rows.push(rows.head.len() as i64 - 1);
         }
         let result: Result<(i64, Vec<bool>), sqlx::Error> = sqlx::query_as(
-            "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::json[], $11::json[], $12, $13, $14, $15, $16)",
+            "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::json[], $11::json[], $12, $13, $14, $15, $16, $17)",
         )
         .bind(&heads.aggregate_type)
         .bind(&heads.aggregate_id)
@@ -253,6 +257,7 @@ async fn run(pool: &PgPool, jobs: &mut [Job]) -> Result<(i64, Vec<bool>, Vec<i64
         .bind(&rows.org_id)
         .bind(&rows.prev_hash)
         .bind(&rows.hash)
+        .bind(if rows.settles.iter().any(Option::is_some) { rows.settles.as_slice() } else { &[] })
         .fetch_one(pool)
         .await;
         result.map(|(base, moved)| (base, moved, last_rows))
@@ -289,4 +294,5 @@ struct RowColumns<'a> {
     org_id: Vec<Option<&'a str>>,
     prev_hash: Vec<&'a str>,
     hash: Vec<&'a str>,
+    settles: Vec<Option<Uuid>>,
 }

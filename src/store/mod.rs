@@ -215,16 +215,33 @@ impl Store {
         events: &[E],
         context: &CommandContext,
     ) -> Result<Option<i64>, PersistenceError> {
+        self.record_settling(aggregate_type, aggregate_id, events, context, None).await
+    }
+
+    /// `record`, and with `settles` the outbound intent (`ledger::intents`) these events end,
+    /// deleted in the transaction that appends them (migration 0028): one commit for both.
+    pub async fn record_settling<E: DomainEvent>(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        events: &[E],
+        context: &CommandContext,
+        settles: Option<uuid::Uuid>,
+    ) -> Result<Option<i64>, PersistenceError> {
         // Numbered by the recorder, which appends everything queued for the stream at once.
-        let facts = serialize(aggregate_type, aggregate_id, 0, events, context)?
+        let mut facts: Vec<recorder::Fact> = serialize(aggregate_type, aggregate_id, 0, events, context)?
             .into_iter()
             .map(|e| recorder::Fact {
                 event_type: e.event_type,
                 event_version: e.event_version,
                 payload: e.payload,
                 metadata: e.metadata,
+                settles: None,
             })
             .collect();
+        if let Some(last) = facts.last_mut() {
+            last.settles = settles;
+        }
         self.recorder.record(aggregate_type, aggregate_id, facts).await
     }
 

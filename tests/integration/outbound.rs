@@ -124,6 +124,32 @@ async fn the_limit_is_exact_when_two_instances_share_the_burst() {
     a.stop().await;
 }
 
+/// A send whose cost is its estimate (the mock's always is) ends its intent in the transaction
+/// that appends its event (migration 0028): once the reply is in, no intent is left — after one
+/// send, and after a burst spread over two instances whose appends are grouped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sent_message_leaves_no_intent_once_answered() {
+    let db = TestDb::new().await;
+    let a = TestServer::start(&db, &vars(&[])).await;
+    let b = TestServer::start(&db, &vars(&[])).await;
+    let (token, _) = agent(&a, "settled").await;
+    set_clock(&b).await;
+    let pool = db.pool().await;
+    let me = Session::open(&a, &token).await;
+    for n in 1..=3 {
+        let sent = me.ok("comms_send_message", json!({"to": "+12025550100", "body": "Your table is ready."})).await;
+        assert_eq!(sent["status"], "sent", "{sent}");
+        assert_eq!(crate::support::open_intents(&pool).await, 0, "the intent of send {n} ended with its event");
+        assert_eq!(count(&db, "MessageSent").await, n);
+    }
+    let outcomes = burst(&[&a, &b], &token, 20).await;
+    assert!(outcomes.iter().all(|(error, _)| !error), "{outcomes:?}");
+    assert_eq!(crate::support::open_intents(&pool).await, 0, "every intent of the burst ended with its event");
+    assert_eq!(count(&db, "MessageSent").await, 23);
+    b.stop().await;
+    a.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_provider_call_consumes_no_quota_and_spend_caps_refuse() {
     let db = TestDb::new().await;
