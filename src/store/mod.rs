@@ -94,15 +94,33 @@ pub struct Appended(Arc<Wakes>);
 struct Wakes {
     all: watch::Sender<u64>,
     typed: std::sync::Mutex<Vec<(&'static [&'static str], watch::Sender<u64>)>>,
+    /// Someone waits for a projection (`Store::await_projection`): runners stop gathering.
+    hurry: watch::Sender<u64>,
 }
 
 impl Default for Appended {
     fn default() -> Self {
-        Self(Arc::new(Wakes { all: watch::Sender::new(0), typed: std::sync::Mutex::default() }))
+        Self(Arc::new(Wakes {
+            all: watch::Sender::new(0),
+            typed: std::sync::Mutex::default(),
+            hurry: watch::Sender::new(0),
+        }))
     }
 }
 
 impl Appended {
+    /// Wakes every runner, and cuts short the pause of those gathering events after a batch: a
+    /// caller waits for a projection to apply its own events.
+    pub fn hurry(&self) {
+        self.0.hurry.send_modify(|n| *n = n.wrapping_add(1));
+        self.bump();
+    }
+
+    /// Changed by `hurry`.
+    pub fn subscribe_hurry(&self) -> watch::Receiver<u64> {
+        self.0.hurry.subscribe()
+    }
+
     /// Wakes every runner.
     pub fn bump(&self) {
         self.0.all.send_modify(|n| *n = n.wrapping_add(1));
@@ -280,7 +298,7 @@ impl Store {
             if tokio::time::Instant::now() >= deadline {
                 return Err(AwaitError::TimedOut(name.to_string()));
             }
-            self.appended.bump();
+            self.appended.hurry();
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }

@@ -25,8 +25,13 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How often a runner with nothing to do looks again on its own, without a wake: for a batch
 /// another instance took the lock for and then never committed.
 const RECHECK: Duration = Duration::from_secs(1);
-/// How long a runner that just applied a batch lets new events gather before it looks again.
-const GATHER: Duration = Duration::from_millis(15);
+/// How long a runner that just applied a batch lets new events gather before it looks again,
+/// unless someone waits for the projection (`Appended::hurry`, from `Store::await_projection`).
+/// At 15 ms, one session's sends (one every 1–3 ms) each cost the three projections that read
+/// them (audit, usage, anomaly) about a third of a transaction — seven statements and a commit
+/// per send, as many as the send itself (docs/performance.md "Sends"); nobody reads those
+/// projections right after a send, and a reader that waits cuts the pause short.
+const GATHER: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -233,8 +238,9 @@ async fn set_checkpoint(conn: &mut PgConnection, checkpoint: &str, position: i64
 /// projection never holds the others back; a failing batch is logged and retried after a pause.
 ///
 /// A woken runner applies what it finds in one transaction (a full batch means a backlog, which
-/// `catch_up` reads ahead). After a batch it pauses `GATHER` before looking again, so under a
-/// steady stream of appends each transaction carries many events instead of one commit's worth.
+/// `catch_up` reads ahead). After a batch it pauses `GATHER` before looking again (less if
+/// someone waits for the projection), so under a steady stream of appends each transaction
+/// carries many events instead of one commit's worth.
 /// Runners are woken by local appends and by `watch_head` (other instances' appends); with
 /// nothing to do they cost nothing but one look every `RECHECK`.
 pub fn spawn_all(
@@ -249,11 +255,13 @@ pub fn spawn_all(
         .map(|projection| {
             let (pool, stop) = (pool.clone(), stop.clone());
             let mut wake = appended.subscribe_to(projection.event_types());
+            let mut hurry = appended.subscribe_hurry();
             tokio::spawn(async move {
                 let tables = Tables::live(projection.tables());
                 let name = projection.name();
                 loop {
                     wake.borrow_and_update();
+                    hurry.borrow_and_update();
                     let moved = match step(&pool, projection.as_ref(), name, &tables, BATCH).await {
                         Ok(s) if s.applied as i64 == BATCH => {
                             catch_up(&pool, projection.as_ref(), name, &tables, BATCH).await.map(|_| true)
@@ -271,6 +279,7 @@ pub fn spawn_all(
                         Ok(true) => {
                             tokio::select! {
                                 _ = stop.notified() => return,
+                                _ = hurry.changed() => continue,
                                 _ = tokio::time::sleep(GATHER) => continue,
                             }
                         }

@@ -130,8 +130,13 @@ async fn the_limit_is_exact_when_two_instances_share_the_burst() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sent_message_leaves_no_intent_once_answered() {
     let db = TestDb::new().await;
-    let a = TestServer::start(&db, &vars(&[])).await;
-    let b = TestServer::start(&db, &vars(&[])).await;
+    let v = vars(&[
+        ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "1000"),
+        ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
+        ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
+    ]);
+    let a = TestServer::start(&db, &v).await;
+    let b = TestServer::start(&db, &v).await;
     let (token, _) = agent(&a, "settled").await;
     set_clock(&b).await;
     let pool = db.pool().await;
