@@ -86,8 +86,8 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 /// append wakes only the runners that read one of its types (`bump_types`): a send's
 /// `MessageSent` wakes the audit, usage and anomaly runners, not the nine others, which used to
 /// step (lock, checkpoint, read, checkpoint write) after every append only to move their
-/// checkpoints past it. Those still move within their own `RECHECK`, and `bump` (another
-/// instance's events, `await_projection`) wakes everyone.
+/// checkpoints past it. Those still move within their own `RECHECK`; another instance's events
+/// wake the runners of their types (`runner::watch_head`), and `hurry` (`await_projection`) wakes everyone.
 #[derive(Clone)]
 pub struct Appended(Arc<Wakes>);
 

@@ -305,8 +305,13 @@ pub fn spawn_all(
 }
 
 /// Every `IDLE_POLL`, one statement for all of this instance's runners: the last event below the
-/// horizon. When it moved (an event another instance committed, or one of ours became visible)
-/// the runners are woken as by a local append; otherwise nothing runs.
+/// horizon, and the types of the events that became visible since the last look. When there are
+/// new ones (events another instance committed, or ours) the runners that read one of their
+/// types are woken, as by a local append of them (`Appended::bump_types`); otherwise nothing
+/// runs. Waking every runner instead made each of the nine that read none of a send's types
+/// step (lock, checkpoint, feed read, checkpoint write) every 100 ms while one session sent —
+/// about one runner transaction per lone send; they still move past such events within their
+/// `RECHECK`.
 fn watch_head(pool: PgPool, appended: super::Appended, stop: Arc<Notify>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen: Option<i64> = None;
@@ -316,14 +321,27 @@ fn watch_head(pool: PgPool, appended: super::Appended, stop: Arc<Notify>) -> Joi
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
             // A failure is the runners' to report (they look again every `RECHECK`).
-            let head: Result<i64, sqlx::Error> =
-                sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events WHERE position < event_horizon()")
-                    .fetch_one(&pool)
-                    .await;
-            if let Ok(head) = head {
-                if seen.is_some_and(|seen| seen != head) {
-                    appended.bump();
-                }
+            let Some(after) = seen else {
+                let head: Result<i64, sqlx::Error> = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(position), 0) FROM events WHERE position < event_horizon()",
+                )
+                .fetch_one(&pool)
+                .await;
+                seen = head.ok();
+                continue;
+            };
+            // Below the horizon nothing appears behind `after` (the last event below an earlier
+            // horizon): every new event is after it.
+            let new: Result<(Option<i64>, Option<Vec<String>>), sqlx::Error> = sqlx::query_as(
+                "SELECT MAX(position), array_agg(DISTINCT event_type) FROM events
+                  WHERE position > $1 AND position < event_horizon()",
+            )
+            .bind(after)
+            .fetch_one(&pool)
+            .await;
+            if let Ok((Some(head), types)) = new {
+                let types = types.unwrap_or_default();
+                appended.bump_types(types.iter().map(String::as_str));
                 seen = Some(head);
             }
         }
