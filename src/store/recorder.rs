@@ -183,7 +183,8 @@ impl Recorder {
                     )
                 })
                 .collect();
-            let settles: Vec<Option<uuid::Uuid>> = batch.iter().flat_map(|p| p.facts.iter()).map(|f| f.settles).collect();
+            let settles: Vec<Option<uuid::Uuid>> =
+                batch.iter().flat_map(|p| p.facts.iter()).map(|f| f.settles).collect();
             match self.repo.append_settling(&events, &settles).await {
                 Err(PersistenceError::OptimisticLockError) if attempt < RETRIES => {
                     attempt += 1;
