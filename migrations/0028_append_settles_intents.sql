@@ -8,7 +8,9 @@
 -- empty when no event of the batch settles one) and deletes those of the heads that moved, in its
 -- own transaction: the event and the end of its intent commit together, never one without the
 -- other. An append that does not move (its stream moved meanwhile) keeps its intent, as its event
--- is decided again. The function of 0014 stays for reference but is no longer called.
+-- is decided again; an append whose intent is already gone (settled by a reconciler meanwhile)
+-- fails instead of recording the action a second time. The function of 0014 stays for reference
+-- but is no longer called.
 CREATE FUNCTION append_batch(
     h_type text[], h_id text[], h_expected bigint[], h_last bigint[], h_hash text[],
     e_head int[], e_sequence bigint[], e_type text[], e_version text[], e_payload json[], e_metadata json[],
@@ -16,6 +18,9 @@ CREATE FUNCTION append_batch(
     OUT base bigint, OUT moved boolean[])
     LANGUAGE plpgsql AS
 $$
+DECLARE
+    v_settles uuid[];
+    v_settled bigint;
 BEGIN
     base := pg_current_xact_id()::text::bigint << 12;
     moved := array_fill(false, ARRAY[cardinality(h_type)]);
@@ -41,10 +46,19 @@ BEGIN
                                 event_id, occurred_at, org_id, prev_hash, hash, ord)
      WHERE moved[e.head];
     IF cardinality(e_settles) > 0 THEN
+        v_settles := ARRAY(SELECT s.id FROM UNNEST(e_head, e_settles) AS s(head, id)
+                            WHERE s.id IS NOT NULL AND moved[s.head]);
         -- By primary key (= ANY of an array: an index scan whatever the table's statistics).
-        DELETE FROM outbound_intents
-         WHERE id = ANY (ARRAY(SELECT s.id FROM UNNEST(e_head, e_settles) AS s(head, id)
-                                WHERE s.id IS NOT NULL AND moved[s.head]));
+        DELETE FROM outbound_intents WHERE id = ANY (v_settles);
+        GET DIAGNOSTICS v_settled = ROW_COUNT;
+        -- An intent already gone was settled by someone else (a reconciler that took its owner
+        -- for dead recorded its fallback event): appending this event too would record the
+        -- action twice. The statement fails (the committer retries the others without it) and
+        -- the owner settles the intent under its row lock, where it finds it settled.
+        IF v_settled < cardinality(v_settles) THEN
+            RAISE EXCEPTION 'an outbound intent this append settles is settled already'
+                USING ERRCODE = 'CG001';
+        END IF;
     END IF;
 END;
 $$;

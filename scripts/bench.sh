@@ -7,7 +7,9 @@
 #   scripts/bench.sh mcp [--writers 16] [--seconds 20] [--idle 1000]
 #   scripts/bench.sh send [--writers 16] [--seconds 20] [--fill 1000000] [--sequential 500]
 #     (BENCH_BASELINE=<another commguard binary>: A/B/A against it; BENCH_BINARIES="<bin> <bin> ...":
-#     each in turn; no fill then. BENCH_PG_STATS=1: the statements per send)
+#     each in turn; no fill then. BENCH_PG_STATS=1: the statements per send of the concurrent
+#     phase, BENCH_PG_STATS=sequential: of the sequential sends; BENCH_PERF=<dir>: `perf record -g`
+#     of the server and the cluster during the sequential sends, into <dir>/perf-<phase>.data)
 #   scripts/bench.sh as-of [--writers 4] [--seconds 10] [--fill 1000000]
 #   scripts/bench.sh feed [--fill 1000000] [--seed 2000]
 #   scripts/bench.sh anomaly [--fill 1000000] [--runs 200]
