@@ -20,7 +20,9 @@ CREATE FUNCTION append_batch(
 $$
 DECLARE
     v_settles uuid[];
-    v_settled bigint;
+    v_id uuid;
+    v_deleted bigint;
+    v_settled bigint := 0;
 BEGIN
     base := pg_current_xact_id()::text::bigint << 12;
     moved := array_fill(false, ARRAY[cardinality(h_type)]);
@@ -48,9 +50,13 @@ BEGIN
     IF cardinality(e_settles) > 0 THEN
         v_settles := ARRAY(SELECT s.id FROM UNNEST(e_head, e_settles) AS s(head, id)
                             WHERE s.id IS NOT NULL AND moved[s.head]);
-        -- By primary key (= ANY of an array: an index scan whatever the table's statistics).
-        DELETE FROM outbound_intents WHERE id = ANY (v_settles);
-        GET DIAGNOSTICS v_settled = ROW_COUNT;
+        -- One by primary key: `id = ANY(array)` was planned afresh on every call (its custom
+        -- plan looked cheaper than the generic one: 36 µs of planning per lone send).
+        FOREACH v_id IN ARRAY v_settles LOOP
+            DELETE FROM outbound_intents WHERE id = v_id;
+            GET DIAGNOSTICS v_deleted = ROW_COUNT;
+            v_settled := v_settled + v_deleted;
+        END LOOP;
         -- An intent already gone was settled by someone else (a reconciler that took its owner
         -- for dead recorded its fallback event): appending this event too would record the
         -- action twice. The statement fails (the committer retries the others without it) and
