@@ -260,6 +260,14 @@ async fn with_cpu(phase: impl std::future::Future<Output = Value>) -> Value {
     result
 }
 
+/// Runs the shell command in environment variable `name`, if set; panics if it fails.
+fn hook(name: &str) {
+    if let Ok(command) = std::env::var(name) {
+        let done = std::process::Command::new("sh").arg("-c").arg(&command).status().expect("a bench hook runs");
+        assert!(done.success(), "{name} failed: {done}");
+    }
+}
+
 /// `n` sends one after the other in one session (no concurrency: nothing to batch).
 async fn sequential(url: &str, token: &str, n: u64) -> Value {
     let client = reqwest::Client::new();
@@ -267,6 +275,7 @@ async fn sequential(url: &str, token: &str, n: u64) -> Value {
     for id in 0..20 {
         assert!(request(&client, url, token, &session, Phase::Send, id).await, "a warm-up send failed");
     }
+    hook("BENCH_BEFORE_SEQUENTIAL");
     with_cpu(async {
         let mut all = Vec::with_capacity(n as usize);
         for id in 0..n {
@@ -306,15 +315,19 @@ async fn send_mode(url: &str, master: &str, sessions: u64, seconds: u64) {
     .await;
     let one = match num("--sequential", 0) {
         0 => Value::Null,
-        n => sequential(url, &token, n).await,
+        n => {
+            // BENCH_BEFORE_SEQUENTIAL / BENCH_AFTER_SEQUENTIAL (scripts/bench.sh with
+            // BENCH_PG_STATS=sequential or BENCH_PERF): shell commands run around the sequential
+            // phase (after its warm-up) — there, a statement profile or `perf record` of it alone.
+            let one = sequential(url, &token, n).await;
+            hook("BENCH_AFTER_SEQUENTIAL");
+            one
+        }
     };
     // BENCH_BEFORE_SEND (scripts/bench.sh with BENCH_PG_STATS): a shell command run just before
     // the concurrent phase — there, resetting pg_stat_statements, so that the statement profile
     // per send holds neither the set-up's consents nor the sequential sends.
-    if let Ok(command) = std::env::var("BENCH_BEFORE_SEND") {
-        let done = std::process::Command::new("sh").arg("-c").arg(&command).status().expect("BENCH_BEFORE_SEND runs");
-        assert!(done.success(), "BENCH_BEFORE_SEND failed: {done}");
-    }
+    hook("BENCH_BEFORE_SEND");
     let send = with_cpu(run_phase(url, &token, sessions, seconds, Phase::Send)).await;
     println!("{}", json!({"send": send, "sequential": one, "idle_cpu_ms_per_s": idle}));
 }

@@ -8,7 +8,9 @@
 #   scripts/bench.sh mcp [--writers 16] [--seconds 20] [--idle 1000]
 #   scripts/bench.sh send [--writers 16] [--seconds 20] [--fill 1000000] [--sequential 500]
 #     (BENCH_BASELINE=<another commguard binary>: A/B/A against it; BENCH_BINARIES="<bin> <bin> ...":
-#     each in turn; no fill then. BENCH_PG_STATS=1: the statements per send)
+#     each in turn; no fill then. BENCH_PG_STATS=1: the statements per send of the concurrent
+#     phase, BENCH_PG_STATS=sequential: of the sequential sends; BENCH_PERF=<dir>: `perf record -g`
+#     of the server and the cluster during the sequential sends, into <dir>/perf-<phase>.data)
 #   scripts/bench.sh as-of [--writers 4] [--seconds 10] [--fill 1000000]
 #   scripts/bench.sh feed [--fill 1000000] [--seed 2000]  (BENCH_BINARIES="<bin> <bin> ...": each in turn, one fill)
 #   scripts/bench.sh anomaly [--fill 1000000] [--runs 200]
@@ -60,7 +62,13 @@ pg_stats_reset() {
 # only the sends stored since the reset are counted.
 pg_stats_per_send() {
   [ -n "${BENCH_PG_STATS:-}" ] || return 0
-  psql "$1" -c "WITH n AS (SELECT GREATEST(count(*), 1)::numeric AS sends FROM events WHERE event_type = 'MessageSent'
+  [ "${BENCH_PG_STATS:-}" != sequential ] || return 0
+  psql "$1" -f "$cluster/per-send.sql" >&2
+}
+# The statement profile per send (pg_stats_per_send; BENCH_PG_STATS=sequential runs it after the
+# sequential phase instead, through the bench client's hook).
+cat > "$cluster/per-send.sql" <<'SQL'
+WITH n AS (SELECT GREATEST(count(*), 1)::numeric AS sends FROM events WHERE event_type = 'MessageSent'
                              AND occurred_at >= (SELECT stats_reset FROM pg_stat_statements_info)),
       s AS (SELECT * FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()))
     SELECT round(sum(calls) / n.sends, 2) AS calls_per_send, round(sum(total_exec_time)::numeric * 1000 / n.sends, 1) AS exec_us,
@@ -71,8 +79,8 @@ pg_stats_per_send() {
     SELECT round(calls / n.sends, 2), round(total_exec_time::numeric * 1000 / n.sends, 1),
         round(total_plan_time::numeric * 1000 / n.sends, 1), round(rows / n.sends, 2), plans, toplevel,
         left(regexp_replace(query, '\s+', ' ', 'g'), 110)
-      FROM s, n ORDER BY total_exec_time + total_plan_time DESC LIMIT 45)" >&2
-}
+      FROM s, n ORDER BY total_exec_time + total_plan_time DESC LIMIT 45);
+SQL
 pg_stats_print() {
   [ -n "${BENCH_PG_STATS:-}" ] || return 0
   # track = all: statements inside functions (reserve_actions' PL/pgSQL) are listed too (toplevel
@@ -222,8 +230,21 @@ PY
       # postmaster and all its children (live ones, and exited ones through its cutime + cstime);
       # both over the send phases only (the client reads them before and after each; set-up and
       # consent recording are not counted). Then --sequential sends one at a time from one session.
-      if [ -n "${BENCH_PG_STATS:-}" ]; then
+      if [ "${BENCH_PG_STATS:-}" = sequential ]; then
+        # The statements of the sequential sends alone (a lone send: nothing batched).
+        export BENCH_BEFORE_SEQUENTIAL="$PG_BIN_DIR/psql -q '$bench_url' -c 'SELECT pg_stat_statements_reset()' >/dev/null"
+        export BENCH_AFTER_SEQUENTIAL="$PG_BIN_DIR/psql '$bench_url' -f '$cluster/per-send.sql' >&2"
+      elif [ -n "${BENCH_PG_STATS:-}" ]; then
         export BENCH_BEFORE_SEND="$PG_BIN_DIR/psql -q '$bench_url' -c 'SELECT pg_stat_statements_reset()' >/dev/null"
+      fi
+      if [ -n "${BENCH_PERF:-}" ]; then
+        # BENCH_PERF=<dir>: `perf record` of the server and of this cluster's processes (its
+        # postmaster and every child then running: the pool's backends, the WAL writer, …) during
+        # the sequential sends of each phase, into <dir>/perf-<phase>.data.
+        mkdir -p "$BENCH_PERF"
+        local pm; pm=$(head -n 1 "$cluster/data/postmaster.pid")
+        export BENCH_BEFORE_SEQUENTIAL="${BENCH_BEFORE_SEQUENTIAL:-true}; { perf record -g -F ${BENCH_PERF_HZ:-1999} -p $server,$pm,\$(pgrep -d, -P $pm) -o '$BENCH_PERF/perf-${phase:-0}.data' >/dev/null 2>&1 & echo \$! > '$cluster/perf.pid'; }; sleep 1"
+        export BENCH_AFTER_SEQUENTIAL="kill -INT \$(cat '$cluster/perf.pid'); while kill -0 \$(cat '$cluster/perf.pid') 2>/dev/null; do sleep 0.1; done; ${BENCH_AFTER_SEQUENTIAL:-true}"
       fi
       "$bin" --mode send --url "http://127.0.0.1:$port" --token "$token" --sessions "$writers" --seconds "$seconds" \
         --server-pid "$server" --pg-pid "$(head -n 1 "$cluster/data/postmaster.pid")" --sequential "$1" | python3 -c "

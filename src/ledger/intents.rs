@@ -5,7 +5,10 @@
 //! 0015) stores an **intent**: the event to record if nobody completes the action (a send with
 //! status `unconfirmed`), sealed under the recipient's subject key, owned by this instance.
 //! Then, in the order that keeps every crash explainable:
-//! - sent: the event is appended, then the intent is deleted (batched, with the cost settled);
+//! - sent at its estimated cost: the event is appended and the intent deleted in one transaction
+//!   (`Store::record_settling`, migration 0028);
+//! - sent at another cost: the event is appended, then the intent is deleted (batched, with the
+//!   cost settled);
 //! - provider failure: the `*Failed` event is appended, then the reservation is released and
 //!   the intent deleted in one statement.
 //!
@@ -131,8 +134,12 @@ impl Intents {
         context: &CommandContext,
         ending: Ending,
     ) -> Result<(), Unrecorded> {
-        // The fast path: nobody else touches a live owner's intent.
-        match self.store.record("agent", agent_id, std::slice::from_ref(&event), context).await {
+        // The fast path: nobody else touches a live owner's intent. A send whose cost is its
+        // estimate ends its intent in the transaction that appends its event (no cost to settle,
+        // nothing left to do after); the others are completed once their event is stored.
+        let settles = matches!(ending, Ending::Sent { cost_delta: 0 }).then_some(id);
+        match self.store.record_settling("agent", agent_id, std::slice::from_ref(&event), context, settles).await {
+            Ok(_) if settles.is_some() => return Ok(()),
             Ok(_) => {
                 self.finish(id, ending).await;
                 return Ok(());

@@ -82,7 +82,8 @@ async fn run<A: Action>(
     let action = input(args)?;
     context.provenance.pass("input");
     // 4: org boundary (Z2).
-    let agent = commands::addressable_agent(app, caller.principal, &agent_id).await?;
+    // The agent and its org in one statement (the org is checked at step 5–6, as before).
+    let (agent, org) = commands::addressable_agent_and_org(app, caller.principal, &agent_id).await?;
     context.provenance.pass("org_boundary");
     let mut context = context.in_org(agent.org_id.clone());
 
@@ -90,9 +91,7 @@ async fn run<A: Action>(
     let channel = action.channel();
     // 5–6: the agent's state and channel, the org's state (Z6), and where the action will go —
     // decided by `send::decide` on what the directory shows.
-    let org = directory::org(&app.pool, &agent.org_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("Organization \"{}\" not found", agent.org_id)))?;
+    let org = org.ok_or_else(|| ApiError::not_found(format!("Organization \"{}\" not found", agent.org_id)))?;
     let route = match send::decide(&send_state(app, &agent, &org, channel)) {
         Ok(route) => route,
         Err(refusal) => {

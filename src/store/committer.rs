@@ -47,6 +47,9 @@ pub(crate) struct Row {
     pub org_id: Option<String>,
     pub prev_hash: String,
     pub hash: String,
+    /// The outbound intent this event settles: deleted in the append's transaction if its head
+    /// moves (migration 0028), so the event and the end of its intent commit together.
+    pub settles: Option<Uuid>,
 }
 
 /// The events of one stream after sequence `expected`.
@@ -173,7 +176,7 @@ impl Connection {
     }
 }
 
-/// One call of `append_batch` (migration 0014) for the whole batch; every job gets its own answer.
+/// One call of `append_batch` (migrations 0014, 0028) for the whole batch; every job gets its own answer.
 ///
 /// A batch that fails for something in one append's data (an error of the statement, not of the
 /// connection, and not a conflict) is split in halves and each half tried again, down to single
@@ -277,13 +280,14 @@ async fn run(conn: &mut Connection, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec
             rows.org_id.push(row.org_id.as_deref());
             rows.prev_hash.push(row.prev_hash.as_str());
             rows.hash.push(row.hash.as_str());
+            rows.settles.push(row.settles);
         }
         last_rows.push(rows.head.len() as i64 - 1);
     }
     let result: Result<(i64, Vec<bool>), sqlx::Error> = match conn.get().await {
         Ok(db) => {
             sqlx::query_as(
-                "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
             )
             .bind(&heads.aggregate_type)
             .bind(&heads.aggregate_id)
@@ -301,6 +305,7 @@ async fn run(conn: &mut Connection, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec
             .bind(&rows.org_id)
             .bind(&rows.prev_hash)
             .bind(&rows.hash)
+            .bind(if rows.settles.iter().any(Option::is_some) { rows.settles.as_slice() } else { &[] })
             .fetch_one(db)
             .await
         }
@@ -360,4 +365,5 @@ struct RowColumns<'a> {
     org_id: Vec<Option<&'a str>>,
     prev_hash: Vec<&'a str>,
     hash: Vec<&'a str>,
+    settles: Vec<Option<Uuid>>,
 }

@@ -87,23 +87,41 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 /// append wakes only the runners that read one of its types (`bump_types`): a send's
 /// `MessageSent` wakes the audit, usage and anomaly runners, not the nine others, which used to
 /// step (lock, checkpoint, read, checkpoint write) after every append only to move their
-/// checkpoints past it. Those still move within their own `RECHECK`, and `bump` (another
-/// instance's events, `await_projection`) wakes everyone.
+/// checkpoints past it. Those still move within their own `RECHECK`; another instance's events
+/// wake the runners of their types (`runner::watch_head`), and `hurry` (`await_projection`) wakes everyone.
 #[derive(Clone)]
 pub struct Appended(Arc<Wakes>);
 
 struct Wakes {
     all: watch::Sender<u64>,
     typed: std::sync::Mutex<Vec<(&'static [&'static str], watch::Sender<u64>)>>,
+    /// Someone waits for a projection (`Store::await_projection`): runners stop gathering.
+    hurry: watch::Sender<u64>,
 }
 
 impl Default for Appended {
     fn default() -> Self {
-        Self(Arc::new(Wakes { all: watch::Sender::new(0), typed: std::sync::Mutex::default() }))
+        Self(Arc::new(Wakes {
+            all: watch::Sender::new(0),
+            typed: std::sync::Mutex::default(),
+            hurry: watch::Sender::new(0),
+        }))
     }
 }
 
 impl Appended {
+    /// Wakes every runner, and cuts short the pause of those gathering events after a batch: a
+    /// caller waits for a projection to apply its own events.
+    pub fn hurry(&self) {
+        self.0.hurry.send_modify(|n| *n = n.wrapping_add(1));
+        self.bump();
+    }
+
+    /// Changed by `hurry`.
+    pub fn subscribe_hurry(&self) -> watch::Receiver<u64> {
+        self.0.hurry.subscribe()
+    }
+
     /// Wakes every runner.
     pub fn bump(&self) {
         self.0.all.send_modify(|n| *n = n.wrapping_add(1));
@@ -216,16 +234,33 @@ impl Store {
         events: &[E],
         context: &CommandContext,
     ) -> Result<Option<i64>, PersistenceError> {
+        self.record_settling(aggregate_type, aggregate_id, events, context, None).await
+    }
+
+    /// `record`, and with `settles` the outbound intent (`ledger::intents`) these events end,
+    /// deleted in the transaction that appends them (migration 0028): one commit for both.
+    pub async fn record_settling<E: DomainEvent>(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        events: &[E],
+        context: &CommandContext,
+        settles: Option<uuid::Uuid>,
+    ) -> Result<Option<i64>, PersistenceError> {
         // Numbered by the recorder, which appends everything queued for the stream at once.
-        let facts = serialize(aggregate_type, aggregate_id, 0, events, context)?
+        let mut facts: Vec<recorder::Fact> = serialize(aggregate_type, aggregate_id, 0, events, context)?
             .into_iter()
             .map(|e| recorder::Fact {
                 event_type: e.event_type,
                 event_version: e.event_version,
                 payload: e.payload,
                 metadata: e.metadata,
+                settles: None,
             })
             .collect();
+        if let Some(last) = facts.last_mut() {
+            last.settles = settles;
+        }
         self.recorder.record(aggregate_type, aggregate_id, facts).await
     }
 
@@ -264,7 +299,7 @@ impl Store {
             if tokio::time::Instant::now() >= deadline {
                 return Err(AwaitError::TimedOut(name.to_string()));
             }
-            self.appended.bump();
+            self.appended.hurry();
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }

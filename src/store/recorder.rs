@@ -24,6 +24,8 @@ pub(crate) struct Fact {
     pub event_version: String,
     pub payload: Value,
     pub metadata: Value,
+    /// The outbound intent this fact settles, deleted in the transaction that appends it.
+    pub settles: Option<uuid::Uuid>,
 }
 
 struct Pending {
@@ -181,7 +183,9 @@ impl Recorder {
                     )
                 })
                 .collect();
-            match self.repo.append_events(&events).await {
+            let settles: Vec<Option<uuid::Uuid>> =
+                batch.iter().flat_map(|p| p.facts.iter()).map(|f| f.settles).collect();
+            match self.repo.append_settling(&events, &settles).await {
                 Err(PersistenceError::OptimisticLockError) if attempt < RETRIES => {
                     attempt += 1;
                     let ceiling_us = 200u64 << attempt.min(7);

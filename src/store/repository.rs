@@ -70,6 +70,16 @@ impl EventRepository {
     /// Appends `events` (one stream, contiguous sequences) in one statement and returns the
     /// position of the last one; `None` when there was nothing to append.
     pub(crate) async fn append_events(&self, events: &[SerializedEvent]) -> Result<Option<i64>, PersistenceError> {
+        self.append_settling(events, &[]).await
+    }
+
+    /// `append_events`, where `settles[i]` (if given) is the outbound intent event `i` settles:
+    /// deleted in the same transaction as the events (`committer::Row::settles`).
+    pub(crate) async fn append_settling(
+        &self,
+        events: &[SerializedEvent],
+        settles: &[Option<Uuid>],
+    ) -> Result<Option<i64>, PersistenceError> {
         let Some(first) = events.first() else {
             return Ok(None);
         };
@@ -106,7 +116,7 @@ impl EventRepository {
         let mut prev_hash = self.head_hash(aggregate_type, aggregate_id, expected).await?;
 
         let mut rows = Vec::with_capacity(events.len());
-        for (event, mut p) in events.iter().zip(prepared) {
+        for (i, (event, mut p)) in events.iter().zip(prepared).enumerate() {
             p.metadata.insert("prevHash".into(), Value::String(prev_hash.clone()));
             let mut metadata = Value::Object(p.metadata);
             let hash = chain::event_hash(
@@ -131,6 +141,7 @@ impl EventRepository {
                 org_id: p.context.org_id,
                 prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
                 hash,
+                settles: settles.get(i).copied().flatten(),
             });
         }
         let last_sequence = rows.last().expect("events is not empty").sequence;

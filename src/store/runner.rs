@@ -25,8 +25,13 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How often a runner with nothing to do looks again on its own, without a wake: for a batch
 /// another instance took the lock for and then never committed.
 const RECHECK: Duration = Duration::from_secs(1);
-/// How long a runner that just applied a batch lets new events gather before it looks again.
-const GATHER: Duration = Duration::from_millis(15);
+/// How long a runner that just applied a batch lets new events gather before it looks again,
+/// unless someone waits for the projection (`Appended::hurry`, from `Store::await_projection`).
+/// At 15 ms, one session's sends (one every 1–3 ms) each cost the three projections that read
+/// them (audit, usage, anomaly) about a third of a transaction — seven statements and a commit
+/// per send, as many as the send itself (docs/performance.md "Sends"); nobody reads those
+/// projections right after a send, and a reader that waits cuts the pause short.
+const GATHER: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -246,8 +251,9 @@ async fn set_checkpoint(conn: &mut PgConnection, checkpoint: &str, position: i64
 /// projection never holds the others back; a failing batch is logged and retried after a pause.
 ///
 /// A woken runner applies what it finds in one transaction (a full batch means a backlog, which
-/// `catch_up` reads ahead). After a batch it pauses `GATHER` before looking again, so under a
-/// steady stream of appends each transaction carries many events instead of one commit's worth.
+/// `catch_up` reads ahead). After a batch it pauses `GATHER` before looking again (less if
+/// someone waits for the projection), so under a steady stream of appends each transaction
+/// carries many events instead of one commit's worth.
 /// Runners are woken by local appends and by `watch_head` (other instances' appends); with
 /// nothing to do they cost nothing but one look every `RECHECK`.
 pub fn spawn_all(
@@ -262,11 +268,13 @@ pub fn spawn_all(
         .map(|projection| {
             let (pool, stop) = (pool.clone(), stop.clone());
             let mut wake = appended.subscribe_to(projection.event_types());
+            let mut hurry = appended.subscribe_hurry();
             tokio::spawn(async move {
                 let tables = Tables::live(projection.tables());
                 let name = projection.name();
                 loop {
                     wake.borrow_and_update();
+                    hurry.borrow_and_update();
                     let moved = match step(&pool, projection.as_ref(), name, &tables, BATCH).await {
                         Ok(s) if s.applied as i64 == BATCH => {
                             catch_up(&pool, projection.as_ref(), name, &tables, BATCH).await.map(|_| true)
@@ -284,6 +292,7 @@ pub fn spawn_all(
                         Ok(true) => {
                             tokio::select! {
                                 _ = stop.notified() => return,
+                                _ = hurry.changed() => continue,
                                 _ = tokio::time::sleep(GATHER) => continue,
                             }
                         }
@@ -309,8 +318,13 @@ pub fn spawn_all(
 }
 
 /// Every `IDLE_POLL`, one statement for all of this instance's runners: the last event below the
-/// horizon. When it moved (an event another instance committed, or one of ours became visible)
-/// the runners are woken as by a local append; otherwise nothing runs.
+/// horizon, and the types of the events that became visible since the last look. When there are
+/// new ones (events another instance committed, or ours) the runners that read one of their
+/// types are woken, as by a local append of them (`Appended::bump_types`); otherwise nothing
+/// runs. Waking every runner instead made each of the nine that read none of a send's types
+/// step (lock, checkpoint, feed read, checkpoint write) every 100 ms while one session sent —
+/// about one runner transaction per lone send; they still move past such events within their
+/// `RECHECK`.
 fn watch_head(pool: PgPool, appended: super::Appended, stop: Arc<Notify>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen: Option<i64> = None;
@@ -320,14 +334,27 @@ fn watch_head(pool: PgPool, appended: super::Appended, stop: Arc<Notify>) -> Joi
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
             // A failure is the runners' to report (they look again every `RECHECK`).
-            let head: Result<i64, sqlx::Error> =
-                sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events WHERE position < event_horizon()")
-                    .fetch_one(&pool)
-                    .await;
-            if let Ok(head) = head {
-                if seen.is_some_and(|seen| seen != head) {
-                    appended.bump();
-                }
+            let Some(after) = seen else {
+                let head: Result<i64, sqlx::Error> = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(position), 0) FROM events WHERE position < event_horizon()",
+                )
+                .fetch_one(&pool)
+                .await;
+                seen = head.ok();
+                continue;
+            };
+            // Below the horizon nothing appears behind `after` (the last event below an earlier
+            // horizon): every new event is after it.
+            let new: Result<(Option<i64>, Option<Vec<String>>), sqlx::Error> = sqlx::query_as(
+                "SELECT MAX(position), array_agg(DISTINCT event_type) FROM events
+                  WHERE position > $1 AND position < event_horizon()",
+            )
+            .bind(after)
+            .fetch_one(&pool)
+            .await;
+            if let Ok((Some(head), types)) = new {
+                let types = types.unwrap_or_default();
+                appended.bump_types(types.iter().map(String::as_str));
                 seen = Some(head);
             }
         }

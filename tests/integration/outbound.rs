@@ -124,6 +124,80 @@ async fn the_limit_is_exact_when_two_instances_share_the_burst() {
     a.stop().await;
 }
 
+/// A send whose cost is its estimate (the mock's always is) ends its intent in the transaction
+/// that appends its event (migration 0028): once the reply is in, no intent is left — after one
+/// send, and after a burst spread over two instances whose appends are grouped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sent_message_leaves_no_intent_once_answered() {
+    let db = TestDb::new().await;
+    let v = vars(&[
+        ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "1000"),
+        ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
+        ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
+    ]);
+    let a = TestServer::start(&db, &v).await;
+    let b = TestServer::start(&db, &v).await;
+    let (token, _) = agent(&a, "settled").await;
+    set_clock(&b).await;
+    let pool = db.pool().await;
+    let me = Session::open(&a, &token).await;
+    for n in 1..=3 {
+        let sent = me.ok("comms_send_message", json!({"to": "+12025550100", "body": "Your table is ready."})).await;
+        assert_eq!(sent["status"], "sent", "{sent}");
+        assert_eq!(crate::support::open_intents(&pool).await, 0, "the intent of send {n} ended with its event");
+        assert_eq!(count(&db, "MessageSent").await, n);
+    }
+    let outcomes = burst(&[&a, &b], &token, 20).await;
+    assert!(outcomes.iter().all(|(error, _)| !error), "{outcomes:?}");
+    assert_eq!(crate::support::open_intents(&pool).await, 0, "every intent of the burst ended with its event");
+    assert_eq!(count(&db, "MessageSent").await, 23);
+    b.stop().await;
+    a.stop().await;
+}
+
+/// The owner's append of an action whose intent is gone — settled meanwhile by a reconciler that
+/// took the owner for dead and recorded the intent's own event — fails and records nothing
+/// (migration 0028), so no action is recorded twice; with its intent there, the event is stored
+/// and the intent ends in the same transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_settling_an_intent_already_settled_records_nothing() {
+    use commguard::store::{Actor, CommandContext};
+    use commguard_domain::agent::AgentEvent;
+    use commguard_domain::pii::Pii;
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars(&[])).await;
+    let (_, agent_id) = agent(&s, "settled-elsewhere").await;
+    let pool = db.pool().await;
+    let context = CommandContext::new(Actor::system("test"), "test", chrono::Utc::now());
+    let failed = |id: uuid::Uuid| AgentEvent::MessageFailed {
+        message_id: id,
+        channel: "sms".into(),
+        to: Pii::subject("+12025550100".to_string()),
+        provider: "mock".into(),
+        error: "test".into(),
+    };
+    let gone = uuid::Uuid::new_v4();
+    let refused = s.rt.store.record_settling("agent", &agent_id, &[failed(gone)], &context, Some(gone)).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(count(&db, "MessageFailed").await, 0, "nothing recorded for a settled intent");
+
+    let open = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO outbound_intents (id, agent_id, org_id, owner, at, cost, intent)
+         VALUES ($1, $2, 'org', $3, now(), 0, '{}')",
+    )
+    .bind(open)
+    .bind(&agent_id)
+    .bind(uuid::Uuid::new_v4())
+    .execute(&pool)
+    .await
+    .unwrap();
+    s.rt.store.record_settling("agent", &agent_id, &[failed(open)], &context, Some(open)).await.unwrap();
+    assert_eq!(count(&db, "MessageFailed").await, 1);
+    assert_eq!(crate::support::open_intents(&pool).await, 0, "the intent ended with its event");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_provider_call_consumes_no_quota_and_spend_caps_refuse() {
     let db = TestDb::new().await;

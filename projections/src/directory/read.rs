@@ -114,19 +114,27 @@ impl<'r> FromRow<'r, PgRow> for AgentView {
 
 impl<'r> FromRow<'r, PgRow> for OrgView {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        OrgView::from_columns(row, "")
+    }
+}
+
+impl OrgView {
+    /// The org of `row`, its columns named `<prefix><column>` (`agent_and_org`: `o_`).
+    fn from_columns(row: &PgRow, prefix: &str) -> Result<Self, sqlx::Error> {
+        let column = |name: &str| format!("{prefix}{name}");
         Ok(Self {
-            org_id: row.try_get("org_id")?,
-            name: row.try_get("name")?,
-            slug: row.try_get("slug")?,
-            mode: enum_column(row, "mode")?,
-            a2p_registered: row.try_get("a2p_registered")?,
-            settings: row.try_get("settings")?,
-            max_agents: row.try_get("max_agents")?,
-            max_spend_per_day: row.try_get("max_spend_per_day")?,
-            max_spend_per_month: row.try_get("max_spend_per_month")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-            agent_count: row.try_get("agent_count")?,
+            org_id: row.try_get(column("org_id").as_str())?,
+            name: row.try_get(column("name").as_str())?,
+            slug: row.try_get(column("slug").as_str())?,
+            mode: enum_column(row, &column("mode"))?,
+            a2p_registered: row.try_get(column("a2p_registered").as_str())?,
+            settings: row.try_get(column("settings").as_str())?,
+            max_agents: row.try_get(column("max_agents").as_str())?,
+            max_spend_per_day: row.try_get(column("max_spend_per_day").as_str())?,
+            max_spend_per_month: row.try_get(column("max_spend_per_month").as_str())?,
+            created_at: row.try_get(column("created_at").as_str())?,
+            updated_at: row.try_get(column("updated_at").as_str())?,
+            agent_count: row.try_get(column("agent_count").as_str())?,
         })
     }
 }
@@ -149,6 +157,37 @@ pub async fn agent<'e>(db: impl PgExecutor<'e>, agent_id: &str) -> Result<Option
     .bind(agent_id)
     .fetch_optional(db)
     .await
+}
+
+/// `ORG_COLUMNS` named `o_<column>`, beside an agent's columns (`agent_and_org`).
+const ORG_COLUMNS_PREFIXED: &str = "o.org_id AS o_org_id, o.name AS o_name, o.slug AS o_slug, o.mode AS o_mode, \
+    o.a2p_registered AS o_a2p_registered, o.settings AS o_settings, o.max_agents AS o_max_agents, \
+    o.max_spend_per_day AS o_max_spend_per_day, o.max_spend_per_month AS o_max_spend_per_month, \
+    o.created_at AS o_created_at, o.updated_at AS o_updated_at, \
+    (SELECT COUNT(*) FROM agents c WHERE c.org_id = o.org_id AND c.status = 'active') AS o_agent_count";
+
+/// An agent and its org (`None` if the org row is missing), in one statement: what `agent` and
+/// `org` read, for the send pipeline, which reads both on every send.
+pub async fn agent_and_org<'e>(
+    db: impl PgExecutor<'e>,
+    agent_id: &str,
+) -> Result<Option<(AgentView, Option<OrgView>)>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {AGENT_COLUMNS}, {ORG_COLUMNS_PREFIXED}
+           FROM agents a LEFT JOIN agent_limits l USING (agent_id) LEFT JOIN orgs o ON o.org_id = a.org_id
+          WHERE a.agent_id = $1"
+    ))
+    .bind(agent_id)
+    .fetch_optional(db)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let agent = AgentView::from_row(&row)?;
+    let org_id: Option<String> = row.try_get("o_org_id")?;
+    let org = match org_id {
+        Some(_) => Some(OrgView::from_columns(&row, "o_")?),
+        None => None,
+    };
+    Ok(Some((agent, org)))
 }
 
 /// Every agent, or those of `org_id`, by provisioning time.
