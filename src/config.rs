@@ -420,7 +420,9 @@ impl Config {
             out.push("TWILIO_AUTH_TOKEN is unset: Twilio webhooks are accepted unverified".into());
         }
         if self.agentos_callback_url.is_some() && self.callback_signing_secret.is_none() {
-            out.push("CALLBACK_SIGNING_SECRET is unset: forwarded inbound messages are signed with an empty secret".into());
+            out.push(
+                "CALLBACK_SIGNING_SECRET is unset: forwarded inbound messages are signed with an empty secret".into(),
+            );
         }
         if self.resend_webhook_secret.is_none() {
             out.push("RESEND_WEBHOOK_SECRET is unset: email webhooks are accepted unverified".into());
