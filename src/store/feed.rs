@@ -90,26 +90,11 @@ pub async fn read_page(
     limit: i64,
     org_id: Option<&str>,
 ) -> Result<(Vec<StoredEvent>, i64), sqlx::Error> {
-    let mut events = Vec::new();
-    let head = read_page_chunks(pool, after, limit, org_id, usize::MAX, |chunk| events.extend(chunk)).await?;
-    Ok((events, head))
-}
-
-/// `read_page`, its events handed to `each` in order, `chunk` at a time, as they arrive: the
-/// caller works on one share of the page while Postgres is still sending the next. Returns the
-/// head.
-pub async fn read_page_chunks(
-    pool: &sqlx::PgPool,
-    after: i64,
-    limit: i64,
-    org_id: Option<&str>,
-    chunk: usize,
-    each: impl FnMut(Vec<StoredEvent>),
-) -> Result<i64, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let (horizon, head) = horizon_and_head(&mut conn, org_id).await?;
-    read_below(&mut conn, after, horizon, limit, org_id, chunk, each).await?;
-    Ok(head)
+    let mut events = Vec::new();
+    read_below(&mut conn, after, horizon, limit, org_id, usize::MAX, |chunk| events.extend(chunk)).await?;
+    Ok((events, head))
 }
 
 /// The horizon now, and the highest position in scope below it (`headPosition`).

@@ -192,13 +192,7 @@ pub async fn agent_and_org<'e>(
 
 /// Every agent, or those of `org_id`, by provisioning time.
 pub async fn agents_of<'e>(db: impl PgExecutor<'e>, org_id: Option<&str>) -> Result<Vec<AgentView>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {AGENT_COLUMNS} FROM agents a LEFT JOIN agent_limits l USING (agent_id)
-         WHERE $1::text IS NULL OR a.org_id = $1 ORDER BY a.provisioned_at, a.agent_id"
-    ))
-    .bind(org_id)
-    .fetch_all(db)
-    .await
+    agents_after(db, org_id, None, i64::MAX).await
 }
 
 /// At most `limit` agents (all, or of `org_id`) after `after`, by provisioning time.
