@@ -245,6 +245,8 @@ PY
         local pm; pm=$(head -n 1 "$cluster/data/postmaster.pid")
         export BENCH_BEFORE_SEQUENTIAL="${BENCH_BEFORE_SEQUENTIAL:-true}; { perf record -g -F ${BENCH_PERF_HZ:-1999} -p $server,$pm,\$(pgrep -d, -P $pm) -o '$BENCH_PERF/perf-${phase:-0}.data' >/dev/null 2>&1 & echo \$! > '$cluster/perf.pid'; }; sleep 1"
         export BENCH_AFTER_SEQUENTIAL="kill -INT \$(cat '$cluster/perf.pid'); while kill -0 \$(cat '$cluster/perf.pid') 2>/dev/null; do sleep 0.1; done; ${BENCH_AFTER_SEQUENTIAL:-true}"
+        # And the concurrent phase's middle, $seconds - 2 s of it, into <dir>/perf-<phase>-send.data.
+        export BENCH_BEFORE_SEND="${BENCH_BEFORE_SEND:-true}; { sleep 1; perf record -g -F ${BENCH_PERF_HZ:-1999} -p $server,$pm,\$(pgrep -d, -P $pm) -o '$BENCH_PERF/perf-${phase:-0}-send.data' -- sleep $((seconds > 3 ? seconds - 2 : 1)); } >/dev/null 2>&1 &"
       fi
       "$bin" --mode send --url "http://127.0.0.1:$port" --token "$token" --sessions "$writers" --seconds "$seconds" \
         --server-pid "$server" --pg-pid "$(head -n 1 "$cluster/data/postmaster.pid")" --sequential "$1" | python3 -c "

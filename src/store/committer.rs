@@ -50,6 +50,9 @@ pub(crate) struct Row {
     /// The outbound intent this event settles: deleted in the append's transaction if its head
     /// moves (migration 0028), so the event and the end of its intent commit together.
     pub settles: Option<Uuid>,
+    /// Subject keys the payload was sealed under from a cache, unchecked: the append fails
+    /// (`CG002`, migration 0029) if any of them was destroyed (`KeyStore::subject_key_deferred`).
+    pub unchecked_keys: Vec<Uuid>,
 }
 
 /// The events of one stream after sequence `expected`.
@@ -212,6 +215,11 @@ async fn commit(conn: &mut Connection, mut batch: Vec<Job>) {
                 parts.push(second);
                 parts.push(part);
             }
+            Err(e) if key_destroyed(&e) => {
+                for job in part {
+                    let _ = job.reply.send(Err(PersistenceError::UnknownError(Box::new(KeyDestroyed))));
+                }
+            }
             Err(e) => {
                 let down = crate::error::is_outage(&e);
                 if down {
@@ -232,6 +240,21 @@ async fn commit(conn: &mut Connection, mut batch: Vec<Job>) {
             }
         }
     }
+}
+
+/// An append refused because a subject key one of its events was sealed under had been destroyed
+/// (`CG002`): sealed again, under the live generation, it will be stored.
+#[derive(Debug, thiserror::Error)]
+#[error("a subject key this append was sealed under has been destroyed")]
+pub(crate) struct KeyDestroyed;
+
+fn key_destroyed(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("CG002"))
+}
+
+/// Whether an append failed only because it must be sealed again (`KeyDestroyed`).
+pub(crate) fn is_key_destroyed(e: &PersistenceError) -> bool {
+    matches!(e, PersistenceError::UnknownError(inner) if inner.is::<KeyDestroyed>())
 }
 
 fn retryable(e: &sqlx::Error) -> bool {
@@ -281,13 +304,14 @@ async fn run(conn: &mut Connection, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec
             rows.prev_hash.push(row.prev_hash.as_str());
             rows.hash.push(row.hash.as_str());
             rows.settles.push(row.settles);
+            rows.unchecked_keys.extend(&row.unchecked_keys);
         }
         last_rows.push(rows.head.len() as i64 - 1);
     }
     let result: Result<(i64, Vec<bool>), sqlx::Error> = match conn.get().await {
         Ok(db) => {
             sqlx::query_as(
-                "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
             )
             .bind(&heads.aggregate_type)
             .bind(&heads.aggregate_id)
@@ -306,6 +330,7 @@ async fn run(conn: &mut Connection, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec
             .bind(&rows.prev_hash)
             .bind(&rows.hash)
             .bind(if rows.settles.iter().any(Option::is_some) { rows.settles.as_slice() } else { &[] })
+            .bind(&rows.unchecked_keys)
             .fetch_one(db)
             .await
         }
@@ -366,4 +391,6 @@ struct RowColumns<'a> {
     prev_hash: Vec<&'a str>,
     hash: Vec<&'a str>,
     settles: Vec<Option<Uuid>>,
+    /// Every row's `unchecked_keys`, in one array: one destroyed key fails the statement.
+    unchecked_keys: Vec<Uuid>,
 }

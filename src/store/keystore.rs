@@ -51,12 +51,15 @@ impl KeyFor<'_> {
 /// Live keys this instance used lately: a cache that is safe to lose. An entry lives
 /// `LIVE_KEY_TTL` at most, and destroying keys here drops the entries it may concern at once.
 ///
-/// A cached **subject** key is never used on trust: every hit is checked against Postgres by
-/// primary key (`still_live`) before it seals anything, because another instance may have erased
-/// the subject a moment ago, and its notice (`identity_watch`) reaches this cache asynchronously.
-/// The check reads committed state, so a seal that starts after an erasure's reply can only use
-/// the next generation, whatever this instance has heard (ARCHITECTURE: erasure). Retention keys
-/// are not checked: a run destroys only days before today − N, never the bucket of a new event.
+/// A cached **subject** key is never used on trust: every hit is checked against Postgres before
+/// what it seals is stored, because another instance may have erased the subject a moment ago,
+/// and its notice (`identity_watch`) reaches this cache asynchronously. Either here, by primary
+/// key (`still_live`, `subject_key`), or — sparing a round trip per event — by the statement that
+/// stores the sealed event (`subject_key_deferred`: `append_batch` refuses with `CG002` when a key
+/// its events were sealed under is gone, and the append is sealed again). Both read committed
+/// state after the seal began, so a seal that starts after an erasure's reply can only be stored
+/// under the next generation, whatever this instance has heard (ARCHITECTURE: erasure). Retention
+/// keys are not checked: a run destroys only days before today − N, never the bucket of a new event.
 #[derive(Default)]
 struct LiveKeys {
     entries: RwLock<HashMap<String, (Uuid, Key, Instant)>>,
@@ -160,15 +163,28 @@ impl KeyStore {
     /// The live key of a subject in an organization, made on first use. After erasure the next
     /// call makes the next generation.
     pub async fn subject_key(&self, org_id: &str, subject_ref: &str) -> Result<(Uuid, Key), KeyStoreError> {
-        self.get_or_create(KeyFor::Subject { org_id, subject_ref }).await
+        Ok(self.get_or_create(KeyFor::Subject { org_id, subject_ref }, true).await?.0)
+    }
+
+    /// `subject_key`, without the round trip that checks a cached key: with it comes the id of
+    /// a key taken from this instance's cache unchecked (`None` when it was read from Postgres just
+    /// now). What it seals may be stored only by a statement that checks that this key still
+    /// lives (`append_batch`'s `e_keys`), or be something that reads `[erased]` harmlessly if it did not.
+    pub async fn subject_key_deferred(
+        &self,
+        org_id: &str,
+        subject_ref: &str,
+    ) -> Result<((Uuid, Key), Option<Uuid>), KeyStoreError> {
+        let (key, unchecked) = self.get_or_create(KeyFor::Subject { org_id, subject_ref }, false).await?;
+        Ok((key, unchecked.then_some(key.0)))
     }
 
     pub async fn retention_key(&self, class: RetentionClass, day: NaiveDate) -> Result<(Uuid, Key), KeyStoreError> {
-        self.get_or_create(KeyFor::Retention { class, day }).await
+        Ok(self.get_or_create(KeyFor::Retention { class, day }, true).await?.0)
     }
 
     pub async fn consent_key(&self, consent_id: Uuid) -> Result<(Uuid, Key), KeyStoreError> {
-        self.get_or_create(KeyFor::Consent { consent_id }).await
+        Ok(self.get_or_create(KeyFor::Consent { consent_id }, true).await?.0)
     }
 
     /// The live keys among `ids`; destroyed or unknown ids are simply absent.
@@ -313,11 +329,17 @@ impl KeyStore {
         Ok(done.rows_affected())
     }
 
-    async fn get_or_create(&self, purpose: KeyFor<'_>) -> Result<(Uuid, Key), KeyStoreError> {
+    /// The live key for `purpose`, and whether it is a cached subject key left unchecked
+    /// (only when `check` is false; see `LiveKeys`).
+    async fn get_or_create(&self, purpose: KeyFor<'_>, check: bool) -> Result<((Uuid, Key), bool), KeyStoreError> {
         let cache_key = purpose.cache_key();
         if let Some(found) = cache_key.as_deref().and_then(|k| self.live.get(k)) {
-            if !matches!(purpose, KeyFor::Subject { .. }) || self.still_live(found.0).await? {
-                return Ok(found);
+            let subject = matches!(purpose, KeyFor::Subject { .. });
+            if subject && !check {
+                return Ok((found, true));
+            }
+            if !subject || self.still_live(found.0).await? {
+                return Ok((found, false));
             }
             // Destroyed elsewhere (an erasure on another instance): forget it, read the live one.
             self.live.forget(cache_key.as_deref().unwrap_or_default());
@@ -328,13 +350,15 @@ impl KeyStore {
                 if let Some(k) = cache_key {
                     self.live.put(k, found);
                 }
-                return Ok(found);
+                return Ok((found, false));
             }
             self.insert(&purpose).await?;
         }
-        self.find_live(&purpose)
+        let found = self
+            .find_live(&purpose)
             .await?
-            .ok_or_else(|| KeyStoreError::Unwrap("a new key was destroyed before first use".into()))
+            .ok_or_else(|| KeyStoreError::Unwrap("a new key was destroyed before first use".into()))?;
+        Ok((found, false))
     }
 
     /// Whether key `key_id` still exists: one primary-key probe, no unwrap.

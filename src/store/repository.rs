@@ -80,9 +80,9 @@ impl EventRepository {
         events: &[SerializedEvent],
         settles: &[Option<Uuid>],
     ) -> Result<Option<i64>, PersistenceError> {
-        let Some(first) = events.first() else {
+        if events.is_empty() {
             return Ok(None);
-        };
+        }
         // Postgres text cannot hold U+0000: a stream id or type carrying one is refused here, in
         // this append only, instead of failing the statement it would share with other appends.
         for event in events {
@@ -104,11 +104,34 @@ impl EventRepository {
                 format!("an append holds at most {MAX_EVENTS_PER_APPEND} events").into(),
             ));
         }
+        // Subject keys cached here are checked by the append itself; should one have been
+        // destroyed meanwhile (an erasure on another instance), the append is refused and sealed
+        // again, every key checked before (`KeyStore::subject_key_deferred`).
+        match self.append_sealed(events, settles, false).await {
+            Err(e) if super::committer::is_key_destroyed(&e) => {
+                self.keystore.forget_subject_keys();
+                self.append_sealed(events, settles, true).await
+            }
+            done => done,
+        }
+    }
+
+    /// `append_settling` once, its events sealed with subject keys checked now (`check_keys`) or
+    /// by the append.
+    async fn append_sealed(
+        &self,
+        events: &[SerializedEvent],
+        settles: &[Option<Uuid>],
+        check_keys: bool,
+    ) -> Result<Option<i64>, PersistenceError> {
+        let Some(first) = events.first() else {
+            return Ok(None);
+        };
         // Sealing may create keys; it happens before the transaction (in its own short ones) so
         // that key creation never holds locks while events are written. An unused key is harmless.
         let mut prepared = Vec::with_capacity(events.len());
         for event in events {
-            prepared.push(self.prepare(event).await?);
+            prepared.push(self.prepare(event, check_keys).await?);
         }
 
         let (aggregate_type, aggregate_id) = (first.aggregate_type.as_str(), first.aggregate_id.as_str());
@@ -142,6 +165,7 @@ impl EventRepository {
                 prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
                 hash,
                 settles: settles.get(i).copied().flatten(),
+                unchecked_keys: p.unchecked_keys,
             });
         }
         let last_sequence = rows.last().expect("events is not empty").sequence;
@@ -282,7 +306,7 @@ impl EventRepository {
     /// The stored form of one event: payload untagged, made storable (`storable::escape_nul`) and
     /// sealed, metadata from its context and made storable too. This is the one place event JSON
     /// is shaped for Postgres, so no event — whatever its producer let through — carries a NUL there.
-    async fn prepare(&self, event: &SerializedEvent) -> Result<Prepared, PersistenceError> {
+    async fn prepare(&self, event: &SerializedEvent, check_keys: bool) -> Result<Prepared, PersistenceError> {
         let context = CommandContext::from_metadata(&event.metadata).ok_or_else(|| {
             PersistenceError::UnknownError("an event reached the store without a command context".into())
         })?;
@@ -295,9 +319,10 @@ impl EventRepository {
         let mut payload = untag(&event.event_type, event.payload.clone());
         // Before sealing, so a personal field's plaintext is storable too once opened.
         storable::escape_nul(&mut payload);
-        seal_payload(&self.keystore, &mut payload, event_id, context.org_id.as_deref(), context.occurred_at)
-            .await
-            .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+        let unchecked_keys =
+            seal_payload(&self.keystore, &mut payload, event_id, context.org_id.as_deref(), context.occurred_at, check_keys)
+                .await
+                .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
         if has_clear_fields(&payload) {
             return Err(PersistenceError::UnknownError("refusing to store a personal field in the clear".into()));
         }
@@ -310,7 +335,7 @@ impl EventRepository {
         metadata.insert("transport".into(), Value::String(context.transport.clone()));
         metadata.insert("provenance".into(), serde_json::to_value(&context.provenance)?);
         metadata.values_mut().for_each(storable::escape_nul);
-        Ok(Prepared { event_id, payload, metadata, context })
+        Ok(Prepared { event_id, payload, metadata, context, unchecked_keys })
     }
 }
 
@@ -348,6 +373,8 @@ struct Prepared {
     payload: Value,
     metadata: Map<String, Value>,
     context: CommandContext,
+    /// Subject keys sealed under unchecked: the append checks them (`committer::Row`).
+    unchecked_keys: Vec<Uuid>,
 }
 
 /// cqrs-es serializes an event enum externally tagged (`{"MessageSent": {...}}`); the store

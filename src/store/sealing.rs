@@ -20,18 +20,23 @@ use crate::crypto::Key;
 /// The organization under which subject keys of platform-level events live.
 pub const PLATFORM_ORG: &str = "platform";
 
-/// Replaces every clear personal field in `payload` with its sealed envelope.
+/// Replaces every clear personal field in `payload` with its sealed envelope. Unless `check_now`,
+/// returns the subject keys taken from the key store's cache unchecked
+/// (`KeyStore::subject_key_deferred`): the statement that stores the payload must check that they
+/// still live (`append_batch`'s `e_keys`). With `check_now`, every subject key is checked here.
 pub async fn seal_payload(
     keystore: &KeyStore,
     payload: &mut Value,
     event_id: Uuid,
     org_id: Option<&str>,
     occurred_at: DateTime<Utc>,
-) -> Result<(), KeyStoreError> {
+    check_now: bool,
+) -> Result<Vec<Uuid>, KeyStoreError> {
     let mut fields: Vec<Field<Pii>> = Vec::new();
     collect(payload, CLEAR_MARKER, &mut Vec::new(), &mut fields);
-    // One subject's key is read (and checked live) once per payload, however many fields it seals.
+    // One subject's key is read once per payload, however many fields it seals.
     let mut subject_keys: HashMap<String, (Uuid, Key)> = HashMap::new();
+    let mut unchecked = Vec::new();
     for (path, at, clear) in fields.into_iter().filter_map(|f| match f.value {
         Pii::Clear { seal } => Some((f.path, f.at, seal)),
         Pii::Sealed(_) => None,
@@ -48,7 +53,14 @@ pub async fn seal_payload(
             let key = match subject_keys.get(&subject_ref) {
                 Some(key) => *key,
                 None => {
-                    let key = keystore.subject_key(org_id.unwrap_or(PLATFORM_ORG), &subject_ref).await?;
+                    let org = org_id.unwrap_or(PLATFORM_ORG);
+                    let key = if check_now {
+                        keystore.subject_key(org, &subject_ref).await?
+                    } else {
+                        let (key, check) = keystore.subject_key_deferred(org, &subject_ref).await?;
+                        unchecked.extend(check);
+                        key
+                    };
                     subject_keys.insert(subject_ref, key);
                     key
                 }
@@ -68,7 +80,7 @@ pub async fn seal_payload(
         *pointer_mut(payload, &at).expect("the path was just collected from this payload") =
             serde_json::to_value(sealed).expect("an envelope always serializes");
     }
-    Ok(())
+    Ok(unchecked)
 }
 
 /// True when any clear personal field is left: the store refuses to write such a payload.

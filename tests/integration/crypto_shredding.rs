@@ -146,6 +146,34 @@ async fn a_key_cached_by_another_instance_is_never_used_after_it_was_destroyed()
 }
 
 #[tokio::test]
+async fn an_event_sealed_under_a_key_destroyed_meanwhile_is_stored_under_the_next_generation() {
+    // B seals with the subject key it cached without asking Postgres; its append checks the key
+    // (migration 0029). A destroys it in between, with no watcher to tell B: B's append is refused
+    // (CG002), sealed again under a new generation, and stored readable.
+    let db = TestDb::new().await;
+    let a = migrated_store(&db).await;
+    let b = Store::new(db.pool().await, Arc::new(DataKeys::new(&[9u8; 32])));
+    let ledger = b.framework::<Ledger>(());
+    note(&b, &ledger, "l1", "before", Some(PHONE)).await;
+    note(&b, &ledger, "l1", "cached", Some(PHONE)).await;
+    let subject_ref = a.keystore().data_keys().blind_index(PHONE);
+    assert_eq!(a.keystore().destroy_subject(None, &subject_ref).await.unwrap(), 1);
+    note(&b, &ledger, "l1", "after", Some(PHONE)).await;
+
+    let feed = opened_payloads(&a).await;
+    let contacts: Vec<&serde_json::Value> = feed.iter().map(|e| &e["payload"]["contact"]).collect();
+    assert_eq!(contacts, ["[erased]", "[erased]", PHONE], "the last note was sealed under the destroyed key");
+    let generations: Vec<(i32, bool)> = sqlx::query_as(
+        "SELECT generation, wrapped IS NOT NULL FROM data_keys WHERE subject_ref = $1 ORDER BY generation",
+    )
+    .bind(&subject_ref)
+    .fetch_all(a.pool())
+    .await
+    .unwrap();
+    assert_eq!(generations, [(1, false), (2, true)]);
+}
+
+#[tokio::test]
 async fn keys_kept_for_opening_never_open_a_field_after_another_instance_destroyed_them() {
     // Opening keeps unwrapped keys and derived field keys across pages (`FieldKeys`), but asks
     // Postgres on every read which keys live. B has opened the subject's fields (twice, so the
