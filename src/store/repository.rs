@@ -319,10 +319,16 @@ impl EventRepository {
         let mut payload = untag(&event.event_type, event.payload.clone());
         // Before sealing, so a personal field's plaintext is storable too once opened.
         storable::escape_nul(&mut payload);
-        let unchecked_keys =
-            seal_payload(&self.keystore, &mut payload, event_id, context.org_id.as_deref(), context.occurred_at, check_keys)
-                .await
-                .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+        let unchecked_keys = seal_payload(
+            &self.keystore,
+            &mut payload,
+            event_id,
+            context.org_id.as_deref(),
+            context.occurred_at,
+            check_keys,
+        )
+        .await
+        .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
         if has_clear_fields(&payload) {
             return Err(PersistenceError::UnknownError("refusing to store a personal field in the clear".into()));
         }
