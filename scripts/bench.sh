@@ -10,7 +10,9 @@
 #     (BENCH_BASELINE=<another commguard binary>: A/B/A against it; BENCH_BINARIES="<bin> <bin> ...":
 #     each in turn; no fill then. BENCH_PG_STATS=1: the statements per send of the concurrent
 #     phase, BENCH_PG_STATS=sequential: of the sequential sends; BENCH_PERF=<dir>: `perf record -g`
-#     of the server and the cluster during the sequential sends, into <dir>/perf-<phase>.data)
+#     of the server and the cluster during the sequential sends, into <dir>/perf-<phase>.data, and
+#     during the concurrent phase, into <dir>/perf-<phase>-send.data; BENCH_PERF_CALLGRAPH="--call-graph
+#     dwarf" for call graphs of the server, whose build keeps no frame pointers)
 #   scripts/bench.sh as-of [--writers 4] [--seconds 10] [--fill 1000000]
 #   scripts/bench.sh feed [--fill 1000000] [--seed 2000]  (BENCH_BINARIES="<bin> <bin> ...": each in turn, one fill)
 #   scripts/bench.sh anomaly [--fill 1000000] [--runs 200]
@@ -246,7 +248,7 @@ PY
         export BENCH_BEFORE_SEQUENTIAL="${BENCH_BEFORE_SEQUENTIAL:-true}; { perf record -g -F ${BENCH_PERF_HZ:-1999} -p $server,$pm,\$(pgrep -d, -P $pm) -o '$BENCH_PERF/perf-${phase:-0}.data' >/dev/null 2>&1 & echo \$! > '$cluster/perf.pid'; }; sleep 1"
         export BENCH_AFTER_SEQUENTIAL="kill -INT \$(cat '$cluster/perf.pid'); while kill -0 \$(cat '$cluster/perf.pid') 2>/dev/null; do sleep 0.1; done; ${BENCH_AFTER_SEQUENTIAL:-true}"
         # And the concurrent phase's middle, $seconds - 2 s of it, into <dir>/perf-<phase>-send.data.
-        export BENCH_BEFORE_SEND="${BENCH_BEFORE_SEND:-true}; { sleep 1; perf record -g -F ${BENCH_PERF_HZ:-1999} -p $server,$pm,\$(pgrep -d, -P $pm) -o '$BENCH_PERF/perf-${phase:-0}-send.data' -- sleep $((seconds > 3 ? seconds - 2 : 1)); } >/dev/null 2>&1 &"
+        export BENCH_BEFORE_SEND="${BENCH_BEFORE_SEND:-true}; { sleep 1; perf record ${BENCH_PERF_CALLGRAPH:--g} -F ${BENCH_PERF_HZ:-1999} -p $server,$pm,\$(pgrep -d, -P $pm) -o '$BENCH_PERF/perf-${phase:-0}-send.data' -- sleep $((seconds > 3 ? seconds - 2 : 1)); } >/dev/null 2>&1 &"
       fi
       "$bin" --mode send --url "http://127.0.0.1:$port" --token "$token" --sessions "$writers" --seconds "$seconds" \
         --server-pid "$server" --pg-pid "$(head -n 1 "$cluster/data/postmaster.pid")" --sequential "$1" | python3 -c "
