@@ -279,6 +279,11 @@ if q:
         pg_stats_per_send "$bench_url"
         kill $server; wait $server 2>/dev/null || true
       done
+      # pgbench again after the phases: a baseline measured while something else ran (a build)
+      # shows here as the two disagreeing; compare each phase with the faster one.
+      first=$base
+      pgbench_tps
+      echo "pgbench before the phases $first tps, after them $base tps (the 'x pgbench' above uses the first)"
       exit 0
     fi
     start_server
