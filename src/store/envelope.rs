@@ -8,7 +8,9 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::feed::StoredEvent;
+use sqlx::postgres::PgRow;
+
+use super::feed::{stored_event_from_row, StoredEvent};
 use super::keystore::{KeyStore, KeyStoreError};
 use super::sealing::{OpeningKeys, Redaction, SealedPayload, SealedText};
 
@@ -104,17 +106,17 @@ pub async fn envelopes_json(
     events: Vec<StoredEvent>,
     as_stored: bool,
 ) -> Result<Vec<Box<RawValue>>, KeyStoreError> {
-    let mut writer = PageWriter::new(as_stored);
-    writer.add(events);
-    writer.write(keystore).await
+    let (page, keys) = prepare(keystore, events, as_stored).await?;
+    Ok(par_map(page, |(event, sealed)| write(build(event, sealed, &keys, as_stored))))
 }
 
-/// A feed page being written while it is read: each share of the page is parsed on the
-/// blocking pool as soon as it arrives (`add`), while Postgres sends the next; `write` then looks
-/// up the page's keys (one query) and opens and writes every envelope (`par_map`).
+/// A feed page being written while it is read: each share of the page's rows is decoded and
+/// parsed on the blocking pool as soon as it arrives (`add`), while Postgres sends the next;
+/// `write` then looks up the page's keys (one query) and opens and writes every envelope
+/// (`par_map`).
 pub struct PageWriter {
     as_stored: bool,
-    parsing: Vec<tokio::task::JoinHandle<Vec<Parsed>>>,
+    parsing: Vec<tokio::task::JoinHandle<Result<Vec<Parsed>, sqlx::Error>>>,
 }
 
 /// An event, with its payload parsed when it holds a sealed field.
@@ -125,11 +127,12 @@ impl PageWriter {
         Self { as_stored, parsing: Vec::new() }
     }
 
-    /// The next share of the page, in order.
-    pub fn add(&mut self, events: Vec<StoredEvent>) {
+    /// The next share of the page's rows (`feed::COLUMNS`), in order.
+    pub fn add(&mut self, rows: Vec<PgRow>) {
         let as_stored = self.as_stored;
-        self.parsing
-            .push(tokio::task::spawn_blocking(move || events.into_iter().map(|e| parse(e, as_stored)).collect()));
+        self.parsing.push(tokio::task::spawn_blocking(move || {
+            rows.iter().map(|row| Ok(parse(stored_event_from_row(row)?, as_stored))).collect()
+        }));
     }
 
     /// Every envelope of the page, written as JSON.
@@ -137,7 +140,7 @@ impl PageWriter {
         let mut page: Vec<Parsed> = Vec::new();
         for share in self.parsing {
             match share.await {
-                Ok(parsed) => page.extend(parsed),
+                Ok(parsed) => page.extend(parsed?),
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(e) => return Err(KeyStoreError::Unwrap(format!("a share of the page was not parsed: {e}"))),
             }

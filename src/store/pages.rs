@@ -131,14 +131,15 @@ impl FeedPages {
     }
 }
 
-/// The rows of page `key` below `horizon`, each share parsed on the blocking pool as it arrives.
+/// The rows of page `key` below `horizon`, each share decoded and parsed on the blocking pool as
+/// it arrives.
 async fn read(conn: &mut sqlx::PgConnection, key: &PageKey, horizon: i64) -> Result<Rows, sqlx::Error> {
     let mut writer = PageWriter::new(key.as_stored);
-    let mut last = None;
-    let count = feed::read_below(conn, key.after, horizon, key.limit, key.org_id.as_deref(), SHARE, |share| {
-        last = share.last().map(|e| e.position);
+    let mut last = Ok(None);
+    let count = feed::read_rows_below(conn, key.after, horizon, key.limit, key.org_id.as_deref(), SHARE, |share| {
+        last = share.last().map(feed::position_of_row).transpose();
         writer.add(share);
     })
     .await?;
-    Ok(Rows { writer, count, last })
+    Ok(Rows { writer, count, last: last? })
 }
