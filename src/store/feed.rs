@@ -36,6 +36,68 @@ pub(crate) fn stored_event_from_row(row: &PgRow) -> Result<StoredEvent, sqlx::Er
     })
 }
 
+/// An event's columns, borrowed: from a row of `COLUMNS` as Postgres sent it (`EventRef::of_row`,
+/// nothing copied), or from a `StoredEvent`.
+pub(crate) struct EventRef<'a> {
+    pub position: i64,
+    pub event_id: uuid::Uuid,
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub sequence: i64,
+    pub event_type: &'a str,
+    pub event_version: &'a str,
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
+    pub org_id: Option<&'a str>,
+    pub payload: &'a str,
+    pub metadata: &'a str,
+    pub prev_hash: &'a str,
+    pub hash: &'a str,
+}
+
+impl<'a> EventRef<'a> {
+    /// A row of `COLUMNS`, by position and without type checks, as `stored_event_from_row`.
+    pub(crate) fn of_row(row: &'a PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            position: row.try_get_unchecked(0)?,
+            event_id: row.try_get_unchecked(1)?,
+            aggregate_type: row.try_get_unchecked(2)?,
+            aggregate_id: row.try_get_unchecked(3)?,
+            sequence: row.try_get_unchecked(4)?,
+            event_type: row.try_get_unchecked(5)?,
+            event_version: row.try_get_unchecked(6)?,
+            occurred_at: row.try_get_unchecked(7)?,
+            org_id: row.try_get_unchecked(8)?,
+            payload: row.try_get_unchecked(9)?,
+            metadata: row.try_get_unchecked(10)?,
+            prev_hash: row.try_get_unchecked(11)?,
+            hash: row.try_get_unchecked(12)?,
+        })
+    }
+
+    pub(crate) fn of(event: &'a StoredEvent) -> Self {
+        Self {
+            position: event.position,
+            event_id: event.event_id,
+            aggregate_type: &event.aggregate_type,
+            aggregate_id: &event.aggregate_id,
+            sequence: event.sequence,
+            event_type: &event.event_type,
+            event_version: &event.event_version,
+            occurred_at: event.occurred_at,
+            org_id: event.org_id.as_deref(),
+            payload: event.payload.get(),
+            metadata: event.metadata.get(),
+            prev_hash: &event.prev_hash,
+            hash: &event.hash,
+        }
+    }
+}
+
+/// The payload (as text) of a row of `COLUMNS`.
+pub(crate) fn payload_of_row(row: &PgRow) -> Result<&str, sqlx::Error> {
+    row.try_get_unchecked(9)
+}
+
 /// The position of a row of `COLUMNS`.
 pub(crate) fn position_of_row(row: &PgRow) -> Result<i64, sqlx::Error> {
     row.try_get_unchecked(0)

@@ -17,11 +17,10 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
-use super::envelope::PageWriter;
+use super::envelope::{PageWriter, WrittenEnvelopes};
 use super::feed;
 use super::keystore::{KeyStore, KeyStoreError};
 
@@ -51,9 +50,9 @@ struct Rows {
 /// A page's rows being read ahead.
 type Reading = JoinHandle<Result<Rows, sqlx::Error>>;
 
-/// A page, its envelopes written.
+/// A page, its envelopes written as JSON.
 pub struct Page {
-    pub events: Vec<Box<RawValue>>,
+    pub events: WrittenEnvelopes,
     /// The `after` of the next page: this page's last position, or `after` when empty.
     pub next_after: i64,
     pub head_position: i64,

@@ -245,6 +245,7 @@ const ERASED: &str = "[erased]";
 /// a tree's sorted keys, never looked into), so the paths, the redactions and their order are
 /// those of the tree form.
 pub struct SealedText {
+    /// In the order of the text.
     spots: Vec<Spot>,
 }
 
@@ -252,6 +253,8 @@ struct Spot {
     range: std::ops::Range<usize>,
     path: String,
     field: SealedField,
+    /// Its place in the tree's order (the order of the redactions).
+    rank: usize,
 }
 
 impl SealedText {
@@ -266,6 +269,11 @@ impl SealedText {
             serde_json::from_str::<&RawValue>(text).ok()?;
         }
         walk(text, text, &mut Vec::new(), &mut spots).ok()?;
+        // Found in the tree's order; opened in the text's (fields never overlap).
+        for (rank, spot) in spots.iter_mut().enumerate() {
+            spot.rank = rank;
+        }
+        spots.sort_by_key(|spot| spot.range.start);
         Some(Self { spots })
     }
 
@@ -276,24 +284,33 @@ impl SealedText {
 
     /// `text` with every field opened (or `"[erased]"`), and the redactions.
     pub fn open(&self, keys: &OpeningKeys, text: &str, event_id: Uuid) -> (String, Vec<Redaction>) {
-        let mut redactions = Vec::new();
-        let mut written: Vec<(std::ops::Range<usize>, String)> = Vec::with_capacity(self.spots.len());
-        for Spot { range, path, field } in &self.spots {
-            let (value, redaction) = keys.open_one(field, event_id, path);
-            redactions.extend(redaction);
-            let json = serde_json::to_string(&value).expect("a string always serializes");
-            written.push((range.clone(), json));
-        }
-        written.sort_by_key(|(range, _)| range.start);
-        let mut out = String::with_capacity(text.len() + 64);
+        let (mut out, mut redactions) = (String::with_capacity(text.len() + 64), Vec::new());
+        self.open_into(keys, text, event_id, &mut out, &mut redactions);
+        (out, redactions)
+    }
+
+    /// `open`, written at the end of `out`, its redactions added to `redactions`: each opened
+    /// field as `serde_json` writes a string, every other byte as stored.
+    pub fn open_into(
+        &self,
+        keys: &OpeningKeys,
+        text: &str,
+        event_id: Uuid,
+        out: &mut String,
+        redactions: &mut Vec<Redaction>,
+    ) {
+        let mut ranked: Vec<(usize, Redaction)> = Vec::new();
         let mut at = 0;
-        for (range, json) in written {
+        for Spot { range, path, field, rank } in &self.spots {
+            let (value, redaction) = keys.open_one(field, event_id, path);
+            ranked.extend(redaction.map(|r| (*rank, r)));
             out.push_str(&text[at..range.start]);
-            out.push_str(&json);
+            super::json_text::push_str(out, &value);
             at = range.end;
         }
         out.push_str(&text[at..]);
-        (out, redactions)
+        ranked.sort_by_key(|(rank, _)| *rank);
+        redactions.extend(ranked.into_iter().map(|(_, r)| r));
     }
 }
 
@@ -336,7 +353,7 @@ fn walk(whole: &str, text: &str, at: &mut Vec<String>, out: &mut Vec<Spot>) -> R
             let Members(mut members) = serde_json::from_str(text)?;
             if members.iter().any(|(key, _)| key == SEALED_MARKER) {
                 if let Ok(field) = serde_json::from_str::<SealedField>(text) {
-                    out.push(Spot { range: range_in(whole, text), path: at.join("."), field });
+                    out.push(Spot { range: range_in(whole, text), path: at.join("."), field, rank: 0 });
                 }
                 return Ok(());
             }
