@@ -6,6 +6,7 @@
 //! wherever a key has been destroyed.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use commguard_domain::pii::{Pii, SealedField, CLEAR_MARKER, SEALED_MARKER};
@@ -13,7 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::keystore::{KeyStore, KeyStoreError};
+use super::keystore::{IdMap, KeyStore, KeyStoreError};
 use crate::crypto::envelope::{self, Opened};
 use crate::crypto::Key;
 
@@ -156,10 +157,12 @@ fn key_ids<'a>(payloads: impl IntoIterator<Item = &'a Vec<Field<SealedField>>>) 
 /// says whether erasure or retention destroyed it). Which keys live is always asked of Postgres;
 /// the key store may only spare the unwrap and the field-key derivation (`KeyStore::for_opening`).
 pub struct OpeningKeys {
-    live: HashMap<Uuid, Key>,
-    kinds: HashMap<Uuid, String>,
+    live: IdMap<Uuid, Key>,
+    kinds: IdMap<Uuid, String>,
     /// Field keys derived from live keys: the key store's memo, none for `from_keys`.
     derived: Option<super::keystore::FieldKeys>,
+    /// When they were looked up: how fresh the memo's entries are is judged as of then.
+    at: Instant,
 }
 
 impl OpeningKeys {
@@ -174,14 +177,15 @@ impl OpeningKeys {
         if ids.is_empty() {
             return Ok(Self::from_keys(HashMap::new(), HashMap::new()));
         }
-        let (live, kinds) = keystore.for_opening(&ids).await?;
-        Ok(Self { live, kinds, derived: Some(keystore.field_keys()) })
+        let at = Instant::now();
+        let (live, kinds) = keystore.for_opening(&ids, at).await?;
+        Ok(Self { live, kinds, derived: Some(keystore.field_keys()), at })
     }
 
     /// From keys already looked up (no IO): `live` opens fields, `kinds` names why a missing
     /// key is gone. What `load` builds; the fuzz target of the envelope decoder uses it directly.
     pub fn from_keys(live: HashMap<Uuid, Key>, kinds: HashMap<Uuid, String>) -> Self {
-        Self { live, kinds, derived: None }
+        Self { live: live.into_iter().collect(), kinds: kinds.into_iter().collect(), derived: None, at: Instant::now() }
     }
 
     /// Opens every sealed field of `payload` whose keys are all live; the others read
@@ -198,7 +202,7 @@ impl OpeningKeys {
         }
         let derive = || envelope::field_key(ids.iter().map(|id| &self.live[id]));
         Some(match &self.derived {
-            Some(memo) => memo.get_or_derive(ids, derive),
+            Some(memo) => memo.get_or_derive(ids, self.at, derive),
             None => derive(),
         })
     }
