@@ -125,49 +125,91 @@ pub fn push_time(out: &mut String, t: DateTime<Utc>) {
 /// as `serde_json` borrows it as a `&RawValue` (no surrounding whitespace), `None` for a member
 /// absent or `null` (as an `Option<&RawValue>` reads it).
 ///
-/// `text` must be JSON (a jsonb column's text): it is not validated, only walked. Anything this
-/// walk does not read exactly as serde would — not an object, a key with an escape, a name given
-/// twice, text after the object — answers `None`, and the caller reads the text with serde.
+/// `text` must be JSON (a jsonb column's text): it is not validated, only walked (`each_member`).
+/// Anything this walk does not read exactly as serde would — not an object, a name with an
+/// escape, a name given twice — answers `None`, and the caller reads the text with serde.
 pub fn members<'a, const N: usize>(text: &'a str, names: [&str; N]) -> Option<[Option<&'a str>; N]> {
-    let bytes = text.as_bytes();
     let mut found: [Option<&'a str>; N] = [None; N];
     let mut seen = [false; N];
+    let mut twice = false;
+    each_member(text, |name, value| {
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            twice |= seen[i];
+            seen[i] = true;
+            found[i] = (value != "null").then_some(value);
+        }
+    })?;
+    (!twice).then_some(found)
+}
+
+/// The members of the JSON object `text` in their order: each name as written between its quotes
+/// and its value's text. `None` where `each_member` does not read it.
+pub fn object(text: &str) -> Option<Vec<(&str, &str)>> {
+    let mut members = Vec::new();
+    each_member(text, |name, value| members.push((name, value)))?;
+    Some(members)
+}
+
+/// The items of the JSON array `text`, each item's text. `None` when `text` is not an array (or
+/// not one this walk reads: see `each_member`).
+pub fn array(text: &str) -> Option<Vec<&str>> {
+    let bytes = text.as_bytes();
+    let mut items = Vec::new();
+    let mut at = skip_ws(bytes, 0);
+    if bytes.get(at) != Some(&b'[') {
+        return None;
+    }
+    at = skip_ws(bytes, at + 1);
+    if bytes.get(at) == Some(&b']') {
+        return trailing_ws_only(bytes, at + 1).then_some(items);
+    }
+    loop {
+        let end = skip_value(bytes, at)?;
+        items.push(&text[at..end]);
+        at = skip_ws(bytes, end);
+        match bytes.get(at) {
+            Some(b',') => at = skip_ws(bytes, at + 1),
+            Some(b']') => return trailing_ws_only(bytes, at + 1).then_some(items),
+            _ => return None,
+        }
+    }
+}
+
+/// Calls `each(name, value)` for every member of the JSON object `text`, in order, where a value
+/// is its text as serde borrows it (`&RawValue`). The text must be JSON: the walk finds where
+/// each string, object, array, number and literal ends, it does not check that they are well
+/// formed. `None` (after some calls, maybe) when `text` is not an object, when a name holds an
+/// escape (its text is then not the name), or when the walk finds text where JSON has none.
+fn each_member<'a>(text: &'a str, mut each: impl FnMut(&'a str, &'a str)) -> Option<()> {
+    let bytes = text.as_bytes();
     let mut at = skip_ws(bytes, 0);
     if bytes.get(at) != Some(&b'{') {
         return None;
     }
     at = skip_ws(bytes, at + 1);
     if bytes.get(at) == Some(&b'}') {
-        return trailing_ws_only(bytes, at + 1).then_some(found);
+        return trailing_ws_only(bytes, at + 1).then_some(());
     }
     loop {
         if bytes.get(at) != Some(&b'"') {
             return None;
         }
-        let key_start = at + 1;
-        let key_end = key_start + bytes[key_start..].iter().position(|&b| b == b'"' || b == b'\\')?;
-        if bytes[key_end] != b'"' {
+        let name_end = at + 1 + memchr::memchr2(b'"', b'\\', &bytes[at + 1..])?;
+        if bytes[name_end] != b'"' {
             return None;
         }
-        let key = &text[key_start..key_end];
-        at = skip_ws(bytes, key_end + 1);
+        let name = &text[at + 1..name_end];
+        at = skip_ws(bytes, name_end + 1);
         if bytes.get(at) != Some(&b':') {
             return None;
         }
         let value_start = skip_ws(bytes, at + 1);
         let value_end = skip_value(bytes, value_start)?;
-        if let Some(i) = names.iter().position(|name| *name == key) {
-            if seen[i] {
-                return None;
-            }
-            seen[i] = true;
-            let value = &text[value_start..value_end];
-            found[i] = (value != "null").then_some(value);
-        }
+        each(name, &text[value_start..value_end]);
         at = skip_ws(bytes, value_end);
         match bytes.get(at) {
             Some(b',') => at = skip_ws(bytes, at + 1),
-            Some(b'}') => return trailing_ws_only(bytes, at + 1).then_some(found),
+            Some(b'}') => return trailing_ws_only(bytes, at + 1).then_some(()),
             _ => return None,
         }
     }
@@ -192,7 +234,7 @@ fn trailing_ws_only(bytes: &[u8], at: usize) -> bool {
 fn skip_string(bytes: &[u8], mut at: usize) -> Option<usize> {
     at += 1;
     loop {
-        at += bytes.get(at..)?.iter().position(|&b| b == b'"' || b == b'\\')?;
+        at += memchr::memchr2(b'"', b'\\', bytes.get(at..)?)?;
         if bytes[at] == b'"' {
             return Some(at + 1);
         }
@@ -286,6 +328,29 @@ mod tests {
         request_id: Option<&'a RawValue>,
     }
 
+    /// An object's members as serde reads them, names unescaped, values as their text.
+    struct Members(Vec<(String, String)>);
+
+    impl<'de> serde::Deserialize<'de> for Members {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Members;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+                    let mut members = Vec::new();
+                    while let Some((name, value)) = map.next_entry::<String, &'de RawValue>()? {
+                        members.push((name, value.get().to_string()));
+                    }
+                    Ok(Members(members))
+                }
+            }
+            deserializer.deserialize_map(Visit)
+        }
+    }
+
     #[test]
     fn members_are_the_text_serde_borrows() {
         let texts = [
@@ -302,6 +367,19 @@ mod tests {
             let found = members(text, ["actor", "requestId"]).expect(text);
             assert_eq!(found, [context.actor.map(RawValue::get), context.request_id.map(RawValue::get)], "{text}");
         }
+        for text in texts {
+            let members: Vec<(String, String)> =
+                object(text).unwrap().into_iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
+            let Members(expected) = serde_json::from_str(text).unwrap();
+            assert_eq!(members, expected, "{text}");
+        }
+        for text in [r#"[]"#, r#" [ 1 , "a\"]" , {"b": [2]}, [[]], null ] "#, "[true,false]"] {
+            let items: Vec<&str> = array(text).unwrap();
+            let expected: Vec<&RawValue> = serde_json::from_str(text).unwrap();
+            assert_eq!(items, expected.iter().map(|v| v.get()).collect::<Vec<_>>(), "{text}");
+        }
+        assert_eq!(array(r#"{"a": 1}"#), None);
+        assert_eq!(object("[1]"), None);
         // What the walk leaves to serde.
         for text in [r#"["a", "b"]"#, "null", r#"{"actor": 1, "actor": 2}"#, r#"{"\u0061ctor": 1}"#, r#"{"a": 1} x"#] {
             assert_eq!(members(text, ["actor", "requestId"]), None, "{text}");

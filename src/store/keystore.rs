@@ -126,9 +126,7 @@ impl FieldKeys {
     /// here).
     fn kept(&self, ids: &[Uuid], now: Instant) -> IdMap<Uuid, Key> {
         let memo = self.inner.unwrapped.lock().expect("opening memo lock");
-        ids.iter()
-            .filter_map(|id| memo.get(id).filter(|(_, at)| fresh(*at, now)).map(|(key, _)| (*id, *key)))
-            .collect()
+        ids.iter().filter_map(|id| memo.get(id).filter(|(_, at)| fresh(*at, now)).map(|(key, _)| (*id, *key))).collect()
     }
 
     fn keep(&self, id: Uuid, key: Key) {

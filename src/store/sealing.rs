@@ -264,15 +264,24 @@ struct Spot {
 impl SealedText {
     /// The fields of `text`; `None` when it does not read as JSON here (the caller then opens the
     /// tree form, `SealedPayload`, which reads such a payload as `null`).
+    ///
+    /// A stored payload (jsonb's text: JSON, no whitespace around it) is walked in its text
+    /// (`walk_text`), which finds where each value ends without checking it again; any other text,
+    /// or one that walk does not read (a name with an escape), is read by serde (`walk`).
     pub fn find(text: &str) -> Option<Self> {
         let mut spots = Vec::new();
-        // A walk into an object or an array reads the whole text as JSON (`from_str` to its end),
-        // so only a text it would not read is checked first.
         let walked = text.contains(SEALED_MARKER) && matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['));
-        if !walked {
-            serde_json::from_str::<&RawValue>(text).ok()?;
+        let bare =
+            !text.starts_with(|c: char| c.is_ascii_whitespace()) && !text.ends_with(|c: char| c.is_ascii_whitespace());
+        if !(walked && bare && walk_text(text, text, &mut Vec::new(), &mut spots).is_some()) {
+            spots.clear();
+            // A walk into an object or an array reads the whole text as JSON (`from_str` to its
+            // end), so only a text it would not read is checked first.
+            if !walked {
+                serde_json::from_str::<&RawValue>(text).ok()?;
+            }
+            walk(text, text, &mut Vec::new(), &mut spots).ok()?;
         }
-        walk(text, text, &mut Vec::new(), &mut spots).ok()?;
         // Found in the tree's order; opened in the text's (fields never overlap).
         for (rank, spot) in spots.iter_mut().enumerate() {
             spot.rank = rank;
@@ -389,6 +398,53 @@ fn walk(whole: &str, text: &str, at: &mut Vec<String>, out: &mut Vec<Spot>) -> R
     Ok(())
 }
 
+/// `walk` over JSON text without parsing it (`json_text::object`, `json_text::array`): the same
+/// spots in the same order, names compared as written (`None` for a name with an escape, which
+/// `walk` then reads).
+fn walk_text(whole: &str, text: &str, at: &mut Vec<String>, out: &mut Vec<Spot>) -> Option<()> {
+    if !text.contains(SEALED_MARKER) {
+        return Some(());
+    }
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            let mut members = super::json_text::object(text)?;
+            if members.iter().any(|(key, _)| *key == SEALED_MARKER) {
+                if let Ok(field) = serde_json::from_str::<SealedField>(text) {
+                    out.push(Spot { range: range_in(whole, text), path: at.join("."), field, rank: 0 });
+                }
+                return Some(());
+            }
+            // A tree's map iterates in key order (and keeps the last of equal keys).
+            members.sort_by(|a, b| a.0.cmp(b.0));
+            members.dedup_by(|later, earlier| {
+                let same = later.0 == earlier.0;
+                if same {
+                    std::mem::swap(later, earlier);
+                }
+                same
+            });
+            for (key, child) in members {
+                if child.contains(SEALED_MARKER) {
+                    at.push(key.to_string());
+                    walk_text(whole, child, at, out)?;
+                    at.pop();
+                }
+            }
+        }
+        Some(b'[') => {
+            for (i, child) in super::json_text::array(text)?.into_iter().enumerate() {
+                if child.contains(SEALED_MARKER) {
+                    at.push(i.to_string());
+                    walk_text(whole, child, at, out)?;
+                    at.pop();
+                }
+            }
+        }
+        _ => {}
+    }
+    Some(())
+}
+
 /// A personal field found in a payload: its dotted path (what the envelope is bound to, and what
 /// a redaction names) and the keys that lead to it. The path alone cannot lead back: a key may
 /// itself contain a dot (refused arguments keep the caller's keys).
@@ -488,5 +544,33 @@ mod tests {
             assert_eq!(text_redactions, tree_redactions, "{text}");
         }
         assert!(SealedText::find("{not json").is_none());
+    }
+
+    /// The walk of the text finds the spots the serde walk finds, in jsonb's form and in others.
+    #[test]
+    fn the_text_walk_finds_what_the_serde_walk_finds() {
+        let event_id = Uuid::from_u128(9);
+        let seal = |path: &str| {
+            serde_json::to_value(envelope::seal(&[(Uuid::from_u128(1), [7u8; 32])], event_id, path, "x")).unwrap()
+        };
+        let texts = [
+            serde_json::to_string(&json!({"b": seal("b"), "a": [seal("a.0"), {"$pii": "no"}, 1], "c": {"d.e": seal("c.d.e")}})).unwrap(),
+            r#"{"z": {"$pii": 1, "k": ["00000000-0000-0000-0000-000000000001"], "n": "AAAAAAAAAAAAAAAA", "c": "AA=="}, "a": "$pii", "a": {"q": "$pii"}}"#.to_string(),
+            r#"[{"x": [[{"$pii": 1, "k": [], "n": "", "c": ""}]]}, "tail \" $pii"]"#.to_string(),
+        ];
+        let spots = |spots: &[Spot]| -> Vec<(std::ops::Range<usize>, String, usize)> {
+            spots.iter().map(|s| (s.range.clone(), s.path.clone(), s.field.k.len())).collect()
+        };
+        for text in &texts {
+            for jsonb in [text.clone(), text.replace("\":", "\": ").replace(",\"", ", \"")] {
+                let (mut by_text, mut by_serde) = (Vec::new(), Vec::new());
+                walk_text(&jsonb, &jsonb, &mut Vec::new(), &mut by_text).expect(&jsonb);
+                walk(&jsonb, &jsonb, &mut Vec::new(), &mut by_serde).unwrap();
+                assert_eq!(spots(&by_text), spots(&by_serde), "{jsonb}");
+            }
+        }
+        let escaped = r#"{"\u0061": {"$pii": 1, "k": [], "n": "", "c": ""}}"#;
+        assert!(walk_text(escaped, escaped, &mut Vec::new(), &mut Vec::new()).is_none(), "left to serde");
+        assert_eq!(SealedText::find(escaped).unwrap().spots[0].path, "a");
     }
 }
