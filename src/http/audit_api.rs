@@ -123,11 +123,11 @@ async fn events(
     let key = PageKey { org_id: org, as_stored: raw, after, limit };
     let page = app.feed_pages.page(app.store.keystore(), key).await.map_err(ApiError::internal)?;
     app.metrics.feed_page(page.read_ahead);
-    Ok(Written::new(page_text(&page.events, page.next_after, page.head_position)))
+    Ok(Written::of_parts(page_parts(page.events, page.next_after, page.head_position)))
 }
 
 /// A page of the auditor feed. Its envelopes come written (`envelope::PageWriter`, on every
-/// core, straight from the rows), so answering only joins their text (`page_text`).
+/// core, straight from the rows), so answering only frames their text (`page_parts`).
 #[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct EventPage {
@@ -138,17 +138,18 @@ struct EventPage {
     head_position: i64,
 }
 
-/// `EventPage`'s JSON, around envelopes already written, in one allocation.
-fn page_text(events: &WrittenEnvelopes, next_after: i64, head_position: i64) -> String {
-    let mut text = String::with_capacity(events.array_len() + 64);
-    text.push_str("{\"events\":");
-    events.push_array(&mut text);
-    text.push_str(",\"nextAfter\":");
-    text.push_str(&next_after.to_string());
-    text.push_str(",\"headPosition\":");
-    text.push_str(&head_position.to_string());
-    text.push('}');
-    text
+/// `EventPage`'s JSON in parts: the envelopes' texts as written (one per share of the cores),
+/// framed, never copied into one text.
+fn page_parts(events: WrittenEnvelopes, next_after: i64, head_position: i64) -> Vec<String> {
+    let mut parts = vec![String::from("{\"events\":[")];
+    for (i, share) in events.into_shares().into_iter().enumerate() {
+        if i > 0 {
+            parts.push(String::from(","));
+        }
+        parts.push(share);
+    }
+    parts.push(format!("],\"nextAfter\":{next_after},\"headPosition\":{head_position}}}"));
+    parts
 }
 
 /// A page of the audit view.
@@ -334,7 +335,11 @@ mod tests {
                 let shares = [texts[..split].join(","), texts[split..].join(",")];
                 let written =
                     envelope::WrittenEnvelopes::of_texts(shares.into_iter().filter(|s| !s.is_empty()).collect());
-                assert_eq!(page_text(&written, next_after, head_position), expected, "page {i}, split at {split}");
+                assert_eq!(
+                    page_parts(written, next_after, head_position).concat(),
+                    expected,
+                    "page {i}, split at {split}"
+                );
             }
         }
     }

@@ -85,23 +85,38 @@ impl<R: JsonSchema> Reply for Written<R> {
 
 /// A reply whose JSON text was written before (the feed writes its pages straight from the rows):
 /// served as `application/json`, as `Json` serves, and described by `R`, whose serde form the
-/// text must be (the writer's tests hold it to that).
+/// text must be (the writer's tests hold it to that). The text may come in parts, sent one after
+/// the other as one body of their summed length, none copied into another.
 pub struct Written<R> {
-    text: String,
+    parts: Vec<String>,
     form: std::marker::PhantomData<fn() -> R>,
 }
 
 impl<R> Written<R> {
     /// `text`, which must be `R`'s JSON.
     pub fn new(text: String) -> Self {
-        Self { text, form: std::marker::PhantomData }
+        Self::of_parts(vec![text])
+    }
+
+    /// `parts`, which joined must be `R`'s JSON.
+    pub fn of_parts(parts: Vec<String>) -> Self {
+        Self { parts, form: std::marker::PhantomData }
     }
 }
 
 impl<R> axum::response::IntoResponse for Written<R> {
     fn into_response(self) -> axum::response::Response {
-        let json = axum::http::HeaderValue::from_static("application/json");
-        ([(axum::http::header::CONTENT_TYPE, json)], self.text).into_response()
+        use axum::http::{header, HeaderValue};
+        let json = HeaderValue::from_static("application/json");
+        let mut parts = self.parts;
+        if parts.len() <= 1 {
+            return ([(header::CONTENT_TYPE, json)], parts.pop().unwrap_or_default()).into_response();
+        }
+        let length = HeaderValue::from(parts.iter().map(String::len).sum::<usize>());
+        let body = axum::body::Body::from_stream(futures::stream::iter(
+            parts.into_iter().map(Ok::<String, std::convert::Infallible>),
+        ));
+        ([(header::CONTENT_TYPE, json), (header::CONTENT_LENGTH, length)], body).into_response()
     }
 }
 

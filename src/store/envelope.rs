@@ -132,39 +132,21 @@ type Parsed = (StoredEvent, Option<Sealed>);
 /// A row of the page, with its payload parsed when it holds a sealed field.
 type ParsedRow = (PgRow, Option<Sealed>);
 
-/// A page's envelopes written as JSON: the texts of its shares, each envelopes joined by commas.
+/// A page's envelopes written as JSON: one text per share of the page, its envelopes joined by commas.
 pub struct WrittenEnvelopes {
     shares: Vec<String>,
-    count: usize,
 }
 
 impl WrittenEnvelopes {
-    /// How many envelopes.
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
-    /// The bytes of `[…]`, the envelopes as a JSON array.
-    pub fn array_len(&self) -> usize {
-        2 + self.shares.iter().map(|s| s.len() + 1).sum::<usize>()
+    /// The texts of the shares (none empty), to be joined by commas.
+    pub fn into_shares(self) -> Vec<String> {
+        self.shares.into_iter().filter(|share| !share.is_empty()).collect()
     }
 
     /// Envelopes written elsewhere (tests of the replies that carry them).
     #[cfg(test)]
     pub(crate) fn of_texts(texts: Vec<String>) -> Self {
-        Self { count: texts.len(), shares: texts }
-    }
-
-    /// Writes the envelopes as a JSON array.
-    pub fn push_array(&self, out: &mut String) {
-        out.push('[');
-        for (i, share) in self.shares.iter().filter(|share| !share.is_empty()).enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(share);
-        }
-        out.push(']');
+        Self { shares: texts }
     }
 }
 
@@ -198,7 +180,6 @@ impl PageWriter {
         }
         let keys = OpeningKeys::for_ids(keystore, page.iter().flat_map(|(_, s)| key_ids(s.as_ref())).collect()).await?;
         let as_stored = self.as_stored;
-        let count = page.len();
         let shares = par_chunks(page, |share| {
             let Some(first) = share.first() else { return Ok(String::new()) };
             let first = EventRef::of_row(&first.0)?;
@@ -215,7 +196,7 @@ impl PageWriter {
         })
         .into_iter()
         .collect::<Result<Vec<String>, sqlx::Error>>()?;
-        Ok(WrittenEnvelopes { shares, count })
+        Ok(WrittenEnvelopes { shares })
     }
 }
 
