@@ -14,14 +14,15 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::admin::Admin;
-use super::openapi::{ApiRouter, Body, Doc, CURSOR, LIMIT, ORG};
+use super::openapi::{ApiRouter, Body, Doc, Written, CURSOR, LIMIT, ORG};
 use crate::auth::{guard, Principal, Role};
 use crate::contacts;
 use crate::directory::commands::addressable_agent;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::store::envelope::{self, WrittenEnvelopes};
 use crate::store::pages::PageKey;
-use crate::store::{envelope, rfc3339};
+use crate::store::rfc3339;
 use crate::validate::invalid;
 
 pub fn routes() -> ApiRouter {
@@ -105,7 +106,7 @@ async fn events(
     State(app): State<AppState>,
     admin: Admin,
     RawQuery(raw_query): RawQuery,
-) -> Result<Json<EventPage>, ApiError> {
+) -> Result<Written<EventPage>, ApiError> {
     let q = params(raw_query);
     let after = integer(&q, "after", 0, (0, i64::MAX))?;
     let limit = integer(&q, "limit", 100, (1, 1000))?;
@@ -122,20 +123,33 @@ async fn events(
     let key = PageKey { org_id: org, as_stored: raw, after, limit };
     let page = app.feed_pages.page(app.store.keystore(), key).await.map_err(ApiError::internal)?;
     app.metrics.feed_page(page.read_ahead);
-    Ok(Json(EventPage { events: page.events, next_after: page.next_after, head_position: page.head_position }))
+    Ok(Written::of_parts(page_parts(page.events, page.next_after, page.head_position)))
 }
 
-/// A page of the auditor feed. Its envelopes come written (`envelope::envelopes_json`, on every
-/// core), so answering only copies their text.
+/// A page of the auditor feed. Its envelopes come written (`envelope::PageWriter`, on every
+/// core, straight from the rows), so answering only frames their text (`page_parts`).
 #[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct EventPage {
-    #[schemars(with = "Vec<envelope::Envelope>")]
-    events: Vec<Box<serde_json::value::RawValue>>,
+    events: Vec<envelope::Envelope>,
     /// The `after` of the next page (this page's last position, or `after` when empty).
     next_after: i64,
     /// The highest position in scope a reader may see now.
     head_position: i64,
+}
+
+/// `EventPage`'s JSON in parts: the envelopes' texts as written (one per share of the cores),
+/// framed, never copied into one text.
+fn page_parts(events: WrittenEnvelopes, next_after: i64, head_position: i64) -> Vec<String> {
+    let mut parts = vec![String::from("{\"events\":[")];
+    for (i, share) in events.into_shares().into_iter().enumerate() {
+        if i > 0 {
+            parts.push(String::from(","));
+        }
+        parts.push(share);
+    }
+    parts.push(format!("],\"nextAfter\":{next_after},\"headPosition\":{head_position}}}"));
+    parts
 }
 
 /// A page of the audit view.
@@ -280,6 +294,55 @@ async fn audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The feed's reply, assembled around envelopes already written, is what serde writes for
+    /// `EventPage` (the type the OpenAPI document describes it by).
+    #[test]
+    fn a_written_page_is_what_serde_writes_for_the_event_page() {
+        let envelope = |position: i64, org_id: Option<&str>| envelope::Envelope {
+            position,
+            event_id: uuid::Uuid::from_u128(position as u128),
+            aggregate_type: "agent".into(),
+            aggregate_id: "a \"1\"".into(),
+            sequence: 1,
+            event_type: "DncAdded".into(),
+            event_version: "1.0".into(),
+            occurred_at: "2026-12-06T14:30:00.000Z".into(),
+            org_id: org_id.map(Into::into),
+            actor: Some(serde_json::value::RawValue::from_string(r#"{"id": "x", "kind": "agent"}"#.into()).unwrap()),
+            request_id: None,
+            transport: None,
+            provenance: None,
+            payload: serde_json::value::RawValue::from_string(r#"{"DncAdded": {"address": "+12025550100"}}"#.into())
+                .unwrap(),
+            prev_hash: "0".repeat(64),
+            hash: "1".repeat(64),
+            redactions: Vec::new(),
+            metadata: None,
+        };
+        let pages = || {
+            [
+                (vec![], 0, 0),
+                (vec![envelope(4096, Some("o1"))], 4096, 9000),
+                (vec![envelope(1, None), envelope(2, Some("o"))], 2, -1),
+            ]
+        };
+        for (i, (events, next_after, head_position)) in pages().into_iter().enumerate() {
+            let texts: Vec<String> = events.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
+            let expected = serde_json::to_string(&EventPage { events, next_after, head_position }).unwrap();
+            // However the envelopes were shared out when written.
+            for split in 0..=texts.len() {
+                let shares = [texts[..split].join(","), texts[split..].join(",")];
+                let written =
+                    envelope::WrittenEnvelopes::of_texts(shares.into_iter().filter(|s| !s.is_empty()).collect());
+                assert_eq!(
+                    page_parts(written, next_after, head_position).concat(),
+                    expected,
+                    "page {i}, split at {split}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn cursors_round_trip_and_foreign_ones_are_refused() {

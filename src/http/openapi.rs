@@ -6,8 +6,8 @@
 //! `tools/list` announces), looked up through the `ToolSchemas` the caller passes in (`app.rs`
 //! gives `mcp::tools::input_schema`: `http` sits below `mcp` and does not import it). The 200
 //! reply's schema is derived (schemars) from the type the handler itself returns,
-//! `Result<Json<T>, ApiError>` (`Replies`): a handler cannot change what it answers without the
-//! document following.
+//! `Result<Json<T>, ApiError>` or, for JSON written by hand, `Result<Written<T>, ApiError>`
+//! (`Replies`, `Reply`): a handler cannot change what it answers without the document following.
 
 use std::future::Future;
 
@@ -63,21 +63,72 @@ pub struct Op {
     pub reply: ReplySchema,
 }
 
-/// What a handler answers with: the `T` of its `Result<Json<T>, ApiError>`, for every arity of
-/// extractors the admin routes use.
+/// What a handler answers with: the schema type of the success of its `Result<S, ApiError>`
+/// (`S: Reply`), for every arity of extractors the admin routes use.
 pub trait Replies<Args> {
     type Reply: JsonSchema;
 }
 
+/// A success reply and the type its JSON is described by: `Json<R>` is `R` serialized,
+/// `Written<R>` JSON text written by hand in `R`'s form.
+pub trait Reply {
+    type Schema: JsonSchema;
+}
+
+impl<R: JsonSchema> Reply for Json<R> {
+    type Schema = R;
+}
+
+impl<R: JsonSchema> Reply for Written<R> {
+    type Schema = R;
+}
+
+/// A reply whose JSON text was written before (the feed writes its pages straight from the rows):
+/// served as `application/json`, as `Json` serves, and described by `R`, whose serde form the
+/// text must be (the writer's tests hold it to that). The text may come in parts, sent one after
+/// the other as one body of their summed length, none copied into another.
+pub struct Written<R> {
+    parts: Vec<String>,
+    form: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R> Written<R> {
+    /// `text`, which must be `R`'s JSON.
+    pub fn new(text: String) -> Self {
+        Self::of_parts(vec![text])
+    }
+
+    /// `parts`, which joined must be `R`'s JSON.
+    pub fn of_parts(parts: Vec<String>) -> Self {
+        Self { parts, form: std::marker::PhantomData }
+    }
+}
+
+impl<R> axum::response::IntoResponse for Written<R> {
+    fn into_response(self) -> axum::response::Response {
+        use axum::http::{header, HeaderValue};
+        let json = HeaderValue::from_static("application/json");
+        let mut parts = self.parts;
+        if parts.len() <= 1 {
+            return ([(header::CONTENT_TYPE, json)], parts.pop().unwrap_or_default()).into_response();
+        }
+        let length = HeaderValue::from(parts.iter().map(String::len).sum::<usize>());
+        let body = axum::body::Body::from_stream(futures::stream::iter(
+            parts.into_iter().map(Ok::<String, std::convert::Infallible>),
+        ));
+        ([(header::CONTENT_TYPE, json), (header::CONTENT_LENGTH, length)], body).into_response()
+    }
+}
+
 macro_rules! replies {
     ($($arg:ident),*) => {
-        impl<F, Fut, R, $($arg,)*> Replies<($($arg,)*)> for F
+        impl<F, Fut, S, $($arg,)*> Replies<($($arg,)*)> for F
         where
             F: FnOnce($($arg),*) -> Fut,
-            Fut: Future<Output = Result<Json<R>, ApiError>>,
-            R: JsonSchema,
+            Fut: Future<Output = Result<S, ApiError>>,
+            S: Reply,
         {
-            type Reply = R;
+            type Reply = S::Schema;
         }
     };
 }

@@ -8,7 +8,10 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::feed::StoredEvent;
+use sqlx::postgres::PgRow;
+
+use super::feed::{payload_of_row, EventRef, StoredEvent};
+use super::json_text;
 use super::keystore::{KeyStore, KeyStoreError};
 use super::sealing::{OpeningKeys, Redaction, SealedPayload, SealedText};
 
@@ -98,53 +101,102 @@ pub async fn envelopes(
     Ok(par_map(page, |(event, sealed)| build(event, sealed, &keys, as_stored)))
 }
 
-/// `envelopes`, each already written as JSON, as the feed writes them (`PageWriter`, one share).
+/// `envelopes`, each written as JSON by the feed's writer (`PageWriter`): the same text as
+/// `serde_json` gives for each `Envelope` of `envelopes`.
 pub async fn envelopes_json(
     keystore: &KeyStore,
     events: Vec<StoredEvent>,
     as_stored: bool,
 ) -> Result<Vec<Box<RawValue>>, KeyStoreError> {
-    let mut writer = PageWriter::new(as_stored);
-    writer.add(events);
-    writer.write(keystore).await
+    let (page, keys) = prepare(keystore, events, as_stored).await?;
+    Ok(par_map(page, |(event, sealed)| {
+        let mut out = String::new();
+        write_envelope(&mut out, &EventRef::of(&event), sealed, &keys, as_stored);
+        raw(out)
+    }))
 }
 
-/// A feed page being written while it is read: each share of the page is parsed on the
-/// blocking pool as soon as it arrives (`add`), while Postgres sends the next; `write` then looks
-/// up the page's keys (one query) and opens and writes every envelope (`par_map`).
+/// A feed page being written while it is read: each share of the page's rows, as Postgres sent
+/// them, has its payloads parsed on the blocking pool as soon as it arrives (`add`), while
+/// Postgres sends the next; `write` then looks up the page's keys (one query) and writes every
+/// envelope, its fields opened, straight from the rows into the page's text (`par_chunks`: one
+/// text per share of the cores), byte for byte what `serde_json` writes for the `Envelope`.
 pub struct PageWriter {
     as_stored: bool,
-    parsing: Vec<tokio::task::JoinHandle<Vec<Parsed>>>,
+    parsing: Vec<tokio::task::JoinHandle<Result<Vec<ParsedRow>, sqlx::Error>>>,
 }
 
 /// An event, with its payload parsed when it holds a sealed field.
 type Parsed = (StoredEvent, Option<Sealed>);
+
+/// A row of the page, with its payload parsed when it holds a sealed field.
+type ParsedRow = (PgRow, Option<Sealed>);
+
+/// A page's envelopes written as JSON: one text per share of the page, its envelopes joined by commas.
+pub struct WrittenEnvelopes {
+    shares: Vec<String>,
+}
+
+impl WrittenEnvelopes {
+    /// The texts of the shares (none empty), to be joined by commas.
+    pub fn into_shares(self) -> Vec<String> {
+        self.shares.into_iter().filter(|share| !share.is_empty()).collect()
+    }
+
+    /// Envelopes written elsewhere (tests of the replies that carry them).
+    #[cfg(test)]
+    pub(crate) fn of_texts(texts: Vec<String>) -> Self {
+        Self { shares: texts }
+    }
+}
 
 impl PageWriter {
     pub fn new(as_stored: bool) -> Self {
         Self { as_stored, parsing: Vec::new() }
     }
 
-    /// The next share of the page, in order.
-    pub fn add(&mut self, events: Vec<StoredEvent>) {
+    /// The next share of the page's rows (`feed::COLUMNS`), in order.
+    pub fn add(&mut self, rows: Vec<PgRow>) {
         let as_stored = self.as_stored;
-        self.parsing
-            .push(tokio::task::spawn_blocking(move || events.into_iter().map(|e| parse(e, as_stored)).collect()));
+        self.parsing.push(tokio::task::spawn_blocking(move || {
+            rows.into_iter()
+                .map(|row| {
+                    let sealed = parse(payload_of_row(&row)?, as_stored);
+                    Ok((row, sealed))
+                })
+                .collect()
+        }));
     }
 
     /// Every envelope of the page, written as JSON.
-    pub async fn write(self, keystore: &KeyStore) -> Result<Vec<Box<RawValue>>, KeyStoreError> {
-        let mut page: Vec<Parsed> = Vec::new();
+    pub async fn write(self, keystore: &KeyStore) -> Result<WrittenEnvelopes, KeyStoreError> {
+        let mut page: Vec<ParsedRow> = Vec::new();
         for share in self.parsing {
             match share.await {
-                Ok(parsed) => page.extend(parsed),
+                Ok(parsed) => page.extend(parsed?),
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(e) => return Err(KeyStoreError::Unwrap(format!("a share of the page was not parsed: {e}"))),
             }
         }
         let keys = OpeningKeys::for_ids(keystore, page.iter().flat_map(|(_, s)| key_ids(s.as_ref())).collect()).await?;
         let as_stored = self.as_stored;
-        Ok(par_map(page, |(event, sealed)| write(build(event, sealed, &keys, as_stored))))
+        let shares = par_chunks(page, |share| {
+            let Some(first) = share.first() else { return Ok(String::new()) };
+            let first = EventRef::of_row(&first.0)?;
+            // Room for the share at the size of its first envelope, so that it grows rarely.
+            let each = first.payload.len() + first.metadata.len() * if as_stored { 2 } else { 1 } + 512;
+            let mut out = String::with_capacity(each * share.len());
+            for (i, (row, sealed)) in share.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_envelope(&mut out, &EventRef::of_row(&row)?, sealed, &keys, as_stored);
+            }
+            Ok(out)
+        })
+        .into_iter()
+        .collect::<Result<Vec<String>, sqlx::Error>>()?;
+        Ok(WrittenEnvelopes { shares })
     }
 }
 
@@ -155,11 +207,10 @@ enum Sealed {
     Tree(SealedPayload),
 }
 
-fn parse(event: StoredEvent, as_stored: bool) -> Parsed {
-    let text = event.payload.get();
-    let sealed = (!as_stored && has_sealed_field(text))
-        .then(|| SealedText::find(text).map_or_else(|| Sealed::Tree(SealedPayload::parse(text)), Sealed::Text));
-    (event, sealed)
+/// The sealed fields of a stored payload, when it may hold one and is not to be shown as stored.
+fn parse(payload: &str, as_stored: bool) -> Option<Sealed> {
+    (!as_stored && has_sealed_field(payload))
+        .then(|| SealedText::find(payload).map_or_else(|| Sealed::Tree(SealedPayload::parse(payload)), Sealed::Text))
 }
 
 fn key_ids(sealed: Option<&Sealed>) -> Vec<Uuid> {
@@ -170,8 +221,80 @@ fn key_ids(sealed: Option<&Sealed>) -> Vec<Uuid> {
     }
 }
 
-fn write(envelope: Envelope) -> Box<RawValue> {
-    serde_json::value::to_raw_value(&envelope).unwrap_or_else(|_| raw("null".into()))
+/// The names of the context fields of the stored metadata, in the envelope's order.
+const CONTEXT: [&str; 4] = ["actor", "requestId", "transport", "provenance"];
+
+/// The context fields of the stored metadata (`CONTEXT`), as their text: found by a walk of the
+/// text, or by serde (`Context`) where the walk does not read the text (see `json_text::members`).
+fn context_fields(metadata: &str) -> [Option<&str>; 4] {
+    json_text::members(metadata, CONTEXT).unwrap_or_else(|| {
+        let context: Context = serde_json::from_str(metadata).unwrap_or_default();
+        [context.actor, context.request_id, context.transport, context.provenance].map(|f| f.map(RawValue::get))
+    })
+}
+
+/// The envelope of `event` written as JSON into `out`: what `serde_json` writes for
+/// `build(event, sealed, keys, as_stored)`, without building it. The stored JSON it shows as
+/// stored (context fields, payloads) is jsonb's text, JSON by construction: copied, not
+/// validated again.
+fn write_envelope(out: &mut String, event: &EventRef, sealed: Option<Sealed>, keys: &OpeningKeys, as_stored: bool) {
+    out.push_str("{\"position\":");
+    json_text::push_int(out, event.position);
+    out.push_str(",\"eventId\":");
+    json_text::push_uuid(out, event.event_id);
+    out.push_str(",\"aggregateType\":");
+    json_text::push_str(out, event.aggregate_type);
+    out.push_str(",\"aggregateId\":");
+    json_text::push_str(out, event.aggregate_id);
+    out.push_str(",\"sequence\":");
+    json_text::push_int(out, event.sequence);
+    out.push_str(",\"eventType\":");
+    json_text::push_str(out, event.event_type);
+    out.push_str(",\"eventVersion\":");
+    json_text::push_str(out, event.event_version);
+    out.push_str(",\"occurredAt\":");
+    json_text::push_time(out, event.occurred_at);
+    out.push_str(",\"orgId\":");
+    json_text::push_opt_str(out, event.org_id);
+    let [actor, request_id, transport, provenance] = context_fields(event.metadata);
+    for (name, field) in [
+        (",\"actor\":", actor),
+        (",\"requestId\":", request_id),
+        (",\"transport\":", transport),
+        (",\"provenance\":", provenance),
+    ] {
+        out.push_str(name);
+        out.push_str(field.unwrap_or("null"));
+    }
+    out.push_str(",\"payload\":");
+    let mut redactions = Vec::new();
+    match sealed {
+        Some(Sealed::Text(sealed)) => sealed.open_into(keys, event.payload, event.event_id, out, &mut redactions),
+        Some(Sealed::Tree(sealed)) => {
+            let (payload, opened) = sealed.open(keys, event.event_id);
+            out.push_str(&serde_json::to_string(&payload).unwrap_or_else(|_| "null".into()));
+            redactions = opened;
+        }
+        None => out.push_str(event.payload),
+    }
+    out.push_str(",\"prevHash\":");
+    json_text::push_str(out, event.prev_hash);
+    out.push_str(",\"hash\":");
+    json_text::push_str(out, event.hash);
+    out.push_str(",\"redactions\":[");
+    for (i, Redaction { path, reason }) in redactions.iter().enumerate() {
+        out.push_str(if i > 0 { ",{\"path\":" } else { "{\"path\":" });
+        json_text::push_str(out, path);
+        out.push_str(",\"reason\":");
+        json_text::push_str(out, reason);
+        out.push('}');
+    }
+    out.push(']');
+    if as_stored {
+        out.push_str(",\"metadata\":");
+        out.push_str(event.metadata);
+    }
+    out.push('}');
 }
 
 /// Each event with its payload parsed when it holds a sealed field (parsed once, its fields
@@ -181,7 +304,10 @@ async fn prepare(
     events: Vec<StoredEvent>,
     as_stored: bool,
 ) -> Result<(Vec<Parsed>, OpeningKeys), KeyStoreError> {
-    let page: Vec<Parsed> = par_map(events, |e| parse(e, as_stored));
+    let page: Vec<Parsed> = par_map(events, |e| {
+        let sealed = parse(e.payload.get(), as_stored);
+        (e, sealed)
+    });
     let keys = OpeningKeys::for_ids(keystore, page.iter().flat_map(|(_, s)| key_ids(s.as_ref())).collect()).await?;
     Ok((page, keys))
 }
@@ -228,14 +354,25 @@ fn build(event: StoredEvent, sealed: Option<Sealed>, keys: &OpeningKeys, as_stor
 /// Below this many items a share is not worth a thread.
 const PER_THREAD: usize = 64;
 
-/// `items.map(f)` in order, spread over the available cores in contiguous shares: the calling
-/// thread takes the first share, scoped threads the others (a page is a few milliseconds of
-/// work, so a thread per share costs little; no pool to size or starve, in any runtime).
+/// `items.map(f)` in order, spread over the available cores (`par_chunks`).
 fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let mut shares = par_chunks(items, |share| share.into_iter().map(&f).collect::<Vec<R>>()).into_iter();
+    let mut out = shares.next().unwrap_or_default();
+    for share in shares {
+        out.extend(share);
+    }
+    out
+}
+
+/// `f` of each of the contiguous shares of `items` that spread them over the available cores
+/// (one share below `2 × PER_THREAD` items), in order: the calling thread takes the first share,
+/// scoped threads the others (a page is a few milliseconds of work, so a thread per share costs
+/// little; no pool to size or starve, in any runtime).
+fn par_chunks<T: Send, R: Send>(items: Vec<T>, f: impl Fn(Vec<T>) -> R + Sync) -> Vec<R> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = cores.min(items.len() / PER_THREAD).max(1);
     if threads == 1 {
-        return items.into_iter().map(f).collect();
+        return vec![f(items)];
     }
     let share = items.len().div_ceil(threads);
     let mut shares: Vec<Vec<T>> = Vec::with_capacity(threads);
@@ -251,12 +388,12 @@ fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R>
     std::thread::scope(|scope| {
         let mut shares = shares.into_iter();
         let first = shares.next().unwrap_or_default();
-        let others: Vec<_> =
-            shares.map(|share| scope.spawn(move || share.into_iter().map(f).collect::<Vec<R>>())).collect();
-        let mut out: Vec<R> = first.into_iter().map(f).collect();
+        let others: Vec<_> = shares.map(|share| scope.spawn(move || f(share))).collect();
+        let mut out = Vec::with_capacity(threads);
+        out.push(f(first));
         for other in others {
             match other.join() {
-                Ok(done) => out.extend(done),
+                Ok(done) => out.push(done),
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
@@ -267,6 +404,132 @@ fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::envelope::seal;
+    use crate::crypto::Key;
+    use commguard_projections::RawJson;
+    use serde_json::json;
+    use std::collections::HashMap;
+
+    fn event(n: i64, org_id: Option<&str>, text: &str, payload: String, metadata: &str) -> StoredEvent {
+        StoredEvent {
+            position: n << 12 | n,
+            event_id: Uuid::from_u128(0x9000 + n as u128),
+            aggregate_type: format!("agent{text}"),
+            aggregate_id: format!("id-{n}{text}"),
+            sequence: n * 1_000_000_007,
+            event_type: "MessageSent".into(),
+            event_version: "1.0".into(),
+            occurred_at: chrono::DateTime::from_timestamp(1_765_000_000 + n * 86_399, (n as u32) * 7_654_321).unwrap(),
+            org_id: org_id.map(Into::into),
+            payload: RawJson(payload),
+            metadata: RawJson(metadata.into()),
+            prev_hash: format!("{:064x}", n),
+            hash: format!("{:064x}", n + 1),
+        }
+    }
+
+    /// The feed's hand-written envelope (`write_envelope`) is, byte for byte, what serde writes
+    /// for the `Envelope` the other readers build: opened, erased and corrupt fields, several
+    /// fields in one payload, the tree fallback, `raw=true`, escapes, a null org, context fields
+    /// present, absent, null, and metadata the text walk leaves to serde.
+    #[test]
+    fn written_envelopes_are_what_serde_writes_for_each_envelope() {
+        let (live, gone, retained) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let key: Key = [7u8; 32];
+        let keys = OpeningKeys::from_keys(
+            HashMap::from([(live, key)]),
+            HashMap::from([(gone, "subject".to_string()), (retained, "retention".to_string())]),
+        );
+        let sealed = |n: i64, path: &str, text: &str, ids: &[Uuid]| {
+            let keys: Vec<(Uuid, Key)> = ids.iter().map(|id| (*id, key)).collect();
+            serde_json::to_value(seal(&keys, Uuid::from_u128(0x9000 + n as u128), path, text)).unwrap()
+        };
+        // Postgres's jsonb text: `"key": value`, keys by length then bytes.
+        let jsonb = |value: serde_json::Value| -> String {
+            let compact = serde_json::to_string(&value).unwrap();
+            compact.replace("\":", "\": ").replace(",\"", ", \"")
+        };
+        let metadata = [
+            r#"{"actor": {"id": "agent-1", "kind": "agent"}, "transport": "mcp", "requestId": "req-1", "provenance": {"checks": ["dnc", "consent"], "refusedBy": null}}"#,
+            r#"{"actor": {"id": "o \"q\" \\ \u0001 é", "kind": "org"}, "requestId": null}"#,
+            r#"{}"#,
+            r#"{"transport": "http", "extra": [1, {"actor": 2}, "]}"], "provenance": 12.5e-3}"#,
+            "null",
+            r#"{"actor": 1, "actor": 2}"#,
+            r#"["positional", "members"]"#,
+        ];
+        let mut events = Vec::new();
+        for (i, metadata) in metadata.iter().enumerate() {
+            let n = i as i64 * 8;
+            events.push(event(
+                n,
+                Some("org-1"),
+                "",
+                jsonb(json!({"DncAdded": {"address":
+                sealed(n, "DncAdded.address", "+12025550100", &[live]), "reason": "bench"}})),
+                metadata,
+            ));
+            events.push(event(
+                n + 1,
+                None,
+                " \"x\"\n\u{1}é😀",
+                jsonb(json!({"MessageSent": {
+                "to": sealed(n + 1, "MessageSent.to", "pat \"q\" \\ \u{7}\u{1f} é", &[live]),
+                "body": sealed(n + 1, "MessageSent.body", "hello", &[live]),
+                "bcc": sealed(n + 1, "MessageSent.bcc", "kept too long", &[live, retained]),
+                "cc": [sealed(n + 1, "MessageSent.cc.0", "one", &[gone]), {"$pii": "not a field"}],
+                "moved": sealed(n + 1, "elsewhere", "bound to its path", &[live]),
+                "cost": 12345678901234567u64}})),
+                metadata,
+            ));
+            events.push(event(
+                n + 2,
+                Some("o\"2"),
+                "",
+                jsonb(json!({"Plain": {"text": "no field \u{2028} here"}})),
+                metadata,
+            ));
+            events.push(event(n + 3, None, "", format!("{{\"broken\": \"$pii\" {n}"), metadata));
+            events.push(event(
+                n + 4,
+                Some("org-1"),
+                "",
+                jsonb(json!({"b": sealed(n + 4, "b", "B", &[gone, retained]),
+                "a": sealed(n + 4, "a", "A", &[retained]), "aa": {"k": sealed(n + 4, "aa.k", "K", &[live])}})),
+                metadata,
+            ));
+        }
+        for as_stored in [false, true] {
+            // A text that is not JSON (never a jsonb column's) is the tree fallback's case when
+            // fields are opened; shown as stored, the writer copies stored JSON without reading it.
+            for e in events
+                .iter()
+                .filter(|e| !as_stored || e.payload.get().starts_with("{\"") && !e.payload.get().contains("broken"))
+            {
+                let sealed = parse(e.payload.get(), as_stored);
+                let mut written = String::new();
+                write_envelope(&mut written, &EventRef::of(e), sealed, &keys, as_stored);
+                let built = build(e.clone(), parse(e.payload.get(), as_stored), &keys, as_stored);
+                assert_eq!(written, serde_json::to_string(&built).unwrap(), "raw={as_stored}");
+            }
+        }
+        // The cases are the ones named: opened, each redaction reason, the tree fallback.
+        let page: Vec<String> = events
+            .iter()
+            .map(|e| {
+                let mut out = String::new();
+                write_envelope(&mut out, &EventRef::of(e), parse(e.payload.get(), false), &keys, false);
+                out
+            })
+            .collect();
+        assert!(page[0].contains(r#""address": "+12025550100""#), "{}", page[0]);
+        assert!(page[1].contains(r#""reason":"subject_erased""#) && page[1].contains(r#""reason":"corrupt""#));
+        assert!(page[1].contains(r#""body": "hello""#), "{}", page[1]);
+        assert!(page[4].contains(r#"{"path":"a","reason":"retention_expired"},{"path":"b","reason":"subject_erased"}"#));
+        assert!(page[3].contains(r#""payload":null"#), "{}", page[3]);
+        assert!(page[2].contains(r#""orgId":"o\"2""#));
+        assert!(page[1].contains(r#""orgId":null"#));
+    }
 
     #[test]
     fn par_map_keeps_the_order_of_every_item() {

@@ -15,23 +15,92 @@ pub use commguard_projections::{RawJson, StoredEvent};
 pub(crate) const COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, sequence, event_type, \
      event_version, occurred_at, org_id, payload::text AS payload, metadata::text AS metadata, prev_hash, hash";
 
-/// A row of `COLUMNS`, read by position (in `COLUMNS` order): no column-name lookups per field.
+/// A row of `COLUMNS`, read by position (in `COLUMNS` order): no column-name lookups per field,
+/// and no type check per column (`try_get_unchecked`): the statement is ours, its column types
+/// fixed by `COLUMNS` and the table.
 pub(crate) fn stored_event_from_row(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
     Ok(StoredEvent {
-        position: row.try_get(0)?,
-        event_id: row.try_get(1)?,
-        aggregate_type: row.try_get(2)?,
-        aggregate_id: row.try_get(3)?,
-        sequence: row.try_get(4)?,
-        event_type: row.try_get(5)?,
-        event_version: row.try_get(6)?,
-        occurred_at: row.try_get(7)?,
-        org_id: row.try_get(8)?,
-        payload: RawJson(row.try_get(9)?),
-        metadata: RawJson(row.try_get(10)?),
-        prev_hash: row.try_get(11)?,
-        hash: row.try_get(12)?,
+        position: row.try_get_unchecked(0)?,
+        event_id: row.try_get_unchecked(1)?,
+        aggregate_type: row.try_get_unchecked(2)?,
+        aggregate_id: row.try_get_unchecked(3)?,
+        sequence: row.try_get_unchecked(4)?,
+        event_type: row.try_get_unchecked(5)?,
+        event_version: row.try_get_unchecked(6)?,
+        occurred_at: row.try_get_unchecked(7)?,
+        org_id: row.try_get_unchecked(8)?,
+        payload: RawJson(row.try_get_unchecked(9)?),
+        metadata: RawJson(row.try_get_unchecked(10)?),
+        prev_hash: row.try_get_unchecked(11)?,
+        hash: row.try_get_unchecked(12)?,
     })
+}
+
+/// An event's columns, borrowed: from a row of `COLUMNS` as Postgres sent it (`EventRef::of_row`,
+/// nothing copied), or from a `StoredEvent`.
+pub(crate) struct EventRef<'a> {
+    pub position: i64,
+    pub event_id: uuid::Uuid,
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub sequence: i64,
+    pub event_type: &'a str,
+    pub event_version: &'a str,
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
+    pub org_id: Option<&'a str>,
+    pub payload: &'a str,
+    pub metadata: &'a str,
+    pub prev_hash: &'a str,
+    pub hash: &'a str,
+}
+
+impl<'a> EventRef<'a> {
+    /// A row of `COLUMNS`, by position and without type checks, as `stored_event_from_row`.
+    pub(crate) fn of_row(row: &'a PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            position: row.try_get_unchecked(0)?,
+            event_id: row.try_get_unchecked(1)?,
+            aggregate_type: row.try_get_unchecked(2)?,
+            aggregate_id: row.try_get_unchecked(3)?,
+            sequence: row.try_get_unchecked(4)?,
+            event_type: row.try_get_unchecked(5)?,
+            event_version: row.try_get_unchecked(6)?,
+            occurred_at: row.try_get_unchecked(7)?,
+            org_id: row.try_get_unchecked(8)?,
+            payload: row.try_get_unchecked(9)?,
+            metadata: row.try_get_unchecked(10)?,
+            prev_hash: row.try_get_unchecked(11)?,
+            hash: row.try_get_unchecked(12)?,
+        })
+    }
+
+    pub(crate) fn of(event: &'a StoredEvent) -> Self {
+        Self {
+            position: event.position,
+            event_id: event.event_id,
+            aggregate_type: &event.aggregate_type,
+            aggregate_id: &event.aggregate_id,
+            sequence: event.sequence,
+            event_type: &event.event_type,
+            event_version: &event.event_version,
+            occurred_at: event.occurred_at,
+            org_id: event.org_id.as_deref(),
+            payload: event.payload.get(),
+            metadata: event.metadata.get(),
+            prev_hash: &event.prev_hash,
+            hash: &event.hash,
+        }
+    }
+}
+
+/// The payload (as text) of a row of `COLUMNS`.
+pub(crate) fn payload_of_row(row: &PgRow) -> Result<&str, sqlx::Error> {
+    row.try_get_unchecked(9)
+}
+
+/// The position of a row of `COLUMNS`.
+pub(crate) fn position_of_row(row: &PgRow) -> Result<i64, sqlx::Error> {
+    row.try_get_unchecked(0)
 }
 
 /// Up to `limit` events after `after`, in global order, never past the horizon.
@@ -128,6 +197,31 @@ pub async fn read_below(
     chunk: usize,
     mut each: impl FnMut(Vec<StoredEvent>),
 ) -> Result<usize, sqlx::Error> {
+    let mut failed = None;
+    let count = read_rows_below(conn, after, horizon, limit, org_id, chunk, |rows| {
+        match rows.iter().map(stored_event_from_row).collect::<Result<Vec<_>, _>>() {
+            Ok(events) => each(events),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    })
+    .await?;
+    failed.map_or(Ok(count), Err)
+}
+
+/// `read_below`'s rows as Postgres sent them (`COLUMNS`, undecoded), `chunk` at a time: the task
+/// that reads the socket only gathers them, the reader decodes them where it likes
+/// (`store::pages` on the blocking pool, beside the socket).
+pub(crate) async fn read_rows_below(
+    conn: &mut sqlx::PgConnection,
+    after: i64,
+    horizon: i64,
+    limit: i64,
+    org_id: Option<&str>,
+    chunk: usize,
+    mut each: impl FnMut(Vec<PgRow>),
+) -> Result<usize, sqlx::Error> {
     let org_sql = format!(
         "SELECT {COLUMNS} FROM events WHERE org_id = $1 AND position > $2 AND position < $3
          ORDER BY position LIMIT $4"
@@ -139,16 +233,16 @@ pub async fn read_below(
         None => sqlx::query(&all_sql).bind(after).bind(horizon).bind(limit).fetch(conn),
     };
     let share = chunk.min(usize::try_from(limit).unwrap_or(0)).max(1);
-    let (mut events, mut count) = (Vec::with_capacity(share.min(1000)), 0);
+    let (mut gathered, mut count) = (Vec::with_capacity(share.min(1000)), 0);
     while let Some(row) = rows.try_next().await? {
-        events.push(stored_event_from_row(&row)?);
+        gathered.push(row);
         count += 1;
-        if events.len() == share {
-            each(std::mem::replace(&mut events, Vec::with_capacity(share.min(1000))));
+        if gathered.len() == share {
+            each(std::mem::replace(&mut gathered, Vec::with_capacity(share.min(1000))));
         }
     }
-    if !events.is_empty() {
-        each(events);
+    if !gathered.is_empty() {
+        each(gathered);
     }
     Ok(count)
 }

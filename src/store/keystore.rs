@@ -13,6 +13,10 @@ use uuid::Uuid;
 
 use crate::crypto::{DataKeys, Key};
 
+/// A map keyed by key ids (UUIDs this service makes, not chosen by callers): foldhash, not
+/// SipHash, since the feed hashes a few ids per event.
+pub type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStoreError {
     #[error("key store database error: {0}")]
@@ -105,20 +109,24 @@ pub(crate) struct FieldKeys {
 
 #[derive(Default)]
 struct FieldKeysInner {
-    unwrapped: Mutex<HashMap<Uuid, (Key, Instant)>>,
-    derived: Mutex<HashMap<Vec<Uuid>, (Key, Instant)>>,
+    unwrapped: Mutex<IdMap<Uuid, (Key, Instant)>>,
+    derived: Mutex<IdMap<Vec<Uuid>, (Key, Instant)>>,
 }
 
 const OPENED_TTL: Duration = Duration::from_secs(30);
 const OPENED_CAPACITY: usize = 65_536;
 
+/// Whether a memo entry made `at` is still to be used at `now`.
+fn fresh(at: Instant, now: Instant) -> bool {
+    now.saturating_duration_since(at) < OPENED_TTL
+}
+
 impl FieldKeys {
-    /// The keys among `ids` unwrapped lately (whether they still live is not known here).
-    fn kept(&self, ids: &[Uuid]) -> HashMap<Uuid, Key> {
+    /// The keys among `ids` unwrapped lately, as of `now` (whether they still live is not known
+    /// here).
+    fn kept(&self, ids: &[Uuid], now: Instant) -> IdMap<Uuid, Key> {
         let memo = self.inner.unwrapped.lock().expect("opening memo lock");
-        ids.iter()
-            .filter_map(|id| memo.get(id).filter(|(_, at)| at.elapsed() < OPENED_TTL).map(|(key, _)| (*id, *key)))
-            .collect()
+        ids.iter().filter_map(|id| memo.get(id).filter(|(_, at)| fresh(*at, now)).map(|(key, _)| (*id, *key))).collect()
     }
 
     fn keep(&self, id: Uuid, key: Key) {
@@ -129,10 +137,11 @@ impl FieldKeys {
         memo.insert(id, (key, Instant::now()));
     }
 
-    /// The field key of the live keys `ids`, derived by `derive` unless kept.
-    pub(crate) fn get_or_derive(&self, ids: &[Uuid], derive: impl FnOnce() -> Key) -> Key {
+    /// The field key of the live keys `ids`, derived by `derive` unless kept as of `now` (a
+    /// page's keys are read once, at one instant: no clock read per field).
+    pub(crate) fn get_or_derive(&self, ids: &[Uuid], now: Instant, derive: impl FnOnce() -> Key) -> Key {
         if let Some((key, at)) = self.inner.derived.lock().expect("opening memo lock").get(ids) {
-            if at.elapsed() < OPENED_TTL {
+            if fresh(*at, now) {
                 return *key;
             }
         }
@@ -205,8 +214,9 @@ impl KeyStore {
     pub async fn for_opening(
         &self,
         ids: &[Uuid],
-    ) -> Result<(HashMap<Uuid, Key>, HashMap<Uuid, String>), KeyStoreError> {
-        let kept: HashMap<Uuid, Key> = self.opened.kept(ids);
+        now: Instant,
+    ) -> Result<(IdMap<Uuid, Key>, IdMap<Uuid, String>), KeyStoreError> {
+        let kept: IdMap<Uuid, Key> = self.opened.kept(ids, now);
         let (kept_ids, other_ids): (Vec<Uuid>, Vec<Uuid>) = ids.iter().partition(|id| kept.contains_key(id));
         // Joined with the ids, never `<> ALL` (a scan of the array for every row: a page of
         // 1,000 kept keys cost Postgres 4 ms, as much as reading the page itself) nor `= ANY`
@@ -221,8 +231,8 @@ impl KeyStore {
         .bind(&kept_ids)
         .fetch_all(&self.pool)
         .await?;
-        let mut destroyed: HashMap<Uuid, String> = HashMap::new();
-        let mut live: HashMap<Uuid, Key> = HashMap::with_capacity(ids.len());
+        let mut destroyed: IdMap<Uuid, String> = IdMap::default();
+        let mut live: IdMap<Uuid, Key> = IdMap::with_capacity_and_hasher(ids.len(), Default::default());
         for (id, kind, wrapped) in rows {
             match wrapped {
                 Some(wrapped) => {

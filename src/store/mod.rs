@@ -8,6 +8,7 @@ pub mod embedded;
 pub mod envelope;
 pub mod feed;
 pub mod history;
+mod json_text;
 pub mod keystore;
 pub mod pages;
 pub mod receipt;

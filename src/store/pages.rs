@@ -17,11 +17,10 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
-use super::envelope::PageWriter;
+use super::envelope::{PageWriter, WrittenEnvelopes};
 use super::feed;
 use super::keystore::{KeyStore, KeyStoreError};
 
@@ -51,9 +50,9 @@ struct Rows {
 /// A page's rows being read ahead.
 type Reading = JoinHandle<Result<Rows, sqlx::Error>>;
 
-/// A page, its envelopes written.
+/// A page, its envelopes written as JSON.
 pub struct Page {
-    pub events: Vec<Box<RawValue>>,
+    pub events: WrittenEnvelopes,
     /// The `after` of the next page: this page's last position, or `after` when empty.
     pub next_after: i64,
     pub head_position: i64,
@@ -131,14 +130,15 @@ impl FeedPages {
     }
 }
 
-/// The rows of page `key` below `horizon`, each share parsed on the blocking pool as it arrives.
+/// The rows of page `key` below `horizon`, each share decoded and parsed on the blocking pool as
+/// it arrives.
 async fn read(conn: &mut sqlx::PgConnection, key: &PageKey, horizon: i64) -> Result<Rows, sqlx::Error> {
     let mut writer = PageWriter::new(key.as_stored);
-    let mut last = None;
-    let count = feed::read_below(conn, key.after, horizon, key.limit, key.org_id.as_deref(), SHARE, |share| {
-        last = share.last().map(|e| e.position);
+    let mut last = Ok(None);
+    let count = feed::read_rows_below(conn, key.after, horizon, key.limit, key.org_id.as_deref(), SHARE, |share| {
+        last = share.last().map(feed::position_of_row).transpose();
         writer.add(share);
     })
     .await?;
-    Ok(Rows { writer, count, last })
+    Ok(Rows { writer, count, last: last? })
 }

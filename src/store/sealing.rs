@@ -6,6 +6,7 @@
 //! wherever a key has been destroyed.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use commguard_domain::pii::{Pii, SealedField, CLEAR_MARKER, SEALED_MARKER};
@@ -13,7 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::keystore::{KeyStore, KeyStoreError};
+use super::keystore::{IdMap, KeyStore, KeyStoreError};
 use crate::crypto::envelope::{self, Opened};
 use crate::crypto::Key;
 
@@ -156,10 +157,12 @@ fn key_ids<'a>(payloads: impl IntoIterator<Item = &'a Vec<Field<SealedField>>>) 
 /// says whether erasure or retention destroyed it). Which keys live is always asked of Postgres;
 /// the key store may only spare the unwrap and the field-key derivation (`KeyStore::for_opening`).
 pub struct OpeningKeys {
-    live: HashMap<Uuid, Key>,
-    kinds: HashMap<Uuid, String>,
+    live: IdMap<Uuid, Key>,
+    kinds: IdMap<Uuid, String>,
     /// Field keys derived from live keys: the key store's memo, none for `from_keys`.
     derived: Option<super::keystore::FieldKeys>,
+    /// When they were looked up: how fresh the memo's entries are is judged as of then.
+    at: Instant,
 }
 
 impl OpeningKeys {
@@ -174,14 +177,15 @@ impl OpeningKeys {
         if ids.is_empty() {
             return Ok(Self::from_keys(HashMap::new(), HashMap::new()));
         }
-        let (live, kinds) = keystore.for_opening(&ids).await?;
-        Ok(Self { live, kinds, derived: Some(keystore.field_keys()) })
+        let at = Instant::now();
+        let (live, kinds) = keystore.for_opening(&ids, at).await?;
+        Ok(Self { live, kinds, derived: Some(keystore.field_keys()), at })
     }
 
     /// From keys already looked up (no IO): `live` opens fields, `kinds` names why a missing
     /// key is gone. What `load` builds; the fuzz target of the envelope decoder uses it directly.
     pub fn from_keys(live: HashMap<Uuid, Key>, kinds: HashMap<Uuid, String>) -> Self {
-        Self { live, kinds, derived: None }
+        Self { live: live.into_iter().collect(), kinds: kinds.into_iter().collect(), derived: None, at: Instant::now() }
     }
 
     /// Opens every sealed field of `payload` whose keys are all live; the others read
@@ -198,7 +202,7 @@ impl OpeningKeys {
         }
         let derive = || envelope::field_key(ids.iter().map(|id| &self.live[id]));
         Some(match &self.derived {
-            Some(memo) => memo.get_or_derive(ids, derive),
+            Some(memo) => memo.get_or_derive(ids, self.at, derive),
             None => derive(),
         })
     }
@@ -245,6 +249,7 @@ const ERASED: &str = "[erased]";
 /// a tree's sorted keys, never looked into), so the paths, the redactions and their order are
 /// those of the tree form.
 pub struct SealedText {
+    /// In the order of the text.
     spots: Vec<Spot>,
 }
 
@@ -252,20 +257,36 @@ struct Spot {
     range: std::ops::Range<usize>,
     path: String,
     field: SealedField,
+    /// Its place in the tree's order (the order of the redactions).
+    rank: usize,
 }
 
 impl SealedText {
     /// The fields of `text`; `None` when it does not read as JSON here (the caller then opens the
     /// tree form, `SealedPayload`, which reads such a payload as `null`).
+    ///
+    /// A stored payload (jsonb's text: JSON, no whitespace around it) is walked in its text
+    /// (`walk_text`), which finds where each value ends without checking it again; any other text,
+    /// or one that walk does not read (a name with an escape), is read by serde (`walk`).
     pub fn find(text: &str) -> Option<Self> {
         let mut spots = Vec::new();
-        // A walk into an object or an array reads the whole text as JSON (`from_str` to its end),
-        // so only a text it would not read is checked first.
         let walked = text.contains(SEALED_MARKER) && matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['));
-        if !walked {
-            serde_json::from_str::<&RawValue>(text).ok()?;
+        let bare =
+            !text.starts_with(|c: char| c.is_ascii_whitespace()) && !text.ends_with(|c: char| c.is_ascii_whitespace());
+        if !(walked && bare && walk_text(text, text, &mut Vec::new(), &mut spots).is_some()) {
+            spots.clear();
+            // A walk into an object or an array reads the whole text as JSON (`from_str` to its
+            // end), so only a text it would not read is checked first.
+            if !walked {
+                serde_json::from_str::<&RawValue>(text).ok()?;
+            }
+            walk(text, text, &mut Vec::new(), &mut spots).ok()?;
         }
-        walk(text, text, &mut Vec::new(), &mut spots).ok()?;
+        // Found in the tree's order; opened in the text's (fields never overlap).
+        for (rank, spot) in spots.iter_mut().enumerate() {
+            spot.rank = rank;
+        }
+        spots.sort_by_key(|spot| spot.range.start);
         Some(Self { spots })
     }
 
@@ -276,24 +297,33 @@ impl SealedText {
 
     /// `text` with every field opened (or `"[erased]"`), and the redactions.
     pub fn open(&self, keys: &OpeningKeys, text: &str, event_id: Uuid) -> (String, Vec<Redaction>) {
-        let mut redactions = Vec::new();
-        let mut written: Vec<(std::ops::Range<usize>, String)> = Vec::with_capacity(self.spots.len());
-        for Spot { range, path, field } in &self.spots {
-            let (value, redaction) = keys.open_one(field, event_id, path);
-            redactions.extend(redaction);
-            let json = serde_json::to_string(&value).expect("a string always serializes");
-            written.push((range.clone(), json));
-        }
-        written.sort_by_key(|(range, _)| range.start);
-        let mut out = String::with_capacity(text.len() + 64);
+        let (mut out, mut redactions) = (String::with_capacity(text.len() + 64), Vec::new());
+        self.open_into(keys, text, event_id, &mut out, &mut redactions);
+        (out, redactions)
+    }
+
+    /// `open`, written at the end of `out`, its redactions added to `redactions`: each opened
+    /// field as `serde_json` writes a string, every other byte as stored.
+    pub fn open_into(
+        &self,
+        keys: &OpeningKeys,
+        text: &str,
+        event_id: Uuid,
+        out: &mut String,
+        redactions: &mut Vec<Redaction>,
+    ) {
+        let mut ranked: Vec<(usize, Redaction)> = Vec::new();
         let mut at = 0;
-        for (range, json) in written {
+        for Spot { range, path, field, rank } in &self.spots {
+            let (value, redaction) = keys.open_one(field, event_id, path);
+            ranked.extend(redaction.map(|r| (*rank, r)));
             out.push_str(&text[at..range.start]);
-            out.push_str(&json);
+            super::json_text::push_str(out, &value);
             at = range.end;
         }
         out.push_str(&text[at..]);
-        (out, redactions)
+        ranked.sort_by_key(|(rank, _)| *rank);
+        redactions.extend(ranked.into_iter().map(|(_, r)| r));
     }
 }
 
@@ -336,7 +366,7 @@ fn walk(whole: &str, text: &str, at: &mut Vec<String>, out: &mut Vec<Spot>) -> R
             let Members(mut members) = serde_json::from_str(text)?;
             if members.iter().any(|(key, _)| key == SEALED_MARKER) {
                 if let Ok(field) = serde_json::from_str::<SealedField>(text) {
-                    out.push(Spot { range: range_in(whole, text), path: at.join("."), field });
+                    out.push(Spot { range: range_in(whole, text), path: at.join("."), field, rank: 0 });
                 }
                 return Ok(());
             }
@@ -366,6 +396,86 @@ fn walk(whole: &str, text: &str, at: &mut Vec<String>, out: &mut Vec<Spot>) -> R
         _ => {}
     }
     Ok(())
+}
+
+/// `walk` over JSON text without parsing it (`json_text::object`, `json_text::array`): the same
+/// spots in the same order, names compared as written (`None` for a name with an escape, which
+/// `walk` then reads).
+fn walk_text(whole: &str, text: &str, at: &mut Vec<String>, out: &mut Vec<Spot>) -> Option<()> {
+    if !text.contains(SEALED_MARKER) {
+        return Some(());
+    }
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            let mut members = super::json_text::object(text)?;
+            if members.iter().any(|(key, _)| *key == SEALED_MARKER) {
+                let field = field_of_members(&members).or_else(|| serde_json::from_str::<SealedField>(text).ok());
+                if let Some(field) = field {
+                    out.push(Spot { range: range_in(whole, text), path: at.join("."), field, rank: 0 });
+                }
+                return Some(());
+            }
+            // A tree's map iterates in key order (and keeps the last of equal keys).
+            members.sort_by(|a, b| a.0.cmp(b.0));
+            members.dedup_by(|later, earlier| {
+                let same = later.0 == earlier.0;
+                if same {
+                    std::mem::swap(later, earlier);
+                }
+                same
+            });
+            for (key, child) in members {
+                if child.contains(SEALED_MARKER) {
+                    at.push(key.to_string());
+                    walk_text(whole, child, at, out)?;
+                    at.pop();
+                }
+            }
+        }
+        Some(b'[') => {
+            for (i, child) in super::json_text::array(text)?.into_iter().enumerate() {
+                if child.contains(SEALED_MARKER) {
+                    at.push(i.to_string());
+                    walk_text(whole, child, at, out)?;
+                    at.pop();
+                }
+            }
+        }
+        _ => {}
+    }
+    Some(())
+}
+
+/// A sealed field read from its object's members (`json_text::object`) when they are in the plain
+/// form the store writes (each member once, the marker a plain integer, strings without escapes):
+/// what serde reads from that text. `None` for any other form, which serde then reads.
+fn field_of_members(members: &[(&str, &str)]) -> Option<SealedField> {
+    let (mut marker, mut k, mut n, mut c) = (None, None, None, None);
+    for (name, value) in members {
+        let slot = match *name {
+            SEALED_MARKER => &mut marker,
+            "k" => &mut k,
+            "n" => &mut n,
+            "c" => &mut c,
+            _ => continue,
+        };
+        if slot.replace(*value).is_some() {
+            return None;
+        }
+    }
+    let marker: &str = marker?;
+    if !marker.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let plain = |text: &str| -> Option<String> {
+        let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+        (!inner.contains('\\')).then(|| inner.to_string())
+    };
+    let k = super::json_text::array(k?)?
+        .into_iter()
+        .map(|id| Uuid::parse_str(&plain(id)?).ok())
+        .collect::<Option<Vec<Uuid>>>()?;
+    Some(SealedField { marker: marker.parse().ok()?, k, n: plain(n?)?, c: plain(c?)? })
 }
 
 /// A personal field found in a payload: its dotted path (what the envelope is bound to, and what
@@ -467,5 +577,53 @@ mod tests {
             assert_eq!(text_redactions, tree_redactions, "{text}");
         }
         assert!(SealedText::find("{not json").is_none());
+    }
+
+    /// The walk of the text finds the spots the serde walk finds, in jsonb's form and in others.
+    #[test]
+    fn the_text_walk_finds_what_the_serde_walk_finds() {
+        let event_id = Uuid::from_u128(9);
+        let seal = |path: &str| {
+            serde_json::to_value(envelope::seal(&[(Uuid::from_u128(1), [7u8; 32])], event_id, path, "x")).unwrap()
+        };
+        let texts = [
+            serde_json::to_string(&json!({"b": seal("b"), "a": [seal("a.0"), {"$pii": "no"}, 1], "c": {"d.e": seal("c.d.e")}})).unwrap(),
+            r#"{"z": {"$pii": 1, "k": ["00000000-0000-0000-0000-000000000001"], "n": "AAAAAAAAAAAAAAAA", "c": "AA=="}, "a": "$pii", "a": {"q": "$pii"}}"#.to_string(),
+            r#"[{"x": [[{"$pii": 1, "k": [], "n": "", "c": ""}]]}, "tail \" $pii"]"#.to_string(),
+        ];
+        let spots = |spots: &[Spot]| -> Vec<(std::ops::Range<usize>, String, usize)> {
+            spots.iter().map(|s| (s.range.clone(), s.path.clone(), s.field.k.len())).collect()
+        };
+        for text in &texts {
+            for jsonb in [text.clone(), text.replace("\":", "\": ").replace(",\"", ", \"")] {
+                let (mut by_text, mut by_serde) = (Vec::new(), Vec::new());
+                walk_text(&jsonb, &jsonb, &mut Vec::new(), &mut by_text).expect(&jsonb);
+                walk(&jsonb, &jsonb, &mut Vec::new(), &mut by_serde).unwrap();
+                assert_eq!(spots(&by_text), spots(&by_serde), "{jsonb}");
+            }
+        }
+        // Sealed fields read from their members as serde reads them, or left to serde.
+        let sealed = serde_json::to_string(&seal("f")).unwrap();
+        for text in [
+            sealed.clone(),
+            sealed.replace("\":", "\": ").replace(",\"", ", \""),
+            r#"{"$pii": 1, "k": ["00000000000000000000000000000001", "{00000000-0000-0000-0000-000000000002}"], "n": "", "c": "x", "z": [1]}"#.into(),
+            r#"{"$pii": 2, "k": [], "n": "a\u0041", "c": "x"}"#.into(),
+            r#"{"$pii": 1.0, "k": [], "n": "", "c": ""}"#.into(),
+            r#"{"$pii": 300, "k": [], "n": "", "c": ""}"#.into(),
+            r#"{"$pii": 1, "k": ["not a uuid"], "n": "", "c": ""}"#.into(),
+            r#"{"$pii": 1, "k": [], "n": ""}"#.into(),
+            r#"{"$pii": 1, "k": [], "n": "", "c": "", "c": ""}"#.into(),
+        ] {
+            let members = crate::store::json_text::object(&text).unwrap();
+            let by_serde = serde_json::from_str::<SealedField>(&text).ok();
+            match field_of_members(&members) {
+                Some(field) => assert_eq!(Some(field), by_serde, "{text}"),
+                None => assert!(by_serde.is_none() || text.contains("\\u0041"), "{text} left to serde"),
+            }
+        }
+        let escaped = r#"{"\u0061": {"$pii": 1, "k": [], "n": "", "c": ""}}"#;
+        assert!(walk_text(escaped, escaped, &mut Vec::new(), &mut Vec::new()).is_none(), "left to serde");
+        assert_eq!(SealedText::find(escaped).unwrap().spots[0].path, "a");
     }
 }
