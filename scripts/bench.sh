@@ -115,6 +115,15 @@ print(total)
 PY
 }
 
+wait_healthy() {
+  # Until the server `$server` answers on $port; fails at once if it exited (a build that refuses
+  # this database's migrations, a port taken) instead of waiting for ever.
+  until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do
+    kill -0 "$server" 2>/dev/null || { echo "the server (pid $server) exited before it was healthy" >&2; exit 1; }
+    sleep 0.2
+  done
+}
+
 pgbench_tps() {
   # Baseline: single-row INSERT transactions from the same number of clients. Sets $base (tps)
   # and $base_pg_ms (Postgres CPU per transaction, ms).
@@ -179,7 +188,7 @@ PY
       MCP_MAX_SESSIONS=$((idle + 100)) RUST_LOG=warn target/release/commguard serve &
     server=$!
     trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"; rm -rf "$data"' EXIT
-    until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
+    wait_healthy
     rss_idle=$(awk '/VmRSS/ { print $2 }' "/proc/$server/status")
     "$bin" --url "http://127.0.0.1:$port" --token "$token" --sessions "$writers" --seconds "$seconds" \
       --idle "$idle" --hold 5 --server-pid "$server" > "$cluster/mcp.json" &
@@ -224,7 +233,7 @@ PY
         DEFAULT_MAX_ACTIONS_PER_MINUTE=100000000 DEFAULT_MAX_ACTIONS_PER_HOUR=100000000 DEFAULT_MAX_ACTIONS_PER_DAY=100000000 \
         DEFAULT_MAX_SPEND_PER_DAY=100000000 DEFAULT_MAX_SPEND_PER_MONTH=100000000 RUST_LOG=warn "${1:-target/release/commguard}" serve &
       server=$!
-      until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
+      wait_healthy
     }
     trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; stop_cluster "$cluster"; rm -rf "$data"' EXIT
     measure() {
@@ -320,7 +329,7 @@ if q:
       RUST_LOG=warn target/release/commguard serve &
     server=$!
     trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"; rm -rf "$data"' EXIT
-    until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
+    wait_healthy
     setup=$("$bin" --mode as-of-setup --url "http://127.0.0.1:$port" --token "$token")
     field() { echo "$setup" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
     agent=$(field agentId); org=$(field orgId); org_admin=$(field admin); contact=$(field contact)
@@ -364,7 +373,8 @@ PY
     # dropped in this throwaway database to allow it.
     # COMMGUARD_BIN=FILE: measure that build instead (e.g. a copy of an earlier one).
     # BENCH_BINARIES="FILE FILE ...": page the same store with each build in turn (the first one
-    # records the seed), each beside its own COPYs.
+    # records the seed), each beside its own COPYs. A build refuses a store that a newer build has
+    # migrated further than it knows: list older builds before newer ones.
     bin=${COMMGUARD_BIN:-target/release/commguard}
     [ -n "${COMMGUARD_BIN:-}${BENCH_BINARIES:-}" ] || cargo build --release --bin commguard >&2
     binaries=${BENCH_BINARIES:-$bin}
@@ -381,7 +391,7 @@ PY
       DATABASE_URL="$bench_url" HOST=127.0.0.1 PORT=$port MASTER_SECURITY_TOKEN=$token COMMGUARD_DATA_DIR=$data \
         HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 RUST_LOG=warn "$1" serve &
       server=$!
-      until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
+      wait_healthy
     }
     trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"; rm -rf "$data"' EXIT
     feed_server "$bin"
@@ -575,7 +585,7 @@ PY
       HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 RUST_LOG=warn target/release/commguard serve &
     server=$!
     trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"; rm -rf "$data"' EXIT
-    until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
+    wait_healthy
     admin_token=$(python3 - "$port" "$token" <<'PY'
 import http.client, json, sys
 port, master = int(sys.argv[1]), sys.argv[2]
