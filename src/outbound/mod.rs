@@ -37,7 +37,7 @@ pub use actions::{make_call, send_message, send_voice_message};
 
 /// One kind of outbound action: how it is checked, sent and recorded. The pipeline (`run`) is
 /// the same for all of them.
-trait Action {
+trait Action: Send + Sync + 'static {
     /// The channel the agent's state and blocks are checked on.
     fn channel(&self) -> Channel;
     fn to(&self) -> &str;
@@ -157,6 +157,86 @@ async fn run<A: Action>(
         };
         app.intents.seal(id, &agent.org_id, action.to(), event, &fallback_context).await?
     };
+    // From the reservation on, the action may reach a person, so it is finished in a task of its
+    // own: the caller's future is dropped when its client hangs up (streamable HTTP runs the tool in
+    // the request's handler), and a send cut off between its reservation and its event would stay
+    // unrecorded, its quota held, for as long as this instance lives (a reconciler settles only
+    // the intents of instances that stopped).
+    let performance = Performance {
+        app: app.clone(),
+        agent_id,
+        agent,
+        action,
+        context,
+        id,
+        unlimited,
+        limits,
+        caps,
+        contact,
+        estimate,
+        chosen,
+        from,
+        passed,
+        sandbox: route.sandbox(),
+        fallback,
+    };
+    match tokio::spawn(perform(performance)).await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(ApiError::internal(format!("the outbound action's task ended early: {e}"))),
+    }
+}
+
+/// What the second half of the pipeline needs, owned by its task.
+struct Performance<A> {
+    app: AppState,
+    agent_id: String,
+    agent: AgentView,
+    action: A,
+    context: CommandContext,
+    id: Uuid,
+    unlimited: bool,
+    limits: Limits,
+    caps: OrgCaps,
+    contact: Option<Contact>,
+    estimate: i64,
+    chosen: Result<(Provider, credentials::Credentials), Refusal>,
+    from: Option<String>,
+    passed: compliance::Passed,
+    sandbox: bool,
+    /// The sealed intent stored with the reservation.
+    fallback: Value,
+}
+
+/// Steps 12–13 and the record: the reservation with its intent, the provider, and the event.
+async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
+    let Performance {
+        app,
+        agent_id,
+        agent,
+        action,
+        mut context,
+        id,
+        unlimited,
+        limits,
+        caps,
+        contact,
+        estimate,
+        chosen,
+        from,
+        passed,
+        sandbox,
+        fallback,
+    } = p;
+    let app = &app;
+    let channel = action.channel();
+    let limits_check = |provenance: &mut crate::store::Provenance| {
+        if unlimited {
+            provenance.skip("limits", "super-admin or demo: counted, not limited");
+        } else {
+            provenance.pass("limits");
+        }
+    };
     let now = app.clock.now();
     let request = reservations::Request {
         id,
@@ -229,7 +309,7 @@ async fn run<A: Action>(
         e.recorded = true;
         return Err(e);
     }
-    Ok(action.reply(id, from, &receipt, route.sandbox(), passed.warnings))
+    Ok(action.reply(id, from, &receipt, sandbox, passed.warnings))
 }
 
 /// The send decision's input, from the directory's typed views.

@@ -29,6 +29,12 @@ fn seen(log: &Log, path: String, headers: &HeaderMap, body: &str) {
     log.lock().unwrap().push(Seen { path, authorization, body: body.to_string() });
 }
 
+/// Twilio holds its answer to a message for this number until the test lets it go (`HELD.1`),
+/// having said that the request arrived (`HELD.0`): a provider call in flight.
+const HELD_TO: &str = "+12025550102";
+static HELD: std::sync::LazyLock<(tokio::sync::Notify, tokio::sync::Notify)> =
+    std::sync::LazyLock::new(Default::default);
+
 /// Twilio Messages and Calls, and Resend emails, on one local server.
 async fn fake_providers() -> (String, Log) {
     let log: Log = Arc::default();
@@ -41,6 +47,10 @@ async fn fake_providers() -> (String, Log) {
         seen(&log, format!("/2010-04-01/Accounts/{sid}/{resource}"), &headers, &body);
         let form: Vec<(String, String)> = url_decode(&body);
         let to = form.iter().find(|(k, _)| k == "To").map(|(_, v)| v.clone()).unwrap_or_default();
+        if to == HELD_TO {
+            HELD.0.notify_one();
+            HELD.1.notified().await;
+        }
         if to == "+12025550400" {
             return (
                 StatusCode::BAD_REQUEST,
@@ -233,6 +243,72 @@ async fn production_orgs_send_through_twilio_and_resend_and_provider_refusals_co
     s.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_client_hangs_up_during_the_provider_call_is_still_recorded() {
+    // Streamable HTTP runs a tool in the request's handler, which the server drops when the client
+    // hangs up. The send must still end: its event recorded, its intent settled, not left for a
+    // reconciler that only settles the intents of instances that stopped.
+    let (fake, _) = fake_providers().await;
+    let db = TestDb::new().await;
+    let vars = [
+        ("MASTER_SECURITY_TOKEN", MASTER),
+        ("COMMGUARD_TEST_CLOCK", "true"),
+        ("HTTP_RATE_LIMIT_PER_IP", "100000"),
+        ("TWILIO_ACCOUNT_SID", "ACtest"),
+        ("TWILIO_AUTH_TOKEN", "twilio-secret"),
+        ("TWILIO_API_BASE_URL", fake.as_str()),
+        ("WEBHOOK_BASE_URL", "https://hooks.example.com"),
+    ];
+    let s = TestServer::start(&db, &vars).await;
+    let master = Session::open(&s, MASTER).await;
+    let org =
+        master.ok("comms_create_organization", json!({"name": "Held", "slug": "held", "a2pRegistered": true})).await;
+    let admin = Session::open(&s, org["adminToken"].as_str().unwrap()).await;
+    let agent =
+        admin.ok("comms_provision_channels", json!({"displayName": "Held", "capabilities": {"phone": true}})).await;
+    let approve = s
+        .http
+        .post(s.url(&format!("/admin/api/orgs/{}/approve", org["orgId"].as_str().unwrap())))
+        .bearer_auth(MASTER)
+        .json(&json!({"kycNote": "KYC verified"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approve.status(), 200);
+    let me = Arc::new(Session::open(&s, agent["securityToken"].as_str().unwrap()).await);
+    consent(&s, &me).await;
+
+    let caller = {
+        let me = me.clone();
+        tokio::spawn(async move { me.call("comms_send_message", json!({"to": HELD_TO, "body": "hold on"})).await })
+    };
+    HELD.0.notified().await;
+    // The client hangs up while Twilio has the message: its connection closes with the request.
+    caller.abort();
+    assert!(caller.await.is_err_and(|e| e.is_cancelled()));
+    // Time for the server to see the connection close (and drop the request's handler), then Twilio answers.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    HELD.1.notify_one();
+
+    let pool = db.pool().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (sent, intents) = loop {
+        let sent: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events WHERE event_type = 'MessageSent' AND payload->>'externalId' LIKE 'SMfake%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let intents: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbound_intents").fetch_one(&pool).await.unwrap();
+        if (sent, intents) == (1, 0) || tokio::time::Instant::now() > deadline {
+            break (sent, intents);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!((sent, intents), (1, 0), "the send Twilio took was not recorded, or its intent was left behind");
+    s.stop().await;
+}
+
 fn base64_encode(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)
@@ -402,7 +478,7 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
 async fn consent(s: &TestServer, me: &Session) {
     let clock = s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER);
     assert!(clock.json(&json!({"now": "2026-12-01T16:00:00Z"})).send().await.unwrap().status().is_success());
-    for to in ["+12025550400", "+12025550100", "+12025550101"] {
+    for to in ["+12025550400", "+12025550100", "+12025550101", HELD_TO] {
         for channel in ["sms", "voice"] {
             me.ok("comms_record_consent", json!({"contactAddress": to, "channel": channel})).await;
         }
