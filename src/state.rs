@@ -47,3 +47,22 @@ pub struct AppState {
     /// The auditor feed's pages, the next one read ahead (`store::pages`).
     pub feed_pages: Arc<FeedPages>,
 }
+
+impl AppState {
+    /// Runs `work`, given its own handle on the state, in a task of its own and to its end: a
+    /// caller that goes away (its future dropped when its client hangs up — streamable HTTP runs a
+    /// tool in the request's handler) cannot stop it half-way. For work that pays a provider or
+    /// may reach a person, whose outcome must be recorded once it has begun.
+    pub async fn to_the_end<T, F, Fut>(&self, work: F) -> Result<T, crate::error::ApiError>
+    where
+        F: FnOnce(AppState) -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::error::ApiError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match tokio::spawn(work(self.clone())).await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(crate::error::ApiError::internal(format!("a task that had to run to its end stopped: {e}"))),
+        }
+    }
+}

@@ -162,8 +162,8 @@ async fn run<A: Action>(
     // the request's handler), and a send cut off between its reservation and its event would stay
     // unrecorded, its quota held, for as long as this instance lives (a reconciler settles only
     // the intents of instances that stopped).
-    let performance = Performance {
-        app: app.clone(),
+    let performance = |app| Performance {
+        app,
         agent_id,
         agent,
         action,
@@ -180,11 +180,7 @@ async fn run<A: Action>(
         sandbox: route.sandbox(),
         fallback,
     };
-    match tokio::spawn(perform(performance)).await {
-        Ok(done) => done,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(ApiError::internal(format!("the outbound action's task ended early: {e}"))),
-    }
+    app.to_the_end(|app| perform(performance(app))).await
 }
 
 /// What the second half of the pipeline needs, owned by its task.

@@ -35,6 +35,12 @@ const HELD_TO: &str = "+12025550102";
 static HELD: std::sync::LazyLock<(tokio::sync::Notify, tokio::sync::Notify)> =
     std::sync::LazyLock::new(Default::default);
 
+/// Twilio holds its answer to the purchase of a number for this agent (its `SmsUrl` names it) in
+/// the same way (`HELD_BUY`).
+const HELD_AGENT: &str = "held-agent";
+static HELD_BUY: std::sync::LazyLock<(tokio::sync::Notify, tokio::sync::Notify)> =
+    std::sync::LazyLock::new(Default::default);
+
 /// Twilio Messages and Calls, and Resend emails, on one local server.
 async fn fake_providers() -> (String, Log) {
     let log: Log = Arc::default();
@@ -58,6 +64,10 @@ async fn fake_providers() -> (String, Log) {
                     json!({"code": 21211, "message": format!("The 'To' number {to} is not a valid phone number."), "status": 400}),
                 ),
             );
+        }
+        if resource == "IncomingPhoneNumbers.json" && body.contains(HELD_AGENT) {
+            HELD_BUY.0.notify_one();
+            HELD_BUY.1.notified().await;
         }
         if resource == "IncomingPhoneNumbers.json" {
             let number = form.iter().find(|(k, _)| k == "PhoneNumber").map(|(_, v)| v.clone()).unwrap_or_default();
@@ -244,10 +254,11 @@ async fn production_orgs_send_through_twilio_and_resend_and_provider_refusals_co
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_send_whose_client_hangs_up_during_the_provider_call_is_still_recorded() {
+async fn a_send_or_a_purchase_whose_client_hangs_up_during_the_provider_call_is_still_recorded() {
     // Streamable HTTP runs a tool in the request's handler, which the server drops when the client
-    // hangs up. The send must still end: its event recorded, its intent settled, not left for a
-    // reconciler that only settles the intents of instances that stopped.
+    // hangs up. A send must still end (its event recorded, its intent settled, not left for a
+    // reconciler that only settles the intents of instances that stopped), and a number bought
+    // must be recorded with its agent.
     let (fake, _) = fake_providers().await;
     let db = TestDb::new().await;
     let vars = [
@@ -277,6 +288,41 @@ async fn a_send_whose_client_hangs_up_during_the_provider_call_is_still_recorded
     assert_eq!(approve.status(), 200);
     let me = Arc::new(Session::open(&s, agent["securityToken"].as_str().unwrap()).await);
     consent(&s, &me).await;
+    let pool = db.pool().await;
+
+    // A number bought while the client hangs up: the agent that holds it is still recorded.
+    let admin = Arc::new(admin);
+    let provisioning = {
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            admin
+                .call(
+                    "comms_provision_channels",
+                    json!({"agentId": HELD_AGENT, "displayName": "Held", "capabilities": {"phone": true}}),
+                )
+                .await
+        })
+    };
+    HELD_BUY.0.notified().await;
+    provisioning.abort();
+    assert!(provisioning.await.is_err_and(|e| e.is_cancelled()));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    HELD_BUY.1.notify_one();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let provisioned = loop {
+        let provisioned: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events WHERE event_type = 'AgentProvisioned' AND aggregate_id = $1",
+        )
+        .bind(HELD_AGENT)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if provisioned == 1 || tokio::time::Instant::now() > deadline {
+            break provisioned;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(provisioned, 1, "the number Twilio sold was not recorded with its agent");
 
     let caller = {
         let me = me.clone();
@@ -290,7 +336,6 @@ async fn a_send_whose_client_hangs_up_during_the_provider_call_is_still_recorded
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     HELD.1.notify_one();
 
-    let pool = db.pool().await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     let (sent, intents) = loop {
         let sent: i64 = sqlx::query_scalar(

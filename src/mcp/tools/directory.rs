@@ -148,7 +148,9 @@ pub async fn provision_channels(app: &AppState, caller: &Caller<'_>, args: &Args
         email_domain,
         agent_gender,
     };
-    commands::provision(app, caller.context(&app.clock), new).await
+    // The number is bought before the agent is recorded: both happen, whoever hangs up.
+    let context = caller.context(&app.clock);
+    app.to_the_end(|app| async move { commands::provision(&app, context, new).await }).await
 }
 
 pub async fn deprovision_channels(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
@@ -157,7 +159,8 @@ pub async fn deprovision_channels(app: &AppState, caller: &Caller<'_>, args: &Ar
     commands::addressable_agent(app, caller.principal, &agent_id).await?;
     let mut context = caller.context(&app.clock);
     context.provenance.pass("org_boundary");
-    commands::deprovision(app, context, &agent_id, release_number).await
+    // The number is released before the agent is recorded as deprovisioned: both happen, whoever hangs up.
+    app.to_the_end(|app| async move { commands::deprovision(&app, context, &agent_id, release_number).await }).await
 }
 
 pub async fn get_channel_status(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
