@@ -6,7 +6,7 @@
 //! rows that hold the subject's data (consent records, per-recipient contact-frequency counters)
 //! are purged in the same transaction; DNC entries stay as hashed suppression (the blind index
 //! still blocks, the address reads `[erased]`). No instance seals with a destroyed key after the
-//! reply: a cached subject key is checked live in Postgres before use (`store::keystore`), and the
+//! reply: a cached subject key is checked live in Postgres before what it seals is stored (`store::keystore`), and the
 //! identity channel's notice only frees the caches' memory. `SubjectErased` is recorded on stream
 //! `subject`/<subjectRef> without the identifier. The cost grows with the subject's keys and
 //! rows, never with history: every statement is an index lookup by org and blind index
@@ -94,72 +94,81 @@ pub async fn erase_subject(
     .await
     .map_err(ApiError::internal)?;
 
-    // One transaction: the keys are destroyed, the rows purged and every instance notified
-    // together (or not at all; a retry is idempotent), with one commit to wait for.
-    let mut tx = pool.begin().await.map_err(ApiError::internal)?;
-    let mut keys_destroyed =
-        keys.destroy_subject_in(&mut tx, org.as_deref(), &subject_ref).await.map_err(ApiError::internal)?;
-    keys_destroyed += KeyStore::destroy_consents_in(&mut tx, &consent_ids).await.map_err(ApiError::internal)?;
+    // From here on the erasure runs to its end whoever hangs up: once its transaction commits, its
+    // `SubjectErased` must be recorded (a client that went away during the commit's round trip
+    // would otherwise leave keys destroyed with no event saying so).
+    let (kind, requested_by) = (address.kind, principal.stream_id());
+    app.to_the_end(|app| async move {
+        // One transaction: the keys are destroyed, the rows purged and every instance notified
+        // together (or not at all; a retry is idempotent), with one commit to wait for.
+        let keys = app.store.keystore();
+        let pool = &app.pool;
+        let mut tx = pool.begin().await.map_err(ApiError::internal)?;
+        let mut keys_destroyed =
+            keys.destroy_subject_in(&mut tx, org.as_deref(), &subject_ref).await.map_err(ApiError::internal)?;
+        keys_destroyed += KeyStore::destroy_consents_in(&mut tx, &consent_ids).await.map_err(ApiError::internal)?;
 
-    // Projection rows about the subject: its consent records, its contact-frequency counters
-    // (`<agentId>|<subjectRef>`, one per agent and day). DNC entries are kept and counted.
-    let consents = sqlx::query("DELETE FROM consents WHERE org_id = ANY($1) AND subject_ref = $2")
+        // Projection rows about the subject: its consent records, its contact-frequency counters
+        // (`<agentId>|<subjectRef>`, one per agent and day). DNC entries are kept and counted.
+        let consents = sqlx::query("DELETE FROM consents WHERE org_id = ANY($1) AND subject_ref = $2")
+            .bind(&org_ids)
+            .bind(&subject_ref)
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::internal)?
+            .rows_affected();
+        let counters = sqlx::query(
+            "DELETE FROM usage_counters WHERE scope = 'contact'
+               AND key IN (SELECT agent_id || '|' || $2 FROM agents WHERE org_id = ANY($1))",
+        )
         .bind(&org_ids)
         .bind(&subject_ref)
         .execute(&mut *tx)
         .await
         .map_err(ApiError::internal)?
         .rows_affected();
-    let counters = sqlx::query(
-        "DELETE FROM usage_counters WHERE scope = 'contact'
-           AND key IN (SELECT agent_id || '|' || $2 FROM agents WHERE org_id = ANY($1))",
-    )
-    .bind(&org_ids)
-    .bind(&subject_ref)
-    .execute(&mut *tx)
-    .await
-    .map_err(ApiError::internal)?
-    .rows_affected();
-    let dnc_kept: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM dnc_entries WHERE org_id = ANY($1) AND subject_ref = $2")
-            .bind(&org_ids)
-            .bind(&subject_ref)
-            .fetch_one(&mut *tx)
+        let dnc_kept: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM dnc_entries WHERE org_id = ANY($1) AND subject_ref = $2")
+                .bind(&org_ids)
+                .bind(&subject_ref)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(ApiError::internal)?;
+        // Every instance forgets its cached live subject keys (`identity_watch`) when this commits. The
+        // reply does not wait for that: a cached subject key is checked live in Postgres before what
+        // it seals is stored (`append_batch`, `KeyStore::subject_key_deferred`), so no instance stores
+        // anything under a destroyed one after this commit, whether or not it has seen the notice.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(IDENTITY_CHANNEL)
+            .bind(json!({ "subjectErased": subject_ref }).to_string())
+            .execute(&mut *tx)
             .await
             .map_err(ApiError::internal)?;
-    // Every instance forgets its cached live subject keys (`identity_watch`) when this commits. The
-    // reply does not wait for that: a cached subject key is checked live in Postgres before it
-    // seals anything (`KeyStore::get_or_create`), so no instance can use a destroyed one after
-    // this commit, whether or not it has processed the notice yet.
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(IDENTITY_CHANNEL)
-        .bind(json!({ "subjectErased": subject_ref }).to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
-    keys.forget_subject_keys();
+        tx.commit().await.map_err(ApiError::internal)?;
+        keys.forget_subject_keys();
 
-    let scope = if org.is_some() { "org" } else { "all" };
-    if let Some(org) = &org {
-        context = context.in_org(org.clone());
-    }
-    let event = SubjectEvent::SubjectErased {
-        identifier_type: address.kind.into(),
-        scope: scope.into(),
-        org_ids: org_ids.clone(),
-        keys_destroyed,
-        reason,
-        requested_by: principal.stream_id(),
-    };
-    app.store.record("subject", &subject_ref, &[event], &context).await.map_err(ApiError::internal)?;
-    Ok(json!({
-        "subjectRef": subject_ref,
-        "scope": scope,
-        "orgIds": org_ids,
-        "keysDestroyed": keys_destroyed,
-        "projectionRowsPurged": consents + counters,
-        "dncSuppressionsKept": dnc_kept,
-        "erasedAt": rfc3339(app.clock.now()),
-    }))
+        let scope = if org.is_some() { "org" } else { "all" };
+        if let Some(org) = &org {
+            context = context.in_org(org.clone());
+        }
+        let event = SubjectEvent::SubjectErased {
+            identifier_type: kind.into(),
+            scope: scope.into(),
+            org_ids: org_ids.clone(),
+            keys_destroyed,
+            reason,
+            requested_by,
+        };
+        app.store.record("subject", &subject_ref, &[event], &context).await.map_err(ApiError::internal)?;
+        Ok(json!({
+            "subjectRef": subject_ref,
+            "scope": scope,
+            "orgIds": org_ids,
+            "keysDestroyed": keys_destroyed,
+            "projectionRowsPurged": consents + counters,
+            "dncSuppressionsKept": dnc_kept,
+            "erasedAt": rfc3339(app.clock.now()),
+        }))
+    })
+    .await
 }
