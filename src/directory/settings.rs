@@ -106,33 +106,37 @@ pub async fn register_provider(app: &AppState, context: CommandContext, args: &A
                 .with("provider", provider.clone())
         })?;
     }
-    let key = app.credential_keys.first().ok_or_else(|| ApiError::internal("no credentials key"))?;
-    let version =
-        crate::providers::credentials::store(&app.pool, key, org_id.as_deref(), &provider, &credentials).await?;
-    let mut names: Vec<String> = credentials.0.keys().cloned().collect();
-    names.sort();
-    let (scope, stream_type, stream_id) = match &org_id {
-        Some(org) => ("org", "organization", org.clone()),
-        None => ("platform", "platform", "platform".to_string()),
-    };
-    let event = ProviderEvent::ProviderRegistered {
-        scope: scope.into(),
-        provider: provider.clone(),
-        key_names: names.clone(),
-        verified: auto_verify,
-        key_version: version.clone(),
-    };
-    let context = match &org_id {
-        Some(org) => context.in_org(org.clone()),
-        None => context,
-    };
-    app.store.record(stream_type, &stream_id, &[event], &context).await.map_err(ApiError::internal)?;
-    Ok(json!({
-        "success": true,
-        "provider": provider,
-        "orgId": org_id,
-        "verified": auto_verify,
-        "keysStored": names,
-        "keyVersion": version,
-    }))
+    // The credentials are stored, then `ProviderRegistered` recorded: both happen, whoever hangs up.
+    app.to_the_end(|app| async move {
+        let key = app.credential_keys.first().ok_or_else(|| ApiError::internal("no credentials key"))?;
+        let version =
+            crate::providers::credentials::store(&app.pool, key, org_id.as_deref(), &provider, &credentials).await?;
+        let mut names: Vec<String> = credentials.0.keys().cloned().collect();
+        names.sort();
+        let (scope, stream_type, stream_id) = match &org_id {
+            Some(org) => ("org", "organization", org.clone()),
+            None => ("platform", "platform", "platform".to_string()),
+        };
+        let event = ProviderEvent::ProviderRegistered {
+            scope: scope.into(),
+            provider: provider.clone(),
+            key_names: names.clone(),
+            verified: auto_verify,
+            key_version: version.clone(),
+        };
+        let context = match &org_id {
+            Some(org) => context.in_org(org.clone()),
+            None => context,
+        };
+        app.store.record(stream_type, &stream_id, &[event], &context).await.map_err(ApiError::internal)?;
+        Ok(json!({
+            "success": true,
+            "provider": provider,
+            "orgId": org_id,
+            "verified": auto_verify,
+            "keysStored": names,
+            "keyVersion": version,
+        }))
+    })
+    .await
 }
