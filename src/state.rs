@@ -51,8 +51,9 @@ pub struct AppState {
 impl AppState {
     /// Runs `work`, given its own handle on the state, in a task of its own and to its end: a
     /// caller that goes away (its future dropped when its client hangs up — streamable HTTP runs a
-    /// tool in the request's handler) cannot stop it half-way. For work that pays a provider or
-    /// may reach a person, whose outcome must be recorded once it has begun.
+    /// tool in the request's handler) cannot stop it half-way. For work whose outcome must be
+    /// recorded once it has begun: a provider paid or a person reached (outbound, provisioning), a
+    /// commit that its event must follow (erasure, provider registration).
     pub async fn to_the_end<T, F, Fut>(&self, work: F) -> Result<T, crate::error::ApiError>
     where
         F: FnOnce(AppState) -> Fut,
