@@ -93,11 +93,6 @@ pub struct Written<R> {
 }
 
 impl<R> Written<R> {
-    /// `text`, which must be `R`'s JSON.
-    pub fn new(text: String) -> Self {
-        Self::of_parts(vec![text])
-    }
-
     /// `parts`, which joined must be `R`'s JSON.
     pub fn of_parts(parts: Vec<String>) -> Self {
         Self { parts, form: std::marker::PhantomData }

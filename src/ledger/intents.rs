@@ -118,8 +118,7 @@ impl Intents {
         // an erasure elsewhere has just destroyed is only ever opened by a reconciler, which then
         // finds the key gone and records the skeleton — as for an erasure after the intent. The
         // event that completes the send is sealed and checked on its own (`append_batch`).
-        let ((key_id, key), _) = keystore.subject_key_deferred(org_id, &subject_ref).await.map_err(db)?;
-        let key = (key_id, key);
+        let (key, _) = keystore.subject_key_deferred(org_id, &subject_ref).await.map_err(db)?;
         let mut skeleton = serde_json::to_value(&event).map_err(db)?;
         erase_personal_fields(&mut skeleton);
         let fallback = Fallback { event, context: context.clone() };

@@ -17,23 +17,9 @@ pub(crate) const COLUMNS: &str = "position, event_id, aggregate_type, aggregate_
 
 /// A row of `COLUMNS`, read by position (in `COLUMNS` order): no column-name lookups per field,
 /// and no type check per column (`try_get_unchecked`): the statement is ours, its column types
-/// fixed by `COLUMNS` and the table.
+/// fixed by `COLUMNS` and the table. The one mapping of the columns is `EventRef::of_row`.
 pub(crate) fn stored_event_from_row(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
-    Ok(StoredEvent {
-        position: row.try_get_unchecked(0)?,
-        event_id: row.try_get_unchecked(1)?,
-        aggregate_type: row.try_get_unchecked(2)?,
-        aggregate_id: row.try_get_unchecked(3)?,
-        sequence: row.try_get_unchecked(4)?,
-        event_type: row.try_get_unchecked(5)?,
-        event_version: row.try_get_unchecked(6)?,
-        occurred_at: row.try_get_unchecked(7)?,
-        org_id: row.try_get_unchecked(8)?,
-        payload: RawJson(row.try_get_unchecked(9)?),
-        metadata: RawJson(row.try_get_unchecked(10)?),
-        prev_hash: row.try_get_unchecked(11)?,
-        hash: row.try_get_unchecked(12)?,
-    })
+    EventRef::of_row(row).map(|e| e.to_stored())
 }
 
 /// An event's columns, borrowed: from a row of `COLUMNS` as Postgres sent it (`EventRef::of_row`,
@@ -55,7 +41,7 @@ pub(crate) struct EventRef<'a> {
 }
 
 impl<'a> EventRef<'a> {
-    /// A row of `COLUMNS`, by position and without type checks, as `stored_event_from_row`.
+    /// A row of `COLUMNS`, by position and without type checks.
     pub(crate) fn of_row(row: &'a PgRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
             position: row.try_get_unchecked(0)?,
@@ -72,6 +58,25 @@ impl<'a> EventRef<'a> {
             prev_hash: row.try_get_unchecked(11)?,
             hash: row.try_get_unchecked(12)?,
         })
+    }
+
+    /// The event, owned.
+    pub(crate) fn to_stored(&self) -> StoredEvent {
+        StoredEvent {
+            position: self.position,
+            event_id: self.event_id,
+            aggregate_type: self.aggregate_type.to_owned(),
+            aggregate_id: self.aggregate_id.to_owned(),
+            sequence: self.sequence,
+            event_type: self.event_type.to_owned(),
+            event_version: self.event_version.to_owned(),
+            occurred_at: self.occurred_at,
+            org_id: self.org_id.map(str::to_owned),
+            payload: RawJson(self.payload.to_owned()),
+            metadata: RawJson(self.metadata.to_owned()),
+            prev_hash: self.prev_hash.to_owned(),
+            hash: self.hash.to_owned(),
+        }
     }
 
     pub(crate) fn of(event: &'a StoredEvent) -> Self {

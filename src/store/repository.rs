@@ -106,12 +106,10 @@ impl EventRepository {
         }
         // Subject keys cached here are checked by the append itself; should one have been
         // destroyed meanwhile (an erasure on another instance), the append is refused and sealed
-        // again, every key checked before (`KeyStore::subject_key_deferred`).
+        // again, every key checked before (which drops the destroyed one from the cache:
+        // `KeyStore::subject_key`).
         match self.append_sealed(events, settles, false).await {
-            Err(e) if super::committer::is_key_destroyed(&e) => {
-                self.keystore.forget_subject_keys();
-                self.append_sealed(events, settles, true).await
-            }
+            Err(e) if super::committer::is_key_destroyed(&e) => self.append_sealed(events, settles, true).await,
             done => done,
         }
     }

@@ -31,6 +31,15 @@ async fn opened_payloads(store: &Store) -> Vec<serde_json::Value> {
     out
 }
 
+/// Each generation of the subject's keys, and whether it lives.
+async fn generations(store: &Store, subject_ref: &str) -> Vec<(i32, bool)> {
+    sqlx::query_as("SELECT generation, wrapped IS NOT NULL FROM data_keys WHERE subject_ref = $1 ORDER BY generation")
+        .bind(subject_ref)
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+}
+
 async fn migrated_store(db: &TestDb) -> Store {
     let pool = db.pool().await;
     commguard::store::MIGRATOR.run(&pool).await.unwrap();
@@ -135,14 +144,7 @@ async fn a_key_cached_by_another_instance_is_never_used_after_it_was_destroyed()
     let (next, _) = b.keystore().subject_key("org-test", &subject_ref).await.unwrap();
     assert_ne!(next, first, "B sealed under the destroyed key");
     assert_eq!(a.keystore().subject_key("org-test", &subject_ref).await.unwrap().0, next, "one live generation");
-    let generations: Vec<(i32, bool)> = sqlx::query_as(
-        "SELECT generation, wrapped IS NOT NULL FROM data_keys WHERE subject_ref = $1 ORDER BY generation",
-    )
-    .bind(&subject_ref)
-    .fetch_all(a.pool())
-    .await
-    .unwrap();
-    assert_eq!(generations, [(1, false), (2, true)]);
+    assert_eq!(generations(&a, &subject_ref).await, [(1, false), (2, true)]);
 }
 
 #[tokio::test]
@@ -163,14 +165,7 @@ async fn an_event_sealed_under_a_key_destroyed_meanwhile_is_stored_under_the_nex
     let feed = opened_payloads(&a).await;
     let contacts: Vec<&serde_json::Value> = feed.iter().map(|e| &e["payload"]["contact"]).collect();
     assert_eq!(contacts, ["[erased]", "[erased]", PHONE], "the last note was sealed under the destroyed key");
-    let generations: Vec<(i32, bool)> = sqlx::query_as(
-        "SELECT generation, wrapped IS NOT NULL FROM data_keys WHERE subject_ref = $1 ORDER BY generation",
-    )
-    .bind(&subject_ref)
-    .fetch_all(a.pool())
-    .await
-    .unwrap();
-    assert_eq!(generations, [(1, false), (2, true)]);
+    assert_eq!(generations(&a, &subject_ref).await, [(1, false), (2, true)]);
 }
 
 #[tokio::test]

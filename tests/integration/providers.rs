@@ -173,21 +173,7 @@ async fn production_orgs_send_through_twilio_and_resend_and_provider_refusals_co
     ];
     let s = TestServer::start(&db, &vars).await;
     let master = Session::open(&s, MASTER).await;
-    let org =
-        master.ok("comms_create_organization", json!({"name": "Live", "slug": "live", "a2pRegistered": true})).await;
-    let admin = Session::open(&s, org["adminToken"].as_str().unwrap()).await;
-    let agent = admin
-        .ok("comms_provision_channels", json!({"displayName": "Live", "capabilities": {"phone": true, "email": true}}))
-        .await;
-    let approve = s
-        .http
-        .post(s.url(&format!("/admin/api/orgs/{}/approve", org["orgId"].as_str().unwrap())))
-        .bearer_auth(MASTER)
-        .json(&json!({"kycNote": "KYC verified"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(approve.status(), 200);
+    let (_, agent) = approved_org(&s, &master, "Live", json!({"phone": true, "email": true})).await;
     let me = Session::open(&s, agent["securityToken"].as_str().unwrap()).await;
     consent(&s, &me).await;
     let number = agent["channels"]["phone"].as_str().unwrap();
@@ -272,20 +258,7 @@ async fn a_send_or_a_purchase_whose_client_hangs_up_during_the_provider_call_is_
     ];
     let s = TestServer::start(&db, &vars).await;
     let master = Session::open(&s, MASTER).await;
-    let org =
-        master.ok("comms_create_organization", json!({"name": "Held", "slug": "held", "a2pRegistered": true})).await;
-    let admin = Session::open(&s, org["adminToken"].as_str().unwrap()).await;
-    let agent =
-        admin.ok("comms_provision_channels", json!({"displayName": "Held", "capabilities": {"phone": true}})).await;
-    let approve = s
-        .http
-        .post(s.url(&format!("/admin/api/orgs/{}/approve", org["orgId"].as_str().unwrap())))
-        .bearer_auth(MASTER)
-        .json(&json!({"kycNote": "KYC verified"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(approve.status(), 200);
+    let (admin, agent) = approved_org(&s, &master, "Held", json!({"phone": true})).await;
     let me = Arc::new(Session::open(&s, agent["securityToken"].as_str().unwrap()).await);
     consent(&s, &me).await;
     let pool = db.pool().await;
@@ -308,21 +281,13 @@ async fn a_send_or_a_purchase_whose_client_hangs_up_during_the_provider_call_is_
     assert!(provisioning.await.is_err_and(|e| e.is_cancelled()));
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     HELD_BUY.1.notify_one();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    let provisioned = loop {
-        let provisioned: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM events WHERE event_type = 'AgentProvisioned' AND aggregate_id = $1",
-        )
-        .bind(HELD_AGENT)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if provisioned == 1 || tokio::time::Instant::now() > deadline {
-            break provisioned;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    assert_eq!(provisioned, 1, "the number Twilio sold was not recorded with its agent");
+    let provisioned = counts_once_settled(
+        &pool,
+        &format!("SELECT COUNT(*) FROM events WHERE event_type = 'AgentProvisioned' AND aggregate_id = '{HELD_AGENT}'"),
+        [1],
+    )
+    .await;
+    assert_eq!(provisioned, [1], "the number Twilio sold was not recorded with its agent");
 
     let caller = {
         let me = me.clone();
@@ -336,22 +301,47 @@ async fn a_send_or_a_purchase_whose_client_hangs_up_during_the_provider_call_is_
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     HELD.1.notify_one();
 
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    let (sent, intents) = loop {
-        let sent: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM events WHERE event_type = 'MessageSent' AND payload->>'externalId' LIKE 'SMfake%'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        let intents: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbound_intents").fetch_one(&pool).await.unwrap();
-        if (sent, intents) == (1, 0) || tokio::time::Instant::now() > deadline {
-            break (sent, intents);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let [sent, intents] = counts_once_settled(
+        &pool,
+        "SELECT COUNT(*) FROM events WHERE event_type = 'MessageSent' AND payload->>'externalId' LIKE 'SMfake%'
+         UNION ALL SELECT COUNT(*) FROM outbound_intents",
+        [1, 0],
+    )
+    .await;
     assert_eq!((sent, intents), (1, 0), "the send Twilio took was not recorded, or its intent was left behind");
     s.stop().await;
+}
+
+/// A production org (created, then approved after KYC), its admin's session, and an agent of it
+/// provisioned with `capabilities`.
+async fn approved_org(s: &TestServer, master: &Session, name: &str, capabilities: Value) -> (Session, Value) {
+    let slug = name.to_lowercase();
+    let org = master.ok("comms_create_organization", json!({"name": name, "slug": slug, "a2pRegistered": true})).await;
+    let admin = Session::open(s, org["adminToken"].as_str().unwrap()).await;
+    let agent = admin.ok("comms_provision_channels", json!({"displayName": name, "capabilities": capabilities})).await;
+    let approve = s
+        .http
+        .post(s.url(&format!("/admin/api/orgs/{}/approve", org["orgId"].as_str().unwrap())))
+        .bearer_auth(MASTER)
+        .json(&json!({"kycNote": "KYC verified"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approve.status(), 200);
+    (admin, agent)
+}
+
+/// The counts `sql` returns (one row each), once they are `want` or after 20 s, whichever comes first.
+async fn counts_once_settled<const N: usize>(pool: &sqlx::PgPool, sql: &str, want: [i64; N]) -> [i64; N] {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let rows: Vec<i64> = sqlx::query_scalar(sql).fetch_all(pool).await.unwrap();
+        let counts: [i64; N] = rows.try_into().expect("one count per row");
+        if counts == want || tokio::time::Instant::now() > deadline {
+            return counts;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 fn base64_encode(text: &str) -> String {
