@@ -2,12 +2,12 @@
 //! the super-admin included: content filter, do-not-contact, consent, quiet hours (voice; not in
 //! demo mode) and recording consent (recorded calls), then the CAN-SPAM warning for email.
 //! Each check is recorded in the provenance; the first refusal names its rule. A check that
-//! cannot be evaluated refuses (P5).
+//! cannot be evaluated refuses (P5); what they read of the recipient is read with the agent.
 
-use commguard_domain::contact::ConsentType;
 use commguard_domain::refusal::{Check, Rule};
 use commguard_domain::values::Channel;
 use commguard_domain::{calling_hours, content, recording};
+use commguard_projections::contact::read::ContactState;
 use serde_json::{json, Value};
 
 use crate::directory::AgentView;
@@ -47,12 +47,14 @@ fn blocked(check: Check, rule: Rule, message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::ComplianceBlocked, message).at(check).under(rule)
 }
 
-/// Checks 7–11 for `subject`, sent by `agent`. A refusal names its check (`ApiError::at`), also
-/// when the check could not be evaluated.
-pub async fn check(
+/// Checks 7–11 for `subject`, sent by `agent`, with `contact`: the recipient as the contact
+/// projection holds it, read with the agent (`read::agent_org_and_contact`; recording consent
+/// asked for when `subject` is a recorded call). A refusal names its check (`ApiError::at`).
+pub fn check(
     app: &AppState,
     agent: &AgentView,
     subject: &Subject<'_>,
+    state: &ContactState,
     provenance: &mut Provenance,
 ) -> Result<Passed, ApiError> {
     // 7: content.
@@ -61,11 +63,8 @@ pub async fn check(
     }
     provenance.pass("content_filter");
 
-    // 8–9: DNC and consent, read together (one round trip).
+    // 8–9: DNC and consent.
     let channel = subject.channel;
-    let state = contact_state(app, &agent.org_id, &agent.agent_id, subject.to, channel.as_str())
-        .await
-        .map_err(|e| e.at(Check::Dnc))?;
     if state.on_dnc {
         return Err(blocked(
             Check::Dnc,
@@ -134,12 +133,7 @@ pub async fn check(
             let jurisdiction = recording::all_party_jurisdiction(subject.to)
                 .or_else(|| own_number.and_then(recording::all_party_jurisdiction));
             if let Some(jurisdiction) = jurisdiction {
-                let consented = contact_state(app, &agent.org_id, &agent.agent_id, subject.to, "recording")
-                    .await
-                    .map_err(|e| e.at(Check::RecordingConsent))?
-                    .consent
-                    .is_some();
-                if !consented {
+                if state.recording_consent != Some(true) {
                     let message = format!(
                         "Compliance: Recording consent required: {jurisdiction} requires all-party consent to record calls."
                     );
@@ -160,27 +154,6 @@ pub async fn check(
         }
     }
     Ok(passed)
-}
-
-/// Whether `to` is on the org's DNC list, and the agent's active consent on `channel`.
-pub struct ContactState {
-    pub on_dnc: bool,
-    pub consent: Option<ConsentType>,
-}
-
-pub async fn contact_state(
-    app: &AppState,
-    org_id: &str,
-    agent_id: &str,
-    to: &str,
-    channel: &str,
-) -> Result<ContactState, ApiError> {
-    let subject_ref = app.store.keystore().data_keys().blind_index(to);
-    let (on_dnc, consent) =
-        commguard_projections::contact::read::contact_state(&app.pool, org_id, &subject_ref, agent_id, channel)
-            .await
-            .map_err(ApiError::internal)?;
-    Ok(ContactState { on_dnc, consent })
 }
 
 /// The text of an HTML body, for the content filter: tags dropped, entities left as they are.

@@ -19,9 +19,12 @@ use commguard_domain::values::{Address, Channel};
 use serde_json::Value;
 use uuid::Uuid;
 
+use commguard_projections::contact::read::ContactState;
+use commguard_projections::directory::read as directory_read;
+
 use crate::auth::caller::Caller;
-use crate::auth::Role;
-use crate::directory::{self, commands, AgentView, OrgView};
+use crate::auth::{guard, Principal, Role};
+use crate::directory::{self, AgentView, OrgView};
 use crate::error::{ApiError, ErrorCode};
 use crate::ledger::intents;
 use crate::ledger::reservations::{self, Contact, Limits, OrgCaps};
@@ -81,9 +84,10 @@ async fn run<A: Action>(
     // 3: input.
     let action = input(args)?;
     context.provenance.pass("input");
-    // 4: org boundary (Z2).
-    // The agent and its org in one statement (the org is checked at step 5–6, as before).
-    let (agent, org) = commands::addressable_agent_and_org(app, caller.principal, &agent_id).await?;
+    // 4: org boundary (Z2). The agent, its org (checked at steps 5–6) and the recipient as
+    // compliance sees it (steps 8, 9 and 11) come from one statement.
+    let subject = action.subject();
+    let (agent, org, contact_state) = agent_for_send(app, caller.principal, &agent_id, &subject).await?;
     context.provenance.pass("org_boundary");
     let mut context = context.in_org(agent.org_id.clone());
 
@@ -104,7 +108,7 @@ async fn run<A: Action>(
     context.provenance.pass("agent_state");
     context.provenance.pass("org_state");
     // 7–11: compliance (applies to the super-admin too).
-    let passed = match compliance::check(app, &agent, &action.subject(), &mut context.provenance).await {
+    let passed = match compliance::check(app, &agent, &subject, &contact_state, &mut context.provenance) {
         Ok(passed) => passed,
         Err(refusal) => return Err(block(app, context, &agent_id, id, &action, refusal).await),
     };
@@ -181,6 +185,28 @@ async fn run<A: Action>(
         fallback,
     };
     app.to_the_end(|app| perform(performance(app))).await
+}
+
+/// The agent `agent_id` if the caller may address it (Z1, Z2), its org (`None` if missing), and
+/// the recipient of `subject` as compliance reads it in the agent's org: one statement
+/// (`read::agent_org_and_contact`), one round trip per send before its reservation.
+async fn agent_for_send(
+    app: &AppState,
+    principal: &Principal,
+    agent_id: &str,
+    subject: &compliance::Subject<'_>,
+) -> Result<(AgentView, Option<OrgView>, ContactState), ApiError> {
+    guard::own_agent(principal, agent_id)?;
+    let subject_ref = app.store.keystore().data_keys().blind_index(subject.to);
+    let recording = subject.voice.as_ref().is_some_and(|voice| voice.record);
+    let read =
+        directory_read::agent_org_and_contact(&app.pool, agent_id, &subject_ref, subject.channel.as_str(), recording);
+    let (agent, org, contact) = read
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
+    guard::agent_in_org(principal, agent_id, &agent.org_id)?;
+    Ok((agent, org, contact))
 }
 
 /// What the second half of the pipeline needs, owned by its task.

@@ -176,27 +176,47 @@ pub async fn dnc_entries<'e>(
     .await
 }
 
-/// Whether the contact is listed, and the agent's consent in force on `channel` — what an
-/// outbound check reads, in one round trip.
-pub async fn contact_state<'e>(
-    db: impl PgExecutor<'e>,
-    org_id: &str,
-    subject_ref: &str,
-    agent_id: &str,
-    channel: &str,
-) -> Result<(bool, Option<ConsentType>), sqlx::Error> {
-    let (on_dnc, consent): (bool, Option<String>) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM dnc_entries WHERE org_id = $1 AND subject_ref = $2),
-                (SELECT consent_type FROM consents
-                  WHERE org_id = $1 AND subject_ref = $2 AND agent_id = $3 AND channel = $4 AND status = 'granted')",
+/// What the outbound checks read of one recipient: whether the org lists it (DNC), the agent's
+/// consent in force on the action's channel, and — asked only for recorded calls — whether it
+/// consented to recording.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContactState {
+    pub on_dnc: bool,
+    pub consent: Option<ConsentType>,
+    /// `None` when not asked for.
+    pub recording_consent: Option<bool>,
+}
+
+impl ContactState {
+    /// The columns `state_columns` names, from `row`.
+    pub(crate) fn from_columns(row: &PgRow) -> Result<Self, sqlx::Error> {
+        let consent: Option<String> = row.try_get("c_consent")?;
+        Ok(Self {
+            on_dnc: row.try_get("c_on_dnc")?,
+            consent: consent.and_then(|kind| serde_json::from_value(Value::String(kind)).ok()),
+            recording_consent: row.try_get("c_recording")?,
+        })
+    }
+}
+
+/// The select-list columns of a `ContactState` (`c_on_dnc`, `c_consent`, `c_recording`): the one
+/// statement of the rules for what lists a contact and what consent is in force. Each argument is
+/// an SQL expression: the org, the agent, the subject reference, the channel, and a boolean that
+/// asks for recording consent.
+pub(crate) fn state_columns(org: &str, agent: &str, subject: &str, channel: &str, recording: &str) -> String {
+    let granted = |channel: &str| {
+        format!(
+            "FROM consents c WHERE c.org_id = {org} AND c.subject_ref = {subject} AND c.agent_id = {agent} \
+               AND c.channel = {channel} AND c.status = 'granted'"
+        )
+    };
+    format!(
+        "EXISTS (SELECT 1 FROM dnc_entries d WHERE d.org_id = {org} AND d.subject_ref = {subject}) AS c_on_dnc, \
+         (SELECT c.consent_type {}) AS c_consent, \
+         CASE WHEN {recording} THEN EXISTS (SELECT 1 {}) END AS c_recording",
+        granted(channel),
+        granted("'recording'")
     )
-    .bind(org_id)
-    .bind(subject_ref)
-    .bind(agent_id)
-    .bind(channel)
-    .fetch_one(db)
-    .await?;
-    Ok((on_dnc, consent.and_then(|kind| serde_json::from_value(Value::String(kind)).ok())))
 }
 
 /// A placed call, as the calls projection holds it.

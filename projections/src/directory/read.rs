@@ -2,6 +2,8 @@
 //! status, its org's mode, its tier, overrides and blocked channels are read once here, never
 //! compared as text or parsed again by a caller.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use commguard_domain::agent::AgentStatus;
 use commguard_domain::limits::{LimitSet, Overrides, Tier};
@@ -11,6 +13,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgExecutor, Row};
 use uuid::Uuid;
 
+use crate::contact::{self, read::ContactState};
 use crate::enum_column;
 
 /// An agent as the agents projection holds it, with its limits (no `agent_limits` row: starter,
@@ -119,7 +122,7 @@ impl<'r> FromRow<'r, PgRow> for OrgView {
 }
 
 impl OrgView {
-    /// The org of `row`, its columns named `<prefix><column>` (`agent_and_org`: `o_`).
+    /// The org of `row`, its columns named `<prefix><column>` (`agent_org_and_contact`: `o_`).
     fn from_columns(row: &PgRow, prefix: &str) -> Result<Self, sqlx::Error> {
         let column = |name: &str| format!("{prefix}{name}");
         Ok(Self {
@@ -159,27 +162,39 @@ pub async fn agent<'e>(db: impl PgExecutor<'e>, agent_id: &str) -> Result<Option
     .await
 }
 
-/// `ORG_COLUMNS` named `o_<column>`, beside an agent's columns (`agent_and_org`).
+/// `ORG_COLUMNS` named `o_<column>`, beside an agent's columns (`agent_org_and_contact`).
 const ORG_COLUMNS_PREFIXED: &str = "o.org_id AS o_org_id, o.name AS o_name, o.slug AS o_slug, o.mode AS o_mode, \
     o.a2p_registered AS o_a2p_registered, o.settings AS o_settings, o.max_agents AS o_max_agents, \
     o.max_spend_per_day AS o_max_spend_per_day, o.max_spend_per_month AS o_max_spend_per_month, \
     o.created_at AS o_created_at, o.updated_at AS o_updated_at, \
     (SELECT COUNT(*) FROM agents c WHERE c.org_id = o.org_id AND c.status = 'active') AS o_agent_count";
 
-/// An agent and its org (`None` if the org row is missing), in one statement: what `agent` and
-/// `org` read, for the send pipeline, which reads both on every send.
-pub async fn agent_and_org<'e>(
+static SEND_READ: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {AGENT_COLUMNS}, {ORG_COLUMNS_PREFIXED}, {}
+           FROM agents a LEFT JOIN agent_limits l USING (agent_id) LEFT JOIN orgs o ON o.org_id = a.org_id
+          WHERE a.agent_id = $1",
+        contact::read::state_columns("a.org_id", "a.agent_id", "$2", "$3", "$4")
+    )
+});
+
+/// What the send pipeline reads before it decides, in one statement: the agent, its org (`None`
+/// if the org row is missing), and the recipient `subject_ref` as the outbound checks see it in
+/// the agent's org on `channel` (recording consent asked for when `recording`).
+pub async fn agent_org_and_contact<'e>(
     db: impl PgExecutor<'e>,
     agent_id: &str,
-) -> Result<Option<(AgentView, Option<OrgView>)>, sqlx::Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {AGENT_COLUMNS}, {ORG_COLUMNS_PREFIXED}
-           FROM agents a LEFT JOIN agent_limits l USING (agent_id) LEFT JOIN orgs o ON o.org_id = a.org_id
-          WHERE a.agent_id = $1"
-    ))
-    .bind(agent_id)
-    .fetch_optional(db)
-    .await?;
+    subject_ref: &str,
+    channel: &str,
+    recording: bool,
+) -> Result<Option<(AgentView, Option<OrgView>, ContactState)>, sqlx::Error> {
+    let row = sqlx::query(&SEND_READ)
+        .bind(agent_id)
+        .bind(subject_ref)
+        .bind(channel)
+        .bind(recording)
+        .fetch_optional(db)
+        .await?;
     let Some(row) = row else { return Ok(None) };
     let agent = AgentView::from_row(&row)?;
     let org_id: Option<String> = row.try_get("o_org_id")?;
@@ -187,7 +202,7 @@ pub async fn agent_and_org<'e>(
         Some(_) => Some(OrgView::from_columns(&row, "o_")?),
         None => None,
     };
-    Ok(Some((agent, org)))
+    Ok(Some((agent, org, ContactState::from_columns(&row)?)))
 }
 
 /// Every agent, or those of `org_id`, by provisioning time.

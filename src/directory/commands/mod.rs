@@ -84,22 +84,6 @@ pub async fn addressable_agent(
     Ok(found)
 }
 
-/// `addressable_agent`, and the agent's org (`None` if it is missing) read in the same
-/// statement (`read::agent_and_org`): the send pipeline needs both.
-pub async fn addressable_agent_and_org(
-    app: &AppState,
-    principal: &Principal,
-    agent_id: &str,
-) -> Result<(crate::directory::AgentView, Option<crate::directory::OrgView>), ApiError> {
-    guard::own_agent(principal, agent_id)?;
-    let (found, org) = commguard_projections::directory::read::agent_and_org(&app.pool, agent_id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
-    guard::agent_in_org(principal, agent_id, &found.org_id)?;
-    Ok((found, org))
-}
-
 /// The org a caller acts in when it names none: its own, or `default` for the super-admin.
 pub fn home_org(principal: &Principal, requested: Option<String>) -> Result<String, ApiError> {
     match (principal.role(), requested) {
