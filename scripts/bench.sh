@@ -5,7 +5,7 @@
 #
 #   scripts/bench.sh event-store [--writers 16] [--seconds 20]
 #     (EVENT_STORE_BENCH=<a built benches/event_store.rs>: measure that build instead of this tree's)
-#   scripts/bench.sh mcp [--writers 16] [--seconds 20] [--idle 1000]
+#   scripts/bench.sh mcp [--writers 16] [--seconds 20] [--idle 1000]  (COMMGUARD_BIN=<build>: that server)
 #   scripts/bench.sh send [--writers 16] [--seconds 20] [--fill 1000000] [--sequential 500]
 #     (BENCH_BASELINE=<another commguard binary>: A/B/A against it; BENCH_BINARIES="<bin> <bin> ...":
 #     each in turn; no fill then. BENCH_PG_STATS=1: the statements per send of the concurrent
@@ -177,7 +177,8 @@ if feed:
 PY
     ;;
   mcp)
-    cargo build --release --bin commguard --bench mcp >&2
+    # COMMGUARD_BIN=FILE: measure that server build instead of this tree's.
+    if [ -n "${COMMGUARD_BIN:-}" ]; then cargo build --release --bench mcp >&2; else cargo build --release --bin commguard --bench mcp >&2; fi
     bin=$(ls -t target/release/deps/mcp-* | grep -v '\.d$' | head -n 1)
     psql -q "$admin" -c "CREATE DATABASE bench"
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -185,7 +186,7 @@ PY
     data=$(mktemp -d /tmp/commguard-bench-data-XXXXXX); chmod 755 "$data"
     DATABASE_URL="${admin/\/postgres\?//bench?}" HOST=127.0.0.1 PORT=$port MASTER_SECURITY_TOKEN=$token \
       COMMGUARD_DATA_DIR=$data HTTP_RATE_LIMIT_PER_IP=1000000000 HTTP_RATE_LIMIT_GLOBAL=1000000000 \
-      MCP_MAX_SESSIONS=$((idle + 100)) RUST_LOG=warn target/release/commguard serve &
+      MCP_MAX_SESSIONS=$((idle + 100)) RUST_LOG=warn "${COMMGUARD_BIN:-target/release/commguard}" serve &
     server=$!
     trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; stop_cluster "$cluster"; rm -rf "$data"' EXIT
     wait_healthy
