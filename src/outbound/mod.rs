@@ -20,11 +20,11 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use commguard_projections::contact::read::ContactState;
-use commguard_projections::directory::read as directory_read;
+use commguard_projections::directory::read::{self as directory_read, OrgTerms};
 
 use crate::auth::caller::Caller;
 use crate::auth::{guard, Principal, Role};
-use crate::directory::{self, AgentView, OrgView};
+use crate::directory::{self, AgentView};
 use crate::error::{ApiError, ErrorCode};
 use crate::ledger::intents;
 use crate::ledger::reservations::{self, Contact, Limits, OrgCaps};
@@ -195,7 +195,7 @@ async fn agent_for_send(
     principal: &Principal,
     agent_id: &str,
     subject: &compliance::Subject<'_>,
-) -> Result<(AgentView, Option<OrgView>, ContactState), ApiError> {
+) -> Result<(AgentView, Option<OrgTerms>, ContactState), ApiError> {
     guard::own_agent(principal, agent_id)?;
     let subject_ref = app.store.keystore().data_keys().blind_index(subject.to);
     let recording = subject.voice.as_ref().is_some_and(|voice| voice.record);
@@ -334,8 +334,8 @@ async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
     Ok(action.reply(id, from, &receipt, sandbox, passed.warnings))
 }
 
-/// The send decision's input, from the directory's typed views.
-fn send_state<'a>(app: &AppState, agent: &'a AgentView, org: &'a OrgView, channel: Channel) -> send::Send<'a> {
+/// The send decision's input, from the directory's typed rows.
+fn send_state<'a>(app: &AppState, agent: &'a AgentView, org: &'a OrgTerms, channel: Channel) -> send::Send<'a> {
     let has = |address: Address| agent.channels.get(address.key()).is_some_and(|v| !v.is_null());
     send::Send {
         agent: send::AgentState {

@@ -88,6 +88,16 @@ pub struct OrgView {
     pub agent_count: i64,
 }
 
+/// What a send reads of its agent's org: its mode and spend caps. Not an `OrgView`: that one counts
+/// the org's active agents, which a send does not need and which grows with the org.
+#[derive(Clone, Debug)]
+pub struct OrgTerms {
+    pub org_id: String,
+    pub mode: OrgMode,
+    pub max_spend_per_day: Option<i64>,
+    pub max_spend_per_month: Option<i64>,
+}
+
 impl<'r> FromRow<'r, PgRow> for AgentView {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
         let blocked: Value = row.try_get("blocked_channels")?;
@@ -117,28 +127,33 @@ impl<'r> FromRow<'r, PgRow> for AgentView {
 
 impl<'r> FromRow<'r, PgRow> for OrgView {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
-        OrgView::from_columns(row, "")
+        Ok(Self {
+            org_id: row.try_get("org_id")?,
+            name: row.try_get("name")?,
+            slug: row.try_get("slug")?,
+            mode: enum_column(row, "mode")?,
+            a2p_registered: row.try_get("a2p_registered")?,
+            settings: row.try_get("settings")?,
+            max_agents: row.try_get("max_agents")?,
+            max_spend_per_day: row.try_get("max_spend_per_day")?,
+            max_spend_per_month: row.try_get("max_spend_per_month")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            agent_count: row.try_get("agent_count")?,
+        })
     }
 }
 
-impl OrgView {
-    /// The org of `row`, its columns named `<prefix><column>` (`agent_org_and_contact`: `o_`).
-    fn from_columns(row: &PgRow, prefix: &str) -> Result<Self, sqlx::Error> {
-        let column = |name: &str| format!("{prefix}{name}");
-        Ok(Self {
-            org_id: row.try_get(column("org_id").as_str())?,
-            name: row.try_get(column("name").as_str())?,
-            slug: row.try_get(column("slug").as_str())?,
-            mode: enum_column(row, &column("mode"))?,
-            a2p_registered: row.try_get(column("a2p_registered").as_str())?,
-            settings: row.try_get(column("settings").as_str())?,
-            max_agents: row.try_get(column("max_agents").as_str())?,
-            max_spend_per_day: row.try_get(column("max_spend_per_day").as_str())?,
-            max_spend_per_month: row.try_get(column("max_spend_per_month").as_str())?,
-            created_at: row.try_get(column("created_at").as_str())?,
-            updated_at: row.try_get(column("updated_at").as_str())?,
-            agent_count: row.try_get(column("agent_count").as_str())?,
-        })
+impl OrgTerms {
+    /// The org columns of `agent_org_and_contact` (`o_…`), `None` when the org row is missing.
+    fn from_send_read(row: &PgRow) -> Result<Option<Self>, sqlx::Error> {
+        let Some(org_id) = row.try_get("o_org_id")? else { return Ok(None) };
+        Ok(Some(Self {
+            org_id,
+            mode: enum_column(row, "o_mode")?,
+            max_spend_per_day: row.try_get("o_max_spend_per_day")?,
+            max_spend_per_month: row.try_get("o_max_spend_per_month")?,
+        }))
     }
 }
 
@@ -162,32 +177,26 @@ pub async fn agent<'e>(db: impl PgExecutor<'e>, agent_id: &str) -> Result<Option
     .await
 }
 
-/// `ORG_COLUMNS` named `o_<column>`, beside an agent's columns (`agent_org_and_contact`).
-const ORG_COLUMNS_PREFIXED: &str = "o.org_id AS o_org_id, o.name AS o_name, o.slug AS o_slug, o.mode AS o_mode, \
-    o.a2p_registered AS o_a2p_registered, o.settings AS o_settings, o.max_agents AS o_max_agents, \
-    o.max_spend_per_day AS o_max_spend_per_day, o.max_spend_per_month AS o_max_spend_per_month, \
-    o.created_at AS o_created_at, o.updated_at AS o_updated_at, \
-    (SELECT COUNT(*) FROM agents c WHERE c.org_id = o.org_id AND c.status = 'active') AS o_agent_count";
-
 static SEND_READ: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {AGENT_COLUMNS}, {ORG_COLUMNS_PREFIXED}, {}
+        "SELECT {AGENT_COLUMNS}, o.org_id AS o_org_id, o.mode AS o_mode, o.max_spend_per_day AS o_max_spend_per_day,
+                o.max_spend_per_month AS o_max_spend_per_month, {}
            FROM agents a LEFT JOIN agent_limits l USING (agent_id) LEFT JOIN orgs o ON o.org_id = a.org_id
           WHERE a.agent_id = $1",
         contact::read::state_columns("a.org_id", "a.agent_id", "$2", "$3", "$4")
     )
 });
 
-/// What the send pipeline reads before it decides, in one statement: the agent, its org (`None`
-/// if the org row is missing), and the recipient `subject_ref` as the outbound checks see it in
-/// the agent's org on `channel` (recording consent asked for when `recording`).
+/// What the send pipeline reads before it decides, in one statement: the agent, its org's terms
+/// (`None` if the org row is missing), and the recipient `subject_ref` as the outbound checks see
+/// it in the agent's org on `channel` (recording consent asked for when `recording`).
 pub async fn agent_org_and_contact<'e>(
     db: impl PgExecutor<'e>,
     agent_id: &str,
     subject_ref: &str,
     channel: &str,
     recording: bool,
-) -> Result<Option<(AgentView, Option<OrgView>, ContactState)>, sqlx::Error> {
+) -> Result<Option<(AgentView, Option<OrgTerms>, ContactState)>, sqlx::Error> {
     let row = sqlx::query(&SEND_READ)
         .bind(agent_id)
         .bind(subject_ref)
@@ -196,13 +205,7 @@ pub async fn agent_org_and_contact<'e>(
         .fetch_optional(db)
         .await?;
     let Some(row) = row else { return Ok(None) };
-    let agent = AgentView::from_row(&row)?;
-    let org_id: Option<String> = row.try_get("o_org_id")?;
-    let org = match org_id {
-        Some(_) => Some(OrgView::from_columns(&row, "o_")?),
-        None => None,
-    };
-    Ok(Some((agent, org, ContactState::from_columns(&row)?)))
+    Ok(Some((AgentView::from_row(&row)?, OrgTerms::from_send_read(&row)?, ContactState::from_columns(&row)?)))
 }
 
 /// Every agent, or those of `org_id`, by provisioning time.
