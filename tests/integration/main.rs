@@ -29,6 +29,7 @@ mod outage;
 mod outbound;
 mod providers;
 mod read_models;
+mod reservations;
 mod retention;
 mod server;
 mod views;
