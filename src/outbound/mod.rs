@@ -136,16 +136,9 @@ async fn run<A: Action>(
     };
     let chosen = route.provider(credentials.is_some()).map(|kind| (provider_of(kind), credentials.unwrap_or_default()));
     let from = agent.channels.get(channel.address().key()).and_then(Value::as_str).map(str::to_string);
-    let limits_check = |provenance: &mut crate::store::Provenance| {
-        if unlimited {
-            provenance.skip("limits", "super-admin or demo: counted, not limited");
-        } else {
-            provenance.pass("limits");
-        }
-    };
     let fallback = {
         let mut fallback_context = context.clone();
-        limits_check(&mut fallback_context.provenance);
+        limits_passed(&mut fallback_context.provenance, unlimited);
         let event = match &chosen {
             Ok((provider, _)) => {
                 fallback_context
@@ -252,13 +245,6 @@ async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
     } = p;
     let app = &app;
     let channel = action.channel();
-    let limits_check = |provenance: &mut crate::store::Provenance| {
-        if unlimited {
-            provenance.skip("limits", "super-admin or demo: counted, not limited");
-        } else {
-            provenance.pass("limits");
-        }
-    };
     let now = app.clock.now();
     let request = reservations::Request {
         id,
@@ -283,7 +269,7 @@ async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
         app.metrics.rate_limit_hit(exceeded.limit_type);
         return Err(block(app, context, &agent_id, id, &action, exceeded.to_error()).await);
     }
-    limits_check(&mut context.provenance);
+    limits_passed(&mut context.provenance, unlimited);
     // 13: the provider: the mock for sandbox orgs and demo, else the configured real one.
     let (provider, provider_credentials) = match chosen {
         Ok(chosen) => chosen,
@@ -332,6 +318,16 @@ async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
         return Err(e);
     }
     Ok(action.reply(id, from, &receipt, sandbox, passed.warnings))
+}
+
+/// Step 12 passed, in `provenance`: the limits, or for the super-admin and demo (`unlimited`)
+/// counted without limits.
+fn limits_passed(provenance: &mut crate::store::Provenance, unlimited: bool) {
+    if unlimited {
+        provenance.skip("limits", "super-admin or demo: counted, not limited");
+    } else {
+        provenance.pass("limits");
+    }
 }
 
 /// The send decision's input, from the directory's typed rows.
