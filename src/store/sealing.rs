@@ -356,6 +356,19 @@ fn range_in(whole: &str, part: &str) -> std::ops::Range<usize> {
     start..start + part.len()
 }
 
+/// `members` as a tree's map iterates them: in key order, keeping the last of equal keys (both
+/// walks visit an object's members the way `collect` does over the parsed tree).
+fn in_tree_order<K: Ord, V>(members: &mut Vec<(K, V)>) {
+    members.sort_by(|a, b| a.0.cmp(&b.0));
+    members.dedup_by(|later, earlier| {
+        let same = later.0 == earlier.0;
+        if same {
+            std::mem::swap(later, earlier);
+        }
+        same
+    });
+}
+
 /// `collect` over the text: `text`, a JSON value's text, lies in `whole`.
 fn walk(whole: &str, text: &str, at: &mut Vec<String>, out: &mut Vec<Spot>) -> Result<(), serde_json::Error> {
     if !text.contains(SEALED_MARKER) {
@@ -370,15 +383,7 @@ fn walk(whole: &str, text: &str, at: &mut Vec<String>, out: &mut Vec<Spot>) -> R
                 }
                 return Ok(());
             }
-            // A tree's map iterates in key order (and keeps the last of equal keys).
-            members.sort_by(|a, b| a.0.cmp(&b.0));
-            members.dedup_by(|later, earlier| {
-                let same = later.0 == earlier.0;
-                if same {
-                    std::mem::swap(later, earlier);
-                }
-                same
-            });
+            in_tree_order(&mut members);
             for (key, child) in members {
                 at.push(key);
                 walk(whole, child.get(), at, out)?;
@@ -415,15 +420,7 @@ fn walk_text(whole: &str, text: &str, at: &mut Vec<String>, out: &mut Vec<Spot>)
                 }
                 return Some(());
             }
-            // A tree's map iterates in key order (and keeps the last of equal keys).
-            members.sort_by(|a, b| a.0.cmp(b.0));
-            members.dedup_by(|later, earlier| {
-                let same = later.0 == earlier.0;
-                if same {
-                    std::mem::swap(later, earlier);
-                }
-                same
-            });
+            in_tree_order(&mut members);
             for (key, child) in members {
                 if child.contains(SEALED_MARKER) {
                     at.push(key.to_string());
