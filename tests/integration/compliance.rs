@@ -600,15 +600,7 @@ async fn a_calls_price_is_added_once_and_a_failed_handler_gives_its_nonce_back()
     let s = TestServer::start(&db, &vars_with(&[("TWILIO_API_BASE_URL", fake)])).await;
     set_clock(&s, "2026-12-01T16:00:00Z").await;
     let o = org(&s, "priced").await;
-    let approve = s
-        .http
-        .post(s.url(&format!("/admin/api/orgs/{}/approve", o.org_id)))
-        .bearer_auth(MASTER)
-        .json(&json!({"kycNote": "KYC verified"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(approve.status(), 200);
+    crate::support::approve_org(&s.http, &s.base, MASTER, &o.org_id).await;
     let me = Session::open(&s, &o.agent_token).await;
     me.ok("comms_record_consent", json!({"contactAddress": "+12025550188", "channel": "voice"})).await;
     let call = me.ok("comms_make_call", json!({"to": "+12025550188"})).await;

@@ -87,14 +87,7 @@ async fn email_agent(http: &reqwest::Client, base: &str) -> (String, String) {
     let admin = Session::open_at(http, base, org["adminToken"].as_str().unwrap()).await;
     let agent =
         admin.ok("comms_provision_channels", json!({"displayName": "Mail", "capabilities": {"email": true}})).await;
-    let approve = http
-        .post(format!("{base}/admin/api/orgs/{}/approve", org["orgId"].as_str().unwrap()))
-        .bearer_auth(MASTER)
-        .json(&json!({"kycNote": "KYC verified"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(approve.status(), 200);
+    crate::support::approve_org(http, base, MASTER, org["orgId"].as_str().unwrap()).await;
     let token = agent["securityToken"].as_str().unwrap().to_string();
     let me = Session::open_at(http, base, &token).await;
     me.ok("comms_record_consent", json!({"contactAddress": RECIPIENT, "channel": "email"})).await;

@@ -319,15 +319,7 @@ async fn approved_org(s: &TestServer, master: &Session, name: &str, capabilities
     let org = master.ok("comms_create_organization", json!({"name": name, "slug": slug, "a2pRegistered": true})).await;
     let admin = Session::open(s, org["adminToken"].as_str().unwrap()).await;
     let agent = admin.ok("comms_provision_channels", json!({"displayName": name, "capabilities": capabilities})).await;
-    let approve = s
-        .http
-        .post(s.url(&format!("/admin/api/orgs/{}/approve", org["orgId"].as_str().unwrap())))
-        .bearer_auth(MASTER)
-        .json(&json!({"kycNote": "KYC verified"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(approve.status(), 200);
+    crate::support::approve_org(&s.http, &s.base, MASTER, org["orgId"].as_str().unwrap()).await;
     (admin, agent)
 }
 
@@ -368,15 +360,7 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
     let admin = Session::open(&s, org["adminToken"].as_str().unwrap()).await;
     let agent =
         admin.ok("comms_provision_channels", json!({"displayName": "Own", "capabilities": {"phone": true}})).await;
-    let approved = s
-        .http
-        .post(s.url(&format!("/admin/api/orgs/{org_id}/approve")))
-        .bearer_auth(MASTER)
-        .json(&json!({"kycNote": "KYC verified"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(approved.status(), 200);
+    crate::support::approve_org(&s.http, &s.base, MASTER, &org_id).await;
     let me = Session::open(&s, agent["securityToken"].as_str().unwrap()).await;
     consent(&s, &me).await;
 

@@ -385,6 +385,19 @@ pub async fn twilio_form(
     (status, r.text().await.unwrap())
 }
 
+/// Approves org `org_id` (KYC) on the server at `base` as the super-admin `master`: its agents may
+/// then use real providers.
+pub async fn approve_org(http: &reqwest::Client, base: &str, master: &str, org_id: &str) {
+    let approve = http
+        .post(format!("{base}/admin/api/orgs/{org_id}/approve"))
+        .bearer_auth(master)
+        .json(&json!({"kycNote": "KYC verified"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approve.status(), 200);
+}
+
 /// An agent's actions today as the limit counters see them.
 pub async fn counted_today(pool: &PgPool, agent_id: &str) -> i64 {
     sqlx::query_scalar(
