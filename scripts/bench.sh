@@ -161,7 +161,7 @@ case $what in
     pg_stats_reset "${admin/\/postgres\?//bench?}"
     result=$(DATABASE_URL="${admin/\/postgres\?//bench?}" "$bin" --writers "$writers" --seconds "$seconds" --stream-length "$stream_length" 2> "$cluster/event_store.err")
     cat "$cluster/event_store.err" >&2
-    feed=$(sed -n 's/^feed read alone: .* = \([0-9]*\) events\/s$/\1/p' "$cluster/event_store.err")
+    feed=$(sed -n 's/^feed read alone.* \([0-9]*\) events\/s$/\1/p' "$cluster/event_store.err")
     pg_stats_print "${admin/\/postgres\?//bench?}"
     appends=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["appends_per_sec"])')
     catchup=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["catch_up_events_per_sec"])')

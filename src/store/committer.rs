@@ -28,8 +28,12 @@ pub const MAX_EVENTS_PER_APPEND: usize = 4096;
 
 /// Statements in flight at once. While one runs, the next batch forms, so batches grow with load.
 /// With 16 writers on 2 cores and `append_batch`: 4 in flight 6.1–7.1k appends/s (three runs),
-/// 8 5.6k, 16 5.3k: more statements only compete for the same CPUs.
-const COMMITTERS: usize = 4;
+/// 8 5.6k, 16 5.3k: more statements only compete for the same CPUs. After migration 0029 (one
+/// append costs less, so a batch's fixed cost counts for more), `scripts/bench.sh event-store`,
+/// alternating builds: 1 in flight 8.6k / 9.9k appends/s, 2 12.0k / 12.7k, 3 11.4k / 12.2k, 4
+/// 9.5k / 10.7k; sends (`bench.sh send`, 16 sessions) 1,525 / 1,614 with 2 against 1,485 / 1,586
+/// with 4. One statement in flight leaves a core idle while the next batch waits for it.
+const COMMITTERS: usize = 2;
 
 /// How long a committer keeps its connection without work (`store::STALE_AFTER`: a connection
 /// idle longer is pinged before use, so a held one is never staler than one from the pool).
