@@ -8,8 +8,8 @@
 #   scripts/bench.sh mcp [--writers 16] [--seconds 20] [--idle 1000]  (COMMGUARD_BIN=<build>: that server)
 #   scripts/bench.sh send [--writers 16] [--seconds 20] [--fill 1000000] [--sequential 500]
 #     (BENCH_BASELINE=<another commguard binary>: A/B/A against it; BENCH_BINARIES="<bin> <bin> ...":
-#     each in turn; no fill then. BENCH_PG_STATS=1: the statements per send of the concurrent
-#     phase, BENCH_PG_STATS=sequential: of the sequential sends; BENCH_PERF=<dir>: `perf record -g`
+#     each in turn; no fill then. BENCH_PG_STATS=1: the statements per send of the concurrent phase and what a send writes (WAL, rows per table),
+#     BENCH_PG_STATS=sequential: of the sequential sends; BENCH_PERF=<dir>: `perf record -g`
 #     of the server and the cluster during the sequential sends, into <dir>/perf-<phase>.data, and
 #     during the concurrent phase, into <dir>/perf-<phase>-send.data; BENCH_PERF_CALLGRAPH="--call-graph
 #     dwarf" for call graphs of the server, whose build keeps no frame pointers)
@@ -66,7 +66,14 @@ pg_stats_per_send() {
   [ -n "${BENCH_PG_STATS:-}" ] || return 0
   [ "${BENCH_PG_STATS:-}" != sequential ] || return 0
   psql "$1" -f "$cluster/per-send.sql" >&2
+  # What a send writes: WAL records, full-page images and bytes (the whole cluster's, beside
+  # pgbench's per single-row insert), and the rows each table gained, changed or lost (HOT: an
+  # update that wrote no index entry). Backends report table counts within a second of going idle.
+  sleep 2
+  psql "$1" -f "$cluster/writes-per-send.sql" >&2
 }
+# The WAL of pgbench's single-row insert, per transaction (BENCH_PG_STATS: pgbench_tps sets it).
+base_wal=""
 # The statement profile per send (pg_stats_per_send; BENCH_PG_STATS=sequential runs it after the
 # sequential phase instead, through the bench client's hook).
 cat > "$cluster/per-send.sql" <<'SQL'
@@ -82,6 +89,21 @@ WITH n AS (SELECT GREATEST(count(*), 1)::numeric AS sends FROM events WHERE even
         round(total_plan_time::numeric * 1000 / n.sends, 1), round(rows / n.sends, 2), plans, toplevel,
         left(regexp_replace(query, '\s+', ' ', 'g'), 110)
       FROM s, n ORDER BY total_exec_time + total_plan_time DESC LIMIT 45);
+SQL
+cat > "$cluster/writes-per-send.sql" <<'SQL'
+WITH n AS (SELECT GREATEST(count(*), 1)::numeric AS sends FROM events WHERE event_type = 'MessageSent'
+                             AND occurred_at >= (SELECT stats_reset FROM pg_stat_wal))
+SELECT round(wal_records / n.sends, 1) AS wal_records_per_send, round(wal_fpi / n.sends, 2) AS full_pages_per_send,
+       round(wal_bytes / n.sends) AS wal_bytes_per_send
+  FROM pg_stat_wal, n;
+WITH n AS (SELECT GREATEST(count(*), 1)::numeric AS sends FROM events WHERE event_type = 'MessageSent'
+                             AND occurred_at >= (SELECT stats_reset FROM pg_stat_wal))
+SELECT t.relname AS "table", round(t.n_tup_ins / n.sends, 2) AS inserted, round(t.n_tup_upd / n.sends, 2) AS updated,
+       round(t.n_tup_hot_upd / n.sends, 2) AS hot, round(t.n_tup_del / n.sends, 2) AS deleted,
+       (SELECT count(*) FROM pg_index i WHERE i.indrelid = t.relid) AS indexes
+  FROM pg_stat_user_tables t, n
+ WHERE t.n_tup_ins + t.n_tup_upd + t.n_tup_del > 0
+ ORDER BY t.n_tup_ins + t.n_tup_upd + t.n_tup_del DESC;
 SQL
 pg_stats_print() {
   [ -n "${BENCH_PG_STATS:-}" ] || return 0
@@ -130,12 +152,17 @@ pgbench_tps() {
   psql -q "$admin" -c "DROP TABLE IF EXISTS pgbench_rows; CREATE TABLE pgbench_rows (id bigserial PRIMARY KEY, v text NOT NULL, at timestamptz NOT NULL DEFAULT now())"
   echo "INSERT INTO pgbench_rows (v) VALUES ('benchmark');" > "$cluster/insert.sql"
   local before after out
+  [ -z "${BENCH_PG_STATS:-}" ] || psql -q "$admin" -c "SELECT pg_stat_reset_shared('wal')" >/dev/null
   before=$(pg_cluster_ticks)
   out=$("$PG_BIN_DIR/pgbench" -n -c "$writers" -j 2 -T "$seconds" -f "$cluster/insert.sql" "$admin" 2>/dev/null)
   after=$(pg_cluster_ticks)
   base=$(echo "$out" | awk '/^tps/ { print $3; exit }')
   local txs; txs=$(echo "$out" | awk '/number of transactions actually processed/ { split($NF, a, "/"); print a[1]; exit }')
   base_pg_ms=$(python3 -c "print(f'{($after - $before) * 10 / max($txs, 1):.3f}')")
+  if [ -n "${BENCH_PG_STATS:-}" ]; then
+    base_wal=$(psql -qAt "$admin" -c "SELECT round(wal_records / $txs::numeric, 1) || ' WAL records, ' || round(wal_bytes / $txs::numeric) || ' bytes per transaction' FROM pg_stat_wal")
+    echo "pgbench single-row insert: $base_wal" >&2
+  fi
 }
 
 pgbench_one_ms() {
@@ -247,7 +274,7 @@ PY
         export BENCH_BEFORE_SEQUENTIAL="$PG_BIN_DIR/psql -q '$bench_url' -c 'SELECT pg_stat_statements_reset()' >/dev/null"
         export BENCH_AFTER_SEQUENTIAL="$PG_BIN_DIR/psql '$bench_url' -f '$cluster/per-send.sql' >&2"
       elif [ -n "${BENCH_PG_STATS:-}" ]; then
-        export BENCH_BEFORE_SEND="$PG_BIN_DIR/psql -q '$bench_url' -c 'SELECT pg_stat_statements_reset()' >/dev/null"
+        export BENCH_BEFORE_SEND="$PG_BIN_DIR/psql -q '$bench_url' -c 'SELECT pg_stat_statements_reset(), pg_stat_reset_shared(\$\$wal\$\$), pg_stat_reset()' >/dev/null"
       fi
       if [ -n "${BENCH_PERF:-}" ]; then
         # BENCH_PERF=<dir>: `perf record` of the server and of this cluster's processes (its
