@@ -5,8 +5,8 @@
 //! inserted. An append whose stream moved meanwhile is answered `OptimisticLockError` and its
 //! command is decided again; the others commit together. An append whose data Postgres refuses
 //! fails alone: the batch is retried in halves (`commit`). A lone writer waits for nobody: batches
-//! form only from appends that arrive while a statement is in flight, as in Postgres's own group
-//! commit.
+//! form only from appends that arrive while a statement is in flight, or while the ready tasks run
+//! once before a batch is taken (`next_batch`), as in Postgres's own group commit.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -135,7 +135,16 @@ async fn next_batch(jobs: &Mutex<mpsc::UnboundedReceiver<Job>>, held: &mut Optio
     let mut jobs = jobs.lock().await;
     let first = match held.take() {
         Some(job) => job,
-        None => jobs.recv().await?,
+        None => {
+            // Woken by the first append, let the tasks that are ready run once before taking
+            // what else is queued: the writers a batch just answered are then queueing their next
+            // appends. Not a wait: with nothing else ready the committer goes on at once.
+            // `scripts/bench.sh event-store` (16 writers, alternating builds): 5.1 → 7.2 appends
+            // per statement, 11.3–14.5k → 14.0–16.1k appends/s; sends unchanged.
+            let job = jobs.recv().await?;
+            tokio::task::yield_now().await;
+            job
+        }
     };
     let mut batch = vec![first];
     let mut streams: HashSet<(String, String)> = HashSet::new();
