@@ -504,26 +504,23 @@ async fn the_audit_view_writes_the_same_rows_by_copy_and_by_insert_and_refuses_a
     // A batch whose stream does not continue its stored head fails, and writes nothing.
     let heads: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT * FROM audit_stream_heads ORDER BY 1, 2").fetch_all(&pool).await.unwrap();
-    // Events 101-105: one per stream, each at sequence 21, after the heads at 20; one skips 21.
-    let mut skipping = audit_events(105)[100..].to_vec();
-    skipping[0].sequence = 22;
-    let mut tx = pool.begin().await.unwrap();
-    let err = projection.apply(&mut tx, &live, &skipping).await.unwrap_err().to_string();
-    drop(tx);
-    assert!(err.ends_with("org/org-1-1 sequence 22 after 20"), "{err}");
-    // A stream that starts again at 1, and a stream never seen that starts above 1, fail alike.
-    let mut restarting = audit_events(105)[100..].to_vec();
-    restarting[1].sequence = 1;
-    let mut tx = pool.begin().await.unwrap();
-    let err = projection.apply(&mut tx, &live, &restarting).await.unwrap_err().to_string();
-    drop(tx);
-    assert!(err.ends_with("sequence 1 after 20"), "{err}");
-    let mut unseen = audit_events(105)[100..].to_vec();
-    unseen[2].aggregate_id = "never-seen".into();
-    let mut tx = pool.begin().await.unwrap();
-    let err = projection.apply(&mut tx, &live, &unseen).await.unwrap_err().to_string();
-    drop(tx);
-    assert!(err.ends_with("/never-seen sequence 21 after 0"), "{err}");
+    // Events 101-105: one per stream, each at sequence 21, after the heads at 20, each changed in
+    // one way: one skips 21, one starts its stream again at 1, one is a stream never seen that
+    // starts above 1.
+    type Change = (fn(&mut feed::StoredEvent), &'static str);
+    let changes: [Change; 3] = [
+        (|e| e.sequence = 22, "org/org-1-1 sequence 22 after 20"),
+        (|e| e.sequence = 1, "sequence 1 after 20"),
+        (|e| e.aggregate_id = "never-seen".into(), "/never-seen sequence 21 after 0"),
+    ];
+    for (n, (change, refusal)) in changes.into_iter().enumerate() {
+        let mut batch = audit_events(105)[100..].to_vec();
+        change(&mut batch[n]);
+        let mut tx = pool.begin().await.unwrap();
+        let err = projection.apply(&mut tx, &live, &batch).await.unwrap_err().to_string();
+        drop(tx);
+        assert!(err.ends_with(refusal), "{err}");
+    }
     let after: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT * FROM audit_stream_heads ORDER BY 1, 2").fetch_all(&pool).await.unwrap();
     assert_eq!(after, heads);
