@@ -292,6 +292,46 @@ async fn a_projection_rebuilt_from_zero_equals_the_live_one() {
     assert_eq!(shadows, 0);
 }
 
+/// A rebuild swaps its shadows in under the live tables' names, and their indexes and
+/// constraints under the names the migrations gave them, however many times it runs: a later
+/// migration that names one (as 0027 dropped `audit_items_agent`) still finds it.
+#[tokio::test]
+async fn rebuilt_projections_keep_the_names_of_their_indexes_and_constraints() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let ledger = store.framework::<Ledger>(());
+    for i in 0..20 {
+        note(&store, &ledger, &format!("s{}", i % 3), "x", None).await;
+    }
+    wait_visible(store.pool(), 20).await;
+    let projections = commguard_projections::all();
+    let tables: Vec<&str> = projections.iter().flat_map(|p| p.tables().iter().copied()).collect();
+    let schema = || async {
+        sqlx::query_as::<_, (String, String, String)>(
+            "SELECT c.relname::text, i.relname::text, pg_get_indexdef(i.oid)
+               FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class c ON c.oid = x.indrelid
+              WHERE c.relname = ANY($1)
+             UNION ALL
+             SELECT c.relname::text, con.conname::text, pg_get_constraintdef(con.oid)
+               FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
+              WHERE c.relname = ANY($1)
+             ORDER BY 1, 2, 3",
+        )
+        .bind(&tables)
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    };
+    let migrated = schema().await;
+    assert!(migrated.iter().any(|(_, name, _)| name == "audit_items_agent"), "{migrated:?}");
+    for round in 1..=2 {
+        for projection in &projections {
+            runner::rebuild(store.pool(), projection.as_ref(), &mut runner::Progress::quiet()).await.unwrap();
+        }
+        assert_eq!(schema().await, migrated, "after rebuild {round}");
+    }
+}
+
 #[tokio::test]
 async fn long_streams_load_from_correct_snapshots() {
     let db = TestDb::new().await;
