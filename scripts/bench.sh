@@ -17,6 +17,7 @@
 #   scripts/bench.sh feed [--fill 1000000] [--seed 2000]  (BENCH_BINARIES="<bin> <bin> ...": each in turn, one fill)
 #   scripts/bench.sh anomaly [--fill 1000000] [--runs 200]
 #   scripts/bench.sh erase [--fill 1000000] [--seed 10000] [--idle 200000]
+#   scripts/bench.sh replay [--fill 1000000]  (BENCH_BINARIES="<bin> <bin> ...": each in turn, twice, one fill)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
@@ -586,6 +587,54 @@ for name, x in (("current activity only", e), (f"+ {f['projected'] - e['projecte
 print(f"detector run with history / without: mean {f['mean_ms'] / e['mean_ms']:.2f} x, p50 {f['p50_ms'] / e['p50_ms']:.2f} x (flat: ~1)")
 PY
     ;;
+  replay)
+    # `commguard replay --projection audit` (docs/cli.md) over $fill synthetic events (2,000 agent
+    # streams of 50 orgs, written directly), against the floor of the same run: Postgres alone
+    # writing the same rows (`CREATE TABLE … AS SELECT` of the audit columns) and building the
+    # same four indexes. BENCH_BINARIES="FILE FILE ...": each build in turn, twice, on one store
+    # (COMMGUARD_BIN=FILE: that build alone).
+    bin=${COMMGUARD_BIN:-target/release/commguard}
+    [ -n "${COMMGUARD_BIN:-}${BENCH_BINARIES:-}" ] || cargo build --release --bin commguard >&2
+    binaries=${BENCH_BINARIES:-$bin}
+    psql -q "$admin" -c "CREATE DATABASE bench"
+    bench_url="${admin/\/postgres\?//bench?}"
+    data=$(mktemp -d /tmp/commguard-bench-data-XXXXXX)
+    trap 'stop_cluster "$cluster"; rm -rf "$data"' EXIT
+    replay_env=(DATABASE_URL="$bench_url" COMMGUARD_DATA_DIR="$data" RUST_LOG=error
+      DATA_ENCRYPTION_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')")
+    env "${replay_env[@]}" "${binaries%% *}" migrate >/dev/null
+    psql -q "$bench_url" -c "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+        position, event_id, occurred_at, org_id, prev_hash, hash)
+      SELECT 'agent', 'agent-' || ((g - 1) % 2000), (g - 1) / 2000 + 1, 'MessageSent', '1.0', '{\"channel\":\"sms\",\"cost\":7900}',
+             '{\"actor\":{\"kind\":\"agent\",\"id\":\"bench\"}}', g, gen_random_uuid(), now() - interval '1 day',
+             'org-' || (g % 50), repeat('0', 64), repeat('0', 64)
+      FROM generate_series(1, $fill) g" -c "ANALYZE events" -c "CHECKPOINT"
+    floor() {
+      local started; started=$(date +%s.%N)
+      psql -q "$bench_url" -c "DROP TABLE IF EXISTS replay_floor" \
+        -c "CREATE TABLE replay_floor AS SELECT position, occurred_at, aggregate_type, aggregate_id, sequence, event_type,
+                   'allowed'::text AS outcome, org_id, aggregate_id AS agent_id, NULL::text AS subject_ref FROM events" \
+        -c "ALTER TABLE replay_floor ADD PRIMARY KEY (position)" \
+        -c "CREATE INDEX ON replay_floor (org_id, position)" \
+        -c "CREATE INDEX ON replay_floor (agent_id, position) WHERE agent_id IS NOT NULL" \
+        -c "CREATE INDEX ON replay_floor (subject_ref, position) WHERE subject_ref IS NOT NULL" -c "CHECKPOINT"
+      python3 -c "import sys, time; print(f'{time.time() - float(sys.argv[1]):.2f}')" "$started"
+    }
+    for round in 1 2; do
+      for b in $binaries; do
+        base=$(floor)
+        started=$(date +%s.%N)
+        env "${replay_env[@]}" "$b" replay --projection audit >/dev/null 2>&1
+        python3 - "$b" "$started" "$base" "$fill" <<'PY'
+import sys, time
+b, started, base, fill = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+secs = time.time() - started
+print(f"{b}: replay of audit over {fill} events {secs:.2f} s ({fill / secs:.0f} events/s) = {secs / base:.2f} x the floor ({base:.2f} s: the same rows and indexes written by Postgres alone)")
+PY
+        psql -q "$bench_url" -c "CHECKPOINT"
+      done
+    done
+    ;;
   erase)
     # GDPR erasure (docs/tools.md#catalogue, docs/privacy.md#keys-and-crypto-shredding) of a subject with $seed events (default 10,000) among
     # $fill (default 1M), beside the same erasure among ~10 % of that history, in the same run:
@@ -787,7 +836,7 @@ print(f"the erasure's own statements: {spent / len(big):.2f} ms of database time
 PY
     ;;
   *)
-    echo "usage: scripts/bench.sh event-store|mcp|send|as-of|feed|anomaly|erase [--writers N] [--seconds S] [--idle N] [--fill N]" >&2
+    echo "usage: scripts/bench.sh event-store|mcp|send|as-of|feed|anomaly|erase|replay [--writers N] [--seconds S] [--idle N] [--fill N]" >&2
     exit 2
     ;;
 esac

@@ -226,6 +226,11 @@ impl Projection for AuditProjection {
         &["audit_items", "audit_stream_heads"]
     }
 
+    /// Rows are inserted; stream heads are found by their key.
+    fn defers_secondary_indexes(&self) -> bool {
+        true
+    }
+
     fn apply<'a>(
         &'a self,
         conn: &'a mut PgConnection,

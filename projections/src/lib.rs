@@ -135,6 +135,13 @@ pub trait Projection: Send + Sync {
     fn event_types(&self) -> Option<&'static [&'static str]> {
         None
     }
+    /// True when `apply` finds no row by a non-unique index (it inserts, and finds rows only by
+    /// their keys): a rebuild then loads its shadow tables without those indexes and builds each
+    /// once at the end, a sorted build instead of an entry per row. False (the default) keeps
+    /// them throughout, so that `apply`'s lookups stay index scans.
+    fn defers_secondary_indexes(&self) -> bool {
+        false
+    }
     /// Applies a batch of events, in global order, inside the runner's transaction. Batches let
     /// a projection write with a few set-based statements instead of one round trip per event.
     fn apply<'a>(

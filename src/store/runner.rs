@@ -371,10 +371,14 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection, progress: &mut 
     let shadow_checkpoint = format!("{name}__rebuild");
     let shadows = Tables::shadow(projection.tables());
     let mut setup = pool.begin().await?;
+    let mut deferred = Vec::new();
     for table in projection.tables() {
         let shadow = shadow_name(table);
         sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}")).execute(&mut *setup).await?;
         sqlx::query(&format!("CREATE TABLE {shadow} (LIKE {table} INCLUDING ALL)")).execute(&mut *setup).await?;
+        if projection.defers_secondary_indexes() {
+            deferred.extend(drop_secondary_indexes(&mut setup, &shadow).await?);
+        }
     }
     sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
         .bind(&shadow_checkpoint)
@@ -384,18 +388,28 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection, progress: &mut 
 
     progress.total = feed::count_after(pool, 0).await? as u64;
     let mut applied = 0u64;
+    // Shadow batches run without the live projection's lock, so live runners keep the live
+    // tables current meanwhile. The next batch is read while this one is applied, as in
+    // `catch_up`.
+    let mut next = prefetch(pool.clone(), 0, REBUILD_BATCH);
     loop {
-        // Shadow batches run without the live projection's lock, so live runners keep the
-        // live tables current meanwhile.
+        let events = next.await.expect("the prefetch task does not panic")?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            break;
+        };
+        next = prefetch(pool.clone(), last, REBUILD_BATCH);
         let mut tx = pool.begin().await?;
         durability_relaxed(&mut tx).await?;
-        let n = apply_batch(&mut tx, projection, &shadow_checkpoint, &shadows, REBUILD_BATCH, None).await?.applied;
+        projection.apply(&mut tx, &shadows, &events).await?;
+        set_checkpoint(&mut tx, &shadow_checkpoint, last).await?;
         tx.commit().await?;
-        if n == 0 {
-            break;
-        }
-        applied += n as u64;
+        applied += events.len() as u64;
         progress.update(applied);
+    }
+    // The deferred indexes, each built once over the loaded rows, before the swap takes the
+    // projection's lock.
+    for definition in &deferred {
+        sqlx::query(definition).execute(pool).await?;
     }
 
     // Swap: hold the projection's lock (live runners skip meanwhile), apply what came since,
@@ -433,6 +447,23 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection, progress: &mut 
     Ok(applied)
 }
 
+/// Drops the non-unique indexes of `shadow` and returns the statements that build them again
+/// (`Projection::defers_secondary_indexes`). Unique ones stay: they keep a batch applied twice
+/// from passing, and upserts need them.
+async fn drop_secondary_indexes(conn: &mut PgConnection, shadow: &str) -> Result<Vec<String>, sqlx::Error> {
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.relname::text, pg_get_indexdef(x.indexrelid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+          WHERE x.indrelid = $1::regclass AND NOT x.indisunique ORDER BY 1",
+    )
+    .bind(shadow)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (name, _) in &indexes {
+        sqlx::query(&format!("DROP INDEX {}", quoted(name))).execute(&mut *conn).await?;
+    }
+    Ok(indexes.into_iter().map(|(_, definition)| definition).collect())
+}
+
 /// How the shadow's indexes take the live table's names at the swap: each paired with the live
 /// index of the same definition (names aside; equal ones in name order). `LIKE … INCLUDING ALL`
 /// named them after the shadow, and a later migration that names an index or a key (as 0027
@@ -446,8 +477,8 @@ async fn index_renames(
     let indexes = |table: &str| {
         sqlx::query_as::<_, (String, String)>(
             r"SELECT regexp_replace(pg_get_indexdef(x.indexrelid), '^(CREATE (UNIQUE )?INDEX) \S+ ON \S+', '\1'),
-                     x.indexrelid::regclass::text
-                FROM pg_index x WHERE x.indrelid = $1::regclass ORDER BY 1, 2",
+                     i.relname::text
+                FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = $1::regclass ORDER BY 1, 2",
         )
         .bind(table.to_string())
     };
