@@ -294,7 +294,8 @@ async fn a_projection_rebuilt_from_zero_equals_the_live_one() {
 
 /// A rebuild swaps its shadows in under the live tables' names, and their indexes and
 /// constraints under the names the migrations gave them, however many times it runs: a later
-/// migration that names one (as 0027 dropped `audit_items_agent`) still finds it.
+/// migration that names one (as 0027 dropped `audit_items_agent`) still finds it. Migration 0031
+/// gives those names back to a database replayed before.
 #[tokio::test]
 async fn rebuilt_projections_keep_the_names_of_their_indexes_and_constraints() {
     let db = TestDb::new().await;
@@ -324,6 +325,25 @@ async fn rebuilt_projections_keep_the_names_of_their_indexes_and_constraints() {
     };
     let migrated = schema().await;
     assert!(migrated.iter().any(|(_, name, _)| name == "audit_items_agent"), "{migrated:?}");
+
+    // Two replays as they swapped before migration 0031, which gives such a database its names back.
+    for _ in 0..2 {
+        for table in &tables {
+            sqlx::raw_sql(&format!(
+                "CREATE TABLE {table}__shadow (LIKE {table} INCLUDING ALL); DROP TABLE {table};
+                 ALTER TABLE {table}__shadow RENAME TO {table}"
+            ))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+    }
+    let replayed_before = schema().await;
+    assert!(replayed_before.iter().any(|(_, name, _)| name == "audit_items__shadow_pkey1"), "{replayed_before:?}");
+    let migration = commguard::store::MIGRATOR.iter().find(|m| m.version == 31).expect("migration 0031");
+    sqlx::raw_sql(&migration.sql).execute(store.pool()).await.unwrap();
+    assert_eq!(schema().await, migrated, "migration 0031");
+
     for round in 1..=2 {
         for projection in &projections {
             runner::rebuild(store.pool(), projection.as_ref(), &mut runner::Progress::quiet()).await.unwrap();
