@@ -24,8 +24,23 @@ pub struct TestDb {
     pub url: String,
 }
 
+/// Warnings and errors of the servers a test runs in its own process, in the test's output: a
+/// test that fails shows them (a reply says only `internal` and a request id), one that passes
+/// does not. Once per process; every test that makes a database or a configuration calls it.
+pub fn log_warnings_to_test_output() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .with_ansi(false)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 impl TestDb {
     pub async fn new() -> Self {
+        log_warnings_to_test_output();
         let admin = PgPool::connect(&admin_url()).await.expect("the test cluster accepts connections");
         let name = format!("t_{}", Uuid::new_v4().simple());
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create test database");
@@ -54,6 +69,7 @@ pub fn with_database(url: &str, database: &str) -> String {
 
 /// A configuration read from `vars` only (nothing from the process environment).
 pub fn config(vars: &[(&str, &str)]) -> Config {
+    log_warnings_to_test_output();
     let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     Config::from_lookup(|name| vars.get(name).cloned()).expect("test configuration is valid")
 }
