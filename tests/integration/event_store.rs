@@ -18,6 +18,17 @@ async fn store(db: &TestDb) -> Store {
     Store::new(pool, Arc::new(DataKeys::new(&[7u8; 32])))
 }
 
+/// A store holding `n` notes over `streams` streams, all of them visible to readers.
+async fn noted(db: &TestDb, n: usize, streams: usize) -> Store {
+    let store = store(db).await;
+    let ledger = store.framework::<Ledger>(());
+    for i in 0..n {
+        note(&store, &ledger, &format!("s{}", i % streams), "x", None).await;
+    }
+    wait_visible(store.pool(), n as i64).await;
+    store
+}
+
 /// Runs the audit projection until it has applied everything below the horizon.
 async fn catch_up(pool: &PgPool) -> usize {
     let projection = AuditProjection;
@@ -249,12 +260,7 @@ async fn a_tampered_or_truncated_chain_is_reported_at_its_sequence() {
 #[tokio::test]
 async fn a_projection_rebuilt_from_zero_equals_the_live_one() {
     let db = TestDb::new().await;
-    let store = store(&db).await;
-    let ledger = store.framework::<Ledger>(());
-    for i in 0..300 {
-        note(&store, &ledger, &format!("s{}", i % 7), "x", None).await;
-    }
-    wait_visible(store.pool(), 300).await;
+    let store = noted(&db, 300, 7).await;
     assert_eq!(catch_up(store.pool()).await, 300);
     let before: Vec<(i64, String, i64)> =
         sqlx::query_as("SELECT position, aggregate_id, sequence FROM audit_items ORDER BY position")
@@ -299,12 +305,7 @@ async fn a_projection_rebuilt_from_zero_equals_the_live_one() {
 #[tokio::test]
 async fn rebuilt_projections_keep_the_names_of_their_indexes_and_constraints() {
     let db = TestDb::new().await;
-    let store = store(&db).await;
-    let ledger = store.framework::<Ledger>(());
-    for i in 0..20 {
-        note(&store, &ledger, &format!("s{}", i % 3), "x", None).await;
-    }
-    wait_visible(store.pool(), 20).await;
+    let store = noted(&db, 20, 3).await;
     let projections = commguard_projections::all();
     let tables: Vec<&str> = projections.iter().flat_map(|p| p.tables().iter().copied()).collect();
     let schema = || async {
