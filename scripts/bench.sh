@@ -592,7 +592,8 @@ PY
     # streams of 50 orgs, written directly), against the floor of the same run: Postgres alone
     # writing the same rows (`CREATE TABLE … AS SELECT` of the audit columns) and building the
     # same four indexes. BENCH_BINARIES="FILE FILE ...": each build in turn, twice, on one store
-    # (COMMGUARD_BIN=FILE: that build alone).
+    # (COMMGUARD_BIN=FILE: that build alone); a build refuses a store that a newer build has
+    # migrated further than it knows, so the builds alternated must know the same migrations.
     bin=${COMMGUARD_BIN:-target/release/commguard}
     [ -n "${COMMGUARD_BIN:-}${BENCH_BINARIES:-}" ] || cargo build --release --bin commguard >&2
     binaries=${BENCH_BINARIES:-$bin}
@@ -624,7 +625,8 @@ PY
       for b in $binaries; do
         base=$(floor)
         started=$(date +%s.%N)
-        env "${replay_env[@]}" "$b" replay --projection audit >/dev/null 2>&1
+        env "${replay_env[@]}" "$b" replay --projection audit >/dev/null 2> "$cluster/replay.err" \
+          || { echo "$b: replay failed:" >&2; tail -n 3 "$cluster/replay.err" >&2; exit 1; }
         python3 - "$b" "$started" "$base" "$fill" <<'PY'
 import sys, time
 b, started, base, fill = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
