@@ -17,7 +17,8 @@
 #   scripts/bench.sh feed [--fill 1000000] [--seed 2000]  (BENCH_BINARIES="<bin> <bin> ...": each in turn, one fill)
 #   scripts/bench.sh anomaly [--fill 1000000] [--runs 200]
 #   scripts/bench.sh erase [--fill 1000000] [--seed 10000] [--idle 200000]
-#   scripts/bench.sh replay [--fill 1000000]  (BENCH_BINARIES="<bin> <bin> ...": each in turn, twice, one fill)
+#   scripts/bench.sh replay [--fill 1000000]  (BENCH_BINARIES="<bin> <bin> ...": each in turn, twice, one fill;
+#     REPLAY_PROJECTION=all: every projection instead of the audit view)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
@@ -621,17 +622,20 @@ PY
         -c "CREATE INDEX ON replay_floor (subject_ref, position) WHERE subject_ref IS NOT NULL" -c "CHECKPOINT"
       python3 -c "import sys, time; print(f'{time.time() - float(sys.argv[1]):.2f}')" "$started"
     }
+    # REPLAY_PROJECTION=all: every projection (`commguard replay`), against the same floor.
+    replay_args=(--projection "${REPLAY_PROJECTION:-audit}")
+    [ "${REPLAY_PROJECTION:-audit}" != all ] || replay_args=()
     for round in 1 2; do
       for b in $binaries; do
         base=$(floor)
         started=$(date +%s.%N)
-        env "${replay_env[@]}" "$b" replay --projection audit >/dev/null 2> "$cluster/replay.err" \
+        env "${replay_env[@]}" "$b" replay "${replay_args[@]}" >/dev/null 2> "$cluster/replay.err" \
           || { echo "$b: replay failed:" >&2; tail -n 3 "$cluster/replay.err" >&2; exit 1; }
-        python3 - "$b" "$started" "$base" "$fill" <<'PY'
+        python3 - "$b" "$started" "$base" "$fill" "${REPLAY_PROJECTION:-audit}" <<'PY'
 import sys, time
-b, started, base, fill = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+b, started, base, fill, what = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 secs = time.time() - started
-print(f"{b}: replay of audit over {fill} events {secs:.2f} s ({fill / secs:.0f} events/s) = {secs / base:.2f} x the floor ({base:.2f} s: the same rows and indexes written by Postgres alone)")
+print(f"{b}: replay of {what} over {fill} events {secs:.2f} s ({fill / secs:.0f} events/s) = {secs / base:.2f} x the floor ({base:.2f} s: the same rows and indexes written by Postgres alone)")
 PY
         psql -q "$bench_url" -c "CHECKPOINT"
       done

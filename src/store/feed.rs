@@ -266,10 +266,18 @@ pub async fn head_position<'e>(db: impl PgExecutor<'e>) -> Result<i64, sqlx::Err
         .await
 }
 
-/// How many events are visible below the horizon after `after`.
-pub async fn count_after<'e>(db: impl PgExecutor<'e>, after: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE position > $1 AND position < event_horizon()")
-        .bind(after)
-        .fetch_one(db)
-        .await
+/// How many events are visible below the horizon after `after` (of `event_types` only, if given).
+pub async fn count_after<'e>(
+    db: impl PgExecutor<'e>,
+    after: i64,
+    event_types: Option<&[&str]>,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM events
+          WHERE position > $1 AND position < event_horizon() AND ($2::text[] IS NULL OR event_type = ANY($2))",
+    )
+    .bind(after)
+    .bind(event_types)
+    .fetch_one(db)
+    .await
 }

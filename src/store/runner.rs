@@ -139,6 +139,39 @@ fn prefetch(pool: PgPool, after: i64, batch: i64) -> JoinHandle<Result<Vec<feed:
     })
 }
 
+/// `prefetch` of only `event_types` (all with `None`), and how far the read reached: up to the
+/// last event below the horizon it read under when no event of those types is left
+/// (`feed::read_types_after`).
+fn prefetch_types(
+    pool: PgPool,
+    after: i64,
+    batch: i64,
+    event_types: Option<&'static [&'static str]>,
+) -> JoinHandle<Result<(Vec<feed::StoredEvent>, i64), sqlx::Error>> {
+    tokio::spawn(async move {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL enable_bitmapscan = off").execute(&mut *tx).await?;
+        let read = match event_types {
+            Some(types) => {
+                let (horizon, last_event): (i64, i64) = sqlx::query_as(
+                    "SELECT h.horizon, COALESCE((SELECT MAX(position) FROM events WHERE position < h.horizon), 0)
+                       FROM event_horizon() AS h(horizon)",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                feed::read_types_after(&mut tx, after, horizon, last_event, batch, types).await?
+            }
+            None => {
+                let events = feed::read_after(&mut *tx, after, batch, None).await?;
+                let reached = events.last().map_or(after, |e| e.position);
+                (events, reached)
+            }
+        };
+        tx.commit().await?;
+        Ok(read)
+    })
+}
+
 /// Inside the caller's transaction: reads the checkpoint, applies the next events below the
 /// horizon, and moves the checkpoint past them. With `event_types` only those are read, and the
 /// checkpoint moves past the others too — up to the last event below the horizon the lock
@@ -386,24 +419,28 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection, progress: &mut 
         .await?;
     setup.commit().await?;
 
-    progress.total = feed::count_after(pool, 0).await? as u64;
+    let types = projection.event_types();
+    progress.total = feed::count_after(pool, 0, types).await? as u64;
     let mut applied = 0u64;
     // Shadow batches run without the live projection's lock, so live runners keep the live
     // tables current meanwhile. The next batch is read while this one is applied, as in
-    // `catch_up`.
-    let mut next = prefetch(pool.clone(), 0, REBUILD_BATCH);
+    // `catch_up`, and only of the types the projection reads, as a live runner reads.
+    let (mut next, mut after) = (prefetch_types(pool.clone(), 0, REBUILD_BATCH, types), 0);
     loop {
-        let events = next.await.expect("the prefetch task does not panic")?;
-        let Some(last) = events.last().map(|e| e.position) else {
+        let (events, reached) = next.await.expect("the prefetch task does not panic")?;
+        if reached <= after {
             break;
-        };
-        next = prefetch(pool.clone(), last, REBUILD_BATCH);
+        }
+        next = prefetch_types(pool.clone(), reached, REBUILD_BATCH, types);
         let mut tx = pool.begin().await?;
         durability_relaxed(&mut tx).await?;
-        projection.apply(&mut tx, &shadows, &events).await?;
-        set_checkpoint(&mut tx, &shadow_checkpoint, last).await?;
+        if !events.is_empty() {
+            projection.apply(&mut tx, &shadows, &events).await?;
+        }
+        set_checkpoint(&mut tx, &shadow_checkpoint, reached).await?;
         tx.commit().await?;
         applied += events.len() as u64;
+        after = reached;
         progress.update(applied);
     }
     // The deferred indexes, each built once over the loaded rows, before the swap takes the

@@ -137,7 +137,7 @@ pub fn binary() -> PathBuf {
 pub async fn wait_visible(pool: &PgPool, n: i64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let visible = commguard::store::feed::count_after(pool, 0).await.expect("count visible events");
+        let visible = commguard::store::feed::count_after(pool, 0, None).await.expect("count visible events");
         if visible >= n {
             return;
         }
