@@ -109,13 +109,13 @@ pub async fn catch_up(
 ) -> Result<u64, RunnerError> {
     let mut applied = 0u64;
     let mut after = checkpoint_of(&mut *pool.acquire().await?, checkpoint).await?;
-    let mut next = prefetch(pool.clone(), after, batch);
+    let mut next = prefetch(pool.clone(), after, batch, None);
     loop {
-        let events = next.await.expect("the prefetch task does not panic")?;
+        let (events, _) = next.await.expect("the prefetch task does not panic")?;
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(applied);
         };
-        next = prefetch(pool.clone(), last, batch);
+        next = prefetch(pool.clone(), last, batch, None);
         let mut tx = pool.begin().await?;
         if !lock_relaxed_only(&mut tx, projection.name()).await? || checkpoint_of(&mut tx, checkpoint).await? != after {
             // Someone else is applying this projection: leave it to them.
@@ -129,20 +129,11 @@ pub async fn catch_up(
     }
 }
 
-fn prefetch(pool: PgPool, after: i64, batch: i64) -> JoinHandle<Result<Vec<feed::StoredEvent>, sqlx::Error>> {
-    tokio::spawn(async move {
-        let mut tx = pool.begin().await?;
-        sqlx::query("SET LOCAL enable_bitmapscan = off").execute(&mut *tx).await?;
-        let events = feed::read_after(&mut *tx, after, batch, None).await?;
-        tx.commit().await?;
-        Ok(events)
-    })
-}
-
-/// `prefetch` of only `event_types` (all with `None`), and how far the read reached: up to the
+/// The next `batch` events after `after`, read in a task of its own (on a connection of its own),
+/// of `event_types` only (all with `None`), and how far the read reached: with types, up to the
 /// last event below the horizon it read under when no event of those types is left
 /// (`feed::read_types_after`).
-fn prefetch_types(
+fn prefetch(
     pool: PgPool,
     after: i64,
     batch: i64,
@@ -425,13 +416,13 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection, progress: &mut 
     // Shadow batches run without the live projection's lock, so live runners keep the live
     // tables current meanwhile. The next batch is read while this one is applied, as in
     // `catch_up`, and only of the types the projection reads, as a live runner reads.
-    let (mut next, mut after) = (prefetch_types(pool.clone(), 0, REBUILD_BATCH, types), 0);
+    let (mut next, mut after) = (prefetch(pool.clone(), 0, REBUILD_BATCH, types), 0);
     loop {
         let (events, reached) = next.await.expect("the prefetch task does not panic")?;
         if reached <= after {
             break;
         }
-        next = prefetch_types(pool.clone(), reached, REBUILD_BATCH, types);
+        next = prefetch(pool.clone(), reached, REBUILD_BATCH, types);
         let mut tx = pool.begin().await?;
         durability_relaxed(&mut tx).await?;
         if !events.is_empty() {
