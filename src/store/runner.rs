@@ -19,6 +19,8 @@ use crate::error::{is_outage, Failure};
 pub const BATCH: i64 = 500;
 /// Events applied per transaction while rebuilding into shadow tables.
 const REBUILD_BATCH: i64 = 5_000;
+/// How long a rebuild waits quietly for the horizon to pass the events committed before it began.
+const HORIZON_PATIENCE: Duration = Duration::from_secs(10);
 /// How often the instance looks for events committed by other instances (`watch_head`: one
 /// statement for all runners).
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -416,12 +418,27 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection, progress: &mut 
     // Shadow batches run without the live projection's lock, so live runners keep the live
     // tables current meanwhile. The next batch is read while this one is applied, as in
     // `catch_up`, and only of the types the projection reads, as a live runner reads.
+    // Every event committed before the rebuild began is in it when it ends, even one that a
+    // transaction still in flight elsewhere in the cluster keeps above the horizon for now (the
+    // horizon is the whole cluster's): the load waits for the horizon to pass it.
+    let committed: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(pool).await?;
+    let (mut waiting, mut warned) = (None, false);
     let (mut next, mut after) = (prefetch(pool.clone(), 0, REBUILD_BATCH, types), 0);
     loop {
         let (events, reached) = next.await.expect("the prefetch task does not panic")?;
         if reached <= after {
-            break;
+            if after >= committed {
+                break;
+            }
+            if !warned && waiting.get_or_insert_with(Instant::now).elapsed() > HORIZON_PATIENCE {
+                tracing::warn!(projection = name, "the rebuild waits for a transaction in flight to end");
+                warned = true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            next = prefetch(pool.clone(), after, REBUILD_BATCH, types);
+            continue;
         }
+        waiting = None;
         next = prefetch(pool.clone(), reached, REBUILD_BATCH, types);
         let mut tx = pool.begin().await?;
         durability_relaxed(&mut tx).await?;

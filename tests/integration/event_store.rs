@@ -298,6 +298,32 @@ async fn a_projection_rebuilt_from_zero_equals_the_live_one() {
     assert_eq!(shadows, 0);
 }
 
+/// A rebuild holds every event committed before it began, even one that a transaction still in
+/// flight elsewhere keeps above the horizon: it waits for that transaction to end (a replay with
+/// the servers stopped has no live runner to apply it afterwards).
+#[tokio::test]
+async fn a_rebuild_waits_for_events_committed_above_the_horizon() {
+    let db = TestDb::new().await;
+    let store = noted(&db, 5, 2).await;
+    let mut slow = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()").execute(&mut *slow).await.unwrap();
+    note(&store, &store.framework::<Ledger>(()), "late", "committed above the horizon", None).await;
+    let rebuild = tokio::spawn({
+        let pool = store.pool().clone();
+        async move { runner::rebuild(&pool, &AuditProjection, &mut runner::Progress::quiet()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!rebuild.is_finished(), "the rebuild waits for the transaction in flight");
+    slow.rollback().await.unwrap();
+    assert_eq!(rebuild.await.unwrap().unwrap(), 6);
+    let ids: Vec<String> = sqlx::query_scalar("SELECT aggregate_id FROM audit_items ORDER BY position")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 6);
+    assert_eq!(ids.last().map(String::as_str), Some("late"));
+}
+
 /// A rebuild swaps its shadows in under the live tables' names, and their indexes and
 /// constraints under the names the migrations gave them, however many times it runs: a later
 /// migration that names one (as 0027 dropped `audit_items_agent`) still finds it. Migration 0031
