@@ -35,6 +35,16 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// projections right after a send, and a reader that waits cuts the pause short.
 const GATHER: Duration = Duration::from_millis(100);
 
+/// The select list and `FROM` of the horizon and the position of the last event below it (0 when
+/// there is none): `Below`, as `lock_relaxed` reads it beside the lock and a rebuild's typed read
+/// alone.
+macro_rules! below_horizon {
+    () => {
+        "h.horizon, COALESCE((SELECT MAX(position) FROM events WHERE position < h.horizon), 0)
+           FROM event_horizon() AS h(horizon)"
+    };
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     #[error(transparent)]
@@ -146,12 +156,8 @@ fn prefetch(
         sqlx::query("SET LOCAL enable_bitmapscan = off").execute(&mut *tx).await?;
         let read = match event_types {
             Some(types) => {
-                let (horizon, last_event): (i64, i64) = sqlx::query_as(
-                    "SELECT h.horizon, COALESCE((SELECT MAX(position) FROM events WHERE position < h.horizon), 0)
-                       FROM event_horizon() AS h(horizon)",
-                )
-                .fetch_one(&mut *tx)
-                .await?;
+                let (horizon, last_event): (i64, i64) =
+                    sqlx::query_as(concat!("SELECT ", below_horizon!())).fetch_one(&mut *tx).await?;
                 feed::read_types_after(&mut tx, after, horizon, last_event, batch, types).await?
             }
             None => {
@@ -218,15 +224,13 @@ struct Below {
 /// (pg_stat_statements: 798 plans for 789 calls, 0.17 ms of planning against 0.02 ms of
 /// execution each).
 async fn lock_relaxed(conn: &mut PgConnection, projection: &str) -> Result<Option<Below>, sqlx::Error> {
-    let (locked, horizon, last_event): (bool, i64, i64) = sqlx::query_as(
+    let (locked, horizon, last_event): (bool, i64, i64) = sqlx::query_as(concat!(
         "SELECT pg_try_advisory_xact_lock(hashtext('commguard.projection.' || $1))
                 AND set_config('synchronous_commit', 'off', true) IS NOT NULL
                 AND set_config('enable_bitmapscan', 'off', true) IS NOT NULL
-                AND set_config('plan_cache_mode', 'force_generic_plan', true) IS NOT NULL,
-                h.horizon,
-                COALESCE((SELECT MAX(position) FROM events WHERE position < h.horizon), 0)
-           FROM event_horizon() AS h(horizon)",
-    )
+                AND set_config('plan_cache_mode', 'force_generic_plan', true) IS NOT NULL, ",
+        below_horizon!()
+    ))
     .bind(projection)
     .fetch_one(conn)
     .await?;
@@ -492,47 +496,58 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection, progress: &mut 
     Ok(applied)
 }
 
+/// One index of a table: its name, its definition, and its shape — the definition without its
+/// name and table, equal for an index and its copy on another table.
+struct Index {
+    name: String,
+    definition: String,
+    shape: String,
+    unique: bool,
+}
+
+/// The indexes of `table`, by shape and name.
+async fn indexes_of(conn: &mut PgConnection, table: &str) -> Result<Vec<Index>, sqlx::Error> {
+    let rows: Vec<(String, String, String, bool)> = sqlx::query_as(
+        r"SELECT i.relname::text, pg_get_indexdef(x.indexrelid),
+                 regexp_replace(pg_get_indexdef(x.indexrelid), '^(CREATE (UNIQUE )?INDEX) \S+ ON \S+', '\1') AS shape,
+                 x.indisunique
+            FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = $1::regclass
+           ORDER BY shape, 1",
+    )
+    .bind(table)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(name, definition, shape, unique)| Index { name, definition, shape, unique }).collect())
+}
+
 /// Drops the non-unique indexes of `shadow` and returns the statements that build them again
 /// (`Projection::defers_secondary_indexes`). Unique ones stay: they keep a batch applied twice
 /// from passing, and upserts need them.
 async fn drop_secondary_indexes(conn: &mut PgConnection, shadow: &str) -> Result<Vec<String>, sqlx::Error> {
-    let indexes: Vec<(String, String)> = sqlx::query_as(
-        "SELECT i.relname::text, pg_get_indexdef(x.indexrelid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-          WHERE x.indrelid = $1::regclass AND NOT x.indisunique ORDER BY 1",
-    )
-    .bind(shadow)
-    .fetch_all(&mut *conn)
-    .await?;
-    for (name, _) in &indexes {
-        sqlx::query(&format!("DROP INDEX {}", quoted(name))).execute(&mut *conn).await?;
+    let mut deferred = Vec::new();
+    for index in indexes_of(&mut *conn, shadow).await?.into_iter().filter(|i| !i.unique) {
+        sqlx::query(&format!("DROP INDEX {}", quoted(&index.name))).execute(&mut *conn).await?;
+        deferred.push(index.definition);
     }
-    Ok(indexes.into_iter().map(|(_, definition)| definition).collect())
+    Ok(deferred)
 }
 
 /// How the shadow's indexes take the live table's names at the swap: each paired with the live
-/// index of the same definition (names aside; equal ones in name order). `LIKE … INCLUDING ALL`
-/// named them after the shadow, and a later migration that names an index or a key (as 0027
-/// dropped `audit_items_agent`) must find it after a replay. A live table whose indexes changed
-/// during the rebuild (a migration ran meanwhile) fails the swap, which leaves it as it is.
+/// index of the same shape (equal ones in name order). `LIKE … INCLUDING ALL` named them after
+/// the shadow, and a later migration that names an index or a key (as 0027 dropped
+/// `audit_items_agent`) must find it after a replay. A live table whose indexes changed during
+/// the rebuild (a migration ran meanwhile) fails the swap, which leaves it as it is.
 async fn index_renames(
     conn: &mut PgConnection,
     table: &str,
     shadow: &str,
 ) -> Result<Vec<(String, String)>, RunnerError> {
-    let indexes = |table: &str| {
-        sqlx::query_as::<_, (String, String)>(
-            r"SELECT regexp_replace(pg_get_indexdef(x.indexrelid), '^(CREATE (UNIQUE )?INDEX) \S+ ON \S+', '\1'),
-                     i.relname::text
-                FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = $1::regclass ORDER BY 1, 2",
-        )
-        .bind(table.to_string())
-    };
-    let live = indexes(table).fetch_all(&mut *conn).await?;
-    let shadowed = indexes(shadow).fetch_all(&mut *conn).await?;
-    if live.len() != shadowed.len() || live.iter().zip(&shadowed).any(|(l, s)| l.0 != s.0) {
+    let live = indexes_of(&mut *conn, table).await?;
+    let shadowed = indexes_of(&mut *conn, shadow).await?;
+    if live.len() != shadowed.len() || live.iter().zip(&shadowed).any(|(l, s)| l.shape != s.shape) {
         return Err(RunnerError::Changed(table.to_string()));
     }
-    Ok(shadowed.into_iter().zip(live).map(|((_, from), (_, to))| (from, to)).collect())
+    Ok(shadowed.into_iter().zip(live).map(|(from, to)| (from.name, to.name)).collect())
 }
 
 /// `name` as an SQL identifier.
