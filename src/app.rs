@@ -155,7 +155,7 @@ impl Runtime {
                 self.clock.clone(),
             )),
             credential_keys: self.credential_keys.clone(),
-            reserver: crate::ledger::reservations::Reserver::start(store.pool().clone()),
+            reserver: crate::ledger::reservations::Reserver::start(store.kept().clone()),
             intents: crate::ledger::intents::Intents::start(
                 store.clone(),
                 Duration::from_secs(config.outbound_intent_lease_seconds),

@@ -9,7 +9,7 @@
 //! token lookup and the watcher.
 
 use std::fmt::Display;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,13 +20,21 @@ pub static DATABASE: Outage = Outage::new("database", Duration::from_secs(5));
 pub struct Outage {
     name: &'static str,
     down: AtomicBool,
+    /// Failures since the process started: what was known to work before this moved may not now.
+    failures: AtomicU64,
     state: Mutex<State>,
 }
 
 impl Outage {
     /// A tracker that logs an ongoing outage at most once per `every`.
     pub const fn new(name: &'static str, every: Duration) -> Self {
-        Self { name, down: AtomicBool::new(false), state: Mutex::new(State::new(every)) }
+        Self { name, down: AtomicBool::new(false), failures: AtomicU64::new(0), state: Mutex::new(State::new(every)) }
+    }
+
+    /// How many calls have failed since the process started (`failed`); a connection kept since
+    /// before the last of them is not trusted (`store::kept`).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Acquire)
     }
 
     /// A call failed because the dependency did not answer (`site` says which part of the
@@ -35,6 +43,7 @@ impl Outage {
         let report = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             self.down.store(true, Ordering::Relaxed);
+            self.failures.fetch_add(1, Ordering::Release);
             state.failed(Instant::now())
         };
         let name = self.name;

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use commguard_domain::refusal::{Check, LimitType};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::store::kept::KeptPool;
 
 /// The five per-agent limits a reservation checks (the domain's one declaration of them);
 /// `None` = unlimited. Spend in micro-dollars.
@@ -135,7 +136,7 @@ pub struct Reserver {
 
 impl Reserver {
     /// Starts the batching task; it ends when the last `Reserver` is dropped.
-    pub fn start(pool: PgPool) -> Self {
+    pub fn start(pool: KeptPool) -> Self {
         let (queue, mut jobs) = mpsc::unbounded_channel::<Job>();
         tokio::spawn(async move {
             while let Some(first) = jobs.recv().await {
@@ -188,11 +189,17 @@ impl Reserver {
 }
 
 /// One `reserve_actions` call for `batch`; every job gets its own answer.
-async fn reserve_batch(pool: &PgPool, mut batch: Vec<Job>) {
+async fn reserve_batch(pool: &KeptPool, mut batch: Vec<Job>) {
     let requests = serde_json::Value::Array(batch.iter_mut().map(|j| std::mem::take(&mut j.request)).collect());
     type Row = (i64, Option<String>, Option<i64>, Option<i64>, Option<DateTime<Utc>>);
-    let rows: Result<Vec<Row>, sqlx::Error> =
-        sqlx::query_as("SELECT * FROM reserve_actions($1)").bind(&requests).fetch_all(pool).await;
+    let rows: Result<Vec<Row>, sqlx::Error> = match pool.take().await {
+        Ok(mut conn) => {
+            let rows = sqlx::query_as("SELECT * FROM reserve_actions($1)").bind(&requests).fetch_all(conn.conn()).await;
+            conn.ended(&rows);
+            rows
+        }
+        Err(e) => Err(e),
+    };
     match rows {
         Ok(rows) => {
             let mut outcomes: Vec<Option<Row>> = vec![None; batch.len()];

@@ -192,10 +192,14 @@ async fn agent_for_send(
     guard::own_agent(principal, agent_id)?;
     let subject_ref = app.store.keystore().data_keys().blind_index(subject.to);
     let recording = subject.voice.as_ref().is_some_and(|voice| voice.record);
+    // On the hot path's kept connection, as the reservation and the append after it.
+    let mut conn = app.store.kept().take().await.map_err(ApiError::internal)?;
     let read =
-        directory_read::agent_org_and_contact(&app.pool, agent_id, &subject_ref, subject.channel.as_str(), recording);
+        directory_read::agent_org_and_contact(conn.conn(), agent_id, &subject_ref, subject.channel.as_str(), recording)
+            .await;
+    conn.ended(&read);
+    drop(conn);
     let (agent, org, contact) = read
-        .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
     guard::agent_in_org(principal, agent_id, &agent.org_id)?;

@@ -16,12 +16,13 @@ use cqrs_es::persist::PersistenceError;
 use serde_json::Value;
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo};
-use sqlx::{Encode, PgConnection, PgPool, Postgres, Type};
+use sqlx::{Encode, Postgres, Type};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
+
+use super::kept::KeptPool;
 
 /// Events one transaction may append: the low 12 bits of a position number them.
 pub const MAX_EVENTS_PER_APPEND: usize = 4096;
@@ -34,10 +35,6 @@ pub const MAX_EVENTS_PER_APPEND: usize = 4096;
 /// 9.5k / 10.7k; sends (`bench.sh send`, 16 sessions) 1,525 / 1,614 with 2 against 1,485 / 1,586
 /// with 4. One statement in flight leaves a core idle while the next batch waits for it.
 const COMMITTERS: usize = 2;
-
-/// How long a committer keeps its connection without work (`store::STALE_AFTER`: a connection
-/// idle longer is pinged before use, so a held one is never staler than one from the pool).
-const KEEP_IDLE: std::time::Duration = super::STALE_AFTER;
 
 /// One event of an append, ready to insert.
 pub(crate) struct Row {
@@ -80,33 +77,18 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    pub fn start(pool: PgPool) -> Self {
+    pub fn start(pool: KeptPool) -> Self {
         let (queue, jobs) = mpsc::unbounded_channel();
         let jobs = Arc::new(Mutex::new(jobs));
-        // Each committer keeps a connection while it has work: at most half the pool.
-        let committers = COMMITTERS.min(pool.options().get_max_connections() as usize / 2).max(1);
+        // At most half the pool in statements of the committers at once.
+        let committers = COMMITTERS.min(pool.max_connections() / 2).max(1);
         // The tasks end when the last `Committer` (and so the sender) is dropped.
         for _ in 0..committers {
             let (pool, jobs) = (pool.clone(), jobs.clone());
             tokio::spawn(async move {
                 let mut held: Option<Job> = None;
-                let mut conn = Connection { pool, live: None };
-                loop {
-                    // A committer that keeps a connection gives it back after `KEEP_IDLE` without
-                    // work, so idle committers never hold the pool's connections.
-                    let batch = if conn.live.is_some() && held.is_none() {
-                        tokio::select! {
-                            batch = next_batch(&jobs, &mut held) => batch,
-                            () = tokio::time::sleep(KEEP_IDLE) => {
-                                conn.live = None;
-                                continue;
-                            }
-                        }
-                    } else {
-                        next_batch(&jobs, &mut held).await
-                    };
-                    let Some(batch) = batch else { return };
-                    commit(&mut conn, batch).await;
+                while let Some(batch) = next_batch(&jobs, &mut held).await {
+                    commit(&pool, batch).await;
                 }
             });
         }
@@ -164,48 +146,20 @@ async fn next_batch(jobs: &Mutex<mpsc::UnboundedReceiver<Job>>, held: &mut Optio
     Some(batch)
 }
 
-/// A committer's connection: taken from the pool for its first batch and kept while batches keep
-/// coming, instead of one acquire and one release per statement (sqlx pings every connection it
-/// takes back, one more round trip per batch). Given back after `KEEP_IDLE` without work — the
-/// pool's own idle limit before it pings a connection it hands out — or after an error that may
-/// have broken it.
-struct Connection {
-    pool: PgPool,
-    live: Option<PoolConnection<Postgres>>,
-}
-
-impl Connection {
-    async fn get(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
-        let conn = match &mut self.live {
-            Some(conn) => conn,
-            live => live.insert(self.pool.acquire().await?),
-        };
-        Ok(&mut **conn)
-    }
-
-    /// After a failed statement: an error of the statement leaves the connection usable; any
-    /// other (I/O, protocol, the server going away) drops it, and the pool tests it.
-    fn failed(&mut self, e: &sqlx::Error) {
-        if !matches!(e, sqlx::Error::Database(_)) || crate::error::is_outage(e) {
-            self.live = None;
-        }
-    }
-}
-
 /// One call of `append_batch` (migrations 0014, 0028) for the whole batch; every job gets its own answer.
 ///
 /// A batch that fails for something in one append's data (an error of the statement, not of the
 /// connection, and not a conflict) is split in halves and each half tried again, down to single
 /// appends: the append Postgres refuses fails its own command only, the others commit. The happy
 /// path stays one call; one bad append among n costs about 2·log2(n) more.
-async fn commit(conn: &mut Connection, mut batch: Vec<Job>) {
+async fn commit(pool: &KeptPool, mut batch: Vec<Job>) {
     // Heads are locked in one global order, so concurrent batches cannot deadlock.
     batch.sort_unstable_by(|a, b| {
         (&a.append.aggregate_type, &a.append.aggregate_id).cmp(&(&b.append.aggregate_type, &b.append.aggregate_id))
     });
     let mut parts = vec![batch];
     while let Some(mut part) = parts.pop() {
-        let result = run(conn, &part).await;
+        let result = run(pool, &part).await;
         match result {
             Ok((base, moved, last_rows)) => {
                 for ((job, moved), last_row) in part.into_iter().zip(moved).zip(last_rows) {
@@ -291,7 +245,7 @@ fn isolatable(e: &sqlx::Error) -> bool {
 
 /// One `append_batch` call for `jobs`: the position base, which heads moved, and each job's last
 /// row index.
-async fn run(conn: &mut Connection, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec<i64>), sqlx::Error> {
+async fn run(pool: &KeptPool, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec<i64>), sqlx::Error> {
     let mut heads = HeadColumns::default();
     let mut rows = RowColumns::default();
     // The 0-based index, in the batch's rows, of each job's last event.
@@ -321,9 +275,8 @@ async fn run(conn: &mut Connection, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec
         }
         last_rows.push(rows.head.len() as i64 - 1);
     }
-    let result: Result<(i64, Vec<bool>), sqlx::Error> = match conn.get().await {
-        Ok(db) => {
-            sqlx::query_as(
+    let mut conn = pool.take().await?;
+    let result: Result<(i64, Vec<bool>), sqlx::Error> = sqlx::query_as(
                 "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
             )
             .bind(&heads.aggregate_type)
@@ -344,14 +297,9 @@ async fn run(conn: &mut Connection, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec
             .bind(&rows.hash)
             .bind(if rows.settles.iter().any(Option::is_some) { rows.settles.as_slice() } else { &[] })
             .bind(&rows.unchecked_keys)
-            .fetch_one(db)
-            .await
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(e) = &result {
-        conn.failed(e);
-    }
+            .fetch_one(conn.conn())
+            .await;
+    conn.ended(&result);
     result.map(|(base, moved)| (base, moved, last_rows))
 }
 

@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod feed;
 pub mod history;
 mod json_text;
+pub mod kept;
 pub mod keystore;
 pub mod pages;
 pub mod receipt;
@@ -163,6 +164,7 @@ impl Appended {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    kept: kept::KeptPool,
     repo: EventRepository,
     keystore: KeyStore,
     appended: Appended,
@@ -173,13 +175,19 @@ impl Store {
     pub fn new(pool: PgPool, data_keys: Arc<DataKeys>) -> Self {
         let keystore = KeyStore::new(pool.clone(), data_keys);
         let appended = Appended::default();
-        let repo = EventRepository::new(pool.clone(), keystore.clone(), appended.clone());
+        let kept = kept::KeptPool::new(pool.clone());
+        let repo = EventRepository::new(kept.clone(), keystore.clone(), appended.clone());
         let recorder = recorder::Recorder::new(repo.clone());
-        Self { pool, repo, keystore, appended, recorder }
+        Self { pool, kept, repo, keystore, appended, recorder }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The hot path's connections (`kept`): last used first, no round trip to give one back.
+    pub fn kept(&self) -> &kept::KeptPool {
+        &self.kept
     }
 
     pub fn keystore(&self) -> &KeyStore {

@@ -38,9 +38,10 @@ pub struct EventRepository {
 }
 
 impl EventRepository {
-    pub fn new(pool: PgPool, keystore: KeyStore, appended: super::Appended) -> Self {
+    pub fn new(kept: super::kept::KeptPool, keystore: KeyStore, appended: super::Appended) -> Self {
+        let pool = kept.pool().clone();
         let reads = Arc::new(PostgresEventRepository::new(pool.clone()));
-        let committer = Committer::start(pool.clone());
+        let committer = Committer::start(kept);
         Self { pool, reads, keystore, appended, heads: Arc::new(HeadCache::default()), committer }
     }
 

@@ -401,7 +401,7 @@ async fn long_streams_load_from_correct_snapshots() {
     use cqrs_es::EventStore;
     let snapshots = commguard::store::snapshots::SnapshotStore::<Ledger>::new(
         commguard::store::EventRepository::new(
-            store.pool().clone(),
+            store.kept().clone(),
             store.keystore().clone(),
             commguard::store::Appended::default(),
         ),
