@@ -222,7 +222,7 @@ impl Server {
             RetentionJob { store: rt.store.clone(), config: state.config.clone(), clock: state.clock.clone() };
         let jobs = Jobs::start(hardening.clone(), retention).await.map_err(StartError::Jobs)?;
         let runners =
-            runner::spawn_all(state.pool.clone(), commguard_projections::all(), rt.store.appended(), stop.clone());
+            runner::spawn_all(rt.store.kept().clone(), commguard_projections::all(), rt.store.appended(), stop.clone());
         commands::ensure_default_org(&state).await.map_err(|e| StartError::Setup(e.message))?;
         let mut tasks = vec![tokio::spawn(identity_watch::run(
             state.pool.clone(),

@@ -41,7 +41,7 @@ pub async fn issue(rt: &Runtime, target: Target, label: Option<String>, revoke_e
         }
     }
     let stop = Arc::new(Notify::new());
-    let runners = runner::spawn_all(state.pool.clone(), projections, rt.store.appended(), stop.clone());
+    let runners = runner::spawn_all(rt.store.kept().clone(), projections, rt.store.appended(), stop.clone());
     let code = issue_with_runners(rt, &state, target, label, revoke_existing).await;
     stop.notify_waiters();
     for runner in runners {

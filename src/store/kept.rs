@@ -1,5 +1,5 @@
 //! Connections kept between statements of the hot path (the send's read, its reservation, the
-//! group commit), last used first.
+//! group commit, the projection runners' live steps), last used first.
 //!
 //! sqlx gives a connection back to its pool with a ping, one more round trip that wakes a backend
 //! and a worker for nothing, and hands idle connections out first in, first out, so one request
@@ -110,6 +110,11 @@ pub struct Kept<'a> {
 impl Kept<'_> {
     pub fn conn(&mut self) -> &mut PgConnection {
         self.conn.as_deref_mut().expect("a kept connection is held until dropped")
+    }
+
+    /// Its last statement (or transaction) ended and left it idle: it may serve the next one.
+    pub fn keep(&mut self) {
+        self.reusable = true;
     }
 
     /// How its last statement ended: fine, or with an error of the statement, leaves the

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use commguard_projections::{shadow_name, Projection, ProjectionError, Tables};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::feed;
+use super::kept::KeptPool;
 use crate::error::{is_outage, Failure};
 
 /// Events applied per transaction.
@@ -81,7 +82,7 @@ pub async fn run_batch(
     tables: &Tables,
     batch: i64,
 ) -> Result<usize, RunnerError> {
-    Ok(step(pool, projection, checkpoint, tables, batch).await?.applied)
+    Ok(step(&mut *pool.acquire().await?, projection, checkpoint, tables, batch).await?.applied)
 }
 
 /// What one live step did: events applied (the checkpoint may also have moved past events of
@@ -90,15 +91,18 @@ struct Step {
     applied: usize,
 }
 
+/// One live step on `conn`; it ends its transaction either way when it returns `Ok`, so the
+/// connection may serve the next statement at once (`kept`).
 async fn step(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     projection: &dyn Projection,
     checkpoint: &str,
     tables: &Tables,
     batch: i64,
 ) -> Result<Step, RunnerError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let Some(below) = lock_relaxed(&mut tx, projection.name()).await? else {
+        tx.rollback().await?;
         return Ok(Step { applied: 0 });
     };
     let types = projection.event_types().map(|types| (types, below));
@@ -290,16 +294,17 @@ async fn set_checkpoint(conn: &mut PgConnection, checkpoint: &str, position: i64
 /// Runners are woken by local appends and by `watch_head` (other instances' appends); with
 /// nothing to do they cost nothing but one look every `RECHECK`.
 pub fn spawn_all(
-    pool: PgPool,
+    kept: KeptPool,
     projections: Vec<Box<dyn Projection>>,
     appended: super::Appended,
     stop: Arc<Notify>,
 ) -> Vec<JoinHandle<()>> {
-    let watcher = watch_head(pool.clone(), appended.clone(), stop.clone());
+    let watcher = watch_head(kept.pool().clone(), appended.clone(), stop.clone());
     projections
         .into_iter()
         .map(|projection| {
-            let (pool, stop) = (pool.clone(), stop.clone());
+            let (kept, stop) = (kept.clone(), stop.clone());
+            let pool = kept.pool().clone();
             let mut wake = appended.subscribe_to(projection.event_types());
             let mut hurry = appended.subscribe_hurry();
             tokio::spawn(async move {
@@ -308,7 +313,18 @@ pub fn spawn_all(
                 loop {
                     wake.borrow_and_update();
                     hurry.borrow_and_update();
-                    let moved = match step(&pool, projection.as_ref(), name, &tables, BATCH).await {
+                    // A live step runs on the hot path's warm connections (`kept`).
+                    let stepped = match kept.take().await {
+                        Ok(mut conn) => {
+                            let stepped = step(conn.conn(), projection.as_ref(), name, &tables, BATCH).await;
+                            if stepped.is_ok() {
+                                conn.keep();
+                            }
+                            stepped
+                        }
+                        Err(e) => Err(e.into()),
+                    };
+                    let moved = match stepped {
                         Ok(s) if s.applied as i64 == BATCH => {
                             catch_up(&pool, projection.as_ref(), name, &tables, BATCH).await.map(|_| true)
                         }
