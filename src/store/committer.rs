@@ -243,6 +243,9 @@ fn isolatable(e: &sqlx::Error) -> bool {
     }
 }
 
+const APPEND_BATCH: &str = "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+                            $13, $14, $15, $16, $17, $18)";
+
 /// One `append_batch` call for `jobs`: the position base, which heads moved, and each job's last
 /// row index.
 async fn run(pool: &KeptPool, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec<i64>), sqlx::Error> {
@@ -276,29 +279,27 @@ async fn run(pool: &KeptPool, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec<i64>)
         last_rows.push(rows.head.len() as i64 - 1);
     }
     let mut conn = pool.take().await?;
-    let result: Result<(i64, Vec<bool>), sqlx::Error> = sqlx::query_as(
-                "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-            )
-            .bind(&heads.aggregate_type)
-            .bind(&heads.aggregate_id)
-            .bind(&heads.expected)
-            .bind(&heads.last_sequence)
-            .bind(&heads.last_hash)
-            .bind(&rows.head)
-            .bind(&rows.sequence)
-            .bind(&rows.event_type)
-            .bind(&rows.event_version)
-            .bind(&rows.payload)
-            .bind(&rows.metadata)
-            .bind(&rows.event_id)
-            .bind(&rows.occurred_at)
-            .bind(&rows.org_id)
-            .bind(&rows.prev_hash)
-            .bind(&rows.hash)
-            .bind(if rows.settles.iter().any(Option::is_some) { rows.settles.as_slice() } else { &[] })
-            .bind(&rows.unchecked_keys)
-            .fetch_one(conn.conn())
-            .await;
+    let result: Result<(i64, Vec<bool>), sqlx::Error> = sqlx::query_as(APPEND_BATCH)
+        .bind(&heads.aggregate_type)
+        .bind(&heads.aggregate_id)
+        .bind(&heads.expected)
+        .bind(&heads.last_sequence)
+        .bind(&heads.last_hash)
+        .bind(&rows.head)
+        .bind(&rows.sequence)
+        .bind(&rows.event_type)
+        .bind(&rows.event_version)
+        .bind(&rows.payload)
+        .bind(&rows.metadata)
+        .bind(&rows.event_id)
+        .bind(&rows.occurred_at)
+        .bind(&rows.org_id)
+        .bind(&rows.prev_hash)
+        .bind(&rows.hash)
+        .bind(if rows.settles.iter().any(Option::is_some) { rows.settles.as_slice() } else { &[] })
+        .bind(&rows.unchecked_keys)
+        .fetch_one(conn.conn())
+        .await;
     conn.ended(&result);
     result.map(|(base, moved)| (base, moved, last_rows))
 }
