@@ -21,6 +21,7 @@ mod faults;
 mod hardening;
 mod hostile;
 mod identity;
+mod kept_connections;
 mod mcp_e2e;
 mod metrics;
 mod negative;
