@@ -58,7 +58,8 @@ async fn a_connection_kept_from_before_the_database_failed_a_call_is_not_used_ag
     let kept = KeptPool::new(pool.clone());
     let first = backend_of(&kept).await;
     // Its backend goes away while it is kept, as in a database restart; a call elsewhere notices.
-    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(first).fetch_one(&pool).await.unwrap();
+    let killed: bool =
+        sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(first).fetch_one(&pool).await.unwrap();
     assert!(killed);
     commguard::outage::DATABASE.failed("test", &"the database went away");
     let mut conn = kept.take().await.unwrap();
