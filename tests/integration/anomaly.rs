@@ -78,9 +78,21 @@ async fn diagnosis(db: &TestDb) -> String {
     .fetch_optional(&pool)
     .await
     .unwrap();
+    // Every AuthFailed in the store (position, its stream, when): whether the window missed one
+    // that was stored, or one was never stored.
+    let failures: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT position, aggregate_id, occurred_at::text FROM events WHERE event_type = 'AuthFailed' ORDER BY position",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     format!(
-        "checkpoint {:?}, last event {:?}, horizon {}; windows {windows:?}; oldest writing transaction {oldest:?}",
-        state.0, state.1, state.2
+        "checkpoint {:?}, last event {:?}, horizon {}; windows {windows:?}; oldest writing transaction {oldest:?}; \
+         AuthFailed events stored {}: {failures:?}",
+        state.0,
+        state.1,
+        state.2,
+        failures.len()
     )
 }
 
