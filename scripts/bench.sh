@@ -12,7 +12,8 @@
 #     BENCH_PG_STATS=sequential: of the sequential sends; BENCH_PERF=<dir>: `perf record -g`
 #     of the server and the cluster during the sequential sends, into <dir>/perf-<phase>.data, and
 #     during the concurrent phase, into <dir>/perf-<phase>-send.data; BENCH_PERF_CALLGRAPH="--call-graph
-#     dwarf" for call graphs of the server, whose build keeps no frame pointers)
+#     dwarf" for call graphs of the server, whose build keeps no frame pointers; BENCH_FLOOR=1: then the
+#     floor under a send, the send's three statements replayed by pgbench with no server, see floor())
 #   scripts/bench.sh as-of [--writers 4] [--seconds 10] [--fill 1000000]
 #   scripts/bench.sh feed [--fill 1000000] [--seed 2000]  (BENCH_BINARIES="<bin> <bin> ...": each in turn, one fill)
 #   scripts/bench.sh anomaly [--fill 1000000] [--runs 200]
@@ -100,11 +101,12 @@ SELECT round(wal_records / n.sends, 1) AS wal_records_per_send, round(wal_fpi / 
   FROM pg_stat_wal, n;
 WITH n AS (SELECT GREATEST(count(*), 1)::numeric AS sends FROM events WHERE event_type = 'MessageSent'
                              AND occurred_at >= (SELECT stats_reset FROM pg_stat_wal))
-SELECT t.relname AS "table", round(t.n_tup_ins / n.sends, 2) AS inserted, round(t.n_tup_upd / n.sends, 2) AS updated,
+SELECT COALESCE((SELECT 'toast of ' || o.relname FROM pg_class o WHERE o.reltoastrelid = t.relid), t.relname) AS "table",
+       round(t.n_tup_ins / n.sends, 2) AS inserted, round(t.n_tup_upd / n.sends, 2) AS updated,
        round(t.n_tup_hot_upd / n.sends, 2) AS hot, round(t.n_tup_del / n.sends, 2) AS deleted,
        (SELECT count(*) FROM pg_index i WHERE i.indrelid = t.relid) AS indexes
-  FROM pg_stat_user_tables t, n
- WHERE t.n_tup_ins + t.n_tup_upd + t.n_tup_del > 0
+  FROM pg_stat_all_tables t, n
+ WHERE t.schemaname IN ('public', 'pg_toast') AND t.n_tup_ins + t.n_tup_upd + t.n_tup_del > 0
  ORDER BY t.n_tup_ins + t.n_tup_upd + t.n_tup_del DESC;
 SQL
 pg_stats_print() {
@@ -299,6 +301,47 @@ print(f\"{s['calls_per_sec']:.0f} sends/s = {s['calls_per_sec'] / $base:.2f} x p
 if q:
     print(f\"  one session, {q['calls']} sequential sends: p50 {q['p50_ms']:.2f} ms = {q['p50_ms'] / $one_ms:.2f} x one pgbench client's mean latency ($one_ms ms)  p99 {q['p99_ms']:.2f} ms  server CPU {q['server_cpu_ms_per_call']:.3f} ms/send  Postgres CPU {q['pg_cpu_ms_per_call']:.3f} ms/send\")"
     }
+    floor() {
+      # BENCH_FLOOR=1: the floor under a send. A few sends of build $1 run with every statement
+      # logged with its parameters; scripts/lib/floor.py takes the last send's three statements (the
+      # agent read, reserve_actions, the append_batch that records it and settles its intent) and
+      # pgbench replays them, each its own transaction as in the server, with no server at all: one
+      # client's mean latency against the server's lone send, and Postgres CPU per send from
+      # $writers clients (each statement for one send: nothing batched, no projections).
+      [ -n "${BENCH_FLOOR:-}" ] || return 0
+      psql -q "$admin" -c "CREATE DATABASE bench_floor"
+      bench_url="${admin/\/postgres\?//bench_floor?}"
+      start_server "$1"
+      psql -q "$admin" -c "ALTER SYSTEM SET log_min_duration_statement = 0" \
+        -c "ALTER SYSTEM SET log_parameter_max_length = -1" -c "SELECT pg_reload_conf()" >/dev/null
+      local log_from; log_from=$(wc -c < "$cluster/postgres.log")
+      BENCH_BEFORE_SEQUENTIAL= BENCH_AFTER_SEQUENTIAL= BENCH_BEFORE_SEND= "$bin" --mode send \
+        --url "http://127.0.0.1:$port" --token "$token" --sessions 1 --seconds 1 --server-pid "$server" \
+        --pg-pid "$(head -n 1 "$cluster/data/postmaster.pid")" --sequential 30 >/dev/null
+      psql -q "$admin" -c "ALTER SYSTEM RESET log_min_duration_statement" \
+        -c "ALTER SYSTEM RESET log_parameter_max_length" -c "SELECT pg_reload_conf()" >/dev/null
+      kill $server; wait $server 2>/dev/null || true
+      tail -c +$((log_from + 1)) "$cluster/postgres.log" > "$cluster/floor.log"
+      python3 scripts/lib/floor.py "$cluster/floor.log" "$cluster" "$writers"
+      psql -q "$bench_url" -f "$cluster/floor-setup.sql"
+      local args; mapfile -d '' args < "$cluster/floor.args"
+      local out before after txs
+      # -r: each statement's mean latency as the client sees it (its commit included).
+      out=$("$PG_BIN_DIR/pgbench" -n -M prepared -r -c 1 -j 1 -T 5 "${args[@]}" -f "$cluster/floor.sql" "$bench_url")
+      local lone; lone=$(echo "$out" | awk '/^latency average/ { print $4; exit }')
+      local statements; statements=$(echo "$out" | awk '/^ +[0-9.]+ +[0-9]+ +(SELECT)/ { printf "%s%s %.3f", sep, ($4 == "*" ? "reserve_actions" : ($4 == "base," ? "append_batch" : "read")), $1; sep = ", " }')
+      # The same without waiting for the commits' WAL flush: what the two durable commits cost.
+      local unflushed; unflushed=$(PGOPTIONS="-c synchronous_commit=off" "$PG_BIN_DIR/pgbench" -n -M prepared -c 1 -j 1 -T 5 \
+        "${args[@]}" -f "$cluster/floor.sql" "$bench_url" | awk '/^latency average/ { print $4; exit }')
+      echo "floor, one client: $lone ms per send ($statements ms); $unflushed ms with synchronous_commit = off"
+      before=$(pg_cluster_ticks)
+      out=$("$PG_BIN_DIR/pgbench" -n -M prepared -c "$writers" -j 2 -T "$seconds" "${args[@]}" -f "$cluster/floor.sql" "$bench_url")
+      after=$(pg_cluster_ticks)
+      txs=$(echo "$out" | awk '/number of transactions actually processed/ { split($NF, a, "/"); print a[1]; exit }')
+      local failed; failed=$(echo "$out" | awk '/number of failed transactions/ { print $5; exit }')
+      local appended; appended=$(psql -qAt "$bench_url" -c "SELECT count(*) FROM events WHERE aggregate_id LIKE 'floor-%'")
+      echo "floor (the send's three statements from pgbench, no server): $writers clients $(echo "$out" | awk '/^tps/ { printf "%.0f", $3; exit }') sends/s, Postgres CPU $(python3 -c "print(f'{($after - $before) * 10 / max($txs, 1):.3f}')") ms/send ($appended appended, ${failed:-0} failed)"
+    }
     if [ -n "${BENCH_BASELINE:-}" ] && [ -z "${BENCH_BINARIES:-}" ]; then
       BENCH_BINARIES="$BENCH_BASELINE target/release/commguard $BENCH_BASELINE"
     fi
@@ -321,6 +364,7 @@ if q:
         # checkpoint of its WAL once showed as 20 ms/s of idle Postgres CPU in the next phase.
         psql -q "$admin" -c "DROP DATABASE bench_$phase" -c "CHECKPOINT"
       done
+      floor "${BENCH_BINARIES%% *}"
       # pgbench again after the phases: a baseline measured while something else ran (a build)
       # shows here as the two disagreeing; compare each phase with the faster one.
       first=$base
