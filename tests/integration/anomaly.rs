@@ -22,9 +22,17 @@ const VARS: [(&str, &str); 8] = [
 ];
 
 /// 16:00:30Z: 11:00 in Washington, 4.5 minutes before the 5-minute window ends.
+///
+/// Then waits out the detector run that may have read the real clock just before: it prunes the
+/// windows that ended ten minutes before *its* now, which are all of the test's. This test failed
+/// about once in ten runs so: the first failure's window, written a few milliseconds after the
+/// clock was set, was deleted by such a run's prune (cut-off 2026-12-07 04:38:40 while the window
+/// ends 2026-12-01 16:05), and the failures after it counted from zero. The next run, one interval
+/// (1 s) later, reads the set clock.
 async fn set_clock(s: &TestServer) {
     let clock = s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER);
     assert!(clock.json(&json!({"now": "2026-12-01T16:00:30Z"})).send().await.unwrap().status().is_success());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 }
 
 async fn alerts(db: &TestDb, rule: &str) -> i64 {
@@ -52,10 +60,11 @@ async fn await_alert(db: &TestDb, rule: &str) {
     }
 }
 
-/// What a missing alert needs to be explained (this test failed once in about 25 runs of a
-/// filtered suite, and never alone): where the anomaly projection stands against the store and
-/// the horizon, its windows, and the oldest writing transaction of the whole cluster, which holds
-/// the horizon back for every database in it (docs/design.md, global order).
+/// What a missing alert needs to be explained: where the anomaly projection stands against the
+/// store and the horizon, its windows, the oldest writing transaction of the whole cluster (which
+/// holds the horizon back for every database in it, docs/design.md, global order), and every
+/// `AuthFailed` stored. It showed a window one short of the failures stored and applied, which
+/// led to the prune in `set_clock`.
 async fn diagnosis(db: &TestDb) -> String {
     let pool = db.pool().await;
     let state: (Option<i64>, Option<i64>, i64) = sqlx::query_as(
