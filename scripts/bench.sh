@@ -12,8 +12,9 @@
 #     BENCH_PG_STATS=sequential: of the sequential sends; BENCH_PERF=<dir>: `perf record -g`
 #     of the server and the cluster during the sequential sends, into <dir>/perf-<phase>.data, and
 #     during the concurrent phase, into <dir>/perf-<phase>-send.data; BENCH_PERF_CALLGRAPH="--call-graph
-#     dwarf" for call graphs of the server, whose build keeps no frame pointers; BENCH_FLOOR=1: then the
-#     floor under a send, the send's three statements replayed by pgbench with no server, see floor())
+#     dwarf" for call graphs of the server, whose build keeps no frame pointers; BENCH_FLOOR=1: after the
+#     phases (this tree's build alone, without BENCH_BINARIES; no fill then), the floor under a send:
+#     the send's three statements replayed by pgbench with no server, see floor())
 #   scripts/bench.sh as-of [--writers 4] [--seconds 10] [--fill 1000000]
 #   scripts/bench.sh feed [--fill 1000000] [--seed 2000]  (BENCH_BINARIES="<bin> <bin> ...": each in turn, one fill)
 #   scripts/bench.sh anomaly [--fill 1000000] [--runs 200]
@@ -344,6 +345,10 @@ if q:
     }
     if [ -n "${BENCH_BASELINE:-}" ] && [ -z "${BENCH_BINARIES:-}" ]; then
       BENCH_BINARIES="$BENCH_BASELINE target/release/commguard $BENCH_BASELINE"
+    fi
+    # The floor follows the phases of BENCH_BINARIES (of its first build); alone, this tree's.
+    if [ -n "${BENCH_FLOOR:-}" ] && [ -z "${BENCH_BINARIES:-}" ]; then
+      BENCH_BINARIES=target/release/commguard
     fi
     if [ -n "${BENCH_BINARIES:-}" ]; then
       # A/B/A: BENCH_BASELINE is another build of the server (e.g. main's), measured before and
