@@ -16,8 +16,12 @@
 -- lock, and every writer of them takes it (release_action, settle_action_cost). The org's
 -- counters are also written by other agents' settles and releases, which take only their own
 -- agent's lock; a request that reuses the previous read then decides as if such a write came
--- after the batch, which those locks allow anyway. Otherwise the function is 0025's, and so are
--- its decisions (tests/integration/reservations.rs checks them against a model of the rules).
+-- after the batch, which those locks allow anyway. The prune (`prune_recent`, every minute) deletes
+-- slots older than any window without the lock: a slot it deletes mid-batch is outside every
+-- window of a request whose `now` is not before the prune's, so the decisions are the same (only
+-- a reused last ordinal may continue where a fresh read would start again at 1). Otherwise the
+-- function is 0025's, and so are its decisions (tests/integration/reservations.rs checks them
+-- against a model of the rules).
 CREATE OR REPLACE FUNCTION reserve_actions(p_requests jsonb)
     RETURNS TABLE (r_ord bigint, r_limit_type text, r_current bigint, r_max bigint, r_reset_at timestamptz)
     LANGUAGE plpgsql AS
