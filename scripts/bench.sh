@@ -326,22 +326,42 @@ if q:
       python3 scripts/lib/floor.py "$cluster/floor.log" "$cluster" "$writers"
       psql -q "$bench_url" -f "$cluster/floor-setup.sql"
       local args; mapfile -d '' args < "$cluster/floor.args"
-      local out before after txs
-      # -r: each statement's mean latency as the client sees it (its commit included).
-      out=$("$PG_BIN_DIR/pgbench" -n -M prepared -r -c 1 -j 1 -T 5 "${args[@]}" -f "$cluster/floor.sql" "$bench_url")
-      local lone; lone=$(echo "$out" | awk '/^latency average/ { print $4; exit }')
+      # replay RUN SCRIPT CLIENTS [PGOPTIONS]: pgbench for 5 s (one client) or $seconds, on run
+      # RUN's own streams (each run starts its clients' chains afresh: a stream's head moves with
+      # every append, and an append at a stale head would insert nothing); sets $out (pgbench's
+      # report, -r: each statement's mean latency with its commit), $lone (mean latency, ms),
+      # $cpu (Postgres CPU per send, ms), $tps and $appended (events the run appended).
+      local out lone cpu tps appended
+      replay() {
+        local before after txs
+        before=$(pg_cluster_ticks)
+        out=$(PGOPTIONS="${PGOPTIONS:-} ${4:-}" "$PG_BIN_DIR/pgbench" -n -M prepared -r -c "$3" -j "$((${3} > 1 ? 2 : 1))" \
+          -T "$((${3} > 1 ? seconds : 5))" -D run="$1" "${args[@]}" -f "$cluster/$2" "$bench_url")
+        after=$(pg_cluster_ticks)
+        txs=$(echo "$out" | awk '/number of transactions actually processed/ { split($NF, a, "/"); print a[1]; exit }')
+        lone=$(echo "$out" | awk '/^latency average/ { print $4; exit }')
+        tps=$(echo "$out" | awk '/^tps/ { printf "%.0f", $3; exit }')
+        cpu=$(python3 -c "print(f'{($after - $before) * 10 / max($txs, 1):.3f}')")
+        appended=$(psql -qAt "$bench_url" -c "SELECT count(*) FROM events WHERE aggregate_id LIKE 'floor-$1-%'")
+        [ "$appended" = "$txs" ] || echo "floor: run $1 ($2) appended $appended events in $txs sends" >&2
+      }
+      replay 0 floor.sql 1
       local statements; statements=$(echo "$out" | awk '/^ +[0-9.]+ +[0-9]+ +(SELECT)/ { printf "%s%s %.3f", sep, ($4 == "*" ? "reserve_actions" : ($4 == "base," ? "append_batch" : "read")), $1; sep = ", " }')
+      local first=$lone
       # The same without waiting for the commits' WAL flush: what the two durable commits cost.
-      local unflushed; unflushed=$(PGOPTIONS="-c synchronous_commit=off" "$PG_BIN_DIR/pgbench" -n -M prepared -c 1 -j 1 -T 5 \
-        "${args[@]}" -f "$cluster/floor.sql" "$bench_url" | awk '/^latency average/ { print $4; exit }')
-      echo "floor, one client: $lone ms per send ($statements ms); $unflushed ms with synchronous_commit = off"
-      before=$(pg_cluster_ticks)
-      out=$("$PG_BIN_DIR/pgbench" -n -M prepared -c "$writers" -j 2 -T "$seconds" "${args[@]}" -f "$cluster/floor.sql" "$bench_url")
-      after=$(pg_cluster_ticks)
-      txs=$(echo "$out" | awk '/number of transactions actually processed/ { split($NF, a, "/"); print a[1]; exit }')
-      local failed; failed=$(echo "$out" | awk '/number of failed transactions/ { print $5; exit }')
-      local appended; appended=$(psql -qAt "$bench_url" -c "SELECT count(*) FROM events WHERE aggregate_id LIKE 'floor-%'")
-      echo "floor (the send's three statements from pgbench, no server): $writers clients $(echo "$out" | awk '/^tps/ { printf "%.0f", $3; exit }') sends/s, Postgres CPU $(python3 -c "print(f'{($after - $before) * 10 / max($txs, 1):.3f}')") ms/send ($appended appended, ${failed:-0} failed)"
+      replay 1 floor.sql 1 "-c synchronous_commit=off"
+      echo "floor, one client: $first ms per send ($statements ms); $lone ms with synchronous_commit = off"
+      replay 2 floor.sql "$writers"
+      echo "floor (the send's three statements from pgbench, no server): $writers clients $tps sends/s, Postgres CPU $cpu ms/send ($appended appended)"
+      # A design not built (docs/performance.md, "One statement per send"): the reservation (no
+      # intent) and the append (no settle) as one statement with one commit, after the read and,
+      # as if the agent's state were cached, without it.
+      replay 3 floor-one.sql 1; first=$lone
+      replay 4 floor-one.sql "$writers"
+      echo "floor as one statement: one client $first ms per send; $writers clients Postgres CPU $cpu ms/send"
+      replay 5 floor-cached.sql 1; first=$lone
+      replay 6 floor-cached.sql "$writers"
+      echo "floor as one statement, no read: one client $first ms per send; $writers clients Postgres CPU $cpu ms/send"
     }
     if [ -n "${BENCH_BASELINE:-}" ] && [ -z "${BENCH_BINARIES:-}" ]; then
       BENCH_BINARIES="$BENCH_BASELINE target/release/commguard $BENCH_BASELINE"

@@ -12,12 +12,16 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// Now, to the millisecond: the precision every instant is published with (RFC 3339 with
+    /// milliseconds: an event's `occurredAt`, `as_of`, `grantedAt`, …), so what is stored and
+    /// compared is what a reader sees, and an `as_of` equal to an event's `occurredAt` includes it.
     pub fn now(&self) -> DateTime<Utc> {
         let real = Utc::now();
-        match *self.offset.read().expect("clock lock poisoned") {
+        let now = match *self.offset.read().expect("clock lock poisoned") {
             Some(offset) => real + offset,
             None => real,
-        }
+        };
+        DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
     }
 
     /// Sets the clock to `now` (it keeps running from there); `None` returns to the real clock.

@@ -128,7 +128,14 @@ pub fn rule_for(code: &str) -> &'static CountryRule {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProvisioningCheck {
     pub blockers: Vec<String>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
+}
+
+/// A warning as replies carry it (docs/tools.md: `warnings: [{code, message}]`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Warning {
+    pub code: &'static str,
+    pub message: String,
 }
 
 pub fn provisioning_check(country: &str, phone: bool, a2p_registered: bool) -> ProvisioningCheck {
@@ -138,10 +145,16 @@ pub fn provisioning_check(country: &str, phone: bool, a2p_registered: bool) -> P
         check.blockers.push(format!("{} requires A2P SMS registration before sending business messages", rule.name));
     }
     if let Some(Hours { start, end }) = rule.hours {
-        check.warnings.push(format!("{} restricts calling hours to {start}:00-{end}:00 local time", rule.name));
+        check.warnings.push(Warning {
+            code: "calling_hours",
+            message: format!("{} restricts calling hours to {start}:00-{end}:00 local time", rule.name),
+        });
     }
     if rule.recording_consent {
-        check.warnings.push(format!("{} requires consent to record calls", rule.name));
+        check.warnings.push(Warning {
+            code: "recording_consent",
+            message: format!("{} requires consent to record calls", rule.name),
+        });
     }
     check
 }
@@ -161,9 +174,10 @@ mod tests {
     fn a2p_countries_block_phone_provisioning_until_registered() {
         let blocked = provisioning_check("US", true, false);
         assert_eq!(blocked.blockers, ["United States requires A2P SMS registration before sending business messages"]);
-        assert!(blocked
-            .warnings
-            .contains(&"United States restricts calling hours to 8:00-21:00 local time".to_string()));
+        assert!(blocked.warnings.contains(&Warning {
+            code: "calling_hours",
+            message: "United States restricts calling hours to 8:00-21:00 local time".into()
+        }));
         assert!(provisioning_check("US", true, true).blockers.is_empty());
         assert!(provisioning_check("US", false, false).blockers.is_empty());
         assert!(provisioning_check("GB", true, false).blockers.is_empty());

@@ -177,8 +177,11 @@ pub enum OrganizationError {
     AlreadyExists(String),
     #[error("Organization \"{0}\" is already in production mode")]
     AlreadyProduction(String),
+    /// Approving a suspended org: it must be unsuspended first.
     #[error("Organization \"{0}\" is suspended")]
     Suspended(String),
+    #[error("Organization \"{0}\" is already suspended")]
+    AlreadySuspended(String),
     #[error("Organization \"{0}\" is not suspended")]
     NotSuspended(String),
     #[error("Invalid input for \"kycNote\": must be 3 to 2000 characters")]
@@ -190,8 +193,12 @@ impl OrganizationError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::NotFound(_) => ErrorCode::NotFound,
-            Self::AlreadyExists(_) | Self::AlreadyProduction(_) | Self::NotSuspended(_) => ErrorCode::Conflict,
-            Self::Suspended(_) => ErrorCode::ComplianceBlocked,
+            // The org's state forbids the change (docs/errors.md: `conflict`, "already in mode").
+            Self::AlreadyExists(_)
+            | Self::AlreadyProduction(_)
+            | Self::Suspended(_)
+            | Self::AlreadySuspended(_)
+            | Self::NotSuspended(_) => ErrorCode::Conflict,
             Self::KycNoteLength => ErrorCode::InvalidInput,
         }
     }
@@ -245,7 +252,7 @@ impl Aggregate for Organization {
             }
             OrgAction::Suspend { reason } => {
                 if mode == OrgMode::Suspended {
-                    return Err(OrganizationError::Suspended(id));
+                    return Err(OrganizationError::AlreadySuspended(id));
                 }
                 vec![E::OrganizationSuspended { reason }]
             }
@@ -431,6 +438,24 @@ mod tests {
         Given::with(()).given(history).when(on(OrgAction::Unsuspend)).then_expect_events(vec![
             OrganizationEvent::OrganizationUnsuspended { restored_mode: OrgMode::Production },
         ]);
+    }
+
+    #[test]
+    fn a_suspended_org_cannot_be_suspended_again_or_approved_and_both_are_conflicts() {
+        let mut history = created();
+        history.push(OrganizationEvent::OrganizationSuspended { reason: "abuse".into() });
+        Given::with(())
+            .given(history.clone())
+            .when(on(OrgAction::Suspend { reason: "again".into() }))
+            .then_expect_error(OrganizationError::AlreadySuspended("acme".into()));
+        Given::with(())
+            .given(history)
+            .when(on(OrgAction::Approve { kyc_note: "KYC checked".into(), approved_by: "m".into() }))
+            .then_expect_error(OrganizationError::Suspended("acme".into()));
+        for refusal in [OrganizationError::AlreadySuspended("acme".into()), OrganizationError::Suspended("acme".into())]
+        {
+            assert_eq!(refusal.code(), ErrorCode::Conflict, "{refusal}");
+        }
     }
 
     #[test]

@@ -9,7 +9,9 @@ transaction as the server runs them:
 
   <dir>/floor.sql        the script (pgbench -M prepared: every :name is a bound parameter)
   <dir>/floor.args       pgbench's -D arguments, NUL-separated (the captured parameter values)
-  <dir>/floor-setup.sql  one chain head per pgbench client, so each client appends to its own stream
+  <dir>/floor-setup.sql  one chain head per pgbench client and run (runs 0-9, pgbench's -D run=N), so
+                         each client appends to its own stream, and each run starts on fresh ones
+  <dir>/floor-one.sql, <dir>/floor-cached.sql  the same send as one statement (see below)
 
 What changes per transaction: the reservation's and the event's ids (from a random number, so a
 reservation's intent is the one its append settles), the reservation's `now`, and the stream's
@@ -100,13 +102,29 @@ script = f"""\\set n random(1, 1000000000000000)
 {read_sql};
 SELECT * FROM reserve_actions(jsonb_build_array((:res::jsonb -> 0)
     || jsonb_build_object('id', md5(:n::text)::uuid, 'now', now())));
-SELECT base, moved FROM append_batch(:a1::text[], ARRAY['floor-' || :client_id], ARRAY[:seq::bigint],
+SELECT base, moved FROM append_batch(:a1::text[], ARRAY['floor-' || :run || '-' || :client_id], ARRAY[:seq::bigint],
     ARRAY[:next::bigint], :a5::text[], :a6::int[], ARRAY[:next::bigint], :a8::text[], :a9::text[], :a10::json[],
     :a11::json[], ARRAY[md5(:n::text || 'e')::uuid], :a13::timestamptz[], :a14::text[], :a15::text[],
     :a16::text[], ARRAY[md5(:n::text)::uuid], :a18::uuid[]);
 \\set seq :next
 """
 open(f"{out_dir}/floor.sql", "w").write(script)
+
+# What a send would cost in one statement (a design not built: docs/performance.md, "One statement
+# per send"): the reservation without its intent and the append without a settle, in one statement
+# and one commit, after the read (floor-one.sql) and without it, as if the agent's state came from
+# a cache (floor-cached.sql).
+one = """SELECT (SELECT r_limit_type FROM reserve_actions(jsonb_build_array(((:res::jsonb -> 0) - 'intent' - 'owner')
+    || jsonb_build_object('id', md5(:n::text)::uuid, 'now', now())))),
+  (SELECT base FROM append_batch(:a1::text[], ARRAY['floor-' || :run || '-' || :client_id], ARRAY[:seq::bigint],
+    ARRAY[:next::bigint], :a5::text[], :a6::int[], ARRAY[:next::bigint], :a8::text[], :a9::text[], :a10::json[],
+    :a11::json[], ARRAY[md5(:n::text || 'e')::uuid], :a13::timestamptz[], :a14::text[], :a15::text[],
+    :a16::text[], ARRAY[NULL::uuid], :a18::uuid[]));
+\\set seq :next
+"""
+header = "\\set n random(1, 1000000000000000)\n\\set next :seq + 1\n"
+open(f"{out_dir}/floor-one.sql", "w").write(f"{header}{read_sql};\n{one}")
+open(f"{out_dir}/floor-cached.sql", "w").write(f"{header}{one}")
 with open(f"{out_dir}/floor.args", "w") as f:
     for name, value in args.items():
         assert value is not None and "\0" not in value, name
@@ -114,7 +132,8 @@ with open(f"{out_dir}/floor.args", "w") as f:
 with open(f"{out_dir}/floor-setup.sql", "w") as f:
     f.write(
         "INSERT INTO chain_heads (aggregate_type, aggregate_id, last_sequence, last_hash, appended) "
-        f"SELECT 'agent', 'floor-' || c, 1, 'floor', 1 FROM generate_series(0, {clients - 1}) c;\n"
+        f"SELECT 'agent', 'floor-' || r || '-' || c, 1, 'floor', 1 FROM generate_series(0, 9) r, "
+        f"generate_series(0, {clients - 1}) c;\n"
     )
 print(f"captured: the read ({len(read_params)} parameters), a reservation of {len(reservation)} bytes, "
       f"an append of {sum(len(p or '') for p in append_params)} bytes", file=sys.stderr)

@@ -13,11 +13,32 @@ use super::{starter, AgentView, LimitsView, OrgView, OverridesView};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::money::to_dollars;
+use crate::store::keystore::KeyStore;
+use crate::store::sealing::open_payload;
 use crate::store::{history, rfc3339};
 
 /// The agent events that set what this view shows; the rest of the agent's stream (every
 /// message and call it ever made) is never read. Migration 0019 indexes exactly these events.
 pub const AGENT_SETTINGS: &[&str] = &["AgentProvisioned", "LimitsChanged", "BillingConfigChanged"];
+/// The agent's billing address as its last `BillingConfigChanged` set it, opened; `None` when none
+/// was set, the last change cleared it, or its subject was erased. The address exists only
+/// sealed in that event: only the agent's billing events are read (migration 0019's index).
+pub async fn billing_email(
+    pool: &sqlx::PgPool,
+    keystore: &KeyStore,
+    agent_id: &str,
+) -> Result<Option<String>, ApiError> {
+    const BILLING: &[&str] = &["BillingConfigChanged"];
+    let events = history::stream_until(pool, Agent::TYPE, agent_id, Some(BILLING), DateTime::<Utc>::MAX_UTC)
+        .await
+        .map_err(ApiError::internal)?;
+    let Some(last) = events.into_iter().last() else { return Ok(None) };
+    let mut payload = last.payload;
+    let redactions = open_payload(keystore, &mut payload, last.event_id).await.map_err(ApiError::internal)?;
+    let erased = redactions.iter().any(|r| r.path == "billingEmail");
+    Ok(payload.get("billingEmail").and_then(|v| v.as_str()).filter(|_| !erased).map(str::to_string))
+}
+
 /// The organization events that set its caps.
 pub const ORG_SETTINGS: &[&str] = &["OrganizationCreated", "OrgSettingsChanged"];
 

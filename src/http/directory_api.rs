@@ -82,7 +82,12 @@ pub fn routes() -> ApiRouter {
         .post(
             "/admin/api/agents/{agentId}/regenerate-token",
             regenerate_token,
-            doc("O S", "Rotate the agent's token", &[], Body::None),
+            doc(
+                "O S",
+                "Rotate the agent's token (= comms_rotate_token)",
+                &[],
+                Body::Schema(|| text_body(&[("label", false, 100)])),
+            ),
         )
         .post(
             "/admin/api/agents/{agentId}/blocked-channels",
@@ -460,12 +465,15 @@ async fn agent_tokens(
     Ok(Json(Tokens { tokens }))
 }
 
+/// `= comms_rotate_token` for one agent, with its optional `label`.
 async fn regenerate_token(
     State(app): State<AppState>,
     ScopedAgent { admin, agent, .. }: ScopedAgent,
+    JsonBody(raw): JsonBody,
 ) -> Result<Json<NewToken>, ApiError> {
+    let label = Args::new(&raw)?.opt_str("label", 100)?;
     let target = RotateTarget::Agent { agent_id: agent.agent_id, org_id: agent.org_id };
-    let out = commands::rotate(&app, admin.context, target, None).await?;
+    let out = commands::rotate(&app, admin.context, target, label).await?;
     NewToken::of(&out).map(Json)
 }
 

@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use sqlx::{ConnectOptions, Connection};
 
+use crate::providers::credentials;
 use crate::state::AppState;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,21 +33,27 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 async fn ready(State(state): State<AppState>) -> Response {
     let configured = |yes: bool| if yes { "configured" } else { "not_configured" };
-    let (telephony, email) =
-        (configured(state.config.telephony_configured()), configured(state.config.email_configured()));
     let latest = crate::store::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let applied = tokio::time::timeout(READY_TIMEOUT, async {
+    let checked = tokio::time::timeout(READY_TIMEOUT, async {
         // A connection of its own: the pool may still hold connections Postgres cut while they
         // sat idle, and readiness must tell whether Postgres answers now.
         let mut conn = state.pool.connect_options().connect().await?;
         let applied = sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
             .fetch_one(&mut conn)
             .await;
+        // Platform credentials registered at run time count as configured.
+        let providers = credentials::providers_configured(&mut conn, &state.config, None).await.ok();
         let _ = conn.close().await;
-        applied
+        applied.map(|applied| (applied, providers))
     })
     .await;
-    if let Ok(Ok(applied)) = applied {
+    let from_env = (state.config.telephony_configured(), state.config.email_configured());
+    let providers = match &checked {
+        Ok(Ok((_, Some(providers)))) => *providers,
+        _ => from_env,
+    };
+    let (telephony, email) = (configured(providers.0), configured(providers.1));
+    if let Ok(Ok((applied, _))) = checked {
         let migrations = if applied.unwrap_or(0) >= latest { "ok" } else { "pending" };
         let status = if migrations == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
         let body = json!({

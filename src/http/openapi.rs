@@ -247,7 +247,11 @@ fn operation(op: &Op, generator: &mut SchemaGenerator, tool_schemas: ToolSchemas
         Body::Schema(schema) => Some(schema()),
     };
     if let Some(schema) = body {
-        out["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema}}});
+        // A body whose members are all optional may be left out (`JsonBody`: no body is `{}`).
+        let required = schema["required"].as_array().is_some_and(|names| !names.is_empty());
+        out["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": schema}}});
+    }
+    if op.method == "post" {
         out["responses"]["409"] = error("Conflict with the current state");
     }
     out
@@ -307,6 +311,14 @@ pub fn openapi_op(path: &'static str) -> Op {
     Op { method: "get", path, doc: OPENAPI, reply: reply_schema::<OpenApiDocument> }
 }
 
+/// The document's own entry asks for no token (docs/admin-api.md): no security, no 401.
+fn open_to_anyone(operation: &mut Value) {
+    operation["security"] = json!([]);
+    if let Some(responses) = operation["responses"].as_object_mut() {
+        responses.remove("401");
+    }
+}
+
 /// The OpenAPI 3.1 document of `ops`; a tool route's body is `tool_schemas(tool)`.
 pub fn document(ops: &[Op], tool_schemas: ToolSchemas) -> Value {
     let mut generator = generator();
@@ -315,6 +327,9 @@ pub fn document(ops: &[Op], tool_schemas: ToolSchemas) -> Value {
     for op in ops {
         let entry = paths.entry(op.path.to_string()).or_insert_with(|| json!({}));
         entry[op.method] = operation(op, &mut generator, tool_schemas);
+        if op.doc.who == OPENAPI.who {
+            open_to_anyone(&mut entry[op.method]);
+        }
     }
     let schemas = generator.take_definitions(true);
     json!({

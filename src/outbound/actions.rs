@@ -3,7 +3,7 @@
 
 use commguard_domain::agent::AgentEvent;
 use commguard_domain::pii::{Pii, RetentionClass};
-use commguard_domain::refusal::Refusal;
+use commguard_domain::refusal::{Check, Refusal};
 use commguard_domain::values::Channel;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -34,7 +34,10 @@ fn message_input(args: &Args<'_>) -> Result<Message, ApiError> {
         return Err(ApiError::new(ErrorCode::InvalidInput, "templateId is not supported").with("field", "templateId"));
     }
     let channel = match args.choice("channel", &["sms", "email", "whatsapp"], "sms")?.as_str() {
-        "whatsapp" => return Err(ApiError::new(ErrorCode::Unavailable, "Channel \"whatsapp\" is not available")),
+        // Refused at step 3 (input), whatever `unavailable` is refused at elsewhere (the provider).
+        "whatsapp" => {
+            return Err(ApiError::new(ErrorCode::Unavailable, "Channel \"whatsapp\" is not available").at(Check::Input))
+        }
         "email" => Channel::Email,
         _ => Channel::Sms,
     };

@@ -220,6 +220,7 @@ pub async fn agent_billing(app: &AppState, agent: &AgentView, period: &str) -> R
     let rows = sums(app, Some(&agent.agent_id), None, Window::period(period, app.clock.now())?).await?;
     let (_, costs, _, provider) = by_channel(&rows, &agent.agent_id);
     let markup = markup_of(app, agent);
+    let billing_email = directory::limits::billing_email(&app.pool, app.store.keystore(), &agent.agent_id).await?;
     Ok(json!({
         "agentId": agent.agent_id,
         "period": period,
@@ -228,7 +229,11 @@ pub async fn agent_billing(app: &AppState, agent: &AgentView, period: &str) -> R
         "markupPercent": markup,
         "byChannel": costs,
         "tier": agent.tier.as_str(),
-        "billingConfig": {"tier": agent.tier.as_str(), "markupPercent": agent.markup_percent},
+        "billingConfig": {
+            "tier": agent.tier.as_str(),
+            "markupPercent": agent.markup_percent,
+            "billingEmail": billing_email,
+        },
     }))
 }
 

@@ -51,6 +51,28 @@ fn scope_of(org_id: Option<&str>) -> (&'static str, &str) {
     }
 }
 
+/// Whether a real telephony and a real email provider can be used, as `comms_ping` and
+/// `/health/ready` report them: credentials registered for `org_id` (its own or the platform's;
+/// `None`: the platform's) or given in the environment, unless the provider is disabled.
+pub async fn providers_configured<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    config: &Config,
+    org_id: Option<&str>,
+) -> Result<(bool, bool), sqlx::Error> {
+    let registered: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT provider FROM provider_credentials
+          WHERE scope = 'platform' OR (scope = 'org' AND org_id = $1)",
+    )
+    .bind(org_id)
+    .fetch_all(executor)
+    .await?;
+    let has = |name: &str| registered.iter().any(|p| p == name);
+    Ok((
+        config.telephony_configured() || (has("twilio") && !config.provider_twilio_disabled),
+        config.email_configured() || (has("resend") && !config.provider_resend_disabled),
+    ))
+}
+
 /// Stores `credentials` for `provider` in the org's or the platform's scope; returns the key version.
 pub async fn store(
     pool: &PgPool,

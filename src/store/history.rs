@@ -33,7 +33,8 @@ impl PastEvent {
 }
 
 /// The events of stream (`aggregate_type`, `aggregate_id`) that occurred at or before `as_of`, in
-/// sequence order; with `types`, only events of those types. The names are compile-time constants
+/// sequence order — by their published `occurredAt` (milliseconds), so an event stored with finer
+/// precision (written before `Clock::now` kept milliseconds) is in the view at its own `occurredAt`; with `types`, only events of those types. The names are compile-time constants
 /// written into the statement (never bound): a partial index over them (migration 0019) can only
 /// serve a query whose predicate the planner sees, and a bound array it does not see.
 pub async fn stream_until(
@@ -46,7 +47,8 @@ pub async fn stream_until(
     let filter = types.map_or(String::new(), |types| format!("AND event_type IN ({})", literals(types)));
     let sql = format!(
         "SELECT sequence, event_id, occurred_at, event_type, payload FROM events
-          WHERE aggregate_type = $1 AND aggregate_id = $2 AND occurred_at <= $3 {filter}
+          WHERE aggregate_type = $1 AND aggregate_id = $2
+            AND occurred_at < date_trunc('milliseconds', $3::timestamptz) + interval '1 millisecond' {filter}
           ORDER BY sequence"
     );
     let rows: Vec<(i64, Uuid, DateTime<Utc>, String, Value)> =

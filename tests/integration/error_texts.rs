@@ -429,6 +429,15 @@ fn table() -> Vec<Row> {
         http("Z7 admin: org unsuspends", "POST", "/admin/api/orgs/{orgA}/unsuspend")
             .bearer("adminA")
             .answers(403, "forbidden", SUPER_REQUIRED),
+        // docs/errors.md: the org's state forbids it (`conflict`, "already in mode").
+        http("suspend a suspended org", "POST", "/admin/api/orgs/{orgS}/suspend")
+            .bearer("master")
+            .body(r#"{"reason":"again"}"#)
+            .answers(409, "conflict", r#"Organization "{orgS}" is already suspended"#),
+        http("approve a suspended org", "POST", "/admin/api/orgs/{orgS}/approve")
+            .bearer("master")
+            .body(r#"{"kycNote":"docs ok"}"#)
+            .answers(409, "conflict", r#"Organization "{orgS}" is suspended"#),
         http("Z7 admin: org changes maxAgents", "POST", "/admin/api/orgs/{orgA}/settings")
             .bearer("adminA")
             .body(r#"{"maxAgents":5}"#)
@@ -557,10 +566,12 @@ fn table() -> Vec<Row> {
             .at("/blockers/0"),
         tool("country rules: hours warning", "adminB", "comms_provision_channels", r#"{"displayName":"x","country":"CA","capabilities":{"phone":true}}"#)
             .refused("compliance_blocked", "Canada restricts calling hours to 8:00-21:00 local time")
-            .at("/warnings/0"),
+            .at("/warnings/0/message")
+            .also("/warnings/0/code", "calling_hours"),
         tool("country rules: recording warning", "adminB", "comms_provision_channels", r#"{"displayName":"x","country":"CA","capabilities":{"phone":true}}"#)
             .refused("compliance_blocked", "Canada requires consent to record calls")
-            .at("/warnings/1"),
+            .at("/warnings/1/message")
+            .also("/warnings/1/code", "recording_consent"),
         tool("revoke without consent", "agentA", "comms_revoke_consent", r#"{"contactAddress":"+12025550999","channel":"sms"}"#)
             .result("/message", "No active consent found to revoke"),
         tool("check without consent", "agentA", "comms_check_consent", r#"{"contactAddress":"+12025550999","channel":"sms"}"#)

@@ -91,6 +91,29 @@ async fn a_rotation_on_one_instance_revokes_and_closes_streams_on_another() {
     .await;
     assert!(ended.is_ok(), "the revoked token's stream on the other instance is still open after 5 s");
 
+    // The route is `comms_rotate_token`: its optional `label` names the new token.
+    let labelled = a
+        .http
+        .post(a.url(&format!("/admin/api/agents/{agent_id}/regenerate-token")))
+        .bearer_auth(&org_token)
+        .json(&json!({"label": "http-label"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(labelled.status(), 200);
+    let tokens: Value = a
+        .http
+        .get(a.url(&format!("/admin/api/agents/{agent_id}/tokens")))
+        .bearer_auth(&org_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let labels: Vec<&str> = tokens["tokens"].as_array().unwrap().iter().filter_map(|t| t["label"].as_str()).collect();
+    assert_eq!(labels, ["http-label"], "{tokens}");
+
     b.stop().await;
     a.stop().await;
 }
@@ -354,6 +377,18 @@ async fn a_country_rule_refusal_names_its_rule_and_is_recorded_with_it() {
     assert_eq!(
         recorded,
         ("compliance_blocked".into(), Some("country_rules".into()), "comms_provision_channels".into())
+    );
+
+    // A country without blockers provisions, and its rules come back as warnings, each
+    // `{code, message}` as every tool's warnings (docs/tools.md).
+    let provisioned =
+        call_tool(&s, &org_token, "comms_provision_channels", json!({"displayName": "Paris", "country": "FR"})).await;
+    assert_eq!(
+        provisioned["warnings"],
+        json!([
+            {"code": "calling_hours", "message": "France restricts calling hours to 8:00-20:00 local time"},
+            {"code": "recording_consent", "message": "France requires consent to record calls"},
+        ])
     );
     s.stop().await;
 }

@@ -85,7 +85,14 @@ async fn every_admin_route_served_is_in_the_document_and_every_documented_one_is
             let body: Value = r.json().await.unwrap_or(Value::Null);
             assert_ne!(body["error"], "Not found", "{method} {concrete} reached a handler: {body}");
         }
-        // Every operation has its responses and a reply schema that resolves.
+        // Every operation has its responses and a reply schema that resolves; only the document
+        // itself is open to anyone (no security, so no 401), and every POST may conflict (409).
+        for (method, op) in item.as_object().unwrap() {
+            let open = path == "/admin/api/openapi.json";
+            assert_eq!(op.get("security") == Some(&serde_json::json!([])), open, "{method} {path}");
+            assert_eq!(op["responses"].get("401").is_none(), open, "{method} {path}");
+            assert_eq!(op["responses"].get("409").is_some(), method == "post", "{method} {path}");
+        }
         for (method, op) in item.as_object().unwrap() {
             let reply = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].as_str().unwrap();
             let name = reply.trim_start_matches("#/components/schemas/");

@@ -344,6 +344,17 @@ async fn usage_and_billing_follow_the_sends() {
         .await;
     assert_eq!(email["to"], "bob@example.com");
     assert_eq!(email["warnings"][0]["code"], "can_spam_unsubscribe_missing");
+    // WhatsApp is refused at step 3 (input), and recorded so: no provider was asked.
+    let (is_error, refusal) =
+        me.call("comms_send_message", json!({"channel": "whatsapp", "to": "+12025550100", "body": "hi"})).await;
+    assert_eq!((is_error, refusal["code"].as_str()), (true, Some("unavailable")));
+    let refused_by: String = sqlx::query_scalar(
+        "SELECT payload::jsonb ->> 'refusedBy' FROM events WHERE event_type = 'ActionRefused' AND payload::jsonb ->> 'code' = 'unavailable'",
+    )
+    .fetch_one(&db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(refused_by, "input");
 
     // The usage projection follows the events; current usage is the live counters.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -362,9 +373,22 @@ async fn usage_and_billing_follow_the_sends() {
     assert_eq!(dashboard["currentUsage"]["actionsToday"], 3);
     assert_eq!(dashboard["currentUsage"]["spendToday"].as_f64(), Some(0.0168));
 
-    master.ok("comms_set_billing_config", json!({"agentId": agent_id, "markupPercent": 10})).await;
+    // The billing address: set, kept by a change that leaves it out (as the tier and markup are),
+    // shown by the summary, and cleared by `null`.
+    let set = master.ok("comms_set_billing_config", json!({"agentId": agent_id, "billingEmail": "Bills@Example.com"}));
+    assert_eq!(set.await["billingConfig"]["billingEmail"], "bills@example.com");
+    let kept = master.ok("comms_set_billing_config", json!({"agentId": agent_id, "markupPercent": 10})).await;
+    assert_eq!(
+        kept["billingConfig"],
+        json!({"tier": "starter", "markupPercent": 10.0, "billingEmail": "bills@example.com"})
+    );
     let bill = me.ok("comms_get_billing_summary", json!({})).await;
     assert_eq!((bill["providerCost"].as_f64(), bill["billingCost"].as_f64()), (Some(0.0168), Some(0.0185)));
+    assert_eq!(bill["billingConfig"]["billingEmail"], "bills@example.com");
+    let cleared = master.ok("comms_set_billing_config", json!({"agentId": agent_id, "billingEmail": null})).await;
+    assert_eq!(cleared["billingConfig"]["billingEmail"], Value::Null);
+    let bill = me.ok("comms_get_billing_summary", json!({})).await;
+    assert_eq!((&bill["billingConfig"]["billingEmail"], bill["markupPercent"].as_f64()), (&Value::Null, Some(10.0)));
     let all = master.ok("comms_get_billing_summary", json!({})).await;
     assert_eq!(all["totals"]["revenue"].as_f64(), Some(0.0017));
     let org = master.ok("comms_get_usage_dashboard", json!({"period": "month"})).await;

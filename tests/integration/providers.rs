@@ -398,8 +398,16 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
         admin.call("comms_provision_channels", json!({"displayName": "Second", "capabilities": {"phone": true}})).await;
     assert!(is_error);
     assert_eq!(refused["error"], "No telephony provider configured");
+    let providers = |ping: Value| (ping["providers"]["telephony"].clone(), ping["providers"]["email"].clone());
+    let unconfigured = (json!("not_configured"), json!("not_configured"));
+    assert_eq!(providers(admin.ok("comms_ping", json!({})).await), unconfigured);
     let registered = master.ok("comms_register_provider", register("org-secret")).await;
     assert_eq!(registered["keysStored"], json!(["accountSid", "authToken"]));
+    // Live at once for the org's ping; the platform (the master's org, readiness) has none.
+    assert_eq!(providers(admin.ok("comms_ping", json!({})).await), (json!("configured"), json!("not_configured")));
+    assert_eq!(providers(master.ok("comms_ping", json!({})).await), unconfigured);
+    let ready: Value = s.http.get(s.url("/health/ready")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(providers(ready), unconfigured);
     assert_eq!(registered["keyVersion"].as_str().unwrap().len(), 8);
     assert!(!registered.to_string().contains("org-secret"), "the reply never shows a value");
 
@@ -490,6 +498,18 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
     me.ok("comms_send_message", json!({"to": "+12025550100", "body": "after rotation"})).await;
     let last = log.lock().unwrap().last().cloned().unwrap();
     assert_eq!(last.authorization, format!("Basic {}", base64_encode("ACorg:org-secret")));
+
+    // Platform credentials (no orgId) are live at once for readiness and every org's ping.
+    let master = Session::open(&s, MASTER).await;
+    let platform = json!({"provider": "twilio", "credentials": {"accountSid": "ACorg", "authToken": "org-secret"}});
+    master.ok("comms_register_provider", platform).await;
+    let ready: Value = s.http.get(s.url("/health/ready")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (ready["providers"]["telephony"].as_str(), ready["providers"]["email"].as_str()),
+        (Some("configured"), Some("not_configured"))
+    );
+    let ping = master.ok("comms_ping", json!({})).await;
+    assert_eq!(ping["providers"]["telephony"], "configured", "{ping}");
     s.stop().await;
 }
 

@@ -197,6 +197,20 @@ async fn consent_and_limits_as_of_instants_between_their_changes() {
         assert_eq!((&view["tier"], &view["overrides"]), (&json!(tier), &overrides), "{at}: {view}");
         assert_eq!((&view["effective"], &view["orgCaps"]), (&effective, caps), "{at}: {view}");
     }
+    // `as_of` equal to an event's published `occurredAt` includes that event, and a millisecond
+    // before it does not: instants are stored as they are published, to the millisecond.
+    let audit = get_ok(&s, &org.admin, &format!("/admin/api/audit?agentId={agent}&eventType=LimitsChanged")).await;
+    let first = audit["items"][0]["occurredAt"].as_str().unwrap().to_string();
+    let millis = chrono::DateTime::parse_from_rfc3339(&first).unwrap();
+    let before = (millis - chrono::Duration::milliseconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    assert_eq!(get_ok(&s, &org.admin, &limits_at(&first)).await["overrides"]["maxActionsPerMinute"], 7, "{first}");
+    assert_eq!(get_ok(&s, &org.admin, &limits_at(&before)).await["overrides"]["maxActionsPerMinute"], Value::Null);
+    let audit = get_ok(&s, &org.admin, "/admin/api/audit?eventType=ConsentRevoked").await;
+    let revoked_at = audit["items"][0]["occurredAt"].as_str().unwrap().to_string();
+    assert_eq!(records(&get_ok(&s, &org.admin, &consent_at(&revoked_at)).await)[0]["status"], "revoked");
+    let audit = get_ok(&s, &org.admin, &format!("/admin/api/audit?to={first}&eventType=LimitsChanged")).await;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 1, "`to` equal to an event's occurredAt includes it: {audit}");
+
     let live = get_ok(&s, &org.admin, &format!("/admin/api/limits?agentId={agent}")).await;
     let folded = get_ok(&s, &org.admin, &limits_at("2026-12-01T14:30:00Z")).await;
     for field in ["tier", "overrides", "effective", "orgCaps", "markupPercent"] {

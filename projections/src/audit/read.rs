@@ -87,7 +87,10 @@ pub async fn items(pool: &PgPool, filter: &AuditFilter, limit: i64) -> Result<Ve
         sql.push(" AND occurred_at >= ").push_bind(from);
     }
     if let Some(to) = filter.to {
-        sql.push(" AND occurred_at <= ").push_bind(to);
+        // By the published `occurredAt` (milliseconds): `to` equal to an event's includes it.
+        sql.push(" AND occurred_at < date_trunc('milliseconds', ")
+            .push_bind(to)
+            .push("::timestamptz) + interval '1 millisecond'");
     }
     sql.push(" ORDER BY position LIMIT ").push_bind(limit);
     sql.build_query_as().fetch_all(pool).await
@@ -112,7 +115,10 @@ pub async fn positions_about(
         query.push(" AND occurred_at >= ").push_bind(from);
     }
     if let Some(to) = to {
-        query.push(" AND occurred_at <= ").push_bind(to);
+        query
+            .push(" AND occurred_at < date_trunc('milliseconds', ")
+            .push_bind(to)
+            .push("::timestamptz) + interval '1 millisecond'");
     }
     query.push(" ORDER BY position");
     query.build_query_scalar().fetch_all(pool).await

@@ -37,7 +37,7 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
     if !check.blockers.is_empty() {
         return Err(compliance("Country compliance requirements not met", Rule::CountryRules)
             .with("blockers", check.blockers)
-            .with("warnings", check.warnings));
+            .with("warnings", json!(check.warnings)));
     }
     context.provenance.pass("country_rules");
     let agent_id = new.agent_id.clone().unwrap_or_else(|| Uuid::new_v4().to_string());
@@ -150,7 +150,7 @@ pub async fn deprovision(
         "status": "deprovisioned",
         "numberReleased": number_released,
         "tokensRevoked": tokens.len(),
-        "warnings": warnings,
+        "warnings": release_warnings(&warnings),
     }))
 }
 
@@ -222,7 +222,13 @@ pub async fn set_billing(
     billing_email: Option<Option<String>>,
 ) -> Result<Value, ApiError> {
     let starter = crate::directory::starter(&app.config);
-    let action = AgentAction::SetBilling { tier, markup_percent, billing_email: billing_email.clone(), starter };
+    // Omitted = unchanged, as for the tier and the markup: the event carries the whole billing
+    // config, so the address it had is carried over (it exists only sealed in the last change).
+    let billing_email = match billing_email {
+        Some(changed) => changed,
+        None => crate::directory::limits::billing_email(&app.pool, app.store.keystore(), agent_id).await?,
+    };
+    let action = AgentAction::SetBilling { tier, markup_percent, billing_email: Some(billing_email.clone()), starter };
     let view = change_agent_limits(app, context, agent_id, org_id, action).await?;
     Ok(json!({
         "success": true,
@@ -230,7 +236,7 @@ pub async fn set_billing(
         "billingConfig": {
             "tier": view.tier.as_str(),
             "markupPercent": view.markup_percent,
-            "billingEmail": billing_email.flatten(),
+            "billingEmail": billing_email,
         },
         "tierLimits": crate::directory::limits_json(view.tier.limits(starter)),
         "effectiveLimits": crate::directory::limits_json(crate::directory::effective_limits(&view, &app.config)),
@@ -295,4 +301,9 @@ async fn release(
         Ok(()) => (true, Vec::new()),
         Err(failure) => (false, vec![format!("Number release failed: {}", failure.0)]),
     })
+}
+
+/// A deprovisioning's warnings (stored as text in `AgentDeprovisioned`) as replies carry them.
+fn release_warnings(warnings: &[String]) -> Vec<Value> {
+    warnings.iter().map(|message| json!({"code": "number_not_released", "message": message})).collect()
 }

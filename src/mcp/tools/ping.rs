@@ -6,6 +6,7 @@ use super::{Caller, Tool};
 use crate::auth::Role;
 use crate::directory::{self, commands::DEFAULT_ORG};
 use crate::error::ApiError;
+use crate::providers::credentials;
 use crate::state::AppState;
 use crate::validate::Args;
 
@@ -22,6 +23,8 @@ pub async fn ping(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Resul
     let principal = caller.principal;
     let org_id = principal.org_id.clone().unwrap_or_else(|| DEFAULT_ORG.into());
     let org = directory::org(&app.pool, &org_id).await?;
+    let (telephony, email) =
+        credentials::providers_configured(&app.pool, &app.config, Some(&org_id)).await.map_err(ApiError::internal)?;
     let configured = |yes: bool| if yes { "configured" } else { "not_configured" };
     Ok(json!({
         "status": "ok",
@@ -32,8 +35,8 @@ pub async fn ping(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Resul
         "org": { "id": org_id, "mode": org.as_ref().map(|o| o.mode.as_str()) },
         "pool": org.as_ref().map(directory::capacity),
         "providers": {
-            "telephony": configured(app.config.twilio_account_sid.is_some() && !app.config.provider_twilio_disabled),
-            "email": configured(app.config.resend_api_key.is_some() && !app.config.provider_resend_disabled),
+            "telephony": configured(telephony),
+            "email": configured(email),
             "database": "ok",
         },
     }))
