@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::auth::caller::Transport;
 use crate::auth::Principal;
 use crate::clock::Clock;
+use crate::error::{ApiError, ErrorCode};
 use crate::store::{CommandContext, Store};
 
 pub struct Session {
@@ -62,9 +63,24 @@ impl Session {
     }
 }
 
-/// The session cap was reached (docs/configuration.md `MCP_MAX_SESSIONS`: 503).
+/// Why a session was not opened.
 #[derive(Debug)]
-pub struct Full;
+pub enum NotOpened {
+    /// The session cap was reached (docs/configuration.md `MCP_MAX_SESSIONS`: 503).
+    Full,
+    /// `SessionOpened` could not be recorded (the database is down): a session nobody can
+    /// audit is not opened (fail closed; every open is recorded).
+    Unrecorded,
+}
+
+impl From<NotOpened> for ApiError {
+    fn from(why: NotOpened) -> Self {
+        match why {
+            NotOpened::Full => ApiError::new(ErrorCode::Unavailable, "Too many sessions"),
+            NotOpened::Unrecorded => ApiError::unrecorded(),
+        }
+    }
+}
 
 pub struct Sessions {
     map: RwLock<HashMap<String, Arc<Session>>>,
@@ -87,7 +103,7 @@ impl Sessions {
         claim: Option<String>,
         transport: Transport,
         context: CommandContext,
-    ) -> Result<Arc<Session>, Full> {
+    ) -> Result<Arc<Session>, NotOpened> {
         let (outbox, inbox) = mpsc::unbounded_channel();
         let session = Arc::new(Session {
             id: match transport {
@@ -106,7 +122,7 @@ impl Sessions {
         {
             let mut map = self.map.write().expect("sessions lock");
             if map.len() >= self.max {
-                return Err(Full);
+                return Err(NotOpened::Full);
             }
             map.insert(session.id.clone(), session.clone());
         }
@@ -116,7 +132,9 @@ impl Sessions {
             claimed_agent_id: session.claim.clone(),
         };
         if let Err(e) = self.store.record("principal", &session.principal.stream_id(), &[opened], &context).await {
-            crate::error::log_failure("SessionOpened not recorded", &e);
+            crate::error::log_failure("SessionOpened not recorded; the session is not opened", &e);
+            self.map.write().expect("sessions lock").remove(&session.id);
+            return Err(NotOpened::Unrecorded);
         }
         Ok(session)
     }

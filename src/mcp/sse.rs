@@ -54,11 +54,7 @@ pub async fn open(
     let claim = claim_param(query.agent_id.as_deref());
     let claim = open_claim(&app, &principal, query.agent_id, claim, ip, "/sse", context.clone()).await?;
     authenticated.admit(&app.lockout, &app.identity, ip).await;
-    let session = app
-        .sessions
-        .open(principal, claim, Transport::Sse, context)
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "Too many sessions"))?;
+    let session = app.sessions.open(principal, claim, Transport::Sse, context).await?;
     let inbox = session.take_inbox().expect("a new session has its inbox");
     let first = format!("event: endpoint\ndata: /messages?sessionId={}\n\n", session.id);
     let body = Body::from_stream(event_stream(app.sessions.clone(), session, inbox, Some(first), true));

@@ -122,11 +122,7 @@ pub async fn post(
         };
         let claim = open_claim(&app, &principal, offered, claim, ip, "/mcp", context.clone()).await?;
         authenticated.admit(&app.lockout, &app.identity, ip).await;
-        let session = app
-            .sessions
-            .open(principal.clone(), claim, Transport::Streamable, context)
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "Too many sessions"))?;
+        let session = app.sessions.open(principal.clone(), claim, Transport::Streamable, context).await?;
         (session, true)
     } else {
         let session = existing_session(&app, &headers, &principal, ip).await?;

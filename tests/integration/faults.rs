@@ -266,3 +266,29 @@ async fn initialize(s: &TestServer, token: &str) -> u16 {
         .status()
         .as_u16()
 }
+
+/// Every session open is recorded (`SessionOpened`), so one that cannot be recorded is not
+/// opened: with the database away, the master (whose token needs no database) is answered 503 on
+/// both transports, and once it is back a session opens and is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_opening_cannot_be_recorded_is_not_opened() {
+    let db = TestDb::new().await;
+    let proxy = PgProxy::start(cluster_socket()).await;
+    let user = admin_url().split("://").nth(1).unwrap().split('@').next().unwrap().to_string();
+    let through_proxy =
+        TestDb { name: db.name.clone(), url: format!("postgres://{user}@127.0.0.1:{}/{}", proxy.port, db.name) };
+    let s = TestServer::start(&through_proxy, &limits()).await;
+    proxy.set_down(true);
+    assert_eq!(initialize(&s, MASTER).await, 503);
+    let sse = s.http.get(s.url(&format!("/sse?token={MASTER}"))).send().await.unwrap();
+    assert_eq!(sse.status(), 503);
+    proxy.set_down(false);
+    assert!(within(30, || ready(&s.http, &s.base)).await, "the server did not recover");
+    assert_eq!(initialize(&s, MASTER).await, 200);
+    let opened: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'SessionOpened'")
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(opened, 1, "only the session opened after the outage exists, and it is recorded");
+    s.stop().await;
+}
