@@ -226,11 +226,13 @@ impl OpeningKeys {
         match opened {
             Ok(text) => (text, None),
             Err(Opened::Erased) => {
-                // Erasure wins over retention when both destroyed a key of this field.
+                // Erasure wins over retention when both destroyed a key of this field. Only erasure
+                // destroys subject keys; a consent-record key alone is destroyed by retention (its
+                // revoked-consent class; an erasure destroys it with the subject's key).
                 let subject_gone = field
                     .k
                     .iter()
-                    .any(|id| !self.live.contains_key(id) && self.kinds.get(id).is_none_or(|k| k != "retention"));
+                    .any(|id| !self.live.contains_key(id) && self.kinds.get(id).is_none_or(|k| k == "subject"));
                 let reason = if subject_gone { "subject_erased" } else { "retention_expired" };
                 (ERASED.into(), Some(Redaction { path: path.into(), reason }))
             }
@@ -541,6 +543,32 @@ mod tests {
         let keys = OpeningKeys::from_keys(HashMap::new(), HashMap::new());
         assert_eq!(keys.open(&mut payload, event_id), vec![Redaction { path: "x.y".into(), reason: "subject_erased" }]);
         assert_eq!(payload, json!({"x.y": "[erased]"}));
+    }
+
+    /// Why a field reads `[erased]`: a destroyed subject key is an erasure; a consent-record key
+    /// destroyed beside a live subject key is retention (revoked consents), as is a retention key.
+    #[test]
+    fn a_redaction_names_erasure_only_when_a_subject_key_is_gone() {
+        let (subject, consent, retention, event_id) =
+            (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3), Uuid::from_u128(9));
+        let key = [7u8; 32];
+        let kinds = HashMap::from([
+            (subject, "subject".to_string()),
+            (consent, "consent".to_string()),
+            (retention, "retention".to_string()),
+        ]);
+        let reason = |sealed_under: &[Uuid], live: &[Uuid]| {
+            let keys: Vec<(Uuid, Key)> = sealed_under.iter().map(|id| (*id, key)).collect();
+            let mut payload = json!({"contact": envelope::seal(&keys, event_id, "contact", "+15551234567")});
+            let live = live.iter().map(|id| (*id, key)).collect();
+            let opened = OpeningKeys::from_keys(live, kinds.clone()).open(&mut payload, event_id);
+            opened.first().map(|r| r.reason)
+        };
+        assert_eq!(reason(&[subject, consent], &[subject, consent]), None);
+        assert_eq!(reason(&[subject, consent], &[subject]), Some("retention_expired"));
+        assert_eq!(reason(&[subject, consent], &[]), Some("subject_erased"));
+        assert_eq!(reason(&[subject, retention], &[subject]), Some("retention_expired"));
+        assert_eq!(reason(&[subject, retention], &[retention]), Some("subject_erased"));
     }
 
     /// The text opener (the feed's) finds, opens and redacts exactly what the tree opener does,
