@@ -1,9 +1,12 @@
 //! `commguard audit verify`: walks every hash chain from its first event, recomputing each hash,
-//! and checks that `chain_heads` agrees with the last event (a truncated tail shows there).
+//! checks that `chain_heads` agrees with the last event (a truncated tail shows there), and that
+//! the columns the feed reads and filters by (event id, instant, org) are the hashed metadata's.
 
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::Serialize;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use super::chain::{self, ChainLink};
 
@@ -30,11 +33,17 @@ impl Report {
     }
 }
 
+/// One stored event: its chain's columns, and the columns the feed and its filters read beside
+/// the hashed metadata (event id, instant, org).
+type Row =
+    (String, String, i64, String, String, serde_json::Value, serde_json::Value, Uuid, DateTime<Utc>, Option<String>);
+
 /// Verifies every chain, or only `aggregate` (`(type, id)`).
 pub async fn verify(pool: &PgPool, aggregate: Option<(&str, &str)>) -> Result<Report, sqlx::Error> {
     let (kind, id) = aggregate.unzip();
-    let mut rows = sqlx::query_as::<_, (String, String, i64, String, String, serde_json::Value, serde_json::Value)>(
-        "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
+    let mut rows = sqlx::query_as::<_, Row>(
+        "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+                event_id, occurred_at, org_id
          FROM events WHERE ($1::text IS NULL OR (aggregate_type = $1 AND aggregate_id = $2))
          ORDER BY aggregate_type, aggregate_id, sequence",
     )
@@ -46,11 +55,25 @@ pub async fn verify(pool: &PgPool, aggregate: Option<(&str, &str)>) -> Result<Re
     let mut current: Vec<ChainLink> = Vec::new();
     let mut tails: Vec<(String, String, i64, String)> = Vec::new();
     let mut seen: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
-    while let Some((aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)) =
-        rows.try_next().await?
+    while let Some((
+        aggregate_type,
+        aggregate_id,
+        sequence,
+        event_type,
+        event_version,
+        payload,
+        metadata,
+        event_id,
+        occurred_at,
+        org_id,
+    )) = rows.try_next().await?
     {
         if current.first().is_some_and(|c| c.aggregate_type != aggregate_type || c.aggregate_id != aggregate_id) {
             check_chain(std::mem::take(&mut current), &mut report, &mut tails, &mut seen);
+        }
+        if let Some(column) = unhashed_column(&metadata, event_id, occurred_at, org_id.as_deref()) {
+            let reason = format!("column {column} does not match the event's hashed metadata");
+            report.broken.push(broken(&aggregate_type, &aggregate_id, sequence, &reason));
         }
         current.push(ChainLink {
             aggregate_type,
@@ -112,6 +135,27 @@ fn check_chain(
         Ok((count, last_hash)) => tails.push((t, i, count as i64, last_hash)),
         Err(b) => report.broken.push(broken(&t, &i, b.sequence, &b.reason)),
     }
+}
+
+/// The first of the columns the feed reads (`event_id`, `occurred_at`, `org_id`) that disagrees
+/// with the hashed metadata (`eventId`, `occurredAt` to the millisecond, `orgId`): an event moved
+/// to another org's feed, or re-dated, behind an intact chain.
+fn unhashed_column(
+    metadata: &serde_json::Value,
+    event_id: Uuid,
+    occurred_at: DateTime<Utc>,
+    org_id: Option<&str>,
+) -> Option<&'static str> {
+    if metadata.get("eventId").and_then(|v| v.as_str()) != Some(event_id.to_string().as_str()) {
+        return Some("event_id");
+    }
+    if metadata.get("occurredAt").and_then(|v| v.as_str()) != Some(super::rfc3339(occurred_at).as_str()) {
+        return Some("occurred_at");
+    }
+    if metadata.get("orgId").and_then(|v| v.as_str()) != org_id {
+        return Some("org_id");
+    }
+    None
 }
 
 fn broken(t: &str, i: &str, sequence: i64, reason: &str) -> Broken {

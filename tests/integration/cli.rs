@@ -228,6 +228,51 @@ async fn audit_verify_and_replay_report_through_exit_codes() {
     let json = run(&["audit", "verify", "--json", "--aggregate", "ledger/cli"], &env);
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["broken"][0]["sequence"], 2);
+
+    // The columns the feed shows and filters by are held to the hashed metadata: an event moved
+    // to another org's feed, or re-dated, is found though its chain is intact.
+    let tamper = |statement: String| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only").execute(&mut *tx).await.unwrap();
+            sqlx::query(&statement).execute(&mut *tx).await.unwrap();
+            sqlx::query("ALTER TABLE events ENABLE TRIGGER events_append_only").execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    let (event_id, occurred_at, org_id): (uuid::Uuid, String, String) =
+        sqlx::query_as("SELECT event_id, occurred_at::text, org_id FROM events WHERE sequence = 3")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let restore = format!(
+        "UPDATE events SET org_id = '{org_id}', occurred_at = '{occurred_at}', event_id = '{event_id}' WHERE sequence = 3"
+    );
+    tamper(restore.clone()).await;
+    assert_eq!(run(&["audit", "verify", "--aggregate", "ledger/cli"], &env).status.code(), Some(1), "still event 2");
+    for (forgery, column) in [
+        ("UPDATE events SET org_id = 'another-org' WHERE sequence = 3", "org_id"),
+        ("UPDATE events SET occurred_at = occurred_at - interval '1 day' WHERE sequence = 3", "occurred_at"),
+        ("UPDATE events SET occurred_at = occurred_at + interval '1 millisecond' WHERE sequence = 3", "occurred_at"),
+        ("UPDATE events SET event_id = gen_random_uuid() WHERE sequence = 3", "event_id"),
+    ] {
+        tamper(forgery.to_string()).await;
+        let json = run(&["audit", "verify", "--json", "--aggregate", "ledger/cli"], &env);
+        let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        let at_3: Vec<&str> = report["broken"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["sequence"] == 3)
+            .filter_map(|b| b["reason"].as_str())
+            .collect();
+        assert_eq!(at_3, [format!("column {column} does not match the event's hashed metadata")], "{forgery}");
+        tamper(restore.clone()).await;
+    }
+    let json = run(&["audit", "verify", "--json", "--aggregate", "ledger/cli"], &env);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(report["broken"].as_array().unwrap().iter().all(|b| b["sequence"] == 2), "restored: {report}");
 }
 
 mod reqwest {
