@@ -43,7 +43,7 @@ pub enum StartError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Crypto(#[from] crypto::CryptoError),
-    #[error("cannot listen on {0}: {1}")]
+    #[error("HOST and PORT: cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
     #[error("server: {0}")]
     Serve(std::io::Error),

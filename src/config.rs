@@ -201,6 +201,35 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
             .collect()
     }
 
+    /// An optional URL with one of `schemes` and a host.
+    fn optional_url(&self, var: &str, schemes: &[&str]) -> Result<Option<String>, ConfigError> {
+        let Some(v) = self.raw(var) else { return Ok(None) };
+        let host = v.split_once("://").filter(|(scheme, _)| schemes.contains(scheme)).map(|(_, rest)| rest);
+        match host.and_then(|rest| rest.split(['/', '?']).next()) {
+            Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(Some(v)),
+            _ => {
+                let schemes: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+                Err(err(var, format!("must be a {} URL", schemes.join(" or "))))
+            }
+        }
+    }
+
+    /// A domain name: dot-separated labels of letters, digits and hyphens.
+    fn domain(&self, var: &str, default: &str) -> Result<String, ConfigError> {
+        let v = self.string(var, default);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if v.len() > 253 || !v.split('.').all(label_ok) {
+            return Err(err(var, format!("not a domain name: {v:?}")));
+        }
+        Ok(v.to_ascii_lowercase())
+    }
+
     fn url(&self, var: &str, default: &str) -> Result<String, ConfigError> {
         let v = self.string(var, default);
         if !(v.starts_with("http://") || v.starts_with("https://")) {
@@ -269,13 +298,21 @@ impl Config {
         let webhook_base_url = r.url("WEBHOOK_BASE_URL", "http://localhost:3100")?;
         let cors_allowed_origins = match r.raw("CORS_ALLOWED_ORIGINS") {
             Some(list) => {
-                list.split(',').map(|o| o.trim().trim_end_matches('/').to_string()).filter(|o| !o.is_empty()).collect()
+                let origins: Vec<String> = list
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect();
+                if let Some(bad) = origins.iter().find(|o| !is_origin(o)) {
+                    return Err(err("CORS_ALLOWED_ORIGINS", format!("not an http(s) origin: {bad:?}")));
+                }
+                origins
             }
             None => vec![origin_of(&webhook_base_url)],
         };
         let trust_proxy = match r.raw("TRUST_PROXY").as_deref() {
-            None | Some("0") | Some("false") => false,
-            Some("1") | Some("true") => true,
+            None | Some("0") => false,
+            Some("1") => true,
             Some(_) => return Err(err("TRUST_PROXY", "must be 0 or 1")),
         };
         let log_format = match r.raw("LOG_FORMAT").as_deref() {
@@ -327,8 +364,8 @@ impl Config {
             resend_api_base_url: r.url("RESEND_API_BASE_URL", "https://api.resend.com")?,
             provider_twilio_disabled: r.bool("PROVIDER_TWILIO_DISABLED", false)?,
             provider_resend_disabled: r.bool("PROVIDER_RESEND_DISABLED", false)?,
-            email_default_domain: r.string("EMAIL_DEFAULT_DOMAIN", "commguard.local"),
-            agentos_callback_url: r.raw("AGENTOS_CALLBACK_URL"),
+            email_default_domain: r.domain("EMAIL_DEFAULT_DOMAIN", "commguard.local")?,
+            agentos_callback_url: r.optional_url("AGENTOS_CALLBACK_URL", &["http", "https"])?,
             callback_signing_secret: r.raw("CALLBACK_SIGNING_SECRET").map(Secret),
             default_max_actions_per_minute: r.number("DEFAULT_MAX_ACTIONS_PER_MINUTE", 10u32, 1)?,
             default_max_actions_per_hour: r.number("DEFAULT_MAX_ACTIONS_PER_HOUR", 100u32, 1)?,
@@ -361,7 +398,7 @@ impl Config {
             voice_ai_disclosure_text: (r.get)("VOICE_AI_DISCLOSURE_TEXT")
                 .unwrap_or_else(|| "Please note, this is an AI-generated call. ".into()),
             recording_announcement_text: r.string("RECORDING_ANNOUNCEMENT_TEXT", "This call may be recorded."),
-            voice_relay_url: r.raw("VOICE_RELAY_URL"),
+            voice_relay_url: r.optional_url("VOICE_RELAY_URL", &["wss", "ws", "https", "http"])?,
             sms_keyword_replies: r.bool("SMS_KEYWORD_REPLIES", true)?,
             sms_help_text: r.string("SMS_HELP_TEXT", "Reply STOP to unsubscribe. Msg&data rates may apply."),
             log_format,
@@ -400,10 +437,14 @@ impl Config {
         Ok(())
     }
 
-    /// What development runs without, said once at start.
+    /// What development runs without, and a short master token in production: said once at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.env == Environment::Production {
+            // Production refuses to start without one; a short one still starts, with a warning.
+            if self.master_token.as_ref().is_some_and(|t| t.0.len() < 32) {
+                out.push("MASTER_SECURITY_TOKEN is shorter than 32 characters".into());
+            }
             return out;
         }
         if self.master_token.is_none() {
@@ -443,6 +484,16 @@ impl Config {
 }
 
 /// `scheme://host[:port]` of a URL.
+/// `http(s)://host[:port]`, nothing after it.
+fn is_origin(origin: &str) -> bool {
+    match origin.split_once("://") {
+        Some(("http" | "https", host)) => {
+            !host.is_empty() && !host.contains(['/', '?', '#']) && !host.contains(char::is_whitespace)
+        }
+        _ => false,
+    }
+}
+
 fn origin_of(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
     let host = rest.split('/').next().unwrap_or(rest);
@@ -487,10 +538,28 @@ mod tests {
             ("HTTP_RATE_LIMIT_PER_IP", "0"),
             ("DEFAULT_MAX_SPEND_PER_DAY", "1.0000001"),
             ("WEBHOOK_BASE_URL", "ftp://x"),
+            ("TRUST_PROXY", "true"),
+            ("AGENTOS_CALLBACK_URL", "notaurl"),
+            ("AGENTOS_CALLBACK_URL", "https://"),
+            ("VOICE_RELAY_URL", "notaurl"),
+            ("EMAIL_DEFAULT_DOMAIN", "bad domain"),
+            ("EMAIL_DEFAULT_DOMAIN", "-x.example"),
+            ("CORS_ALLOWED_ORIGINS", "notaurl"),
+            ("CORS_ALLOWED_ORIGINS", "https://a.example, https://b.example/path"),
         ] {
             let e = read(&[(var, value)]).unwrap_err();
             assert_eq!(e.var, var, "{var}={value}: {e}");
         }
+        // Well-formed values of the same variables start.
+        let fine = read(&[
+            ("AGENTOS_CALLBACK_URL", "https://agents.example/{agentId}/inbound"),
+            ("VOICE_RELAY_URL", "wss://relay.example/voice"),
+            ("EMAIL_DEFAULT_DOMAIN", "Mail.Example.COM"),
+            ("CORS_ALLOWED_ORIGINS", "https://a.example, http://localhost:8080/"),
+        ])
+        .unwrap();
+        assert_eq!(fine.email_default_domain, "mail.example.com");
+        assert_eq!(fine.cors_allowed_origins, ["https://a.example", "http://localhost:8080"]);
         let e = read(&[("CREDENTIALS_ENCRYPTION_KEY", "zz")]).unwrap_err();
         assert!(e.to_string().contains("Encryption key must be 32 bytes (64 hex characters)"));
     }
@@ -505,6 +574,10 @@ mod tests {
             ("WEBHOOK_BASE_URL", "https://cg.example"),
         ];
         assert!(read(&safe).is_ok());
+        // A master token under 32 characters starts, with the warning, in production too.
+        assert_eq!(read(&safe).unwrap().warnings(), ["MASTER_SECURITY_TOKEN is shorter than 32 characters"]);
+        let long = [&safe[..1], &[("MASTER_SECURITY_TOKEN", "m".repeat(32).leak() as &str)], &safe[2..]].concat();
+        assert!(read(&long).unwrap().warnings().is_empty());
         assert_eq!(read(&[("NODE_ENV", "production")]).unwrap_err().var, "MASTER_SECURITY_TOKEN");
         for (var, value) in
             [("DEMO_MODE", "true"), ("COMMGUARD_TEST_CLOCK", "1"), ("WEBHOOK_BASE_URL", "http://cg.example")]
