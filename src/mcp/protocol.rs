@@ -35,13 +35,22 @@ impl Message {
     }
 }
 
+/// A request body: one message, or a batch (a JSON array, answered with an array even when it
+/// holds one message, as JSON-RPC 2.0 says).
+pub struct Parsed {
+    pub messages: Vec<Message>,
+    pub batch: bool,
+}
+
 /// Parses one message or a batch. The error text follows `Invalid message: `.
-pub fn parse(body: &[u8]) -> Result<Vec<Message>, String> {
+pub fn parse(body: &[u8]) -> Result<Parsed, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("Parse error: {e}"))?;
     match value {
-        Value::Array(items) if !items.is_empty() => items.into_iter().map(message).collect(),
+        Value::Array(items) if !items.is_empty() => {
+            Ok(Parsed { messages: items.into_iter().map(message).collect::<Result<_, _>>()?, batch: true })
+        }
         Value::Array(_) => Err("empty batch".into()),
-        single => Ok(vec![message(single)?]),
+        single => Ok(Parsed { messages: vec![message(single)?], batch: false }),
     }
 }
 
@@ -154,17 +163,24 @@ mod tests {
 
     #[test]
     fn messages_are_classified_and_malformed_ones_refused() {
-        let req = parse(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap();
-        assert!(matches!(&req[0], Message::Request { method, .. } if method == "ping"));
-        let note = parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
-        assert_eq!(note[0], Message::Notification { method: "notifications/initialized".into() });
-        assert_eq!(parse(br#"{"jsonrpc":"2.0","id":3,"result":{}}"#).unwrap()[0], Message::Response);
+        let one = |body: &[u8]| {
+            let parsed = parse(body).unwrap();
+            assert!(!parsed.batch);
+            parsed.messages.into_iter().next().unwrap()
+        };
+        assert!(
+            matches!(one(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), Message::Request { method, .. } if method == "ping")
+        );
+        let note = one(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        assert_eq!(note, Message::Notification { method: "notifications/initialized".into() });
+        assert_eq!(one(br#"{"jsonrpc":"2.0","id":3,"result":{}}"#), Message::Response);
         assert!(parse(b"{").is_err());
         assert!(parse(br#"{"id":1,"method":"ping"}"#).is_err());
         assert!(parse(br#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#).is_err());
-        assert_eq!(
-            parse(br#"[{"jsonrpc":"2.0","method":"a"},{"jsonrpc":"2.0","id":2,"method":"b"}]"#).unwrap().len(),
-            2
-        );
+        let two = parse(br#"[{"jsonrpc":"2.0","method":"a"},{"jsonrpc":"2.0","id":2,"method":"b"}]"#).unwrap();
+        assert_eq!((two.messages.len(), two.batch), (2, true));
+        // A batch of one is still a batch: its reply is an array.
+        let single = parse(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#).unwrap();
+        assert_eq!((single.messages.len(), single.batch), (1, true));
     }
 }

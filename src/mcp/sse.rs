@@ -174,8 +174,9 @@ pub async fn message(
     if !is_json(&headers) {
         return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "Content-Type must be application/json"));
     }
-    let messages =
-        protocol::parse(&body).map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("Invalid message: {e}")))?;
+    let messages = protocol::parse(&body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("Invalid message: {e}")))?
+        .messages;
     tokio::spawn(async move {
         for message in messages {
             if let Some(reply) = protocol::handle(&app, &session, &principal, &request_id, message).await {

@@ -109,7 +109,7 @@ pub async fn post(
     if !is_json(&headers) {
         return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "Content-Type must be application/json"));
     }
-    let messages =
+    let protocol::Parsed { messages, batch } =
         protocol::parse(&body).map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("Invalid message: {e}")))?;
     let initializing = messages.iter().any(|m| matches!(m, Message::Request { method, .. } if method == "initialize"));
 
@@ -138,7 +138,6 @@ pub async fn post(
         (session, false)
     };
 
-    let batch = messages.len() > 1;
     let requests = messages.iter().filter(|m| m.is_request()).count();
     let mut replies = Vec::with_capacity(requests);
     for message in messages {

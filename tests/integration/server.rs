@@ -67,3 +67,34 @@ async fn unknown_paths_and_methods_answer_json_errors() {
     assert_eq!(body["code"], "method_not_allowed");
     server.stop().await;
 }
+
+/// JSON-RPC 2.0 on `/mcp`: a batch is answered with an array, even a batch of one; a single
+/// message with an object.
+#[tokio::test]
+async fn a_json_rpc_batch_of_one_is_answered_with_an_array() {
+    const MASTER: &str = "server-test-master-token-0123456789abcdef";
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, &[("MASTER_SECURITY_TOKEN", MASTER)]).await;
+    let post = |body: serde_json::Value, session: Option<String>| {
+        let mut request = server
+            .http
+            .post(server.url("/mcp"))
+            .bearer_auth(MASTER)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(id) = session {
+            request = request.header("mcp-session-id", id).header("mcp-protocol-version", "2025-03-26");
+        }
+        request.send()
+    };
+    let init = serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-03-26"}});
+    let opened = post(init, None).await.unwrap();
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let ping = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    let single: serde_json::Value = post(ping.clone(), Some(session.clone())).await.unwrap().json().await.unwrap();
+    assert_eq!(single, serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {}}));
+    let batch: serde_json::Value = post(serde_json::json!([ping]), Some(session)).await.unwrap().json().await.unwrap();
+    assert_eq!(batch, serde_json::json!([{"jsonrpc": "2.0", "id": 1, "result": {}}]));
+    server.stop().await;
+}
