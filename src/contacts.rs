@@ -18,6 +18,7 @@ use uuid::Uuid;
 use commguard_projections::contact::read::{self, ConsentRow, ConsentStatus};
 
 use crate::auth::{Principal, Role};
+use crate::directory;
 use crate::error::{ApiError, ErrorCode};
 use crate::paging::Page;
 use crate::state::AppState;
@@ -273,13 +274,16 @@ pub async fn check_consent(
 /// `asOf` is the service time of the answer when no `as_of` was asked.
 pub async fn consent_records(
     app: &AppState,
-    org_id: &str,
+    org_id: Option<&str>,
     address: &Address,
     agent_id: Option<&str>,
     channel: Option<&str>,
     as_of: Option<DateTime<Utc>>,
     page: Page<ConsentKey>,
 ) -> Result<ConsentReply, ApiError> {
+    let Some(org_id) = org_id else {
+        return every_orgs_consent_records(app, address, agent_id, channel, as_of, page).await;
+    };
     let (rows, next, listed, at) = match as_of {
         None => {
             let rows = consent_rows(app, org_id, address, agent_id, channel, page.after.as_ref(), page.fetch()).await?;
@@ -293,10 +297,75 @@ pub async fn consent_records(
             (rows, next, listed, at)
         }
     };
+    let rows = rows.into_iter().map(|row| (org_id.to_string(), row)).collect();
+    consent_reply(app, address, rows, listed, at, next).await
+}
+
+/// The super-admin's `GET /admin/api/consent` without `orgId`: the contact's records in every
+/// org, merged in one key order (agent ids are unique across orgs), `onDnc` when any org lists
+/// it. Only the orgs that hold a record of the contact (or, with `as_of`, its stream) are read.
+async fn every_orgs_consent_records(
+    app: &AppState,
+    address: &Address,
+    agent_id: Option<&str>,
+    channel: Option<&str>,
+    as_of: Option<DateTime<Utc>>,
+    page: Page<ConsentKey>,
+) -> Result<ConsentReply, ApiError> {
+    let subject = subject_ref(app, address);
+    let (mut rows, mut listed) = (Vec::new(), false);
+    let at = match as_of {
+        None => {
+            for org_id in read::orgs_about(&app.pool, &subject).await.map_err(ApiError::internal)? {
+                let held = consent_rows(app, &org_id, address, agent_id, channel, None, i64::MAX).await?;
+                rows.extend(held.into_iter().map(|row| (org_id.clone(), row)));
+                listed |= on_dnc(app, &org_id, address).await?;
+            }
+            app.clock.now()
+        }
+        Some(at) => {
+            let orgs: Vec<String> = directory::orgs(&app.pool).await?.into_iter().map(|o| o.org_id).collect();
+            let streams: Vec<String> = orgs.iter().map(|org| contact_id(app, org, address)).collect();
+            let existing: Vec<String> = sqlx::query_scalar(
+                "SELECT aggregate_id FROM chain_heads WHERE aggregate_type = $1 AND aggregate_id = ANY($2)",
+            )
+            .bind(Contact::TYPE)
+            .bind(&streams)
+            .fetch_all(&app.pool)
+            .await
+            .map_err(ApiError::internal)?;
+            for (org_id, stream) in orgs.iter().zip(&streams) {
+                if !existing.contains(stream) {
+                    continue;
+                }
+                let (held, on) = consent_at(app, org_id, address, at).await?;
+                rows.extend(
+                    held.into_iter()
+                        .filter(|r| agent_id.is_none_or(|a| r.agent_id == a) && channel.is_none_or(|c| r.channel == c))
+                        .map(|row| (org_id.clone(), row)),
+                );
+                listed |= on;
+            }
+            at
+        }
+    };
+    let (rows, next) = page.of(rows, |(_, row)| row.key());
+    consent_reply(app, address, rows, listed, at, next).await
+}
+
+async fn consent_reply(
+    app: &AppState,
+    address: &Address,
+    rows: Vec<(String, ConsentRow)>,
+    listed: bool,
+    at: DateTime<Utc>,
+    next: Option<String>,
+) -> Result<ConsentReply, ApiError> {
     let mut records = Vec::new();
-    for row in rows {
+    for (org_id, row) in rows {
         records.push(ConsentRecordView {
             source: opened_source(app, &row).await?,
+            org_id,
             agent_id: row.agent_id,
             channel: row.channel,
             status: row.status.as_str().into(),
@@ -323,6 +392,8 @@ pub struct ConsentReply {
 #[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsentRecordView {
+    /// The org the record belongs to (a super-admin's view without `orgId` spans every org).
+    pub org_id: String,
     pub agent_id: String,
     pub channel: String,
     pub status: String,

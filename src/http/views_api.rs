@@ -18,7 +18,7 @@ use super::params::Params;
 use crate::auth::Role;
 use crate::contacts;
 use crate::contacts::dnc_org;
-use crate::directory::commands::{addressable_agent, home_org, read_scope};
+use crate::directory::commands::{addressable_agent, read_scope};
 use crate::directory::limits::{LimitsReply, LimitsState};
 use crate::directory::{self as dir};
 use crate::error::ApiError;
@@ -86,18 +86,14 @@ async fn consent(
     let as_of = params.time("as_of")?;
     let page = params.page()?;
     let org = match &agent_id {
-        Some(agent_id) => addressable_agent(&app, &admin.principal, agent_id).await?.org_id,
-        // The org a consent query acts in: O its own; S the one it names, else its home org.
-        None => {
-            let requested = params.id("orgId")?;
-            let requested = match admin.principal.role() {
-                Role::SuperAdmin => Some(home_org(&admin.principal, requested)?),
-                _ => requested,
-            };
-            dnc_org(&app, &admin.principal, requested).await?
-        }
+        Some(agent_id) => Some(addressable_agent(&app, &admin.principal, agent_id).await?.org_id),
+        // The orgs a consent query reads: O its own; S the one it names, else every org.
+        None => match (admin.principal.role(), params.id("orgId")?) {
+            (Role::SuperAdmin, None) => None,
+            (_, requested) => Some(dnc_org(&app, &admin.principal, requested).await?),
+        },
     };
-    contacts::consent_records(&app, &org, &address, agent_id.as_deref(), channel.as_deref(), as_of, page)
+    contacts::consent_records(&app, org.as_deref(), &address, agent_id.as_deref(), channel.as_deref(), as_of, page)
         .await
         .map(Json)
 }

@@ -245,6 +245,65 @@ async fn consent_and_limits_as_of_instants_between_their_changes() {
     s.stop().await;
 }
 
+/// The super-admin's consent view without `orgId` spans every org (each record names its org),
+/// now and as of an instant; with `orgId`, one org; an org admin sees only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_super_admins_consent_view_spans_every_org_unless_it_names_one() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    set_clock(&s, "2026-12-01T09:00:00Z").await;
+    let (one, two) = (create_org(&s, "span-one").await, create_org(&s, "span-two").await);
+    let (agent_one, _) = provision(&s, &one, "One").await;
+    let (agent_two, _) = provision(&s, &two, "Two").await;
+    let contact = "+12025550177";
+    for (org, agent, channel) in [(&one, &agent_one, "sms"), (&two, &agent_two, "voice")] {
+        let admin = Session::open(&s, &org.admin).await;
+        admin
+            .ok("comms_record_consent", json!({"agentId": agent, "contactAddress": contact, "channel": channel}))
+            .await;
+    }
+    let dnc = post(&s, &two.admin, "/admin/api/dnc", json!({"address": contact})).await;
+    assert_eq!(dnc.0, 200, "{:?}", dnc.1);
+    set_clock(&s, "2026-12-01T10:00:00Z").await;
+
+    let orgs_of = |view: &Value| -> Vec<(String, String)> {
+        let records = view["records"].as_array().unwrap();
+        let mut seen: Vec<(String, String)> = records
+            .iter()
+            .map(|r| (r["orgId"].as_str().unwrap().to_string(), r["agentId"].as_str().unwrap().to_string()))
+            .collect();
+        seen.sort();
+        seen
+    };
+    let mut both = vec![(one.id.clone(), agent_one.clone()), (two.id.clone(), agent_two.clone())];
+    both.sort();
+    for path in [
+        "/admin/api/consent?contact=%2B12025550177",
+        "/admin/api/consent?contact=%2B12025550177&as_of=2026-12-01T09:30:00Z",
+    ] {
+        let all = get_ok(&s, MASTER, path).await;
+        assert_eq!((orgs_of(&all), all["onDnc"].as_bool()), (both.clone(), Some(true)), "{path}: {all}");
+        // Paged one at a time, the same records in the same order.
+        let first = get_ok(&s, MASTER, &format!("{path}&limit=1")).await;
+        let cursor = first["nextCursor"].as_str().expect("a second page").to_string();
+        let second = get_ok(&s, MASTER, &format!("{path}&limit=1&cursor={cursor}")).await;
+        assert_eq!(
+            [first["records"][0].clone(), second["records"][0].clone()],
+            [all["records"][0].clone(), all["records"][1].clone()]
+        );
+        let named = get_ok(&s, MASTER, &format!("{path}&orgId={}", one.id)).await;
+        assert_eq!(
+            (orgs_of(&named), named["onDnc"].as_bool()),
+            (vec![(one.id.clone(), agent_one.clone())], Some(false))
+        );
+        let own = get_ok(&s, &two.admin, path).await;
+        assert_eq!((orgs_of(&own), own["onDnc"].as_bool()), (vec![(two.id.clone(), agent_two.clone())], Some(true)));
+    }
+    let before = get_ok(&s, MASTER, "/admin/api/consent?contact=%2B12025550177&as_of=2026-12-01T08:00:00Z").await;
+    assert_eq!((before["records"].as_array().unwrap().len(), before["onDnc"].as_bool()), (0, Some(false)));
+    s.stop().await;
+}
+
 /// Walks a list from its first page with `limit`, checking each page's size; returns every item
 /// (as `id` picks it) in order.
 async fn walk(s: &TestServer, token: &str, path: &str, items: &str, id: &str, limit: usize) -> Vec<String> {

@@ -105,6 +105,18 @@ pub async fn consents<'e>(
     .await
 }
 
+/// The orgs that hold a consent record or a DNC entry of the contact `subject_ref`, in order
+/// (migration 0020's indexes by blind index).
+pub async fn orgs_about<'e>(db: impl PgExecutor<'e>, subject_ref: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT org_id FROM consents WHERE subject_ref = $1
+          UNION SELECT org_id FROM dnc_entries WHERE subject_ref = $1 ORDER BY 1",
+    )
+    .bind(subject_ref)
+    .fetch_all(db)
+    .await
+}
+
 /// Whether the contact is on the org's DNC list.
 pub async fn on_dnc<'e>(db: impl PgExecutor<'e>, org_id: &str, subject_ref: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dnc_entries WHERE org_id = $1 AND subject_ref = $2)")
