@@ -437,8 +437,12 @@ pub async fn dnc_add(
     context: &CommandContext,
 ) -> Result<Value, ApiError> {
     let listing = Listing { entry_id: Uuid::new_v4(), address_type: address.kind.into(), source, reason, added_by };
+    let subject = subject_ref(app, address);
+    let before = read::dnc_count(&app.pool, org_id, &subject).await.map_err(ApiError::internal)?;
     execute(app, org_id, address, ContactAction::AddDnc(listing.clone()), context).await?;
-    let entry = read::first_dnc_entry(&app.pool, org_id, &subject_ref(app, address))
+    // The entry that keeps the contact listed for this caller: its own if one was added (also
+    // beside a STOP's entry, which START removes), else the first that lasts as long.
+    let entry = read::lasting_dnc_entry(&app.pool, org_id, &subject, listing.entry_id)
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::internal("DNC entry missing from its projection"))?;
@@ -448,7 +452,7 @@ pub async fn dnc_add(
         "address": address.value,
         "type": address.kind,
         "orgId": org_id,
-        "alreadyListed": entry != listing.entry_id,
+        "alreadyListed": before > 0,
     }))
 }
 

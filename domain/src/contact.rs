@@ -287,8 +287,15 @@ impl Contact {
             .collect()
     }
 
+    /// A listing is added unless the contact is listed already by an entry that lasts as long:
+    /// a STOP adds nothing to any listing, but an admin's, agent's or complaint listing is added
+    /// beside a STOP's entry, which an inbound START removes (docs/webhooks.md) and these stay.
     fn list(&self, address: &str, listing: Listing) -> Option<ContactEvent> {
-        (!self.on_dnc()).then(|| ContactEvent::DncAdded {
+        let listed = match listing.source {
+            DncSource::StopKeyword => self.on_dnc(),
+            _ => self.dnc.iter().any(|e| e.source != DncSource::StopKeyword),
+        };
+        (!listed).then(|| ContactEvent::DncAdded {
             entry_id: listing.entry_id,
             address: Pii::subject(address),
             address_type: listing.address_type,
@@ -556,6 +563,31 @@ mod tests {
             matches!(&events[1], ContactEvent::ConsentGranted { agent_id, channel, .. } if agent_id == "a" && channel == "sms")
         );
         assert!(matches!(events[2], ContactEvent::StartReceived { dnc_removed: 1, .. }));
+    }
+
+    #[test]
+    fn an_admin_listing_is_added_beside_a_stop_entry_and_outlives_start() {
+        let stopped = TestFramework::<Contact>::with(())
+            .given_no_previous_events()
+            .when(command(ContactAction::AddDnc(listing(DncSource::StopKeyword))))
+            .inspect_result()
+            .unwrap();
+        let admin = TestFramework::<Contact>::with(())
+            .given(stopped.clone())
+            .when(command(ContactAction::AddDnc(listing(DncSource::Admin))))
+            .inspect_result()
+            .unwrap();
+        assert!(matches!(&admin[..], [ContactEvent::DncAdded { source: DncSource::Admin, .. }]), "{admin:?}");
+        let history = [stopped, admin].concat();
+        // A second STOP, and a second admin listing, add nothing.
+        for source in [DncSource::StopKeyword, DncSource::Agent] {
+            let again = TestFramework::<Contact>::with(())
+                .given(history.clone())
+                .when(command(ContactAction::AddDnc(listing(source))))
+                .inspect_result()
+                .unwrap();
+            assert!(again.is_empty(), "{again:?}");
+        }
     }
 
     #[test]

@@ -333,6 +333,22 @@ async fn stop_start_and_help_act_in_the_receiving_org_only() {
     assert_eq!(status, 400);
     let (status, body) = twilio_post(&s, "/webhooks/nobody/sms", &inbound("SM7", "x"), None).await;
     assert_eq!((status, body.as_str()), (404, "<Response/>"));
+
+    // An agent's own listing made while a STOP's entry lists the contact is added beside it, so
+    // START (which removes only STOP's entries) leaves the contact listed.
+    let (status, _) = twilio_post(&s, &path, &inbound("SM8", "STOP"), None).await;
+    assert_eq!(status, 200);
+    let listed = me.ok("comms_dnc_add", json!({"address": sender, "reason": "asked us by phone"})).await;
+    assert_eq!(listed["alreadyListed"], true);
+    let (status, _) = twilio_post(&s, &path, &inbound("SM9", "START"), None).await;
+    assert_eq!(status, 200);
+    let entries = Session::open(&s, &a.admin).await.ok("comms_dnc_list", json!({})).await;
+    let sources: Vec<&str> =
+        entries["entries"].as_array().unwrap().iter().filter_map(|e| e["source"].as_str()).collect();
+    assert_eq!(sources, ["agent"], "{entries}");
+    assert_eq!(entries["entries"][0]["entryId"], listed["entryId"]);
+    let (is_error, refusal) = me.call("comms_send_message", json!({"to": sender, "body": "hi"})).await;
+    assert_eq!((is_error, refusal["rule"].as_str()), (true, Some("dnc")));
     s.stop().await;
 }
 

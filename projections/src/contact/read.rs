@@ -126,17 +126,21 @@ pub async fn on_dnc<'e>(db: impl PgExecutor<'e>, org_id: &str, subject_ref: &str
         .await
 }
 
-/// The contact's first DNC entry in the org (the one that listed it).
-pub async fn first_dnc_entry<'e>(
+/// The contact's DNC entry `preferred` if it exists, else its first entry that an inbound START
+/// does not remove (any source but `stop_keyword`), else its first entry.
+pub async fn lasting_dnc_entry<'e>(
     db: impl PgExecutor<'e>,
     org_id: &str,
     subject_ref: &str,
+    preferred: Uuid,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT entry_id FROM dnc_entries WHERE org_id = $1 AND subject_ref = $2 ORDER BY position LIMIT 1",
+        "SELECT entry_id FROM dnc_entries WHERE org_id = $1 AND subject_ref = $2
+          ORDER BY entry_id = $3 DESC, source <> 'stop_keyword' DESC, position LIMIT 1",
     )
     .bind(org_id)
     .bind(subject_ref)
+    .bind(preferred)
     .fetch_optional(db)
     .await
 }

@@ -143,7 +143,9 @@ pub const NOTES: &[(&str, &str, &str)] = &[
     (
         "comms_dnc_add",
         "`{success, entryId, address, type:\"phone\"|\"email\", orgId, alreadyListed}`; adding a listed address \
-         again changes nothing. Event: `DncAdded` (source `agent` or `admin`).",
+         again changes nothing, except that a listing made while only an inbound STOP lists the address is added \
+         beside the STOP's entry (its `entryId` is the new entry), so a later START, which removes only STOP's \
+         entries, leaves the address listed. Event: `DncAdded` (source `agent` or `admin`).",
         "`invalid_input` for an address that is neither E.164 nor an email, or without `orgId` from the \
          super-admin; `forbidden` for another org.",
     ),
