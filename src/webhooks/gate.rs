@@ -30,6 +30,7 @@ use crate::store::CommandContext;
 use crate::validate;
 
 /// What the signature step decided for a request it let through.
+#[derive(Clone, Copy)]
 pub enum Signature {
     Verified,
     /// Demo mode: not checked.
@@ -43,7 +44,40 @@ impl Signature {
         match self {
             Self::Verified => context.provenance.pass("signature"),
             Self::Skipped => context.provenance.skip("signature", "demo mode"),
-            Self::Unverified => context.provenance.skip("signature", "unverified: no webhook secret configured"),
+            // The event's mark (docs/webhooks.md): its signature check skipped, detail `unverified`.
+            Self::Unverified => context.provenance.skip("signature", "unverified"),
+        }
+    }
+}
+
+/// The gate's checks that ran, in order (docs/webhooks.md#twilio-routes): what the provenance of
+/// a refusal, or of the handler's event, lists before the check that decided.
+#[derive(Clone, Copy, Default)]
+pub struct Checks {
+    /// `WEBHOOK_IP_ALLOWLIST` is configured and let the request through.
+    ip: bool,
+    agent: bool,
+    signature: Option<Signature>,
+    replay: bool,
+}
+
+impl Checks {
+    fn arrived(app: &AppState) -> Self {
+        Self { ip: !app.config.webhook_ip_allowlist.is_empty(), ..Self::default() }
+    }
+
+    pub fn note(&self, context: &mut CommandContext) {
+        if self.ip {
+            context.provenance.pass("ip");
+        }
+        if self.agent {
+            context.provenance.pass("agent");
+        }
+        if let Some(signature) = &self.signature {
+            signature.note(context);
+        }
+        if self.replay {
+            context.provenance.pass("replay");
         }
     }
 }
@@ -108,7 +142,7 @@ async fn refuse_ip(app: &AppState, arrival: &Arrival, provider: &str, route: &st
         return ip_refusal(path);
     };
     match directory::agent(&app.pool, agent_id).await {
-        Ok(Some(agent)) => reject(app, &agent, provider, route, "ip", &arrival.ip).await,
+        Ok(Some(agent)) => reject(app, &agent, provider, route, "ip", &arrival.ip, &Checks::default()).await,
         Ok(None) => turned_away(app, route, "ip"),
         Err(e) => {
             turned_away(app, route, "ip");
@@ -149,7 +183,8 @@ impl Form {
 pub struct TwilioRequest<R> {
     pub agent: AgentView,
     pub form: Form,
-    pub signature: Signature,
+    /// The gate's checks, all passed: the handler's events list them first.
+    pub checks: Checks,
     pub ip: ClientIp,
     claimed: Claimed,
     route: PhantomData<R>,
@@ -183,23 +218,25 @@ impl<R: TwilioRoute> FromRequest<AppState> for TwilioRequest<R> {
             return Err(empty(StatusCode::BAD_REQUEST));
         };
         let ip = &arrival.ip;
+        let mut checks = Checks::arrived(app);
         // Step 2: the agent.
         let agent = directory::agent(&app.pool, agent_id).await.map_err(|_| empty(StatusCode::SERVICE_UNAVAILABLE))?;
         let Some(agent) = agent else {
             turned_away(app, route, "unknown_agent");
             return Err(empty(StatusCode::NOT_FOUND));
         };
+        checks.agent = true;
         let form = arrival
             .header(header::CONTENT_TYPE.as_str())
             .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
         if !form {
-            reject(app, &agent, "twilio", route, "malformed", ip).await;
+            reject(app, &agent, "twilio", route, "malformed", ip, &checks).await;
             return Err(empty(StatusCode::BAD_REQUEST));
         }
         let form = Form(form_urlencoded::parse(&body).into_owned().collect());
         // Parameters become nonces and event fields: text Postgres cannot store is malformed.
         if form.0.iter().any(|(k, v)| k.contains('\0') || v.contains('\0')) {
-            reject(app, &agent, "twilio", route, "malformed", ip).await;
+            reject(app, &agent, "twilio", route, "malformed", ip, &checks).await;
             return Err(empty(StatusCode::BAD_REQUEST));
         }
         // Step 3: the signature.
@@ -210,11 +247,11 @@ impl<R: TwilioRoute> FromRequest<AppState> for TwilioRequest<R> {
                 // A verifier that cannot decide fails closed.
                 Err(e) => {
                     tracing::error!(error = %e.message, route, agent_id, "Twilio webhook refused: auth token lookup failed");
-                    reject(app, &agent, "twilio", route, "signature", ip).await;
+                    reject(app, &agent, "twilio", route, "signature", ip, &checks).await;
                     return Err(empty(StatusCode::FORBIDDEN));
                 }
                 Ok(None) if app.config.env.is_production() => {
-                    reject(app, &agent, "twilio", route, "secret_missing", ip).await;
+                    reject(app, &agent, "twilio", route, "secret_missing", ip, &checks).await;
                     return Err(empty(StatusCode::SERVICE_UNAVAILABLE));
                 }
                 Ok(None) => {
@@ -230,22 +267,23 @@ impl<R: TwilioRoute> FromRequest<AppState> for TwilioRequest<R> {
                     };
                     let given = arrival.header("x-twilio-signature");
                     if !given.is_some_and(|g| signature::twilio_valid(&token, &url, &form.0, g)) {
-                        reject(app, &agent, "twilio", route, "signature", ip).await;
+                        reject(app, &agent, "twilio", route, "signature", ip, &checks).await;
                         return Err(empty(StatusCode::FORBIDDEN));
                     }
                     Signature::Verified
                 }
             }
         };
+        checks.signature = Some(signature);
         // Step 4: the nonce key's fields, then the replay check.
         let Some(nonce) = R::nonce(&form) else {
-            reject(app, &agent, "twilio", route, "malformed", ip).await;
+            reject(app, &agent, "twilio", route, "malformed", ip, &checks).await;
             return Err(empty(StatusCode::BAD_REQUEST));
         };
         let claimed = match claim(app, nonce).await {
             Ok((Claim::Fresh, claimed)) => claimed,
             Ok((Claim::Replay, _)) => {
-                reject(app, &agent, "twilio", route, "replay", ip).await;
+                reject(app, &agent, "twilio", route, "replay", ip, &checks).await;
                 return Err(empty(StatusCode::FORBIDDEN));
             }
             Ok((Claim::Stale, _)) => return Err(empty(StatusCode::OK)),
@@ -254,7 +292,8 @@ impl<R: TwilioRoute> FromRequest<AppState> for TwilioRequest<R> {
                 return Err(empty(StatusCode::SERVICE_UNAVAILABLE));
             }
         };
-        Ok(Self { agent, form, signature, ip: arrival.ip, claimed, route: PhantomData })
+        checks.replay = true;
+        Ok(Self { agent, form, checks, ip: arrival.ip, claimed, route: PhantomData })
     }
 }
 
@@ -270,7 +309,8 @@ async fn twilio_auth_token(app: &AppState, org_id: &str) -> Result<Option<String
 pub struct ResendRequest {
     pub agent: AgentView,
     pub body: Bytes,
-    pub signature: Signature,
+    /// The gate's checks, all passed: the handler's events list them first.
+    pub checks: Checks,
     pub ip: ClientIp,
     /// Replay is checked by `svix-id` whenever one is given (verified requests always have one).
     claimed: Option<Claimed>,
@@ -303,6 +343,7 @@ impl FromRequest<AppState> for ResendRequest {
             }
         };
         let ip = &arrival.ip;
+        let mut checks = Checks::arrived(app);
         let agent = match directory::agent(&app.pool, agent_id).await {
             Ok(Some(agent)) => agent,
             Ok(None) => {
@@ -311,17 +352,18 @@ impl FromRequest<AppState> for ResendRequest {
             }
             Err(e) => return Err(e.into_response()),
         };
+        checks.agent = true;
         let mut signature = Signature::Skipped;
         if !app.config.demo_mode {
             match svix_secret(app, &agent.org_id).await {
                 // A verifier that cannot decide fails closed.
                 Err(e) => {
                     tracing::error!(error = %e.message, agent_id, "email webhook refused: secret lookup failed");
-                    reject(app, &agent, "resend", ROUTE, "signature", ip).await;
+                    reject(app, &agent, "resend", ROUTE, "signature", ip, &checks).await;
                     return Err(json_error(StatusCode::FORBIDDEN, "Invalid webhook signature"));
                 }
                 Ok(None) if app.config.env.is_production() => {
-                    reject(app, &agent, "resend", ROUTE, "secret_missing", ip).await;
+                    reject(app, &agent, "resend", ROUTE, "secret_missing", ip, &checks).await;
                     return Err(json_error(StatusCode::SERVICE_UNAVAILABLE, "Webhook secret is not configured"));
                 }
                 Ok(None) => {
@@ -338,26 +380,28 @@ impl FromRequest<AppState> for ResendRequest {
                     if let Err(refusal) =
                         signature::svix_verify(&secret, &given, &body, app.clock.now().timestamp(), tolerance)
                     {
-                        reject(app, &agent, "resend", ROUTE, "signature", ip).await;
+                        reject(app, &agent, "resend", ROUTE, "signature", ip, &checks).await;
                         return Err(json_error(StatusCode::FORBIDDEN, refusal.message()));
                     }
                     signature = Signature::Verified;
                 }
             }
         }
+        checks.signature = Some(signature);
         let mut claimed = None;
         if let Some(id) = arrival.header("svix-id") {
             match claim(app, format!("svix:{id}")).await {
                 Ok((Claim::Fresh, fresh)) => claimed = Some(fresh),
                 Ok((Claim::Replay, _)) => {
-                    reject(app, &agent, "resend", ROUTE, "replay", ip).await;
+                    reject(app, &agent, "resend", ROUTE, "replay", ip, &checks).await;
                     return Err(json_error(StatusCode::FORBIDDEN, "Webhook replayed"));
                 }
                 Ok((Claim::Stale, _)) => return Err(ok()),
                 Err(e) => return Err(ApiError::internal(e).into_response()),
             }
         }
-        Ok(Self { agent, body, signature, ip: arrival.ip, claimed })
+        checks.replay = claimed.is_some();
+        Ok(Self { agent, body, checks, ip: arrival.ip, claimed })
     }
 }
 

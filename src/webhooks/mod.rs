@@ -67,9 +67,19 @@ fn turned_away(app: &AppState, route: &str, reason: &str) {
 }
 
 /// A refusal of a request for a known agent: counted, and recorded as `WebhookRejected`.
-async fn reject(app: &AppState, agent: &AgentView, provider: &str, route: &str, reason: &str, ip: &ClientIp) {
+/// `checks`: the gate's checks that passed before this refusal, listed first.
+async fn reject(
+    app: &AppState,
+    agent: &AgentView,
+    provider: &str,
+    route: &str,
+    reason: &str,
+    ip: &ClientIp,
+    checks: &gate::Checks,
+) {
     app.metrics.webhook_rejected(route, reason);
     let mut context = context(app, provider, agent);
+    checks.note(&mut context);
     context.provenance.fail(reason, format!("webhook {route} rejected: {reason}"));
     let event =
         AgentEvent::WebhookRejected { route: route.into(), reason: reason.into(), ip_ref: app.lockout.ip_ref(ip.0) };

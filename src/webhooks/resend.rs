@@ -45,18 +45,18 @@ pub async fn email(State(app): State<AppState>, request: ResendRequest) -> Respo
 async fn email_handler(app: &AppState, request: &ResendRequest) -> Response {
     let (agent, body, ip) = (&request.agent, &request.body, &request.ip);
     let Ok(payload) = serde_json::from_slice::<Value>(body) else {
-        reject(app, agent, "resend", "email", "malformed", ip).await;
+        reject(app, agent, "resend", "email", "malformed", ip, &request.checks).await;
         return json_error(StatusCode::BAD_REQUEST, "Invalid JSON body");
     };
     let mut context = context(app, "resend", agent);
-    request.signature.note(&mut context);
+    request.checks.note(&mut context);
     let data = &payload["data"];
     match payload["type"].as_str() {
         Some("email.received") => {
             let from = data.get("from").map(addresses).unwrap_or_default();
             let to = data.get("to").map(addresses).unwrap_or_default();
             let (Some(from), false) = (from.into_iter().next(), to.is_empty()) else {
-                reject(app, agent, "resend", "email", "malformed", ip).await;
+                reject(app, agent, "resend", "email", "malformed", ip, &request.checks).await;
                 return json_error(StatusCode::BAD_REQUEST, "Missing from or to");
             };
             let own = agent.address("email").map(str::to_lowercase);
@@ -101,7 +101,7 @@ async fn email_handler(app: &AppState, request: &ResendRequest) -> Response {
         }
         Some("email.complained") => {
             let Some(complainer) = data.get("to").map(addresses).and_then(|a| a.into_iter().next()) else {
-                reject(app, agent, "resend", "email", "malformed", ip).await;
+                reject(app, agent, "resend", "email", "malformed", ip, &request.checks).await;
                 return json_error(StatusCode::BAD_REQUEST, "Missing from or to");
             };
             let address = Address { value: complainer, kind: "email" };

@@ -71,11 +71,11 @@ async fn sms_handler(app: &AppState, request: &TwilioRequest<Sms>) -> Response {
     let (agent, ip) = (&request.agent, &request.ip);
     let sid = request.param("MessageSid").unwrap_or_default();
     let (Some(from), Some(to)) = (request.param("From"), request.param("To")) else {
-        reject(app, agent, "twilio", "sms", "malformed", ip).await;
+        reject(app, agent, "twilio", "sms", "malformed", ip, &request.checks).await;
         return empty(StatusCode::BAD_REQUEST);
     };
     let (Ok(from), Ok(to)) = (contacts::address("From", from), validate::phone("To", to)) else {
-        reject(app, agent, "twilio", "sms", "malformed", ip).await;
+        reject(app, agent, "twilio", "sms", "malformed", ip, &request.checks).await;
         return empty(StatusCode::BAD_REQUEST);
     };
     if agent.address("phone") != Some(to.as_str()) {
@@ -83,7 +83,7 @@ async fn sms_handler(app: &AppState, request: &TwilioRequest<Sms>) -> Response {
         return empty(StatusCode::NOT_FOUND);
     }
     let mut context = context(app, "twilio", agent);
-    request.signature.note(&mut context);
+    request.checks.note(&mut context);
     let text = request.param("Body").unwrap_or_default().to_string();
     let received = |keyword: Option<String>, dropped: bool, forwarded: bool| AgentEvent::MessageReceived {
         message_id: Uuid::new_v4(),
@@ -184,7 +184,7 @@ async fn call_status_handler(app: &AppState, request: &TwilioRequest<CallStatus>
     let sid = request.param("CallSid").unwrap_or_default();
     let status = request.param("CallStatus").unwrap_or_default();
     if !CALL_STATUSES.contains(&status) {
-        reject(app, agent, "twilio", "call-status", "malformed", ip).await;
+        reject(app, agent, "twilio", "call-status", "malformed", ip, &request.checks).await;
         return empty(StatusCode::BAD_REQUEST);
     }
     let call = match find_call(app, &agent.agent_id, sid).await {
@@ -196,7 +196,7 @@ async fn call_status_handler(app: &AppState, request: &TwilioRequest<CallStatus>
         Err(e) => return failed(e),
     };
     let mut context = context(app, "twilio", agent);
-    request.signature.note(&mut context);
+    request.checks.note(&mut context);
     let mut cost = None;
     if TERMINAL.contains(&status) {
         let mark = format!("call-cost:{}", call.call_id);

@@ -289,6 +289,25 @@ async fn stop_start_and_help_act_in_the_receiving_org_only() {
     let (status, _) = twilio_post(&s, &path, &inbound("SM1", "  stop "), None).await;
     assert_eq!(status, 403);
     assert_eq!(payloads(&db, "WebhookRejected").await.last().unwrap()["reason"], "replay");
+    // Provenance lists every check that ran, in order: the gate's, then the refusing one.
+    let checks = |event_type: &'static str| {
+        let pool = db.pool();
+        async move {
+            let all: Vec<Value> = sqlx::query_scalar(
+                "SELECT metadata::jsonb -> 'provenance' -> 'checks' FROM events WHERE event_type = $1 ORDER BY position",
+            )
+            .bind(event_type)
+            .fetch_all(&pool.await)
+            .await
+            .unwrap();
+            let last = all.last().unwrap().as_array().unwrap().clone();
+            last.iter()
+                .map(|c| format!("{}:{}", c["check"].as_str().unwrap(), c["result"].as_str().unwrap()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(checks("WebhookRejected").await, ["agent:pass", "signature:pass", "replay:fail"]);
+    assert_eq!(checks("StopReceived").await[..3], ["agent:pass", "signature:pass", "replay:pass"]);
 
     let check = me.ok("comms_check_consent", json!({"contactAddress": sender, "channel": "voice"})).await;
     assert_eq!((check["status"].as_str(), check["onDnc"].as_bool()), (Some("revoked"), Some(true)));
@@ -860,5 +879,27 @@ async fn calls_are_filtered_on_the_greeting_and_an_ignored_timezone_is_noted_whe
         details.iter().any(|d| d.contains("America/Los_Angeles") && d.contains("ignored")),
         "the ignored recipientTimezone is not in the refusal's provenance: {provenance}"
     );
+    s.stop().await;
+}
+
+/// Development without a Twilio secret accepts a webhook unverified, and its event says so: the
+/// provenance's signature check is `skipped`, detail `unverified` (docs/webhooks.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_accepted_without_a_secret_is_marked_unverified() {
+    let db = TestDb::new().await;
+    let unsigned: Vec<_> = vars().into_iter().filter(|(k, _)| *k != "TWILIO_AUTH_TOKEN").collect();
+    let s = TestServer::start(&db, &unsigned).await;
+    let a = org(&s, "unverified").await;
+    let path = format!("/webhooks/{}/sms", a.agent_id);
+    let (status, _) =
+        twilio_post(&s, &path, &sms("SMu1", "+12025550166", &a.number, "hello"), Some("anything".into())).await;
+    assert_eq!(status, 200);
+    let checks: Value = sqlx::query_scalar(
+        "SELECT metadata::jsonb -> 'provenance' -> 'checks' FROM events WHERE event_type = 'MessageReceived'",
+    )
+    .fetch_one(&db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(checks[1], json!({"check": "signature", "result": "skipped", "detail": "unverified"}), "{checks}");
     s.stop().await;
 }
