@@ -393,6 +393,12 @@ async fn usage_and_billing_follow_the_sends() {
     assert_eq!(all["totals"]["revenue"].as_f64(), Some(0.0017));
     let org = master.ok("comms_get_usage_dashboard", json!({"period": "month"})).await;
     assert_eq!(org["globalTotals"]["totalActions"], 3);
+    // A session's claim is the tools' default agent: the master claiming this agent sees its views.
+    let claiming = Session::open_claiming(&s, MASTER, &agent_id).await;
+    let claimed = claiming.ok("comms_get_usage_dashboard", json!({"period": "month"})).await;
+    assert_eq!((claimed["agentId"].as_str(), claimed["totalActions"].as_i64()), (Some(agent_id.as_str()), Some(3)));
+    let bill = claiming.ok("comms_get_billing_summary", json!({})).await;
+    assert_eq!(bill["agentId"], agent_id.as_str());
     s.stop().await;
 }
 

@@ -159,16 +159,26 @@ impl McpSession {
         Self::open_at(&server.http, &server.base, token).await
     }
 
+    /// A session that claims the agent `agent_id` (`X-Agent-Id`): the tools' default agent.
+    pub async fn open_claiming(server: &TestServer, token: &str, agent_id: &str) -> Self {
+        Self::opened(&server.http, &server.base, token, Some(agent_id)).await
+    }
+
     /// A session with the server at `base` (e.g. a `commguard serve` process).
     pub async fn open_at(http: &reqwest::Client, base: &str, token: &str) -> Self {
-        let init = http
+        Self::opened(http, base, token, None).await
+    }
+
+    async fn opened(http: &reqwest::Client, base: &str, token: &str, claim: Option<&str>) -> Self {
+        let mut init = http
             .post(format!("{base}/mcp"))
             .bearer_auth(token)
             .header("accept", "application/json, text/event-stream")
-            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}))
-            .send()
-            .await
-            .unwrap();
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}));
+        if let Some(agent_id) = claim {
+            init = init.header("x-agent-id", agent_id);
+        }
+        let init = init.send().await.unwrap();
         assert_eq!(init.status(), 200);
         let id = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
         Self { http: http.clone(), base: base.to_string(), token: token.into(), id }

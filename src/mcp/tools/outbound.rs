@@ -133,12 +133,15 @@ pub const BILLING_SUMMARY: Tool = Tool {
 };
 
 /// The agent a usage or billing view is about: explicit, else the agent token's; `None` = org view.
+/// The agent a usage or billing view is about: explicit, the agent token's, else the session's
+/// claim (docs/tools.md#common-rules); none: the org's (or every org's) view.
 async fn viewed_agent(
     app: &AppState,
     caller: &Caller<'_>,
     args: &Args<'_>,
 ) -> Result<Option<crate::directory::AgentView>, ApiError> {
-    match args.opt_id("agentId")?.or_else(|| caller.principal.agent_id().map(str::to_string)) {
+    let named = args.opt_id("agentId")?;
+    match named.or_else(|| caller.principal.agent_id().or(caller.claim).map(str::to_string)) {
         Some(id) => Ok(Some(commands::addressable_agent(app, caller.principal, &id).await?)),
         None => Ok(None),
     }

@@ -112,7 +112,8 @@ pub const NOTES: &[(&str, &str, &str)] = &[
         "comms_get_usage_dashboard",
         "For one agent: `{agentId, period, actions:{sms,email,voice_call,voice_message}, totalActions, \
          costsByChannel, totalCost, currentUsage:{actionsToday,actionsLimit,spendToday,spendDayLimit,spendMonth,\
-         spendMonthLimit}, limits}`. Without an agent (org token, or the super-admin with or without `orgId`): \
+         spendMonthLimit}, limits}` (the agent named, the agent token's, or the session's claim). Without an \
+         agent (org token, or the super-admin with or without `orgId`): \
          `{period, orgId?, globalTotals:{totalActions,totalCost}, agents}`. `today` starts at 00:00 UTC, `week` is \
          the last 168 hours, `month` starts on the 1st (UTC).",
         "Org boundary; `forbidden` for another org's `orgId`.",
@@ -126,8 +127,8 @@ pub const NOTES: &[(&str, &str, &str)] = &[
     ),
     (
         "comms_get_billing_summary",
-        "For one agent: `{agentId, period, providerCost, billingCost, markupPercent, byChannel, tier, \
-         billingConfig}`; otherwise `{period, globalMarkupPercent, totals:{providerCost,billingCost,revenue}, \
+        "For one agent (named, the agent token's, or the session's claim): `{agentId, period, providerCost, \
+         billingCost, markupPercent, byChannel, tier, billingConfig:{tier,markupPercent,billingEmail}}`; otherwise `{period, globalMarkupPercent, totals:{providerCost,billingCost,revenue}, \
          agents}`. Billed cost = provider cost × (1 + markup/100), rounded half away from zero to 4 decimals.",
         "Org boundary.",
     ),
