@@ -24,6 +24,7 @@ use crate::directory::{self, AgentView};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::client_ip::ClientIp;
 use crate::http::webhook_routes::{ip_refusal, IpRefused};
+use crate::http::RequestId;
 use crate::providers::credentials;
 use crate::state::AppState;
 use crate::store::CommandContext;
@@ -52,8 +53,10 @@ impl Signature {
 
 /// The gate's checks that ran, in order (docs/webhooks.md#twilio-routes): what the provenance of
 /// a refusal, or of the handler's event, lists before the check that decided.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct Checks {
+    /// The request's id (`X-Request-Id`), which its events carry.
+    request_id: Option<String>,
     /// `WEBHOOK_IP_ALLOWLIST` is configured and let the request through.
     ip: bool,
     agent: bool,
@@ -62,11 +65,26 @@ pub struct Checks {
 }
 
 impl Checks {
-    fn arrived(app: &AppState) -> Self {
-        Self { ip: !app.config.webhook_ip_allowlist.is_empty(), ..Self::default() }
+    fn arrived(app: &AppState, arrival: &Arrival) -> Self {
+        Self {
+            request_id: arrival.request_id.clone(),
+            ip: !app.config.webhook_ip_allowlist.is_empty(),
+            ..Self::default()
+        }
     }
 
-    pub fn note(&self, context: &mut CommandContext) {
+    /// The context of an event this request causes: the provider as actor, the request's id, and
+    /// the gate's checks in its provenance.
+    pub fn context(&self, app: &AppState, provider: &str, agent: &AgentView) -> CommandContext {
+        let mut context = super::context(app, provider, agent);
+        if let Some(id) = &self.request_id {
+            context = context.with_request_id(id.clone());
+        }
+        self.note(&mut context);
+        context
+    }
+
+    fn note(&self, context: &mut CommandContext) {
         if self.ip {
             context.provenance.pass("ip");
         }
@@ -107,6 +125,7 @@ struct Arrival {
     ip_refused: bool,
     uri: OriginalUri,
     headers: HeaderMap,
+    request_id: Option<String>,
 }
 
 impl Arrival {
@@ -116,7 +135,8 @@ impl Arrival {
             Extension::<ClientIp>::from_request_parts(parts, app).await.map_err(IntoResponse::into_response)?;
         let ip_refused = parts.extensions.get::<IpRefused>().is_some();
         let uri = OriginalUri::from_request_parts(parts, app).await.map_err(IntoResponse::into_response)?;
-        Ok(Self { agent_id, ip, ip_refused, uri, headers: parts.headers.clone() })
+        let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
+        Ok(Self { agent_id, ip, ip_refused, uri, headers: parts.headers.clone(), request_id })
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -142,7 +162,10 @@ async fn refuse_ip(app: &AppState, arrival: &Arrival, provider: &str, route: &st
         return ip_refusal(path);
     };
     match directory::agent(&app.pool, agent_id).await {
-        Ok(Some(agent)) => reject(app, &agent, provider, route, "ip", &arrival.ip, &Checks::default()).await,
+        Ok(Some(agent)) => {
+            let checks = Checks { request_id: arrival.request_id.clone(), ..Checks::default() };
+            reject(app, &agent, provider, route, "ip", &arrival.ip, &checks).await
+        }
         Ok(None) => turned_away(app, route, "ip"),
         Err(e) => {
             turned_away(app, route, "ip");
@@ -218,7 +241,7 @@ impl<R: TwilioRoute> FromRequest<AppState> for TwilioRequest<R> {
             return Err(empty(StatusCode::BAD_REQUEST));
         };
         let ip = &arrival.ip;
-        let mut checks = Checks::arrived(app);
+        let mut checks = Checks::arrived(app, &arrival);
         // Step 2: the agent.
         let agent = directory::agent(&app.pool, agent_id).await.map_err(|_| empty(StatusCode::SERVICE_UNAVAILABLE))?;
         let Some(agent) = agent else {
@@ -343,7 +366,7 @@ impl FromRequest<AppState> for ResendRequest {
             }
         };
         let ip = &arrival.ip;
-        let mut checks = Checks::arrived(app);
+        let mut checks = Checks::arrived(app, &arrival);
         let agent = match directory::agent(&app.pool, agent_id).await {
             Ok(Some(agent)) => agent,
             Ok(None) => {

@@ -78,8 +78,7 @@ async fn reject(
     checks: &gate::Checks,
 ) {
     app.metrics.webhook_rejected(route, reason);
-    let mut context = context(app, provider, agent);
-    checks.note(&mut context);
+    let mut context = checks.context(app, provider, agent);
     context.provenance.fail(reason, format!("webhook {route} rejected: {reason}"));
     let event =
         AgentEvent::WebhookRejected { route: route.into(), reason: reason.into(), ip_ref: app.lockout.ip_ref(ip.0) };

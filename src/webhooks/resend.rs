@@ -11,7 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::gate::ResendRequest;
-use super::{context, forward, json_error, ok, record, reject, turned_away};
+use super::{forward, json_error, ok, record, reject, turned_away};
 use crate::contacts::{self, Address};
 use crate::state::AppState;
 use crate::validate;
@@ -48,8 +48,7 @@ async fn email_handler(app: &AppState, request: &ResendRequest) -> Response {
         reject(app, agent, "resend", "email", "malformed", ip, &request.checks).await;
         return json_error(StatusCode::BAD_REQUEST, "Invalid JSON body");
     };
-    let mut context = context(app, "resend", agent);
-    request.checks.note(&mut context);
+    let context = request.checks.context(app, "resend", agent);
     let data = &payload["data"];
     match payload["type"].as_str() {
         Some("email.received") => {

@@ -11,7 +11,7 @@ use commguard_projections::contact::read::{self, CallRow};
 use uuid::Uuid;
 
 use super::gate::{Form, TwilioRequest, TwilioRoute};
-use super::{context, empty, forward, message_reply, record, reject, replay, turned_away};
+use super::{empty, forward, message_reply, record, reject, replay, turned_away};
 use crate::contacts;
 use crate::directory::AgentView;
 use crate::error::ApiError;
@@ -82,8 +82,7 @@ async fn sms_handler(app: &AppState, request: &TwilioRequest<Sms>) -> Response {
         turned_away(app, "sms", "unknown_target");
         return empty(StatusCode::NOT_FOUND);
     }
-    let mut context = context(app, "twilio", agent);
-    request.checks.note(&mut context);
+    let context = request.checks.context(app, "twilio", agent);
     let text = request.param("Body").unwrap_or_default().to_string();
     let received = |keyword: Option<String>, dropped: bool, forwarded: bool| AgentEvent::MessageReceived {
         message_id: Uuid::new_v4(),
@@ -195,8 +194,7 @@ async fn call_status_handler(app: &AppState, request: &TwilioRequest<CallStatus>
         }
         Err(e) => return failed(e),
     };
-    let mut context = context(app, "twilio", agent);
-    request.checks.note(&mut context);
+    let mut context = request.checks.context(app, "twilio", agent);
     let mut cost = None;
     if TERMINAL.contains(&status) {
         let mark = format!("call-cost:{}", call.call_id);

@@ -307,6 +307,14 @@ async fn stop_start_and_help_act_in_the_receiving_org_only() {
         }
     };
     assert_eq!(checks("WebhookRejected").await, ["agent:pass", "signature:pass", "replay:fail"]);
+    // The request's id (the X-Request-Id it was answered with) is on its events.
+    let ids: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT metadata::jsonb ->> 'requestId' FROM events WHERE event_type IN ('StopReceived', 'WebhookRejected')",
+    )
+    .fetch_all(&db.pool().await)
+    .await
+    .unwrap();
+    assert!(ids.len() >= 3 && ids.iter().all(|id| id.as_ref().is_some_and(|id| id.len() >= 8)), "{ids:?}");
     assert_eq!(checks("StopReceived").await[..3], ["agent:pass", "signature:pass", "replay:pass"]);
 
     let check = me.ok("comms_check_consent", json!({"contactAddress": sender, "channel": "voice"})).await;
