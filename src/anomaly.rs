@@ -1,6 +1,7 @@
 //! The anomaly detector (docs/monitoring.md): every `ANOMALY_CHECK_INTERVAL_SECONDS` it reads the
-//! current windows of the anomaly projection (`window_end > now`, plus the previous 5 minutes of
-//! outbound attempts), evaluates the six rules on them and raises one `AlertRaised` per (rule,
+//! current windows of the anomaly projection (`window_end > now`; for outbound attempts, failed
+//! authentications and tokens issued, the last 5 minutes or hour before now, and for outbound the
+//! 5 minutes before those), evaluates the six rules on them and raises one `AlertRaised` per (rule,
 //! subject, window) through `alerts::raise` — `Store::record_once` on `alert/<dedupKey>`, which
 //! Postgres lets only one writer start, however many instances evaluate the same window.
 //!
@@ -10,18 +11,18 @@
 //! key, so a lock has one alert whichever path writes it first). `readings` is also what
 //! `GET /admin/api/anomalies` shows, so the view and the detector cannot disagree.
 //!
-//! Each run first deletes the windows that ended more than `PRUNE_AFTER` ago: the windows are a
+//! Each run first deletes the windows no rule reads any more (`anomaly_read::prune`): the windows are a
 //! projection of the event store (rebuilt by `commguard replay --projection anomaly`), and the
 //! detector's cost follows the current windows, never the history.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use commguard_domain::limits::Tier;
 use commguard_projections::anomaly::read::{self as anomaly_read, WindowRow};
 use commguard_projections::anomaly::{
-    AUTH_FAILED, LOCKOUT, OUTBOUND, PRUNE_AFTER, RATE_LIMIT_PREFIX, SPEND, TOKEN_ISSUED,
+    sliding_span, AUTH_FAILED, LOCKOUT, OUTBOUND, RATE_LIMIT_PREFIX, SPEND, TOKEN_ISSUED,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -102,8 +103,27 @@ pub struct Reading {
     pub limit_type: Option<String>,
     pub threshold: Value,
     pub firing: bool,
+    /// The window one alert is raised per: a sliding rule's span truncated from now (one alert
+    /// per 5 minutes or hour, docs/monitoring.md), else the window itself.
+    #[serde(skip)]
+    dedup_window: DateTime<Utc>,
+    /// Whether the window is the span before now (it moves with every read).
+    #[serde(skip)]
+    sliding: bool,
     #[serde(skip)]
     finding: Option<Finding>,
+}
+
+impl Reading {
+    /// Where the reading sorts among its subject's windows of one rule, for paging: a sliding
+    /// window is its subject's only one and moves with every read, so it has none (0).
+    pub fn window_key(&self) -> i64 {
+        if self.sliding {
+            0
+        } else {
+            self.window_start.timestamp_micros()
+        }
+    }
 }
 
 fn as_rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -130,14 +150,14 @@ pub async fn check(app: &AppState) -> Result<usize, CheckError> {
 
 /// Deletes the windows that ended more than `PRUNE_AFTER` ago (no rule reads them).
 pub async fn prune(app: &AppState) -> Result<(), CheckError> {
-    anomaly_read::prune(&app.pool, app.clock.now() - PRUNE_AFTER).await?;
+    anomaly_read::prune(&app.pool, app.clock.now()).await?;
     Ok(())
 }
 
 /// Every rule's current window values, by rule and subject.
 pub async fn readings(app: &AppState) -> Result<Vec<Reading>, sqlx::Error> {
     let now = app.clock.now();
-    let windows = anomaly_read::open_windows(&app.pool, now, OUTBOUND).await?;
+    let windows = anomaly_read::open_windows(&app.pool, now).await?;
     let caps = daily_caps(app, &windows).await?;
     let min_actions = i64::from(app.config.anomaly_volume_min_actions);
     let mut readings: Vec<Reading> = windows.into_iter().filter_map(|w| read(w, min_actions, &caps)).collect();
@@ -200,8 +220,15 @@ fn read(w: WindowRow, min_actions: i64, caps: &HashMap<String, i64>) -> Option<R
         }
         _ => return None,
     };
+    let sliding = sliding_span(&w.counter);
+    let dedup_window = match sliding {
+        Some(span) => w.window_end.duration_trunc(span).unwrap_or(w.window_start),
+        None => w.window_start,
+    };
     let mut reading = Reading {
         rule,
+        dedup_window,
+        sliding: sliding.is_some(),
         subject_kind: w.subject_kind,
         subject_id: w.subject_id,
         org_id: w.org_id,
@@ -266,7 +293,7 @@ fn finding(r: &Reading, count: i64, previous: i64) -> Finding {
         rule: r.rule,
         severity,
         title,
-        dedup_key: Finding::key(r.rule, &r.subject_kind, &subject, r.limit_type.as_deref(), r.window_start),
+        dedup_key: Finding::key(r.rule, &r.subject_kind, &subject, r.limit_type.as_deref(), r.dedup_window),
         subject_kind: r.subject_kind.clone(),
         subject_id: subject,
         org_id: r.org_id.clone(),

@@ -1,8 +1,9 @@
-//! Anomaly windows (docs/monitoring.md): how many events of each counter a subject had in each fixed
-//! window — outbound attempts (sent, blocked or failed) per agent in 5 minutes, `AuthFailed` per
-//! IP in 5 minutes (while locked too), `AgentTokenIssued` per agent in an hour, refusals per
-//! agent and limit type in the limit's own window, provider cost per agent and UTC day
-//! (micro-dollars in `count`), and each lockout per IP from its start to its `lockedUntil`. Each
+//! Anomaly windows (docs/monitoring.md): how many events of each counter a subject had in each
+//! window — outbound attempts (sent, blocked or failed) per agent, `AuthFailed` per IP (while
+//! locked too) and `AgentTokenIssued` per agent in one-second buckets (their rules read the last
+//! 5 minutes or hour, `SLIDING`), refusals per agent and limit type in the limit's own window,
+//! provider cost per agent and UTC day (micro-dollars in `count`), and each lockout per IP from
+//! its start to its `lockedUntil`. Each
 //! row carries its `window_end`; a batch is summed in memory and written with one upsert. The
 //! windows are a projection, not history: the detector reads the current ones
 //! (`window_end > now`) and prunes the ones long past (`PRUNE_AFTER`).
@@ -25,9 +26,21 @@ pub const TOKEN_ISSUED: &str = "token_issued";
 pub const SPEND: &str = "spend";
 /// One row per lockout of an IP, from its start to its `lockedUntil`: `brute_force_lockout`.
 pub const LOCKOUT: &str = "lockout";
-/// How long a window is kept after its end: the previous 5-minute window stays readable for
-/// `volume_spike`; anything older is no longer read by anyone and is deleted.
+/// How long a window is kept after its end; anything older is no longer read by anyone and is
+/// deleted. A sliding counter's buckets are kept for twice its span instead (`SLIDING`).
 pub const PRUNE_AFTER: TimeDelta = TimeDelta::minutes(10);
+/// The counters whose rules read the last span before now, not a fixed window (a burst split by
+/// a window's edge is still one burst): each counts in one-second buckets, and the detector sums
+/// the buckets of the last span (and, for `volume_spike`, of the span before it).
+pub const SLIDING: [(&str, TimeDelta); 3] =
+    [(OUTBOUND, TimeDelta::minutes(5)), (AUTH_FAILED, TimeDelta::minutes(5)), (TOKEN_ISSUED, TimeDelta::hours(1))];
+/// A sliding counter's bucket.
+pub const BUCKET: TimeDelta = TimeDelta::seconds(1);
+
+/// The span of a sliding counter (`SLIDING`).
+pub fn sliding_span(counter: &str) -> Option<TimeDelta> {
+    SLIDING.iter().find(|(c, _)| *c == counter).map(|(_, span)| *span)
+}
 /// Refusals by a limit are counted as `rate_limit:<limitType>`, in the limit's own window.
 pub const RATE_LIMIT_PREFIX: &str = "rate_limit:";
 /// Every `limitType` a reservation can refuse with (`outbound::limits`).
@@ -55,9 +68,12 @@ const ANOMALY_EVENTS: &[&str] = &[
     "AgentTokenIssued",
 ];
 
-/// The window of `counter` holding `at`: a limit's own window for refusals (minute, hour, UTC
-/// day or month), an hour for tokens issued, else 5 minutes.
+/// The window of `counter` holding `at`: a sliding counter's one-second bucket, a limit's own
+/// window for refusals (minute, hour, UTC day or month), a UTC day for spend.
 pub fn window_of(counter: &str, at: DateTime<Utc>) -> DateTime<Utc> {
+    if sliding_span(counter).is_some() {
+        return at.duration_trunc(BUCKET).unwrap_or(at);
+    }
     let length = match counter.strip_prefix(RATE_LIMIT_PREFIX) {
         Some("per-minute") => TimeDelta::minutes(1),
         Some("per-hour") => TimeDelta::hours(1),
@@ -65,25 +81,22 @@ pub fn window_of(counter: &str, at: DateTime<Utc>) -> DateTime<Utc> {
             let day = at.duration_trunc(TimeDelta::days(1)).unwrap_or(at);
             return day - TimeDelta::days(i64::from(day.day0()));
         }
-        Some(_) => TimeDelta::days(1),
-        None if counter == TOKEN_ISSUED => TimeDelta::hours(1),
-        None if counter == SPEND => TimeDelta::days(1),
-        None => TimeDelta::minutes(5),
+        _ => TimeDelta::days(1),
     };
     at.duration_trunc(length).unwrap_or(at)
 }
 
 /// Where the window of `counter` starting at `start` ends (a lockout's end is its own).
 pub fn window_end(counter: &str, start: DateTime<Utc>) -> DateTime<Utc> {
+    if sliding_span(counter).is_some() {
+        return start + BUCKET;
+    }
     match counter.strip_prefix(RATE_LIMIT_PREFIX) {
         Some("per-minute") => start + TimeDelta::minutes(1),
         Some("per-hour") => start + TimeDelta::hours(1),
         // The first of the next month.
         Some("monthly-spend" | "org_spend_month") => window_of(counter, start + TimeDelta::days(32)),
-        Some(_) => start + TimeDelta::days(1),
-        None if counter == TOKEN_ISSUED => start + TimeDelta::hours(1),
-        None if counter == SPEND => start + TimeDelta::days(1),
-        None => start + TimeDelta::minutes(5),
+        _ => start + TimeDelta::days(1),
     }
 }
 

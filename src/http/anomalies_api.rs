@@ -52,12 +52,8 @@ async fn anomalies(State(app): State<AppState>, admin: Admin, params: Params) ->
         .filter(|r| if r.subject_kind == "ip" { master && org.is_none() } else { org.is_none() || r.org_id == org })
         .filter(|r| rule.as_deref().is_none_or(|wanted| wanted == r.rule))
         .map(|r| {
-            let key = (
-                r.rule.to_string(),
-                r.subject_id.clone(),
-                r.limit_type.clone().unwrap_or_default(),
-                r.window_start.timestamp_micros(),
-            );
+            let key =
+                (r.rule.to_string(), r.subject_id.clone(), r.limit_type.clone().unwrap_or_default(), r.window_key());
             (key, r)
         })
         .collect();
