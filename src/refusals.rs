@@ -81,7 +81,7 @@ fn seal_value(value: &Value, field: Option<&str>, subject: Option<&str>) -> Valu
         Value::Array(items) => Value::Array(items.iter().map(|item| seal_value(item, field, subject)).collect()),
         Value::String(text) => seal_text(text.clone(), identifier, subject),
         Value::Number(n) if identifier => seal_text(n.to_string(), true, subject),
-        Value::Bool(b) if identifier => seal_text(b.to_string(), true, subject),
+        // A boolean names nobody, whatever its key (`capabilities.phone`): kept as it is.
         other => other.clone(),
     }
 }
@@ -138,5 +138,29 @@ pub async fn record(
             crate::error::log_failure("ActionRefused not recorded", &e);
             (refusal.code != ErrorCode::Unavailable).then(ApiError::unrecorded)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::sealed_args;
+
+    #[test]
+    fn identifiers_and_text_are_sealed_booleans_and_numbers_kept() {
+        let sealed = sealed_args(&json!({
+            "to": "+12025550100",
+            "body": "hello",
+            "capabilities": {"phone": true, "email": false},
+            "limit": 3,
+            "authToken": "secret",
+        }));
+        for field in ["to", "body"] {
+            assert!(sealed[field]["$seal"].is_object(), "{field}: {sealed}");
+        }
+        assert_eq!(sealed["capabilities"], json!({"phone": true, "email": false}));
+        assert_eq!(sealed["limit"], 3);
+        assert!(sealed.get("authToken").is_none(), "credential values are never stored");
     }
 }
