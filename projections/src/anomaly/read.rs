@@ -27,47 +27,54 @@ fn sliding() -> (Vec<&'static str>, Vec<i64>) {
 
 /// What every rule reads at `now`: each fixed window open at `now`, and for each sliding counter
 /// (`SLIDING`) the sum of its buckets in the last span before `now` as one window ending at `now`,
-/// with `previous` the sum in the span before that (read by `volume_spike`).
+/// with `previous` the sum in the span before that (read by `volume_spike`). Each sliding counter's
+/// name and span are written into the statement (never bound), so its buckets are read by a range
+/// of the primary key (counter, window_start), not by a scan of the table.
 pub async fn open_windows(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<WindowRow>, sqlx::Error> {
-    let (counters, spans) = sliding();
-    sqlx::query_as(
+    let mut sql = String::from(
         "SELECT counter, subject_kind, subject_id, org_id, window_start, window_end, count, 0::bigint AS previous
            FROM anomaly_windows
-          WHERE window_end > $1 AND window_start <= $1 AND counter <> ALL($2)
+          WHERE window_end > $1 AND window_start <= $1 AND counter <> ALL($2)",
+    );
+    for (counter, span) in SLIDING {
+        assert!(counter.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "counter names need no quoting");
+        let seconds = span.num_seconds();
+        sql.push_str(&format!(
+            "
          UNION ALL
-         SELECT w.counter, w.subject_kind, w.subject_id, max(w.org_id), $1 - s.span, $1,
-                COALESCE(sum(w.count) FILTER (WHERE w.window_start > $1 - s.span), 0)::bigint,
-                COALESCE(sum(w.count) FILTER (WHERE w.window_start <= $1 - s.span), 0)::bigint
-           FROM unnest($2::text[], $3::bigint[]) AS s0(counter, seconds)
-          CROSS JOIN LATERAL (SELECT s0.counter, s0.seconds * interval '1 second' AS span) s
-           JOIN anomaly_windows w ON w.counter = s.counter
-                AND w.window_start > $1 - 2 * s.span AND w.window_start <= $1
-          GROUP BY w.counter, w.subject_kind, w.subject_id, s.span
-         HAVING sum(w.count) FILTER (WHERE w.window_start > $1 - s.span) > 0",
-    )
-    .bind(now)
-    .bind(&counters)
-    .bind(&spans)
-    .fetch_all(pool)
-    .await
+         SELECT counter, subject_kind, subject_id, max(org_id), $1 - interval '{seconds} seconds', $1,
+                COALESCE(sum(count) FILTER (WHERE window_start > $1 - interval '{seconds} seconds'), 0)::bigint,
+                COALESCE(sum(count) FILTER (WHERE window_start <= $1 - interval '{seconds} seconds'), 0)::bigint
+           FROM anomaly_windows
+          WHERE counter = '{counter}' AND window_start > $1 - interval '{double} seconds' AND window_start <= $1
+          GROUP BY counter, subject_kind, subject_id
+         HAVING sum(count) FILTER (WHERE window_start > $1 - interval '{seconds} seconds') > 0",
+            double = 2 * seconds
+        ));
+    }
+    let (counters, _) = sliding();
+    sqlx::query_as(&sql).bind(now).bind(&counters).fetch_all(pool).await
 }
 
-/// Deletes what no rule reads at `now` any more: fixed windows that ended `PRUNE_AFTER` ago, and
-/// a sliding counter's buckets older than twice its span.
+/// Deletes what no rule reads at `now` any more: fixed windows that ended `PRUNE_AFTER` ago (by
+/// `window_end`'s index), and a sliding counter's buckets older than twice its span (by a range
+/// of the primary key).
 pub async fn prune(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
     let (counters, spans) = sliding();
-    Ok(sqlx::query(
-        "DELETE FROM anomaly_windows w
-          WHERE w.window_end < $1 - COALESCE(
-                    (SELECT 2 * s.seconds * interval '1 second'
-                       FROM unnest($2::text[], $3::bigint[]) AS s(counter, seconds) WHERE s.counter = w.counter),
-                    $4 * interval '1 second')",
-    )
-    .bind(now)
-    .bind(&counters)
-    .bind(&spans)
-    .bind(PRUNE_AFTER.num_seconds())
-    .execute(pool)
-    .await?
-    .rows_affected())
+    let fixed = sqlx::query("DELETE FROM anomaly_windows WHERE window_end < $1 AND counter <> ALL($2)")
+        .bind(now - PRUNE_AFTER)
+        .bind(&counters)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    let mut buckets = 0;
+    for (counter, seconds) in counters.iter().zip(spans) {
+        buckets += sqlx::query("DELETE FROM anomaly_windows WHERE counter = $1 AND window_start < $2")
+            .bind(counter)
+            .bind(now - chrono::TimeDelta::seconds(2 * seconds))
+            .execute(pool)
+            .await?
+            .rows_affected();
+    }
+    Ok(fixed + buckets)
 }
