@@ -82,6 +82,7 @@ pub fn harden(router: Router, hardening: Arc<Hardening>) -> Router {
         .layer(axum::middleware::from_fn(request_id::layer)) // 1
         .layer(from_fn_with_state(hardening.clone(), client_ip::layer)) // 2
         .layer(from_fn_with_state(hardening.clone(), headers::layer)) // 3
+        .layer(axum::middleware::from_fn(webhook_routes::twiml_errors)) // 3b: TwiML on Twilio routes
         .layer(from_fn_with_state(hardening.clone(), ip_filter::denylist)) // 4
         .layer(from_fn_with_state(hardening.clone(), cors::layer)) // 5
         .layer(from_fn_with_state(hardening.clone(), ip_filter::allowlists)) // 6

@@ -3,7 +3,10 @@
 //! and the `IpRefused` mark `ip_filter` leaves for the handler. Kept in `http`, which `webhooks`
 //! imports, so that `ip_filter` does not import `webhooks`.
 
-use axum::http::{header, StatusCode};
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, ErrorCode};
@@ -36,6 +39,29 @@ fn segments(path: &str) -> Vec<&str> {
         Some(rest) if !rest.starts_with('/') => rest.split('/').collect(),
         _ => Vec::new(),
     }
+}
+
+/// Hardening step 3b: on a Twilio route every refusal is TwiML, whichever layer answers it — the
+/// denylist (403), the rate limits (429), the body limit (413), the router (404, 405) — keeping
+/// its status and headers (`Allow`, `Retry-After`, the request id, the security headers).
+pub async fn twiml_errors(request: Request, next: Next) -> Response {
+    let twilio = twilio_path(request.uri().path());
+    let response = next.run(request).await;
+    let refused = response.status().is_client_error() || response.status().is_server_error();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(twilio && refused && json) {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    // The request-id layer would write the error model's JSON body back from this.
+    parts.extensions.remove::<crate::error::ErrorBody>();
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml; charset=utf-8"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from("<Response/>"))
 }
 
 /// The answer to a webhook request refused by the IP allowlist: TwiML on Twilio routes, JSON on

@@ -169,9 +169,24 @@ async fn per_ip_then_global_limits_refuse_without_taking_slots() {
 
     // Webhooks: their own per-IP limit, and the full global bucket does not apply to them.
     for _ in 0..2 {
-        assert_ne!(get_from(&server, "/webhooks/a1/sms", "192.0.2.9").await.status(), 429);
+        let wrong_method = get_from(&server, "/webhooks/a1/sms", "192.0.2.9").await;
+        // A Twilio route answers every refusal in TwiML, whichever layer refuses (docs/webhooks.md).
+        assert_eq!(wrong_method.status(), 405);
+        assert!(wrong_method.headers()["allow"].to_str().unwrap().contains("POST"));
+        assert_eq!(wrong_method.headers()["content-type"], "text/xml; charset=utf-8");
+        assert_eq!(wrong_method.text().await.unwrap(), "<Response/>");
     }
-    assert_eq!(get_from(&server, "/webhooks/a1/sms", "192.0.2.9").await.status(), 429);
+    let limited = get_from(&server, "/webhooks/a1/sms", "192.0.2.9").await;
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after") && limited.headers().contains_key("x-request-id"));
+    assert_eq!(limited.headers()["content-type"], "text/xml; charset=utf-8");
+    assert_eq!(limited.text().await.unwrap(), "<Response/>");
+    // The email webhook is not Twilio's: its refusals stay JSON.
+    let email = get_from(&server, "/webhooks/a1/email", "192.0.2.10").await;
+    assert_eq!(
+        (email.status().as_u16(), email.json::<serde_json::Value>().await.unwrap()["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
     server.stop().await;
 }
 
