@@ -88,7 +88,7 @@ async fn alerts(State(app): State<AppState>, admin: Admin, params: Params) -> Re
     let severity = params.choice("severity", &SEVERITIES)?;
     let rule = params.choice("rule", &RULES)?;
     let since = params.time("since")?;
-    let org = read_scope(&admin.principal, params.id("orgId")?)?;
+    let org = read_scope(&app, &admin.principal, params.id("orgId")?).await?;
     let page = params.page::<i64>()?;
 
     let filter = AlertFilter {

@@ -42,7 +42,7 @@ struct AnomalyPage {
 /// `GET /admin/api/anomalies?rule&orgId&cursor&limit` → `{anomalies, nextCursor}`.
 async fn anomalies(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<AnomalyPage>, ApiError> {
     let rule = params.choice("rule", &RULES)?;
-    let org = read_scope(&admin.principal, params.id("orgId")?)?;
+    let org = read_scope(&app, &admin.principal, params.id("orgId")?).await?;
     let page = params.page::<(String, String, String, i64)>()?;
     let master = admin.principal.role() == Role::SuperAdmin;
     let readings = anomaly::readings(&app).await.map_err(ApiError::internal)?;

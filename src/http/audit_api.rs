@@ -15,9 +15,9 @@ use serde::Serialize;
 
 use super::admin::Admin;
 use super::openapi::{ApiRouter, Body, Doc, Written, CURSOR, LIMIT, ORG};
-use crate::auth::{guard, Principal, Role};
+use crate::auth::{guard, Role};
 use crate::contacts;
-use crate::directory::commands::addressable_agent;
+use crate::directory::commands::{addressable_agent, read_scope};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::envelope::{self, WrittenEnvelopes};
@@ -87,18 +87,6 @@ fn integer(q: &HashMap<String, String>, field: &str, default: i64, range: (i64, 
     }
 }
 
-/// The organization a read is scoped to: O its own (an `orgId` must be it, Z5); S the one it
-/// names, or every org.
-fn scope(principal: &Principal, requested: Option<&String>) -> Result<Option<String>, ApiError> {
-    if let Some(org) = requested {
-        guard::own_org(principal, org)?;
-    }
-    Ok(match principal.role() {
-        Role::SuperAdmin => requested.cloned(),
-        _ => principal.org_id.clone(),
-    })
-}
-
 /// `GET /admin/api/events?after&limit&orgId&raw`: `{events, nextAfter, headPosition}`. Reads only
 /// below the horizon (`store::pages`, which reads the next page ahead), so consecutive pages never
 /// repeat or skip an event, whatever order writers commit in.
@@ -119,7 +107,7 @@ async fn events(
         // Sealed payloads are for auditors of the whole platform (docs/admin-api.md: raw is S).
         guard::require_role(&admin.principal, Role::SuperAdmin)?;
     }
-    let org = scope(&admin.principal, q.get("orgId"))?;
+    let org = read_scope(&app, &admin.principal, q.get("orgId").cloned()).await?;
     let key = PageKey { org_id: org, as_stored: raw, after, limit };
     let page = app.feed_pages.page(app.store.keystore(), key).await.map_err(ApiError::internal)?;
     app.metrics.feed_page(page.read_ahead);
@@ -264,7 +252,7 @@ async fn audit(
         }
         None => None,
     };
-    let org = scope(&admin.principal, q.get("orgId"))?;
+    let org = read_scope(&app, &admin.principal, q.get("orgId").cloned()).await?;
     if let Some(agent_id) = q.get("agentId") {
         addressable_agent(&app, &admin.principal, agent_id).await?;
     }

@@ -265,7 +265,7 @@ async fn me(State(app): State<AppState>, admin: Admin) -> Result<Json<Me>, ApiEr
 
 /// `GET /admin/api/orgs?orgId&cursor&limit`.
 async fn list_orgs(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<OrgPage>, ApiError> {
-    let org = commands::read_scope(&admin.principal, params.id("orgId")?)?;
+    let org = commands::read_scope(&app, &admin.principal, params.id("orgId")?).await?;
     let (orgs, next) = dir::orgs_page(&app.pool, org.as_deref(), &params.page()?).await?;
     Ok(Json(OrgPage { orgs: orgs.iter().map(dir::org_admin_view).collect(), next_cursor: next }))
 }
@@ -427,7 +427,7 @@ async fn rotate_org_token(
 
 /// `GET /admin/api/agents?orgId&cursor&limit`: status, tier, limits and billing of each agent.
 async fn list_agents(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<AgentPage>, ApiError> {
-    let org = commands::read_scope(&admin.principal, params.id("orgId")?)?;
+    let org = commands::read_scope(&app, &admin.principal, params.id("orgId")?).await?;
     let (agents, next) = dir::agents_page(&app.pool, org.as_deref(), &params.page()?).await?;
     let mut org_ids: Vec<String> = agents.iter().map(|a| a.org_id.clone()).collect();
     org_ids.sort();

@@ -155,7 +155,7 @@ async fn usage_view(State(app): State<AppState>, admin: Admin, params: Params) -
             (vec![agent], Some(org))
         }
         None => {
-            let org = read_scope(&admin.principal, params.id("orgId")?)?;
+            let org = read_scope(&app, &admin.principal, params.id("orgId")?).await?;
             if let Some(org) = &org {
                 dir::org(&app.pool, org)
                     .await?

@@ -192,7 +192,7 @@ pub async fn org_dashboard(
     org_id: Option<String>,
     period: &str,
 ) -> Result<Value, ApiError> {
-    let org = commands::read_scope(principal, org_id)?;
+    let org = commands::read_scope(app, principal, org_id).await?;
     let window = Window::period(period, app.clock.now())?;
     let agents = directory::agents_of(&app.pool, org.as_deref()).await?;
     Ok(json!(usage_by_agent(app, &agents, org.as_deref(), None, period, window).await?))

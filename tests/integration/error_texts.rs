@@ -463,6 +463,13 @@ fn table() -> Vec<Row> {
             "forbidden",
             r#"Access to organization "{orgB}" denied"#,
         ),
+        // An org the super-admin names that does not exist is 404 on every admin list.
+        http("unknown orgId: events", "GET", "/admin/api/events?orgId=nope").bearer("master").answers(404, "not_found", r#"Organization "nope" not found"#),
+        http("unknown orgId: audit", "GET", "/admin/api/audit?orgId=nope").bearer("master").answers(404, "not_found", r#"Organization "nope" not found"#),
+        http("unknown orgId: agents", "GET", "/admin/api/agents?orgId=nope").bearer("master").answers(404, "not_found", r#"Organization "nope" not found"#),
+        http("unknown orgId: alerts", "GET", "/admin/api/alerts?orgId=nope").bearer("master").answers(404, "not_found", r#"Organization "nope" not found"#),
+        http("unknown orgId: anomalies", "GET", "/admin/api/anomalies?orgId=nope").bearer("master").answers(404, "not_found", r#"Organization "nope" not found"#),
+        http("unknown orgId: usage", "GET", "/admin/api/usage?orgId=nope").bearer("master").answers(404, "not_found", r#"Organization "nope" not found"#),
         // Z6 (with docs/errors.md and docs/compliance.md#country-rules: every compliance refusal starts `Compliance: `).
         tool("Z6 suspended org sends (S)", "master", "comms_send_message", r#"{"agentId":"s1","channel":"email","to":"pat@example.com","subject":"Hi","body":"Hello"}"#)
             .refused("compliance_blocked", r#"Compliance: Organization "{orgS}" is suspended"#)

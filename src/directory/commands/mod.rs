@@ -98,10 +98,21 @@ pub fn home_org(principal: &Principal, requested: Option<String>) -> Result<Stri
 }
 
 /// The org a read covers: O its own (Z5 for another it names); S the one it names, or every org
-/// (`None`).
-pub fn read_scope(principal: &Principal, requested: Option<String>) -> Result<Option<String>, ApiError> {
+/// (`None`). An org the super-admin names that does not exist is 404, as on every admin route.
+pub async fn read_scope(
+    app: &AppState,
+    principal: &Principal,
+    requested: Option<String>,
+) -> Result<Option<String>, ApiError> {
     match principal.role() {
-        Role::SuperAdmin => Ok(requested),
+        Role::SuperAdmin => {
+            if let Some(org_id) = &requested {
+                if read::org(&app.pool, org_id).await.map_err(ApiError::internal)?.is_none() {
+                    return Err(ApiError::not_found(format!("Organization \"{org_id}\" not found")));
+                }
+            }
+            Ok(requested)
+        }
         _ => home_org(principal, requested).map(Some),
     }
 }
