@@ -292,7 +292,7 @@ pub async fn consent_records(
         }
         Some(at) => {
             let (mut rows, listed) = consent_at(app, org_id, address, at).await?;
-            rows.retain(|r| agent_id.is_none_or(|a| r.agent_id == a) && channel.is_none_or(|c| r.channel == c));
+            rows.retain(|r| asked_for(r, agent_id, channel));
             let (rows, next) = page.of(rows, ConsentRow::key);
             (rows, next, listed, at)
         }
@@ -340,9 +340,7 @@ async fn every_orgs_consent_records(
                 }
                 let (held, on) = consent_at(app, org_id, address, at).await?;
                 rows.extend(
-                    held.into_iter()
-                        .filter(|r| agent_id.is_none_or(|a| r.agent_id == a) && channel.is_none_or(|c| r.channel == c))
-                        .map(|row| (org_id.clone(), row)),
+                    held.into_iter().filter(|r| asked_for(r, agent_id, channel)).map(|row| (org_id.clone(), row)),
                 );
                 listed |= on;
             }
@@ -351,6 +349,11 @@ async fn every_orgs_consent_records(
     };
     let (rows, next) = page.of(rows, |(_, row)| row.key());
     consent_reply(app, address, rows, listed, at, next).await
+}
+
+/// Whether `row` is of the agent and channel a consent query asked for (all when `None`).
+fn asked_for(row: &ConsentRow, agent_id: Option<&str>, channel: Option<&str>) -> bool {
+    agent_id.is_none_or(|a| row.agent_id == a) && channel.is_none_or(|c| row.channel == c)
 }
 
 async fn consent_reply(

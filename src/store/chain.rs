@@ -94,6 +94,7 @@ pub fn metadata_without_hash(metadata: &Value) -> Value {
 }
 
 /// One stored event, as the chain sees it.
+#[derive(sqlx::FromRow)]
 pub struct ChainLink {
     pub aggregate_type: String,
     pub aggregate_id: String,

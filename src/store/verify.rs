@@ -35,13 +35,19 @@ impl Report {
 
 /// One stored event: its chain's columns, and the columns the feed and its filters read beside
 /// the hashed metadata (event id, instant, org).
-type Row =
-    (String, String, i64, String, String, serde_json::Value, serde_json::Value, Uuid, DateTime<Utc>, Option<String>);
+#[derive(sqlx::FromRow)]
+struct Stored {
+    #[sqlx(flatten)]
+    link: ChainLink,
+    event_id: Uuid,
+    occurred_at: DateTime<Utc>,
+    org_id: Option<String>,
+}
 
 /// Verifies every chain, or only `aggregate` (`(type, id)`).
 pub async fn verify(pool: &PgPool, aggregate: Option<(&str, &str)>) -> Result<Report, sqlx::Error> {
     let (kind, id) = aggregate.unzip();
-    let mut rows = sqlx::query_as::<_, Row>(
+    let mut rows = sqlx::query_as::<_, Stored>(
         "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
                 event_id, occurred_at, org_id
          FROM events WHERE ($1::text IS NULL OR (aggregate_type = $1 AND aggregate_id = $2))
@@ -55,35 +61,18 @@ pub async fn verify(pool: &PgPool, aggregate: Option<(&str, &str)>) -> Result<Re
     let mut current: Vec<ChainLink> = Vec::new();
     let mut tails: Vec<(String, String, i64, String)> = Vec::new();
     let mut seen: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
-    while let Some((
-        aggregate_type,
-        aggregate_id,
-        sequence,
-        event_type,
-        event_version,
-        payload,
-        metadata,
-        event_id,
-        occurred_at,
-        org_id,
-    )) = rows.try_next().await?
-    {
-        if current.first().is_some_and(|c| c.aggregate_type != aggregate_type || c.aggregate_id != aggregate_id) {
+    while let Some(Stored { link, event_id, occurred_at, org_id }) = rows.try_next().await? {
+        if current
+            .first()
+            .is_some_and(|c| c.aggregate_type != link.aggregate_type || c.aggregate_id != link.aggregate_id)
+        {
             check_chain(std::mem::take(&mut current), &mut report, &mut tails, &mut seen);
         }
-        if let Some(column) = unhashed_column(&metadata, event_id, occurred_at, org_id.as_deref()) {
+        if let Some(column) = unhashed_column(&link.metadata, event_id, occurred_at, org_id.as_deref()) {
             let reason = format!("column {column} does not match the event's hashed metadata");
-            report.broken.push(broken(&aggregate_type, &aggregate_id, sequence, &reason));
+            report.broken.push(broken(&link.aggregate_type, &link.aggregate_id, link.sequence, &reason));
         }
-        current.push(ChainLink {
-            aggregate_type,
-            aggregate_id,
-            sequence,
-            event_type,
-            event_version,
-            payload,
-            metadata,
-        });
+        current.push(link);
     }
     check_chain(current, &mut report, &mut tails, &mut seen);
     drop(rows);
