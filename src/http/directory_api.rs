@@ -107,7 +107,7 @@ pub fn routes() -> ApiRouter {
         .get(
             "/admin/api/providers",
             list_providers,
-            doc("O (own, names only) S", "Registered provider credentials, names only", &[], Body::None),
+            doc("O (own, names only) S", "Registered provider credentials, names only", &[CURSOR, LIMIT], Body::None),
         )
         .post(
             "/admin/api/providers",
@@ -233,6 +233,7 @@ struct TokenInfo {
 #[serde(rename_all = "camelCase")]
 struct Providers {
     providers: Vec<ProviderInfo>,
+    next_cursor: Option<String>,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -510,7 +511,12 @@ async fn agent_billing(
 }
 
 /// Registered providers: names only, never values (docs/privacy.md#provider-credentials). O sees its own org's.
-async fn list_providers(State(app): State<AppState>, admin: Admin) -> Result<Json<Providers>, ApiError> {
+async fn list_providers(
+    State(app): State<AppState>,
+    admin: Admin,
+    params: Params,
+) -> Result<Json<Providers>, ApiError> {
+    let page = params.page::<(String, String, String)>()?;
     let org = match admin.principal.role() {
         Role::SuperAdmin => None,
         _ => admin.principal.org_id.clone(),
@@ -525,6 +531,8 @@ async fn list_providers(State(app): State<AppState>, admin: Admin) -> Result<Jso
     .fetch_all(&app.pool)
     .await
     .map_err(ApiError::internal)?;
+    // A handful of rows (two providers per scope at most): paged in memory, by their key.
+    let (rows, next_cursor) = page.of(rows, |r| (r.0.clone(), r.1.clone(), r.2.clone()));
     let providers = rows
         .into_iter()
         .map(|(scope, org_id, provider, key_names, key_version, updated)| ProviderInfo {
@@ -536,7 +544,7 @@ async fn list_providers(State(app): State<AppState>, admin: Admin) -> Result<Jso
             updated_at: rfc3339(updated),
         })
         .collect();
-    Ok(Json(Providers { providers }))
+    Ok(Json(Providers { providers, next_cursor }))
 }
 
 async fn register_provider(

@@ -510,6 +510,18 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
     );
     let ping = master.ok("comms_ping", json!({})).await;
     assert_eq!(ping["providers"]["telephony"], "configured", "{ping}");
+    // The list pages like every admin list: the org's row and the platform's, one at a time.
+    let list = |query: String| {
+        let request = s.http.get(s.url(&format!("/admin/api/providers{query}"))).bearer_auth(MASTER).send();
+        async move { request.await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let all = list(String::new()).await;
+    assert_eq!((all["providers"].as_array().unwrap().len(), &all["nextCursor"]), (2, &Value::Null), "{all}");
+    let first = list("?limit=1".into()).await;
+    let cursor = first["nextCursor"].as_str().expect("a second page").to_string();
+    let second = list(format!("?limit=1&cursor={cursor}")).await;
+    assert_eq!([&first["providers"][0], &second["providers"][0]], [&all["providers"][0], &all["providers"][1]]);
+    assert_eq!(second["nextCursor"], Value::Null);
     s.stop().await;
 }
 
