@@ -61,12 +61,16 @@ if [ "$what" = api ]; then
   # schemathesis in its own venv (not the e2e one): scripts/chaos/api-requirements.txt.
   venv=${CHAOS_API_VENV:-target/chaos-api-venv}
   ensure_venv scripts/chaos/api-requirements.txt "$venv"
+  # Absolute: api.py runs schemathesis from its output directory.
+  venv=$(cd "$venv" && pwd)
   mkdir -p target/chaos-api && out=$(cd target/chaos-api && pwd)
   status=0
   CHAOS_URL="http://127.0.0.1:$port" CHAOS_TOKEN=$token CHAOS_PSQL="$PG_BIN_DIR/psql" CHAOS_DB="$url" \
     CHAOS_ST="$venv/bin/schemathesis" CHAOS_EXAMPLES=$examples CHAOS_SECONDS=$seconds CHAOS_OUT=$out \
     "$venv/bin/python" scripts/chaos/api.py || status=$?
   if grep -q "panicked" "$data/server.log"; then echo "the server panicked:" >&2; grep -m5 panicked "$data/server.log" >&2; status=1; fi
+  # A failed run shows what the server logged about it (the log goes with the data directory).
+  if [ "$status" -ne 0 ]; then echo "the server's errors:" >&2; grep -m20 "ERROR" "$data/server.log" >&2 || true; fi
   kill "$server"; wait "$server" 2>/dev/null || true; server=
   exit $status
 fi

@@ -505,3 +505,30 @@ async fn refused_requests_do_not_mark_their_token_used() {
     }
     s.stop().await;
 }
+
+/// Numbers at the ends of JSON's range (found by `scripts/chaos.sh api`): Postgres prints
+/// 1.7976931348623157e308 back as 309 digits, which the server must read as the number it wrote —
+/// in the org list, the feed and `audit verify`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_at_the_ends_of_the_range_are_read_back_as_written() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &[("MASTER_SECURITY_TOKEN", MASTER)]).await;
+    let settings = json!({"big": 1.7976931348623157e308, "small": -1.7976931348623157e308, "tiny": 5e-324, "x": 1e21});
+    let created = s
+        .http
+        .post(s.url("/admin/api/orgs"))
+        .bearer_auth(MASTER)
+        .json(&json!({"name": "Extremes", "slug": "extremes", "settings": settings}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    let (status, _, orgs) =
+        answer(s.http.get(s.url("/admin/api/orgs")).bearer_auth(MASTER).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{orgs}");
+    let listed = orgs["orgs"].as_array().unwrap().iter().find(|o| o["slug"] == "extremes").unwrap();
+    assert_eq!(listed["settings"], settings);
+    let report = commguard::store::verify::verify(&db.pool().await, None).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    s.stop().await;
+}
