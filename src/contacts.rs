@@ -567,23 +567,8 @@ pub async fn dnc_org(app: &AppState, principal: &Principal, requested: Option<St
         return Err(invalid("orgId", "orgId is required for the super-admin"));
     }
     let org = crate::directory::commands::home_org(principal, requested)?;
-    if crate::directory::org(&app.pool, &org).await?.is_none() {
-        return Err(ApiError::not_found(format!("Organization \"{org}\" not found")));
-    }
+    directory::existing_org(&app.pool, &org).await?;
     Ok(org)
-}
-
-/// The orgs a DNC listing covers: the caller's own; the super-admin's named one, else every org
-/// (`None`).
-pub async fn dnc_list_scope(
-    app: &AppState,
-    principal: &Principal,
-    requested: Option<String>,
-) -> Result<Option<String>, ApiError> {
-    if principal.role() == Role::SuperAdmin && requested.is_none() {
-        return Ok(None);
-    }
-    dnc_org(app, principal, requested).await.map(Some)
 }
 
 /// `limit` of a list: 50 by default, 1..=500.

@@ -63,6 +63,11 @@ pub async fn org<'e>(db: impl PgExecutor<'e>, org_id: &str) -> Result<Option<Org
     read::org(db, org_id).await.map_err(ApiError::internal)
 }
 
+/// The org `org_id`, or 404 `Organization "<id>" not found` (the one wording of it).
+pub async fn existing_org<'e>(db: impl PgExecutor<'e>, org_id: &str) -> Result<OrgView, ApiError> {
+    org(db, org_id).await?.ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))
+}
+
 /// The orgs among `org_ids` (those that exist).
 pub async fn orgs_by_id(pool: &PgPool, org_ids: &[String]) -> Result<Vec<OrgView>, ApiError> {
     read::orgs_by_id(pool, org_ids).await.map_err(ApiError::internal)

@@ -96,9 +96,7 @@ pub async fn register_provider(app: &AppState, context: CommandContext, args: &A
     let auto_verify = args.bool("autoVerify", true)?;
     let org_id = args.opt_id("orgId")?;
     if let Some(org) = &org_id {
-        if crate::directory::org(&app.pool, org).await?.is_none() {
-            return Err(ApiError::not_found(format!("Organization \"{org}\" not found")));
-        }
+        crate::directory::existing_org(&app.pool, org).await?;
     }
     if auto_verify {
         kind.verify(&app.http, &app.config, &credentials).await.map_err(|failure| {

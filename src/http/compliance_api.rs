@@ -1,6 +1,6 @@
 //! The admin API's consent, DNC and test-clock routes (docs/admin-api.md): the same rules as the
 //! consent and DNC tools (`crate::contacts`), for org admins and the super-admin. The DNC routes
-//! scope their org exactly as the tools do (`dnc_org`, `dnc_list_scope`): the super-admin names
+//! scope their org exactly as the tools do (`dnc_org`, `read_scope`): the super-admin names
 //! `orgId` to add or remove, and lists every org without it.
 
 use axum::extract::State;
@@ -15,7 +15,8 @@ use super::openapi::{tool_result, ApiRouter, Body, Doc, ToolResult, CURSOR, LIMI
 use super::params::Params;
 use crate::auth::{guard, Role};
 use crate::contacts;
-use crate::contacts::{dnc_list_scope, dnc_org};
+use crate::contacts::dnc_org;
+use crate::directory::commands::read_scope;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::store::rfc3339;
@@ -63,7 +64,7 @@ async fn dnc_list(
 ) -> Result<Json<contacts::DncPage>, ApiError> {
     let kind = params.choice("type", &["phone", "email"])?;
     let page = params.page()?;
-    let org = dnc_list_scope(&app, &admin.principal, params.id("orgId")?).await?;
+    let org = read_scope(&app, &admin.principal, params.id("orgId")?).await?;
     contacts::dnc_list(&app, org.as_deref(), kind.as_deref(), page).await.map(Json)
 }
 

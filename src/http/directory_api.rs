@@ -277,9 +277,7 @@ async fn get_org(
     Path(org_id): Path<String>,
 ) -> Result<Json<dir::OrgAdminView>, ApiError> {
     guard::own_org(&admin.principal, &org_id)?;
-    let org = dir::org(&app.pool, &org_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))?;
+    let org = dir::existing_org(&app.pool, &org_id).await?;
     Ok(Json(dir::org_admin_view(&org)))
 }
 
@@ -301,9 +299,7 @@ async fn create_org(
 }
 
 async fn existing_org(app: &AppState, org_id: &str) -> Result<dir::OrgView, ApiError> {
-    dir::org(&app.pool, org_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))
+    dir::existing_org(&app.pool, org_id).await
 }
 
 async fn approve(

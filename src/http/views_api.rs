@@ -156,11 +156,6 @@ async fn usage_view(State(app): State<AppState>, admin: Admin, params: Params) -
         }
         None => {
             let org = read_scope(&app, &admin.principal, params.id("orgId")?).await?;
-            if let Some(org) = &org {
-                dir::org(&app.pool, org)
-                    .await?
-                    .ok_or_else(|| ApiError::not_found(format!("Organization \"{org}\" not found")))?;
-            }
             (dir::agents_of(&app.pool, org.as_deref()).await?, org)
         }
     };

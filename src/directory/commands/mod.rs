@@ -107,9 +107,7 @@ pub async fn read_scope(
     match principal.role() {
         Role::SuperAdmin => {
             if let Some(org_id) = &requested {
-                if read::org(&app.pool, org_id).await.map_err(ApiError::internal)?.is_none() {
-                    return Err(ApiError::not_found(format!("Organization \"{org_id}\" not found")));
-                }
+                crate::directory::existing_org(&app.pool, org_id).await?;
             }
             Ok(requested)
         }

@@ -89,9 +89,7 @@ pub async fn create_org(app: &AppState, mut context: CommandContext, new: NewOrg
 
 /// An org that exists and may act (Z6), for provisioning and outbound paths.
 pub async fn active_org(app: &AppState, org_id: &str) -> Result<OrgView, ApiError> {
-    let found = org(&app.pool, org_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))?;
+    let found = crate::directory::existing_org(&app.pool, org_id).await?;
     if found.mode == OrgMode::Suspended {
         return Err(compliance(format!("Organization \"{org_id}\" is suspended"), Rule::Sandbox));
     }
@@ -116,7 +114,7 @@ pub async fn org_lifecycle(
     if suspending {
         app.sessions.close_org(org_id, "org_suspended").await;
     }
-    org(&app.pool, org_id).await?.ok_or_else(|| ApiError::not_found(format!("Organization \"{org_id}\" not found")))
+    crate::directory::existing_org(&app.pool, org_id).await
 }
 
 pub fn settings_change(

@@ -182,6 +182,6 @@ pub async fn dnc_list(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> R
     }
     let cursor = args.opt_str("cursor", 256)?;
     let page = Page::new(cursor.as_deref(), args.0.get("limit"))?;
-    let org = contacts::dnc_list_scope(app, caller.principal, args.opt_id("orgId")?).await?;
+    let org = crate::directory::commands::read_scope(app, caller.principal, args.opt_id("orgId")?).await?;
     Ok(serde_json::json!(contacts::dnc_list(app, org.as_deref(), kind.as_deref(), page).await?))
 }
