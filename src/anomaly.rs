@@ -148,7 +148,7 @@ pub async fn check(app: &AppState) -> Result<usize, CheckError> {
     Ok(raised)
 }
 
-/// Deletes the windows that ended more than `PRUNE_AFTER` ago (no rule reads them).
+/// Deletes what no rule reads any more: windows long ended, and old sliding buckets (`anomaly_read::prune`).
 pub async fn prune(app: &AppState) -> Result<(), CheckError> {
     anomaly_read::prune(&app.pool, app.clock.now()).await?;
     Ok(())
