@@ -5,7 +5,8 @@
 #      cargo-nextest if absent (falls back to `cargo test`), the Python venv for end-to-end clients;
 #   2. starts a throwaway PostgreSQL cluster (unless DATABASE_URL is set) and stops it on exit;
 #   3. checks that no module of src/ imports one that imports it back (scripts/check-cycles.py),
-#      that the code is formatted, and that clippy has nothing to say;
+#      that the code is formatted, that clippy has nothing to say, and that the server's own build
+#      has serde_json's float_roundtrip;
 #   4. runs every test of the workspace against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,14 @@ if [ $# -eq 0 ]; then
   python3 scripts/check-cycles.py
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets --locked -- -D warnings
+  # The server reads numbers back exactly as it wrote them only with serde_json's float_roundtrip
+  # (a 309-digit jsonb number failed without it). Test builds get the feature from dev-dependencies
+  # as well, so no test can see it missing from the server's own build: its dependency tree can.
+  features=$(cargo tree -p commguard -e normal,features -i serde_json --locked)
+  if ! grep -q 'serde_json feature "float_roundtrip"' <<<"$features"; then
+    echo "the server's build lacks serde_json's float_roundtrip feature" >&2
+    exit 1
+  fi
 fi
 
 pg_bin=$(ensure_pg_bin)
