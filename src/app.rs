@@ -207,8 +207,8 @@ pub struct Server {
     task: JoinHandle<Result<(), std::io::Error>>,
     runners: Vec<JoinHandle<()>>,
     jobs: Jobs,
-    sessions: Arc<Sessions>,
-    intents: Arc<crate::ledger::intents::Intents>,
+    /// The state its requests are served with.
+    state: AppState,
 }
 
 impl Server {
@@ -259,28 +259,32 @@ impl Server {
         // The detector's task also prunes old anomaly windows, so it runs when detection is off.
         tasks.push(tokio::spawn(crate::anomaly::run(state.clone())));
         let runners = runners.into_iter().chain(tasks).collect();
-        let sessions = state.sessions.clone();
-        let intents = state.intents.clone();
-        let app = router(state, hardening);
+        let app = router(state.clone(), hardening);
         // Registered now, so a `stop` right after `start` is not lost.
         let mut stopping = Box::pin(stop.clone().notified_owned());
         stopping.as_mut().enable();
         let task = tokio::spawn(serve(listener, app, stopping));
-        Ok(Self { addr, stop, task, runners, jobs, sessions, intents })
+        Ok(Self { addr, stop, task, runners, jobs, state })
+    }
+
+    /// The state this server's requests are served with: its caches, its lockout suspects, its
+    /// sessions (`Runtime::state` makes a new one).
+    pub fn state(&self) -> &AppState {
+        &self.state
     }
 
     /// Stops accepting, lets in-flight requests finish (at most `DRAIN`), stops the runners.
     pub async fn stop(self) -> Result<(), StartError> {
         self.stop.notify_waiters();
         // Open event streams would hold the graceful shutdown for the whole drain period.
-        self.sessions.close_all("shutdown").await;
+        self.state.sessions.close_all("shutdown").await;
         let served = tokio::time::timeout(DRAIN, self.task).await;
         for runner in self.runners {
             runner.abort();
         }
         self.jobs.stop().await;
         // Intents still open (background retries) become reconcilable by others at once.
-        self.intents.retire().await;
+        self.state.intents.retire().await;
         match served {
             Ok(Ok(result)) => result.map_err(StartError::Serve),
             Ok(Err(join)) => Err(StartError::Serve(std::io::Error::other(join))),

@@ -33,16 +33,20 @@ pub struct Authenticated {
     pub principal: Principal,
     /// A credential was presented and verified (not dev-open or demo without one).
     verified: bool,
+    /// The route it was presented on, as failures record it.
+    route: &'static str,
 }
 
 impl Authenticated {
     /// The request passed authorization: a verified credential resets the IP's failure count
     /// (docs/http.md#rate-limits-and-brute-force "success resets the count") and marks its token used (`lastUsedAt`).
-    pub async fn admit(&self, lockout: &Lockout, identity: &Identity, ip: IpAddr) {
+    /// `Err` (`locked_out`) if the IP was locked after the gate let this request in.
+    pub async fn admit(&self, lockout: &Lockout, identity: &Identity, ip: IpAddr) -> Result<(), ApiError> {
         if self.verified {
-            lockout.succeed(ip).await;
+            lockout.succeed(ip, self.route).await?;
             identity.touch(&self.principal);
         }
+        Ok(())
     }
 }
 
@@ -66,13 +70,13 @@ pub async fn authenticate(
     };
     let Some(token) = presented else {
         if let Some(anonymous) = identity.anonymous() {
-            return Ok(Authenticated { principal: anonymous, verified: false });
+            return Ok(Authenticated { principal: anonymous, verified: false, route: rules.route });
         }
         lockout.fail(ip, AuthFailure::Missing, rules.route, None, None).await?;
         return Err(unauthorized(rules.missing_message, rules));
     };
     match identity.resolve(&token).await {
-        Ok(principal) => Ok(Authenticated { principal, verified: true }),
+        Ok(principal) => Ok(Authenticated { principal, verified: true, route: rules.route }),
         Err(AuthFailure::Unavailable) => Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
         Err(failure) => {
             lockout.fail(ip, failure, rules.route, Some(&token), None).await?;

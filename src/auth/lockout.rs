@@ -109,10 +109,7 @@ impl Lockout {
                 })?;
         let now = self.clock.now();
         match locked_until.flatten() {
-            Some(until) if until > now => {
-                let retry_after = (until - now).num_milliseconds().max(0) as u64;
-                Err(Refusal::Locked { retry_after: retry_after.div_ceil(1000).max(1) })
-            }
+            Some(until) if until > now => Err(Refusal::Locked { retry_after: retry_after(until, now) }),
             _ => Ok(()),
         }
     }
@@ -190,31 +187,59 @@ impl Lockout {
         if let Err(e) = announced {
             tracing::warn!(error = %e, "failure not announced to other instances");
         }
-        if failures == self.max_failures {
-            if let Some(until) = locked_until {
+        match locked_until {
+            Some(until) if failures == self.max_failures => {
                 self.locked_out(ip, &ip_ref, failures, until).await;
+                Ok(())
             }
+            // Counted after the lock (its request passed the gate before the lock was set): it is
+            // answered as every credentialed request of a locked IP is, so that no guess beyond the
+            // threshold is told it failed (it feeds §14 like any, and does not extend the lock).
+            Some(until) if failures > self.max_failures && until > now => Err(locked_out(retry_after(until, now))),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    /// A successful credential check resets the IP's count.
-    pub async fn succeed(&self, ip: IpAddr) {
+    /// A successful credential check resets the IP's count. If the IP was locked meanwhile —
+    /// after this request's gate, by a failure here or on another instance —, the request is
+    /// refused as every credentialed request of a locked IP is (`Err`: `locked_out`), and the
+    /// IP stays a suspect so that the next request is checked against the lock.
+    pub async fn succeed(&self, ip: IpAddr, route: &str) -> Result<(), ApiError> {
         if !self.enabled {
-            return;
+            return Ok(());
         }
         let ip_ref = self.ip_ref(ip);
+        // Out of the set before the statement: a failure announced from now on puts it back, and
+        // one announced before is in the row the statement reads.
         if !self.suspects.lock().expect("suspects lock").remove(&ip_ref) {
-            return;
+            return Ok(());
         }
-        let reset =
-            sqlx::query("DELETE FROM auth_failures WHERE ip_key = $1 AND (locked_until IS NULL OR locked_until <= $2)")
-                .bind(&ip_ref)
-                .bind(self.clock.now())
-                .execute(self.store.pool())
-                .await;
-        if let Err(e) = reset {
-            tracing::warn!(error = %e, "failure count not reset");
+        let now = self.clock.now();
+        // The rest of the statement reads the row as it was before the CTE's deletion: a row
+        // that was not deleted is locked.
+        let locked: Result<Option<DateTime<Utc>>, sqlx::Error> = sqlx::query_scalar(
+            "WITH reset AS (DELETE FROM auth_failures
+                             WHERE ip_key = $1 AND (locked_until IS NULL OR locked_until <= $2) RETURNING 1)
+             SELECT locked_until FROM auth_failures
+              WHERE ip_key = $1 AND locked_until > $2 AND NOT EXISTS (SELECT 1 FROM reset)",
+        )
+        .bind(&ip_ref)
+        .bind(now)
+        .fetch_optional(self.store.pool())
+        .await
+        .map(Option::flatten);
+        match locked {
+            Ok(None) => Ok(()),
+            Ok(Some(until)) => {
+                self.suspect(ip_ref);
+                self.refused_while_locked(ip, route).await?;
+                Err(locked_out(retry_after(until, now)))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "failure count not reset");
+                self.suspect(ip_ref);
+                Ok(())
+            }
         }
     }
 
@@ -263,6 +288,11 @@ impl Lockout {
             crate::error::log_failure("lockout alert not recorded", &e);
         }
     }
+}
+
+/// Whole seconds until `until`, at least 1: a lock's `Retry-After`.
+fn retry_after(until: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
+    ((until - now).num_milliseconds().max(0) as u64).div_ceil(1000).max(1)
 }
 
 /// The docs/http.md#rate-limits-and-brute-force answer to a credentialed request from a locked IP.

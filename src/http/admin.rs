@@ -120,7 +120,7 @@ impl FromRequestParts<AppState> for Admin {
                     return Err(ApiError::new(ErrorCode::Unauthorized, "Invalid admin token"))
                 }
                 Ok(p) => {
-                    app.lockout.succeed(ip).await;
+                    app.lockout.succeed(ip, route).await?;
                     p
                 }
                 Err(AuthFailure::Unavailable) => {

@@ -58,7 +58,7 @@ impl FromRequestParts<AppState> for Scraper {
             }
             Bearer::Token(token) => match app.identity.resolve(&token).await {
                 Ok(p) => {
-                    app.lockout.succeed(ip).await;
+                    app.lockout.succeed(ip, ROUTE).await?;
                     p
                 }
                 Err(AuthFailure::Unavailable) => {

@@ -53,7 +53,7 @@ pub async fn open(
     let context = open_context(&app, &principal, &request_id, Transport::Sse);
     let claim = claim_param(query.agent_id.as_deref());
     let claim = open_claim(&app, &principal, query.agent_id, claim, ip, "/sse", context.clone()).await?;
-    authenticated.admit(&app.lockout, &app.identity, ip).await;
+    authenticated.admit(&app.lockout, &app.identity, ip).await?;
     let session = app.sessions.open(principal, claim, Transport::Sse, context).await?;
     let inbox = session.take_inbox().expect("a new session has its inbox");
     let first = format!("event: endpoint\ndata: /messages?sessionId={}\n\n", session.id);
@@ -168,7 +168,7 @@ pub async fn message(
     let principal = header_principal.as_ref().map_or_else(|| session.principal.clone(), |a| a.principal.clone());
     admit_to_session(&app, &session, &principal, ip, "/messages").await?;
     if let Some(authenticated) = &header_principal {
-        authenticated.admit(&app.lockout, &app.identity, ip).await;
+        authenticated.admit(&app.lockout, &app.identity, ip).await?;
     }
     // (7) the message itself.
     if !is_json(&headers) {

@@ -121,12 +121,12 @@ pub async fn post(
             None => query.agent_id,
         };
         let claim = open_claim(&app, &principal, offered, claim, ip, "/mcp", context.clone()).await?;
-        authenticated.admit(&app.lockout, &app.identity, ip).await;
+        authenticated.admit(&app.lockout, &app.identity, ip).await?;
         let session = app.sessions.open(principal.clone(), claim, Transport::Streamable, context).await?;
         (session, true)
     } else {
         let session = existing_session(&app, &headers, &principal, ip).await?;
-        authenticated.admit(&app.lockout, &app.identity, ip).await;
+        authenticated.admit(&app.lockout, &app.identity, ip).await?;
         if let Some(version) = header_str(&headers, "mcp-protocol-version") {
             if !STREAMABLE_VERSIONS.contains(&version) {
                 return Err(ApiError::new(
@@ -170,7 +170,7 @@ pub async fn get(
             .with_status(StatusCode::NOT_ACCEPTABLE));
     }
     let session = existing_session(&app, &headers, &authenticated.principal, ip).await?;
-    authenticated.admit(&app.lockout, &app.identity, ip).await;
+    authenticated.admit(&app.lockout, &app.identity, ip).await?;
     let inbox = session
         .take_inbox()
         .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "A stream is already open for this session"))?;
@@ -186,7 +186,7 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let authenticated = authenticate(&app.lockout, &app.identity, &headers, ip, &rules()).await?;
     let session = existing_session(&app, &headers, &authenticated.principal, ip).await?;
-    authenticated.admit(&app.lockout, &app.identity, ip).await;
+    authenticated.admit(&app.lockout, &app.identity, ip).await?;
     app.sessions.close(&session.id, "client_closed").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

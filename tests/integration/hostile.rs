@@ -532,3 +532,25 @@ async fn numbers_at_the_ends_of_the_range_are_read_back_as_written() {
     assert!(report.is_ok(), "{report:?}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_in_flight_when_the_lock_falls_are_answered_as_locked_not_as_failed() {
+    let db = TestDb::new().await;
+    let vars = [&VARS[..], &[("TRUST_PROXY", "1"), ("BRUTE_FORCE_MAX_FAILURES", "3")]].concat();
+    let s = TestServer::start(&db, &vars).await;
+    // Thirty wrong guesses at once from one address: all of them pass the gate before the lock.
+    let guesses = (0..30).map(|n| {
+        let request = s
+            .http
+            .get(s.url("/admin/api/me"))
+            .header("x-forwarded-for", "198.51.100.23")
+            .bearer_auth(format!("guess-{n}"))
+            .send();
+        async move { request.await.unwrap().status().as_u16() }
+    });
+    let statuses = futures::future::join_all(guesses).await;
+    let failed = statuses.iter().filter(|&&status| status == 401).count();
+    let locked = statuses.iter().filter(|&&status| status == 429).count();
+    assert_eq!((failed, locked), (3, 27), "only the three failures up to the lock are told they failed: {statuses:?}");
+    s.stop().await;
+}

@@ -392,3 +392,46 @@ async fn a_country_rule_refusal_names_its_rule_and_is_recorded_with_it() {
     );
     s.stop().await;
 }
+
+/// `GET /admin/api/me` as the master from `ip` (TRUST_PROXY=1): the status.
+async fn me_from(s: &TestServer, ip: &str, token: &str) -> u16 {
+    let r = s.http.get(s.url("/admin/api/me")).header("x-forwarded-for", ip).bearer_auth(token).send().await.unwrap();
+    r.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_set_on_one_instance_outlives_a_success_the_other_checked_before_it() {
+    let db = TestDb::new().await;
+    let vars = [&LIMITS[..], &[("TRUST_PROXY", "1"), ("BRUTE_FORCE_MAX_FAILURES", "3")]].concat();
+    let a = TestServer::start(&db, &vars).await;
+    let b = TestServer::start(&db, &vars).await;
+    let ip = "203.0.113.77";
+    for _ in 0..3 {
+        assert_eq!(me_from(&a, ip, "not-the-master-token").await, 401);
+    }
+    assert_eq!(me_from(&a, ip, MASTER).await, 429, "the third failure locked the address");
+    // B hears of the failures (NOTIFY) and refuses the address too.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while me_from(&b, ip, MASTER).await != 429 {
+        assert!(Instant::now() < deadline, "B never refused the locked address");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each failure was announced; the last announcements arrive before the success below, so
+    // that none of them makes B suspect the address again after it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A request B let through just before the lock now succeeds: it must not make B forget the
+    // lock (it used to stop checking the address, and served it for the whole 900 s).
+    let late = b.server.as_ref().unwrap().state().lockout.succeed(ip.parse().unwrap(), "/admin/api").await;
+    let refused = late.expect_err("a success after the lock is refused as the lock's requests are");
+    assert_eq!(
+        (refused.code.as_str(), refused.message.as_str()),
+        ("locked_out", "Too many failed attempts. Try again later.")
+    );
+    assert_eq!(me_from(&b, ip, MASTER).await, 429, "B still refuses the locked address");
+    assert_eq!(me_from(&a, ip, MASTER).await, 429);
+    let pool = db.pool().await;
+    let failures: i32 = sqlx::query_scalar("SELECT failures FROM auth_failures").fetch_one(&pool).await.unwrap();
+    assert_eq!(failures, 3, "the lock's row is kept");
+    a.stop().await;
+    b.stop().await;
+}
