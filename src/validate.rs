@@ -255,6 +255,9 @@ pub fn id(field: &str, value: &str) -> Result<String, ApiError> {
     }
 }
 
+/// The longest string an argument may be unless its field says otherwise (docs/tools.md).
+pub const MAX_STRING: usize = 10_000;
+
 /// Typed access to a tool's JSON arguments.
 pub struct Args<'a>(pub &'a Map<String, Value>);
 

@@ -20,7 +20,7 @@ use crate::http::extract::{JsonBody, Path};
 use crate::http::params::Params;
 use crate::state::AppState;
 use crate::store::rfc3339;
-use crate::validate::{invalid, Args};
+use crate::validate::{invalid, Args, MAX_STRING};
 
 use super::admin::{Admin, ScopedAgent, SuperAdminOnly};
 use super::openapi::{tool_result, ApiRouter, Body, Doc, Query, ToolResult, CURSOR, LIMIT, ORG};
@@ -92,7 +92,12 @@ pub fn routes() -> ApiRouter {
         .post(
             "/admin/api/agents/{agentId}/blocked-channels",
             blocked_channels,
-            doc("O S", "Block channels", &[], Body::Schema(blocked_channels_body)),
+            doc(
+                "O S",
+                "Block channels: names deduplicated, unknown names dropped, any `*` blocks all, `[]` unblocks; an item that is not a string of at most 10,000 characters is refused",
+                &[],
+                Body::Schema(blocked_channels_body),
+            ),
         )
         .post(
             "/admin/api/agents/{agentId}/limits",
@@ -135,7 +140,7 @@ fn settings_body() -> Value {
 
 fn blocked_channels_body() -> Value {
     json!({"type": "object", "required": ["blockedChannels"], "properties": {
-        "blockedChannels": {"type": "array", "items": {"type": "string"}},
+        "blockedChannels": {"type": "array", "items": {"type": "string", "maxLength": MAX_STRING}},
     }})
 }
 
@@ -479,8 +484,20 @@ async fn blocked_channels(
     ScopedAgent { admin, agent, .. }: ScopedAgent,
     JsonBody(raw): JsonBody,
 ) -> Result<Json<ToolResult>, ApiError> {
+    // Unknown channel names are dropped (docs/admin-api.md); an item that is no name at all is bad
+    // input, refused before anything changes.
     let channels: Vec<String> = match raw.get("blockedChannels") {
-        Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item.as_str() {
+                Some(name) if name.chars().count() <= MAX_STRING => Ok(name.to_string()),
+                Some(_) => {
+                    Err(invalid(&format!("blockedChannels[{i}]"), format!("must be at most {MAX_STRING} characters")))
+                }
+                None => Err(invalid(&format!("blockedChannels[{i}]"), "must be a string")),
+            })
+            .collect::<Result<_, _>>()?,
         _ => return Err(invalid("blockedChannels", "must be an array")),
     };
     commands::block_channels(&app, admin.context, &agent.agent_id, &agent.org_id, channels).await.map(tool_result)

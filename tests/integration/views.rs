@@ -532,3 +532,47 @@ async fn usage_by_period_and_window_within_its_org_and_the_orgs_real_spend() {
     assert_eq!((reply["spendToday"].as_f64(), reply["spendMonth"].as_f64()), (Some(0.0079), Some(0.0079)));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_channels_drop_unknown_names_and_refuse_items_that_are_no_names() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    let org = create_org(&s, "blocker").await;
+    let (agent, _) = provision(&s, &org, "Blocked").await;
+    let path = format!("/admin/api/agents/{agent}/blocked-channels");
+    let blocked = |body: Value| body["blockedChannels"].clone();
+
+    let (status, body) = post(&s, &org.admin, &path, json!({"blockedChannels": ["voice", "sms", "sms", "fax"]})).await;
+    assert_eq!((status, blocked(body)), (200, json!(["voice", "sms"])), "deduped, the unknown name dropped");
+    let events = || async {
+        let pool = db.pool().await;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'AgentChannelsBlocked'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        n
+    };
+    assert_eq!(events().await, 1);
+
+    // Items that are no channel name at all change nothing: the agent stays blocked.
+    for (items, field, message) in [
+        (json!([1, {"x": 1}, null]), "blockedChannels[0]", "must be a string"),
+        (json!(["sms", "x".repeat(10_001)]), "blockedChannels[1]", "must be at most 10000 characters"),
+    ] {
+        let (status, body) = post(&s, &org.admin, &path, json!({"blockedChannels": items})).await;
+        assert_eq!(
+            (status, body["code"].as_str(), body["error"].as_str()),
+            (400, Some("invalid_input"), Some(format!("Invalid input for \"{field}\": {message}").as_str())),
+            "{body}"
+        );
+    }
+    assert_eq!(events().await, 1, "no change recorded");
+    let view = get_ok(&s, &org.admin, &format!("/admin/api/agents/{agent}")).await;
+    assert_eq!(view["blockedChannels"], json!(["voice", "sms"]), "{view}");
+
+    let (status, body) = post(&s, &org.admin, &path, json!({"blockedChannels": ["sms", "*"]})).await;
+    assert_eq!((status, blocked(body)), (200, json!(["*"])));
+    let (status, body) = post(&s, &org.admin, &path, json!({"blockedChannels": []})).await;
+    assert_eq!((status, blocked(body)), (200, json!([])), "[] unblocks");
+    s.stop().await;
+}
