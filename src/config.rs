@@ -232,10 +232,12 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
 
     fn url(&self, var: &str, default: &str) -> Result<String, ConfigError> {
         let v = self.string(var, default);
-        if !(v.starts_with("http://") || v.starts_with("https://")) {
-            return Err(err(var, "must be an http:// or https:// URL"));
+        match url::Url::parse(&v) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                Ok(v.trim_end_matches('/').to_string())
+            }
+            _ => Err(err(var, "must be an http:// or https:// URL")),
         }
-        Ok(v.trim_end_matches('/').to_string())
     }
 }
 
@@ -298,13 +300,15 @@ impl Config {
         let webhook_base_url = r.url("WEBHOOK_BASE_URL", "http://localhost:3100")?;
         let cors_allowed_origins = match r.raw("CORS_ALLOWED_ORIGINS") {
             Some(list) => {
-                let origins: Vec<String> = list
-                    .split(',')
-                    .map(|o| o.trim().trim_end_matches('/').to_string())
-                    .filter(|o| !o.is_empty())
-                    .collect();
-                if let Some(bad) = origins.iter().find(|o| !is_origin(o)) {
-                    return Err(err("CORS_ALLOWED_ORIGINS", format!("not an http(s) origin: {bad:?}")));
+                let mut origins = Vec::new();
+                for written in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                    let origin = as_origin(written).ok_or_else(|| {
+                        err(
+                            "CORS_ALLOWED_ORIGINS",
+                            format!("not an http(s) origin: {:?}", written.trim_end_matches('/')),
+                        )
+                    })?;
+                    origins.push(origin);
                 }
                 origins
             }
@@ -485,19 +489,19 @@ impl Config {
 
 /// `scheme://host[:port]` of a URL.
 /// `http(s)://host[:port]`, nothing after it.
-fn is_origin(origin: &str) -> bool {
-    match origin.split_once("://") {
-        Some(("http" | "https", host)) => {
-            !host.is_empty() && !host.contains(['/', '?', '#']) && !host.contains(char::is_whitespace)
-        }
-        _ => false,
-    }
+/// `written` as a browser sends it in `Origin` (lower-case scheme and host, no default port), if
+/// it is an http(s) origin: a scheme and host, maybe a port, nothing else but a trailing `/`.
+fn as_origin(written: &str) -> Option<String> {
+    let u = url::Url::parse(written).ok()?;
+    let bare = u.path() == "/" && u.query().is_none() && u.fragment().is_none();
+    let no_user = u.username().is_empty() && u.password().is_none();
+    (matches!(u.scheme(), "http" | "https") && u.host().is_some() && bare && no_user)
+        .then(|| u.origin().ascii_serialization())
 }
 
+/// The origin of an http(s) `url` (checked by `Reader::url`), as a browser sends it in `Origin`.
 fn origin_of(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
-    let host = rest.split('/').next().unwrap_or(rest);
-    format!("{scheme}://{host}")
+    url::Url::parse(url).map(|u| u.origin().ascii_serialization()).unwrap_or_else(|_| url.to_string())
 }
 
 #[cfg(test)]
@@ -546,6 +550,9 @@ mod tests {
             ("EMAIL_DEFAULT_DOMAIN", "-x.example"),
             ("CORS_ALLOWED_ORIGINS", "notaurl"),
             ("CORS_ALLOWED_ORIGINS", "https://a.example, https://b.example/path"),
+            ("CORS_ALLOWED_ORIGINS", "https://user@a.example"),
+            ("CORS_ALLOWED_ORIGINS", "https://a.example?x=1"),
+            ("WEBHOOK_BASE_URL", "https://"),
         ] {
             let e = read(&[(var, value)]).unwrap_err();
             assert_eq!(e.var, var, "{var}={value}: {e}");
@@ -560,6 +567,18 @@ mod tests {
         .unwrap();
         assert_eq!(fine.email_default_domain, "mail.example.com");
         assert_eq!(fine.cors_allowed_origins, ["https://a.example", "http://localhost:8080"]);
+        // Origins as browsers send them: lower-case host, no default port, no user or path.
+        let written = read(&[("CORS_ALLOWED_ORIGINS", "https://App.Example.com:443/, HTTP://localhost:8080")]).unwrap();
+        assert_eq!(written.cors_allowed_origins, ["https://app.example.com", "http://localhost:8080"]);
+        for (base, origin) in [
+            ("https://Hooks.Example.com:8443/base/", "https://hooks.example.com:8443"),
+            ("https://hooks.example.com:443/x", "https://hooks.example.com"),
+            ("https://u:p@hooks.example.com/", "https://hooks.example.com"),
+            ("http://hooks.example.com?x=1", "http://hooks.example.com"),
+        ] {
+            let fallback = read(&[("WEBHOOK_BASE_URL", base)]).unwrap();
+            assert_eq!(fallback.cors_allowed_origins, [origin], "{base}");
+        }
         let e = read(&[("CREDENTIALS_ENCRYPTION_KEY", "zz")]).unwrap_err();
         assert!(e.to_string().contains("Encryption key must be 32 bytes (64 hex characters)"));
     }
