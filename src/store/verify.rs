@@ -1,6 +1,7 @@
 //! `commguard audit verify`: walks every hash chain from its first event, recomputing each hash,
-//! checks that `chain_heads` agrees with the last event (a truncated tail shows there), and that
-//! the columns the feed reads and filters by (event id, instant, org) are the hashed metadata's.
+//! checks that `chain_heads` agrees with the last event (a truncated tail shows there), that the
+//! columns the feed reads and filters by (event id, instant, org, and the hashes it serves) are the
+//! hashed metadata's, and that each stream's events stand in the global order in sequence order.
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -34,14 +35,24 @@ impl Report {
 }
 
 /// One stored event: its chain's columns, and the columns the feed and its filters read beside
-/// the hashed metadata (event id, instant, org).
+/// the hashed metadata (event id, instant, org, the hashes) and its global position.
 #[derive(sqlx::FromRow)]
 struct Stored {
     #[sqlx(flatten)]
     link: ChainLink,
+    #[sqlx(flatten)]
+    columns: Columns,
+    position: i64,
+}
+
+/// The columns of an event that the feed serves or filters by, stored beside its hashed metadata.
+#[derive(sqlx::FromRow)]
+struct Columns {
     event_id: Uuid,
     occurred_at: DateTime<Utc>,
     org_id: Option<String>,
+    prev_hash: String,
+    hash: String,
 }
 
 /// Verifies every chain, or only `aggregate` (`(type, id)`).
@@ -49,7 +60,7 @@ pub async fn verify(pool: &PgPool, aggregate: Option<(&str, &str)>) -> Result<Re
     let (kind, id) = aggregate.unzip();
     let mut rows = sqlx::query_as::<_, Stored>(
         "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
-                event_id, occurred_at, org_id
+                event_id, occurred_at, org_id, prev_hash, hash, position
          FROM events WHERE ($1::text IS NULL OR (aggregate_type = $1 AND aggregate_id = $2))
          ORDER BY aggregate_type, aggregate_id, sequence",
     )
@@ -61,17 +72,27 @@ pub async fn verify(pool: &PgPool, aggregate: Option<(&str, &str)>) -> Result<Re
     let mut current: Vec<ChainLink> = Vec::new();
     let mut tails: Vec<(String, String, i64, String)> = Vec::new();
     let mut seen: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
-    while let Some(Stored { link, event_id, occurred_at, org_id }) = rows.try_next().await? {
+    // The position of the stream's previous event: a stream's events are committed in sequence
+    // order, so their positions rise with it (projections apply them in position order).
+    let mut previous_position = i64::MIN;
+    while let Some(Stored { link, columns, position }) = rows.try_next().await? {
         if current
             .first()
             .is_some_and(|c| c.aggregate_type != link.aggregate_type || c.aggregate_id != link.aggregate_id)
         {
             check_chain(std::mem::take(&mut current), &mut report, &mut tails, &mut seen);
+            previous_position = i64::MIN;
         }
-        if let Some(column) = unhashed_column(&link.metadata, event_id, occurred_at, org_id.as_deref()) {
+        let (t, i, sequence) = (&link.aggregate_type, &link.aggregate_id, link.sequence);
+        if let Some(column) = unhashed_column(&link.metadata, &columns) {
             let reason = format!("column {column} does not match the event's hashed metadata");
-            report.broken.push(broken(&link.aggregate_type, &link.aggregate_id, link.sequence, &reason));
+            report.broken.push(broken(t, i, sequence, &reason));
         }
+        if position <= previous_position {
+            let reason = format!("position {position} is not after the previous event's ({previous_position})");
+            report.broken.push(broken(t, i, sequence, &reason));
+        }
+        previous_position = position;
         current.push(link);
     }
     check_chain(current, &mut report, &mut tails, &mut seen);
@@ -106,6 +127,10 @@ pub async fn verify(pool: &PgPool, aggregate: Option<(&str, &str)>) -> Result<Re
             report.broken.push(broken(t, i, 1, &format!("chain head at sequence {s} but no events")));
         }
     }
+    // A stream asked for by name that has neither events nor a head: nothing of it verifies.
+    if let (Some((t, i)), true) = (aggregate, seen.is_empty() && heads.is_empty()) {
+        report.broken.push(broken(t, i, 0, "no events and no chain head"));
+    }
     Ok(report)
 }
 
@@ -126,23 +151,26 @@ fn check_chain(
     }
 }
 
-/// The first of the columns the feed reads (`event_id`, `occurred_at`, `org_id`) that disagrees
-/// with the hashed metadata (`eventId`, `occurredAt` to the millisecond, `orgId`): an event moved
-/// to another org's feed, or re-dated, behind an intact chain.
-fn unhashed_column(
-    metadata: &serde_json::Value,
-    event_id: Uuid,
-    occurred_at: DateTime<Utc>,
-    org_id: Option<&str>,
-) -> Option<&'static str> {
-    if metadata.get("eventId").and_then(|v| v.as_str()) != Some(event_id.to_string().as_str()) {
+/// The first of the columns the feed reads (`event_id`, `occurred_at`, `org_id`, `prev_hash`,
+/// `hash`) that disagrees with the hashed metadata (`eventId`, `occurredAt` to the millisecond,
+/// `orgId`, `prevHash`, `hash`): an event moved to another org's feed, re-dated, or served with
+/// other hashes than the chain it verifies in.
+fn unhashed_column(metadata: &serde_json::Value, columns: &Columns) -> Option<&'static str> {
+    let field = |name: &str| metadata.get(name).and_then(|v| v.as_str());
+    if field("eventId") != Some(columns.event_id.to_string().as_str()) {
         return Some("event_id");
     }
-    if metadata.get("occurredAt").and_then(|v| v.as_str()) != Some(super::rfc3339(occurred_at).as_str()) {
+    if field("occurredAt") != Some(super::rfc3339(columns.occurred_at).as_str()) {
         return Some("occurred_at");
     }
-    if metadata.get("orgId").and_then(|v| v.as_str()) != org_id {
+    if field("orgId") != columns.org_id.as_deref() {
         return Some("org_id");
+    }
+    if field("prevHash") != Some(columns.prev_hash.as_str()) {
+        return Some("prev_hash");
+    }
+    if field("hash") != Some(columns.hash.as_str()) {
+        return Some("hash");
     }
     None
 }

@@ -241,23 +241,45 @@ async fn audit_verify_and_replay_report_through_exit_codes() {
             tx.commit().await.unwrap();
         }
     };
-    let (event_id, occurred_at, org_id): (uuid::Uuid, String, String) =
-        sqlx::query_as("SELECT event_id, occurred_at::text, org_id FROM events WHERE sequence = 3")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let (event_id, occurred_at, org_id, prev_hash, hash, position): (uuid::Uuid, String, String, String, String, i64) =
+        sqlx::query_as(
+            "SELECT event_id, occurred_at::text, org_id, prev_hash, hash, position FROM events WHERE sequence = 3",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     let restore = format!(
-        "UPDATE events SET org_id = '{org_id}', occurred_at = '{occurred_at}', event_id = '{event_id}' WHERE sequence = 3"
+        "UPDATE events SET org_id = '{org_id}', occurred_at = '{occurred_at}', event_id = '{event_id}', \
+         prev_hash = '{prev_hash}', hash = '{hash}', position = {position} WHERE sequence = 3"
     );
     tamper(restore.clone()).await;
     assert_eq!(run(&["audit", "verify", "--aggregate", "ledger/cli"], &env).status.code(), Some(1), "still event 2");
-    for (forgery, column) in [
-        ("UPDATE events SET org_id = 'another-org' WHERE sequence = 3", "org_id"),
-        ("UPDATE events SET occurred_at = occurred_at - interval '1 day' WHERE sequence = 3", "occurred_at"),
-        ("UPDATE events SET occurred_at = occurred_at + interval '1 millisecond' WHERE sequence = 3", "occurred_at"),
-        ("UPDATE events SET event_id = gen_random_uuid() WHERE sequence = 3", "event_id"),
+    let column = |name: &str| format!("column {name} does not match the event's hashed metadata");
+    let first: i64 =
+        sqlx::query_scalar("SELECT position FROM events WHERE sequence = 1").fetch_one(&pool).await.unwrap();
+    let second: i64 =
+        sqlx::query_scalar("SELECT position FROM events WHERE sequence = 2").fetch_one(&pool).await.unwrap();
+    for (forgery, reason) in [
+        ("UPDATE events SET org_id = 'another-org' WHERE sequence = 3".to_string(), column("org_id")),
+        (
+            "UPDATE events SET occurred_at = occurred_at - interval '1 day' WHERE sequence = 3".into(),
+            column("occurred_at"),
+        ),
+        (
+            "UPDATE events SET occurred_at = occurred_at + interval '1 millisecond' WHERE sequence = 3".into(),
+            column("occurred_at"),
+        ),
+        ("UPDATE events SET event_id = gen_random_uuid() WHERE sequence = 3".into(), column("event_id")),
+        // The hashes the feed serves (an auditor recomputes those) are the chain's.
+        ("UPDATE events SET hash = repeat('a', 64) WHERE sequence = 3".into(), column("hash")),
+        ("UPDATE events SET prev_hash = repeat('b', 64) WHERE sequence = 3".into(), column("prev_hash")),
+        // Moved before its predecessors in the global order, which projections follow.
+        (
+            format!("UPDATE events SET position = {} WHERE sequence = 3", first - 1),
+            format!("position {} is not after the previous event's ({second})", first - 1),
+        ),
     ] {
-        tamper(forgery.to_string()).await;
+        tamper(forgery.clone()).await;
         let json = run(&["audit", "verify", "--json", "--aggregate", "ledger/cli"], &env);
         let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
         let at_3: Vec<&str> = report["broken"]
@@ -267,12 +289,18 @@ async fn audit_verify_and_replay_report_through_exit_codes() {
             .filter(|b| b["sequence"] == 3)
             .filter_map(|b| b["reason"].as_str())
             .collect();
-        assert_eq!(at_3, [format!("column {column} does not match the event's hashed metadata")], "{forgery}");
+        assert_eq!(at_3, [reason.as_str()], "{forgery}");
         tamper(restore.clone()).await;
     }
     let json = run(&["audit", "verify", "--json", "--aggregate", "ledger/cli"], &env);
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert!(report["broken"].as_array().unwrap().iter().all(|b| b["sequence"] == 2), "restored: {report}");
+
+    // A stream asked for by name that does not exist does not verify.
+    let missing = run(&["audit", "verify", "--aggregate", "ledger/nobody"], &env);
+    assert_eq!(missing.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&missing.stdout);
+    assert_eq!(out.trim(), "BROKEN ledger/nobody at sequence 0: no events and no chain head");
 }
 
 mod reqwest {
