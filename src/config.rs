@@ -230,6 +230,15 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
         Ok(v.to_ascii_lowercase())
     }
 
+    /// `DATABASE_URL`, if set: a `postgres://` or `postgresql://` URL.
+    fn database_url(&self) -> Result<Option<String>, ConfigError> {
+        let Some(v) = self.raw("DATABASE_URL") else { return Ok(None) };
+        match url::Url::parse(&v) {
+            Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => Ok(Some(v)),
+            _ => Err(err("DATABASE_URL", "must be a postgres:// or postgresql:// URL")),
+        }
+    }
+
     fn url(&self, var: &str, default: &str) -> Result<String, ConfigError> {
         let v = self.string(var, default);
         match url::Url::parse(&v) {
@@ -338,7 +347,7 @@ impl Config {
             env,
             host: r.string("HOST", "0.0.0.0"),
             port: r.number("PORT", 3100u16, 0)?,
-            database_url: r.raw("DATABASE_URL"),
+            database_url: r.database_url()?,
             data_dir: PathBuf::from(r.string("COMMGUARD_DATA_DIR", "./var")),
             pg_bin_dir: r.raw("PG_BIN_DIR").map(PathBuf::from),
             database_max_connections: r.number("DATABASE_MAX_CONNECTIONS", 10u32, 1)?,
@@ -553,6 +562,8 @@ mod tests {
             ("CORS_ALLOWED_ORIGINS", "https://user@a.example"),
             ("CORS_ALLOWED_ORIGINS", "https://a.example?x=1"),
             ("WEBHOOK_BASE_URL", "https://"),
+            ("DATABASE_URL", "notaurl"),
+            ("DATABASE_URL", "mysql://db/x"),
         ] {
             let e = read(&[(var, value)]).unwrap_err();
             assert_eq!(e.var, var, "{var}={value}: {e}");

@@ -63,7 +63,13 @@ async fn export(rt: &Runtime, request: Request) -> Result<ExitCode, Box<dyn std:
     let positions =
         audit_read::positions_about(pool, &subject_ref, head, org.as_deref(), request.from, request.to).await?;
 
-    // Recorded first: a disclosure that leaves no trace is never made (principle 2, docs/security.md#principles).
+    // The output opened before the export is recorded (an export that cannot be written is not
+    // recorded as made), and recorded before anything is written to it: a disclosure that leaves
+    // no trace is never made (principle 2, docs/security.md#principles).
+    let mut out: Box<dyn Write> = match &request.out {
+        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
     let mut context = cli_context(&rt.clock);
     context.provenance.pass("input");
     if let Some(org) = &org {
@@ -72,11 +78,6 @@ async fn export(rt: &Runtime, request: Request) -> Result<ExitCode, Box<dyn std:
     }
     let event = SubjectEvent::AuditExported { count: positions.len() as u64, requested_by: "cli".into() };
     rt.store.record("subject", &subject_ref, &[event], &context).await?;
-
-    let mut out: Box<dyn Write> = match &request.out {
-        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
     let mut progress = Progress::new("audit export");
     progress.set_total(positions.len() as u64);
     let mut written = 0u64;

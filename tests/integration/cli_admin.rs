@@ -285,6 +285,12 @@ async fn audit_export_writes_the_subjects_envelopes_only_and_records_the_export(
     );
     let unknown = commguard(&db, &["audit", "export", "--subject", PHONE, "--org", "no-such-org"]).await;
     assert_eq!(unknown.status.code(), Some(1), "{}", stderr(&unknown));
+    // An export that cannot be written is not made, and not recorded as made.
+    let before = exported(&s, &phone_ref).await.len();
+    let nowhere = dir.path().join("no-such-dir").join("x.jsonl");
+    let unwritable = commguard(&db, &["audit", "export", "--subject", PHONE, "--out", nowhere.to_str().unwrap()]).await;
+    assert_eq!(unwritable.status.code(), Some(2), "{}", stderr(&unwritable));
+    assert_eq!(exported(&s, &phone_ref).await.len(), before, "no AuditExported for an export never written");
     s.stop().await;
 }
 
