@@ -37,6 +37,7 @@ pub fn routes() -> Router<AppState> {
 /// is its input, already refused if malformed, `offered` the text the client sent — and the
 /// org's state. Every refusal is recorded: an agent mismatch as a counted `AuthFailed` (docs/http.md#rate-limits-and-brute-force),
 /// the others as `ActionRefused` naming the claim as offered (the store escapes what it cannot hold).
+/// On success, `context` comes back with the open's checks passed, for its `SessionOpened`.
 pub async fn open_claim(
     app: &AppState,
     principal: &Principal,
@@ -45,23 +46,33 @@ pub async fn open_claim(
     ip: IpAddr,
     route: &str,
     context: CommandContext,
-) -> Result<Option<String>, ApiError> {
+) -> Result<(Option<String>, CommandContext), ApiError> {
     let claimed = offered.filter(|c| !c.is_empty());
     let result = match claim {
         Ok(claim) => check_claim(app, principal, claim, ip, route).await,
         Err(refusal) => Err(refusal),
     };
-    if let Err(refusal) = &result {
-        if !refusal.recorded {
-            let action = format!("{} {route}", if route == "/sse" { "GET" } else { "POST" });
-            if let Some(unrecorded) =
-                crate::refusals::record(app, principal, context, &action, claimed, None, refusal).await
-            {
-                return Err(unrecorded);
+    match result {
+        Ok(claim) => {
+            let mut context = context;
+            // Steps (1)–(2) and (4) let the request this far; (5) is the claim and the org.
+            for check in ["lockout", "credential", "input", "org_boundary", "org_state"] {
+                context.provenance.pass(check);
             }
+            Ok((claim, context))
+        }
+        Err(refusal) => {
+            if !refusal.recorded {
+                let action = format!("{} {route}", if route == "/sse" { "GET" } else { "POST" });
+                if let Some(unrecorded) =
+                    crate::refusals::record(app, principal, context, &action, claimed, None, &refusal).await
+                {
+                    return Err(unrecorded);
+                }
+            }
+            Err(refusal)
         }
     }
-    result
 }
 
 /// The claim of a query parameter: empty is none; text Postgres cannot store is refused.

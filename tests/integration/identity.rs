@@ -435,3 +435,55 @@ async fn a_lock_set_on_one_instance_outlives_a_success_the_other_checked_before_
     a.stop().await;
     b.stop().await;
 }
+
+/// The names of the checks in the provenance of the first event of `event_type`.
+async fn checks_of(db: &TestDb, event_type: &str) -> Vec<String> {
+    let provenance: Value = sqlx::query_scalar(
+        "SELECT metadata::jsonb -> 'provenance' FROM events WHERE event_type = $1 ORDER BY position LIMIT 1",
+    )
+    .bind(event_type)
+    .fetch_one(&db.pool().await)
+    .await
+    .unwrap();
+    provenance["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_erasure_and_session_events_list_each_check_they_passed_once() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &LIMITS).await;
+    let org = call_tool(&s, MASTER, "comms_create_organization", json!({"name": "Checks", "slug": "checks"})).await;
+    let org_token = org["adminToken"].as_str().unwrap().to_string();
+    let agent = call_tool(&s, &org_token, "comms_provision_channels", json!({"displayName": "Listed"})).await;
+    let agent_token = agent["securityToken"].as_str().unwrap().to_string();
+    let consent = json!({"contactAddress": "+12025550177", "channel": "sms"});
+    call_tool(&s, &agent_token, "comms_record_consent", consent.clone()).await;
+    call_tool(&s, &agent_token, "comms_revoke_consent", consent).await;
+    call_tool(&s, &org_token, "comms_erase_subject", json!({"identifier": "+12025550177"})).await;
+    let erase = s
+        .http
+        .post(s.url("/admin/api/subjects/erase"))
+        .bearer_auth(&org_token)
+        .json(&json!({"identifier": "+12025550178"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erase.status(), 200);
+
+    assert_eq!(checks_of(&db, "ConsentGranted").await, ["role", "input", "org_boundary", "agent_state"]);
+    assert_eq!(checks_of(&db, "ConsentRevoked").await, ["role", "input", "org_boundary"]);
+    let erasures: Vec<Value> = sqlx::query_scalar(
+        "SELECT metadata::jsonb -> 'provenance' -> 'checks' FROM events WHERE event_type = 'SubjectErased'
+          ORDER BY position",
+    )
+    .fetch_all(&db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(erasures.len(), 2);
+    for checks in &erasures {
+        let names: Vec<&str> = checks.as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
+        assert_eq!(names, ["role", "input", "org_boundary"], "tool and admin route alike");
+    }
+    assert_eq!(checks_of(&db, "SessionOpened").await, ["lockout", "credential", "input", "org_boundary", "org_state"]);
+    s.stop().await;
+}

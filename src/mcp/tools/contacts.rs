@@ -142,14 +142,17 @@ pub async fn record_consent(app: &AppState, caller: &Caller<'_>, args: &Args<'_>
     let source = args.opt_str("source", 200)?;
     let notes = args.opt_str("notes", 2000)?;
     require_active(&agent)?;
-    let context = caller.context(&app.clock).in_org(agent.org_id.clone());
+    let mut context = caller.context(&app.clock).in_org(agent.org_id.clone());
+    context.provenance.pass("org_boundary");
+    context.provenance.pass("agent_state");
     let new = NewConsent { agent_id: agent.agent_id.clone(), address, channel, consent_type, source, notes };
     contacts::record_consent(app, &agent.org_id, new, &context).await
 }
 
 pub async fn revoke_consent(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
     let (agent, address, channel) = consent_target(app, caller, args).await?;
-    let context = caller.context(&app.clock).in_org(agent.org_id.clone());
+    let mut context = caller.context(&app.clock).in_org(agent.org_id.clone());
+    context.provenance.pass("org_boundary");
     contacts::revoke_consent(app, &agent.org_id, &agent.agent_id, &address, &channel, &context).await
 }
 
