@@ -242,11 +242,14 @@ impl Server {
                 sessions.expire_idle().await;
             }
         }));
-        let (pool, clock) = (state.pool.clone(), state.clock.clone());
+        let (pool, clock, lockout) = (state.pool.clone(), state.clock.clone(), state.lockout.clone());
         tasks.push(tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(60));
             loop {
                 every.tick().await;
+                if let Err(e) = lockout.prune().await {
+                    tracing::warn!(error = %e, "old brute-force counts not pruned");
+                }
                 if let Err(e) = crate::ledger::reservations::prune_recent(&pool, clock.now()).await {
                     tracing::warn!(error = %e, "old rate-window rows not pruned");
                 }

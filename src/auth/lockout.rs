@@ -152,25 +152,16 @@ impl Lockout {
         }
         let ip_ref = self.ip_ref(ip);
         let now = self.clock.now();
-        let counted: Result<(i32, Option<DateTime<Utc>>), sqlx::Error> = sqlx::query_as(
-            "INSERT INTO auth_failures AS f (ip_key, failures, window_start, locked_until)
-             VALUES ($1, 1, $2, CASE WHEN 1 >= $3 THEN $2 + $5 END)
-             ON CONFLICT (ip_key) DO UPDATE SET
-                 failures = CASE WHEN f.window_start <= $2 - $4 OR f.locked_until <= $2 THEN 1 ELSE f.failures + 1 END,
-                 window_start = CASE WHEN f.window_start <= $2 - $4 OR f.locked_until <= $2 THEN $2 ELSE f.window_start END,
-                 locked_until = CASE
-                     WHEN f.window_start <= $2 - $4 OR f.locked_until <= $2 THEN CASE WHEN 1 >= $3 THEN $2 + $5 END
-                     WHEN f.locked_until IS NULL AND f.failures + 1 >= $3 THEN $2 + $5
-                     ELSE f.locked_until END
-             RETURNING failures, locked_until",
-        )
-        .bind(&ip_ref)
-        .bind(now)
-        .bind(self.max_failures)
-        .bind(self.window)
-        .bind(self.lock_for)
-        .fetch_one(self.store.pool())
-        .await;
+        // The last `max_failures` failures inside the window lock the IP (migration 0033).
+        let counted: Result<(i32, Option<DateTime<Utc>>), sqlx::Error> =
+            sqlx::query_as("SELECT failures, locked_until FROM count_auth_failure($1, $2, $3, $4, $5)")
+                .bind(&ip_ref)
+                .bind(now)
+                .bind(self.max_failures)
+                .bind(self.window)
+                .bind(self.lock_for)
+                .fetch_one(self.store.pool())
+                .await;
         let (failures, locked_until) = match counted {
             Ok(row) => row,
             Err(e) => {
@@ -241,6 +232,21 @@ impl Lockout {
                 Ok(())
             }
         }
+    }
+
+    /// Forgets the counts that no longer count: an expired lock (the next failure starts afresh)
+    /// and failures all older than the window. A scheduled job, on every instance.
+    pub async fn prune(&self) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "DELETE FROM auth_failures
+              WHERE locked_until <= $1
+                 OR (locked_until IS NULL AND coalesce(recent[cardinality(recent)], window_start) <= $1 - $2)",
+        )
+        .bind(self.clock.now())
+        .bind(self.window)
+        .execute(self.store.pool())
+        .await?;
+        Ok(done.rows_affected())
     }
 
     fn context(&self) -> CommandContext {

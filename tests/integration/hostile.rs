@@ -554,3 +554,55 @@ async fn guesses_in_flight_when_the_lock_falls_are_answered_as_locked_not_as_fai
     assert_eq!((failed, locked), (3, 27), "only the three failures up to the lock are told they failed: {statuses:?}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lockout_counts_failures_in_a_sliding_window_and_prunes_what_no_longer_counts() {
+    let db = TestDb::new().await;
+    let vars = [
+        &VARS[..],
+        &[
+            ("TRUST_PROXY", "1"),
+            ("BRUTE_FORCE_MAX_FAILURES", "3"),
+            ("BRUTE_FORCE_WINDOW_SECONDS", "60"),
+            ("COMMGUARD_TEST_CLOCK", "true"),
+        ],
+    ]
+    .concat();
+    let s = TestServer::start(&db, &vars).await;
+    let at = |seconds: i64| {
+        let now =
+            chrono::DateTime::parse_from_rfc3339("2026-12-01T16:00:00Z").unwrap() + chrono::Duration::seconds(seconds);
+        let request =
+            s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER).json(&json!({"now": now.to_rfc3339()}));
+        async move { assert_eq!(request.send().await.unwrap().status(), 200) }
+    };
+    let from = |ip: &'static str, token: &'static str| {
+        let request = s.http.get(s.url("/admin/api/me")).header("x-forwarded-for", ip).bearer_auth(token).send();
+        async move { request.await.unwrap().status().as_u16() }
+    };
+    let (x, y) = ("198.51.100.31", "198.51.100.32");
+    at(0).await;
+    assert_eq!(from(y, "wrong").await, 401);
+    for (second, status) in [(0, 401), (50, 401), (70, 401)] {
+        at(second).await;
+        assert_eq!(from(x, "wrong").await, status, "at {second} s");
+    }
+    // At 75 s the failures at 50, 70 and 75 s are three within 60 s, though the first failure
+    // (0 s) is out of the window: a fixed window restarted at 70 s and counted two.
+    at(75).await;
+    assert_eq!(from(x, "wrong").await, 401, "the third failure in the window still gets its 401");
+    assert_eq!(from(x, MASTER).await, 429, "and locks the address");
+    assert_eq!(from(y, MASTER).await, 200);
+
+    let lockout = s.server.as_ref().unwrap().state().lockout.clone();
+    assert_eq!(lockout.prune().await.unwrap(), 0, "y's success reset its count; x is locked");
+    at(76).await;
+    assert_eq!(from(y, "wrong").await, 401);
+    at(76 + 61).await;
+    assert_eq!(lockout.prune().await.unwrap(), 1, "y's failure is older than the window");
+    assert_eq!(from(x, MASTER).await, 429, "x's lock holds");
+    at(75 + 901).await;
+    assert_eq!(lockout.prune().await.unwrap(), 1, "x's lock expired");
+    assert_eq!(from(x, MASTER).await, 200);
+    s.stop().await;
+}
