@@ -226,6 +226,7 @@ impl Server {
         commands::ensure_default_org(&state).await.map_err(|e| StartError::Setup(e.message))?;
         let mut tasks = vec![tokio::spawn(identity_watch::run(
             state.pool.clone(),
+            state.intents.instance(),
             state.identity.clone(),
             state.lockout.clone(),
             state.sessions.clone(),

@@ -1,8 +1,9 @@
 //! Listens on `commguard_identity` for what other instances (and this one's projections) changed:
 //! revoked tokens leave the cache and their sessions close, suspended orgs and deprovisioned
 //! agents lose their sessions, IPs that failed elsewhere become lockout suspects, an erased
-//! subject's cached live keys are dropped. After a lost
-//! connection every cache is cleared, since notifications may have been missed meanwhile.
+//! subject's cached live keys are dropped. A revocation's barrier is written back once everything
+//! before it is applied (`auth::identity::reach_every_instance`). After a lost connection every
+//! cache is cleared, since notifications may have been missed meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::auth::{Identity, Lockout};
+use crate::auth::{identity, Identity, Lockout};
 use crate::sessions::Sessions;
 use crate::store::keystore::KeyStore;
 
@@ -23,6 +24,7 @@ const CLOSE_AFTER: Duration = Duration::from_millis(300);
 
 pub async fn run(
     pool: PgPool,
+    instance: Uuid,
     identity: Arc<Identity>,
     lockout: Arc<Lockout>,
     sessions: Arc<Sessions>,
@@ -49,11 +51,22 @@ pub async fn run(
         if let Err(e) = lockout.reload_suspects().await {
             tracing::warn!(error = %e, "lockout suspects not reloaded");
         }
+        // Every barrier so far is behind us: what it guards was committed before the caches
+        // were cleared, and later ones arrive on the channel.
+        if let Err(e) = identity::acknowledge(&pool, instance, None).await {
+            tracing::warn!(error = %e, "identity barriers not acknowledged");
+        }
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
                     let Ok(message) = serde_json::from_str::<Value>(notification.payload()) else { continue };
                     apply(&message, &identity, &lockout, &sessions, &keys).await;
+                    // Last: the barrier is acknowledged once what came before it is applied.
+                    if let Some(barrier) = message.get("barrier").and_then(Value::as_i64) {
+                        if let Err(e) = identity::acknowledge(&pool, instance, Some(barrier)).await {
+                            tracing::warn!(error = %e, "identity barrier not acknowledged");
+                        }
+                    }
                 }
                 Ok(None) => {
                     tracing::warn!("identity listener lost its connection; caches cleared");

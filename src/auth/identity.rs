@@ -5,6 +5,7 @@
 //! by the command paths of this instance, which drop what they revoke before they answer.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ use crate::crypto::tokens::constant_time_eq;
 const CACHE_TTL: Duration = Duration::from_secs(30);
 /// `lastUsedAt` is written at most this often per token (docs/security.md: ≤ 1 write/min).
 const LAST_USED_EVERY: Duration = Duration::from_secs(60);
+/// How long a revocation waits for every live instance to confirm it (`reach_every_instance`).
+const BARRIER_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Why a credential was refused; the `reason` of `AuthFailed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +78,9 @@ pub struct Identity {
     demo: bool,
     tokens: RwLock<HashMap<String, Cached<TokenRecord>>>,
     org_modes: RwLock<HashMap<String, Cached<Option<OrgMode>>>>,
+    /// Moves on every forget: a value read from Postgres before a revocation was applied here is
+    /// not cached after it (it would outlive the revocation by up to `CACHE_TTL`).
+    generation: AtomicU64,
     last_used: Mutex<HashMap<Uuid, Instant>>,
 }
 
@@ -86,6 +92,7 @@ impl Identity {
             demo,
             tokens: RwLock::default(),
             org_modes: RwLock::default(),
+            generation: AtomicU64::new(0),
             last_used: Mutex::default(),
         }
     }
@@ -174,6 +181,7 @@ impl Identity {
                 return Ok(Some(cached.value.clone()));
             }
         }
+        let generation = self.generation.load(Ordering::Acquire);
         let row = read::token_by_hash(&self.pool, hash).await?;
         crate::outage::DATABASE.succeeded();
         // Unknown hashes are not cached: guessing must not fill memory.
@@ -188,10 +196,10 @@ impl Identity {
             org_id: row.org_id,
             revoked: row.revoked,
         };
-        self.tokens
-            .write()
-            .expect("token cache lock")
-            .insert(hash.to_string(), Cached { value: record.clone(), at: Instant::now() });
+        let mut tokens = self.tokens.write().expect("token cache lock");
+        if self.generation.load(Ordering::Acquire) == generation {
+            tokens.insert(hash.to_string(), Cached { value: record.clone(), at: Instant::now() });
+        }
         Ok(Some(record))
     }
 
@@ -202,29 +210,37 @@ impl Identity {
                 return Ok(cached.value);
             }
         }
+        let generation = self.generation.load(Ordering::Acquire);
         let mode = read::org_mode(&self.pool, org_id).await?;
         if mode.is_some() {
-            self.org_modes
-                .write()
-                .expect("org cache lock")
-                .insert(org_id.to_string(), Cached { value: mode, at: Instant::now() });
+            let mut modes = self.org_modes.write().expect("org cache lock");
+            if self.generation.load(Ordering::Acquire) == generation {
+                modes.insert(org_id.to_string(), Cached { value: mode, at: Instant::now() });
+            }
         }
         Ok(mode)
     }
 
     /// Drops revoked tokens from the cache (a notification, or this instance's own command).
     pub fn forget_tokens(&self, token_ids: &[Uuid]) {
-        self.tokens.write().expect("token cache lock").retain(|_, c| !token_ids.contains(&c.value.token_id));
+        let mut tokens = self.tokens.write().expect("token cache lock");
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        tokens.retain(|_, c| !token_ids.contains(&c.value.token_id));
     }
 
     pub fn forget_org(&self, org_id: &str) {
-        self.org_modes.write().expect("org cache lock").remove(org_id);
+        let mut modes = self.org_modes.write().expect("org cache lock");
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        modes.remove(org_id);
     }
 
     /// After a lost connection to the notification channel nothing cached can be trusted.
     pub fn clear(&self) {
-        self.tokens.write().expect("token cache lock").clear();
-        self.org_modes.write().expect("org cache lock").clear();
+        let (mut tokens, mut modes) =
+            (self.tokens.write().expect("token cache lock"), self.org_modes.write().expect("org cache lock"));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        tokens.clear();
+        modes.clear();
     }
 
     /// Records `lastUsedAt` of the principal's token, at most once a minute per token, off the
@@ -254,4 +270,54 @@ impl Identity {
             }
         });
     }
+}
+
+/// After an identity change (a revoked token, an org's new mode) is in the directory projections:
+/// waits until every live instance — a heartbeat in `service_instances` within `lease` — has read
+/// the notifications sent up to now, so that none of them still admits what was revoked (migration
+/// 0034). A barrier number goes out on `commguard_identity` after the change's own notification
+/// (the projection's commit came first); each instance's listener writes it back in
+/// `identity_seen` (`acknowledge`) once it has applied everything before it. Returns how many
+/// instances had not confirmed after `BARRIER_DEADLINE` (one whose listener is down): the caller
+/// answers anyway, and that instance's cache, cleared when its listener failed, expires within
+/// `CACHE_TTL`.
+pub async fn reach_every_instance(pool: &PgPool, lease: Duration) -> Result<usize, sqlx::Error> {
+    let barrier: i64 = sqlx::query_scalar(
+        "SELECT b FROM (SELECT nextval('identity_barriers') AS b) n,
+                LATERAL pg_notify($1, json_build_object('barrier', n.b)::text)",
+    )
+    .bind(commguard_projections::directory::IDENTITY_CHANNEL)
+    .fetch_one(pool)
+    .await?;
+    let deadline = Instant::now() + BARRIER_DEADLINE;
+    loop {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM service_instances
+              WHERE identity_seen < $1 AND heartbeat_at > now() - make_interval(secs => $2)",
+        )
+        .bind(barrier)
+        .bind(lease.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
+        if behind == 0 || Instant::now() >= deadline {
+            return Ok(behind as usize);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// This instance has applied every identity notification up to barrier `seen` (its listener's
+/// side of `reach_every_instance`); `None`: every barrier issued so far, for a listener that has
+/// just started listening and cleared its caches.
+pub async fn acknowledge(pool: &PgPool, instance: Uuid, seen: Option<i64>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO service_instances AS s (id, identity_seen)
+         SELECT $1, coalesce($2, (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM identity_barriers))
+         ON CONFLICT (id) DO UPDATE SET identity_seen = greatest(s.identity_seen, EXCLUDED.identity_seen)",
+    )
+    .bind(instance)
+    .bind(seen)
+    .execute(pool)
+    .await
+    .map(|_| ())
 }

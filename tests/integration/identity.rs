@@ -487,3 +487,74 @@ async fn consent_erasure_and_session_events_list_each_check_they_passed_once() {
     assert_eq!(checks_of(&db, "SessionOpened").await, ["lockout", "credential", "input", "org_boundary", "org_state"]);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_is_answered_once_every_live_instance_has_dropped_the_old_token() {
+    let db = TestDb::new().await;
+    let a = TestServer::start(&db, &LIMITS).await;
+    let b = TestServer::start(&db, &LIMITS).await;
+    let org = call_tool(&a, MASTER, "comms_create_organization", json!({"name": "Barrier", "slug": "barrier"})).await;
+    let org_token = org["adminToken"].as_str().unwrap().to_string();
+    let agent = call_tool(&a, &org_token, "comms_provision_channels", json!({"displayName": "Rotated"})).await;
+    let agent_id = agent["agentId"].as_str().unwrap().to_string();
+    let mut token = agent["securityToken"].as_str().unwrap().to_string();
+    let b_identity = b.server.as_ref().unwrap().state().identity.clone();
+    let rotate = || {
+        let request = a
+            .http
+            .post(a.url(&format!("/admin/api/agents/{agent_id}/regenerate-token")))
+            .bearer_auth(&org_token)
+            .send();
+        async move {
+            let reply = request.await.unwrap();
+            assert_eq!(reply.status(), 200);
+            let body: Value = reply.json().await.unwrap();
+            body["token"].as_str().unwrap().to_string()
+        }
+    };
+
+    // B has the token cached; the moment A answers the rotation, B no longer admits it.
+    for _ in 0..5 {
+        assert!(b_identity.resolve(&token).await.is_ok(), "B resolves (and caches) the live token");
+        let new = rotate().await;
+        let old = b_identity.resolve(&token).await;
+        assert!(old.is_err(), "B still admitted the rotated token after A's reply");
+        token = new;
+    }
+
+    // A live instance that has not read the barrier yet holds the reply back until it has.
+    let pool = db.pool().await;
+    let slow = uuid::Uuid::new_v4();
+    sqlx::query("INSERT INTO service_instances (id) VALUES ($1)").bind(slow).execute(&pool).await.unwrap();
+    let issued: i64 = sqlx::query_scalar("SELECT last_value FROM identity_barriers").fetch_one(&pool).await.unwrap();
+    let acknowledging = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            // The barrier of the rotation below, once it is out, read late.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                assert!(Instant::now() < deadline, "the rotation sent no barrier");
+                let last: i64 =
+                    sqlx::query_scalar("SELECT last_value FROM identity_barriers").fetch_one(&pool).await.unwrap();
+                if last > issued {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    sqlx::query("UPDATE service_instances SET identity_seen = $2 WHERE id = $1")
+                        .bind(slow)
+                        .bind(last)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                    return Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    rotate().await;
+    let answered = Instant::now();
+    let acknowledged = acknowledging.await.unwrap();
+    assert!(answered > acknowledged, "the rotation was answered before the slow instance read its barrier");
+    sqlx::query("DELETE FROM service_instances WHERE id = $1").bind(slow).execute(&pool).await.unwrap();
+    a.stop().await;
+    b.stop().await;
+}

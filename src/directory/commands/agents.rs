@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use commguard_projections::directory::read::TokenOwner;
 
-use super::{active_org, active_tokens, compliance, lock, new_token, settle, settle_on};
+use super::{active_org, active_tokens, compliance, lock, new_token, reach_every_instance, settle, settle_on};
 use crate::directory::{agent, org};
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
@@ -143,6 +143,7 @@ pub async fn deprovision(
         .map_err(ApiError::aggregate)?;
     settle(app, position).await?;
     app.identity.forget_tokens(&tokens);
+    reach_every_instance(app).await;
     app.sessions.close_agent(agent_id, "agent_deprovisioned").await;
     Ok(json!({
         "success": true,

@@ -61,6 +61,21 @@ async fn settle_on(app: &AppState, position: Option<i64>, projections: &[&str]) 
     Ok(())
 }
 
+/// A revocation (tokens, an org's mode) is answered once every live instance has dropped what it
+/// revoked from its caches (`auth::identity::reach_every_instance`): "at once on every instance".
+/// An instance that does not confirm in time (its listener down) is logged, and the change is
+/// answered all the same: it is committed, and a rotation's reply carries the new token.
+async fn reach_every_instance(app: &AppState) {
+    let lease = std::time::Duration::from_secs(app.config.outbound_intent_lease_seconds);
+    match crate::auth::identity::reach_every_instance(&app.pool, lease).await {
+        Ok(0) => {}
+        Ok(behind) => {
+            tracing::warn!(instances = behind, "a revocation was answered before every instance confirmed it")
+        }
+        Err(e) => tracing::warn!(error = %e, "a revocation's barrier could not be sent; answered without it"),
+    }
+}
+
 fn compliance(message: impl Into<String>, rule: Rule) -> ApiError {
     ApiError::new(ErrorCode::ComplianceBlocked, format!("Compliance: {}", message.into())).under(rule)
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use commguard_projections::directory::read::{self};
 
-use super::{compliance, lock, new_token, settle, DEFAULT_ORG};
+use super::{compliance, lock, new_token, reach_every_instance, settle, DEFAULT_ORG};
 use crate::directory::{org, OrgView};
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
@@ -111,6 +111,7 @@ pub async fn org_lifecycle(
         .map_err(ApiError::aggregate)?;
     settle(app, position).await?;
     app.identity.forget_org(org_id);
+    reach_every_instance(app).await;
     if suspending {
         app.sessions.close_org(org_id, "org_suspended").await;
     }

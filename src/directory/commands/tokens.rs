@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use commguard_projections::directory::read::TokenOwner;
 
-use super::{active_tokens, new_token, settle};
+use super::{active_tokens, new_token, reach_every_instance, settle};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::CommandContext;
@@ -76,6 +76,7 @@ pub async fn issue_token(
     settle(app, position).await?;
     if !revoked.is_empty() {
         app.identity.forget_tokens(&revoked);
+        reach_every_instance(app).await;
         let (sessions, closing) = (app.sessions.clone(), revoked.clone());
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
