@@ -62,7 +62,12 @@ pub fn routes() -> ApiRouter {
         .post(
             "/admin/api/orgs/{orgId}/rotate-token",
             rotate_org_token,
-            doc("O (own) S", "Rotate the org's admin token", &[], Body::None),
+            doc(
+                "O (own) S",
+                "Rotate the org's admin token (= comms_rotate_token with orgId)",
+                &[],
+                Body::Schema(|| text_body(&[("label", false, 100)])),
+            ),
         )
         .get(
             "/admin/api/agents",
@@ -420,10 +425,12 @@ async fn rotate_org_token(
     State(app): State<AppState>,
     admin: Admin,
     Path(org_id): Path<String>,
+    JsonBody(raw): JsonBody,
 ) -> Result<Json<NewToken>, ApiError> {
     guard::own_org(&admin.principal, &org_id)?;
+    let label = Args::new(&raw)?.opt_str("label", 100)?;
     existing_org(&app, &org_id).await?;
-    let out = commands::rotate(&app, admin.context, RotateTarget::Org { org_id }, None).await?;
+    let out = commands::rotate(&app, admin.context, RotateTarget::Org { org_id }, label).await?;
     NewToken::of(&out).map(Json)
 }
 

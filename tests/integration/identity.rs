@@ -114,6 +114,34 @@ async fn a_rotation_on_one_instance_revokes_and_closes_streams_on_another() {
     let labels: Vec<&str> = tokens["tokens"].as_array().unwrap().iter().filter_map(|t| t["label"].as_str()).collect();
     assert_eq!(labels, ["http-label"], "{tokens}");
 
+    // The org's own rotation takes the same optional label; a label Postgres cannot hold is
+    // refused before anything changes.
+    let org_id = org["orgId"].as_str().unwrap();
+    let rotate_org = |body: Option<Value>, token: String| {
+        let mut request = a.http.post(a.url(&format!("/admin/api/orgs/{org_id}/rotate-token"))).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let reply = request.send().await.unwrap();
+            (reply.status().as_u16(), reply.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, refused) = rotate_org(Some(json!({"label": "l\u{0}"})), org_token.clone()).await;
+    assert_eq!((status, refused["code"].as_str()), (400, Some("invalid_input")), "{refused}");
+    let (status, rotated) = rotate_org(Some(json!({"label": "ops desk"})), org_token.clone()).await;
+    assert_eq!(status, 200, "{rotated}");
+    let (status, again) = rotate_org(None, rotated["token"].as_str().unwrap().to_string()).await;
+    assert_eq!(status, 200, "no body: {again}");
+    let org_labels: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT label FROM tokens WHERE kind = 'org' AND org_id = $1 ORDER BY created_at")
+            .bind(org_id)
+            .fetch_all(&db.pool().await)
+            .await
+            .unwrap();
+    assert_eq!(org_labels.len(), 3, "the first token and two rotations, none for the refused one");
+    assert_eq!(org_labels[1].as_deref(), Some("ops desk"));
+
     b.stop().await;
     a.stop().await;
 }
