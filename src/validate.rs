@@ -219,7 +219,9 @@ pub fn decimal(field: &str, value: &Value, min: f64, max: f64) -> Result<f64, Ap
     .ok_or_else(|| invalid(field, format!("must be a number from {min} to {max} with at most 6 decimals")))
 }
 
-static PHONE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\+[1-9]\d{1,14}$").expect("phone pattern"));
+// ASCII digits only: `\d` matches every Unicode digit, and `+1２０２…` would be a number that no
+// DNC entry or consent of `+1202…` matches, while a provider may well dial it.
+static PHONE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\+[1-9][0-9]{1,14}$").expect("phone pattern"));
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[^\s@]+@[^\s@]+\.[^\s@]+$").expect("email pattern"));
 
 /// E.164 after stripping spaces, `-`, `.`, `(` and `)`.
@@ -374,6 +376,9 @@ mod tests {
     fn formats_normalise_or_refuse() {
         assert_eq!(phone("to", "+1 (555) 123-4567").unwrap(), "+15551234567");
         assert!(phone("to", "5551234567").is_err());
+        // Full-width and Arabic-Indic digits are digits to Unicode, not to E.164.
+        assert!(phone("to", "+1２０２５５５０１４２").is_err());
+        assert!(phone("to", "+1٢٠٢٥٥٥٠١٤٢").is_err());
         assert_eq!(email("to", "  Bob@Example.COM ").unwrap(), "bob@example.com");
         assert!(email("to", "bob@example").is_err());
         assert!(id("agentId", "sales-1.a_b").is_ok());
