@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, DurationRound, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use commguard_domain::limits::Tier;
 use commguard_projections::anomaly::read::{self as anomaly_read, WindowRow};
 use commguard_projections::anomaly::{
@@ -133,7 +133,14 @@ fn as_rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S:
 /// One evaluation of every rule on the current windows; returns the alerts it recorded.
 pub async fn check(app: &AppState) -> Result<usize, CheckError> {
     prune(app).await?;
-    let findings: Vec<Finding> = readings(app).await?.into_iter().filter_map(|r| r.finding).collect();
+    // Fixed windows that closed since the last run are read too: a per-minute limit's window can
+    // open and close between two runs a minute apart, and its refusal would never be alerted.
+    // Twice the interval covers a late run; pruning keeps them for `PRUNE_AFTER`.
+    let now = app.clock.now();
+    let interval = TimeDelta::seconds(app.config.anomaly_check_interval_seconds as i64);
+    let ended_after = now - (interval * 2).min(commguard_projections::anomaly::PRUNE_AFTER);
+    let findings: Vec<Finding> =
+        readings_of(app, now, ended_after).await?.into_iter().filter_map(|r| r.finding).collect();
     // A window that keeps firing is found again every run: its alert exists, and one query for
     // all the keys spares a lookup per finding.
     let keys: Vec<&str> = findings.iter().map(|f| f.dedup_key.as_str()).collect();
@@ -157,7 +164,16 @@ pub async fn prune(app: &AppState) -> Result<(), CheckError> {
 /// Every rule's current window values, by rule and subject.
 pub async fn readings(app: &AppState) -> Result<Vec<Reading>, sqlx::Error> {
     let now = app.clock.now();
-    let windows = anomaly_read::open_windows(&app.pool, now).await?;
+    readings_of(app, now, now).await
+}
+
+/// The readings of the windows open at `now` and of the fixed ones that ended after `ended_after`.
+async fn readings_of(
+    app: &AppState,
+    now: DateTime<Utc>,
+    ended_after: DateTime<Utc>,
+) -> Result<Vec<Reading>, sqlx::Error> {
+    let windows = anomaly_read::open_windows(&app.pool, now, ended_after).await?;
     let caps = daily_caps(app, &windows).await?;
     let min_actions = i64::from(app.config.anomaly_volume_min_actions);
     let mut readings: Vec<Reading> = windows.into_iter().filter_map(|w| read(w, min_actions, &caps)).collect();

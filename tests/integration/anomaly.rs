@@ -663,3 +663,30 @@ async fn a_burst_split_by_a_five_minute_boundary_is_still_one_burst() {
     assert_eq!(alerts(&db, "brute_force").await, 1);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_whose_minute_closed_before_the_detector_ran_is_still_alerted() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &manual(&[])).await;
+    set_clock(&s).await;
+    let app = s.rt.state();
+    let master = Session::open(&s, MASTER).await;
+    let a = sms_agent(&s, &master, "closing", json!({"maxActionsPerMinute": 1})).await;
+    a.session.ok("comms_send_message", json!({"to": "+12025550100", "body": "Your table is ready."})).await;
+    let (is_error, refusal) =
+        a.session.call("comms_send_message", json!({"to": "+12025550100", "body": "Again"})).await;
+    assert!(is_error && refusal["limitType"] == "per-minute", "{refusal}");
+    await_window(&db, "rate_limit:per-minute", &a.agent_id, 1).await;
+
+    // The detector's next run comes just after the refusal's minute (16:00) has closed, within
+    // twice its interval (here 1 s) of it.
+    let clock = s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER);
+    assert!(clock.json(&json!({"now": "2026-12-01T16:01:00.500Z"})).send().await.unwrap().status().is_success());
+    assert_eq!(commguard::anomaly::check(&app).await.unwrap(), 1, "the closed minute's refusal is alerted");
+    assert_eq!(commguard::anomaly::check(&app).await.unwrap(), 0, "once");
+    assert_eq!(alerts(&db, "rate_limit").await, 1);
+    // What the admin view shows as current is still only what is open now.
+    let open = anomalies(&s, MASTER, "").await;
+    assert!(rules(&open).iter().all(|rule| rule != "rate_limit"), "{open:?}");
+    s.stop().await;
+}

@@ -25,16 +25,22 @@ fn sliding() -> (Vec<&'static str>, Vec<i64>) {
     SLIDING.iter().map(|(counter, span)| (*counter, span.num_seconds())).unzip()
 }
 
-/// What every rule reads at `now`: each fixed window open at `now`, and for each sliding counter
+/// What every rule reads at `now`: each fixed window open at `now` — or, with `ended_after`
+/// before `now`, also each that ended after it (the detector's look back over what closed since its
+/// last run) —, and for each sliding counter
 /// (`SLIDING`) the sum of its buckets in the last span before `now` as one window ending at `now`,
 /// with `previous` the sum in the span before that (read by `volume_spike`). Each sliding counter's
 /// name and span are written into the statement (never bound), so its buckets are read by a range
 /// of the primary key (counter, window_start), not by a scan of the table.
-pub async fn open_windows(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<WindowRow>, sqlx::Error> {
+pub async fn open_windows(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    ended_after: DateTime<Utc>,
+) -> Result<Vec<WindowRow>, sqlx::Error> {
     let mut sql = String::from(
         "SELECT counter, subject_kind, subject_id, org_id, window_start, window_end, count, 0::bigint AS previous
            FROM anomaly_windows
-          WHERE window_end > $1 AND window_start <= $1 AND counter <> ALL($2)",
+          WHERE window_end > $3 AND window_start <= $1 AND counter <> ALL($2)",
     );
     for (counter, span) in SLIDING {
         assert!(counter.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "counter names need no quoting");
@@ -53,7 +59,7 @@ pub async fn open_windows(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<Windo
         ));
     }
     let (counters, _) = sliding();
-    sqlx::query_as(&sql).bind(now).bind(&counters).fetch_all(pool).await
+    sqlx::query_as(&sql).bind(now).bind(&counters).bind(ended_after.min(now)).fetch_all(pool).await
 }
 
 /// Deletes what no rule reads at `now` any more: fixed windows that ended `PRUNE_AFTER` ago (by
