@@ -69,7 +69,8 @@ pub fn svix_verify<'a>(
         return Err(SvixRefusal::MissingHeaders);
     };
     let ts: i64 = timestamp.trim().parse().map_err(|_| SvixRefusal::BadTimestamp)?;
-    if (now_unix - ts).abs() > tolerance {
+    // In u64: `(now - ts).abs()` overflowed for a timestamp near i64::MIN and passed the check.
+    if now_unix.abs_diff(ts) > tolerance.unsigned_abs() {
         return Err(SvixRefusal::Expired);
     }
     let key =
@@ -156,6 +157,13 @@ mod tests {
         );
         assert_eq!(
             svix_verify(secret, &h(Some("msg_1"), Some("1000"), Some(&good)), body, 1301, 300),
+            Err(SvixRefusal::Expired)
+        );
+        // A timestamp whose distance from now does not fit in an i64 is expired too, signed or not.
+        let far = (1000 - (1i128 << 63)).to_string();
+        let far_signed = sign("msg_1", &far);
+        assert_eq!(
+            svix_verify(secret, &h(Some("msg_1"), Some(&far), Some(&far_signed)), body, 1000, 300),
             Err(SvixRefusal::Expired)
         );
         assert_eq!(
