@@ -260,6 +260,17 @@ impl Server {
             }
         }));
         tasks.push(tokio::spawn(state.intents.clone().run()));
+        // Calls Twilio had not priced when they ended (migration 0035).
+        let pricing = state.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                if let Err(e) = crate::webhooks::price_unpriced_calls(&pricing).await {
+                    tracing::warn!(error = %e, "unpriced calls not priced this round");
+                }
+            }
+        }));
         // The detector's task also prunes old anomaly windows, so it runs when detection is off.
         tasks.push(tokio::spawn(crate::anomaly::run(state.clone())));
         let runners = runners.into_iter().chain(tasks).collect();

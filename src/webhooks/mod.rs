@@ -29,6 +29,7 @@ use crate::outbound::actions::xml_escape;
 use crate::state::AppState;
 use crate::store::{Actor, ActorKind, CommandContext};
 pub use resend::addresses;
+pub use twilio::price_unpriced_calls;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -13,7 +13,6 @@ use uuid::Uuid;
 use super::gate::{Form, TwilioRequest, TwilioRoute};
 use super::{empty, forward, message_reply, record, reject, replay, turned_away};
 use crate::contacts;
-use crate::directory::AgentView;
 use crate::error::ApiError;
 use crate::ledger::reservations;
 use crate::providers as provider;
@@ -208,7 +207,7 @@ async fn call_status_handler(app: &AppState, request: &TwilioRequest<CallStatus>
         if !first {
             context.provenance.skip("cost", "applied by an earlier terminal status");
         } else {
-            match call_cost(app, agent, &call, sid).await {
+            match call_cost(app, &agent.org_id, &call.provider, sid).await {
                 Some(price) => {
                     if let Err(e) =
                         reservations::add_cost(&app.pool, &agent.agent_id, &agent.org_id, call.placed_at, price).await
@@ -222,7 +221,17 @@ async fn call_status_handler(app: &AppState, request: &TwilioRequest<CallStatus>
                     context.provenance.pass("cost");
                     cost = Some(price);
                 }
-                None => context.provenance.skip("cost", "no price from the provider yet"),
+                None => {
+                    // Priced later (`price_unpriced_calls`): the mark stays spent, so the price is
+                    // added once, by whoever gets it.
+                    if let Err(e) = unpriced(app, &agent.agent_id, &agent.org_id, &call, sid, status).await {
+                        if let Err(e) = replay::release(&app.pool, &mark, now).await {
+                            tracing::error!(error = %e, call_id = %call.call_id, "call cost mark not given back");
+                        }
+                        return failed(e);
+                    }
+                    context.provenance.skip("cost", "no price from the provider yet: added when it has one");
+                }
             }
         }
     }
@@ -261,25 +270,150 @@ async fn call_status_handler(app: &AppState, request: &TwilioRequest<CallStatus>
     empty(StatusCode::OK)
 }
 
+/// How long a call is asked about before its price is given up on.
+const PRICE_FOR: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+/// Calls one run asks Twilio about at most.
+const PRICES_PER_RUN: i64 = 50;
+
+/// A finished call Twilio has not priced yet: asked about again from a minute on (migration 0035).
+async fn unpriced(
+    app: &AppState,
+    agent_id: &str,
+    org_id: &str,
+    call: &CallRow,
+    sid: &str,
+    status: &str,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "INSERT INTO unpriced_calls (call_id, agent_id, org_id, sid, placed_at, status, next_try)
+         VALUES ($1, $2, $3, $4, $5, $6, $7 + interval '60 seconds') ON CONFLICT (call_id) DO NOTHING",
+    )
+    .bind(call.call_id)
+    .bind(agent_id)
+    .bind(org_id)
+    .bind(sid)
+    .bind(call.placed_at)
+    .bind(status)
+    .bind(app.clock.now())
+    .execute(&app.pool)
+    .await
+    .map(|_| ())
+    .map_err(ApiError::internal)
+}
+
+/// One row of `unpriced_calls`, claimed by this run.
+#[derive(sqlx::FromRow)]
+struct Unpriced {
+    call_id: Uuid,
+    agent_id: String,
+    org_id: String,
+    sid: String,
+    placed_at: chrono::DateTime<chrono::Utc>,
+    status: String,
+    attempts: i32,
+}
+
+/// Asks Twilio again for the price of the calls whose turn has come (a task on every instance):
+/// a price found is added to the spend of the day and month the call was placed and recorded as
+/// the call's `CallStatusChanged` with its cost; a call still unpriced is asked about again after a
+/// pause that doubles (1 minute to 1 hour), for `PRICE_FOR` after it was placed. Returns how many
+/// calls it priced.
+pub async fn price_unpriced_calls(app: &AppState) -> Result<usize, sqlx::Error> {
+    let now = app.clock.now();
+    // Claimed by moving their turn ahead: another instance's run skips them meanwhile.
+    let due: Vec<Unpriced> = sqlx::query_as(
+        "UPDATE unpriced_calls u
+            SET attempts = u.attempts + 1,
+                next_try = $1 + make_interval(secs => least(3600, 60 * 2 ^ least(u.attempts + 1, 6)))
+          WHERE u.call_id IN (SELECT call_id FROM unpriced_calls WHERE next_try <= $1
+                               ORDER BY next_try LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING u.call_id, u.agent_id, u.org_id, u.sid, u.placed_at, u.status, u.attempts",
+    )
+    .bind(now)
+    .bind(PRICES_PER_RUN)
+    .fetch_all(&app.pool)
+    .await?;
+    let mut priced = 0;
+    for call in due {
+        let Some(price) = call_cost(app, &call.org_id, "twilio", &call.sid).await else {
+            if now - call.placed_at > PRICE_FOR {
+                tracing::warn!(call_id = %call.call_id, attempts = call.attempts, "no price from Twilio; given up");
+                sqlx::query("DELETE FROM unpriced_calls WHERE call_id = $1")
+                    .bind(call.call_id)
+                    .execute(&app.pool)
+                    .await?;
+            }
+            continue;
+        };
+        // Taken out first: a price is added once even if what follows fails.
+        let taken =
+            sqlx::query("DELETE FROM unpriced_calls WHERE call_id = $1").bind(call.call_id).execute(&app.pool).await?;
+        if taken.rows_affected() == 0 {
+            continue;
+        }
+        if let Err(e) = reservations::add_cost(&app.pool, &call.agent_id, &call.org_id, call.placed_at, price).await {
+            // Put back for the next run.
+            tracing::warn!(error = %e.message, call_id = %call.call_id, "call price not added yet");
+            sqlx::query(
+                "INSERT INTO unpriced_calls (call_id, agent_id, org_id, sid, placed_at, status, attempts, next_try)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (call_id) DO NOTHING",
+            )
+            .bind(call.call_id)
+            .bind(&call.agent_id)
+            .bind(&call.org_id)
+            .bind(&call.sid)
+            .bind(call.placed_at)
+            .bind(&call.status)
+            .bind(call.attempts)
+            .bind(now)
+            .execute(&app.pool)
+            .await?;
+            continue;
+        }
+        let mut context = crate::store::CommandContext::new(crate::store::Actor::system("pricing"), "job", now)
+            .in_org(call.org_id.clone());
+        context
+            .provenance
+            .pass_with("cost", format!("priced by Twilio after the call ended (attempt {})", call.attempts));
+        let Ok(Some(row)) = read::call_by_external_id(&app.pool, &call.agent_id, &call.sid).await else {
+            tracing::error!(call_id = %call.call_id, "priced call not found; its price is added, not recorded");
+            continue;
+        };
+        let event = AgentEvent::CallStatusChanged {
+            call_id: call.call_id,
+            kind: row.kind,
+            status: call.status.clone(),
+            duration_seconds: None,
+            cost: Some(price),
+            recording_url: None,
+        };
+        if let Err(e) = app.store.record("agent", &call.agent_id, &[event], &context).await {
+            tracing::error!(error = %e, call_id = %call.call_id, "call price added but not recorded");
+        }
+        priced += 1;
+    }
+    Ok(priced)
+}
+
 /// A finished call's cost: |price| from Twilio's Calls API; mock calls cost nothing. `None` when
 /// Twilio has no price yet (or cannot be asked): the event then carries no cost, never a 0 that
-/// would read as final; a failed lookup never fails the callback.
-async fn call_cost(app: &AppState, agent: &AgentView, call: &CallRow, sid: &str) -> Option<i64> {
-    if call.provider != "twilio" {
+/// would read as final, and the call is asked about again later (`unpriced`); a failed lookup
+/// never fails the callback.
+async fn call_cost(app: &AppState, org_id: &str, provider: &str, sid: &str) -> Option<i64> {
+    if provider != "twilio" {
         return Some(0);
     }
-    let credentials =
-        match credentials::resolve(&app.pool, &app.credential_keys, &app.config, &agent.org_id, "twilio").await {
-            Ok(Some(c)) => c,
-            Ok(None) => {
-                tracing::warn!(call_sid = sid, "call price unavailable: no Twilio credentials");
-                return None;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e.message, call_sid = sid, "call price unavailable: credentials");
-                return None;
-            }
-        };
+    let credentials = match credentials::resolve(&app.pool, &app.credential_keys, &app.config, org_id, "twilio").await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            tracing::warn!(call_sid = sid, "call price unavailable: no Twilio credentials");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e.message, call_sid = sid, "call price unavailable: credentials");
+            return None;
+        }
+    };
     let price = async { provider::Twilio::of(&app.http, &app.config, &credentials)?.call_price(sid).await };
     match price.await {
         Ok(price) => price,

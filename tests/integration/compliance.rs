@@ -607,25 +607,31 @@ async fn a_replay_is_refused_by_another_instance_and_a_redelivery_past_the_windo
 }
 
 /// A local Twilio: calls get sids `CAprice1`, `CAprice2`, …; the Calls API reports a price of
-/// -0.0130 for `CAprice1` and no price yet for the others.
+/// -0.0130 for `CAprice1`, no price for `CAprice2` the first time it is asked and -0.0200 after
+/// that, and no price for the others.
 async fn twilio_with_prices() -> String {
     use axum::extract::{Path, State};
     use axum::routing::{get, post};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    async fn place(State(n): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, axum::Json<Value>) {
-        let sid = format!("CAprice{}", n.fetch_add(1, Ordering::SeqCst) + 1);
+    type Counts = Arc<(AtomicUsize, AtomicUsize)>;
+    async fn place(State(n): State<Counts>) -> (axum::http::StatusCode, axum::Json<Value>) {
+        let sid = format!("CAprice{}", n.0.fetch_add(1, Ordering::SeqCst) + 1);
         (axum::http::StatusCode::CREATED, axum::Json(json!({"sid": sid, "status": "queued", "price": null})))
     }
-    async fn fetch(Path((_, file)): Path<(String, String)>) -> axum::Json<Value> {
+    async fn fetch(State(n): State<Counts>, Path((_, file)): Path<(String, String)>) -> axum::Json<Value> {
         let sid = file.trim_end_matches(".json");
-        let price = if sid == "CAprice1" { json!("-0.0130") } else { Value::Null };
+        let price = match sid {
+            "CAprice1" => json!("-0.0130"),
+            "CAprice2" if n.1.fetch_add(1, Ordering::SeqCst) > 0 => json!("-0.0200"),
+            _ => Value::Null,
+        };
         axum::Json(json!({"sid": sid, "status": "completed", "price": price, "price_unit": "USD"}))
     }
     let app = axum::Router::new()
         .route("/2010-04-01/Accounts/{sid}/Calls.json", post(place))
         .route("/2010-04-01/Accounts/{sid}/Calls/{file}", get(fetch))
-        .with_state(Arc::new(AtomicUsize::new(0)));
+        .with_state(Arc::new((AtomicUsize::new(0), AtomicUsize::new(0))));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -684,6 +690,18 @@ async fn a_calls_price_is_added_once_and_a_failed_handler_gives_its_nonce_back()
     let last = payloads(&db, "CallStatusChanged").await.pop().unwrap();
     assert_eq!((last["status"].as_str(), last["cost"].is_null()), (Some("completed"), true), "{last}");
     assert_eq!(spend_today(&me).await, 0.013);
+
+    // It is asked about again from a minute on, its price added once and recorded with it.
+    let app = s.server.as_ref().unwrap().state().clone();
+    assert_eq!(commguard::webhooks::price_unpriced_calls(&app).await.unwrap(), 0, "not its turn yet");
+    set_clock(&s, "2026-12-01T16:01:30Z").await;
+    assert_eq!(commguard::webhooks::price_unpriced_calls(&app).await.unwrap(), 1);
+    assert_eq!(commguard::webhooks::price_unpriced_calls(&app).await.unwrap(), 0, "once");
+    assert_eq!(spend_today(&me).await, 0.033);
+    let priced = payloads(&db, "CallStatusChanged").await.pop().unwrap();
+    assert_eq!((priced["status"].as_str(), priced["cost"].as_i64()), (Some("completed"), Some(20_000)), "{priced}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM unpriced_calls").fetch_one(&pool).await.unwrap();
+    assert_eq!(left, 0);
     s.stop().await;
 }
 
