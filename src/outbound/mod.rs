@@ -206,6 +206,30 @@ async fn agent_for_send(
     Ok((agent, org, contact))
 }
 
+/// Compliance (checks 7–11) again for `action`, with the recipient as the contact projection holds
+/// it now: `Err` is the refusal, or `unavailable` if it cannot be read.
+async fn recheck<A: Action>(app: &AppState, agent: &AgentView, action: &A) -> Result<(), ApiError> {
+    let subject = action.subject();
+    let subject_ref = app.store.keystore().data_keys().blind_index(subject.to);
+    let recording = subject.voice.as_ref().is_some_and(|voice| voice.record);
+    let mut conn = app.store.kept().take().await.map_err(ApiError::internal)?;
+    let read = directory_read::agent_org_and_contact(
+        conn.conn(),
+        &agent.agent_id,
+        &subject_ref,
+        subject.channel.as_str(),
+        recording,
+    )
+    .await;
+    conn.ended(&read);
+    drop(conn);
+    let Some((_, _, contact)) = read.map_err(ApiError::internal)? else {
+        return Err(ApiError::new(ErrorCode::Unavailable, "The agent could not be read again"));
+    };
+    let mut scratch = crate::store::Provenance::default();
+    compliance::check(app, agent, &subject, &contact, &mut scratch).map(|_| ())
+}
+
 /// What the second half of the pipeline needs, owned by its task.
 struct Performance<A> {
     app: AppState,
@@ -288,6 +312,32 @@ async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
             return Err(refusal);
         }
     };
+    // An opt-out committed since the checks (a STOP, a revoked consent, a DNC entry) refuses the
+    // action here, before it reaches anyone: the recipient is read again once the reservation is
+    // held, which may have waited behind other sends (a STOP was answered up to a second before
+    // sends checked ahead of it reached Twilio). The mock reaches nobody.
+    if provider != Provider::Mock {
+        if let Err(refusal) = recheck(app, &agent, &action).await {
+            let ending = match refusal.code {
+                ErrorCode::ComplianceBlocked => {
+                    let mut recorded = refusal.refusal();
+                    recorded.reason = scrub(&refusal.message, action.to());
+                    let detail = format!("{} (checked again before the provider call)", recorded.reason);
+                    context.provenance.fail(recorded.check.as_str(), detail);
+                    action.blocked(id, &recorded)
+                }
+                _ => {
+                    context.provenance.fail("dnc", "the recipient could not be checked again before the provider call");
+                    action.failed(id, "none", "the recipient could not be checked again")
+                }
+            };
+            // Not performed: the reservation is given back with the event.
+            let _ = app.intents.complete(&agent_id, id, ending, &context, intents::Ending::Failed).await;
+            let mut refusal = refusal;
+            refusal.recorded = true;
+            return Err(refusal);
+        }
+    }
     let twiml = action.twiml(app, &agent, id);
     let callback = (channel == Channel::Voice).then(|| {
         format!("{}/webhooks/{}/call-status", app.config.webhook_base_url.trim_end_matches('/'), agent.agent_id)

@@ -929,3 +929,82 @@ async fn a_webhook_accepted_without_a_secret_is_marked_unverified() {
     assert_eq!(checks[1], json!({"check": "signature", "result": "skipped", "detail": "unverified"}), "{checks}");
     s.stop().await;
 }
+
+/// A local Twilio that takes messages and counts them: (base URL, messages received).
+async fn twilio_counting_messages() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::extract::State;
+    use axum::routing::post;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    async fn message(State(n): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, axum::Json<Value>) {
+        let sid = format!("SMcount{}", n.fetch_add(1, Ordering::SeqCst) + 1);
+        (axum::http::StatusCode::CREATED, axum::Json(json!({"sid": sid, "status": "queued", "price": null})))
+    }
+    let received = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route("/2010-04-01/Accounts/{sid}/Messages.json", post(message))
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_answered_while_a_checked_send_waits_for_its_reservation_keeps_it_from_the_provider() {
+    let (fake, received) = twilio_counting_messages().await;
+    let fake: &'static str = Box::leak(fake.into_boxed_str());
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars_with(&[("TWILIO_API_BASE_URL", fake)])).await;
+    set_clock(&s, "2026-12-01T16:00:00Z").await;
+    let o = org(&s, "late-stop").await;
+    crate::support::approve_org(&s.http, &s.base, MASTER, &o.org_id).await;
+    let me = Session::open(&s, &o.agent_token).await;
+    let to = "+12025550166";
+    me.ok("comms_record_consent", json!({"contactAddress": to, "channel": "sms"})).await;
+    me.ok("comms_send_message", json!({"to": to, "body": "First"})).await;
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // The agent's reservations wait behind a lock held here, as behind a busy batch.
+    let pool = db.pool().await;
+    let mut held = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('commguard.limits.agent.' || $1))")
+        .bind(&o.agent_id)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let waiting = {
+        let me = Session::open(&s, &o.agent_token).await;
+        tokio::spawn(async move { me.call("comms_send_message", json!({"to": to, "body": "Second"})).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let blocked: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if blocked > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the send never reached its reservation");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The send passed its checks; now the recipient opts out, and is told so.
+    let path = format!("/webhooks/{}/sms", o.agent_id);
+    let (status, reply) = twilio_post(&s, &path, &sms("SMlatestop", to, &o.number, "STOP"), None).await;
+    assert_eq!(status, 200);
+    assert!(reply.contains("unsubscribed"), "{reply}");
+    held.rollback().await.unwrap();
+
+    let (is_error, refusal) = waiting.await.unwrap();
+    assert!(is_error, "{refusal}");
+    assert_eq!((refusal["code"].as_str(), refusal["rule"].as_str()), (Some("compliance_blocked"), Some("dnc")));
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1, "nothing reached Twilio after the STOP");
+    let blocked = payloads(&db, "MessageBlocked").await.pop().unwrap();
+    assert_eq!(blocked["refusedBy"], "dnc", "{blocked}");
+    // The refused send gave its reservation back: one action counted today, not two.
+    let usage = me.ok("comms_get_usage_dashboard", json!({})).await;
+    assert_eq!(usage["currentUsage"]["actionsToday"], 1, "{usage}");
+    s.stop().await;
+}
