@@ -15,7 +15,11 @@ use crate::error::ApiError;
 use crate::paging::Page;
 use crate::validate::{self, invalid};
 
-pub struct Params(HashMap<String, String>);
+pub struct Params {
+    values: HashMap<String, String>,
+    /// The route's path: the list a `cursor` belongs to.
+    path: String,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = ApiError;
@@ -29,13 +33,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
             validate::storable(name, name)?;
             validate::storable(name, value)?;
         }
-        Ok(Self(pairs))
+        Ok(Self { values: pairs, path: parts.uri.path().to_string() })
     }
 }
 
 impl Params {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        self.values.get(name).map(String::as_str)
     }
 
     /// An identifier (`agentId`, `orgId`): the contract's id format.
@@ -63,8 +67,8 @@ impl Params {
             .transpose()
     }
 
-    /// `cursor` and `limit` of a list.
+    /// `cursor` and `limit` of a list: the route's own (a cursor of another route is refused).
     pub fn page<K: Serialize + DeserializeOwned>(&self) -> Result<Page<K>, ApiError> {
-        Page::from_query(self.get("cursor"), self.get("limit"))
+        Page::from_query(&self.path, self.get("cursor"), self.get("limit"))
     }
 }

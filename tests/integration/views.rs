@@ -576,3 +576,23 @@ async fn blocked_channels_drop_unknown_names_and_refuse_items_that_are_no_names(
     assert_eq!((status, blocked(body)), (200, json!([])), "[] unblocks");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_pages_only_the_list_it_came_from() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    let org = create_org(&s, "cursors").await;
+    provision(&s, &org, "One").await;
+    provision(&s, &org, "Two").await;
+    let agents = get_ok(&s, MASTER, "/admin/api/agents?limit=1").await;
+    let cursor = agents["nextCursor"].as_str().expect("a second page").to_string();
+    let (status, next) = get(&s, MASTER, &format!("/admin/api/agents?limit=1&cursor={cursor}")).await;
+    assert_eq!(status, 200, "{next}");
+    // The same key shape (instant, id) on another list: refused, not a page starting elsewhere.
+    let (status, refused) = get(&s, MASTER, &format!("/admin/api/orgs?cursor={cursor}")).await;
+    assert_eq!(
+        (status, refused["code"].as_str(), refused["field"].as_str()),
+        (400, Some("invalid_input"), Some("cursor"))
+    );
+    s.stop().await;
+}

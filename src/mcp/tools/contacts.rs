@@ -184,7 +184,7 @@ pub async fn dnc_list(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> R
         return Err(invalid("type", format!("must be phone or email, not \"{k}\"")));
     }
     let cursor = args.opt_str("cursor", 256)?;
-    let page = Page::new(cursor.as_deref(), args.0.get("limit"))?;
+    let page = Page::new("comms_dnc_list", cursor.as_deref(), args.0.get("limit"))?;
     let org = crate::directory::commands::read_scope(app, caller.principal, args.opt_id("orgId")?).await?;
     Ok(serde_json::json!(contacts::dnc_list(app, org.as_deref(), kind.as_deref(), page).await?))
 }
