@@ -237,7 +237,10 @@ fn operation(op: &Op, generator: &mut SchemaGenerator, tool_schemas: ToolSchemas
             "401": error("Missing or invalid admin token"),
             "403": error("Role, org boundary or IP list"),
             "404": error("Unknown org or agent"),
+            "405": error("Method not allowed on this path (see the Allow header)"),
+            "413": error("Body over 1 MiB"),
             "429": error("Locked out or rate limited"),
+            "500": error("Internal error"),
             "503": error("Unavailable: nothing was done"),
         },
     });
@@ -253,6 +256,7 @@ fn operation(op: &Op, generator: &mut SchemaGenerator, tool_schemas: ToolSchemas
     }
     if op.method == "post" {
         out["responses"]["409"] = error("Conflict with the current state");
+        out["responses"]["415"] = error("Body not application/json");
     }
     out
 }

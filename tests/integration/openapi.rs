@@ -92,6 +92,12 @@ async fn every_admin_route_served_is_in_the_document_and_every_documented_one_is
             assert_eq!(op.get("security") == Some(&serde_json::json!([])), open, "{method} {path}");
             assert_eq!(op["responses"].get("401").is_none(), open, "{method} {path}");
             assert_eq!(op["responses"].get("409").is_some(), method == "post", "{method} {path}");
+            assert_eq!(op["responses"].get("415").is_some(), method == "post", "{method} {path}");
+            // What any route may answer (docs/http.md): a body over the limit, a rate limit or
+            // lockout, an internal error, a wrong method.
+            for status in ["405", "413", "429", "500"] {
+                assert!(op["responses"].get(status).is_some(), "{method} {path} lacks {status}");
+            }
         }
         for (method, op) in item.as_object().unwrap() {
             let reply = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].as_str().unwrap();
