@@ -263,31 +263,36 @@ fn read(w: WindowRow, min_actions: i64, caps: &HashMap<String, i64>) -> Option<R
     Some(reading)
 }
 
+/// The severity of `rule`'s alerts (docs/monitoring.md): HIGH for the brute-force rules.
+pub fn severity_of(rule: &str) -> &'static str {
+    match rule {
+        "brute_force" | "brute_force_lockout" => "HIGH",
+        _ => "MEDIUM",
+    }
+}
+
 /// The alert a firing reading raises.
 fn finding(r: &Reading, count: i64, previous: i64) -> Finding {
     let subject = r.subject_id.clone();
-    let (severity, title, message, details) = match r.rule {
+    let severity = severity_of(r.rule);
+    let (title, message, details) = match r.rule {
         "volume_spike" => (
-            "MEDIUM",
             "Volume spike detected",
             format!("Agent {subject}: {count} outbound attempts in 5 minutes, {previous} in the 5 before"),
             json!({ "current": count, "previous": previous }),
         ),
         "brute_force" => (
-            "HIGH",
             "Brute-force auth detected",
             format!("IP {subject}: {count} failed authentications in 5 minutes"),
             json!({ "failures": count }),
         ),
         "rapid_rotation" => (
-            "MEDIUM",
             "Rapid token rotation",
             format!("Agent {subject}: {count} tokens issued in an hour"),
             json!({ "tokensIssued": count }),
         ),
         "brute_force_lockout" => return Finding::lockout(&subject, None, r.window_start, r.window_end),
         "spend_threshold" => (
-            "MEDIUM",
             "Spend threshold reached",
             format!(
                 "Agent {subject}: spent ${} today, at least {SPEND_PERCENT} % of its daily cap of ${}",
@@ -298,7 +303,6 @@ fn finding(r: &Reading, count: i64, previous: i64) -> Finding {
         _ => {
             let limit_type = r.limit_type.clone().unwrap_or_default();
             (
-                "MEDIUM",
                 "Rate limit exceeded",
                 format!("Agent {subject}: refused by its {limit_type} limit ({count} in this window)"),
                 json!({ "limitType": limit_type, "refusals": count }),

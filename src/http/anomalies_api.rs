@@ -25,7 +25,14 @@ pub fn routes() -> ApiRouter {
         Doc {
             who: "O (its agents) S (also IPs)",
             summary: "Each anomaly rule's current window values, thresholds and whether they fire, by rule and subject",
-            query: &[("rule", false, "string", "one anomaly rule (docs/monitoring.md)"), ORG, CURSOR, LIMIT],
+            query: &[
+                ("severity", false, "string", "HIGH | MEDIUM: the rules whose alerts have that severity"),
+                ("rule", false, "string", "one anomaly rule (docs/monitoring.md)"),
+                ("since", false, "string", "RFC 3339: windows that end at or after it"),
+                ORG,
+                CURSOR,
+                LIMIT,
+            ],
             body: Body::None,
         },
     )
@@ -39,9 +46,11 @@ struct AnomalyPage {
     next_cursor: Option<String>,
 }
 
-/// `GET /admin/api/anomalies?rule&orgId&cursor&limit` → `{anomalies, nextCursor}`.
+/// `GET /admin/api/anomalies?severity&rule&since&orgId&cursor&limit` → `{anomalies, nextCursor}`.
 async fn anomalies(State(app): State<AppState>, admin: Admin, params: Params) -> Result<Json<AnomalyPage>, ApiError> {
+    let severity = params.choice("severity", &["HIGH", "MEDIUM"])?;
     let rule = params.choice("rule", &RULES)?;
+    let since = params.time("since")?;
     let org = read_scope(&app, &admin.principal, params.id("orgId")?).await?;
     let page = params.page::<(String, String, String, i64)>()?;
     let master = admin.principal.role() == Role::SuperAdmin;
@@ -51,6 +60,8 @@ async fn anomalies(State(app): State<AppState>, admin: Admin, params: Params) ->
         // IP rows are platform-wide: the master's only, and not part of an org's view.
         .filter(|r| if r.subject_kind == "ip" { master && org.is_none() } else { org.is_none() || r.org_id == org })
         .filter(|r| rule.as_deref().is_none_or(|wanted| wanted == r.rule))
+        .filter(|r| severity.as_deref().is_none_or(|wanted| wanted == anomaly::severity_of(r.rule)))
+        .filter(|r| since.is_none_or(|since| r.window_end >= since))
         .map(|r| {
             let key =
                 (r.rule.to_string(), r.subject_id.clone(), r.limit_type.clone().unwrap_or_default(), r.window_key());

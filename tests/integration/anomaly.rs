@@ -564,6 +564,13 @@ async fn anomalies_show_every_rules_current_windows_ip_rows_to_the_master_only_a
         (&json!(0.0158), &json!(1.0), &json!(false))
     );
 
+    // By the severity of the rules' alerts, and by when the windows end.
+    assert_eq!(rules(&anomalies(&s, MASTER, "?severity=HIGH").await), ["brute_force", "brute_force_lockout"]);
+    let medium = anomalies(&s, MASTER, "?severity=MEDIUM").await;
+    assert_eq!(rules(&medium), ["rapid_rotation", "rate_limit", "spend_threshold", "volume_spike"]);
+    assert_eq!(anomalies(&s, MASTER, "?since=2026-12-01T16:00:00Z").await.len(), all.len(), "all open now");
+    assert!(anomalies(&s, MASTER, "?since=2026-12-02T01:00:00Z").await.is_empty(), "none ends after tomorrow 01:00");
+
     // An org sees its own agents' rows and no IP row; the master can ask for one org too.
     let own = anomalies(&s, &a.org_token, "").await;
     assert_eq!(rules(&own), ["rapid_rotation", "rate_limit", "spend_threshold", "volume_spike"], "{own:?}");
