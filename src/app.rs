@@ -144,6 +144,12 @@ impl Runtime {
         let store = self.store.clone();
         let master = config.master_token.as_ref().map(|s| s.0.as_str());
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        metrics.show_at_zero(
+            crate::mcp::tools::names(),
+            &crate::anomaly::RULES,
+            &crate::webhooks::ROUTES,
+            &crate::webhooks::REASONS,
+        );
         AppState {
             pool: store.pool().clone(),
             identity: Arc::new(Identity::new(store.pool().clone(), master, config.demo_mode)),

@@ -115,7 +115,38 @@ impl Metrics {
         for read in ["ahead", "on_request"] {
             let _ = metrics.feed_pages.get_or_create(&one("read", read));
         }
+        for channel in [Channel::Sms, Channel::Email, Channel::Voice] {
+            let _ = metrics.messages_sent.get_or_create(&one("channel", channel.as_str()));
+        }
+        for limit in LimitType::ALL {
+            let _ = metrics.rate_limit_hits.get_or_create(&one("limit_type", limit.as_str()));
+        }
         Self { registry, ..metrics }
+    }
+
+    /// The label values this module cannot know shown from the start, at zero, as the bounded ones
+    /// are: every tool's `ok` outcome, every anomaly rule, every webhook route and reason. A rate
+    /// over a series that does not exist yet reads "no data", not 0.
+    pub fn show_at_zero<'a>(
+        &self,
+        tools: impl IntoIterator<Item = &'a str>,
+        rules: &[&str],
+        webhook_routes: &[&str],
+        webhook_reasons: &[&str],
+    ) {
+        for tool in tools {
+            let _ = self.tool_calls.get_or_create(&vec![("tool", tool.to_string()), ("outcome", "ok".to_string())]);
+        }
+        for rule in rules {
+            let _ = self.anomalies.get_or_create(&one("type", rule));
+        }
+        for route in webhook_routes {
+            for reason in webhook_reasons {
+                let _ = self
+                    .webhook_rejections
+                    .get_or_create(&vec![("route", route.to_string()), ("reason", reason.to_string())]);
+            }
+        }
     }
 
     /// An alert was recorded (not one deduplicated away).

@@ -59,6 +59,12 @@ async fn record(app: &AppState, agent: &AgentView, event: AgentEvent, context: &
     }
 }
 
+/// The `route` labels of `commguard_webhook_rejections_total`, and its `reason` labels: the
+/// recorded reasons (`WebhookRejected`), then the two of refusals with no agent or target.
+pub const ROUTES: [&str; 3] = ["sms", "call-status", "email"];
+pub const REASONS: [&str; 7] =
+    ["signature", "replay", "ip", "secret_missing", "malformed", "unknown_agent", "unknown_target"];
+
 /// A refusal that names no agent of ours (an `:agentId` that is no agent, or not even an id) or
 /// no target of the agent's (a number, address or call that is not its own): counted in
 /// `commguard_webhook_rejections_total` like every other refusal; there is no agent stream to

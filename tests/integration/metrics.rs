@@ -98,6 +98,21 @@ async fn counters_follow_tool_calls_sends_limit_refusals_and_webhook_rejections(
     let before = families(&s).await;
     assert!(sample(&before, "mcp_uptime_seconds", json!({})).is_some_and(|u| u >= 0.0));
     assert_eq!(sample(&before, "mcp_alerts_total", json!({"severity": "HIGH"})), Some(0.0));
+    // Every family of the contract is there from the start, each bounded label value at zero, so a
+    // rate over it reads 0, not "no data".
+    for (name, labels) in [
+        ("mcp_messages_sent_total", json!({"channel": "sms"})),
+        ("mcp_messages_sent_total", json!({"channel": "voice"})),
+        ("mcp_rate_limit_hits_total", json!({"limit_type": "per-minute"})),
+        ("mcp_rate_limit_hits_total", json!({"limit_type": "contact-frequency"})),
+        ("mcp_anomaly_detected_total", json!({"type": "volume_spike"})),
+        ("mcp_anomaly_detected_total", json!({"type": "brute_force_lockout"})),
+        ("commguard_tool_calls_total", json!({"tool": "comms_send_message", "outcome": "ok"})),
+        ("commguard_webhook_rejections_total", json!({"route": "sms", "reason": "signature"})),
+        ("commguard_webhook_rejections_total", json!({"route": "email", "reason": "unknown_target"})),
+    ] {
+        assert_eq!(sample(&before, name, labels.clone()), Some(0.0), "{name} {labels}");
+    }
     assert_eq!(sample(&before, "mcp_http_rate_limit_hits_total", json!({"scope": "per_ip"})), Some(0.0));
     for projection in ["orgs", "agents", "tokens", "audit"] {
         let lag = sample(&before, "commguard_projection_lag_events", json!({"projection": projection}));

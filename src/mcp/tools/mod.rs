@@ -62,6 +62,11 @@ const TOOLS: &[Tool] = &[
     contacts::ERASE_SUBJECT,
 ];
 
+/// Every tool's name.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    TOOLS.iter().map(|t| t.name)
+}
+
 /// The input schema of the tool `name` (the admin routes that perform a tool take the same body).
 pub fn input_schema(name: &str) -> Option<Value> {
     TOOLS.iter().find(|t| t.name == name).map(|t| (t.schema)())
