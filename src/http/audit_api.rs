@@ -3,18 +3,16 @@
 //! filters. Org tokens (O) read their own org; the master token (S) reads all, or one org with
 //! `orgId`. Successful reads are not recorded (P2); refusals are, by `admin::record_refusals`.
 
-use std::collections::HashMap;
-
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::Json;
 use base64::Engine;
-use chrono::{DateTime, Utc};
 use commguard_projections::audit::read::{self as audit_read, AuditFilter, AuditItem as AuditRow};
 use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::admin::Admin;
 use super::openapi::{ApiRouter, Body, Doc, Written, CURSOR, LIMIT, ORG};
+use super::params::Params;
 use crate::auth::{guard, Role};
 use crate::contacts;
 use crate::directory::commands::{addressable_agent, read_scope};
@@ -65,40 +63,13 @@ pub fn routes() -> ApiRouter {
         )
 }
 
-/// The query string as a map; an empty value counts as absent.
-fn params(raw: Option<String>) -> HashMap<String, String> {
-    form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
-
-/// An integer parameter within `range`, `default` when absent.
-fn integer(q: &HashMap<String, String>, field: &str, default: i64, range: (i64, i64)) -> Result<i64, ApiError> {
-    match q.get(field) {
-        None => Ok(default),
-        Some(v) => v.parse::<i64>().ok().filter(|n| (range.0..=range.1).contains(n)).ok_or_else(|| {
-            if range.1 == i64::MAX {
-                invalid(field, format!("must be an integer ≥ {}", range.0))
-            } else {
-                invalid(field, format!("must be an integer between {} and {}", range.0, range.1))
-            }
-        }),
-    }
-}
-
 /// `GET /admin/api/events?after&limit&orgId&raw`: `{events, nextAfter, headPosition}`. Reads only
 /// below the horizon (`store::pages`, which reads the next page ahead), so consecutive pages never
 /// repeat or skip an event, whatever order writers commit in.
-async fn events(
-    State(app): State<AppState>,
-    admin: Admin,
-    RawQuery(raw_query): RawQuery,
-) -> Result<Written<EventPage>, ApiError> {
-    let q = params(raw_query);
-    let after = integer(&q, "after", 0, (0, i64::MAX))?;
-    let limit = integer(&q, "limit", 100, (1, 1000))?;
-    let raw = match q.get("raw").map(String::as_str) {
+async fn events(State(app): State<AppState>, admin: Admin, q: Params) -> Result<Written<EventPage>, ApiError> {
+    let after = q.integer("after", 0, (0, i64::MAX))?;
+    let limit = q.integer("limit", 100, (1, 1000))?;
+    let raw = match q.get("raw") {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => return Err(invalid("raw", "must be true or false")),
@@ -107,7 +78,7 @@ async fn events(
         // Sealed payloads are for auditors of the whole platform (docs/admin-api.md: raw is S).
         guard::require_role(&admin.principal, Role::SuperAdmin)?;
     }
-    let org = read_scope(&app, &admin.principal, q.get("orgId").cloned()).await?;
+    let org = read_scope(&app, &admin.principal, q.id("orgId")?).await?;
     let key = PageKey { org_id: org, as_stored: raw, after, limit };
     let page = app.feed_pages.page(app.store.keystore(), key).await.map_err(ApiError::internal)?;
     app.metrics.feed_page(page.read_ahead);
@@ -191,16 +162,6 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| invalid("cursor", "is not a cursor this API returned"))
 }
 
-fn time(q: &HashMap<String, String>, field: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
-    q.get(field)
-        .map(|v| {
-            DateTime::parse_from_rfc3339(v)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| invalid(field, "must be an RFC 3339 time"))
-        })
-        .transpose()
-}
-
 /// The reply's form of a row of the audit view.
 fn view(row: &AuditRow) -> AuditItem {
     let actor = match (&row.actor_kind, &row.actor_id) {
@@ -225,19 +186,14 @@ fn view(row: &AuditRow) -> AuditItem {
 /// `GET /admin/api/audit?agentId&subject&from&to&eventType&outcome&actorKind&orgId&cursor&limit`:
 /// `{items, nextCursor}` in position order. The statement names only the filters given, so each
 /// query uses the index that serves it (org, agent, or the subject's blind index).
-async fn audit(
-    State(app): State<AppState>,
-    admin: Admin,
-    RawQuery(raw_query): RawQuery,
-) -> Result<Json<AuditPage>, ApiError> {
-    let q = params(raw_query);
-    let limit = integer(&q, "limit", 50, (1, 500))?;
-    let after = q.get("cursor").map(|c| decode_cursor(c)).transpose()?.unwrap_or(0);
-    let (from, to) = (time(&q, "from")?, time(&q, "to")?);
-    if let Some(kind) = q.get("outcome").filter(|o| !["allowed", "refused"].contains(&o.as_str())) {
+async fn audit(State(app): State<AppState>, admin: Admin, q: Params) -> Result<Json<AuditPage>, ApiError> {
+    let limit = q.integer("limit", 50, (1, 500))?;
+    let after = q.get("cursor").map(decode_cursor).transpose()?.unwrap_or(0);
+    let (from, to) = (q.time("from")?, q.time("to")?);
+    if let Some(kind) = q.get("outcome").filter(|o| !["allowed", "refused"].contains(o)) {
         return Err(invalid("outcome", format!("must be allowed or refused, not \"{kind}\"")));
     }
-    if let Some(kind) = q.get("actorKind").filter(|k| !ACTOR_KINDS.contains(&k.as_str())) {
+    if let Some(kind) = q.get("actorKind").filter(|k| !ACTOR_KINDS.contains(k)) {
         return Err(invalid("actorKind", format!("must be one of {}, not \"{kind}\"", ACTOR_KINDS.join(" "))));
     }
     if let Some(t) = q.get("eventType") {
@@ -252,7 +208,7 @@ async fn audit(
         }
         None => None,
     };
-    let org = read_scope(&app, &admin.principal, q.get("orgId").cloned()).await?;
+    let org = read_scope(&app, &admin.principal, q.id("orgId")?).await?;
     if let Some(agent_id) = q.get("agentId") {
         addressable_agent(&app, &admin.principal, agent_id).await?;
     }
@@ -260,11 +216,11 @@ async fn audit(
     let filter = AuditFilter {
         after,
         org_id: org,
-        agent_id: q.get("agentId").cloned(),
+        agent_id: q.get("agentId").map(str::to_string),
         subject_ref,
-        event_type: q.get("eventType").cloned(),
-        outcome: q.get("outcome").cloned(),
-        actor_kind: q.get("actorKind").cloned(),
+        event_type: q.get("eventType").map(str::to_string),
+        outcome: q.get("outcome").map(str::to_string),
+        actor_kind: q.get("actorKind").map(str::to_string),
         from,
         to,
     };
@@ -282,6 +238,7 @@ async fn audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
 
     /// The feed's reply, assembled around envelopes already written, is what serde writes for
     /// `EventPage` (the type the OpenAPI document describes it by).

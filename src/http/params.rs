@@ -47,6 +47,20 @@ impl Params {
         self.get(name).map(|v| validate::id(name, v)).transpose()
     }
 
+    /// An integer within `range`, `default` when absent.
+    pub fn integer(&self, name: &str, default: i64, range: (i64, i64)) -> Result<i64, ApiError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.trim().parse::<i64>().ok().filter(|n| (range.0..=range.1).contains(n)).ok_or_else(|| {
+                if range.1 == i64::MAX {
+                    invalid(name, format!("must be an integer ≥ {}", range.0))
+                } else {
+                    invalid(name, format!("must be an integer between {} and {}", range.0, range.1))
+                }
+            }),
+        }
+    }
+
     /// One of `allowed`.
     pub fn choice(&self, name: &str, allowed: &[&str]) -> Result<Option<String>, ApiError> {
         match self.get(name) {

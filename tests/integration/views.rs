@@ -596,3 +596,17 @@ async fn a_cursor_pages_only_the_list_it_came_from() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_view_reads_its_parameters_as_every_other_list_does() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    // An unencoded `+` offset arrives as a space; a padded limit is trimmed; as on every list.
+    for query in ["from=2026-12-07T10:20:00+01:00", "limit=%205", "to=2030-01-01T00:00:00-05:00"] {
+        let (status, body) = get(&s, MASTER, &format!("/admin/api/audit?{query}")).await;
+        assert_eq!(status, 200, "{query}: {body}");
+    }
+    let (status, body) = get(&s, MASTER, "/admin/api/audit?from=yesterday").await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("from")));
+    s.stop().await;
+}
