@@ -209,8 +209,7 @@ async fn call_status_handler(app: &AppState, request: &TwilioRequest<CallStatus>
         } else {
             match call_cost(app, &agent.org_id, &call.provider, sid).await {
                 Some(price) => {
-                    if let Err(e) =
-                        reservations::add_cost(&app.pool, &agent.agent_id, &agent.org_id, call.placed_at, price).await
+                    if let Err(e) = reservations::add_cost(&app.pool, &agent.agent_id, &agent.org_id, now, price).await
                     {
                         // Give the mark back with the nonce: the retry applies the cost.
                         if let Err(e) = replay::release(&app.pool, &mark, now).await {
@@ -314,7 +313,8 @@ struct Unpriced {
 }
 
 /// Asks Twilio again for the price of the calls whose turn has come (a task on every instance):
-/// a price found is added to the spend of the day and month the call was placed and recorded as
+/// a price found is added to the spend of the day and month it is found (as the usage and billing
+/// views count the event that records it) and recorded as
 /// the call's `CallStatusChanged` with its cost; a call still unpriced is asked about again after a
 /// pause that doubles (1 minute to 1 hour), for `PRICE_FOR` after it was placed. Returns how many
 /// calls it priced.
@@ -351,7 +351,7 @@ pub async fn price_unpriced_calls(app: &AppState) -> Result<usize, sqlx::Error> 
         if taken.rows_affected() == 0 {
             continue;
         }
-        if let Err(e) = reservations::add_cost(&app.pool, &call.agent_id, &call.org_id, call.placed_at, price).await {
+        if let Err(e) = reservations::add_cost(&app.pool, &call.agent_id, &call.org_id, now, price).await {
             // Put back for the next run.
             tracing::warn!(error = %e.message, call_id = %call.call_id, "call price not added yet");
             sqlx::query(

@@ -1008,3 +1008,37 @@ async fn a_stop_answered_while_a_checked_send_waits_for_its_reservation_keeps_it
     assert_eq!(usage["currentUsage"]["actionsToday"], 1, "{usage}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_price_counts_on_the_day_it_is_known_for_limits_usage_and_billing_alike() {
+    let fake: &'static str = Box::leak(twilio_with_prices().await.into_boxed_str());
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars_with(&[("TWILIO_API_BASE_URL", fake)])).await;
+    set_clock(&s, "2026-11-30T21:00:00Z").await;
+    let o = org(&s, "midnight").await;
+    crate::support::approve_org(&s.http, &s.base, MASTER, &o.org_id).await;
+    let me = Session::open(&s, &o.agent_token).await;
+    me.ok("comms_record_consent", json!({"contactAddress": "+12025550188", "channel": "voice"})).await;
+    // Placed in the last seconds of November (before 21:00 in Washington), priced in December.
+    set_clock(&s, "2026-11-30T23:59:50Z").await;
+    let call = me.ok("comms_make_call", json!({"to": "+12025550188"})).await;
+    assert_eq!(call["callSid"], "CAprice1");
+    set_clock(&s, "2026-12-01T00:00:30Z").await;
+    let path = format!("/webhooks/{}/call-status", o.agent_id);
+    let (code, _) = twilio_post(&s, &path, &[("CallSid", "CAprice1"), ("CallStatus", "completed")], None).await;
+    assert_eq!(code, 200);
+    // The limits' spend today and this month, and the usage view's (a projection, followed
+    // asynchronously), agree.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let dashboard = loop {
+        let dashboard = me.ok("comms_get_usage_dashboard", json!({"period": "today"})).await;
+        if dashboard["totalCost"].as_f64() != Some(0.0) || std::time::Instant::now() > deadline {
+            break dashboard;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(dashboard["currentUsage"]["spendToday"].as_f64(), Some(0.013), "{dashboard}");
+    assert_eq!(dashboard["currentUsage"]["spendMonth"].as_f64(), Some(0.013), "{dashboard}");
+    assert_eq!(dashboard["totalCost"].as_f64(), Some(0.013), "{dashboard}");
+    s.stop().await;
+}
