@@ -138,6 +138,8 @@ async fn consent_at(
         history::stream_until(&app.pool, Contact::TYPE, &stream, None, as_of).await.map_err(ApiError::internal)?;
     let mut contact = Contact::default();
     let mut rows: BTreeMap<ConsentKey, ConsentRow> = BTreeMap::new();
+    // Each grant's keys: those its `contact` is sealed under (the subject's and the record's).
+    let mut grant_keys: std::collections::HashMap<Uuid, Vec<Uuid>> = std::collections::HashMap::new();
     for past in &events {
         let event = past.decode::<Contact>().map_err(ApiError::internal)?;
         match &event {
@@ -157,6 +159,10 @@ async fn consent_at(
                     grant_event_id: past.event_id,
                     sealed: Value::Object(sealed),
                 };
+                let keys = past.payload["contact"]["k"]
+                    .as_array()
+                    .map(|ids| ids.iter().filter_map(|id| id.as_str()?.parse().ok()).collect::<Vec<Uuid>>());
+                grant_keys.insert(*consent_id, keys.unwrap_or_default());
                 rows.insert(row.key(), row);
             }
             ContactEvent::ConsentRevoked { agent_id, channel, was_active: true, .. } => {
@@ -175,6 +181,11 @@ async fn consent_at(
             records.push(row);
         }
     }
+    // A record whose grant's keys are gone was purged (an erasure of the subject, or retention of
+    // a revoked consent): the view at an earlier instant does not bring back that it existed.
+    let keys: Vec<Uuid> = records.iter().filter_map(|r| grant_keys.get(&r.consent_id)).flatten().copied().collect();
+    let live = app.store.keystore().lookup(&keys).await.map_err(ApiError::internal)?;
+    records.retain(|row| grant_keys.get(&row.consent_id).is_none_or(|keys| keys.iter().all(|k| live.contains_key(k))));
     Ok((records, contact.on_dnc()))
 }
 

@@ -610,3 +610,32 @@ async fn the_audit_view_reads_its_parameters_as_every_other_list_does() {
     assert_eq!((status, body["field"].as_str()), (400, Some("from")));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consent_view_as_of_an_earlier_instant_does_not_bring_back_an_erased_subject() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars()).await;
+    set_clock(&s, "2026-12-01T16:00:00Z").await;
+    let org = create_org(&s, "forgotten").await;
+    let (_, agent_token) = provision(&s, &org, "Keeper").await;
+    let agent = Session::open(&s, &agent_token).await;
+    for contact in ["+12025550131", "+12025550132"] {
+        agent.ok("comms_record_consent", json!({"contactAddress": contact, "channel": "sms"})).await;
+    }
+    set_clock(&s, "2026-12-01T17:00:00Z").await;
+    let before = "2026-12-01T16:30:00Z";
+    let view = |contact: &str| format!("/admin/api/consent?contact=%2B{}&as_of={before}", &contact[1..]);
+    let records = |v: &Value| v["records"].as_array().unwrap().len();
+    assert_eq!(records(&get_ok(&s, &org.admin, &view("+12025550131")).await), 1);
+
+    let (status, erased) =
+        post(&s, &org.admin, "/admin/api/subjects/erase", json!({"identifier": "+12025550131"})).await;
+    assert_eq!(status, 200, "{erased}");
+    let now = get_ok(&s, &org.admin, "/admin/api/consent?contact=%2B12025550131").await;
+    assert_eq!(records(&now), 0, "{now}");
+    let then = get_ok(&s, &org.admin, &view("+12025550131")).await;
+    assert_eq!(records(&then), 0, "the erased subject's grant stays purged at an earlier instant: {then}");
+    let other = get_ok(&s, &org.admin, &view("+12025550132")).await;
+    assert_eq!(records(&other), 1, "another contact's grant is still there: {other}");
+    s.stop().await;
+}
