@@ -153,6 +153,9 @@ impl EmbeddedPostgres {
             self.own(dir)?;
         }
         set_mode(&self.pgdata, 0o700)?;
+        // The cluster trusts whoever reaches its socket (initdb --auth=trust): only this
+        // cluster's user may reach it, through a directory and a socket of its own.
+        set_mode(&self.socket_dir, 0o700)?;
         if !self.log_file.exists() {
             std::fs::write(&self.log_file, b"")?;
         }
@@ -223,7 +226,7 @@ impl EmbeddedPostgres {
             .arg(&self.log_file)
             // The socket directory is passed at every start: the data directory may have moved.
             .arg("-o")
-            .arg(format!("-k {} -c listen_addresses=''", self.socket_dir.display()))
+            .arg(format!("-k {} -c listen_addresses='' -c unix_socket_permissions=0700", self.socket_dir.display()))
             .args(["-w", "-t", "60", "start"])
             .stdout(Stdio::null())
             .output()?;

@@ -109,6 +109,12 @@ fn serve_on_the_embedded_default_answers_and_stops_cleanly_on_sigterm() {
     let body: serde_json::Value = reqwest::blocking_get(&format!("http://{addr}/health"));
     assert_eq!(body["status"], "ok");
     assert!(cluster_running(data.path()));
+    // The cluster trusts whoever reaches its socket: nobody but its own user can.
+    use std::os::unix::fs::PermissionsExt;
+    for path in [data.path().join("run"), data.path().join("run/.s.PGSQL.5432")] {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {:o}", path.display(), mode & 0o777);
+    }
 
     assert!(terminate(child).success(), "serve exits 0 on SIGTERM");
     assert!(!cluster_running(data.path()), "the embedded cluster is stopped after the server");
