@@ -124,6 +124,8 @@ pub struct Config {
     pub sms_keyword_replies: bool,
     pub sms_help_text: String,
     pub log_format: LogFormat,
+    /// `RUST_LOG`: the log filter (checked when read).
+    pub log_filter: String,
 }
 
 /// The variable that is wrong, and why.
@@ -335,6 +337,13 @@ impl Config {
             Some("text") => LogFormat::Text,
             Some(_) => return Err(err("LOG_FORMAT", "must be json or text")),
         };
+        let log_filter = match r.raw("RUST_LOG") {
+            None => "info".to_string(),
+            Some(v) => match tracing_subscriber::EnvFilter::try_new(&v) {
+                Ok(_) => v,
+                Err(e) => return Err(err("RUST_LOG", format!("not a log filter: {e}"))),
+            },
+        };
         let markup = match r.raw("BILLING_MARKUP_PERCENT") {
             None => 0.0,
             Some(v) => v
@@ -415,6 +424,7 @@ impl Config {
             sms_keyword_replies: r.bool("SMS_KEYWORD_REPLIES", true)?,
             sms_help_text: r.string("SMS_HELP_TEXT", "Reply STOP to unsubscribe. Msg&data rates may apply."),
             log_format,
+            log_filter,
         };
         config.refuse_unsafe_production()?;
         Ok(config)
@@ -441,7 +451,7 @@ impl Config {
         if self.credentials_encryption_key.is_none() {
             return Err(err("CREDENTIALS_ENCRYPTION_KEY", "is required in production"));
         }
-        if !self.webhook_base_url.starts_with("https://") {
+        if url::Url::parse(&self.webhook_base_url).map_or(true, |u| u.scheme() != "https") {
             return Err(err("WEBHOOK_BASE_URL", "must be https:// in production"));
         }
         if self.agentos_callback_url.is_some() && self.callback_signing_secret.is_none() {
@@ -564,6 +574,7 @@ mod tests {
             ("WEBHOOK_BASE_URL", "https://"),
             ("DATABASE_URL", "notaurl"),
             ("DATABASE_URL", "mysql://db/x"),
+            ("RUST_LOG", "error,commguard=[bad"),
         ] {
             let e = read(&[(var, value)]).unwrap_err();
             assert_eq!(e.var, var, "{var}={value}: {e}");
@@ -617,6 +628,9 @@ mod tests {
             vars.push((var, value));
             assert_eq!(read(&vars).unwrap_err().var, var);
         }
+        // A scheme is case-insensitive: HTTPS:// is https.
+        let upper: Vec<_> = [&safe[..4], &[("WEBHOOK_BASE_URL", "HTTPS://cg.example")]].concat();
+        assert!(read(&upper).is_ok());
         let without_key: Vec<_> = safe.iter().copied().filter(|(k, _)| *k != "DATA_ENCRYPTION_KEY").collect();
         assert_eq!(read(&without_key).unwrap_err().var, "DATA_ENCRYPTION_KEY");
         // Forwarding inbound messages signs them: never with an empty secret in production.
