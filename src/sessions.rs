@@ -44,6 +44,14 @@ impl Session {
         self.inbox.lock().expect("session inbox lock").take()
     }
 
+    /// The inbox back from a stream that ended without ending the session (`GET /mcp`).
+    pub fn give_back_inbox(&self, inbox: mpsc::UnboundedReceiver<Value>) {
+        let mut slot = self.inbox.lock().expect("session inbox lock");
+        if slot.is_none() {
+            *slot = Some(inbox);
+        }
+    }
+
     /// Resolves when the session is closed.
     pub async fn closed(&self) {
         let mut rx = self.closed.subscribe();

@@ -79,24 +79,29 @@ pub fn open_context(
     }
 }
 
-/// Closes the session when its stream goes away (client disconnect or server close).
-struct CloseOnDrop {
+/// What a stream's end leaves behind: a legacy SSE session ends with its stream; a `GET /mcp`
+/// stream gives its session's inbox back, so that the client can open the stream again.
+struct StreamEnd {
     sessions: Arc<Sessions>,
-    id: String,
-    enabled: bool,
+    session: Arc<Session>,
+    inbox: Option<mpsc::UnboundedReceiver<Value>>,
+    owns_session: bool,
 }
 
-impl Drop for CloseOnDrop {
+impl Drop for StreamEnd {
     fn drop(&mut self) {
-        if self.enabled {
-            let (sessions, id) = (self.sessions.clone(), std::mem::take(&mut self.id));
+        if self.owns_session {
+            let (sessions, id) = (self.sessions.clone(), self.session.id.clone());
             tokio::spawn(async move { sessions.close(&id, "stream_closed").await });
+        } else if let Some(inbox) = self.inbox.take() {
+            self.session.give_back_inbox(inbox);
         }
     }
 }
 
 /// The event stream of a session: an optional first event, then its messages and pings, until
-/// the session closes. `owns_session`: the session ends with the stream (legacy SSE).
+/// the session closes. `owns_session`: the session ends with the stream (legacy SSE); otherwise
+/// the stream may end and be opened again (`GET /mcp`).
 pub fn event_stream(
     sessions: Arc<Sessions>,
     session: Arc<Session>,
@@ -104,14 +109,15 @@ pub fn event_stream(
     first: Option<String>,
     owns_session: bool,
 ) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
-    let guard = CloseOnDrop { sessions, id: session.id.clone(), enabled: owns_session };
+    let end = StreamEnd { sessions, session, inbox: Some(inbox), owns_session };
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = (session, inbox, first, ticker, guard);
-    futures::stream::unfold(state, |(session, mut inbox, first, mut ticker, guard)| async move {
+    futures::stream::unfold((end, first, ticker), |(mut end, first, mut ticker)| async move {
         if let Some(first) = first {
-            return Some((Ok(Bytes::from(first)), (session, inbox, None, ticker, guard)));
+            return Some((Ok(Bytes::from(first)), (end, None, ticker)));
         }
+        let session = end.session.clone();
+        let inbox = end.inbox.as_mut().expect("the inbox is the stream's until it ends");
         let chunk = tokio::select! {
             biased;
             message = inbox.recv() => match message {
@@ -121,7 +127,7 @@ pub fn event_stream(
             _ = session.closed() => return None,
             _ = ticker.tick() => ": ping\n\n".to_string(),
         };
-        Some((Ok(Bytes::from(chunk)), (session, inbox, None, ticker, guard)))
+        Some((Ok(Bytes::from(chunk)), (end, None, ticker)))
     })
 }
 

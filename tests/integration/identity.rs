@@ -586,3 +586,46 @@ async fn a_rotation_is_answered_once_every_live_instance_has_dropped_the_old_tok
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamable_sessions_notification_stream_can_be_opened_again_after_it_ends() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &LIMITS).await;
+    let init = s
+        .http
+        .post(s.url("/mcp"))
+        .bearer_auth(MASTER)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}))
+        .send()
+        .await
+        .unwrap();
+    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    // Each GET on its own connection, as a client that reconnects opens a new one.
+    let open = || {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        client
+            .get(s.url("/mcp"))
+            .bearer_auth(MASTER)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &session)
+            .send()
+    };
+    let first = open().await.unwrap();
+    assert_eq!(first.status(), 200);
+    // While it is open, a second stream is a conflict.
+    assert_eq!(open().await.unwrap().status(), 409);
+    drop(first);
+    // Once the client has gone, the stream can be opened again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = open().await.unwrap();
+        if again.status() == 200 {
+            break;
+        }
+        assert_eq!(again.status(), 409);
+        assert!(Instant::now() < deadline, "the stream was never given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.stop().await;
+}
