@@ -44,6 +44,11 @@ impl Session {
         self.inbox.lock().expect("session inbox lock").take()
     }
 
+    /// Whether a stream holds the inbox (a `GET /mcp` or `/sse` stream is open).
+    fn streaming(&self) -> bool {
+        self.inbox.lock().expect("session inbox lock").is_none()
+    }
+
     /// The inbox back from a stream that ended without ending the session (`GET /mcp`).
     pub fn give_back_inbox(&self, inbox: mpsc::UnboundedReceiver<Value>) {
         let mut slot = self.inbox.lock().expect("session inbox lock");
@@ -199,7 +204,9 @@ impl Sessions {
     /// sessions live as long as their stream.
     pub async fn expire_idle(&self) -> usize {
         let idle = self.idle;
-        self.close_where(|s| s.transport == Transport::Streamable && s.idle_for() > idle, "idle").await
+        // A client listening on its notification stream is using the session.
+        self.close_where(|s| s.transport == Transport::Streamable && !s.streaming() && s.idle_for() > idle, "idle")
+            .await
     }
 
     /// Closes everything (shutdown).

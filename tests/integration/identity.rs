@@ -629,3 +629,45 @@ async fn a_streamable_sessions_notification_stream_can_be_opened_again_after_it_
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_listening_on_its_stream_is_not_idle() {
+    let db = TestDb::new().await;
+    let mut vars = LIMITS.to_vec();
+    vars.push(("MCP_SESSION_IDLE_SECONDS", "1"));
+    let s = TestServer::start(&db, &vars).await;
+    let init = s
+        .http
+        .post(s.url("/mcp"))
+        .bearer_auth(MASTER)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}))
+        .send()
+        .await
+        .unwrap();
+    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let listening = reqwest::Client::new()
+        .get(s.url("/mcp"))
+        .bearer_auth(MASTER)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listening.status(), 200);
+    // Three idle limits pass with nothing but the open stream.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let ping = s
+        .http
+        .post(s.url("/mcp"))
+        .bearer_auth(MASTER)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ping.status(), 200, "a listening session was expired as idle");
+    drop(listening);
+    s.stop().await;
+}
