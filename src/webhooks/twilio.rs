@@ -314,10 +314,9 @@ struct Unpriced {
 
 /// Asks Twilio again for the price of the calls whose turn has come (a task on every instance):
 /// a price found is added to the spend of the day and month it is found (as the usage and billing
-/// views count the event that records it) and recorded as
-/// the call's `CallStatusChanged` with its cost; a call still unpriced is asked about again after a
-/// pause that doubles (1 minute to 1 hour), for `PRICE_FOR` after it was placed. Returns how many
-/// calls it priced.
+/// views count the event that records it) and recorded as the call's `CallStatusChanged` with its
+/// cost; a call still unpriced is asked about again after a pause that doubles (1 minute to 1
+/// hour), for `PRICE_FOR` after it was placed. Returns how many calls it priced.
 pub async fn price_unpriced_calls(app: &AppState) -> Result<usize, sqlx::Error> {
     let now = app.clock.now();
     // Claimed by moving their turn ahead: another instance's run skips them meanwhile.
