@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use axum::http::HeaderMap;
 
 use super::{bearer, AuthFailure, Bearer, Identity, Lockout, Principal};
+use crate::crypto::tokens::fingerprint;
 use crate::error::{ApiError, ErrorCode};
 
 /// Where a credential may come from, and how a missing one is worded.
@@ -35,11 +36,19 @@ pub struct Authenticated {
     verified: bool,
     /// The route it was presented on, as failures record it.
     route: &'static str,
+    /// The presented token's fingerprint, for a failure found later (an agent claim or a session
+    /// that is not the token's).
+    fingerprint: Option<String>,
 }
 
 impl Authenticated {
     /// The request passed authorization: a verified credential resets the IP's failure count
     /// (docs/http.md#rate-limits-and-brute-force "success resets the count") and marks its token used (`lastUsedAt`).
+    /// The presented token's fingerprint (none for dev-open or demo without a credential).
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
+    }
+
     /// `Err` (`locked_out`) if the IP was locked after the gate let this request in.
     pub async fn admit(&self, lockout: &Lockout, identity: &Identity, ip: IpAddr) -> Result<(), ApiError> {
         if self.verified {
@@ -70,16 +79,18 @@ pub async fn authenticate(
     };
     let Some(token) = presented else {
         if let Some(anonymous) = identity.anonymous() {
-            return Ok(Authenticated { principal: anonymous, verified: false, route: rules.route });
+            return Ok(Authenticated { principal: anonymous, verified: false, route: rules.route, fingerprint: None });
         }
         lockout.fail(ip, AuthFailure::Missing, rules.route, None, None).await?;
         return Err(unauthorized(rules.missing_message, rules));
     };
     match identity.resolve(&token).await {
-        Ok(principal) => Ok(Authenticated { principal, verified: true, route: rules.route }),
+        Ok(principal) => {
+            Ok(Authenticated { principal, verified: true, route: rules.route, fingerprint: Some(fingerprint(&token)) })
+        }
         Err(AuthFailure::Unavailable) => Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable")),
         Err(failure) => {
-            lockout.fail(ip, failure, rules.route, Some(&token), None).await?;
+            lockout.fail(ip, failure, rules.route, Some(&fingerprint(&token)), None).await?;
             Err(unauthorized("Invalid or revoked token", rules))
         }
     }

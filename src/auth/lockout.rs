@@ -22,7 +22,6 @@ use super::AuthFailure;
 use crate::alerts::{self, Finding};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::crypto::tokens::fingerprint;
 use crate::metrics::Metrics;
 use crate::store::{rfc3339, Actor, CommandContext, Store};
 
@@ -135,18 +134,19 @@ impl Lockout {
     /// A failed credential check: recorded, counted, and at the threshold the IP is locked.
     /// `Err` (`unavailable`) when the failure could not be recorded: the caller answers that
     /// rather than a refusal that left no trace (principle 2, docs/security.md#principles).
+    /// `token_fingerprint`: of the token presented, if one was (`crypto::tokens::fingerprint`).
     pub async fn fail(
         &self,
         ip: IpAddr,
         failure: AuthFailure,
         route: &str,
-        presented: Option<&str>,
+        token_fingerprint: Option<&str>,
         claimed_agent: Option<&str>,
     ) -> Result<(), ApiError> {
         if failure == AuthFailure::Unavailable {
             return Ok(());
         }
-        self.record_failure(ip, failure.reason(), route, presented, claimed_agent).await?;
+        self.record_failure(ip, failure.reason(), route, token_fingerprint, claimed_agent).await?;
         if !self.enabled {
             return Ok(());
         }
@@ -258,14 +258,14 @@ impl Lockout {
         ip: IpAddr,
         reason: &str,
         route: &str,
-        presented: Option<&str>,
+        token_fingerprint: Option<&str>,
         claimed_agent: Option<&str>,
     ) -> Result<(), ApiError> {
         let event = IpEvent::AuthFailed {
             ip: Pii::retained(ip.to_string(), RetentionClass::Security),
             reason: reason.into(),
             route: route.into(),
-            token_fingerprint: presented.map(fingerprint),
+            token_fingerprint: token_fingerprint.map(str::to_string),
             claimed_agent_id: claimed_agent.map(str::to_string),
         };
         match self.store.record("ip", &self.ip_ref(ip), &[event], &self.context()).await {

@@ -15,6 +15,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 
 use crate::auth::{bearer, guard, AuthFailure, Bearer, Principal, Role};
+use crate::crypto::tokens::fingerprint;
 use crate::directory::commands::addressable_agent;
 use crate::directory::AgentView;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
@@ -127,7 +128,7 @@ impl FromRequestParts<AppState> for Admin {
                     return Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable"))
                 }
                 Err(failure) => {
-                    app.lockout.fail(ip, failure, route, Some(&token), None).await?;
+                    app.lockout.fail(ip, failure, route, Some(&fingerprint(&token)), None).await?;
                     return Err(ApiError::new(ErrorCode::Unauthorized, "Invalid admin token"));
                 }
             },

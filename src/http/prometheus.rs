@@ -15,6 +15,7 @@ use axum::Router;
 use sqlx::PgPool;
 
 use crate::auth::{bearer, AuthFailure, Bearer, Role};
+use crate::crypto::tokens::fingerprint;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::ip_filter::listed;
 use crate::http::{ClientIp, RequestId};
@@ -65,7 +66,7 @@ impl FromRequestParts<AppState> for Scraper {
                     return Err(ApiError::new(ErrorCode::Unavailable, "Service unavailable"))
                 }
                 Err(failure) => {
-                    app.lockout.fail(ip, failure, ROUTE, Some(&token), None).await?;
+                    app.lockout.fail(ip, failure, ROUTE, Some(&fingerprint(&token)), None).await?;
                     return Err(ApiError::new(ErrorCode::Unauthorized, "Invalid or revoked token"));
                 }
             },

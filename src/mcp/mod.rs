@@ -46,10 +46,11 @@ pub async fn open_claim(
     ip: IpAddr,
     route: &str,
     context: CommandContext,
+    token_fingerprint: Option<&str>,
 ) -> Result<(Option<String>, CommandContext), ApiError> {
     let claimed = offered.filter(|c| !c.is_empty());
     let result = match claim {
-        Ok(claim) => check_claim(app, principal, claim, ip, route).await,
+        Ok(claim) => check_claim(app, principal, claim, ip, route, token_fingerprint).await,
         Err(refusal) => Err(refusal),
     };
     match result {
@@ -90,11 +91,12 @@ async fn check_claim(
     claim: Option<String>,
     ip: IpAddr,
     route: &str,
+    token_fingerprint: Option<&str>,
 ) -> Result<Option<String>, ApiError> {
     let claim = match (principal.kind, claim) {
         (Role::Agent, Some(claimed)) if claimed != principal.id => {
             // Counted (docs/http.md#rate-limits-and-brute-force): the token was valid, but a guess at another agent is a failure.
-            app.lockout.fail(ip, AuthFailure::AgentMismatch, route, None, Some(&claimed)).await?;
+            app.lockout.fail(ip, AuthFailure::AgentMismatch, route, token_fingerprint, Some(&claimed)).await?;
             let mut refusal = ApiError::new(ErrorCode::Unauthorized, "Token agentId does not match requested agentId");
             refusal.recorded = true;
             return Err(refusal);
@@ -132,9 +134,10 @@ pub async fn admit_to_session(
     principal: &Principal,
     ip: IpAddr,
     route: &str,
+    token_fingerprint: Option<&str>,
 ) -> Result<(), ApiError> {
     if !principal.same_as(&session.principal) {
-        app.lockout.fail(ip, AuthFailure::SessionMismatch, route, None, None).await?;
+        app.lockout.fail(ip, AuthFailure::SessionMismatch, route, token_fingerprint, None).await?;
         return Err(ApiError::new(ErrorCode::Forbidden, "Session belongs to a different principal"));
     }
     // A request that presented the session's own token has just proven it valid.

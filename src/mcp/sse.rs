@@ -52,7 +52,8 @@ pub async fn open(
     let principal = authenticated.principal.clone();
     let context = open_context(&app, &principal, &request_id, Transport::Sse);
     let claim = claim_param(query.agent_id.as_deref());
-    let (claim, context) = open_claim(&app, &principal, query.agent_id, claim, ip, "/sse", context).await?;
+    let (claim, context) =
+        open_claim(&app, &principal, query.agent_id, claim, ip, "/sse", context, authenticated.fingerprint()).await?;
     authenticated.admit(&app.lockout, &app.identity, ip).await?;
     let session = app.sessions.open(principal, claim, Transport::Sse, context).await?;
     let inbox = session.take_inbox().expect("a new session has its inbox");
@@ -172,7 +173,8 @@ pub async fn message(
     // (4)–(5) the request principal must be the session's.
     // (6) the opening token and the org still stand.
     let principal = header_principal.as_ref().map_or_else(|| session.principal.clone(), |a| a.principal.clone());
-    admit_to_session(&app, &session, &principal, ip, "/messages").await?;
+    let fingerprint = header_principal.as_ref().and_then(|a| a.fingerprint());
+    admit_to_session(&app, &session, &principal, ip, "/messages", fingerprint).await?;
     if let Some(authenticated) = &header_principal {
         authenticated.admit(&app.lockout, &app.identity, ip).await?;
     }

@@ -16,8 +16,7 @@ use super::protocol::{self, Message, STREAMABLE_VERSIONS};
 use super::sse::{event_stream, is_json, open_context};
 use super::{admit_to_session, claim_param, open_claim};
 use crate::auth::caller::Transport;
-use crate::auth::credential::{authenticate, CredentialRules};
-use crate::auth::Principal;
+use crate::auth::credential::{authenticate, Authenticated, CredentialRules};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::extract::PlainQuery;
 use crate::http::{ClientIp, RequestId};
@@ -77,7 +76,7 @@ fn claim_input(headers: &HeaderMap, query: Option<&str>) -> Result<Option<String
 async fn existing_session(
     app: &AppState,
     headers: &HeaderMap,
-    principal: &Principal,
+    authenticated: &Authenticated,
     ip: std::net::IpAddr,
 ) -> Result<Arc<Session>, ApiError> {
     let id = header_str(headers, SESSION_HEADER)
@@ -87,7 +86,7 @@ async fn existing_session(
         .get(id)
         .filter(|s| s.transport == Transport::Streamable)
         .ok_or_else(|| ApiError::not_found("Unknown or expired session"))?;
-    admit_to_session(app, &session, principal, ip, "/mcp").await?;
+    admit_to_session(app, &session, &authenticated.principal, ip, "/mcp", authenticated.fingerprint()).await?;
     Ok(session)
 }
 
@@ -120,12 +119,13 @@ pub async fn post(
             Some(header) => Some(String::from_utf8_lossy(header.as_bytes()).trim().to_string()),
             None => query.agent_id,
         };
-        let (claim, context) = open_claim(&app, &principal, offered, claim, ip, "/mcp", context).await?;
+        let fingerprint = authenticated.fingerprint();
+        let (claim, context) = open_claim(&app, &principal, offered, claim, ip, "/mcp", context, fingerprint).await?;
         authenticated.admit(&app.lockout, &app.identity, ip).await?;
         let session = app.sessions.open(principal.clone(), claim, Transport::Streamable, context).await?;
         (session, true)
     } else {
-        let session = existing_session(&app, &headers, &principal, ip).await?;
+        let session = existing_session(&app, &headers, &authenticated, ip).await?;
         authenticated.admit(&app.lockout, &app.identity, ip).await?;
         if let Some(version) = header_str(&headers, "mcp-protocol-version") {
             if !STREAMABLE_VERSIONS.contains(&version) {
@@ -169,7 +169,7 @@ pub async fn get(
         return Err(ApiError::new(ErrorCode::InvalidInput, "Accept must list text/event-stream")
             .with_status(StatusCode::NOT_ACCEPTABLE));
     }
-    let session = existing_session(&app, &headers, &authenticated.principal, ip).await?;
+    let session = existing_session(&app, &headers, &authenticated, ip).await?;
     authenticated.admit(&app.lockout, &app.identity, ip).await?;
     let inbox = session
         .take_inbox()
@@ -185,7 +185,7 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let authenticated = authenticate(&app.lockout, &app.identity, &headers, ip, &rules()).await?;
-    let session = existing_session(&app, &headers, &authenticated.principal, ip).await?;
+    let session = existing_session(&app, &headers, &authenticated, ip).await?;
     authenticated.admit(&app.lockout, &app.identity, ip).await?;
     app.sessions.close(&session.id, "client_closed").await;
     Ok(StatusCode::NO_CONTENT.into_response())

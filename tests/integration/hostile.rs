@@ -384,6 +384,15 @@ async fn an_agent_token_claiming_another_agent_counts_toward_the_lockout() {
         .await
         .unwrap();
     assert_eq!((mismatches, locks), (10, 1));
+    // Each names the token presented by its fingerprint (the first 8 hex of its SHA-256).
+    let fingerprints: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT payload->>'tokenFingerprint' FROM events WHERE event_type = 'AuthFailed' AND payload->>'reason' = 'agent_mismatch'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let expected = commguard::crypto::tokens::fingerprint(&o.agent_token);
+    assert!(fingerprints.iter().all(|f| f.as_deref() == Some(expected.as_str())), "{fingerprints:?}");
     s.stop().await;
 }
 
