@@ -18,6 +18,7 @@ use axum::Router;
 use commguard_domain::refusal::Check;
 use commguard_domain::values::OrgMode;
 
+use crate::auth::credential::Authenticated;
 use crate::auth::{AuthFailure, Principal, Role};
 use crate::directory;
 use crate::error::{ApiError, ErrorCode};
@@ -40,17 +41,17 @@ pub fn routes() -> Router<AppState> {
 /// On success, `context` comes back with the open's checks passed, for its `SessionOpened`.
 pub async fn open_claim(
     app: &AppState,
-    principal: &Principal,
+    authenticated: &Authenticated,
     offered: Option<String>,
     claim: Result<Option<String>, ApiError>,
     ip: IpAddr,
     route: &str,
     context: CommandContext,
-    token_fingerprint: Option<&str>,
 ) -> Result<(Option<String>, CommandContext), ApiError> {
+    let principal = &authenticated.principal;
     let claimed = offered.filter(|c| !c.is_empty());
     let result = match claim {
-        Ok(claim) => check_claim(app, principal, claim, ip, route, token_fingerprint).await,
+        Ok(claim) => check_claim(app, principal, claim, ip, route, authenticated.fingerprint()).await,
         Err(refusal) => Err(refusal),
     };
     match result {

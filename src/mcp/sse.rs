@@ -52,8 +52,7 @@ pub async fn open(
     let principal = authenticated.principal.clone();
     let context = open_context(&app, &principal, &request_id, Transport::Sse);
     let claim = claim_param(query.agent_id.as_deref());
-    let (claim, context) =
-        open_claim(&app, &principal, query.agent_id, claim, ip, "/sse", context, authenticated.fingerprint()).await?;
+    let (claim, context) = open_claim(&app, &authenticated, query.agent_id, claim, ip, "/sse", context).await?;
     authenticated.admit(&app.lockout, &app.identity, ip).await?;
     let session = app.sessions.open(principal, claim, Transport::Sse, context).await?;
     let inbox = session.take_inbox().expect("a new session has its inbox");

@@ -119,8 +119,7 @@ pub async fn post(
             Some(header) => Some(String::from_utf8_lossy(header.as_bytes()).trim().to_string()),
             None => query.agent_id,
         };
-        let fingerprint = authenticated.fingerprint();
-        let (claim, context) = open_claim(&app, &principal, offered, claim, ip, "/mcp", context, fingerprint).await?;
+        let (claim, context) = open_claim(&app, &authenticated, offered, claim, ip, "/mcp", context).await?;
         authenticated.admit(&app.lockout, &app.identity, ip).await?;
         let session = app.sessions.open(principal.clone(), claim, Transport::Streamable, context).await?;
         (session, true)
