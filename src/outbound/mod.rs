@@ -190,40 +190,36 @@ async fn agent_for_send(
     subject: &compliance::Subject<'_>,
 ) -> Result<(AgentView, Option<OrgTerms>, ContactState), ApiError> {
     guard::own_agent(principal, agent_id)?;
+    let (agent, org, contact) = read_for_send(app, agent_id, subject)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
+    guard::agent_in_org(principal, agent_id, &agent.org_id)?;
+    Ok((agent, org, contact))
+}
+
+/// The agent, its org and the recipient of `subject` as compliance reads them: one statement
+/// (`read::agent_org_and_contact`) on the hot path's kept connection, as the reservation and the
+/// append after it. `None`: no such agent.
+async fn read_for_send(
+    app: &AppState,
+    agent_id: &str,
+    subject: &compliance::Subject<'_>,
+) -> Result<Option<(AgentView, Option<OrgTerms>, ContactState)>, ApiError> {
     let subject_ref = app.store.keystore().data_keys().blind_index(subject.to);
     let recording = subject.voice.as_ref().is_some_and(|voice| voice.record);
-    // On the hot path's kept connection, as the reservation and the append after it.
     let mut conn = app.store.kept().take().await.map_err(ApiError::internal)?;
     let read =
         directory_read::agent_org_and_contact(conn.conn(), agent_id, &subject_ref, subject.channel.as_str(), recording)
             .await;
     conn.ended(&read);
-    drop(conn);
-    let (agent, org, contact) = read
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
-    guard::agent_in_org(principal, agent_id, &agent.org_id)?;
-    Ok((agent, org, contact))
+    read.map_err(ApiError::internal)
 }
 
 /// Compliance (checks 7–11) again for `action`, with the recipient as the contact projection holds
 /// it now: `Err` is the refusal, or `unavailable` if it cannot be read.
 async fn recheck<A: Action>(app: &AppState, agent: &AgentView, action: &A) -> Result<(), ApiError> {
     let subject = action.subject();
-    let subject_ref = app.store.keystore().data_keys().blind_index(subject.to);
-    let recording = subject.voice.as_ref().is_some_and(|voice| voice.record);
-    let mut conn = app.store.kept().take().await.map_err(ApiError::internal)?;
-    let read = directory_read::agent_org_and_contact(
-        conn.conn(),
-        &agent.agent_id,
-        &subject_ref,
-        subject.channel.as_str(),
-        recording,
-    )
-    .await;
-    conn.ended(&read);
-    drop(conn);
-    let Some((_, _, contact)) = read.map_err(ApiError::internal)? else {
+    let Some((_, _, contact)) = read_for_send(app, &agent.agent_id, &subject).await? else {
         return Err(ApiError::new(ErrorCode::Unavailable, "The agent could not be read again"));
     };
     let mut scratch = crate::store::Provenance::default();
