@@ -318,12 +318,8 @@ async fn the_session_cap_refuses_with_503_and_failures_are_recorded() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_streamable_sessions_expire() {
-    let db = TestDb::new().await;
-    let mut vars = LIMITS.to_vec();
-    vars.push(("MCP_SESSION_IDLE_SECONDS", "1"));
-    let s = TestServer::start(&db, &vars).await;
+/// A `/mcp` session opened by the master with `initialize`: its id.
+async fn open_streamable(s: &TestServer) -> String {
     let init = s
         .http
         .post(s.url("/mcp"))
@@ -333,21 +329,37 @@ async fn idle_streamable_sessions_expire() {
         .send()
         .await
         .unwrap();
-    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
-    let ping = || {
-        s.http
-            .post(s.url("/mcp"))
-            .bearer_auth(MASTER)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-session-id", &session)
-            .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
-            .send()
-    };
-    assert_eq!(ping().await.unwrap().status(), 200);
+    init.headers()["mcp-session-id"].to_str().unwrap().to_string()
+}
+
+/// A JSON-RPC ping in `session`: the status.
+async fn ping_streamable(s: &TestServer, session: &str) -> u16 {
+    let r = s
+        .http
+        .post(s.url("/mcp"))
+        .bearer_auth(MASTER)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", session)
+        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    r.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streamable_sessions_expire() {
+    let db = TestDb::new().await;
+    let mut vars = LIMITS.to_vec();
+    vars.push(("MCP_SESSION_IDLE_SECONDS", "1"));
+    let s = TestServer::start(&db, &vars).await;
+    let session = open_streamable(&s).await;
+    let ping = || ping_streamable(&s, &session);
+    assert_eq!(ping().await, 200);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if ping().await.unwrap().status() == 404 {
+        if ping().await == 404 {
             break;
         }
         // Each ping keeps it alive: wait out the idle limit before the next probe.
@@ -591,16 +603,7 @@ async fn a_rotation_is_answered_once_every_live_instance_has_dropped_the_old_tok
 async fn a_streamable_sessions_notification_stream_can_be_opened_again_after_it_ends() {
     let db = TestDb::new().await;
     let s = TestServer::start(&db, &LIMITS).await;
-    let init = s
-        .http
-        .post(s.url("/mcp"))
-        .bearer_auth(MASTER)
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}))
-        .send()
-        .await
-        .unwrap();
-    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let session = open_streamable(&s).await;
     // Each GET on its own connection, as a client that reconnects opens a new one.
     let open = || {
         let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
@@ -636,16 +639,7 @@ async fn a_session_listening_on_its_stream_is_not_idle() {
     let mut vars = LIMITS.to_vec();
     vars.push(("MCP_SESSION_IDLE_SECONDS", "1"));
     let s = TestServer::start(&db, &vars).await;
-    let init = s
-        .http
-        .post(s.url("/mcp"))
-        .bearer_auth(MASTER)
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}))
-        .send()
-        .await
-        .unwrap();
-    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let session = open_streamable(&s).await;
     let listening = reqwest::Client::new()
         .get(s.url("/mcp"))
         .bearer_auth(MASTER)
@@ -657,17 +651,7 @@ async fn a_session_listening_on_its_stream_is_not_idle() {
     assert_eq!(listening.status(), 200);
     // Three idle limits pass with nothing but the open stream.
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    let ping = s
-        .http
-        .post(s.url("/mcp"))
-        .bearer_auth(MASTER)
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-session-id", &session)
-        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ping.status(), 200, "a listening session was expired as idle");
+    assert_eq!(ping_streamable(&s, &session).await, 200, "a listening session was expired as idle");
     drop(listening);
     s.stop().await;
 }
