@@ -5,7 +5,6 @@
 
 use axum::extract::State;
 use axum::Json;
-use base64::Engine;
 use commguard_projections::audit::read::{self as audit_read, AuditFilter, AuditItem as AuditRow};
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -148,20 +147,6 @@ struct Actor {
 
 const ACTOR_KINDS: &[&str] = &["agent", "org", "super-admin", "system", "provider", "cli"];
 
-/// The audit cursor: opaque to callers, the last position of the previous page to us.
-fn encode_cursor(position: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("audit:{position}"))
-}
-
-fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| text.strip_prefix("audit:").and_then(|p| p.parse::<i64>().ok()))
-        .ok_or_else(|| invalid("cursor", "is not a cursor this API returned"))
-}
-
 /// The reply's form of a row of the audit view.
 fn view(row: &AuditRow) -> AuditItem {
     let actor = match (&row.actor_kind, &row.actor_id) {
@@ -187,8 +172,8 @@ fn view(row: &AuditRow) -> AuditItem {
 /// `{items, nextCursor}` in position order. The statement names only the filters given, so each
 /// query uses the index that serves it (org, agent, or the subject's blind index).
 async fn audit(State(app): State<AppState>, admin: Admin, q: Params) -> Result<Json<AuditPage>, ApiError> {
-    let limit = q.integer("limit", 50, (1, 500))?;
-    let after = q.get("cursor").map(decode_cursor).transpose()?.unwrap_or(0);
+    // Keyset paging by position, as every list (`paging::Page`).
+    let page = q.page::<i64>()?;
     let (from, to) = (q.time("from")?, q.time("to")?);
     if let Some(kind) = q.get("outcome").filter(|o| !["allowed", "refused"].contains(o)) {
         return Err(invalid("outcome", format!("must be allowed or refused, not \"{kind}\"")));
@@ -214,7 +199,7 @@ async fn audit(State(app): State<AppState>, admin: Admin, q: Params) -> Result<J
     }
 
     let filter = AuditFilter {
-        after,
+        after: page.after.unwrap_or(0),
         org_id: org,
         agent_id: q.get("agentId").map(str::to_string),
         subject_ref,
@@ -224,14 +209,8 @@ async fn audit(State(app): State<AppState>, admin: Admin, q: Params) -> Result<J
         from,
         to,
     };
-    // One more than asked for: whether a next page exists, without counting.
-    let mut rows = audit_read::items(&app.pool, &filter, limit + 1).await.map_err(ApiError::internal)?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next_cursor = match rows.last() {
-        Some(last) if more => Some(encode_cursor(last.position)),
-        _ => None,
-    };
+    let rows = audit_read::items(&app.pool, &filter, page.fetch()).await.map_err(ApiError::internal)?;
+    let (rows, next_cursor) = page.finish(rows, |row| row.position);
     Ok(Json(AuditPage { items: rows.iter().map(view).collect(), next_cursor }))
 }
 
@@ -291,9 +270,14 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_foreign_ones_are_refused() {
-        assert_eq!(decode_cursor(&encode_cursor(123_456)).unwrap(), 123_456);
-        assert_eq!(decode_cursor("bm9wZQ").unwrap_err().extra["field"], "cursor");
-        assert!(decode_cursor("!!").is_err());
+        use crate::paging::Page;
+        const AUDIT: &str = "/admin/api/audit";
+        let (_, next) = Page::<i64>::from_query(AUDIT, None, Some("1")).unwrap().finish(vec![123_456, 123_457], |p| *p);
+        assert_eq!(Page::<i64>::from_query(AUDIT, next.as_deref(), None).unwrap().after, Some(123_456));
+        assert_eq!(Page::<i64>::from_query(AUDIT, Some("bm9wZQ"), None).unwrap_err().extra["field"], "cursor");
+        assert!(Page::<i64>::from_query(AUDIT, Some("!!"), None).is_err());
+        // The alerts list pages by position too: its cursor is not the audit view's.
+        assert!(Page::<i64>::from_query(AUDIT, Some("WyIvYWRtaW4vYXBpL2FsZXJ0cyIsNF0"), None).is_err());
     }
 
     #[test]

@@ -17,7 +17,6 @@ use crate::auth::{guard, Role};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::{envelope, feed};
-use crate::validate::invalid;
 
 pub fn routes() -> ApiRouter {
     ApiRouter::new()
@@ -106,18 +105,8 @@ async fn chain_events(
     params: Params,
 ) -> Result<Json<ChainEvents>, ApiError> {
     guard::require_role(&admin.principal, Role::SuperAdmin)?;
-    let number = |name: &str, default: i64, range: (i64, i64), expected: &str| -> Result<i64, ApiError> {
-        match params.get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (range.0..=range.1).contains(n))
-                .ok_or_else(|| invalid(name, format!("must be {expected}"))),
-        }
-    };
-    let after = number("after", 0, (0, i64::MAX), "a sequence ≥ 0")?;
-    let limit = number("limit", 500, (1, 1000), "an integer between 1 and 1000")?;
+    let after = params.integer("after", 0, (0, i64::MAX))?;
+    let limit = params.integer("limit", 500, (1, 1000))?;
     let head: ChainHead = sqlx::query_as(
         "SELECT aggregate_type, aggregate_id, last_sequence, last_hash FROM chain_heads
          WHERE aggregate_type = $1 AND aggregate_id = $2",
