@@ -344,29 +344,20 @@ pub async fn price_unpriced_calls(app: &AppState) -> Result<usize, sqlx::Error> 
             }
             continue;
         };
-        // Taken out first: a price is added once even if what follows fails.
-        let taken =
-            sqlx::query("DELETE FROM unpriced_calls WHERE call_id = $1").bind(call.call_id).execute(&app.pool).await?;
-        if taken.rows_affected() == 0 {
-            continue;
-        }
-        if let Err(e) = reservations::add_cost(&app.pool, &call.agent_id, &call.org_id, now, price).await {
-            // Put back for the next run.
-            tracing::warn!(error = %e.message, call_id = %call.call_id, "call price not added yet");
-            sqlx::query(
-                "INSERT INTO unpriced_calls (call_id, agent_id, org_id, sid, placed_at, status, attempts, next_try)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (call_id) DO NOTHING",
-            )
-            .bind(call.call_id)
-            .bind(&call.agent_id)
-            .bind(&call.org_id)
-            .bind(&call.sid)
-            .bind(call.placed_at)
-            .bind(&call.status)
-            .bind(call.attempts)
-            .bind(now)
-            .execute(&app.pool)
-            .await?;
+        // Taken out and added in one statement: the price is added once, or the call stays for the
+        // next run (whose turn the claim has already moved ahead).
+        let added: Option<i32> = sqlx::query_scalar(
+            "WITH taken AS (DELETE FROM unpriced_calls WHERE call_id = $1 RETURNING 1)
+             SELECT 1 FROM taken, LATERAL (SELECT settle_action_cost($2, $3, $4, $5)) settled",
+        )
+        .bind(call.call_id)
+        .bind(&call.agent_id)
+        .bind(&call.org_id)
+        .bind(now)
+        .bind(price)
+        .fetch_optional(&app.pool)
+        .await?;
+        if added.is_none() {
             continue;
         }
         let mut context = crate::store::CommandContext::new(crate::store::Actor::system("pricing"), "job", now)
