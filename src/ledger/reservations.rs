@@ -12,6 +12,7 @@ use commguard_domain::refusal::{Check, LimitType};
 
 use crate::error::{ApiError, ErrorCode};
 use crate::store::kept::KeptPool;
+use crate::store::{CommandContext, Reserve, Store};
 
 /// The five per-agent limits a reservation checks (the domain's one declaration of them);
 /// `None` = unlimited. Spend in micro-dollars.
@@ -160,7 +161,18 @@ impl Reserver {
 
     /// Reserves one action, or names the first limit that refuses it.
     pub async fn reserve(&self, request: Request<'_>) -> Outcome {
-        let Request { id, agent_id, org_id, now, cost, limits, caps, contact, intent } = request;
+        let (reservation, json) = request.into_parts();
+        let (reply, answer) = oneshot::channel();
+        let stopped = || ApiError::new(ErrorCode::Unavailable, "The limit store is shutting down");
+        self.queue.send(Job { reservation, request: json, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+impl Request<'_> {
+    /// The reservation this request makes, and the request as `reserve_actions` reads it.
+    fn into_parts(self) -> (Reservation, serde_json::Value) {
+        let Request { id, agent_id, org_id, now, cost, limits, caps, contact, intent } = self;
         let mut json = serde_json::json!({
             "id": id, "agent": agent_id, "org": org_id, "now": now, "cost": cost,
             "perMinute": limits.per_minute, "perHour": limits.per_hour, "perDay": limits.per_day,
@@ -181,11 +193,47 @@ impl Reserver {
             cost,
             contact: contact.map(|c| c.reference),
         };
-        let (reply, answer) = oneshot::channel();
-        let stopped = || ApiError::new(ErrorCode::Unavailable, "The limit store is shutting down");
-        self.queue.send(Job { reservation, request: json, reply }).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        (reservation, json)
     }
+}
+
+/// Reserves `request` (which carries no intent) and records `events` on the agent's stream in
+/// one statement (`Store::record_reserving`, migration 0037): both are stored, or neither, and
+/// a refused reservation stores nothing. For an action whose outcome is known before it is
+/// reserved (the mock provider's), so no intent has to survive a crash between the two.
+pub async fn record_reserved<E: cqrs_es::DomainEvent>(
+    store: &Store,
+    events: &[E],
+    context: &CommandContext,
+    request: Request<'_>,
+) -> Result<Result<Reservation, Exceeded>, ApiError> {
+    debug_assert!(request.intent.is_none(), "a reservation recorded with its event has no intent");
+    let (reservation, json) = request.into_parts();
+    let reserves = Reserve { id: reservation.id, request: json };
+    match store.record_reserving("agent", &reservation.agent_id, events, context, reserves).await {
+        Ok(_) => Ok(Ok(reservation)),
+        Err(e) => match crate::store::refused(&e).and_then(|refusals| refusals.iter().find(|r| r.id == reservation.id))
+        {
+            Some(refusal) => {
+                exceeded(&refusal.limit_type, refusal.current, refusal.max, refusal.reset_at, reservation.at).map(Err)
+            }
+            None => Err(ApiError::internal(e)),
+        },
+    }
+}
+
+/// The refusal `reserve_actions` answered: limit `name`, `current` of `max`, until `reset_at`
+/// (`at`, the request's instant, if it gave none).
+fn exceeded(
+    name: &str,
+    current: Option<i64>,
+    max: Option<i64>,
+    reset_at: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
+) -> Result<Exceeded, ApiError> {
+    let limit_type = LimitType::parse(name)
+        .ok_or_else(|| ApiError::internal(format!("reserve_actions refused by an unknown limit {name}")))?;
+    Ok(Exceeded { limit_type, current: current.unwrap_or(0), max: max.unwrap_or(0), reset_at: reset_at.unwrap_or(at) })
 }
 
 /// One `reserve_actions` call for `batch`; every job gets its own answer.
@@ -211,15 +259,9 @@ async fn reserve_batch(pool: &KeptPool, mut batch: Vec<Job>) {
             for (job, row) in batch.into_iter().zip(outcomes) {
                 let outcome = match row {
                     Some((_, None, ..)) => Ok(Ok(job.reservation)),
-                    Some((_, Some(name), current, max, reset_at)) => match LimitType::parse(&name) {
-                        Some(limit_type) => Ok(Err(Exceeded {
-                            limit_type,
-                            current: current.unwrap_or(0),
-                            max: max.unwrap_or(0),
-                            reset_at: reset_at.unwrap_or(job.reservation.at),
-                        })),
-                        None => Err(ApiError::internal(format!("reserve_actions refused by an unknown limit {name}"))),
-                    },
+                    Some((_, Some(name), current, max, reset_at)) => {
+                        exceeded(&name, current, max, reset_at, job.reservation.at).map(Err)
+                    }
                     None => Err(ApiError::internal("reserve_actions returned no row for a request")),
                 };
                 let _ = job.reply.send(outcome);

@@ -136,23 +136,41 @@ async fn run<A: Action>(
     };
     let chosen = route.provider(credentials.is_some()).map(|kind| (provider_of(kind), credentials.unwrap_or_default()));
     let from = agent.channels.get(channel.address().key()).and_then(Value::as_str).map(str::to_string);
-    let fallback = {
-        let mut fallback_context = context.clone();
-        limits_passed(&mut fallback_context.provenance, unlimited);
-        let event = match &chosen {
-            Ok((provider, _)) => {
-                fallback_context
-                    .provenance
-                    .pass_with("provider", "unconfirmed: the outcome of the provider call was never recorded");
-                let unconfirmed = Receipt { external_id: String::new(), status: "unconfirmed".into(), cost: estimate };
-                action.sent(id, from.clone(), *provider, &unconfirmed, &passed)
-            }
-            Err(failure) => {
-                fallback_context.provenance.fail(failure.check.as_str(), failure.reason.clone());
-                action.failed(id, "none", &failure.reason)
-            }
-        };
-        app.intents.seal(id, &agent.org_id, action.to(), event, &fallback_context).await?
+    let twiml = action.twiml(app, &agent, id);
+    let callback = (channel == Channel::Voice).then(|| {
+        format!("{}/webhooks/{}/call-status", app.config.webhook_base_url.trim_end_matches('/'), agent.agent_id)
+    });
+    // The mock reaches nobody and answers at once: its answer is known before anything is
+    // reserved, so a send it takes is reserved and recorded by one statement, with no intent
+    // (`reservations::record_reserved`). One it refuses (its test hooks) goes the usual way.
+    let mocked = match &chosen {
+        Ok((provider @ Provider::Mock, credentials)) => {
+            let outgoing = action.outgoing(from.as_deref(), twiml.as_deref(), callback.as_deref());
+            provider.send(&app.http, &app.config, credentials, &outgoing).await.ok()
+        }
+        _ => None,
+    };
+    let fallback = match mocked {
+        Some(_) => None,
+        None => Some({
+            let mut fallback_context = context.clone();
+            limits_passed(&mut fallback_context.provenance, unlimited);
+            let event = match &chosen {
+                Ok((provider, _)) => {
+                    fallback_context
+                        .provenance
+                        .pass_with("provider", "unconfirmed: the outcome of the provider call was never recorded");
+                    let unconfirmed =
+                        Receipt { external_id: String::new(), status: "unconfirmed".into(), cost: estimate };
+                    action.sent(id, from.clone(), *provider, &unconfirmed, &passed)
+                }
+                Err(failure) => {
+                    fallback_context.provenance.fail(failure.check.as_str(), failure.reason.clone());
+                    action.failed(id, "none", &failure.reason)
+                }
+            };
+            app.intents.seal(id, &agent.org_id, action.to(), event, &fallback_context).await?
+        }),
     };
     // From the reservation on, the action may reach a person, so it is finished in a task of its
     // own: the caller's future is dropped when its client hangs up (streamable HTTP runs the tool in
@@ -173,8 +191,11 @@ async fn run<A: Action>(
         estimate,
         chosen,
         from,
+        twiml,
+        callback,
         passed,
         sandbox: route.sandbox(),
+        mocked,
         fallback,
     };
     app.to_the_end(|app| perform(performance(app))).await
@@ -241,10 +262,16 @@ struct Performance<A> {
     estimate: i64,
     chosen: Result<(Provider, credentials::Credentials), Refusal>,
     from: Option<String>,
+    /// What a call's provider is handed: its TwiML and status callback.
+    twiml: Option<String>,
+    callback: Option<String>,
     passed: compliance::Passed,
     sandbox: bool,
-    /// The sealed intent stored with the reservation.
-    fallback: Value,
+    /// The mock's answer, taken before the reservation: the send is reserved and recorded by one
+    /// statement, with no intent.
+    mocked: Option<Receipt>,
+    /// The sealed intent stored with the reservation, when the send is not `mocked`.
+    fallback: Option<Value>,
 }
 
 /// Steps 12–13 and the record: the reservation with its intent, the provider, and the event.
@@ -263,8 +290,11 @@ async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
         estimate,
         chosen,
         from,
+        twiml,
+        callback,
         passed,
         sandbox,
+        mocked,
         fallback,
     } = p;
     let app = &app;
@@ -279,8 +309,37 @@ async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
         limits,
         caps,
         contact,
-        intent: Some((app.intents.instance(), fallback)),
+        intent: fallback.map(|fallback| (app.intents.instance(), fallback)),
     };
+    if let Some(receipt) = mocked {
+        // Reserved and recorded together: a refusal stored nothing, and is recorded as blocked.
+        let mut sent_context = context.clone();
+        limits_passed(&mut sent_context.provenance, unlimited);
+        sent_context.provenance.pass("provider");
+        let sent = action.sent(id, from.clone(), Provider::Mock, &receipt, &passed);
+        return match reservations::record_reserved(&app.store, &[sent], &sent_context, request).await {
+            Ok(Ok(_)) => {
+                app.metrics.message_sent(channel);
+                Ok(action.reply(id, from, &receipt, sandbox, passed.warnings))
+            }
+            Ok(Err(exceeded)) => {
+                app.metrics.rate_limit_hit(exceeded.limit_type);
+                Err(block(app, context, &agent_id, id, &action, exceeded.to_error()).await)
+            }
+            // The statement may have failed around its commit, after storing both.
+            Err(failure) if failure.code == ErrorCode::Unavailable => {
+                let mut e = ApiError::new(
+                    ErrorCode::Unavailable,
+                    "The database failed while the action was being recorded; it may have been recorded",
+                )
+                .with(action.id_field(), id.to_string())
+                .with("status", "unconfirmed");
+                e.recorded = true;
+                Err(e)
+            }
+            Err(failure) => Err(failure),
+        };
+    }
     let reserved = match app.reserver.reserve(request).await {
         Ok(reserved) => reserved,
         Err(failure) => {
@@ -334,10 +393,6 @@ async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
             return Err(refusal);
         }
     }
-    let twiml = action.twiml(app, &agent, id);
-    let callback = (channel == Channel::Voice).then(|| {
-        format!("{}/webhooks/{}/call-status", app.config.webhook_base_url.trim_end_matches('/'), agent.agent_id)
-    });
     let outgoing = action.outgoing(from.as_deref(), twiml.as_deref(), callback.as_deref());
     let receipt = match provider.send(&app.http, &app.config, &provider_credentials, &outgoing).await {
         Ok(receipt) => receipt,

@@ -51,9 +51,75 @@ pub(crate) struct Row {
     /// The outbound intent this event settles: deleted in the append's transaction if its head
     /// moves (migration 0028), so the event and the end of its intent commit together.
     pub settles: Option<Uuid>,
+    /// The reservation this event is the outcome of, decided in the append's statement
+    /// (`append_reserving`, migration 0037): both commit, or neither.
+    pub reserves: Option<Reserve>,
     /// Subject keys the payload was sealed under from a cache, unchecked: the append fails
     /// (`CG002`, migration 0029) if any of them was destroyed (`KeyStore::subject_key_deferred`).
     pub unchecked_keys: Vec<Uuid>,
+}
+
+/// What an event's append also does in its transaction.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Alongside {
+    /// The outbound intent the event settles (migration 0028).
+    pub settles: Option<Uuid>,
+    /// The reservation the event is the outcome of (migration 0037).
+    pub reserves: Option<Reserve>,
+}
+
+/// One request of `reserve_actions` (as `ledger::reservations` writes it), `id` its `"id"`.
+#[derive(Clone, Debug)]
+pub struct Reserve {
+    pub id: Uuid,
+    pub request: Value,
+}
+
+/// A reservation refused inside a reserving append (`CG003`): its request's id and what
+/// `reserve_actions` answered (limit type, current, maximum, reset instant).
+#[derive(Clone, Debug)]
+pub struct RefusedReservation {
+    pub id: Uuid,
+    pub limit_type: String,
+    pub current: Option<i64>,
+    pub max: Option<i64>,
+    pub reset_at: Option<DateTime<Utc>>,
+}
+
+/// The reservations of an append that were refused: nothing of the statement was stored.
+#[derive(Debug, thiserror::Error)]
+#[error("{} reservation(s) refused", .0.len())]
+pub(crate) struct Refused(pub Vec<RefusedReservation>);
+
+/// The refused reservations of a failed append, if that is why it failed.
+pub fn refused(e: &PersistenceError) -> Option<&[RefusedReservation]> {
+    match e {
+        PersistenceError::UnknownError(inner) => inner.downcast_ref::<Refused>().map(|r| r.0.as_slice()),
+        _ => None,
+    }
+}
+
+/// The refusals a reserving append's `CG003` lists in its DETAIL; `None` for any other error.
+fn refusals_of(e: &sqlx::Error) -> Option<Vec<RefusedReservation>> {
+    let sqlx::Error::Database(db) = e else { return None };
+    if db.code().as_deref() != Some("CG003") {
+        return None;
+    }
+    let detail = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?.detail()?;
+    type Listed = (Uuid, String, Option<i64>, Option<i64>, Option<DateTime<Utc>>);
+    let listed: Vec<Listed> = serde_json::from_str(detail).ok()?;
+    Some(
+        listed
+            .into_iter()
+            .map(|(id, limit_type, current, max, reset_at)| RefusedReservation {
+                id,
+                limit_type,
+                current,
+                max,
+                reset_at,
+            })
+            .collect(),
+    )
 }
 
 /// The events of one stream after sequence `expected`.
@@ -160,6 +226,37 @@ async fn commit(pool: &KeptPool, mut batch: Vec<Job>) {
     let mut parts = vec![batch];
     while let Some(mut part) = parts.pop() {
         let result = run(pool, &part).await;
+        if let Some(refusals) = result.as_ref().err().and_then(refusals_of) {
+            // Nothing was stored: the appends holding a refused reservation are answered with
+            // their refusals (their callers chain their streams again without them), the others
+            // are tried again without them.
+            let (refused, rest): (Vec<Job>, Vec<Job>) = part.into_iter().partition(|job| {
+                job.append
+                    .rows
+                    .iter()
+                    .any(|row| row.reserves.as_ref().is_some_and(|r| refusals.iter().any(|x| x.id == r.id)))
+            });
+            if refused.is_empty() {
+                tracing::error!(refused = refusals.len(), "reserving append refused requests it did not hold");
+                for job in rest {
+                    let _ =
+                        job.reply.send(Err(PersistenceError::UnknownError("reservations refused unexpectedly".into())));
+                }
+                continue;
+            }
+            for job in refused {
+                let own: Vec<RefusedReservation> = refusals
+                    .iter()
+                    .filter(|x| job.append.rows.iter().any(|row| row.reserves.as_ref().is_some_and(|r| r.id == x.id)))
+                    .cloned()
+                    .collect();
+                let _ = job.reply.send(Err(PersistenceError::UnknownError(Box::new(Refused(own)))));
+            }
+            if !rest.is_empty() {
+                parts.push(rest);
+            }
+            continue;
+        }
         match result {
             Ok((base, moved, last_rows)) => {
                 for ((job, moved), last_row) in part.into_iter().zip(moved).zip(last_rows) {
@@ -246,6 +343,11 @@ fn isolatable(e: &sqlx::Error) -> bool {
 const APPEND_BATCH: &str = "SELECT base, moved FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
                             $13, $14, $15, $16, $17, $18)";
 
+/// `append_batch` with the batch's reservations decided first, in one transaction (migration 0037).
+const APPEND_RESERVING: &str =
+    "SELECT base, moved FROM append_reserving($19, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                                $11, $12, $13, $14, $15, $16, $17, $18)";
+
 /// One `append_batch` call for `jobs`: the position base, which heads moved, and each job's last
 /// row index.
 async fn run(pool: &KeptPool, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec<i64>), sqlx::Error> {
@@ -253,6 +355,8 @@ async fn run(pool: &KeptPool, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec<i64>)
     let mut rows = RowColumns::default();
     // The 0-based index, in the batch's rows, of each job's last event.
     let mut last_rows = Vec::with_capacity(jobs.len());
+    // Reservations in the order of their events: the order they are decided in.
+    let mut requests: Vec<&Value> = Vec::new();
     for (head, job) in (1i32..).zip(jobs.iter()) {
         let a = &job.append;
         let last = a.rows.last().expect("appends are not empty");
@@ -275,11 +379,13 @@ async fn run(pool: &KeptPool, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec<i64>)
             rows.hash.push(row.hash.as_str());
             rows.settles.push(row.settles);
             rows.unchecked_keys.extend(&row.unchecked_keys);
+            requests.extend(row.reserves.as_ref().map(|r| &r.request));
         }
         last_rows.push(rows.head.len() as i64 - 1);
     }
     let mut conn = pool.take().await?;
-    let result: Result<(i64, Vec<bool>), sqlx::Error> = sqlx::query_as(APPEND_BATCH)
+    let statement = if requests.is_empty() { APPEND_BATCH } else { APPEND_RESERVING };
+    let mut query = sqlx::query_as(statement)
         .bind(&heads.aggregate_type)
         .bind(&heads.aggregate_id)
         .bind(&heads.expected)
@@ -297,9 +403,11 @@ async fn run(pool: &KeptPool, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec<i64>)
         .bind(&rows.prev_hash)
         .bind(&rows.hash)
         .bind(if rows.settles.iter().any(Option::is_some) { rows.settles.as_slice() } else { &[] })
-        .bind(&rows.unchecked_keys)
-        .fetch_one(conn.conn())
-        .await;
+        .bind(&rows.unchecked_keys);
+    if !requests.is_empty() {
+        query = query.bind(sqlx::types::Json(&requests));
+    }
+    let result: Result<(i64, Vec<bool>), sqlx::Error> = query.fetch_one(conn.conn()).await;
     conn.ended(&result);
     result.map(|(base, moved)| (base, moved, last_rows))
 }

@@ -32,6 +32,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use committer::Alongside;
+pub use committer::{refused, RefusedReservation, Reserve};
 pub use context::{Actor, ActorKind, CommandContext, Provenance};
 pub use keystore::KeyStore;
 pub use repository::EventRepository;
@@ -256,6 +258,34 @@ impl Store {
         context: &CommandContext,
         settles: Option<uuid::Uuid>,
     ) -> Result<Option<i64>, PersistenceError> {
+        let alongside = Alongside { settles, reserves: None };
+        self.record_alongside(aggregate_type, aggregate_id, events, context, alongside).await
+    }
+
+    /// `record`, the events stored only with reservation `reserves`, decided in the transaction
+    /// that appends them (migration 0037): both commit, or neither. A refused reservation fails
+    /// the call with the refusals `refused` finds in its error, and nothing is stored.
+    pub async fn record_reserving<E: DomainEvent>(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        events: &[E],
+        context: &CommandContext,
+        reserves: Reserve,
+    ) -> Result<Option<i64>, PersistenceError> {
+        let alongside = Alongside { settles: None, reserves: Some(reserves) };
+        self.record_alongside(aggregate_type, aggregate_id, events, context, alongside).await
+    }
+
+    /// `record`, the last event's append also doing `alongside`.
+    async fn record_alongside<E: DomainEvent>(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        events: &[E],
+        context: &CommandContext,
+        alongside: Alongside,
+    ) -> Result<Option<i64>, PersistenceError> {
         // Numbered by the recorder, which appends everything queued for the stream at once.
         let mut facts: Vec<recorder::Fact> = serialize(aggregate_type, aggregate_id, 0, events, context)?
             .into_iter()
@@ -264,11 +294,11 @@ impl Store {
                 event_version: e.event_version,
                 payload: e.payload,
                 metadata: e.metadata,
-                settles: None,
+                alongside: Alongside::default(),
             })
             .collect();
         if let Some(last) = facts.last_mut() {
-            last.settles = settles;
+            last.alongside = alongside;
         }
         self.recorder.record(aggregate_type, aggregate_id, facts).await
     }

@@ -14,7 +14,7 @@ use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::committer::MAX_EVENTS_PER_APPEND;
+use super::committer::{self, Alongside, Refused, MAX_EVENTS_PER_APPEND};
 use super::repository::EventRepository;
 use crate::error::{DatabaseDown, Failure};
 
@@ -24,8 +24,8 @@ pub(crate) struct Fact {
     pub event_version: String,
     pub payload: Value,
     pub metadata: Value,
-    /// The outbound intent this fact settles, deleted in the transaction that appends it.
-    pub settles: Option<uuid::Uuid>,
+    /// What its append also does: settle an outbound intent, decide a reservation.
+    pub alongside: Alongside,
 }
 
 struct Pending {
@@ -34,25 +34,29 @@ struct Pending {
 }
 
 /// A failed append, handed to every waiter of the batch: its text and whether the database was
-/// down (so each waiter's caller still answers `unavailable`, not `internal`).
+/// down (so each waiter's caller still answers `unavailable`, not `internal`); or, for one
+/// waiter, its refused reservations (nothing of it was stored).
 #[derive(Clone)]
-struct Failed {
-    message: String,
-    down: bool,
+enum Failed {
+    Append { message: String, down: bool },
+    Refused(Vec<committer::RefusedReservation>),
 }
 
 impl From<PersistenceError> for Failed {
     fn from(e: PersistenceError) -> Self {
-        Self { down: e.database_down(), message: e.to_string() }
+        match committer::refused(&e) {
+            Some(refusals) => Self::Refused(refusals.to_vec()),
+            None => Self::Append { down: e.database_down(), message: e.to_string() },
+        }
     }
 }
 
 impl From<Failed> for PersistenceError {
     fn from(f: Failed) -> Self {
-        if f.down {
-            PersistenceError::UnknownError(Box::new(DatabaseDown(f.message)))
-        } else {
-            PersistenceError::UnknownError(f.message.into())
+        match f {
+            Failed::Append { message, down: true } => PersistenceError::UnknownError(Box::new(DatabaseDown(message))),
+            Failed::Append { message, down: false } => PersistenceError::UnknownError(message.into()),
+            Failed::Refused(refusals) => PersistenceError::UnknownError(Box::new(Refused(refusals))),
         }
     }
 }
@@ -132,7 +136,8 @@ impl Recorder {
                 }
                 queue.drain(..n).collect::<Vec<_>>()
             };
-            match self.append(&key, &batch).await {
+            let Some((batch, outcome)) = self.append_reserved(&key, batch).await else { continue };
+            match outcome {
                 // One pending's facts Postgres refuses must not cost the others theirs: each is
                 // appended on its own (exhausted conflicts and an unreachable database are not
                 // that, and fail them all).
@@ -152,6 +157,43 @@ impl Recorder {
                     }
                 }
             }
+        }
+    }
+
+    /// `append`, until no reservation of `batch` is refused: a pending whose reservation is refused
+    /// is answered with its refusal, and the rest are chained again without it. `None` when
+    /// every pending was answered so.
+    async fn append_reserved(
+        &self,
+        key: &StreamKey,
+        mut batch: Vec<Pending>,
+    ) -> Option<(Vec<Pending>, Result<Option<i64>, PersistenceError>)> {
+        loop {
+            let outcome = self.append(key, &batch).await;
+            let Some(refusals) = outcome.as_ref().err().and_then(committer::refused) else {
+                return Some((batch, outcome));
+            };
+            let refusals = refusals.to_vec();
+            let (refused, rest): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|pending| {
+                pending
+                    .facts
+                    .iter()
+                    .any(|f| f.alongside.reserves.as_ref().is_some_and(|r| refusals.iter().any(|x| x.id == r.id)))
+            });
+            for pending in refused {
+                let own = refusals
+                    .iter()
+                    .filter(|x| {
+                        pending.facts.iter().any(|f| f.alongside.reserves.as_ref().is_some_and(|r| r.id == x.id))
+                    })
+                    .cloned()
+                    .collect();
+                let _ = pending.done.send(Err(Failed::Refused(own)));
+            }
+            if rest.is_empty() {
+                return None;
+            }
+            batch = rest;
         }
     }
 
@@ -183,9 +225,9 @@ impl Recorder {
                     )
                 })
                 .collect();
-            let settles: Vec<Option<uuid::Uuid>> =
-                batch.iter().flat_map(|p| p.facts.iter()).map(|f| f.settles).collect();
-            match self.repo.append_settling(&events, &settles).await {
+            let alongside: Vec<Alongside> =
+                batch.iter().flat_map(|p| p.facts.iter()).map(|f| f.alongside.clone()).collect();
+            match self.repo.append_alongside(&events, &alongside).await {
                 Err(PersistenceError::OptimisticLockError) if attempt < RETRIES => {
                     attempt += 1;
                     let ceiling_us = 200u64 << attempt.min(7);

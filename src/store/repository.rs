@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::chain;
-use super::committer::{Append, Committer, Row};
+use super::committer::{Alongside, Append, Committer, Row};
 use super::context::CommandContext;
 use super::keystore::KeyStore;
 use super::receipt;
@@ -71,15 +71,15 @@ impl EventRepository {
     /// Appends `events` (one stream, contiguous sequences) in one statement and returns the
     /// position of the last one; `None` when there was nothing to append.
     pub(crate) async fn append_events(&self, events: &[SerializedEvent]) -> Result<Option<i64>, PersistenceError> {
-        self.append_settling(events, &[]).await
+        self.append_alongside(events, &[]).await
     }
 
-    /// `append_events`, where `settles[i]` (if given) is the outbound intent event `i` settles:
-    /// deleted in the same transaction as the events (`committer::Row::settles`).
-    pub(crate) async fn append_settling(
+    /// `append_events`, where `alongside[i]` (if given) is what the append of event `i` also does
+    /// in its transaction: settle an outbound intent, decide a reservation (`committer::Alongside`).
+    pub(crate) async fn append_alongside(
         &self,
         events: &[SerializedEvent],
-        settles: &[Option<Uuid>],
+        alongside: &[Alongside],
     ) -> Result<Option<i64>, PersistenceError> {
         if events.is_empty() {
             return Ok(None);
@@ -109,18 +109,18 @@ impl EventRepository {
         // destroyed meanwhile (an erasure on another instance), the append is refused and sealed
         // again, every key checked before (which drops the destroyed one from the cache:
         // `KeyStore::subject_key`).
-        match self.append_sealed(events, settles, false).await {
-            Err(e) if super::committer::is_key_destroyed(&e) => self.append_sealed(events, settles, true).await,
+        match self.append_sealed(events, alongside, false).await {
+            Err(e) if super::committer::is_key_destroyed(&e) => self.append_sealed(events, alongside, true).await,
             done => done,
         }
     }
 
-    /// `append_settling` once, its events sealed with subject keys checked now (`check_keys`) or
+    /// `append_alongside` once, its events sealed with subject keys checked now (`check_keys`) or
     /// by the append.
     async fn append_sealed(
         &self,
         events: &[SerializedEvent],
-        settles: &[Option<Uuid>],
+        alongside: &[Alongside],
         check_keys: bool,
     ) -> Result<Option<i64>, PersistenceError> {
         let Some(first) = events.first() else {
@@ -163,7 +163,8 @@ impl EventRepository {
                 org_id: p.context.org_id,
                 prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
                 hash,
-                settles: settles.get(i).copied().flatten(),
+                settles: alongside.get(i).and_then(|a| a.settles),
+                reserves: alongside.get(i).and_then(|a| a.reserves.clone()),
                 unchecked_keys: p.unchecked_keys,
             });
         }

@@ -124,9 +124,74 @@ async fn the_limit_is_exact_when_two_instances_share_the_burst() {
     a.stop().await;
 }
 
-/// A send whose cost is its estimate (the mock's always is) ends its intent in the transaction
-/// that appends its event (migration 0028): once the reply is in, no intent is left — after one
-/// send, and after a burst spread over two instances whose appends are grouped.
+/// A sandbox send is reserved and recorded by one statement shared with other agents' sends
+/// (migration 0037). When some of a statement's reservations are refused nothing of it is stored;
+/// the refused sends are recorded as blocked and the others are stored on the next try. So two
+/// agents at their limit cost the two unlimited agents beside them no send, and every agent's
+/// counters equal its recorded sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_in_a_shared_statement_cost_the_other_agents_nothing() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(
+        &db,
+        &vars(&[
+            ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "1000"),
+            ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
+            ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
+        ]),
+    )
+    .await;
+    let master = Session::open(&s, MASTER).await;
+    let mut agents = Vec::new();
+    for (slug, per_minute) in [("shared-a", Some(10)), ("shared-b", Some(10)), ("shared-c", None), ("shared-d", None)] {
+        let (token, agent_id) = agent(&s, slug).await;
+        if let Some(max) = per_minute {
+            let limits = json!({"agentId": agent_id, "limits": {"maxActionsPerMinute": max}});
+            master.ok("comms_set_agent_limits", limits).await;
+        }
+        agents.push((token, agent_id, per_minute.unwrap_or(SENDS)));
+    }
+    const SENDS: i64 = 30;
+    let mut sessions = Vec::new();
+    for _ in 0..SENDS {
+        for (i, (token, ..)) in agents.iter().enumerate() {
+            sessions.push((i, Session::open(&s, token).await));
+        }
+    }
+    let sends = sessions.iter().map(|(i, session)| async move {
+        (*i, session.call("comms_send_message", json!({"to": "+12025550100", "body": "Your table is ready."})).await)
+    });
+    let outcomes = futures::future::join_all(sends).await;
+    let pool = db.pool().await;
+    for (i, (_, agent_id, admitted)) in agents.iter().enumerate() {
+        let mine: Vec<&Value> = outcomes.iter().filter(|(j, _)| *j == i).map(|(_, (_, reply))| reply).collect();
+        let sent = outcomes.iter().filter(|(j, (error, _))| *j == i && !error).count() as i64;
+        assert_eq!(sent, *admitted, "agent {i}: {mine:?}");
+        for (_, (_, refusal)) in outcomes.iter().filter(|(j, (error, _))| *j == i && *error) {
+            assert_eq!(
+                (refusal["code"].as_str(), refusal["limitType"].as_str()),
+                (Some("rate_limited"), Some("per-minute"))
+            );
+        }
+        let recorded: (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE event_type = 'MessageSent'), COUNT(*) FILTER (WHERE event_type = 'MessageBlocked')
+               FROM events WHERE aggregate_type = 'agent' AND aggregate_id = $1",
+        )
+        .bind(agent_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(recorded, (*admitted, SENDS - admitted), "agent {i}'s sends and refusals are recorded");
+        assert_eq!(crate::support::counted_today(&pool, agent_id).await, *admitted, "agent {i}'s counters");
+    }
+    assert_eq!(crate::support::open_intents(&pool).await, 0, "a sandbox send stores no intent");
+    s.stop().await;
+}
+
+/// A sandbox send is reserved and recorded together and stores no intent (migration 0037): once
+/// the reply is in, none is left — after one send, and after a burst spread over two instances
+/// whose appends are grouped (a real provider's send ends its intent with its event, migration
+/// 0028: `durability::postgres_stopped_between_the_provider_call_and_the_record_loses_no_send`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sent_message_leaves_no_intent_once_answered() {
     let db = TestDb::new().await;
