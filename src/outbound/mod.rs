@@ -326,11 +326,12 @@ async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
                 app.metrics.rate_limit_hit(exceeded.limit_type);
                 Err(block(app, context, &agent_id, id, &action, exceeded.to_error()).await)
             }
-            // The statement may have failed around its commit, after storing both.
+            // The statement may have failed around its commit, after storing both: the action is
+            // recorded exactly if it was sent, and the mock reaches nobody either way.
             Err(failure) if failure.code == ErrorCode::Unavailable => {
                 let mut e = ApiError::new(
                     ErrorCode::Unavailable,
-                    "The database failed while the action was being recorded; it may have been recorded",
+                    "The database failed while the sandbox action was being recorded: it was sent if and only if it was recorded",
                 )
                 .with(action.id_field(), id.to_string())
                 .with("status", "unconfirmed");

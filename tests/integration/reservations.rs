@@ -196,6 +196,42 @@ impl Model {
         None
     }
 
+    /// What the store holds is what the model does: every slot, and every counter row that
+    /// counts something (a row given back to zero may stay). A contact row's spend is not compared:
+    /// a reservation adds none to it, but `release_action` takes the cost off it (0013), and
+    /// nothing reads it.
+    async fn assert_stored(&self, pool: &sqlx::PgPool, seed: u64) {
+        let mut slots: Vec<(String, i64, DateTime<Utc>, bool)> =
+            sqlx::query_as("SELECT agent_id, ord, at, released FROM recent_actions").fetch_all(pool).await.unwrap();
+        let mut expected: Vec<(String, i64, DateTime<Utc>, bool)> =
+            self.slots.iter().map(|s| (s.agent.to_string(), s.ord, s.at, s.released)).collect();
+        slots.sort();
+        expected.sort();
+        assert_eq!(slots, expected, "seed {seed}: the slots");
+        let rows: Vec<(String, String, String, NaiveDate, i64, i64)> =
+            sqlx::query_as("SELECT scope, key, period, period_start, actions, spend FROM usage_counters")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        let stored: HashMap<(String, String, String, NaiveDate), (i64, i64)> = rows
+            .into_iter()
+            .map(|(scope, key, period, start, actions, spend)| {
+                let spend = if scope == "contact" { 0 } else { spend };
+                ((scope, key, period, start), (actions, spend))
+            })
+            .filter(|(_, counted)| *counted != (0, 0))
+            .collect();
+        let expected: HashMap<(String, String, String, NaiveDate), (i64, i64)> = self
+            .counters
+            .iter()
+            .filter(|(_, counted)| **counted != (0, 0))
+            .map(|((scope, key, period, start), counted)| {
+                ((scope.to_string(), key.clone(), period.to_string(), *start), *counted)
+            })
+            .collect();
+        assert_eq!(stored, expected, "seed {seed}: the counters");
+    }
+
     /// A reservation given back (`release_intent`): its slot no longer counts, nor its counters.
     fn release(&mut self, r: &Request, ord: i64) {
         let slot = self.slots.iter_mut().find(|s| s.agent == r.agent && s.ord == ord).unwrap();
@@ -325,6 +361,7 @@ async fn run(seed: u64, windows_only: bool, start: DateTime<Utc>) {
     }
     // The run exercised both outcomes.
     assert!(reserved > 20 && refused > 20, "seed {seed}: {decided} decided, {reserved} reserved, {refused} refused");
+    model.assert_stored(&pool, seed).await;
     pool.close().await;
 }
 
