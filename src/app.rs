@@ -161,6 +161,7 @@ impl Runtime {
                 self.clock.clone(),
             )),
             credential_keys: self.credential_keys.clone(),
+            send_reads: crate::ledger::reads::SendReads::start(store.kept().clone()),
             reserver: crate::ledger::reservations::Reserver::start(store.kept().clone()),
             intents: crate::ledger::intents::Intents::start(
                 store.clone(),

@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::crypto;
 use crate::ledger::intents::Intents;
+use crate::ledger::reads::SendReads;
 use crate::ledger::reservations::Reserver;
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// `CREDENTIALS_ENCRYPTION_KEY` first, then the previous key (decrypt-only).
     pub credential_keys: Arc<Vec<crypto::Key>>,
+    /// What a send reads before it decides (agent, org, recipient), batched.
+    pub send_reads: SendReads,
     /// Tool-limit reservations, batched (docs/limits.md).
     pub reserver: Reserver,
     /// This instance's outbound intents (recorded before every provider call).

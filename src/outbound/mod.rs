@@ -20,7 +20,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use commguard_projections::contact::read::ContactState;
-use commguard_projections::directory::read::{self as directory_read, OrgTerms};
+use commguard_projections::directory::read::OrgTerms;
 
 use crate::auth::caller::Caller;
 use crate::auth::{guard, Principal, Role};
@@ -219,8 +219,8 @@ async fn agent_for_send(
 }
 
 /// The agent, its org and the recipient of `subject` as compliance reads them: one statement
-/// (`read::agent_org_and_contact`) on the hot path's kept connection, as the reservation and the
-/// append after it. `None`: no such agent.
+/// (`read::agent_org_and_contact`), shared with the other sends' reads queued meanwhile
+/// (`ledger::reads`). `None`: no such agent.
 async fn read_for_send(
     app: &AppState,
     agent_id: &str,
@@ -228,12 +228,7 @@ async fn read_for_send(
 ) -> Result<Option<(AgentView, Option<OrgTerms>, ContactState)>, ApiError> {
     let subject_ref = app.store.keystore().data_keys().blind_index(subject.to);
     let recording = subject.voice.as_ref().is_some_and(|voice| voice.record);
-    let mut conn = app.store.kept().take().await.map_err(ApiError::internal)?;
-    let read =
-        directory_read::agent_org_and_contact(conn.conn(), agent_id, &subject_ref, subject.channel.as_str(), recording)
-            .await;
-    conn.ended(&read);
-    read.map_err(ApiError::internal)
+    app.send_reads.read(agent_id, subject_ref, subject.channel.as_str(), recording).await
 }
 
 /// Compliance (checks 7–11) again for `action`, with the recipient as the contact projection holds

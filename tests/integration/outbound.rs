@@ -188,6 +188,57 @@ async fn refusals_in_a_shared_statement_cost_the_other_agents_nothing() {
     s.stop().await;
 }
 
+/// Sends that arrive together read their agents and recipients in one statement
+/// (`ledger::reads`): each gets its own agent's and its own recipient's state. Two agents of two
+/// orgs send at once to a consented recipient, one without consent and one on the first agent's
+/// org's DNC list: every outcome is the one its own agent and recipient give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_read_together_each_get_their_own_agent_and_recipient() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(
+        &db,
+        &vars(&[
+            ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "1000"),
+            ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
+            ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
+        ]),
+    )
+    .await;
+    let (first, _) = agent(&s, "reads-one").await;
+    let (second, _) = agent(&s, "reads-two").await;
+    Session::open(&s, &first).await.ok("comms_dnc_add", json!({"address": "+12025550122"})).await;
+    // (recipient, the first agent's outcome, the second agent's outcome)
+    let cases = [
+        ("+12025550111", None, None),
+        ("+12025550199", Some("consent_required"), Some("consent_required")),
+        ("+12025550122", Some("dnc"), None),
+    ];
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        for (case, _) in cases.iter().enumerate() {
+            for (which, token) in [&first, &second].into_iter().enumerate() {
+                sessions.push((case, which, Session::open(&s, token).await));
+            }
+        }
+    }
+    let sends = sessions.iter().map(|(case, which, session)| async move {
+        let sent = session.call("comms_send_message", json!({"to": cases[*case].0, "body": "Your table is ready."}));
+        (*case, *which, sent.await)
+    });
+    for (case, which, (is_error, reply)) in futures::future::join_all(sends).await {
+        let (to, first_rule, second_rule) = cases[case];
+        let expected = if which == 0 { first_rule } else { second_rule };
+        match expected {
+            None => assert!(!is_error, "agent {which} to {to}: {reply}"),
+            Some(rule) => {
+                assert!(is_error, "agent {which} to {to}: {reply}");
+                assert_eq!((reply["code"].as_str(), reply["rule"].as_str()), (Some("compliance_blocked"), Some(rule)));
+            }
+        }
+    }
+    s.stop().await;
+}
+
 /// A sandbox send is reserved and recorded together and stores no intent (migration 0037): once
 /// the reply is in, none is left — after one send, and after a burst spread over two instances
 /// whose appends are grouped (a real provider's send ends its intent with its event, migration

@@ -208,6 +208,44 @@ pub async fn agent_org_and_contact<'e>(
     Ok(Some((AgentView::from_row(&row)?, OrgTerms::from_send_read(&row)?, ContactState::from_columns(&row)?)))
 }
 
+static SEND_READS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT r.n, {AGENT_COLUMNS}, o.org_id AS o_org_id, o.mode AS o_mode,
+                o.max_spend_per_day AS o_max_spend_per_day, o.max_spend_per_month AS o_max_spend_per_month, {}
+           FROM jsonb_to_recordset($1) AS r(n bigint, agent text, subject text, channel text, recording boolean)
+           JOIN agents a ON a.agent_id = r.agent
+           LEFT JOIN agent_limits l USING (agent_id) LEFT JOIN orgs o ON o.org_id = a.org_id",
+        contact::read::state_columns("a.org_id", "a.agent_id", "r.subject", "r.channel", "r.recording")
+    )
+});
+
+/// One read of `agent_org_and_contact` for several sends, each (agent, recipient's blind index,
+/// channel, whether recording consent is asked for): `answers[i]` is the answer to `reads[i]`,
+/// `None` when no such agent. One statement, whose reads come as one `jsonb` value: as arrays, the
+/// planner saw their lengths and planned the statement afresh on every call (34 µs of planning
+/// per send), its plan for a known length looking cheaper than the one kept.
+pub async fn agents_orgs_and_contacts<'e>(
+    db: impl PgExecutor<'e>,
+    reads: &[(&str, &str, &str, bool)],
+) -> Result<Vec<Option<(AgentView, Option<OrgTerms>, ContactState)>>, sqlx::Error> {
+    let listed: Vec<Value> = (1i64..)
+        .zip(reads)
+        .map(|(n, (agent, subject, channel, recording))| {
+            serde_json::json!({"n": n, "agent": agent, "subject": subject, "channel": channel, "recording": recording})
+        })
+        .collect();
+    let rows = sqlx::query(&SEND_READS).bind(sqlx::types::Json(&listed)).fetch_all(db).await?;
+    let mut answers: Vec<Option<(AgentView, Option<OrgTerms>, ContactState)>> = vec![None; reads.len()];
+    for row in rows {
+        let n: i64 = row.try_get("n")?;
+        let answer = (AgentView::from_row(&row)?, OrgTerms::from_send_read(&row)?, ContactState::from_columns(&row)?);
+        if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| answers.get_mut(i)) {
+            *slot = Some(answer);
+        }
+    }
+    Ok(answers)
+}
+
 /// Every agent, or those of `org_id`, by provisioning time.
 pub async fn agents_of<'e>(db: impl PgExecutor<'e>, org_id: Option<&str>) -> Result<Vec<AgentView>, sqlx::Error> {
     agents_after(db, org_id, None, i64::MAX).await

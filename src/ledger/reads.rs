@@ -1,0 +1,136 @@
+//! What a send reads before it decides — the agent, its org's terms and the recipient as
+//! compliance sees it (`directory::read::agent_org_and_contact`) — batched as the reservations
+//! are: a read asked while no other is under way runs at once on its caller's task; one asked
+//! while others are is queued, and every read queued while a statement is in Postgres goes in the
+//! next one (`agents_orgs_and_contacts`). Reads only: nothing here decides or writes, so a batch
+//! is one statement on a kept connection and no transaction.
+
+use commguard_projections::contact::read::ContactState;
+use commguard_projections::directory::read::{self as directory_read, AgentView, OrgTerms};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{ApiError, ErrorCode};
+use crate::store::kept::KeptPool;
+
+/// The agent, its org's terms (`None` if the org row is missing) and the recipient's state.
+pub type SendRead = (AgentView, Option<OrgTerms>, ContactState);
+
+/// `None`: no such agent.
+type Answer = Result<Option<SendRead>, ApiError>;
+
+struct Job {
+    agent_id: String,
+    subject_ref: String,
+    channel: &'static str,
+    recording: bool,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// Reads per statement at most.
+const MAX_BATCH: usize = 256;
+
+#[derive(Clone)]
+pub struct SendReads {
+    queue: mpsc::UnboundedSender<Job>,
+    pool: KeptPool,
+    /// Reads under way, at once or queued.
+    busy: Arc<AtomicUsize>,
+}
+
+/// One read under way, counted in `SendReads::busy` until it ends or its caller goes away.
+struct UnderWay<'a>(&'a AtomicUsize);
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl SendReads {
+    /// Starts the batching task; it ends when the last `SendReads` is dropped.
+    pub fn start(pool: KeptPool) -> Self {
+        let (queue, mut jobs) = mpsc::unbounded_channel::<Job>();
+        let reads = Self { queue, pool: pool.clone(), busy: Arc::default() };
+        tokio::spawn(async move {
+            while let Some(first) = jobs.recv().await {
+                // As the reserver does: the ready tasks run once, so reads just asked can join.
+                tokio::task::yield_now().await;
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match jobs.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                read_batch(&pool, batch).await;
+            }
+        });
+        reads
+    }
+
+    /// The agent `agent_id`, its org and the recipient `subject_ref` (a blind index) on `channel`,
+    /// with recording consent asked for when `recording`.
+    pub async fn read(&self, agent_id: &str, subject_ref: String, channel: &'static str, recording: bool) -> Answer {
+        let alone = self.busy.fetch_add(1, Ordering::AcqRel) == 0;
+        let _under_way = UnderWay(&self.busy);
+        if alone {
+            // Nothing to gather: no hand-over to the batching task and back.
+            let mut conn = self.pool.take().await.map_err(ApiError::internal)?;
+            return read_alone(&mut conn, agent_id, &subject_ref, channel, recording).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        let stopped = || ApiError::new(ErrorCode::Unavailable, "The directory reader is shutting down");
+        let job = Job { agent_id: agent_id.to_string(), subject_ref, channel, recording, reply };
+        self.queue.send(job).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// One statement for `batch`; every job gets its own answer.
+async fn read_batch(pool: &KeptPool, batch: Vec<Job>) {
+    let mut conn = match pool.take().await {
+        Ok(conn) => conn,
+        Err(e) => return answer_all(batch, &ApiError::internal(e)),
+    };
+    if batch.len() == 1 {
+        let job = batch.into_iter().next().expect("one job");
+        let read = read_alone(&mut conn, &job.agent_id, &job.subject_ref, job.channel, job.recording).await;
+        let _ = job.reply.send(read);
+        return;
+    }
+    let listed: Vec<(&str, &str, &str, bool)> =
+        batch.iter().map(|j| (j.agent_id.as_str(), j.subject_ref.as_str(), j.channel, j.recording)).collect();
+    let reads = directory_read::agents_orgs_and_contacts(conn.conn(), &listed).await;
+    conn.ended(&reads);
+    match reads {
+        Ok(reads) => {
+            for (job, read) in batch.into_iter().zip(reads) {
+                let _ = job.reply.send(Ok(read));
+            }
+        }
+        Err(e) => answer_all(batch, &ApiError::internal(e)),
+    }
+}
+
+/// One read by the one-agent statement.
+async fn read_alone(
+    conn: &mut crate::store::kept::Kept<'_>,
+    agent_id: &str,
+    subject_ref: &str,
+    channel: &str,
+    recording: bool,
+) -> Answer {
+    let read = directory_read::agent_org_and_contact(conn.conn(), agent_id, subject_ref, channel, recording).await;
+    conn.ended(&read);
+    read.map_err(ApiError::internal)
+}
+
+/// One classified error (one log line) for every job of a failed batch.
+fn answer_all(batch: Vec<Job>, error: &ApiError) {
+    for job in batch {
+        let _ = job.reply.send(Err(error.clone()));
+    }
+}
