@@ -55,16 +55,7 @@ impl SendReads {
         let (queue, mut jobs) = mpsc::unbounded_channel::<Job>();
         let reads = Self { queue, pool: pool.clone(), busy: Arc::default() };
         tokio::spawn(async move {
-            while let Some(first) = jobs.recv().await {
-                // As the reserver does: the ready tasks run once, so reads just asked can join.
-                tokio::task::yield_now().await;
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match jobs.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
-                }
+            while let Some(batch) = super::next_batch(&mut jobs, MAX_BATCH).await {
                 read_batch(&pool, batch).await;
             }
         });

@@ -323,16 +323,11 @@ async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
             }
             // The statement may have failed around its commit, after storing both: the action is
             // recorded exactly if it was sent, and the mock reaches nobody either way.
-            Err(failure) if failure.code == ErrorCode::Unavailable => {
-                let mut e = ApiError::new(
-                    ErrorCode::Unavailable,
-                    "The database failed while the sandbox action was being recorded: it was sent if and only if it was recorded",
-                )
-                .with(action.id_field(), id.to_string())
-                .with("status", "unconfirmed");
-                e.recorded = true;
-                Err(e)
-            }
+            Err(failure) if failure.code == ErrorCode::Unavailable => Err(unconfirmed(
+                &action,
+                id,
+                "The database failed while the sandbox action was being recorded: it was sent if and only if it was recorded",
+            )),
             Err(failure) => Err(failure),
         };
     }
@@ -409,16 +404,23 @@ async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
     let ending = intents::Ending::Sent { cost_delta: receipt.cost - estimate };
     if app.intents.complete(&agent_id, id, sent, &context, ending).await.is_err() {
         // The provider took it: a person may have it. Say so, and never that nothing happened.
-        let mut e = ApiError::new(
-            ErrorCode::Unavailable,
+        return Err(unconfirmed(
+            &action,
+            id,
             "The action was handed to the provider but could not be recorded yet; it will be recorded when the database is back",
-        )
-        .with(action.id_field(), id.to_string())
-        .with("status", "unconfirmed");
-        e.recorded = true;
-        return Err(e);
+        ));
     }
     Ok(action.reply(id, from, &receipt, sandbox, passed.warnings))
+}
+
+/// `unavailable` for action `id` with status `unconfirmed`: it may have happened (`message` says
+/// how it stands), so no refusal is recorded for it.
+fn unconfirmed<A: Action>(action: &A, id: Uuid, message: &str) -> ApiError {
+    let mut e = ApiError::new(ErrorCode::Unavailable, message)
+        .with(action.id_field(), id.to_string())
+        .with("status", "unconfirmed");
+    e.recorded = true;
+    e
 }
 
 /// Step 12 passed, in `provenance`: the limits, or for the super-admin and demo (`unlimited`)

@@ -19,6 +19,15 @@ fn vars(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static s
     v
 }
 
+/// `vars` with `max` actions a minute by default, and room for 1,000 an hour and a day.
+fn per_minute(max: &'static str) -> Vec<(&'static str, &'static str)> {
+    vars(&[
+        ("DEFAULT_MAX_ACTIONS_PER_MINUTE", max),
+        ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
+        ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
+    ])
+}
+
 /// Sets `s`'s service clock to 11:00 in Washington (each instance has its own test clock).
 async fn set_clock(s: &TestServer) {
     let clock = s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER);
@@ -90,15 +99,7 @@ fn assert_exactly(outcomes: &[(bool, Value)], admitted: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_sends_against_a_limit_of_fifty_let_exactly_fifty_through() {
     let db = TestDb::new().await;
-    let s = TestServer::start(
-        &db,
-        &vars(&[
-            ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "50"),
-            ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
-            ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
-        ]),
-    )
-    .await;
+    let s = TestServer::start(&db, &per_minute("50")).await;
     let (token, _) = agent(&s, "burst-one").await;
     let outcomes = burst(&[&s], &token, 200).await;
     assert_exactly(&outcomes, 50);
@@ -109,11 +110,7 @@ async fn two_hundred_concurrent_sends_against_a_limit_of_fifty_let_exactly_fifty
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limit_is_exact_when_two_instances_share_the_burst() {
     let db = TestDb::new().await;
-    let v = vars(&[
-        ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "50"),
-        ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
-        ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
-    ]);
+    let v = per_minute("50");
     let a = TestServer::start(&db, &v).await;
     let b = TestServer::start(&db, &v).await;
     let (token, _) = agent(&a, "burst-two").await;
@@ -132,15 +129,7 @@ async fn the_limit_is_exact_when_two_instances_share_the_burst() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_in_a_shared_statement_cost_the_other_agents_nothing() {
     let db = TestDb::new().await;
-    let s = TestServer::start(
-        &db,
-        &vars(&[
-            ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "1000"),
-            ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
-            ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
-        ]),
-    )
-    .await;
+    let s = TestServer::start(&db, &per_minute("1000")).await;
     let master = Session::open(&s, MASTER).await;
     let mut agents = Vec::new();
     for (slug, per_minute) in [("shared-a", Some(10)), ("shared-b", Some(10)), ("shared-c", None), ("shared-d", None)] {
@@ -195,15 +184,7 @@ async fn refusals_in_a_shared_statement_cost_the_other_agents_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_read_together_each_get_their_own_agent_and_recipient() {
     let db = TestDb::new().await;
-    let s = TestServer::start(
-        &db,
-        &vars(&[
-            ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "1000"),
-            ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
-            ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
-        ]),
-    )
-    .await;
+    let s = TestServer::start(&db, &per_minute("1000")).await;
     let (first, _) = agent(&s, "reads-one").await;
     let (second, _) = agent(&s, "reads-two").await;
     Session::open(&s, &first).await.ok("comms_dnc_add", json!({"address": "+12025550122"})).await;
@@ -246,11 +227,7 @@ async fn sends_read_together_each_get_their_own_agent_and_recipient() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sent_message_leaves_no_intent_once_answered() {
     let db = TestDb::new().await;
-    let v = vars(&[
-        ("DEFAULT_MAX_ACTIONS_PER_MINUTE", "1000"),
-        ("DEFAULT_MAX_ACTIONS_PER_HOUR", "1000"),
-        ("DEFAULT_MAX_ACTIONS_PER_DAY", "1000"),
-    ]);
+    let v = per_minute("1000");
     let a = TestServer::start(&db, &v).await;
     let b = TestServer::start(&db, &v).await;
     let (token, _) = agent(&a, "settled").await;
