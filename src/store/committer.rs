@@ -4,7 +4,10 @@
 //! they still stand where each append was decided, and only the events of those streams are
 //! inserted. An append whose stream moved meanwhile is answered `OptimisticLockError` and its
 //! command is decided again; the others commit together. An append whose data Postgres refuses
-//! fails alone: the batch is retried in halves (`commit`). A lone writer waits for nobody: batches
+//! fails alone: the batch is retried in halves (`commit`). Appends that carry reservations (a mock
+//! send's event with its limits, migration 0037) go through `append_reserving`, which decides them
+//! first: if any is refused nothing is stored, the appends holding one are answered `Refused`, and
+//! the others are tried again without them. A lone writer waits for nobody: batches
 //! form only from appends that arrive while a statement is in flight, or while the ready tasks run
 //! once before a batch is taken (`next_batch`), as in Postgres's own group commit.
 

@@ -180,6 +180,11 @@ impl Recorder {
                     .iter()
                     .any(|f| f.alongside.reserves.as_ref().is_some_and(|r| refusals.iter().any(|x| x.id == r.id)))
             });
+            if refused.is_empty() {
+                // Refusals of no reservation of this batch: nothing to take out, so nothing to
+                // try again either.
+                return Some((rest, outcome));
+            }
             for pending in refused {
                 let own = refusals
                     .iter()
