@@ -38,6 +38,19 @@ pub mod actions;
 
 pub use actions::{make_call, send_message, send_voice_message};
 
+/// The pipeline's checks before the agent's state (docs/tools.md#the-outbound-pipeline, 1–4), in
+/// order. A refusal at one of them is an `ActionRefused`.
+const BEFORE_THE_AGENT: [Check; 4] = [Check::AgentResolve, Check::Role, Check::Input, Check::OrgBoundary];
+
+/// The checks an outbound action refused at `check` passed first (none unless `check` is one of
+/// the pipeline's first four): what its `ActionRefused` lists before the refusing check.
+pub fn passed_before(check: Check) -> &'static [Check] {
+    match BEFORE_THE_AGENT.iter().position(|c| *c == check) {
+        Some(i) => &BEFORE_THE_AGENT[..i],
+        None => &[],
+    }
+}
+
 /// One kind of outbound action: how it is checked, sent and recorded. The pipeline (`run`) is
 /// the same for all of them.
 trait Action: Send + Sync + 'static {
@@ -77,17 +90,22 @@ async fn run<A: Action>(
     args: &Args<'_>,
     input: impl FnOnce(&Args<'_>) -> Result<A, ApiError>,
 ) -> Result<Value, ApiError> {
-    // 1–2: the agent, and Z1.
-    let agent_id = caller.agent_id(args, false)?;
-    crate::auth::guard::own_agent(caller.principal, &agent_id)?;
+    // 1–2: the agent, and Z1. A refusal at 1–4 is recorded by the tool layer as `ActionRefused`,
+    // with the checks before it passed (`passed_before`): each is marked with its check here.
+    let agent_id = caller.agent_id(args, false).map_err(|e| e.at(Check::AgentResolve))?;
+    crate::auth::guard::own_agent(caller.principal, &agent_id).map_err(|e| e.at(Check::Role))?;
     let mut context = caller.context_checked(&app.clock, &["agent_resolve", "role"]);
     // 3: input.
-    let action = input(args)?;
+    let action = input(args).map_err(|e| e.at(Check::Input))?;
     context.provenance.pass("input");
     // 4: org boundary (Z2). The agent, its org (checked at steps 5–6) and the recipient as
     // compliance sees it (steps 8, 9 and 11) come from one statement.
     let subject = action.subject();
-    let (agent, org, contact_state) = agent_for_send(app, caller.principal, &agent_id, &subject).await?;
+    let (agent, org, contact_state) =
+        agent_for_send(app, caller.principal, &agent_id, &subject).await.map_err(|e| match e.code {
+            ErrorCode::NotFound | ErrorCode::Forbidden => e.at(Check::OrgBoundary),
+            _ => e,
+        })?;
     context.provenance.pass("org_boundary");
     let mut context = context.in_org(agent.org_id.clone());
 

@@ -177,6 +177,63 @@ async fn refusals_in_a_shared_statement_cost_the_other_agents_nothing() {
     s.stop().await;
 }
 
+/// A send refused before its agent's state is known (docs/tools.md#the-outbound-pipeline, checks
+/// 1–4) is an `ActionRefused` whose provenance lists every check that ran, in order: the ones
+/// passed, then the one that refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_refused_before_the_agents_state_lists_the_checks_it_passed() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars(&[])).await;
+    let (token, _) = agent(&s, "early-refusals").await;
+    let (other, other_id) = agent(&s, "early-others").await;
+    drop(other);
+    let master = Session::open(&s, MASTER).await;
+    let me = Session::open(&s, &token).await;
+    let sms = |extra: Value| {
+        let mut args = json!({"to": "+12025550111", "body": "Your table is ready."});
+        args.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        args
+    };
+    // (who, arguments, code, the checks in order as (check, result))
+    let cases: [(&Session, Value, &str, &[(&str, &str)]); 4] = [
+        (&master, sms(json!({})), "invalid_input", &[("agent_resolve", "fail")]),
+        (&me, sms(json!({"agentId": other_id})), "forbidden", &[("agent_resolve", "pass"), ("role", "fail")]),
+        (
+            &me,
+            sms(json!({"to": "not a number"})),
+            "invalid_input",
+            &[("agent_resolve", "pass"), ("role", "pass"), ("input", "fail")],
+        ),
+        (
+            &master,
+            sms(json!({"agentId": "no-such-agent"})),
+            "not_found",
+            &[("agent_resolve", "pass"), ("role", "pass"), ("input", "pass"), ("org_boundary", "fail")],
+        ),
+    ];
+    let pool = db.pool().await;
+    for (i, (session, args, code, checks)) in cases.iter().enumerate() {
+        let (is_error, refusal) = session.call("comms_send_message", args.clone()).await;
+        assert!(is_error && refusal["code"] == *code, "case {i}: {refusal}");
+        let provenance: Value = sqlx::query_scalar(
+            "SELECT metadata::jsonb -> 'provenance' FROM events WHERE event_type = 'ActionRefused'
+              ORDER BY position DESC LIMIT 1",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let listed: Vec<(&str, &str)> = provenance["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["check"].as_str().unwrap(), c["result"].as_str().unwrap()))
+            .collect();
+        assert_eq!(listed, *checks, "case {i}: {provenance}");
+        assert_eq!(provenance["refusedBy"], checks.last().unwrap().0, "case {i}");
+    }
+    s.stop().await;
+}
+
 /// Sends that arrive together read their agents and recipients in one statement
 /// (`ledger::reads`): each gets its own agent's and its own recipient's state. Two agents of two
 /// orgs send at once to a consented recipient, one without consent and one on the first agent's

@@ -118,14 +118,12 @@ async fn record_refusal(
         .and_then(Value::as_str)
         .map(str::to_string)
         .or_else(|| caller.principal.agent_id().map(str::to_string));
-    crate::refusals::record(
-        app,
-        caller.principal,
-        caller.bare_context(&app.clock),
-        tool,
-        agent_id,
-        Some(arguments),
-        refusal,
-    )
-    .await
+    // An outbound action's provenance lists the pipeline's checks it passed before the refusal.
+    let mut context = caller.bare_context(&app.clock);
+    if [outbound::SEND_MESSAGE.name, outbound::MAKE_CALL.name, outbound::SEND_VOICE_MESSAGE.name].contains(&tool) {
+        for check in crate::outbound::passed_before(refusal.refusal().check) {
+            context.provenance.pass(check.as_str());
+        }
+    }
+    crate::refusals::record(app, caller.principal, context, tool, agent_id, Some(arguments), refusal).await
 }
