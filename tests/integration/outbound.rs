@@ -195,7 +195,8 @@ async fn a_send_refused_before_the_agents_state_lists_the_checks_it_passed() {
         args
     };
     // (who, arguments, code, the checks in order as (check, result))
-    let cases: [(&Session, Value, &str, &[(&str, &str)]); 4] = [
+    type Case<'a> = (&'a Session, Value, &'static str, &'static [(&'static str, &'static str)]);
+    let cases: [Case; 4] = [
         (&master, sms(json!({})), "invalid_input", &[("agent_resolve", "fail")]),
         (&me, sms(json!({"agentId": other_id})), "forbidden", &[("agent_resolve", "pass"), ("role", "fail")]),
         (
