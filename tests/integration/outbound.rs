@@ -232,6 +232,20 @@ async fn a_send_refused_before_the_agents_state_lists_the_checks_it_passed() {
         assert_eq!(listed, *checks, "case {i}: {provenance}");
         assert_eq!(provenance["refusedBy"], checks.last().unwrap().0, "case {i}");
     }
+    // Another tool: its role was checked first.
+    let limits = json!({"agentId": other_id, "limits": {"maxActionsPerMinute": 0}});
+    let (is_error, refusal) = master.call("comms_set_agent_limits", limits).await;
+    assert!(is_error && refusal["code"] == "invalid_input", "{refusal}");
+    let provenance: Value = sqlx::query_scalar(
+        "SELECT metadata::jsonb -> 'provenance' FROM events WHERE event_type = 'ActionRefused'
+          ORDER BY position DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let listed: Vec<&str> =
+        provenance["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
+    assert_eq!((listed, provenance["refusedBy"].as_str()), (vec!["role", "input"], Some("input")), "{provenance}");
     s.stop().await;
 }
 

@@ -11,6 +11,7 @@ mod ping;
 use std::future::Future;
 use std::pin::Pin;
 
+use commguard_domain::refusal::Check;
 use serde_json::{json, Value};
 
 use crate::auth::{guard, Role};
@@ -118,12 +119,16 @@ async fn record_refusal(
         .and_then(Value::as_str)
         .map(str::to_string)
         .or_else(|| caller.principal.agent_id().map(str::to_string));
-    // An outbound action's provenance lists the pipeline's checks it passed before the refusal.
+    // The provenance lists the checks that ran before the refusal: an outbound action's, the
+    // pipeline's steps before it; any other known tool's, its role (`dispatch` checks it first).
     let mut context = caller.bare_context(&app.clock);
+    let check = refusal.refusal().check;
     if [outbound::SEND_MESSAGE.name, outbound::MAKE_CALL.name, outbound::SEND_VOICE_MESSAGE.name].contains(&tool) {
-        for check in crate::outbound::passed_before(refusal.refusal().check) {
+        for check in crate::outbound::passed_before(check) {
             context.provenance.pass(check.as_str());
         }
+    } else if check != Check::Role && TOOLS.iter().any(|t| t.name == tool) {
+        context.provenance.pass(Check::Role.as_str());
     }
     crate::refusals::record(app, caller.principal, context, tool, agent_id, Some(arguments), refusal).await
 }
