@@ -39,17 +39,9 @@ pub mod actions;
 pub use actions::{make_call, send_message, send_voice_message};
 
 /// The pipeline's checks before the agent's state (docs/tools.md#the-outbound-pipeline, 1–4), in
-/// order. A refusal at one of them is an `ActionRefused`.
-const BEFORE_THE_AGENT: [Check; 4] = [Check::AgentResolve, Check::Role, Check::Input, Check::OrgBoundary];
-
-/// The checks an outbound action refused at `check` passed first (none unless `check` is one of
-/// the pipeline's first four): what its `ActionRefused` lists before the refusing check.
-pub fn passed_before(check: Check) -> &'static [Check] {
-    match BEFORE_THE_AGENT.iter().position(|c| *c == check) {
-        Some(i) => &BEFORE_THE_AGENT[..i],
-        None => &[],
-    }
-}
+/// order, each run by `run`, whose refusals there are marked with their check: such a refusal is
+/// an `ActionRefused`, which lists the ones before it as passed (`mcp::tools::Tool::checks`).
+pub const BEFORE_THE_AGENT: &[Check] = &[Check::AgentResolve, Check::Role, Check::Input, Check::OrgBoundary];
 
 /// One kind of outbound action: how it is checked, sent and recorded. The pipeline (`run`) is
 /// the same for all of them.
@@ -91,7 +83,7 @@ async fn run<A: Action>(
     input: impl FnOnce(&Args<'_>) -> Result<A, ApiError>,
 ) -> Result<Value, ApiError> {
     // 1–2: the agent, and Z1. A refusal at 1–4 is recorded by the tool layer as `ActionRefused`,
-    // with the checks before it passed (`passed_before`): each is marked with its check here.
+    // with the checks before it passed (`BEFORE_THE_AGENT`): each is marked with its check here.
     let agent_id = caller.agent_id(args, false).map_err(|e| e.at(Check::AgentResolve))?;
     crate::auth::guard::own_agent(caller.principal, &agent_id).map_err(|e| e.at(Check::Role))?;
     let mut context = caller.context_checked(&app.clock, &["agent_resolve", "role"]);
@@ -102,10 +94,7 @@ async fn run<A: Action>(
     // compliance sees it (steps 8, 9 and 11) come from one statement.
     let subject = action.subject();
     let (agent, org, contact_state) =
-        agent_for_send(app, caller.principal, &agent_id, &subject).await.map_err(|e| match e.code {
-            ErrorCode::NotFound | ErrorCode::Forbidden => e.at(Check::OrgBoundary),
-            _ => e,
-        })?;
+        agent_for_send(app, caller.principal, &agent_id, &subject).await.map_err(|e| e.at(Check::OrgBoundary))?;
     context.provenance.pass("org_boundary");
     let mut context = context.in_org(agent.org_id.clone());
 
@@ -113,7 +102,9 @@ async fn run<A: Action>(
     let channel = action.channel();
     // 5–6: the agent's state and channel, the org's state (Z6), and where the action will go —
     // decided by `send::decide` on what the directory shows.
-    let org = org.ok_or_else(|| ApiError::not_found(format!("Organization \"{}\" not found", agent.org_id)))?;
+    let org = org.ok_or_else(|| {
+        ApiError::not_found(format!("Organization \"{}\" not found", agent.org_id)).at(Check::OrgState)
+    })?;
     let route = match send::decide(&send_state(app, &agent, &org, channel)) {
         Ok(route) => route,
         Err(refusal) => {

@@ -185,8 +185,7 @@ async fn a_send_refused_before_the_agents_state_lists_the_checks_it_passed() {
     let db = TestDb::new().await;
     let s = TestServer::start(&db, &vars(&[])).await;
     let (token, _) = agent(&s, "early-refusals").await;
-    let (other, other_id) = agent(&s, "early-others").await;
-    drop(other);
+    let (_, other_id) = agent(&s, "early-others").await;
     let master = Session::open(&s, MASTER).await;
     let me = Session::open(&s, &token).await;
     let sms = |extra: Value| {
@@ -216,13 +215,7 @@ async fn a_send_refused_before_the_agents_state_lists_the_checks_it_passed() {
     for (i, (session, args, code, checks)) in cases.iter().enumerate() {
         let (is_error, refusal) = session.call("comms_send_message", args.clone()).await;
         assert!(is_error && refusal["code"] == *code, "case {i}: {refusal}");
-        let provenance: Value = sqlx::query_scalar(
-            "SELECT metadata::jsonb -> 'provenance' FROM events WHERE event_type = 'ActionRefused'
-              ORDER BY position DESC LIMIT 1",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        let provenance = last_refusal_provenance(&pool).await;
         let listed: Vec<(&str, &str)> = provenance["checks"]
             .as_array()
             .unwrap()
@@ -236,17 +229,21 @@ async fn a_send_refused_before_the_agents_state_lists_the_checks_it_passed() {
     let limits = json!({"agentId": other_id, "limits": {"maxActionsPerMinute": 0}});
     let (is_error, refusal) = master.call("comms_set_agent_limits", limits).await;
     assert!(is_error && refusal["code"] == "invalid_input", "{refusal}");
-    let provenance: Value = sqlx::query_scalar(
-        "SELECT metadata::jsonb -> 'provenance' FROM events WHERE event_type = 'ActionRefused'
-          ORDER BY position DESC LIMIT 1",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let provenance = last_refusal_provenance(&pool).await;
     let listed: Vec<&str> =
         provenance["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
     assert_eq!((listed, provenance["refusedBy"].as_str()), (vec!["role", "input"], Some("input")), "{provenance}");
     s.stop().await;
+}
+
+/// The provenance of the last `ActionRefused` stored.
+async fn last_refusal_provenance(pool: &sqlx::PgPool) -> Value {
+    sqlx::query_scalar(
+        "SELECT metadata::jsonb -> 'provenance' FROM events WHERE event_type = 'ActionRefused' ORDER BY position DESC LIMIT 1",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// Sends that arrive together read their agents and recipients in one statement

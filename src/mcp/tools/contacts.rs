@@ -27,6 +27,7 @@ pub const RECORD_CONSENT: Tool = Tool {
     name: "comms_record_consent",
     handler: |app, caller, args| Box::pin(record_consent(app, caller, args)),
     role: Role::Agent,
+    checks: super::ROLE_FIRST,
     description: "Record a contact's consent to be contacted by an agent on a channel.",
     schema: || {
         consent_schema(json!({
@@ -40,6 +41,7 @@ pub const REVOKE_CONSENT: Tool = Tool {
     name: "comms_revoke_consent",
     handler: |app, caller, args| Box::pin(revoke_consent(app, caller, args)),
     role: Role::Agent,
+    checks: super::ROLE_FIRST,
     description: "Revoke a contact's consent for an agent on a channel.",
     schema: || consent_schema(json!({})),
 };
@@ -48,6 +50,7 @@ pub const CHECK_CONSENT: Tool = Tool {
     name: "comms_check_consent",
     handler: |app, caller, args| Box::pin(check_consent(app, caller, args)),
     role: Role::Agent,
+    checks: super::ROLE_FIRST,
     description:
         "Show whether an agent holds a contact's consent on a channel, and whether the contact is on the DNC list.",
     schema: || consent_schema(json!({})),
@@ -57,6 +60,7 @@ pub const DNC_ADD: Tool = Tool {
     name: "comms_dnc_add",
     handler: |app, caller, args| Box::pin(dnc_add(app, caller, args)),
     role: Role::Agent,
+    checks: super::ROLE_FIRST,
     description: "Add a number or email to the organization's Do Not Contact list.",
     schema: || {
         json!({"type": "object", "required": ["address"], "properties": {
@@ -69,6 +73,7 @@ pub const DNC_REMOVE: Tool = Tool {
     name: "comms_dnc_remove",
     handler: |app, caller, args| Box::pin(dnc_remove(app, caller, args)),
     role: Role::Org,
+    checks: super::ROLE_FIRST,
     description: "Remove every Do Not Contact entry for an address in the organization.",
     schema: || {
         json!({"type": "object", "required": ["address", "reason"], "properties": {
@@ -81,6 +86,7 @@ pub const DNC_LIST: Tool = Tool {
     name: "comms_dnc_list",
     handler: |app, caller, args| Box::pin(dnc_list(app, caller, args)),
     role: Role::Org,
+    checks: super::ROLE_FIRST,
     description: "List the organization's Do Not Contact entries.",
     schema: || {
         json!({"type": "object", "properties": {
@@ -94,6 +100,7 @@ pub const ERASE_SUBJECT: Tool = Tool {
     name: "comms_erase_subject",
     handler: |app, caller, args| Box::pin(erase_subject(app, caller, args)),
     role: Role::Org,
+    checks: super::ROLE_FIRST,
     description: "Erase a data subject (phone number or email) by destroying its keys: its personal data in \
                   events reads [erased], its consent records are purged, DNC entries keep blocking.",
     schema: || {

@@ -16,6 +16,7 @@ pub const CREATE_ORGANIZATION: Tool = Tool {
     name: "comms_create_organization",
     handler: |app, caller, args| Box::pin(create_organization(app, caller, args)),
     role: Role::SuperAdmin,
+    checks: super::ROLE_FIRST,
     description: "Create an organization (sandbox mode) and issue its admin token.",
     schema: || {
         json!({"type": "object", "required": ["name", "slug"], "properties": {
@@ -30,6 +31,7 @@ pub const LIST_ORGANIZATIONS: Tool = Tool {
     name: "comms_list_organizations",
     handler: |app, _, _| Box::pin(list_organizations(app)),
     role: Role::SuperAdmin,
+    checks: super::ROLE_FIRST,
     description: "List every organization with its mode and agent count.",
     schema: || json!({"type": "object", "properties": {}}),
 };
@@ -38,6 +40,7 @@ pub const PROVISION_CHANNELS: Tool = Tool {
     name: "comms_provision_channels",
     handler: |app, caller, args| Box::pin(provision_channels(app, caller, args)),
     role: Role::Org,
+    checks: super::ROLE_FIRST,
     description: "Provision an agent with phone, email and voice channels; returns its security token once.",
     schema: || {
         json!({"type": "object", "required": ["displayName"], "properties": {
@@ -59,6 +62,7 @@ pub const DEPROVISION_CHANNELS: Tool = Tool {
     name: "comms_deprovision_channels",
     handler: |app, caller, args| Box::pin(deprovision_channels(app, caller, args)),
     role: Role::Org,
+    checks: super::ROLE_FIRST,
     description: "Deprovision an agent: release its number, revoke its tokens, close its sessions.",
     schema: || {
         json!({"type": "object", "required": ["agentId"], "properties": {
@@ -70,6 +74,7 @@ pub const GET_CHANNEL_STATUS: Tool = Tool {
     name: "comms_get_channel_status",
     handler: |app, caller, args| Box::pin(get_channel_status(app, caller, args)),
     role: Role::Agent,
+    checks: super::ROLE_FIRST,
     description: "An agent's status, channels, blocked channels and its org's pool.",
     schema: || json!({"type": "object", "properties": {"agentId": {"type": "string"}}}),
 };
@@ -78,6 +83,7 @@ pub const ROTATE_TOKEN: Tool = Tool {
     name: "comms_rotate_token",
     handler: |app, caller, args| Box::pin(rotate_token(app, caller, args)),
     role: Role::Agent,
+    checks: super::ROLE_FIRST,
     description: "Revoke every active token of an agent or org and issue a new one.",
     schema: || {
         json!({"type": "object", "properties": {

@@ -33,9 +33,15 @@ pub struct Tool {
     pub name: &'static str,
     pub handler: Handler,
     pub role: Role,
+    /// The checks every call runs before what is the tool's own, in order: a refusal at one of
+    /// them passed the ones before it; any other refusal passed them all (provenance).
+    pub checks: &'static [Check],
     pub description: &'static str,
     pub schema: fn() -> Value,
 }
+
+/// What `dispatch` checks before a handler runs: the caller's role.
+pub const ROLE_FIRST: &[Check] = &[Check::Role];
 
 /// Every tool this build serves.
 const TOOLS: &[Tool] = &[
@@ -119,16 +125,17 @@ async fn record_refusal(
         .and_then(Value::as_str)
         .map(str::to_string)
         .or_else(|| caller.principal.agent_id().map(str::to_string));
-    // The provenance lists the checks that ran before the refusal: an outbound action's, the
-    // pipeline's steps before it; any other known tool's, its role (`dispatch` checks it first).
+    // The provenance lists the checks that ran before the refusing one (`Tool::checks`).
     let mut context = caller.bare_context(&app.clock);
-    let check = refusal.refusal().check;
-    if [outbound::SEND_MESSAGE.name, outbound::MAKE_CALL.name, outbound::SEND_VOICE_MESSAGE.name].contains(&tool) {
-        for check in crate::outbound::passed_before(check) {
+    if let Some(known) = TOOLS.iter().find(|t| t.name == tool) {
+        let check = refusal.refusal().check;
+        let passed = match known.checks.iter().position(|c| *c == check) {
+            Some(i) => &known.checks[..i],
+            None => known.checks,
+        };
+        for check in passed {
             context.provenance.pass(check.as_str());
         }
-    } else if check != Check::Role && TOOLS.iter().any(|t| t.name == tool) {
-        context.provenance.pass(Check::Role.as_str());
     }
     crate::refusals::record(app, caller.principal, context, tool, agent_id, Some(arguments), refusal).await
 }

@@ -14,6 +14,7 @@ pub const SEND_MESSAGE: Tool = Tool {
     name: "comms_send_message",
     handler: |app, caller, args| Box::pin(crate::outbound::send_message(app, caller, args)),
     role: Role::Agent,
+    checks: crate::outbound::BEFORE_THE_AGENT,
     description: "Send an SMS or email from an agent, through every guard, limit and compliance check.",
     schema: || {
         json!({"type": "object", "required": ["to", "body"], "properties": {
@@ -31,6 +32,7 @@ pub const MAKE_CALL: Tool = Tool {
     name: "comms_make_call",
     handler: |app, caller, args| Box::pin(crate::outbound::make_call(app, caller, args)),
     role: Role::Agent,
+    checks: crate::outbound::BEFORE_THE_AGENT,
     description: "Place an AI voice call from an agent, through every guard, limit and compliance check.",
     schema: || {
         json!({"type": "object", "required": ["to"], "properties": {
@@ -50,6 +52,7 @@ pub const SEND_VOICE_MESSAGE: Tool = Tool {
     name: "comms_send_voice_message",
     handler: |app, caller, args| Box::pin(crate::outbound::send_voice_message(app, caller, args)),
     role: Role::Agent,
+    checks: crate::outbound::BEFORE_THE_AGENT,
     description: "Call a number and speak a message, through every guard, limit and compliance check.",
     schema: || {
         json!({"type": "object", "required": ["to", "text"], "properties": {
@@ -66,6 +69,7 @@ pub const SET_AGENT_LIMITS: Tool = Tool {
     name: "comms_set_agent_limits",
     handler: |app, caller, args| Box::pin(set_agent_limits(app, caller, args)),
     role: Role::SuperAdmin,
+    checks: super::ROLE_FIRST,
     description: "Override an agent's action and spend limits (null clears an override).",
     schema: || {
         json!({"type": "object", "required": ["agentId", "limits"], "properties": {
@@ -83,6 +87,7 @@ pub const SET_BILLING_CONFIG: Tool = Tool {
     name: "comms_set_billing_config",
     handler: |app, caller, args| Box::pin(set_billing_config(app, caller, args)),
     role: Role::SuperAdmin,
+    checks: super::ROLE_FIRST,
     description: "Set an agent's tier, billing markup and billing email.",
     schema: || {
         json!({"type": "object", "required": ["agentId"], "properties": {
@@ -111,6 +116,7 @@ pub const USAGE_DASHBOARD: Tool = Tool {
     name: "comms_get_usage_dashboard",
     handler: |app, caller, args| Box::pin(usage_dashboard(app, caller, args)),
     role: Role::Agent,
+    checks: super::ROLE_FIRST,
     description: "Actions and costs per channel over a period, with current usage against limits.",
     schema: || {
         json!({"type": "object", "properties": {
@@ -124,6 +130,7 @@ pub const BILLING_SUMMARY: Tool = Tool {
     name: "comms_get_billing_summary",
     handler: |app, caller, args| Box::pin(billing_summary(app, caller, args)),
     role: Role::Agent,
+    checks: super::ROLE_FIRST,
     description: "Provider cost and billed cost (with markup) over a period.",
     schema: || {
         json!({"type": "object", "properties": {
@@ -167,6 +174,7 @@ pub const REGISTER_PROVIDER: Tool = Tool {
     name: "comms_register_provider",
     handler: |app, caller, args| Box::pin(register_provider(app, caller, args)),
     role: Role::SuperAdmin,
+    checks: super::ROLE_FIRST,
     description: "Register Twilio or Resend credentials for the platform or one organization (stored encrypted).",
     schema: || {
         json!({"type": "object", "required": ["provider", "credentials"], "properties": {

@@ -14,6 +14,7 @@ pub const TOOL: Tool = Tool {
     name: "comms_ping",
     handler: |app, caller, args| Box::pin(ping(app, caller, args)),
     role: Role::Agent,
+    checks: super::ROLE_FIRST,
     description: "Check connectivity and see the caller's identity, organization and providers.",
     schema: || json!({"type": "object", "properties": {"message": {"type": "string", "maxLength": 10000}}}),
 };
