@@ -197,7 +197,7 @@ pub async fn record_reserved<E: cqrs_es::DomainEvent>(
 ) -> Result<Result<Reservation, Exceeded>, ApiError> {
     debug_assert!(request.intent.is_none(), "a reservation recorded with its event has no intent");
     let (reservation, json) = request.into_parts();
-    let reserves = Reserve { id: reservation.id, request: json };
+    let reserves = Reserve { id: reservation.id, request: std::sync::Arc::new(json) };
     match store.record_reserving("agent", &reservation.agent_id, events, context, reserves).await {
         Ok(_) => Ok(Ok(reservation)),
         Err(e) => match crate::store::refused(&e).and_then(|refusals| refusals.iter().find(|r| r.id == reservation.id))

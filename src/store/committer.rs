@@ -72,10 +72,11 @@ pub(crate) struct Alongside {
 }
 
 /// One request of `reserve_actions` (as `ledger::reservations` writes it), `id` its `"id"`.
+/// Shared, not copied, by the retries of its append.
 #[derive(Clone, Debug)]
 pub struct Reserve {
     pub id: Uuid,
-    pub request: Value,
+    pub request: Arc<Value>,
 }
 
 /// A reservation refused inside a reserving append (`CG003`): its request's id and what
@@ -382,7 +383,7 @@ async fn run(pool: &KeptPool, jobs: &[Job]) -> Result<(i64, Vec<bool>, Vec<i64>)
             rows.hash.push(row.hash.as_str());
             rows.settles.push(row.settles);
             rows.unchecked_keys.extend(&row.unchecked_keys);
-            requests.extend(row.reserves.as_ref().map(|r| &r.request));
+            requests.extend(row.reserves.as_ref().map(|r| &*r.request));
         }
         last_rows.push(rows.head.len() as i64 - 1);
     }
