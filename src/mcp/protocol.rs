@@ -42,33 +42,63 @@ pub struct Parsed {
     pub batch: bool,
 }
 
-/// Parses one message or a batch. The error text follows `Invalid message: `.
-pub fn parse(body: &[u8]) -> Result<Parsed, String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("Parse error: {e}"))?;
-    match value {
-        Value::Array(items) if !items.is_empty() => {
-            Ok(Parsed { messages: items.into_iter().map(message).collect::<Result<_, _>>()?, batch: true })
+/// A body that is not a JSON-RPC message or batch.
+#[derive(Debug, PartialEq)]
+pub enum Malformed {
+    /// Not JSON (-32700).
+    NotJson(String),
+    /// JSON, but not a request, notification or response (-32600).
+    NotMessage(String),
+}
+
+impl Malformed {
+    /// The JSON-RPC error that answers it on `/mcp` (with no id: the request's could not be read).
+    pub fn error_response(&self) -> Value {
+        match self {
+            Self::NotJson(detail) => error_response(Value::Null, -32700, &format!("Parse error: {detail}")),
+            Self::NotMessage(detail) => error_response(Value::Null, -32600, &format!("Invalid Request: {detail}")),
         }
-        Value::Array(_) => Err("empty batch".into()),
-        single => Ok(Parsed { messages: vec![message(single)?], batch: false }),
     }
 }
 
-fn message(value: Value) -> Result<Message, String> {
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotJson(detail) => write!(f, "Parse error: {detail}"),
+            Self::NotMessage(detail) => f.write_str(detail),
+        }
+    }
+}
+
+/// Parses one message or a batch.
+pub fn parse(body: &[u8]) -> Result<Parsed, Malformed> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| Malformed::NotJson(e.to_string()))?;
+    let parsed = match value {
+        Value::Array(items) if !items.is_empty() => {
+            Parsed { messages: items.into_iter().map(message).collect::<Result<_, _>>()?, batch: true }
+        }
+        Value::Array(_) => return Err(Malformed::NotMessage("empty batch".into())),
+        single => Parsed { messages: vec![message(single)?], batch: false },
+    };
+    Ok(parsed)
+}
+
+fn message(value: Value) -> Result<Message, Malformed> {
+    let invalid = |detail: &str| Err(Malformed::NotMessage(detail.into()));
     let Value::Object(mut map) = value else {
-        return Err("a JSON-RPC message must be an object".into());
+        return invalid("a JSON-RPC message must be an object");
     };
     if map.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Err("jsonrpc must be \"2.0\"".into());
+        return invalid("jsonrpc must be \"2.0\"");
     }
     match (map.remove("method"), map.remove("id")) {
         (Some(Value::String(method)), Some(id)) if id.is_string() || id.is_number() => {
             Ok(Message::Request { id, method, params: map.remove("params").unwrap_or(Value::Null) })
         }
-        (Some(Value::String(_)), Some(_)) => Err("id must be a string or a number".into()),
+        (Some(Value::String(_)), Some(_)) => invalid("id must be a string or a number"),
         (Some(Value::String(method)), None) => Ok(Message::Notification { method }),
         (None, Some(_)) if map.contains_key("result") || map.contains_key("error") => Ok(Message::Response),
-        _ => Err("not a request, notification or response".into()),
+        _ => invalid("not a request, notification or response"),
     }
 }
 
@@ -174,9 +204,11 @@ mod tests {
         let note = one(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
         assert_eq!(note, Message::Notification { method: "notifications/initialized".into() });
         assert_eq!(one(br#"{"jsonrpc":"2.0","id":3,"result":{}}"#), Message::Response);
-        assert!(parse(b"{").is_err());
-        assert!(parse(br#"{"id":1,"method":"ping"}"#).is_err());
-        assert!(parse(br#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#).is_err());
+        let code = |body: &[u8]| parse(body).err().map(|m| m.error_response()["error"]["code"].clone());
+        assert_eq!(code(b"{"), Some(json!(-32700)));
+        assert_eq!(code(br#"{"id":1,"method":"ping"}"#), Some(json!(-32600)));
+        assert_eq!(code(br#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#), Some(json!(-32600)));
+        assert_eq!(code(b"[]"), Some(json!(-32600)));
         let two = parse(br#"[{"jsonrpc":"2.0","method":"a"},{"jsonrpc":"2.0","id":2,"method":"b"}]"#).unwrap();
         assert_eq!((two.messages.len(), two.batch), (2, true));
         // A batch of one is still a batch: its reply is an array.

@@ -108,8 +108,11 @@ pub async fn post(
     if !is_json(&headers) {
         return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "Content-Type must be application/json"));
     }
-    let protocol::Parsed { messages, batch } =
-        protocol::parse(&body).map_err(|e| ApiError::new(ErrorCode::InvalidInput, format!("Invalid message: {e}")))?;
+    let protocol::Parsed { messages, batch } = match protocol::parse(&body) {
+        Ok(parsed) => parsed,
+        // JSON-RPC's own errors (docs/mcp.md#tool-results): 400 with no id, nothing runs.
+        Err(malformed) => return Ok((StatusCode::BAD_REQUEST, axum::Json(malformed.error_response())).into_response()),
+    };
     let initializing = messages.iter().any(|m| matches!(m, Message::Request { method, .. } if method == "initialize"));
 
     let (session, opened) = if header_str(&headers, SESSION_HEADER).is_none() && initializing {

@@ -162,6 +162,14 @@ impl Row {
         self.refused(code, text)
     }
 
+    /// A JSON-RPC error (no id) with `code` and `text` as its message.
+    fn rpc_error(mut self, status: u16, code: &'static str, text: &'static str) -> Self {
+        self.status = Some(status);
+        self.at = "/error/message";
+        self.text = text;
+        self.also("/error/code", code).also("/id", "null").also("/jsonrpc", "2.0")
+    }
+
     /// A TwiML (or other non-JSON) answer: the whole body.
     fn body_is(mut self, status: u16, body: &'static str) -> Self {
         self.status = Some(status);
@@ -350,11 +358,26 @@ fn table() -> Vec<Row> {
             .header("mcp-session-id", "{masterSession}")
             .body(PING)
             .answers(403, "forbidden", "Session belongs to a different principal"),
-        http("mcp: bad JSON-RPC", "POST", "/mcp")
+        http("mcp: not JSON", "POST", "/mcp")
             .bearer("master")
             .header("mcp-session-id", "{masterSession}")
             .body("{")
-            .answers(400, "invalid_input", "Invalid message: …"),
+            .rpc_error(400, "-32700", "Parse error: …"),
+        http("mcp: JSON, not a JSON-RPC message", "POST", "/mcp")
+            .bearer("master")
+            .header("mcp-session-id", "{masterSession}")
+            .body(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#)
+            .rpc_error(400, "-32600", "Invalid Request: jsonrpc must be \"2.0\""),
+        http("mcp: an empty batch", "POST", "/mcp")
+            .bearer("master")
+            .header("mcp-session-id", "{masterSession}")
+            .body("[]")
+            .rpc_error(400, "-32600", "Invalid Request: empty batch"),
+        http("mcp: a request with a null id", "POST", "/mcp")
+            .bearer("master")
+            .header("mcp-session-id", "{masterSession}")
+            .body(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#)
+            .rpc_error(400, "-32600", "Invalid Request: id must be a string or a number"),
         // ── docs/mcp.md#tool-results tool results ─────────────────────────────────────────────────────────────────
         tool("unknown tool", "agentA", "comms_fly", "{}").refused("not_found", "Unknown tool: comms_fly"),
         // ── docs/security.md Z1–Z7 ──────────────────────────────────────────────────────────────────────────
