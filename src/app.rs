@@ -150,7 +150,7 @@ impl Runtime {
             &crate::webhooks::ROUTES,
             &crate::webhooks::REASONS,
         );
-        AppState {
+        AppState::new(crate::state::Services {
             pool: store.pool().clone(),
             identity: Arc::new(Identity::new(store.pool().clone(), master, config.demo_mode)),
             lockout: Arc::new(Lockout::new(&config, store.clone(), self.clock.clone(), metrics.clone())),
@@ -180,7 +180,7 @@ impl Runtime {
             feed_pages: Arc::new(crate::store::pages::FeedPages::new(store.pool().clone())),
             store,
             config,
-        }
+        })
     }
 }
 

@@ -22,8 +22,27 @@ use crate::sessions::Sessions;
 use crate::store::pages::FeedPages;
 use crate::store::{Framework, Store};
 
+/// A handle on the server's services: one `Arc`, so that every handler, layer and task that
+/// takes the state clones one counter (the services themselves hold a dozen).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// What `AppState` shares.
+pub struct Services {
     pub config: Arc<Config>,
     pub pool: PgPool,
     pub store: Store,

@@ -9,7 +9,6 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 
@@ -32,7 +31,7 @@ fn too_slow() -> Response {
         .into_response()
 }
 
-pub async fn layer(request: Request, next: Next) -> Response {
+pub async fn layer(request: Request, next: impl AsyncFnOnce(Request) -> Response) -> Response {
     let declared = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -44,13 +43,13 @@ pub async fn layer(request: Request, next: Next) -> Response {
     let chunked = request.headers().contains_key(axum::http::header::TRANSFER_ENCODING);
     if declared.unwrap_or(0) == 0 && !chunked {
         // No body (a declared length is what hyper reads, never more).
-        return next.run(request).await;
+        return next(request).await;
     }
     // Read at most the limit within the deadline, then hand the handler the buffered body.
     let (parts, body) = request.into_parts();
     match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
         Err(_) => too_slow(),
-        Ok(Ok(collected)) => next.run(Request::from_parts(parts, Body::from(collected.to_bytes()))).await,
+        Ok(Ok(collected)) => next(Request::from_parts(parts, Body::from(collected.to_bytes()))).await,
         Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => too_large(),
         Ok(Err(e)) => ApiError::new(ErrorCode::InvalidInput, format!("Invalid request body: {e}")).into_response(),
     }

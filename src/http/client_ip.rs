@@ -3,10 +3,8 @@
 //! `X-Forwarded-For` header — the one our own proxy appended — else the socket peer.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 
 use super::Hardening;
@@ -15,7 +13,7 @@ use crate::config::canonical_ip;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
-pub async fn layer(State(h): State<Arc<Hardening>>, mut request: Request, next: Next) -> Response {
+pub async fn layer(h: &Hardening, mut request: Request, next: impl AsyncFnOnce(Request) -> Response) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
     let forwarded = h
         .trust_proxy
@@ -31,7 +29,7 @@ pub async fn layer(State(h): State<Arc<Hardening>>, mut request: Request, next: 
         .flatten();
     let ip = canonical_ip(forwarded.unwrap_or(peer));
     request.extensions_mut().insert(ClientIp(ip));
-    next.run(request).await
+    next(request).await
 }
 
 fn rightmost(header: &str) -> Option<IpAddr> {

@@ -1,27 +1,21 @@
 //! Step 5: CORS (docs/http.md#headers-and-cors). An allowed `Origin` (trailing `/` ignored) gets the allow
 //! headers; any other gets none. `OPTIONS` is answered here, 204 and empty, on every path.
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::Hardening;
 
-pub async fn layer(State(h): State<Arc<Hardening>>, request: Request, next: Next) -> Response {
+pub async fn layer(h: &Hardening, request: Request, next: impl AsyncFnOnce(Request) -> Response) -> Response {
     let origin = request
         .headers()
         .get("origin")
         .and_then(|v| v.to_str().ok())
         .map(|o| o.trim_end_matches('/').to_string())
         .filter(|o| h.cors_origins.iter().any(|allowed| allowed == o));
-    let mut response = if request.method() == Method::OPTIONS {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        next.run(request).await
-    };
+    let mut response =
+        if request.method() == Method::OPTIONS { StatusCode::NO_CONTENT.into_response() } else { next(request).await };
     if let Some(origin) = origin {
         allow(response.headers_mut(), &origin);
     }

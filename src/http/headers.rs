@@ -2,12 +2,9 @@
 //! console's HTML page (`GET /admin`) gets the CSP docs/http.md#headers-and-cors sets for it; every other response,
 //! its scripts and styles included, `default-src 'none'`.
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::Response;
 
 use super::Hardening;
@@ -22,9 +19,9 @@ const ALWAYS: [(&str, &str); 7] = [
     ("vary", "Origin"),
 ];
 
-pub async fn layer(State(h): State<Arc<Hardening>>, request: Request, next: Next) -> Response {
+pub async fn layer(h: &Hardening, request: Request, next: impl AsyncFnOnce(Request) -> Response) -> Response {
     let page = request.uri().path() == super::console::PAGE;
-    let mut response = next.run(request).await;
+    let mut response = next(request).await;
     let html = response.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
     let headers = response.headers_mut();
     for (name, value) in ALWAYS {

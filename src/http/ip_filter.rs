@@ -9,11 +9,9 @@
 //! other refused request is answered here.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 
@@ -33,11 +31,11 @@ fn forbidden() -> Response {
     ApiError::new(ErrorCode::Forbidden, "Forbidden").into_response()
 }
 
-pub async fn denylist(State(h): State<Arc<Hardening>>, request: Request, next: Next) -> Response {
+pub async fn denylist(h: &Hardening, request: Request, next: impl AsyncFnOnce(Request) -> Response) -> Response {
     if !h.demo && listed(&h.denylist, client(&request)) {
         return forbidden();
     }
-    next.run(request).await
+    next(request).await
 }
 
 /// True when `path` is `/<scope>` or below it.
@@ -45,7 +43,7 @@ pub fn under(path: &str, scope: &str) -> bool {
     path.strip_prefix(scope).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-pub async fn allowlists(State(h): State<Arc<Hardening>>, mut request: Request, next: Next) -> Response {
+pub async fn allowlists(h: &Hardening, mut request: Request, next: impl AsyncFnOnce(Request) -> Response) -> Response {
     if !h.demo {
         let path = request.uri().path();
         let (list, webhook) = if under(path, "/admin") {
@@ -53,7 +51,7 @@ pub async fn allowlists(State(h): State<Arc<Hardening>>, mut request: Request, n
         } else if under(path, "/webhooks") {
             (&h.webhook_allowlist, true)
         } else {
-            return next.run(request).await;
+            return next(request).await;
         };
         if !list.is_empty() && !listed(list, client(&request)) {
             if !webhook {
@@ -65,7 +63,7 @@ pub async fn allowlists(State(h): State<Arc<Hardening>>, mut request: Request, n
             request.extensions_mut().insert(IpRefused);
         }
     }
-    next.run(request).await
+    next(request).await
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use axum::middleware::from_fn_with_state;
+use axum::extract::{Request, State};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::Response;
 use axum::Router;
 use ipnet::IpNet;
 
@@ -76,17 +78,24 @@ impl Hardening {
     }
 }
 
-/// Wraps `router` in docs/http.md#hardening steps 1–8. The first layer listed runs first.
+/// Wraps `router` in docs/http.md#hardening steps 1–8: one axum layer runs them all (`pipeline`).
 pub fn harden(router: Router, hardening: Arc<Hardening>) -> Router {
-    let layers = tower::ServiceBuilder::new()
-        .layer(axum::middleware::from_fn(request_id::layer)) // 1
-        .layer(from_fn_with_state(hardening.clone(), client_ip::layer)) // 2
-        .layer(from_fn_with_state(hardening.clone(), headers::layer)) // 3
-        .layer(axum::middleware::from_fn(webhook_routes::twiml_errors)) // 3b: TwiML on Twilio routes
-        .layer(from_fn_with_state(hardening.clone(), ip_filter::denylist)) // 4
-        .layer(from_fn_with_state(hardening.clone(), cors::layer)) // 5
-        .layer(from_fn_with_state(hardening.clone(), ip_filter::allowlists)) // 6
-        .layer(from_fn_with_state(hardening.clone(), rate_limit::layer)) // 7
-        .layer(axum::middleware::from_fn(body_limit::layer)); // 8
-    fallback::install(router).layer(layers)
+    fallback::install(router).layer(from_fn_with_state(hardening, pipeline))
+}
+
+/// Steps 1–8, each handing the request on to the next (or answering it) and seeing the response
+/// on its way back: written innermost first, so read from the bottom. One layer instead of one per
+/// step, because axum's `from_fn` clones every layer below it and boxes a future on each request.
+async fn pipeline(State(h): State<Arc<Hardening>>, request: Request, next: Next) -> Response {
+    let h = &*h;
+    let step8 = async move |r| body_limit::layer(r, async move |r| next.run(r).await).await;
+    let step7 = async move |r| rate_limit::layer(h, r, step8).await;
+    let step6 = async move |r| ip_filter::allowlists(h, r, step7).await;
+    let step5 = async move |r| cors::layer(h, r, step6).await;
+    let step4 = async move |r| ip_filter::denylist(h, r, step5).await;
+    // 3b: TwiML on Twilio routes.
+    let step3b = async move |r| webhook_routes::twiml_errors(r, step4).await;
+    let step3 = async move |r| headers::layer(h, r, step3b).await;
+    let step2 = async move |r| client_ip::layer(h, r, step3).await;
+    request_id::layer(request, step2).await
 }

@@ -5,11 +5,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 
 use super::ip_filter::under;
@@ -155,14 +154,14 @@ impl RateLimits {
     }
 }
 
-pub async fn layer(State(h): State<Arc<Hardening>>, request: Request, next: Next) -> Response {
+pub async fn layer(h: &Hardening, request: Request, next: impl AsyncFnOnce(Request) -> Response) -> Response {
     if h.demo {
-        return next.run(request).await;
+        return next(request).await;
     }
     let ip = request.extensions().get::<ClientIp>().map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0);
     let webhook = under(request.uri().path(), "/webhooks");
     match h.limits.admit(ip, webhook, Instant::now()) {
-        Ok(()) => next.run(request).await,
+        Ok(()) => next(request).await,
         Err(Refused::PerIp { retry_after }) => {
             h.metrics.http_rate_limit_hit("per_ip");
             ApiError::new(ErrorCode::RateLimited, "Too many requests")

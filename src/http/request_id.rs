@@ -3,7 +3,6 @@
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ErrorBody;
@@ -15,7 +14,7 @@ fn valid(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-pub async fn layer(mut request: Request, next: Next) -> Response {
+pub async fn layer(mut request: Request, next: impl AsyncFnOnce(Request) -> Response) -> Response {
     let id = request
         .headers()
         .get("x-request-id")
@@ -23,7 +22,7 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
         .filter(|v| valid(v))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(request).await;
+    let mut response = next(request).await;
     // Errors are built without knowing the request: stamp the id into their body here.
     if let Some(ErrorBody(error)) = response.extensions_mut().remove::<ErrorBody>() {
         let (status, headers) = (response.status(), response.headers().clone());

@@ -6,7 +6,6 @@
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, ErrorCode};
@@ -44,9 +43,9 @@ fn segments(path: &str) -> Vec<&str> {
 /// Hardening step 3b: on a Twilio route every refusal is TwiML, whichever layer answers it — the
 /// denylist (403), the rate limits (429), the body limit (413), the router (404, 405) — keeping
 /// its status and headers (`Allow`, `Retry-After`, the request id, the security headers).
-pub async fn twiml_errors(request: Request, next: Next) -> Response {
+pub async fn twiml_errors(request: Request, next: impl AsyncFnOnce(Request) -> Response) -> Response {
     let twilio = twilio_path(request.uri().path());
-    let response = next.run(request).await;
+    let response = next(request).await;
     let refused = response.status().is_client_error() || response.status().is_server_error();
     let json = response
         .headers()
