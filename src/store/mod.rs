@@ -289,13 +289,7 @@ impl Store {
         // Numbered by the recorder, which appends everything queued for the stream at once.
         let mut facts: Vec<recorder::Fact> = serialize(aggregate_type, aggregate_id, 0, events, context)?
             .into_iter()
-            .map(|e| recorder::Fact {
-                event_type: e.event_type,
-                event_version: e.event_version,
-                payload: e.payload,
-                metadata: e.metadata,
-                alongside: Alongside::default(),
-            })
+            .map(|event| recorder::Fact { event, alongside: Alongside::default() })
             .collect();
         if let Some(last) = facts.last_mut() {
             last.alongside = alongside;

@@ -11,19 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
-use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::committer::{self, Alongside, Refused, MAX_EVENTS_PER_APPEND};
 use super::repository::EventRepository;
 use crate::error::{DatabaseDown, Failure};
 
-/// One fact as cqrs-es serializes it, before it is numbered.
+/// One fact as cqrs-es serializes it; the recorder numbers it (in place) when it is appended.
 pub(crate) struct Fact {
-    pub event_type: String,
-    pub event_version: String,
-    pub payload: Value,
-    pub metadata: Value,
+    pub event: SerializedEvent,
     /// What its append also does: settle an outbound intent, decide a reservation.
     pub alongside: Alongside,
 }
@@ -145,8 +141,8 @@ impl Recorder {
                     if batch.len() > 1 && !matches!(e, PersistenceError::OptimisticLockError) && !e.database_down() =>
                 {
                     tracing::warn!(error = %e, pendings = batch.len(), "facts refused together; appending them one by one");
-                    for pending in batch {
-                        let outcome = self.append(&key, std::slice::from_ref(&pending)).await;
+                    for mut pending in batch {
+                        let outcome = self.append(&key, std::slice::from_mut(&mut pending)).await;
                         let _ = pending.done.send(outcome.map_err(Failed::from));
                     }
                 }
@@ -169,7 +165,7 @@ impl Recorder {
         mut batch: Vec<Pending>,
     ) -> Option<(Vec<Pending>, Result<Option<i64>, PersistenceError>)> {
         loop {
-            let outcome = self.append(key, &batch).await;
+            let outcome = self.append(key, &mut batch).await;
             let Some(refusals) = outcome.as_ref().err().and_then(committer::refused) else {
                 return Some((batch, outcome));
             };
@@ -205,7 +201,7 @@ impl Recorder {
     async fn append(
         &self,
         (aggregate_type, aggregate_id): &StreamKey,
-        batch: &[Pending],
+        batch: &mut [Pending],
     ) -> Result<Option<i64>, PersistenceError> {
         let mut attempt = 0;
         loop {
@@ -214,22 +210,11 @@ impl Recorder {
                 Some(head) => head,
                 None => self.repo.stream_head(aggregate_type, aggregate_id).await?,
             };
-            let events: Vec<SerializedEvent> = batch
-                .iter()
-                .flat_map(|p| p.facts.iter())
-                .enumerate()
-                .map(|(i, f)| {
-                    SerializedEvent::new(
-                        aggregate_id.clone(),
-                        head as usize + i + 1,
-                        aggregate_type.clone(),
-                        f.event_type.clone(),
-                        f.event_version.clone(),
-                        f.payload.clone(),
-                        f.metadata.clone(),
-                    )
-                })
-                .collect();
+            // Numbered in place: an attempt lends the events to the append instead of copying them.
+            for (i, fact) in batch.iter_mut().flat_map(|p| p.facts.iter_mut()).enumerate() {
+                fact.event.sequence = head as usize + i + 1;
+            }
+            let events: Vec<&SerializedEvent> = batch.iter().flat_map(|p| p.facts.iter().map(|f| &f.event)).collect();
             let alongside: Vec<Alongside> =
                 batch.iter().flat_map(|p| p.facts.iter()).map(|f| f.alongside.clone()).collect();
             match self.repo.append_alongside(&events, &alongside).await {

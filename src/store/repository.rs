@@ -71,14 +71,14 @@ impl EventRepository {
     /// Appends `events` (one stream, contiguous sequences) in one statement and returns the
     /// position of the last one; `None` when there was nothing to append.
     pub(crate) async fn append_events(&self, events: &[SerializedEvent]) -> Result<Option<i64>, PersistenceError> {
-        self.append_alongside(events, &[]).await
+        self.append_alongside(&events.iter().collect::<Vec<_>>(), &[]).await
     }
 
     /// `append_events`, where `alongside[i]` (if given) is what the append of event `i` also does
     /// in its transaction: settle an outbound intent, decide a reservation (`committer::Alongside`).
     pub(crate) async fn append_alongside(
         &self,
-        events: &[SerializedEvent],
+        events: &[&SerializedEvent],
         alongside: &[Alongside],
     ) -> Result<Option<i64>, PersistenceError> {
         if events.is_empty() {
@@ -119,7 +119,7 @@ impl EventRepository {
     /// by the append.
     async fn append_sealed(
         &self,
-        events: &[SerializedEvent],
+        events: &[&SerializedEvent],
         alongside: &[Alongside],
         check_keys: bool,
     ) -> Result<Option<i64>, PersistenceError> {
