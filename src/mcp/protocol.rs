@@ -119,7 +119,7 @@ pub async fn handle(
     request_id: &str,
     message: Message,
 ) -> Option<Value> {
-    let Message::Request { id, method, params } = message else {
+    let Message::Request { id, method, mut params } = message else {
         return None;
     };
     session.touch();
@@ -131,8 +131,8 @@ pub async fn handle(
         "tools/call" => {
             let caller =
                 Caller { principal, claim: session.claim.as_deref(), transport: session.transport, request_id };
+            let arguments = params.get_mut("arguments").map_or(Value::Null, Value::take);
             let name = params.get("name").and_then(Value::as_str).unwrap_or_default();
-            let arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
             let outcome = tools::call(app, &caller, name, arguments).await;
             let structured = session.protocol.read().expect("protocol lock").as_deref() == Some("2025-06-18");
             tool_result(outcome, request_id, structured, app.config.demo_mode)
