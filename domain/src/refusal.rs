@@ -81,6 +81,11 @@ pub enum Check {
     RecordingConsent,
     /// A conflict with the state of what the action names (already exists, quota reached).
     State,
+    /// Provisioning's own checks, in docs/tools.md's order: the country's rules, an agent id
+    /// already taken, the org's agent pool full.
+    CountryRules,
+    Duplicate,
+    Capacity,
     Limits,
     Provider,
     Internal,
@@ -102,6 +107,9 @@ impl Check {
             Self::QuietHours => "quiet_hours",
             Self::RecordingConsent => "recording_consent",
             Self::State => "state",
+            Self::CountryRules => "country_rules",
+            Self::Duplicate => "duplicate",
+            Self::Capacity => "capacity",
             Self::Limits => "limits",
             Self::Provider => "provider",
             Self::Internal => "internal",

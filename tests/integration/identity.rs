@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::support::{McpSession, TestDb, TestServer};
+use crate::support::{last_refusal_provenance, McpSession, TestDb, TestServer};
 
 const MASTER: &str = "identity-test-master-token-0123456789abcdef";
 const LIMITS: [(&str, &str); 3] =
@@ -653,5 +653,51 @@ async fn a_session_listening_on_its_stream_is_not_idle() {
     tokio::time::sleep(Duration::from_millis(3000)).await;
     assert_eq!(ping_streamable(&s, &session).await, 200, "a listening session was expired as idle");
     drop(listening);
+    s.stop().await;
+}
+
+/// A refused provisioning's `ActionRefused` lists the checks before the one that refused as
+/// passed, in docs/tools.md's order, and names that one as provisioning names it (`country_rules`,
+/// `duplicate`, `capacity`; not the generic `compliance` or `state`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_provisioning_lists_the_checks_it_passed() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &LIMITS).await;
+    let org = call_tool(
+        &s,
+        MASTER,
+        "comms_create_organization",
+        json!({"name": "Checks", "slug": "checks", "a2pRegistered": false}),
+    )
+    .await;
+    let settings = format!("/admin/api/orgs/{}/settings", org["orgId"].as_str().unwrap());
+    let (status, _) = admin(&s, MASTER, reqwest::Method::POST, &settings, Some(json!({"maxAgents": 1}))).await;
+    assert_eq!(status, 200);
+    let org_admin = McpSession::open(&s, org["adminToken"].as_str().unwrap()).await;
+    org_admin.ok("comms_provision_channels", json!({"agentId": "taken", "displayName": "First"})).await;
+    const ORDER: [&str; 6] = ["role", "input", "org_state", "country_rules", "duplicate", "capacity"];
+    let cases = [
+        (json!({"displayName": ""}), "invalid_input", 1),
+        // The US needs A2P registration for a number; this org has none.
+        (json!({"displayName": "Phone", "capabilities": {"phone": true}}), "compliance_blocked", 3),
+        (json!({"agentId": "taken", "displayName": "Again"}), "conflict", 4),
+        (json!({"displayName": "Second"}), "quota_exceeded", 5),
+    ];
+    let pool = db.pool().await;
+    for (args, code, refusing) in cases {
+        let (is_error, refusal) = org_admin.call("comms_provision_channels", args).await;
+        assert!(is_error && refusal["code"] == code, "{code}: {refusal}");
+        let provenance = last_refusal_provenance(&pool).await;
+        let listed: Vec<(&str, &str)> = provenance["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["check"].as_str().unwrap(), c["result"].as_str().unwrap()))
+            .collect();
+        let expected: Vec<(&str, &str)> =
+            ORDER[..refusing].iter().map(|c| (*c, "pass")).chain([(ORDER[refusing], "fail")]).collect();
+        assert_eq!(listed, expected, "{code}: {provenance}");
+        assert_eq!(provenance["refusedBy"], ORDER[refusing], "{code}");
+    }
     s.stop().await;
 }

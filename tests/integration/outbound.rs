@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{McpSession as Session, TestDb, TestServer};
+use crate::support::{last_refusal_provenance, McpSession as Session, TestDb, TestServer};
 
 const MASTER: &str = "outbound-test-master-token-0123456789abcdef";
 
@@ -234,16 +234,6 @@ async fn a_send_refused_before_the_agents_state_lists_the_checks_it_passed() {
         provenance["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
     assert_eq!((listed, provenance["refusedBy"].as_str()), (vec!["role", "input"], Some("input")), "{provenance}");
     s.stop().await;
-}
-
-/// The provenance of the last `ActionRefused` stored.
-async fn last_refusal_provenance(pool: &sqlx::PgPool) -> Value {
-    sqlx::query_scalar(
-        "SELECT metadata::jsonb -> 'provenance' FROM events WHERE event_type = 'ActionRefused' ORDER BY position DESC LIMIT 1",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap()
 }
 
 /// Sends that arrive together read their agents and recipients in one statement

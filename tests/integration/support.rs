@@ -439,3 +439,13 @@ pub async fn counted_today(pool: &PgPool, agent_id: &str) -> i64 {
 pub async fn open_intents(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM outbound_intents").fetch_one(pool).await.unwrap()
 }
+
+/// The provenance of the last `ActionRefused` stored.
+pub async fn last_refusal_provenance(pool: &sqlx::PgPool) -> Value {
+    sqlx::query_scalar(
+        "SELECT metadata::jsonb -> 'provenance' FROM events WHERE event_type = 'ActionRefused' ORDER BY position DESC LIMIT 1",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}

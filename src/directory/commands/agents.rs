@@ -4,7 +4,7 @@
 use commguard_domain::agent::{AgentAction, AgentCommand, Capabilities, Provisioning};
 use commguard_domain::countries::provisioning_check;
 use commguard_domain::limits::{OverridesChange, Tier};
-use commguard_domain::refusal::Rule;
+use commguard_domain::refusal::{Check, Rule};
 use commguard_domain::values::OrgMode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -31,13 +31,14 @@ pub struct NewAgent {
 
 /// `comms_provision_channels`: org state, country rules, duplicate, capacity, provider, record.
 pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgent) -> Result<Value, ApiError> {
-    let org_view = active_org(app, &new.org_id).await?;
+    let org_view = active_org(app, &new.org_id).await.map_err(|e| e.at(Check::OrgState))?;
     context.provenance.pass("org_state");
     let check = provisioning_check(&new.country, new.capabilities.phone, org_view.a2p_registered);
     if !check.blockers.is_empty() {
         return Err(compliance("Country compliance requirements not met", Rule::CountryRules)
             .with("blockers", check.blockers)
-            .with("warnings", json!(check.warnings)));
+            .with("warnings", json!(check.warnings))
+            .at(Check::CountryRules));
     }
     context.provenance.pass("country_rules");
     let agent_id = new.agent_id.clone().unwrap_or_else(|| Uuid::new_v4().to_string());
@@ -46,7 +47,9 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
     // it reads includes every agent provisioned before (each waits for the projection).
     let mut tx = lock(app, &format!("commguard.org.{}", new.org_id)).await?;
     if agent(&mut *tx, &agent_id).await?.is_some() {
-        return Err(ApiError::new(ErrorCode::Conflict, format!("Agent \"{agent_id}\" already exists")));
+        return Err(
+            ApiError::new(ErrorCode::Conflict, format!("Agent \"{agent_id}\" already exists")).at(Check::Duplicate)
+        );
     }
     let locked_org = org(&mut *tx, &new.org_id).await?.unwrap_or(org_view);
     let (active, max) = (locked_org.agent_count, i64::from(locked_org.max_agents));
@@ -56,7 +59,8 @@ pub async fn provision(app: &AppState, mut context: CommandContext, new: NewAgen
             format!("Agent pool is full ({active}/{max}). Deprovision an agent first."),
         )
         .with("current", active)
-        .with("max", max));
+        .with("max", max)
+        .at(Check::Capacity));
     }
     context.provenance.pass("duplicate");
     context.provenance.pass("capacity");

@@ -2,6 +2,7 @@
 //! agents (O S), channel status and token rotation (A O S).
 
 use commguard_domain::agent::Capabilities;
+use commguard_domain::refusal::Check;
 use serde_json::{json, Value};
 
 use super::{Caller, Tool};
@@ -40,7 +41,16 @@ pub const PROVISION_CHANNELS: Tool = Tool {
     name: "comms_provision_channels",
     handler: |app, caller, args| Box::pin(provision_channels(app, caller, args)),
     role: Role::Org,
-    checks: super::ROLE_FIRST,
+    // docs/tools.md: role, input, then provisioning's own in order (`commands::provision`).
+    checks: &[
+        Check::Role,
+        Check::Input,
+        Check::OrgState,
+        Check::CountryRules,
+        Check::Duplicate,
+        Check::Capacity,
+        Check::Provider,
+    ],
     description: "Provision an agent with phone, email and voice channels; returns its security token once.",
     schema: || {
         json!({"type": "object", "required": ["displayName"], "properties": {

@@ -39,7 +39,8 @@ pub const NOTES: &[(&str, &str, &str)] = &[
         "Checked in this order: role; input; a suspended org (`compliance_blocked`, rule `sandbox`); country rules \
          (`compliance_blocked`, rule `country_rules`, with `blockers` and `warnings`, see \
          [country rules](compliance.md#country-rules)); an existing id (`conflict`); a full pool (`quota_exceeded` with \
-         `current`, `max`); buying the number (`provider_error`).",
+         `current`, `max`); buying the number (`provider_error`). Provenance names them `role`, `input`, `org_state`, \
+         `country_rules`, `duplicate`, `capacity`, `provider`; a refusal's `ActionRefused` lists those before it as passed.",
     ),
     (
         "comms_deprovision_channels",
