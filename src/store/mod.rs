@@ -19,6 +19,7 @@ pub mod runner;
 pub mod sealing;
 pub mod snapshots;
 pub mod storable;
+mod tail;
 pub mod verify;
 
 use std::sync::Arc;

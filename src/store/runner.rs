@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::feed;
 use super::kept::KeptPool;
+use super::tail::{self, Below, Tail};
 use crate::error::{is_outage, Failure};
 
 /// Events applied per transaction.
@@ -82,13 +83,14 @@ pub async fn run_batch(
     tables: &Tables,
     batch: i64,
 ) -> Result<usize, RunnerError> {
-    Ok(step(&mut *pool.acquire().await?, projection, checkpoint, tables, batch).await?.applied)
+    Ok(step(&mut *pool.acquire().await?, projection, checkpoint, tables, batch, None).await?.applied)
 }
 
 /// What one live step did: events applied (the checkpoint may also have moved past events of
-/// types the projection does not read).
+/// types the projection does not read), and whether there is more below the horizon it read under.
 struct Step {
     applied: usize,
+    more: bool,
 }
 
 /// One live step on `conn`; it ends its transaction either way when it returns `Ok`, so the
@@ -99,14 +101,14 @@ async fn step(
     checkpoint: &str,
     tables: &Tables,
     batch: i64,
+    tail: Option<&Tail>,
 ) -> Result<Step, RunnerError> {
     let mut tx = conn.begin().await?;
     let Some(below) = lock_relaxed(&mut tx, projection.name()).await? else {
         tx.rollback().await?;
-        return Ok(Step { applied: 0 });
+        return Ok(Step { applied: 0, more: false });
     };
-    let types = projection.event_types().map(|types| (types, below));
-    let step = apply_batch(&mut tx, projection, checkpoint, tables, batch, types).await?;
+    let step = apply_batch(&mut tx, projection, checkpoint, tables, batch, Some((below, tail))).await?;
     tx.commit().await?;
     Ok(step)
 }
@@ -176,9 +178,10 @@ fn prefetch(
 }
 
 /// Inside the caller's transaction: reads the checkpoint, applies the next events below the
-/// horizon, and moves the checkpoint past them. With `event_types` only those are read, and the
-/// checkpoint moves past the others too — up to the last event below the horizon the lock
-/// statement read (`feed::read_types_after`), never further: with no new event the checkpoint is
+/// horizon, and moves the checkpoint past them. A live step (`live`: the horizon its lock
+/// statement read, and this instance's `Tail` if it has one) reads the projection's event types
+/// only, and the checkpoint moves past the others too — up to the last event below that horizon
+/// (`feed::read_types_after`, `Tail::read`), never further: with no new event the checkpoint is
 /// not written, so idle runners write nothing (each write took a transaction id, which moved the
 /// horizon for the others, which then wrote theirs: nine runners kept each other busy). A
 /// rebuild reads everything, so its progress counts every event.
@@ -188,34 +191,28 @@ async fn apply_batch(
     checkpoint: &str,
     tables: &Tables,
     batch: i64,
-    event_types: Option<(&[&str], Below)>,
+    live: Option<(Below, Option<&Tail>)>,
 ) -> Result<Step, RunnerError> {
     let position = checkpoint_of(&mut *conn, checkpoint).await?;
-    let (events, reached) = match event_types {
-        Some((types, below)) => {
-            feed::read_types_after(&mut *conn, position, below.horizon, below.last_event, batch, types).await?
-        }
+    let types = projection.event_types();
+    let (events, reached) = match live {
+        Some((below, Some(tail))) => tail.read(&mut *conn, position, below, batch, types).await?,
+        Some((below, None)) => tail::direct(&mut *conn, position, below, batch, types).await?,
         None => {
             let events = feed::read_after(&mut *conn, position, batch, None).await?;
             let reached = events.last().map_or(position, |e| e.position);
             (events, reached)
         }
     };
+    let more = events.len() as i64 == batch || live.is_some_and(|(below, _)| reached < below.last_event);
     if reached <= position {
-        return Ok(Step { applied: 0 });
+        return Ok(Step { applied: 0, more: false });
     }
     if !events.is_empty() {
         projection.apply(&mut *conn, tables, &events).await?;
     }
     set_checkpoint(&mut *conn, checkpoint, reached).await?;
-    Ok(Step { applied: events.len() })
-}
-
-/// The horizon, and the position of the last event below it (0 when there is none).
-#[derive(Clone, Copy)]
-struct Below {
-    horizon: i64,
-    last_event: i64,
+    Ok(Step { applied: events.len(), more })
 }
 
 /// Takes the projection's lock for this transaction (`None`: another instance holds it), relaxes
@@ -300,10 +297,11 @@ pub fn spawn_all(
     stop: Arc<Notify>,
 ) -> Vec<JoinHandle<()>> {
     let watcher = watch_head(kept.pool().clone(), appended.clone(), stop.clone());
+    let tail = Arc::new(Tail::default());
     projections
         .into_iter()
         .map(|projection| {
-            let (kept, stop) = (kept.clone(), stop.clone());
+            let (kept, stop, tail) = (kept.clone(), stop.clone(), tail.clone());
             let pool = kept.pool().clone();
             let mut wake = appended.subscribe_to(projection.event_types());
             let mut hurry = appended.subscribe_hurry();
@@ -316,7 +314,8 @@ pub fn spawn_all(
                     // A live step runs on the hot path's warm connections (`kept`).
                     let stepped = match kept.take().await {
                         Ok(mut conn) => {
-                            let stepped = step(conn.conn(), projection.as_ref(), name, &tables, BATCH).await;
+                            let stepped =
+                                step(conn.conn(), projection.as_ref(), name, &tables, BATCH, Some(&tail)).await;
                             if stepped.is_ok() {
                                 conn.keep();
                             }
@@ -325,7 +324,7 @@ pub fn spawn_all(
                         Err(e) => Err(e.into()),
                     };
                     let moved = match stepped {
-                        Ok(s) if s.applied as i64 == BATCH => {
+                        Ok(s) if s.more => {
                             catch_up(&pool, projection.as_ref(), name, &tables, BATCH).await.map(|_| true)
                         }
                         // Moved only past events of other types: nothing to gather; wait for a

@@ -614,3 +614,137 @@ async fn the_audit_view_writes_the_same_rows_by_copy_and_by_insert_and_refuses_a
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_items").fetch_one(&pool).await.unwrap();
     assert_eq!(rows, 100);
 }
+
+/// A test projection that writes the position of every event of its types.
+struct Probe {
+    name: &'static str,
+    tables: &'static [&'static str],
+    types: Option<&'static [&'static str]>,
+}
+
+impl Projection for Probe {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        self.tables
+    }
+
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        self.types
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        tables: &'a Tables,
+        events: &'a [feed::StoredEvent],
+    ) -> commguard_projections::BoxFuture<'a, Result<(), commguard_projections::ProjectionError>> {
+        Box::pin(async move {
+            let positions: Vec<i64> = events
+                .iter()
+                .filter(|e| self.types.is_none_or(|t| t.contains(&e.event_type.as_str())))
+                .map(|e| e.position)
+                .collect();
+            let sql = format!("INSERT INTO {} SELECT unnest($1::bigint[])", tables.get(self.tables[0]));
+            sqlx::query(&sql).bind(positions).execute(conn).await?;
+            Ok(())
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Beat {
+    Ping { n: usize },
+    Pong { n: usize },
+}
+
+impl cqrs_es::DomainEvent for Beat {
+    fn event_type(&self) -> String {
+        match self {
+            Self::Ping { .. } => "TestPing".into(),
+            Self::Pong { .. } => "TestPong".into(),
+        }
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".into()
+    }
+}
+
+/// The live runners of one instance share one read of the feed's tail (`store::tail`). Three
+/// probes — one reading every event, two reading one type each — follow eight writers that append
+/// two event types at once (commits land out of position order, appends to shared streams are
+/// retried), many times more events than the tail keeps; each probe applies exactly the events of
+/// its types, each once, whatever the others read first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_runners_sharing_the_feeds_tail_apply_every_event_of_their_types_once() {
+    const WRITERS: usize = 8;
+    const EACH: usize = 1_000;
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    for table in ["probe_all", "probe_ping", "probe_pong"] {
+        sqlx::query(&format!("CREATE TABLE {table} (position bigint PRIMARY KEY)"))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    let probes: Vec<Box<dyn Projection>> = vec![
+        Box::new(Probe { name: "probe_all", tables: &["probe_all"], types: None }),
+        Box::new(Probe { name: "probe_ping", tables: &["probe_ping"], types: Some(&["TestPing"]) }),
+        Box::new(Probe { name: "probe_pong", tables: &["probe_pong"], types: Some(&["TestPong"]) }),
+    ];
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let runners = runner::spawn_all(store.kept().clone(), probes, store.appended(), stop.clone());
+
+    let context =
+        commguard::store::CommandContext::new(commguard::store::Actor::system("test"), "test", chrono::Utc::now());
+    let writers = (0..WRITERS).map(|w| {
+        let (store, context) = (store.clone(), context.clone());
+        tokio::spawn(async move {
+            for i in 0..EACH {
+                let beat = if (w + i) % 3 == 0 { Beat::Pong { n: i } } else { Beat::Ping { n: i } };
+                let stream = if i % 5 == 0 { format!("shared-{}", i % 3) } else { format!("w{w}-{}", i / 100) };
+                store.record("beat", &stream, &[beat], &context).await.unwrap();
+            }
+        })
+    });
+    for writer in futures::future::join_all(writers).await {
+        writer.unwrap();
+    }
+
+    let pool = store.pool().clone();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
+    };
+    let total = (WRITERS * EACH) as i64;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while count("SELECT (SELECT COUNT(*) FROM probe_all) + (SELECT COUNT(*) FROM probe_ping) + (SELECT COUNT(*) FROM probe_pong)").await
+            < 2 * total
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the probes catch up");
+    stop.notify_waiters();
+    for runner in runners {
+        runner.abort();
+    }
+
+    // Exactly the events of each probe's types: no position missing, none extra (a duplicate
+    // would have failed the probe's primary key and stalled it).
+    for (table, filter) in
+        [("probe_all", "TRUE"), ("probe_ping", "event_type = 'TestPing'"), ("probe_pong", "event_type = 'TestPong'")]
+    {
+        let sql = format!(
+            "SELECT COUNT(*) FROM (SELECT position FROM events WHERE {filter}) e
+               FULL JOIN {table} p USING (position) WHERE e.position IS NULL OR p.position IS NULL"
+        );
+        let differing: i64 = sqlx::query_scalar(&sql).fetch_one(&pool).await.unwrap();
+        assert_eq!(differing, 0, "{table} holds exactly the events of its types");
+    }
+    assert_eq!(count("SELECT COUNT(*) FROM probe_all").await, total);
+}
