@@ -89,12 +89,7 @@ impl Tail {
             return Ok((out, reached));
         }
         // Read on from here, every type, and keep it for the others.
-        let mut read = Vec::new();
-        feed::read_below(conn, reached, below.horizon, limit, None, usize::MAX, |chunk| read.extend(chunk)).await?;
-        let to = match read.last() {
-            Some(last) if read.len() == limit_n => last.position,
-            _ => below.last_event,
-        };
+        let (read, to) = every_type(conn, reached, below, limit).await?;
         let mut stopped = None;
         for event in read.iter().filter(|e| wanted(e)) {
             out.push(event.clone());
@@ -124,11 +119,22 @@ pub(crate) async fn direct(
     if let Some(types) = types {
         return feed::read_types_after(conn, after, below.horizon, below.last_event, limit, types).await;
     }
+    every_type(conn, after, below, limit).await
+}
+
+/// Up to `limit` events after `after` below the horizon, and how far they are complete: to the
+/// last one if the read ended at `limit` rows, else to the last event below the horizon.
+async fn every_type(
+    conn: &mut PgConnection,
+    after: i64,
+    below: Below,
+    limit: i64,
+) -> Result<(Vec<StoredEvent>, i64), sqlx::Error> {
     let mut events = Vec::new();
     feed::read_below(conn, after, below.horizon, limit, None, usize::MAX, |chunk| events.extend(chunk)).await?;
-    let reached = match events.last() {
+    let to = match events.last() {
         Some(last) if events.len() as i64 == limit => last.position,
         _ => after.max(below.last_event),
     };
-    Ok((events, reached))
+    Ok((events, to))
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::support::{last_refusal_provenance, McpSession, TestDb, TestServer};
+use crate::support::{last_refusal_provenance, listed_checks, McpSession, TestDb, TestServer};
 
 const MASTER: &str = "identity-test-master-token-0123456789abcdef";
 const LIMITS: [(&str, &str); 3] =
@@ -688,12 +688,7 @@ async fn a_refused_provisioning_lists_the_checks_it_passed() {
         let (is_error, refusal) = org_admin.call("comms_provision_channels", args).await;
         assert!(is_error && refusal["code"] == code, "{code}: {refusal}");
         let provenance = last_refusal_provenance(&pool).await;
-        let listed: Vec<(&str, &str)> = provenance["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| (c["check"].as_str().unwrap(), c["result"].as_str().unwrap()))
-            .collect();
+        let listed = listed_checks(&provenance);
         let expected: Vec<(&str, &str)> =
             ORDER[..refusing].iter().map(|c| (*c, "pass")).chain([(ORDER[refusing], "fail")]).collect();
         assert_eq!(listed, expected, "{code}: {provenance}");

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{last_refusal_provenance, McpSession as Session, TestDb, TestServer};
+use crate::support::{last_refusal_provenance, listed_checks, McpSession as Session, TestDb, TestServer};
 
 const MASTER: &str = "outbound-test-master-token-0123456789abcdef";
 
@@ -216,12 +216,7 @@ async fn a_send_refused_before_the_agents_state_lists_the_checks_it_passed() {
         let (is_error, refusal) = session.call("comms_send_message", args.clone()).await;
         assert!(is_error && refusal["code"] == *code, "case {i}: {refusal}");
         let provenance = last_refusal_provenance(&pool).await;
-        let listed: Vec<(&str, &str)> = provenance["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| (c["check"].as_str().unwrap(), c["result"].as_str().unwrap()))
-            .collect();
+        let listed = listed_checks(&provenance);
         assert_eq!(listed, *checks, "case {i}: {provenance}");
         assert_eq!(provenance["refusedBy"], checks.last().unwrap().0, "case {i}");
     }
@@ -230,9 +225,11 @@ async fn a_send_refused_before_the_agents_state_lists_the_checks_it_passed() {
     let (is_error, refusal) = master.call("comms_set_agent_limits", limits).await;
     assert!(is_error && refusal["code"] == "invalid_input", "{refusal}");
     let provenance = last_refusal_provenance(&pool).await;
-    let listed: Vec<&str> =
-        provenance["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
-    assert_eq!((listed, provenance["refusedBy"].as_str()), (vec!["role", "input"], Some("input")), "{provenance}");
+    assert_eq!(
+        (listed_checks(&provenance), provenance["refusedBy"].as_str()),
+        (vec![("role", "pass"), ("input", "fail")], Some("input")),
+        "{provenance}"
+    );
     s.stop().await;
 }
 

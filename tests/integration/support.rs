@@ -449,3 +449,13 @@ pub async fn last_refusal_provenance(pool: &sqlx::PgPool) -> Value {
     .await
     .unwrap()
 }
+
+/// The checks a provenance lists, in order, as (check, result).
+pub fn listed_checks(provenance: &Value) -> Vec<(&str, &str)> {
+    provenance["checks"]
+        .as_array()
+        .expect("a provenance lists its checks")
+        .iter()
+        .map(|c| (c["check"].as_str().unwrap(), c["result"].as_str().unwrap()))
+        .collect()
+}
