@@ -71,9 +71,12 @@ impl ApiError {
         }
     }
 
-    /// Names the check that refused.
+    /// Names the check that refused. A failure (an outage, a bug: `internal`) stays what it is,
+    /// whichever step it came from: no check refused.
     pub fn at(mut self, check: Check) -> Self {
-        self.check = Some(check);
+        if self.check() != Check::Internal {
+            self.check = Some(check);
+        }
         self
     }
 
@@ -85,9 +88,14 @@ impl ApiError {
 
     /// The typed refusal this error is: its check (named, or implied by its code), code, rule
     /// and limit — what `ActionRefused`, `MessageBlocked` and `CallBlocked` record.
+    /// The check that refused: the one named (`at`), else the one its code implies.
+    fn check(&self) -> Check {
+        self.check.unwrap_or(Check::of_code(self.code))
+    }
+
     pub fn refusal(&self) -> Refusal {
         Refusal {
-            check: self.check.unwrap_or(Check::of_code(self.code)),
+            check: self.check(),
             code: self.code,
             reason: self.message.clone(),
             rule: self.rule,
@@ -121,11 +129,12 @@ impl ApiError {
 
     /// A failure that ends the request: `unavailable` when the database did not answer (logged
     /// through the outage log, `outage::DATABASE`, not once per request), else `internal` — a
-    /// bug, logged. Details go to the log, never to the caller.
+    /// bug, logged. Details go to the log, never to the caller. Either is recorded as the
+    /// `internal` check, not as the check its code would suggest (an outage is not the provider).
     pub fn internal(detail: impl Failure) -> Self {
         if detail.database_down() {
             crate::outage::DATABASE.failed("request", &detail);
-            return Self::unavailable();
+            return Self::unavailable().at(Check::Internal);
         }
         tracing::error!(error = %detail, "internal error");
         Self::new(ErrorCode::Internal, "Internal server error")
@@ -365,7 +374,17 @@ mod tests {
         let down = ApiError::internal(io(std::io::ErrorKind::ConnectionReset));
         assert_eq!((down.code, status(down.code).as_u16()), (ErrorCode::Unavailable, 503));
         assert_eq!(down.message, "Service unavailable");
+        // Recorded as what it is, not as the provider check `unavailable` stands for otherwise.
+        assert_eq!(down.refusal().check, Check::Internal);
+        assert_eq!(ApiError::unavailable().refusal().check, Check::Provider);
         assert_eq!(ApiError::internal(sqlx::Error::RowNotFound).code, ErrorCode::Internal);
+        assert_eq!(ApiError::internal(sqlx::Error::RowNotFound).refusal().check, Check::Internal);
+        // Whichever step it came from.
+        assert_eq!(
+            ApiError::internal(io(std::io::ErrorKind::ConnectionReset)).at(Check::OrgState).refusal().check,
+            Check::Internal
+        );
+        assert_eq!(ApiError::unavailable().at(Check::OrgState).refusal().check, Check::OrgState);
         assert_eq!(ApiError::internal("no handler").code, ErrorCode::Internal);
         assert_eq!(ApiError::internal(format!("tool {} has no handler", "x")).code, ErrorCode::Internal);
 

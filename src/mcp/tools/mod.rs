@@ -112,6 +112,17 @@ async fn dispatch(app: &AppState, caller: &Caller<'_>, name: &str, arguments: &V
     (tool.handler)(app, caller, &args).await
 }
 
+/// The checks of a tool's `checks` that passed before `refusing` refused: those listed before it;
+/// all of them when it is not listed (a later check: the list names the first ones); none for a
+/// failure (`internal`), which may have come anywhere.
+fn passed_before(checks: &'static [Check], refusing: Check) -> &'static [Check] {
+    match checks.iter().position(|c| *c == refusing) {
+        Some(i) => &checks[..i],
+        None if refusing == Check::Internal => &[],
+        None => checks,
+    }
+}
+
 /// Records `refusal`; `Some` is the answer to give instead (see `refusals::record`).
 async fn record_refusal(
     app: &AppState,
@@ -128,14 +139,27 @@ async fn record_refusal(
     // The provenance lists the checks that ran before the refusing one (`Tool::checks`).
     let mut context = caller.bare_context(&app.clock);
     if let Some(known) = TOOLS.iter().find(|t| t.name == tool) {
-        let check = refusal.refusal().check;
-        let passed = match known.checks.iter().position(|c| *c == check) {
-            Some(i) => &known.checks[..i],
-            None => known.checks,
-        };
-        for check in passed {
+        for check in passed_before(known.checks, refusal.refusal().check) {
             context.provenance.pass(check.as_str());
         }
     }
     crate::refusals::record(app, caller.principal, context, tool, agent_id, Some(arguments), refusal).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_lists_as_passed_the_checks_before_it_and_a_failure_none() {
+        let provisioning = directory::PROVISION_CHANNELS.checks;
+        assert_eq!(passed_before(provisioning, Check::Duplicate), &provisioning[..4]);
+        assert_eq!(passed_before(provisioning, Check::Role), &[] as &[Check]);
+        // The outbound tools list their first four checks: a later one passed them all.
+        let send = outbound::SEND_MESSAGE.checks;
+        assert_eq!(passed_before(send, Check::Consent), send);
+        // An outage or a bug says nothing of where it came.
+        assert_eq!(passed_before(provisioning, Check::Internal), &[] as &[Check]);
+        assert_eq!(passed_before(send, Check::Internal), &[] as &[Check]);
+    }
 }
