@@ -22,6 +22,18 @@ async fn try_tool(s: &TestServer, token: &str, tool: &str, args: Value) -> (bool
     McpSession::open(s, token).await.call(tool, args).await
 }
 
+/// Creates an organization as the super-admin; returns (orgId, its admin token).
+async fn create_org(s: &TestServer, slug: &str, a2p_registered: bool) -> (String, String) {
+    let org = call_tool(
+        s,
+        MASTER,
+        "comms_create_organization",
+        json!({"name": slug, "slug": slug, "a2pRegistered": a2p_registered}),
+    )
+    .await;
+    (org["orgId"].as_str().unwrap().to_string(), org["adminToken"].as_str().unwrap().to_string())
+}
+
 async fn sse_status(s: &TestServer, token: &str) -> u16 {
     s.http.get(s.url(&format!("/sse?token={token}"))).send().await.unwrap().status().as_u16()
 }
@@ -32,14 +44,7 @@ async fn a_rotation_on_one_instance_revokes_and_closes_streams_on_another() {
     let a = TestServer::start(&db, &LIMITS).await;
     let b = TestServer::start(&db, &LIMITS).await;
 
-    let org = call_tool(
-        &a,
-        MASTER,
-        "comms_create_organization",
-        json!({"name": "Two", "slug": "two-instances", "a2pRegistered": true}),
-    )
-    .await;
-    let org_token = org["adminToken"].as_str().unwrap().to_string();
+    let (org_id, org_token) = create_org(&a, "two-instances", true).await;
     let agent = call_tool(
         &a,
         &org_token,
@@ -116,7 +121,6 @@ async fn a_rotation_on_one_instance_revokes_and_closes_streams_on_another() {
 
     // The org's own rotation takes the same optional label; a label Postgres cannot hold is
     // refused before anything changes.
-    let org_id = org["orgId"].as_str().unwrap();
     let rotate_org = |body: Option<Value>, token: String| {
         let mut request = a.http.post(a.url(&format!("/admin/api/orgs/{org_id}/rotate-token"))).bearer_auth(token);
         if let Some(body) = body {
@@ -165,15 +169,7 @@ async fn ends_within_5s(body: &mut (impl futures::Stream<Item = reqwest::Result<
 async fn an_org_is_approved_suspended_and_restored_by_the_super_admin_only() {
     let db = TestDb::new().await;
     let s = TestServer::start(&db, &LIMITS).await;
-    let org = call_tool(
-        &s,
-        MASTER,
-        "comms_create_organization",
-        json!({"name": "Life", "slug": "lifecycle", "a2pRegistered": true}),
-    )
-    .await;
-    let (org_id, org_token) =
-        (org["orgId"].as_str().unwrap().to_string(), org["adminToken"].as_str().unwrap().to_string());
+    let (org_id, org_token) = create_org(&s, "lifecycle", true).await;
     let agent = call_tool(
         &s,
         &org_token,
@@ -234,15 +230,7 @@ async fn org_capacity_is_exact_when_two_instances_provision_at_once() {
     let db = TestDb::new().await;
     let a = TestServer::start(&db, &LIMITS).await;
     let b = TestServer::start(&db, &LIMITS).await;
-    let org = call_tool(
-        &a,
-        MASTER,
-        "comms_create_organization",
-        json!({"name": "Cap", "slug": "capacity", "a2pRegistered": true}),
-    )
-    .await;
-    let (org_id, org_token) =
-        (org["orgId"].as_str().unwrap().to_string(), org["adminToken"].as_str().unwrap().to_string());
+    let (org_id, org_token) = create_org(&a, "capacity", true).await;
     let (status, _) = admin(
         &a,
         MASTER,
@@ -663,17 +651,11 @@ async fn a_session_listening_on_its_stream_is_not_idle() {
 async fn a_refused_provisioning_lists_the_checks_it_passed() {
     let db = TestDb::new().await;
     let s = TestServer::start(&db, &LIMITS).await;
-    let org = call_tool(
-        &s,
-        MASTER,
-        "comms_create_organization",
-        json!({"name": "Checks", "slug": "checks", "a2pRegistered": false}),
-    )
-    .await;
-    let settings = format!("/admin/api/orgs/{}/settings", org["orgId"].as_str().unwrap());
+    let (org_id, org_token) = create_org(&s, "provisioning-checks", false).await;
+    let settings = format!("/admin/api/orgs/{org_id}/settings");
     let (status, _) = admin(&s, MASTER, reqwest::Method::POST, &settings, Some(json!({"maxAgents": 1}))).await;
     assert_eq!(status, 200);
-    let org_admin = McpSession::open(&s, org["adminToken"].as_str().unwrap()).await;
+    let org_admin = McpSession::open(&s, &org_token).await;
     org_admin.ok("comms_provision_channels", json!({"agentId": "taken", "displayName": "First"})).await;
     const ORDER: [&str; 6] = ["role", "input", "org_state", "country_rules", "duplicate", "capacity"];
     let cases = [
