@@ -3,10 +3,19 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(parsed) = commguard::mcp::protocol::parse(data) {
-        assert!(!parsed.messages.is_empty());
-        // Only an array is a batch, and a lone message is never one.
-        assert!(parsed.batch || parsed.messages.len() == 1);
+    match commguard::mcp::protocol::parse(data) {
+        Ok(parsed) => {
+            assert!(!parsed.messages.is_empty());
+            // Only an array is a batch, and a lone message is never one.
+            assert!(parsed.batch || parsed.messages.len() == 1);
+        }
+        Err(malformed) => {
+            // -32700 exactly when the body is not JSON, else -32600; never an id.
+            let reply = malformed.error_response();
+            let json = serde_json::from_slice::<serde_json::Value>(data).is_ok();
+            assert_eq!(reply["error"]["code"].as_i64(), Some(if json { -32600 } else { -32700 }));
+            assert!(reply["id"].is_null());
+        }
     }
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = commguard::mcp::claim_param(Some(text));
