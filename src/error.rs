@@ -86,13 +86,13 @@ impl ApiError {
         self
     }
 
-    /// The typed refusal this error is: its check (named, or implied by its code), code, rule
-    /// and limit — what `ActionRefused`, `MessageBlocked` and `CallBlocked` record.
     /// The check that refused: the one named (`at`), else the one its code implies.
-    fn check(&self) -> Check {
+    pub fn check(&self) -> Check {
         self.check.unwrap_or(Check::of_code(self.code))
     }
 
+    /// The typed refusal this error is: its check (named, or implied by its code), code, rule
+    /// and limit — what `ActionRefused`, `MessageBlocked` and `CallBlocked` record.
     pub fn refusal(&self) -> Refusal {
         Refusal {
             check: self.check(),

@@ -42,7 +42,8 @@ pub struct Parsed {
     pub batch: bool,
 }
 
-/// A body that is not a JSON-RPC message or batch.
+/// A body that is not a JSON-RPC message or batch. Its text (`Display`) follows `Invalid
+/// message: ` on `/messages`; `/mcp` answers it with a JSON-RPC error (`error_response`).
 #[derive(Debug, PartialEq)]
 pub enum Malformed {
     /// Not JSON (-32700).
@@ -55,8 +56,8 @@ impl Malformed {
     /// The JSON-RPC error that answers it on `/mcp` (with no id: the request's could not be read).
     pub fn error_response(&self) -> Value {
         match self {
-            Self::NotJson(detail) => error_response(Value::Null, -32700, &format!("Parse error: {detail}")),
-            Self::NotMessage(detail) => error_response(Value::Null, -32600, &format!("Invalid Request: {detail}")),
+            Self::NotJson(_) => error_response(Value::Null, -32700, &self.to_string()),
+            Self::NotMessage(_) => error_response(Value::Null, -32600, &format!("Invalid Request: {self}")),
         }
     }
 }

@@ -33,8 +33,9 @@ pub struct Tool {
     pub name: &'static str,
     pub handler: Handler,
     pub role: Role,
-    /// The checks every call runs before what is the tool's own, in order: a refusal at one of
-    /// them passed the ones before it; any other refusal passed them all (provenance).
+    /// The checks a call runs, in order, as far as they are declared (the outbound pipeline's
+    /// first four, provisioning's seven, else the role): a refusal at one of them passed the ones
+    /// before it, any other refusal passed them all, a failure none (`passed_before`).
     pub checks: &'static [Check],
     pub description: &'static str,
     pub schema: fn() -> Value,
@@ -139,7 +140,7 @@ async fn record_refusal(
     // The provenance lists the checks that ran before the refusing one (`Tool::checks`).
     let mut context = caller.bare_context(&app.clock);
     if let Some(known) = TOOLS.iter().find(|t| t.name == tool) {
-        for check in passed_before(known.checks, refusal.refusal().check) {
+        for check in passed_before(known.checks, refusal.check()) {
             context.provenance.pass(check.as_str());
         }
     }
