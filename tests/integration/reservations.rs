@@ -160,10 +160,20 @@ impl Model {
         let (_, month_spend) = self.counter("agent", r.agent, "month", month);
         let (_, org_day_spend) = self.counter("org", r.org, "day", day);
         let (_, org_month_spend) = self.counter("org", r.org, "month", month);
+        // The calendar checks in the contract's order (CONTRACT §9.1): the contact's frequency
+        // (only when the request names a contact and its maximum) before the org's spend caps.
+        let contact_actions =
+            r.contact.map(|contact| self.counter("contact", &format!("{}|{contact}", r.agent), "day", day).0);
         let checks = [
             (l.per_day, day_actions, "per-day", midnight_after(day)),
             (l.spend_day, day_spend, "daily-spend", midnight_after(day)),
             (l.spend_month, month_spend, "monthly-spend", month_after(month)),
+            (
+                r.contact_max.filter(|_| contact_actions.is_some()),
+                contact_actions.unwrap_or(0),
+                "contact-frequency",
+                midnight_after(day),
+            ),
             (l.org_spend_day, org_day_spend, "org_spend_day", midnight_after(day)),
             (l.org_spend_month, org_month_spend, "org_spend_month", month_after(month)),
         ];
@@ -172,12 +182,6 @@ impl Model {
                 if current >= max {
                     return refuse(name, current, max, reset);
                 }
-            }
-        }
-        if let (Some(contact), Some(max)) = (r.contact, r.contact_max) {
-            let (actions, _) = self.counter("contact", &format!("{}|{contact}", r.agent), "day", day);
-            if actions >= max {
-                return refuse("contact-frequency", actions, max, midnight_after(day));
             }
         }
         // Reserved: the slot continues the agent's order, in time and in ordinal.
@@ -197,9 +201,8 @@ impl Model {
     }
 
     /// What the store holds is what the model does: every slot, and every counter row that
-    /// counts something (a row given back to zero may stay). A contact row's spend is not compared:
-    /// a reservation adds none to it, but `release_action` takes the cost off it (0013), and
-    /// nothing reads it.
+    /// counts something (a row given back to zero may stay). A contact row never counts spend,
+    /// reserved or released (migration 0039).
     async fn assert_stored(&self, pool: &sqlx::PgPool, seed: u64) {
         let mut slots: Vec<(String, i64, DateTime<Utc>, bool)> =
             sqlx::query_as("SELECT agent_id, ord, at, released FROM recent_actions").fetch_all(pool).await.unwrap();
@@ -215,10 +218,7 @@ impl Model {
                 .unwrap();
         let stored: HashMap<(String, String, String, NaiveDate), (i64, i64)> = rows
             .into_iter()
-            .map(|(scope, key, period, start, actions, spend)| {
-                let spend = if scope == "contact" { 0 } else { spend };
-                ((scope, key, period, start), (actions, spend))
-            })
+            .map(|(scope, key, period, start, actions, spend)| ((scope, key, period, start), (actions, spend)))
             .filter(|(_, counted)| *counted != (0, 0))
             .collect();
         let expected: HashMap<(String, String, String, NaiveDate), (i64, i64)> = self
@@ -417,6 +417,15 @@ async fn consecutive_requests_of_one_agent_decide_as_if_each_read_alone() {
         ),
         ("contact frequency", 1, {
             let mut b = burst("d8", "e8", t0, 3, 10, Limits::default());
+            for r in &mut b {
+                (r.contact, r.contact_max) = (Some("c1"), Some(2));
+            }
+            b
+        }),
+        // Both the contact's frequency and the org's daily cap refuse the third: the contract's
+        // order names the contact's (CONTRACT §9.1).
+        ("contact frequency before the org's cap", 1, {
+            let mut b = burst("d16", "e16", t0, 3, 100, Limits { org_spend_day: Some(200), ..Limits::default() });
             for r in &mut b {
                 (r.contact, r.contact_max) = (Some("c1"), Some(2));
             }
