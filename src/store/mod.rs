@@ -38,6 +38,7 @@ pub use committer::{refused, RefusedReservation, Reserve};
 pub use context::{Actor, ActorKind, CommandContext, Provenance};
 pub use keystore::KeyStore;
 pub use repository::EventRepository;
+use repository::Stamped;
 
 use crate::crypto::DataKeys;
 
@@ -288,9 +289,10 @@ impl Store {
         alongside: Alongside,
     ) -> Result<Option<i64>, PersistenceError> {
         // Numbered by the recorder, which appends everything queued for the stream at once.
-        let mut facts: Vec<recorder::Fact> = serialize(aggregate_type, aggregate_id, 0, events, context)?
+        let context = Arc::new(context.clone());
+        let mut facts: Vec<recorder::Fact> = serialize(aggregate_type, aggregate_id, events)?
             .into_iter()
-            .map(|event| recorder::Fact { event, alongside: Alongside::default() })
+            .map(|event| recorder::Fact { event, context: context.clone(), alongside: Alongside::default() })
             .collect();
         if let Some(last) = facts.last_mut() {
             last.alongside = alongside;
@@ -310,8 +312,9 @@ impl Store {
         if self.repo.stream_head(aggregate_type, aggregate_id).await? > 0 {
             return Ok(None);
         }
-        let serialized = serialize(aggregate_type, aggregate_id, 0, events, context)?;
-        match self.repo.append_events(&serialized).await {
+        let serialized = serialize(aggregate_type, aggregate_id, events)?;
+        let stamped: Vec<_> = serialized.iter().map(|event| Stamped { event, context, alongside: None }).collect();
+        match self.repo.append_stamped(&stamped).await {
             Err(PersistenceError::OptimisticLockError) => Ok(None),
             other => other,
         }
@@ -360,16 +363,14 @@ pub enum AwaitError {
     Database(#[from] sqlx::Error),
 }
 
-/// Events in cqrs-es's serialized form, numbered after `head`, carrying `context`.
+/// Events in cqrs-es's serialized form, numbered from 1 (the recorder numbers facts again where
+/// their stream stands); their context travels beside them (`repository::Stamped`), not in the
+/// metadata, which only cqrs-es's own path fills.
 fn serialize<E: DomainEvent>(
     aggregate_type: &str,
     aggregate_id: &str,
-    head: i64,
     events: &[E],
-    context: &CommandContext,
 ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-    let metadata =
-        serde_json::to_value(context.to_metadata()).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
     events
         .iter()
         .enumerate()
@@ -378,12 +379,12 @@ fn serialize<E: DomainEvent>(
             let payload = serde_json::to_value(event).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
             Ok(SerializedEvent::new(
                 aggregate_id.to_string(),
-                head as usize + i + 1,
+                i + 1,
                 aggregate_type.to_string(),
                 event.event_type(),
                 event.event_version(),
                 payload,
-                metadata.clone(),
+                serde_json::Value::Null,
             ))
         })
         .collect()

@@ -14,12 +14,15 @@ use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use tokio::sync::oneshot;
 
 use super::committer::{self, Alongside, Refused, MAX_EVENTS_PER_APPEND};
-use super::repository::EventRepository;
+use super::context::CommandContext;
+use super::repository::{EventRepository, Stamped};
 use crate::error::{DatabaseDown, Failure};
 
 /// One fact as cqrs-es serializes it; the recorder numbers it (in place) when it is appended.
 pub(crate) struct Fact {
     pub event: SerializedEvent,
+    /// The context of the command that produced it (shared by the facts of one `record`).
+    pub context: Arc<CommandContext>,
     /// What its append also does: settle an outbound intent, decide a reservation.
     pub alongside: Alongside,
 }
@@ -214,10 +217,12 @@ impl Recorder {
             for (i, fact) in batch.iter_mut().flat_map(|p| p.facts.iter_mut()).enumerate() {
                 fact.event.sequence = head as usize + i + 1;
             }
-            let events: Vec<&SerializedEvent> = batch.iter().flat_map(|p| p.facts.iter().map(|f| &f.event)).collect();
-            let alongside: Vec<Alongside> =
-                batch.iter().flat_map(|p| p.facts.iter()).map(|f| f.alongside.clone()).collect();
-            match self.repo.append_alongside(&events, &alongside).await {
+            let events: Vec<Stamped> = batch
+                .iter()
+                .flat_map(|p| p.facts.iter())
+                .map(|f| Stamped { event: &f.event, context: &f.context, alongside: Some(&f.alongside) })
+                .collect();
+            match self.repo.append_stamped(&events).await {
                 Err(PersistenceError::OptimisticLockError) if attempt < RETRIES => {
                     attempt += 1;
                     let ceiling_us = 200u64 << attempt.min(7);

@@ -25,6 +25,14 @@ use super::storable;
 
 pub use super::committer::MAX_EVENTS_PER_APPEND;
 
+/// An event to append: as cqrs-es serializes it (its metadata unused), the context of the
+/// command that produced it, and what its append also does in its transaction.
+pub(crate) struct Stamped<'a> {
+    pub event: &'a SerializedEvent,
+    pub context: &'a CommandContext,
+    pub alongside: Option<&'a Alongside>,
+}
+
 #[derive(Clone)]
 pub struct EventRepository {
     pool: PgPool,
@@ -68,25 +76,32 @@ impl EventRepository {
         Ok(())
     }
 
-    /// Appends `events` (one stream, contiguous sequences) in one statement and returns the
-    /// position of the last one; `None` when there was nothing to append.
+    /// Appends `events` (one stream, contiguous sequences, as cqrs-es hands them over with their
+    /// command's context in the metadata) in one statement and returns the position of the last
+    /// one; `None` when there was nothing to append.
     pub(crate) async fn append_events(&self, events: &[SerializedEvent]) -> Result<Option<i64>, PersistenceError> {
-        self.append_alongside(&events.iter().collect::<Vec<_>>(), &[]).await
+        let contexts = events
+            .iter()
+            .map(|event| {
+                CommandContext::from_metadata(&event.metadata).ok_or_else(|| {
+                    PersistenceError::UnknownError("an event reached the store without a command context".into())
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let stamped: Vec<Stamped> =
+            events.iter().zip(&contexts).map(|(event, context)| Stamped { event, context, alongside: None }).collect();
+        self.append_stamped(&stamped).await
     }
 
-    /// `append_events`, where `alongside[i]` (if given) is what the append of event `i` also does
-    /// in its transaction: settle an outbound intent, decide a reservation (`committer::Alongside`).
-    pub(crate) async fn append_alongside(
-        &self,
-        events: &[&SerializedEvent],
-        alongside: &[Alongside],
-    ) -> Result<Option<i64>, PersistenceError> {
+    /// `append_events` for events whose context and companion work come with them (`Stamped`):
+    /// the facts of `Store::record`, which never pass through cqrs-es.
+    pub(crate) async fn append_stamped(&self, events: &[Stamped<'_>]) -> Result<Option<i64>, PersistenceError> {
         if events.is_empty() {
             return Ok(None);
         }
         // Postgres text cannot hold U+0000: a stream id or type carrying one is refused here, in
         // this append only, instead of failing the statement it would share with other appends.
-        for event in events {
+        for Stamped { event, .. } in events {
             for (column, text) in [
                 ("aggregate_type", event.aggregate_type.as_str()),
                 ("aggregate_id", event.aggregate_id.as_str()),
@@ -109,21 +124,16 @@ impl EventRepository {
         // destroyed meanwhile (an erasure on another instance), the append is refused and sealed
         // again, every key checked before (which drops the destroyed one from the cache:
         // `KeyStore::subject_key`).
-        match self.append_sealed(events, alongside, false).await {
-            Err(e) if super::committer::is_key_destroyed(&e) => self.append_sealed(events, alongside, true).await,
+        match self.append_sealed(events, false).await {
+            Err(e) if super::committer::is_key_destroyed(&e) => self.append_sealed(events, true).await,
             done => done,
         }
     }
 
-    /// `append_alongside` once, its events sealed with subject keys checked now (`check_keys`) or
+    /// `append_stamped` once, its events sealed with subject keys checked now (`check_keys`) or
     /// by the append.
-    async fn append_sealed(
-        &self,
-        events: &[&SerializedEvent],
-        alongside: &[Alongside],
-        check_keys: bool,
-    ) -> Result<Option<i64>, PersistenceError> {
-        let Some(first) = events.first() else {
+    async fn append_sealed(&self, events: &[Stamped<'_>], check_keys: bool) -> Result<Option<i64>, PersistenceError> {
+        let Some(Stamped { event: first, .. }) = events.first() else {
             return Ok(None);
         };
         // Sealing may create keys; it happens before the transaction (in its own short ones) so
@@ -138,7 +148,7 @@ impl EventRepository {
         let mut prev_hash = self.head_hash(aggregate_type, aggregate_id, expected).await?;
 
         let mut rows = Vec::with_capacity(events.len());
-        for (i, (event, mut p)) in events.iter().zip(prepared).enumerate() {
+        for (Stamped { event, context, alongside }, mut p) in events.iter().zip(prepared) {
             p.metadata.insert("prevHash".into(), Value::String(prev_hash.clone()));
             let mut metadata = Value::Object(p.metadata);
             let hash = chain::event_hash(
@@ -159,12 +169,12 @@ impl EventRepository {
                 payload: p.payload,
                 metadata,
                 event_id: p.event_id,
-                occurred_at: p.context.occurred_at,
-                org_id: p.context.org_id,
+                occurred_at: context.occurred_at,
+                org_id: context.org_id.clone(),
                 prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
                 hash,
-                settles: alongside.get(i).and_then(|a| a.settles),
-                reserves: alongside.get(i).and_then(|a| a.reserves.clone()),
+                settles: alongside.and_then(|a| a.settles),
+                reserves: alongside.and_then(|a| a.reserves.clone()),
                 unchecked_keys: p.unchecked_keys,
             });
         }
@@ -181,7 +191,7 @@ impl EventRepository {
         };
         let position = self.committer.append(append).await?;
         self.heads.insert((aggregate_type.to_string(), aggregate_id.to_string()), (last_sequence, last_hash));
-        self.appended.bump_types(events.iter().map(|e| e.event_type.as_str()));
+        self.appended.bump_types(events.iter().map(|e| e.event.event_type.as_str()));
         Ok(Some(position))
     }
 
@@ -306,10 +316,8 @@ impl EventRepository {
     /// The stored form of one event: payload untagged, made storable (`storable::escape_nul`) and
     /// sealed, metadata from its context and made storable too. This is the one place event JSON
     /// is shaped for Postgres, so no event — whatever its producer let through — carries a NUL there.
-    async fn prepare(&self, event: &SerializedEvent, check_keys: bool) -> Result<Prepared, PersistenceError> {
-        let context = CommandContext::from_metadata(&event.metadata).ok_or_else(|| {
-            PersistenceError::UnknownError("an event reached the store without a command context".into())
-        })?;
+    async fn prepare(&self, stamped: &Stamped<'_>, check_keys: bool) -> Result<Prepared, PersistenceError> {
+        let Stamped { event, context, .. } = stamped;
         if context.org_id.as_deref().is_some_and(|org| org.contains('\0')) {
             return Err(PersistenceError::UnknownError(
                 "refusing to store U+0000 in org_id: Postgres text cannot hold it".into(),
@@ -341,7 +349,7 @@ impl EventRepository {
         metadata.insert("transport".into(), Value::String(context.transport.clone()));
         metadata.insert("provenance".into(), serde_json::to_value(&context.provenance)?);
         metadata.values_mut().for_each(storable::escape_nul);
-        Ok(Prepared { event_id, payload, metadata, context, unchecked_keys })
+        Ok(Prepared { event_id, payload, metadata, unchecked_keys })
     }
 }
 
@@ -378,7 +386,6 @@ struct Prepared {
     event_id: Uuid,
     payload: Value,
     metadata: Map<String, Value>,
-    context: CommandContext,
     /// Subject keys sealed under unchecked: the append checks them (`committer::Row`).
     unchecked_keys: Vec<Uuid>,
 }
