@@ -231,11 +231,12 @@ impl<R: TwilioRoute> FromRequest<AppState> for TwilioRequest<R> {
         let route = R::ROUTE;
         let (mut parts, body) = request.into_parts();
         let arrival = Arrival::of(&mut parts, app).await?;
-        let body =
-            Bytes::from_request(Request::from_parts(parts, body), app).await.map_err(IntoResponse::into_response)?;
+        // Step 1, before the body is read: the rate limit and the body limit let it through unread.
         if arrival.ip_refused {
             return Err(refuse_ip(app, &arrival, "twilio", route).await);
         }
+        let body =
+            Bytes::from_request(Request::from_parts(parts, body), app).await.map_err(IntoResponse::into_response)?;
         let Ok(agent_id) = arrival.agent_id.as_deref() else {
             turned_away(app, route, "malformed");
             return Err(empty(StatusCode::BAD_REQUEST));
@@ -353,11 +354,11 @@ impl FromRequest<AppState> for ResendRequest {
         const ROUTE: &str = "email";
         let (mut parts, body) = request.into_parts();
         let arrival = Arrival::of(&mut parts, app).await?;
-        let body =
-            Bytes::from_request(Request::from_parts(parts, body), app).await.map_err(IntoResponse::into_response)?;
         if arrival.ip_refused {
             return Err(refuse_ip(app, &arrival, "resend", ROUTE).await);
         }
+        let body =
+            Bytes::from_request(Request::from_parts(parts, body), app).await.map_err(IntoResponse::into_response)?;
         let agent_id = match &arrival.agent_id {
             Ok(agent_id) => agent_id.as_str(),
             Err(refusal) => {

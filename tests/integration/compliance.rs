@@ -708,7 +708,10 @@ async fn a_calls_price_is_added_once_and_a_failed_handler_gives_its_nonce_back()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_ip_allowlist_refuses_in_the_routes_format_and_records_the_refusal() {
     let db = TestDb::new().await;
-    let s = TestServer::start(&db, &vars_with(&[("WEBHOOK_IP_ALLOWLIST", "10.0.0.0/8")])).await;
+    // Step 6 comes before the rate limit (7) and the body limit (8), docs/http.md#hardening: a
+    // refused IP is answered 403 however often it calls and however large its body.
+    let limited = [("WEBHOOK_IP_ALLOWLIST", "10.0.0.0/8"), ("WEBHOOK_RATE_LIMIT_PER_IP", "2")];
+    let s = TestServer::start(&db, &vars_with(&limited)).await;
     set_clock(&s, "2026-12-01T16:00:00Z").await;
     let o = org(&s, "allowlist").await;
     let post = |path: String, content_type: &'static str, body: String| {
@@ -737,10 +740,13 @@ async fn the_webhook_ip_allowlist_refuses_in_the_routes_format_and_records_the_r
     assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (403, "<Response/>".to_string()));
     let r = s.http.get(s.url(&format!("/webhooks/{}/sms", o.agent_id))).send().await.unwrap();
     assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (403, "<Response/>".to_string()));
+    let oversize = format!("{form}&Padding={}", "x".repeat(2 << 20));
+    let r = post(format!("/webhooks/{}/sms", o.agent_id), "application/x-www-form-urlencoded", oversize).await.unwrap();
+    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (403, "<Response/>".to_string()));
 
     let recorded = rejections(&db).await;
     let ip = |route: &str| (route.to_string(), "ip".to_string());
-    assert_eq!(recorded, [ip("sms"), ip("call-status"), ip("call-status"), ip("email")]);
+    assert_eq!(recorded, [ip("sms"), ip("call-status"), ip("call-status"), ip("email"), ip("sms")]);
     let on_agent: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM events WHERE event_type = 'WebhookRejected' AND aggregate_type = 'agent' AND aggregate_id = $1",
     )
@@ -748,7 +754,7 @@ async fn the_webhook_ip_allowlist_refuses_in_the_routes_format_and_records_the_r
     .fetch_one(&db.pool().await)
     .await
     .unwrap();
-    assert_eq!(on_agent, 4);
+    assert_eq!(on_agent, 5);
     // Nothing went through: the STOP had no effect.
     assert!(payloads(&db, "StopReceived").await.is_empty());
     s.stop().await;
