@@ -23,7 +23,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::keystore::KeyStore;
 use crate::store::{rfc3339, CommandContext};
-use crate::validate::{self, invalid, Args};
+use crate::validate::{self, invalid, Args, MAX_STRING};
 
 /// The identifier of `args` (`identifier`, `identifierType?`), normalised.
 fn identifier(args: &Args<'_>) -> Result<Address, ApiError> {
@@ -46,7 +46,7 @@ pub async fn erase_subject(
     args: &Args<'_>,
 ) -> Result<Value, ApiError> {
     let address = identifier(args)?;
-    let reason = args.opt_str("reason", 500)?;
+    let reason = args.opt_str("reason", MAX_STRING)?;
     let requested = args.opt_id("orgId")?;
     let mut context = context;
     context.provenance.pass("input");
@@ -161,6 +161,7 @@ pub async fn erase_subject(
         };
         app.store.record("subject", &subject_ref, &[event], &context).await.map_err(ApiError::internal)?;
         Ok(json!({
+            "success": true,
             "subjectRef": subject_ref,
             "scope": scope,
             "orgIds": org_ids,

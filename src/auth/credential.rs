@@ -13,6 +13,10 @@ use crate::error::{ApiError, ErrorCode};
 /// Where a credential may come from, and how a missing one is worded.
 pub struct CredentialRules {
     pub route: &'static str,
+    /// Whether the route takes `?token=` (`/sse`): there an `Authorization` header that is no
+    /// Bearer credential is not a credential at all, and the query token is looked at instead;
+    /// elsewhere such a header is refused (docs/mcp.md).
+    pub takes_query_token: bool,
     pub query_token: Option<String>,
     pub missing_message: &'static str,
     pub www_authenticate: bool,
@@ -71,11 +75,11 @@ pub async fn authenticate(
     lockout.gate(ip, rules.route).await?;
     let presented = match bearer(headers) {
         Bearer::Token(token) => Some(token),
-        Bearer::Malformed => {
+        Bearer::Malformed if !rules.takes_query_token => {
             lockout.fail(ip, AuthFailure::Missing, rules.route, None, None).await?;
             return Err(unauthorized("Missing Authorization header. Use: Bearer <token>", rules));
         }
-        Bearer::Absent => rules.query_token.clone().filter(|t| !t.is_empty()),
+        Bearer::Malformed | Bearer::Absent => rules.query_token.clone().filter(|t| !t.is_empty()),
     };
     let Some(token) = presented else {
         if let Some(anonymous) = identity.anonymous() {

@@ -51,7 +51,7 @@ pub fn routes() -> ApiRouter {
                     ("from", false, "string", "RFC 3339"),
                     ("to", false, "string", "RFC 3339"),
                     ("eventType", false, "string", ""),
-                    ("outcome", false, "string", "allowed | refused | failed"),
+                    ("outcome", false, "string", "allowed | refused"),
                     ("actorKind", false, "string", ""),
                     ORG,
                     CURSOR,

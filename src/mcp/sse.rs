@@ -44,6 +44,7 @@ pub async fn open(
 ) -> Result<Response, ApiError> {
     let rules = CredentialRules {
         route: "/sse",
+        takes_query_token: true,
         query_token: query.token,
         missing_message: "Missing token. Use: /sse?token=<token>",
         www_authenticate: false,
@@ -155,6 +156,7 @@ pub async fn message(
         _ => {
             let rules = CredentialRules {
                 route: "/messages",
+                takes_query_token: false,
                 query_token: None,
                 missing_message: "Missing Authorization header. Use: Bearer <token>",
                 www_authenticate: false,

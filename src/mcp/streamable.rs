@@ -30,6 +30,7 @@ fn rules() -> CredentialRules {
     CredentialRules {
         route: "/mcp",
         // `?token=` is ignored on /mcp: the credential is the bearer header only.
+        takes_query_token: false,
         query_token: None,
         missing_message: "Missing Authorization header. Use: Bearer <token>",
         www_authenticate: true,
@@ -129,14 +130,7 @@ pub async fn post(
     } else {
         let session = existing_session(&app, &headers, &authenticated, ip).await?;
         authenticated.admit(&app.lockout, &app.identity, ip).await?;
-        if let Some(version) = header_str(&headers, "mcp-protocol-version") {
-            if !STREAMABLE_VERSIONS.contains(&version) {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidInput,
-                    format!("Unsupported MCP-Protocol-Version: {version}"),
-                ));
-            }
-        }
+        supported_version(&headers)?;
         (session, false)
     };
 
@@ -160,6 +154,17 @@ pub async fn post(
     Ok(response)
 }
 
+/// Every request of an open session may name its protocol version; one this server does not
+/// speak is refused (400), whatever the method.
+fn supported_version(headers: &HeaderMap) -> Result<(), ApiError> {
+    match header_str(headers, "mcp-protocol-version") {
+        Some(version) if !STREAMABLE_VERSIONS.contains(&version) => {
+            Err(ApiError::new(ErrorCode::InvalidInput, format!("Unsupported MCP-Protocol-Version: {version}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `GET /mcp`: the session's notification stream.
 pub async fn get(
     State(app): State<AppState>,
@@ -173,6 +178,7 @@ pub async fn get(
     }
     let session = existing_session(&app, &headers, &authenticated, ip).await?;
     authenticated.admit(&app.lockout, &app.identity, ip).await?;
+    supported_version(&headers)?;
     let inbox = session
         .take_inbox()
         .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "A stream is already open for this session"))?;
@@ -189,6 +195,7 @@ pub async fn delete(
     let authenticated = authenticate(&app.lockout, &app.identity, &headers, ip, &rules()).await?;
     let session = existing_session(&app, &headers, &authenticated, ip).await?;
     authenticated.admit(&app.lockout, &app.identity, ip).await?;
+    supported_version(&headers)?;
     app.sessions.close(&session.id, "client_closed").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -14,7 +14,7 @@ use crate::directory::AgentView;
 use crate::error::{ApiError, ErrorCode};
 use crate::providers::{Outgoing, Provider, Receipt};
 use crate::state::AppState;
-use crate::validate::{self, invalid, Args};
+use crate::validate::{self, invalid, Args, MAX_STRING};
 
 /// A validated `comms_send_message`.
 struct Message {
@@ -218,7 +218,7 @@ fn voice_options(args: &Args<'_>) -> Result<(), ApiError> {
 fn call_input(args: &Args<'_>) -> Result<Call, ApiError> {
     let to = validate::phone("to", &args.str("to", 1, 32)?)?;
     let greeting = args.opt_str("greeting", 1000)?;
-    let system_prompt = args.opt_str("systemPrompt", 20_000)?;
+    let system_prompt = args.opt_str("systemPrompt", MAX_STRING)?;
     voice_options(args)?;
     let recipient_timezone = args.opt_str("recipientTimezone", 64)?;
     Ok(Call {

@@ -203,12 +203,14 @@ pub fn billed(provider_micros: i64, markup_percent: f64) -> i64 {
     if provider_micros <= 0 {
         return 0;
     }
-    // Markup to hundredths of a percent, then exact integer arithmetic.
-    let markup_bp = (markup_percent * 100.0).round() as i128;
-    let exact = i128::from(provider_micros) * (10_000 + markup_bp); // micros × 10^4
-    let unit = 100 * 10_000; // 0.0001 dollars = 100 micros, in the same scale
+    // The markup in millionths of a percent (its at most 6 decimals, docs/tools.md#input-formats-and-sanitizer,
+    // exactly), then exact integer arithmetic: micros × 10^8.
+    const SCALE: i128 = 100_000_000;
+    let markup = (markup_percent * 1_000_000.0).round() as i128;
+    let exact = i128::from(provider_micros) * (SCALE + markup);
+    let unit = 100 * SCALE; // 0.0001 dollars = 100 micros, in the same scale
     let rounded = (exact + unit / 2) / unit * unit;
-    (rounded / 10_000) as i64
+    (rounded / SCALE) as i64
 }
 
 fn markup_of(app: &AppState, agent: &AgentView) -> f64 {
@@ -274,5 +276,10 @@ mod tests {
         assert_eq!(billed(0, 50.0), 0);
         assert_eq!(billed(-5, 50.0), 0);
         assert_eq!(billed(1_000_000, 33.33), 1_333_300);
+        // Markups below a hundredth of a percent count: 10 × 1.00004 = 10.0004.
+        assert_eq!(billed(10_000_000, 0.004), 10_000_400);
+        // 3 × 1.33333333 = 3.99999999 → 4.0000.
+        assert_eq!(billed(3_000_000, 33.333333), 4_000_000);
+        assert_eq!(billed(3_000_000, 500.0), 18_000_000);
     }
 }

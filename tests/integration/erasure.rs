@@ -229,7 +229,7 @@ async fn an_erased_subject_is_gone_from_the_whole_database_the_logs_and_both_ins
         json!({"identifier": PHONE_SPACED, "reason": "GDPR art. 17"}),
     )
     .await;
-    assert_eq!(status, 200, "{erased}");
+    assert_eq!((status, &erased["success"]), (200, &json!(true)), "a mutation answers success:true: {erased}");
     // Idempotent: nothing left to destroy or purge (on A, so that B keeps its cached key).
     let (status, again) = admin_post(&a, &admin, "/admin/api/subjects/erase", json!({"identifier": PHONE})).await;
     assert_eq!(status, 200);
@@ -318,7 +318,8 @@ async fn an_erased_subject_is_gone_from_the_whole_database_the_logs_and_both_ins
     // event about it (a DNC refusal: the complaint listed it) under a new generation.
     let master_b = session(&b, MASTER).await;
     let mail = master_b.ok("comms_erase_subject", json!({"identifier": EMAIL, "reason": "request"})).await;
-    assert_eq!((mail["scope"].as_str(), mail["orgIds"].clone()), (Some("all"), json!([org_id])));
+    assert_eq!((mail["success"].as_bool(), mail["scope"].as_str()), (Some(true), Some("all")), "{mail}");
+    assert_eq!(mail["orgIds"], json!([org_id]));
     assert!(mail["keysDestroyed"].as_u64().unwrap() >= 2, "{mail}");
     let (is_error, refusal) =
         on_a.call("comms_send_message", json!({"channel": "email", "to": EMAIL, "subject": "x", "body": "y"})).await;

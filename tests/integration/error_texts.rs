@@ -270,6 +270,13 @@ fn table() -> Vec<Row> {
         // ── docs/mcp.md#legacy-httpsse legacy HTTP+SSE: GET /sse ────────────────────────────────────────────────────
         http("sse: no credential", "GET", "/sse").answers(401, "unauthorized", "Missing token. Use: /sse?token=<token>"),
         http("sse: unknown token", "GET", "/sse?token=nope").answers(401, "unauthorized", "Invalid or revoked token"),
+        // docs/mcp.md#legacy-httpsse (2): a header that is no Bearer credential is none; `?token=` is read.
+        http("sse: a Basic header and no token", "GET", "/sse")
+            .header("authorization", "Basic dXNlcjpwYXNz")
+            .answers(401, "unauthorized", "Missing token. Use: /sse?token=<token>"),
+        http("sse: a Basic header and an unknown token", "GET", "/sse?token=nope")
+            .header("authorization", "Basic dXNlcjpwYXNz")
+            .answers(401, "unauthorized", "Invalid or revoked token"),
         http("sse: unknown bearer", "GET", "/sse")
             .header("authorization", "Bearer nope")
             .answers(401, "unauthorized", "Invalid or revoked token"),
@@ -378,6 +385,24 @@ fn table() -> Vec<Row> {
             .header("mcp-session-id", "{masterSession}")
             .body(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#)
             .rpc_error(400, "-32600", "Invalid Request: id must be a string or a number"),
+        // The version check holds for every method of an open session (refused, the session stays).
+        http("mcp: unsupported protocol version (POST)", "POST", "/mcp")
+            .bearer("master")
+            .header("mcp-session-id", "{masterSession}")
+            .header("mcp-protocol-version", "1999-01-01")
+            .body(PING)
+            .answers(400, "invalid_input", "Unsupported MCP-Protocol-Version: 1999-01-01"),
+        http("mcp: unsupported protocol version (GET)", "GET", "/mcp")
+            .bearer("master")
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", "{masterSession}")
+            .header("mcp-protocol-version", "1999-01-01")
+            .answers(400, "invalid_input", "Unsupported MCP-Protocol-Version: 1999-01-01"),
+        http("mcp: unsupported protocol version (DELETE)", "DELETE", "/mcp")
+            .bearer("master")
+            .header("mcp-session-id", "{masterSession}")
+            .header("mcp-protocol-version", "1999-01-01")
+            .answers(400, "invalid_input", "Unsupported MCP-Protocol-Version: 1999-01-01"),
         // ── docs/mcp.md#tool-results tool results ─────────────────────────────────────────────────────────────────
         tool("unknown tool", "agentA", "comms_fly", "{}").refused("not_found", "Unknown tool: comms_fly"),
         // ── docs/security.md Z1–Z7 ──────────────────────────────────────────────────────────────────────────
@@ -479,6 +504,8 @@ fn table() -> Vec<Row> {
             .answers(403, "forbidden", SUPER_REQUIRED),
         tool("Z5 org provisions in another org", "adminA", "comms_provision_channels", r#"{"displayName":"x","orgId":"{orgB}"}"#)
             .refused("forbidden", r#"Access to organization "{orgB}" denied"#),
+        tool("DNC list of a type that is no string", "adminA", "comms_dnc_list", r#"{"type":5}"#)
+            .refused("invalid_input", r#"Invalid input for "type": must be a string"#),
         tool("Z5 org adds to another org's DNC", "adminA", "comms_dnc_add", r#"{"address":"+12025550111","orgId":"{orgB}"}"#)
             .refused("forbidden", r#"Access to organization "{orgB}" denied"#),
         http("Z5 admin: org reads another org", "GET", "/admin/api/orgs/{orgB}").bearer("adminA").answers(

@@ -10,7 +10,7 @@ use crate::directory::commands;
 use crate::error::{ApiError, ErrorCode};
 use crate::paging::Page;
 use crate::state::AppState;
-use crate::validate::{invalid, Args};
+use crate::validate::{invalid, Args, MAX_STRING};
 
 fn consent_schema(extra: Value) -> Value {
     let mut schema = json!({"type": "object", "required": ["contactAddress", "channel"], "properties": {
@@ -64,7 +64,7 @@ pub const DNC_ADD: Tool = Tool {
     description: "Add a number or email to the organization's Do Not Contact list.",
     schema: || {
         json!({"type": "object", "required": ["address"], "properties": {
-            "address": {"type": "string"}, "reason": {"type": "string", "maxLength": 500},
+            "address": {"type": "string"}, "reason": {"type": "string", "maxLength": 10000},
             "orgId": {"type": "string", "description": "required for the super-admin"}}})
     },
 };
@@ -108,7 +108,7 @@ pub const ERASE_SUBJECT: Tool = Tool {
             "identifier": {"type": "string", "description": "E.164 number or email"},
             "identifierType": {"type": "string", "enum": ["phone", "email"], "description": "detected if absent"},
             "orgId": {"type": "string", "description": "super-admin: omitted erases in every organization"},
-            "reason": {"type": "string", "maxLength": 500}}})
+            "reason": {"type": "string", "maxLength": 10000}}})
     },
 };
 
@@ -170,7 +170,7 @@ pub async fn check_consent(app: &AppState, caller: &Caller<'_>, args: &Args<'_>)
 
 pub async fn dnc_add(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
     let address = contacts::address("address", &args.str("address", 1, 320)?)?;
-    let reason = args.opt_str("reason", 500)?;
+    let reason = args.opt_str("reason", MAX_STRING)?;
     let org = contacts::dnc_org(app, caller.principal, args.opt_id("orgId")?).await?;
     let source = if caller.principal.role() == Role::Agent { DncSource::Agent } else { DncSource::Admin };
     let context = caller.context(&app.clock).in_org(org.clone());
@@ -186,7 +186,7 @@ pub async fn dnc_remove(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) ->
 }
 
 pub async fn dnc_list(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
-    let kind = args.0.get("type").and_then(Value::as_str).map(str::to_string);
+    let kind = args.opt_str("type", MAX_STRING)?;
     if let Some(k) = kind.as_deref().filter(|k| !["phone", "email"].contains(k)) {
         return Err(invalid("type", format!("must be phone or email, not \"{k}\"")));
     }

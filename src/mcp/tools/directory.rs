@@ -11,7 +11,7 @@ use crate::directory::commands::{self, NewAgent, NewOrg, RotateTarget};
 use crate::directory::{self as dir};
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
-use crate::validate::{invalid, Args};
+use crate::validate::{invalid, Args, MAX_STRING};
 
 pub const CREATE_ORGANIZATION: Tool = Tool {
     name: "comms_create_organization",
@@ -98,7 +98,7 @@ pub const ROTATE_TOKEN: Tool = Tool {
     schema: || {
         json!({"type": "object", "properties": {
             "target": {"type": "string", "enum": ["agent", "org"], "default": "agent"},
-            "agentId": {"type": "string"}, "orgId": {"type": "string"}, "label": {"type": "string", "maxLength": 100}}})
+            "agentId": {"type": "string"}, "orgId": {"type": "string"}, "label": {"type": "string", "maxLength": 10000}}})
     },
 };
 
@@ -188,7 +188,7 @@ pub async fn get_channel_status(app: &AppState, caller: &Caller<'_>, args: &Args
 
 pub async fn rotate_token(app: &AppState, caller: &Caller<'_>, args: &Args<'_>) -> Result<Value, ApiError> {
     let target = args.choice("target", &["agent", "org"], "agent")?;
-    let label = args.opt_str("label", 100)?;
+    let label = args.opt_str("label", MAX_STRING)?;
     let principal = caller.principal;
     let target = if target == "org" {
         guard::require_role(principal, Role::Org)?;

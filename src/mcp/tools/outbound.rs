@@ -39,7 +39,7 @@ pub const MAKE_CALL: Tool = Tool {
             "agentId": {"type": "string"},
             "to": {"type": "string", "description": "E.164 phone number"},
             "greeting": {"type": "string", "maxLength": 1000},
-            "systemPrompt": {"type": "string", "maxLength": 20000},
+            "systemPrompt": {"type": "string", "maxLength": 10000},
             "voice": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
             "language": {"type": "string"},
             "recipientTimezone": {"type": "string"},

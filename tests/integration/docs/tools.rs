@@ -165,7 +165,7 @@ pub const NOTES: &[(&str, &str, &str)] = &[
     ),
     (
         "comms_erase_subject",
-        "`{subjectRef, scope:\"org\"|\"all\", orgIds, keysDestroyed, projectionRowsPurged, \
+        "`{success, subjectRef, scope:\"org\"|\"all\", orgIds, keysDestroyed, projectionRowsPurged, \
          dncSuppressionsKept, erasedAt}`. Idempotent. An org token erases in its org; the super-admin in `orgId`, \
          or everywhere without it ([erasure](privacy.md#erasure)). Event: `SubjectErased`.",
         "`invalid_input` for an identifier that is neither a phone number nor an email; `forbidden` for another org.",
