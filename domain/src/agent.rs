@@ -261,12 +261,18 @@ pub enum AgentEvent {
         limit_type: Option<String>,
         reason: String,
     },
+    /// `code` is the error code the caller was answered and `reason` its text (events stored
+    /// before they were recorded read them as empty).
     CallFailed {
         call_id: Uuid,
         kind: String,
         to: Pii,
         provider: String,
         error: String,
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        reason: String,
     },
     /// Inbound facts from provider webhooks (docs/webhooks.md), appended by `Store::record`.
     MessageReceived {

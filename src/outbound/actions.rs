@@ -125,7 +125,7 @@ impl Action for Message {
         }
     }
 
-    fn failed(&self, id: Uuid, provider: &str, error: &str) -> AgentEvent {
+    fn failed(&self, id: Uuid, provider: &str, _code: ErrorCode, error: &str) -> AgentEvent {
         AgentEvent::MessageFailed {
             message_id: id,
             channel: self.channel.as_str().into(),
@@ -337,13 +337,15 @@ impl Action for Call {
         }
     }
 
-    fn failed(&self, id: Uuid, provider: &str, error: &str) -> AgentEvent {
+    fn failed(&self, id: Uuid, provider: &str, code: ErrorCode, error: &str) -> AgentEvent {
         AgentEvent::CallFailed {
             call_id: id,
             kind: self.kind.into(),
             to: Pii::subject(self.to.clone()),
             provider: provider.into(),
             error: error.into(),
+            code: code.as_str().into(),
+            reason: error.into(),
         }
     }
 

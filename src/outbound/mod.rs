@@ -55,8 +55,9 @@ trait Action: Send + Sync + 'static {
     fn subject(&self) -> compliance::Subject<'_>;
     /// The blocked event of `refusal`, whose reason no longer names the recipient.
     fn blocked(&self, id: Uuid, refusal: &Refusal) -> AgentEvent;
-    /// `provider` is the provider's name, `none` when none is configured.
-    fn failed(&self, id: Uuid, provider: &str, error: &str) -> AgentEvent;
+    /// `provider` is the provider's name, `none` when none is configured; `code` is what the
+    /// caller is answered (a call's failure records it, CONTRACT §11.3; a message's does not).
+    fn failed(&self, id: Uuid, provider: &str, code: ErrorCode, error: &str) -> AgentEvent;
     fn sent(
         &self,
         id: Uuid,
@@ -175,7 +176,7 @@ async fn run<A: Action>(
                 }
                 Err(failure) => {
                     fallback_context.provenance.fail(failure.check.as_str(), failure.reason.clone());
-                    action.failed(id, "none", &failure.reason)
+                    action.failed(id, "none", failure.code, &failure.reason)
                 }
             };
             app.intents.seal(id, &agent.org_id, action.to(), event, &fallback_context).await?
@@ -359,7 +360,7 @@ async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
         Err(failure) => {
             // Step 13 refusals are failures, not blocks (docs/tools.md#the-outbound-pipeline).
             context.provenance.fail(failure.check.as_str(), failure.reason.clone());
-            let failed = action.failed(id, "none", &failure.reason);
+            let failed = action.failed(id, "none", failure.code, &failure.reason);
             // Unrecorded: retried in the background; nothing reached anyone either way.
             let _ = app.intents.complete(&agent_id, id, failed, &context, intents::Ending::Failed).await;
             let mut refusal = ApiError::from(failure);
@@ -383,7 +384,7 @@ async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
                 }
                 _ => {
                     context.provenance.fail("dnc", "the recipient could not be checked again before the provider call");
-                    action.failed(id, "none", "the recipient could not be checked again")
+                    action.failed(id, "none", refusal.code, "the recipient could not be checked again")
                 }
             };
             // Not performed: the reservation is given back with the event.
@@ -399,7 +400,7 @@ async fn perform<A: Action>(p: Performance<A>) -> Result<Value, ApiError> {
         Err(failure) => {
             let recorded = scrub(&failure.0, action.to());
             context.provenance.fail("provider", recorded.clone());
-            let failed = action.failed(id, provider.name(), &recorded);
+            let failed = action.failed(id, provider.name(), ErrorCode::ProviderError, &recorded);
             let _ = app.intents.complete(&agent_id, id, failed, &context, intents::Ending::Failed).await;
             let mut e = ApiError::new(ErrorCode::ProviderError, format!("Provider error: {}", failure.0))
                 .with("provider", provider.name());

@@ -589,6 +589,26 @@ async fn calls_and_voice_messages_go_through_the_pipeline_with_contact_frequency
         (Some("limits"), Some("contact-frequency"))
     );
     assert!(blocked["to"]["$pii"].is_number());
+    // A call the provider fails is recorded with the code and text its caller was answered
+    // (CONTRACT §11.3: CallBlocked / CallFailed carry code and reason). At 13:00 in Adak and 09:00
+    // in Guam, both candidate zones of +1 500 numbers (the same UTC day).
+    let clock = s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER);
+    assert!(clock.json(&json!({"now": "2026-12-01T23:00:00Z"})).send().await.unwrap().status().is_success());
+    let (is_error, failure) = me.call("comms_make_call", json!({"to": "+15005550001"})).await;
+    assert!(is_error);
+    assert_eq!(failure["code"], "provider_error", "{failure}");
+    let failed: Value = sqlx::query_scalar("SELECT payload::jsonb FROM events WHERE event_type = 'CallFailed'")
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(
+        (failed["code"].as_str(), failed["provider"].as_str()),
+        (Some("provider_error"), Some("mock")),
+        "{failed}"
+    );
+    assert!(!failed["reason"].as_str().unwrap().is_empty(), "{failed}");
+    assert_eq!(failed["reason"], failed["error"]);
+    assert!(failed["to"]["$pii"].is_number());
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
