@@ -338,11 +338,59 @@ impl<'a> Args<'a> {
             Some(_) => Err(invalid(field, "must be an object")),
         }
     }
+
+    /// An object of free-form values (an org's `settings`; `{}` when absent): every string in it,
+    /// key or value at any depth, is free text, held to `MAX_STRING` and passed through the
+    /// sanitizer under its path (`settings.a.b[0]`).
+    pub fn free_object(&self, field: &str) -> Result<Value, ApiError> {
+        let value = self.object(field)?.cloned().map(Value::Object).unwrap_or_else(|| Value::Object(Map::new()));
+        free_text_within(field, &value)?;
+        Ok(value)
+    }
+}
+
+fn free_text_within(path: &str, value: &Value) -> Result<(), ApiError> {
+    let text = |path: &str, s: &str| {
+        if s.chars().count() > MAX_STRING {
+            return Err(invalid(path, format!("must be at most {MAX_STRING} characters")));
+        }
+        sanitize(path, s)
+    };
+    match value {
+        Value::String(s) => text(path, s),
+        Value::Array(items) => {
+            items.iter().enumerate().try_for_each(|(i, item)| free_text_within(&format!("{path}[{i}]"), item))
+        }
+        Value::Object(members) => members.iter().try_for_each(|(key, item)| {
+            let path = format!("{path}.{key}");
+            text(&path, key)?;
+            free_text_within(&path, item)
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_free_form_object_holds_only_sanitized_text() {
+        let ok = json!({"settings": {"region": "eu", "nested": {"list": ["a", 1, true]}}});
+        assert_eq!(Args::new(&ok).unwrap().free_object("settings").unwrap(), ok["settings"]);
+        assert_eq!(Args::new(&json!({})).unwrap().free_object("settings").unwrap(), json!({}));
+        for (bad, field) in [
+            (json!({"settings": {"note": "<script>alert(1)</script>"}}), "settings.note"),
+            (json!({"settings": {"a": {"b": ["ok", "javascript:alert(1)"]}}}), "settings.a.b[1]"),
+            (json!({"settings": {"<script>": "x"}}), "settings.<script>"),
+            (json!({"settings": {"long": "x".repeat(MAX_STRING + 1)}}), "settings.long"),
+        ] {
+            let refused = Args::new(&bad).unwrap().free_object("settings").unwrap_err();
+            assert_eq!(refused.code, ErrorCode::InvalidInput, "{bad}");
+            assert!(refused.message.contains(&format!("\"{field}\"")), "{field}: {}", refused.message);
+        }
+    }
 
     #[test]
     fn the_sanitizer_flags_attacks_and_passes_plain_text() {

@@ -117,7 +117,7 @@ pub fn routes() -> ApiRouter {
         .get(
             "/admin/api/providers",
             list_providers,
-            doc("O (own, names only) S", "Registered provider credentials, names only", &[CURSOR, LIMIT], Body::None),
+            doc("O (own, names only) S", "Registered provider credentials, names only", PAGED, Body::None),
         )
         .post(
             "/admin/api/providers",
@@ -303,7 +303,7 @@ async fn create_org(
     if !slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
         return Err(invalid("slug", "must match ^[a-z0-9-]{2,63}$"));
     }
-    let settings = args.object("settings")?.cloned().map(Value::Object).unwrap_or_else(|| json!({}));
+    let settings = args.free_object("settings")?;
     let new = NewOrg { name: name.trim().into(), slug, settings, a2p_registered: args.bool("a2pRegistered", false)? };
     commands::create_org(&app, admin.context, new).await.map(tool_result)
 }
@@ -537,10 +537,8 @@ async fn list_providers(
     params: Params,
 ) -> Result<Json<Providers>, ApiError> {
     let page = params.page::<(String, String, String)>()?;
-    let org = match admin.principal.role() {
-        Role::SuperAdmin => None,
-        _ => admin.principal.org_id.clone(),
-    };
+    // O: its own org's (another `orgId` is refused); S: every scope, or one org's with `orgId`.
+    let org = commands::read_scope(&app, &admin.principal, params.id("orgId")?).await?;
     type Row = (String, String, String, Vec<String>, String, chrono::DateTime<chrono::Utc>);
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT scope, org_id, provider, array_agg(credential_key ORDER BY credential_key), max(key_version), max(updated_at)

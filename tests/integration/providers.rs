@@ -522,6 +522,19 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
     let second = list(format!("?limit=1&cursor={cursor}")).await;
     assert_eq!([&first["providers"][0], &second["providers"][0]], [&all["providers"][0], &all["providers"][1]]);
     assert_eq!(second["nextCursor"], Value::Null);
+    // `orgId` filters the super-admin's list to that org's rows (docs/admin-api.md); an org
+    // token naming another org is refused.
+    let one = list(format!("?orgId={org_id}")).await;
+    assert_eq!(one["providers"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one["providers"][0]["orgId"], org_id.as_str());
+    let other = s
+        .http
+        .get(s.url("/admin/api/providers?orgId=default"))
+        .bearer_auth(org["adminToken"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 403);
     s.stop().await;
 }
 

@@ -110,7 +110,7 @@ pub async fn create_organization(app: &AppState, caller: &Caller<'_>, args: &Arg
     {
         return Err(invalid("slug", "must match ^[a-z0-9-]{2,63}$"));
     }
-    let settings = args.object("settings")?.cloned().map(Value::Object).unwrap_or_else(|| json!({}));
+    let settings = args.free_object("settings")?;
     let a2p_registered = args.bool("a2pRegistered", false)?;
     commands::create_org(
         app,
