@@ -261,9 +261,6 @@ impl Server {
                 if let Err(e) = crate::ledger::reservations::prune_recent(&pool, clock.now()).await {
                     tracing::warn!(error = %e, "old rate-window rows not pruned");
                 }
-                if let Err(e) = crate::webhooks::replay::prune(&pool, clock.now()).await {
-                    tracing::warn!(error = %e, "old webhook nonces not pruned");
-                }
             }
         }));
         tasks.push(tokio::spawn(state.intents.clone().run()));

@@ -1,15 +1,14 @@
 //! Replay protection (docs/webhooks.md#replay), shared by every instance through Postgres: the first use of
 //! a nonce is recorded atomically; a reuse inside the window is a replay; a reuse after it finds
-//! the message already processed and changes nothing (docs/webhooks.md#sms step 4). Nonces are kept for
-//! `RETAIN` (far past any window) so a late redelivery is recognised, then pruned. A handler that
+//! the message already processed and changes nothing (docs/webhooks.md#sms step 4). Nonces are
+//! never pruned: a Twilio signature has no timestamp and never expires, so a captured request
+//! sent again any time later is told apart from a new one only by its nonce (a row of a few
+//! dozen bytes per webhook, beside the events each one records for good). A handler that
 //! fails (5xx) gives its nonce back (`release`), so the provider's retry is processed. The same
 //! table holds one-time marks (`mark_once`: a call's cost is applied by its first terminal status).
 
 use chrono::{DateTime, Duration, Utc};
 use sqlx::PgPool;
-
-/// How long a processed nonce is remembered.
-pub const RETAIN: Duration = Duration::days(7);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -63,10 +62,4 @@ pub async fn mark_once(pool: &PgPool, key: &str, now: DateTime<Utc>) -> Result<b
             .execute(pool)
             .await?;
     Ok(done.rows_affected() == 1)
-}
-
-/// Forgets nonces older than `RETAIN` (a scheduled job).
-pub async fn prune(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM webhook_nonces WHERE seen_at < $1").bind(now - RETAIN).execute(pool).await?;
-    Ok(done.rows_affected())
 }

@@ -552,8 +552,9 @@ async fn a_replay_is_refused_by_another_instance_and_a_redelivery_past_the_windo
     let db = TestDb::new().await;
     let one = TestServer::start(&db, &vars()).await;
     let two = TestServer::start(&db, &vars()).await;
+    // Weeks before the real date: the nonces are older than any pruning horizon (below).
     for s in [&one, &two] {
-        set_clock(s, "2026-12-01T16:00:00Z").await;
+        set_clock(s, "2026-11-02T16:00:00Z").await;
     }
     let o = org(&one, "replay").await;
     let path = format!("/webhooks/{}/sms", o.agent_id);
@@ -604,6 +605,17 @@ async fn a_replay_is_refused_by_another_instance_and_a_redelivery_past_the_windo
     assert_eq!(reasons.iter().filter(|r| *r == "replay").count(), 4, "{reasons:?}");
     two.stop().await;
     one.stop().await;
+
+    // A Twilio signature never expires, so the nonce is the only defence against a captured
+    // request sent again: it is kept however old (docs/webhooks.md#replay). A new instance, whose
+    // periodic jobs run at once, still finds the message processed.
+    let three = TestServer::start(&db, &vars()).await;
+    set_clock(&three, "2026-11-02T16:10:00Z").await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await; // let them run
+    let (status, body) = twilio_post(&three, &path, &message, None).await;
+    assert_eq!((status, body.as_str()), (200, "<Response/>"));
+    assert_eq!(payloads(&db, "MessageReceived").await.len(), 1, "a weeks-old message is still processed once");
+    three.stop().await;
 }
 
 /// A local Twilio: calls get sids `CAprice1`, `CAprice2`, …; the Calls API reports a price of
