@@ -18,15 +18,33 @@ pub fn event_hash(
     payload: &Value,
     metadata_without_hash: &Value,
 ) -> String {
+    let mut metadata = Vec::with_capacity(256);
+    write_jcs(metadata_without_hash, &mut metadata);
+    event_hash_of(prev_hash, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, &metadata)
+}
+
+/// `event_hash`, the metadata given as its RFC 8785 bytes (the repository writes them once,
+/// `repository::MetadataText`).
+#[allow(clippy::too_many_arguments)]
+pub fn event_hash_of(
+    prev_hash: &str,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: i64,
+    event_type: &str,
+    event_version: &str,
+    payload: &Value,
+    metadata_canonical: &[u8],
+) -> String {
     let mut hasher = Sha256::new();
     for part in [prev_hash, aggregate_type, aggregate_id, &sequence.to_string(), event_type, event_version] {
         hasher.update(part.as_bytes());
         hasher.update(b"\n");
     }
-    let mut canonical = Vec::with_capacity(512);
+    let mut canonical = Vec::with_capacity(512 + metadata_canonical.len());
     write_jcs(payload, &mut canonical);
     canonical.push(b'\n');
-    write_jcs(metadata_without_hash, &mut canonical);
+    canonical.extend_from_slice(metadata_canonical);
     hasher.update(&canonical);
     hex::encode(hasher.finalize())
 }

@@ -148,10 +148,9 @@ impl EventRepository {
         let mut prev_hash = self.head_hash(aggregate_type, aggregate_id, expected).await?;
 
         let mut rows = Vec::with_capacity(events.len());
-        for (Stamped { event, context, alongside }, mut p) in events.iter().zip(prepared) {
-            p.metadata.insert("prevHash".into(), Value::String(prev_hash.clone()));
-            let mut metadata = Value::Object(p.metadata);
-            let hash = chain::event_hash(
+        for (Stamped { event, context, alongside }, p) in events.iter().zip(prepared) {
+            let metadata = MetadataText::new(context, p.event_id, &prev_hash);
+            let hash = chain::event_hash_of(
                 &prev_hash,
                 aggregate_type,
                 aggregate_id,
@@ -159,15 +158,14 @@ impl EventRepository {
                 &event.event_type,
                 &event.event_version,
                 &p.payload,
-                &metadata,
+                metadata.canonical.as_bytes(),
             );
-            metadata["hash"] = Value::String(hash.clone());
             rows.push(Row {
                 sequence: event.sequence as i64,
                 event_type: event.event_type.clone(),
                 event_version: event.event_version.clone(),
                 payload: p.payload,
-                metadata,
+                metadata: metadata.stored(&hash),
                 event_id: p.event_id,
                 occurred_at: context.occurred_at,
                 org_id: context.org_id.clone(),
@@ -340,17 +338,82 @@ impl EventRepository {
         if has_clear_fields(&payload) {
             return Err(PersistenceError::UnknownError("refusing to store a personal field in the clear".into()));
         }
-        let mut metadata = Map::new();
-        metadata.insert("eventId".into(), Value::String(event_id.to_string()));
-        metadata.insert("occurredAt".into(), Value::String(super::rfc3339(context.occurred_at)));
-        metadata.insert("orgId".into(), context.org_id.clone().map_or(Value::Null, Value::String));
-        metadata.insert("actor".into(), serde_json::to_value(&context.actor)?);
-        metadata.insert("requestId".into(), context.request_id.clone().map_or(Value::Null, Value::String));
-        metadata.insert("transport".into(), Value::String(context.transport.clone()));
-        metadata.insert("provenance".into(), serde_json::to_value(&context.provenance)?);
-        metadata.values_mut().for_each(storable::escape_nul);
-        Ok(Prepared { event_id, payload, metadata, unchecked_keys })
+        Ok(Prepared { event_id, payload, unchecked_keys })
     }
+}
+
+/// An event's metadata (docs/events.md#envelope), written once as text from its command's
+/// context: `canonical`, its RFC 8785 form without `hash`, is what the chain hashes; the stored
+/// text is the same with `hash` in its place — byte for byte what serde_json writes for the
+/// metadata object (its members sorted, strings escaped alike, U+0000 stored as U+FFFD), which
+/// `tests::metadata_text_is_what_serde_json_writes` holds it to.
+struct MetadataText {
+    canonical: String,
+    /// Where `,"hash":…` goes: after `eventId`, before `occurredAt`.
+    hash_at: usize,
+}
+
+impl MetadataText {
+    fn new(context: &CommandContext, event_id: Uuid, prev_hash: &str) -> Self {
+        use super::json_text::push_str;
+        let text = |out: &mut String, s: &str| push_str(out, &storable::escaped_str(s));
+        let optional = |out: &mut String, s: Option<&str>| match s {
+            Some(s) => text(out, s),
+            None => out.push_str("null"),
+        };
+        let provenance = &context.provenance;
+        let mut out = String::with_capacity(320 + 96 * provenance.checks.len());
+        out.push_str("{\"actor\":{\"id\":");
+        text(&mut out, &context.actor.id);
+        out.push_str(",\"kind\":");
+        push_name(&mut out, &context.actor.kind);
+        out.push_str("},\"eventId\":");
+        super::json_text::push_uuid(&mut out, event_id);
+        let hash_at = out.len();
+        out.push_str(",\"occurredAt\":");
+        text(&mut out, &super::rfc3339(context.occurred_at));
+        out.push_str(",\"orgId\":");
+        optional(&mut out, context.org_id.as_deref());
+        out.push_str(",\"prevHash\":");
+        text(&mut out, prev_hash);
+        out.push_str(",\"provenance\":{\"checks\":[");
+        for (i, check) in provenance.checks.iter().enumerate() {
+            out.push_str(if i == 0 { "{\"check\":" } else { ",{\"check\":" });
+            text(&mut out, &check.check);
+            if let Some(detail) = &check.detail {
+                out.push_str(",\"detail\":");
+                text(&mut out, detail);
+            }
+            out.push_str(",\"result\":");
+            push_name(&mut out, &check.result);
+            out.push('}');
+        }
+        out.push(']');
+        if let Some(refused_by) = &provenance.refused_by {
+            out.push_str(",\"refusedBy\":");
+            text(&mut out, refused_by);
+        }
+        out.push_str("},\"requestId\":");
+        optional(&mut out, context.request_id.as_deref());
+        out.push_str(",\"transport\":");
+        text(&mut out, &context.transport);
+        out.push('}');
+        Self { canonical: out, hash_at }
+    }
+
+    fn stored(&self, hash: &str) -> String {
+        let mut out = String::with_capacity(self.canonical.len() + 80);
+        out.push_str(&self.canonical[..self.hash_at]);
+        out.push_str(",\"hash\":");
+        super::json_text::push_str(&mut out, hash);
+        out.push_str(&self.canonical[self.hash_at..]);
+        out
+    }
+}
+
+/// The serde name of one of the context's enums (`"super-admin"`, `"pass"`), as serde_json writes it.
+fn push_name<T: serde::Serialize>(out: &mut String, name: &T) {
+    out.push_str(&serde_json::to_string(name).expect("an enum's name always serializes"));
 }
 
 /// A bounded map (aggregate → last sequence and hash). Losing it costs one read per append.
@@ -385,7 +448,6 @@ impl HeadCache {
 struct Prepared {
     event_id: Uuid,
     payload: Value,
-    metadata: Map<String, Value>,
     /// Subject keys sealed under unchecked: the append checks them (`committer::Row`).
     unchecked_keys: Vec<Uuid>,
 }
@@ -468,4 +530,84 @@ fn replay_stream(events: Vec<SerializedEvent>) -> ReplayStream {
         }
     });
     stream
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use serde_json::json;
+
+    use super::super::context::{Actor, ActorKind, Provenance};
+    use super::*;
+
+    /// The metadata object as serde builds it: the members of the envelope, U+0000 escaped.
+    fn as_serde_builds_it(context: &CommandContext, event_id: Uuid, prev_hash: &str) -> Map<String, Value> {
+        let mut metadata = Map::new();
+        metadata.insert("eventId".into(), Value::String(event_id.to_string()));
+        metadata.insert("occurredAt".into(), Value::String(super::super::rfc3339(context.occurred_at)));
+        metadata.insert("orgId".into(), context.org_id.clone().map_or(Value::Null, Value::String));
+        metadata.insert("actor".into(), serde_json::to_value(&context.actor).unwrap());
+        metadata.insert("requestId".into(), context.request_id.clone().map_or(Value::Null, Value::String));
+        metadata.insert("transport".into(), Value::String(context.transport.clone()));
+        metadata.insert("provenance".into(), serde_json::to_value(&context.provenance).unwrap());
+        metadata.insert("prevHash".into(), Value::String(prev_hash.into()));
+        metadata.values_mut().for_each(storable::escape_nul);
+        metadata
+    }
+
+    #[test]
+    fn metadata_text_is_what_serde_json_writes() {
+        let at = Utc.with_ymd_and_hms(2026, 12, 7, 18, 0, 0).unwrap() + chrono::Duration::milliseconds(7);
+        let mut refused = Provenance::default();
+        refused.pass("role");
+        refused.pass_with("quiet_hours", "zones America/New_York; 13:00\n\"local\" ✓");
+        refused.skip("signature", "unverified");
+        refused.fail("dnc", "Compliance: \u{0}listed \\ \u{1f} 🚫");
+        let mut passed = Provenance::default();
+        passed.pass("role");
+        let kinds = [
+            ActorKind::Agent,
+            ActorKind::Org,
+            ActorKind::SuperAdmin,
+            ActorKind::System,
+            ActorKind::Provider,
+            ActorKind::Cli,
+        ];
+        for (i, kind) in kinds.into_iter().enumerate() {
+            let actor = Actor { kind, id: ["a1", "o\"rg", "master", "ré\u{0}x", "twilio", "cli"][i].into() };
+            let mut context = CommandContext::new(actor, ["mcp", "admin\t", "sse"][i % 3], at);
+            if i % 2 == 1 {
+                context = context.in_org("org \u{7f}</script>").with_request_id("req-1");
+            }
+            context = context.with_provenance([Provenance::default(), passed.clone(), refused.clone()][i % 3].clone());
+            let (event_id, prev_hash) = (Uuid::new_v4(), ["0".repeat(64), "ab".repeat(32)][i % 2].clone());
+            let text = MetadataText::new(&context, event_id, &prev_hash);
+            let without_hash = as_serde_builds_it(&context, event_id, &prev_hash);
+            let payload = json!({"to": {"$pii": 1}, "n": i});
+            let hash = chain::event_hash(
+                &prev_hash,
+                "agent",
+                "a1",
+                3,
+                "MessageSent",
+                "1.0",
+                &payload,
+                &Value::Object(without_hash.clone()),
+            );
+            let hashed = chain::event_hash_of(
+                &prev_hash,
+                "agent",
+                "a1",
+                3,
+                "MessageSent",
+                "1.0",
+                &payload,
+                text.canonical.as_bytes(),
+            );
+            assert_eq!(hashed, hash, "the chain hashes the same bytes ({kind:?})");
+            let mut stored = without_hash;
+            stored.insert("hash".into(), Value::String(hash.clone()));
+            assert_eq!(text.stored(&hash), serde_json::to_string(&stored).unwrap(), "{kind:?}");
+        }
+    }
 }

@@ -21,6 +21,15 @@ pub fn has_nul(value: &Value) -> bool {
     }
 }
 
+/// `s` with U+0000 replaced by `NUL_REPLACEMENT` (borrowed when it holds none).
+pub fn escaped_str(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', NUL_REPLACEMENT))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
 /// Replaces U+0000 in every string and key of `value` by `NUL_REPLACEMENT`.
 pub fn escape_nul(value: &mut Value) {
     match value {
