@@ -311,9 +311,10 @@ impl EventRepository {
             .collect())
     }
 
-    /// The stored form of one event: payload untagged, made storable (`storable::escape_nul`) and
-    /// sealed, metadata from its context and made storable too. This is the one place event JSON
-    /// is shaped for Postgres, so no event — whatever its producer let through — carries a NUL there.
+    /// The stored form of one event's payload: untagged, made storable (`storable::escape_nul`) and
+    /// sealed; its metadata is written from its context, storable too, once its chain link is
+    /// known (`MetadataText`). These are the one place event JSON is shaped for Postgres, so no
+    /// event — whatever its producer let through — carries a NUL there.
     async fn prepare(&self, stamped: &Stamped<'_>, check_keys: bool) -> Result<Prepared, PersistenceError> {
         let Stamped { event, context, .. } = stamped;
         if context.org_id.as_deref().is_some_and(|org| org.contains('\0')) {
