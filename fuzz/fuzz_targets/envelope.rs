@@ -11,10 +11,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut payload) = serde_json::from_slice::<serde_json::Value>(data) else { return };
     let live = Uuid::from_u128(1);
     let gone = Uuid::from_u128(2);
-    let keys = OpeningKeys::from_keys(
-        HashMap::from([(live, [7u8; 32])]),
-        HashMap::from([(gone, "retention".to_string())]),
-    );
+    let keys =
+        OpeningKeys::from_keys(HashMap::from([(live, [7u8; 32])]), HashMap::from([(gone, "retention".to_string())]));
     let _ = keys.open(&mut payload, Uuid::from_u128(3));
     if let Ok(field) = serde_json::from_slice::<commguard_domain::pii::SealedField>(data) {
         let _ = commguard::crypto::envelope::open(&field, Uuid::nil(), "body", |id| (id == live).then_some([7u8; 32]));
