@@ -6,8 +6,11 @@ fuzz_target!(|data: &[u8]| {
     match commguard::mcp::protocol::parse(data) {
         Ok(parsed) => {
             assert!(!parsed.messages.is_empty());
-            // Only an array is a batch, and a lone message is never one.
+            // Only an array is a batch, and a lone message is never one; only a batch member
+            // may be no message (answered by its own error).
             assert!(parsed.batch || parsed.messages.len() == 1);
+            let invalid = parsed.messages.iter().any(|m| matches!(m, commguard::mcp::protocol::Message::Invalid(_)));
+            assert!(parsed.batch || !invalid);
         }
         Err(malformed) => {
             // -32700 exactly when the body is not JSON, else -32600; never an id.

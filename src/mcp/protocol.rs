@@ -27,11 +27,16 @@ pub enum Message {
     },
     /// A response from the client (to a server request we never send): accepted and ignored.
     Response,
+    /// A member of a batch that is no JSON-RPC message: answered by its own -32600 error (no id),
+    /// beside the answers to the others (JSON-RPC 2.0 §6). A body that is one such value is
+    /// refused whole (`Malformed`).
+    Invalid(String),
 }
 
 impl Message {
+    /// Whether it is answered: a request, or a batch member that is no message.
     pub fn is_request(&self) -> bool {
-        matches!(self, Self::Request { .. })
+        matches!(self, Self::Request { .. } | Self::Invalid(_))
     }
 }
 
@@ -76,7 +81,11 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Malformed> {
     let value: Value = serde_json::from_slice(body).map_err(|e| Malformed::NotJson(e.to_string()))?;
     let parsed = match value {
         Value::Array(items) if !items.is_empty() => {
-            Parsed { messages: items.into_iter().map(message).collect::<Result<_, _>>()?, batch: true }
+            let member = |item| match message(item) {
+                Ok(message) => message,
+                Err(malformed) => Message::Invalid(malformed.to_string()),
+            };
+            Parsed { messages: items.into_iter().map(member).collect(), batch: true }
         }
         Value::Array(_) => return Err(Malformed::NotMessage("empty batch".into())),
         single => Parsed { messages: vec![message(single)?], batch: false },
@@ -120,8 +129,12 @@ pub async fn handle(
     request_id: &str,
     message: Message,
 ) -> Option<Value> {
-    let Message::Request { id, method, mut params } = message else {
-        return None;
+    let (id, method, mut params) = match message {
+        Message::Request { id, method, params } => (id, method, params),
+        Message::Invalid(detail) => {
+            return Some(error_response(Value::Null, -32600, &format!("Invalid Request: {detail}")))
+        }
+        Message::Notification { .. } | Message::Response => return None,
     };
     session.touch();
     let result = match method.as_str() {
@@ -215,5 +228,12 @@ mod tests {
         // A batch of one is still a batch: its reply is an array.
         let single = parse(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#).unwrap();
         assert_eq!((single.messages.len(), single.batch), (1, true));
+        // A batch member that is no message is answered on its own; the others still run.
+        let mixed =
+            parse(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"1.0","id":2,"method":"ping"},7]"#).unwrap();
+        assert!(matches!(mixed.messages[0], Message::Request { .. }));
+        assert_eq!(mixed.messages[1], Message::Invalid("jsonrpc must be \"2.0\"".into()));
+        assert_eq!(mixed.messages[2], Message::Invalid("a JSON-RPC message must be an object".into()));
+        assert!(mixed.messages.iter().all(Message::is_request), "each is answered");
     }
 }

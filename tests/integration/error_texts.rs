@@ -170,6 +170,15 @@ impl Row {
         self.also("/error/code", code).also("/id", "null").also("/jsonrpc", "2.0")
     }
 
+    /// `text` as the message at `member` (a JSON pointer) of a batch's answer, 200: a member
+    /// that is no message gets its own error (JSON-RPC 2.0 §6), the others are answered as usual.
+    fn rpc_member_error(mut self, member: &'static str, text: &'static str) -> Self {
+        self.status = Some(200);
+        self.at = member;
+        self.text = text;
+        self
+    }
+
     /// A TwiML (or other non-JSON) answer: the whole body.
     fn body_is(mut self, status: u16, body: &'static str) -> Self {
         self.status = Some(status);
@@ -380,6 +389,15 @@ fn table() -> Vec<Row> {
             .header("mcp-session-id", "{masterSession}")
             .body("[]")
             .rpc_error(400, "-32600", "Invalid Request: empty batch"),
+        http("mcp: a batch member that is no message", "POST", "/mcp")
+            .bearer("master")
+            .header("mcp-session-id", "{masterSession}")
+            .body(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"1.0","id":2,"method":"ping"}]"#)
+            .rpc_member_error("/1/error/message", "Invalid Request: jsonrpc must be \"2.0\"")
+            .also("/1/error/code", "-32600")
+            .also("/1/id", "null")
+            .also("/0/id", "1")
+            .also("/0/result", "{}"),
         http("mcp: a request with a null id", "POST", "/mcp")
             .bearer("master")
             .header("mcp-session-id", "{masterSession}")
