@@ -12,7 +12,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 
-use super::webhook_routes::IpRefused;
 use crate::error::{ApiError, ErrorCode};
 
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -33,10 +32,6 @@ fn too_slow() -> Response {
 }
 
 pub async fn layer(request: Request, next: impl AsyncFnOnce(Request) -> Response) -> Response {
-    // A webhook the allowlist refused (step 6) is answered 403 by its handler, its body unread.
-    if request.extensions().get::<IpRefused>().is_some() {
-        return next(request).await;
-    }
     let declared = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)

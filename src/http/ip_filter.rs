@@ -4,8 +4,8 @@
 //!
 //! A webhook request refused by `WEBHOOK_IP_ALLOWLIST` is answered in its route's format (TwiML
 //! `<Response/>` on Twilio routes, JSON on `/email`, docs/http.md#routes). A POST to a webhook route goes
-//! on, marked `webhook_routes::IpRefused`, past the rate limit and the body limit (steps 7 and 8
-//! let it through untouched, as if refused here) to its handler, which refuses it before anything
+//! on, marked `webhook_routes::IpRefused`, past the rate limit and the body limit (the pipeline
+//! skips steps 7 and 8 for it, as if it were refused here) to its handler, which refuses it before anything
 //! else, its body unread, and records `WebhookRejected(ip)` when the agent exists (only handlers
 //! reach the store); every other refused request is answered here.
 

@@ -88,8 +88,15 @@ pub fn harden(router: Router, hardening: Arc<Hardening>) -> Router {
 /// step, because axum's `from_fn` clones every layer below it and boxes a future on each request.
 async fn pipeline(State(h): State<Arc<Hardening>>, request: Request, next: Next) -> Response {
     let h = &*h;
-    let step8 = async move |r| body_limit::layer(r, async move |r| next.run(r).await).await;
-    let step7 = async move |r| rate_limit::layer(h, r, step8).await;
+    // A webhook POST the allowlist refused (step 6 marks it) skips steps 7 and 8: its handler
+    // answers 403 with its body unread, and it takes no rate-limit slot.
+    let step7 = async move |r: Request| {
+        if r.extensions().get::<webhook_routes::IpRefused>().is_some() {
+            return next.run(r).await;
+        }
+        let step8 = async move |r| body_limit::layer(r, async move |r| next.run(r).await).await;
+        rate_limit::layer(h, r, step8).await
+    };
     let step6 = async move |r| ip_filter::allowlists(h, r, step7).await;
     let step5 = async move |r| cors::layer(h, r, step6).await;
     let step4 = async move |r| ip_filter::denylist(h, r, step5).await;

@@ -12,7 +12,6 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 
 use super::ip_filter::under;
-use super::webhook_routes::IpRefused;
 use super::{ClientIp, Hardening};
 use crate::error::{ApiError, ErrorCode};
 
@@ -156,9 +155,7 @@ impl RateLimits {
 }
 
 pub async fn layer(h: &Hardening, request: Request, next: impl AsyncFnOnce(Request) -> Response) -> Response {
-    // Demo skips this step; a webhook the allowlist refused (step 6) is answered 403 by its
-    // handler and takes no slot.
-    if h.demo || request.extensions().get::<IpRefused>().is_some() {
+    if h.demo {
         return next(request).await;
     }
     let ip = request.extensions().get::<ClientIp>().map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0);

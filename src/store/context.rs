@@ -28,6 +28,21 @@ pub struct Actor {
     pub id: String,
 }
 
+impl ActorKind {
+    /// Its serde name (`super-admin`), without serializing: the metadata is written by hand on
+    /// every append (`repository::MetadataText`, whose test holds the two alike).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Org => "org",
+            Self::SuperAdmin => "super-admin",
+            Self::System => "system",
+            Self::Provider => "provider",
+            Self::Cli => "cli",
+        }
+    }
+}
+
 impl Actor {
     pub fn system(id: impl Into<String>) -> Self {
         Self { kind: ActorKind::System, id: id.into() }
@@ -40,6 +55,17 @@ pub enum CheckResult {
     Pass,
     Fail,
     Skipped,
+}
+
+impl CheckResult {
+    /// Its serde name, as `ActorKind::as_str`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "fail",
+            Self::Skipped => "skipped",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

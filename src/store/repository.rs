@@ -356,18 +356,15 @@ struct MetadataText {
 
 impl MetadataText {
     fn new(context: &CommandContext, event_id: Uuid, prev_hash: &str) -> Self {
-        use super::json_text::push_str;
+        use super::json_text::{push_opt_str, push_str};
         let text = |out: &mut String, s: &str| push_str(out, &storable::escaped_str(s));
-        let optional = |out: &mut String, s: Option<&str>| match s {
-            Some(s) => text(out, s),
-            None => out.push_str("null"),
-        };
+        let optional = |out: &mut String, s: Option<&str>| push_opt_str(out, s.map(storable::escaped_str).as_deref());
         let provenance = &context.provenance;
         let mut out = String::with_capacity(320 + 96 * provenance.checks.len());
         out.push_str("{\"actor\":{\"id\":");
         text(&mut out, &context.actor.id);
         out.push_str(",\"kind\":");
-        push_name(&mut out, &context.actor.kind);
+        push_str(&mut out, context.actor.kind.as_str());
         out.push_str("},\"eventId\":");
         super::json_text::push_uuid(&mut out, event_id);
         let hash_at = out.len();
@@ -386,7 +383,7 @@ impl MetadataText {
                 text(&mut out, detail);
             }
             out.push_str(",\"result\":");
-            push_name(&mut out, &check.result);
+            push_str(&mut out, check.result.as_str());
             out.push('}');
         }
         out.push(']');
@@ -410,11 +407,6 @@ impl MetadataText {
         out.push_str(&self.canonical[self.hash_at..]);
         out
     }
-}
-
-/// The serde name of one of the context's enums (`"super-admin"`, `"pass"`), as serde_json writes it.
-fn push_name<T: serde::Serialize>(out: &mut String, name: &T) {
-    out.push_str(&serde_json::to_string(name).expect("an enum's name always serializes"));
 }
 
 /// A bounded map (aggregate → last sequence and hash). Losing it costs one read per append.
