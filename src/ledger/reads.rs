@@ -7,12 +7,10 @@
 
 use commguard_projections::contact::read::ContactState;
 use commguard_projections::directory::read::{self as directory_read, AgentView, OrgTerms};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::store::gather::{self, UnderWay};
 use crate::store::kept::KeptPool;
 
 /// The agent, its org's terms (`None` if the org row is missing) and the recipient's state.
@@ -37,25 +35,16 @@ pub struct SendReads {
     queue: mpsc::UnboundedSender<Job>,
     pool: KeptPool,
     /// Reads under way, at once or queued.
-    busy: Arc<AtomicUsize>,
-}
-
-/// One read under way, counted in `SendReads::busy` until it ends or its caller goes away.
-struct UnderWay<'a>(&'a AtomicUsize);
-
-impl Drop for UnderWay<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    under_way: UnderWay,
 }
 
 impl SendReads {
     /// Starts the batching task; it ends when the last `SendReads` is dropped.
     pub fn start(pool: KeptPool) -> Self {
         let (queue, mut jobs) = mpsc::unbounded_channel::<Job>();
-        let reads = Self { queue, pool: pool.clone(), busy: Arc::default() };
+        let reads = Self { queue, pool: pool.clone(), under_way: UnderWay::default() };
         tokio::spawn(async move {
-            while let Some(batch) = super::next_batch(&mut jobs, MAX_BATCH).await {
+            while let Some(batch) = gather::next_batch(&mut jobs, MAX_BATCH).await {
                 read_batch(&pool, batch).await;
             }
         });
@@ -65,9 +54,8 @@ impl SendReads {
     /// The agent `agent_id`, its org and the recipient `subject_ref` (a blind index) on `channel`,
     /// with recording consent asked for when `recording`.
     pub async fn read(&self, agent_id: &str, subject_ref: String, channel: &'static str, recording: bool) -> Answer {
-        let alone = self.busy.fetch_add(1, Ordering::AcqRel) == 0;
-        let _under_way = UnderWay(&self.busy);
-        if alone {
+        let entered = self.under_way.enter();
+        if entered.alone {
             // Nothing to gather: no hand-over to the batching task and back.
             let mut conn = self.pool.take().await.map_err(ApiError::internal)?;
             return read_alone(&mut conn, agent_id, &subject_ref, channel, recording).await;

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use commguard_domain::refusal::{Check, LimitType};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::store::gather::{self, UnderWay};
 use crate::store::kept::KeptPool;
 use crate::store::{CommandContext, Reserve, Store};
 
@@ -133,18 +134,22 @@ const MAX_BATCH: usize = 256;
 #[derive(Clone)]
 pub struct Reserver {
     queue: mpsc::UnboundedSender<Job>,
+    pool: KeptPool,
+    /// Reservations under way: one that finds none is decided on its caller's task.
+    under_way: UnderWay,
 }
 
 impl Reserver {
     /// Starts the batching task; it ends when the last `Reserver` is dropped.
     pub fn start(pool: KeptPool) -> Self {
         let (queue, mut jobs) = mpsc::unbounded_channel::<Job>();
+        let reserver = Self { queue, pool: pool.clone(), under_way: UnderWay::default() };
         tokio::spawn(async move {
-            while let Some(batch) = super::next_batch(&mut jobs, MAX_BATCH).await {
+            while let Some(batch) = gather::next_batch(&mut jobs, MAX_BATCH).await {
                 reserve_batch(&pool, batch).await;
             }
         });
-        Self { queue }
+        reserver
     }
 
     /// Reserves one action, or names the first limit that refuses it.
@@ -152,7 +157,14 @@ impl Reserver {
         let (reservation, json) = request.into_parts();
         let (reply, answer) = oneshot::channel();
         let stopped = || ApiError::new(ErrorCode::Unavailable, "The limit store is shutting down");
-        self.queue.send(Job { reservation, request: json, reply }).map_err(|_| stopped())?;
+        let job = Job { reservation, request: json, reply };
+        let entered = self.under_way.enter();
+        if entered.alone {
+            // Nothing to gather: decided here, a batch of one, with no hand-over and back.
+            reserve_batch(&self.pool, vec![job]).await;
+        } else {
+            self.queue.send(job).map_err(|_| stopped())?;
+        }
         answer.await.map_err(|_| stopped())?
     }
 }

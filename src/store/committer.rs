@@ -7,9 +7,10 @@
 //! fails alone: the batch is retried in halves (`commit`). Appends that carry reservations (a mock
 //! send's event with its limits, migration 0037) go through `append_reserving`, which decides them
 //! first: if any is refused nothing is stored, the appends holding one are answered `Refused`, and
-//! the others are tried again without them. A lone writer waits for nobody: batches
-//! form only from appends that arrive while a statement is in flight, or while the ready tasks run
-//! once before a batch is taken (`next_batch`), as in Postgres's own group commit.
+//! the others are tried again without them. A lone writer waits for nobody: an append that finds
+//! no other under way is committed on its caller's task (`store::gather`), and batches form only
+//! from appends that arrive while a statement is in flight, or while the ready tasks run once
+//! before a batch is taken (`next_batch`), as in Postgres's own group commit.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use sqlx::{Encode, Postgres, Type};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
+use super::gather::UnderWay;
 use super::kept::KeptPool;
 
 /// Events one transaction may append: the low 12 bits of a position number them.
@@ -145,11 +147,15 @@ struct Job {
 #[derive(Clone)]
 pub(crate) struct Committer {
     queue: mpsc::UnboundedSender<Job>,
+    pool: KeptPool,
+    /// Appends under way: one that finds none is committed on its caller's task.
+    under_way: UnderWay,
 }
 
 impl Committer {
     pub fn start(pool: KeptPool) -> Self {
         let (queue, jobs) = mpsc::unbounded_channel();
+        let committer = Self { queue, pool: pool.clone(), under_way: UnderWay::default() };
         let jobs = Arc::new(Mutex::new(jobs));
         // At most half the pool in statements of the committers at once.
         let committers = COMMITTERS.min(pool.max_connections() / 2).max(1);
@@ -163,15 +169,22 @@ impl Committer {
                 }
             });
         }
-        Self { queue }
+        committer
     }
 
     /// Queues `append` and waits for its statement; returns the position of its last event.
     pub async fn append(&self, append: Append) -> Reply {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Job { append, reply })
-            .map_err(|_| PersistenceError::UnknownError("the event store is shutting down".into()))?;
+        let job = Job { append, reply };
+        let entered = self.under_way.enter();
+        if entered.alone {
+            // Nothing to gather: committed here, a batch of one, with no hand-over and back.
+            commit(&self.pool, vec![job]).await;
+        } else {
+            self.queue
+                .send(job)
+                .map_err(|_| PersistenceError::UnknownError("the event store is shutting down".into()))?;
+        }
         answer.await.map_err(|_| PersistenceError::UnknownError("the committer stopped".into()))?
     }
 }

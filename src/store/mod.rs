@@ -7,6 +7,7 @@ pub mod context;
 pub mod embedded;
 pub mod envelope;
 pub mod feed;
+pub(crate) mod gather;
 pub mod history;
 mod json_text;
 pub mod kept;
