@@ -82,17 +82,25 @@ async fn request(client: &reqwest::Client, url: &str, token: &str, session: &str
     ok.unwrap_or(false)
 }
 
-async fn worker(client: reqwest::Client, url: String, token: String, phase: Phase, until: Instant) -> Vec<u32> {
+/// Each call's start (µs after `epoch`) and latency (µs).
+async fn worker(
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    phase: Phase,
+    epoch: Instant,
+    until: Instant,
+) -> Vec<(u64, u32)> {
     let session = open_session(&client, &url, &token).await;
-    let mut latencies_us = Vec::new();
+    let mut calls = Vec::new();
     let mut id = 1u64;
     while Instant::now() < until {
         id += 1;
         let started = Instant::now();
         assert!(request(&client, &url, &token, &session, phase, id).await, "a benchmark request failed");
-        latencies_us.push(started.elapsed().as_micros() as u32);
+        calls.push((started.duration_since(epoch).as_micros() as u64, started.elapsed().as_micros() as u32));
     }
-    latencies_us
+    calls
 }
 
 /// Alternates `GET /health` and JSON-RPC `ping` in each session, so both see the same load;
@@ -140,16 +148,29 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 async fn run_phase(url: &str, token: &str, sessions: u64, seconds: u64, phase: Phase) -> Value {
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
     // Warm the caches (token, org) before measuring.
-    worker(client.clone(), url.into(), token.into(), phase, Instant::now() + Duration::from_millis(300)).await;
+    let (epoch, epoch_wall) = (Instant::now(), std::time::SystemTime::now());
+    worker(client.clone(), url.into(), token.into(), phase, epoch, epoch + Duration::from_millis(300)).await;
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
-    let tasks: Vec<_> =
-        (0..sessions).map(|_| tokio::spawn(worker(client.clone(), url.into(), token.into(), phase, until))).collect();
-    let mut all = Vec::new();
+    let tasks: Vec<_> = (0..sessions)
+        .map(|_| tokio::spawn(worker(client.clone(), url.into(), token.into(), phase, epoch, until)))
+        .collect();
+    let mut calls = Vec::new();
     for t in tasks {
-        all.extend(t.await.unwrap());
+        calls.extend(t.await.unwrap());
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // BENCH_LATENCIES=<file>: every call's start (µs after the warm-up began) and latency (µs),
+    // in start order, to see where the tail falls in time.
+    if let Ok(path) = std::env::var("BENCH_LATENCIES") {
+        calls.sort_unstable();
+        let wall = epoch_wall.duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_micros();
+        let lines: String = std::iter::once(format!("# start {wall} (µs since 1970)\n"))
+            .chain(calls.iter().map(|(at, us)| format!("{at} {us}\n")))
+            .collect();
+        std::fs::write(&path, lines).expect("BENCH_LATENCIES is writable");
+    }
+    let mut all: Vec<u32> = calls.into_iter().map(|(_, us)| us).collect();
     all.sort_unstable();
     json!({"calls": all.len(), "calls_per_sec": all.len() as f64 / elapsed,
            "p50_ms": percentile(&all, 0.50), "p99_ms": percentile(&all, 0.99)})

@@ -14,7 +14,11 @@
 #     during the concurrent phase, into <dir>/perf-<phase>-send.data; BENCH_PERF_CALLGRAPH="--call-graph
 #     dwarf" for call graphs of the server, whose build keeps no frame pointers; BENCH_FLOOR=1: after the
 #     phases (this tree's build alone, without BENCH_BINARIES; no fill then), the floor under a send:
-#     the send's three statements replayed by pgbench with no server, see floor())
+#     the send's three statements replayed by pgbench with no server, see floor());
+#     BENCH_LATENCIES=<file>: every concurrent send's start and latency (µs), to see where the
+#     tail falls in time (the last phase's, with several binaries). Hooks: BENCH_BEFORE_SEQUENTIAL,
+#     BENCH_AFTER_SEQUENTIAL, BENCH_BEFORE_SEND are shell commands run around those phases, with
+#     BENCH_CLUSTER the cluster's directory (its socket and postgres.log)
 #   scripts/bench.sh as-of [--writers 4] [--seconds 10] [--fill 1000000]
 #   scripts/bench.sh feed [--fill 1000000] [--seed 2000]  (BENCH_BINARIES="<bin> <bin> ...": each in turn, one fill)
 #   scripts/bench.sh anomaly [--fill 1000000] [--runs 200]
@@ -48,6 +52,8 @@ cluster=$(mktemp -d /tmp/commguard-bench-XXXXXX)
 trap 'stop_cluster "$cluster"' EXIT
 start_cluster "$cluster" bench
 admin=$(cluster_url "$cluster")
+# For the BENCH_BEFORE_*/BENCH_AFTER_* hooks: the cluster's directory (socket, postgres.log).
+export BENCH_CLUSTER="$cluster"
 if [ -n "${BENCH_PG_STATS:-}" ]; then
   # Profiling aid: BENCH_PG_STATS=1 prints the statements the server ran, by calls.
   { echo "shared_preload_libraries = 'pg_stat_statements'"; echo "pg_stat_statements.track_planning = on"
