@@ -145,15 +145,20 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
-async fn run_phase(url: &str, token: &str, sessions: u64, seconds: u64, phase: Phase) -> Value {
+/// `sessions` sessions, session `i` with `tokens[i % tokens.len()]`.
+async fn run_phase(url: &str, tokens: &[String], sessions: u64, seconds: u64, phase: Phase) -> Value {
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    let token = &tokens[0];
     // Warm the caches (token, org) before measuring.
     let (epoch, epoch_wall) = (Instant::now(), std::time::SystemTime::now());
     worker(client.clone(), url.into(), token.into(), phase, epoch, epoch + Duration::from_millis(300)).await;
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
-    let tasks: Vec<_> = (0..sessions)
-        .map(|_| tokio::spawn(worker(client.clone(), url.into(), token.into(), phase, epoch, until)))
+    let tasks: Vec<_> = (0..sessions as usize)
+        .map(|i| {
+            let token = tokens[i % tokens.len()].clone();
+            tokio::spawn(worker(client.clone(), url.into(), token, phase, epoch, until))
+        })
         .collect();
     let mut calls = Vec::new();
     for t in tasks {
@@ -314,18 +319,28 @@ async fn sequential(url: &str, token: &str, n: u64) -> Value {
 /// sessions for T seconds (every check on: content, DNC, consent, limits), after `--sequential`
 /// sends one at a time from one session (first, so no backlog of the concurrent phase is
 /// counted in it). Only the send phases are counted in the CPU figures, beside 5 idle seconds.
-async fn send_mode(url: &str, master: &str, sessions: u64, seconds: u64) {
+/// `--agents A` (1 unless given): A agents of the org, the sessions spread over them in turn.
+async fn send_mode(url: &str, master: &str, sessions: u64, seconds: u64, agents: u64) {
     let slug = format!("bench-{}", std::process::id());
     let org =
         tool(url, master, "comms_create_organization", json!({"name": "Bench", "slug": slug, "a2pRegistered": true}))
             .await;
     let admin = org["adminToken"].as_str().unwrap().to_string();
-    let agent =
-        tool(url, &admin, "comms_provision_channels", json!({"displayName": "Bench", "capabilities": {"phone": true}}))
-            .await;
-    let token = agent["securityToken"].as_str().unwrap().to_string();
-    let consents = (0..RECIPIENTS).map(|n| json!({"contactAddress": recipient(n), "channel": "sms"})).collect();
-    tools(url, &token, "comms_record_consent", consents).await;
+    let mut tokens = Vec::new();
+    for _ in 0..agents.max(1) {
+        let agent = tool(
+            url,
+            &admin,
+            "comms_provision_channels",
+            json!({"displayName": "Bench", "capabilities": {"phone": true}}),
+        )
+        .await;
+        let token = agent["securityToken"].as_str().unwrap().to_string();
+        let consents = (0..RECIPIENTS).map(|n| json!({"contactAddress": recipient(n), "channel": "sms"})).collect();
+        tools(url, &token, "comms_record_consent", consents).await;
+        tokens.push(token);
+    }
+    let token = tokens[0].clone();
     // Idle: what the server and Postgres burn per second with nothing to do (projections caught
     // up with the set-up first), the floor under every per-send figure below.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -349,7 +364,7 @@ async fn send_mode(url: &str, master: &str, sessions: u64, seconds: u64) {
     // the concurrent phase — there, resetting pg_stat_statements, so that the statement profile
     // per send holds neither the set-up's consents nor the sequential sends.
     hook("BENCH_BEFORE_SEND");
-    let send = with_cpu(run_phase(url, &token, sessions, seconds, Phase::Send)).await;
+    let send = with_cpu(run_phase(url, &tokens, sessions, seconds, Phase::Send)).await;
     println!("{}", json!({"send": send, "sequential": one, "idle_cpu_ms_per_s": idle}));
 }
 
@@ -499,7 +514,9 @@ async fn main() {
     let url = arg("--url").expect("--url of a running server");
     let token = arg("--token").expect("--token (the master token)");
     match arg("--mode").as_deref() {
-        Some("send") => return send_mode(&url, &token, num("--sessions", 16), num("--seconds", 20)).await,
+        Some("send") => {
+            return send_mode(&url, &token, num("--sessions", 16), num("--seconds", 20), num("--agents", 1)).await
+        }
         Some("as-of-setup") => return as_of_setup(&url, &token).await,
         Some("as-of") => return as_of_mode(&url, &token, num("--sessions", 4), num("--seconds", 10)).await,
         _ => {}
@@ -507,9 +524,9 @@ async fn main() {
     let sessions = num("--sessions", 16);
     let seconds = num("--seconds", 20);
     let idle = num("--idle", 1000);
-    let health = run_phase(&url, &token, sessions, seconds, Phase::Health).await;
-    let rpc = run_phase(&url, &token, sessions, seconds, Phase::RpcPing).await;
-    let tool = run_phase(&url, &token, sessions, seconds, Phase::ToolPing).await;
+    let health = run_phase(&url, std::slice::from_ref(&token), sessions, seconds, Phase::Health).await;
+    let rpc = run_phase(&url, std::slice::from_ref(&token), sessions, seconds, Phase::RpcPing).await;
+    let tool = run_phase(&url, std::slice::from_ref(&token), sessions, seconds, Phase::ToolPing).await;
     let pairs = paired(&url, &token, sessions, seconds).await;
     // The server's RSS after the load, then after each quarter of the idle sessions (each read
     // a second after the last open, once the sessions' records have been written).

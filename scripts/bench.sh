@@ -6,7 +6,8 @@
 #   scripts/bench.sh event-store [--writers 16] [--seconds 20]
 #     (EVENT_STORE_BENCH=<a built benches/event_store.rs>: measure that build instead of this tree's)
 #   scripts/bench.sh mcp [--writers 16] [--seconds 20] [--idle 1000]  (COMMGUARD_BIN=<build>: that server)
-#   scripts/bench.sh send [--writers 16] [--seconds 20] [--fill 1000000] [--sequential 500]
+#   scripts/bench.sh send [--writers 16] [--seconds 20] [--fill 1000000] [--sequential 500] [--agents 1]
+#     (--agents N: the concurrent sessions spread over N agents of the org; the targets are one agent's)
 #     (BENCH_BASELINE=<another commguard binary>: A/B/A against it; BENCH_BINARIES="<bin> <bin> ...":
 #     each in turn; no fill then. BENCH_PG_STATS=1: the statements per send of the concurrent phase and what a send writes (WAL, rows per table),
 #     BENCH_PG_STATS=sequential: of the sequential sends; BENCH_PERF=<dir>: `perf record -g`
@@ -30,7 +31,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
 
 what=${1:-}; shift || true
-writers=16; seconds=20; stream_length=10; idle=1000; fill=1000000; seed=2000; sequential=500; runs=200
+writers=16; agents=1; seconds=20; stream_length=10; idle=1000; fill=1000000; seed=2000; sequential=500; runs=200
 if [ "$what" = as-of ]; then writers=4; seconds=10; fi
 if [ "$what" = erase ]; then seed=10000; idle=200000; fi
 while [ $# -gt 0 ]; do
@@ -42,6 +43,7 @@ while [ $# -gt 0 ]; do
     --fill) fill=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
     --sequential) sequential=$2; shift 2 ;;
+    --agents) agents=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -299,7 +301,7 @@ PY
         export BENCH_BEFORE_SEND="${BENCH_BEFORE_SEND:-true}; { sleep 1; perf record ${BENCH_PERF_CALLGRAPH:--g} -F ${BENCH_PERF_HZ:-1999} -p $server,$pm,\$(pgrep -d, -P $pm) -o '$BENCH_PERF/perf-${phase:-0}-send.data' -- sleep $((seconds > 3 ? seconds - 2 : 1)); } >/dev/null 2>&1 &"
       fi
       "$bin" --mode send --url "http://127.0.0.1:$port" --token "$token" --sessions "$writers" --seconds "$seconds" \
-        --server-pid "$server" --pg-pid "$(head -n 1 "$cluster/data/postmaster.pid")" --sequential "$1" | python3 -c "
+        --agents "$agents" --server-pid "$server" --pg-pid "$(head -n 1 "$cluster/data/postmaster.pid")" --sequential "$1" | python3 -c "
 import json, sys
 r = json.load(sys.stdin)
 s, q, i = r['send'], r['sequential'], r['idle_cpu_ms_per_s']
