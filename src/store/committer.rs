@@ -157,7 +157,8 @@ impl Committer {
         let (queue, jobs) = mpsc::unbounded_channel();
         let committer = Self { queue, pool: pool.clone(), under_way: UnderWay::default() };
         let jobs = Arc::new(Mutex::new(jobs));
-        // At most half the pool in statements of the committers at once.
+        // At most half the pool in statements of the committers at once (and one lone append
+        // on its caller's task beside them, which starts only when nothing else is under way).
         let committers = COMMITTERS.min(pool.max_connections() / 2).max(1);
         // The tasks end when the last `Committer` (and so the sender) is dropped.
         for _ in 0..committers {
