@@ -55,3 +55,26 @@ pub(crate) async fn next_batch<T>(jobs: &mut mpsc::UnboundedReceiver<T>, max: us
     }
     Some(batch)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_is_alone_only_when_nothing_else_is_under_way_and_leaves_when_dropped() {
+        let under_way = UnderWay::default();
+        let first = under_way.enter();
+        assert!(first.alone);
+        let second = under_way.enter();
+        assert!(!second.alone, "the first is still under way");
+        drop(first);
+        assert!(!under_way.enter().alone, "the second is still under way");
+        drop(second);
+        // A caller whose future was dropped mid-way counts out too: nothing stays under way.
+        assert!(under_way.enter().alone);
+        let clone = under_way.clone();
+        let held = clone.enter();
+        assert!(!under_way.enter().alone, "clones count the same callers");
+        drop(held);
+    }
+}
