@@ -300,10 +300,7 @@ impl<'a> Args<'a> {
         match self.present(field) {
             None => Ok(None),
             Some(Value::String(s)) => {
-                if s.chars().count() > max {
-                    return Err(invalid(field, format!("must be at most {max} characters")));
-                }
-                sanitize(field, s)?;
+                free_text(field, s, max)?;
                 Ok(Some(s.clone()))
             }
             Some(_) => Err(invalid(field, "must be a string")),
@@ -362,13 +359,16 @@ impl<'a> Args<'a> {
     }
 }
 
+/// Free text of at most `max` characters, sanitized.
+fn free_text(field: &str, s: &str, max: usize) -> Result<(), ApiError> {
+    if s.chars().count() > max {
+        return Err(invalid(field, format!("must be at most {max} characters")));
+    }
+    sanitize(field, s)
+}
+
 fn free_text_within(path: &str, value: &Value) -> Result<(), ApiError> {
-    let text = |path: &str, s: &str| {
-        if s.chars().count() > MAX_STRING {
-            return Err(invalid(path, format!("must be at most {MAX_STRING} characters")));
-        }
-        sanitize(path, s)
-    };
+    let text = |path: &str, s: &str| free_text(path, s, MAX_STRING);
     match value {
         Value::String(s) => text(path, s),
         Value::Array(items) => {

@@ -7,10 +7,10 @@
 
 use commguard_projections::contact::read::ContactState;
 use commguard_projections::directory::read::{self as directory_read, AgentView, OrgTerms};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::store::gather::{self, UnderWay};
+use crate::store::gather::{self, Gather};
 use crate::store::kept::KeptPool;
 
 /// The agent, its org's terms (`None` if the org row is missing) and the recipient's state.
@@ -32,17 +32,16 @@ const MAX_BATCH: usize = 256;
 
 #[derive(Clone)]
 pub struct SendReads {
-    queue: mpsc::UnboundedSender<Job>,
+    /// A read that finds none other under way runs at once, on its caller's task.
+    gather: Gather<Job>,
     pool: KeptPool,
-    /// Reads under way, at once or queued.
-    under_way: UnderWay,
 }
 
 impl SendReads {
     /// Starts the batching task; it ends when the last `SendReads` is dropped.
     pub fn start(pool: KeptPool) -> Self {
-        let (queue, mut jobs) = mpsc::unbounded_channel::<Job>();
-        let reads = Self { queue, pool: pool.clone(), under_way: UnderWay::default() };
+        let (batcher, mut jobs) = Gather::new();
+        let reads = Self { gather: batcher, pool: pool.clone() };
         tokio::spawn(async move {
             while let Some(batch) = gather::next_batch(&mut jobs, MAX_BATCH).await {
                 read_batch(&pool, batch).await;
@@ -54,17 +53,12 @@ impl SendReads {
     /// The agent `agent_id`, its org and the recipient `subject_ref` (a blind index) on `channel`,
     /// with recording consent asked for when `recording`.
     pub async fn read(&self, agent_id: &str, subject_ref: String, channel: &'static str, recording: bool) -> Answer {
-        let entered = self.under_way.enter();
-        if entered.alone {
-            // Nothing to gather: no hand-over to the batching task and back.
-            let mut conn = self.pool.take().await.map_err(ApiError::internal)?;
-            return read_alone(&mut conn, agent_id, &subject_ref, channel, recording).await;
-        }
         let (reply, answer) = oneshot::channel();
         let stopped = || ApiError::new(ErrorCode::Unavailable, "The directory reader is shutting down");
         let job = Job { agent_id: agent_id.to_string(), subject_ref, channel, recording, reply };
-        self.queue.send(job).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        // Nothing to gather: read here, with no hand-over to the batching task and back.
+        let alone = async |job| read_batch(&self.pool, vec![job]).await;
+        self.gather.submit(job, answer, alone).await.ok_or_else(stopped)?
     }
 }
 

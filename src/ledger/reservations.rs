@@ -5,13 +5,13 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use commguard_domain::refusal::{Check, LimitType};
 
 use crate::error::{ApiError, ErrorCode};
-use crate::store::gather::{self, UnderWay};
+use crate::store::gather::{self, Gather};
 use crate::store::kept::KeptPool;
 use crate::store::{CommandContext, Reserve, Store};
 
@@ -133,17 +133,16 @@ const MAX_BATCH: usize = 256;
 /// a batch decides its reservations in queue order exactly as if one after the other.
 #[derive(Clone)]
 pub struct Reserver {
-    queue: mpsc::UnboundedSender<Job>,
+    /// A reservation that finds none other under way is decided on its caller's task.
+    gather: Gather<Job>,
     pool: KeptPool,
-    /// Reservations under way: one that finds none is decided on its caller's task.
-    under_way: UnderWay,
 }
 
 impl Reserver {
     /// Starts the batching task; it ends when the last `Reserver` is dropped.
     pub fn start(pool: KeptPool) -> Self {
-        let (queue, mut jobs) = mpsc::unbounded_channel::<Job>();
-        let reserver = Self { queue, pool: pool.clone(), under_way: UnderWay::default() };
+        let (batcher, mut jobs) = Gather::new();
+        let reserver = Self { gather: batcher, pool: pool.clone() };
         tokio::spawn(async move {
             while let Some(batch) = gather::next_batch(&mut jobs, MAX_BATCH).await {
                 reserve_batch(&pool, batch).await;
@@ -157,15 +156,9 @@ impl Reserver {
         let (reservation, json) = request.into_parts();
         let (reply, answer) = oneshot::channel();
         let stopped = || ApiError::new(ErrorCode::Unavailable, "The limit store is shutting down");
-        let job = Job { reservation, request: json, reply };
-        let entered = self.under_way.enter();
-        if entered.alone {
-            // Nothing to gather: decided here, a batch of one, with no hand-over and back.
-            reserve_batch(&self.pool, vec![job]).await;
-        } else {
-            self.queue.send(job).map_err(|_| stopped())?;
-        }
-        answer.await.map_err(|_| stopped())?
+        // Nothing to gather: decided here, a batch of one, with no hand-over and back.
+        let alone = async |job| reserve_batch(&self.pool, vec![job]).await;
+        self.gather.submit(Job { reservation, request: json, reply }, answer, alone).await.ok_or_else(stopped)?
     }
 }
 

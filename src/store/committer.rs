@@ -26,7 +26,7 @@ use sqlx::{Encode, Postgres, Type};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
-use super::gather::UnderWay;
+use super::gather::Gather;
 use super::kept::KeptPool;
 
 /// Events one transaction may append: the low 12 bits of a position number them.
@@ -146,16 +146,15 @@ struct Job {
 
 #[derive(Clone)]
 pub(crate) struct Committer {
-    queue: mpsc::UnboundedSender<Job>,
+    /// An append that finds none other under way is committed on its caller's task.
+    gather: Gather<Job>,
     pool: KeptPool,
-    /// Appends under way: one that finds none is committed on its caller's task.
-    under_way: UnderWay,
 }
 
 impl Committer {
     pub fn start(pool: KeptPool) -> Self {
-        let (queue, jobs) = mpsc::unbounded_channel();
-        let committer = Self { queue, pool: pool.clone(), under_way: UnderWay::default() };
+        let (gather, jobs) = Gather::new();
+        let committer = Self { gather, pool: pool.clone() };
         let jobs = Arc::new(Mutex::new(jobs));
         // At most half the pool in statements of the committers at once (and one lone append
         // on its caller's task beside them, which starts only when nothing else is under way).
@@ -176,17 +175,10 @@ impl Committer {
     /// Queues `append` and waits for its statement; returns the position of its last event.
     pub async fn append(&self, append: Append) -> Reply {
         let (reply, answer) = oneshot::channel();
-        let job = Job { append, reply };
-        let entered = self.under_way.enter();
-        if entered.alone {
-            // Nothing to gather: committed here, a batch of one, with no hand-over and back.
-            commit(&self.pool, vec![job]).await;
-        } else {
-            self.queue
-                .send(job)
-                .map_err(|_| PersistenceError::UnknownError("the event store is shutting down".into()))?;
-        }
-        answer.await.map_err(|_| PersistenceError::UnknownError("the committer stopped".into()))?
+        // Nothing to gather: committed here, a batch of one, with no hand-over and back.
+        let alone = async |job| commit(&self.pool, vec![job]).await;
+        let answer = self.gather.submit(Job { append, reply }, answer, alone).await;
+        answer.ok_or_else(|| PersistenceError::UnknownError("the event store is shutting down".into()))?
     }
 }
 

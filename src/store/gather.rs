@@ -11,25 +11,59 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+/// A batcher's side its callers hold: the queue to its batching task(s), and the count of
+/// callers under way, which decides whether a job runs alone or is queued.
+pub(crate) struct Gather<J> {
+    queue: mpsc::UnboundedSender<J>,
+    under_way: UnderWay,
+}
+
+impl<J> Clone for Gather<J> {
+    fn clone(&self) -> Self {
+        Self { queue: self.queue.clone(), under_way: self.under_way.clone() }
+    }
+}
+
+impl<J> Gather<J> {
+    /// A batcher, and the receiving end its batching task(s) take batches from.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<J>) {
+        let (queue, jobs) = mpsc::unbounded_channel();
+        (Self { queue, under_way: UnderWay::default() }, jobs)
+    }
+
+    /// Runs `job` through `alone` (a batch of one, on this task) when nothing else is under way,
+    /// else queues it for the batching task; either way answers what `job` sends on the channel
+    /// whose receiving end is `answer`. `None` when the batcher stopped before answering.
+    pub async fn submit<A>(&self, job: J, answer: oneshot::Receiver<A>, alone: impl AsyncFnOnce(J)) -> Option<A> {
+        let entered = self.under_way.enter();
+        if entered.alone {
+            alone(job).await;
+        } else if self.queue.send(job).is_err() {
+            return None;
+        }
+        answer.await.ok()
+    }
+}
 
 /// Callers of one batcher between their ask and their answer, queued or running alone.
 #[derive(Clone, Default)]
-pub(crate) struct UnderWay(Arc<AtomicUsize>);
+struct UnderWay(Arc<AtomicUsize>);
 
 impl UnderWay {
     /// Counts the caller in until the returned guard drops (its answer, or its future dropped).
-    pub fn enter(&self) -> Entered<'_> {
+    fn enter(&self) -> Entered<'_> {
         let before = self.0.fetch_add(1, Ordering::AcqRel);
         Entered { count: &self.0, alone: before == 0 }
     }
 }
 
 /// One caller under way.
-pub(crate) struct Entered<'a> {
+struct Entered<'a> {
     count: &'a AtomicUsize,
     /// Nothing else was under way when it entered: nothing to gather it with.
-    pub alone: bool,
+    alone: bool,
 }
 
 impl Drop for Entered<'_> {
@@ -76,5 +110,27 @@ mod tests {
         let held = clone.enter();
         assert!(!under_way.enter().alone, "clones count the same callers");
         drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_lone_job_runs_on_its_callers_task_and_one_beside_another_is_queued() {
+        let (gather, mut jobs) = Gather::<(u32, oneshot::Sender<u32>)>::new();
+        let alone = async |(n, reply): (u32, oneshot::Sender<u32>)| {
+            let _ = reply.send(n * 10);
+        };
+        let (reply, answer) = oneshot::channel();
+        assert_eq!(gather.submit((1, reply), answer, alone).await, Some(10));
+        assert!(jobs.try_recv().is_err(), "nothing was queued");
+
+        // Another caller under way: the job goes to the batching task, which answers it.
+        let other = gather.under_way.enter();
+        tokio::spawn(async move {
+            while let Some((n, reply)) = jobs.recv().await {
+                let _ = reply.send(n * 100);
+            }
+        });
+        let (reply, answer) = oneshot::channel();
+        assert_eq!(gather.submit((2, reply), answer, alone).await, Some(200));
+        drop(other);
     }
 }
