@@ -8,7 +8,7 @@
 //! instances announce on `commguard_identity`) cost a read.
 
 use crate::error::{ApiError, ErrorCode};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +40,11 @@ pub struct Lockout {
     window: Duration,
     lock_for: Duration,
     suspects: Mutex<HashSet<String>>,
+    /// How many failures this instance could not count (the counter's statement failed), by
+    /// address. Until they are counted the address's credentialed requests are answered
+    /// `unavailable`: its count is short, so whether it is locked cannot be told, and a check
+    /// that cannot be evaluated refuses (docs/security.md#principles, P5).
+    uncounted: Mutex<HashMap<String, u32>>,
     metrics: Arc<Metrics>,
 }
 
@@ -67,6 +72,7 @@ impl Lockout {
             window: Duration::seconds(config.brute_force_window_seconds as i64),
             lock_for: Duration::seconds(config.brute_force_lockout_seconds as i64),
             suspects: Mutex::default(),
+            uncounted: Mutex::default(),
             metrics,
         }
     }
@@ -90,10 +96,14 @@ impl Lockout {
 
     /// Step 1 of every credentialed route: is `ip` locked out?
     pub async fn check(&self, ip: IpAddr) -> Result<(), Refusal> {
-        if !self.enabled || self.suspects.lock().expect("suspects lock").is_empty() {
+        if !self.enabled
+            || (self.suspects.lock().expect("suspects lock").is_empty()
+                && self.uncounted.lock().expect("uncounted lock").is_empty())
+        {
             return Ok(());
         }
         let ip_ref = self.ip_ref(ip);
+        self.count_missed(ip, &ip_ref).await?;
         if !self.suspects.lock().expect("suspects lock").contains(&ip_ref) {
             return Ok(());
         }
@@ -152,24 +162,44 @@ impl Lockout {
         }
         let ip_ref = self.ip_ref(ip);
         let now = self.clock.now();
-        // The last `max_failures` failures inside the window lock the IP (migration 0033).
-        let counted: Result<(i32, Option<DateTime<Utc>>), sqlx::Error> =
+        let (failures, locked_until) = match self.count(ip, &ip_ref, now).await {
+            Ok(counted) => counted,
+            Err(e) => {
+                // This request still gets its 401; the address's next ones wait for the count.
+                crate::error::log_failure("brute-force counter not updated; the address is refused until it is", &e);
+                *self.uncounted.lock().expect("uncounted lock").entry(ip_ref).or_default() += 1;
+                return Ok(());
+            }
+        };
+        match locked_until {
+            // Counted after the lock (its request passed the gate before the lock was set): it is
+            // answered as every credentialed request of a locked IP is, so that no guess beyond the
+            // threshold is told it failed (it feeds §14 like any, and does not extend the lock).
+            Some(until) if failures > self.max_failures && until > now => Err(locked_out(retry_after(until, now))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failure of `ip` that happened `at`: the last `max_failures` failures inside the
+    /// window lock the IP (migration 0033). The address becomes a suspect here and on the other
+    /// instances, and the failure that reaches the threshold records the lock. The count and the
+    /// lock's end, if any.
+    async fn count(
+        &self,
+        ip: IpAddr,
+        ip_ref: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(i32, Option<DateTime<Utc>>), sqlx::Error> {
+        let (failures, locked_until): (i32, Option<DateTime<Utc>>) =
             sqlx::query_as("SELECT failures, locked_until FROM count_auth_failure($1, $2, $3, $4, $5)")
-                .bind(&ip_ref)
-                .bind(now)
+                .bind(ip_ref)
+                .bind(at)
                 .bind(self.max_failures)
                 .bind(self.window)
                 .bind(self.lock_for)
                 .fetch_one(self.store.pool())
-                .await;
-        let (failures, locked_until) = match counted {
-            Ok(row) => row,
-            Err(e) => {
-                crate::error::log_failure("brute-force counter not updated", &e);
-                return Ok(());
-            }
-        };
-        self.suspect(ip_ref.clone());
+                .await?;
+        self.suspect(ip_ref.to_string());
         let announced = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(IDENTITY_CHANNEL)
             .bind(json!({ "suspect": ip_ref }).to_string())
@@ -178,17 +208,29 @@ impl Lockout {
         if let Err(e) = announced {
             tracing::warn!(error = %e, "failure not announced to other instances");
         }
-        match locked_until {
-            Some(until) if failures == self.max_failures => {
-                self.locked_out(ip, &ip_ref, failures, until).await;
-                Ok(())
-            }
-            // Counted after the lock (its request passed the gate before the lock was set): it is
-            // answered as every credentialed request of a locked IP is, so that no guess beyond the
-            // threshold is told it failed (it feeds §14 like any, and does not extend the lock).
-            Some(until) if failures > self.max_failures && until > now => Err(locked_out(retry_after(until, now))),
-            _ => Ok(()),
+        if let Some(until) = locked_until.filter(|_| failures == self.max_failures) {
+            self.locked_out(ip, ip_ref, failures, until).await;
         }
+        Ok((failures, locked_until))
+    }
+
+    /// Counts the failures of `ip` this instance could not count when they happened — now, so
+    /// that they stay in the window at least as long as they would have; `Unavailable` while that
+    /// still fails. A request that finds them taken by a concurrent one of the same address goes
+    /// on to the lock check meanwhile.
+    async fn count_missed(&self, ip: IpAddr, ip_ref: &str) -> Result<(), Refusal> {
+        let Some(mut missed) = self.uncounted.lock().expect("uncounted lock").remove(ip_ref) else {
+            return Ok(());
+        };
+        while missed > 0 {
+            if let Err(e) = self.count(ip, ip_ref, self.clock.now()).await {
+                crate::error::log_failure("brute-force counter still not updated; the address is refused", &e);
+                *self.uncounted.lock().expect("uncounted lock").entry(ip_ref.to_string()).or_default() += missed;
+                return Err(Refusal::Unavailable);
+            }
+            missed -= 1;
+        }
+        Ok(())
     }
 
     /// A successful credential check resets the IP's count. If the IP was locked meanwhile —

@@ -464,6 +464,37 @@ async fn a_lock_set_on_one_instance_outlives_a_success_the_other_checked_before_
     b.stop().await;
 }
 
+/// A failure whose count cannot be kept must not leave the address free to guess: its requests
+/// are refused (`unavailable`, fail closed) until the missed failure is counted, and then it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_whose_failure_could_not_be_counted_is_refused_until_it_is() {
+    let db = TestDb::new().await;
+    let vars = [&LIMITS[..], &[("TRUST_PROXY", "1"), ("BRUTE_FORCE_MAX_FAILURES", "3")]].concat();
+    let s = TestServer::start(&db, &vars).await;
+    let pool = db.pool().await;
+    let ip = "203.0.113.78";
+    // The counter's statement fails (its table is away); the failure is still recorded.
+    sqlx::query("ALTER TABLE auth_failures RENAME TO auth_failures_away").execute(&pool).await.unwrap();
+    assert_eq!(me_from(&s, ip, "not-the-master-token").await, 401);
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'AuthFailed'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(failed, 1, "the failure is recorded");
+    // Its count is short: the address is refused, the right credential too, while others are served.
+    assert_eq!(me_from(&s, ip, MASTER).await, 503);
+    assert_eq!(me_from(&s, ip, MASTER).await, 503, "refused again while the count still fails");
+    assert_eq!(me_from(&s, "203.0.113.79", MASTER).await, 200);
+    sqlx::query("ALTER TABLE auth_failures_away RENAME TO auth_failures").execute(&pool).await.unwrap();
+    // The missed failure is counted first, then this one: two of the three that lock.
+    assert_eq!(me_from(&s, ip, "not-the-master-token").await, 401);
+    let failures: i32 = sqlx::query_scalar("SELECT failures FROM auth_failures").fetch_one(&pool).await.unwrap();
+    assert_eq!(failures, 2, "the missed failure was counted");
+    assert_eq!(me_from(&s, ip, "not-the-master-token").await, 401, "the third failure gets its 401");
+    assert_eq!(me_from(&s, ip, MASTER).await, 429, "and locks the address");
+    s.stop().await;
+}
+
 /// The names of the checks in the provenance of the first event of `event_type`.
 async fn checks_of(db: &TestDb, event_type: &str) -> Vec<String> {
     let provenance: Value = sqlx::query_scalar(
