@@ -13,7 +13,8 @@
 #     BENCH_PG_STATS=sequential: of the sequential sends; BENCH_PERF=<dir>: `perf record -g`
 #     of the server and the cluster during the sequential sends, into <dir>/perf-<phase>.data, and
 #     during the concurrent phase, into <dir>/perf-<phase>-send.data; BENCH_PERF_CALLGRAPH="--call-graph
-#     dwarf" for call graphs of the server, whose build keeps no frame pointers; BENCH_FLOOR=1: after the
+#     dwarf" for call graphs of the server, whose build keeps no frame pointers (then
+#     scripts/lib/perf_components.py <dir>/perf-<phase>-send.data: the server's CPU by component); BENCH_FLOOR=1: after the
 #     phases (this tree's build alone, without BENCH_BINARIES; no fill then), the floor under a send:
 #     the send's three statements replayed by pgbench with no server, see floor());
 #     BENCH_LATENCIES=<file>: every concurrent send's start and latency (µs), to see where the
