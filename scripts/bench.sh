@@ -18,7 +18,9 @@
 #     phases (this tree's build alone, without BENCH_BINARIES; no fill then), the floor under a send:
 #     the send's three statements replayed by pgbench with no server, see floor());
 #     BENCH_LATENCIES=<file>: every concurrent send's start and latency (µs), to see where the
-#     tail falls in time (the last phase's, with several binaries). Hooks: BENCH_BEFORE_SEQUENTIAL,
+#     tail falls in time (the last phase's, with several binaries); BENCH_STALLS=<dir>: each phase's
+#     latencies and the machine's context switches, for scripts/lib/stalls.py (what the stalls of
+#     all sessions at once waited on). Hooks: BENCH_BEFORE_SEQUENTIAL,
 #     BENCH_AFTER_SEQUENTIAL, BENCH_BEFORE_SEND are shell commands run around those phases, with
 #     BENCH_CLUSTER the cluster's directory (its socket and postgres.log)
 #   scripts/bench.sh as-of [--writers 4] [--seconds 10] [--fill 1000000]
@@ -278,7 +280,12 @@ PY
       wait_healthy
     }
     trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; stop_cluster "$cluster"; rm -rf "$data"' EXIT
+    # The caller's hooks; each phase adds its own to these (not to the last phase's).
+    hook_before_sequential=${BENCH_BEFORE_SEQUENTIAL:-}; hook_after_sequential=${BENCH_AFTER_SEQUENTIAL:-}
+    hook_before_send=${BENCH_BEFORE_SEND:-}
     measure() {
+      export BENCH_BEFORE_SEQUENTIAL=$hook_before_sequential BENCH_AFTER_SEQUENTIAL=$hook_after_sequential
+      export BENCH_BEFORE_SEND=$hook_before_send
       # Server CPU = utime + stime of the server process; Postgres CPU = utime + stime of the
       # postmaster and all its children (live ones, and exited ones through its cutime + cstime);
       # both over the send phases only (the client reads them before and after each; set-up and
@@ -300,6 +307,16 @@ PY
         export BENCH_AFTER_SEQUENTIAL="kill -INT \$(cat '$cluster/perf.pid'); while kill -0 \$(cat '$cluster/perf.pid') 2>/dev/null; do sleep 0.1; done; ${BENCH_AFTER_SEQUENTIAL:-true}"
         # And the concurrent phase's middle, $seconds - 2 s of it, into <dir>/perf-<phase>-send.data.
         export BENCH_BEFORE_SEND="${BENCH_BEFORE_SEND:-true}; { sleep 1; perf record ${BENCH_PERF_CALLGRAPH:--g} -F ${BENCH_PERF_HZ:-1999} -p $server,$pm,\$(pgrep -d, -P $pm) -o '$BENCH_PERF/perf-${phase:-0}-send.data' -- sleep $((seconds > 3 ? seconds - 2 : 1)); } >/dev/null 2>&1 &"
+      fi
+      if [ -n "${BENCH_STALLS:-}" ]; then
+        # BENCH_STALLS=<dir>: every concurrent send's start and latency into <dir>/latencies-<phase>.txt,
+        # and the machine's context switches (with their stacks, on the monotonic clock; the
+        # offset to realtime beside it) over the phase's middle into <dir>/sched-<phase>.data:
+        # scripts/lib/stalls.py takes both and shows what every stall of all sessions waited on.
+        mkdir -p "$BENCH_STALLS"
+        export BENCH_LATENCIES="$BENCH_STALLS/latencies-${phase:-0}.txt"
+        local sched="$BENCH_STALLS/sched-${phase:-0}.data"
+        export BENCH_BEFORE_SEND="${BENCH_BEFORE_SEND:-true}; { sleep 1; python3 -c 'import time; print(time.clock_gettime(time.CLOCK_REALTIME) - time.clock_gettime(time.CLOCK_MONOTONIC))' > '$sched.offset'; perf record -a -m 1024 -k monotonic -e sched:sched_switch -g -o '$sched' -- sleep $((seconds > 6 ? 5 : seconds > 3 ? seconds - 2 : 1)); } >/dev/null 2>&1 &"
       fi
       "$bin" --mode send --url "http://127.0.0.1:$port" --token "$token" --sessions "$writers" --seconds "$seconds" \
         --agents "$agents" --server-pid "$server" --pg-pid "$(head -n 1 "$cluster/data/postmaster.pid")" --sequential "$1" | python3 -c "
