@@ -434,6 +434,15 @@ async fn registered_org_credentials_are_verified_stored_encrypted_and_used_at_on
         .iter()
         .any(|r| r.path
             == "DELETE /2010-04-01/Accounts/ACorg/IncomingPhoneNumbers/PNfake0000000000000000000000000001.json"));
+    // Again: refused before anything reaches the provider (the number is not released twice).
+    let releases = || log.lock().unwrap().iter().filter(|r| r.path.starts_with("DELETE ")).count();
+    let released = releases();
+    let (is_error, again) =
+        admin.call("comms_deprovision_channels", json!({"agentId": second["agentId"], "releaseNumber": true})).await;
+    assert!(is_error);
+    assert_eq!(again["code"], "conflict", "{again}");
+    assert_eq!(again["error"], format!("Agent \"{}\" is already deprovisioned", second["agentId"].as_str().unwrap()));
+    assert_eq!(releases(), released, "a refused deprovisioning reached Twilio");
 
     // Live at once: the next send uses the org's own credentials.
     let sent = me.ok("comms_send_message", json!({"to": "+12025550100", "body": "hi"})).await;

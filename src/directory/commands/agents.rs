@@ -1,7 +1,7 @@
 //! Commands on agents: provisioning (and the provider channels of a production org),
 //! deprovisioning, blocked channels, limits and billing.
 
-use commguard_domain::agent::{AgentAction, AgentCommand, Capabilities, Provisioning};
+use commguard_domain::agent::{AgentAction, AgentCommand, AgentError, AgentStatus, Capabilities, Provisioning};
 use commguard_domain::countries::provisioning_check;
 use commguard_domain::limits::{OverridesChange, Tier};
 use commguard_domain::refusal::{Check, Rule};
@@ -131,9 +131,21 @@ pub async fn deprovision(
     agent_id: &str,
     release_number: bool,
 ) -> Result<Value, ApiError> {
+    let org_id = agent(&app.pool, agent_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?
+        .org_id;
+    // The number is released before the aggregate decides, so a second deprovisioning must be
+    // refused before it reaches the provider: under the org's lock (which provisioning holds
+    // too) the agent is read as every earlier deprovisioning left it, since each settles first.
+    let tx = lock(app, &format!("commguard.org.{org_id}")).await?;
     let found = agent(&app.pool, agent_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Agent \"{agent_id}\" not found")))?;
+    if found.status == AgentStatus::Deprovisioned {
+        let refused = AgentError::AlreadyDeprovisioned(agent_id.into());
+        return Err(ApiError::new(refused.code(), refused.to_string()));
+    }
     let tokens = active_tokens(app, TokenOwner::Agent(agent_id)).await?;
     let (number_released, warnings) = release(app, &found, release_number).await?;
     let command = AgentCommand {
@@ -142,10 +154,11 @@ pub async fn deprovision(
     };
     let position = app
         .store
-        .execute(&app.agents, agent_id, command, &context.in_org(found.org_id.clone()))
+        .execute(&app.agents, agent_id, command, &context.in_org(org_id))
         .await
         .map_err(ApiError::aggregate)?;
     settle(app, position).await?;
+    drop(tx);
     app.identity.forget_tokens(&tokens);
     reach_every_instance(app).await;
     app.sessions.close_agent(agent_id, "agent_deprovisioned").await;
