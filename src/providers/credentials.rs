@@ -144,6 +144,25 @@ pub async fn resolve(
     Ok(Credentials::from_env(provider, config))
 }
 
+/// One optional credential (Resend's `webhookSecret`) as the same chain resolves it, key by key:
+/// the org's registered set if it holds it, else the platform's registered set, else the
+/// environment's `env`. A set registered without it does not hide the next one's.
+pub async fn resolve_optional(
+    pool: &PgPool,
+    keys: &[Key],
+    org_id: &str,
+    provider: &str,
+    name: &str,
+    env: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    for scope in [Some(org_id), None] {
+        if let Some(value) = load(pool, keys, scope, provider).await?.as_ref().and_then(|c| c.get(name)) {
+            return Ok(Some(value.to_string()));
+        }
+    }
+    Ok(env.map(str::to_string))
+}
+
 /// After a key rotation (`CREDENTIALS_ENCRYPTION_KEY_PREVIOUS` set): every row still under the
 /// previous key is decrypted with it and written again under the current one. Returns how many.
 pub async fn reencrypt(pool: &PgPool, current: &Key, previous: &Key) -> Result<u64, ApiError> {

@@ -429,10 +429,9 @@ impl FromRequest<AppState> for ResendRequest {
     }
 }
 
-/// The effective Svix secret of the org's Resend credentials, else `RESEND_WEBHOOK_SECRET`.
+/// The effective Svix secret: the org's registered Resend `webhookSecret`, else the platform's,
+/// else `RESEND_WEBHOOK_SECRET`.
 async fn svix_secret(app: &AppState, org_id: &str) -> Result<Option<String>, ApiError> {
-    let resolved = credentials::resolve(&app.pool, &app.credential_keys, &app.config, org_id, "resend").await?;
-    Ok(resolved
-        .and_then(|c| c.get("webhookSecret").map(str::to_string))
-        .or_else(|| app.config.resend_webhook_secret.as_ref().map(|s| s.0.clone())))
+    let env = app.config.resend_webhook_secret.as_ref().map(|s| s.0.as_str());
+    credentials::resolve_optional(&app.pool, &app.credential_keys, org_id, "resend", "webhookSecret", env).await
 }

@@ -560,3 +560,61 @@ async fn consent(s: &TestServer, me: &Session) {
         me.ok("comms_record_consent", json!({"contactAddress": to, "channel": "email"})).await;
     }
 }
+
+/// Resend's webhook secret resolves key by key (docs/webhooks.md#email): an org that registered
+/// its own Resend set without a `webhookSecret` is verified with the platform's registered one,
+/// not left without a secret (development accepts unsigned webhooks then, with a warning).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_registered_without_a_webhook_secret_is_verified_with_the_platforms() {
+    use base64::Engine;
+    use hmac::Mac;
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &[("MASTER_SECURITY_TOKEN", MASTER), ("HTTP_RATE_LIMIT_PER_IP", "100000")]).await;
+    let master = Session::open(&s, MASTER).await;
+    let (_, agent) = approved_org(&s, &master, "Mailer", json!({"email": true})).await;
+    let (agent_id, org_id) = (agent["agentId"].as_str().unwrap(), agent["orgId"].as_str().unwrap());
+    let register = |org: Option<&str>, credentials: Value| {
+        let mut args = json!({"provider": "resend", "credentials": credentials, "autoVerify": false});
+        if let Some(org) = org {
+            args["orgId"] = json!(org);
+        }
+        args
+    };
+    master
+        .ok("comms_register_provider", register(None, json!({"apiKey": "re_platform", "webhookSecret": SECRET})))
+        .await;
+    master.ok("comms_register_provider", register(Some(org_id), json!({"apiKey": "re_org"}))).await;
+
+    let body = json!({"type": "email.sent"}).to_string();
+    let post = |headers: Vec<(&'static str, String)>| {
+        let mut request = s
+            .http
+            .post(s.url(&format!("/webhooks/{agent_id}/email")))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let unsigned = post(Vec::new()).await.unwrap();
+    assert_eq!(unsigned.status(), 403);
+    let refused: Value = unsigned.json().await.unwrap();
+    assert_eq!(refused["error"], "Missing Svix signature headers", "{refused}");
+
+    let ts = chrono::Utc::now().timestamp();
+    let key = base64::engine::general_purpose::STANDARD.decode(SECRET.trim_start_matches("whsec_")).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("msg_platform.{ts}.{body}").as_bytes());
+    let signature = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
+    let signed = post(vec![
+        ("svix-id", "msg_platform".into()),
+        ("svix-timestamp", ts.to_string()),
+        ("svix-signature", signature),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(signed.status(), 200, "{}", signed.text().await.unwrap());
+    s.stop().await;
+}
