@@ -2,7 +2,8 @@
 //! escape but every `->>` of it fails later), and one such value fails the whole statement —
 //! with group commit, other commands' appends too. The edges refuse input carrying it
 //! (`validate`); the store escapes whatever still arrives, so no event ever carries it to Postgres.
-//! (Lone surrogates, the other text Postgres refuses, cannot exist in a Rust `String`.)
+//! (Lone surrogates, the other text Postgres refuses, cannot exist in a Rust `String`.) And no
+//! event is stored deeper than its readers can parse back (`cap_depth`).
 
 use std::borrow::Cow;
 
@@ -49,6 +50,36 @@ pub fn escape_nul(value: &mut Value) {
     }
 }
 
+/// Levels of arrays and objects an event's payload keeps: deeper ones are stored as
+/// `TOO_DEEP`. serde_json reads at most 128 levels back (its recursion limit, which sqlx's
+/// `json` decoding and every reader of a stored payload inherit), and sealing a field adds two,
+/// the feed's envelope two more: an event any deeper would be stored and never read again —
+/// its aggregate not loadable, `audit verify` stopped on it. Input can reach 128 levels (the
+/// request parser's limit) and a refusal records its arguments as given, so the store caps it.
+pub const MAX_DEPTH: usize = 64;
+
+/// What a container deeper than `MAX_DEPTH` is stored as.
+pub const TOO_DEEP: &str = "[nested too deep]";
+
+/// Replaces every array or object of `value` below `MAX_DEPTH` levels by `TOO_DEEP`.
+pub fn cap_depth(value: &mut Value) {
+    fn cap(value: &mut Value, depth: usize) {
+        if !(value.is_array() || value.is_object()) {
+            return;
+        }
+        if depth == MAX_DEPTH {
+            *value = Value::String(TOO_DEEP.into());
+            return;
+        }
+        match value {
+            Value::Array(items) => items.iter_mut().for_each(|item| cap(item, depth + 1)),
+            Value::Object(map) => map.values_mut().for_each(|item| cap(item, depth + 1)),
+            _ => {}
+        }
+    }
+    cap(value, 0);
+}
+
 /// `value` itself when it is storable, else an escaped copy.
 pub fn escaped(value: &Value) -> Cow<'_, Value> {
     if has_nul(value) {
@@ -75,5 +106,30 @@ mod tests {
         assert_eq!(v, json!({"a\u{FFFD}b": ["x\u{FFFD}", {"deep": "\u{FFFD}\u{FFFD}"}], "n": 1, "plain": "ok"}));
         let clean = json!({"plain": "ok"});
         assert!(matches!(escaped(&clean), Cow::Borrowed(_)));
+    }
+
+    /// `levels` arrays, one in another, around `"x"`.
+    fn nested(levels: usize) -> Value {
+        (0..levels).fold(json!("x"), |inner, _| json!([inner]))
+    }
+
+    #[test]
+    fn containers_below_the_depth_limit_are_stored_as_a_marker_and_the_rest_is_kept() {
+        let mut shallow = json!({"a": nested(MAX_DEPTH - 1), "n": 1});
+        let kept = shallow.clone();
+        cap_depth(&mut shallow);
+        assert_eq!(shallow, kept, "a payload within the limit is untouched");
+
+        let mut deep = json!({"a": nested(127), "b": {"c": "kept"}});
+        cap_depth(&mut deep);
+        assert_eq!(deep["b"], json!({"c": "kept"}));
+        let mut at = &deep["a"];
+        for _ in 1..MAX_DEPTH {
+            at = &at[0];
+        }
+        assert_eq!(at, &json!(TOO_DEEP));
+        // What is stored reads back, with room for sealing and the feed's envelope.
+        let wrapped = json!({"envelope": {"payload": {"sealed": [deep]}}});
+        assert!(serde_json::from_str::<Value>(&wrapped.to_string()).is_ok());
     }
 }

@@ -615,3 +615,34 @@ async fn the_lockout_counts_failures_in_a_sliding_window_and_prunes_what_no_long
     assert_eq!(from(x, MASTER).await, 200);
     s.stop().await;
 }
+
+/// Arguments nested as deep as the request parser allows (128 levels in all) are refused and
+/// recorded, and the record stays readable: the store keeps at most `storable::MAX_DEPTH` levels
+/// of a payload, so the agent's stream still loads (deprovisioning it works) and `audit verify`
+/// reads every event. Stored whole, the refusal was deeper than serde_json reads back: every
+/// later command on the stream failed with `internal`, and `audit verify` stopped on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_nested_as_deep_as_the_parser_allows_leave_the_stream_readable() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &VARS).await;
+    let o = org(&s, "deep").await;
+    let agent = McpSession::open(&s, &o.agent_token).await;
+    let deep = (0..124).fold(json!("x"), |inner, _| json!([inner]));
+    let (is_error, refused) = agent.call("comms_no_such_tool", json!({ "a": deep })).await;
+    assert!(is_error, "{refused}");
+    let pool = db.pool().await;
+    let refusals: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE aggregate_id = $1 AND event_type = 'ActionRefused'")
+            .bind(&o.agent_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(refusals, 1, "the refused call is recorded");
+
+    let master = McpSession::open(&s, MASTER).await;
+    let gone = master.ok("comms_deprovision_channels", json!({ "agentId": o.agent_id })).await;
+    assert_eq!(gone["status"], "deprovisioned", "{gone}");
+    let report = commguard::store::verify::verify(&pool, None).await.expect("every stored event reads back");
+    assert!(report.is_ok(), "{report:?}");
+    s.stop().await;
+}
