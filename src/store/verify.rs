@@ -56,8 +56,14 @@ struct Columns {
 }
 
 /// Verifies every chain, or only `aggregate` (`(type, id)`).
+///
+/// The events and the chain heads are read in one snapshot (a read-only repeatable-read
+/// transaction): read one after the other, an append committed between them showed as a head
+/// ahead of its chain, honest history reported broken while servers write.
 pub async fn verify(pool: &PgPool, aggregate: Option<(&str, &str)>) -> Result<Report, sqlx::Error> {
     let (kind, id) = aggregate.unzip();
+    let mut snapshot = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *snapshot).await?;
     let mut rows = sqlx::query_as::<_, Stored>(
         "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
                 event_id, occurred_at, org_id, prev_hash, hash, position
@@ -66,7 +72,7 @@ pub async fn verify(pool: &PgPool, aggregate: Option<(&str, &str)>) -> Result<Re
     )
     .bind(kind)
     .bind(id)
-    .fetch(pool);
+    .fetch(&mut *snapshot);
 
     let mut report = Report::default();
     let mut current: Vec<ChainLink> = Vec::new();
@@ -105,8 +111,9 @@ pub async fn verify(pool: &PgPool, aggregate: Option<(&str, &str)>) -> Result<Re
     )
     .bind(kind)
     .bind(id)
-    .fetch_all(pool)
+    .fetch_all(&mut *snapshot)
     .await?;
+    snapshot.commit().await?;
     let heads: std::collections::HashMap<(String, String), (i64, String)> =
         heads.into_iter().map(|(t, i, s, h)| ((t, i), (s, h))).collect();
     for (t, i, last_sequence, last_hash) in &tails {
