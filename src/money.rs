@@ -7,6 +7,18 @@ pub fn to_dollars(micros: i64) -> f64 {
     micros as f64 / 1_000_000.0
 }
 
+/// Dollars as a message shows them, the way the JSON number prints in JavaScript: `10`, `0.0079`,
+/// `0.000001` (serde_json would print a whole `f64` as `10.0`).
+pub fn dollars_text(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let (whole, fraction) = (micros.unsigned_abs() / 1_000_000, micros.unsigned_abs() % 1_000_000);
+    if fraction == 0 {
+        return format!("{sign}{whole}");
+    }
+    let digits = format!("{fraction:06}");
+    format!("{sign}{whole}.{}", digits.trim_end_matches('0'))
+}
+
 /// The most dollars any money field holds (micro-dollars stay far below `i64::MAX`).
 const MAX_DOLLARS: i128 = 9_000_000_000_000;
 
@@ -86,6 +98,17 @@ mod tests {
     fn micros_are_shown_as_dollars() {
         assert_eq!(to_dollars(7_900), 0.0079);
         assert_eq!(to_dollars(100_000_000), 100.0);
+        let texts = [
+            (0, "0"),
+            (10_000_000, "10"),
+            (7_900, "0.0079"),
+            (1, "0.000001"),
+            (1_500_000, "1.5"),
+            (-2_500_000, "-2.5"),
+        ];
+        for (micros, text) in texts {
+            assert_eq!(dollars_text(micros), text);
+        }
     }
 
     #[test]

@@ -73,19 +73,27 @@ impl Exceeded {
 
     /// The docs/errors.md refusal: `Rate limit exceeded: <limitType> (<current>/<max>). Resets <when>.`
     pub fn to_error(&self) -> ApiError {
-        let (current, max) = if self.limit_type.is_spend() {
+        use crate::money::{dollars_text, to_dollars};
+        let (current, max, shown) = if self.limit_type.is_spend() {
             (
-                serde_json::json!(crate::money::to_dollars(self.current)),
-                serde_json::json!(crate::money::to_dollars(self.max)),
+                serde_json::json!(to_dollars(self.current)),
+                serde_json::json!(to_dollars(self.max)),
+                (dollars_text(self.current), dollars_text(self.max)),
             )
         } else {
-            (serde_json::json!(self.current), serde_json::json!(self.max))
+            (
+                serde_json::json!(self.current),
+                serde_json::json!(self.max),
+                (self.current.to_string(), self.max.to_string()),
+            )
         };
         let mut refusal = ApiError::new(
             ErrorCode::RateLimited,
             format!(
-                "Rate limit exceeded: {} ({current}/{max}). Resets {}.",
+                "Rate limit exceeded: {} ({}/{}). Resets {}.",
                 self.limit_type.as_str(),
+                shown.0,
+                shown.1,
                 self.reset_description()
             ),
         )

@@ -686,6 +686,10 @@ fn table() -> Vec<Row> {
             .after(call("adminA", "comms_send_message", r#"{"agentId":"l4","to":"+12025550100","body":"hi"}"#))
             .refused("rate_limited", "Rate limit exceeded: daily-spend (0.0079/0.005). Resets at midnight UTC.")
             .also("/limitType", "daily-spend"),
+        // Whole dollars read as JavaScript prints them: `0`, not `0.0`.
+        tool("limit daily-spend, whole dollars", "adminA", "comms_send_message", r#"{"agentId":"l7","to":"+12025550100","body":"hi"}"#)
+            .refused("rate_limited", "Rate limit exceeded: daily-spend (0/0). Resets at midnight UTC.")
+            .also("/limitType", "daily-spend"),
         tool("limit monthly-spend", "adminA", "comms_send_message", r#"{"agentId":"l5","to":"+12025550100","body":"hi"}"#)
             .after(call("adminA", "comms_send_message", r#"{"agentId":"l5","to":"+12025550100","body":"hi"}"#))
             .refused("rate_limited", "Rate limit exceeded: monthly-spend (0.0079/0.005). Resets at the start of next month.")
@@ -1054,6 +1058,7 @@ async fn main_fixtures(c: &mut Ctx<'_>) {
         ("l4", json!({"maxSpendPerDay": 0.005})),
         ("l5", json!({"maxSpendPerMonth": 0.005})),
         ("l6", Value::Null),
+        ("l7", json!({"maxSpendPerDay": 0})),
     ];
     for (agent, overrides) in limits {
         c.provision("adminA", agent, true, false).await;
