@@ -156,9 +156,11 @@ impl Lockout {
         if failure == AuthFailure::Unavailable {
             return Ok(());
         }
-        self.record_failure(ip, failure.reason(), route, token_fingerprint, claimed_agent).await?;
+        // Counted whether or not it could be recorded: a guess answered `unavailable` because its
+        // event failed is still a guess (the answer tells the guesser it was wrong).
+        let recorded = self.record_failure(ip, failure.reason(), route, token_fingerprint, claimed_agent).await;
         if !self.enabled {
-            return Ok(());
+            return recorded;
         }
         let ip_ref = self.ip_ref(ip);
         let now = self.clock.now();
@@ -168,9 +170,10 @@ impl Lockout {
                 // This request still gets its 401; the address's next ones wait for the count.
                 crate::error::log_failure("brute-force counter not updated; the address is refused until it is", &e);
                 *self.uncounted.lock().expect("uncounted lock").entry(ip_ref).or_default() += 1;
-                return Ok(());
+                return recorded;
             }
         };
+        recorded?;
         match locked_until {
             // Counted after the lock (its request passed the gate before the lock was set): it is
             // answered as every credentialed request of a locked IP is, so that no guess beyond the

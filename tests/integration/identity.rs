@@ -495,6 +495,35 @@ async fn an_address_whose_failure_could_not_be_counted_is_refused_until_it_is() 
     s.stop().await;
 }
 
+/// A failure whose `AuthFailed` cannot be stored is answered `unavailable` and still counted:
+/// the answer tells the guesser the token was wrong, so an uncounted one would be a free guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_that_could_not_be_recorded_is_still_counted() {
+    let db = TestDb::new().await;
+    let vars = [&LIMITS[..], &[("TRUST_PROXY", "1"), ("BRUTE_FORCE_MAX_FAILURES", "3")]].concat();
+    let s = TestServer::start(&db, &vars).await;
+    let pool = db.pool().await;
+    let ip = "203.0.113.80";
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_auth_failed() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'AuthFailed refused by the test'; END $$;
+         CREATE TRIGGER refuse_auth_failed BEFORE INSERT ON events
+           FOR EACH ROW WHEN (NEW.event_type = 'AuthFailed') EXECUTE FUNCTION refuse_auth_failed();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(me_from(&s, ip, "not-the-master-token").await, 503, "unrecorded: unavailable");
+    }
+    sqlx::raw_sql("DROP TRIGGER refuse_auth_failed ON events").execute(&pool).await.unwrap();
+    let failures: i32 = sqlx::query_scalar("SELECT failures FROM auth_failures").fetch_one(&pool).await.unwrap();
+    assert_eq!(failures, 3, "every guess was counted");
+    assert_eq!(me_from(&s, ip, MASTER).await, 429, "the three locked the address");
+    assert_eq!(me_from(&s, "203.0.113.81", MASTER).await, 200);
+    s.stop().await;
+}
+
 /// The names of the checks in the provenance of the first event of `event_type`.
 async fn checks_of(db: &TestDb, event_type: &str) -> Vec<String> {
     let provenance: Value = sqlx::query_scalar(
