@@ -152,7 +152,7 @@ impl Runtime {
         );
         AppState::new(crate::state::Services {
             pool: store.pool().clone(),
-            identity: Arc::new(Identity::new(store.pool().clone(), master, config.demo_mode)),
+            identity: Arc::new(Identity::new(store.pool().clone(), master, config.demo_mode, self.clock.clone())),
             lockout: Arc::new(Lockout::new(&config, store.clone(), self.clock.clone(), metrics.clone())),
             sessions: Arc::new(Sessions::new(
                 config.mcp_max_sessions as usize,

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use commguard_domain::values::OrgMode;
 use commguard_projections::directory::read;
 use sha2::{Digest, Sha256};
@@ -17,6 +16,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{Principal, Role};
+use crate::clock::Clock;
 use crate::crypto::tokens::constant_time_eq;
 
 /// A cached entry is re-read after this long even without a notification (a lost notification
@@ -74,6 +74,8 @@ impl<T> Cached<T> {
 
 pub struct Identity {
     pool: PgPool,
+    /// The service clock, for `lastUsedAt`.
+    clock: Clock,
     master_digest: Option<[u8; 32]>,
     demo: bool,
     tokens: RwLock<HashMap<String, Cached<TokenRecord>>>,
@@ -85,9 +87,10 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn new(pool: PgPool, master_token: Option<&str>, demo: bool) -> Self {
+    pub fn new(pool: PgPool, master_token: Option<&str>, demo: bool, clock: Clock) -> Self {
         Self {
             pool,
+            clock,
             master_digest: master_token.map(|t| Sha256::digest(t.as_bytes()).into()),
             demo,
             tokens: RwLock::default(),
@@ -243,9 +246,11 @@ impl Identity {
         modes.clear();
     }
 
-    /// Records `lastUsedAt` of the principal's token, at most once a minute per token, off the
-    /// request path. Called only for requests that passed authorization (not by `resolve`): a
-    /// refused request changes nothing but its own event.
+    /// Records `lastUsedAt` of the principal's token, on the service clock, at most once a minute
+    /// per token across every instance (the statement skips a row written less than a minute
+    /// earlier; this instance's memory only spares it the statement), off the request path.
+    /// Called only for requests that passed authorization (not by `resolve`): a refused request
+    /// changes nothing but its own event.
     pub fn touch(&self, principal: &Principal) {
         let Some(token_id) = principal.token_id else { return };
         {
@@ -255,14 +260,17 @@ impl Identity {
             }
             last.insert(token_id, Instant::now());
         }
-        let pool = self.pool.clone();
+        let (pool, now) = (self.pool.clone(), self.clock.now());
         tokio::spawn(async move {
             let written = sqlx::query(
-                "INSERT INTO token_last_used (token_id, last_used_at) VALUES ($1, $2)
-                 ON CONFLICT (token_id) DO UPDATE SET last_used_at = EXCLUDED.last_used_at",
+                "INSERT INTO token_last_used AS u (token_id, last_used_at) VALUES ($1, $2)
+                 ON CONFLICT (token_id) DO UPDATE SET last_used_at = EXCLUDED.last_used_at
+                  WHERE u.last_used_at NOT BETWEEN EXCLUDED.last_used_at - make_interval(secs => $3)
+                                               AND EXCLUDED.last_used_at",
             )
             .bind(token_id)
-            .bind(Utc::now())
+            .bind(now)
+            .bind(LAST_USED_EVERY.as_secs_f64())
             .execute(&pool)
             .await;
             if let Err(e) = written {

@@ -646,3 +646,35 @@ async fn arguments_nested_as_deep_as_the_parser_allows_leave_the_stream_readable
     assert!(report.is_ok(), "{report:?}");
     s.stop().await;
 }
+
+/// `lastUsedAt` is an instant of the service clock, as `createdAt` is: with the test clock in
+/// 2030, a token issued and used then was last used in 2030, not on the machine's date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_used_at_is_read_from_the_service_clock() {
+    let db = TestDb::new().await;
+    let vars = [&VARS[..], &[("COMMGUARD_TEST_CLOCK", "true")]].concat();
+    let s = TestServer::start(&db, &vars).await;
+    let clock = s.http.post(s.url("/admin/api/test/clock")).bearer_auth(MASTER);
+    assert!(clock.json(&json!({"now": "2030-01-01T00:00:00Z"})).send().await.unwrap().status().is_success());
+    let o = org(&s, "clocked").await;
+    McpSession::open(&s, &o.agent_token).await;
+    let pool = db.pool().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let used = loop {
+        let used: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "SELECT u.last_used_at FROM token_last_used u JOIN tokens t USING (token_id)
+              WHERE t.kind = 'agent' AND t.agent_id = $1",
+        )
+        .bind(&o.agent_id)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(used) = used {
+            break used;
+        }
+        assert!(std::time::Instant::now() < deadline, "lastUsedAt never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(used.to_rfc3339().starts_with("2030-01-01"), "lastUsedAt {used} is not the service clock's");
+    s.stop().await;
+}
