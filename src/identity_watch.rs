@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use commguard_domain::values::OrgMode;
+use commguard_projections::directory::read as directory_read;
 use commguard_projections::directory::IDENTITY_CHANNEL;
 use serde_json::Value;
 use sqlx::postgres::PgListener;
@@ -48,14 +50,18 @@ pub async fn run(
         // Anything may have changed while we were not listening.
         identity.clear();
         keys.forget_subject_keys();
-        if let Err(e) = lockout.reload_suspects().await {
-            tracing::warn!(error = %e, "lockout suspects not reloaded");
+        match lockout.reload_suspects().await {
+            Ok(()) => lockout.watch(true),
+            // Every address stays checked against Postgres until a reconnection loads them.
+            Err(e) => tracing::warn!(error = %e, "lockout suspects not reloaded"),
         }
         // Every barrier so far is behind us: what it guards was committed before the caches
         // were cleared, and later ones arrive on the channel.
         if let Err(e) = identity::acknowledge(&pool, instance, None).await {
             tracing::warn!(error = %e, "identity barriers not acknowledged");
         }
+        identity.watch(true);
+        recheck_sessions(&pool, &identity, &sessions).await;
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
@@ -69,16 +75,59 @@ pub async fn run(
                     }
                 }
                 Ok(None) => {
-                    tracing::warn!("identity listener lost its connection; caches cleared");
-                    identity.clear();
+                    tracing::warn!("identity listener lost its connection; caches bypassed until it listens again");
+                    unwatched(&identity, &lockout);
                     break;
                 }
                 Err(e) => {
                     failed("identity listener failed; reconnecting", &e);
-                    identity.clear();
+                    unwatched(&identity, &lockout);
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Nothing that notices keep honest is trusted until the listener listens again: identities and
+/// lockouts are read from Postgres meanwhile (fail closed, CONTRACT P5).
+fn unwatched(identity: &Identity, lockout: &Lockout) {
+    identity.watch(false);
+    lockout.watch(false);
+}
+
+/// After the listener (re)connects: the sessions whose token was revoked, org suspended or agent
+/// deprovisioned while no notice could reach this instance are closed, as the notices would have
+/// closed them.
+async fn recheck_sessions(pool: &PgPool, identity: &Identity, sessions: &Arc<Sessions>) {
+    let (tokens, orgs, agents) = sessions.bound();
+    let mut revoked = Vec::new();
+    for token in tokens {
+        match identity.token_active(token).await {
+            Ok(true) => {}
+            Ok(false) => revoked.push(token),
+            Err(e) => tracing::warn!(error = %e, "a session's token not rechecked"),
+        }
+    }
+    if !revoked.is_empty() {
+        sessions.close_tokens(&revoked, "token_revoked").await;
+    }
+    for org in orgs {
+        match identity.org_mode(&org).await {
+            Ok(Some(OrgMode::Suspended)) => {
+                sessions.close_org(&org, "org_suspended").await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "a session's org not rechecked"),
+        }
+    }
+    for agent in agents {
+        match directory_read::agent(pool, &agent).await {
+            Ok(Some(found)) if found.is_active() => {}
+            Ok(_) => {
+                sessions.close_agent(&agent, "agent_deprovisioned").await;
+            }
+            Err(e) => tracing::warn!(error = %e, "a session's agent not rechecked"),
         }
     }
 }

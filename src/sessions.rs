@@ -2,7 +2,7 @@
 //! instance's memory, capped per instance, recorded as `SessionOpened` / `SessionClosed`, and
 //! closed when their token is revoked, their agent deprovisioned or their org suspended.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -158,6 +158,18 @@ impl Sessions {
 
     pub fn count(&self) -> usize {
         self.map.read().expect("sessions lock").len()
+    }
+
+    /// The tokens, orgs and agents (principal or claim) the open sessions are bound to, each once.
+    pub fn bound(&self) -> (Vec<Uuid>, Vec<String>, Vec<String>) {
+        let (mut tokens, mut orgs, mut agents) = (HashSet::new(), HashSet::new(), HashSet::new());
+        for session in self.map.read().expect("sessions lock").values() {
+            tokens.extend(session.principal.token_id);
+            orgs.extend(session.principal.org_id.clone());
+            agents.extend(session.principal.agent_id().map(str::to_string));
+            agents.extend(session.claim.clone());
+        }
+        (tokens.into_iter().collect(), orgs.into_iter().collect(), agents.into_iter().collect())
     }
 
     /// Closes one session (idempotent) and records `SessionClosed`.

@@ -5,7 +5,7 @@
 //! by the command paths of this instance, which drop what they revoke before they answer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,10 @@ pub struct Identity {
     /// Moves on every forget: a value read from Postgres before a revocation was applied here is
     /// not cached after it (it would outlive the revocation by up to `CACHE_TTL`).
     generation: AtomicU64,
+    /// Whether this instance is listening for identity notifications (`identity_watch`): the
+    /// caches are used only while it is, since a change made elsewhere meanwhile would not reach
+    /// them. Off until the listener first listens, and whenever it has lost its connection.
+    watched: AtomicBool,
     last_used: Mutex<HashMap<Uuid, Instant>>,
 }
 
@@ -96,6 +100,7 @@ impl Identity {
             tokens: RwLock::default(),
             org_modes: RwLock::default(),
             generation: AtomicU64::new(0),
+            watched: AtomicBool::new(false),
             last_used: Mutex::default(),
         }
     }
@@ -169,7 +174,7 @@ impl Identity {
             .read()
             .expect("token cache lock")
             .values()
-            .find(|c| c.value.token_id == token_id && c.fresh())
+            .find(|c| c.value.token_id == token_id && self.usable(c))
             .map(|c| !c.value.revoked);
         if let Some(active) = cached {
             return Ok(active);
@@ -180,7 +185,7 @@ impl Identity {
 
     async fn lookup(&self, hash: &str) -> Result<Option<TokenRecord>, sqlx::Error> {
         if let Some(cached) = self.tokens.read().expect("token cache lock").get(hash) {
-            if cached.fresh() {
+            if self.usable(cached) {
                 return Ok(Some(cached.value.clone()));
             }
         }
@@ -200,7 +205,7 @@ impl Identity {
             revoked: row.revoked,
         };
         let mut tokens = self.tokens.write().expect("token cache lock");
-        if self.generation.load(Ordering::Acquire) == generation {
+        if self.may_cache(generation) {
             tokens.insert(hash.to_string(), Cached { value: record.clone(), at: Instant::now() });
         }
         Ok(Some(record))
@@ -209,7 +214,7 @@ impl Identity {
     /// The mode of org `org_id` (`None`: no such org), cached like tokens.
     pub async fn org_mode(&self, org_id: &str) -> Result<Option<OrgMode>, sqlx::Error> {
         if let Some(cached) = self.org_modes.read().expect("org cache lock").get(org_id) {
-            if cached.fresh() {
+            if self.usable(cached) {
                 return Ok(cached.value);
             }
         }
@@ -217,7 +222,7 @@ impl Identity {
         let mode = read::org_mode(&self.pool, org_id).await?;
         if mode.is_some() {
             let mut modes = self.org_modes.write().expect("org cache lock");
-            if self.generation.load(Ordering::Acquire) == generation {
+            if self.may_cache(generation) {
                 modes.insert(org_id.to_string(), Cached { value: mode, at: Instant::now() });
             }
         }
@@ -235,6 +240,27 @@ impl Identity {
         let mut modes = self.org_modes.write().expect("org cache lock");
         self.generation.fetch_add(1, Ordering::AcqRel);
         modes.remove(org_id);
+    }
+
+    /// The identity listener listens (`true`, after it has cleared what it may have missed) or
+    /// has lost its connection (`false`): until it listens again every lookup reads Postgres,
+    /// so a revocation committed elsewhere meanwhile refuses at once here too (fail closed).
+    pub fn watch(&self, listening: bool) {
+        self.watched.store(listening, Ordering::Release);
+        if !listening {
+            self.clear();
+        }
+    }
+
+    /// A cached entry may answer: fresh, and the listener is up.
+    fn usable<T>(&self, cached: &Cached<T>) -> bool {
+        cached.fresh() && self.watched.load(Ordering::Acquire)
+    }
+
+    /// A value read from Postgres at `generation` may be cached: nothing was forgotten since,
+    /// and the listener is up. Called under the cache's write lock, which `clear` also takes.
+    fn may_cache(&self, generation: u64) -> bool {
+        self.watched.load(Ordering::Acquire) && self.generation.load(Ordering::Acquire) == generation
     }
 
     /// After a lost connection to the notification channel nothing cached can be trusted.

@@ -10,6 +10,7 @@
 use crate::error::{ApiError, ErrorCode};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
@@ -39,7 +40,14 @@ pub struct Lockout {
     max_failures: i32,
     window: Duration,
     lock_for: Duration,
+    /// The addresses with a counter row, as far as this instance knows: its own failures, the
+    /// ones other instances announced, and the table's as loaded when the listener listened. An
+    /// address outside it is not checked against Postgres — only while `watched`.
     suspects: Mutex<HashSet<String>>,
+    /// Whether `suspects` is complete: the identity listener has loaded the table and hears every
+    /// announcement since. Until it has (start-up, a lost connection, a failed load) every
+    /// address is checked against Postgres, so a lock set elsewhere meanwhile still refuses here.
+    watched: AtomicBool,
     /// How many failures this instance could not count (the counter's statement failed), by
     /// address. Until they are counted the address's credentialed requests are answered
     /// `unavailable`: its count is short, so whether it is locked cannot be told, and a check
@@ -72,6 +80,7 @@ impl Lockout {
             window: Duration::seconds(config.brute_force_window_seconds as i64),
             lock_for: Duration::seconds(config.brute_force_lockout_seconds as i64),
             suspects: Mutex::default(),
+            watched: AtomicBool::new(false),
             uncounted: Mutex::default(),
             metrics,
         }
@@ -94,17 +103,28 @@ impl Lockout {
         Ok(())
     }
 
+    /// The identity listener has loaded the suspects and listens (`true`), or has lost its
+    /// connection (`false`): see `watched`.
+    pub fn watch(&self, complete: bool) {
+        self.watched.store(complete, Ordering::Release);
+    }
+
+    fn watched(&self) -> bool {
+        self.watched.load(Ordering::Acquire)
+    }
+
     /// Step 1 of every credentialed route: is `ip` locked out?
     pub async fn check(&self, ip: IpAddr) -> Result<(), Refusal> {
         if !self.enabled
-            || (self.suspects.lock().expect("suspects lock").is_empty()
+            || (self.watched()
+                && self.suspects.lock().expect("suspects lock").is_empty()
                 && self.uncounted.lock().expect("uncounted lock").is_empty())
         {
             return Ok(());
         }
         let ip_ref = self.ip_ref(ip);
         self.count_missed(ip, &ip_ref).await?;
-        if !self.suspects.lock().expect("suspects lock").contains(&ip_ref) {
+        if self.watched() && !self.suspects.lock().expect("suspects lock").contains(&ip_ref) {
             return Ok(());
         }
         let locked_until: Option<Option<DateTime<Utc>>> =
@@ -247,7 +267,8 @@ impl Lockout {
         let ip_ref = self.ip_ref(ip);
         // Out of the set before the statement: a failure announced from now on puts it back, and
         // one announced before is in the row the statement reads.
-        if !self.suspects.lock().expect("suspects lock").remove(&ip_ref) {
+        // Unwatched, the address may have a row this instance never heard of: reset it anyway.
+        if !self.suspects.lock().expect("suspects lock").remove(&ip_ref) && self.watched() {
             return Ok(());
         }
         let now = self.clock.now();

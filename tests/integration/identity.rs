@@ -524,6 +524,57 @@ async fn a_failure_that_could_not_be_recorded_is_still_counted() {
     s.stop().await;
 }
 
+/// An instance whose identity listener is not listening (before it first does, or after it lost
+/// its connection) trusts no cached identity and no partial list of suspect addresses: a token
+/// revoked, or an address locked, by another instance meanwhile — whose notice never reaches this
+/// one — is refused at once. The cache and the suspects answer again once it listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_listener_an_instance_reads_identities_and_locks_from_postgres() {
+    use commguard::auth::lockout::Refusal;
+    use commguard::auth::{Identity, Lockout};
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &LIMITS).await;
+    let org = call_tool(&s, MASTER, "comms_create_organization", json!({"name": "Unheard", "slug": "unheard"})).await;
+    let org_token = org["adminToken"].as_str().unwrap().to_string();
+    let agent = call_tool(&s, &org_token, "comms_provision_channels", json!({"displayName": "Unheard"})).await;
+    let token = agent["securityToken"].as_str().unwrap().to_string();
+    let pool = db.pool().await;
+
+    // Another instance's view, with no listener of its own: what it cached it hears nothing about.
+    let identity = Identity::new(pool.clone(), Some(MASTER), false, commguard::clock::Clock::default());
+    identity.watch(true);
+    assert!(identity.resolve(&token).await.is_ok());
+    sqlx::query("UPDATE tokens SET revoked_at = now() WHERE kind = 'agent' AND agent_id = $1")
+        .bind(agent["agentId"].as_str().unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(identity.resolve(&token).await.is_ok(), "listening, the cache answers until a notice drops it");
+    identity.watch(false);
+    assert_eq!(identity.resolve(&token).await.err(), Some(commguard::auth::AuthFailure::Revoked));
+    identity.watch(true);
+    assert_eq!(identity.resolve(&token).await.err(), Some(commguard::auth::AuthFailure::Revoked));
+
+    // An address locked elsewhere, never announced here.
+    let config = crate::support::config(&[("MASTER_SECURITY_TOKEN", MASTER), ("DATABASE_URL", db.url.as_str())]);
+    let store =
+        commguard::store::Store::new(pool.clone(), std::sync::Arc::new(commguard::crypto::DataKeys::new(&[7; 32])));
+    let lockout = Lockout::new(&config, store, commguard::clock::Clock::default(), Default::default());
+    let ip: std::net::IpAddr = "203.0.113.90".parse().unwrap();
+    sqlx::query(
+        "INSERT INTO auth_failures (ip_key, failures, window_start, locked_until)
+         VALUES ($1, 10, now(), now() + interval '1 hour')",
+    )
+    .bind(lockout.ip_ref(ip))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert!(matches!(lockout.check(ip).await, Err(Refusal::Locked { .. })), "unwatched: checked in Postgres");
+    lockout.watch(true);
+    assert!(lockout.check(ip).await.is_ok(), "watched, an address it never heard of is not looked up");
+    s.stop().await;
+}
+
 /// The names of the checks in the provenance of the first event of `event_type`.
 async fn checks_of(db: &TestDb, event_type: &str) -> Vec<String> {
     let provenance: Value = sqlx::query_scalar(
