@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use commguard_domain::records::SessionEvent;
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use uuid::Uuid;
 
 use crate::auth::caller::Transport;
@@ -29,6 +29,10 @@ pub struct Session {
     outbox: mpsc::UnboundedSender<Value>,
     inbox: Mutex<Option<mpsc::UnboundedReceiver<Value>>>,
     closed: watch::Sender<bool>,
+    /// Moves when a new `GET /mcp` stream takes the inbox over: the stream holding it ends.
+    takeovers: watch::Sender<u64>,
+    /// Told when a stream gives the inbox back.
+    given_back: Notify,
     last_seen: Mutex<Instant>,
 }
 
@@ -51,10 +55,37 @@ impl Session {
 
     /// The inbox back from a stream that ended without ending the session (`GET /mcp`).
     pub fn give_back_inbox(&self, inbox: mpsc::UnboundedReceiver<Value>) {
-        let mut slot = self.inbox.lock().expect("session inbox lock");
-        if slot.is_none() {
-            *slot = Some(inbox);
+        {
+            let mut slot = self.inbox.lock().expect("session inbox lock");
+            if slot.is_none() {
+                *slot = Some(inbox);
+            }
         }
+        self.given_back.notify_waiters();
+    }
+
+    /// The inbox for a new `GET /mcp` stream: the newest stream wins (a client that reconnects
+    /// gets its stream at once, though the old connection's end may not have been noticed yet).
+    /// The stream holding it is told to end and gives it back; `None` if it has not within
+    /// `within` (its connection stuck in a write).
+    pub async fn take_over_inbox(&self, within: Duration) -> Option<mpsc::UnboundedReceiver<Value>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Registered before the check, so a give-back between the two is not missed.
+            let given_back = self.given_back.notified();
+            if let Some(inbox) = self.take_inbox() {
+                return Some(inbox);
+            }
+            self.takeovers.send_modify(|n| *n += 1);
+            if tokio::time::timeout_at(deadline, given_back).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Resolves when a newer stream takes the inbox over (from the moment of the call).
+    pub fn takeovers(&self) -> watch::Receiver<u64> {
+        self.takeovers.subscribe()
     }
 
     /// Resolves when the session is closed.
@@ -130,6 +161,8 @@ impl Sessions {
             outbox,
             inbox: Mutex::new(Some(inbox)),
             closed: watch::channel(false).0,
+            takeovers: watch::channel(0).0,
+            given_back: Notify::new(),
             last_seen: Mutex::new(Instant::now()),
         });
         {

@@ -110,14 +110,16 @@ pub fn event_stream(
     first: Option<String>,
     owns_session: bool,
 ) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+    let takeovers = session.takeovers();
     let end = StreamEnd { sessions, session, inbox: Some(inbox), owns_session };
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    futures::stream::unfold((end, first, ticker), |(mut end, first, mut ticker)| async move {
+    futures::stream::unfold((end, first, ticker, takeovers), |(mut end, first, mut ticker, mut takeovers)| async move {
         if let Some(first) = first {
-            return Some((Ok(Bytes::from(first)), (end, None, ticker)));
+            return Some((Ok(Bytes::from(first)), (end, None, ticker, takeovers)));
         }
         let session = end.session.clone();
+        let owns_session = end.owns_session;
         let inbox = end.inbox.as_mut().expect("the inbox is the stream's until it ends");
         let chunk = tokio::select! {
             biased;
@@ -126,9 +128,11 @@ pub fn event_stream(
                 None => return None,
             },
             _ = session.closed() => return None,
+            // A newer `GET /mcp` stream takes the inbox over: this one ends and gives it back.
+            _ = takeovers.changed(), if !owns_session => return None,
             _ = ticker.tick() => ": ping\n\n".to_string(),
         };
-        Some((Ok(Bytes::from(chunk)), (end, None, ticker)))
+        Some((Ok(Bytes::from(chunk)), (end, None, ticker, takeovers)))
     })
 }
 

@@ -165,6 +165,9 @@ fn supported_version(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// How long a new `GET /mcp` stream waits for the open one to hand the inbox over.
+const TAKE_OVER_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `GET /mcp`: the session's notification stream.
 pub async fn get(
     State(app): State<AppState>,
@@ -179,8 +182,12 @@ pub async fn get(
     let session = existing_session(&app, &headers, &authenticated, ip).await?;
     authenticated.admit(&app.lockout, &app.identity, ip).await?;
     supported_version(&headers)?;
+    // The newest stream wins: the one open ends and hands its inbox over (a reconnecting client
+    // need not wait until its old connection's end is noticed). Only a stream that cannot end
+    // within the wait (its connection stuck in a write) leaves the newcomer refused.
     let inbox = session
-        .take_inbox()
+        .take_over_inbox(TAKE_OVER_WITHIN)
+        .await
         .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "A stream is already open for this session"))?;
     let body = Body::from_stream(event_stream(app.sessions.clone(), session, inbox, None, false));
     Ok(([(header::CONTENT_TYPE, "text/event-stream")], body).into_response())
