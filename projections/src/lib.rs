@@ -142,6 +142,16 @@ pub trait Projection: Send + Sync {
     fn defers_secondary_indexes(&self) -> bool {
         false
     }
+    /// Run by a rebuild in its swap transaction, under the projection's lock, after the shadows
+    /// have caught up and before they replace the live tables: for what the live tables had
+    /// removed meanwhile by a command that holds the same lock (an erasure's consent rows).
+    fn before_swap<'a>(
+        &'a self,
+        _conn: &'a mut PgConnection,
+        _tables: &'a Tables,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Applies a batch of events, in global order, inside the runner's transaction. Batches let
     /// a projection write with a few set-based statements instead of one round trip per event.
     fn apply<'a>(

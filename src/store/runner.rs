@@ -490,6 +490,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection, progress: &mut 
         }
         applied += n as u64;
     }
+    projection.before_swap(&mut tx, &shadows).await?;
     for table in projection.tables() {
         let shadow = shadow_name(table);
         let renames = index_renames(&mut tx, table, &shadow).await?;

@@ -380,3 +380,40 @@ fn hex_key(hex: &str) -> commguard::crypto::Key {
     let bytes = hex::decode(hex).unwrap();
     bytes.try_into().unwrap()
 }
+
+/// A grant recorded while an erasure runs — after it listed the subject's grants, before it
+/// destroyed the subject's keys — keeps a record key the erasure never named, but its `contact`
+/// is sealed under a subject key the erasure destroyed: the consent projection drops its row
+/// (when it applies the grant, and at a rebuild's swap), so a rebuild does not bring back consent
+/// for an erased person. Before, only a destroyed record key dropped a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_sealed_under_a_destroyed_subject_key_is_not_rebuilt() {
+    use crate::support::{provision, TestServer};
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &[("MASTER_SECURITY_TOKEN", MASTER)]).await;
+    let p = provision(&s, MASTER, "late-grant", json!({}), "Granted", json!({"phone": true})).await;
+    let agent = Session::open(&s, &p.agent_token).await;
+    agent.ok("comms_record_consent", json!({"contactAddress": "+12025550143", "channel": "sms"})).await;
+    let pool = db.pool().await;
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM consents WHERE agent_id = $1")
+            .bind(&p.agent_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(rows().await, 1);
+    // The erasure's destruction of the subject's keys, without the grant in its list.
+    let destroyed = sqlx::query(
+        "UPDATE data_keys SET wrapped = NULL, destroyed_at = now() WHERE kind = 'subject' AND destroyed_at IS NULL",
+    )
+    .execute(&pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert!(destroyed >= 1);
+    let quiet = &mut commguard::store::runner::Progress::quiet();
+    commguard::store::runner::rebuild(&pool, &commguard_projections::contact::ConsentProjection, quiet).await.unwrap();
+    assert_eq!(rows().await, 0, "the erased subject's grant came back in the rebuild");
+    s.stop().await;
+}

@@ -100,24 +100,50 @@ impl Projection for ConsentProjection {
                     .await?;
                 }
             }
-            // A grant whose record key is destroyed (erasure, or retention of revoked consents)
-            // is gone: a rebuild must not bring its row back as if it still held.
             let granted: Vec<uuid::Uuid> = relevant(events, &["contact"], &["ConsentGranted"])
                 .filter_map(|(_, p)| str_field(&p, "consentId").and_then(|s| s.parse().ok()))
                 .collect();
             if !granted.is_empty() {
-                sqlx::query(&format!(
-                    "DELETE FROM {consents} c USING data_keys d
-                      WHERE c.consent_id = ANY($1) AND d.kind = 'consent' AND d.consent_id = c.consent_id
-                        AND d.destroyed_at IS NOT NULL"
-                ))
-                .bind(&granted)
-                .execute(&mut *conn)
-                .await?;
+                drop_erased_grants(conn, consents, Some(&granted)).await?;
             }
             Ok(())
         })
     }
+
+    fn before_swap<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tables: &'a Tables,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        // An erasure (which holds this projection's lock) deletes the live rows only: rows its
+        // subject's grants got in the shadow before it are dropped here.
+        Box::pin(async move { drop_erased_grants(conn, tables.get("consents"), None).await })
+    }
+}
+
+/// Deletes the consent rows (of `grants`, or all) whose grant is erased: its record key is
+/// destroyed (erasure, or retention of revoked consents), or a key its `contact` field is sealed
+/// under is (an erasure that destroyed the subject's keys while the grant was being recorded,
+/// before it knew of its record key). A rebuild must not bring such a row back as if it held.
+async fn drop_erased_grants(
+    conn: &mut PgConnection,
+    consents: &str,
+    grants: Option<&[uuid::Uuid]>,
+) -> Result<(), ProjectionError> {
+    sqlx::query(&format!(
+        "DELETE FROM {consents} c
+          WHERE ($1::uuid[] IS NULL OR c.consent_id = ANY($1))
+            AND (EXISTS (SELECT 1 FROM data_keys d
+                          WHERE d.kind = 'consent' AND d.consent_id = c.consent_id AND d.destroyed_at IS NOT NULL)
+                 OR EXISTS (SELECT 1 FROM events e
+                              CROSS JOIN LATERAL json_array_elements_text(e.payload -> 'contact' -> 'k') k(key_id)
+                              JOIN data_keys d ON d.key_id::text = k.key_id
+                             WHERE e.event_id = c.grant_event_id AND d.destroyed_at IS NOT NULL))"
+    ))
+    .bind(grants)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 impl Projection for DncProjection {
