@@ -209,6 +209,18 @@ async fn replay(rt: &Runtime, only: Option<&str>) -> ExitCode {
             }
         }
     }
+    // A rebuild applies every event, so it brings back the rows retention had purged (usage and
+    // call rows, revoked consents): a retention run puts them away again at once.
+    match crate::retention::run(&rt.store, &rt.config, rt.clock.now()).await {
+        Ok(Some(purged)) if purged.iter().any(|(_, p)| p.rows > 0) => {
+            eprintln!("commguard: retention purged the rebuilt rows older than their retention")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("commguard: retention after the replay failed: {e}");
+            return ExitCode::from(2);
+        }
+    }
     ExitCode::SUCCESS
 }
 

@@ -1,6 +1,7 @@
 //! Retention (docs/privacy.md#retention): expiring personal data by destroying keys. The class-c key for UTC
 //! day D is destroyed at the first run at or after 00:00 UTC of D + N(c) + 1, i.e. a run on UTC
-//! day T destroys the buckets before T − N(c). Usage and call rows older than their N are purged,
+//! day T destroys the buckets before T − N(c). Usage rows (hourly sums, and the limits' day and
+//! month counters) and call rows older than their N are purged,
 //! and revoked consents older than theirs lose their record keys and rows. Events are never
 //! touched; each class that destroyed or purged anything is recorded as `RetentionPurged` on
 //! stream `platform`/`platform`. Runs are scheduled by `crate::jobs`.
@@ -71,12 +72,19 @@ async fn run_locked(
         done.push((class, Purged { buckets, ..Purged::default() }));
     }
     let usage_before = cutoff(now, r.usage_logs_days);
-    let rows = sqlx::query("DELETE FROM usage_hourly WHERE hour < $1::date::timestamptz")
+    let hourly = sqlx::query("DELETE FROM usage_hourly WHERE hour < $1::date::timestamptz")
         .bind(usage_before)
         .execute(pool)
         .await?
         .rows_affected();
-    done.push((RetentionClass::Usage, Purged { rows, ..Purged::default() }));
+    // The limits' counters of days and months that began before the cutoff: long out of any
+    // window a limit reads, and a contact's (`<agentId>|<subjectRef>`) name who was contacted.
+    let counters = sqlx::query("DELETE FROM usage_counters WHERE period_start < $1")
+        .bind(usage_before)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    done.push((RetentionClass::Usage, Purged { rows: hourly + counters, ..Purged::default() }));
     let rows = sqlx::query("DELETE FROM calls WHERE placed_at < $1::date::timestamptz")
         .bind(cutoff(now, r.call_logs_days))
         .execute(pool)

@@ -300,3 +300,54 @@ async fn two_instances_running_at_once_destroy_and_record_a_bucket_once() {
     two.stop().await;
     one.stop().await;
 }
+
+/// Usage rows — the hourly sums, and the limits' day and month counters (a contact's among them,
+/// `<agentId>|<subjectRef>`) — go after their 365 days; and `commguard replay`, which brings the
+/// hourly sums back from the events, runs retention after it rebuilds, so they stay gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_rows_and_limit_counters_expire_and_a_replay_does_not_bring_them_back() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars("true")).await;
+    set_clock(&s, "2025-06-01T16:00:00Z").await;
+    let (me, agent_id) = agent(&s, "old-usage").await;
+    me.ok("comms_record_consent", json!({"contactAddress": TO, "channel": "sms"})).await;
+    me.ok("comms_send_message", json!({"to": TO, "body": "a year and a half ago"})).await;
+    set_clock(&s, "2026-12-01T00:00:00Z").await;
+    me.ok("comms_send_message", json!({"to": TO, "body": "today"})).await;
+    let pool = s.rt.store.pool().clone();
+    // (old hourly sums, recent hourly sums, old counters, recent counters) of the agent.
+    let counts = || async {
+        sqlx::query_as::<_, (i64, i64, i64, i64)>(
+            "SELECT (SELECT count(*) FROM usage_hourly WHERE agent_id = $1 AND hour < '2025-12-01'),
+                    (SELECT count(*) FROM usage_hourly WHERE agent_id = $1 AND hour >= '2025-12-01'),
+                    (SELECT count(*) FROM usage_counters WHERE key LIKE $1 || '%' AND period_start < '2025-12-01'),
+                    (SELECT count(*) FROM usage_counters WHERE key LIKE $1 || '%' AND period_start >= '2025-12-01')",
+        )
+        .bind(&agent_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let c = counts().await;
+        if c.0 == 1 && c.1 == 1 {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "usage never projected: {c:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(before.2 >= 2 && before.3 >= 2, "day and month counters, the contact's too: {before:?}");
+
+    run_now(&s).await;
+    let after = counts().await;
+    assert_eq!((after.0, after.2), (0, 0), "usage rows older than 365 days are purged: {after:?}");
+    assert_eq!((after.1, after.3), (before.1, before.3), "recent ones are kept: {after:?}");
+
+    let (code, _, stderr) = crate::support::commguard_cli(&db, &["replay", "--projection", "usage"], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let replayed = counts().await;
+    assert_eq!(replayed.0, 0, "the replay brought back an expired hourly sum: {replayed:?}");
+    assert_eq!(replayed.1, 1, "and rebuilt the recent one: {replayed:?}");
+    s.stop().await;
+}
