@@ -216,8 +216,17 @@ impl Intents {
             }
             Ending::Failed => {
                 if let Err(e) = release(&self.pool, id).await {
-                    // The intent stays; the reconciler finds the failure recorded and releases it.
-                    tracing::warn!(error = %e, %id, "reservation of a failed action not released yet");
+                    // The reconciler leaves a live owner's intents alone: this instance retries
+                    // until the release is through (it is idempotent: a released intent is gone).
+                    tracing::warn!(error = %e, %id, "reservation of a failed action not released yet; retrying");
+                    let pool = self.pool.clone();
+                    tokio::spawn(async move {
+                        let mut wait = Duration::from_millis(200);
+                        while release(&pool, id).await.is_err() {
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(Duration::from_secs(5));
+                        }
+                    });
                 }
             }
         }
@@ -243,11 +252,14 @@ impl Intents {
                 .await
                 .map_err(db)?;
         let Some((agent_id, stored)) = row else { return Ok(false) };
-        // Crash between an append and its intent's completion: the event is there already.
+        // Crash between an append and its intent's completion: the event is there already. Any
+        // outcome counts: a send refused at the recheck before the provider call is recorded
+        // blocked, and must not be recorded again, nor as sent by the fallback.
         let recorded: Option<String> = sqlx::query_scalar(
             "SELECT event_type FROM events
               WHERE aggregate_type = 'agent' AND aggregate_id = $1
-                AND event_type IN ('MessageSent', 'MessageFailed', 'CallPlaced', 'CallFailed')
+                AND event_type IN ('MessageSent', 'MessageFailed', 'MessageBlocked',
+                                   'CallPlaced', 'CallFailed', 'CallBlocked')
                 AND COALESCE(payload->>'messageId', payload->>'callId') = $2
               LIMIT 1",
         )
@@ -257,9 +269,10 @@ impl Intents {
         .await
         .map_err(db)?;
         let (ending, appended) = match recorded {
-            Some(kind) => {
-                (if kind.ends_with("Failed") { Ending::Failed } else { Ending::Sent { cost_delta: 0 } }, false)
-            }
+            Some(kind) if kind.ends_with("Failed") || kind.ends_with("Blocked") => (Ending::Failed, false),
+            // Its own event, recorded by an append whose reply was lost: its cost difference
+            // still has to be settled.
+            Some(_) => (event.map_or(Ending::Sent { cost_delta: 0 }, |(_, _, ending)| ending), false),
             None => {
                 let owned;
                 let (event, context, ending) = match event {

@@ -347,6 +347,55 @@ async fn an_append_settling_an_intent_already_settled_records_nothing() {
     s.stop().await;
 }
 
+/// A send refused at the recheck before the provider call is recorded `MessageBlocked`, then its
+/// intent released. If its owner dies between the two, the reconciler finds the blocked outcome
+/// and only releases the reservation: it records no sent-unconfirmed fallback for an action that
+/// never reached the provider (nor a second outcome).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_send_whose_owner_died_before_releasing_is_released_not_recorded_again() {
+    use commguard::store::{Actor, CommandContext};
+    use commguard_domain::agent::AgentEvent;
+    use commguard_domain::pii::Pii;
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars(&[("OUTBOUND_INTENT_LEASE_SECONDS", "1")])).await;
+    let (_, agent_id) = agent(&s, "blocked-then-died").await;
+    let pool = db.pool().await;
+    let context = CommandContext::new(Actor::system("test"), "test", chrono::Utc::now());
+    let id = uuid::Uuid::new_v4();
+    let blocked = AgentEvent::MessageBlocked {
+        message_id: id,
+        channel: "sms".into(),
+        purpose: "transactional".into(),
+        to: Pii::subject("+12025550100".to_string()),
+        body: Pii::subject("+12025550100".to_string()),
+        refused_by: "dnc".into(),
+        code: "compliance_blocked".into(),
+        rule: Some("dnc".into()),
+        limit_type: None,
+        reason: "checked again before the provider call".into(),
+    };
+    s.rt.store.record("agent", &agent_id, &[blocked], &context).await.unwrap();
+    // Its intent, left by an owner that is gone (no heartbeat) before it released it.
+    sqlx::query(
+        "INSERT INTO outbound_intents (id, agent_id, org_id, owner, at, cost, intent, created_at)
+         VALUES ($1, $2, 'org', $3, now(), 0, '{}', now() - interval '1 minute')",
+    )
+    .bind(id)
+    .bind(&agent_id)
+    .bind(uuid::Uuid::new_v4())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while crate::support::open_intents(&pool).await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the blocked send's intent was never released");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&db, "MessageSent").await, 0, "no fallback recorded for a blocked send");
+    assert_eq!(count(&db, "MessageBlocked").await, 1, "its outcome recorded once");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_provider_call_consumes_no_quota_and_spend_caps_refuse() {
     let db = TestDb::new().await;
