@@ -72,14 +72,18 @@ pub async fn record_refusals(State(app): State<AppState>, mut request: Request, 
     response
 }
 
-/// The arguments of an admin request, for `ActionRefused.args`: its JSON body (a body that is not
-/// JSON is kept as one string), else its query parameters as an object, else none.
+/// The arguments of an admin request, for `ActionRefused.args`: its JSON body when it is an object
+/// (whose secrets `refusals::sealed_args` drops and whose identifiers it seals under their
+/// subjects), else its query parameters as an object, else none. A body that is not a JSON object
+/// is kept as its size only: unparsed, its secrets and identifiers could not be told apart from the
+/// rest (a mistyped provider registration would have stored its token, readable in the feed).
 fn request_args(query: Option<&str>, body: &[u8]) -> Option<serde_json::Value> {
     use serde_json::Value;
     if !body.is_empty() {
-        return Some(
-            serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned())),
-        );
+        return Some(match serde_json::from_slice(body) {
+            Ok(object @ Value::Object(_)) => object,
+            _ => serde_json::json!({ "unparsedBytes": body.len() }),
+        });
     }
     let query = query.filter(|q| !q.is_empty())?;
     let params: serde_json::Map<String, Value> = form_urlencoded::parse(query.as_bytes())

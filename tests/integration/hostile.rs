@@ -678,3 +678,32 @@ async fn last_used_at_is_read_from_the_service_clock() {
     assert!(used.to_rfc3339().starts_with("2030-01-01"), "lastUsedAt {used} is not the service clock's");
     s.stop().await;
 }
+
+/// A refused admin request whose body is not a JSON object is recorded with its size only: a
+/// mistyped provider registration (a trailing comma) must not store its token where the feed
+/// shows it, nor a malformed DNC body an address that erasure could not reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_admin_body_is_recorded_by_its_size_not_its_text() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &VARS).await;
+    let body = r#"{"provider":"twilio","credentials":{"accountSid":"AC1","authToken":"s3cr3t-token"},}"#;
+    let refused = s
+        .http
+        .post(s.url("/admin/api/providers"))
+        .bearer_auth(MASTER)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let pool = db.pool().await;
+    let written: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(&pool).await.unwrap();
+    wait_visible(&pool, written).await;
+    let feed = s.http.get(s.url("/admin/api/events?limit=1000")).bearer_auth(MASTER).send().await.unwrap();
+    let feed = feed.text().await.unwrap();
+    assert!(feed.contains("ActionRefused"), "the refusal is recorded");
+    assert!(!feed.contains("s3cr3t-token"), "the token reached the feed");
+    assert!(feed.contains(&format!("\"unparsedBytes\":{}", body.len())), "recorded by its size");
+    s.stop().await;
+}
