@@ -8,9 +8,11 @@
 //! snapshot write never fails the command whose events are already committed.
 //!
 //! It also keeps the aggregates it last committed in memory, so the next command on a hot stream
-//! skips the load. That is safe under concurrency because appends are optimistic: if another
-//! writer (or instance) appended meanwhile, the append of a command decided on the cached state
-//! conflicts on the stream's primary key, the entry is dropped, and the retry loads from Postgres.
+//! skips the snapshot and replay: a cached aggregate is used after one read finds no event past
+//! its sequence (another instance may have appended; a command refused or deciding nothing on
+//! the stale state would never reach an append to conflict), else it is loaded afresh. Appends
+//! are optimistic besides: one that races another writer conflicts on the stream's primary key,
+//! the entry is dropped, and the retry loads from Postgres.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -56,13 +58,22 @@ impl<A: Aggregate + Clone> EventStore<A> for SnapshotStore<A> {
     }
 
     async fn load_aggregate(&self, aggregate_id: &str) -> Result<Self::AC, AggregateError<A::Error>> {
-        if let Some(cached) = self.cache.lock().expect("aggregate cache lock").get(aggregate_id) {
-            return Ok(EventStoreAggregateContext {
+        let cached =
+            self.cache.lock().expect("aggregate cache lock").get(aggregate_id).map(|c| EventStoreAggregateContext {
                 aggregate_id: aggregate_id.to_string(),
-                aggregate: cached.aggregate.clone(),
-                current_sequence: cached.sequence,
-                current_snapshot: cached.snapshot,
+                aggregate: c.aggregate.clone(),
+                current_sequence: c.sequence,
+                current_snapshot: c.snapshot,
             });
+        if let Some(cached) = cached {
+            // Used only while nothing was appended after it: a command refused, or deciding
+            // nothing, on a state another instance has moved past never reaches the append
+            // whose conflict would have shown it (a suspension refused as "already suspended"
+            // after another instance lifted it). One read of the stream past the cached sequence.
+            if self.repo.get_last_events::<A>(aggregate_id, cached.current_sequence).await?.is_empty() {
+                return Ok(cached);
+            }
+            self.cache.lock().expect("aggregate cache lock").remove(aggregate_id);
         }
         let snapshot = self.repo.get_snapshot::<A>(aggregate_id).await?;
         let mut context = snapshot

@@ -575,6 +575,28 @@ async fn without_its_listener_an_instance_reads_identities_and_locks_from_postgr
     s.stop().await;
 }
 
+/// Each instance keeps the aggregates it last committed, but uses one only while no other
+/// instance has appended to its stream since: suspended on A, restored on B, an org is suspended
+/// on A again (A's cached state said "already suspended", a 409 that left the org active).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_on_one_instance_sees_what_another_instance_changed() {
+    let db = TestDb::new().await;
+    let a = TestServer::start(&db, &LIMITS).await;
+    let b = TestServer::start(&db, &LIMITS).await;
+    let (org_id, _) = create_org(&a, "two-instances", true).await;
+    let path = |what: &str| format!("/admin/api/orgs/{org_id}/{what}");
+    let suspend = || Some(json!({"reason": "abuse report"}));
+    let (status, body) = admin(&a, MASTER, reqwest::Method::POST, &path("suspend"), suspend()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = admin(&b, MASTER, reqwest::Method::POST, &path("unsuspend"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = admin(&a, MASTER, reqwest::Method::POST, &path("suspend"), suspend()).await;
+    assert_eq!(status, 200, "A decided on its stale cache: {body}");
+    assert_eq!(body["mode"], "suspended", "{body}");
+    b.stop().await;
+    a.stop().await;
+}
+
 /// The names of the checks in the provenance of the first event of `event_type`.
 async fn checks_of(db: &TestDb, event_type: &str) -> Vec<String> {
     let provenance: Value = sqlx::query_scalar(
