@@ -30,7 +30,6 @@ use commguard_domain::pii::SealedField;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::crypto::envelope;
@@ -74,7 +73,6 @@ pub struct Intents {
     store: Store,
     instance: Uuid,
     lease: Duration,
-    deletions: mpsc::UnboundedSender<(Uuid, i64)>,
     /// Settles under a row lock hold a pooled connection while their event is appended on
     /// another: left unbounded, as many settles as the pool has connections would hold them
     /// all and wait for an append that can never get one (seen in the outage run: 10 stuck).
@@ -82,19 +80,15 @@ pub struct Intents {
 }
 
 impl Intents {
-    /// A new instance identity; starts the batched completion task.
+    /// A new instance identity.
     pub fn start(store: Store, lease: Duration) -> Arc<Self> {
-        let (deletions, queue) = mpsc::unbounded_channel();
-        let intents = Arc::new(Self {
+        Arc::new(Self {
             pool: store.pool().clone(),
             store,
             instance: Uuid::new_v4(),
             lease,
-            deletions,
             settling: tokio::sync::Semaphore::new(SETTLING),
-        });
-        tokio::spawn(complete_batches(intents.pool.clone(), queue));
-        intents
+        })
     }
 
     pub fn instance(&self) -> Uuid {
@@ -138,17 +132,16 @@ impl Intents {
         context: &CommandContext,
         ending: Ending,
     ) -> Result<(), Unrecorded> {
-        // The fast path: nobody else touches a live owner's intent. A send whose cost is its
-        // estimate ends its intent in the transaction that appends its event (no cost to settle,
-        // nothing left to do after); the others are completed once their event is stored.
-        let settles = matches!(ending, Ending::Sent { cost_delta: 0 }).then_some(id);
-        match self.store.record_settling("agent", agent_id, std::slice::from_ref(&event), context, settles).await {
-            Ok(_) if settles.is_some() => return Ok(()),
-            Ok(_) => {
-                self.finish(id, ending).await;
-                return Ok(());
+        // The fast path, for a send whose cost is its estimate: its event's append ends its
+        // intent in the same transaction, and fails if the intent is gone (settled by a
+        // reconciler that took this owner for dead), so the action is never recorded twice. Any
+        // other ending (a failure, a block, a cost to settle) is recorded under the intent's row
+        // lock (`settle`), which finds it gone just as surely; they are the rarer outcomes.
+        if ending == (Ending::Sent { cost_delta: 0 }) {
+            match self.store.record_settling("agent", agent_id, std::slice::from_ref(&event), context, Some(id)).await {
+                Ok(_) => return Ok(()),
+                Err(e) => tracing::warn!(error = %e, %id, "outbound event not recorded yet; retrying"),
             }
-            Err(e) => tracing::warn!(error = %e, %id, "outbound event not recorded yet; retrying"),
         }
         let deadline = tokio::time::Instant::now() + RECORD_DEADLINE;
         let mut wait = Duration::from_millis(50);
@@ -205,31 +198,6 @@ impl Intents {
                 }
             }
         });
-    }
-
-    /// After the event is stored: a sent action's intent is deleted in the next batch (with its
-    /// cost settled); a failed one is released and deleted now.
-    async fn finish(&self, id: Uuid, ending: Ending) {
-        match ending {
-            Ending::Sent { cost_delta } => {
-                let _ = self.deletions.send((id, cost_delta));
-            }
-            Ending::Failed => {
-                if let Err(e) = release(&self.pool, id).await {
-                    // The reconciler leaves a live owner's intents alone: this instance retries
-                    // until the release is through (it is idempotent: a released intent is gone).
-                    tracing::warn!(error = %e, %id, "reservation of a failed action not released yet; retrying");
-                    let pool = self.pool.clone();
-                    tokio::spawn(async move {
-                        let mut wait = Duration::from_millis(200);
-                        while release(&pool, id).await.is_err() {
-                            tokio::time::sleep(wait).await;
-                            wait = (wait * 2).min(Duration::from_secs(5));
-                        }
-                    });
-                }
-            }
-        }
     }
 
     /// Settles intent `id` under its row lock: if the store already holds its event, only
@@ -398,41 +366,6 @@ impl Intents {
 /// Releases a failed action's reservation and deletes its intent, in one statement.
 async fn release(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT release_intent($1)").bind(id).execute(pool).await.map(|_| ())
-}
-
-/// Deletes completed intents (settling each cost delta) in batches; a failed batch is kept and
-/// tried again, so a completed intent is never left for the reconciler by a passing outage.
-async fn complete_batches(pool: PgPool, mut queue: mpsc::UnboundedReceiver<(Uuid, i64)>) {
-    let mut pending: Vec<(Uuid, i64)> = Vec::new();
-    loop {
-        if pending.is_empty() {
-            match queue.recv().await {
-                Some(first) => pending.push(first),
-                None => return,
-            }
-        }
-        while pending.len() < 1024 {
-            match queue.try_recv() {
-                Ok(next) => pending.push(next),
-                Err(_) => break,
-            }
-        }
-        let (ids, deltas): (Vec<Uuid>, Vec<i64>) = pending.iter().copied().unzip();
-        // Nothing to settle (every actual cost equals its estimate, as the mock's always does):
-        // the intents are only deleted, without the function's locks and loop.
-        let done = if deltas.iter().all(|d| *d == 0) {
-            sqlx::query("DELETE FROM outbound_intents WHERE id = ANY($1)").bind(&ids).execute(&pool).await
-        } else {
-            sqlx::query("SELECT complete_intents($1, $2)").bind(&ids).bind(&deltas).execute(&pool).await
-        };
-        match done {
-            Ok(_) => pending.clear(),
-            Err(e) => {
-                tracing::warn!(error = %e, intents = ids.len(), "completed intents not cleared yet");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
 }
 
 /// Replaces every clear personal field of a serialized event with `[erased]`, sealed only by a

@@ -396,6 +396,34 @@ async fn a_blocked_send_whose_owner_died_before_releasing_is_released_not_record
     s.stop().await;
 }
 
+/// An owner taken for dead whose intent a reconciler has settled (recording its fallback) records
+/// no second outcome when it comes back with a failure: every ending other than a send at its
+/// estimate is recorded under the intent's row lock, which finds the intent gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_intent_was_settled_elsewhere_records_no_failure() {
+    use commguard::ledger::intents::Ending;
+    use commguard::store::{Actor, CommandContext};
+    use commguard_domain::agent::AgentEvent;
+    use commguard_domain::pii::Pii;
+    let db = TestDb::new().await;
+    let s = TestServer::start(&db, &vars(&[])).await;
+    let (_, agent_id) = agent(&s, "owner-came-back").await;
+    let context = CommandContext::new(Actor::system("test"), "test", chrono::Utc::now());
+    let settled_elsewhere = uuid::Uuid::new_v4();
+    let failed = AgentEvent::MessageFailed {
+        message_id: settled_elsewhere,
+        channel: "sms".into(),
+        to: Pii::subject("+12025550100".to_string()),
+        provider: "twilio".into(),
+        error: "timeout".into(),
+    };
+    let intents = s.server.as_ref().unwrap().state().intents.clone();
+    let outcome = intents.complete(&agent_id, settled_elsewhere, failed, &context, Ending::Failed).await;
+    assert!(outcome.is_ok());
+    assert_eq!(count(&db, "MessageFailed").await, 0, "a second outcome was recorded for a settled intent");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_provider_call_consumes_no_quota_and_spend_caps_refuse() {
     let db = TestDb::new().await;
