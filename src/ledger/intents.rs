@@ -42,9 +42,12 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 pub const RECORD_DEADLINE: Duration = Duration::from_secs(5);
 /// Intents settled per reconciler pass at most.
 const RECONCILE_BATCH: i64 = 100;
-/// Settles at once at most: each holds one pooled connection, and the append it waits for needs
-/// another (the pool has at least 2).
-const SETTLING: usize = 1;
+/// Settles at once at most: each holds one pooled connection while the append it waits for needs
+/// another, so at most half the pool (and at least one; the pool has at least 2). Every failed or
+/// blocked action is recorded through one.
+fn settling(pool: &PgPool) -> usize {
+    (pool.options().get_max_connections() as usize / 2).max(1)
+}
 /// The AAD path of a sealed intent.
 const INTENT_PATH: &str = "intent";
 
@@ -82,12 +85,13 @@ pub struct Intents {
 impl Intents {
     /// A new instance identity.
     pub fn start(store: Store, lease: Duration) -> Arc<Self> {
+        let permits = settling(store.pool());
         Arc::new(Self {
             pool: store.pool().clone(),
             store,
             instance: Uuid::new_v4(),
             lease,
-            settling: tokio::sync::Semaphore::new(SETTLING),
+            settling: tokio::sync::Semaphore::new(permits),
         })
     }
 
