@@ -113,10 +113,8 @@ pub async fn erase_subject(
         // Under the consent projection's lock: no live batch interleaves (one that applies a grant
         // after this commits finds its keys destroyed and drops its row), and a rebuild's swap,
         // which holds it too, drops from its shadow what this deletes from the live table.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('commguard.projection.consent'))")
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::internal)?;
+        let consent = commguard_projections::Projection::name(&commguard_projections::contact::ConsentProjection);
+        crate::store::runner::hold_projection_lock(&mut tx, consent).await.map_err(ApiError::internal)?;
         let consents = sqlx::query("DELETE FROM consents WHERE org_id = ANY($1) AND subject_ref = $2")
             .bind(&org_ids)
             .bind(&subject_ref)

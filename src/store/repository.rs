@@ -311,8 +311,8 @@ impl EventRepository {
             .collect())
     }
 
-    /// The stored form of one event's payload: untagged, made storable (`storable::escape_nul`,
-    /// `storable::cap_depth`) and sealed; its metadata is written from its context, storable too, once its chain link is
+    /// The stored form of one event's payload: untagged, made storable (`storable::make_storable`:
+    /// U+0000 escaped, depth capped) and sealed; its metadata is written from its context, storable too, once its chain link is
     /// known (`MetadataText`). These are the one place event JSON is shaped for Postgres, so no
     /// event — whatever its producer let through — carries a NUL there.
     async fn prepare(&self, stamped: &Stamped<'_>, check_keys: bool) -> Result<Prepared, PersistenceError> {
@@ -325,8 +325,7 @@ impl EventRepository {
         let event_id = Uuid::new_v4();
         let mut payload = untag(&event.event_type, event.payload.clone());
         // Before sealing, so a personal field's plaintext is storable too once opened.
-        storable::escape_nul(&mut payload);
-        storable::cap_depth(&mut payload);
+        storable::make_storable(&mut payload);
         let unchecked_keys = seal_payload(
             &self.keystore,
             &mut payload,

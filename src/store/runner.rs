@@ -409,6 +409,17 @@ fn watch_head(pool: PgPool, appended: super::Appended, stop: Arc<Notify>) -> Joi
     })
 }
 
+/// Holds projection `name`'s lock until the transaction ends (waiting for it): live batches,
+/// which only try it, skip meanwhile. A rebuild's swap holds it, and so does a command that
+/// changes a projection's rows itself (an erasure's consent rows).
+pub(crate) async fn hold_projection_lock(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('commguard.projection.' || $1))")
+        .bind(name)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
 /// Rebuilds `projection` from position 0 into shadow tables while servers keep running, then
 /// swaps the shadows in atomically, catching up on whatever was appended meanwhile.
 pub async fn rebuild(pool: &PgPool, projection: &dyn Projection, progress: &mut Progress) -> Result<u64, RunnerError> {
@@ -479,10 +490,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection, progress: &mut 
     // Swap: hold the projection's lock (live runners skip meanwhile), apply what came since,
     // rename the shadows in, and move the live checkpoint, all in one transaction.
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('commguard.projection.' || $1))")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
+    hold_projection_lock(&mut tx, name).await?;
     loop {
         let n = apply_batch(&mut tx, projection, &shadow_checkpoint, &shadows, REBUILD_BATCH, None).await?.applied;
         if n == 0 {

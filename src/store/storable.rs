@@ -3,7 +3,7 @@
 //! with group commit, other commands' appends too. The edges refuse input carrying it
 //! (`validate`); the store escapes whatever still arrives, so no event ever carries it to Postgres.
 //! (Lone surrogates, the other text Postgres refuses, cannot exist in a Rust `String`.) And no
-//! event is stored deeper than its readers can parse back (`cap_depth`).
+//! event is stored deeper than its readers can parse back (`make_storable`).
 
 use std::borrow::Cow;
 
@@ -33,17 +33,28 @@ pub fn escaped_str(s: &str) -> Cow<'_, str> {
 
 /// Replaces U+0000 in every string and key of `value` by `NUL_REPLACEMENT`.
 pub fn escape_nul(value: &mut Value) {
+    walk(value, 0, usize::MAX);
+}
+
+/// An event's payload as it may be stored, in one walk: U+0000 escaped (`escape_nul`), and every
+/// array or object below `MAX_DEPTH` levels replaced by `TOO_DEEP`.
+pub fn make_storable(payload: &mut Value) {
+    walk(payload, 0, MAX_DEPTH);
+}
+
+fn walk(value: &mut Value, depth: usize, max_depth: usize) {
     match value {
         Value::String(s) if s.contains('\0') => *s = s.replace('\0', NUL_REPLACEMENT),
-        Value::Array(items) => items.iter_mut().for_each(escape_nul),
+        Value::Array(_) | Value::Object(_) if depth == max_depth => *value = Value::String(TOO_DEEP.into()),
+        Value::Array(items) => items.iter_mut().for_each(|item| walk(item, depth + 1, max_depth)),
         Value::Object(map) => {
             if map.keys().any(|k| k.contains('\0')) {
                 for (key, mut item) in std::mem::take(map) {
-                    escape_nul(&mut item);
+                    walk(&mut item, depth + 1, max_depth);
                     map.insert(key.replace('\0', NUL_REPLACEMENT), item);
                 }
             } else {
-                map.values_mut().for_each(escape_nul);
+                map.values_mut().for_each(|item| walk(item, depth + 1, max_depth));
             }
         }
         _ => {}
@@ -60,25 +71,6 @@ pub const MAX_DEPTH: usize = 64;
 
 /// What a container deeper than `MAX_DEPTH` is stored as.
 pub const TOO_DEEP: &str = "[nested too deep]";
-
-/// Replaces every array or object of `value` below `MAX_DEPTH` levels by `TOO_DEEP`.
-pub fn cap_depth(value: &mut Value) {
-    fn cap(value: &mut Value, depth: usize) {
-        if !(value.is_array() || value.is_object()) {
-            return;
-        }
-        if depth == MAX_DEPTH {
-            *value = Value::String(TOO_DEEP.into());
-            return;
-        }
-        match value {
-            Value::Array(items) => items.iter_mut().for_each(|item| cap(item, depth + 1)),
-            Value::Object(map) => map.values_mut().for_each(|item| cap(item, depth + 1)),
-            _ => {}
-        }
-    }
-    cap(value, 0);
-}
 
 /// `value` itself when it is storable, else an escaped copy.
 pub fn escaped(value: &Value) -> Cow<'_, Value> {
@@ -117,12 +109,12 @@ mod tests {
     fn containers_below_the_depth_limit_are_stored_as_a_marker_and_the_rest_is_kept() {
         let mut shallow = json!({"a": nested(MAX_DEPTH - 1), "n": 1});
         let kept = shallow.clone();
-        cap_depth(&mut shallow);
+        make_storable(&mut shallow);
         assert_eq!(shallow, kept, "a payload within the limit is untouched");
 
-        let mut deep = json!({"a": nested(127), "b": {"c": "kept"}});
-        cap_depth(&mut deep);
-        assert_eq!(deep["b"], json!({"c": "kept"}));
+        let mut deep = json!({"a": nested(127), "b": {"c": "kept\u{0}"}});
+        make_storable(&mut deep);
+        assert_eq!(deep["b"], json!({"c": "kept\u{FFFD}"}), "and U+0000 escaped in the same walk");
         let mut at = &deep["a"];
         for _ in 1..MAX_DEPTH {
             at = &at[0];
