@@ -304,29 +304,36 @@ async fn a_sent_message_leaves_no_intent_once_answered() {
     a.stop().await;
 }
 
+/// The context of an event recorded by the tests below themselves.
+fn system_context() -> commguard::store::CommandContext {
+    use commguard::store::{Actor, CommandContext};
+    CommandContext::new(Actor::system("test"), "test", chrono::Utc::now())
+}
+
+/// A provider failure of SMS `id`.
+fn failed_sms(id: uuid::Uuid) -> commguard_domain::agent::AgentEvent {
+    commguard_domain::agent::AgentEvent::MessageFailed {
+        message_id: id,
+        channel: "sms".into(),
+        to: commguard_domain::pii::Pii::subject("+12025550100".to_string()),
+        provider: "mock".into(),
+        error: "test".into(),
+    }
+}
+
 /// The owner's append of an action whose intent is gone — settled meanwhile by a reconciler that
 /// took the owner for dead and recorded the intent's own event — fails and records nothing
 /// (migration 0028), so no action is recorded twice; with its intent there, the event is stored
 /// and the intent ends in the same transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_settling_an_intent_already_settled_records_nothing() {
-    use commguard::store::{Actor, CommandContext};
-    use commguard_domain::agent::AgentEvent;
-    use commguard_domain::pii::Pii;
     let db = TestDb::new().await;
     let s = TestServer::start(&db, &vars(&[])).await;
     let (_, agent_id) = agent(&s, "settled-elsewhere").await;
     let pool = db.pool().await;
-    let context = CommandContext::new(Actor::system("test"), "test", chrono::Utc::now());
-    let failed = |id: uuid::Uuid| AgentEvent::MessageFailed {
-        message_id: id,
-        channel: "sms".into(),
-        to: Pii::subject("+12025550100".to_string()),
-        provider: "mock".into(),
-        error: "test".into(),
-    };
+    let context = system_context();
     let gone = uuid::Uuid::new_v4();
-    let refused = s.rt.store.record_settling("agent", &agent_id, &[failed(gone)], &context, Some(gone)).await;
+    let refused = s.rt.store.record_settling("agent", &agent_id, &[failed_sms(gone)], &context, Some(gone)).await;
     assert!(refused.is_err(), "{refused:?}");
     assert_eq!(count(&db, "MessageFailed").await, 0, "nothing recorded for a settled intent");
 
@@ -341,7 +348,7 @@ async fn an_append_settling_an_intent_already_settled_records_nothing() {
     .execute(&pool)
     .await
     .unwrap();
-    s.rt.store.record_settling("agent", &agent_id, &[failed(open)], &context, Some(open)).await.unwrap();
+    s.rt.store.record_settling("agent", &agent_id, &[failed_sms(open)], &context, Some(open)).await.unwrap();
     assert_eq!(count(&db, "MessageFailed").await, 1);
     assert_eq!(crate::support::open_intents(&pool).await, 0, "the intent ended with its event");
     s.stop().await;
@@ -353,14 +360,13 @@ async fn an_append_settling_an_intent_already_settled_records_nothing() {
 /// never reached the provider (nor a second outcome).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_send_whose_owner_died_before_releasing_is_released_not_recorded_again() {
-    use commguard::store::{Actor, CommandContext};
     use commguard_domain::agent::AgentEvent;
     use commguard_domain::pii::Pii;
     let db = TestDb::new().await;
     let s = TestServer::start(&db, &vars(&[("OUTBOUND_INTENT_LEASE_SECONDS", "1")])).await;
     let (_, agent_id) = agent(&s, "blocked-then-died").await;
     let pool = db.pool().await;
-    let context = CommandContext::new(Actor::system("test"), "test", chrono::Utc::now());
+    let context = system_context();
     let id = uuid::Uuid::new_v4();
     let blocked = AgentEvent::MessageBlocked {
         message_id: id,
@@ -402,23 +408,13 @@ async fn a_blocked_send_whose_owner_died_before_releasing_is_released_not_record
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_whose_intent_was_settled_elsewhere_records_no_failure() {
     use commguard::ledger::intents::Ending;
-    use commguard::store::{Actor, CommandContext};
-    use commguard_domain::agent::AgentEvent;
-    use commguard_domain::pii::Pii;
     let db = TestDb::new().await;
     let s = TestServer::start(&db, &vars(&[])).await;
     let (_, agent_id) = agent(&s, "owner-came-back").await;
-    let context = CommandContext::new(Actor::system("test"), "test", chrono::Utc::now());
     let settled_elsewhere = uuid::Uuid::new_v4();
-    let failed = AgentEvent::MessageFailed {
-        message_id: settled_elsewhere,
-        channel: "sms".into(),
-        to: Pii::subject("+12025550100".to_string()),
-        provider: "twilio".into(),
-        error: "timeout".into(),
-    };
     let intents = s.server.as_ref().unwrap().state().intents.clone();
-    let outcome = intents.complete(&agent_id, settled_elsewhere, failed, &context, Ending::Failed).await;
+    let failed = failed_sms(settled_elsewhere);
+    let outcome = intents.complete(&agent_id, settled_elsewhere, failed, &system_context(), Ending::Failed).await;
     assert!(outcome.is_ok());
     assert_eq!(count(&db, "MessageFailed").await, 0, "a second outcome was recorded for a settled intent");
     s.stop().await;
